@@ -1,0 +1,105 @@
+"""The small interface every engine backend implements.
+
+The app (``modelplane.shim.app``) validates requests, enforces auth, limits
+and metrics, and turns backend output into HTTP. A backend only turns an
+OpenAI-shaped request body into an OpenAI-shaped response body:
+
+* proxy backends (vLLM, SGLang, MLX) forward the body to the engine's own
+  server on localhost and pass SSE bytes through unparsed;
+* in-process backends (transformers, llama.cpp, sentence-transformers)
+  compute the answer themselves and yield chunk dicts.
+
+Bodies are plain dicts already validated by the app; ``model`` has been
+checked against the served name and replaced by it.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelplane.shimargs import ShimArgs
+
+
+class State(enum.Enum):
+    """Backend life cycle; ``/health`` answers 200 only in READY."""
+
+    LOADING = "loading"
+    READY = "ready"
+    DEAD = "dead"
+
+
+@dataclass
+class Health:
+    state: State
+    message: str = ""
+
+
+class BackendError(Exception):
+    """An error the client caused or can act on, returned in the OpenAI envelope."""
+
+    def __init__(self, message: str, *, status: int = 400, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.type = type
+        self.param = param
+        self.code = code
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Stream:
+    """A streamed answer.
+
+    ``chunks`` yields either ready SSE ``bytes`` (proxy backends; each item
+    one or more complete ``data: ...\\n\\n`` events, without the final
+    ``[DONE]``) or dicts (in-process backends) that the app serialises.
+    ``usage`` is filled in by the backend when the stream ends, for metrics.
+    """
+
+    chunks: AsyncIterator[bytes | dict[str, Any]]
+    usage: Usage = field(default_factory=Usage)
+
+
+class Backend(ABC):
+    """One engine serving one model."""
+
+    #: which endpoints this backend answers: subset of {"chat", "completions", "embeddings", "rerank"}
+    capabilities: frozenset[str] = frozenset()
+
+    def __init__(self, args: ShimArgs) -> None:
+        self.args = args
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load the model or start the engine; return when ready to serve."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Release the model or stop the engine process; idempotent."""
+
+    @abstractmethod
+    def health(self) -> Health:
+        """Current state, cheap to call (no I/O)."""
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
+        raise BackendError("this model does not serve chat completions", status=404, code="unsupported")
+
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
+        raise BackendError("this model does not serve completions", status=404, code="unsupported")
+
+    async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        raise BackendError("this model does not serve embeddings", status=404, code="unsupported")
+
+    async def rerank(self, body: dict[str, Any]) -> dict[str, Any]:
+        raise BackendError("this model does not serve rerank", status=404, code="unsupported")
