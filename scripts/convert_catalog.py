@@ -62,6 +62,18 @@ def parse_size(value: Any) -> int | float:
     return int(number) if number.is_integer() else number
 
 
+_NAME_SIZE = re.compile(r"(?<![A-Za-z0-9.])(\d+(?:\.\d+)?)[bB](?![A-Za-z0-9])")
+
+
+def size_from_repo_name(model_id: str) -> int | float | None:
+    """Billions of parameters as a repository name states them ("Qwen/Qwen3-Embedding-0.6B" -> 0.6).
+
+    Xinference gives embedding and rerank models no size; their names often do.
+    """
+    match = _NAME_SIZE.search(model_id.rsplit("/", 1)[-1])
+    return parse_size(match.group(1)) if match else None
+
+
 def short_description(text: str) -> str:
     """The first sentence of a description, at most DESCRIPTION_MAX characters."""
     text = " ".join(text.split())
@@ -116,6 +128,8 @@ def convert_spec(family: str, spec: dict[str, Any], *, with_size: bool) -> dict[
         out["size_b"] = parse_size(spec["model_size_in_billions"])
         if spec.get("activated_size_in_billions") is not None:
             out["activated_size_b"] = parse_size(spec["activated_size_in_billions"])
+    elif (named := size_from_repo_name(src["model_id"])) is not None:
+        out["size_b"] = named
     if src.get("model_revision"):
         out["revision"] = src["model_revision"]
     if src.get("model_file_name_template"):

@@ -85,6 +85,22 @@ def test_parse_size_rejects_junk(conv: ModuleType) -> None:
             conv.parse_size(bad)
 
 
+@pytest.mark.parametrize(
+    ("model_id", "size"),
+    [
+        ("Qwen/Qwen3-Embedding-0.6B", 0.6),
+        ("Qwen/Qwen3-Embedding-0.6B-GGUF", 0.6),
+        ("Alibaba-NLP/gte-Qwen2-7B-instruct", 7),
+        ("tencent/R3-rerank-0.6b", 0.6),
+        ("BAAI/bge-large-en-v1.5", None),
+        ("jinaai/jina-embeddings-v3", None),
+        ("org1.5B/model", None),
+    ],
+)
+def test_size_from_repo_name(conv: ModuleType, model_id: str, size: float | None) -> None:
+    assert conv.size_from_repo_name(model_id) == size
+
+
 def test_short_description(conv: ModuleType) -> None:
     assert conv.short_description("One. Two.") == "One."
     assert conv.short_description("  spaced\n  out  ") == "spaced out"

@@ -95,6 +95,9 @@ def test_embedding_and_rerank_families(cat: Catalog) -> None:
     assert rr is not None
     assert (rr.model_type, rr.abilities, rr.rerank_type) == ("rerank", ("rerank",), "normal")
     assert rr.specs[0].uri() == "hf://BAAI/bge-reranker-large"
+    assert emb.specs[0].size_b is None  # Xinference gives none and the repository name states none
+    sized = cat.candidates("Qwen3-Embedding-0.6B", size_b=0.6)
+    assert {s.format for s, _ in sized} == {"pytorch", "gguf"}
     llm_rr = cat.get("bge-reranker-v2-gemma")
     assert llm_rr is not None and llm_rr.rerank_type == "LLM-based"
     # GGUF embeddings keep their file names.
@@ -247,6 +250,12 @@ def test_suggest_closest_first(cat: Catalog, typo: str, expected: str) -> None:
     assert got[0] == expected
     assert 1 <= len(got) <= 3
     assert all(cat.get(n) is not None for n in got)
+
+
+def test_suggest_within_a_type(cat: Catalog) -> None:
+    assert cat.suggest("bge-large", model_type="rerank")[0] == "bge-reranker-large"
+    assert all(cat.get(n).model_type == "embedding" for n in cat.suggest("bge", n=5, model_type="embedding"))
+    assert cat.suggest("bge-large", model_type="nonsense") == []
 
 
 def test_suggest_substring_and_limits(cat: Catalog) -> None:

@@ -243,22 +243,29 @@ class Catalog:
         """Family names (of one type if given), in catalog order."""
         return [f.name for f in self.families(model_type)]
 
-    def suggest(self, name: str, n: int = 3) -> list[str]:
+    def suggest(self, name: str, n: int = 3, *, model_type: str | None = None) -> list[str]:
         """Up to ``n`` catalog names closest to ``name``, best first, for "unknown model" messages.
 
         Scores by similarity of the lower-cased names without separators, with a bonus when
-        one contains the other. Never raises; an empty or hopeless query gives [].
+        one contains the other; ``model_type`` limits it to one type. Never raises; an empty or
+        hopeless query (or an unknown type) gives [].
         """
         if not isinstance(name, str) or n <= 0:
+            return []
+        if model_type is not None and model_type not in MODEL_TYPES:
             return []
         query = _squash(name)
         if not query:
             return []
         exact = self.get(name)
+        if exact is not None and model_type is not None and exact.model_type != model_type:
+            exact = None
         scored: list[tuple[float, str]] = []
         matcher = difflib.SequenceMatcher(autojunk=False)
         matcher.set_seq2(query)
         for squashed, real in self._squashed:
+            if model_type is not None and self._families[real].model_type != model_type:
+                continue
             matcher.set_seq1(squashed)
             if matcher.real_quick_ratio() < 0.4 and query not in squashed:
                 continue
