@@ -113,7 +113,8 @@ class CatalogSpec:
         q = self._quantization(quantization)
         parts = dict(self.parts).get(q)
         if parts:
-            assert self.split_template is not None  # the converter guarantees it
+            if not self.split_template:
+                raise ValueError(f"{self.model_id}: quantization {q!r} is split but has no name template")
             return tuple(self.split_template.format(quantization=q, part=p) for p in parts)
         if not self.file_template:
             raise ValueError(f"{self.model_id}: no file name for quantization {q!r}")
