@@ -76,7 +76,11 @@ def options_for(source: ModelSource, catalog: Catalog) -> tuple[list[ResolvedMod
     assert family is not None  # the API requires name or uri
     pairs = catalog.candidates(family.name, size_b=source.size, format=fmt, quantization=source.quantization)
     options: list[ResolvedModel] = []
+    skipped_modelscope = False
     for spec, quant in pairs:
+        if spec.hub != "huggingface":
+            skipped_modelscope = True  # pods fetch from Hugging Face (or uri); ModelScope is not reachable
+            continue
         try:
             uri = spec.uri(quant)
         except ValueError:
@@ -92,6 +96,11 @@ def options_for(source: ModelSource, catalog: Catalog) -> tuple[list[ResolvedMod
                 family=family.name,
                 abilities=family.abilities,
             )
+        )
+    if not options and skipped_modelscope:
+        raise ModelError(
+            f"{family.name} with {_asked(source, fmt)} is published only on ModelScope, which modelplane "
+            "does not fetch from; mirror it and give model.uri"
         )
     if not options:
         raise ModelError(f"{family.name} has no spec with {_asked(source, fmt)}; it offers {_offers(family)}")
