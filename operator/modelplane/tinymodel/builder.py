@@ -34,7 +34,7 @@ from typing import Any
 
 from modelplane.tinymodel.corpus import CHAT_PAIRS, CORPUS
 
-#: Bump when the recipe changes in a way the hash below does not capture (code changes).
+#: The cache layout generation; the version also hashes this file and the text, so any change rebuilds.
 RECIPE_VERSION = "1"
 
 SERVED_NAME = "tiny-llama"
@@ -98,12 +98,13 @@ class TinyModel:
 
 
 def model_version() -> str:
-    """A version string that changes whenever the recipe or the text does."""
+    """A version string that changes whenever the recipe, the text or this builder's code does."""
     h = hashlib.sha256()
     h.update(json.dumps(RECIPE, sort_keys=True).encode())
     h.update(CORPUS.encode())
     h.update(json.dumps(CHAT_PAIRS).encode())
     h.update(CHAT_TEMPLATE.encode())
+    h.update(Path(__file__).read_bytes())
     return f"v{RECIPE_VERSION}-{h.hexdigest()[:10]}"
 
 
@@ -135,6 +136,7 @@ def build_tiny_model(cache_dir: Path | None = None) -> TinyModel:
         info = _build_into(tmp, version)
         info["build_seconds"] = round(time.monotonic() - t0, 2)
         (tmp / MANIFEST).write_text(json.dumps(info, indent=2) + "\n")
+        _make_readable(tmp)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -145,6 +147,14 @@ def build_tiny_model(cache_dir: Path | None = None) -> TinyModel:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return _load_manifest(final)
+
+
+def _make_readable(root: Path) -> None:
+    """mkdtemp and safetensors create owner-only modes; engines may run as other users."""
+    for dirpath, _dirs, files in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for f in files:
+            os.chmod(os.path.join(dirpath, f), 0o644)
 
 
 def _load_manifest(root: Path) -> TinyModel:
@@ -205,9 +215,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _training_texts() -> list[str]:
     paragraphs = [p.replace("\n", " ").strip() for p in CORPUS.split("\n\n") if p.strip()]
-    chats = [
-        f"{IM_START}user\n{q}{IM_END}\n{IM_START}assistant\n{a}{IM_END}\n" for q, a in CHAT_PAIRS
-    ]
+    chats = [f"{IM_START}user\n{q}{IM_END}\n{IM_START}assistant\n{a}{IM_END}\n" for q, a in CHAT_PAIRS]
     return paragraphs + chats
 
 
@@ -215,7 +223,7 @@ def _train_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    # GPT-2 style byte-level pre-tokenization; llama.cpp's "gpt2" pre-tokenizer matches it.
+    # GPT-2 style byte-level pre-tokenization; llama.cpp's "gpt-2" pre-tokenizer matches it.
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -365,7 +373,7 @@ def _write_gguf(path: Path, tok: Any, state: dict[str, Any], config: dict[str, A
         types[t["id"]] = gguf.TokenType.CONTROL if t["special"] else gguf.TokenType.USER_DEFINED
     merges = [m if isinstance(m, str) else " ".join(m) for m in tj["model"]["merges"]]
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt2")
+    w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
@@ -398,4 +406,3 @@ def _write_gguf(path: Path, tok: Any, state: dict[str, Any], config: dict[str, A
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-
