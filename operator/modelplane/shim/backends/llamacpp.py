@@ -1,0 +1,378 @@
+"""The llama.cpp backend: llama.cpp's own server code, in-process, through ``xllamacpp``.
+
+``xllamacpp.Server`` runs llama-server's slots and continuous batching on a
+thread of this process; each request is one blocking ``handle_*`` call (run
+on a worker thread here) and streamed chunks arrive through a callback whose
+return value ``True`` cancels the request inside llama.cpp. (It also binds
+llama-server's own HTTP listener to a random port on 127.0.0.1; the shim does
+not use it.)
+
+``--model`` is a ``.gguf`` file or a folder holding one; with several,
+``--quantization`` (e.g. ``Q4_K_M``) picks the file, and a split model
+(``-00001-of-0000N.gguf``) is loaded from its first part.
+
+Engine args (``--engine-args`` JSON) set fields of ``xllamacpp.CommonParams``
+by name (``n_ctx``, ``n_parallel``, ``n_gpu_layers``, ``n_batch``,
+``flash_attn_type``, ``cache_type_k``...), nested ones with a dot
+(``"sampling.top_k": 40``, ``"cpuparams.n_threads": 8``), and llama-server
+CLI spellings for the common ones (``ctx_size``, ``parallel``, ``ngl``,
+``threads``). An unknown name fails at start with the list of known ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import re
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelplane.shim.backends import _vectors as vec
+from modelplane.shim.backends._openai import new_id
+from modelplane.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
+from modelplane.shimargs import ShimArgs
+
+log = logging.getLogger(__name__)
+
+#: llama-server CLI spellings -> CommonParams fields
+ALIASES = {
+    "ctx_size": "n_ctx", "c": "n_ctx", "parallel": "n_parallel", "np": "n_parallel",
+    "ngl": "n_gpu_layers", "gpu_layers": "n_gpu_layers", "batch_size": "n_batch",
+    "ubatch_size": "n_ubatch", "threads": "cpuparams.n_threads", "n_threads": "cpuparams.n_threads",
+    "threads_batch": "cpuparams_batch.n_threads", "n_threads_batch": "cpuparams_batch.n_threads",
+    "embeddings": "embedding", "jinja": "use_jinja", "cont_batching": "cont_batching",
+}
+#: fields the backend owns: set from the shim's own arguments
+RESERVED = frozenset({"model", "model_alias", "port", "hostnames", "api_keys"})
+DEFAULT_PARALLEL = 4
+_SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+_LLAMA_RECORDS = 1024
+
+
+@dataclass
+class StreamRecord:
+    """What happened to one streamed request (tests read it)."""
+
+    id: str
+    chunks: int = 0
+    chunks_after_cancel: int = 0
+    cancelled: bool = False
+    finished: bool = False
+
+
+def find_gguf(model: str, quantization: str | None) -> Path:
+    """The GGUF file to load for ``--model`` (a file or a folder) and ``--quantization``."""
+    path = Path(model[len("file://"):] if model.startswith("file://") else model)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"--model {model}: no such file or folder")
+    files = sorted(p for p in path.rglob("*.gguf") if "mmproj" not in p.name.lower())
+    files = [p for p in files if not (m := _SPLIT.search(p.name)) or m.group(1) == "00001"]
+    if quantization:
+        wanted = quantization.lower().replace("-", "_")
+        matching = [p for p in files if wanted in p.name.lower().replace("-", "_")]
+        if matching:
+            files = matching
+        elif len(files) > 1:
+            raise FileNotFoundError(f"--model {model}: no .gguf file matches quantization {quantization!r}; "
+                                    f"found {', '.join(p.name for p in files)}")
+    if not files:
+        raise FileNotFoundError(f"--model {model}: the folder holds no .gguf file")
+    if len(files) > 1:
+        raise FileNotFoundError(f"--model {model}: several .gguf files ({', '.join(p.name for p in files)}); "
+                                "pass --quantization to pick one")
+    return files[0]
+
+
+def _normalise(key: str) -> str:
+    key = key.replace("-", "_").lstrip("_")
+    return ALIASES.get(key, key)
+
+
+def _settable(params: Any) -> list[str]:
+    return sorted(n for n in dir(params) if not n.startswith("_") and not callable(getattr(params, n, None)))
+
+
+def _enum_member(kind: type[enum.Enum], name: str) -> enum.Enum:
+    """``"mean"`` -> ``LLAMA_POOLING_TYPE_MEAN``, ``"q8_0"`` -> ``GGML_TYPE_Q8_0``."""
+    wanted = name.upper()
+    for member in kind:
+        if member.name == wanted or member.name.endswith("_" + wanted):
+            return member
+    raise ValueError(f"{name!r} is not one of {', '.join(m.name for m in kind)}")
+
+
+def apply_engine_args(params: Any, engine_args: dict[str, Any]) -> None:
+    """Set ``engine_args`` on a ``CommonParams``; ValueError naming the key for unknown or bad ones."""
+    for raw, value in engine_args.items():
+        key = _normalise(raw)
+        if key in RESERVED:
+            raise ValueError(f"engine arg {raw!r} is set by the shim from its own arguments; remove it")
+        *parents, leaf = key.split(".")
+        target = params
+        for part in parents:
+            if not hasattr(target, part):
+                raise ValueError(f"unknown llama.cpp engine arg {raw!r}")
+            target = getattr(target, part)
+        if not hasattr(target, leaf) or callable(getattr(target, leaf)):
+            known = ", ".join(_settable(target))
+            raise ValueError(f"unknown llama.cpp engine arg {raw!r}; known: {known}")
+        try:
+            current = getattr(target, leaf)
+            if isinstance(current, set) and isinstance(value, list):
+                value = set(value)
+            elif isinstance(current, enum.Enum) and isinstance(value, str):
+                value = _enum_member(type(current), value)
+            setattr(target, leaf, value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"llama.cpp engine arg {raw!r}={value!r}: {exc}") from exc
+
+
+def _error(payload: dict[str, Any], param: str | None = None) -> BackendError:
+    err = payload.get("error", payload)
+    if not isinstance(err, dict):
+        err = {"message": str(err)}
+    status = int(err.get("code") or 500) if str(err.get("code", "")).isdigit() else 500
+    kind = str(err.get("type") or "server_error")
+    code = None
+    if kind == "exceed_context_size_error":
+        kind, code = "invalid_request_error", "context_length_exceeded"
+    elif kind == "not_supported_error":
+        kind, code = "invalid_request_error", "unsupported"
+    elif kind == "unavailable_error":
+        kind = "server_error"
+    elif status < 500:
+        kind = "invalid_request_error"
+    return BackendError(str(err.get("message") or "llama.cpp failed"), status=status, type=kind,
+                        param=param if code == "context_length_exceeded" else None, code=code)
+
+
+class _End:
+    pass
+
+
+_END = _End()
+
+
+class LlamaCppBackend(Backend):
+    """Chat, completions, embeddings and rerank from a GGUF model through xllamacpp."""
+
+    def __init__(self, args: ShimArgs) -> None:
+        super().__init__(args)
+        caps = {"llm": {"chat", "completions"}, "embedding": {"embeddings"}, "rerank": {"rerank"}}
+        self.capabilities = frozenset(caps[args.model_type])
+        self.server: Any = None
+        self.gguf: Path | None = None
+        self.records: OrderedDict[str, StreamRecord] = OrderedDict()
+        self._pool: ThreadPoolExecutor | None = None
+        self._health = Health(State.LOADING, "loading the model")
+        # fail on unknown engine args before anything loads
+        self._check_args()
+
+    def _check_args(self) -> None:
+        try:
+            import xllamacpp
+        except ImportError as exc:
+            raise RuntimeError("--engine llama.cpp needs the xllamacpp package") from exc
+        apply_engine_args(xllamacpp.CommonParams(), self.args.engine_args)
+
+    def params(self) -> Any:
+        """The ``CommonParams`` this backend starts llama.cpp with."""
+        import xllamacpp
+
+        args = self.args
+        self.gguf = find_gguf(args.model, args.quantization)
+        p = xllamacpp.CommonParams()
+        p.model.path = str(self.gguf)
+        p.model_alias = {args.served_model_name}
+        p.port = 0
+        p.hostnames = ["127.0.0.1"]
+        p.n_parallel = DEFAULT_PARALLEL
+        p.kv_unified = True  # every slot may use the whole context
+        p.n_gpu_layers = 0 if args.device == "cpu" else 999
+        if args.model_type == "embedding":
+            p.embedding = True
+        elif args.model_type == "rerank":
+            p.embedding = True
+            p.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_RANK
+        apply_engine_args(p, args.engine_args)
+        return p
+
+    async def start(self) -> None:
+        self._health = Health(State.LOADING, "loading the model")
+        try:
+            params = self.params()
+            workers = max(int(params.n_parallel) * 2, 8)
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llamacpp")
+            import xllamacpp
+
+            self.server = await asyncio.to_thread(xllamacpp.Server, params)
+        except Exception as exc:
+            self._health = Health(State.DEAD, f"llama.cpp failed to start: {exc}")
+            if isinstance(exc, RuntimeError) and "init server" in str(exc):
+                raise RuntimeError(f"llama.cpp could not load {self.gguf}; its log above says why") from exc
+            raise
+        self._health = Health(State.READY)
+        log.info("llama.cpp serves %s from %s", self.args.served_model_name, self.gguf)
+
+    async def stop(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            holder = [server]
+            del server
+            # dropping the last reference runs the destructor, which stops llama.cpp's loop and
+            # joins its thread: do that off the event loop
+            await asyncio.to_thread(holder.clear)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        if self._health.state is State.READY:
+            self._health = Health(State.LOADING, "stopped")
+
+    def health(self) -> Health:
+        return self._health
+
+    # ---- requests -------------------------------------------------------------
+
+    def _ready(self) -> Any:
+        if self.server is None or self._health.state is not State.READY:
+            raise BackendError("the model is not loaded yet", status=503, type="server_error",
+                               code="model_loading")
+        return self.server
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
+        server = self._ready()
+        return await self._generate(server.handle_chat_completions, body, "messages")
+
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
+        server = self._ready()
+        return await self._generate(server.handle_completions, body, "prompt")
+
+    async def _generate(self, handle: Any, body: dict[str, Any], param: str) -> dict[str, Any] | Stream:
+        if not body.get("stream"):
+            result = await self._call(handle, dict(body))
+            if not isinstance(result, dict) or "error" in result or "choices" not in result:
+                raise _error(result if isinstance(result, dict) else {"message": str(result)}, param)
+            result.pop("timings", None)
+            return result
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        record = StreamRecord(id="")
+
+        def on_chunk(chunk: str) -> bool:
+            record.chunks += 1
+            if record.cancelled:
+                record.chunks_after_cancel += 1
+                return True  # tells llama.cpp to cancel the task
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(queue.put_nowait, chunk)
+            return False
+
+        def run() -> None:
+            try:
+                handle(json.dumps(body), on_chunk)
+            finally:
+                record.finished = True
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+        task = loop.run_in_executor(self._pool, run)
+        try:
+            first = await queue.get()
+        except BaseException:
+            record.cancelled = True
+            raise
+        if first is _END:
+            await task  # re-raises what llama.cpp raised, if anything
+            raise BackendError("llama.cpp returned no output", status=500, type="server_error")
+        head = self._parse(first, param)
+        record.id = str(head.get("id", ""))
+        self.records[record.id] = record
+        while len(self.records) > _LLAMA_RECORDS:
+            self.records.popitem(last=False)
+        stream = Stream(chunks=None, usage=Usage())  # type: ignore[arg-type]
+
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            item: Any = head
+            try:
+                while True:
+                    if isinstance(item, dict):
+                        usage = item.get("usage")
+                        if isinstance(usage, dict):
+                            stream.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                            stream.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
+                        item.pop("timings", None)
+                        yield item
+                    item = await queue.get()
+                    if item is _END:
+                        return
+                    item = self._parse(item, param)
+            finally:
+                if not record.finished:
+                    record.cancelled = True
+
+        stream.chunks = chunks()
+        return stream
+
+    @staticmethod
+    def _parse(raw: str, param: str) -> dict[str, Any]:
+        try:
+            item = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise BackendError(f"llama.cpp sent a malformed chunk: {raw[:200]!r}", status=500,
+                               type="server_error") from exc
+        if not isinstance(item, dict) or "error" in item:
+            raise _error(item if isinstance(item, dict) else {"message": str(item)}, param)
+        return item
+
+    async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.args.model_type != "embedding":
+            return await super().embeddings(body)
+        server = self._ready()
+        inputs = vec.embedding_inputs(body)
+        request = {"input": inputs, "encoding_format": "float"}
+        result = json.loads(await self._call(server.handle_embeddings, json.dumps(request)))
+        if not isinstance(result, dict) or "error" in result or "data" not in result:
+            raise _error(result if isinstance(result, dict) else {"message": str(result)}, "input")
+        rows = sorted(result["data"], key=lambda d: d.get("index", 0))
+        vectors = np.asarray([r["embedding"] for r in rows], dtype=np.float32)
+        vectors = vec.resize(vectors, body.get("dimensions"), vectors.shape[1])
+        tokens = int((result.get("usage") or {}).get("prompt_tokens") or 0)
+        return vec.embeddings_response(self.args.served_model_name, vectors, body.get("encoding_format"),
+                                       tokens)
+
+    async def rerank(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.args.model_type != "rerank":
+            return await super().rerank(body)
+        server = self._ready()
+        query, docs = vec.rerank_documents(body)
+        request = {"query": query, "documents": docs}
+        result = json.loads(await self._call(server.handle_rerank, json.dumps(request)))
+        if not isinstance(result, dict) or "error" in result or "results" not in result:
+            raise _error(result if isinstance(result, dict) else {"message": str(result)}, "documents")
+        ranked = sorted(({"index": r["index"], "relevance_score": float(r["relevance_score"])}
+                         for r in result["results"]), key=lambda r: r["relevance_score"], reverse=True)
+        top_n = body.get("top_n")
+        if top_n is not None:
+            ranked = ranked[:top_n]
+        if body.get("return_documents", True):
+            for r in ranked:
+                r["document"] = {"text": docs[r["index"]]}
+        usage = result.get("usage") or {}
+        tokens = int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
+        return {"id": result.get("id") or new_id("rerank"), "model": self.args.served_model_name,
+                "results": ranked, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

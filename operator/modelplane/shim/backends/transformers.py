@@ -1,0 +1,352 @@
+"""The transformers backend: an LLM generated in-process with continuous batching.
+
+``--engine transformers --model-type llm``. The model and tokenizer load from
+an HF folder onto ``--device``; chat prompts come from the tokenizer's chat
+template. Every request becomes one row per choice in the scheduler's running
+batch (:mod:`._batching`); text streams out as tokens are generated.
+
+Embedding and rerank models served with ``--engine transformers`` are
+sentence-transformers models, served by :mod:`.sentence`.
+
+Engine args (``--engine-args`` JSON), all optional:
+
+``dtype``               ``auto`` (default: float32 on CPU, the checkpoint's dtype on accelerators),
+                        ``float32``, ``float16`` or ``bfloat16``
+``max_model_len``       context length (default: the model's ``max_position_embeddings``)
+``max_num_seqs``        most sequences decoded in one step (default 32 on CPU, 256 on accelerators)
+``max_prefill_tokens``  most padded prompt tokens prefilled in one step (default 8192)
+``trust_remote_code``   allow custom model code from the model folder (default false)
+``attn_implementation`` e.g. ``sdpa`` or ``eager``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from modelplane.shim.backends import _openai as oai
+from modelplane.shim.backends._batching import GenerationRequest, RequestRecord, Scheduler, Sequence
+from modelplane.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
+from modelplane.shimargs import ShimArgs
+
+log = logging.getLogger(__name__)
+
+ENGINE_ARGS = frozenset({"dtype", "max_model_len", "max_num_seqs", "max_prefill_tokens",
+                         "trust_remote_code", "attn_implementation"})
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def model_path(model: str) -> str:
+    """``--model`` as something ``from_pretrained`` reads: a folder (``file://`` stripped) or a hub id."""
+    return model[len("file://"):] if model.startswith("file://") else model
+
+
+def check_engine_args(engine_args: dict[str, Any], allowed: frozenset[str], engine: str) -> None:
+    unknown = sorted(set(engine_args) - allowed)
+    if unknown:
+        raise ValueError(f"unknown engine args for {engine}: {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(allowed))}")
+
+
+def resolve_device(device: str) -> Any:
+    """The torch device for ``--device``, failing with a clear message when it is absent."""
+    import torch
+
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda but torch sees no CUDA device (is this a CUDA build of torch?)")
+        return torch.device("cuda")
+    if device == "npu":
+        try:
+            import torch_npu  # noqa: F401  (registers the npu device with torch)
+        except ImportError as exc:
+            raise RuntimeError("--device npu needs torch_npu (the Ascend image installs it)") from exc
+        return torch.device("npu")
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise RuntimeError("--device mps but torch sees no Metal device")
+        return torch.device("mps")
+    raise RuntimeError(f"unknown device {device!r}")
+
+
+class _Chunks:
+    """The streamed chunks of one request; closing it (or dropping it) cancels generation."""
+
+    def __init__(self, agen: AsyncIterator[dict[str, Any]], request: GenerationRequest) -> None:
+        self._agen = agen
+        self._request = request
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self._agen.__anext__()
+
+    async def aclose(self) -> None:
+        self._request.cancel()
+        await self._agen.aclose()  # type: ignore[attr-defined]
+
+    def __del__(self) -> None:
+        self._request.cancel()
+
+
+class TransformersBackend(Backend):
+    """Chat and completions from a causal LM, batched continuously across requests."""
+
+    capabilities = frozenset({"chat", "completions"})
+
+    def __init__(self, args: ShimArgs) -> None:
+        super().__init__(args)
+        check_engine_args(args.engine_args, ENGINE_ARGS, "transformers")
+        dtype = args.engine_args.get("dtype", "auto")
+        if dtype not in DTYPES:
+            raise ValueError(f"engine arg dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self._health = Health(State.LOADING, "loading the model")
+        self.scheduler: Scheduler | None = None
+        self.tokenizer: Any = None
+        self.model: Any = None
+        self.max_model_len = 0
+
+    # ---- life cycle --------------------------------------------------------
+
+    async def start(self) -> None:
+        self._health = Health(State.LOADING, "loading the model")
+        try:
+            await asyncio.to_thread(self._load)
+        except Exception as exc:
+            self._health = Health(State.DEAD, f"loading the model failed: {exc}")
+            raise
+        self._health = Health(State.READY)
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        args, extra = self.args, self.args.engine_args
+        device = resolve_device(args.device)
+        path = model_path(args.model)
+        trust = bool(extra.get("trust_remote_code", False))
+        dtype_name = extra.get("dtype", "auto")
+        if dtype_name == "auto":
+            dtype: Any = torch.float32 if device.type == "cpu" else "auto"
+        else:
+            dtype = getattr(torch, dtype_name)
+        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust}
+        if extra.get("attn_implementation"):
+            kwargs["attn_implementation"] = extra["attn_implementation"]
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        self.model = model.to(device).eval()
+        config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") \
+            else model.config
+        self.max_model_len = int(extra.get("max_model_len") or getattr(config, "max_position_embeddings", 0)
+                                 or 2048)
+        eos: set[int] = set()
+        for source in (getattr(model, "generation_config", None), self.tokenizer):
+            ids = getattr(source, "eos_token_id", None)
+            if isinstance(ids, int):
+                eos.add(ids)
+            elif isinstance(ids, (list, tuple)):
+                eos.update(int(i) for i in ids)
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = next(iter(eos), 0)
+        on_cpu = device.type == "cpu"
+        self.scheduler = Scheduler(
+            self.model, self.tokenizer, device=device, eos_ids=eos, pad_id=int(pad),
+            max_num_seqs=int(extra.get("max_num_seqs") or (32 if on_cpu else 256)),
+            max_prefill_tokens=int(extra.get("max_prefill_tokens") or 8192),
+            max_queue=args.max_queue,
+        )
+        log.info("loaded %s on %s (context %d tokens)", path, device, self.max_model_len)
+
+    async def stop(self) -> None:
+        scheduler, self.scheduler = self.scheduler, None
+        if scheduler is not None:
+            await asyncio.to_thread(scheduler.stop)
+        self.model = None
+        if self._health.state is State.READY:
+            self._health = Health(State.LOADING, "stopped")
+        with contextlib.suppress(Exception):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def health(self) -> Health:
+        if self._health.state is State.READY and self.scheduler is not None and not self.scheduler.alive:
+            return Health(State.DEAD, f"the generation loop died: {self.scheduler.error or 'unknown error'}")
+        return self._health
+
+    def record(self, rid: str) -> RequestRecord | None:
+        """What the scheduler did for the request whose response id is ``rid``."""
+        return self.scheduler.records.get(rid) if self.scheduler else None
+
+    # ---- requests ----------------------------------------------------------
+
+    def _ready(self) -> Scheduler:
+        if self.scheduler is None or self._health.state is not State.READY:
+            raise BackendError("the model is not loaded yet", status=503, type="server_error",
+                               code="model_loading")
+        return self.scheduler
+
+    def _chat_prompt(self, body: dict[str, Any]) -> list[int]:
+        messages = oai.chat_messages(body)
+        tool_choice = body.get("tool_choice")
+        if tool_choice not in (None, "auto", "none"):
+            raise BackendError("tool_choice other than 'auto' or 'none' is not supported by the transformers "
+                               "engine", param="tool_choice", code="unsupported")
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise BackendError("this model has no chat template; use /v1/completions", code="no_chat_template")
+        kwargs = dict(body.get("chat_template_kwargs") or {})
+        if body.get("tools") and tool_choice != "none":
+            kwargs["tools"] = body["tools"]
+        add_generation_prompt = body.get("add_generation_prompt", True)
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                continue_final_message=bool(body.get("continue_final_message", False)), **kwargs)
+        except Exception as exc:  # jinja errors: roles out of order, unsupported content...
+            raise BackendError(f"the chat template rejected these messages: {exc}", param="messages") from exc
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _submit(self, rid: str, prompts: list[list[int]], n: int, body: dict[str, Any],
+                prompt_param: str) -> GenerationRequest:
+        scheduler = self._ready()
+        longest = max(len(p) for p in prompts)
+        if any(not p for p in prompts):
+            raise BackendError("the prompt is empty", param=prompt_param)
+        params = oai.sampling_params(body, prompt_tokens=longest, max_model_len=self.max_model_len,
+                                     prompt_param=prompt_param)
+        request = GenerationRequest(rid, sum(len(p) for p in prompts))
+        request.sequences = [
+            Sequence(request, i * n + j, prompt, params, self.tokenizer, scheduler.device)
+            for i, prompt in enumerate(prompts) for j in range(n)
+        ]
+        scheduler.submit(request)
+        return request
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
+        self._ready()
+        oai.reject_unsupported(body, "transformers")
+        n = oai.choices_n(body)
+        prompt = self._chat_prompt(body)
+        rid, created = oai.new_id("chatcmpl"), oai.now()
+        request = self._submit(rid, [prompt], n, body, "messages")
+        model = self.args.served_model_name
+        if not body.get("stream"):
+            texts, reasons = await self._collect(request, n)
+            return oai.chat_response(rid, created, model, texts, reasons, request.record.prompt_tokens,
+                                     request.record.generated_tokens)
+
+        def head() -> list[dict[str, Any]]:
+            return [oai.chat_chunk(rid, created, model, i, {"role": "assistant", "content": ""})
+                    for i in range(n)]
+
+        def delta(index: int, text: str) -> dict[str, Any]:
+            return oai.chat_chunk(rid, created, model, index, {"content": text})
+
+        def finish(index: int, reason: str) -> dict[str, Any]:
+            return oai.chat_chunk(rid, created, model, index, {}, reason)
+
+        return self._stream(request, n, body, head, delta, finish, "chat.completion.chunk")
+
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
+        self._ready()
+        oai.reject_unsupported(body, "transformers")
+        n = oai.choices_n(body)
+        prompts: list[list[int]] = []
+        texts_in: list[str] = []
+        for prompt in oai.completion_prompts(body):
+            if isinstance(prompt, str):
+                prompts.append(list(self.tokenizer(prompt).input_ids))
+                texts_in.append(prompt)
+            else:
+                vocab = len(self.tokenizer)
+                if any(t < 0 or t >= vocab for t in prompt):
+                    raise BackendError(f"token ids must be in [0, {vocab})", param="prompt")
+                prompts.append(prompt)
+                texts_in.append(self.tokenizer.decode(prompt))
+        echo = bool(body.get("echo"))
+        rid, created = oai.new_id("cmpl"), oai.now()
+        request = self._submit(rid, prompts, n, body, "prompt")
+        model = self.args.served_model_name
+        count = len(prompts) * n
+
+        def prefix(index: int) -> str:
+            return texts_in[index // n] if echo else ""
+
+        if not body.get("stream"):
+            texts, reasons = await self._collect(request, count)
+            texts = [prefix(i) + t for i, t in enumerate(texts)]
+            return oai.completion_response(rid, created, model, texts, reasons, request.record.prompt_tokens,
+                                           request.record.generated_tokens)
+
+        def head() -> list[dict[str, Any]]:
+            return [oai.completion_chunk(rid, created, model, i, prefix(i)) for i in range(count) if echo]
+
+        def delta(index: int, text: str) -> dict[str, Any]:
+            return oai.completion_chunk(rid, created, model, index, text)
+
+        def finish(index: int, reason: str) -> dict[str, Any]:
+            return oai.completion_chunk(rid, created, model, index, "", reason)
+
+        return self._stream(request, count, body, head, delta, finish, "text_completion")
+
+    async def _collect(self, request: GenerationRequest, count: int) -> tuple[list[str], list[str]]:
+        texts = [""] * count
+        reasons: list[str | None] = [None] * count
+        try:
+            while any(r is None for r in reasons):
+                for event in await request.queue.get():
+                    if event[0] == "error":
+                        raise event[1]
+                    texts[event[1]] += event[2]
+                    if event[0] == "finish":
+                        reasons[event[1]] = event[3]
+            request.complete = True
+        except BaseException:
+            request.cancel()
+            raise
+        return texts, [r or "stop" for r in reasons]
+
+    def _stream(self, request: GenerationRequest, count: int, body: dict[str, Any],
+                head: Callable[[], list[dict[str, Any]]], delta: Callable[[int, str], dict[str, Any]],
+                finish: Callable[[int, str], dict[str, Any]], obj: str) -> Stream:
+        record = request.record
+        stream = Stream(chunks=None, usage=Usage(prompt_tokens=record.prompt_tokens))  # type: ignore[arg-type]
+        with_usage = oai.include_usage(body)
+        model = self.args.served_model_name
+
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            left = count
+            try:
+                for chunk in head():
+                    yield chunk
+                while left:
+                    events = await request.queue.get()
+                    stream.usage.completion_tokens = record.generated_tokens
+                    for event in events:
+                        if event[0] == "error":
+                            raise event[1]
+                        if event[2]:
+                            yield delta(event[1], event[2])
+                        if event[0] == "finish":
+                            left -= 1
+                            request.complete = not left
+                            yield finish(event[1], event[3])
+                stream.usage.completion_tokens = record.generated_tokens
+                if with_usage:
+                    created = oai.now()
+                    yield oai.usage_chunk(request.id, created, model, obj, record.prompt_tokens,
+                                          record.generated_tokens)
+            finally:
+                request.cancel()
+
+        stream.chunks = _Chunks(chunks(), request)
+        return stream
