@@ -10,7 +10,27 @@ OpenAI-shaped request body into an OpenAI-shaped response body:
   compute the answer themselves and yield chunk dicts.
 
 Bodies are plain dicts already validated by the app; ``model`` has been
-checked against the served name and replaced by it.
+checked against the served name and replaced by it. Unknown fields the client
+sent are kept (engines have their own extensions, e.g. ``top_k``).
+
+What the app does for every backend, so backends need not:
+
+* sets ``model`` to the served name in every response body and dict chunk;
+* for chat dict streams, adds ``"role": "assistant"`` to the first delta
+  when it is missing;
+* usage in streams: a dict stream MAY yield a final chunk with
+  ``"choices": []`` and ``"usage"``; if it does not, the app builds one from
+  ``Stream.usage`` when the client asked for
+  ``stream_options.include_usage``, and drops usage chunks it did not ask for
+  (proxy backends deal with their bytes themselves);
+* appends ``data: [DONE]``; turns an exception raised while iterating into an
+  error event followed by ``[DONE]``;
+* on client disconnect calls ``chunks.aclose()`` (shielded from
+  cancellation), so a backend stops generating in its generator's
+  ``finally``;
+* rerank answers: sorts by ``relevance_score``, applies ``top_n`` and
+  ``return_documents`` and writes ``document`` as ``{"text": ...}``; a
+  backend may return ``{"results": [{"index", "relevance_score"}], "usage"}``.
 """
 
 from __future__ import annotations
@@ -39,16 +59,27 @@ class Health:
 
 
 class BackendError(Exception):
-    """An error the client caused or can act on, returned in the OpenAI envelope."""
+    """An error the client caused or can act on, returned in the OpenAI envelope.
+
+    ``retry_after`` (seconds) adds a ``Retry-After`` header, e.g. with status
+    429 or 503 when a backend's own queue is full.
+    """
 
     def __init__(self, message: str, *, status: int = 400, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.type = type
         self.param = param
         self.code = code
+        self.retry_after = retry_after
+
+    def envelope(self) -> dict[str, Any]:
+        """The OpenAI error body."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
 
 
 @dataclass
@@ -91,6 +122,10 @@ class Backend(ABC):
     @abstractmethod
     def health(self) -> Health:
         """Current state, cheap to call (no I/O)."""
+
+    def model_card(self) -> dict[str, Any]:
+        """Extra fields for this model's ``/v1/models`` entry (e.g. ``max_model_len``)."""
+        return {}
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
         raise BackendError("this model does not serve chat completions", status=404, code="unsupported")
