@@ -42,15 +42,24 @@ class ShimArgs:
         """The command line, program name first; stable for equal inputs."""
         argv = [
             PROGRAM,
-            "--engine", self.engine,
-            "--model", self.model,
-            "--served-model-name", self.served_model_name,
-            "--model-type", self.model_type,
-            "--device", self.device,
-            "--host", self.host,
-            "--port", str(self.port),
-            "--tensor-parallel-size", str(self.tensor_parallel_size),
-            "--max-queue", str(self.max_queue),
+            "--engine",
+            self.engine,
+            "--model",
+            self.model,
+            "--served-model-name",
+            self.served_model_name,
+            "--model-type",
+            self.model_type,
+            "--device",
+            self.device,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--tensor-parallel-size",
+            str(self.tensor_parallel_size),
+            "--max-queue",
+            str(self.max_queue),
         ]
         if self.model_format:
             argv += ["--model-format", self.model_format]

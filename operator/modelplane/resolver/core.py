@@ -17,8 +17,9 @@ from modelplane.resolver.plan import EngineReason, Placement, Plan, Rejection, R
 #: Share of device memory an engine may use (vLLM's gpu_memory_utilization; macOS's GPU wired limit).
 USABLE = {"nvidia": 0.9, "ascend": 0.9, "metal": 0.75, "cpu": 0.9}
 
-# How far a candidate got; a deeper reason tells the user more.
-_STAGE_ENGINE, _STAGE_MODEL, _STAGE_NODES, _STAGE_DEVICES, _STAGE_FIT = range(5)
+# How far a candidate got; a deeper reason tells the user more. "No nodes of this kind" ranks
+# low: on a cluster without Ascend, "no ascend nodes" is true for every model and says little.
+_STAGE_ENGINE, _STAGE_NODES, _STAGE_CONFIG, _STAGE_MODEL, _STAGE_DEVICES, _STAGE_FIT = range(6)
 
 
 @dataclass(frozen=True)
@@ -215,11 +216,14 @@ def resolve(
                 note(name, accel, _STAGE_ENGINE, f"{name} does not run on {accel}")
                 continue
             if not explicit and name not in config.auto_engines:
-                note(name, accel, _STAGE_ENGINE, "not enabled for engine: auto (operator config autoEngines)")
+                note(name, accel, _STAGE_CONFIG, "not enabled for engine: auto (operator config autoEngines)")
+                continue
+            if not nodes:
+                note(name, accel, _STAGE_NODES, f"no schedulable {accel} nodes")
                 continue
             image = config.image(name, accel)
             if image is None:
-                note(name, accel, _STAGE_ENGINE, f"no {name} image for {accel} in the operator config")
+                note(name, accel, _STAGE_CONFIG, f"no {name} image for {accel} in the operator config")
                 continue
             ctx = Context(catalog=catalog, explicit=explicit)
             for o_idx, option in enumerate(ordered):
@@ -293,11 +297,10 @@ def _join(per_accel: dict[str, tuple[int, str]], explicit: bool, requested: str,
         return "not considered"
     # Skip "does not run on X" noise when the engine has something more specific to say.
     runs_on = ENGINES[engine].accelerators
-    deep = (
-        {a: r for a, r in per_accel.items() if r[0] > _STAGE_ENGINE}
-        or {a: r for a, r in per_accel.items() if a in runs_on}
-        or per_accel
-    )
+    deep = {a: r for a, r in per_accel.items() if r[0] > _STAGE_NODES}
+    if not deep:
+        absent = [a for a in ACCELERATORS if a in runs_on and a in per_accel] or list(runs_on)
+        return f"needs a {'/'.join(absent)} node; none can take its pods (schedulable, nodeSelector, taints)"
     texts = list(dict.fromkeys(f"{a}: {t}" for a, (_, t) in deep.items()))
     same = {t for _, (_, t) in deep.items()}
     if len(same) == 1 and len(deep) > 1:

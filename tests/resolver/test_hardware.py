@@ -1,0 +1,56 @@
+"""Node objects -> hardware classes."""
+
+from __future__ import annotations
+
+from nodefactory import ascend, cpu, metal, nvidia
+
+from modelplane.hardware import parse_nodes, parse_quantity
+
+
+def test_each_class_is_recognised() -> None:
+    hw = parse_nodes([nvidia(gpus=4), ascend(), metal(), cpu()])
+    by_name = {n.name: n for n in hw.nodes}
+    gpu = by_name["gpu-1"]
+    assert (gpu.accelerator, gpu.devices, gpu.device_memory_mib) == ("nvidia", 4, 81920)
+    assert gpu.product == "NVIDIA-A100-SXM4-80GB" and gpu.compute_capability == (8, 0)
+    assert gpu.resource == "nvidia.com/gpu"
+    npu = by_name["npu-1"]
+    assert (npu.accelerator, npu.devices, npu.resource) == ("ascend", 8, "huawei.com/Ascend910B")
+    assert npu.device_memory_mib == 65536
+    mac = by_name["mac-1"]
+    assert (mac.accelerator, mac.device_memory_mib, mac.arch) == ("metal", 65536, "arm64")
+    assert by_name["cpu-1"].accelerator == "cpu" and by_name["cpu-1"].memory_mib == 65536
+
+
+def test_ascend_310p_and_label_only_ascend() -> None:
+    node = ascend(model="Ascend310P", npus=2)
+    info = parse_nodes([node]).nodes[0]
+    assert info.product == "Ascend310P" and info.devices == 2
+
+
+def test_unschedulable_and_not_ready_nodes_do_not_count() -> None:
+    cordoned = nvidia("cordoned", unschedulable=True)
+    not_ready = cpu("sick")
+    not_ready["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    unknown = cpu("unknown")
+    unknown["status"]["conditions"] = [{"type": "Ready", "status": "Unknown"}]
+    hw = parse_nodes([cordoned, not_ready, unknown, cpu("ok")])
+    assert [n.name for n in hw.nodes] == ["ok"]
+
+
+def test_zero_gpus_allocatable_is_a_cpu_node() -> None:
+    hw = parse_nodes([nvidia(gpus=0)])
+    assert hw.nodes[0].accelerator == "cpu"
+
+
+def test_v1_list_and_garbage_are_accepted() -> None:
+    hw = parse_nodes({"apiVersion": "v1", "kind": "List", "items": [cpu(), "junk", {"metadata": {}}]})
+    assert [n.name for n in hw.nodes] == ["cpu-1"]
+
+
+def test_quantities() -> None:
+    assert parse_quantity("16Gi") == 16 * 2**30
+    assert parse_quantity("500m") == 0.5
+    assert parse_quantity("8") == 8
+    assert parse_quantity("1.5G") == 1.5e9
+    assert parse_quantity("lots") == 0
