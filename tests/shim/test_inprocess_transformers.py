@@ -1,0 +1,407 @@
+"""The transformers backend on the tiny model: generation, streaming, batching, cancellation.
+
+Tests call the backend directly (one backend per module, its scheduler thread
+shared) and then through the real app on a real uvicorn server with the
+official ``openai`` client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import pytest_asyncio
+import torch
+
+from modelplane.shim.backends.base import BackendError, State, Stream
+from modelplane.shim.backends.transformers import TransformersBackend
+from modelplane.shimargs import ShimArgs
+
+#: async tests share the module's event loop with the module-scoped backend
+in_module_loop = pytest.mark.asyncio(loop_scope="module")
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+def _args(tiny_model: Any, **kw: Any) -> ShimArgs:
+    return ShimArgs(engine="transformers", model=str(tiny_model.hf_dir), served_model_name="tiny", **kw)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def backend(tiny_model: Any) -> Any:
+    b = TransformersBackend(_args(tiny_model))
+    assert b.health().state is State.LOADING
+    await b.start()
+    assert b.health().state is State.READY
+    yield b
+    await b.stop()
+
+
+def _reference(backend: TransformersBackend, ids: list[int], max_new_tokens: int) -> str:
+    """Greedy text from plain ``model.generate`` for the same prompt tokens."""
+    with torch.inference_mode():
+        out = backend.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=max_new_tokens, do_sample=False)
+    return backend.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+
+
+def _prompt_ids(backend: TransformersBackend, messages: list[dict[str, str]]) -> list[int]:
+    text = backend.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(backend.tokenizer(text, add_special_tokens=False).input_ids)
+
+
+async def _drain(stream: Stream) -> list[dict[str, Any]]:
+    return [chunk async for chunk in stream.chunks]
+
+
+@in_module_loop
+async def test_chat_greedy_matches_plain_generate(backend: TransformersBackend) -> None:
+    r = await backend.chat({"model": "tiny", "messages": HELLO, "max_tokens": 24, "temperature": 0})
+    assert r["object"] == "chat.completion" and r["model"] == "tiny"
+    choice = r["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["message"]["content"] == _reference(backend, _prompt_ids(backend, HELLO), 24)
+    ids = _prompt_ids(backend, HELLO)
+    assert r["usage"]["prompt_tokens"] == len(ids)
+    assert r["usage"]["total_tokens"] == len(ids) + r["usage"]["completion_tokens"]
+    assert choice["finish_reason"] in ("stop", "length")
+
+
+@in_module_loop
+async def test_stream_matches_non_stream(backend: TransformersBackend) -> None:
+    body = {"messages": HELLO, "max_tokens": 24, "temperature": 0}
+    whole = await backend.chat(body)
+    stream = await backend.chat({**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert isinstance(stream, Stream)
+    chunks = await _drain(stream)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == whole["choices"][0]["message"]["content"]
+    finals = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert [f["choices"][0]["finish_reason"] for f in finals] == [whole["choices"][0]["finish_reason"]]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    assert stream.usage.completion_tokens == whole["usage"]["completion_tokens"]
+    assert len({c["id"] for c in chunks}) == 1
+
+
+@in_module_loop
+async def test_max_tokens_gives_length(backend: TransformersBackend) -> None:
+    r = await backend.chat({"messages": HELLO, "max_completion_tokens": 9, "temperature": 0, "ignore_eos": True})
+    assert r["choices"][0]["finish_reason"] == "length"
+    assert r["usage"]["completion_tokens"] == 9
+
+
+@in_module_loop
+async def test_completions_prompts_n_and_echo(backend: TransformersBackend) -> None:
+    prompts = ["The harbour town", "A computer is a machine"]
+    r = await backend.completions({"prompt": prompts, "n": 2, "max_tokens": 8, "temperature": 0,
+                                   "echo": True})
+    assert r["object"] == "text_completion"
+    assert [c["index"] for c in r["choices"]] == [0, 1, 2, 3]
+    for c in r["choices"]:
+        prompt = prompts[c["index"] // 2]
+        assert c["text"].startswith(prompt)
+        ids = list(backend.tokenizer(prompt).input_ids)
+        assert c["text"][len(prompt):] == _reference(backend, ids, 8)[: len(c["text"]) - len(prompt)]
+    assert r["usage"]["prompt_tokens"] == sum(len(backend.tokenizer(p).input_ids) for p in prompts)
+
+
+@in_module_loop
+async def test_completions_stream_with_token_ids(backend: TransformersBackend) -> None:
+    ids = list(backend.tokenizer("The harbour town").input_ids)
+    whole = await backend.completions({"prompt": ids, "max_tokens": 8, "temperature": 0})
+    chunks = await _drain(await backend.completions({"prompt": ids, "max_tokens": 8, "temperature": 0,
+                                                     "stream": True}))
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
+
+
+@in_module_loop
+async def test_stop_string_truncates_in_both_modes(backend: TransformersBackend) -> None:
+    body = {"messages": HELLO, "max_tokens": 30, "temperature": 0, "ignore_eos": True}
+    full = (await backend.chat(body))["choices"][0]["message"]["content"]
+    assert len(full) > 6
+    stop = full[3:6]
+    cut = full[: full.index(stop)]
+    r = await backend.chat({**body, "stop": [stop, "never-appears"]})
+    assert r["choices"][0]["message"]["content"] == cut
+    assert r["choices"][0]["finish_reason"] == "stop"
+    chunks = await _drain(await backend.chat({**body, "stop": stop, "stream": True}))
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == cut
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@in_module_loop
+async def test_seed_makes_sampling_repeatable(backend: TransformersBackend) -> None:
+    body = {"messages": HELLO, "max_tokens": 24, "temperature": 1.0, "ignore_eos": True}
+
+    async def texts(seed: int) -> list[str]:
+        r = await backend.chat({**body, "seed": seed, "n": 2})
+        return [c["message"]["content"] for c in r["choices"]]
+
+    first = await texts(7)
+    assert await texts(7) == first
+    others = [await texts(s) for s in (8, 9, 10)]
+    assert any(o != first for o in others)
+
+
+@in_module_loop
+async def test_top_k_one_and_tiny_top_p_are_greedy(backend: TransformersBackend) -> None:
+    body = {"messages": HELLO, "max_tokens": 16, "ignore_eos": True}
+    greedy = (await backend.chat({**body, "temperature": 0}))["choices"][0]["message"]["content"]
+    top_k = await backend.chat({**body, "temperature": 1.5, "top_k": 1})
+    top_p = await backend.chat({**body, "temperature": 1.5, "top_p": 1e-6})
+    assert top_k["choices"][0]["message"]["content"] == greedy
+    assert top_p["choices"][0]["message"]["content"] == greedy
+
+
+@in_module_loop
+async def test_concurrent_requests_share_decode_steps(backend: TransformersBackend) -> None:
+    scheduler = backend.scheduler
+    assert scheduler is not None
+    await scheduler.wait_idle()
+    prompts = ["The harbour town", "A computer is", "Rivers begin as small", "Hello! How"]
+    bodies = [{"prompt": p, "max_tokens": 12, "temperature": 0, "ignore_eos": True} for p in prompts]
+    solo = [(await backend.completions(b))["choices"][0]["text"] for b in bodies]
+    with scheduler.hold_admission():
+        tasks = [asyncio.ensure_future(backend.completions(b)) for b in bodies]
+        while scheduler.pending_count() < len(bodies):
+            await asyncio.sleep(0.01)
+    results = await asyncio.gather(*tasks)
+    # batched (left-padded, different prompt lengths) output equals one-at-a-time output
+    assert [r["choices"][0]["text"] for r in results] == solo
+    for r in results:
+        record = backend.record(r["id"])
+        assert record is not None and record.max_batch_requests == len(bodies)
+
+
+@in_module_loop
+async def test_request_joins_a_running_batch(backend: TransformersBackend) -> None:
+    scheduler = backend.scheduler
+    assert scheduler is not None
+    await scheduler.wait_idle()
+    long_body = {"messages": HELLO, "max_tokens": 64, "temperature": 0, "ignore_eos": True}
+    late_body = {"prompt": "The library on the hill had", "max_tokens": 10, "temperature": 0, "ignore_eos": True}
+    long_solo = (await backend.chat(long_body))["choices"][0]["message"]["content"]
+    late_solo = (await backend.completions(late_body))["choices"][0]["text"]
+    stream = await backend.chat({**long_body, "stream": True})
+    first = await stream.chunks.__anext__()
+    record = backend.record(first["id"])
+    assert record is not None
+    while record.generated_tokens < 3:
+        await asyncio.sleep(0.005)
+    late = await backend.completions(late_body)
+    rest = [c async for c in stream.chunks]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in [first, *rest])
+    assert text == long_solo
+    assert late["choices"][0]["text"] == late_solo
+    late_record = backend.record(late["id"])
+    assert late_record is not None and late_record.max_batch_requests == 2
+    assert record.max_batch_requests == 2
+
+
+@in_module_loop
+async def test_closing_a_stream_stops_generation(backend: TransformersBackend) -> None:
+    scheduler = backend.scheduler
+    assert scheduler is not None
+    stream = await backend.chat({"messages": HELLO, "max_tokens": 1500, "temperature": 0, "ignore_eos": True,
+                                 "stream": True})
+    seen = [await stream.chunks.__anext__() for _ in range(3)]
+    await stream.chunks.aclose()
+    await scheduler.wait_idle()
+    record = backend.record(seen[0]["id"])
+    assert record is not None and record.cancelled and record.done
+    assert record.finish_reasons == {}
+    assert record.tokens_after_cancel <= 1  # stopped at the next step
+    assert record.generated_tokens < 1500
+
+
+@in_module_loop
+async def test_cancelling_a_waiting_call_stops_generation(backend: TransformersBackend) -> None:
+    scheduler = backend.scheduler
+    assert scheduler is not None
+    await scheduler.wait_idle()
+    task = asyncio.ensure_future(backend.chat({"messages": HELLO, "max_tokens": 1500, "temperature": 0,
+                                               "ignore_eos": True}))
+    while not scheduler.records or next(reversed(scheduler.records.values())).generated_tokens < 2:
+        await asyncio.sleep(0.005)
+    record = next(reversed(scheduler.records.values()))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await scheduler.wait_idle()
+    assert record.cancelled and record.done and record.tokens_after_cancel <= 1
+    assert record.generated_tokens < 1500
+
+
+@in_module_loop
+async def test_prompt_longer_than_context_is_400(backend: TransformersBackend) -> None:
+    long = " ".join(["harbour"] * (backend.max_model_len + 10))
+    with pytest.raises(BackendError) as err:
+        await backend.chat({"messages": [{"role": "user", "content": long}]})
+    assert err.value.status == 400 and err.value.code == "context_length_exceeded"
+    assert err.value.param == "messages"
+    with pytest.raises(BackendError) as err:
+        await backend.completions({"prompt": "Hello", "max_tokens": backend.max_model_len})
+    assert err.value.status == 400 and err.value.param == "max_tokens"
+
+
+@in_module_loop
+async def test_unsupported_features_are_400(backend: TransformersBackend) -> None:
+    with pytest.raises(BackendError) as err:
+        await backend.chat({"messages": HELLO, "response_format": {"type": "json_object"}})
+    assert err.value.status == 400 and err.value.param == "response_format"
+    with pytest.raises(BackendError) as err:
+        await backend.chat({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})
+    assert err.value.status == 400 and err.value.param == "messages"
+
+
+@in_module_loop
+async def test_full_queue_is_429(backend: TransformersBackend) -> None:
+    scheduler = backend.scheduler
+    assert scheduler is not None
+    await scheduler.wait_idle()
+    saved = scheduler.max_queue
+    scheduler.max_queue = 1
+    try:
+        with scheduler.hold_admission():
+            waiting = asyncio.ensure_future(backend.completions({"prompt": "Hello", "max_tokens": 2}))
+            while scheduler.pending_count() < 1:
+                await asyncio.sleep(0.01)
+            with pytest.raises(BackendError) as err:
+                await backend.completions({"prompt": "Hello", "max_tokens": 2})
+            assert err.value.status == 429 and err.value.code == "queue_full"
+    finally:
+        scheduler.max_queue = saved
+    assert (await waiting)["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_unknown_engine_arg_fails_at_construction(tiny_model: Any) -> None:
+    with pytest.raises(ValueError, match="unknown engine args for transformers: max_len"):
+        TransformersBackend(_args(tiny_model, engine_args={"max_len": 5}))
+
+
+# ---- through the real app, real uvicorn, official openai client -------------------------------
+
+
+@contextmanager
+def serve(backend: Any, args: ShimArgs, port: int) -> Iterator[str]:
+    """Run ``create_app(backend, args)`` on uvicorn in a thread until the block exits."""
+    import uvicorn
+
+    from modelplane.shim.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(backend, args), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            assert thread.is_alive(), "uvicorn exited during start-up"
+            assert time.monotonic() < deadline, "the shim never became healthy"
+            try:
+                if httpx.get(base + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def app_server(tiny_model: Any, free_port_factory: Any) -> Iterator[tuple[str, TransformersBackend]]:
+    args = _args(tiny_model)
+    backend = TransformersBackend(args)  # the app's lifespan starts and stops it
+    with serve(backend, args, free_port_factory()) as base:
+        yield base, backend
+
+
+def test_openai_client_chat_stream_and_completions(app_server: tuple[str, TransformersBackend]) -> None:
+    base, _ = app_server
+    client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
+    chat = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=16, temperature=0)
+    assert chat.model == "tiny" and chat.choices[0].message.content
+    stream = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=16, temperature=0,
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == chat.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+    done = client.completions.create(model="tiny", prompt="The harbour town", max_tokens=8, temperature=0, n=2,
+                                      stop=["never"])
+    assert [c.index for c in done.choices] == [0, 1] and done.choices[0].text == done.choices[1].text
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "harbour " * 5000}])
+    assert err.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+
+
+def test_openai_client_concurrent_streams_are_batched(app_server: tuple[str, TransformersBackend]) -> None:
+    base, backend = app_server
+    scheduler = backend.scheduler
+    assert scheduler is not None
+    client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
+    prompts = ["The harbour town", "A computer is", "Rivers begin as", "To make a cup of tea"]
+    solo = [client.completions.create(model="tiny", prompt=p, max_tokens=10, temperature=0).choices[0].text
+            for p in prompts]
+    results: dict[int, tuple[str, str]] = {}
+
+    def run(i: int) -> None:
+        stream = client.completions.create(model="tiny", prompt=prompts[i], max_tokens=10, temperature=0,
+                                           stream=True)
+        chunks = list(stream)
+        results[i] = (chunks[0].id, "".join(c.choices[0].text for c in chunks if c.choices))
+
+    with scheduler.hold_admission():
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while scheduler.pending_count() < len(prompts):
+            assert time.monotonic() < deadline, "the requests never reached the scheduler"
+            time.sleep(0.01)
+    for t in threads:
+        t.join(timeout=60)
+    assert [results[i][1] for i in range(len(prompts))] == solo
+    for rid, _ in results.values():
+        record = backend.record(rid)
+        assert record is not None and record.max_batch_requests == len(prompts)
+
+
+def test_client_disconnect_stops_generation(app_server: tuple[str, TransformersBackend]) -> None:
+    base, backend = app_server
+    scheduler = backend.scheduler
+    assert scheduler is not None
+    body = {"model": "tiny", "messages": HELLO, "max_tokens": 1500, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    with httpx.Client(base_url=base, timeout=60) as http, http.stream("POST", "/v1/chat/completions",
+                                                                      json=body) as resp:
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        rid = httpx.Response(200, content=first[len("data: "):]).json()["id"]
+        for _ in range(3):
+            next(lines)
+    # the connection is closed here, mid-stream
+    deadline = time.monotonic() + 60
+    record = backend.record(rid)
+    assert record is not None
+    while not record.done:
+        assert time.monotonic() < deadline, "generation did not stop after the client went away"
+        time.sleep(0.01)
+    assert record.cancelled and record.finish_reasons == {}
+    assert record.generated_tokens < 1500
