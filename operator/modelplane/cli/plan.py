@@ -19,7 +19,13 @@ from modelplane.resolver import Plan, resolve
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-f", "--filename", required=True, help="YAML file with one or more ModelDeployments ('-': stdin)")
+    p.add_argument(
+        "-f",
+        "--filename",
+        required=True,
+        action="append",
+        help="YAML file with one or more ModelDeployments ('-': stdin); repeat for several files",
+    )
     p.add_argument("--nodes", help="Nodes as `kubectl get nodes -o yaml` prints them (default: this machine)")
     p.add_argument("--config", help="operator config file (images, autoEngines, ...)")
     p.add_argument("-o", "--output", choices=("yaml", "json", "summary"), default="yaml")
@@ -127,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
-    deployments = load_deployments(args.filename)
+    deployments = [md for path in args.filename for md in load_deployments(path)]
     hardware = load_hardware(args.nodes)
     results = plan_documents(deployments, hardware, config)
     if args.output == "json":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -62,8 +63,27 @@ def _user_tolerations(spec: ModelDeploymentSpec) -> list[dict[str, str]]:
     return [{k: v for k, v in t.model_dump().items() if isinstance(v, str)} for t in tols]
 
 
+_ELIGIBLE_CACHE: dict[tuple[int, str, str], tuple[Hardware, list[NodeInfo]]] = {}
+
+
 def _eligible(spec: ModelDeploymentSpec, hardware: Hardware, accelerator: str) -> list[NodeInfo]:
-    """Nodes a pod for this accelerator could land on: labels match, taints tolerated."""
+    """Nodes a pod for this accelerator could land on: labels match, taints tolerated.
+
+    Memoized per Hardware object (the operator keeps one until nodes change), keyed by
+    the spec's selector and tolerations; the cached Hardware is kept to make ``id`` safe.
+    """
+    key = (id(hardware), accelerator, repr((spec.node_selector, spec.tolerations)))
+    hit = _ELIGIBLE_CACHE.get(key)
+    if hit is not None and hit[0] is hardware:
+        return hit[1]
+    if len(_ELIGIBLE_CACHE) > 4096:
+        _ELIGIBLE_CACHE.clear()
+    nodes = _eligible_uncached(spec, hardware, accelerator)
+    _ELIGIBLE_CACHE[key] = (hardware, nodes)
+    return nodes
+
+
+def _eligible_uncached(spec: ModelDeploymentSpec, hardware: Hardware, accelerator: str) -> list[NodeInfo]:
     if accelerator == "cpu":
         pool = [n for n in hardware.nodes if n.accelerator != "metal"]
     else:
@@ -179,6 +199,11 @@ def _describe(node: NodeInfo, accelerator: str, count: int) -> str:
     return f"{count} × {what}{mem}" if accelerator in ("nvidia", "ascend") else f"{what}{mem} unified"
 
 
+@functools.cache
+def _default_config() -> OperatorConfig:
+    return OperatorConfig()
+
+
 def resolve(
     spec: ModelDeploymentSpec,
     hardware: Hardware,
@@ -186,7 +211,7 @@ def resolve(
     catalog: Catalog | None = None,
 ) -> Plan | Rejection:
     """Choose engine, accelerator, image and model for a spec on this hardware, or say why not."""
-    config = config or OperatorConfig()
+    config = config or _default_config()
     catalog = catalog or load_catalog()
     try:
         options, _family = options_for(spec.model, catalog)
@@ -295,12 +320,13 @@ def _join(per_accel: dict[str, tuple[int, str]], explicit: bool, requested: str,
         return f"not requested (engine: {requested})"
     if not per_accel:
         return "not considered"
-    # Skip "does not run on X" noise when the engine has something more specific to say.
-    runs_on = ENGINES[engine].accelerators
+    # Skip "does not run on X" and "no X nodes" noise when there is something more specific to say.
     deep = {a: r for a, r in per_accel.items() if r[0] > _STAGE_NODES}
     if not deep:
-        absent = [a for a in ACCELERATORS if a in runs_on and a in per_accel] or list(runs_on)
-        return f"needs a {'/'.join(absent)} node; none can take its pods (schedulable, nodeSelector, taints)"
+        absent = [a for a in ACCELERATORS if per_accel.get(a, (-1,))[0] == _STAGE_NODES]
+        if absent:
+            return f"needs a {'/'.join(absent)} node; none can take its pods (schedulable, nodeSelector, taints)"
+        deep = per_accel  # only "does not run on X" for the accelerators asked for
     texts = list(dict.fromkeys(f"{a}: {t}" for a, (_, t) in deep.items()))
     same = {t for _, (_, t) in deep.items()}
     if len(same) == 1 and len(deep) > 1:

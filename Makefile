@@ -1,0 +1,48 @@
+# modelplane developer entry points. `make demo` sets up and runs the main job; `make test` runs
+# every test (what .ci/run runs). Both work offline on a CPU-only machine with Python 3.10+.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch comes first, pinned: a CPU build is installed locally; an unpinned torch pulls GBs of CUDA.
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: setup demo plan test test-fast lint verify crds catalog clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+# The main job: plan every example for a mixed NVIDIA/Ascend/Metal/CPU cluster.
+demo plan: setup
+	$(VENV)/bin/modelplane plan -f examples/qwen-awq-nvidia.yaml -f examples/qwen-gguf-cpu.yaml --nodes examples/nodes/mixed.yaml -o summary
+
+test: setup
+	@if [ -x scripts/engine-venvs.sh ]; then scripts/engine-venvs.sh; fi
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check operator tests scripts benchmarks e2e
+	$(VENV)/bin/lint-imports
+	$(PY) -m modelplane.api.crd --check
+
+# Fast checks that generated files and lint are clean (the before-stop hook runs this).
+verify: lint
+
+crds: setup
+	$(PY) -m modelplane.api.crd
+
+catalog: setup
+	$(PY) scripts/convert_catalog.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

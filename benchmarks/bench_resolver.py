@@ -1,0 +1,95 @@
+"""Resolver throughput: plan every catalog spec against several cluster kinds.
+
+    python benchmarks/bench_resolver.py [--repeat 3]
+
+Prints plans per second and the time for the whole catalog per cluster kind.
+The resolver is pure, so this measures only Python work: no I/O, no sleeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelplane.api import ModelDeploymentSpec
+from modelplane.catalog import load_catalog
+from modelplane.hardware import Hardware, parse_nodes
+from modelplane.resolver import Plan, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _nodes(path: str) -> list[dict[str, Any]]:
+    return yaml.safe_load((ROOT / path).read_text())["items"]
+
+
+def clusters() -> dict[str, Hardware]:
+    mixed = _nodes("examples/nodes/mixed.yaml")
+    by = {n["metadata"]["name"]: n for n in mixed}
+    return {
+        "mixed (4 classes)": parse_nodes(mixed),
+        "nvidia only": parse_nodes([by["gpu-a10g-1"], by["gpu-h100-1"]]),
+        "ascend + cpu": parse_nodes([by["npu-910b-1"], by["cpu-1"]]),
+        "metal only": parse_nodes([by["mac-studio-1"]]),
+        "cpu only": parse_nodes(_nodes("examples/nodes/cpu-only.yaml")),
+    }
+
+
+def every_spec() -> list[ModelDeploymentSpec]:
+    """One spec per (family, size, format, quantization) in the catalog."""
+    out = []
+    for family in load_catalog():
+        for spec in family.specs:
+            for quant in spec.quantizations:
+                model: dict[str, Any] = {"name": family.name, "format": spec.format, "quantization": quant}
+                if spec.size_b is not None:
+                    model["size"] = spec.size_b
+                try:
+                    out.append(ModelDeploymentSpec.model_validate({"model": model}))
+                except ValueError:
+                    continue
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    specs = every_spec()
+    load_catalog()  # warm: the catalog is read once per process
+    rows = []
+    for name, hw in clusters().items():
+        times = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            plans = sum(isinstance(resolve(s, hw), Plan) for s in specs)
+            times.append(time.perf_counter() - start)
+        best = min(times)
+        rows.append(
+            {
+                "cluster": name,
+                "specs": len(specs),
+                "planned": plans,
+                "seconds": round(statistics.median(times), 3),
+                "plans_per_second": round(len(specs) / best),
+            }
+        )
+    total = sum(r["seconds"] for r in rows)
+    if args.json:
+        print(json.dumps({"rows": rows, "total_seconds": round(total, 3)}))
+        return
+    print(f"{'cluster':<20} {'specs':>6} {'planned':>8} {'median s':>9} {'plans/s':>9}")
+    for r in rows:
+        print(f"{r['cluster']:<20} {r['specs']:>6} {r['planned']:>8} {r['seconds']:>9.3f} {r['plans_per_second']:>9}")
+    print(f"whole catalog against {len(rows)} cluster kinds: {total:.3f} s")
+
+
+if __name__ == "__main__":
+    main()
