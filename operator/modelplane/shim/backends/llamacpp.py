@@ -183,7 +183,8 @@ class LlamaCppBackend(Backend):
         try:
             import xllamacpp
         except ImportError as exc:
-            raise RuntimeError("--engine llama.cpp needs the xllamacpp package") from exc
+            raise ImportError("--engine llama.cpp needs the xllamacpp package (the llama.cpp image installs it)") \
+                from exc
         apply_engine_args(xllamacpp.CommonParams(), self.args.engine_args)
 
     def params(self) -> Any:

@@ -1,0 +1,275 @@
+"""The llama.cpp backend (xllamacpp, in-process) on the tiny model's GGUF."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import pytest_asyncio
+
+from modelplane.shim.backends.base import BackendError, State, Stream
+from modelplane.shim.backends.llamacpp import LlamaCppBackend, apply_engine_args, find_gguf
+from modelplane.shimargs import ShimArgs
+
+in_module_loop = pytest.mark.asyncio(loop_scope="module")
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+def _args(model: Any, **kw: Any) -> ShimArgs:
+    kw.setdefault("served_model_name", "tiny-gguf")
+    return ShimArgs(engine="llama.cpp", model=str(model), **kw)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def llm(tiny_model: Any) -> Any:
+    b = LlamaCppBackend(_args(tiny_model.gguf_path, engine_args={"n_ctx": 1024, "parallel": 2}))
+    assert b.health().state is State.LOADING and b.capabilities == {"chat", "completions"}
+    await b.start()
+    assert b.health().state is State.READY
+    yield b
+    await b.stop()
+
+
+@in_module_loop
+async def test_chat(llm: LlamaCppBackend) -> None:
+    r = await llm.chat({"model": "tiny-gguf", "messages": HELLO, "max_tokens": 16, "temperature": 0})
+    assert r["object"] == "chat.completion" and r["model"] == "tiny-gguf"
+    assert r["choices"][0]["message"]["role"] == "assistant" and r["choices"][0]["message"]["content"]
+    assert r["usage"]["prompt_tokens"] > 0 and "timings" not in r
+
+
+@in_module_loop
+async def test_chat_stream_matches_non_stream(llm: LlamaCppBackend) -> None:
+    body = {"messages": HELLO, "max_tokens": 16, "temperature": 0}
+    whole = await llm.chat(body)
+    stream = await llm.chat({**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert isinstance(stream, Stream)
+    chunks = [c async for c in stream.chunks]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == whole["choices"][0]["message"]["content"]
+    reasons = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert reasons == [whole["choices"][0]["finish_reason"]]
+    assert stream.usage.completion_tokens == whole["usage"]["completion_tokens"]
+
+
+@in_module_loop
+async def test_completions_stream_and_stop(llm: LlamaCppBackend) -> None:
+    body = {"prompt": "The harbour town", "max_tokens": 24, "temperature": 0}
+    whole = await llm.completions(body)
+    text = whole["choices"][0]["text"]
+    assert whole["object"] == "text_completion" and text
+    chunks = [c async for c in (await llm.completions({**body, "stream": True})).chunks]
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == text
+    stop = text.strip()[:3]
+    cut = await llm.completions({**body, "stop": [stop]})
+    assert cut["choices"][0]["text"] == text[: text.index(stop)]
+    assert cut["choices"][0]["finish_reason"] == "stop"
+
+
+@in_module_loop
+async def test_concurrent_requests_all_complete(llm: LlamaCppBackend) -> None:
+    prompts = ["The harbour town", "A computer is", "Rivers begin as", "Hello! How"]
+    solo = [(await llm.completions({"prompt": p, "max_tokens": 10, "temperature": 0}))["choices"][0]["text"]
+            for p in prompts]
+    both = await asyncio.gather(*[llm.completions({"prompt": p, "max_tokens": 10, "temperature": 0})
+                                  for p in prompts])
+    assert [r["choices"][0]["text"] for r in both] == solo
+
+
+@in_module_loop
+async def test_closing_a_stream_cancels_it_in_llamacpp(llm: LlamaCppBackend) -> None:
+    stream = await llm.chat({"messages": HELLO, "max_tokens": 900, "temperature": 1.0, "ignore_eos": True,
+                             "stream": True})
+    first = await stream.chunks.__anext__()
+    for _ in range(2):
+        await stream.chunks.__anext__()
+    await stream.chunks.aclose()
+    record = llm.records[first["id"]]
+    while not record.finished:  # the worker thread returns once llama.cpp has dropped the task
+        await asyncio.sleep(0.01)
+    assert record.cancelled and record.chunks_after_cancel <= 1
+    assert record.chunks < 900
+
+
+@in_module_loop
+async def test_too_long_prompt_is_400(llm: LlamaCppBackend) -> None:
+    long = "harbour " * 3000
+    with pytest.raises(BackendError) as err:
+        await llm.chat({"messages": [{"role": "user", "content": long}], "max_tokens": 4})
+    assert err.value.status == 400 and err.value.code == "context_length_exceeded"
+    with pytest.raises(BackendError) as err:
+        await llm.chat({"messages": [{"role": "user", "content": long}], "max_tokens": 4, "stream": True})
+    assert err.value.status == 400 and err.value.code == "context_length_exceeded"
+
+
+@in_module_loop
+async def test_llm_does_not_embed(llm: LlamaCppBackend) -> None:
+    with pytest.raises(BackendError) as err:
+        await llm.embeddings({"input": "x"})
+    assert err.value.status == 404
+
+
+@in_module_loop
+async def test_greedy_tokens_match_transformers(llm: LlamaCppBackend, tiny_model: Any) -> None:
+    """The golden check: the same weights give the same greedy text through both engines."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model.hf_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model.hf_dir, dtype=torch.float32).eval()
+    for prompt in ("The harbour town", "A language model reads text and"):
+        ids = tok(prompt, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+        want = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        got = await llm.completions({"prompt": prompt, "max_tokens": 12, "temperature": 0})
+        assert got["choices"][0]["text"] == want
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def embedder(tiny_model: Any) -> Any:
+    # a folder holding the GGUF, as the operator mounts it; a decoder model needs a pooling type to embed
+    b = LlamaCppBackend(_args(Path(tiny_model.gguf_path).parent, model_type="embedding",
+                              served_model_name="tiny-embed", engine_args={"pooling_type": "mean"}))
+    await b.start()
+    yield b
+    await b.stop()
+
+
+@in_module_loop
+async def test_embeddings(embedder: LlamaCppBackend) -> None:
+    r = await embedder.embeddings({"input": ["The cat sat.", "Numbers have patterns.", "The cat sat."]})
+    v = np.array([d["embedding"] for d in r["data"]])
+    assert r["model"] == "tiny-embed" and v.shape[0] == 3 and v.shape[1] > 16
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
+    assert np.allclose(v[0], v[2], atol=1e-5) and not np.allclose(v[0], v[1], atol=1e-3)
+    assert r["usage"]["prompt_tokens"] > 0
+    short = await embedder.embeddings({"input": "The cat sat.", "dimensions": 16, "encoding_format": "base64"})
+    decoded = np.frombuffer(base64.b64decode(short["data"][0]["embedding"]), dtype="<f4")
+    assert decoded.shape == (16,) and np.allclose(decoded, v[0][:16] / np.linalg.norm(v[0][:16]), atol=1e-5)
+
+
+# ---- configuration ----------------------------------------------------------------------------
+
+
+def test_engine_args_map_onto_common_params() -> None:
+    import xllamacpp
+
+    p = xllamacpp.CommonParams()
+    apply_engine_args(p, {"ctx-size": 4096, "n_parallel": 3, "ngl": 12, "threads": 3,
+                          "sampling.top_k": 7, "pooling_type": "cls", "cache_type_k": "q8_0"})
+    assert (p.n_ctx, p.n_parallel, p.n_gpu_layers, p.cpuparams.n_threads, p.sampling.top_k) == (4096, 3, 12, 3, 7)
+    assert p.pooling_type == xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_CLS
+    assert p.cache_type_k.name == "GGML_TYPE_Q8_0"
+    with pytest.raises(ValueError, match=r"unknown llama\.cpp engine arg 'n_ctxx'"):
+        apply_engine_args(p, {"n_ctxx": 1})
+    with pytest.raises(ValueError, match="set by the shim"):
+        apply_engine_args(p, {"port": 1})
+    with pytest.raises(ValueError, match="n_ctx"):
+        apply_engine_args(p, {"n_ctx": "big"})
+
+
+def test_unknown_engine_arg_fails_at_construction(tiny_model: Any) -> None:
+    with pytest.raises(ValueError, match=r"unknown llama\.cpp engine arg"):
+        LlamaCppBackend(_args(tiny_model.gguf_path, engine_args={"context": 5}))
+
+
+def test_device_offloads_layers(tiny_model: Any) -> None:
+    assert LlamaCppBackend(_args(tiny_model.gguf_path)).params().n_gpu_layers == 0
+    assert LlamaCppBackend(_args(tiny_model.gguf_path, device="cuda")).params().n_gpu_layers == 999
+    ngl = LlamaCppBackend(_args(tiny_model.gguf_path, device="cuda", engine_args={"ngl": 10})).params()
+    assert ngl.n_gpu_layers == 10
+
+
+def test_find_gguf_picks_by_quantization(tmp_path: Path) -> None:
+    for name in ("m-Q4_K_M.gguf", "m-Q8_0.gguf", "mmproj-m-f16.gguf"):
+        (tmp_path / name).write_bytes(b"")
+    split = tmp_path / "big"
+    split.mkdir()
+    for part in (1, 2):
+        (split / f"b-Q4_K_M-0000{part}-of-00002.gguf").write_bytes(b"")
+    assert find_gguf(str(tmp_path / "m-Q8_0.gguf"), None).name == "m-Q8_0.gguf"
+    assert find_gguf(f"file://{tmp_path}", "q8_0").name == "m-Q8_0.gguf"
+    assert find_gguf(str(split), None).name == "b-Q4_K_M-00001-of-00002.gguf"
+    with pytest.raises(FileNotFoundError, match="several"):
+        find_gguf(str(tmp_path), None)
+    with pytest.raises(FileNotFoundError, match=r"no \.gguf file matches"):
+        find_gguf(str(tmp_path), "Q2_K")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        find_gguf(str(tmp_path / "missing"), None)
+
+
+@in_module_loop
+async def test_unloadable_model_is_dead(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf")
+    b = LlamaCppBackend(_args(bad))
+    with pytest.raises(RuntimeError, match="could not load"):
+        await b.start()
+    assert b.health().state is State.DEAD
+
+
+# ---- through the real app ----------------------------------------------------------------------
+
+
+@contextmanager
+def serve(backend: Any, args: ShimArgs, port: int) -> Iterator[str]:
+    """Run ``create_app(backend, args)`` on uvicorn in a thread until the block exits."""
+    import uvicorn
+
+    from modelplane.shim.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(backend, args), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            assert thread.is_alive(), "uvicorn exited during start-up"
+            assert time.monotonic() < deadline, "the shim never became healthy"
+            try:
+                if httpx.get(base + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+def test_openai_client_chat_stream_completions(tiny_model: Any, free_port_factory: Any) -> None:
+    args = _args(tiny_model.gguf_path)
+    with serve(LlamaCppBackend(args), args, free_port_factory()) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
+        chat = client.chat.completions.create(model="tiny-gguf", messages=HELLO, max_tokens=12, temperature=0)
+        assert chat.model == "tiny-gguf" and chat.choices[0].message.content
+        chunks = list(client.chat.completions.create(model="tiny-gguf", messages=HELLO, max_tokens=12,
+                                                     temperature=0, stream=True,
+                                                     stream_options={"include_usage": True}))
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
+            chat.choices[0].message.content
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+        done = client.completions.create(model="tiny-gguf", prompt="The harbour town", max_tokens=8,
+                                          temperature=0)
+        assert done.choices[0].text and done.model == "tiny-gguf"
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user",
+                                                                         "content": "harbour " * 5000}])
+        assert err.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
