@@ -1,0 +1,5 @@
+"""``python -m modelplane.controller``."""
+
+from modelplane.controller.app import main
+
+raise SystemExit(main())

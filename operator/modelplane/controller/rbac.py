@@ -1,0 +1,100 @@
+"""Every Kubernetes API permission the operator needs, declared in one place.
+
+The Helm chart generates its ClusterRole (or Role) from :data:`RULES`; a test
+records the operator's real requests against an API emulator and proves they
+are covered by these rules, and that every rule marked ``observed`` is used.
+``python -m modelplane.controller.rbac`` prints the rules as a ClusterRole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+
+import yaml
+
+from modelplane.api import GROUP, PLURAL
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One RBAC rule: API group, resource (``plural`` or ``plural/subresource``), verbs, and why."""
+
+    api_group: str
+    resource: str
+    verbs: tuple[str, ...]
+    why: str
+    #: False for permissions an admission plugin checks but no request of the operator shows.
+    observed: bool = True
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(GROUP, PLURAL, ("get", "list", "watch"), "watch ModelDeployments (kopf)"),
+    Rule(GROUP, PLURAL, ("patch",), "kopf's last-handled-configuration and progress annotations"),
+    Rule(GROUP, f"{PLURAL}/status", ("patch",), "write status (phase, conditions, engine, endpoint)"),
+    Rule(
+        GROUP,
+        f"{PLURAL}/finalizers",
+        ("update",),
+        "set blockOwnerDeletion on the children's ownerReferences (OwnerReferencesPermissionEnforcement)",
+        observed=False,
+    ),
+    Rule("", "nodes", ("list", "watch"), "in-memory index of node hardware for the resolver"),
+    Rule("apps", "deployments", ("list", "watch"), "follow the model server Deployments' rollout"),
+    Rule("apps", "deployments", ("patch",), "server-side apply of the model server Deployment"),
+    Rule("", "services", ("list", "watch"), "know which Services are applied (spec-hash)"),
+    Rule("", "services", ("patch",), "server-side apply of the model Service"),
+    Rule("", "persistentvolumeclaims", ("list", "watch"), "know which cache claims are applied"),
+    Rule("", "persistentvolumeclaims", ("patch",), "server-side apply of the model cache claim"),
+    Rule("", "pods", ("list", "watch"), "detect CrashLoopBackOff, ImagePullBackOff, OOMKilled, Unschedulable"),
+    Rule("", "events", ("create",), "Events: engine selected, rejected, rollout started, degraded"),
+)
+
+
+def covers(api_group: str, resource: str, verb: str, rules: tuple[Rule, ...] = RULES) -> Rule | None:
+    """The first rule that allows ``verb`` on ``api_group``/``resource``, if any."""
+    for rule in rules:
+        if rule.api_group == api_group and rule.resource == resource and verb in rule.verbs:
+            return rule
+    return None
+
+
+def merged(rules: tuple[Rule, ...] = RULES) -> list[dict[str, object]]:
+    """The rules as Kubernetes PolicyRules, one per (group, resource), verbs merged and sorted."""
+    verbs: dict[tuple[str, str], set[str]] = {}
+    whys: dict[tuple[str, str], list[str]] = {}
+    for rule in rules:
+        key = (rule.api_group, rule.resource)
+        verbs.setdefault(key, set()).update(rule.verbs)
+        whys.setdefault(key, []).append(rule.why)
+    return [
+        {"apiGroups": [group], "resources": [resource], "verbs": sorted(verbs[(group, resource)]),
+         "why": "; ".join(whys[(group, resource)])}
+        for group, resource in sorted(verbs)
+    ]
+
+
+def cluster_role(name: str = "modelplane-operator") -> dict[str, object]:
+    """A ClusterRole granting exactly :data:`RULES` (the ``why`` is dropped: not a PolicyRule field)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [{k: v for k, v in rule.items() if k != "why"} for rule in merged()],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print the operator's RBAC rules.")
+    parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    parser.add_argument("--name", default="modelplane-operator")
+    ns = parser.parse_args(argv)
+    role = cluster_role(ns.name)
+    sys.stdout.write(json.dumps(role, indent=2) + "\n" if ns.output == "json" else yaml.safe_dump(role))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,482 @@
+"""The reconcile loop: one ModelDeployment → hardware → plan → children → status and Events.
+
+Handlers stay thin: kopf's create/update/resume handlers and the world work
+queue (nodes, Deployments, Pods) all call :meth:`Controller.reconcile`, which
+is serialized per object. Nothing is written when nothing changed: children
+are applied only when their spec-hash (or replicas) differs from what the
+watch shows, status only when it differs from the last status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from modelplane.api import GROUP, KIND, PLURAL, VERSION, ModelDeploymentSpec
+from modelplane.config import OperatorConfig
+from modelplane.controller import status as st
+from modelplane.controller.kube import KubeClient, PermanentApiError, TransientApiError
+from modelplane.controller.metrics import Metrics
+from modelplane.controller.workqueue import RetryLater, WorkQueue
+from modelplane.controller.world import SPEC_HASH_LABEL, Problem, compact_child
+from modelplane.hardware import Hardware, parse_nodes
+from modelplane.render import child_name, render
+from modelplane.render.manifests import spec_hash
+from modelplane.resolver import Plan, Rejection, resolve
+
+logger = logging.getLogger("modelplane.controller")
+
+# kopf index ids (they are also the handlers' keyword arguments).
+IDX_MDS = "modelplane_mds"
+IDX_NODES = "modelplane_nodes"
+IDX_CHILDREN = {
+    "Deployment": "modelplane_deployments",
+    "Service": "modelplane_services",
+    "PersistentVolumeClaim": "modelplane_claims",
+}
+IDX_PODS = "modelplane_pods"
+INDEX_IDS = (IDX_MDS, IDX_NODES, *IDX_CHILDREN.values(), IDX_PODS)
+
+_APPLY_ORDER = {"PersistentVolumeClaim": 0, "Service": 1, "Deployment": 2}
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one reconcile did (for metrics and tests)."""
+
+    result: str  # applied | status | unchanged | rejected | invalid | failed | skipped
+    applied: tuple[str, ...] = ()
+    status_written: bool = False
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in ("spec", *err["loc"]))
+    return f"{where}: {err['msg']}"
+
+
+def _reasons(items: Iterable[Any]) -> list[dict[str, str]]:
+    return [{"engine": str(r.engine), "reason": str(r.reason)} for r in items or ()]
+
+
+class Controller:
+    """State shared by all handlers of one operator instance."""
+
+    def __init__(self, config: OperatorConfig, *, workers: int = 4) -> None:
+        self.config = config
+        self.metrics = Metrics(self._statuses)
+        self.client: KubeClient | None = None
+        self.connection: Any = None  # the kopf.ConnectionInfo kopf's login produced
+        self.indices: Mapping[str, Any] = {}
+        self.queue = WorkQueue(self._work, workers=workers)
+        self.instance = os.environ.get("POD_NAME") or socket.gethostname()
+        self._locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._written: dict[str, dict[str, Any]] = {}
+        self._hardware: Hardware | None = None
+        self._instances: dict[Key, str] = {}  # (namespace, instance label) -> ModelDeployment name
+
+    # ----- wiring -------------------------------------------------------------------------------
+
+    def bind(self, indices: Mapping[str, Any], client: KubeClient) -> None:
+        self.indices = {k: indices[k] for k in INDEX_IDS if k in indices}
+        self.client = client
+
+    def _index(self, idx: str) -> Mapping[Any, Any]:
+        return self.indices.get(idx) or {}
+
+    def _values(self, idx: str, key: Hashable) -> list[dict[str, Any]]:
+        store = self._index(idx).get(key)
+        return list(store) if store is not None else []
+
+    def _statuses(self) -> list[Mapping[str, Any]]:
+        return [body.get("status") or {} for store in self._index(IDX_MDS).values() for body in store]
+
+    def hardware(self) -> Hardware:
+        nodes = [node for store in self._index(IDX_NODES).values() for node in store]
+        return parse_nodes(nodes)
+
+    def md_keys(self) -> list[Key]:
+        return sorted(self._index(IDX_MDS).keys())
+
+    # ----- world events -------------------------------------------------------------------------
+
+    def nodes_changed(self) -> bool:
+        """Called on every Node event: when the hardware differs, every deployment is looked at again."""
+        hw = self.hardware()
+        if hw == self._hardware:
+            return False
+        self._hardware = hw
+        for key in self.md_keys():
+            self.queue.add(key)
+        return True
+
+    def child_changed(self, namespace: str | None, owner: str | None) -> None:
+        if namespace and owner and (namespace, owner) in self._index(IDX_MDS):
+            self.queue.add((namespace, owner))
+
+    def pod_changed(self, namespace: str | None, instance: str | None) -> None:
+        if namespace and instance:
+            self.child_changed(namespace, self._instances.get((namespace, instance), instance))
+
+    def forget(self, namespace: str, name: str, uid: str | None) -> None:
+        """The ModelDeployment is gone: drop what is remembered about it."""
+        self._locks.pop((namespace, name), None)
+        self._instances.pop((namespace, child_name(name)), None)
+        self.queue.forget((namespace, name))
+        if uid:
+            self._written.pop(uid, None)
+        for key in [k for k in self._applied if k[1] == namespace and self._applied[k].get("owner") == name]:
+            del self._applied[key]
+
+    async def _work(self, key: Hashable) -> None:
+        namespace, name = key  # type: ignore[misc]
+        bodies = self._values(IDX_MDS, (namespace, name))
+        if not bodies:
+            return
+        try:
+            await self.reconcile(bodies[0], trigger="world")
+        except TransientApiError as exc:
+            raise RetryLater(str(exc), exc.retry_after) from exc
+
+    # ----- the reconcile --------------------------------------------------------------------------
+
+    async def reconcile(self, body: Mapping[str, Any], *, trigger: str) -> Outcome:
+        """Bring one ModelDeployment's children and status in line with its spec and the world.
+
+        ``trigger``: create or spec (resolve afresh), scale, resume, meta or world
+        (keep the engine already chosen while its placement holds).
+        Raises :class:`TransientApiError` for the caller to retry.
+        """
+        md = _plain(body)
+        meta = md.get("metadata") or {}
+        key = (meta.get("namespace") or "", meta.get("name") or "")
+        async with self._locks[key]:
+            started = time.perf_counter()
+            try:
+                outcome = await self._reconcile(md, trigger)
+            except TransientApiError:
+                self.metrics.reconciles.labels(result="retry").inc()
+                raise
+            except Exception:
+                self.metrics.reconciles.labels(result="error").inc()
+                raise
+            finally:
+                self.metrics.duration.observe(time.perf_counter() - started)
+            self.metrics.reconciles.labels(result=outcome.result).inc()
+            logger.debug("reconciled %s/%s (%s): %s", key[0], key[1], trigger, outcome)
+            return outcome
+
+    async def _reconcile(self, md: dict[str, Any], trigger: str) -> Outcome:
+        meta = md["metadata"]
+        if meta.get("deletionTimestamp"):
+            return Outcome("skipped")
+        generation = meta.get("generation")
+        previous = self._previous_status(md)
+        if trigger == "world" and (previous or {}).get("observedGeneration") != generation:
+            # The spec changed and kopf's update handler has not run yet: it will resolve afresh.
+            return Outcome("skipped")
+        now = st.now_rfc3339()
+
+        try:
+            spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
+        except ValidationError as exc:
+            message = _first_error(exc)
+            desired = st.unresolved_status(
+                phase="Failed", generation=generation, resolved=st.Cond("Resolved", "False", "InvalidSpec", message),
+                rejected=None, rollout=None, previous=previous, now=now,
+            )
+            written = await self._write_status(md, previous, desired)
+            return Outcome("invalid", status_written=written)
+
+        hw = self.hardware()
+        instance = child_name(meta["name"])
+        self._instances[(meta["namespace"], instance)] = meta["name"]
+        rollout_pods = self._values(IDX_PODS, (meta["namespace"], instance))
+        if not hw.nodes:
+            desired = st.unresolved_status(
+                phase="Resolving", generation=generation,
+                resolved=st.Cond("Resolved", "Unknown", "WaitingForNodes", "no schedulable node is known yet"),
+                rejected=None, rollout=None, previous=previous, now=now,
+            )
+            written = await self._write_status(md, previous, desired)
+            return Outcome("skipped", status_written=written)
+
+        sticky = trigger not in ("create", "spec")
+        try:
+            decision, kept = self._choose(spec, previous, hw, sticky=sticky)
+        except Exception as exc:  # the resolver promises never to raise; never crash if it does
+            logger.exception("resolving %s/%s failed", meta["namespace"], meta["name"])
+            decision, kept = Rejection(rejected=[], message=f"internal error while resolving: {exc}"), False
+
+        if isinstance(decision, Rejection):
+            deployment = self._observed(md, "Deployment", None)
+            rollout = st.observe_rollout(deployment, rollout_pods, desired_replicas=spec.replicas,
+                                         desired_hash=None) if deployment else None
+            desired = st.unresolved_status(
+                phase="Failed", generation=generation,
+                resolved=st.Cond("Resolved", "False", "Rejected", decision.message),
+                rejected=_reasons(decision.rejected), rollout=rollout, previous=previous, now=now,
+            )
+            written = await self._write_status(md, previous, desired)
+            return Outcome("rejected", status_written=written)
+
+        plan: Plan = decision
+        children = self._children(plan, md)
+        applied: list[str] = []
+        rollout_event: tuple[str, str] | None = None
+        apply_problem: Problem | None = None
+        desired_hash: str | None = None
+        for child in children:
+            kind, name = child["kind"], child["metadata"]["name"]
+            want = (child["metadata"].get("labels") or {}).get(SPEC_HASH_LABEL)
+            if kind == "Deployment":
+                desired_hash = want
+            observed = self._observed(md, kind, name)
+            if not self._needs_apply(child, observed, meta.get("uid")):
+                continue
+            try:
+                response = await self.client.apply(child)  # type: ignore[union-attr]
+            except PermanentApiError as exc:
+                apply_problem = Problem("ApplyFailed", f"the API server refused {kind} {name}: {exc.message}")
+                break
+            self.metrics.writes.labels(kind="apply").inc()
+            compact = compact_child(response)
+            compact["owner"] = meta["name"]
+            self._applied[(kind, meta["namespace"], name)] = compact
+            applied.append(f"{kind}/{name}")
+            if kind == "Deployment":
+                old_hash = (observed or {}).get("labels", {}).get(SPEC_HASH_LABEL)
+                if observed is None or old_hash != want:
+                    rollout_event = ("RolloutStarted", f"rolling out {name} ({plan.engine} on {plan.accelerator}, "
+                                     f"{plan.image}, spec-hash {want})")
+                else:
+                    rollout_event = ("Scaled", f"scaled {name} from {observed.get('replicas')} to "
+                                     f"{child['spec'].get('replicas')} replicas")
+
+        deployment = self._observed(md, "Deployment", None)
+        rollout = st.observe_rollout(deployment, rollout_pods, desired_replicas=spec.replicas,
+                                     desired_hash=desired_hash)
+        if apply_problem is not None:
+            rollout = st.Rollout(rollout.replicas, rollout.ready, rollout.updated, False, apply_problem)
+        rejected = _reasons(plan.rejected)
+        reason = plan.reason
+        if kept and previous is not None:
+            rejected = list(previous.get("rejected") or rejected)
+            prev_resolved = st.condition(previous, "Resolved")
+            reason = str(prev_resolved.get("message")) if prev_resolved else reason
+        desired = st.planned_status(
+            generation=generation,
+            plan_fields=self._plan_fields(plan, children, md),
+            reason=reason,
+            rejected=rejected,
+            desired_replicas=spec.replicas,
+            rollout=rollout,
+            previous=previous,
+            now=now,
+        )
+        if apply_problem is not None:
+            desired["phase"] = "Failed"
+        if rollout_event is not None:
+            await self._event(md, "Normal", *rollout_event)
+        written = await self._write_status(md, previous, desired)
+        if apply_problem is not None:
+            return Outcome("failed", tuple(applied), written)
+        return Outcome("applied" if applied else ("status" if written else "unchanged"), tuple(applied), written)
+
+    # ----- decisions ----------------------------------------------------------------------------
+
+    def _choose(
+        self, spec: ModelDeploymentSpec, previous: Mapping[str, Any] | None, hw: Hardware, *, sticky: bool
+    ) -> tuple[Plan | Rejection, bool]:
+        """Resolve; when sticky, keep the engine and accelerator already chosen while they still fit."""
+        fresh = resolve(spec, hw, self.config)
+        prev = previous or {}
+        resolved = st.condition(prev, "Resolved")
+        if not sticky or not prev.get("engine") or not resolved or resolved.get("status") != "True":
+            return fresh, False
+        if isinstance(fresh, Plan) and (fresh.engine, fresh.accelerator) == (prev["engine"], prev.get("accelerator")):
+            return fresh, False
+        pinned_spec = spec.model_copy(update={
+            "engine": prev["engine"],
+            "accelerator": spec.accelerator.model_copy(update={"type": prev.get("accelerator") or "auto"}),
+        })
+        pinned = resolve(pinned_spec, hw, self.config)
+        if isinstance(pinned, Plan):
+            return pinned, True
+        return fresh, False
+
+    def _children(self, plan: Plan, md: Mapping[str, Any]) -> list[dict[str, Any]]:
+        meta = md["metadata"]
+        owner = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": meta["name"],
+            "uid": meta.get("uid"),
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        children = []
+        for child in render(plan, md, self.config):
+            child = _plain(child)
+            child["metadata"].setdefault("namespace", meta["namespace"])
+            labels = child["metadata"].setdefault("labels", {})
+            if SPEC_HASH_LABEL not in labels:  # the renderer hashes the Deployment; hash the rest here
+                labels[SPEC_HASH_LABEL] = spec_hash(child)
+            child["metadata"]["ownerReferences"] = [owner]
+            children.append(child)
+        children.sort(key=lambda c: (_APPLY_ORDER.get(c["kind"], 9), c["metadata"]["name"]))
+        return children
+
+    @staticmethod
+    def _needs_apply(child: Mapping[str, Any], observed: Mapping[str, Any] | None, uid: str | None) -> bool:
+        if observed is None:
+            return True
+        want = (child["metadata"].get("labels") or {}).get(SPEC_HASH_LABEL)
+        if want is None or (observed.get("labels") or {}).get(SPEC_HASH_LABEL) != want:
+            return True
+        if uid and uid not in (observed.get("ownerUids") or []):
+            return True
+        return child["kind"] == "Deployment" and observed.get("replicas") != (child.get("spec") or {}).get("replicas")
+
+    def _plan_fields(self, plan: Plan, children: list[dict[str, Any]], md: Mapping[str, Any]) -> dict[str, Any]:
+        endpoint = None
+        for child in children:
+            if child["kind"] == "Service":
+                ports = (child.get("spec") or {}).get("ports") or []
+                port = next((p for p in ports if p.get("name") == "http"), ports[0] if ports else None)
+                number = port.get("port") if port else self.config.port
+                endpoint = f"http://{child['metadata']['name']}.{md['metadata']['namespace']}.svc:{number}/v1"
+                break
+        model = getattr(plan, "model", None)
+        return {
+            "engine": plan.engine,
+            "accelerator": plan.accelerator,
+            "image": plan.image,
+            "endpoint": endpoint,
+            "modelUri": getattr(model, "uri", None),
+            "tensorParallelSize": plan.tensor_parallel_size,
+        }
+
+    # ----- observed state -----------------------------------------------------------------------
+
+    def _observed(self, md: Mapping[str, Any], kind: str, name: str | None) -> dict[str, Any] | None:
+        """The child as last seen: from the watch, or from our own apply when the watch lags behind it."""
+        ns, owner = md["metadata"]["namespace"], md["metadata"]["name"]
+        seen = [c for c in self._values(IDX_CHILDREN[kind], (ns, owner)) if name is None or c.get("name") == name]
+        if name is None:
+            applied = [v for (k, n, _), v in self._applied.items() if k == kind and n == ns and v.get("owner") == owner]
+        else:
+            applied = [v for v in [self._applied.get((kind, ns, name))] if v is not None]
+        if applied:
+            mine = applied[0]
+            match = [c for c in seen if c.get("name") == mine.get("name")]
+            fingerprint = ((mine.get("labels") or {}).get(SPEC_HASH_LABEL), mine.get("replicas"))
+            if match and ((match[0].get("labels") or {}).get(SPEC_HASH_LABEL), match[0].get("replicas")) == fingerprint:
+                del self._applied[(kind, ns, mine["name"])]  # the watch caught up
+                return match[0]
+            return mine
+        return seen[0] if seen else None
+
+    def _previous_status(self, md: Mapping[str, Any]) -> dict[str, Any] | None:
+        uid = md["metadata"].get("uid")
+        if uid and uid in self._written:
+            return self._written[uid]
+        return md.get("status")
+
+    # ----- writes ---------------------------------------------------------------------------------
+
+    async def _write_status(
+        self, md: Mapping[str, Any], previous: Mapping[str, Any] | None, desired: dict[str, Any]
+    ) -> bool:
+        await self._transition_events(md, previous or {}, desired)
+        patch = st.status_patch(previous, desired)
+        if patch is None:
+            return False
+        meta = md["metadata"]
+        try:
+            await self.client.patch_status(  # type: ignore[union-attr]
+                f"{GROUP}/{VERSION}", PLURAL, meta["namespace"], meta["name"], patch
+            )
+        except PermanentApiError as exc:
+            if exc.status == 404:
+                return False  # deleted meanwhile
+            raise
+        self.metrics.writes.labels(kind="status").inc()
+        if meta.get("uid"):
+            self._written[meta["uid"]] = desired
+        return True
+
+    async def _transition_events(
+        self, md: Mapping[str, Any], prev: Mapping[str, Any], new: Mapping[str, Any]
+    ) -> None:
+        old_res, new_res = st.condition(prev, "Resolved") or {}, st.condition(new, "Resolved") or {}
+        if new_res.get("status") == "True":
+            chosen = (new.get("engine"), new.get("accelerator"), new.get("image"))
+            if chosen != (prev.get("engine"), prev.get("accelerator"), prev.get("image")):
+                await self._event(md, "Normal", "EngineSelected",
+                                  f"{chosen[0]} on {chosen[1]} ({chosen[2]}): {new_res.get('message')}")
+        elif new_res.get("status") == "False" and (
+            (old_res.get("status"), old_res.get("reason"), old_res.get("message"))
+            != ("False", new_res.get("reason"), new_res.get("message"))
+        ):
+            await self._event(md, "Warning", str(new_res.get("reason")), str(new_res.get("message")))
+        old_deg, new_deg = st.condition(prev, "Degraded") or {}, st.condition(new, "Degraded") or {}
+        if new_deg.get("status") == "True" and (old_deg.get("status"), old_deg.get("reason")) != (
+            "True", new_deg.get("reason")
+        ):
+            await self._event(md, "Warning", "Degraded", f"{new_deg.get('reason')}: {new_deg.get('message')}")
+        if prev.get("phase") in ("Degraded", "Failed") and new.get("phase") == "Ready":
+            await self._event(md, "Normal", "Recovered", "all replicas are ready")
+
+    async def _event(self, md: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event on the ModelDeployment; best effort (a lost Event never fails a reconcile)."""
+        meta = md["metadata"]
+        now = st.now_rfc3339()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "modelplane-operator"},
+            "reportingComponent": "modelplane.io/operator",
+            "reportingInstance": self.instance[:128],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        log = logger.warning if type_ == "Warning" else logger.info
+        log("%s/%s %s: %s", meta["namespace"], meta["name"], reason, message)
+        try:
+            await self.client.create_event(meta["namespace"], event)  # type: ignore[union-attr]
+            self.metrics.writes.labels(kind="event").inc()
+        except (TransientApiError, PermanentApiError) as exc:
+            logger.warning("could not post the %s event for %s/%s: %s", reason, meta["namespace"], meta["name"], exc)
+

@@ -1,0 +1,157 @@
+"""Helpers for the operator tests: object builders, fake controllers (Deployment, kubelet), an operator runner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from typing import Any
+
+import kopf
+from fakekube import FakeKube
+
+from modelplane.config import OperatorConfig
+from modelplane.controller import Controller, Options, operate
+
+MDS = ("modelplane.io", "v1alpha1", "modeldeployments")
+DEPLOYMENTS = ("apps", "v1", "deployments")
+SERVICES = ("", "v1", "services")
+CLAIMS = ("", "v1", "persistentvolumeclaims")
+PODS = ("", "v1", "pods")
+NODES = ("", "v1", "nodes")
+EVENTS = ("", "v1", "events")
+NS = "models"
+WATCHED = {"modeldeployments", "nodes", "deployments", "services", "persistentvolumeclaims", "pods"}
+
+
+def cpu_node(name: str = "cpu-1") -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux"}},
+        "spec": {},
+        "status": {"allocatable": {"cpu": "16", "memory": "64Gi"}, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def gpu_node(name: str = "gpu-1", count: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
+            "nvidia.com/gpu.product": "NVIDIA-A10G", "nvidia.com/gpu.memory": "23028",
+            "nvidia.com/gpu.count": str(count), "nvidia.com/gpu.compute.major": "8",
+            "nvidia.com/gpu.compute.minor": "6",
+        }},
+        "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]},
+        "status": {"allocatable": {"cpu": "8", "memory": "30Gi", "nvidia.com/gpu": str(count)},
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def gguf_md(name: str = "qwen-gguf", replicas: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"model": {"name": "qwen2.5-instruct", "size": 1.5, "format": "gguf", "quantization": "Q4_K_M"},
+                 "replicas": replicas, "servedModelName": "qwen-small"},
+    }
+
+
+def awq_md(name: str = "qwen-awq") -> dict[str, Any]:
+    return {
+        "apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"model": {"name": "qwen2.5-instruct", "size": 7, "format": "awq", "quantization": "Int4"},
+                 "servedModelName": "qwen"},
+    }
+
+
+def cond(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return c
+    return {}
+
+
+def events_of(fake: FakeKube, name: str) -> list[dict[str, Any]]:
+    return [e for e in fake.objects(EVENTS, NS) if e["involvedObject"]["name"] == name]
+
+
+def writes(fake: FakeKube, since: int = 0) -> list[Any]:
+    """Requests after index ``since`` that change something (not GET/watch)."""
+    return [r for r in list(fake.requests)[since:] if str(r.method.value).upper() in ("POST", "PATCH", "PUT", "DELETE")]
+
+
+async def mark_rollout(fake: FakeKube, name: str, ready: int, *, namespace: str = NS) -> dict[str, Any]:
+    """Play the Deployment controller: every replica updated, ``ready`` of them ready."""
+
+    def fn(obj: dict[str, Any]) -> dict[str, Any]:
+        replicas = obj["spec"].get("replicas", 1)
+        obj["status"] = {"observedGeneration": obj["metadata"]["generation"], "replicas": replicas,
+                         "updatedReplicas": replicas, "readyReplicas": ready, "availableReplicas": ready}
+        return obj
+
+    return await fake.modify(DEPLOYMENTS, (namespace, name), fn, status_only=True)
+
+
+async def add_pod(fake: FakeKube, deployment: dict[str, Any], name: str, status: dict[str, Any]) -> dict[str, Any]:
+    """Play the ReplicaSet controller and the kubelet: a pod of the Deployment's template with ``status``."""
+    template = deployment["spec"]["template"]
+    return await fake.put_object(PODS, {
+        "metadata": {"name": name, "namespace": deployment["metadata"]["namespace"],
+                     "labels": copy.deepcopy(template["metadata"]["labels"])},
+        "spec": copy.deepcopy(template["spec"]),
+        "status": status,
+    })
+
+
+def _quick_exit(settings: kopf.OperatorSettings) -> None:
+    # kopf keeps idle per-object workers for 5 s and waits for them on exit; tests stop often.
+    settings.queueing.idle_timeout = 0.3
+    settings.queueing.exit_timeout = 0.3
+
+
+class OperatorRun:
+    """One operator instance in this event loop, against the fake API."""
+
+    def __init__(self, fake: FakeKube, config: OperatorConfig | None = None) -> None:
+        self.fake = fake
+        self.config = config or OperatorConfig()
+        self.controller: Controller | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None
+
+    async def start(self) -> Controller:
+        self.controller = Controller(self.config)
+        self.fake.closing = False
+        self._since = len(self.fake.requests)
+        self._stop, ready = asyncio.Event(), asyncio.Event()
+        server = str(self.fake.url).rstrip("/")
+
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=server)
+
+        self._task = asyncio.create_task(operate(
+            Options(all_namespaces=True, metrics_port=0, health_port=0), self.config, login=login,
+            controller=self.controller, stop_flag=self._stop, ready_flag=ready, tune=_quick_exit,
+        ))
+        done, _ = await asyncio.wait({self._task, asyncio.create_task(ready.wait())},
+                                     timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        if self._task in done:
+            self._task.result()  # raises what stopped it
+        assert ready.is_set(), "the operator did not get ready in 20s"
+        # Started = watching every resource it needs (kopf's discovery has finished by then).
+        since = self._since
+        await self.fake.wait_for(
+            lambda: {r.resource.plural for r in list(self.fake.requests)[since:]
+                     if r.resource is not None and r.params.get("watch") == "true"} >= WATCHED,
+            what="the operator's watches",
+        )
+        return self.controller
+
+    async def stop(self) -> None:
+        if self._task is not None and self._stop is not None:
+            self._stop.set()
+            # End the fake's server-side watch streams too: kopf waits for every task of its loop.
+            self.fake.close_watches()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._task, 20)
+            self._task = None

@@ -1,0 +1,362 @@
+"""An in-memory Kubernetes API over real HTTP: kmock, with the object semantics the operator relies on.
+
+kmock's :class:`KubernetesEmulator` stores objects and streams watches but
+treats every write as a plain dict merge (its docs say: inherit and implement
+special field treatment where needed). This subclass implements, following
+the API server's documented contract:
+
+- ``metadata.uid``, ``resourceVersion`` (one global counter), ``generation``
+  (bumped when anything but metadata and status changes), ``creationTimestamp``,
+  ``generateName``;
+- JSON merge patch (RFC 7386: ``null`` removes) and server-side apply
+  (``application/apply-patch+yaml`` with ``fieldManager``; one manager's
+  applied configuration replaces what it applied before);
+- the status subresource: ``/status`` writes change only ``status``, main
+  resource writes never change ``status``;
+- list ``resourceVersion`` and watch from a ``resourceVersion`` (replaying
+  newer events), or from scratch (ADDED for every object);
+- garbage collection: deleting an object deletes its dependents (ownerReferences.uid).
+
+Every request is recorded by kmock (``fake.requests``); tests assert the
+operator's API use against the declared RBAC rules with it. Faults are
+injected with :meth:`FakeKube.fail`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime
+import itertools
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import attrs
+import kmock
+import yaml
+from kmock._internal import apps, rendering
+
+ResKey = tuple[str, str, str]  # (group, version, plural)
+ObjKey = tuple[str | None, str]  # (namespace, name)
+
+# Resources the fake serves: (group, version, plural) -> (kind, namespaced, has status subresource).
+RESOURCES: dict[ResKey, tuple[str, bool, bool]] = {
+    ("modelplane.io", "v1alpha1", "modeldeployments"): ("ModelDeployment", True, True),
+    ("apps", "v1", "deployments"): ("Deployment", True, True),
+    ("", "v1", "services"): ("Service", True, True),
+    ("", "v1", "persistentvolumeclaims"): ("PersistentVolumeClaim", True, True),
+    ("", "v1", "pods"): ("Pod", True, True),
+    ("", "v1", "nodes"): ("Node", False, True),
+    ("", "v1", "events"): ("Event", True, False),
+    ("", "v1", "namespaces"): ("Namespace", False, True),
+}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _strip(obj: dict[str, Any], applied: dict[str, Any] | None) -> dict[str, Any]:
+    """Remove from ``obj`` the leaf fields a previous apply set (so the new apply owns only what it sends)."""
+    if not applied:
+        return obj
+    out = dict(obj)
+    for key, value in applied.items():
+        if key in ("apiVersion", "kind") or key not in out:
+            continue
+        if isinstance(value, dict) and isinstance(out[key], dict) and key in ("metadata", "labels", "annotations"):
+            out[key] = _strip(out[key], value)
+        elif key not in ("name", "namespace"):
+            del out[key]
+    return out
+
+
+@dataclass
+class Fault:
+    method: str
+    plural: str
+    subresource: str | None
+    status: int
+    times: int
+
+
+class KubeApiError(kmock.KubernetesError):
+    pass
+
+
+@attrs.define(kw_only=True)
+class FakeKube(kmock.KubernetesEmulator):
+    """See the module docstring."""
+
+    store: dict[ResKey, dict[ObjKey, dict[str, Any]]] = attrs.field(factory=dict, init=False)
+    history: dict[ResKey, list[tuple[int, dict[str, Any]]]] = attrs.field(factory=dict, init=False)
+    watchers: dict[ResKey, list[asyncio.Queue[dict[str, Any]]]] = attrs.field(factory=dict, init=False)
+    applied: dict[tuple[ResKey, ObjKey, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
+    faults: list[Fault] = attrs.field(factory=list, init=False)
+    _rv: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
+    last_rv: int = attrs.field(default=0, init=False)
+    closing: bool = attrs.field(default=False, init=False)
+    changed: asyncio.Condition = attrs.field(factory=asyncio.Condition, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for (group, version, plural), (kind, namespaced, has_status) in RESOURCES.items():
+            self.resources[f"{group}/{version}/{plural}" if group else f"{version}/{plural}"] = kmock.ResourceInfo(
+                kind=kind, namespaced=namespaced, singular=kind.lower(),
+                verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
+                subresources={"status"} if has_status else set(),
+            )
+
+    # ----- request routing ----------------------------------------------------------------------
+
+    async def _handle(self, request: rendering.Request) -> Any:
+        # Skip KubernetesEmulator's plain-merge state keeping; our _serve_* methods keep the state.
+        if request.resource is not None:
+            for fault in self.faults:
+                if fault.times and fault.method == str(request.method.value).upper() \
+                        and fault.plural == request.resource.plural and fault.subresource == request.subresource:
+                    fault.times -= 1
+                    raise KubeApiError(status=fault.status, reason="Injected", message=f"injected {fault.status}")
+        return await apps.RawHandler._handle(self, request)
+
+    def fail(self, method: str, plural: str, status: int, *, times: int = 1, subresource: str | None = None) -> None:
+        """Answer the next ``times`` matching requests with ``status`` (and change nothing)."""
+        self.faults.append(Fault(method.upper(), plural, subresource, status, times))
+
+    def _res(self, request: rendering.Request) -> ResKey:
+        res = request.resource
+        key = (res.group or "", res.version or "", res.plural or "")
+        if key not in RESOURCES:
+            raise kmock.KubernetesResourceNotFoundError()
+        return key
+
+    # ----- state changes ------------------------------------------------------------------------
+
+    async def _emit(self, res: ResKey, type_: str, obj: dict[str, Any]) -> None:
+        event = {"type": type_, "object": copy.deepcopy(obj)}
+        rv = int(obj["metadata"]["resourceVersion"])
+        self.history.setdefault(res, []).append((rv, event))
+        for queue in self.watchers.get(res, []):
+            queue.put_nowait(event)
+        async with self.changed:
+            self.changed.notify_all()
+
+    def _stamp(self, obj: dict[str, Any]) -> None:
+        self.last_rv = next(self._rv)
+        obj["metadata"]["resourceVersion"] = str(self.last_rv)
+
+    async def put_object(self, res: ResKey, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create an object directly (as a test or another controller would)."""
+        kind, namespaced, _ = RESOURCES[res]
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        if meta.get("generateName") and not meta.get("name"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        if not namespaced:
+            meta.pop("namespace", None)
+        key = (meta.get("namespace"), meta["name"])
+        if key in self.store.setdefault(res, {}):
+            raise KubeApiError(status=409, reason="AlreadyExists", message=f"{kind} {key[1]} already exists")
+        obj["apiVersion"] = f"{res[0]}/{res[1]}" if res[0] else res[1]
+        obj["kind"] = kind
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
+        self._stamp(obj)
+        self.store[res][key] = obj
+        await self._emit(res, "ADDED", obj)
+        return obj
+
+    async def modify(self, res: ResKey, key: ObjKey, fn: Any, *, status_only: bool = False) -> dict[str, Any]:
+        """Change an object with ``fn(obj) -> obj`` the way the API server would for that endpoint."""
+        _, _, has_status = RESOURCES[res]
+        current = self.store.get(res, {}).get(key)
+        if current is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        new = fn(copy.deepcopy(current))
+        new["metadata"] = {**new.get("metadata", {}),
+                           **{k: current["metadata"][k] for k in ("uid", "creationTimestamp", "name")},
+                           "generation": current["metadata"].get("generation", 1)}
+        if current["metadata"].get("namespace"):
+            new["metadata"]["namespace"] = current["metadata"]["namespace"]
+        new["apiVersion"], new["kind"] = current["apiVersion"], current["kind"]
+        if has_status:
+            if status_only:
+                new = {**{k: v for k, v in current.items() if k != "status"},
+                       **({"status": new["status"]} if "status" in new else {})}
+            elif "status" in current:
+                new["status"] = current["status"]
+            else:
+                new.pop("status", None)
+        strip = ("metadata", "status")
+        if {k: v for k, v in new.items() if k not in strip} != {k: v for k, v in current.items() if k not in strip}:
+            new["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
+        comparable = dict(new, metadata={k: v for k, v in new["metadata"].items() if k != "resourceVersion"})
+        current_cmp = dict(current, metadata={k: v for k, v in current["metadata"].items() if k != "resourceVersion"})
+        if comparable == current_cmp:
+            return current  # a no-op write does not bump the resourceVersion (as the API server does)
+        self._stamp(new)
+        self.store[res][key] = new
+        await self._emit(res, "MODIFIED", new)
+        return new
+
+    async def remove(self, res: ResKey, key: ObjKey) -> dict[str, Any]:
+        obj = self.store.get(res, {}).pop(key, None)
+        if obj is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        self._stamp(obj)
+        await self._emit(res, "DELETED", obj)
+        uid = obj["metadata"]["uid"]
+        for other_res, objs in list(self.store.items()):  # garbage collection of dependents
+            for other_key, other in list(objs.items()):
+                if any(ref.get("uid") == uid for ref in other["metadata"].get("ownerReferences") or []):
+                    await self.remove(other_res, other_key)
+        return obj
+
+    # ----- endpoints ----------------------------------------------------------------------------
+
+    def _matches(self, request: rendering.Request, obj: dict[str, Any]) -> bool:
+        ns = request.namespace
+        if ns is not None and obj["metadata"].get("namespace") != ns:
+            return False
+        selector = request.params.get("labelSelector")
+        if selector:
+            labels = obj["metadata"].get("labels") or {}
+            for term in selector.split(","):
+                k, _, v = term.partition("=")
+                if labels.get(k) != v:
+                    return False
+        return True
+
+    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        res = self._res(request)
+        items = [copy.deepcopy(o) for o in self.store.get(res, {}).values() if self._matches(request, o)]
+        kind = RESOURCES[res][0]
+        return {"apiVersion": f"{res[0]}/{res[1]}" if res[0] else res[1], "kind": f"{kind}List",
+                "metadata": {"resourceVersion": str(self.last_rv)}, "items": items}
+
+    async def _serve_watch(self, request: rendering.Request) -> AsyncIterator[rendering.Payload]:
+        res = self._res(request)
+        yield b""
+        if self.closing:
+            return
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        since = request.params.get("resourceVersion")
+        if since and since != "0":
+            backlog = [e for rv, e in self.history.get(res, []) if rv > int(since)]
+        else:
+            backlog = [{"type": "ADDED", "object": copy.deepcopy(o)} for o in self.store.get(res, {}).values()]
+        self.watchers.setdefault(res, []).append(queue)
+        try:
+            for event in backlog:
+                if self._matches(request, event["object"]):
+                    yield event
+            while True:
+                event = await queue.get()
+                if event is None:  # the fake is shutting down
+                    return
+                if self._matches(request, event["object"]):
+                    yield event
+        finally:
+            self.watchers[res].remove(queue)
+
+    async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
+        res = self._res(request)
+        obj = self.store.get(res, {}).get((request.namespace, request.name))
+        if obj is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        return copy.deepcopy(obj)
+
+    async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
+        res = self._res(request)
+        body = json.loads(request.text)
+        if request.namespace and RESOURCES[res][1]:
+            body.setdefault("metadata", {})["namespace"] = request.namespace
+        return copy.deepcopy(await self.put_object(res, body))
+
+    async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
+        res = self._res(request)
+        key = (request.namespace, request.name)
+        content_type = request.headers.get("Content-Type", "").split(";")[0]
+        status_only = request.subresource == "status"
+        if content_type == "application/apply-patch+yaml":
+            applied = yaml.safe_load(request.text)
+            manager = request.params.get("fieldManager")
+            if not manager:
+                raise KubeApiError(status=400, reason="BadRequest", message="fieldManager is required for apply")
+            if (applied.get("metadata") or {}).get("name") != request.name:
+                raise KubeApiError(status=400, reason="BadRequest", message="the name in the body differs")
+            memo = (res, key, manager + ("/status" if status_only else ""))
+            if key not in self.store.get(res, {}):
+                obj = await self.put_object(res, applied)
+            else:
+                previous = self.applied.get(memo)
+                obj = await self.modify(res, key, lambda cur: merge_patch(_strip(cur, previous), applied),
+                                        status_only=status_only)
+            self.applied[memo] = applied
+            return copy.deepcopy(obj)
+        if content_type not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            raise KubeApiError(status=415, reason="UnsupportedMediaType", message=content_type)
+        patch = json.loads(request.text)
+        obj = await self.modify(res, key, lambda cur: merge_patch(cur, patch), status_only=status_only)
+        return copy.deepcopy(obj)
+
+    async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
+        res = self._res(request)
+        return await self.remove(res, (request.namespace, request.name))
+
+    def close_watches(self) -> None:
+        """End every open watch stream (aiohttp does not cancel handlers when clients go away)."""
+        self.closing = True
+        for queues in self.watchers.values():
+            for queue in queues:
+                queue.put_nowait(None)  # type: ignore[arg-type]
+
+    @property
+    def requests(self) -> list[rendering.Request]:
+        """Every request served so far, in order (kmock records them)."""
+        return list(self._requests)
+
+    # ----- helpers for tests --------------------------------------------------------------------
+
+    def get(self, res: ResKey, namespace: str | None, name: str) -> dict[str, Any] | None:
+        obj = self.store.get(res, {}).get((namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def objects(self, res: ResKey, namespace: str | None = None) -> list[dict[str, Any]]:
+        return [copy.deepcopy(o) for (ns, _), o in sorted(self.store.get(res, {}).items(), key=lambda kv: str(kv[0]))
+                if namespace is None or ns == namespace]
+
+    async def wait_for(self, predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
+        """Wait until ``predicate()`` is truthy, re-checking on every change (bounded by ``timeout``)."""
+
+        async def _loop() -> Any:
+            while True:
+                async with self.changed:
+                    value = predicate()
+                    if value:
+                        return value
+                    # Woken by every stored change; re-checked every 50 ms for state outside the store.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self.changed.wait(), 0.05)
+
+        try:
+            return await asyncio.wait_for(_loop(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
