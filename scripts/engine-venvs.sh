@@ -29,6 +29,9 @@ MLX_SPECS=("mlx[cpu]==0.32.4" "mlx-lm==0.32.2")
 
 log() { printf '[engine-venvs] %s\n' "$*" >&2; }
 
+# pip names every configured local index folder that lacks a package; keep the rest of its output.
+quiet_pip() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+
 check_vllm() {
     "$1/bin/python" - <<'EOF'
 import importlib.metadata as md
@@ -71,12 +74,12 @@ EOF
 }
 
 install_vllm() {
-    "$1/bin/pip" install --quiet --progress-bar off "$VLLM_SPEC"
-    "$1/bin/pip" uninstall --quiet --yes torchvision torchaudio torchcodec
+    quiet_pip "$1/bin/pip" install --quiet --progress-bar off "$VLLM_SPEC"
+    quiet_pip "$1/bin/pip" uninstall --quiet --yes torchvision torchaudio torchcodec
 }
 
 install_mlx() {
-    "$1/bin/pip" install --quiet --progress-bar off "${MLX_SPECS[@]}"
+    quiet_pip "$1/bin/pip" install --quiet --progress-bar off "${MLX_SPECS[@]}"
 }
 
 ensure() {
@@ -91,7 +94,7 @@ ensure() {
         fi
         log "$name: creating $venv with $PY"
         "$PY" -m venv "$venv"
-        "$venv/bin/pip" install --quiet --progress-bar off --upgrade pip
+        quiet_pip "$venv/bin/pip" install --quiet --progress-bar off --upgrade pip
         "install_$name" "$venv"
         if ! "check_$name" "$venv"; then
             log "$name: $venv was installed but fails its check (see above)"
