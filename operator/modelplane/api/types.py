@@ -108,9 +108,10 @@ class ModelSource(_Model):
         None,
         min_length=1,
         max_length=2048,
-        pattern=r"^(hf|s3|pvc|file)://.+",
+        pattern=r"^(hf|s3|pvc|file|builtin)://.+",
         description="Explicit model source: hf://ORG/REPO[/FILE.gguf], s3://BUCKET/PATH, "
-        "pvc://CLAIM/PATH or file:///PATH. Takes precedence over the catalog's source.",
+        "pvc://CLAIM/PATH (mounted read-only), file:///PATH, or builtin://tiny-llama[.gguf] "
+        "(the project's tiny test model). Takes precedence over the catalog's source.",
     )
     size: float | None = Field(
         None,

@@ -10,6 +10,8 @@ from importlib import import_module
 #: subcommand -> module under modelplane.cli defining ``add_arguments(parser)`` and ``run(args) -> int``
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("plan", "resolve ModelDeployments and print plans and manifests (no cluster needed)"),
+    "up": ("up", "serve a ModelDeployment on this machine (local mode)"),
+    "demo": ("demo", "serve the bundled tiny model, ask it one question, print the answer, stop"),
     "crd": ("crd", "print or write the generated ModelDeployment CRD"),
 }
 

@@ -18,6 +18,7 @@ from modelplane.api.types import ModelDeploymentSpec
 from modelplane.config import OperatorConfig
 from modelplane.resolver.plan import Plan
 from modelplane.shimargs import ShimArgs
+from modelplane.sources import PVC_ROOT, pvc_mount
 
 MANAGED_BY = "modelplane"
 COMPONENT = "model-server"
@@ -152,6 +153,10 @@ def _volumes(plan: Plan, spec: ModelDeploymentSpec, name: str, config: OperatorC
         source = {"emptyDir": {}}
     volumes.append({"name": "model-cache", **source})
     mounts.append({"name": "model-cache", "mountPath": CACHE_MOUNT})
+    if plan.model.uri.startswith("pvc://"):
+        claim, _inner = pvc_mount(plan.model.uri)
+        volumes.append({"name": "model-source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "model-source", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
     if plan.shm:

@@ -9,6 +9,7 @@ the model loads and the server is reachable from the first second.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from modelplane.shim.protocol import (
     EmbeddingRequest,
     RerankRequest,
 )
+from modelplane import sources
 from modelplane.shimargs import ShimArgs
 
 log = logging.getLogger("modelplane.shim")
@@ -81,6 +83,22 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+async def fetch_model(backend: Backend) -> None:
+    """Turn a remote or built-in ``--model`` into a local path before the engine starts.
+
+    Runs while ``/health`` answers 503 (loading), so a long download shows as a
+    pod that is starting rather than one that refuses connections.
+    """
+    args = backend.args
+    source = sources.parse(args.model)
+    if source.scheme == "file":
+        return
+    log.info("fetching model %s", args.model)
+    path = await asyncio.to_thread(sources.locate, args.model, quantization=args.quantization)
+    log.info("model %s is at %s", args.model, path)
+    backend.args = dataclasses.replace(args, model=str(path))
+
+
 def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
                max_body_bytes: int | None = None) -> FastAPI:
     """Build the app serving ``backend`` as ``args.served_model_name``.
@@ -105,6 +123,7 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
 
     async def start_backend() -> None:
         try:
+            await fetch_model(backend)
             await backend.start()
         except asyncio.CancelledError:
             raise

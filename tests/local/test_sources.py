@@ -1,0 +1,78 @@
+"""Model sources: local paths, pvc:// confinement, builtin://, hf:// offline errors, s3:// fetching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from modelplane.sources import SourceError, locate, parse, pvc_mount
+
+
+def test_plain_and_file_paths(tmp_path: Path) -> None:
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"x")
+    assert locate(str(f)) == f
+    assert locate(f"file://{f}") == f
+    with pytest.raises(SourceError, match="no such file"):
+        locate(f"file://{tmp_path}/missing")
+
+
+@pytest.mark.parametrize("uri", ["pvc://models/../etc/passwd", "hf://org/../x", "s3://b/../k"])
+def test_paths_cannot_climb_out(uri: str) -> None:
+    with pytest.raises(SourceError, match=r"'\.\.' is not allowed"):
+        parse(uri)
+
+
+def test_pvc_mount_stays_under_its_claim() -> None:
+    assert pvc_mount("pvc://models/qwen/7b") == ("models", "/mnt/pvc/models/qwen/7b")
+    assert pvc_mount("pvc://models/./a//b/") == ("models", "/mnt/pvc/models/a/b")
+    with pytest.raises(SourceError, match="only in a cluster"):
+        locate("pvc://models/qwen")
+
+
+def test_unknown_scheme_and_builtin() -> None:
+    with pytest.raises(SourceError, match="unknown scheme"):
+        parse("ftp://x/y")
+    with pytest.raises(SourceError, match="built-in models are"):
+        locate("builtin://giant")
+
+
+def test_builtin_tiny_model(tiny_model) -> None:
+    assert locate("builtin://tiny-llama") == tiny_model.hf_dir
+    assert locate("builtin://tiny-llama.gguf") == tiny_model.gguf_path
+
+
+def test_hf_offline_names_the_cache_and_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELPLANE_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SourceError, match=r"not reachable.*HF_ENDPOINT"):
+        locate("hf://org/repo/file.gguf")
+    with pytest.raises(SourceError, match="expected hf://ORG/REPO"):
+        locate("hf://justone")
+
+
+def test_s3_prefix_is_fetched_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELPLANE_CACHE", str(tmp_path))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="models")
+        s3.put_object(Bucket="models", Key="qwen/config.json", Body=b"{}")
+        s3.put_object(Bucket="models", Key="qwen/model.safetensors", Body=b"w" * 1000)
+        s3.put_object(Bucket="models", Key="other/x", Body=b"no")
+        path = locate("s3://models/qwen")
+        assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+        assert (path / "model.safetensors").stat().st_size == 1000
+        before = (path / "model.safetensors").stat().st_mtime_ns
+        assert locate("s3://models/qwen") == path
+        assert (path / "model.safetensors").stat().st_mtime_ns == before, "a cached object is not fetched again"
+        single = locate("s3://models/qwen/config.json")
+        assert single.read_bytes() == b"{}"
+        with pytest.raises(SourceError, match="no objects under this prefix"):
+            locate("s3://models/missing")
