@@ -19,8 +19,12 @@ $(STAMP):
 	$(PY) -m pip install -q -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-# The main job: plan every example for a mixed NVIDIA/Ascend/Metal/CPU cluster.
-demo plan: setup
+# The main job: serve the bundled tiny model locally (offline, CPU), ask it one question, stop.
+demo: setup
+	$(VENV)/bin/modelplane demo
+
+# Plan two examples for a mixed NVIDIA/Ascend/Metal/CPU cluster (no cluster needed).
+plan: setup
 	$(VENV)/bin/modelplane plan -f examples/qwen-awq-nvidia.yaml -f examples/qwen-gguf-cpu.yaml --nodes examples/nodes/mixed.yaml -o summary
 
 test: setup
