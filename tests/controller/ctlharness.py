@@ -46,13 +46,16 @@ def gpu_node(name: str = "gpu-1", count: int = 1) -> dict[str, Any]:
     }
 
 
-def gguf_md(name: str = "qwen-gguf", replicas: int = 1) -> dict[str, Any]:
-    return {
+def gguf_md(name: str = "qwen-gguf", replicas: int = 1, accelerator: str | None = None) -> dict[str, Any]:
+    md: dict[str, Any] = {
         "apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": name, "namespace": NS},
         "spec": {"model": {"name": "qwen2.5-instruct", "size": 1.5, "format": "gguf", "quantization": "Q4_K_M"},
                  "replicas": replicas, "servedModelName": "qwen-small"},
     }
+    if accelerator:
+        md["spec"]["accelerator"] = {"type": accelerator}
+    return md
 
 
 def awq_md(name: str = "qwen-awq") -> dict[str, Any]:
@@ -60,7 +63,7 @@ def awq_md(name: str = "qwen-awq") -> dict[str, Any]:
         "apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": name, "namespace": NS},
         "spec": {"model": {"name": "qwen2.5-instruct", "size": 7, "format": "awq", "quantization": "Int4"},
-                 "servedModelName": "qwen"},
+                 "servedModelName": "qwen", "cache": {"size": "20Gi"}},
     }
 
 
@@ -112,15 +115,16 @@ def _quick_exit(settings: kopf.OperatorSettings) -> None:
 class OperatorRun:
     """One operator instance in this event loop, against the fake API."""
 
-    def __init__(self, fake: FakeKube, config: OperatorConfig | None = None) -> None:
+    def __init__(self, fake: FakeKube, config: OperatorConfig | None = None, options: Options | None = None) -> None:
         self.fake = fake
         self.config = config or OperatorConfig()
+        self.options = options or Options(all_namespaces=True, metrics_port=0, health_port=0)
         self.controller: Controller | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
 
     async def start(self) -> Controller:
-        self.controller = Controller(self.config)
+        self.controller = Controller(self.config, retry_base=0.1)
         self.fake.closing = False
         self._since = len(self.fake.requests)
         self._stop, ready = asyncio.Event(), asyncio.Event()
@@ -130,14 +134,14 @@ class OperatorRun:
             return kopf.ConnectionInfo(server=server)
 
         self._task = asyncio.create_task(operate(
-            Options(all_namespaces=True, metrics_port=0, health_port=0), self.config, login=login,
+            self.options, self.config, login=login,
             controller=self.controller, stop_flag=self._stop, ready_flag=ready, tune=_quick_exit,
         ))
         done, _ = await asyncio.wait({self._task, asyncio.create_task(ready.wait())},
-                                     timeout=20, return_when=asyncio.FIRST_COMPLETED)
+                                     timeout=60, return_when=asyncio.FIRST_COMPLETED)
         if self._task in done:
             self._task.result()  # raises what stopped it
-        assert ready.is_set(), "the operator did not get ready in 20s"
+        assert ready.is_set(), "the operator did not get ready in 60s"
         # Started = watching every resource it needs (kopf's discovery has finished by then).
         since = self._since
         await self.fake.wait_for(

@@ -342,7 +342,7 @@ class FakeKube(kmock.KubernetesEmulator):
         return [copy.deepcopy(o) for (ns, _), o in sorted(self.store.get(res, {}).items(), key=lambda kv: str(kv[0]))
                 if namespace is None or ns == namespace]
 
-    async def wait_for(self, predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
+    async def wait_for(self, predicate: Any, timeout: float = 60.0, what: str = "condition") -> Any:
         """Wait until ``predicate()`` is truthy, re-checking on every change (bounded by ``timeout``)."""
 
         async def _loop() -> Any:

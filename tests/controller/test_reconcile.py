@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import pytest
 from ctlharness import (
+    CLAIMS,
     DEPLOYMENTS,
     MDS,
     NODES,
     NS,
+    PODS,
     SERVICES,
+    add_pod,
+    awq_md,
     cond,
     cpu_node,
     events_of,
     gguf_md,
+    gpu_node,
     mark_rollout,
+    writes,
 )
 
 
@@ -48,4 +55,232 @@ async def test_create_applies_children_with_owner_references_and_reports_status(
     assert cond(ready, "Available")["status"] == "True"
     reasons = [e["reason"] for e in events_of(fake, "qwen-gguf")]
     assert "EngineSelected" in reasons and "RolloutStarted" in reasons
+    await operator_run.stop()
+
+
+def _md(fake, name):
+    return fake.get(MDS, NS, name) or {}
+
+
+def _phase(fake, name):
+    return (_md(fake, name).get("status") or {}).get("phase")
+
+
+async def test_rejection_names_every_engine_then_a_gpu_node_resolves_it(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    await fake.put_object(MDS, awq_md())
+
+    failed = await fake.wait_for(lambda: _phase(fake, "qwen-awq") == "Failed" and _md(fake, "qwen-awq"))
+    resolved = cond(failed, "Resolved")
+    assert (resolved["status"], resolved["reason"]) == ("False", "Rejected")
+    engines = {r["engine"] for r in failed["status"]["rejected"]}
+    assert engines == {"vllm", "sglang", "llama.cpp", "transformers", "mlx"}
+    assert all(r["reason"] for r in failed["status"]["rejected"])
+    assert fake.get(DEPLOYMENTS, NS, "qwen-awq") is None
+    assert [e["type"] for e in events_of(fake, "qwen-awq") if e["reason"] == "Rejected"] == ["Warning"]
+
+    await fake.put_object(NODES, gpu_node())
+    dep = await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-awq"), what="a Deployment after the GPU joined")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
+    status = (await fake.wait_for(lambda: _phase(fake, "qwen-awq") == "Deploying" and _md(fake, "qwen-awq")))["status"]
+    assert (status["engine"], status["accelerator"]) == ("vllm", "nvidia")
+    assert cond(_md(fake, "qwen-awq"), "Resolved")["status"] == "True"
+    assert fake.get(CLAIMS, NS, "qwen-awq-cache") is not None  # spec.cache.size asks for a claim
+    await operator_run.stop()
+
+
+async def test_losing_the_gpu_node_re_resolves_and_a_cpu_model_stays_put(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    await fake.put_object(NODES, gpu_node())
+    await operator_run.start()
+    await fake.put_object(MDS, awq_md())
+    await fake.put_object(MDS, gguf_md(accelerator="cpu"))
+    await fake.wait_for(lambda: _phase(fake, "qwen-awq") == "Deploying" and _phase(fake, "qwen-gguf") == "Deploying")
+    gguf_before = fake.get(DEPLOYMENTS, NS, "qwen-gguf")
+
+    await fake.remove(NODES, (None, "gpu-1"))
+    failed = await fake.wait_for(lambda: _phase(fake, "qwen-awq") == "Failed" and _md(fake, "qwen-awq"))
+    assert "qwen2.5-instruct" in cond(failed, "Resolved")["message"]
+    assert "engine" not in failed["status"] and failed["status"]["rejected"]
+    assert fake.get(DEPLOYMENTS, NS, "qwen-gguf")["metadata"]["resourceVersion"] == \
+        gguf_before["metadata"]["resourceVersion"]
+    await operator_run.stop()
+
+
+async def test_a_new_gpu_does_not_move_a_placed_deployment_and_scaling_keeps_the_engine(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    await fake.put_object(MDS, gguf_md())  # accelerator auto: CPU is all there is
+    await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Deploying")
+    before = fake.get(DEPLOYMENTS, NS, "qwen-gguf")
+    assert _md(fake, "qwen-gguf")["status"]["accelerator"] == "cpu"
+
+    await fake.put_object(NODES, gpu_node())  # auto would now prefer NVIDIA for a new deployment
+    await fake.wait_for(lambda: operator_run.controller.hardware().accelerators() == {"cpu", "nvidia"})
+    await fake.modify(MDS, (NS, "qwen-gguf"), lambda o: {**o, "spec": {**o["spec"], "replicas": 3}})
+    scaled = await fake.wait_for(lambda: (d := fake.get(DEPLOYMENTS, NS, "qwen-gguf"))["spec"]["replicas"] == 3 and d)
+    hash_label = "modelplane.io/spec-hash"
+    assert scaled["metadata"]["labels"][hash_label] == before["metadata"]["labels"][hash_label]
+    assert scaled["spec"]["template"] == before["spec"]["template"]
+    status = (await fake.wait_for(lambda: _md(fake, "qwen-gguf")["status"].get("observedGeneration") == 2
+                                  and _md(fake, "qwen-gguf")))["status"]
+    assert status["accelerator"] == "cpu"
+    assert [e["reason"] for e in events_of(fake, "qwen-gguf")].count("Scaled") == 1
+    await operator_run.stop()
+
+
+async def test_spec_update_rolls_out_a_new_template(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    await fake.put_object(MDS, gguf_md())
+    await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf"))
+    old = fake.get(DEPLOYMENTS, NS, "qwen-gguf")
+    await mark_rollout(fake, "qwen-gguf", ready=1)
+    await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Ready")
+
+    await fake.modify(MDS, (NS, "qwen-gguf"),
+                      lambda o: {**o, "spec": {**o["spec"], "servedModelName": "qwen-renamed"}})
+    new = await fake.wait_for(
+        lambda: (d := fake.get(DEPLOYMENTS, NS, "qwen-gguf"))["metadata"]["generation"] == 2 and d)
+    assert new["metadata"]["labels"]["modelplane.io/spec-hash"] != old["metadata"]["labels"]["modelplane.io/spec-hash"]
+    assert "qwen-renamed" in " ".join(new["spec"]["template"]["spec"]["containers"][0]["command"])
+    deploying = await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Deploying" and _md(fake, "qwen-gguf"))
+    assert cond(deploying, "Progressing")["status"] == "True"
+    assert cond(deploying, "Available")["status"] == "True"  # the old pod still serves
+    assert [e["reason"] for e in events_of(fake, "qwen-gguf")].count("RolloutStarted") == 2
+    await mark_rollout(fake, "qwen-gguf", ready=1)
+    await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Ready")
+    await operator_run.stop()
+
+
+@pytest.mark.parametrize(
+    ("container_status", "pod_conditions", "reason", "in_message"),
+    [
+        ({"state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s"}},
+          "lastState": {"terminated": {"reason": "Error", "exitCode": 3}}, "restartCount": 4},
+         [], "CrashLoopBackOff", "last exit code 3"),
+        ({"state": {"waiting": {"reason": "CrashLoopBackOff"}},
+          "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}, "restartCount": 2},
+         [], "OOMKilled", "more memory than its limit"),
+        ({"state": {"waiting": {"reason": "ImagePullBackOff", "message": "pull access denied"}}},
+         [], "ImagePullBackOff", "pull access denied"),
+        (None, [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": "0/3 nodes are available: 3 Insufficient memory."}],
+         "Unschedulable", "3 Insufficient memory"),
+    ],
+    ids=["crashloop", "oomkilled", "imagepull", "unschedulable"],
+)
+async def test_pod_failure_degrades_and_recovery_returns_to_ready(
+    fake, operator_run, container_status, pod_conditions, reason, in_message
+):
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    await fake.put_object(MDS, gguf_md())
+    dep = await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf"))
+    statuses = [{"name": "model-server", "ready": False, **container_status}] if container_status else []
+    await add_pod(fake, dep, "qwen-gguf-abc12", {"phase": "Pending" if pod_conditions else "Running",
+                                                  "conditions": pod_conditions, "containerStatuses": statuses})
+
+    degraded = await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Degraded" and _md(fake, "qwen-gguf"))
+    deg = cond(degraded, "Degraded")
+    assert (deg["status"], deg["reason"]) == ("True", reason)
+    assert in_message in deg["message"]
+    assert any(e["reason"] == "Degraded" and e["type"] == "Warning" and reason in e["message"]
+               for e in events_of(fake, "qwen-gguf"))
+
+    healthy = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+               "containerStatuses": [{"name": "model-server", "ready": True, "restartCount": 0,
+                                      "state": {"running": {}}}]}
+    await fake.modify(PODS, (NS, "qwen-gguf-abc12"), lambda o: {**o, "status": healthy}, status_only=True)
+    await mark_rollout(fake, "qwen-gguf", ready=1)
+    ready = await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Ready" and _md(fake, "qwen-gguf"))
+    assert cond(ready, "Degraded")["status"] == "False"
+    assert cond(ready, "Degraded")["lastTransitionTime"] >= deg["lastTransitionTime"]
+    assert "Recovered" in [e["reason"] for e in events_of(fake, "qwen-gguf")]
+    await operator_run.stop()
+
+
+async def test_restarted_operator_writes_nothing(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    await fake.put_object(MDS, gguf_md("one"))
+    await fake.put_object(MDS, gguf_md("two", replicas=2))
+    await fake.put_object(MDS, awq_md())  # rejected: no GPU
+    for name in ("one", "two"):
+        await fake.wait_for(lambda name=name: fake.get(DEPLOYMENTS, NS, name))
+        await mark_rollout(fake, name, ready=1)
+    await fake.wait_for(lambda: _phase(fake, "one") == "Ready" and _phase(fake, "two") == "Deploying"
+                        and _phase(fake, "qwen-awq") == "Failed")
+    # kopf writes its last-handled-configuration annotation once per object after handling.
+    await fake.wait_for(lambda: all("modelplane.io/last-handled-configuration" in
+                                    (_md(fake, n)["metadata"].get("annotations") or {})
+                                    for n in ("one", "two", "qwen-awq")))
+    await operator_run.stop()
+
+    since = len(fake.requests)
+    run2 = await operator_run.start()
+    # Every deployment was looked at again: kopf's resume handler ran for each.
+    await fake.wait_for(lambda: sum(s.get() for s in _samples(run2, "modelplane_operator_reconciles_total")) >= 3,
+                        what="three resumed reconciles")
+    await fake.wait_for(lambda: len(run2.queue) == 0, what="an idle work queue")
+    assert writes(fake, since) == []
+    await operator_run.stop()
+
+
+def _samples(controller, name):
+    class _S:
+        def __init__(self, v):
+            self.v = v
+
+        def get(self):
+            return self.v
+
+    return [_S(s.value) for m in controller.metrics.registry.collect() for s in m.samples if s.name == name]
+
+
+async def test_delete_garbage_collects_children_through_owner_references(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    md = await fake.put_object(MDS, {**gguf_md(), "spec": {**gguf_md()["spec"], "cache": {"size": "10Gi"}}})
+    await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf") and fake.get(SERVICES, NS, "qwen-gguf")
+                        and fake.get(CLAIMS, NS, "qwen-gguf-cache"))
+    for res, name in ((DEPLOYMENTS, "qwen-gguf"), (SERVICES, "qwen-gguf"), (CLAIMS, "qwen-gguf-cache")):
+        refs = fake.get(res, NS, name)["metadata"]["ownerReferences"]
+        assert [r["uid"] for r in refs if r.get("controller")] == [md["metadata"]["uid"]]
+    assert not (_md(fake, "qwen-gguf")["metadata"].get("finalizers"))
+
+    await fake.remove(MDS, (NS, "qwen-gguf"))
+    assert fake.objects(DEPLOYMENTS, NS) == fake.objects(SERVICES, NS) == fake.objects(CLAIMS, NS) == []
+    await fake.wait_for(lambda: ("models", "qwen-gguf") not in operator_run.controller.md_keys())
+    await operator_run.stop()
+
+
+async def test_invalid_object_fails_with_the_reason_and_others_still_deploy(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    bad = gguf_md("bad")
+    bad["spec"]["model"] = {"format": "gguf"}  # neither name nor uri (the CRD's CEL would refuse it too)
+    await fake.put_object(MDS, bad)
+    await fake.put_object(MDS, gguf_md("good"))
+    failed = await fake.wait_for(lambda: _phase(fake, "bad") == "Failed" and _md(fake, "bad"))
+    assert cond(failed, "Resolved")["reason"] == "InvalidSpec"
+    assert "name or model.uri" in cond(failed, "Resolved")["message"]
+    await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "good"))
+    assert fake.get(DEPLOYMENTS, NS, "bad") is None
+    await operator_run.stop()
+
+
+async def test_transient_api_errors_are_retried_with_backoff(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    fake.fail("PATCH", "deployments", 503, times=2)
+    fake.fail("PATCH", "modeldeployments", 409, times=1, subresource="status")
+    await fake.put_object(MDS, gguf_md())
+    await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf"), what="the Deployment after retries")
+    await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Deploying")
+    errors = {(s.labels["method"], s.labels["code"]): s.value
+              for m in operator_run.controller.metrics.registry.collect() for s in m.samples
+              if s.name == "modelplane_operator_api_errors_total"}
+    assert errors[("PATCH", "503")] == 2 and errors[("PATCH", "409")] == 1
     await operator_run.stop()

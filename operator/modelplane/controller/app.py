@@ -177,7 +177,7 @@ def build_registry(
         try:
             await controller.reconcile(body, trigger=trigger)
         except TransientApiError as exc:
-            delay = exc.retry_after or min(60.0, 2.0 ** min(retry, 6))
+            delay = exc.retry_after or min(60.0, controller.retry_base * 2.0 ** min(retry, 6))
             raise kopf.TemporaryError(f"API not available, retrying: {exc}", delay=delay) from exc
 
     @kopf.on.create(*md_resource, id="create", registry=registry)

@@ -31,7 +31,7 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule(GROUP, PLURAL, ("get", "list", "watch"), "watch ModelDeployments (kopf)"),
+    Rule(GROUP, PLURAL, ("list", "watch"), "watch ModelDeployments (kopf)"),
     Rule(GROUP, PLURAL, ("patch",), "kopf's last-handled-configuration and progress annotations"),
     Rule(GROUP, f"{PLURAL}/status", ("patch",), "write status (phase, conditions, engine, endpoint)"),
     Rule(

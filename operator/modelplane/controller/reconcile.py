@@ -80,13 +80,14 @@ def _reasons(items: Iterable[Any]) -> list[dict[str, str]]:
 class Controller:
     """State shared by all handlers of one operator instance."""
 
-    def __init__(self, config: OperatorConfig, *, workers: int = 4) -> None:
+    def __init__(self, config: OperatorConfig, *, workers: int = 4, retry_base: float = 1.0) -> None:
         self.config = config
+        self.retry_base = retry_base  # first back-off delay after a transient API error (seconds)
         self.metrics = Metrics(self._statuses)
         self.client: KubeClient | None = None
         self.connection: Any = None  # the kopf.ConnectionInfo kopf's login produced
         self.indices: Mapping[str, Any] = {}
-        self.queue = WorkQueue(self._work, workers=workers)
+        self.queue = WorkQueue(self._work, workers=workers, base_delay=retry_base / 2)
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self._locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -108,7 +109,7 @@ class Controller:
         return list(store) if store is not None else []
 
     def _statuses(self) -> list[Mapping[str, Any]]:
-        return [body.get("status") or {} for store in self._index(IDX_MDS).values() for body in store]
+        return [self._previous_status(body) or {} for store in self._index(IDX_MDS).values() for body in store]
 
     def hardware(self) -> Hardware:
         nodes = [node for store in self._index(IDX_NODES).values() for node in store]
@@ -444,8 +445,8 @@ class Controller:
             "True", new_deg.get("reason")
         ):
             await self._event(md, "Warning", "Degraded", f"{new_deg.get('reason')}: {new_deg.get('message')}")
-        if prev.get("phase") in ("Degraded", "Failed") and new.get("phase") == "Ready":
-            await self._event(md, "Normal", "Recovered", "all replicas are ready")
+        if old_deg.get("status") == "True" and new_deg.get("status") == "False":
+            await self._event(md, "Normal", "Recovered", f"no longer {old_deg.get('reason')}")
 
     async def _event(self, md: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Post a core/v1 Event on the ModelDeployment; best effort (a lost Event never fails a reconcile)."""

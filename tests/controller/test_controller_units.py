@@ -1,0 +1,114 @@
+"""Pure parts of the controller: pod diagnosis, conditions, status patches, the work queue, the entry point."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from modelplane.controller import main as operator_main
+from modelplane.controller.app import _trigger
+from modelplane.controller.status import Cond, Rollout, merge_conditions, observe_rollout, status_patch
+from modelplane.controller.workqueue import RetryLater, WorkQueue
+from modelplane.controller.world import compact_node, compact_pod, diagnose
+
+
+def _pod(name, waiting=None, last=None, scheduled=None, deleting=False):
+    body = {"metadata": {"name": name, **({"deletionTimestamp": "x"} if deleting else {})},
+            "status": {"conditions": [scheduled] if scheduled else [],
+                       "containerStatuses": [{"name": "model-server", "restartCount": 1,
+                                              "state": {"waiting": waiting} if waiting else {"running": {}},
+                                              "lastState": {"terminated": last} if last else {}}]}}
+    return compact_pod(body)
+
+
+def test_diagnose_reports_the_worst_problem_with_its_message():
+    crash = _pod("a", waiting={"reason": "CrashLoopBackOff"}, last={"reason": "Error", "exitCode": 1})
+    pull = _pod("b", waiting={"reason": "ErrImagePull", "message": "not found"})
+    assert diagnose([crash, pull]).reason == "ErrImagePull"
+    assert diagnose([crash]).reason == "CrashLoopBackOff"
+    oom = _pod("c", waiting={"reason": "CrashLoopBackOff"}, last={"reason": "OOMKilled"})
+    assert diagnose([crash, oom]).reason == "OOMKilled"
+    unsched = _pod("d", scheduled={"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                   "message": "0/2 nodes: 2 Insufficient nvidia.com/gpu."})
+    problem = diagnose([unsched])
+    assert problem.reason == "Unschedulable" and "Insufficient nvidia.com/gpu" in problem.message
+    assert diagnose([_pod("e"), _pod("f", waiting={"reason": "CrashLoopBackOff"}, deleting=True)]) is None
+
+
+def test_condition_transition_time_moves_only_when_status_changes():
+    first = merge_conditions(None, [Cond("Degraded", "False", "AsExpected")], 1, "T1")
+    same = merge_conditions(first, [Cond("Degraded", "False", "AsExpected", "other words")], 2, "T2")
+    assert same[0]["lastTransitionTime"] == "T1" and same[0]["observedGeneration"] == 2
+    flipped = merge_conditions(same, [Cond("Degraded", "True", "OOMKilled")], 2, "T3")
+    assert flipped[0]["lastTransitionTime"] == "T3"
+
+
+def test_status_patch_is_none_when_equal_and_removes_fields_no_longer_set():
+    current = {"phase": "Ready", "engine": "vllm", "kopf": {"x": 1}}
+    assert status_patch(current, {"phase": "Ready", "engine": "vllm"}) is None
+    assert status_patch(current, {"phase": "Failed"}) == {"phase": "Failed", "engine": None}
+
+
+def test_rollout_is_complete_only_for_the_current_hash_and_replica_count():
+    dep = {"generation": 2, "replicas": 2, "labels": {"modelplane.io/spec-hash": "h2"},
+           "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}}
+    assert observe_rollout(dep, [], desired_replicas=2, desired_hash="h2") == Rollout(2, 2, 2, True, None)
+    assert not observe_rollout(dep, [], desired_replicas=2, desired_hash="h3").complete
+    assert not observe_rollout(dep, [], desired_replicas=3, desired_hash="h2").complete
+    stalled = {**dep, "status": {**dep["status"], "conditions": [
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}]}}
+    assert observe_rollout(stalled, [], desired_replicas=2, desired_hash="h2").problem.reason == \
+        "ProgressDeadlineExceeded"
+
+
+def test_node_compaction_ignores_heartbeats():
+    node = {"metadata": {"name": "n", "labels": {"a": "b"}, "resourceVersion": "1"},
+            "status": {"allocatable": {"cpu": "4"}, "conditions": [
+                {"type": "Ready", "status": "True", "lastHeartbeatTime": "t1"},
+                {"type": "MemoryPressure", "status": "False", "lastHeartbeatTime": "t1"}]}}
+    later = {**node, "metadata": {**node["metadata"], "resourceVersion": "2"},
+             "status": {**node["status"], "conditions": [
+                 {"type": "Ready", "status": "True", "lastHeartbeatTime": "t2"}]}}
+    assert compact_node(node) == compact_node(later)
+
+
+@pytest.mark.parametrize(("fields", "trigger"), [
+    ([("spec", "replicas")], "scale"),
+    ([("spec", "replicas"), ("spec", "engine")], "spec"),
+    ([("spec", "model", "size")], "spec"),
+    ([("metadata", "labels", "team")], "meta"),
+])
+def test_update_classification(fields, trigger):
+    assert _trigger([("change", f, 1, 2) for f in fields]) == trigger
+
+
+async def test_work_queue_deduplicates_and_retries_with_backoff():
+    calls: list[str] = []
+    done = asyncio.Event()
+
+    async def work(key):
+        calls.append(key)
+        if key == "flaky" and calls.count("flaky") < 3:
+            raise RetryLater("not yet", delay=0.01)
+        if calls.count("flaky") == 3:
+            done.set()
+
+    queue = WorkQueue(work, workers=2)
+    for key in ("a", "a", "a", "flaky"):
+        queue.add(key)
+    queue.start()
+    await asyncio.wait_for(done.wait(), 30)
+    await queue.stop()
+    assert calls.count("a") == 1
+    assert calls.count("flaky") == 3
+
+
+def test_bad_config_exits_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "config.yaml"
+    bad.write_text("images:\n  vllm:\n    quantum: example/vllm:1\n")
+    assert operator_main(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "quantum" in err and err.startswith("modelplane operator:")
+    assert operator_main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read" in capsys.readouterr().err

@@ -1,0 +1,100 @@
+"""The operator's API use equals its declared RBAC; metrics and health endpoints answer."""
+
+from __future__ import annotations
+
+import aiohttp
+import yaml
+from ctlharness import (
+    CLAIMS,
+    DEPLOYMENTS,
+    MDS,
+    NODES,
+    NS,
+    OperatorRun,
+    awq_md,
+    cpu_node,
+    gguf_md,
+    gpu_node,
+    mark_rollout,
+)
+
+from modelplane.controller import Options
+from modelplane.controller.rbac import RULES, cluster_role, covers, main
+
+
+def _verb(request) -> str:
+    method = str(request.method.value).upper()
+    if method == "GET":
+        if request.params.get("watch") == "true":
+            return "watch"
+        return "get" if request.name else "list"
+    return {"POST": "create", "PATCH": "patch", "PUT": "update",
+            "DELETE": "delete" if request.name else "deletecollection"}[method]
+
+
+def _api_use(requests) -> set[tuple[str, str, str]]:
+    """(api group, resource[/subresource], verb) of every resource request; discovery URLs excluded."""
+    used = set()
+    for r in requests:
+        if r.resource is None or not r.resource.plural:
+            continue  # /api, /apis, /apis/GROUP/VERSION: discovery, granted to every authenticated user
+        resource = r.resource.plural + (f"/{r.subresource}" if r.subresource else "")
+        used.add((r.resource.group or "", resource, _verb(r)))
+    return used
+
+
+async def test_recorded_api_use_equals_the_declared_rbac(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    await fake.put_object(MDS, awq_md())  # rejected first (no GPU): status + a Warning Event
+    await fake.wait_for(lambda: (fake.get(MDS, NS, "qwen-awq").get("status") or {}).get("phase") == "Failed")
+    await fake.put_object(NODES, gpu_node())  # resolved: claim, Deployment, Service applied
+    await fake.wait_for(lambda: fake.get(CLAIMS, NS, "qwen-awq-cache") and fake.get(DEPLOYMENTS, NS, "qwen-awq"))
+    await fake.put_object(MDS, gguf_md())
+    await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf"))
+    await mark_rollout(fake, "qwen-gguf", ready=1)
+    await fake.wait_for(lambda: (fake.get(MDS, NS, "qwen-gguf").get("status") or {}).get("phase") == "Ready")
+    await fake.wait_for(lambda: "modelplane.io/last-handled-configuration"
+                        in (fake.get(MDS, NS, "qwen-gguf")["metadata"].get("annotations") or {}))
+    await operator_run.stop()
+
+    used = _api_use(fake.requests)
+    uncovered = sorted(u for u in used if covers(*u) is None)
+    assert uncovered == [], f"requests the RBAC rules do not allow: {uncovered}"
+    unused = [(r.api_group, r.resource, v) for r in RULES if r.observed for v in r.verbs
+              if (r.api_group, r.resource, v) not in used]
+    assert unused == [], f"declared rules the operator never used: {unused}"
+
+
+def test_cluster_role_merges_rules_and_says_why(capsys):
+    role = cluster_role()
+    assert role["kind"] == "ClusterRole"
+    keys = [(r["apiGroups"][0], r["resources"][0]) for r in role["rules"]]
+    assert len(keys) == len(set(keys)) == len({(r.api_group, r.resource) for r in RULES})
+    deployments = next(r for r in role["rules"] if r["resources"] == ["deployments"])
+    assert deployments["verbs"] == ["list", "patch", "watch"]
+    assert main([]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == role
+    assert all(rule.why for rule in RULES)
+
+
+async def test_metrics_and_liveness_endpoints(fake, free_port_factory):
+    metrics_port, health_port = free_port_factory(), free_port_factory()
+    run = OperatorRun(fake, options=Options(all_namespaces=True, metrics_port=metrics_port, health_port=health_port,
+                                             bind_address="127.0.0.1"))
+    await fake.put_object(NODES, cpu_node())
+    await run.start()
+    await fake.put_object(MDS, gguf_md())
+    await fake.wait_for(lambda: (fake.get(MDS, NS, "qwen-gguf").get("status") or {}).get("phase") == "Deploying")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+            assert response.status == 200
+            text = await response.text()
+        async with session.get(f"http://127.0.0.1:{health_port}/healthz") as response:
+            assert response.status == 200
+    assert 'modelplane_operator_reconciles_total{result="applied"}' in text
+    assert "modelplane_operator_reconcile_duration_seconds_count" in text
+    assert 'modelplane_operator_deployments{accelerator="cpu",engine="llama.cpp",phase="Deploying"} 1.0' in text
+    assert "modelplane_operator_api_errors_total" in text or "modelplane_operator_api_errors" in text
+    await run.stop()
