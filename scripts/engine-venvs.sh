@@ -123,4 +123,4 @@ main() {
     done
 }
 
-main "$@"
+main "$@"; exit $?
