@@ -1,0 +1,63 @@
+"""Real mlx_lm (``mlx[cpu]`` in ``.venv-mlx``) behind the shim, driven with the openai client.
+
+mlx_lm's server has no served-name flag and names its model ``default_model``;
+the shim sends that name and rewrites it back to the served name, streams
+included.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from shimproc import RunningShim, engine_python_or_skip, sse_events
+
+from modelplane.tinymodel import TinyModel
+
+pytestmark = pytest.mark.slow
+
+CHAT = [{"role": "user", "content": "Tell me about the harbour."}]
+SERVED = "tiny-mlx"
+
+
+@pytest.fixture(scope="module")
+def shim(start_shim_factory, tiny_model: TinyModel) -> RunningShim:
+    python = engine_python_or_skip("MODELPLANE_MLX_PYTHON", ".venv-mlx")
+    return start_shim_factory(engine="mlx", model=str(tiny_model.hf_dir), served=SERVED,
+                              env={"MODELPLANE_MLX_PYTHON": python}, wait_s=300)
+
+
+def test_mlx_chat(shim: RunningShim) -> None:
+    r = shim.openai().chat.completions.create(model=SERVED, messages=CHAT, max_tokens=8, temperature=0)
+    assert r.model == SERVED
+    assert r.choices[0].message.role == "assistant"
+    assert r.choices[0].message.content
+    assert r.usage is not None and 0 < r.usage.completion_tokens <= 8
+
+
+def test_mlx_stream_matches_plain_answer(shim: RunningShim) -> None:
+    client = shim.openai()
+    plain = client.chat.completions.create(model=SERVED, messages=CHAT, max_tokens=8, temperature=0)
+    chunks = list(client.chat.completions.create(model=SERVED, messages=CHAT, max_tokens=8, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert all(c.model == SERVED for c in chunks)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_mlx_raw_sse_names_and_done(shim: RunningShim) -> None:
+    with shim.http() as h:
+        r = h.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 4, "stream": True})
+    events = sse_events(r.content)
+    assert events[-1] == b"[DONE]" and events.count(b"[DONE]") == 1
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["model"] == SERVED for c in chunks)
+    assert all(c["choices"] for c in chunks)  # the usage chunk the shim asked for is not shown
+
+
+def test_mlx_completions(shim: RunningShim) -> None:
+    r = shim.openai().completions.create(model=SERVED, prompt="The harbour", max_tokens=5, temperature=0)
+    assert r.model == SERVED
+    assert r.choices[0].text
