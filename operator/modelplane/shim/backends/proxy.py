@@ -73,7 +73,7 @@ def engine_flags(engine_args: dict[str, Any], *, reserved: Iterable[str] = (),
     """
     taken = {r.replace("_", "-").lstrip("-") for r in reserved}
     flags: list[str] = []
-    for key in sorted(engine_args):
+    for key in sorted(engine_args, key=lambda k: k.lstrip("-").replace("_", "-")):
         value = engine_args[key]
         name = key.lstrip("-").replace("_", "-")
         if not name or any(c.isspace() for c in name):
