@@ -111,7 +111,7 @@ def test_vllm_command(monkeypatch: pytest.MonkeyPatch) -> None:
     emb = VllmBackend(_args(model_type="embedding")).command(1)
     assert emb[emb.index("--runner") + 1] == "pooling"
     assert VllmBackend(_args(model_type="rerank")).capabilities == frozenset({"rerank"})
-    with pytest.raises(ValueError, match="tensor_parallel_size.*the shim sets it"):
+    with pytest.raises(ValueError, match=r"tensor_parallel_size.*the shim sets it"):
         VllmBackend(_args(engine_args={"tensor_parallel_size": 2})).command(1)
 
 

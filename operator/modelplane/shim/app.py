@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelplane import sources
 from modelplane.shim.backends.base import Backend, BackendError, Health, State, Stream
 from modelplane.shim.errors import envelope, retry_after_header, sse_error_event
 from modelplane.shim.metrics import ShimMetrics
@@ -38,7 +39,6 @@ from modelplane.shim.protocol import (
     EmbeddingRequest,
     RerankRequest,
 )
-from modelplane import sources
 from modelplane.shimargs import ShimArgs
 
 log = logging.getLogger("modelplane.shim")
