@@ -98,3 +98,21 @@ async def test_metrics_and_liveness_endpoints(fake, free_port_factory):
     assert 'modelplane_operator_deployments{accelerator="cpu",engine="llama.cpp",phase="Deploying"} 1.0' in text
     assert "modelplane_operator_api_errors_total" in text or "modelplane_operator_api_errors" in text
     await run.stop()
+
+
+async def test_namespaced_mode_watches_only_its_namespaces_and_nodes_cluster_wide(fake):
+    await fake.put_object(("", "v1", "namespaces"), {"metadata": {"name": "other"}})
+    await fake.put_object(NODES, cpu_node())
+    run = OperatorRun(fake, options=Options(namespaces=[NS], metrics_port=0, health_port=0))
+    await run.start()
+    await fake.put_object(MDS, {**gguf_md("elsewhere"), "metadata": {"name": "elsewhere", "namespace": "other"}})
+    await fake.put_object(MDS, gguf_md())
+    await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf"))
+    await run.stop()
+    assert fake.get(DEPLOYMENTS, "other", "elsewhere") is None
+    namespaced = {r.resource.plural: r.namespace for r in fake.requests
+                  if r.resource is not None and r.params.get("watch") == "true"}
+    assert namespaced.pop("nodes") is None
+    assert set(namespaced.values()) == {NS}
+    scopes = {(r.resource, r.cluster_scoped) for r in RULES}
+    assert ("nodes", True) in scopes and all(not c for res, c in scopes if res != "nodes")

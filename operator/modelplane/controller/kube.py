@@ -209,7 +209,9 @@ class KubeClient:
     ) -> dict[str, Any]:
         """Merge-patch the status subresource (``None`` values remove fields)."""
         path = api_path(api_version, plural, namespace, name, "status")
-        return await self.request("PATCH", path, body={"status": dict(status)}, content_type=MERGE_PATCH_CONTENT_TYPE)
+        return await self.request("PATCH", path, body={"status": dict(status)}, params={"fieldManager": FIELD_MANAGER},
+                                  content_type=MERGE_PATCH_CONTENT_TYPE)
 
     async def create_event(self, namespace: str, event: Mapping[str, Any]) -> dict[str, Any]:
-        return await self.request("POST", api_path("v1", "events", namespace), body=dict(event))
+        return await self.request("POST", api_path("v1", "events", namespace), body=dict(event),
+                                  params={"fieldManager": FIELD_MANAGER})

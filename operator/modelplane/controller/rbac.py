@@ -1,6 +1,8 @@
 """Every Kubernetes API permission the operator needs, declared in one place.
 
-The Helm chart generates its ClusterRole (or Role) from :data:`RULES`; a test
+The Helm chart generates its ClusterRole (or, for a namespaced install, a
+Role per namespace plus a ClusterRole for the ``cluster_scoped`` rules) from
+:data:`RULES`; a test
 records the operator's real requests against an API emulator and proves they
 are covered by these rules, and that every rule marked ``observed`` is used.
 ``python -m modelplane.controller.rbac`` prints the rules as a ClusterRole.
@@ -29,6 +31,14 @@ class Rule:
     #: False for permissions an admission plugin checks but no request of the operator shows.
     observed: bool = True
 
+    @property
+    def cluster_scoped(self) -> bool:
+        """Needs a ClusterRole even when the operator watches only some namespaces (a Role suffices otherwise)."""
+        return self.resource in CLUSTER_SCOPED
+
+
+#: Resources without a namespace: a namespaced install still needs a ClusterRole for these.
+CLUSTER_SCOPED = frozenset({"nodes"})
 
 RULES: tuple[Rule, ...] = (
     Rule(GROUP, PLURAL, ("list", "watch"), "watch ModelDeployments (kopf)"),

@@ -1,0 +1,78 @@
+"""kubectl helpers for the end-to-end tests: run, read JSON, poll with a bound."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class KubectlError(RuntimeError):
+    def __init__(self, args: Sequence[str], code: int, stderr: str) -> None:
+        super().__init__(f"kubectl {' '.join(args)} exited {code}: {stderr.strip()}")
+        self.code = code
+        self.stderr = stderr
+
+
+def cluster_problem() -> str | None:
+    """Why the end-to-end tests cannot run here, or None when a cluster answers."""
+    config = os.environ.get("KUBECONFIG")
+    if not config:
+        return "KUBECONFIG is not set: point it at a test cluster (kind, k3d, minikube) to run e2e/"
+    missing = [p for p in config.split(os.pathsep) if p and not os.path.exists(p)]
+    if missing:
+        return f"KUBECONFIG names files that do not exist: {', '.join(missing)}"
+    if shutil.which("kubectl") is None:
+        return "kubectl is not on PATH"
+    try:
+        kubectl("get", "--raw", "/readyz", timeout=15)
+    except (KubectlError, subprocess.TimeoutExpired) as exc:
+        return f"the cluster in KUBECONFIG does not answer: {exc}"
+    return None
+
+
+def kubectl(*args: str, stdin: str | None = None, timeout: float = 60, check: bool = True) -> str:
+    proc = subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise KubectlError(args, proc.returncode, proc.stderr)
+    return proc.stdout
+
+
+def get_json(*args: str) -> dict[str, Any] | None:
+    """``kubectl get ... -o json``, or None when the object does not exist."""
+    try:
+        return json.loads(kubectl("get", *args, "-o", "json"))
+    except KubectlError as exc:
+        if "NotFound" in exc.stderr or "not found" in exc.stderr:
+            return None
+        raise
+
+
+def poll(fn: Callable[[], T | None], *, timeout: float = 120, interval: float = 1.0, what: str = "condition") -> T:
+    """Call ``fn`` until it returns something truthy; fail after ``timeout`` seconds saying what was awaited.
+
+    A real API server has no change notification for a test to wait on short of a watch,
+    so this polls: bounded, with the last value in the failure message.
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = fn()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}")
+        time.sleep(interval)
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return cond
+    return {}
