@@ -151,6 +151,15 @@ class OperatorRun:
         )
         return self.controller
 
+    async def kill(self) -> None:
+        """Stop abruptly, as SIGKILL would: cancel everything mid-flight."""
+        if self._task is not None:
+            self.fake.close_watches()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._task, 60)
+            self._task = None
+
     async def stop(self) -> None:
         if self._task is not None and self._stop is not None:
             self._stop.set()

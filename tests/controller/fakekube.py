@@ -110,6 +110,8 @@ class FakeKube(kmock.KubernetesEmulator):
     watchers: dict[ResKey, list[asyncio.Queue[dict[str, Any]]]] = attrs.field(factory=dict, init=False)
     applied: dict[tuple[ResKey, ObjKey, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
     faults: list[Fault] = attrs.field(factory=list, init=False)
+    gates: dict[tuple[str, str], asyncio.Event] = attrs.field(factory=dict, init=False)
+    held: int = attrs.field(default=0, init=False)
     _rv: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     last_rv: int = attrs.field(default=0, init=False)
     closing: bool = attrs.field(default=False, init=False)
@@ -129,12 +131,23 @@ class FakeKube(kmock.KubernetesEmulator):
     async def _handle(self, request: rendering.Request) -> Any:
         # Skip KubernetesEmulator's plain-merge state keeping; our _serve_* methods keep the state.
         if request.resource is not None:
+            for (method, plural), gate in list(self.gates.items()):
+                if method == str(request.method.value).upper() and plural == request.resource.plural:
+                    self.held += 1
+                    async with self.changed:
+                        self.changed.notify_all()
+                    await gate.wait()
             for fault in self.faults:
                 if fault.times and fault.method == str(request.method.value).upper() \
                         and fault.plural == request.resource.plural and fault.subresource == request.subresource:
                     fault.times -= 1
                     raise KubeApiError(status=fault.status, reason="Injected", message=f"injected {fault.status}")
         return await apps.RawHandler._handle(self, request)
+
+    def hold(self, method: str, plural: str) -> asyncio.Event:
+        """Hold matching requests until the returned event is set (``held`` counts them)."""
+        gate = self.gates[(method.upper(), plural)] = asyncio.Event()
+        return gate
 
     def fail(self, method: str, plural: str, status: int, *, times: int = 1, subresource: str | None = None) -> None:
         """Answer the next ``times`` matching requests with ``status`` (and change nothing)."""

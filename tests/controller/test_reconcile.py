@@ -284,3 +284,36 @@ async def test_transient_api_errors_are_retried_with_backoff(fake, operator_run)
               if s.name == "modelplane_operator_api_errors_total"}
     assert errors[("PATCH", "503")] == 2 and errors[("PATCH", "409")] == 1
     await operator_run.stop()
+
+
+async def test_killed_mid_reconcile_converges_after_restart_without_duplicates_or_orphans(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    names = [f"model-{i}" for i in range(6)] + ["qwen2.5-dotted"]
+    gate = fake.hold("PATCH", "deployments")  # every Deployment apply hangs: the operator is mid-reconcile
+    await operator_run.start()
+    for name in names:
+        await fake.put_object(MDS, gguf_md(name))
+    await fake.wait_for(lambda: fake.held >= 1, what="a Deployment apply in flight")
+    await operator_run.kill()
+    del fake.gates[("PATCH", "deployments")]
+    gate.set()
+
+    await operator_run.start()
+    await fake.wait_for(lambda: all(_phase(fake, n) == "Deploying" for n in names), what="every deployment placed")
+    deployments, services = fake.objects(DEPLOYMENTS, NS), fake.objects(SERVICES, NS)
+    assert sorted(d["metadata"]["name"] for d in deployments) == sorted(["qwen2-5-dotted", *names[:-1]])
+    assert len(services) == len(names)
+    uids = {_md(fake, n)["metadata"]["uid"] for n in names}
+    assert all(c["metadata"]["ownerReferences"][0]["uid"] in uids for c in deployments + services)
+    await operator_run.stop()
+
+
+async def test_without_nodes_it_waits_then_deploys_when_one_joins(fake, operator_run):
+    await operator_run.start()
+    await fake.put_object(MDS, gguf_md())
+    waiting = await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Resolving" and _md(fake, "qwen-gguf"))
+    assert (cond(waiting, "Resolved")["status"], cond(waiting, "Resolved")["reason"]) == ("Unknown", "WaitingForNodes")
+    await fake.put_object(NODES, cpu_node())
+    await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf"))
+    await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Deploying")
+    await operator_run.stop()
