@@ -8,10 +8,11 @@ from typing import Any
 class IncrementalDetokenizer:
     """Turns a growing list of token ids into text deltas.
 
-    Decodes a short window of recent tokens and emits only text that is
-    complete: a byte-level token that ends inside a UTF-8 character, or a
-    SentencePiece token whose leading space depends on its neighbour, is held
-    back until the next token settles it.
+    Emits only text that is complete: a byte-level token that ends inside a
+    UTF-8 character, or a SentencePiece token whose leading space depends on
+    its neighbour, is held back until the next token settles it. Fast
+    tokenizers use the Rust ``DecodeStream``; others decode a short window of
+    recent tokens twice per step.
     """
 
     def __init__(self, tokenizer: Any) -> None:
@@ -19,6 +20,15 @@ class IncrementalDetokenizer:
         self.ids: list[int] = []
         self._prefix = 0
         self._read = 0
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._stream: Any = None
+        if self._backend is not None:
+            try:
+                from tokenizers.decoders import DecodeStream
+            except ImportError:  # tokenizers < 0.21
+                self._backend = None
+            else:
+                self._stream = DecodeStream(skip_special_tokens=True)
 
     def _decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
@@ -26,6 +36,8 @@ class IncrementalDetokenizer:
     def add(self, token_id: int) -> str:
         """Append one token; return the text it completes (maybe empty)."""
         self.ids.append(token_id)
+        if self._stream is not None:
+            return self._stream.step(self._backend, token_id) or ""
         before = self._decode(self.ids[self._prefix:self._read])
         after = self._decode(self.ids[self._prefix:])
         if len(after) > len(before) and not after.endswith("\ufffd"):
@@ -35,6 +47,8 @@ class IncrementalDetokenizer:
 
     def flush(self) -> str:
         """Whatever text is still held back, when generation ends."""
+        if self._stream is not None:
+            return ""  # DecodeStream holds back only bytes that do not form a character yet
         before = self._decode(self.ids[self._prefix:self._read])
         after = self._decode(self.ids[self._prefix:])
         self._prefix = self._read = len(self.ids)

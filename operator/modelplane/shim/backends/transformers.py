@@ -17,6 +17,10 @@ Engine args (``--engine-args`` JSON), all optional:
 ``max_prefill_tokens``  most padded prompt tokens prefilled in one step (default 8192)
 ``trust_remote_code``   allow custom model code from the model folder (default false)
 ``attn_implementation`` e.g. ``sdpa`` or ``eager``
+
+With ``--tensor-parallel-size`` above 1 on an accelerator, the layers are
+spread over the visible devices (``device_map="auto"``): this fits a model
+that one device cannot hold, it does not speed decoding up.
 """
 
 from __future__ import annotations
@@ -140,8 +144,13 @@ class TransformersBackend(Backend):
         if extra.get("attn_implementation"):
             kwargs["attn_implementation"] = extra["attn_implementation"]
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-        self.model = model.to(device).eval()
+        if args.tensor_parallel_size > 1 and device.type != "cpu":
+            # layers spread over the visible devices (pipeline style); inputs go to the first one
+            model = AutoModelForCausalLM.from_pretrained(path, device_map="auto", **kwargs)
+            device = model.get_input_embeddings().weight.device
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+        self.model = model.eval()
         config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") \
             else model.config
         self.max_model_len = int(extra.get("max_model_len") or getattr(config, "max_position_embeddings", 0)
@@ -199,6 +208,9 @@ class TransformersBackend(Backend):
         if self._health.state is State.READY and self.scheduler is not None and not self.scheduler.alive:
             return Health(State.DEAD, f"the generation loop died: {self.scheduler.error or 'unknown error'}")
         return self._health
+
+    def model_card(self) -> dict[str, Any]:
+        return {"max_model_len": self.max_model_len} if self.max_model_len else {}
 
     def record(self, rid: str) -> RequestRecord | None:
         """What the scheduler did for the request whose response id is ``rid``."""
