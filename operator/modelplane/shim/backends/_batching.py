@@ -166,7 +166,7 @@ class Scheduler:
                                    code="shutting_down")
             if len(self._pending) >= self.max_queue:
                 raise BackendError(f"{len(self._pending)} requests are already waiting; retry later",
-                                   status=429, type="rate_limit_error", code="queue_full")
+                                   status=429, type="rate_limit_error", code="queue_full", retry_after=1)
             request.record.sequences = len(request.sequences)
             self.records[request.id] = request.record
             while len(self.records) > RECORDS_KEPT:

@@ -354,12 +354,16 @@ class TransformersBackend(Backend):
 
         async def chunks() -> AsyncIterator[dict[str, Any]]:
             left = count
+            started = False
             try:
-                for chunk in head():
-                    yield chunk
                 while left:
                     events = await request.queue.get()
                     stream.usage.completion_tokens = record.generated_tokens
+                    if not started and events[0][0] != "error":
+                        # the role chunks go out with the first token, so time-to-first-token means that
+                        started = True
+                        for chunk in head():
+                            yield chunk
                     for event in events:
                         if event[0] == "error":
                             raise event[1]
