@@ -53,8 +53,10 @@ async def test_create_applies_children_with_owner_references_and_reports_status(
     ready = await fake.wait_for(lambda: (o := fake.get(MDS, NS, "qwen-gguf"))["status"]["phase"] == "Ready" and o)
     assert ready["status"]["readyReplicas"] == 1
     assert cond(ready, "Available")["status"] == "True"
-    reasons = [e["reason"] for e in events_of(fake, "qwen-gguf")]
-    assert "EngineSelected" in reasons and "RolloutStarted" in reasons
+    await fake.wait_for(
+        lambda: {"EngineSelected", "RolloutStarted"} <= {e["reason"] for e in events_of(fake, "qwen-gguf")},
+        what="EngineSelected and RolloutStarted events",
+    )
     await operator_run.stop()
 
 
@@ -78,7 +80,8 @@ async def test_rejection_names_every_engine_then_a_gpu_node_resolves_it(fake, op
     assert engines == {"vllm", "sglang", "llama.cpp", "transformers", "mlx"}
     assert all(r["reason"] for r in failed["status"]["rejected"])
     assert fake.get(DEPLOYMENTS, NS, "qwen-awq") is None
-    assert [e["type"] for e in events_of(fake, "qwen-awq") if e["reason"] == "Rejected"] == ["Warning"]
+    await fake.wait_for(lambda: [e["type"] for e in events_of(fake, "qwen-awq") if e["reason"] == "Rejected"]
+                        == ["Warning"], what="one Rejected warning")
 
     await fake.put_object(NODES, gpu_node())
     dep = await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-awq"), what="a Deployment after the GPU joined")
@@ -186,8 +189,8 @@ async def test_pod_failure_degrades_and_recovery_returns_to_ready(
     deg = cond(degraded, "Degraded")
     assert (deg["status"], deg["reason"]) == ("True", reason)
     assert in_message in deg["message"]
-    assert any(e["reason"] == "Degraded" and e["type"] == "Warning" and reason in e["message"]
-               for e in events_of(fake, "qwen-gguf"))
+    await fake.wait_for(lambda: any(e["reason"] == "Degraded" and e["type"] == "Warning" and reason in e["message"]
+                                    for e in events_of(fake, "qwen-gguf")), what="a Degraded warning")
 
     healthy = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
                "containerStatuses": [{"name": "model-server", "ready": True, "restartCount": 0,
@@ -197,7 +200,8 @@ async def test_pod_failure_degrades_and_recovery_returns_to_ready(
     ready = await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Ready" and _md(fake, "qwen-gguf"))
     assert cond(ready, "Degraded")["status"] == "False"
     assert cond(ready, "Degraded")["lastTransitionTime"] >= deg["lastTransitionTime"]
-    assert "Recovered" in [e["reason"] for e in events_of(fake, "qwen-gguf")]
+    await fake.wait_for(lambda: "Recovered" in [e["reason"] for e in events_of(fake, "qwen-gguf")],
+                        what="a Recovered event")
     await operator_run.stop()
 
 

@@ -241,11 +241,15 @@ class Controller:
             return Outcome("rejected", status_written=written)
 
         plan: Plan = decision
-        children = self._children(plan, md)
         applied: list[str] = []
         rollout_event: tuple[str, str] | None = None
         apply_problem: Problem | None = None
         desired_hash: str | None = None
+        try:
+            children = self._children(plan, md)
+        except Exception as exc:  # a renderer bug must fail this object, not the operator
+            logger.exception("rendering %s/%s failed", meta["namespace"], meta["name"])
+            children, apply_problem = [], Problem("RenderFailed", f"cannot render the children: {exc}")
         for child in children:
             kind, name = child["kind"], child["metadata"]["name"]
             want = (child["metadata"].get("labels") or {}).get(SPEC_HASH_LABEL)
@@ -408,7 +412,6 @@ class Controller:
     async def _write_status(
         self, md: Mapping[str, Any], previous: Mapping[str, Any] | None, desired: dict[str, Any]
     ) -> bool:
-        await self._transition_events(md, previous or {}, desired)
         patch = st.status_patch(previous, desired)
         if patch is None:
             return False
@@ -424,6 +427,8 @@ class Controller:
         self.metrics.writes.labels(kind="status").inc()
         if meta.get("uid"):
             self._written[meta["uid"]] = desired
+        # Events follow the written status, so a retried reconcile does not repeat them.
+        await self._transition_events(md, previous or {}, desired)
         return True
 
     async def _transition_events(
