@@ -295,3 +295,22 @@ def test_rerank_through_the_proxy(start_shim_factory) -> None:
         assert r.status_code == 200, r.text
         assert all("document" not in x for x in r.json()["results"])
         assert len(r.json()["results"]) == 2
+
+
+def test_sigterm_lets_inflight_streams_finish(start_shim_factory) -> None:
+    shim = start_shim_factory()  # grace period: MODELPLANE_SHUTDOWN_GRACE_SECONDS=5
+    pid = shim.engine_stats()["pid"]
+    with shim.http() as h, h.stream("POST", "/v1/chat/completions", json={
+            "messages": MSG, "max_tokens": 30, "stream": True, "standin_delay": 0.05}) as r:
+        events = []
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+            if len(events) == 2:
+                shim.proc.send_signal(signal.SIGTERM)
+    # the stream that was running when SIGTERM came ran to its end
+    assert events[-1] == "[DONE]"
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
+    assert text == "".join(f"w{i} " for i in range(30))
+    assert shim.proc.wait(60) in (0, -signal.SIGTERM)
+    wait_until(lambda: not pid_alive(pid), "the engine process to exit")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import openai
 import pytest
@@ -85,3 +86,38 @@ def test_vllm_disconnect_is_counted(shim: RunningShim) -> None:
                 break
     wait_until(lambda: metric_value(shim.metrics(), "modelplane_requests_cancelled_total",
                                     endpoint="/v1/completions") > before, "the cancelled stream")
+
+
+def test_vllm_model_card_has_context_length(shim: RunningShim) -> None:
+    models = shim.http().get("/v1/models").json()["data"]
+    assert models[0]["id"] == SERVED
+    assert models[0]["max_model_len"] == 512
+
+
+def test_vllm_stop_leaves_no_process_behind(shim: RunningShim) -> None:
+    # runs last in this module: the shim's SIGTERM must take vLLM's whole process group with it
+    port = shim.engine_port()
+    leader = next(pid for pid in _pids() if f"--port {port}" in _cmdline(pid))
+    group = [pid for pid in _pids() if _pgid(pid) == leader]
+    assert len(group) >= 2  # the API server and its engine core
+    shim.stop()
+    wait_until(lambda: not [pid for pid in _pids() if _pgid(pid) == leader], "vLLM's process group to exit")
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None

@@ -145,6 +145,7 @@ class ProxyBackend(Backend):
         self._tasks: list[asyncio.Task[None]] = []
         self._active: set[httpx.Response] = set()
         self._stopped = False
+        self._card: dict[str, Any] = {}
 
     # -- what each engine module provides --------------------------------------------
 
@@ -187,6 +188,7 @@ class ProxyBackend(Backend):
             start_new_session=True, preexec_fn=preexec)
         self._tasks.append(asyncio.create_task(self._watch(), name=f"{self.engine}-watch"))
         await self._wait_healthy()
+        self._card = await self._engine_card()
         self._state, self._message = State.READY, ""
         self._tasks.append(asyncio.create_task(self._probe(), name=f"{self.engine}-probe"))
 
@@ -210,6 +212,21 @@ class ProxyBackend(Backend):
                                    f"(set {START_TIMEOUT_ENV} to wait longer)")
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 1.0)
+
+    async def _engine_card(self) -> dict[str, Any]:
+        """What the engine says about its model that clients use (``max_model_len``), if it says it."""
+        assert self.client is not None
+        try:
+            r = await self.client.get("/v1/models", timeout=10.0)
+            data = r.json().get("data") or []
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return {}
+        first = data[0] if data and isinstance(data[0], dict) else {}
+        value = first.get("max_model_len")
+        return {"max_model_len": value} if isinstance(value, int) else {}
+
+    def model_card(self) -> dict[str, Any]:
+        return dict(self._card)
 
     async def _watch(self) -> None:
         assert self.proc is not None
