@@ -1,0 +1,7 @@
+"""``python -m modelplane.agent``."""
+
+import sys
+
+from modelplane.agent.cli import main
+
+sys.exit(main())

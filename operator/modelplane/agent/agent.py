@@ -1,0 +1,255 @@
+"""The host agent: register the Node, keep its Lease, and run the Pods bound to it as native processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from modelplane.agent.config import AgentConfig
+from modelplane.agent.kube import AgentKube, ApiError, TransientApiError, load_connection
+from modelplane.agent.node import (
+    LEASE_NAMESPACE,
+    detect_address,
+    lease_object,
+    merge_conditions,
+    micro_now,
+    node_object,
+    node_status,
+)
+from modelplane.agent.pods import PodWorker, pod_key
+from modelplane.agent.process import ContainerProcess, kill_group
+from modelplane.localhw import Probes
+
+log = logging.getLogger("modelplane.agent")
+
+
+class Agent:
+    """One node. ``run()`` until ``stop`` is set."""
+
+    port_poll = 1.0  # how often a pod waiting for a port re-checks (it is also woken by pod events)
+
+    def __init__(self, config: AgentConfig, kube: AgentKube, *, address: str, probes: Probes | None = None) -> None:
+        self.config = config
+        self.kube = kube
+        self.address = address
+        self.probes = probes
+        self.workers: dict[str, PodWorker] = {}
+        self.node: dict[str, Any] = {}
+        self._ports: dict[int, PodWorker] = {}
+        self.node_path = f"/api/v1/nodes/{config.node_name}"
+        self.lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{config.node_name}"
+
+    # ----- for the pod workers ------------------------------------------------------------------
+
+    async def fetch(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.kube.get(f"/api/v1/namespaces/{namespace}/{plural}/{name}")
+
+    def claim_ports(self, worker: PodWorker, *, force: bool = False) -> str | None:
+        """Claim the worker's ports; the key of the pod holding one of them, or None when claimed."""
+        for port in worker.ports():
+            holder = self._ports.get(port)
+            if holder is not None and holder is not worker and not force:
+                return holder.key
+        for port in worker.ports():
+            self._ports[port] = worker
+        return None
+
+    def release_ports(self, worker: PodWorker) -> None:
+        for port, holder in list(self._ports.items()):
+            if holder is worker:
+                del self._ports[port]
+
+    # ----- node and lease -----------------------------------------------------------------------
+
+    async def register(self) -> None:
+        """Create the Node, or bring an existing one (an earlier run of this agent) up to date."""
+        wanted = node_object(self.config, self.address, self.probes)
+        current = await self.kube.get(self.node_path)
+        if current is None:
+            try:
+                current = await self.kube.create("/api/v1/nodes", wanted)
+                log.info("registered node %s", self.config.node_name)
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+                current = await self.kube.get(self.node_path) or {}
+        if current.get("metadata", {}).get("uid"):
+            current = await self.kube.merge_patch(self.node_path, {
+                "metadata": {"labels": wanted["metadata"]["labels"], "annotations": wanted["metadata"]["annotations"]},
+                "spec": {"taints": self._taints(current, wanted)},
+            })
+        self.node = current
+        self._capacity = wanted["status"]["capacity"]
+        await self.post_status()
+        await self.renew_lease()
+
+    @staticmethod
+    def _taints(current: dict[str, Any], wanted: dict[str, Any]) -> list[dict[str, Any]]:
+        """Ours plus whatever others put there (e.g. an admin's or the node controller's taints)."""
+        ours = wanted["spec"]["taints"]
+        keys = {t["key"] for t in ours}
+        return ours + [t for t in (current.get("spec") or {}).get("taints") or [] if t.get("key") not in keys]
+
+    async def post_status(self, *, ready: bool = True, message: str | None = None) -> None:
+        kwargs = {"message": message} if message else {}
+        fresh = node_status(self.config, self.address, self._capacity, ready=ready, **kwargs)
+        previous = (self.node.get("status") or {}).get("conditions")
+        fresh["conditions"] = merge_conditions(previous, fresh["conditions"])
+        self.node = await self.kube.merge_patch(f"{self.node_path}/status", {"status": fresh})
+
+    async def renew_lease(self) -> None:
+        current = await self.kube.get(self.lease_path)
+        if current is None:
+            lease = lease_object(self.config, self.node.get("metadata", {}).get("uid"))
+            await self.kube.create(f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases", lease)
+            return
+        await self.kube.merge_patch(self.lease_path, {"spec": {
+            "holderIdentity": self.config.node_name, "leaseDurationSeconds": self.config.lease_seconds,
+            "renewTime": micro_now()}})
+
+    async def _every(self, seconds: float, what: str, fn: Any) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await fn()
+            except ApiError as exc:
+                log.warning("%s failed: %s", what, exc)
+
+    # ----- pods ---------------------------------------------------------------------------------
+
+    def handle(self, event_type: str, pod: dict[str, Any]) -> None:
+        self._reap()
+        uid = pod["metadata"]["uid"]
+        worker = self.workers.get(uid)
+        if event_type == "DELETED":
+            if worker is not None:
+                worker.gone()
+            return
+        if worker is not None and not worker.done:
+            worker.update(pod)
+            return
+        deleting = bool(pod["metadata"].get("deletionTimestamp"))
+        finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        if worker is not None and not deleting:
+            return  # ran to its end (or failed in the agent); only deletion is left to do
+        if finished and not deleting and not (Path(self.config.state_dir) / "pods" / uid).is_dir():
+            return  # completed before this agent started: never run it again
+        log.info("pod %s: %s", pod_key(pod), "terminating" if deleting else "admitted")
+        self.workers[uid] = PodWorker(self, pod)
+
+    async def watch_pods(self, synced: asyncio.Event) -> None:
+        """List then watch the pods bound to this node; re-list when the watch expires (410)."""
+        path = "/api/v1/pods"
+        selector = {"fieldSelector": f"spec.nodeName={self.config.node_name}"}
+        delay = 0.5
+        while True:
+            try:
+                listing = await self.kube.request("GET", path, params=selector)
+                seen = set()
+                for pod in listing.get("items") or []:
+                    seen.add(pod["metadata"]["uid"])
+                    self.handle("MODIFIED", pod)
+                for uid, worker in list(self.workers.items()):
+                    if uid not in seen:
+                        worker.gone()
+                if not synced.is_set():
+                    self.clean_leftovers(seen)
+                    synced.set()
+                rv = listing.get("metadata", {}).get("resourceVersion", "")
+                while True:
+                    async for event in self.kube.watch(path, {**selector, "resourceVersion": rv}):
+                        obj = event.get("object") or {}
+                        if event.get("type") == "ERROR":
+                            raise TransientApiError(int(obj.get("code") or 410), str(obj.get("reason")),
+                                                    str(obj.get("message")), method="WATCH", path=path)
+                        rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                        if event.get("type") != "BOOKMARK":
+                            self.handle(str(event.get("type")), obj)
+                    delay = 0.5
+            except ApiError as exc:
+                if exc.status not in (410, 0):
+                    log.warning("pod watch: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _reap(self) -> None:
+        for uid, worker in list(self.workers.items()):
+            if worker.done and worker.removed:
+                del self.workers[uid]
+
+    def clean_leftovers(self, known: set[str]) -> None:
+        """Kill processes and remove folders of pods that no longer exist (gone while the agent was down)."""
+        root = Path(self.config.state_dir) / "pods"
+        if not root.is_dir():
+            return
+        for pod_dir in root.iterdir():
+            if pod_dir.name in known:
+                continue
+            for record_file in pod_dir.glob("containers/*/process.json"):
+                record = ContainerProcess.load(record_file)
+                if record is not None and ContainerProcess.adopt(record) is not None:
+                    log.info("killing leftover process group %d of removed pod %s", record.pid, pod_dir.name)
+                    kill_group(record.pid)
+            shutil.rmtree(pod_dir, ignore_errors=True)
+
+    # ----- main loop ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        Path(self.config.state_dir).mkdir(parents=True, exist_ok=True)
+        await self.register()
+        synced = asyncio.Event()
+        tasks = [
+            asyncio.create_task(self._every(self.config.heartbeat_seconds, "lease renewal", self.renew_lease)),
+            asyncio.create_task(self._every(self.config.status_seconds, "node status", self.post_status)),
+            asyncio.create_task(self.watch_pods(synced)),
+        ]
+        try:
+            waiter = asyncio.create_task(synced.wait())
+            await asyncio.wait({waiter, tasks[2]}, return_when=asyncio.FIRST_COMPLETED)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            stop_all = self.config.stop_pods_on_exit
+            await asyncio.gather(*(w.shutdown(stop_processes=stop_all) for w in self.workers.values()),
+                                 return_exceptions=True)
+            with contextlib.suppress(ApiError):
+                await self.post_status(ready=False, message="modelplane host agent stopped")
+            log.info("agent %s stopped (%s)", self.config.node_name,
+                     "containers stopped" if stop_all else "containers left running for the next start to adopt")
+
+
+async def run_agent(
+    config: AgentConfig,
+    *,
+    kubeconfig: str | None = None,
+    connection: kopf.ConnectionInfo | None = None,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+    probes: Probes | None = None,
+) -> None:
+    """Run the host agent until ``stop`` is set (or the task is cancelled).
+
+    ``connection`` (kopf's credentials) wins over ``kubeconfig``; without
+    either the usual ``$KUBECONFIG`` / ``~/.kube/config`` lookup applies.
+    ``ready`` is set once the node is registered and the pods bound to it are
+    listed (and adopted). ``probes`` overrides hardware detection (tests).
+    """
+    info = connection or load_connection(kubeconfig)
+    kube = AgentKube(info)
+    stop = stop or asyncio.Event()
+    try:
+        address = config.address or detect_address(info.server)
+        agent = Agent(config, kube, address=address, probes=probes)
+        await agent.run(stop, ready)
+    finally:
+        await kube.close()

@@ -1,0 +1,117 @@
+"""Container probes (httpGet, tcpSocket, exec) run natively against the container's process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+
+class ProbeError(ValueError):
+    """The probe spec cannot be run (e.g. a port name the container does not declare)."""
+
+
+def resolve_port(port: Any, container: Mapping[str, Any]) -> int:
+    """A probe's port: a number, or the name of one of the container's ports."""
+    if isinstance(port, int) or (isinstance(port, str) and port.isdigit()):
+        return int(port)
+    for item in container.get("ports") or []:
+        if item.get("name") == port:
+            return int(item["containerPort"])
+    raise ProbeError(f"port {port!r} is not one of the container's named ports")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One probe of a container, with kubelet's defaults."""
+
+    spec: Mapping[str, Any]
+    container: Mapping[str, Any]
+    host: str = "127.0.0.1"
+
+    @property
+    def initial_delay(self) -> float:
+        return float(self.spec.get("initialDelaySeconds") or 0)
+
+    @property
+    def period(self) -> float:
+        return float(self.spec.get("periodSeconds") or 10)
+
+    @property
+    def timeout(self) -> float:
+        return float(self.spec.get("timeoutSeconds") or 1)
+
+    @property
+    def success_threshold(self) -> int:
+        return int(self.spec.get("successThreshold") or 1)
+
+    @property
+    def failure_threshold(self) -> int:
+        return int(self.spec.get("failureThreshold") or 3)
+
+    async def check(self, env: Mapping[str, str] | None = None, session: aiohttp.ClientSession | None = None
+                    ) -> tuple[bool, str]:
+        """Run the probe once: (success, message)."""
+        try:
+            return await asyncio.wait_for(self._check(env or {}, session), self.timeout)
+        except asyncio.TimeoutError:
+            return False, f"probe timed out after {self.timeout:g}s"
+        except ProbeError as exc:
+            return False, str(exc)
+
+    async def _check(self, env: Mapping[str, str], session: aiohttp.ClientSession | None) -> tuple[bool, str]:
+        if "httpGet" in self.spec:
+            get = self.spec["httpGet"]
+            port = resolve_port(get.get("port"), self.container)
+            scheme = str(get.get("scheme") or "HTTP").lower()
+            host = get.get("host") or self.host
+            url = f"{scheme}://{host}:{port}{get.get('path') or '/'}"
+            headers = {h["name"]: h["value"] for h in get.get("httpHeaders") or []}
+            owned = session is None
+            session = session or aiohttp.ClientSession()
+            try:
+                async with session.get(url, headers=headers, ssl=False, allow_redirects=False) as resp:
+                    ok = 200 <= resp.status < 400
+                    return ok, f"HTTP probe {url}: {resp.status}"
+            except (aiohttp.ClientError, OSError) as exc:
+                return False, f"HTTP probe {url} failed: {exc}"
+            finally:
+                if owned:
+                    await session.close()
+        if "tcpSocket" in self.spec:
+            sock = self.spec["tcpSocket"]
+            port = resolve_port(sock.get("port"), self.container)
+            host = sock.get("host") or self.host
+            try:
+                _, writer = await asyncio.open_connection(host, port)
+            except OSError as exc:
+                return False, f"TCP probe {host}:{port} failed: {exc}"
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            return True, f"TCP probe {host}:{port}: connected"
+        if "exec" in self.spec:
+            return await run_exec(self.spec["exec"].get("command") or [], env)
+        raise ProbeError("probe has no httpGet, tcpSocket or exec handler (grpc probes are not supported)")
+
+
+async def run_exec(command: Sequence[str], env: Mapping[str, str]) -> tuple[bool, str]:
+    if not command:
+        raise ProbeError("exec probe without a command")
+    try:
+        proc = await asyncio.create_subprocess_exec(*command, env=dict(env), stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        return False, f"exec {command[0]!r} failed: {exc}"
+    try:
+        out, _ = await proc.communicate()
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode == 0, out.decode(errors="replace")[-500:]

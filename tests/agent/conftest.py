@@ -1,0 +1,42 @@
+"""Fixtures: the API emulator (FakeKube from tests/controller plus agentfake) and agents running against it."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
+
+import kmock
+from agentfake import AgentFake
+from agentharness import AgentRun
+from aiohttp.test_utils import RawTestServer
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[AgentFake]:
+    server_cls = functools.partial(RawTestServer, keepalive_timeout=0.2)
+    async with AgentFake() as api, kmock.Server(api, server_cls=server_cls):
+        for ns in ("models", "kube-node-lease"):
+            await api.put_object(("", "v1", "namespaces"), {"metadata": {"name": ns}})
+        yield api
+        api.close_watches()
+
+
+@pytest.fixture
+async def agents(fake: AgentFake, tmp_path: Path) -> AsyncIterator[Callable[..., AgentRun]]:
+    """A factory of agents on this event loop; all are stopped (their processes too) at the end."""
+    made: list[AgentRun] = []
+
+    def make(**overrides: object) -> AgentRun:
+        run = AgentRun(fake, state_dir=tmp_path / "state", **overrides)
+        made.append(run)
+        return run
+
+    yield make
+    for run in made:
+        await run.stop(stop_pods=True)

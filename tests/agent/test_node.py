@@ -1,0 +1,70 @@
+"""Node registration, capacity, taint, heartbeats, and what the resolver makes of the node."""
+
+from __future__ import annotations
+
+from agentfake import AgentFake
+from agentharness import ADDRESS, LEASES, NODE, NODES, condition, mac_probes
+
+from modelplane.hardware import ACCELERATOR_LABEL, AGENT_TAINT, MEMORY_LABEL, METAL_RESOURCE, node_info
+
+
+async def test_metal_node_registration_and_lease_heartbeats(fake: AgentFake, agents) -> None:
+    run = await agents(accelerator="auto", probes=mac_probes()).start()
+    node = fake.get(NODES, None, NODE)
+    assert node is not None
+    labels = node["metadata"]["labels"]
+    assert labels[ACCELERATOR_LABEL] == "metal"
+    assert labels[MEMORY_LABEL] == "65536Mi"
+    assert labels["kubernetes.io/os"] == "darwin" and labels["kubernetes.io/arch"] == "arm64"
+    assert labels["type"] == "virtual-kubelet"
+    assert node["spec"]["taints"] == [{"key": AGENT_TAINT, "value": "true", "effect": "NoSchedule"}]
+    status = node["status"]
+    assert status["capacity"] == status["allocatable"] == {
+        "cpu": "10", "memory": "65536Mi", "pods": "16", METAL_RESOURCE: "1"}
+    assert condition(node, "Ready")["status"] == "True"
+    assert {"type": "InternalIP", "address": ADDRESS} in status["addresses"]
+
+    # The resolver sees a Metal host with its unified memory (the operator places Metal plans here).
+    info = node_info(node)
+    assert info is not None and info.accelerator == "metal" and info.device_memory_mib == 65536
+
+    lease = fake.get(LEASES, "kube-node-lease", NODE)
+    assert lease["spec"]["holderIdentity"] == NODE and lease["spec"]["leaseDurationSeconds"] == 40
+    assert lease["metadata"]["ownerReferences"][0]["uid"] == node["metadata"]["uid"]
+    first = lease["spec"]["renewTime"]
+    await fake.wait_for(lambda: fake.get(LEASES, "kube-node-lease", NODE)["spec"]["renewTime"] != first,
+                        what="a lease renewal")
+    heartbeat = condition(node, "Ready")["lastHeartbeatTime"]
+    transition = condition(node, "Ready")["lastTransitionTime"]
+    await fake.wait_for(lambda: condition(fake.get(NODES, None, NODE), "Ready")["lastHeartbeatTime"] != heartbeat,
+                        what="a node status heartbeat")
+    # The Ready condition did not change, so its transition time stays.
+    assert condition(fake.get(NODES, None, NODE), "Ready")["lastTransitionTime"] == transition
+
+    await run.stop(stop_pods=True)
+    stopped = fake.get(NODES, None, NODE)
+    assert condition(stopped, "Ready")["status"] == "False"
+    assert "stopped" in condition(stopped, "Ready")["message"]
+
+
+async def test_cpu_node_and_reregistration_keeps_foreign_labels_and_taints(fake: AgentFake, agents) -> None:
+    run = await agents(accelerator="cpu", probes=mac_probes()).start()
+    node = fake.get(NODES, None, NODE)
+    assert node["metadata"]["labels"][ACCELERATOR_LABEL] == "cpu"
+    assert MEMORY_LABEL not in node["metadata"]["labels"]
+    assert METAL_RESOURCE not in node["status"]["capacity"]
+    assert node_info(node).accelerator == "cpu"
+    await run.stop(stop_pods=True)
+
+    def admin(obj):
+        obj["metadata"]["labels"]["team"] = "ml"
+        obj["spec"]["taints"].append({"key": "maintenance", "effect": "NoSchedule"})
+        return obj
+
+    await fake.modify(NODES, (None, NODE), admin)
+    await agents(accelerator="metal", probes=mac_probes()).start()
+    node = fake.get(NODES, None, NODE)
+    assert node["metadata"]["labels"]["team"] == "ml"
+    assert node["metadata"]["labels"][ACCELERATOR_LABEL] == "metal"
+    assert {t["key"] for t in node["spec"]["taints"]} == {AGENT_TAINT, "maintenance"}
+    assert condition(node, "Ready")["status"] == "True"
