@@ -321,3 +321,39 @@ async def test_without_nodes_it_waits_then_deploys_when_one_joins(fake, operator
     await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf"))
     await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Deploying")
     await operator_run.stop()
+
+
+async def test_a_child_the_api_refuses_fails_the_object_with_the_servers_message(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    fake.fail("PATCH", "deployments", 422, times=1)
+    await fake.put_object(MDS, gguf_md())
+    failed = await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Failed" and _md(fake, "qwen-gguf"))
+    assert cond(failed, "Resolved")["status"] == "True"
+    degraded = cond(failed, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ApplyFailed")
+    assert "injected 422" in degraded["message"]
+    assert fake.get(DEPLOYMENTS, NS, "qwen-gguf") is None
+    # The next change is tried again.
+    await fake.modify(MDS, (NS, "qwen-gguf"), lambda o: {**o, "spec": {**o["spec"], "replicas": 2}})
+    await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf"))
+    await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Deploying")
+    await operator_run.stop()
+
+
+async def test_a_spec_changed_while_the_operator_was_down_rolls_out_on_start(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    await fake.put_object(MDS, gguf_md())
+    await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Deploying")
+    await fake.wait_for(lambda: "modelplane.io/last-handled-configuration"
+                        in (_md(fake, "qwen-gguf")["metadata"].get("annotations") or {}))
+    old = fake.get(DEPLOYMENTS, NS, "qwen-gguf")["metadata"]["labels"]["modelplane.io/spec-hash"]
+    await operator_run.stop()
+
+    await fake.modify(MDS, (NS, "qwen-gguf"), lambda o: {**o, "spec": {**o["spec"], "servedModelName": "later"}})
+    await operator_run.start()
+    await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf")["metadata"]["labels"]
+                        ["modelplane.io/spec-hash"] != old, what="the new template applied")
+    await fake.wait_for(lambda: _md(fake, "qwen-gguf")["status"]["observedGeneration"] == 2)
+    await operator_run.stop()
