@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import kmock
 import pytest
+import yaml
 from aiohttp.test_utils import RawTestServer
-from ctlharness import NS, OperatorRun
+from ctlharness import MDS, NS, OperatorRun
 from fakekube import FakeKube
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -17,6 +21,9 @@ async def fake() -> AsyncIterator[FakeKube]:
     # Short keep-alive: kopf waits on exit for every task of its loop, idle server connections included.
     server_cls = functools.partial(RawTestServer, keepalive_timeout=0.2)
     async with FakeKube() as api, kmock.Server(api, server_cls=server_cls):
+        # ModelDeployments are validated against the generated CRD's schema, as the API server would.
+        crd = yaml.safe_load((ROOT / "crds" / "modelplane.io_modeldeployments.yaml").read_text())
+        api.schemas[MDS] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         await api.put_object(("", "v1", "namespaces"), {"metadata": {"name": NS}})
         yield api
         api.close_watches()

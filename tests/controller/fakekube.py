@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import attrs
+import jsonschema
 import kmock
 import yaml
 from kmock._internal import apps, rendering
@@ -111,6 +112,9 @@ class FakeKube(kmock.KubernetesEmulator):
     applied: dict[tuple[ResKey, ObjKey, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
     faults: list[Fault] = attrs.field(factory=list, init=False)
     gates: dict[tuple[str, str], asyncio.Event] = attrs.field(factory=dict, init=False)
+    #: OpenAPI v3 schemas (a CRD's ``openAPIV3Schema``) to validate every stored version against, as the API
+    #: server does; a violation is a 422 Invalid and changes nothing. CEL rules are not evaluated here.
+    schemas: dict[ResKey, dict[str, Any]] = attrs.field(factory=dict, init=False)
     held: int = attrs.field(default=0, init=False)
     _rv: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     last_rv: int = attrs.field(default=0, init=False)
@@ -171,6 +175,16 @@ class FakeKube(kmock.KubernetesEmulator):
         async with self.changed:
             self.changed.notify_all()
 
+    def _validate(self, res: ResKey, obj: dict[str, Any]) -> None:
+        schema = self.schemas.get(res)
+        if schema is None:
+            return
+        error = jsonschema.exceptions.best_match(jsonschema.Draft4Validator(schema).iter_errors(obj))
+        if error is not None:
+            where = ".".join(str(p) for p in error.absolute_path) or "(root)"
+            raise KubeApiError(status=422, reason="Invalid", message=f"{RESOURCES[res][0]} is invalid: {where}: "
+                               f"{error.message}")
+
     def _stamp(self, obj: dict[str, Any]) -> None:
         self.last_rv = next(self._rv)
         obj["metadata"]["resourceVersion"] = str(self.last_rv)
@@ -190,6 +204,7 @@ class FakeKube(kmock.KubernetesEmulator):
         obj["apiVersion"] = f"{res[0]}/{res[1]}" if res[0] else res[1]
         obj["kind"] = kind
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
+        self._validate(res, obj)
         self._stamp(obj)
         self.store[res][key] = obj
         await self._emit(res, "ADDED", obj)
@@ -223,6 +238,7 @@ class FakeKube(kmock.KubernetesEmulator):
         current_cmp = dict(current, metadata={k: v for k, v in current["metadata"].items() if k != "resourceVersion"})
         if comparable == current_cmp:
             return current  # a no-op write does not bump the resourceVersion (as the API server does)
+        self._validate(res, new)
         self._stamp(new)
         self.store[res][key] = new
         await self._emit(res, "MODIFIED", new)

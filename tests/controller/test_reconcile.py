@@ -21,6 +21,7 @@ from ctlharness import (
     mark_rollout,
     writes,
 )
+from fakekube import KubeApiError
 
 
 async def test_create_applies_children_with_owner_references_and_reports_status(fake, operator_run):
@@ -263,6 +264,10 @@ async def test_delete_garbage_collects_children_through_owner_references(fake, o
 async def test_invalid_object_fails_with_the_reason_and_others_still_deploy(fake, operator_run):
     await fake.put_object(NODES, cpu_node())
     await operator_run.start()
+    schema_invalid = gguf_md("negative")
+    schema_invalid["spec"]["replicas"] = -1
+    with pytest.raises(KubeApiError, match="replicas"):  # the fake validates against the CRD, as the API server
+        await fake.put_object(MDS, schema_invalid)
     bad = gguf_md("bad")
     bad["spec"]["model"] = {"format": "gguf"}  # neither name nor uri (the CRD's CEL would refuse it too)
     await fake.put_object(MDS, bad)
