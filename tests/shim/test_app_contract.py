@@ -8,128 +8,24 @@ measure. The app runs in a real uvicorn server on a free port.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from scripted import SERVED, ScriptedBackend, ServerThread, scripted_args
 from shimproc import sse_events, wait_until
 
 from modelplane.shim.app import create_app
-from modelplane.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
-from modelplane.shimargs import ShimArgs
-
-SERVED = "scripted"
-
-
-class ScriptedBackend(Backend):
-    """Answers by the first message's content; counts what the app does to its streams."""
-
-    capabilities = frozenset({"chat", "completions", "rerank"})
-
-    def __init__(self, args: ShimArgs, *, fail_start: str | None = None) -> None:
-        super().__init__(args)
-        self.release = threading.Event()
-        self.release.set()
-        self.fail_start = fail_start
-        self.state = State.LOADING
-        self.closed = 0
-        self.cancelled = 0
-        self.stopped = False
-
-    async def start(self) -> None:
-        while not self.release.is_set():
-            await asyncio.sleep(0.01)
-        if self.fail_start:
-            raise RuntimeError(self.fail_start)
-        self.state = State.READY
-
-    async def stop(self) -> None:
-        self.stopped = True
-
-    def health(self) -> Health:
-        return Health(self.state)
-
-    async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
-        script = body["messages"][0]["content"]
-        if not body.get("stream"):
-            if script == "slow":
-                try:
-                    await asyncio.sleep(3600)
-                except asyncio.CancelledError:
-                    self.cancelled += 1
-                    raise
-            if script == "busy":
-                raise BackendError("my queue is full", status=429, type="rate_limit_error", code="busy",
-                                   retry_after=2.5)
-            return {"id": "x", "object": "chat.completion", "created": 1, "model": "internal",
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
-                                 "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
-        usage = Usage()
-        return Stream(self._chunks(script, usage), usage)
-
-    async def _chunks(self, script: str, usage: Usage) -> AsyncIterator[dict[str, Any]]:
-        def chunk(content: str, reason: str | None = None) -> dict[str, Any]:
-            return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "internal",
-                    "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": reason}]}
-
-        try:
-            if script == "slow":
-                while True:
-                    yield chunk("tick ")
-                    await asyncio.sleep(0.01)
-            yield chunk("a")
-            yield chunk("b")
-            if script == "backend-error":
-                raise BackendError("the model fell over", status=500, type="server_error", code="boom")
-            if script == "crash":
-                raise RuntimeError("secret internal detail")
-            yield chunk("", "stop")
-            usage.prompt_tokens, usage.completion_tokens = 3, 2
-            if script == "with-usage":
-                yield {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "internal",
-                       "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
-        finally:
-            self.closed += 1
-
-    async def rerank(self, body: dict[str, Any]) -> dict[str, Any]:
-        scores = [len(set(body["query"].split()) & set(d.split())) for d in body["documents"]]
-        return {"results": [{"index": i, "relevance_score": s} for i, s in enumerate(scores)],
-                "usage": {"prompt_tokens": 7}}
-
-
-class ServerThread:
-    def __init__(self, app: Any, port: int) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                                    lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.base_url = f"http://127.0.0.1:{port}"
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        wait_until(lambda: self.server.started, "uvicorn to start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
-def _args(port: int) -> ShimArgs:
-    return ShimArgs(engine="transformers", model="/m", served_model_name=SERVED, port=port)
 
 
 @pytest.fixture(scope="module")
 def served(free_port_factory) -> Iterator[tuple[ServerThread, ScriptedBackend]]:
     port = free_port_factory()
-    backend = ScriptedBackend(_args(port))
-    with ServerThread(create_app(backend, _args(port)), port) as server:
+    backend = ScriptedBackend(scripted_args(port))
+    with ServerThread(create_app(backend, scripted_args(port)), port) as server:
         wait_until(lambda: httpx.get(server.base_url + "/health").status_code == 200, "ready")
         yield server, backend
 
@@ -243,9 +139,9 @@ def test_openapi_document_lists_the_request_models(served) -> None:
 
 def test_loading_then_ready_and_start_failure(free_port_factory) -> None:
     port = free_port_factory()
-    backend = ScriptedBackend(_args(port))
+    backend = ScriptedBackend(scripted_args(port))
     backend.release.clear()
-    with ServerThread(create_app(backend, _args(port)), port) as server:
+    with ServerThread(create_app(backend, scripted_args(port)), port) as server:
         r = httpx.get(server.base_url + "/health")
         assert r.status_code == 503 and r.json()["status"] == "loading"
         r = httpx.post(server.base_url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
@@ -256,8 +152,8 @@ def test_loading_then_ready_and_start_failure(free_port_factory) -> None:
     assert backend.stopped
 
     port = free_port_factory()
-    broken = ScriptedBackend(_args(port), fail_start="weights not found at /m")
-    with ServerThread(create_app(broken, _args(port)), port) as server:
+    broken = ScriptedBackend(scripted_args(port), fail_start="weights not found at /m")
+    with ServerThread(create_app(broken, scripted_args(port)), port) as server:
         wait_until(lambda: httpx.get(server.base_url + "/health").json()["status"] == "dead", "dead")
         body = httpx.get(server.base_url + "/health").json()
         assert body["error"]["message"] == "engine failed to start: weights not found at /m"
@@ -266,6 +162,6 @@ def test_loading_then_ready_and_start_failure(free_port_factory) -> None:
 
 
 def test_several_apps_in_one_process_have_their_own_metrics(free_port_factory) -> None:
-    a = create_app(ScriptedBackend(_args(1)), _args(1))
-    b = create_app(ScriptedBackend(_args(2)), _args(2))
+    a = create_app(ScriptedBackend(scripted_args(1)), scripted_args(1))
+    b = create_app(ScriptedBackend(scripted_args(2)), scripted_args(2))
     assert a.state.metrics.registry is not b.state.metrics.registry
