@@ -405,3 +405,60 @@ def test_client_disconnect_stops_generation(app_server: tuple[str, TransformersB
         time.sleep(0.01)
     assert record.cancelled and record.finish_reasons == {}
     assert record.generated_tokens < 1500
+
+
+# ---- other architectures: absolute positions, ALiBi, sliding-window caches -------------------------------
+
+ARCHITECTURES = {
+    # learned absolute positions: left padding must not shift them
+    "gpt2": ({"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 512}, True),
+    # ALiBi, no position_ids argument at all
+    "bloom": ({"hidden_size": 64, "n_layer": 2, "n_head": 2}, True),
+    # a sliding-window layer: rows cannot be merged, new requests wait for the batch to drain
+    "gemma3_text": ({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 1, "head_dim": 32, "sliding_window": 4,
+                     "layer_types": ["sliding_attention", "full_attention"], "max_position_embeddings": 512},
+                    False),
+}
+
+
+@in_module_loop
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+async def test_other_architectures_batch_correctly(arch: str, tiny_model: Any, tmp_path: Any) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    extra, joins = ARCHITECTURES[arch]
+    tok = AutoTokenizer.from_pretrained(tiny_model.hf_dir)
+    # a wide weight init spreads the logits, so greedy choices are not near-ties
+    config = AutoConfig.for_model(arch, vocab_size=len(tok), initializer_range=0.5, bos_token_id=tok.bos_token_id,
+                                  eos_token_id=tok.eos_token_id, **extra)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    b = TransformersBackend(ShimArgs(engine="transformers", model=str(tmp_path), served_model_name="x"))
+    await b.start()
+    try:
+        scheduler = b.scheduler
+        assert scheduler is not None
+        prompts = ["The harbour town woke early and", "A computer", "Rivers begin as small streams in", "Hello"]
+        bodies = [{"prompt": p, "max_tokens": 10, "temperature": 0, "ignore_eos": True} for p in prompts]
+        solo = [(await b.completions(body))["choices"][0]["text"] for body in bodies]
+        with scheduler.hold_admission():
+            tasks = [asyncio.ensure_future(b.completions(body)) for body in bodies]
+            while scheduler.pending_count() < len(bodies):
+                await asyncio.sleep(0.01)
+        assert [r["choices"][0]["text"] for r in await asyncio.gather(*tasks)] == solo
+        stream = await b.completions({**bodies[0], "max_tokens": 40, "stream": True})
+        first = await stream.chunks.__anext__()
+        record = b.record(first["id"])
+        assert record is not None
+        while record.generated_tokens < 3:
+            await asyncio.sleep(0.005)
+        late = await b.completions(bodies[2])
+        [c async for c in stream.chunks]
+        assert late["choices"][0]["text"] == solo[2]
+        assert scheduler._can_join is joins
+        late_record = b.record(late["id"])
+        assert late_record is not None and late_record.max_batch_requests == (2 if joins else 1)
+    finally:
+        await b.stop()

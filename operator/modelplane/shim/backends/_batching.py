@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import threading
 from collections import Counter, OrderedDict, deque
@@ -150,6 +151,11 @@ class Scheduler:
         self._pos: torch.Tensor | None = None    # [B] position of each row's next token
         self._next: torch.Tensor | None = None   # [B] next input token of each row
         self._can_join: bool | None = None       # learnt from the first prefill's cache
+        params = inspect.signature(model.forward).parameters
+        #: the forward pass's name for the KV cache (``cache`` since transformers 5.x)
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._positions = "position_ids" in params  # ALiBi models (Bloom) take positions from the mask
+        self._keep = "logits_to_keep" in params
         self._thread = threading.Thread(target=self._run, name="transformers-scheduler", daemon=True)
         self._thread.start()
 
@@ -274,9 +280,9 @@ class Scheduler:
         from transformers.cache_utils import DynamicLayer
 
         cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                         use_cache=True, logits_to_keep=1)
-        cache = out.cache if getattr(out, "cache", None) is not None else cache
+        out = self._forward(ids, mask, positions, cache, last_only=True)
+        returned = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        cache = returned if returned is not None else cache
         if self._can_join is None:
             self._can_join = bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
             if not self._can_join:
@@ -315,8 +321,7 @@ class Scheduler:
         assert self._mask is not None and self._pos is not None and self._next is not None
         rows = self._rows
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
-        out = self.model(input_ids=self._next[:, None], attention_mask=self._mask,
-                         position_ids=self._pos[:, None], cache=self._cache, use_cache=True)
+        out = self._forward(self._next[:, None], self._mask, self._pos[:, None], self._cache, last_only=False)
         self._pos = self._pos + 1
         tokens = self._sample(out.logits[:, -1, :], rows)
         self._next = tokens
@@ -331,6 +336,16 @@ class Scheduler:
             rec.max_batch_requests = max(rec.max_batch_requests, len(requests))
             rec.max_batch_rows = max(rec.max_batch_rows, len(rows))
         self._emit(rows, tokens.tolist())
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
+                 last_only: bool) -> Any:
+        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, self._cache_kw: cache,
+                                  "use_cache": True}
+        if self._positions:
+            kwargs["position_ids"] = positions
+        if last_only and self._keep:
+            kwargs["logits_to_keep"] = 1
+        return self.model(**kwargs)
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         params = [s.params for s in seqs]
