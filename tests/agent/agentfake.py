@@ -28,9 +28,11 @@ LEASES = ("coordination.k8s.io", "v1", "leases")
 PODS = ("", "v1", "pods")
 NODES = ("", "v1", "nodes")
 SECRETS = ("", "v1", "secrets")
+CONFIGMAPS = ("", "v1", "configmaps")
 # Registered in the shared table before any emulator is built (extra kinds do not change the operator's tests).
 fakekube.RESOURCES.setdefault(LEASES, ("Lease", True, False))
 fakekube.RESOURCES.setdefault(SECRETS, ("Secret", True, False))
+fakekube.RESOURCES.setdefault(CONFIGMAPS, ("ConfigMap", True, False))
 
 
 def _field(obj: Any, path: str) -> str:

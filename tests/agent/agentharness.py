@@ -115,7 +115,8 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
 
 def running_and_ready(fake: AgentFake, name: str) -> bool:
     obj = pod(fake, name)
-    return bool(obj) and obj["status"].get("phase") == "Running" and condition(obj, "Ready").get("status") == "True"
+    phase = ((obj or {}).get("status") or {}).get("phase")
+    return phase == "Running" and condition(obj, "Ready").get("status") == "True"
 
 
 def pid_gone(pid: int) -> bool:

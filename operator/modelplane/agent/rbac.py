@@ -1,9 +1,8 @@
 """Every Kubernetes API permission the host agent needs, declared in one place.
 
 ``docs/host-agent.md`` shows how to grant them; a test records the agent's
-real requests against the API emulator and proves each is covered here (and
-that every rule marked ``observed`` is used). ``python -m modelplane.agent.rbac``
-prints a ClusterRole.
+real requests against the API emulator and proves each is covered here and
+every rule is used. ``python -m modelplane.agent.rbac`` prints a ClusterRole.
 """
 
 from __future__ import annotations
@@ -23,9 +22,8 @@ RULES: tuple[Rule, ...] = (
     Rule("", "pods", ("list", "watch"), "pods bound to this node (fieldSelector spec.nodeName)"),
     Rule("", "pods", ("delete",), "remove a pod once its processes are gone (gracePeriodSeconds=0)"),
     Rule("", "pods/status", ("patch",), "phase, podIP, container states, Ready condition"),
-    Rule("", "secrets", ("get",), "env valueFrom.secretKeyRef and secret volumes (API key, HF token)",
-         observed=False),
-    Rule("", "configmaps", ("get",), "env valueFrom.configMapKeyRef and configMap volumes", observed=False),
+    Rule("", "secrets", ("get",), "env valueFrom.secretKeyRef and secret volumes (API key, HF token)"),
+    Rule("", "configmaps", ("get",), "env valueFrom.configMapKeyRef and configMap volumes"),
 )
 
 
