@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -17,7 +19,7 @@ from modelplane.api.crd import crd
 from modelplane.api.types import ACCELERATORS, ENGINES
 from modelplane.config import OperatorConfig, parse_config
 from modelplane.controller import app as operator_app
-from modelplane.controller.rbac import RULES
+from modelplane.controller.rbac import RULES, Rule
 from modelplane.images import OPERATOR_IMAGE, VERSION
 from modelplane.render import manifests
 
@@ -262,6 +264,22 @@ def test_rbac_template_is_generated_from_the_declaration() -> None:
     sync = load_script("sync-chart-rbac.py")
     assert (CHART / "templates" / "_rbac_rules.tpl").read_text() == sync.render(), (
         "run python scripts/sync-chart-rbac.py")
+
+
+def test_rbac_follows_a_changed_declaration(tmp_path: Path) -> None:
+    """Regenerating the rules from a declaration with one more rule grants exactly that rule more."""
+    sync = load_script("sync-chart-rbac.py")
+    extra = (*RULES, Rule("", "configmaps", ("get",), "read a hypothetical model catalog"))
+    copied = tmp_path / "modelplane"
+    shutil.copytree(CHART, copied)
+    (copied / "templates" / "_rbac_rules.tpl").write_text(sync.render(extra))
+    with helm.Chart.load(copied) as changed:
+        for values in ({}, {"watchNamespaces": ["team-a"]}):
+            text = changed.render(values, name="modelplane", namespace=NAMESPACE)["modelplane/templates/rbac.yaml"]
+            roles = [d for d in yaml.safe_load_all(text) if d and d["kind"] in ("ClusterRole", "Role")]
+            granted = set().union(*(_triples(r["rules"]) for r in roles))
+            assert granted == DECLARED | {("", "configmaps", "get")}
+            assert "# read a hypothetical model catalog" in text
 
 
 def test_rbac_can_be_left_to_the_cluster_admin() -> None:
