@@ -314,3 +314,26 @@ def test_sigterm_lets_inflight_streams_finish(start_shim_factory) -> None:
     assert text == "".join(f"w{i} " for i in range(30))
     assert shim.proc.wait(60) in (0, -signal.SIGTERM)
     wait_until(lambda: not pid_alive(pid), "the engine process to exit")
+
+
+def test_wedged_engine_fails_health_ends_streams_and_recovers(start_shim_factory) -> None:
+    shim = start_shim_factory(env={"MODELPLANE_ENGINE_PROBE_SECONDS": "0.2"})
+    pid = shim.engine_stats()["pid"]
+    try:
+        with shim.http() as h, h.stream("POST", "/v1/chat/completions", json={
+                "messages": MSG, "max_tokens": 4000, "stream": True, "standin_delay": 0.02}) as r:
+            events = []
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:])
+                if len(events) == 3:
+                    os.kill(pid, signal.SIGSTOP)  # alive but answering nothing
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert "stopped answering /health" in error["message"]
+        r = shim.wait_health(503)
+        assert r.json()["status"] == "dead"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    shim.wait_health(200)
+    assert shim.openai().chat.completions.create(model="standin-chat", messages=MSG, max_tokens=1)

@@ -38,6 +38,7 @@ log = logging.getLogger("modelplane.shim.proxy")
 START_TIMEOUT_ENV = "MODELPLANE_ENGINE_START_TIMEOUT"
 DEFAULT_START_TIMEOUT = 1800.0
 STOP_GRACE_SECONDS = 15.0
+PROBE_ENV = "MODELPLANE_ENGINE_PROBE_SECONDS"
 PROBE_INTERVAL = 5.0
 PROBE_FAILURES = 3
 
@@ -137,6 +138,7 @@ class ProxyBackend(Backend):
         if start_timeout is None:
             start_timeout = float(os.environ.get(START_TIMEOUT_ENV, DEFAULT_START_TIMEOUT))
         self.start_timeout = start_timeout
+        self.probe_interval = float(os.environ.get(PROBE_ENV, PROBE_INTERVAL))
         self._state = State.LOADING
         self._message = f"starting {self.engine}"
         self.proc: asyncio.subprocess.Process | None = None
@@ -239,29 +241,36 @@ class ProxyBackend(Backend):
         # Streams whose socket the kernel closed end by themselves; give them a moment,
         # then close whatever is left so no client waits forever.
         await asyncio.sleep(1.0)
+        await self._close_active()
+
+    async def _close_active(self) -> None:
         for resp in list(self._active):
             with contextlib.suppress(Exception):
                 await resp.aclose()
 
     async def _probe(self) -> None:
+        """Ask the engine's health endpoint now and then; a wedged engine is as good as dead."""
         assert self.client is not None
+        interval = self.probe_interval
         failures = 0
         while True:
-            await asyncio.sleep(PROBE_INTERVAL)
-            if self._state is State.DEAD and self.proc is not None and self.proc.returncode is not None:
+            await asyncio.sleep(interval)
+            if self.proc is not None and self.proc.returncode is not None:
                 return
             try:
-                r = await self.client.get(self.health_path, timeout=PROBE_INTERVAL)
+                r = await self.client.get(self.health_path, timeout=max(interval, 1.0))
                 ok = r.status_code == 200
             except httpx.HTTPError:
                 ok = False
             failures = 0 if ok else failures + 1
-            if ok and self._state is State.DEAD and self.proc is not None and self.proc.returncode is None:
+            if ok and self._state is State.DEAD:
                 self._state, self._message = State.READY, ""
+                log.warning("%s answers %s again", self.engine, self.health_path)
             elif failures >= PROBE_FAILURES and self._state is State.READY:
                 self._state = State.DEAD
                 self._message = f"{self.engine} stopped answering {self.health_path}"
-                log.error("%s", self._message)
+                log.error("%s; ending %d in-flight streams", self._message, len(self._active))
+                await self._close_active()
 
     def health(self) -> Health:
         return Health(self._state, self._message)
@@ -391,7 +400,7 @@ class ProxyBackend(Backend):
                 if buf.strip():
                     yield self.rewrite_stream(buf)
                 raise await self._lost("the stream ended without [DONE]")
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.StreamError) as exc:
             raise await self._lost(f"{type(exc).__name__}: {exc}") from exc
         except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
             raise await self._lost(type(exc).__name__) from exc
@@ -406,7 +415,7 @@ class ProxyBackend(Backend):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.proc.wait()), 1.0)
         if self._state is State.DEAD or (self.proc is not None and self.proc.returncode is not None):
-            return BackendError(f"the {self.engine} engine died while streaming: "
+            return BackendError(f"the {self.engine} engine failed while streaming: "
                                 f"{self._message or detail}", status=503, type="service_unavailable",
                                 code="engine_dead")
         return BackendError(f"lost the {self.engine} engine's stream: {detail}", status=502,
