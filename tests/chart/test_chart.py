@@ -406,3 +406,21 @@ def test_network_policy_admits_only_metrics_and_health_and_allows_the_api_server
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert {443, 6443, 53} <= egress_ports
     assert by_kind(render(), "NetworkPolicy") == []
+
+
+def test_readme_documents_every_value() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    opaque = {"images", "resources", "podSecurityContext", "securityContext"}
+
+    def leaves(node: dict[str, Any], prefix: str = "") -> list[str]:
+        out = []
+        for key, value in node.items():
+            if isinstance(value, dict) and value and key not in opaque:
+                out.extend(leaves(value, f"{prefix}{key}."))
+            else:
+                out.append(f"{prefix}{key}")
+        return out
+
+    readme = (CHART / "README.md").read_text()
+    missing = [key for key in leaves(values) if f"`{key}`" not in readme]
+    assert missing == [], f"values without a line in charts/modelplane/README.md: {missing}"
