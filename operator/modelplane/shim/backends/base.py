@@ -27,7 +27,14 @@ What the app does for every backend, so backends need not:
   error event followed by ``[DONE]``;
 * on client disconnect calls ``chunks.aclose()`` (shielded from
   cancellation), so a backend stops generating in its generator's
-  ``finally``;
+  ``finally``; the disconnect may also arrive as a cancellation inside the
+  generator, so a ``finally`` that awaits should shield itself
+  (``with anyio.CancelScope(shield=True): ...``) or be synchronous;
+* on client disconnect during a plain (non-streamed) call, cancels the
+  task awaiting ``chat()``/``completions()``/...;
+* a ``BackendError`` raised before the first chunk becomes an HTTP error
+  with its status (``retry_after`` adds ``Retry-After``); anything else
+  becomes a 500 in the envelope, without the exception text;
 * rerank answers: sorts by ``relevance_score``, applies ``top_n`` and
   ``return_documents`` and writes ``document`` as ``{"text": ...}``; a
   backend may return ``{"results": [{"index", "relevance_score"}], "usage"}``.
