@@ -112,3 +112,50 @@ def test_bad_config_exits_with_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "quantum" in err and err.startswith("modelplane operator:")
     assert operator_main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_default_login_reads_kubeconfig_and_says_none_without_one(tmp_path, monkeypatch):
+    from modelplane.controller.app import default_login
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    assert default_login() is None
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
+        "clusters: [{name: c, cluster: {server: 'https://10.0.0.1:6443'}}]\n"
+        "users: [{name: u, user: {token: secret-token}}]\n"
+        "contexts: [{name: x, context: {cluster: c, user: u, namespace: models}}]\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(config))
+    info = default_login()
+    assert (info.server, info.token, info.default_namespace) == ("https://10.0.0.1:6443", "secret-token", "models")
+
+
+async def test_client_classifies_failures(fake, free_port):
+    import kopf
+
+    from modelplane.controller.kube import KubeClient, PermanentApiError, TransientApiError
+
+    errors: list[tuple[str, int]] = []
+    info = kopf.ConnectionInfo(server=str(fake.url).rstrip("/"))
+    client = KubeClient(info, on_error=lambda m, c: errors.append((m, c)))
+    try:
+        with pytest.raises(PermanentApiError) as missing:
+            await client.patch_status("modelplane.io/v1alpha1", "modeldeployments", "models", "nope",
+                                      {"phase": "Ready"})
+        assert missing.value.status == 404
+        fake.fail("POST", "events", 503)
+        with pytest.raises(TransientApiError) as unavailable:
+            await client.create_event("models", {"metadata": {"generateName": "x."}})
+        assert unavailable.value.status == 503
+        created = await client.create_event("models", {"metadata": {"generateName": "x."}, "reason": "R"})
+        assert created["metadata"]["name"].startswith("x.")
+    finally:
+        await client.close()
+    down = KubeClient(kopf.ConnectionInfo(server=f"http://127.0.0.1:{free_port}"))
+    with pytest.raises(TransientApiError) as refused:
+        await down.create_event("models", {})
+    await down.close()
+    assert refused.value.status == 0
+    assert errors == [("PATCH", 404), ("POST", 503)]

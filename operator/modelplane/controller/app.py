@@ -55,13 +55,9 @@ _CHILD_RESOURCES = {
 def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """kopf's own ways in: the kubernetes client library if installed, the pod's service account, kubeconfig."""
     logger_ = kwargs.get("logger") or logger
+    settings = kwargs.get("settings") or kopf.OperatorSettings()
     for fn in (kopf.login_via_client, kopf.login_with_service_account, kopf.login_with_kubeconfig):
-        try:
-            info = fn(logger=logger_)
-        except kopf.LoginError:
-            raise
-        except Exception:  # a missing optional library or file means: try the next way
-            continue
+        info = fn(logger=logger_, settings=settings)  # each returns None when its way is not available
         if info is not None:
             return info
     return None
@@ -112,12 +108,12 @@ def build_registry(
         configure(settings)
         if tune is not None:
             tune(settings)
-        info = getattr(controller, "connection", None) or login(logger=logger)
+        info = controller.connection or login(logger=logger, settings=settings)
         if info is None:
             raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod")
 
         def relogin() -> kopf.ConnectionInfo | None:
-            return login(logger=logger)
+            return login(logger=logger, settings=settings)
 
         client = KubeClient(info, relogin=relogin, on_error=controller.metrics.api_error)
         controller.bind({k: kwargs[k] for k in INDEX_IDS if k in kwargs}, client)
@@ -275,10 +271,11 @@ async def operate(
             await runner.cleanup()
 
 
-def run_operator(options: Options) -> int:
-    """Validate the config, then run the operator until it is stopped. Returns the exit status.
+def run_operator(options: Options, *, login: LoginFn = default_login) -> int:
+    """Validate the config and credentials, then run the operator until it is stopped.
 
-    A config that cannot be used prints one line to stderr and returns 2.
+    Returns the exit status: 0 after a clean stop (SIGINT/SIGTERM), 2 for a config or
+    credentials that cannot be used (one line on stderr), 1 when kopf stopped on an error.
     """
     logging.basicConfig(
         level=logging.DEBUG if options.verbose else logging.INFO,
@@ -295,8 +292,22 @@ def run_operator(options: Options) -> int:
     if not options.all_namespaces and not options.namespaces:
         print("modelplane operator: give --all-namespaces or at least one --namespace", file=sys.stderr)
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(operate(options, config))
+    try:
+        info = login()
+    except kopf.LoginError as exc:
+        print(f"modelplane operator: cannot log in to Kubernetes: {exc}", file=sys.stderr)
+        return 2
+    if info is None:
+        print("modelplane operator: no Kubernetes credentials: set KUBECONFIG (or ~/.kube/config), "
+              "or run in a pod with a service account", file=sys.stderr)
+        return 2
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(operate(options, config, login=login))
+    except Exception as exc:  # kopf reports start-up failures as exceptions; say it in one line
+        cause = exc.__cause__ or exc
+        print(f"modelplane operator: stopped: {type(cause).__name__}: {cause}", file=sys.stderr)
+        return 1
     return 0
 
 
