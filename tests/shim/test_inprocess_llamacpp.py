@@ -109,6 +109,36 @@ async def test_closing_a_stream_cancels_it_in_llamacpp(llm: LlamaCppBackend) -> 
 
 
 @in_module_loop
+async def test_cancelling_a_non_streamed_call_cancels_it_in_llamacpp(llm: LlamaCppBackend) -> None:
+    known = set(llm.records)
+    task = asyncio.ensure_future(llm.chat({"messages": HELLO, "max_tokens": 900, "temperature": 1.0,
+                                           "ignore_eos": True}))
+    while not set(llm.records) - known:
+        await asyncio.sleep(0.01)
+    record = llm.records[(set(llm.records) - known).pop()]
+    while record.chunks < 3:
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    while not record.finished:
+        await asyncio.sleep(0.01)
+    assert record.cancelled and record.chunks_after_cancel <= 1 and record.chunks < 900
+
+
+@in_module_loop
+async def test_non_streamed_answers_are_whole(llm: LlamaCppBackend) -> None:
+    r = await llm.completions({"prompt": "The harbour town", "max_tokens": 6, "temperature": 0, "n": 2})
+    assert r["object"] == "text_completion" and [c["index"] for c in r["choices"]] == [0, 1]
+    assert r["choices"][0]["text"] == r["choices"][1]["text"] != ""
+    assert all(c["finish_reason"] in ("stop", "length") for c in r["choices"])
+    assert r["usage"]["completion_tokens"] > 0 and r["usage"]["prompt_tokens"] > 0
+    chat = await llm.chat({"messages": HELLO, "max_tokens": 6, "temperature": 0})
+    assert chat["choices"][0]["message"]["role"] == "assistant"
+    assert chat["id"].startswith("chatcmpl") and chat["usage"]["total_tokens"] > 0
+
+
+@in_module_loop
 async def test_too_long_prompt_is_400(llm: LlamaCppBackend) -> None:
     long = "harbour " * 3000
     with pytest.raises(BackendError) as err:
@@ -413,3 +443,26 @@ def test_openai_client_chat_stream_completions(tiny_model: Any, free_port_factor
             client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user",
                                                                          "content": "harbour " * 5000}])
         assert err.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+
+
+def test_streamed_tool_call_deltas_merge_into_one_message() -> None:
+    from modelplane.shim.backends.llamacpp import _merge_delta
+
+    message: dict[str, Any] = {"role": "assistant"}
+    for delta in (
+        {"role": "assistant", "content": None},
+        {"reasoning_content": "need "}, {"reasoning_content": "weather"},
+        {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": ""}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]},
+        {"tool_calls": [{"index": 1, "id": "call_2", "function": {"name": "now", "arguments": "{}"}}]},
+    ):
+        _merge_delta(message, delta)
+    assert message == {
+        "role": "assistant", "reasoning_content": "need weather",
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
+            {"id": "call_2", "type": "function", "function": {"name": "now", "arguments": "{}"}},
+        ],
+    }

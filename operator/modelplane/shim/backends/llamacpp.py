@@ -17,6 +17,9 @@ by name (``n_ctx``, ``n_parallel``, ``n_gpu_layers``, ``n_batch``,
 (``"sampling.top_k": 40``, ``"cpuparams.n_threads": 8``), and llama-server
 CLI spellings for the common ones (``ctx_size``, ``parallel``, ``ngl``,
 ``threads``). An unknown name fails at start with the list of known ones.
+
+Non-streamed requests are streamed from llama.cpp and put together here, so a
+client that goes away cancels them too.
 """
 
 from __future__ import annotations
@@ -157,6 +160,71 @@ def _error(payload: dict[str, Any], param: str | None = None) -> BackendError:
                         param=param if code == "context_length_exceeded" else None, code=code)
 
 
+def _merge_delta(message: dict[str, Any], delta: dict[str, Any]) -> None:
+    """Add one chat delta to the message being put together (OpenAI streaming semantics)."""
+    for key, value in delta.items():
+        if value is None:
+            continue
+        if key == "tool_calls":
+            calls = message.setdefault("tool_calls", [])
+            for part in value:
+                i = part.get("index", len(calls))
+                while len(calls) <= i:
+                    calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                call = calls[i]
+                for field in ("id", "type"):
+                    if part.get(field):
+                        call[field] = part[field]
+                fn = part.get("function") or {}
+                call["function"]["name"] += fn.get("name") or ""
+                call["function"]["arguments"] += fn.get("arguments") or ""
+        elif key == "role":
+            message["role"] = value
+        elif isinstance(value, str):
+            message[key] = (message.get(key) or "") + value
+        else:
+            message[key] = value
+
+
+async def _gather(stream: Stream, *, chat: bool) -> dict[str, Any]:
+    """Turn a chunk stream into the non-streamed response body."""
+    head: dict[str, Any] = {}
+    choices: dict[int, dict[str, Any]] = {}
+    usage: dict[str, Any] | None = None
+    chunks = stream.chunks
+    try:
+        async for chunk in chunks:
+            assert isinstance(chunk, dict)
+            for key in ("id", "created", "model", "system_fingerprint"):
+                if key in chunk:
+                    head.setdefault(key, chunk[key])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for c in chunk.get("choices") or ():
+                i = int(c.get("index", 0))
+                acc = choices.setdefault(i, {"index": i, "finish_reason": None, "logprobs": None})
+                if chat:
+                    _merge_delta(acc.setdefault("message", {"role": "assistant"}), c.get("delta") or {})
+                    content = (c.get("logprobs") or {}).get("content")
+                    if content:
+                        acc["logprobs"] = {"content": [*((acc["logprobs"] or {}).get("content") or []), *content]}
+                else:
+                    acc["text"] = acc.get("text", "") + (c.get("text") or "")
+                if c.get("finish_reason"):
+                    acc["finish_reason"] = c["finish_reason"]
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    for acc in choices.values():
+        message = acc.get("message")
+        if message is not None and "content" not in message:
+            message["content"] = None if message.get("tool_calls") else ""
+    return {**head, "object": "chat.completion" if chat else "text_completion",
+            "choices": [choices[i] for i in sorted(choices)],
+            "usage": usage or {"prompt_tokens": stream.usage.prompt_tokens,
+                               "completion_tokens": stream.usage.completion_tokens,
+                               "total_tokens": stream.usage.prompt_tokens + stream.usage.completion_tokens}}
+
+
 class _End:
     pass
 
@@ -257,19 +325,23 @@ class LlamaCppBackend(Backend):
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
         server = self._ready()
-        return await self._generate(server.handle_chat_completions, body, "messages")
+        return await self._generate(server.handle_chat_completions, body, "messages", chat=True)
 
     async def completions(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
         server = self._ready()
-        return await self._generate(server.handle_completions, body, "prompt")
+        return await self._generate(server.handle_completions, body, "prompt", chat=False)
 
-    async def _generate(self, handle: Any, body: dict[str, Any], param: str) -> dict[str, Any] | Stream:
-        if not body.get("stream"):
-            result = await self._call(handle, dict(body))
-            if not isinstance(result, dict) or "error" in result or "choices" not in result:
-                raise _error(result if isinstance(result, dict) else {"message": str(result)}, param)
-            result.pop("timings", None)
-            return result
+    async def _generate(self, handle: Any, body: dict[str, Any], param: str, *,
+                        chat: bool) -> dict[str, Any] | Stream:
+        if body.get("stream"):
+            return await self._stream(handle, body, param)
+        # Non-streamed answers are streamed internally and put together here: llama.cpp can only
+        # cancel a streamed task, and a client that goes away must stop the generation.
+        inner = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        stream = await self._stream(handle, inner, param)
+        return await _gather(stream, chat=chat)
+
+    async def _stream(self, handle: Any, body: dict[str, Any], param: str) -> Stream:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         record = StreamRecord(id="")
