@@ -127,3 +127,31 @@ def test_flux_helm_release_installs_the_chart_with_values_it_accepts() -> None:
     (check,) = _docs(GITOPS / "flux" / "models.yaml")[0]["spec"]["healthCheckExprs"]
     assert (check["apiVersion"], check["kind"]) == ("modelplane.io/v1alpha1", "ModelDeployment")
     assert set(check) == {"apiVersion", "kind", "inProgress", "failed", "current"}
+
+
+def flux_health(obj: dict[str, Any]) -> str:
+    """Flux's CEL status reader (RFC-0009): a generation mismatch is in progress; otherwise the first of
+    inProgress, failed, current that is true decides; none true is in progress."""
+    celpy = pytest.importorskip("celpy", reason="cel-python evaluates the Flux health expressions")
+    (check,) = _docs(GITOPS / "flux" / "models.yaml")[0]["spec"]["healthCheckExprs"]
+    status = obj.get("status") or {}
+    if "observedGeneration" in status and status["observedGeneration"] != obj["metadata"].get("generation"):
+        return "InProgress"
+    env = celpy.Environment()
+    activation = {k: celpy.json_to_cel(v) for k, v in obj.items()}
+    for key, verdict in (("inProgress", "InProgress"), ("failed", "Failed"), ("current", "Current")):
+        result = env.program(env.compile(check[key])).evaluate(activation)
+        assert isinstance(result, celpy.celtypes.BoolType), f"{key}: {result!r}"
+        if result:
+            return verdict
+    return "InProgress"
+
+
+ARGO_TO_FLUX = {"Healthy": "Current", "Progressing": "InProgress", "Degraded": "Failed"}
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c["inputPath"] != "testdata/new.yaml"],
+                         ids=[c["inputPath"] for c in CASES if c["inputPath"] != "testdata/new.yaml"])
+def test_flux_health_expressions_agree_with_the_argo_cd_check(case: dict[str, Any]) -> None:
+    obj = yaml.safe_load((CUSTOMIZATION / case["inputPath"]).read_text())
+    assert flux_health(obj) == ARGO_TO_FLUX[case["healthStatus"]["status"]]
