@@ -424,3 +424,22 @@ def test_readme_documents_every_value() -> None:
     readme = (CHART / "README.md").read_text()
     missing = [key for key in leaves(values) if f"`{key}`" not in readme]
     assert missing == [], f"values without a line in charts/modelplane/README.md: {missing}"
+
+
+def test_set_expressions_from_the_docs_work() -> None:
+    """The --set lines docs/install.md shows parse as Helm parses them and render what they promise."""
+    values = helm.parse_set_string(
+        r"config.images.llama\.cpp.cpu=registry.example.com/modelplane/llamacpp-cpu:0.1.0,"
+        "config.autoEngines={vllm,sglang,llama.cpp,transformers,mlx},watchNamespaces={team-a,team-b}"
+    )
+    objs = render(values)
+    config = parse_config(yaml.safe_load(one(objs, "ConfigMap")["data"]["config.yaml"]))
+    assert config.image("llama.cpp", "cpu") == "registry.example.com/modelplane/llamacpp-cpu:0.1.0"
+    assert config.image("llama.cpp", "nvidia") == OperatorConfig().image("llama.cpp", "nvidia")
+    assert "sglang" in config.auto_engines
+    assert {r["metadata"]["namespace"] for r in by_kind(objs, "Role")} == {"team-a", "team-b"}
+
+
+def test_peering_is_refused_because_the_chart_grants_no_peering_rbac() -> None:
+    with pytest.raises(helm.HelmError, match=r"--peering needs kopf\.dev"):
+        render({"extraArgs": ["--peering=modelplane"]})
