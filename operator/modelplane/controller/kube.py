@@ -134,7 +134,7 @@ class KubeClient:
                     connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=32),
                     headers={**_auth_headers(self._info), "User-Agent": "modelplane-operator"},
                     timeout=self._timeout,
-                    trust_env=bool(self._info.trust_env),
+                    trust_env=bool(getattr(self._info, "trust_env", False)),
                 )
         return self._session
 
@@ -159,7 +159,7 @@ class KubeClient:
             data = None if body is None else json.dumps(body, sort_keys=True)
             try:
                 async with session.request(
-                    method, url, params=params, data=data,
+                    method, url, params=params, data=data, proxy=getattr(self._info, "proxy_url", None),
                     headers={"Content-Type": content_type, "Accept": "application/json"},
                 ) as response:
                     text = await response.text()
