@@ -116,3 +116,14 @@ async def test_namespaced_mode_watches_only_its_namespaces_and_nodes_cluster_wid
     assert set(namespaced.values()) == {NS}
     scopes = {(r.resource, r.cluster_scoped) for r in RULES}
     assert ("nodes", True) in scopes and all(not c for res, c in scopes if res != "nodes")
+
+
+def test_namespaced_install_splits_role_and_cluster_role(capsys):
+    from modelplane.controller.rbac import namespaced_roles
+
+    cluster, role = namespaced_roles("mp", "models")
+    assert (cluster["kind"], role["kind"], role["metadata"]["namespace"]) == ("ClusterRole", "Role", "models")
+    assert [r["resources"] for r in cluster["rules"]] == [["nodes"]]
+    assert "nodes" not in {r["resources"][0] for r in role["rules"]}
+    assert main(["--namespace", "models", "--name", "mp"]) == 0
+    assert list(yaml.safe_load_all(capsys.readouterr().out)) == [cluster, role]

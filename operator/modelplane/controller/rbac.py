@@ -86,23 +86,44 @@ def merged(rules: tuple[Rule, ...] = RULES) -> list[dict[str, object]]:
     ]
 
 
-def cluster_role(name: str = "modelplane-operator") -> dict[str, object]:
-    """A ClusterRole granting exactly :data:`RULES` (the ``why`` is dropped: not a PolicyRule field)."""
+def _policy(rules: tuple[Rule, ...]) -> list[dict[str, object]]:
+    return [{k: v for k, v in rule.items() if k != "why"} for rule in merged(rules)]
+
+
+def cluster_role(name: str = "modelplane-operator", rules: tuple[Rule, ...] = RULES) -> dict[str, object]:
+    """A ClusterRole granting exactly ``rules`` (the ``why`` is dropped: not a PolicyRule field)."""
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": {"name": name},
-        "rules": [{k: v for k, v in rule.items() if k != "why"} for rule in merged()],
+        "rules": _policy(rules),
     }
 
 
+def namespaced_roles(name: str, namespace: str) -> list[dict[str, object]]:
+    """For an operator watching some namespaces: a Role there, and a ClusterRole for cluster-scoped rules."""
+    local = tuple(r for r in RULES if not r.cluster_scoped)
+    cluster = tuple(r for r in RULES if r.cluster_scoped)
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name, "namespace": namespace},
+        "rules": _policy(local),
+    }
+    return [cluster_role(f"{name}-cluster", cluster), role]
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print the operator's RBAC rules.")
+    parser = argparse.ArgumentParser(description="Print the operator's RBAC rules as Kubernetes objects.")
     parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
     parser.add_argument("--name", default="modelplane-operator")
+    parser.add_argument("--namespace", help="print a Role for this namespace plus a ClusterRole for nodes")
     ns = parser.parse_args(argv)
-    role = cluster_role(ns.name)
-    sys.stdout.write(json.dumps(role, indent=2) + "\n" if ns.output == "json" else yaml.safe_dump(role))
+    objs = namespaced_roles(ns.name, ns.namespace) if ns.namespace else [cluster_role(ns.name)]
+    if ns.output == "json":
+        sys.stdout.write(json.dumps(objs if ns.namespace else objs[0], indent=2) + "\n")
+    else:
+        sys.stdout.write(yaml.safe_dump_all(objs, sort_keys=False))
     return 0
 
 
