@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""Write the chart's RBAC rules from the operator's declaration (``modelplane.controller.rbac``).
+"""Write the chart's RBAC rules from the operator's and host agent's declarations.
 
 The operator records every API permission it needs in ``RULES`` (a test of
 the operator proves its real requests are covered). This script turns them
-into two named templates the chart's ClusterRole and Roles include, each
+into named templates the chart's ClusterRole and Roles include, each
 rule commented with what it serves:
 
 - ``modelplane.rbac.clusterRules``: the rules the declaration marks
   ``cluster_scoped`` (Nodes), always granted by a ClusterRole;
 - ``modelplane.rbac.namespacedRules``: everything else, granted by the
-  ClusterRole in cluster-wide mode or by a Role in each watched namespace.
+  ClusterRole in cluster-wide mode or by a Role in each watched namespace;
+- ``modelplane.rbac.agentRules``: the host agent's rules
+  (``modelplane.agent.rbac``), granted to the agents' ServiceAccounts when
+  ``hostAgents.names`` lists any.
 
 ``--check`` exits 1 when the committed template drifts.
 """
@@ -21,6 +24,7 @@ import json
 import sys
 from pathlib import Path
 
+from modelplane.agent.rbac import RULES as AGENT_RULES
 from modelplane.controller.rbac import RULES, Rule, merged
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +47,7 @@ def _block(rules: list[dict[str, object]]) -> str:
     return "\n".join(out)
 
 
-def render(rules: tuple[Rule, ...] = RULES) -> str:
+def render(rules: tuple[Rule, ...] = RULES, agent_rules: tuple[Rule, ...] = AGENT_RULES) -> str:
     """The template text."""
     all_rules = merged(rules)
     cluster = [r for r in all_rules
@@ -58,6 +62,10 @@ def render(rules: tuple[Rule, ...] = RULES) -> str:
         "{{/* Rules on namespaced resources: the ClusterRole (all namespaces) or a Role per watched namespace. */}}\n"
         '{{- define "modelplane.rbac.namespacedRules" }}\n'
         f"{_block(namespaced)}\n"
+        "{{- end }}\n\n"
+        "{{/* The host agent's rules (modelplane.agent.rbac): a ClusterRole for Apple silicon hosts' agents. */}}\n"
+        '{{- define "modelplane.rbac.agentRules" }}\n'
+        f"{_block(merged(agent_rules))}\n"
         "{{- end }}\n"
     )
 

@@ -88,6 +88,7 @@ EVERYTHING = {
         "enabled": True,
         "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
     },
+    "hostAgents": {"names": ["mac-studio-1"]},
     "verbose": True,
     "extraArgs": ["--bind-address=0.0.0.0"],
     "extraEnv": [{"name": "TZ", "value": "UTC"}],

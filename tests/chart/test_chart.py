@@ -15,6 +15,7 @@ import pytest
 import yaml
 from chartkit import CHART, EVERYTHING, NAMESPACE, ROOT, SCENARIOS, by_kind, load_script, one, render, render_files
 
+from modelplane.agent.rbac import RULES as AGENT_RULES
 from modelplane.api.crd import crd
 from modelplane.api.types import ACCELERATORS, ENGINES
 from modelplane.config import OperatorConfig, parse_config
@@ -241,7 +242,7 @@ def test_cluster_wide_rbac_is_exactly_the_operators_declared_needs() -> None:
 def test_namespaced_rbac_uses_roles_and_a_cluster_role_only_for_nodes() -> None:
     objs = render(EVERYTHING)
     sync = load_script("sync-chart-rbac.py")
-    cluster_role = one(objs, "ClusterRole")
+    (cluster_role,) = [r for r in by_kind(objs, "ClusterRole") if r["metadata"]["name"] == "modelplane"]
     assert cluster_role["rules"], "Nodes are cluster-scoped: a ClusterRole must still grant them"
     assert all(sync.cluster_scoped(g, r) for g, r, _ in _triples(cluster_role["rules"]))
     roles = {r["metadata"]["namespace"]: r for r in by_kind(objs, "Role")}
@@ -443,3 +444,17 @@ def test_set_expressions_from_the_docs_work() -> None:
 def test_peering_is_refused_because_the_chart_grants_no_peering_rbac() -> None:
     with pytest.raises(helm.HelmError, match=r"--peering needs kopf\.dev"):
         render({"extraArgs": ["--peering=modelplane"]})
+
+
+def test_host_agents_get_one_identity_each_with_exactly_the_agents_declared_rbac() -> None:
+    assert [o for o in render() if "agent" in o["metadata"]["name"]] == []
+    objs = render({"hostAgents": {"names": ["mac-studio-1", "mac-mini-2"]}})
+    role = next(o for o in by_kind(objs, "ClusterRole") if o["metadata"]["name"].endswith("-agent"))
+    assert _triples(role["rules"]) == {(r.api_group, r.resource, v) for r in AGENT_RULES for v in r.verbs}
+    accounts = {o["metadata"]["name"] for o in by_kind(objs, "ServiceAccount") if "agent" in o["metadata"]["name"]}
+    assert accounts == {"modelplane-agent-mac-studio-1", "modelplane-agent-mac-mini-2"}
+    bindings = [b for b in by_kind(objs, "ClusterRoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
+    assert {b["subjects"][0]["name"] for b in bindings} == accounts
+    assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings)
+    text = render_files({"hostAgents": {"names": ["m"]}})["modelplane/templates/hostagents.yaml"]
+    assert all(f"# {r.why}\n" in text for r in AGENT_RULES)

@@ -47,3 +47,36 @@
   resources: ["modeldeployments/status"]
   verbs: ["patch"]
 {{- end }}
+
+{{/* The host agent's rules (modelplane.agent.rbac): a ClusterRole for Apple silicon hosts' agents. */}}
+{{- define "modelplane.rbac.agentRules" }}
+# env valueFrom.configMapKeyRef and configMap volumes
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get"]
+# register this node: labels, taint, capacity
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["create", "get", "patch"]
+# Ready condition, capacity, addresses (heartbeat)
+- apiGroups: [""]
+  resources: ["nodes/status"]
+  verbs: ["patch"]
+# pods bound to this node (fieldSelector spec.nodeName)
+# remove a pod once its processes are gone (gracePeriodSeconds=0)
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["delete", "list", "watch"]
+# phase, podIP, container states, Ready condition
+- apiGroups: [""]
+  resources: ["pods/status"]
+  verbs: ["patch"]
+# env valueFrom.secretKeyRef and secret volumes (API key, HF token)
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+# node heartbeat Lease in kube-node-lease
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["create", "get", "patch"]
+{{- end }}
