@@ -62,9 +62,18 @@ async def test_cpu_node_and_reregistration_keeps_foreign_labels_and_taints(fake:
         return obj
 
     await fake.modify(NODES, (None, NODE), admin)
-    await agents(accelerator="metal", probes=mac_probes()).start()
+    metal = await agents(accelerator="metal", probes=mac_probes()).start()
     node = fake.get(NODES, None, NODE)
     assert node["metadata"]["labels"]["team"] == "ml"
     assert node["metadata"]["labels"][ACCELERATOR_LABEL] == "metal"
+    assert node["status"]["allocatable"][METAL_RESOURCE] == "1"
     assert {t["key"] for t in node["spec"]["taints"]} == {AGENT_TAINT, "maintenance"}
     assert condition(node, "Ready")["status"] == "True"
+    await metal.stop(stop_pods=True)
+
+    # Back to CPU: what only Metal advertised is gone again, the admin's additions stay.
+    await agents(accelerator="cpu", probes=mac_probes()).start()
+    node = fake.get(NODES, None, NODE)
+    assert MEMORY_LABEL not in node["metadata"]["labels"] and node["metadata"]["labels"]["team"] == "ml"
+    assert METAL_RESOURCE not in node["status"]["allocatable"] and METAL_RESOURCE not in node["status"]["capacity"]
+    assert node_info(node).accelerator == "cpu"

@@ -198,3 +198,16 @@ async def test_pods_of_other_nodes_are_ignored(fake: AgentFake, agents) -> None:
     await fake.wait_for(lambda: status(fake, "here").get("phase") == "Succeeded", what="here done")
     assert status(fake, "elsewhere") == {"phase": "Pending"}
     assert pod(fake, "here")["spec"]["nodeName"] == NODE
+
+
+async def test_failed_liveness_probe_restarts_the_container(fake: AgentFake, agents, free_port) -> None:
+    await agents().start()
+    port = free_port
+    # Liveness asks a path the stand-in answers 404: after 2 failures the container is restarted.
+    await fake.put_object(PODS, standin_pod("sick", port, grace=2, container={
+        "livenessProbe": {"httpGet": {"path": "/no-such-path", "port": "http"}, "periodSeconds": 1,
+                          "failureThreshold": 2}}))
+    await fake.wait_for(lambda: container_status(fake, "sick").get("restartCount", 0) >= 1, what="a restart")
+    last = container_status(fake, "sick")["lastState"]["terminated"]
+    assert last["message"] == "liveness probe failed; container restarted"
+    assert last["exitCode"] == 128 + signal.SIGTERM

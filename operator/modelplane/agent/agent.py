@@ -24,9 +24,12 @@ from modelplane.agent.node import (
 )
 from modelplane.agent.pods import PodWorker, pod_key
 from modelplane.agent.process import ContainerProcess, kill_group
+from modelplane.hardware import MEMORY_LABEL
 from modelplane.localhw import Probes
 
 log = logging.getLogger("modelplane.agent")
+#: Labels the agent sets only in some configurations; removed when it no longer sets them.
+OWN_LABELS = (MEMORY_LABEL,)
 
 
 class Agent:
@@ -80,8 +83,11 @@ class Agent:
                     raise
                 current = await self.kube.get(self.node_path) or {}
         if current.get("metadata", {}).get("uid"):
+            labels: dict[str, str | None] = dict(wanted["metadata"]["labels"])
+            for key in OWN_LABELS:  # e.g. the memory label of a host that no longer advertises Metal
+                labels.setdefault(key, None)
             current = await self.kube.merge_patch(self.node_path, {
-                "metadata": {"labels": wanted["metadata"]["labels"], "annotations": wanted["metadata"]["annotations"]},
+                "metadata": {"labels": labels, "annotations": wanted["metadata"]["annotations"]},
                 "spec": {"taints": self._taints(current, wanted)},
             })
         self.node = current
@@ -101,6 +107,9 @@ class Agent:
         fresh = node_status(self.config, self.address, self._capacity, ready=ready, **kwargs)
         previous = (self.node.get("status") or {}).get("conditions")
         fresh["conditions"] = merge_conditions(previous, fresh["conditions"])
+        for field in ("capacity", "allocatable"):  # drop resources no longer advertised (merge patch keeps them)
+            for key in (self.node.get("status") or {}).get(field) or {}:
+                fresh[field].setdefault(key, None)
         self.node = await self.kube.merge_patch(f"{self.node_path}/status", {"status": fresh})
 
     async def renew_lease(self) -> None:

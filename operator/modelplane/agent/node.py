@@ -38,10 +38,11 @@ def detect_address(server: str | None = None) -> str:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.connect((socket.gethostbyname(target), 443))
                 address = sock.getsockname()[0]
-                if address and not address.startswith("0."):
-                    return address
         except OSError:
             continue
+        # Loopback is no pod IP (EndpointSlices reject it): a local API server (kind) needs the LAN address.
+        if address and not address.startswith(("0.", "127.")):
+            return address
     return "127.0.0.1"
 
 
