@@ -77,3 +77,12 @@ async def test_cpu_node_and_reregistration_keeps_foreign_labels_and_taints(fake:
     assert MEMORY_LABEL not in node["metadata"]["labels"] and node["metadata"]["labels"]["team"] == "ml"
     assert METAL_RESOURCE not in node["status"]["allocatable"] and METAL_RESOURCE not in node["status"]["capacity"]
     assert node_info(node).accelerator == "cpu"
+
+
+async def test_a_deleted_node_is_registered_again(fake: AgentFake, agents) -> None:
+    await agents(accelerator="cpu", probes=mac_probes()).start()
+    uid = fake.get(NODES, None, NODE)["metadata"]["uid"]
+    await fake.remove(NODES, (None, NODE))
+    await fake.wait_for(lambda: (fake.get(NODES, None, NODE) or {}).get("metadata", {}).get("uid") not in (None, uid),
+                        what="the node registered again")
+    assert condition(fake.get(NODES, None, NODE), "Ready")["status"] == "True"

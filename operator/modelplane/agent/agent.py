@@ -112,6 +112,17 @@ class Agent:
                 fresh[field].setdefault(key, None)
         self.node = await self.kube.merge_patch(f"{self.node_path}/status", {"status": fresh})
 
+    async def _refresh_node(self) -> None:
+        """Post the node status; register again if someone deleted the Node (as kubelet does)."""
+        try:
+            await self.post_status()
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            log.warning("node %s was deleted; registering it again", self.config.node_name)
+            self.node = {}
+            await self.register()
+
     async def renew_lease(self) -> None:
         current = await self.kube.get(self.lease_path)
         if current is None:
@@ -215,7 +226,7 @@ class Agent:
         synced = asyncio.Event()
         tasks = [
             asyncio.create_task(self._every(self.config.heartbeat_seconds, "lease renewal", self.renew_lease)),
-            asyncio.create_task(self._every(self.config.status_seconds, "node status", self.post_status)),
+            asyncio.create_task(self._every(self.config.status_seconds, "node status", self._refresh_node)),
             asyncio.create_task(self.watch_pods(synced)),
         ]
         try:

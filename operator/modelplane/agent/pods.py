@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from modelplane.agent.kube import ApiError, PermanentApiError
+from modelplane.agent.kube import ApiError, PermanentApiError, TransientApiError
 from modelplane.agent.node import now
 from modelplane.agent.podspec import ConfigProblem, container_argv, container_env, mounts_for, prepare_volumes
 from modelplane.agent.probes import Probe, run_exec
@@ -77,6 +77,7 @@ class ContainerRunner:
         self.finished = False  # terminated and not to be restarted
         self._liveness_failed: asyncio.Event = asyncio.Event()
         self._stopping = False
+        self._starting: asyncio.Future[None] | None = None
 
     # ----- status ---------------------------------------------------------------------------------
 
@@ -143,7 +144,9 @@ class ContainerRunner:
         while True:
             if pending_exit is None:
                 if self.proc is None or not self.proc.running():
-                    await self.start_process(argv, env, cwd)
+                    # Shielded: a pod stop that cancels this task waits for the start instead of losing the process.
+                    self._starting = asyncio.ensure_future(self.start_process(argv, env, cwd))
+                    await asyncio.shield(self._starting)
                 assert self.proc is not None
                 self._set({"running": {"startedAt": self.proc.record.started_at}})
                 pending_exit = await self._watch()
@@ -284,6 +287,8 @@ class ContainerRunner:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
         self.ready = False
         if self.proc is None or not self.proc.running():
             if self.proc is not None and "terminated" not in self.state:
@@ -477,13 +482,16 @@ class PodWorker:
         log.info("pod %s: stopping (grace %gs)", self.key, grace)
         await asyncio.gather(*(c.stop(deadline) for c in self.containers))
         self.agent.release_ports(self)
-        if not self.removed:
-            await self._flush()
+        delay = 0.5
+        while not self.removed:
             try:
+                await self._flush()
                 await self.agent.kube.delete(pod_path(self.pod), grace_seconds=0, uid=self.uid)
-            except ApiError as exc:
-                log.warning("pod %s: final delete failed (%s); will retry on the next event", self.key, exc)
-                raise
+                break
+            except TransientApiError as exc:
+                log.warning("pod %s: final status or delete failed (%s); retrying in %gs", self.key, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
         self._writer.cancel()
         await asyncio.gather(self._writer, return_exceptions=True)
         shutil.rmtree(self.dir, ignore_errors=True)
