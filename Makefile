@@ -38,12 +38,16 @@ lint: setup
 	$(VENV)/bin/ruff check operator tests scripts benchmarks e2e
 	$(VENV)/bin/lint-imports
 	$(PY) -m modelplane.api.crd --check
+	$(PY) scripts/sync-chart-crds.py --check
+	$(PY) scripts/sync-chart-rbac.py --check
 
 # Fast checks that generated files and lint are clean (the before-stop hook runs this).
 verify: lint
 
 crds: setup
 	$(PY) -m modelplane.api.crd
+	$(PY) scripts/sync-chart-crds.py
+	$(PY) scripts/sync-chart-rbac.py
 
 catalog: setup
 	$(PY) scripts/convert_catalog.py
