@@ -122,6 +122,11 @@ class GenerationRequest:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, events)
 
 
+def _deliver(items: list[tuple[GenerationRequest, list[tuple[Any, ...]]]]) -> None:
+    for request, bucket in items:
+        request.queue.put_nowait(bucket)
+
+
 class Scheduler:
     """Owns the model on one thread; batches every in-flight sequence into each step."""
 
@@ -422,9 +427,14 @@ class Scheduler:
                 bucket.append(("finish", seq.index, text, reason))
             elif text:
                 bucket.append(("delta", seq.index, text))
+        # one wake-up of each event loop per step, not one per request
+        by_loop: dict[int, list[tuple[GenerationRequest, list[tuple[Any, ...]]]]] = {}
         for request, bucket in events.values():
             if bucket:
-                request.post(bucket)
+                by_loop.setdefault(id(request.loop), []).append((request, bucket))
+        for items in by_loop.values():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+                items[0][0].loop.call_soon_threadsafe(_deliver, items)
 
     def _drop_done(self) -> None:
         if not self._rows:
