@@ -25,15 +25,22 @@ def embedding_inputs(body: dict[str, Any]) -> list[str | list[int]]:
     raise BackendError("'input' must be a string, a list of strings, or token ids", param="input")
 
 
-def resize(vectors: np.ndarray, dimensions: int | None, full: int) -> np.ndarray:
-    """Matryoshka-style ``dimensions``: keep the first ``dimensions`` values and L2-normalise again."""
-    if dimensions is None or dimensions == full:
-        return vectors
+def check_dimensions(dimensions: Any, full: int) -> None:
+    """400 unless ``dimensions`` is absent or between 1 and the model's embedding size."""
+    if dimensions is None:
+        return
     if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
         raise BackendError("'dimensions' must be a positive integer", param="dimensions")
     if dimensions > full:
         raise BackendError(f"'dimensions' is {dimensions} but this model's embeddings have {full}",
                            param="dimensions")
+
+
+def resize(vectors: np.ndarray, dimensions: int | None, full: int) -> np.ndarray:
+    """Matryoshka-style ``dimensions``: keep the first ``dimensions`` values and L2-normalise again."""
+    check_dimensions(dimensions, full)
+    if dimensions is None or dimensions == full:
+        return vectors
     cut = vectors[:, :dimensions]
     norms = np.linalg.norm(cut, axis=1, keepdims=True)
     return cut / np.maximum(norms, 1e-12)

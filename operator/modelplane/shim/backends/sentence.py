@@ -203,7 +203,7 @@ class SentenceBackend(Backend):
         batcher = self._ready()
         texts = [x if isinstance(x, str) else self.model.tokenizer.decode(x, skip_special_tokens=True)
                  for x in vec.embedding_inputs(body)]
-        vec.resize(np.zeros((1, self.dimension), dtype=np.float32), body.get("dimensions"), self.dimension)
+        vec.check_dimensions(body.get("dimensions"), self.dimension)
         results = await batcher.run(texts)
         vectors = np.stack([v for v, _ in results])
         vectors = vec.resize(vectors, body.get("dimensions"), self.dimension)
