@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import httpx
 import openai
 import pytest
 from shimproc import RunningShim, engine_python_or_skip, metric_value, sse_events, wait_until
@@ -77,15 +78,25 @@ def test_vllm_error_is_an_envelope(shim: RunningShim) -> None:
     assert info.value.body["type"] == "invalid_request_error"
 
 
-def test_vllm_disconnect_is_counted(shim: RunningShim) -> None:
+def _vllm_metric(shim: RunningShim, name: str) -> float:
+    """A vLLM metric from the engine's own /metrics, summed over its labels."""
+    text = httpx.get(f"http://127.0.0.1:{shim.engine_port()}/metrics", timeout=10).text
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def test_vllm_disconnect_stops_generation_in_vllm(shim: RunningShim) -> None:
     before = metric_value(shim.metrics(), "modelplane_requests_cancelled_total", endpoint="/v1/completions")
+    tokens = _vllm_metric(shim, "vllm:generation_tokens_total")
     with shim.http() as h, h.stream("POST", "/v1/completions", json={
-            "prompt": "The harbour", "max_tokens": 400, "stream": True, "ignore_eos": True}) as r:
+            "prompt": "The harbour", "max_tokens": 480, "stream": True, "ignore_eos": True}) as r:
         for i, _ in enumerate(r.iter_lines()):
             if i > 4:
                 break
     wait_until(lambda: metric_value(shim.metrics(), "modelplane_requests_cancelled_total",
-                                    endpoint="/v1/completions") > before, "the cancelled stream")
+                                    endpoint="/v1/completions") > before, "the shim to count the cancel")
+    # measured in the engine: nothing is running any more, and far fewer than 480 tokens were made
+    wait_until(lambda: _vllm_metric(shim, "vllm:num_requests_running") == 0, "vLLM to drop the request")
+    assert _vllm_metric(shim, "vllm:generation_tokens_total") - tokens < 480
 
 
 def test_vllm_model_card_has_context_length(shim: RunningShim) -> None:
