@@ -210,6 +210,20 @@ class Scheduler:
         while not self._idle.is_set():
             await asyncio.to_thread(self._idle.wait, 0.05)
 
+    def warm_up(self) -> None:
+        """One short prefill and two decode steps before any request, so kernel set-up and lazy
+        initialisation are not paid by the first client. Call before submitting anything."""
+        from transformers import DynamicCache
+
+        with torch.inference_mode():
+            cache = DynamicCache(config=self.model.config)
+            ids = torch.full((1, 4), self.pad_id, dtype=torch.long, device=self.device)
+            mask = torch.ones_like(ids)
+            self._forward(ids, mask, torch.arange(4, device=self.device)[None], cache, last_only=True)
+            for pos in (4, 5):
+                mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
+                self._forward(ids[:, :1], mask, torch.tensor([[pos]], device=self.device), cache, last_only=False)
+
     def stop(self) -> None:
         with self._cv:
             self._stopping = True

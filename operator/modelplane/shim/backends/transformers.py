@@ -165,31 +165,20 @@ class TransformersBackend(Backend):
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = next(iter(eos), 0)
-        self._warm_up(device, int(pad))
         on_cpu = device.type == "cpu"
-        self.scheduler = Scheduler(
+        scheduler = Scheduler(
             self.model, self.tokenizer, device=device, eos_ids=eos, pad_id=int(pad),
             max_num_seqs=int(extra.get("max_num_seqs") or (32 if on_cpu else 256)),
             max_prefill_tokens=int(extra.get("max_prefill_tokens") or 8192),
             max_queue=args.max_queue,
         )
+        try:
+            scheduler.warm_up()
+        except Exception:
+            scheduler.stop()
+            raise
+        self.scheduler = scheduler
         log.info("loaded %s on %s (context %d tokens)", path, device, self.max_model_len)
-
-    def _warm_up(self, device: Any, token: int) -> None:
-        """One short prefill and two decode steps, so kernel set-up is not paid by the first request."""
-        import torch
-        from transformers import DynamicCache
-
-        with torch.inference_mode():
-            cache = DynamicCache(config=self.model.config)
-            ids = torch.full((1, 4), token, dtype=torch.long, device=device)
-            mask = torch.ones_like(ids)
-            self.model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(4, device=device)[None],
-                       cache=cache, use_cache=True, logits_to_keep=1)
-            for pos in (4, 5):
-                mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
-                self.model(input_ids=ids[:, :1], attention_mask=mask,
-                           position_ids=torch.tensor([[pos]], device=device), cache=cache, use_cache=True)
 
     async def stop(self) -> None:
         scheduler, self.scheduler = self.scheduler, None
