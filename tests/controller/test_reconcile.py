@@ -362,3 +362,20 @@ async def test_a_spec_changed_while_the_operator_was_down_rolls_out_on_start(fak
                         ["modelplane.io/spec-hash"] != old, what="the new template applied")
     await fake.wait_for(lambda: _md(fake, "qwen-gguf")["status"]["observedGeneration"] == 2)
     await operator_run.stop()
+
+
+async def test_children_changed_or_deleted_behind_its_back_are_restored(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    await fake.put_object(MDS, gguf_md())
+    await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf") and fake.get(SERVICES, NS, "qwen-gguf"))
+    first = fake.get(SERVICES, NS, "qwen-gguf")["metadata"]["uid"]
+
+    await fake.remove(SERVICES, (NS, "qwen-gguf"))
+    restored = await fake.wait_for(lambda: fake.get(SERVICES, NS, "qwen-gguf"), what="the Service re-created")
+    assert restored["metadata"]["uid"] != first
+
+    await fake.modify(DEPLOYMENTS, (NS, "qwen-gguf"), lambda o: {**o, "spec": {**o["spec"], "replicas": 5}})
+    await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf")["spec"]["replicas"] == 1,
+                        what="the Deployment's replicas put back")
+    await operator_run.stop()

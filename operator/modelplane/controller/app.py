@@ -143,8 +143,8 @@ def build_registry(
 
         kopf.index(group, version, plural, id=IDX_CHILDREN[kind], labels=MANAGED, registry=registry)(_child)
 
-        def _child_event(body: kopf.Body, namespace: str, **_: Any) -> None:
-            controller.child_changed(namespace, owner_name(body, KIND))
+        def _child_event(body: kopf.Body, type: str | None, _kind: str = kind, **_: Any) -> None:
+            controller.child_event(_kind, body, type, owner_name(body, KIND))
 
         kopf.on.event(group, version, plural, id=f"{IDX_CHILDREN[kind]}_events", labels=MANAGED,
                       registry=registry)(_child_event)

@@ -134,6 +134,17 @@ class Controller:
         if namespace and owner and (namespace, owner) in self._index(IDX_MDS):
             self.queue.add((namespace, owner))
 
+    def child_event(self, kind: str, body: Mapping[str, Any], event_type: str | None, owner: str | None) -> None:
+        """A child's watch event: retire our own copy once the watch shows that object, then look again."""
+        meta = body.get("metadata") or {}
+        key = (kind, meta.get("namespace") or "", meta.get("name") or "")
+        mine = self._applied.get(key)
+        if mine is not None and mine.get("uid") == meta.get("uid") and (
+            event_type == "DELETED" or mine.get("resourceVersion") == meta.get("resourceVersion")
+        ):
+            del self._applied[key]
+        self.child_changed(meta.get("namespace"), owner)
+
     def pod_changed(self, namespace: str | None, instance: str | None) -> None:
         if namespace and instance:
             self.child_changed(namespace, self._instances.get((namespace, instance), instance))

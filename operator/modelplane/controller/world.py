@@ -63,6 +63,7 @@ def compact_child(body: Mapping[str, Any]) -> dict[str, Any]:
         "name": meta.get("name"),
         "namespace": meta.get("namespace"),
         "uid": meta.get("uid"),
+        "resourceVersion": meta.get("resourceVersion"),
         "generation": meta.get("generation"),
         "labels": _plain(meta.get("labels") or {}),
         "ownerUids": sorted(str(r.get("uid")) for r in meta.get("ownerReferences") or []),
