@@ -129,7 +129,9 @@ def build_registry(
 
     @kopf.index(*md_resource, id=IDX_MDS, registry=registry)
     def _mds(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
-        return {(namespace, name): _plain(body)}
+        copy = _plain(body)
+        copy.get("metadata", {}).pop("managedFields", None)  # large, and never read
+        return {(namespace, name): copy}
 
     @kopf.index("v1", "nodes", id=IDX_NODES, registry=registry)
     def _nodes(body: kopf.Body, name: str, **_: Any) -> dict[Any, Any]:
