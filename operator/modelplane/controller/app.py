@@ -211,14 +211,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The operator's command-line options (shared by ``modelplane operator`` and ``python -m``)."""
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
-    scope.add_argument("-n", "--namespace", dest="namespaces", action="append", default=[],
-                       help="watch this namespace (repeatable; globs as kopf accepts them)")
-    parser.add_argument("-c", "--config", dest="config_path", default=None,
+    scope.add_argument("-n", "--namespace", dest="namespaces", action="append", default=[], metavar="NS",
+                       help="watch this namespace only (repeatable; exact names)")
+    parser.add_argument("-c", "--config", dest="config_path", default=None, metavar="FILE",
                         help="operator config YAML (images per engine and accelerator, autoEngines, ...)")
-    parser.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics (0: off)")
-    parser.add_argument("--health-port", type=int, default=8081, help="port of /healthz (0: off)")
-    parser.add_argument("--bind-address", default="0.0.0.0", help="address of the metrics and health servers")
-    parser.add_argument("--peering", default=None,
+    parser.add_argument("--metrics-port", type=int, default=8080, metavar="PORT", help="port of /metrics (0: off)")
+    parser.add_argument("--health-port", type=int, default=8081, metavar="PORT", help="port of /healthz (0: off)")
+    parser.add_argument("--bind-address", default="0.0.0.0", metavar="ADDR",
+                        help="address of the metrics and health servers")
+    parser.add_argument("--peering", default=None, metavar="NAME",
                         help="KopfPeering object name for active/standby replicas (default: standalone)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
