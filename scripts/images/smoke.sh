@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Build the CPU llama.cpp image and the operator image with buildah and smoke-test
+# them with `buildah run` (no Docker engine, no registry needed):
+#
+#   1. each image's config: non-root numeric user, one exposed port, OCI labels,
+#      the right entrypoint;
+#   2. `modelplane-shim --help` in both images, `modelplane --help` in the operator;
+#   3. the llama.cpp image serves the tiny GGUF model (python -m modelplane.tinymodel)
+#      and answers one /v1/chat/completions request from the host.
+#
+# Usage: scripts/images/smoke.sh [--no-build] [--keep-cache]
+#   --no-build     test the images already built (tag $MODELPLANE_SMOKE_TAG)
+#   --keep-cache   do not remove untagged images (earlier builds) afterwards
+# Environment: PYTHON (interpreter with modelplane's test extra, to build the tiny
+# model; default .venv/bin/python), MODELPLANE_SMOKE_TAG (default: smoke), and
+# what scripts/build-image.sh reads.
+#
+# Needs: buildah, mmdebstrap (Debian packages) and, the first time, PyPI and a
+# Debian mirror. Prints how long each part took.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+TAG="${MODELPLANE_SMOKE_TAG:-smoke}"
+PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
+BAH=(buildah "--storage-driver=${MODELPLANE_STORAGE_DRIVER:-vfs}")
+BUILD=1 KEEP_CACHE=0
+for arg in "$@"; do
+    case "$arg" in
+        --no-build) BUILD=0 ;;
+        --keep-cache) KEEP_CACHE=1 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "smoke: unknown argument $arg" >&2; exit 2 ;;
+    esac
+done
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/modelplane-smoke.XXXXXX")"
+CONTAINERS=()
+SERVER_PID=""
+cleanup() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM -- "-$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    for c in "${CONTAINERS[@]}"; do "${BAH[@]}" rm "$c" >/dev/null 2>&1 || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+T0=$SECONDS
+TIMES=()
+step() { printf '\n=== smoke: %s\n' "$*" >&2; }
+timed() { TIMES+=("$(printf '%-34s %4ss' "$1" "$2")"); }
+fail() { printf 'smoke: FAIL: %s\n' "$*" >&2; exit 1; }
+
+REGISTRY="${MODELPLANE_REGISTRY:-ghcr.io/modelplane}"
+LLAMA_REF="$REGISTRY/llamacpp-cpu:$TAG"
+OPERATOR_REF="$REGISTRY/operator:$TAG"
+
+# --- build ---------------------------------------------------------------------
+if [ "$BUILD" = 1 ]; then
+    for name in llamacpp-cpu operator; do
+        step "build $name"
+        t=$SECONDS
+        "$ROOT/scripts/build-image.sh" "$name" --builder buildah --tag "$TAG" 2> >(tee "$WORK/build-$name.log" >&2) >/dev/null
+        timed "build $name" $((SECONDS - t))
+    done
+fi
+
+# --- image config ------------------------------------------------------------------
+check_config() { # ref entrypoint port
+    "${BAH[@]}" inspect --type image "$1" > "$WORK/inspect.json" || fail "$1 is not in buildah's storage (build it first)"
+    python3 - "$WORK/inspect.json" "$1" "$2" "$3" <<'PYEOF'
+import json, sys
+path, ref, entrypoint, port = sys.argv[1:]
+cfg = json.load(open(path))["OCIv1"]["config"]
+errors = []
+user = cfg.get("User", "")
+if not user.split(":")[0].isdigit() or user.split(":")[0] == "0":
+    errors.append(f"user is {user!r}, want a non-root numeric uid")
+if cfg.get("Entrypoint") != [entrypoint]:
+    errors.append(f"entrypoint is {cfg.get('Entrypoint')}, want [{entrypoint!r}]")
+ports = sorted(cfg.get("ExposedPorts") or {})
+if ports != [f"{port}/tcp"]:
+    errors.append(f"exposed ports are {ports}, want ['{port}/tcp']")
+labels = cfg.get("Labels") or {}
+for key in ("title", "description", "source", "licenses", "version", "revision", "base.name"):
+    if not labels.get(f"org.opencontainers.image.{key}"):
+        errors.append(f"label org.opencontainers.image.{key} is missing")
+if errors:
+    sys.exit(f"{ref}: " + "; ".join(errors))
+print(f"{ref}: user {user}, entrypoint {entrypoint}, port {port}, "
+      f"version {labels['org.opencontainers.image.version']}, revision {labels['org.opencontainers.image.revision'][:12]}")
+PYEOF
+}
+step "image config"
+check_config "$LLAMA_REF" modelplane-shim 8000 || fail "llamacpp-cpu image config"
+check_config "$OPERATOR_REF" modelplane 8080 || fail "operator image config"
+
+# --- --help --------------------------------------------------------------------------
+new_container() { # ref -> container name (runs commands as the image's user)
+    local c
+    c="$("${BAH[@]}" from --pull-never --name "smoke-$1-$$" "$2")"
+    CONTAINERS+=("$c")
+    echo "$c"
+}
+t=$SECONDS
+step "--help in the images"
+LLAMA_CTR="$(new_container llamacpp "$LLAMA_REF")"
+OP_CTR="$(new_container operator "$OPERATOR_REF")"
+"${BAH[@]}" run --isolation chroot "$LLAMA_CTR" -- id -u | grep -qx 10001 || fail "llamacpp-cpu does not run as uid 10001"
+"${BAH[@]}" run --isolation chroot "$LLAMA_CTR" -- modelplane-shim --help > "$WORK/help.txt" || fail "modelplane-shim --help failed in llamacpp-cpu"
+grep -q -- "--engine" "$WORK/help.txt" || fail "modelplane-shim --help printed no --engine option"
+"${BAH[@]}" run --isolation chroot "$LLAMA_CTR" -- python3 -c "import xllamacpp, modelplane.shim.backends.llamacpp" \
+    || fail "llamacpp-cpu cannot import xllamacpp and the shim's llama.cpp backend"
+"${BAH[@]}" run --isolation chroot "$OP_CTR" -- modelplane --help > "$WORK/op-help.txt" || fail "modelplane --help failed in the operator image"
+grep -q "plan" "$WORK/op-help.txt" || fail "modelplane --help lists no 'plan' command"
+"${BAH[@]}" run --isolation chroot "$OP_CTR" -- modelplane-shim --help >/dev/null || fail "modelplane-shim --help failed in the operator image"
+echo "--help answers in both images" >&2
+timed "--help checks" $((SECONDS - t))
+
+# --- llama.cpp serves the tiny model -------------------------------------------------------
+step "llamacpp-cpu serves the tiny GGUF model"
+t=$SECONDS
+[ -x "$PYTHON" ] || fail "no interpreter at $PYTHON to build the tiny model (set PYTHON)"
+"$PYTHON" -m modelplane.tinymodel --json > "$WORK/tiny.json" || fail "python -m modelplane.tinymodel failed"
+read -r GGUF SERVED < <(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["gguf_path"], m["served_name"])' "$WORK/tiny.json")
+[ -f "$GGUF" ] || fail "tiny model GGUF $GGUF does not exist"
+PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+# chroot isolation shares the host's network: the server is reachable on 127.0.0.1.
+setsid "${BAH[@]}" run --isolation chroot --volume "$(dirname "$GGUF"):/models:ro" "$LLAMA_CTR" -- \
+    modelplane-shim --engine llama.cpp --model "/models/$(basename "$GGUF")" --served-model-name "$SERVED" \
+    --model-format gguf --host 127.0.0.1 --port "$PORT" > "$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+python3 - "$PORT" "$SERVED" "$SERVER_PID" "$WORK/server.log" <<'PYEOF' || { tail -n 40 "$WORK/server.log" >&2; fail "the llama.cpp image did not answer a chat request"; }
+import json, os, sys, time, urllib.error, urllib.request
+port, served, pid, log = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+base = f"http://127.0.0.1:{port}"
+deadline = time.monotonic() + 300
+while True:
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
+            if r.status == 200:
+                break
+    except (urllib.error.URLError, OSError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit("the server exited before it was healthy")
+    if time.monotonic() > deadline:
+        sys.exit("the server was not healthy within 300 s")
+    time.sleep(1)
+body = {"model": served, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0}
+req = urllib.request.Request(f"{base}/v1/chat/completions", data=json.dumps(body).encode(),
+                             headers={"Content-Type": "application/json"})
+with urllib.request.urlopen(req, timeout=120) as r:
+    reply = json.load(r)
+choice = reply["choices"][0]
+content = choice["message"]["content"]
+assert choice["message"]["role"] == "assistant", reply
+assert isinstance(content, str) and content, reply
+assert reply["model"] == served, reply
+assert reply["usage"]["completion_tokens"] >= 1, reply
+print(f"chat answered by {reply['model']}: {content!r} (finish_reason {choice['finish_reason']})", file=sys.stderr)
+PYEOF
+kill -TERM -- "-$SERVER_PID" 2>/dev/null || true
+wait "$SERVER_PID" 2>/dev/null || true
+SERVER_PID=""
+timed "chat smoke (llamacpp-cpu)" $((SECONDS - t))
+
+# --- storage hygiene -------------------------------------------------------------------------
+# vfs keeps every image as full copies: drop the untagged images earlier runs left
+# behind (with vfs the build keeps no per-instruction cache, so nothing of value).
+if [ "$BUILD" = 1 ] && [ "$KEEP_CACHE" = 0 ] && [ "${MODELPLANE_STORAGE_DRIVER:-vfs}" = vfs ] \
+    && [ "${MODELPLANE_LAYERS:-false}" = false ]; then
+    step "remove untagged images"
+    "${BAH[@]}" rmi --prune >/dev/null 2>&1 || true
+fi
+
+printf '\nsmoke: OK in %ss\n' $((SECONDS - T0)) >&2
+printf '  %s\n' "${TIMES[@]}" >&2
