@@ -1,0 +1,204 @@
+"""Real engines through the shim, with the tiny model: llama.cpp and transformers.
+
+    python benchmarks/bench_engines.py [--quick] [--json]
+
+* llama.cpp: llama.cpp's own server (``llamacpp_direct.py``: xllamacpp with the
+  backend's own parameters) vs ``modelplane-shim --engine llama.cpp`` on the
+  same GGUF, at 1 and 8 streams, alternating.
+* transformers: ``modelplane-shim --engine transformers`` at 1 stream vs
+  in-process ``model.generate`` of one prompt, and at 8 streams vs one batched
+  ``generate`` of 8 prompts (same prompt, same number of new tokens, EOS
+  ignored, greedy), alternating. The baseline is the faster of torch's default
+  threads and one thread (both are recorded).
+* start-up: seconds from starting the shim process to ``/health`` 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib import (
+    PYTHON,
+    ROOT,
+    free_port,
+    load_average,
+    median,
+    rnd,
+    start_proc,
+    stream_load,
+    wait_ready,
+)
+
+MESSAGES = [{"role": "user", "content": "Tell me about rivers and the sea."}]
+SERVED = "tiny"
+
+
+def _body(tokens: int) -> dict[str, Any]:
+    return {"model": SERVED, "messages": MESSAGES, "max_tokens": tokens, "ignore_eos": True, "temperature": 0}
+
+
+def start_shim(engine: str, model: str, logdir: Path, name: str) -> tuple[Any, float]:
+    port = free_port()
+    t0 = time.monotonic()
+    shim = start_proc(name, [PYTHON, "-m", "modelplane.shim", "--engine", engine, "--model", model,
+                             "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port)],
+                      port, logdir)
+    wait_ready(shim, "/health", timeout=180)
+    return shim, time.monotonic() - t0
+
+
+def _pairs_row(label: str, streams: int, pairs: list[tuple[float, float]], extra: dict[str, Any]) -> dict[str, Any]:
+    ratios = [t / d for d, t in pairs if d]
+    return {"case": label, "streams": streams,
+            "baseline_tokens_per_s": rnd(median([d for d, _ in pairs]), 1),
+            "shim_tokens_per_s": rnd(median([t for _, t in pairs]), 1),
+            "ratio": rnd(median(ratios)), "load_average": load_average(), **extra}
+
+
+def bench_llamacpp(tokens: int, duration: float, reps: int, logdir: Path) -> dict[str, Any]:
+    from modelplane.tinymodel import build_tiny_model
+
+    gguf = str(build_tiny_model().gguf_path)
+    dport = free_port()
+    direct = start_proc("llamacpp-direct", [PYTHON, str(ROOT / "benchmarks" / "llamacpp_direct.py"),
+                                            "--model", gguf, "--served-model-name", SERVED, "--port", str(dport)],
+                        dport, logdir)
+    shim = None
+    try:
+        direct_start = wait_ready(direct, "/health", timeout=120)
+        shim, startup = start_shim("llama.cpp", gguf, logdir, "shim-llamacpp")
+        body = _body(tokens)
+        durl = f"http://127.0.0.1:{dport}/v1/chat/completions"
+        surl = f"http://127.0.0.1:{shim.port}/v1/chat/completions"
+        warm = min(1.0, duration / 4)
+        rows = []
+        for streams in (1, 8):
+            pairs, ttft = [], []
+            for _ in range(reps):
+                d = asyncio.run(stream_load(durl, body, streams, duration, warmup=warm))
+                t = asyncio.run(stream_load(surl, body, streams, duration, warmup=warm))
+                pairs.append((d.tokens_per_s, t.tokens_per_s))
+                ttft.append((d.summary()["ttft_p50_ms"], t.summary()["ttft_p50_ms"]))
+            rows.append(_pairs_row("llama.cpp server vs shim", streams, pairs, {
+                "ttft_p50_direct_ms": rnd(median([a for a, _ in ttft]), 2),
+                "ttft_p50_shim_ms": rnd(median([b for _, b in ttft]), 2),
+                "errors": d.errors + t.errors, "first_error": d.first_error or t.first_error}))
+        return {"rows": rows, "shim_startup_s": rnd(startup, 2), "direct_startup_s": rnd(direct_start, 2),
+                "tokens_per_request": tokens}
+    finally:
+        direct.stop()
+        if shim is not None:
+            shim.stop()
+
+
+class Generate:
+    """In-process ``transformers`` generation with the tiny model: the baseline for the transformers backend."""
+
+    def __init__(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from modelplane.tinymodel import build_tiny_model
+
+        self.torch = torch
+        hf = build_tiny_model().hf_dir
+        self.tok = AutoTokenizer.from_pretrained(hf)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+        self.prompt = self.tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+
+    def tokens_per_s(self, batch: int, tokens: int, threads: int | None = None) -> tuple[float, float]:
+        """(new tokens per second over the whole call, seconds to the end of the call).
+
+        ``threads`` sets torch's intra-op threads for this call (None: torch's default, one per core).
+        """
+        enc = self.tok([self.prompt] * batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        before = self.torch.get_num_threads()
+        if threads:
+            self.torch.set_num_threads(threads)
+        try:
+            start = time.perf_counter()
+            with self.torch.inference_mode():
+                out = self.model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                                          pad_token_id=self.tok.pad_token_id)
+            elapsed = time.perf_counter() - start
+        finally:
+            self.torch.set_num_threads(before)
+        new = (out.shape[1] - enc["input_ids"].shape[1]) * batch
+        return new / elapsed, elapsed
+
+    def best(self, batch: int, tokens: int) -> tuple[float, dict[str, float]]:
+        """The faster of torch's default threads and one thread, and both figures.
+
+        On a loaded 2-core machine, torch's default (one intra-op thread per core) can be many times
+        slower than one thread for a tiny model; the baseline is the better of the two.
+        """
+        default = self.tokens_per_s(batch, tokens)[0]
+        one = self.tokens_per_s(batch, tokens, threads=1)[0]
+        return max(default, one), {"default_threads": round(default, 1), "one_thread": round(one, 1)}
+
+
+def bench_transformers(tokens: int, duration: float, reps: int, logdir: Path) -> dict[str, Any]:
+    from modelplane.tinymodel import build_tiny_model
+
+    gen = Generate()
+    gen.tokens_per_s(1, 4)  # warm
+    shim, startup = start_shim("transformers", f"file://{build_tiny_model().hf_dir}", logdir, "shim-transformers")
+    try:
+        url = f"http://127.0.0.1:{shim.port}/v1/chat/completions"
+        body = _body(tokens)
+        asyncio.run(stream_load(url, body, 1, 1.0))  # warm
+        rows = []
+        for streams in (1, 8):
+            pairs, ttft, both = [], [], []
+            for _ in range(reps):
+                base, detail = gen.best(streams, tokens)
+                t = asyncio.run(stream_load(url, body, streams, duration, warmup=min(1.0, duration / 4)))
+                pairs.append((base, t.tokens_per_s))
+                ttft.append(t.summary()["ttft_p50_ms"])
+                both.append(detail)
+            label = "generate(1) vs shim" if streams == 1 else "generate(batch of 8) vs shim"
+            rows.append(_pairs_row(label, streams, pairs, {
+                "ttft_p50_shim_ms": rnd(median(ttft), 2), "errors": t.errors, "first_error": t.first_error,
+                "generate_default_threads_tokens_per_s": rnd(median([b["default_threads"] for b in both]), 1),
+                "generate_one_thread_tokens_per_s": rnd(median([b["one_thread"] for b in both]), 1)}))
+        return {"rows": rows, "shim_startup_s": rnd(startup, 2), "tokens_per_request": tokens}
+    finally:
+        shim.stop()
+
+
+def run(quick: bool = False, *, duration: float | None = None, reps: int | None = None,
+        tokens: int | None = None, logdir: Path | None = None) -> dict[str, Any]:
+    duration = duration if duration is not None else (3.0 if quick else 8.0)
+    reps = reps if reps is not None else (1 if quick else 3)
+    tokens = tokens or (32 if quick else 64)
+    logdir = logdir or ROOT / "benchmarks" / "results" / "logs"
+    started = time.monotonic()
+    out: dict[str, Any] = {"duration_s": duration, "reps": reps}
+    for name, fn in (("llamacpp", bench_llamacpp), ("transformers", bench_transformers)):
+        try:
+            out[name] = fn(tokens, duration, reps, logdir)
+        except Exception as exc:  # one engine failing must not lose the others' numbers
+            out[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    out["wall_s"] = rnd(time.monotonic() - started, 1)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--duration", type=float)
+    p.add_argument("--reps", type=int)
+    a = p.parse_args()
+    print(json.dumps(run(a.quick, duration=a.duration, reps=a.reps), indent=1))
+
+
+if __name__ == "__main__":
+    main()

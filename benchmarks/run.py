@@ -1,0 +1,240 @@
+"""Run every benchmark, write ``benchmarks/results/latest.json`` and print a markdown table.
+
+    python benchmarks/run.py [--quick] [--only shim,engines,peers,operator,resolver] [--out PATH]
+
+``--quick`` finishes in a few minutes (short windows, one repetition, N=100
+for the operator). ``--smoke`` is smaller still (the test suite runs it) and
+writes nothing unless ``--out`` is given. The machine, its load average at
+start and end and the exact command are recorded with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import PYTHON, ROOT, load_average
+
+PARTS = ("shim", "engines", "peers", "operator", "resolver")
+
+# (label, target text, reference figure from issue 10)
+REFERENCE = {
+    "litellm_ratio": "LiteLLM: 0.02 of direct, +14 ms TTFT, ~0.65 ms CPU per chunk",
+    "xinference": "Xinference 4.1: 0.77 of generate at 1 stream, 0.23 at 8, +39 ms TTFT, 24 s start, 1.5 GB",
+    "llamacpp": "llama.cpp server: ~4,300 tokens/s at 1 stream, ~6,300 at 8, 3 ms TTFT",
+}
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    with contextlib.suppress(OSError):
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    return {"host": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "memory": mem,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def resolver(quick: bool) -> dict[str, Any]:
+    out = subprocess.run([PYTHON, str(ROOT / "benchmarks" / "bench_resolver.py"), "--json",
+                          "--repeat", "1" if quick else "3"], capture_output=True, text=True, cwd=ROOT)
+    if out.returncode != 0:
+        return {"error": out.stderr[-2000:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_part(name: str, mode: str, logdir: Path) -> dict[str, Any]:
+    quick = mode != "full"
+    smoke = mode == "smoke"
+    start = time.monotonic()
+    load0 = load_average()
+    try:
+        if name == "shim":
+            import bench_shim
+
+            res = bench_shim.run(quick, concurrencies=[1, 4] if smoke else None, duration=0.5 if smoke else None,
+                                 logdir=logdir)
+        elif name == "engines":
+            import bench_engines
+
+            res = bench_engines.run(quick, duration=1.0 if smoke else None, tokens=8 if smoke else None,
+                                    logdir=logdir)
+        elif name == "peers":
+            import bench_peers
+
+            res = bench_peers.run(quick, duration=1.0 if smoke else None, logdir=logdir)
+        elif name == "operator":
+            import bench_operator
+
+            res = bench_operator.run(quick, sizes=[10] if smoke else None, logdir=logdir)
+        else:
+            res = resolver(quick)
+    except Exception as exc:  # a part that breaks is reported; the others still run
+        res = {"error": f"{type(exc).__name__}: {exc}"[:3000]}
+    res["part_wall_s"] = round(time.monotonic() - start, 1)
+    res["load_average_start"] = load0
+    res["load_average_end"] = load_average()
+    return res
+
+
+def _f(x: Any, nd: int = 2) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:,.{nd}f}"
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def _ok(value: Any, good: bool) -> str:
+    return f"{_f(value)} {'✅' if good else '❌'}" if value is not None else "—"
+
+
+def table(results: dict[str, Any]) -> str:
+    """The markdown table of the headline figures, with targets and met/missed marks."""
+    lines = ["| what | measured | target | peer / reference |", "|---|---|---|---|"]
+    parts = results["parts"]
+    shim = parts.get("shim", {})
+    for pace in shim.get("paces", []):
+        for r in pace["rows"]:
+            c = r["concurrency"]
+            if pace["pace"] == "fixed":
+                lines.append(f"| shim proxy, fixed rate ({1 / pace['seconds_per_token']:.0f} tok/s per stream), "
+                             f"{c} streams: through ÷ direct | {_ok(r['ratio'], (r['ratio'] or 0) >= 0.99)} "
+                             "| ≥ 0.99 | |")
+                a = r["added_ttft_p50_ms"]
+                lines.append(f"| … added TTFT p50 / p99 (ms), {c} streams | {_ok(a, a is not None and a < 1)} / "
+                             f"{_f(r['added_ttft_p99_ms'])} | < 1 ms p50 | |")
+            else:
+                lines.append(f"| shim proxy, full speed, {c} streams: through ÷ direct "
+                             f"({_f(r['shim_tokens_per_s'], 0)} / {_f(r['direct_tokens_per_s'], 0)} tok/s) | "
+                             f"{_ok(r['ratio'], (r['ratio'] or 0) >= 0.5)} | ≥ 0.5 | LiteLLM 0.02 |")
+            cpu = r["shim_cpu_ms_per_1000_chunks"]
+            lines.append(f"| … shim CPU ms per 1,000 chunks, {pace['pace']}, {c} streams | "
+                         f"{_ok(cpu, cpu is not None and cpu <= 20)} | ≤ 20 | LiteLLM ~650 |")
+            if c == max(x["concurrency"] for x in pace["rows"]):
+                lines.append(f"| … shim RSS under {c} streams ({pace['pace']}), MiB | {_f(r['shim_rss_peak_mib'], 1)} "
+                             f"| | |")
+    if "error" in shim:
+        lines.append(f"| shim overhead | error: {shim['error'][:200]} | | |")
+    eng = parts.get("engines", {})
+    lc = eng.get("llamacpp", {})
+    for r in lc.get("rows", []):
+        lines.append(f"| llama.cpp via shim ÷ llama.cpp server, {r['streams']} streams "
+                     f"({_f(r['shim_tokens_per_s'], 0)} / {_f(r['baseline_tokens_per_s'], 0)} tok/s; TTFT "
+                     f"{_f(r.get('ttft_p50_shim_ms'))} / {_f(r.get('ttft_p50_direct_ms'))} ms) | "
+                     f"{_ok(r['ratio'], (r['ratio'] or 0) >= 0.95)} | ≥ 0.95 | {REFERENCE['llamacpp']} |")
+    if "error" in lc:
+        lines.append(f"| llama.cpp | error: {lc['error'][:200]} | | |")
+    if "shim_startup_s" in lc:
+        lines.append(f"| llama.cpp shim start to ready, tiny GGUF (s) | "
+                     f"{_ok(lc['shim_startup_s'], lc['shim_startup_s'] < 3)} | < 3 | |")
+    tf = eng.get("transformers", {})
+    for r in tf.get("rows", []):
+        target = 0.95 if r["streams"] == 1 else 0.8
+        lines.append(f"| transformers backend ÷ {'generate' if r['streams'] == 1 else 'batched generate of 8'}, "
+                     f"{r['streams']} streams ({_f(r['shim_tokens_per_s'], 0)} / {_f(r['baseline_tokens_per_s'], 0)}"
+                     f" tok/s) | {_ok(r['ratio'], (r['ratio'] or 0) >= target)} | ≥ {target} | Xinference: see below |")
+    if "error" in tf:
+        lines.append(f"| transformers | error: {tf['error'][:200]} | | |")
+    if "shim_startup_s" in tf:
+        lines.append(f"| transformers shim start to ready, tiny model (s) | "
+                     f"{_ok(tf['shim_startup_s'], tf['shim_startup_s'] < 3)} | < 3 | Xinference ~24 s |")
+    peers = parts.get("peers", {})
+    lite = peers.get("litellm", {})
+    for r in lite.get("rows", []):
+        lines.append(f"| LiteLLM {lite.get('version', '')} ÷ direct, full speed, {r['concurrency']} streams "
+                     f"(shim in the same run: {_f(r['shim_ratio'])}) | {_f(r['litellm_ratio'], 3)}, +"
+                     f"{_f(r['litellm_added_ttft_p50_ms'])} ms TTFT, {_f(r['litellm_cpu_ms_per_1000_chunks'] / 1000 if r['litellm_cpu_ms_per_1000_chunks'] else None)} ms CPU/chunk "  # noqa: E501
+                     f"| peer | {REFERENCE['litellm_ratio']} |")
+    if "error" in lite:
+        lines.append(f"| LiteLLM | error: {lite['error'][:300]} | | |")
+    xi = peers.get("xinference", {})
+    for r in xi.get("rows", []):
+        lines.append(f"| Xinference {xi.get('version', '')} ÷ generate, {r['streams']} streams (shim in the same "
+                     f"run: {_f(r['shim_ratio_to_generate'])}) | {_f(r['xinference_ratio_to_generate'])}, TTFT "
+                     f"{_f(r['xinference_ttft_p50_ms'])} ms (shim {_f(r['shim_ttft_p50_ms'])}) | peer | "
+                     f"{REFERENCE['xinference']} |")
+    if xi.get("rows"):
+        lines.append(f"| Xinference start (server + model) / memory | {_f(xi['ready_with_model_s'])} s / "
+                     f"{_f(xi['rss_tree_mib'], 0)} MiB | peer | 24 s / 1.5 GB |")
+    if "error" in xi:
+        lines.append(f"| Xinference | error: {xi['error'][:300]} | | |")
+    op = parts.get("operator", {})
+    for r in op.get("rows", []):
+        if "error" in r:
+            lines.append(f"| operator, N={r['n']} | error: {r['error'][:200]} | | |")
+            continue
+        lines.append(f"| operator, N={r['n']}: all with children and status (s) ÷ bare create "
+                     f"({_f(r['all_done_s'])} / {_f(r['bare_create_s'])} s) | "
+                     f"{_ok(r['ratio_to_bare'], (r['ratio_to_bare'] or 99) <= 4)} | ≤ 4× | |")
+        lines.append(f"| … create→children p50 / p99 (s), writes per deployment | {_f(r['create_to_done_p50_s'])} / "
+                     f"{_f(r['create_to_done_p99_s'])}, {_f(r['writes_per_deployment'])} | ≥ 3 writes | |")
+        rss = r["operator_rss_peak_mib"]
+        lines.append(f"| … operator RSS peak (MiB) | {_ok(rss, rss < 150)} | < 150 | |")
+    res = parts.get("resolver", {})
+    if "total_seconds" in res:
+        slowest = min(r["plans_per_second"] for r in res["rows"])
+        lines.append(f"| resolver: whole catalog × {len(res['rows'])} cluster kinds (s) | "
+                     f"{_ok(res['total_seconds'], res['total_seconds'] < 1)} (≥ {slowest:,} plans/s) | < 1 s | |")
+    elif "error" in res:
+        lines.append(f"| resolver | error: {res['error'][:200]} | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="short windows, one repetition (a few minutes)")
+    p.add_argument("--smoke", action="store_true", help="smallest sizes (tests); writes only with --out")
+    p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {','.join(PARTS)}")
+    p.add_argument("--out", type=Path, default=None, help="JSON results (default benchmarks/results/latest.json)")
+    a = p.parse_args(argv)
+    parts = [x for x in a.only.split(",") if x]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        p.error(f"unknown parts {sorted(unknown)}; choose from {','.join(PARTS)}")
+    mode = "smoke" if a.smoke else "quick" if a.quick else "full"
+    out = a.out or (None if a.smoke else ROOT / "benchmarks" / "results" / "latest.json")
+    logdir = (out.parent if out else ROOT / "benchmarks" / "results") / "logs"
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "command": " ".join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)]),
+        "mode": mode, "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(), "load_average_start": load_average(),
+        "note": "load generator, servers and (on this machine) other engineers' tests share the same cores",
+        "parts": {},
+    }
+    for name in parts:
+        print(f"[run] {name} ...", file=sys.stderr, flush=True)
+        results["parts"][name] = run_part(name, mode, logdir)
+        print(f"[run] {name}: {results['parts'][name]['part_wall_s']} s", file=sys.stderr, flush=True)
+    results["load_average_end"] = load_average()
+    results["wall_s"] = round(time.monotonic() - started, 1)
+    results["table"] = table(results)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+    print(results["table"])
+    print(f"\n{mode} run, {results['wall_s']} s, load average {results['load_average_start']} → "
+          f"{results['load_average_end']}" + (f"; results in {out}" if out else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
