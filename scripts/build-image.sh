@@ -149,6 +149,7 @@ local_base() {
     if [ ! -s "$tarball" ]; then
         log "making a local $BASE_SUITE base with mmdebstrap ($BASE_PACKAGES) -> $tarball"
         local start=$SECONDS
+        # shellcheck disable=SC2016  # "$1" is mmdebstrap's, expanded by its hook
         mmdebstrap --variant=minbase --include="$BASE_PACKAGES" \
             --aptopt='Acquire::Retries "3"' \
             --aptopt='APT::Install-Recommends "false"' \

@@ -4,7 +4,8 @@
 #
 #   1. each image's config: non-root numeric user, one exposed port, OCI labels,
 #      the right entrypoint;
-#   2. `modelplane-shim --help` in both images, `modelplane --help` in the operator;
+#   2. `modelplane-shim --help` in both images, `modelplane --help` and
+#      `modelplane operator --help` in the operator image;
 #   3. the llama.cpp image serves the tiny GGUF model (python -m modelplane.tinymodel)
 #      and answers one /v1/chat/completions request from the host.
 #
@@ -36,12 +37,16 @@ done
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/modelplane-smoke.XXXXXX")"
 CONTAINERS=()
 SERVER_PID=""
+remove_containers() {
+    for c in "${CONTAINERS[@]}"; do "${BAH[@]}" rm "$c" >/dev/null 2>&1 || true; done
+    CONTAINERS=()
+}
 cleanup() {
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill -TERM -- "-$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
     fi
-    for c in "${CONTAINERS[@]}"; do "${BAH[@]}" rm "$c" >/dev/null 2>&1 || true; done
+    remove_containers
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -97,16 +102,21 @@ check_config "$LLAMA_REF" modelplane-shim 8000 || fail "llamacpp-cpu image confi
 check_config "$OPERATOR_REF" modelplane 8080 || fail "operator image config"
 
 # --- --help --------------------------------------------------------------------------
-new_container() { # ref -> container name (runs commands as the image's user)
+new_container() { # VAR label ref: a working container for ref, its name in VAR
     local c
-    c="$("${BAH[@]}" from --pull-never --name "smoke-$1-$$" "$2")"
+    c="$("${BAH[@]}" from --pull-never --name "smoke-$2-$$" "$3")"
     CONTAINERS+=("$c")
-    echo "$c"
+    printf -v "$1" '%s' "$c"
 }
+# Working containers of earlier runs that were killed (each one a full copy on vfs).
+while read -r name; do
+    pid="${name##*-}"
+    kill -0 "$pid" 2>/dev/null || "${BAH[@]}" rm "$name" >/dev/null 2>&1 || true
+done < <("${BAH[@]}" containers --all --format '{{.ContainerName}}' | grep -E '^smoke-(llamacpp|operator)-[0-9]+$' || true)
 t=$SECONDS
 step "--help in the images"
-LLAMA_CTR="$(new_container llamacpp "$LLAMA_REF")"
-OP_CTR="$(new_container operator "$OPERATOR_REF")"
+new_container LLAMA_CTR llamacpp "$LLAMA_REF"
+new_container OP_CTR operator "$OPERATOR_REF"
 "${BAH[@]}" run --isolation chroot "$LLAMA_CTR" -- id -u | grep -qx 10001 || fail "llamacpp-cpu does not run as uid 10001"
 "${BAH[@]}" run --isolation chroot "$LLAMA_CTR" -- modelplane-shim --help > "$WORK/help.txt" || fail "modelplane-shim --help failed in llamacpp-cpu"
 grep -q -- "--engine" "$WORK/help.txt" || fail "modelplane-shim --help printed no --engine option"
@@ -114,6 +124,8 @@ grep -q -- "--engine" "$WORK/help.txt" || fail "modelplane-shim --help printed n
     || fail "llamacpp-cpu cannot import xllamacpp and the shim's llama.cpp backend"
 "${BAH[@]}" run --isolation chroot "$OP_CTR" -- modelplane --help > "$WORK/op-help.txt" || fail "modelplane --help failed in the operator image"
 grep -q "plan" "$WORK/op-help.txt" || fail "modelplane --help lists no 'plan' command"
+"${BAH[@]}" run --isolation chroot "$OP_CTR" -- modelplane operator --help >/dev/null \
+    || fail "modelplane operator --help failed: the controller does not import with the [operator] extra"
 "${BAH[@]}" run --isolation chroot "$OP_CTR" -- modelplane-shim --help >/dev/null || fail "modelplane-shim --help failed in the operator image"
 echo "--help answers in both images" >&2
 timed "--help checks" $((SECONDS - t))
@@ -167,6 +179,8 @@ kill -TERM -- "-$SERVER_PID" 2>/dev/null || true
 wait "$SERVER_PID" 2>/dev/null || true
 SERVER_PID=""
 timed "chat smoke (llamacpp-cpu)" $((SECONDS - t))
+
+remove_containers
 
 # --- storage hygiene -------------------------------------------------------------------------
 # vfs keeps every image as full copies: drop the untagged images earlier runs left

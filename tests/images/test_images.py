@@ -316,3 +316,10 @@ def test_build_script_lists_images_and_rejects_unknown_ones() -> None:
     assert "no image named 'no-such-image'" in bad.stderr
     metal = subprocess.run([str(BUILD_SCRIPT), "mlx-metal"], capture_output=True, text=True, check=False)
     assert metal.returncode == 2 and "host agent" in metal.stderr
+
+
+def test_scripts_are_valid_bash() -> None:
+    for script in (BUILD_SCRIPT, ROOT / "scripts" / "images" / "smoke.sh", ROOT / "images/common/ascend-shim.sh"):
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{script}: {result.stderr}"
+        assert script.stat().st_mode & 0o111, f"{script} is not executable"
