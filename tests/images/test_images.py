@@ -151,6 +151,21 @@ def test_default_images_shape_and_operator_config_default() -> None:
     assert OperatorConfig().images == images.default_images()
 
 
+def test_chart_values_name_the_matrix_images() -> None:
+    """The Helm chart's default images and operator image are the matrix's (published names and tags)."""
+    import yaml
+
+    values_file = ROOT / "charts" / "modelplane" / "values.yaml"
+    chart_file = ROOT / "charts" / "modelplane" / "Chart.yaml"
+    if not values_file.is_file():
+        pytest.skip("no Helm chart in this checkout")
+    values = yaml.safe_load(values_file.read_text())
+    assert values["config"]["images"] == images.default_images()
+    repository, _, _tag = OPERATOR_IMAGE.ref().rpartition(":")
+    assert values["image"]["repository"] == repository
+    assert str(yaml.safe_load(chart_file.read_text())["appVersion"]) == images.VERSION
+
+
 # --- the resolver --------------------------------------------------------------------------------
 
 
