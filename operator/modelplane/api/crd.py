@@ -124,6 +124,7 @@ def crd() -> dict[str, Any]:
                         "scale": {
                             "specReplicasPath": ".spec.replicas",
                             "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
                         },
                     },
                     "additionalPrinterColumns": [

@@ -362,9 +362,16 @@ class ModelDeploymentStatus(_Model):
     endpoint: str | None = Field(None, description="In-cluster OpenAI base URL.")
     model_uri: str | None = Field(None, description="The model source the plan resolved to.")
     tensor_parallel_size: int | None = Field(None, description="Devices per replica.")
+    selector: str | None = Field(
+        None, description="Label selector of the model server pods (for the scale subresource and HPA)."
+    )
     replicas: int | None = Field(None, description="Pods of the model server Deployment.")
     ready_replicas: int | None = Field(None, description="Pods that pass their readiness probe.")
-    conditions: list[Condition] | None = Field(None, description="Resolved, Available, Progressing, Degraded.")
+    conditions: list[Condition] | None = Field(
+        None,
+        description="Resolved, Available, Progressing, Degraded.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     rejected: list[EngineReason] | None = Field(None, description="Why each other engine was not chosen.")
     observed_generation: int | None = Field(None, description="The generation last reconciled.")
 

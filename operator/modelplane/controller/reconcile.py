@@ -29,7 +29,7 @@ from modelplane.controller.metrics import Metrics
 from modelplane.controller.workqueue import RetryLater, WorkQueue
 from modelplane.controller.world import SPEC_HASH_LABEL, Problem, compact_child
 from modelplane.hardware import Hardware, parse_nodes
-from modelplane.render import child_name, render
+from modelplane.render import child_name, render, selector
 from modelplane.render.manifests import spec_hash
 from modelplane.resolver import Plan, Rejection, resolve
 
@@ -390,6 +390,7 @@ class Controller:
             "endpoint": endpoint,
             "modelUri": getattr(model, "uri", None),
             "tensorParallelSize": plan.tensor_parallel_size,
+            "selector": ",".join(f"{k}={v}" for k, v in selector(md["metadata"]["name"]).items()),
         }
 
     # ----- observed state -----------------------------------------------------------------------

@@ -179,6 +179,7 @@ def _status(
         "endpoint": plan_fields.get("endpoint"),
         "modelUri": plan_fields.get("modelUri"),
         "tensorParallelSize": plan_fields.get("tensorParallelSize"),
+        "selector": plan_fields.get("selector"),
         "replicas": replicas,
         "readyReplicas": ready,
         "rejected": rejected or None,
@@ -195,7 +196,7 @@ def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) 
     status of kopf or other writers (unknown keys) is left alone.
     """
     current = dict(current or {})
-    owned = {"phase", "engine", "accelerator", "image", "endpoint", "modelUri", "tensorParallelSize",
+    owned = {"phase", "engine", "accelerator", "image", "endpoint", "modelUri", "tensorParallelSize", "selector",
              "replicas", "readyReplicas", "rejected", "observedGeneration", "conditions"}
     patch: dict[str, Any] = {}
     for key in owned:

@@ -12,10 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "modelplane"
-INSTANCE_LABEL = "app.kubernetes.io/instance"
-SPEC_HASH_LABEL = "modelplane.io/spec-hash"
+from modelplane.render.manifests import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_LABEL
+
+__all__ = ["INSTANCE_LABEL", "MANAGED_BY", "MANAGED_BY_LABEL", "SPEC_HASH_LABEL"]
 
 
 def _plain(value: Any) -> Any:

@@ -21,6 +21,7 @@ from modelplane.shimargs import ShimArgs
 from modelplane.sources import PVC_ROOT, pvc_mount
 
 MANAGED_BY = "modelplane"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 COMPONENT = "model-server"
 INSTANCE_LABEL = "modelplane.io/deployment"
 SPEC_HASH_LABEL = "modelplane.io/spec-hash"
@@ -49,10 +50,13 @@ def endpoint(name: str, namespace: str, port: int) -> str:
 
 
 def labels(name: str) -> dict[str, str]:
-    """Labels every child carries; the first two also select the pods."""
+    """Labels every child carries.
+
+    No ``app.kubernetes.io/instance``: Argo CD's label tracking reads that label, and an
+    Application named like a model would claim (and prune) the model's children.
+    """
     return {
         "app.kubernetes.io/component": COMPONENT,
-        "app.kubernetes.io/instance": child_name(name),
         "app.kubernetes.io/managed-by": MANAGED_BY,
         "app.kubernetes.io/name": "modelplane",
         INSTANCE_LABEL: child_name(name),
@@ -60,7 +64,8 @@ def labels(name: str) -> dict[str, str]:
 
 
 def selector(name: str) -> dict[str, str]:
-    return {"app.kubernetes.io/instance": child_name(name), INSTANCE_LABEL: child_name(name)}
+    """The pod selector of the Deployment and the Service."""
+    return {INSTANCE_LABEL: child_name(name)}
 
 
 def spec_hash(obj: Any) -> str:
@@ -312,7 +317,15 @@ def render_cache_claim(md: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _with_hash(child: dict[str, Any]) -> dict[str, Any]:
+    """Label a child with the hash of its spec (the Deployment's hash covers its pod template)."""
+    meta = child["metadata"]
+    if SPEC_HASH_LABEL not in meta["labels"]:
+        meta["labels"] = dict(sorted({**meta["labels"], SPEC_HASH_LABEL: spec_hash(child["spec"])}.items()))
+    return child
+
+
 def render(plan: Plan, md: Mapping[str, Any], config: OperatorConfig | None = None) -> list[dict[str, Any]]:
-    """All children, in apply order: cache claim (if any), Deployment, Service."""
+    """All children, in apply order: cache claim (if any), Deployment, Service; each with a spec-hash label."""
     children = [render_cache_claim(md), render_deployment(plan, md, config), render_service(md, config)]
-    return [c for c in children if c is not None]
+    return [_with_hash(c) for c in children if c is not None]
