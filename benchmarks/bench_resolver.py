@@ -2,8 +2,11 @@
 
     python benchmarks/bench_resolver.py [--repeat 3]
 
-Prints plans per second and the time for the whole catalog per cluster kind.
-The resolver is pure, so this measures only Python work: no I/O, no sleeps.
+Prints plans per second and the time for the whole catalog per cluster kind, as CPU
+time of this process (best of --repeat; steady on a shared machine) and wall time
+(median). The resolver is pure, so this measures only Python work: no I/O, no sleeps.
+The first cluster pays the catalog lookups; the resolver memoizes them, as the
+operator benefits from when it re-resolves on node changes.
 """
 
 from __future__ import annotations
@@ -66,29 +69,34 @@ def main() -> None:
     load_catalog()  # warm: the catalog is read once per process
     rows = []
     for name, hw in clusters().items():
-        times = []
+        times, cpu = [], []
         for _ in range(args.repeat):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             plans = sum(isinstance(resolve(s, hw), Plan) for s in specs)
             times.append(time.perf_counter() - start)
-        best = min(times)
+            cpu.append(time.process_time() - start_cpu)
+        best = min(cpu)
         rows.append(
             {
                 "cluster": name,
                 "specs": len(specs),
                 "planned": plans,
                 "seconds": round(statistics.median(times), 3),
+                "cpu_seconds": round(best, 3),
                 "plans_per_second": round(len(specs) / best),
             }
         )
-    total = sum(r["seconds"] for r in rows)
+    total = sum(r["cpu_seconds"] for r in rows)
     if args.json:
-        print(json.dumps({"rows": rows, "total_seconds": round(total, 3)}))
+        print(json.dumps({"rows": rows, "total_cpu_seconds": round(total, 3)}))
         return
-    print(f"{'cluster':<20} {'specs':>6} {'planned':>8} {'median s':>9} {'plans/s':>9}")
+    print(f"{'cluster':<20} {'specs':>6} {'planned':>8} {'cpu s':>7} {'wall s':>7} {'plans/s':>9}")
     for r in rows:
-        print(f"{r['cluster']:<20} {r['specs']:>6} {r['planned']:>8} {r['seconds']:>9.3f} {r['plans_per_second']:>9}")
-    print(f"whole catalog against {len(rows)} cluster kinds: {total:.3f} s")
+        print(
+            f"{r['cluster']:<20} {r['specs']:>6} {r['planned']:>8} {r['cpu_seconds']:>7.3f} {r['seconds']:>7.3f}"
+            f" {r['plans_per_second']:>9}"
+        )
+    print(f"whole catalog against {len(rows)} cluster kinds: {total:.3f} s of CPU")
 
 
 if __name__ == "__main__":

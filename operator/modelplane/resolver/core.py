@@ -204,6 +204,50 @@ def _default_config() -> OperatorConfig:
     return OperatorConfig()
 
 
+_TableRow = tuple[int, str, Engine, "str | None", "tuple[int, str] | None"]
+
+
+_TABLE_CACHE: dict[tuple[int, str, bool], tuple[OperatorConfig, tuple[_TableRow, ...]]] = {}
+
+
+def _engine_table(config: OperatorConfig, accelerator: str, explicit: bool) -> tuple[_TableRow, ...]:
+    """Engines in preference order on one accelerator, with the image or why the config rules it out.
+
+    Memoized per config object (configs are frozen; the cached object is kept so ``id`` stays safe).
+    """
+    key = (id(config), accelerator, explicit)
+    hit = _TABLE_CACHE.get(key)
+    if hit is not None and hit[0] is config:
+        return hit[1]
+    if len(_TABLE_CACHE) > 1024:
+        _TABLE_CACHE.clear()
+    rows = _engine_rows(config, accelerator, explicit)
+    _TABLE_CACHE[key] = (config, rows)
+    return rows
+
+
+def _engine_rows(config: OperatorConfig, accelerator: str, explicit: bool) -> tuple[_TableRow, ...]:
+    order = list(PREFERENCE[accelerator]) + [e for e in ENGINES if e not in PREFERENCE[accelerator]]
+    rows: list[_TableRow] = []
+    for e_idx, name in enumerate(order):
+        engine = ENGINES[name]
+        image = config.image(name, accelerator)
+        blocked: tuple[int, str] | None = None
+        if accelerator not in engine.accelerators:
+            blocked = (_STAGE_ENGINE, f"{name} does not run on {accelerator}")
+        elif not explicit and name not in config.auto_engines:
+            blocked = (_STAGE_CONFIG, "not enabled for engine: auto (operator config autoEngines)")
+        elif image is None:
+            blocked = (_STAGE_CONFIG, f"no {name} image for {accelerator} in the operator config")
+        rows.append((e_idx, name, engine, image, blocked))
+    return tuple(rows)
+
+
+@functools.lru_cache(maxsize=4096)
+def _ordered(options: tuple[ResolvedModel, ...], accelerator: str, size_given: bool) -> tuple[ResolvedModel, ...]:
+    return tuple(sorted(options, key=lambda o: preference_key(o, accelerator, size_given)))
+
+
 def resolve(
     spec: ModelDeploymentSpec,
     hardware: Hardware,
@@ -229,28 +273,19 @@ def resolve(
         if stage > reasons[engine].get(accel, (-1, ""))[0]:
             reasons[engine][accel] = (stage, text)
 
+    ctx = Context(catalog=catalog, explicit=explicit)
     for a_idx, accel in enumerate(accelerators):
         nodes = _eligible(spec, hardware, accel)
-        ordered = sorted(options, key=lambda o: preference_key(o, accel, size_given))
-        order = list(PREFERENCE[accel]) + [e for e in ENGINES if e not in PREFERENCE[accel]]
-        for e_idx, name in enumerate(order):
-            engine = ENGINES[name]
+        ordered = _ordered(options, accel, size_given)
+        for e_idx, name, engine, image, blocked in _engine_table(config, accel, explicit):
             if explicit and name != spec.engine:
                 continue
-            if accel not in engine.accelerators:
-                note(name, accel, _STAGE_ENGINE, f"{name} does not run on {accel}")
-                continue
-            if not explicit and name not in config.auto_engines:
-                note(name, accel, _STAGE_CONFIG, "not enabled for engine: auto (operator config autoEngines)")
+            if blocked is not None:
+                note(name, accel, *blocked)
                 continue
             if not nodes:
                 note(name, accel, _STAGE_NODES, f"no schedulable {accel} nodes")
                 continue
-            image = config.image(name, accel)
-            if image is None:
-                note(name, accel, _STAGE_CONFIG, f"no {name} image for {accel} in the operator config")
-                continue
-            ctx = Context(catalog=catalog, explicit=explicit)
             for o_idx, option in enumerate(ordered):
                 key = (a_idx, o_idx, e_idx)
                 if name in feasible and feasible[name][0] <= key:

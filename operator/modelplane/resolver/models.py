@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from modelplane.api.types import ModelSource
@@ -50,8 +51,18 @@ def _uri_quantization(fmt: str, uri: str) -> str | None:
     return None
 
 
-def options_for(source: ModelSource, catalog: Catalog) -> tuple[list[ResolvedModel], CatalogFamily | None]:
-    """Every concrete model the spec allows, in catalog order; raises ModelError when none."""
+@functools.lru_cache(maxsize=4096)
+def options_for(source: ModelSource, catalog: Catalog) -> tuple[tuple[ResolvedModel, ...], CatalogFamily | None]:
+    """Every concrete model the spec allows, in catalog order; raises ModelError when none.
+
+    Memoized: sources and catalogs are immutable, and the operator resolves the same
+    spec again whenever nodes change.
+    """
+    options, family = _options_for(source, catalog)
+    return tuple(options), family
+
+
+def _options_for(source: ModelSource, catalog: Catalog) -> tuple[list[ResolvedModel], CatalogFamily | None]:
     fmt = normalize_format(source.format) if source.format else None
     family = catalog.get(source.name) if source.name else None
     if source.name and family is None:
