@@ -31,6 +31,10 @@ CACHE_MOUNT = "/models"
 API_KEY_DIR = "/var/run/modelplane/api-key"
 RUN_AS = 1000
 PORT_NAME = "http"
+# The shim reads its shutdown grace from this variable (modelplane.shim.__main__.GRACE_ENV).
+SHUTDOWN_GRACE_ENV = "MODELPLANE_SHUTDOWN_GRACE_SECONDS"
+PRESTOP_SECONDS = 5
+SHUTDOWN_MARGIN_SECONDS = 5
 
 
 def child_name(name: str, suffix: str = "") -> str:
@@ -120,8 +124,21 @@ def _resources(plan: Plan, spec: ModelDeploymentSpec) -> dict[str, Any]:
     return out
 
 
-def _env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+def shutdown_timing(termination_grace_seconds: int) -> tuple[int, int]:
+    """``(preStop sleep, shim grace)`` that fit in the pod's ``terminationGracePeriodSeconds``.
+
+    The kubelet's clock starts with the preStop hook; the shim then has its grace to finish
+    in-flight streams, and a margin is left for stopping the engine before SIGKILL.
+    """
+    quarter = termination_grace_seconds // 4
+    prestop = min(PRESTOP_SECONDS, quarter)
+    margin = min(SHUTDOWN_MARGIN_SECONDS, quarter)
+    return prestop, max(1, termination_grace_seconds - prestop - margin)
+
+
+def _env(spec: ModelDeploymentSpec, shim_grace: int) -> list[dict[str, Any]]:
     env: dict[str, dict[str, Any]] = {
+        SHUTDOWN_GRACE_ENV: {"name": SHUTDOWN_GRACE_ENV, "value": str(shim_grace)},
         "HF_HOME": {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"},
         "MODELPLANE_CACHE": {"name": "MODELPLANE_CACHE", "value": CACHE_MOUNT},
         "TMPDIR": {"name": "TMPDIR", "value": "/tmp"},
@@ -199,21 +216,20 @@ def render_deployment(plan: Plan, md: Mapping[str, Any], config: OperatorConfig 
     served = spec.served_model_name or name
     args = shim_args(plan, spec, served, config)
     volumes, mounts = _volumes(plan, spec, name, config)
+    prestop, shim_grace = shutdown_timing(config.termination_grace_seconds)
     container: dict[str, Any] = {
         "name": "model-server",
         "image": plan.image,
         "imagePullPolicy": config.image_pull_policy,
         "command": args.to_argv(),
         "ports": [{"name": PORT_NAME, "containerPort": config.port, "protocol": "TCP"}],
-        "env": _env(spec),
+        "env": _env(spec, shim_grace),
         "resources": _resources(plan, spec),
         "volumeMounts": mounts,
         # Model load can take many minutes; the startup probe holds liveness off until then.
         "startupProbe": _probe("/health", 10, 180),
         "readinessProbe": _probe("/health", 5, 3),
         "livenessProbe": _probe("/health", 10, 3),
-        # Let endpoints drop the pod before the shim stops taking requests.
-        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -222,6 +238,9 @@ def render_deployment(plan: Plan, md: Mapping[str, Any], config: OperatorConfig 
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if prestop:
+        # Let endpoints drop the pod before the shim stops taking requests.
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": prestop}}}
     node_selector = {**dict(plan.placement.node_selector), **(spec.node_selector or {})}
     pod_spec: dict[str, Any] = {
         "containers": [container],
