@@ -24,6 +24,9 @@
 #   --base IMAGE     use IMAGE as the base (skips the reachability check)
 #   --local-base     always use the local mmdebstrap base
 #   --builder B      docker | buildah (default: docker if `docker info` works)
+#   --build-arg K=V  passed on to the build (repeatable), e.g. TORCH_INDEX_URL=...
+#   --volume SPEC    buildah only: bind-mount into every RUN (repeatable), e.g. a
+#                    local wheel index: --volume /srv/wheels:/wheels:ro
 #   --no-cache       rebuild every layer
 #   --list           print the image names and exit
 # Environment:
@@ -55,7 +58,7 @@ images_py() { PYTHONPATH="$ROOT/operator${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m mo
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2; }
 
-NAME="" TAG="" BASE="" LOCAL_BASE=0 BUILDER="" NO_CACHE=()
+NAME="" TAG="" BASE="" LOCAL_BASE=0 BUILDER="" NO_CACHE=() EXTRA_ARGS=() VOLUMES=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --tag) TAG="${2:?--tag needs a value}"; shift 2 ;;
@@ -65,6 +68,10 @@ while [ $# -gt 0 ]; do
         --local-base) LOCAL_BASE=1; shift ;;
         --builder) BUILDER="${2:?--builder needs docker or buildah}"; shift 2 ;;
         --builder=*) BUILDER="${1#*=}"; shift ;;
+        --build-arg) EXTRA_ARGS+=(--build-arg "${2:?--build-arg needs K=V}"); shift 2 ;;
+        --build-arg=*) EXTRA_ARGS+=(--build-arg "${1#*=}"); shift ;;
+        --volume) VOLUMES+=(--volume "${2:?--volume needs SRC:DST[:ro]}"); shift 2 ;;
+        --volume=*) VOLUMES+=(--volume "${1#*=}"); shift ;;
         --no-cache) NO_CACHE=(--no-cache); shift ;;
         --list) images_py --names; exit 0 ;;
         -h|--help) usage; exit 0 ;;
@@ -214,6 +221,9 @@ for var in HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy; do
     [ -n "${!var:-}" ] && ARGS+=(--build-arg "$var=${!var}")
 done
 
+ARGS+=("${EXTRA_ARGS[@]}")
+[ "$BUILDER" = docker ] && [ ${#VOLUMES[@]} -gt 0 ] && die "--volume needs buildah (docker build mounts no volumes)"
+
 log "building $REF from $DOCKERFILE_REL with $BUILDER (base $BASE_REF)"
 start=$SECONDS
 if [ "$BUILDER" = docker ]; then
@@ -228,7 +238,7 @@ else
     layers=true
     [ "${STORAGE_DRIVER_OPT#*=}" = vfs ] && layers=false
     layers="${MODELPLANE_LAYERS:-$layers}"
-    bah bud --isolation chroot --layers="$layers" "${NO_CACHE[@]}" "${ARGS[@]}" \
+    bah bud --isolation chroot --layers="$layers" "${NO_CACHE[@]}" "${ARGS[@]}" "${VOLUMES[@]}" \
         -f "$CTX/$DOCKERFILE_REL" -t "$REF" "$CTX" >&2
 fi
 log "built $REF in $((SECONDS - start))s"
