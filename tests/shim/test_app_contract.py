@@ -144,6 +144,8 @@ def test_loading_then_ready_and_start_failure(free_port_factory) -> None:
     with ServerThread(create_app(backend, scripted_args(port)), port) as server:
         r = httpx.get(server.base_url + "/health")
         assert r.status_code == 503 and r.json()["status"] == "loading"
+        # a liveness probe must not restart a pod that is still loading its model
+        assert httpx.get(server.base_url + "/live").json() == {"status": "loading"}
         r = httpx.post(server.base_url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
         assert r.headers["Retry-After"] == "5"
@@ -157,6 +159,7 @@ def test_loading_then_ready_and_start_failure(free_port_factory) -> None:
         wait_until(lambda: httpx.get(server.base_url + "/health").json()["status"] == "dead", "dead")
         body = httpx.get(server.base_url + "/health").json()
         assert body["error"]["message"] == "engine failed to start: weights not found at /m"
+        assert httpx.get(server.base_url + "/live").status_code == 503
         r = httpx.post(server.base_url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_dead"
 

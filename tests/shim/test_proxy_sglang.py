@@ -236,6 +236,7 @@ def test_engine_death_fails_health_and_inflight_stream(start_shim_factory) -> No
     print(f"/health turned 503 {time.monotonic() - t0:.2f} s after the engine was killed")
     assert r.json()["status"] == "dead"
     assert "exited" in r.json()["error"]["message"]
+    assert httpx.get(shim.base_url + "/live").status_code == 503  # the liveness probe restarts the pod
     with shim.http() as h:
         r = h.post("/v1/chat/completions", json={"messages": MSG})
     assert r.status_code == 503

@@ -62,6 +62,7 @@ def test_401_through_the_openai_client(shim: RunningShim) -> None:
 def test_health_and_metrics_need_no_key(shim: RunningShim) -> None:
     assert httpx.get(shim.base_url + "/health").status_code == 200
     assert httpx.get(shim.base_url + "/metrics").status_code == 200
+    assert httpx.get(shim.base_url + "/live").status_code == 200
 
 
 def test_key_never_logged(shim: RunningShim) -> None:

@@ -297,6 +297,16 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
                 **envelope(state.message or state.state.value, 503, type="service_unavailable", code=code)}
         return JSONResponse(body, status_code=503, headers=retry_after_header(5))
 
+    @app.get("/live")
+    async def get_live() -> Response:
+        """For a liveness probe: 200 while loading or ready, 503 once the engine is dead."""
+        state = health()
+        if state.state is not State.DEAD:
+            return Response(b'{"status":"%s"}' % state.state.value.encode(), media_type="application/json")
+        body = {"status": "dead", **envelope(state.message or "dead", 503, type="service_unavailable",
+                                                code="engine_dead")}
+        return JSONResponse(body, status_code=503)
+
     @app.get("/metrics")
     async def get_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -21,7 +21,7 @@ from modelplane.shim.metrics import ShimMetrics
 T0_KEY = "modelplane.t0"
 
 #: paths answered without a key and outside the admission queue
-OPEN_PATHS = frozenset({"/health", "/metrics"})
+OPEN_PATHS = frozenset({"/health", "/live", "/metrics"})
 
 
 class ShimMiddleware:
