@@ -62,6 +62,10 @@ def _cel(*rules: tuple[str, str]) -> ConfigDict:
 
 
 MODEL_NAME_OR_URI = ("has(self.name) || has(self.uri)", "model.name or model.uri is required")
+URI_STAYS_INSIDE = (
+    "!(has(self.uri) && self.uri.matches('^(pvc|hf|s3)://(.*/)?[.][.](/.*)?$'))",
+    "model.uri: '..' is not allowed in a pvc://, hf:// or s3:// path (it would leave the volume or repository)",
+)
 _ENGINE_SET = "has(self.engine) && "
 _ACCEL_SET = "has(self.accelerator) && has(self.accelerator.type) && "
 GGUF_ENGINES = (
@@ -95,7 +99,7 @@ CACHE_ONE_SOURCE = (
 class ModelSource(_Model):
     """Which model to serve: a catalog family, or an explicit source."""
 
-    model_config = _cel(MODEL_NAME_OR_URI)
+    model_config = _cel(MODEL_NAME_OR_URI, URI_STAYS_INSIDE)
 
     name: str | None = Field(
         None,
@@ -150,6 +154,10 @@ class ModelSource(_Model):
     def _name_or_uri(self) -> ModelSource:
         if self.name is None and self.uri is None:
             raise ValueError(MODEL_NAME_OR_URI[1])
+        if self.uri and "://" in self.uri:
+            scheme, rest = self.uri.split("://", 1)
+            if scheme in ("pvc", "hf", "s3") and ".." in rest.split("/"):
+                raise ValueError(URI_STAYS_INSIDE[1])
         return self
 
 
