@@ -102,8 +102,9 @@ def test_security_context_is_restricted() -> None:
 
 def test_probes_hit_the_shim_health_endpoint() -> None:
     c = _deployment(BASE)["spec"]["template"]["spec"]["containers"][0]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/live", "port": "http"}
 
 
 def test_user_env_is_sorted_and_overrides() -> None:

@@ -227,9 +227,10 @@ def render_deployment(plan: Plan, md: Mapping[str, Any], config: OperatorConfig 
         "resources": _resources(plan, spec),
         "volumeMounts": mounts,
         # Model load can take many minutes; the startup probe holds liveness off until then.
+        # Liveness asks /live (503 only once the engine is dead), so a slow load is not restarted.
         "startupProbe": _probe("/health", 10, 180),
         "readinessProbe": _probe("/health", 5, 3),
-        "livenessProbe": _probe("/health", 10, 3),
+        "livenessProbe": _probe("/live", 10, 3),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
