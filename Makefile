@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo plan test test-fast lint verify crds catalog clean
+.PHONY: setup demo plan test test-fast images-smoke lint verify crds catalog clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,16 @@ plan: setup
 	$(VENV)/bin/modelplane plan -f examples/qwen-awq-nvidia.yaml -f examples/qwen-gguf-cpu.yaml --nodes examples/nodes/mixed.yaml -o summary
 
 test: setup
-	@if [ -x scripts/engine-venvs.sh ]; then scripts/engine-venvs.sh; fi
+	scripts/engine-venvs.sh
 	$(PY) -m pytest -q
+	$(MAKE) images-smoke
+
+# Build the CPU llama.cpp and operator images without a Docker engine (buildah, chroot, vfs) and
+# smoke-test them: --help, and the llama.cpp image answering a chat request with the tiny model.
+images-smoke:
+	@command -v buildah >/dev/null && command -v mmdebstrap >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah mmdebstrap >/dev/null; }
+	scripts/images/smoke.sh
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
