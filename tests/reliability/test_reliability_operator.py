@@ -1,0 +1,86 @@
+"""The operator on input only the resolver can judge, and with secrets around: Failed with the reason, no
+exception in its log, no secret in anything it writes.
+
+Runs the real operator (kopf) in-process against the API emulator of tests/controller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from ctlharness import DEPLOYMENTS, MDS, NODES, NS, cond, cpu_node, events_of, gguf_md
+
+from modelplane.controller.rbac import RULES
+
+
+def _md(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": NS}, "spec": spec}
+
+
+# (name, spec, the Resolved condition's reason, words its message must contain)
+ONLY_THE_RESOLVER_KNOWS = [
+    ("awq-on-cpu", {"model": {"name": "qwen2.5-instruct", "size": 7, "format": "awq", "quantization": "Int4"}},
+     "Rejected", ["vllm"]),
+    ("no-such-family", {"model": {"name": "no-such-model-family"}}, None, ["no-such-model-family"]),
+    ("no-such-size", {"model": {"name": "qwen2.5-instruct", "size": 9876, "format": "gguf"}}, None, ["9876"]),
+    ("too-big-for-memory", {"model": {"uri": "hf://org/huge-gguf", "format": "gguf", "size": 400,
+                                      "architecture": "LlamaForCausalLM"}}, "Rejected", ["memory"]),
+    # refused at admission by a CEL rule too; an object stored before that rule still ends Failed
+    ("pvc-climbs-out", {"model": {"uri": "pvc://weights/../../etc/passwd", "format": "gguf", "size": 0.5,
+                                  "architecture": "LlamaForCausalLM"}}, None, [".."]),
+]
+
+
+async def test_what_only_the_resolver_can_judge_fails_with_the_reason_and_no_exception(
+        fake, operator_run, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    for name, spec, _, _ in ONLY_THE_RESOLVER_KNOWS:
+        await fake.put_object(MDS, _md(name, spec))
+    await fake.put_object(MDS, gguf_md("good"))
+    for name, _, reason, words in ONLY_THE_RESOLVER_KNOWS:
+        failed = await fake.wait_for(
+            lambda n=name: (o := fake.get(MDS, NS, n)) and (o.get("status") or {}).get("phase") == "Failed" and o,
+            what=f"{name} Failed")
+        resolved = cond(failed, "Resolved")
+        assert resolved["status"] == "False", (name, resolved)
+        if reason:
+            assert resolved["reason"] == reason, (name, resolved)
+        text = resolved["message"] + json.dumps(failed["status"].get("rejected", []))
+        assert all(w in text for w in words), (name, text)
+        assert fake.get(DEPLOYMENTS, NS, name) is None
+    # the good one still deploys, and the operator logged no traceback or error for the bad ones
+    await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "good"), what="the good Deployment")
+    await operator_run.stop()
+    bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not bad, [(r.name, r.getMessage()) for r in bad]
+    assert "Traceback" not in caplog.text
+
+
+async def test_the_operator_never_reads_a_secret_so_no_value_can_reach_status_events_or_its_log(
+        fake, operator_run) -> None:
+    """Secrets stay references: the Deployment mounts or maps them, the operator never fetches one."""
+    assert not [r for r in RULES if r.resource.startswith("secrets")]
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    md = gguf_md("keyed")
+    md["spec"]["apiKeySecretRef"] = {"name": "api", "key": "key"}
+    md["spec"]["hfTokenSecretRef"] = {"name": "hf", "key": "token"}
+    md["spec"]["env"] = [{"name": "EXTRA", "valueFrom": {"secretKeyRef": {"name": "api", "key": "key"}}}]
+    await fake.put_object(MDS, md)
+    dep = await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "keyed"), what="the Deployment")
+    await fake.wait_for(lambda: (fake.get(MDS, NS, "keyed").get("status") or {}).get("phase") == "Deploying")
+    await fake.wait_for(lambda: events_of(fake, "keyed"), what="an Event")
+    await operator_run.stop()
+    assert not [r for r in fake.requests if "/secrets" in str(r.url)]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert "--api-key-file" in container["command"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert env["EXTRA"]["valueFrom"] == {"secretKeyRef": {"name": "api", "key": "key"}}
+    assert "value" not in env["HF_TOKEN"] and "value" not in env["EXTRA"]
