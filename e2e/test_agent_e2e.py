@@ -1,6 +1,6 @@
 """End to end: host agents on this machine join the cluster in KUBECONFIG and serve ModelDeployments natively.
 
-Two agents run here as subprocesses (``python -m modelplane.agent``): one
+Agents run here as subprocesses (``python -m modelplane.agent``): one
 advertises ``--accelerator cpu``, one ``--accelerator metal``. The operator
 (the ``operator`` fixture of e2e/conftest.py) places a Metal plan on the Metal
 agent's node with its ordinary node selector and toleration (no special
@@ -8,10 +8,20 @@ case), and a CPU llama.cpp deployment pinned to the CPU agent becomes Ready,
 answers through the pod IP from its EndpointSlice, recovers when its engine
 process is killed, and disappears (processes included) when deleted.
 
-Both agents share this host's address, so only one model server (port 8000,
-the operator's default) runs here at a time: the tests run one deployment
-after the other. Skipped, like all of e2e/, without a reachable cluster. On
-failure the agents' logs are printed after the conftest's objects and events.
+Scaling to two replicas on this one machine takes two more CPU agents, each
+with its own ``--address``: each binds its shim to its address, so both
+replicas listen on port 8000. EndpointSlices reject loopback addresses
+(127.0.0.0/8), so these must be other addresses of this host, named in
+``MODELPLANE_E2E_AGENT_ADDRESSES`` (that test is skipped, saying how, without
+them), for instance::
+
+    sudo ip addr add 10.254.0.2/32 dev lo && sudo ip addr add 10.254.0.3/32 dev lo
+    MODELPLANE_E2E_AGENT_ADDRESSES=10.254.0.2,10.254.0.3 KUBECONFIG=... pytest e2e/test_agent_e2e.py
+
+The CPU and Metal agents listen on all addresses (no ``--address``), so their
+deployments and the two-replica one run one after the other. Skipped, like
+all of e2e/, without a reachable cluster. On failure the agents' logs are
+printed after the conftest's objects and events.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from modelplane.hardware import ACCELERATOR_LABEL, AGENT_TAINT, METAL_RESOURCE
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERATE_AGENT = {"key": AGENT_TAINT, "operator": "Exists", "effect": "NoSchedule"}
+PAIR_LABEL = "modelplane.io/e2e-pair"
 
 
 def _pid_gone(pid: int) -> bool:
@@ -53,50 +64,109 @@ def tiny_gguf() -> Path:
     return build_tiny_model().gguf_path
 
 
+def _start_agent(name: str, root: Path, *args: str) -> dict[str, Any]:
+    """``python -m modelplane.agent`` with its own state folder, logging to a file."""
+    log_path = root / f"{name}.log"
+    cmd = [sys.executable, "-m", "modelplane.agent", "--node-name", name, "--state-dir", str(root / name),
+           "--stop-pods-on-exit", "-v", *args]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    return {"name": name, "process": proc, "log": log_path}
+
+
+def _wait_ready(agents: list[dict[str, Any]]) -> None:
+    for agent in agents:
+        def ready(agent: dict[str, Any] = agent) -> dict | None:
+            if agent["process"].poll() is not None:
+                raise AssertionError(f"agent exited {agent['process'].returncode}:\n{agent['log'].read_text()}")
+            node = get_json("node", agent["name"])
+            return node if condition(node, "Ready").get("status") == "True" else None
+
+        agent["node"] = poll(ready, timeout=60, what=f"node {agent['name']} Ready")
+
+
+def _stop_agents(agents: list[dict[str, Any]]) -> None:
+    """SIGTERM (the agents stop their pods' processes), then remove their Nodes and Leases."""
+    for agent in agents:
+        agent["process"].send_signal(signal.SIGTERM)
+    for agent in agents:
+        try:
+            agent["process"].wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            agent["process"].kill()
+        if not os.environ.get("MODELPLANE_E2E_KEEP"):
+            kubectl("delete", "node", agent["name"], "--ignore-not-found", check=False)
+            kubectl("delete", "lease", agent["name"], "-n", "kube-node-lease", "--ignore-not-found", check=False)
+
+
 @pytest.fixture(scope="module")
 def agents(operator: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict]]:
     """A CPU agent and a Metal agent on this machine, Ready in the cluster; removed afterwards."""
     root = tmp_path_factory.mktemp("agents")
     suffix = uuid.uuid4().hex[:5]
     out: dict[str, dict[str, Any]] = {}
-    for accel in ("cpu", "metal"):
-        name = f"e2e-agent-{accel}-{suffix}"
-        log_path = root / f"{name}.log"
-        cmd = [sys.executable, "-m", "modelplane.agent", "--node-name", name, "--accelerator", accel,
-               "--state-dir", str(root / name), "--stop-pods-on-exit", "-v"]
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        out[accel] = {"name": name, "process": proc, "log": log_path}
     try:
-        for agent in out.values():
-            def ready(agent: dict[str, Any] = agent) -> dict | None:
-                if agent["process"].poll() is not None:
-                    raise AssertionError(f"agent exited {agent['process'].returncode}:\n{agent['log'].read_text()}")
-                node = get_json("node", agent["name"])
-                return node if condition(node, "Ready").get("status") == "True" else None
-
-            agent["node"] = poll(ready, timeout=60, what=f"node {agent['name']} Ready")
+        for accel in ("cpu", "metal"):
+            out[accel] = _start_agent(f"e2e-agent-{accel}-{suffix}", root, "--accelerator", accel)
+        _wait_ready(list(out.values()))
         yield out
     finally:
-        for agent in out.values():
-            agent["process"].send_signal(signal.SIGTERM)
-        for agent in out.values():
-            try:
-                agent["process"].wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                agent["process"].kill()
-            if not os.environ.get("MODELPLANE_E2E_KEEP"):
-                kubectl("delete", "node", agent["name"], "--ignore-not-found", check=False)
-                kubectl("delete", "lease", agent["name"], "-n", "kube-node-lease", "--ignore-not-found", check=False)
+        _stop_agents(list(out.values()))
+
+
+def _pair_addresses() -> list[str]:
+    """Two addresses of this host for two agents, from MODELPLANE_E2E_AGENT_ADDRESSES; skips saying why not."""
+    import ipaddress
+
+    from modelplane.agent.ports import is_local
+
+    how = ("set MODELPLANE_E2E_AGENT_ADDRESSES to two non-loopback addresses of this host (EndpointSlices "
+           "reject 127.0.0.0/8), e.g. `sudo ip addr add 10.254.0.2/32 dev lo; sudo ip addr add 10.254.0.3/32 "
+           "dev lo` and MODELPLANE_E2E_AGENT_ADDRESSES=10.254.0.2,10.254.0.3")
+    addresses = [a.strip() for a in os.environ.get("MODELPLANE_E2E_AGENT_ADDRESSES", "").split(",") if a.strip()]
+    if len(set(addresses)) != 2:
+        pytest.skip(f"two agents on one host need two addresses: {how}")
+    for address in addresses:
+        if not is_local(address):
+            pytest.skip(f"{address} is not an address of this host: {how}")
+        if ipaddress.ip_address(address).is_loopback:
+            pytest.skip(f"{address} is a loopback address, which EndpointSlices reject: {how}")
+    return addresses
+
+
+@pytest.fixture(scope="module")
+def agent_pair(operator: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Two CPU agents on this host, each bound to its own address, sharing a ``modelplane.io/e2e-pair`` label."""
+    addresses = _pair_addresses()
+    root = tmp_path_factory.mktemp("pair")
+    suffix = uuid.uuid4().hex[:5]
+    out: list[dict[str, Any]] = []
+    try:
+        for i, address in enumerate(addresses):
+            agent = _start_agent(f"e2e-pair-{i}-{suffix}", root, "--accelerator", "cpu", "--address", address,
+                                 "--label", f"{PAIR_LABEL}={suffix}")
+            agent["address"] = address
+            out.append(agent)
+        _wait_ready(out)
+        yield {"agents": out, "label": suffix}
+    finally:
+        _stop_agents(out)
 
 
 @pytest.fixture(autouse=True)
 def agent_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print the logs of the agents the test used when it failed (after the conftest's objects and events)."""
     failed_before = request.session.testsfailed
     yield
-    if request.session.testsfailed > failed_before and "agents" in request.fixturenames:
-        for agent in request.getfixturevalue("agents").values():
-            print(f"\n===== agent {agent['name']} log =====\n{Path(agent['log']).read_text()[-20000:]}")
+    if request.session.testsfailed == failed_before:
+        return
+    used: list[dict[str, Any]] = []
+    if "agents" in request.fixturenames:
+        used += list(request.getfixturevalue("agents").values())
+    if "agent_pair" in request.fixturenames:
+        used += request.getfixturevalue("agent_pair")["agents"]
+    for agent in used:
+        print(f"\n===== agent {agent['name']} log =====\n{Path(agent['log']).read_text()[-20000:]}")
 
 
 def _md(name: str, gguf: Path, accelerator: str, **spec: Any) -> dict[str, Any]:
@@ -189,3 +259,67 @@ def test_cpu_agent_serves_recovers_and_cleans_up(agents: dict[str, dict], namesp
 
     _delete_and_wait(namespace, "e2e-agent-cpu")
     assert _pid_gone(new_pgid), "the model server outlived its pod"
+
+
+def _ready_endpoints(namespace: str, service: str) -> dict[str, int]:
+    """Ready endpoint address -> port, from the Service's EndpointSlices."""
+    slices = json.loads(kubectl("get", "endpointslices", "-n", namespace, "-l",
+                                f"kubernetes.io/service-name={service}", "-o", "json"))["items"]
+    out = {}
+    for item in slices:
+        for ep in item.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready"):
+                out.update({address: int(item["ports"][0]["port"]) for address in ep["addresses"]})
+    return out
+
+
+def test_two_replicas_on_two_agents_sharing_this_host(agent_pair: dict[str, Any], namespace: str,
+                                                      tiny_gguf: Path) -> None:
+    from openai import OpenAI
+
+    addresses = {a["name"]: a["address"] for a in agent_pair["agents"]}
+    name = "e2e-pair"
+    _apply(_md(name, tiny_gguf, "cpu", tolerations=[TOLERATE_AGENT],
+               nodeSelector={PAIR_LABEL: agent_pair["label"]}), namespace)
+
+    def md_ready(replicas: int) -> dict | None:
+        md = get_json("modeldeployment", name, "-n", namespace) or {}
+        st = md.get("status") or {}
+        return md if st.get("phase") == "Ready" and st.get("readyReplicas") == replicas else None
+
+    poll(lambda: md_ready(1), timeout=300, interval=2, what=f"{name} Ready with 1 replica")
+    kubectl("scale", f"modeldeployment/{name}", "-n", namespace, "--replicas=2")
+    # The scheduler spreads the second replica onto the other agent (fewer requests, default pod spreading);
+    # on the same node it would wait with PortInUse and this poll would time out, listing it below.
+    poll(lambda: md_ready(2), timeout=300, interval=2, what=f"{name} Ready with 2 replicas")
+
+    pods = _pods(namespace, name)
+    assert len(pods) == 2 and {p["spec"]["nodeName"] for p in pods} == set(addresses), \
+        [(p["metadata"]["name"], p["spec"].get("nodeName"), p.get("status")) for p in pods]
+    for p in pods:
+        assert p["status"]["podIP"] == addresses[p["spec"]["nodeName"]]
+    endpoints = poll(lambda: (e := _ready_endpoints(namespace, name)) and len(e) == 2 and e, timeout=120,
+                     what="two ready endpoints in the EndpointSlices")
+    assert set(endpoints) == set(addresses.values()) and len(set(endpoints.values())) == 1, endpoints
+    for address, port in endpoints.items():  # each replica answers at its own address, on the same port
+        client = OpenAI(base_url=f"http://{address}:{port}/v1", api_key="none")
+        reply = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=4, temperature=0)
+        assert reply.model == "tiny-chat" and reply.choices[0].message.content is not None
+    pgids = [int(p["status"]["containerStatuses"][0]["containerID"].rsplit("-", 1)[1]) for p in pods]
+
+    # Kill one replica's engine: its agent restarts it; the other replica keeps serving meanwhile.
+    victim = pods[0]
+    os.killpg(pgids[0], signal.SIGKILL)
+    poll(lambda: (p := get_json("pod", victim["metadata"]["name"], "-n", namespace)) and
+         p["status"]["containerStatuses"][0]["restartCount"] >= 1 and condition(p, "Ready").get("status") == "True",
+         timeout=300, interval=2, what="the killed replica restarted and Ready")
+    poll(lambda: md_ready(2), timeout=120, interval=2, what=f"{name} Ready with 2 replicas again")
+    pgids[0] = int(get_json("pod", victim["metadata"]["name"], "-n", namespace)["status"]["containerStatuses"][0]
+                   ["containerID"].rsplit("-", 1)[1])
+
+    # Delete: pods (and their processes), the Deployment and the Service go.
+    _delete_and_wait(namespace, name)
+    poll(lambda: get_json("deployment", name, "-n", namespace) is None and
+         get_json("service", name, "-n", namespace) is None, timeout=120, what="the Deployment and Service removed")
+    assert all(_pid_gone(pgid) for pgid in pgids), "a model server outlived its pod"

@@ -74,7 +74,8 @@ class AgentRun:
 
 
 def standin_pod(name: str, port: int, *, extra_args: tuple[str, ...] = (), command: list[str] | None = None,
-                restart_policy: str = "Always", grace: int = 5, image: str = IMAGE, **spec: Any) -> dict[str, Any]:
+                restart_policy: str = "Always", grace: int = 5, image: str = IMAGE, node: str = NODE,
+                **spec: Any) -> dict[str, Any]:
     """A pod bound to the agent's node whose container runs the stand-in server (or ``command``)."""
     container: dict[str, Any] = {
         "name": "server",
@@ -87,7 +88,7 @@ def standin_pod(name: str, port: int, *, extra_args: tuple[str, ...] = (), comma
     container.update(spec.pop("container", {}))
     return {
         "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
-        "spec": {"nodeName": NODE, "restartPolicy": restart_policy, "terminationGracePeriodSeconds": grace,
+        "spec": {"nodeName": node, "restartPolicy": restart_policy, "terminationGracePeriodSeconds": grace,
                  "containers": [container], **spec},
         "status": {"phase": "Pending"},
     }

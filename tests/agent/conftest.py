@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controller"))
 
 import kmock
 from agentfake import AgentFake
-from agentharness import AgentRun
+from agentharness import NODE, AgentRun
 from aiohttp.test_utils import RawTestServer
 
 
@@ -29,11 +29,16 @@ async def fake() -> AsyncIterator[AgentFake]:
 
 @pytest.fixture
 async def agents(fake: AgentFake, tmp_path: Path) -> AsyncIterator[Callable[..., AgentRun]]:
-    """A factory of agents on this event loop; all are stopped (their processes too) at the end."""
+    """A factory of agents on this event loop; all are stopped (their processes too) at the end.
+
+    Each node name gets its own state folder (agents on one host never share one); the same node name
+    started again reuses its folder, as a restarted agent does.
+    """
     made: list[AgentRun] = []
 
     def make(**overrides: object) -> AgentRun:
-        run = AgentRun(fake, state_dir=tmp_path / "state", **overrides)
+        node = overrides.get("node_name", NODE)
+        run = AgentRun(fake, state_dir=tmp_path / ("state" if node == NODE else f"state-{node}"), **overrides)
         made.append(run)
         return run
 

@@ -1,4 +1,4 @@
-"""A stand-in for the shim: a tiny HTTP server answering /health (and /env, /pids) on --port.
+"""A stand-in for the shim: a tiny HTTP server answering /health (and /env, /pids) on --host:--port.
 
 Options make it misbehave the ways the agent must handle: --ignore-term
 (needs SIGKILL), --child (starts a grandchild process in its group),
@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--child", action="store_true")
@@ -51,8 +52,8 @@ def main() -> None:
         def log_message(self, *_: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("0.0.0.0", args.port), Handler)
-    print(f"standin listening on {args.port}", flush=True)
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
+    print(f"standin listening on {args.host}:{args.port}", flush=True)
     try:
         server.serve_forever()
     finally:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from modelplane.agent.node import (
     node_status,
 )
 from modelplane.agent.pods import PodWorker, pod_key
+from modelplane.agent.ports import HOST_PORTS, is_local, is_wildcard, port_in_use
 from modelplane.agent.process import ContainerProcess, kill_group
 from modelplane.hardware import MEMORY_LABEL
 from modelplane.localhw import Probes
@@ -44,7 +47,7 @@ class Agent:
         self.probes = probes
         self.workers: dict[str, PodWorker] = {}
         self.node: dict[str, Any] = {}
-        self._ports: dict[int, PodWorker] = {}
+        self.bind_address, self.probe_host = bind_and_probe_addresses(config.address, address)
         self.node_path = f"/api/v1/nodes/{config.node_name}"
         self.lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{config.node_name}"
 
@@ -54,19 +57,29 @@ class Agent:
         return await self.kube.get(f"/api/v1/namespaces/{namespace}/{plural}/{name}")
 
     def claim_ports(self, worker: PodWorker, *, force: bool = False) -> str | None:
-        """Claim the worker's ports; the key of the pod holding one of them, or None when claimed."""
-        for port in worker.ports():
-            holder = self._ports.get(port)
-            if holder is not None and holder is not worker and not force:
-                return holder.key
-        for port in worker.ports():
-            self._ports[port] = worker
+        """Claim the worker's ports on the bind address; why it cannot (yet), or None when claimed.
+
+        A port conflicts when a pod of an agent in this process holds it on an overlapping address, or
+        when another process on this host listens there. ``force`` (adopted, running processes) skips both:
+        the pod's own process is the listener.
+        """
+        ports = worker.ports()
+        if not force:
+            for port in sorted(ports):
+                holder = HOST_PORTS.holder(self.bind_address, port, worker)
+                if holder is not None:
+                    return (f"port {port} on {self.bind_address} is held by pod {holder.key} on this host; "
+                            "this pod starts when it is released")
+            for port in sorted(ports):
+                if port_in_use(self.bind_address, port):
+                    return (f"port {port} on {self.bind_address} is in use by another process on this host "
+                            "(another agent with an overlapping --address, or a program outside the cluster); "
+                            "this pod starts when it is released")
+        HOST_PORTS.claim(self.bind_address, ports, worker)
         return None
 
     def release_ports(self, worker: PodWorker) -> None:
-        for port, holder in list(self._ports.items()):
-            if holder is worker:
-                del self._ports[port]
+        HOST_PORTS.release(worker)
 
     # ----- node and lease -----------------------------------------------------------------------
 
@@ -220,8 +233,27 @@ class Agent:
 
     # ----- main loop ----------------------------------------------------------------------------
 
+    def lock_state_dir(self) -> int:
+        """Hold ``<state-dir>/agent.lock``: two agents sharing a state folder would kill each other's pods."""
+        state = Path(self.config.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RuntimeError(f"another agent uses the state folder {state}: give each agent on a host its own "
+                               "--state-dir (and its own --node-name and --address)") from None
+        return fd
+
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        Path(self.config.state_dir).mkdir(parents=True, exist_ok=True)
+        lock = self.lock_state_dir()
+        try:
+            await self._run(stop, ready)
+        finally:
+            os.close(lock)  # releases the lock
+
+    async def _run(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
         await self.register()
         synced = asyncio.Event()
         tasks = [
@@ -246,6 +278,23 @@ class Agent:
                 await self.post_status(ready=False, message="modelplane host agent stopped")
             log.info("agent %s stopped (%s)", self.config.node_name,
                      "containers stopped" if stop_all else "containers left running for the next start to adopt")
+
+
+def bind_and_probe_addresses(configured: str | None, address: str) -> tuple[str, str]:
+    """Where the shim listens and where probes connect, from ``--address`` and the node address.
+
+    With ``--address`` set to an address of this host the shim listens there only (so several agents
+    with distinct addresses can share a host and its ports); unset, a wildcard, or not an address of
+    this host (e.g. a NAT or VPN address routed here), it listens on 0.0.0.0. Probes connect to the pod
+    IP (the node address) like kubelet's, or to 127.0.0.1 when that address is not local.
+    """
+    local = not is_wildcard(address) and is_local(address)
+    if configured and not is_wildcard(configured) and not local:
+        log.warning("--address %s is not an address of this host: pods listen on 0.0.0.0 (all addresses)",
+                    configured)
+    bind = address if configured and not is_wildcard(configured) and local else "0.0.0.0"
+    probe = address if local else "127.0.0.1"
+    return bind, probe
 
 
 async def run_agent(

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 
@@ -16,13 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--node-name", required=True, help="the Node's name (lower-case DNS name)")
     parser.add_argument("--accelerator", choices=("metal", "cpu", "auto"), default="auto",
                         help="what to advertise; auto: metal on Apple silicon, else cpu (default: auto)")
-    parser.add_argument("--address", help="the node's InternalIP and its pods' IP (default: the address of the "
-                                          "route to the API server)")
+    parser.add_argument("--address", help="the node's InternalIP and its pods' IP; pods listen on it only, so "
+                                          "agents with distinct addresses can share a host (default: the address "
+                                          "of the route to the API server, pods listening on 0.0.0.0)")
     parser.add_argument("--kubeconfig", help="kubeconfig to use (default: $KUBECONFIG, then ~/.kube/config)")
     parser.add_argument("--env-map", help="YAML file mapping image patterns to local environments "
                                           "(default: modelplane images -> this Python environment)")
-    parser.add_argument("--state-dir", help="where pod folders, logs and process records live "
-                                            "(default: ~/.modelplane/agent)")
+    parser.add_argument("--state-dir", help="where pod folders, logs and process records live; one per agent "
+                                            "(default: ~/.modelplane/agent/NODE-NAME)")
     parser.add_argument("--max-pods", type=int, default=16, help="the node's pod capacity (default: 16)")
     parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="an extra node label")
     parser.add_argument("--stop-pods-on-exit", action="store_true",
@@ -38,10 +40,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         if not sep or not key:
             raise ConfigError(f"--label {item!r}: expected KEY=VALUE")
         labels[key] = value
-    extra = {"state_dir": args.state_dir} if args.state_dir else {}
+    state_dir = args.state_dir or os.path.join(os.path.expanduser("~/.modelplane/agent"), args.node_name)
     return AgentConfig(node_name=args.node_name, accelerator=args.accelerator, address=args.address,
                        env_map=EnvMap.load(args.env_map), max_pods=args.max_pods, extra_labels=labels,
-                       stop_pods_on_exit=args.stop_pods_on_exit, **extra)
+                       stop_pods_on_exit=args.stop_pods_on_exit, state_dir=state_dir)
 
 
 async def _serve(config: AgentConfig, kubeconfig: str | None) -> None:

@@ -7,9 +7,11 @@ back-off, the ``Ready``/``ContainersReady`` conditions from readiness probes
 (after the startup probe succeeded), liveness restarts, and the log tail of a
 failed process as the termination message.
 
-Ports: pods on a host share its address, so each ``containerPort`` can be held
-by one pod at a time. A pod whose port another pod on this host holds stays
-``Pending`` (waiting reason ``PortInUse``) until that port is released.
+Ports: pods of one agent share its address, so each ``containerPort`` can be
+held by one pod per address at a time (see :mod:`modelplane.agent.ports`). A pod
+whose port is held on an overlapping address (by another pod, or by another
+process on the host) stays ``Pending`` (waiting reason ``PortInUse``) until
+that port is released.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ import aiohttp
 
 from modelplane.agent.kube import ApiError, PermanentApiError, TransientApiError
 from modelplane.agent.node import now
-from modelplane.agent.podspec import ConfigProblem, container_argv, container_env, mounts_for, prepare_volumes
+from modelplane.agent.podspec import (
+    ConfigProblem,
+    bind_shim,
+    container_argv,
+    container_env,
+    mounts_for,
+    prepare_volumes,
+)
 from modelplane.agent.probes import Probe, run_exec
 from modelplane.agent.process import ContainerProcess, tail
 
@@ -217,13 +226,17 @@ class ContainerRunner:
                 task.cancel()
             await asyncio.gather(probes, killer, waiter, return_exceptions=True)
 
+    def _probe(self, probe: Mapping[str, Any]) -> Probe:
+        """A probe against the pod IP, as kubelet's (``httpGet.host`` / ``tcpSocket.host`` still win)."""
+        return Probe(probe, self.spec, host=self.worker.agent.probe_host)
+
     async def _probe_loop(self) -> None:
         spec = self.spec
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         try:
             startup = spec.get("startupProbe")
             if startup:
-                ok = await self._until(Probe(startup, spec), session, want=True)
+                ok = await self._until(self._probe(startup), session, want=True)
                 if not ok:
                     self._liveness_failed.set()  # kubelet kills a container whose startup probe fails
                     return
@@ -231,12 +244,12 @@ class ContainerRunner:
             self.worker.dirty()
             tasks = []
             if spec.get("readinessProbe"):
-                tasks.append(self._readiness(Probe(spec["readinessProbe"], spec), session))
+                tasks.append(self._readiness(self._probe(spec["readinessProbe"]), session))
             else:
                 self.ready = True
                 self.worker.dirty()
             if spec.get("livenessProbe"):
-                tasks.append(self._liveness(Probe(spec["livenessProbe"], spec), session))
+                tasks.append(self._liveness(self._probe(spec["livenessProbe"]), session))
             if tasks:
                 await asyncio.gather(*tasks)
         finally:
@@ -309,7 +322,7 @@ class ContainerRunner:
         elif "exec" in hook:
             await run_exec(hook["exec"].get("command") or [], self.env)
         elif "httpGet" in hook:
-            await Probe({"httpGet": hook["httpGet"], "timeoutSeconds": 30}, self.spec).check(self.env)
+            await self._probe({"httpGet": hook["httpGet"], "timeoutSeconds": 30}).check(self.env)
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
@@ -409,14 +422,13 @@ class PodWorker:
             envs[c.name] = local
         adopted = {c.name: c.adopt() for c in self.containers}
         adopted_running = any(c.proc is not None and c.proc.running() for c in self.containers)
-        # Ports: one pod per containerPort on a host (the pod IP is the host's address).
+        # Ports: one pod per containerPort on an address (the pod IP is the agent's address).
         while not self.deleting:
-            holder = self.agent.claim_ports(self, force=adopted_running)
-            if holder is None:
+            problem = self.agent.claim_ports(self, force=adopted_running)
+            if problem is None:
                 break
             self.reason = "PortInUse"
-            self.message = (f"port(s) {', '.join(map(str, sorted(self.ports())))} held by pod {holder} on this "
-                            "host; this pod starts when it is released")
+            self.message = problem
             for c in self.containers:
                 c.state = {"waiting": {"reason": self.reason, "message": self.message}}
             self.dirty()
@@ -464,7 +476,7 @@ class PodWorker:
                 env["VIRTUAL_ENV"] = local.venv
             mounts = mounts_for(c.spec, volumes)
             env.update(await container_env(self.pod, c.spec, agent.fetch, agent.address, mounts))
-            argv = [mounts.rewrite(a) for a in container_argv(c.spec, env)]
+            argv = bind_shim([mounts.rewrite(a) for a in container_argv(c.spec, env)], agent.bind_address)
             program = local.resolve(argv[0], env["PATH"])
             if program is None:
                 raise ConfigProblem(f'command "{argv[0]}" not found in {local.bin_dir} or PATH (image '
@@ -505,8 +517,9 @@ class PodWorker:
             elif c.task is not None:
                 c.task.cancel()
                 await asyncio.gather(c.task, return_exceptions=True)
+        # Ports leave the in-process table either way; processes left running still hold them in the OS.
+        self.agent.release_ports(self)
         if stop_processes:
-            self.agent.release_ports(self)
             await self._flush()
         for task in (self.task, self._writer):
             task.cancel()

@@ -15,18 +15,30 @@ path under a mount point is rewritten to the host folder:
 
 Environment: ``value``, ``valueFrom`` ``secretKeyRef``/``configMapKeyRef``/
 ``fieldRef`` (``resourceFieldRef`` is not supported), and ``envFrom``.
+
+Network: pods on a host share its network, so the agent binds the shim to the
+pod IP: a command that runs the shim gets its ``--host`` rewritten (through
+:mod:`modelplane.shimargs`, the shim's own argv contract). Other commands can
+bind ``$(POD_IP)`` from the downward API (``fieldRef: status.podIP``).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
+import io
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelplane.shimargs import PROGRAM as SHIM_PROGRAM
+from modelplane.shimargs import ShimArgs
 from modelplane.sources import PVC_ROOT
+
+SHIM_MODULE = "modelplane.shim"
 
 Fetch = Callable[[str, str, str], Awaitable[dict[str, Any] | None]]  # (plural, namespace, name) -> object
 
@@ -196,3 +208,41 @@ def container_argv(container: Mapping[str, Any], env: Mapping[str, str]) -> list
         raise ConfigProblem(f'container "{container["name"]}" has no command: the host agent runs commands '
                             "natively and cannot use an image's entrypoint")
     return [expand(str(a), env) for a in [*command, *(container.get("args") or [])]]
+
+
+def shim_args_start(argv: Sequence[str]) -> int | None:
+    """Where the shim's own arguments begin when ``argv`` runs the shim, else None.
+
+    Recognised: ``modelplane-shim ...`` (any path to it) and ``python[3.x] [-flags] -m modelplane.shim ...``.
+    """
+    if not argv:
+        return None
+    program = os.path.basename(argv[0])
+    if program == SHIM_PROGRAM:
+        return 1
+    if not program.startswith("python"):
+        return None
+    for i in range(1, len(argv) - 1):
+        if argv[i] == "-m":
+            return i + 2 if argv[i + 1] == SHIM_MODULE else None
+        if not argv[i].startswith("-") or argv[i] in ("-c", "-X", "-W"):
+            return None  # a script, code or an option with a value: not ``-m modelplane.shim``
+    return None
+
+
+def bind_shim(argv: Sequence[str], host: str) -> list[str]:
+    """``argv`` with the shim's ``--host`` set to ``host``; other commands (and unparsable shim argv) unchanged.
+
+    The shim's command line is parsed and rendered again with :class:`ShimArgs`, so the result is what
+    the operator's renderer would have written with that host. A command line the shim would reject is
+    left alone: the shim's own usage error then becomes the container's termination message.
+    """
+    start = shim_args_start(argv)
+    if start is None:
+        return list(argv)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = ShimArgs.parse(list(argv[start:]))
+    except SystemExit:
+        return list(argv)
+    return [*argv[:start], *dataclasses.replace(args, host=host).to_argv()[1:]]
