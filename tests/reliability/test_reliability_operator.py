@@ -31,7 +31,7 @@ ONLY_THE_RESOLVER_KNOWS = [
                                       "architecture": "LlamaForCausalLM"}}, "Rejected", ["memory"]),
     # refused at admission by a CEL rule too; an object stored before that rule still ends Failed
     ("pvc-climbs-out", {"model": {"uri": "pvc://weights/../../etc/passwd", "format": "gguf", "size": 0.5,
-                                  "architecture": "LlamaForCausalLM"}}, None, [".."]),
+                                  "architecture": "LlamaForCausalLM"}}, "InvalidSpec", ["'..' is not allowed"]),
 ]
 
 
@@ -84,3 +84,24 @@ async def test_the_operator_never_reads_a_secret_so_no_value_can_reach_status_ev
     assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
     assert env["EXTRA"]["valueFrom"] == {"secretKeyRef": {"name": "api", "key": "key"}}
     assert "value" not in env["HF_TOKEN"] and "value" not in env["EXTRA"]
+
+
+async def test_an_api_call_that_times_out_is_retryable_not_fatal(fake) -> None:
+    """A hung API server (no answer within the client's timeout) is a TransientApiError, which the work queue
+    retries with back-off (tests/controller: test_work_queue_deduplicates_and_retries_with_backoff)."""
+    import kopf
+
+    from modelplane.controller.kube import KubeClient, TransientApiError
+
+    gate = fake.hold("GET", "nodes")
+    client = KubeClient(kopf.ConnectionInfo(server=str(fake.url).rstrip("/")), timeout=0.5)
+    try:
+        with pytest.raises(TransientApiError) as timed_out:
+            await client.request("GET", "/api/v1/nodes")
+        assert timed_out.value.status == 0 and "Timeout" in timed_out.value.reason
+    finally:
+        gate.set()
+        del fake.gates[("GET", "nodes")]
+    # the same call succeeds once the server answers again
+    assert "items" in await client.request("GET", "/api/v1/nodes")
+    await client.close()
