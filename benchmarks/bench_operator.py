@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -27,7 +28,7 @@ from typing import Any
 
 import aiohttp
 import yaml
-from benchlib import PYTHON, ROOT, load_average, pct, rnd, rss_mib, start_proc
+from benchlib import PYTHON, ROOT, cpu_seconds, load_average, pct, rnd, rss_mib, start_proc
 
 sys.path.insert(0, str(ROOT / "tests" / "controller"))
 import kmock
@@ -151,6 +152,7 @@ async def operator_run(n: int, timeout: float, logdir: Path) -> dict[str, Any]:
             ready_s = time.monotonic() - t_start
             idle_rss = rss_mib(op.pid)
             since = len(api.requests)
+            cpu_op0, cpu_api0 = cpu_seconds(op.pid), cpu_seconds(os.getpid())
             t0 = time.monotonic()
             create_s = await create_all(url, n)
             names = [f"md-{i:05d}" for i in range(n)]
@@ -164,10 +166,15 @@ async def operator_run(n: int, timeout: float, logdir: Path) -> dict[str, Any]:
                     raise RuntimeError(f"the operator exited with {op.popen.returncode}: {op.tail()}")
                 if time.monotonic() - t0 > timeout:
                     missing = sum(d is None for d in done)
+                    timeouts = op.tail(2_000_000).count("TimeoutError")
+                    cpu_op, cpu_api = cpu_seconds(op.pid) - cpu_op0, cpu_seconds(os.getpid()) - cpu_api0
                     raise TimeoutError(f"{missing} of {n} ModelDeployments had no children and status after "
-                                       f"{timeout:.0f} s")
+                                       f"{timeout:.0f} s ({n - missing} done; the operator logged {timeouts} "
+                                       f"request timeouts; CPU: operator {cpu_op:.1f} s, emulator and driver "
+                                       f"{cpu_api:.1f} s)")
                 await asyncio.sleep(0.1)
             all_done = max(d for d in done if d is not None) - t0
+            cpu_op, cpu_api = cpu_seconds(op.pid) - cpu_op0, cpu_seconds(os.getpid()) - cpu_api0
             latencies = [api.done(x) - api.t_created[x] for x in names]  # type: ignore[operator]
             await asyncio.sleep(1.0)  # let trailing writes (Events) land before counting
             writes: dict[str, int] = {}
@@ -182,6 +189,7 @@ async def operator_run(n: int, timeout: float, logdir: Path) -> dict[str, Any]:
                 "all_done_s": rnd(all_done, 3),
                 "create_to_done_p50_s": rnd(pct(latencies, 50), 3), "create_to_done_p99_s": rnd(pct(latencies, 99), 3),
                 "writes_per_deployment": rnd(operator_writes / n, 2), "writes_by_resource": writes,
+                "operator_cpu_s": rnd(cpu_op, 2), "api_and_driver_cpu_s": rnd(cpu_api, 2),
                 "operator_rss_idle_mib": rnd(idle_rss, 1), "operator_rss_peak_mib": rnd(peak, 1),
                 "load_average": load_average(),
             }
@@ -197,7 +205,7 @@ def run(quick: bool = False, *, sizes: list[int] | None = None, logdir: Path | N
     rows = []
     for n in sizes:
         try:
-            row = asyncio.run(operator_run(n, timeout=120 + 1.0 * n, logdir=logdir))
+            row = asyncio.run(operator_run(n, timeout=120 + 0.3 * n, logdir=logdir))
             row["bare_create_s"] = rnd(asyncio.run(bare_create(n)), 3)
             row["ratio_to_bare"] = rnd(row["all_done_s"] / row["bare_create_s"], 2) if row["bare_create_s"] else None
         except Exception as exc:

@@ -189,10 +189,11 @@ def table(results: dict[str, Any]) -> str:
         rss = r["operator_rss_peak_mib"]
         lines.append(f"| … operator RSS peak (MiB) | {_ok(rss, rss < 150)} | < 150 | |")
     res = parts.get("resolver", {})
-    if "total_seconds" in res:
+    total = res.get("total_cpu_seconds", res.get("total_seconds"))
+    if total is not None:
         slowest = min(r["plans_per_second"] for r in res["rows"])
-        lines.append(f"| resolver: whole catalog × {len(res['rows'])} cluster kinds (s) | "
-                     f"{_ok(res['total_seconds'], res['total_seconds'] < 1)} (≥ {slowest:,} plans/s) | < 1 s | |")
+        lines.append(f"| resolver: whole catalog ({res['rows'][0]['specs']:,} specs) × {len(res['rows'])} cluster "
+                     f"kinds (s) | {_ok(total, total < 1)} (≥ {slowest:,} plans/s) | < 1 s | |")
     elif "error" in res:
         lines.append(f"| resolver | error: {res['error'][:200]} | | |")
     return "\n".join(lines)
@@ -204,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="smallest sizes (tests); writes only with --out")
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {','.join(PARTS)}")
     p.add_argument("--out", type=Path, default=None, help="JSON results (default benchmarks/results/latest.json)")
+    p.add_argument("--table", type=Path, default=None, help="print the table of an earlier results file and exit")
     a = p.parse_args(argv)
+    if a.table is not None:
+        print(table(json.loads(a.table.read_text())))
+        return 0
     parts = [x for x in a.only.split(",") if x]
     unknown = set(parts) - set(PARTS)
     if unknown:
@@ -224,12 +229,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[run] {name} ...", file=sys.stderr, flush=True)
         results["parts"][name] = run_part(name, mode, logdir)
         print(f"[run] {name}: {results['parts'][name]['part_wall_s']} s", file=sys.stderr, flush=True)
+        if out is not None:  # what is done so far survives an interrupted run
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.with_suffix(".partial.json").write_text(json.dumps(results, indent=1) + "\n")
     results["load_average_end"] = load_average()
     results["wall_s"] = round(time.monotonic() - started, 1)
     results["table"] = table(results)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
+        out.with_suffix(".partial.json").unlink(missing_ok=True)
     print(results["table"])
     print(f"\n{mode} run, {results['wall_s']} s, load average {results['load_average_start']} → "
           f"{results['load_average_end']}" + (f"; results in {out}" if out else ""))
