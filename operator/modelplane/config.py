@@ -46,7 +46,7 @@ class OperatorConfig(BaseModel):
     image_pull_policy: str = Field("IfNotPresent", description="imagePullPolicy of model server pods.")
     shm_size: str = Field("16Gi", description="Size of /dev/shm for vLLM and SGLang pods.")
     termination_grace_seconds: int = Field(
-        60, ge=1, description="Time the shim has to finish in-flight streams on shutdown."
+        60, ge=1, description="Model pods' grace period: preStop sleep, then the shim drains in-flight streams."
     )
     max_queue: int = Field(256, ge=1, description="Requests a shim admits before answering 429.")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 #: largest ``n`` accepted: more choices than this per request is a mistake or an attack
 MAX_N = 128
@@ -28,7 +28,7 @@ class _Request(BaseModel):
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    include_usage: bool | None = None
+    include_usage: StrictBool | None = None
 
 
 class _Sampling(_Request):
@@ -38,7 +38,7 @@ class _Sampling(_Request):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int | None = Field(default=None, ge=1, le=MAX_N)
-    stream: bool | None = False
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -67,7 +67,7 @@ class ChatCompletionRequest(_Sampling):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
-    logprobs: bool | None = None
+    logprobs: StrictBool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
@@ -75,7 +75,7 @@ class CompletionRequest(_Sampling):
     """``POST /v1/completions``."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
-    echo: bool | None = None
+    echo: StrictBool | None = None
     logprobs: int | None = Field(default=None, ge=0, le=20)
     suffix: str | None = None
 
@@ -108,7 +108,7 @@ class RerankRequest(_Request):
     query: str
     documents: list[str | RerankDocument] = Field(min_length=1)
     top_n: int | None = Field(default=None, ge=1)
-    return_documents: bool | None = True
+    return_documents: StrictBool | None = True
 
     def body(self) -> dict[str, Any]:
         body = super().body()
