@@ -16,8 +16,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +49,9 @@ class RunningShim:
         return httpx.Client(base_url=self.base_url, headers=self.headers(), timeout=60.0, **kw)
 
     def openai(self, **kw: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=self.api_key or "unused",
-                             max_retries=0, timeout=60.0, **kw)
+        return openai.OpenAI(
+            base_url=self.base_url + "/v1", api_key=self.api_key or "unused", max_retries=0, timeout=60.0, **kw
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -138,44 +141,65 @@ def wait_until(predicate: Callable[[], bool], what: str, deadline_s: float = 60.
 
 def sse_events(raw: bytes) -> list[bytes]:
     """The data payloads of an SSE body, in order."""
-    return [e[len(b"data: "):] for e in raw.split(b"\n\n") if e.startswith(b"data: ")]
+    return [e[len(b"data: ") :] for e in raw.split(b"\n\n") if e.startswith(b"data: ")]
 
 
 def sse_json(raw: bytes) -> list[dict[str, Any]]:
     return [json.loads(e) for e in sse_events(raw) if e != b"[DONE]"]
 
 
-
-
-def start_shim_process(tmp: Path, port: int, *, engine: str = "sglang", model: str = "/models/standin-7b",
-                       served: str = "standin-chat", model_type: str = "llm", api_key: str | None = None,
-                       max_queue: int = 64, engine_args: dict[str, Any] | None = None,
-                       env: dict[str, str] | None = None, device: str = "cpu") -> RunningShim:
+def start_shim_process(
+    tmp: Path,
+    port: int,
+    *,
+    engine: str = "sglang",
+    model: str = "/models/standin-7b",
+    served: str = "standin-chat",
+    model_type: str = "llm",
+    api_key: str | None = None,
+    max_queue: int = 64,
+    engine_args: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    device: str = "cpu",
+) -> RunningShim:
     """Launch ``python -m modelplane.shim`` with the argv ``ShimArgs.to_argv()`` renders."""
     key_file = None
     if api_key:
         key_file = tmp / "api-key"
         key_file.write_text(api_key + "\n")
-    args = ShimArgs(engine=engine, model=model, served_model_name=served, model_type=model_type,
-                    device=device, host="127.0.0.1", port=port, max_queue=max_queue,
-                    api_key_file=str(key_file) if key_file else None, engine_args=engine_args or {})
+    args = ShimArgs(
+        engine=engine,
+        model=model,
+        served_model_name=served,
+        model_type=model_type,
+        device=device,
+        host="127.0.0.1",
+        port=port,
+        max_queue=max_queue,
+        api_key_file=str(key_file) if key_file else None,
+        engine_args=engine_args or {},
+    )
     full_env = dict(os.environ)
-    full_env.update({
-        "PYTHONPATH": os.pathsep.join([str(STANDIN), full_env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        "MODELPLANE_SGLANG_PYTHON": sys.executable,
-        "STANDIN_LOAD_SECONDS": "0.3",
-        "MODELPLANE_SHUTDOWN_GRACE_SECONDS": "5",
-        "MODELPLANE_ACCESS_LOG": "0",
-    })
+    full_env.update(
+        {
+            "PYTHONPATH": os.pathsep.join([str(STANDIN), full_env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            "MODELPLANE_SGLANG_PYTHON": sys.executable,
+            "STANDIN_LOAD_SECONDS": "0.3",
+            "MODELPLANE_SHUTDOWN_GRACE_SECONDS": "5",
+            "MODELPLANE_ACCESS_LOG": "0",
+        }
+    )
     full_env.update(env or {})
     log_path = tmp / "shim.log"
     argv = args.to_argv()
     assert argv[0] == "modelplane-shim"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "modelplane.shim", *argv[1:]], env=full_env,
-                                stdout=log, stderr=subprocess.STDOUT)
-    return RunningShim(proc=proc, base_url=f"http://127.0.0.1:{port}", log_path=log_path,
-                       api_key=api_key, args=args, env=full_env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelplane.shim", *argv[1:]], env=full_env, stdout=log, stderr=subprocess.STDOUT
+        )
+    return RunningShim(
+        proc=proc, base_url=f"http://127.0.0.1:{port}", log_path=log_path, api_key=api_key, args=args, env=full_env
+    )
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -195,3 +219,33 @@ def engine_python_or_skip(env_var: str, venv: str) -> str:
             pytest.fail(msg)
         pytest.skip(msg)
     return str(path)
+
+
+@contextmanager
+def serve(backend: Any, args: ShimArgs, port: int) -> Iterator[str]:
+    """Run ``create_app(backend, args)`` on uvicorn in a thread until the block exits."""
+    import uvicorn
+
+    from modelplane.shim.app import create_app
+
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(backend, args), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            assert thread.is_alive(), "uvicorn exited during start-up"
+            assert time.monotonic() < deadline, "the shim never became healthy"
+            try:
+                if httpx.get(base + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import openai
 import pytest
 import pytest_asyncio
+from shimproc import serve
 
 from modelplane.shim.backends.base import BackendError, State, Stream
 from modelplane.shim.backends.llamacpp import LlamaCppBackend, apply_engine_args, find_gguf
@@ -86,17 +82,19 @@ async def test_completions_stream_and_stop(llm: LlamaCppBackend) -> None:
 @in_module_loop
 async def test_concurrent_requests_all_complete(llm: LlamaCppBackend) -> None:
     prompts = ["The harbour town", "A computer is", "Rivers begin as", "Hello! How"]
-    solo = [(await llm.completions({"prompt": p, "max_tokens": 10, "temperature": 0}))["choices"][0]["text"]
-            for p in prompts]
-    both = await asyncio.gather(*[llm.completions({"prompt": p, "max_tokens": 10, "temperature": 0})
-                                  for p in prompts])
+    solo = [
+        (await llm.completions({"prompt": p, "max_tokens": 10, "temperature": 0}))["choices"][0]["text"]
+        for p in prompts
+    ]
+    both = await asyncio.gather(*[llm.completions({"prompt": p, "max_tokens": 10, "temperature": 0}) for p in prompts])
     assert [r["choices"][0]["text"] for r in both] == solo
 
 
 @in_module_loop
 async def test_closing_a_stream_cancels_it_in_llamacpp(llm: LlamaCppBackend) -> None:
-    stream = await llm.chat({"messages": HELLO, "max_tokens": 900, "temperature": 1.0, "ignore_eos": True,
-                             "stream": True})
+    stream = await llm.chat(
+        {"messages": HELLO, "max_tokens": 900, "temperature": 1.0, "ignore_eos": True, "stream": True}
+    )
     first = await stream.chunks.__anext__()
     for _ in range(2):
         await stream.chunks.__anext__()
@@ -111,8 +109,9 @@ async def test_closing_a_stream_cancels_it_in_llamacpp(llm: LlamaCppBackend) -> 
 @in_module_loop
 async def test_cancelling_a_non_streamed_call_cancels_it_in_llamacpp(llm: LlamaCppBackend) -> None:
     known = set(llm.records)
-    task = asyncio.ensure_future(llm.chat({"messages": HELLO, "max_tokens": 900, "temperature": 1.0,
-                                           "ignore_eos": True}))
+    task = asyncio.ensure_future(
+        llm.chat({"messages": HELLO, "max_tokens": 900, "temperature": 1.0, "ignore_eos": True})
+    )
     while not set(llm.records) - known:
         await asyncio.sleep(0.01)
     record = llm.records[(set(llm.records) - known).pop()]
@@ -168,7 +167,7 @@ async def test_greedy_tokens_match_transformers(llm: LlamaCppBackend, tiny_model
         ids = tok(prompt, return_tensors="pt").input_ids
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
-        want = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        want = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
         got = await llm.completions({"prompt": prompt, "max_tokens": 12, "temperature": 0})
         assert got["choices"][0]["text"] == want
 
@@ -176,8 +175,14 @@ async def test_greedy_tokens_match_transformers(llm: LlamaCppBackend, tiny_model
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def embedder(tiny_model: Any) -> Any:
     # a folder holding the GGUF, as the operator mounts it; a decoder model needs a pooling type to embed
-    b = LlamaCppBackend(_args(Path(tiny_model.gguf_path).parent, model_type="embedding",
-                              served_model_name="tiny-embed", engine_args={"pooling_type": "mean"}))
+    b = LlamaCppBackend(
+        _args(
+            Path(tiny_model.gguf_path).parent,
+            model_type="embedding",
+            served_model_name="tiny-embed",
+            engine_args={"pooling_type": "mean"},
+        )
+    )
     await b.start()
     yield b
     await b.stop()
@@ -275,8 +280,13 @@ async def test_minilm_gguf_embeddings_match_sentence_transformers(minilm_dir: Pa
 
     texts = ["A cat sits on the mat.", "A kitten is resting on the rug.", "The stock market fell sharply today."]
     want = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts)
-    b = LlamaCppBackend(_args(bert_to_gguf(minilm_dir, tmp_path / "minilm.gguf", rerank=False),
-                              model_type="embedding", served_model_name="minilm-gguf"))
+    b = LlamaCppBackend(
+        _args(
+            bert_to_gguf(minilm_dir, tmp_path / "minilm.gguf", rerank=False),
+            model_type="embedding",
+            served_model_name="minilm-gguf",
+        )
+    )
     await b.start()
     try:
         r = await b.embeddings({"input": texts})
@@ -298,22 +308,56 @@ async def test_rerank_with_a_cross_encoder_gguf(minilm_dir: Path, tmp_path: Path
 
     tok = AutoTokenizer.from_pretrained(minilm_dir)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, num_labels=1, max_position_embeddings=512, initializer_range=0.3)
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+        max_position_embeddings=512,
+        initializer_range=0.3,
+    )
     model = BertForSequenceClassification(config).eval()
     model.save_pretrained(tmp_path / "hf")
     tok.save_pretrained(tmp_path / "hf")
     query = "where do rivers begin"
-    docs = ["Rivers begin as small streams high in the mountains.", "To make tea, boil water.",
-            "The library had twelve rooms.", "Numbers have patterns.", "Boats rocked in the harbour."]
+    docs = [
+        "Rivers begin as small streams high in the mountains.",
+        "To make tea, boil water.",
+        "The library had twelve rooms.",
+        "Numbers have patterns.",
+        "Boats rocked in the harbour.",
+    ]
     # llama.cpp's rerank input: [BOS] query [EOS] [SEP] document [EOS]; the score is the raw logit
     q = tok(query, add_special_tokens=False).input_ids
     with torch.inference_mode():
-        want = [model(input_ids=torch.tensor([[tok.cls_token_id, *q, tok.sep_token_id, tok.sep_token_id,
-                                               *tok(d, add_special_tokens=False).input_ids,
-                                               tok.sep_token_id]])).logits[0, 0].item() for d in docs]
-    b = LlamaCppBackend(_args(bert_to_gguf(tmp_path / "hf", tmp_path / "ce.gguf", rerank=True),
-                              model_type="rerank", served_model_name="ce-gguf"))
+        want = [
+            model(
+                input_ids=torch.tensor(
+                    [
+                        [
+                            tok.cls_token_id,
+                            *q,
+                            tok.sep_token_id,
+                            tok.sep_token_id,
+                            *tok(d, add_special_tokens=False).input_ids,
+                            tok.sep_token_id,
+                        ]
+                    ]
+                )
+            )
+            .logits[0, 0]
+            .item()
+            for d in docs
+        ]
+    b = LlamaCppBackend(
+        _args(
+            bert_to_gguf(tmp_path / "hf", tmp_path / "ce.gguf", rerank=True),
+            model_type="rerank",
+            served_model_name="ce-gguf",
+        )
+    )
     assert b.capabilities == {"rerank"}
     await b.start()
     try:
@@ -338,8 +382,18 @@ def test_engine_args_map_onto_common_params() -> None:
     import xllamacpp
 
     p = xllamacpp.CommonParams()
-    apply_engine_args(p, {"ctx-size": 4096, "n_parallel": 3, "ngl": 12, "threads": 3,
-                          "sampling.top_k": 7, "pooling_type": "cls", "cache_type_k": "q8_0"})
+    apply_engine_args(
+        p,
+        {
+            "ctx-size": 4096,
+            "n_parallel": 3,
+            "ngl": 12,
+            "threads": 3,
+            "sampling.top_k": 7,
+            "pooling_type": "cls",
+            "cache_type_k": "q8_0",
+        },
+    )
     assert (p.n_ctx, p.n_parallel, p.n_gpu_layers, p.cpuparams.n_threads, p.sampling.top_k) == (4096, 3, 12, 3, 7)
     assert p.pooling_type == xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_CLS
     assert p.cache_type_k.name == "GGML_TYPE_Q8_0"
@@ -394,54 +448,29 @@ async def test_unloadable_model_is_dead(tmp_path: Path) -> None:
 # ---- through the real app ----------------------------------------------------------------------
 
 
-@contextmanager
-def serve(backend: Any, args: ShimArgs, port: int) -> Iterator[str]:
-    """Run ``create_app(backend, args)`` on uvicorn in a thread until the block exits."""
-    import uvicorn
-
-    from modelplane.shim.app import create_app
-
-    server = uvicorn.Server(uvicorn.Config(create_app(backend, args), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            assert thread.is_alive(), "uvicorn exited during start-up"
-            assert time.monotonic() < deadline, "the shim never became healthy"
-            try:
-                if httpx.get(base + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-
-
 def test_openai_client_chat_stream_completions(tiny_model: Any, free_port_factory: Any) -> None:
     args = _args(tiny_model.gguf_path)
     with serve(LlamaCppBackend(args), args, free_port_factory()) as base:
         client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
         chat = client.chat.completions.create(model="tiny-gguf", messages=HELLO, max_tokens=12, temperature=0)
         assert chat.model == "tiny-gguf" and chat.choices[0].message.content
-        chunks = list(client.chat.completions.create(model="tiny-gguf", messages=HELLO, max_tokens=12,
-                                                     temperature=0, stream=True,
-                                                     stream_options={"include_usage": True}))
+        chunks = list(
+            client.chat.completions.create(
+                model="tiny-gguf",
+                messages=HELLO,
+                max_tokens=12,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
         assert chunks[0].choices[0].delta.role == "assistant"
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
-            chat.choices[0].message.content
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == chat.choices[0].message.content
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
-        done = client.completions.create(model="tiny-gguf", prompt="The harbour town", max_tokens=8,
-                                          temperature=0)
+        done = client.completions.create(model="tiny-gguf", prompt="The harbour town", max_tokens=8, temperature=0)
         assert done.choices[0].text and done.model == "tiny-gguf"
         with pytest.raises(openai.BadRequestError) as err:
-            client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user",
-                                                                         "content": "harbour " * 5000}])
+            client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "harbour " * 5000}])
         assert err.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
 
 
@@ -451,16 +480,21 @@ def test_streamed_tool_call_deltas_merge_into_one_message() -> None:
     message: dict[str, Any] = {"role": "assistant"}
     for delta in (
         {"role": "assistant", "content": None},
-        {"reasoning_content": "need "}, {"reasoning_content": "weather"},
-        {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                         "function": {"name": "get_weather", "arguments": ""}}]},
+        {"reasoning_content": "need "},
+        {"reasoning_content": "weather"},
+        {
+            "tool_calls": [
+                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+            ]
+        },
         {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": '"Oslo"}'}}]},
         {"tool_calls": [{"index": 1, "id": "call_2", "function": {"name": "now", "arguments": "{}"}}]},
     ):
         _merge_delta(message, delta)
     assert message == {
-        "role": "assistant", "reasoning_content": "need weather",
+        "role": "assistant",
+        "reasoning_content": "need weather",
         "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}},
             {"id": "call_2", "type": "function", "function": {"name": "now", "arguments": "{}"}},

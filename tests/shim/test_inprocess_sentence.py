@@ -10,10 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +19,7 @@ import openai
 import pytest
 import pytest_asyncio
 import torch
+from shimproc import serve
 
 from modelplane.shim.backends.base import BackendError, State
 from modelplane.shim.backends.sentence import SentenceBackend
@@ -47,17 +44,25 @@ def cross_encoder_dir(minilm_dir: Path, tmp_path_factory: pytest.TempPathFactory
     out = tmp_path_factory.mktemp("tiny-cross-encoder")
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, num_labels=1, max_position_embeddings=512,
-                        initializer_range=0.3)  # scores far enough apart that the order is unambiguous
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+        max_position_embeddings=512,
+        initializer_range=0.3,
+    )  # scores far enough apart that the order is unambiguous
     BertForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 
 
 def _args(path: Path, model_type: str, **kw: Any) -> ShimArgs:
-    return ShimArgs(engine="transformers", model=str(path), served_model_name=f"st-{model_type}",
-                    model_type=model_type, **kw)
+    return ShimArgs(
+        engine="transformers", model=str(path), served_model_name=f"st-{model_type}", model_type=model_type, **kw
+    )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -137,11 +142,15 @@ def _own_scores(path: Path, query: str, docs: list[str]) -> list[float]:
 
 
 @in_module_loop
-async def test_rerank_orders_by_the_cross_encoder_scores(reranker: SentenceBackend,
-                                                         cross_encoder_dir: Path) -> None:
+async def test_rerank_orders_by_the_cross_encoder_scores(reranker: SentenceBackend, cross_encoder_dir: Path) -> None:
     query = "where do rivers begin"
-    docs = ["Rivers begin as small streams high in the mountains.", "To make tea, boil water.",
-            "The library had twelve rooms.", "Numbers have patterns.", "Boats rocked in the harbour."]
+    docs = [
+        "Rivers begin as small streams high in the mountains.",
+        "To make tea, boil water.",
+        "The library had twelve rooms.",
+        "Numbers have patterns.",
+        "Boats rocked in the harbour.",
+    ]
     r = await reranker.rerank({"query": query, "documents": docs})
     want = _own_scores(cross_encoder_dir, query, docs)
     assert [x["index"] for x in r["results"]] == sorted(range(len(docs)), key=lambda i: -want[i])
@@ -172,35 +181,6 @@ def test_bad_model_type_and_engine_args(minilm_dir: Path) -> None:
 # ---- through the real app --------------------------------------------------------------------
 
 
-@contextmanager
-def serve(backend: Any, args: ShimArgs, port: int) -> Iterator[str]:
-    """Run ``create_app(backend, args)`` on uvicorn in a thread until the block exits."""
-    import uvicorn
-
-    from modelplane.shim.app import create_app
-
-    server = uvicorn.Server(uvicorn.Config(create_app(backend, args), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            assert thread.is_alive(), "uvicorn exited during start-up"
-            assert time.monotonic() < deadline, "the shim never became healthy"
-            try:
-                if httpx.get(base + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-
-
 def test_openai_client_embeddings(minilm_dir: Path, free_port_factory: Any) -> None:
     args = _args(minilm_dir, "embedding")
     with serve(SentenceBackend(args), args, free_port_factory()) as base:
@@ -213,16 +193,18 @@ def test_openai_client_embeddings(minilm_dir: Path, free_port_factory: Any) -> N
         floats = client.embeddings.create(model=args.served_model_name, input="a cat", encoding_format="float")
         assert np.allclose(floats.data[0].embedding, v[0], atol=1e-6)
         with pytest.raises(openai.NotFoundError):
-            client.chat.completions.create(model=args.served_model_name, messages=[{"role": "user",
-                                                                                     "content": "hi"}])
+            client.chat.completions.create(model=args.served_model_name, messages=[{"role": "user", "content": "hi"}])
 
 
 def test_http_rerank(cross_encoder_dir: Path, free_port_factory: Any) -> None:
     args = _args(cross_encoder_dir, "rerank")
     docs = ["first document", "second one", {"text": "third"}]
     with serve(SentenceBackend(args), args, free_port_factory()) as base:
-        r = httpx.post(base + "/v1/rerank", json={"model": args.served_model_name, "query": "which one",
-                                                  "documents": docs, "top_n": 2}, timeout=60)
+        r = httpx.post(
+            base + "/v1/rerank",
+            json={"model": args.served_model_name, "query": "which one", "documents": docs, "top_n": 2},
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["model"] == args.served_model_name and len(body["results"]) == 2

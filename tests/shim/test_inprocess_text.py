@@ -58,10 +58,12 @@ def test_held_back_prefix_is_released_when_it_is_not_a_stop() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(text=st.text(alphabet="abc x", max_size=40), stop=st.text(alphabet="abc x", min_size=1, max_size=4),
-       cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=8))
-def test_stop_matcher_agrees_with_str_find_however_the_text_is_chunked(text: str, stop: str,
-                                                                       cuts: list[int]) -> None:
+@given(
+    text=st.text(alphabet="abc x", max_size=40),
+    stop=st.text(alphabet="abc x", min_size=1, max_size=4),
+    cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=8),
+)
+def test_stop_matcher_agrees_with_str_find_however_the_text_is_chunked(text: str, stop: str, cuts: list[int]) -> None:
     bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
     chunks = [text[a:b] for a, b in itertools.pairwise(bounds)]
     out, hit = _run(chunks, (stop,))
@@ -70,8 +72,10 @@ def test_stop_matcher_agrees_with_str_find_however_the_text_is_chunked(text: str
 
 
 @settings(max_examples=200, deadline=None)
-@given(text=st.text(alphabet="abc x", max_size=40),
-       stops=st.lists(st.text(alphabet="abc x", min_size=1, max_size=4), min_size=1, max_size=3))
+@given(
+    text=st.text(alphabet="abc x", max_size=40),
+    stops=st.lists(st.text(alphabet="abc x", min_size=1, max_size=4), min_size=1, max_size=3),
+)
 def test_several_stops_cut_at_the_earliest(text: str, stops: list[str]) -> None:
     out, hit = _run([text], tuple(stops))
     found = [text.find(s) for s in stops if s in text]

@@ -11,7 +11,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -19,6 +18,7 @@ import openai
 import pytest
 import pytest_asyncio
 import torch
+from shimproc import serve
 
 from modelplane.shim.backends.base import BackendError, State, Stream
 from modelplane.shim.backends.transformers import TransformersBackend
@@ -47,9 +47,13 @@ async def backend(tiny_model: Any) -> Any:
 def _reference(backend: TransformersBackend, ids: list[int], max_new_tokens: int) -> str:
     """Greedy text from plain ``model.generate`` for the same prompt tokens."""
     with torch.inference_mode():
-        out = backend.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                     max_new_tokens=max_new_tokens, do_sample=False)
-    return backend.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+        out = backend.model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+        )
+    return backend.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
 
 
 def _prompt_ids(backend: TransformersBackend, messages: list[dict[str, str]]) -> list[int]:
@@ -102,15 +106,14 @@ async def test_max_tokens_gives_length(backend: TransformersBackend) -> None:
 @in_module_loop
 async def test_completions_prompts_n_and_echo(backend: TransformersBackend) -> None:
     prompts = ["The harbour town", "A computer is a machine"]
-    r = await backend.completions({"prompt": prompts, "n": 2, "max_tokens": 8, "temperature": 0,
-                                   "echo": True})
+    r = await backend.completions({"prompt": prompts, "n": 2, "max_tokens": 8, "temperature": 0, "echo": True})
     assert r["object"] == "text_completion"
     assert [c["index"] for c in r["choices"]] == [0, 1, 2, 3]
     for c in r["choices"]:
         prompt = prompts[c["index"] // 2]
         assert c["text"].startswith(prompt)
         ids = list(backend.tokenizer(prompt).input_ids)
-        assert c["text"][len(prompt):] == _reference(backend, ids, 8)[: len(c["text"]) - len(prompt)]
+        assert c["text"][len(prompt) :] == _reference(backend, ids, 8)[: len(c["text"]) - len(prompt)]
     assert r["usage"]["prompt_tokens"] == sum(len(backend.tokenizer(p).input_ids) for p in prompts)
 
 
@@ -118,8 +121,7 @@ async def test_completions_prompts_n_and_echo(backend: TransformersBackend) -> N
 async def test_completions_stream_with_token_ids(backend: TransformersBackend) -> None:
     ids = list(backend.tokenizer("The harbour town").input_ids)
     whole = await backend.completions({"prompt": ids, "max_tokens": 8, "temperature": 0})
-    chunks = await _drain(await backend.completions({"prompt": ids, "max_tokens": 8, "temperature": 0,
-                                                     "stream": True}))
+    chunks = await _drain(await backend.completions({"prompt": ids, "max_tokens": 8, "temperature": 0, "stream": True}))
     assert all(c["object"] == "text_completion" for c in chunks)
     assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
     assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
@@ -213,8 +215,9 @@ async def test_request_joins_a_running_batch(backend: TransformersBackend) -> No
 async def test_closing_a_stream_stops_generation(backend: TransformersBackend) -> None:
     scheduler = backend.scheduler
     assert scheduler is not None
-    stream = await backend.chat({"messages": HELLO, "max_tokens": 1500, "temperature": 0, "ignore_eos": True,
-                                 "stream": True})
+    stream = await backend.chat(
+        {"messages": HELLO, "max_tokens": 1500, "temperature": 0, "ignore_eos": True, "stream": True}
+    )
     seen = [await stream.chunks.__anext__() for _ in range(3)]
     await stream.chunks.aclose()
     await scheduler.wait_idle()
@@ -230,8 +233,9 @@ async def test_cancelling_a_waiting_call_stops_generation(backend: TransformersB
     scheduler = backend.scheduler
     assert scheduler is not None
     await scheduler.wait_idle()
-    task = asyncio.ensure_future(backend.chat({"messages": HELLO, "max_tokens": 1500, "temperature": 0,
-                                               "ignore_eos": True}))
+    task = asyncio.ensure_future(
+        backend.chat({"messages": HELLO, "max_tokens": 1500, "temperature": 0, "ignore_eos": True})
+    )
     while not scheduler.records or next(reversed(scheduler.records.values())).generated_tokens < 2:
         await asyncio.sleep(0.005)
     record = next(reversed(scheduler.records.values()))
@@ -293,35 +297,6 @@ def test_unknown_engine_arg_fails_at_construction(tiny_model: Any) -> None:
 # ---- through the real app, real uvicorn, official openai client -------------------------------
 
 
-@contextmanager
-def serve(backend: Any, args: ShimArgs, port: int) -> Iterator[str]:
-    """Run ``create_app(backend, args)`` on uvicorn in a thread until the block exits."""
-    import uvicorn
-
-    from modelplane.shim.app import create_app
-
-    server = uvicorn.Server(uvicorn.Config(create_app(backend, args), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            assert thread.is_alive(), "uvicorn exited during start-up"
-            assert time.monotonic() < deadline, "the shim never became healthy"
-            try:
-                if httpx.get(base + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-
-
 @pytest.fixture(scope="module")
 def app_server(tiny_model: Any, free_port_factory: Any) -> Iterator[tuple[str, TransformersBackend]]:
     args = _args(tiny_model)
@@ -335,15 +310,17 @@ def test_openai_client_chat_stream_and_completions(app_server: tuple[str, Transf
     client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
     chat = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=16, temperature=0)
     assert chat.model == "tiny" and chat.choices[0].message.content
-    stream = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=16, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="tiny", messages=HELLO, max_tokens=16, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == chat.choices[0].message.content
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
-    done = client.completions.create(model="tiny", prompt="The harbour town", max_tokens=8, temperature=0, n=2,
-                                      stop=["never"])
+    done = client.completions.create(
+        model="tiny", prompt="The harbour town", max_tokens=8, temperature=0, n=2, stop=["never"]
+    )
     assert [c.index for c in done.choices] == [0, 1] and done.choices[0].text == done.choices[1].text
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "harbour " * 5000}])
@@ -356,13 +333,13 @@ def test_openai_client_concurrent_streams_are_batched(app_server: tuple[str, Tra
     assert scheduler is not None
     client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
     prompts = ["The harbour town", "A computer is", "Rivers begin as", "To make a cup of tea"]
-    solo = [client.completions.create(model="tiny", prompt=p, max_tokens=10, temperature=0).choices[0].text
-            for p in prompts]
+    solo = [
+        client.completions.create(model="tiny", prompt=p, max_tokens=10, temperature=0).choices[0].text for p in prompts
+    ]
     results: dict[int, tuple[str, str]] = {}
 
     def run(i: int) -> None:
-        stream = client.completions.create(model="tiny", prompt=prompts[i], max_tokens=10, temperature=0,
-                                           stream=True)
+        stream = client.completions.create(model="tiny", prompt=prompts[i], max_tokens=10, temperature=0, stream=True)
         chunks = list(stream)
         results[i] = (chunks[0].id, "".join(c.choices[0].text for c in chunks if c.choices))
 
@@ -386,14 +363,22 @@ def test_client_disconnect_stops_generation(app_server: tuple[str, TransformersB
     base, backend = app_server
     scheduler = backend.scheduler
     assert scheduler is not None
-    body = {"model": "tiny", "messages": HELLO, "max_tokens": 1500, "temperature": 0, "ignore_eos": True,
-            "stream": True}
-    with httpx.Client(base_url=base, timeout=60) as http, http.stream("POST", "/v1/chat/completions",
-                                                                      json=body) as resp:
+    body = {
+        "model": "tiny",
+        "messages": HELLO,
+        "max_tokens": 1500,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with (
+        httpx.Client(base_url=base, timeout=60) as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as resp,
+    ):
         assert resp.status_code == 200
         lines = resp.iter_lines()
         first = next(line for line in lines if line.startswith("data: "))
-        rid = httpx.Response(200, content=first[len("data: "):]).json()["id"]
+        rid = httpx.Response(200, content=first[len("data: ") :]).json()["id"]
         for _ in range(3):
             next(lines)
     # the connection is closed here, mid-stream
@@ -415,10 +400,20 @@ ARCHITECTURES = {
     # ALiBi, no position_ids argument at all
     "bloom": ({"hidden_size": 64, "n_layer": 2, "n_head": 2}, True),
     # a sliding-window layer: rows cannot be merged, new requests wait for the batch to drain
-    "gemma3_text": ({"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "num_key_value_heads": 1, "head_dim": 32, "sliding_window": 4,
-                     "layer_types": ["sliding_attention", "full_attention"], "max_position_embeddings": 512},
-                    False),
+    "gemma3_text": (
+        {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+            "sliding_window": 4,
+            "layer_types": ["sliding_attention", "full_attention"],
+            "max_position_embeddings": 512,
+        },
+        False,
+    ),
 }
 
 
@@ -430,8 +425,14 @@ async def test_other_architectures_batch_correctly(arch: str, tiny_model: Any, t
     extra, joins = ARCHITECTURES[arch]
     tok = AutoTokenizer.from_pretrained(tiny_model.hf_dir)
     # a wide weight init spreads the logits, so greedy choices are not near-ties
-    config = AutoConfig.for_model(arch, vocab_size=len(tok), initializer_range=0.5, bos_token_id=tok.bos_token_id,
-                                  eos_token_id=tok.eos_token_id, **extra)
+    config = AutoConfig.for_model(
+        arch,
+        vocab_size=len(tok),
+        initializer_range=0.5,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        **extra,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
