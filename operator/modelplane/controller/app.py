@@ -126,46 +126,48 @@ def build_registry(
             await controller.client.close()
 
     # ----- indexes (kopf fills them before any other handler runs) -----
+    # Index and event handlers are coroutines: kopf runs plain functions in a thread pool, one hop per
+    # watch event (most of the operator's CPU at scale), and they touch the controller's loop-bound state.
 
     @kopf.index(*md_resource, id=IDX_MDS, registry=registry)
-    def _mds(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
+    async def _mds(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
         copy = _plain(body)
         copy.get("metadata", {}).pop("managedFields", None)  # large, and never read
         return {(namespace, name): copy}
 
     @kopf.index("v1", "nodes", id=IDX_NODES, registry=registry)
-    def _nodes(body: kopf.Body, name: str, **_: Any) -> dict[Any, Any]:
+    async def _nodes(body: kopf.Body, name: str, **_: Any) -> dict[Any, Any]:
         return {name: compact_node(body)}
 
     for kind, (group, version, plural) in _CHILD_RESOURCES.items():
 
-        def _child(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
+        async def _child(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
             owner = owner_name(body, KIND)
             return {(namespace, owner): compact_child(body)} if owner else {}
 
         kopf.index(group, version, plural, id=IDX_CHILDREN[kind], labels=MANAGED, registry=registry)(_child)
 
-        def _child_event(body: kopf.Body, type: str | None, _kind: str = kind, **_: Any) -> None:
+        async def _child_event(body: kopf.Body, type: str | None, _kind: str = kind, **_: Any) -> None:
             controller.child_event(_kind, body, type, owner_name(body, KIND))
 
         kopf.on.event(group, version, plural, id=f"{IDX_CHILDREN[kind]}_events", labels=MANAGED,
                       registry=registry)(_child_event)
 
     @kopf.index("v1", "pods", id=IDX_PODS, labels=MANAGED, registry=registry)
-    def _pods(body: kopf.Body, namespace: str, labels: Any, **_: Any) -> dict[Any, Any]:
+    async def _pods(body: kopf.Body, namespace: str, labels: Any, **_: Any) -> dict[Any, Any]:
         instance = labels.get(INSTANCE_LABEL)
         return {(namespace, instance): compact_pod(body)} if instance else {}
 
     @kopf.on.event("v1", "pods", id="modelplane_pod_events", labels=MANAGED, registry=registry)
-    def _pod_event(namespace: str, labels: Any, **_: Any) -> None:
+    async def _pod_event(namespace: str, labels: Any, **_: Any) -> None:
         controller.pod_changed(namespace, labels.get(INSTANCE_LABEL))
 
     @kopf.on.event("v1", "nodes", id="modelplane_node_events", registry=registry)
-    def _node_event(**_: Any) -> None:
+    async def _node_event(**_: Any) -> None:
         controller.nodes_changed()
 
     @kopf.on.event(*md_resource, id="modelplane_md_events", registry=registry)
-    def _md_event(type: str, namespace: str, name: str, uid: str, **_: Any) -> None:
+    async def _md_event(type: str, namespace: str, name: str, uid: str, **_: Any) -> None:
         if type == "DELETED":
             controller.forget(namespace, name, uid)
 

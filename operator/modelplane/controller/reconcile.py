@@ -90,7 +90,8 @@ class Controller:
         self.queue = WorkQueue(self._work, workers=workers, base_delay=retry_base / 2)
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self._locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._applied: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # Children as our applies returned them, until the watch shows them: (kind, namespace, owner) -> name -> copy.
+        self._applied: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
         self._written: dict[str, dict[str, Any]] = {}
         self._hardware: Hardware | None = None
         self._instances: dict[Key, str] = {}  # (namespace, instance label) -> ModelDeployment name
@@ -135,15 +136,28 @@ class Controller:
             self.queue.add((namespace, owner))
 
     def child_event(self, kind: str, body: Mapping[str, Any], event_type: str | None, owner: str | None) -> None:
-        """A child's watch event: retire our own copy once the watch shows that object, then look again."""
+        """A child's watch event: retire our own copy once the watch shows that object, then look again.
+
+        The echo of our own apply (the very version it returned) changes nothing that reconcile did not
+        already see, so it queues no reconcile (at scale that halves the reconciles per deployment).
+        """
         meta = body.get("metadata") or {}
-        key = (kind, meta.get("namespace") or "", meta.get("name") or "")
-        mine = self._applied.get(key)
-        if mine is not None and mine.get("uid") == meta.get("uid") and (
-            event_type == "DELETED" or mine.get("resourceVersion") == meta.get("resourceVersion")
-        ):
-            del self._applied[key]
+        namespace = meta.get("namespace") or ""
+        mine = self._applied.get((kind, namespace, owner or ""), {}).get(meta.get("name") or "")
+        if mine is not None and mine.get("uid") == meta.get("uid"):
+            echo = event_type != "DELETED" and mine.get("resourceVersion") == meta.get("resourceVersion")
+            if echo or event_type == "DELETED":
+                self._retire(kind, namespace, owner or "", meta.get("name") or "")
+            if echo:
+                return
         self.child_changed(meta.get("namespace"), owner)
+
+    def _retire(self, kind: str, namespace: str, owner: str, name: str) -> None:
+        mine = self._applied.get((kind, namespace, owner))
+        if mine is not None:
+            mine.pop(name, None)
+            if not mine:
+                del self._applied[(kind, namespace, owner)]
 
     def pod_changed(self, namespace: str | None, instance: str | None) -> None:
         if namespace and instance:
@@ -156,8 +170,8 @@ class Controller:
         self.queue.forget((namespace, name))
         if uid:
             self._written.pop(uid, None)
-        for key in [k for k in self._applied if k[1] == namespace and self._applied[k].get("owner") == name]:
-            del self._applied[key]
+        for kind in IDX_CHILDREN:
+            self._applied.pop((kind, namespace, name), None)
 
     async def _work(self, key: Hashable) -> None:
         namespace, name = key  # type: ignore[misc]
@@ -277,7 +291,7 @@ class Controller:
             self.metrics.writes.labels(kind="apply").inc()
             compact = compact_child(response)
             compact["owner"] = meta["name"]
-            self._applied[(kind, meta["namespace"], name)] = compact
+            self._applied.setdefault((kind, meta["namespace"], meta["name"]), {})[name] = compact
             applied.append(f"{kind}/{name}")
             if kind == "Deployment":
                 old_hash = (observed or {}).get("labels", {}).get(SPEC_HASH_LABEL)
@@ -399,16 +413,17 @@ class Controller:
         """The child as last seen: from the watch, or from our own apply when the watch lags behind it."""
         ns, owner = md["metadata"]["namespace"], md["metadata"]["name"]
         seen = [c for c in self._values(IDX_CHILDREN[kind], (ns, owner)) if name is None or c.get("name") == name]
+        mine_by_name = self._applied.get((kind, ns, owner)) or {}
         if name is None:
-            applied = [v for (k, n, _), v in self._applied.items() if k == kind and n == ns and v.get("owner") == owner]
+            applied = list(mine_by_name.values())
         else:
-            applied = [v for v in [self._applied.get((kind, ns, name))] if v is not None]
+            applied = [v for v in [mine_by_name.get(name)] if v is not None]
         if applied:
             mine = applied[0]
             match = [c for c in seen if c.get("name") == mine.get("name")]
             fingerprint = ((mine.get("labels") or {}).get(SPEC_HASH_LABEL), mine.get("replicas"))
             if match and ((match[0].get("labels") or {}).get(SPEC_HASH_LABEL), match[0].get("replicas")) == fingerprint:
-                del self._applied[(kind, ns, mine["name"])]  # the watch caught up
+                self._retire(kind, ns, owner, mine["name"])  # the watch caught up
                 return match[0]
             return mine
         return seen[0] if seen else None
