@@ -159,3 +159,23 @@ async def test_client_classifies_failures(fake, free_port):
     await down.close()
     assert refused.value.status == 0
     assert errors == [("PATCH", 404), ("POST", 503)]
+
+
+def test_the_echo_of_our_own_apply_queues_no_reconcile_but_any_other_child_change_does():
+    from modelplane.config import OperatorConfig
+    from modelplane.controller import Controller
+
+    controller = Controller(OperatorConfig())
+    controller.indices = {"modelplane_mds": {("models", "m"): [{"metadata": {"name": "m"}}]}}
+    owner = [{"kind": "ModelDeployment", "name": "m", "uid": "u-md", "controller": True}]
+    applied = {"name": "m", "uid": "u1", "resourceVersion": "7", "labels": {}, "owner": "m"}
+    controller._applied[("Deployment", "models", "m")] = {"m": applied}
+
+    def body(rv):
+        return {"metadata": {"name": "m", "namespace": "models", "uid": "u1", "resourceVersion": rv,
+                             "ownerReferences": owner}}
+
+    controller.child_event("Deployment", body("7"), "ADDED", "m")  # the very version our apply returned
+    assert len(controller.queue) == 0 and controller._applied == {}
+    controller.child_event("Deployment", body("8"), "MODIFIED", "m")  # e.g. the Deployment controller's status
+    assert len(controller.queue) == 1
