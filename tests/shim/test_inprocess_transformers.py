@@ -289,6 +289,51 @@ async def test_full_queue_is_429(backend: TransformersBackend) -> None:
     assert (await waiting)["choices"][0]["finish_reason"] in ("stop", "length")
 
 
+@in_module_loop
+async def test_min_tokens_matches_generate_min_new_tokens(backend: TransformersBackend) -> None:
+    ids = _prompt_ids(backend, HELLO)
+    with torch.inference_mode():
+        out = backend.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                     max_new_tokens=40, min_new_tokens=40, do_sample=False)
+    expected = backend.tokenizer.decode(out[0, len(ids):], skip_special_tokens=True)
+    body = {"messages": HELLO, "max_tokens": 40, "min_tokens": 40, "temperature": 0}
+    r = await backend.chat(body)
+    assert r["choices"][0]["message"]["content"] == expected
+    assert r["usage"]["completion_tokens"] == 40 and r["choices"][0]["finish_reason"] == "length"
+    # streamed: one content chunk per generated token when every token is text
+    chunks = await _drain(await backend.chat({**body, "stream": True}))
+    deltas = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    assert "".join(d or "" for d in deltas) == expected
+    for bad in (-1, 41, "3", True):
+        with pytest.raises(BackendError) as err:
+            await backend.chat({**body, "min_tokens": bad})
+        assert err.value.status == 400 and err.value.param == "min_tokens"
+
+
+@in_module_loop
+async def test_unpadded_batch_matches_solo(backend: TransformersBackend) -> None:
+    """Rows with equal prompt lengths decode without an attention mask; the text must not change."""
+    scheduler = backend.scheduler
+    assert scheduler is not None
+    await scheduler.wait_idle()
+    body = {"prompt": "The harbour town", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
+    solo = (await backend.completions(body))["choices"][0]["text"]
+    with scheduler.hold_admission():
+        tasks = [asyncio.ensure_future(backend.completions(body)) for _ in range(3)]
+        while scheduler.pending_count() < 3:
+            await asyncio.sleep(0.01)
+    results = await asyncio.gather(*tasks)
+    assert [r["choices"][0]["text"] for r in results] == [solo] * 3
+    assert all(backend.record(r["id"]).max_batch_requests == 3 for r in results)  # type: ignore[union-attr]
+
+
+def test_threads_engine_arg(tiny_model: Any) -> None:
+    assert TransformersBackend(_args(tiny_model, engine_args={"threads": 3})).threads == 3
+    for bad in (0, -2, "2", 1.5, True):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            TransformersBackend(_args(tiny_model, engine_args={"threads": bad}))
+
+
 def test_unknown_engine_arg_fails_at_construction(tiny_model: Any) -> None:
     with pytest.raises(ValueError, match="unknown engine args for transformers: max_len"):
         TransformersBackend(_args(tiny_model, engine_args={"max_len": 5}))

@@ -79,11 +79,13 @@ class Sequence:
     """One choice of one request: a row of the batch while it runs."""
 
     def __init__(self, request: GenerationRequest, index: int, prompt_ids: list[int],
-                 params: SamplingParams, tokenizer: Any, device: torch.device) -> None:
+                 params: SamplingParams, tokenizer: Any, device: torch.device, *, min_tokens: int = 0) -> None:
         self.request = request
         self.index = index
         self.prompt_ids = prompt_ids
         self.params = params
+        #: EOS is masked out until this many tokens are out (vLLM's ``min_tokens``)
+        self.min_tokens = min_tokens
         self.detok = IncrementalDetokenizer(tokenizer)
         self.stops = StopMatcher(params.stop)
         self.generator: torch.Generator | None = None
@@ -131,7 +133,8 @@ class Scheduler:
     """Owns the model on one thread; batches every in-flight sequence into each step."""
 
     def __init__(self, model: Any, tokenizer: Any, *, device: torch.device, eos_ids: set[int],
-                 pad_id: int, max_num_seqs: int, max_prefill_tokens: int, max_queue: int) -> None:
+                 pad_id: int, max_num_seqs: int, max_prefill_tokens: int, max_queue: int,
+                 threads: int | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
@@ -140,6 +143,7 @@ class Scheduler:
         self.max_num_seqs = max_num_seqs
         self.max_prefill_tokens = max_prefill_tokens
         self.max_queue = max_queue
+        self.threads = threads
         self.stats = SchedulerStats()
         self.records: OrderedDict[str, RequestRecord] = OrderedDict()
         self.error: str | None = None
@@ -153,6 +157,7 @@ class Scheduler:
         self._rows: list[Sequence] = []
         self._cache: Any = None
         self._mask: torch.Tensor | None = None   # [B, T] 1 where the cache holds a real token
+        self._padded = False                     # whether _mask has any 0 (else the model needs no mask)
         self._pos: torch.Tensor | None = None    # [B] position of each row's next token
         self._next: torch.Tensor | None = None   # [B] next input token of each row
         self._can_join: bool | None = None       # learnt from the first prefill's cache
@@ -161,6 +166,7 @@ class Scheduler:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._positions = "position_ids" in params  # ALiBi models (Bloom) take positions from the mask
         self._keep = "logits_to_keep" in params
+        self._eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device) if eos_ids else None
         self._thread = threading.Thread(target=self._run, name="transformers-scheduler", daemon=True)
         self._thread.start()
 
@@ -240,6 +246,8 @@ class Scheduler:
     # ---- scheduler thread --------------------------------------------------
 
     def _run(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)  # the intra-op pool of this thread, which runs every op
         with torch.inference_mode():
             while True:
                 with self._cv:
@@ -299,7 +307,8 @@ class Scheduler:
         from transformers.cache_utils import DynamicLayer
 
         cache = DynamicCache(config=self.model.config)
-        out = self._forward(ids, mask, positions, cache, last_only=True)
+        padded = any(len(s.prompt_ids) != longest for s in seqs)
+        out = self._forward(ids, mask if padded or not self._positions else None, positions, cache, last_only=True)
         returned = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
         cache = returned if returned is not None else cache
         if self._can_join is None:
@@ -308,13 +317,14 @@ class Scheduler:
                 log.info("this model's cache cannot merge rows; new requests join when the batch drains")
         tokens = self._sample(out.logits[:, -1, :], seqs)
         self.stats.prefill_steps += 1
-        self._merge(cache, mask, seqs, mask.sum(-1), tokens)
+        self._merge(cache, mask, seqs, mask.sum(-1), tokens, padded=padded)
         self._emit(seqs, tokens.tolist())
 
     def _merge(self, cache: Any, mask: torch.Tensor, seqs: list[Sequence], pos: torch.Tensor,
-               tokens: torch.Tensor) -> None:
+               tokens: torch.Tensor, padded: bool) -> None:
         if not self._rows:
             self._cache, self._mask, self._pos, self._next = cache, mask, pos, tokens
+            self._padded = padded
             self._rows = list(seqs)
             return
         assert self._mask is not None and self._pos is not None and self._next is not None
@@ -331,6 +341,7 @@ class Scheduler:
         for old, new in zip(self._cache.layers, cache.layers, strict=True):
             old.keys = torch.cat([pad(old.keys, 2), pad(new.keys, 2)], dim=0)
             old.values = torch.cat([pad(old.values, 2), pad(new.values, 2)], dim=0)
+        self._padded = self._padded or padded or self._mask.shape[1] != mask.shape[1]
         self._mask = torch.cat([pad(self._mask, 1), pad(mask, 1)], dim=0)
         self._pos = torch.cat([self._pos, pos])
         self._next = torch.cat([self._next, tokens])
@@ -340,7 +351,9 @@ class Scheduler:
         assert self._mask is not None and self._pos is not None and self._next is not None
         rows = self._rows
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
-        out = self._forward(self._next[:, None], self._mask, self._pos[:, None], self._cache, last_only=False)
+        # without padding the mask is all ones: leaving it out spares the model building a 4D mask
+        mask = self._mask if self._padded or not self._positions else None
+        out = self._forward(self._next[:, None], mask, self._pos[:, None], self._cache, last_only=False)
         self._pos = self._pos + 1
         tokens = self._sample(out.logits[:, -1, :], rows)
         self._next = tokens
@@ -356,10 +369,11 @@ class Scheduler:
             rec.max_batch_rows = max(rec.max_batch_rows, len(rows))
         self._emit(rows, tokens.tolist())
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any,
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache: Any,
                  last_only: bool) -> Any:
-        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, self._cache_kw: cache,
-                                  "use_cache": True}
+        kwargs: dict[str, Any] = {"input_ids": ids, self._cache_kw: cache, "use_cache": True}
+        if mask is not None:
+            kwargs["attention_mask"] = mask
         if self._positions:
             kwargs["position_ids"] = positions
         if last_only and self._keep:
@@ -369,6 +383,10 @@ class Scheduler:
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         params = [s.params for s in seqs]
         logits = logits.float()
+        if self._eos is not None and any(s.n_out < s.min_tokens for s in seqs):
+            early = torch.tensor([s.n_out < s.min_tokens for s in seqs], device=logits.device)
+            blocked = logits.index_fill(1, self._eos[self._eos < logits.shape[-1]], float("-inf"))
+            logits = torch.where(early[:, None], blocked, logits)
         if any(p.presence_penalty or p.frequency_penalty for p in params):
             counts = torch.zeros_like(logits)
             for i, s in enumerate(seqs):
@@ -477,6 +495,7 @@ class Scheduler:
                         layer.keys = layer.keys[:, :, first:]
                         layer.values = layer.values[:, :, first:]
                     self._mask = self._mask[:, first:]
+                self._padded = not bool(self._mask.all())
         running = {id(s.request) for s in self._rows}
         for key, request in gone.items():
             if key not in running and all(s.finish is not None for s in request.sequences):

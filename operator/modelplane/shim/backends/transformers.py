@@ -17,6 +17,11 @@ Engine args (``--engine-args`` JSON), all optional:
 ``max_prefill_tokens``  most padded prompt tokens prefilled in one step (default 8192)
 ``trust_remote_code``   allow custom model code from the model folder (default false)
 ``attn_implementation`` e.g. ``sdpa`` or ``eager``
+``threads``             torch intra-op threads (default: the CPUs this process may use: its CPU
+                        affinity, capped by a cgroup CPU quota such as a pod's CPU limit)
+
+Requests may carry vLLM's ``min_tokens``: EOS cannot end a choice before that many tokens
+(``generate``'s ``min_new_tokens``).
 
 With ``--tensor-parallel-size`` above 1 on an accelerator, the layers are
 spread over the visible devices (``device_map="auto"``): this fits a model
@@ -28,7 +33,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import os
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from modelplane.shim.backends import _openai as oai
@@ -39,7 +47,7 @@ from modelplane.shimargs import ShimArgs
 log = logging.getLogger(__name__)
 
 ENGINE_ARGS = frozenset({"dtype", "max_model_len", "max_num_seqs", "max_prefill_tokens",
-                         "trust_remote_code", "attn_implementation"})
+                         "trust_remote_code", "attn_implementation", "threads"})
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -53,6 +61,64 @@ def check_engine_args(engine_args: dict[str, Any], allowed: frozenset[str], engi
     if unknown:
         raise ValueError(f"unknown engine args for {engine}: {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(allowed))}")
+
+
+def _cgroup_cpus(root: Path, proc_cgroup: str) -> float | None:
+    """The CPU quota (in CPUs) of this process's cgroup, v2 or v1, or None when unlimited."""
+    paths: list[tuple[Path, Path | None]] = []
+    for line in proc_cgroup.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        rel = path.lstrip("/")
+        if hierarchy == "0" and not controllers:  # v2: cpu.max holds "<quota|max> <period>"
+            for base in dict.fromkeys((root / rel, root)):
+                paths.append((base / "cpu.max", None))
+        elif "cpu" in controllers.split(","):
+            for base in dict.fromkeys((root / "cpu" / rel, root / "cpu", root / "cpu,cpuacct")):
+                paths.append((base / "cpu.cfs_quota_us", base / "cpu.cfs_period_us"))
+    for quota_file, period_file in paths:
+        try:
+            if period_file is None:
+                quota, _, period = quota_file.read_text().partition(" ")
+            else:
+                quota, period = quota_file.read_text(), period_file.read_text()
+        except OSError:
+            continue
+        quota, period = quota.strip(), period.strip()
+        if quota in ("max", "-1") or not period:
+            return None
+        with contextlib.suppress(ValueError):
+            if int(quota) > 0 and int(period) > 0:
+                return int(quota) / int(period)
+    return None
+
+
+def usable_cpus(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: str | None = None) -> int:
+    """CPUs this process may actually use: its affinity mask, capped by its cgroup's CPU quota
+    (a pod's CPU limit), rounded up; at least 1. ``os.cpu_count()`` counts the host's CPUs."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    if proc_cgroup is None:
+        try:
+            proc_cgroup = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            proc_cgroup = ""
+    quota = _cgroup_cpus(root, proc_cgroup)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
+def torch_threads(engine_args: dict[str, Any]) -> int:
+    """Torch's intra-op thread count: the ``threads`` engine arg, else :func:`usable_cpus`."""
+    threads = engine_args.get("threads")
+    if threads is None:
+        return usable_cpus()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"engine arg threads must be a positive integer, got {threads!r}")
+    return threads
 
 
 def resolve_device(device: str) -> Any:
@@ -110,6 +176,7 @@ class TransformersBackend(Backend):
         dtype = args.engine_args.get("dtype", "auto")
         if dtype not in DTYPES:
             raise ValueError(f"engine arg dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.threads = torch_threads(args.engine_args)
         self._health = Health(State.LOADING, "loading the model")
         self.scheduler: Scheduler | None = None
         self.tokenizer: Any = None
@@ -132,6 +199,7 @@ class TransformersBackend(Backend):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         args, extra = self.args, self.args.engine_args
+        torch.set_num_threads(self.threads)
         device = resolve_device(args.device)
         path = model_path(args.model)
         trust = bool(extra.get("trust_remote_code", False))
@@ -170,7 +238,7 @@ class TransformersBackend(Backend):
             self.model, self.tokenizer, device=device, eos_ids=eos, pad_id=int(pad),
             max_num_seqs=int(extra.get("max_num_seqs") or (32 if on_cpu else 256)),
             max_prefill_tokens=int(extra.get("max_prefill_tokens") or 8192),
-            max_queue=args.max_queue,
+            max_queue=args.max_queue, threads=self.threads,
         )
         try:
             scheduler.warm_up()
@@ -178,7 +246,8 @@ class TransformersBackend(Backend):
             scheduler.stop()
             raise
         self.scheduler = scheduler
-        log.info("loaded %s on %s (context %d tokens)", path, device, self.max_model_len)
+        log.info("loaded %s on %s (context %d tokens, %d torch threads)", path, device, self.max_model_len,
+                 self.threads)
 
     async def stop(self) -> None:
         scheduler, self.scheduler = self.scheduler, None
@@ -241,9 +310,15 @@ class TransformersBackend(Backend):
             raise BackendError("the prompt is empty", param=prompt_param)
         params = oai.sampling_params(body, prompt_tokens=longest, max_model_len=self.max_model_len,
                                      prompt_param=prompt_param)
+        min_tokens = body.get("min_tokens")
+        if min_tokens is not None and (isinstance(min_tokens, bool) or not isinstance(min_tokens, int)
+                                       or not 0 <= min_tokens <= params.max_tokens):
+            raise BackendError(f"'min_tokens' must be an integer between 0 and max_tokens ({params.max_tokens}), "
+                               f"got {min_tokens!r}", param="min_tokens")
         request = GenerationRequest(rid, sum(len(p) for p in prompts))
         request.sequences = [
-            Sequence(request, i * n + j, prompt, params, self.tokenizer, scheduler.device)
+            Sequence(request, i * n + j, prompt, params, self.tokenizer, scheduler.device,
+                     min_tokens=min_tokens or 0)
             for i, prompt in enumerate(prompts) for j in range(n)
         ]
         scheduler.submit(request)
