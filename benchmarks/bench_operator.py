@@ -1,16 +1,40 @@
-"""Operator scale: N ModelDeployments applied at once against the API emulator the operator tests use.
+"""Operator scale: N ModelDeployments applied at once; time until each has its children and status.
 
-    python benchmarks/bench_operator.py [--n 100] [--n 1000] [--json]
+    python benchmarks/bench_operator.py [--n 100] [--n 1000] [--quick]
+    python benchmarks/bench_operator.py --kubeconfig PATH [--n 100]   # a real cluster
+    python benchmarks/bench_operator.py --real [--n 100]              # the same, with $KUBECONFIG
 
-The API server is ``tests/controller/fakekube.py`` (kmock over real HTTP, with
-the API server's object semantics and the CRD's schema validation), served
-from this process. The operator is a separate process
-(``python -m modelplane.controller -A``) logged in through a kubeconfig that
-points at it, so its memory is its own. The driver POSTs N ModelDeployments
-(64 at a time) and the emulator stamps, on its own event loop, when each one's
-Deployment and Service appear and when its status first has a phase. Beside
-it, a fresh emulator takes N bare creates of the same objects with no
-operator: the floor a controller's writes are compared with.
+**Emulator** (default): the API server is ``tests/controller/fakekube.py``
+(kmock over real HTTP, with the API server's object semantics and the CRD's
+schema validation), served from this process. The operator is a separate
+process (``python -m modelplane.controller -A``) logged in through a
+kubeconfig that points at it, so its memory and CPU are its own. The driver
+POSTs N ModelDeployments (64 at a time) and the emulator stamps, on its own
+event loop, when each one is created, when its Deployment and Service appear
+and when its status first has a phase. Beside it, fresh emulators take N bare
+creates of the same objects with no operator (the median of 3): the floor a
+controller's writes are compared with. Writes are counted from the emulator's
+request log.
+
+**Real cluster** (``--kubeconfig``/``--real``): the same measurement against
+the cluster's API server. It installs the CRD from ``crds/`` if the cluster
+lacks it (and removes it afterwards; a CRD already there is left alone and
+noted, since an operator already installed may then act on the same objects),
+creates two scratch namespaces (``mp-bench-<id>`` and
+``mp-bench-bare-<id>``), and uses the cluster's own nodes: fake Nodes would
+be tainted unreachable by the node lifecycle controller and attract pods that
+never run. The ModelDeployments ask for ``replicas: 0``, so the Deployments it
+creates start no pods and pull no images (the operator's writes are the same).
+Bare creates of the same N objects go to the second namespace before the
+operator starts (it watches only the first, ``-n``). A canary
+ModelDeployment proves the operator is watching before the clock starts. The
+stamps come from watches (list, then watch from its resourceVersion; on
+410 Gone, list again), taken when the events reach the driver. Writes are
+the operator's own counters (``modelplane_operator_writes_total``: applies,
+status patches, Events) plus kopf's own patches of the ModelDeployments (their
+MODIFIED events not explained by a status write). Cleanup always runs:
+the operator is stopped, finalizers left on ModelDeployments are removed,
+both namespaces are deleted (and waited for), then the CRD if it was ours.
 """
 
 from __future__ import annotations
@@ -19,16 +43,21 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
+import re
+import statistics
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
-from benchlib import PYTHON, ROOT, cpu_seconds, load_average, pct, rnd, rss_mib, start_proc
+from benchlib import PYTHON, ROOT, cpu_seconds, free_port, load_average, pct, rnd, rss_mib, start_proc
 
 sys.path.insert(0, str(ROOT / "tests" / "controller"))
 import kmock
@@ -41,41 +70,59 @@ NODES = ("", "v1", "nodes")
 NS = "models"
 WATCHED = {"modeldeployments", "nodes", "deployments", "services", "persistentvolumeclaims", "pods"}
 CREATE_CONCURRENCY = 64
+BARE_REPEATS = 3
+CRD_FILE = ROOT / "crds" / "modelplane.io_modeldeployments.yaml"
+CRD_NAME = "modeldeployments.modelplane.io"
+MD_PATH = "/apis/modelplane.io/v1alpha1"
+
+log = logging.getLogger("bench_operator")
 
 
-class TimedKube(FakeKube):
-    """The emulator, stamping when each ModelDeployment is created, gets its children, and gets a status."""
+class Stamps:
+    """When each ModelDeployment was created, got its Deployment and Service, and first had a status phase."""
 
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        self.t_created: dict[str, float] = {}
-        self.t_children: dict[str, dict[str, float]] = {}
-        self.t_status: dict[str, float] = {}
+    def __init__(self) -> None:
+        self.created: dict[str, float] = {}
+        self.children: dict[str, dict[str, float]] = {}
+        self.status: dict[str, float] = {}
+        self.md_modified: dict[str, int] = {}
 
-    async def _emit(self, res: Any, type_: str, obj: dict[str, Any]) -> None:
-        now = time.monotonic()
+    def observe(self, plural: str, type_: str, obj: dict[str, Any], now: float) -> None:
         name = obj["metadata"]["name"]
-        if res == MDS:
+        if plural == "modeldeployments":
             if type_ == "ADDED":
-                self.t_created.setdefault(name, now)
-            elif (obj.get("status") or {}).get("phase"):
-                self.t_status.setdefault(name, now)
-        elif res in (DEPLOYMENTS, SERVICES) and type_ == "ADDED":
-            self.t_children.setdefault(name, {}).setdefault(res[2], now)
-        await super()._emit(res, type_, obj)
+                self.created.setdefault(name, now)
+            elif type_ == "MODIFIED":
+                self.md_modified[name] = self.md_modified.get(name, 0) + 1
+            if type_ != "DELETED" and (obj.get("status") or {}).get("phase"):
+                self.status.setdefault(name, now)
+        elif plural in ("deployments", "services") and type_ != "DELETED":
+            self.children.setdefault(name, {}).setdefault(plural, now)
 
     def done(self, name: str) -> float | None:
-        kids = self.t_children.get(name, {})
-        if name in self.t_status and len(kids) == 2:
-            return max(self.t_status[name], *kids.values())
+        kids = self.children.get(name, {})
+        if name in self.status and len(kids) == 2:
+            return max(self.status[name], *kids.values())
         return None
 
 
-def md(i: int) -> dict[str, Any]:
+class TimedKube(FakeKube):
+    """The emulator, stamping (on its own loop) the changes the benchmark waits for."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.stamps = Stamps()
+
+    async def _emit(self, res: Any, type_: str, obj: dict[str, Any]) -> None:
+        self.stamps.observe(res[2], type_, obj, time.monotonic())
+        await super()._emit(res, type_, obj)
+
+
+def md(i: int, namespace: str = NS, replicas: int = 1, name: str | None = None) -> dict[str, Any]:
     return {"apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
-            "metadata": {"name": f"md-{i:05d}", "namespace": NS},
+            "metadata": {"name": name or f"md-{i:05d}", "namespace": namespace},
             "spec": {"model": {"name": "qwen2.5-instruct", "size": 1.5, "format": "gguf",
-                               "quantization": "Q4_K_M"}, "replicas": 1, "servedModelName": f"m{i}"}}
+                               "quantization": "Q4_K_M"}, "replicas": replicas, "servedModelName": f"m{i}"}}
 
 
 def cpu_node(name: str) -> dict[str, Any]:
@@ -85,40 +132,40 @@ def cpu_node(name: str) -> dict[str, Any]:
 
 
 async def _prepare(api: FakeKube) -> None:
-    crd = yaml.safe_load((ROOT / "crds" / "modelplane.io_modeldeployments.yaml").read_text())
+    crd = yaml.safe_load(CRD_FILE.read_text())
     api.schemas[MDS] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     await api.put_object(("", "v1", "namespaces"), {"metadata": {"name": NS}})
     for i in range(3):
         await api.put_object(NODES, cpu_node(f"cpu-{i}"))
 
 
-async def create_all(url: str, n: int) -> float:
+async def create_all(session: aiohttp.ClientSession, url: str, n: int, *, namespace: str = NS,
+                     replicas: int = 1) -> float:
     """POST n ModelDeployments, CREATE_CONCURRENCY at a time; seconds until the last is accepted."""
-    endpoint = f"{url.rstrip('/')}/apis/modelplane.io/v1alpha1/namespaces/{NS}/modeldeployments"
+    endpoint = f"{url.rstrip('/')}{MD_PATH}/namespaces/{namespace}/modeldeployments"
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(i)
     failures: list[str] = []
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker() -> None:
         while not queue.empty():
             i = queue.get_nowait()
-            async with session.post(endpoint, json=md(i)) as r:
-                if r.status != 201 and r.status != 200:
-                    failures.append(f"{r.status}: {(await r.text())[:200]}")
+            async with session.post(endpoint, json=md(i, namespace, replicas)) as r:
+                if r.status not in (200, 201):
+                    failures.append(f"{r.status}: {(await r.text())[:300]}")
 
     start = time.monotonic()
-    async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(worker(session) for _ in range(CREATE_CONCURRENCY)))
+    await asyncio.gather(*(worker() for _ in range(CREATE_CONCURRENCY)))
     if failures:
-        raise RuntimeError(f"{len(failures)} creates failed, first: {failures[0]}")
+        raise RuntimeError(f"{len(failures)} of {n} creates failed, first: {failures[0]}")
     return time.monotonic() - start
 
 
 async def bare_create(n: int) -> float:
-    async with TimedKube() as api, kmock.Server(api):
+    async with TimedKube() as api, kmock.Server(api), aiohttp.ClientSession() as session:
         await _prepare(api)
-        return await create_all(str(api.url), n)
+        return await create_all(session, str(api.url), n)
 
 
 def kubeconfig(url: str, tmp: Path) -> Path:
@@ -132,8 +179,34 @@ def kubeconfig(url: str, tmp: Path) -> Path:
     return path
 
 
+async def _wait_done(names: list[str], stamps: Stamps, op: Any, timeout: float, t0: float,
+                     cpu: Callable[[], str]) -> tuple[list[float], float]:
+    """Wait until every name is done (sampling the operator's RSS); returns the done stamps and the RSS peak."""
+    peak = rss_mib(op.pid)
+    while True:
+        done = [stamps.done(x) for x in names]
+        peak = max(peak, rss_mib(op.pid))
+        if all(d is not None for d in done):
+            return [d for d in done if d is not None], peak
+        if op.popen.poll() is not None:
+            raise RuntimeError(f"the operator exited with {op.popen.returncode}: {op.tail()}")
+        if time.monotonic() - t0 > timeout:
+            missing = sum(d is None for d in done)
+            timeouts = op.tail(2_000_000).count("TimeoutError")
+            raise TimeoutError(f"{missing} of {len(names)} ModelDeployments had no children and status after "
+                               f"{timeout:.0f} s ({len(names) - missing} done; the operator logged {timeouts} "
+                               f"request timeouts; {cpu()})")
+        await asyncio.sleep(0.1)
+
+
+def _figures(n: int, names: list[str], stamps: Stamps, done: list[float], t0: float) -> dict[str, Any]:
+    latencies = [stamps.done(x) - stamps.created[x] for x in names]  # type: ignore[operator]
+    return {"all_done_s": rnd(max(done) - t0, 3), "create_to_done_p50_s": rnd(pct(latencies, 50), 3),
+            "create_to_done_p99_s": rnd(pct(latencies, 99), 3)}
+
+
 async def operator_run(n: int, timeout: float, logdir: Path) -> dict[str, Any]:
-    async with TimedKube() as api, kmock.Server(api):
+    async with TimedKube() as api, kmock.Server(api), aiohttp.ClientSession() as session:
         await _prepare(api)
         url = str(api.url)
         tmp = Path(tempfile.mkdtemp(prefix="bench-operator-"))
@@ -153,29 +226,17 @@ async def operator_run(n: int, timeout: float, logdir: Path) -> dict[str, Any]:
             idle_rss = rss_mib(op.pid)
             since = len(api.requests)
             cpu_op0, cpu_api0 = cpu_seconds(op.pid), cpu_seconds(os.getpid())
+
+            def cpu() -> str:
+                return (f"CPU: operator {cpu_seconds(op.pid) - cpu_op0:.1f} s, emulator and driver "
+                        f"{cpu_seconds(os.getpid()) - cpu_api0:.1f} s")
+
             t0 = time.monotonic()
-            create_s = await create_all(url, n)
+            create_s = await create_all(session, url, n)
             names = [f"md-{i:05d}" for i in range(n)]
-            peak = rss_mib(op.pid)
-            while True:
-                done = [api.done(x) for x in names]
-                peak = max(peak, rss_mib(op.pid))
-                if all(d is not None for d in done):
-                    break
-                if op.popen.poll() is not None:
-                    raise RuntimeError(f"the operator exited with {op.popen.returncode}: {op.tail()}")
-                if time.monotonic() - t0 > timeout:
-                    missing = sum(d is None for d in done)
-                    timeouts = op.tail(2_000_000).count("TimeoutError")
-                    cpu_op, cpu_api = cpu_seconds(op.pid) - cpu_op0, cpu_seconds(os.getpid()) - cpu_api0
-                    raise TimeoutError(f"{missing} of {n} ModelDeployments had no children and status after "
-                                       f"{timeout:.0f} s ({n - missing} done; the operator logged {timeouts} "
-                                       f"request timeouts; CPU: operator {cpu_op:.1f} s, emulator and driver "
-                                       f"{cpu_api:.1f} s)")
-                await asyncio.sleep(0.1)
-            all_done = max(d for d in done if d is not None) - t0
+            done, peak = await _wait_done(names, api.stamps, op, timeout, t0, cpu)
             cpu_op, cpu_api = cpu_seconds(op.pid) - cpu_op0, cpu_seconds(os.getpid()) - cpu_api0
-            latencies = [api.done(x) - api.t_created[x] for x in names]  # type: ignore[operator]
+            figures = _figures(n, names, api.stamps, done, t0)
             await asyncio.sleep(1.0)  # let trailing writes (Events) land before counting
             writes: dict[str, int] = {}
             for r in api.requests[since:]:
@@ -185,9 +246,8 @@ async def operator_run(n: int, timeout: float, logdir: Path) -> dict[str, Any]:
             writes["modeldeployments"] = writes.get("modeldeployments", 0) - n  # the driver's own creates
             operator_writes = sum(writes.values())
             return {
-                "n": n, "operator_ready_s": rnd(ready_s, 2), "create_s": rnd(create_s, 3),
-                "all_done_s": rnd(all_done, 3),
-                "create_to_done_p50_s": rnd(pct(latencies, 50), 3), "create_to_done_p99_s": rnd(pct(latencies, 99), 3),
+                "n": n, "api": "emulator", "operator_ready_s": rnd(ready_s, 2), "create_s": rnd(create_s, 3),
+                **figures,
                 "writes_per_deployment": rnd(operator_writes / n, 2), "writes_by_resource": writes,
                 "operator_cpu_s": rnd(cpu_op, 2), "api_and_driver_cpu_s": rnd(cpu_api, 2),
                 "operator_rss_idle_mib": rnd(idle_rss, 1), "operator_rss_peak_mib": rnd(peak, 1),
@@ -198,29 +258,287 @@ async def operator_run(n: int, timeout: float, logdir: Path) -> dict[str, Any]:
             op.stop()
 
 
-def run(quick: bool = False, *, sizes: list[int] | None = None, logdir: Path | None = None) -> dict[str, Any]:
+# ----- a real cluster ---------------------------------------------------------------------------------
+
+
+class Cluster:
+    """The driver's session with a real API server, with the kubeconfig's credentials (as the operator logs in)."""
+
+    def __init__(self, kubeconfig_path: str) -> None:
+        import kopf
+
+        from modelplane.controller.app import default_login
+        from modelplane.controller.kube import _auth_headers, _ssl_context
+
+        os.environ["KUBECONFIG"] = kubeconfig_path  # kopf's logins read it; the operator process gets it too
+        self.kubeconfig = kubeconfig_path
+        info = default_login(logger=log, settings=kopf.OperatorSettings())
+        if info is None:
+            raise RuntimeError(f"no credentials in {kubeconfig_path}")
+        self.server = info.server.rstrip("/")
+        self._stack = contextlib.ExitStack()
+        self._ssl = _ssl_context(info, self._stack)
+        self._headers = _auth_headers(info)
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Cluster:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl, limit=CREATE_CONCURRENCY + 8),
+            headers={**self._headers, "User-Agent": "modelplane-bench"},
+        )
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self.session is not None:
+            await self.session.close()
+        self._stack.close()
+
+    async def call(self, method: str, path: str, body: Any = None, *, params: dict[str, str] | None = None,
+                   content_type: str = "application/json", ok: tuple[int, ...] = (200, 201, 202)) -> Any:
+        """One request; the decoded body, or None for a status in ``ok`` other than 2xx (e.g. 404)."""
+        assert self.session is not None
+        data = None if body is None else json.dumps(body)
+        async with self.session.request(method, self.server + path, data=data, params=params,
+                                        headers={"Content-Type": content_type}) as r:
+            text = await r.text()
+            if r.status not in ok:
+                raise RuntimeError(f"{method} {path}: {r.status}: {text[:500]}")
+            return json.loads(text) if r.status < 300 and text else None
+
+    async def watch(self, path: str, on_event: Callable[[str, dict[str, Any]], None],
+                    stop: asyncio.Event, listed: asyncio.Event) -> None:
+        """List, then watch from the list's resourceVersion until ``stop``; list again after 410 Gone."""
+        assert self.session is not None
+        while not stop.is_set():
+            listing = await self.call("GET", path)
+            for obj in listing.get("items") or []:
+                on_event("ADDED", obj)
+            rv = listing["metadata"]["resourceVersion"]
+            listed.set()
+            gone = False
+            while not stop.is_set() and not gone:
+                params = {"watch": "true", "resourceVersion": rv, "allowWatchBookmarks": "true",
+                          "timeoutSeconds": "300"}
+                timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+                async with self.session.get(self.server + path, params=params, timeout=timeout) as r:
+                    if r.status == 410:
+                        gone = True
+                        continue
+                    if r.status != 200:
+                        raise RuntimeError(f"watch {path}: {r.status}: {(await r.text())[:300]}")
+                    async for line in r.content:
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        obj = event.get("object") or {}
+                        if event.get("type") == "ERROR":
+                            gone = obj.get("code") == 410
+                            break
+                        rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                        if event.get("type") != "BOOKMARK":
+                            on_event(event["type"], obj)
+                        if stop.is_set():
+                            break
+
+    async def wait_gone(self, path: str, timeout: float = 180.0) -> bool:
+        """Poll until the object is gone (cleanup, not measurement); False after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await self.call("GET", path, ok=(200, 404)) is None:
+                return True
+            await asyncio.sleep(1.0)
+        return False
+
+
+def _writes_counters(text: str) -> dict[str, float]:
+    """``modelplane_operator_writes_total{kind="..."}`` from the operator's /metrics."""
+    out: dict[str, float] = {}
+    for m in re.finditer(r'^modelplane_operator_writes_total\{kind="([^"]+)"\} ([0-9.e+]+)$', text, re.M):
+        out[m.group(1)] = float(m.group(2))
+    return out
+
+
+async def _metrics(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
+    async with session.get(f"http://127.0.0.1:{port}/metrics") as r:
+        return _writes_counters(await r.text())
+
+
+async def _ensure_crd(cluster: Cluster) -> bool:
+    """Install the CRD if the cluster lacks it; True when this run created it. Waits for Established."""
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
+    if await cluster.call("GET", path, ok=(200, 404)) is not None:
+        log.warning("the CRD %s is already installed: leaving it; an operator already running in this cluster "
+                    "may act on the benchmark's objects too", CRD_NAME)
+        return False
+    await cluster.call("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+                       yaml.safe_load(CRD_FILE.read_text()))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        crd = await cluster.call("GET", path)
+        if any(c.get("type") == "Established" and c.get("status") == "True"
+               for c in (crd.get("status") or {}).get("conditions") or []):
+            return True
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"the CRD {CRD_NAME} was not Established in 60 s")
+
+
+async def _cleanup(cluster: Cluster, namespaces: list[str], crd_ours: bool) -> list[str]:
+    """Remove finalizers left on ModelDeployments, delete the namespaces (and the CRD if ours); problems found."""
+    problems = []
+    for ns in namespaces:
+        listing = await cluster.call("GET", f"{MD_PATH}/namespaces/{ns}/modeldeployments", ok=(200, 404))
+        for obj in (listing or {}).get("items") or []:
+            if obj["metadata"].get("finalizers"):
+                await cluster.call("PATCH", f"{MD_PATH}/namespaces/{ns}/modeldeployments/{obj['metadata']['name']}",
+                                   {"metadata": {"finalizers": None}}, content_type="application/merge-patch+json",
+                                   ok=(200, 404))
+        await cluster.call("DELETE", f"/api/v1/namespaces/{ns}", ok=(200, 202, 404))
+    for ns in namespaces:
+        if not await cluster.wait_gone(f"/api/v1/namespaces/{ns}"):
+            problems.append(f"namespace {ns} still there after 180 s")
+    if crd_ours:
+        path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
+        await cluster.call("DELETE", path, ok=(200, 202, 404))
+        if not await cluster.wait_gone(path):
+            problems.append(f"CRD {CRD_NAME} still there after 180 s")
+    return problems
+
+
+async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -> dict[str, Any]:
+    """The measurement against the cluster in ``kubeconfig_path`` (see the module docstring)."""
+    run_id = uuid.uuid4().hex[:6]
+    ns, bare_ns = f"mp-bench-{run_id}", f"mp-bench-bare-{run_id}"
+    async with Cluster(kubeconfig_path) as cluster:
+        assert cluster.session is not None
+        nodes = (await cluster.call("GET", "/api/v1/nodes")).get("items") or []
+        if not nodes:
+            raise RuntimeError("the cluster has no nodes: the operator resolves against the nodes' hardware")
+        crd_ours = await _ensure_crd(cluster)
+        created_ns: list[str] = []
+        op = None
+        stop = asyncio.Event()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            for name in (ns, bare_ns):
+                await cluster.call("POST", "/api/v1/namespaces", {"metadata": {"name": name, "labels": {
+                    "app.kubernetes.io/created-by": "modelplane-bench"}}})
+                created_ns.append(name)
+            bare_s = await create_all(cluster.session, cluster.server, n, namespace=bare_ns, replicas=0)
+
+            stamps = Stamps()
+            listed = [asyncio.Event() for _ in range(3)]
+
+            def on(plural: str) -> Callable[[str, dict[str, Any]], None]:
+                return lambda type_, obj: stamps.observe(plural, type_, obj, time.monotonic())
+
+            for (group_path, plural), ready in zip(
+                    [(MD_PATH, "modeldeployments"), ("/apis/apps/v1", "deployments"), ("/api/v1", "services")],
+                    listed, strict=True):
+                tasks.append(asyncio.create_task(cluster.watch(f"{group_path}/namespaces/{ns}/{plural}",
+                                                               on(plural), stop, ready)))
+            await asyncio.gather(*(e.wait() for e in listed))
+
+            port = free_port()
+            op = start_proc(f"operator-real-{n}", [PYTHON, "-m", "modelplane.controller", "-n", ns,
+                                                   "--metrics-port", str(port), "--health-port", "0",
+                                                   "--bind-address", "127.0.0.1"],
+                            0, logdir, env={"KUBECONFIG": kubeconfig_path})
+            t_start = time.monotonic()
+            await cluster.call("POST", f"{MD_PATH}/namespaces/{ns}/modeldeployments", md(0, ns, 0, "bench-canary"))
+            await _wait_done(["bench-canary"], stamps, op, 120, t_start, lambda: "")
+            ready_s = time.monotonic() - t_start
+            idle_rss = rss_mib(op.pid)
+            await asyncio.sleep(1.0)  # the canary's trailing Events
+            before = await _metrics(cluster.session, port)
+            modified0 = sum(stamps.md_modified.values())
+            cpu_op0 = cpu_seconds(op.pid)
+
+            def cpu() -> str:
+                return f"operator CPU {cpu_seconds(op.pid) - cpu_op0:.1f} s"  # type: ignore[union-attr]
+
+            t0 = time.monotonic()
+            create_s = await create_all(cluster.session, cluster.server, n, namespace=ns, replicas=0)
+            names = [f"md-{i:05d}" for i in range(n)]
+            done, peak = await _wait_done(names, stamps, op, timeout, t0, cpu)
+            cpu_op = cpu_seconds(op.pid) - cpu_op0
+            figures = _figures(n, names, stamps, done, t0)
+            await asyncio.sleep(2.0)  # let trailing writes (Events, kopf's patches) land before counting
+            after = await _metrics(cluster.session, port)
+            counted = {k: int(after.get(k, 0) - before.get(k, 0)) for k in sorted(set(after) | set(before))}
+            kopf_patches = max(0, sum(stamps.md_modified.values()) - modified0 - counted.get("status", 0))
+            writes = {"deployments+services (apply)": counted.get("apply", 0),
+                      "modeldeployments/status": counted.get("status", 0), "events": counted.get("event", 0),
+                      "modeldeployments (kopf, from the watch)": kopf_patches}
+            return {
+                "n": n, "api": "real cluster", "server": cluster.server, "nodes": len(nodes),
+                "crd_preexisting": not crd_ours, "operator_ready_s": rnd(ready_s, 2), "create_s": rnd(create_s, 3),
+                **figures, "bare_create_s": rnd(bare_s, 3),
+                "ratio_to_bare": rnd((max(done) - t0) / bare_s, 2) if bare_s else None,
+                "writes_per_deployment": rnd(sum(writes.values()) / n, 2), "writes_by_resource": writes,
+                "operator_cpu_s": rnd(cpu_op, 2), "api_and_driver_cpu_s": None,
+                "operator_rss_idle_mib": rnd(idle_rss, 1), "operator_rss_peak_mib": rnd(peak, 1),
+                "load_average": load_average(),
+            }
+        finally:
+            if op is not None:
+                await asyncio.to_thread(op.stop)  # first, so that nothing writes while the namespaces go
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            problems = await _cleanup(cluster, created_ns, crd_ours)
+            for problem in problems:
+                log.warning("cleanup: %s", problem)
+
+
+# ----- entry points -----------------------------------------------------------------------------------
+
+
+def _bare(n: int) -> float:
+    """Median of BARE_REPEATS bare creates, each on a fresh emulator (one alone is ~10% noisy at N=100)."""
+    return statistics.median(asyncio.run(bare_create(n)) for _ in range(BARE_REPEATS))
+
+
+def run(quick: bool = False, *, sizes: list[int] | None = None, logdir: Path | None = None,
+        kubeconfig: str | None = None) -> dict[str, Any]:
+    """Rows for each N; against a real cluster when ``kubeconfig`` (or $MODELPLANE_BENCH_KUBECONFIG) is given."""
     sizes = sizes or ([100] if quick else [100, 1000])
     logdir = logdir or ROOT / "benchmarks" / "results" / "logs"
+    kubeconfig = kubeconfig or os.environ.get("MODELPLANE_BENCH_KUBECONFIG") or None
     started = time.monotonic()
     rows = []
     for n in sizes:
         try:
-            row = asyncio.run(operator_run(n, timeout=120 + 0.3 * n, logdir=logdir))
-            row["bare_create_s"] = rnd(asyncio.run(bare_create(n)), 3)
-            row["ratio_to_bare"] = rnd(row["all_done_s"] / row["bare_create_s"], 2) if row["bare_create_s"] else None
+            if kubeconfig:
+                row = asyncio.run(real_run(n, kubeconfig, timeout=300 + 0.5 * n, logdir=logdir))
+            else:
+                row = asyncio.run(operator_run(n, timeout=120 + 0.3 * n, logdir=logdir))
+                row["bare_create_s"] = rnd(_bare(n), 3)
+                row["ratio_to_bare"] = rnd(row["all_done_s"] / row["bare_create_s"], 2) if row["bare_create_s"] \
+                    else None
         except Exception as exc:
             row = {"n": n, "error": f"{type(exc).__name__}: {exc}"[:2000]}
         rows.append(row)
-    return {"rows": rows, "api": "tests/controller/fakekube.py (kmock)", "wall_s": rnd(time.monotonic() - started, 1)}
+    api = f"real cluster ({kubeconfig})" if kubeconfig else "tests/controller/fakekube.py (kmock)"
+    return {"rows": rows, "api": api, "wall_s": rnd(time.monotonic() - started, 1)}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, action="append")
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--n", type=int, action="append", help="deployments per run (repeatable; default 100 and 1000)")
+    p.add_argument("--quick", action="store_true", help="N=100 only")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--kubeconfig", metavar="PATH", help="measure against this cluster instead of the emulator")
+    where.add_argument("--real", action="store_true", help="measure against the cluster in $KUBECONFIG")
     a = p.parse_args()
+    kubeconfig = a.kubeconfig
+    if a.real:
+        kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        if not os.path.exists(kubeconfig.split(os.pathsep)[0]):
+            p.error("--real: set KUBECONFIG (or have ~/.kube/config)")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        print(json.dumps(run(a.quick, sizes=a.n), indent=1))
+        print(json.dumps(run(a.quick, sizes=a.n, kubeconfig=kubeconfig), indent=1))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,11 @@ the API server's documented contract:
   resource writes never change ``status``;
 - list ``resourceVersion`` and watch from a ``resourceVersion`` (replaying
   newer events), or from scratch (ADDED for every object);
-- garbage collection: deleting an object deletes its dependents (ownerReferences.uid).
+- garbage collection: deleting an object deletes its dependents (ownerReferences.uid);
+  deleting a Namespace deletes everything in it (at once: no Terminating phase);
+- CustomResourceDefinitions (of the kinds in ``RESOURCES``): a created CRD is
+  ``Established`` at once and its storage version's schema validates its
+  objects from then on; deleting it deletes its objects.
 
 Every request is recorded by kmock (``fake.requests``); tests assert the
 operator's API use against the declared RBAC rules with it. Faults are
@@ -38,16 +42,18 @@ import copy
 import datetime
 import itertools
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp.web
 import attrs
 import jsonschema
 import kmock
 import yaml
-from kmock._internal import apps, enums, rendering
+from kmock._internal import apps, enums, references, rendering
 
 ResKey = tuple[str, str, str]  # (group, version, plural)
 ObjKey = tuple[str | None, str]  # (namespace, name)
@@ -62,7 +68,13 @@ RESOURCES: dict[ResKey, tuple[str, bool, bool]] = {
     ("", "v1", "nodes"): ("Node", False, True),
     ("", "v1", "events"): ("Event", True, False),
     ("", "v1", "namespaces"): ("Namespace", False, True),
+    ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): ("CustomResourceDefinition", False, True),
 }
+CRDS: ResKey = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+# kmock's path parser reads /api/v1/namespaces/NAME as "namespace NAME, no resource" (and fails on
+# /api/v1/namespaces): Namespace objects themselves are parsed here.
+_NAMESPACE_PATH = re.compile(r"/api/v1/namespaces(?:/([^/]+))?(?:/(status))?")
+NAMESPACES: ResKey = ("", "v1", "namespaces")
 
 
 def _now() -> str:
@@ -159,6 +171,30 @@ class FakeKube(kmock.KubernetesEmulator):
 
     # ----- request routing ----------------------------------------------------------------------
 
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        match = _NAMESPACE_PATH.fullmatch(raw_request.path)
+        if match is None:
+            return await super().__call__(raw_request)
+        body = await raw_request.read()
+        text = body.decode()
+        name, subresource = match.group(1), match.group(2)
+        method = raw_request.method.upper()
+        params = dict(raw_request.query)
+        action = {"POST": enums.action.CREATE, "PATCH": enums.action.UPDATE, "DELETE": enums.action.DELETE}.get(
+            method, enums.action.FETCH if name else
+            enums.action.WATCH if params.get("watch") in ("true", "1") else enums.action.LIST)
+        request = rendering.Request(
+            id=len(self._requests), raw_request=raw_request, url=raw_request.url, method=method, params=params,
+            headers=dict(raw_request.headers), body=body, text=text, data=None, action=action,
+            resource=references.resource(group="", version="v1", plural="namespaces"), namespace=None, name=name,
+            subresource=subresource,
+        )
+        self._requests.append(request)
+        try:
+            return await self._handle(request)
+        except Exception as exc:  # rendered as the API server's Status, as kmock does for other paths
+            return await self._render_error(exc)
+
     async def _handle(self, request: rendering.Request) -> Any:
         # Skip KubernetesEmulator's plain-merge state keeping; our _serve_* methods keep the state.
         if request.resource is not None:
@@ -239,6 +275,8 @@ class FakeKube(kmock.KubernetesEmulator):
         obj["kind"] = kind
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
         self._validate(res, obj)
+        if res == CRDS:
+            self._establish(obj)
         self._stamp(obj)
         self.store[res][key] = obj
         await self._emit(res, "ADDED", obj)
@@ -278,12 +316,40 @@ class FakeKube(kmock.KubernetesEmulator):
         await self._emit(res, "MODIFIED", new)
         return new
 
+    def _establish(self, crd: dict[str, Any]) -> None:
+        """A new CRD: its resource is served at once, validated by its storage version's schema."""
+        spec = crd.get("spec") or {}
+        for version in spec.get("versions") or []:
+            res = (spec.get("group") or "", version.get("name") or "", (spec.get("names") or {}).get("plural") or "")
+            if res not in RESOURCES:
+                raise KubeApiError(status=422, reason="Invalid", message=f"this emulator does not serve {res}")
+            schema = (version.get("schema") or {}).get("openAPIV3Schema")
+            if version.get("storage") and schema:
+                self.schemas[res] = schema
+        crd["status"] = {"conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "lastTransitionTime": _now()},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "lastTransitionTime": _now()},
+        ]}
+
     async def remove(self, res: ResKey, key: ObjKey) -> dict[str, Any]:
         obj = self.store.get(res, {}).pop(key, None)
         if obj is None:
             raise kmock.KubernetesObjectNotFoundError()
         self._stamp(obj)
         await self._emit(res, "DELETED", obj)
+        contents: list[tuple[ResKey, ObjKey]] = []
+        if res == NAMESPACES:  # the namespace controller empties a deleted namespace
+            contents = [(r, k) for r, objs in self.store.items() if RESOURCES[r][1] for k in objs if k[0] == key[1]]
+        elif res == CRDS:  # deleting a CRD deletes its objects
+            spec = obj.get("spec") or {}
+            served = [(spec.get("group") or "", v.get("name") or "", (spec.get("names") or {}).get("plural") or "")
+                      for v in spec.get("versions") or []]
+            contents = [(r, k) for r in served for k in self.store.get(r, {})]
+            for r in served:
+                self.schemas.pop(r, None)
+        for other_res, other_key in contents:
+            if other_key in self.store.get(other_res, {}):
+                await self.remove(other_res, other_key)
         uid = obj["metadata"]["uid"]
         for other_res, objs in list(self.store.items()):  # garbage collection of dependents
             for other_key, other in list(objs.items()):
