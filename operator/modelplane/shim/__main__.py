@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
+from contextlib import suppress
+from types import FrameType
+from typing import Any
 
 from modelplane.shimargs import ShimArgs
 
@@ -38,14 +42,46 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log.info("serving %s (%s, %s) with %s on %s:%d", args.served_model_name, args.model_type,
              args.device, args.engine, args.host, args.port)
+    # uvloop and httptools explicitly: a missing one is an error here, not a silent slow fallback
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=level.lower(), lifespan="on",
-        timeout_graceful_shutdown=grace,
+        timeout_graceful_shutdown=grace, loop="uvloop", http="httptools",
         access_log=os.environ.get(ACCESS_LOG_ENV, "1") not in ("0", "false", "no"),
     )
-    server = uvicorn.Server(config)
+    server = _server_class(uvicorn.Server)(config)
     server.run()
     return 0
+
+
+def _server_class(base: type[Any]) -> type[Any]:
+    """uvicorn's ``Server`` with a 1 s housekeeping tick instead of 0.1 s.
+
+    The tick only refreshes the ``Date`` header (once a second anyway) and
+    checks for shutdown; at 10 Hz it cost ~2.5 ms of CPU per second on an
+    idle shim, more than relaying 50 tokens/s. A signal ends the wait at once,
+    so shutdown starts as promptly as before.
+    """
+
+    class Server(base):  # type: ignore[misc, valid-type]
+        _wake: asyncio.Event | None = None
+        _loop: asyncio.AbstractEventLoop | None = None
+
+        async def main_loop(self) -> None:
+            self._loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+            counter = 0
+            while not await self.on_tick(counter):
+                counter = (counter + 10) % 864000  # on_tick refreshes the Date header when counter % 10 == 0
+                with suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            if self._loop is not None and self._wake is not None:
+                with suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._wake.set)
+
+    return Server
 
 
 if __name__ == "__main__":

@@ -26,7 +26,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelplane import sources
 from modelplane.shim.backends.base import Backend, BackendError, Health, State, Stream
@@ -47,6 +49,9 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_BODY_ENV = "MODELPLANE_MAX_BODY_BYTES"
 DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+#: the raw headers of a streamed answer, as ``StreamingResponse`` writes them for SSE_HEADERS
+_SSE_RAW_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"),
+                    (b"content-type", b"text/event-stream; charset=utf-8")]
 
 
 def read_api_key(path: str) -> str:
@@ -273,8 +278,8 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
                 if not isinstance(exc, BackendError):
                     log.error("error while streaming", exc_info=exc)
                 yield sse_error_event(exc)
+            finished = True  # before the last yield: a consumer may stop at DONE (the fast path does)
             yield DONE
-            finished = True
         finally:
             if not finished:
                 metrics.cancelled.labels(endpoint).inc()
@@ -284,6 +289,107 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
                     await aclose()
             count_usage(endpoint, {"prompt_tokens": stream.usage.prompt_tokens,
                                    "completion_tokens": stream.usage.completion_tokens})
+
+    # -- the streamed hot path: raw ASGI for POST chat/completions ---------------------
+
+    fast_routes: dict[str, tuple[str, Any, bool, Callable[[dict[str, Any]], Awaitable[Any]]]] = {
+        "/v1/chat/completions": ("chat", ChatCompletionRequest, True, lambda b: backend.chat(b)),
+        "/v1/completions": ("completions", CompletionRequest, False, lambda b: backend.completions(b)),
+    }
+
+    async def fast(app_: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /v1/chat/completions and /v1/completions without FastAPI's per-request and per-chunk layers.
+
+        Valid requests are validated with the same pydantic models, admitted as
+        the route would, and answered here: streamed answers are written as
+        ``http.response.body`` messages straight from the backend's stream.
+        Anything that does not validate is replayed to the FastAPI app, so
+        error answers are exactly the routes' own.
+        """
+        endpoint: str = scope["path"]
+        capability, model, chat, fn = fast_routes[endpoint]
+        parts: list[bytes] = []
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                parts.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+        except StarletteHTTPException as exc:  # the middleware's body limit while reading
+            await _send_body(send, exc.status_code, _dumps(envelope(
+                str(exc.detail), exc.status_code, code="request_too_large" if exc.status_code == 413 else None)))
+            return
+        raw = parts[0] if len(parts) == 1 else b"".join(parts)
+        req = None
+        try:
+            obj = json.loads(raw)
+            if isinstance(obj, dict):
+                req = model.model_validate(obj)
+        except (ValueError, ValidationError):
+            req = None
+        if req is None:
+            await app_(scope, _replay(raw, receive), send)
+            return
+
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"disconnected": False, "finished": False}
+
+        async def watch() -> None:
+            while True:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    if not state["finished"]:
+                        state["disconnected"] = True
+                        task.cancel()
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        gen: AsyncIterator[bytes] | None = None
+        try:
+            try:
+                body = admit(req, capability)
+                result = await fn(body)
+                if not isinstance(result, Stream):
+                    result["model"] = served
+                    count_usage(endpoint, result.get("usage"))
+                    state["finished"] = True
+                    await _send_body(send, 200, _dumps(result))
+                    return
+                opts = body.get("stream_options") or {}
+                gen = relay(result, endpoint, scope.get(T0_KEY, time.perf_counter()),
+                            bool(opts.get("include_usage")), chat)
+                await send({"type": "http.response.start", "status": 200, "headers": _SSE_RAW_HEADERS})
+                async for piece in gen:
+                    if piece is DONE:  # relay()'s last item: end the response in the same write
+                        break
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                state["finished"] = True
+                await send({"type": "http.response.body", "body": DONE, "more_body": False})
+            except BackendError as exc:
+                state["finished"] = True
+                await _send_body(send, exc.status, _dumps(exc.envelope()), retry_after_header(exc.retry_after))
+            except asyncio.CancelledError:
+                if not state["disconnected"]:
+                    raise
+                task.uncancel()
+                if gen is None:  # a plain call, or a stream not started: relay() counts its own
+                    metrics.cancelled.labels(endpoint).inc()
+                    with suppress(Exception):
+                        await _send_body(send, 499, _dumps(envelope("client closed the request", 499,
+                                                                    code="client_closed")))
+            except Exception as exc:
+                log.error("unhandled error", exc_info=exc)
+                if gen is None:
+                    await _send_body(send, 500, _dumps(envelope(f"internal error: {type(exc).__name__}", 500,
+                                                                code="internal_error")))
+        finally:
+            watcher.cancel()
+            if gen is not None:
+                with anyio.CancelScope(shield=True):
+                    await gen.aclose()  # type: ignore[attr-defined]
 
     # -- routes --------------------------------------------------------------------
 
@@ -356,9 +462,46 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
         count_usage(endpoint, out.get("usage"))
         return Response(_dumps(out), media_type="application/json")
 
+    # FastRoutes sits inside ShimMiddleware (auth, limits, admission, request metrics apply to it)
+    app.add_middleware(FastRoutes, handler=fast, paths=frozenset(fast_routes))
     app.add_middleware(ShimMiddleware, metrics=metrics, api_key=api_key, max_body_bytes=max_body_bytes,
                        max_queue=args.max_queue)
     return app
+
+
+class FastRoutes:
+    """Sends ``POST`` to ``paths`` to ``handler(app, scope, receive, send)``; everything else to the app."""
+
+    def __init__(self, app: ASGIApp, *, handler: Callable[[ASGIApp, Scope, Receive, Send], Awaitable[None]],
+                 paths: frozenset[str]) -> None:
+        self.app = app
+        self.handler = handler
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            await self.handler(self.app, scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _replay(raw: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that first gives back the body already read, then the real one."""
+    pending = [{"type": "http.request", "body": raw, "more_body": False}]
+
+    async def again() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return again
+
+
+async def _send_body(send: Send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    raw = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    raw += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _wait_disconnect(request: Request) -> None:

@@ -1,9 +1,11 @@
 """Proxy backends: run an engine's own OpenAI server as a child process and forward to it.
 
-The engine listens on 127.0.0.1 on a free port. Requests are forwarded with
-httpx; streamed answers are passed through as bytes, cut only at SSE event
-boundaries, and parsed only where an event carries usage (to count tokens)
-or is the engine's ``[DONE]`` (the app writes its own). The child runs in
+The engine listens on 127.0.0.1 on a free port. Requests are forwarded over
+persistent keep-alive connections (``_relay.EnginePool``, also used for the
+health probes); streamed answers are passed through as
+bytes in whole read buffers, cut only at SSE event boundaries, and parsed
+only where an event carries usage (to count tokens); the engine's
+``[DONE]`` is dropped (the app writes its own). The child runs in
 its own process group, so :meth:`ProxyBackend.stop` ends it and whatever it
 spawned.
 
@@ -27,8 +29,8 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any, ClassVar
 
 import anyio
-import httpx
 
+from modelplane.shim.backends._relay import EngineConnectionError, EnginePool, EngineResponse, SSEStats, relay_sse
 from modelplane.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
 from modelplane.shim.errors import from_engine
 from modelplane.shimargs import ShimArgs
@@ -42,8 +44,6 @@ PROBE_ENV = "MODELPLANE_ENGINE_PROBE_SECONDS"
 PROBE_INTERVAL = 5.0
 PROBE_FAILURES = 3
 
-_USAGE_MARKERS = (b'"usage":{', b'"usage": {')
-_DONE_MARKER = b"data: [DONE]"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -143,9 +143,9 @@ class ProxyBackend(Backend):
         self._message = f"starting {self.engine}"
         self.proc: asyncio.subprocess.Process | None = None
         self.port: int | None = None
-        self.client: httpx.AsyncClient | None = None
+        self.pool: EnginePool | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._active: set[httpx.Response] = set()
+        self._active: set[EngineResponse] = set()
         self._stopped = False
         self._card: dict[str, Any] = {}
 
@@ -178,12 +178,7 @@ class ProxyBackend(Backend):
         self.port = free_port()
         cmd = self.command(self.port)
         log.info("starting %s: %s", self.engine, " ".join(cmd))
-        self.client = httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{self.port}",
-            timeout=httpx.Timeout(connect=10.0, read=None, write=60.0, pool=None),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
-            trust_env=False,
-        )
+        self.pool = EnginePool("127.0.0.1", self.port)
         preexec = _set_parent_death_signal if sys.platform.startswith("linux") else None
         self.proc = await asyncio.create_subprocess_exec(
             *cmd, env=self.child_env(), stdin=asyncio.subprocess.DEVNULL,
@@ -195,19 +190,15 @@ class ProxyBackend(Backend):
         self._tasks.append(asyncio.create_task(self._probe(), name=f"{self.engine}-probe"))
 
     async def _wait_healthy(self) -> None:
-        assert self.proc is not None and self.client is not None
+        assert self.proc is not None
         deadline = time.monotonic() + self.start_timeout
         delay = 0.1
         while True:
             if self.proc.returncode is not None:
                 raise RuntimeError(f"{self.engine} exited with code {self.proc.returncode} while starting; "
                                    "its log is above")
-            try:
-                r = await self.client.get(self.health_path, timeout=5.0)
-                if r.status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            if await self._healthy(5.0):
+                return
             if time.monotonic() > deadline:
                 await self._terminate()
                 raise TimeoutError(f"{self.engine} did not become healthy within {self.start_timeout:.0f} s "
@@ -217,11 +208,11 @@ class ProxyBackend(Backend):
 
     async def _engine_card(self) -> dict[str, Any]:
         """What the engine says about its model that clients use (``max_model_len``), if it says it."""
-        assert self.client is not None
+        assert self.pool is not None
         try:
-            r = await self.client.get("/v1/models", timeout=10.0)
-            data = r.json().get("data") or []
-        except (httpx.HTTPError, ValueError, AttributeError):
+            r = await self.pool.request("GET", "/v1/models", timeout=10.0)
+            data = json.loads(await asyncio.wait_for(r.read(), 10.0)).get("data") or []
+        except (EngineConnectionError, asyncio.TimeoutError, ValueError, AttributeError):
             return {}
         first = data[0] if data and isinstance(data[0], dict) else {}
         value = first.get("max_model_len")
@@ -245,23 +236,17 @@ class ProxyBackend(Backend):
 
     async def _close_active(self) -> None:
         for resp in list(self._active):
-            with contextlib.suppress(Exception):
-                await resp.aclose()
+            resp.close()
 
     async def _probe(self) -> None:
         """Ask the engine's health endpoint now and then; a wedged engine is as good as dead."""
-        assert self.client is not None
         interval = self.probe_interval
         failures = 0
         while True:
             await asyncio.sleep(interval)
             if self.proc is not None and self.proc.returncode is not None:
                 return
-            try:
-                r = await self.client.get(self.health_path, timeout=max(interval, 1.0))
-                ok = r.status_code == 200
-            except httpx.HTTPError:
-                ok = False
+            ok = await self._healthy(max(interval, 1.0))
             failures = 0 if ok else failures + 1
             if ok and self._state is State.DEAD:
                 self._state, self._message = State.READY, ""
@@ -271,6 +256,22 @@ class ProxyBackend(Backend):
                 self._message = f"{self.engine} stopped answering {self.health_path}"
                 log.error("%s; ending %d in-flight streams", self._message, len(self._active))
                 await self._close_active()
+
+    async def _healthy(self, timeout: float) -> bool:
+        """True when the engine's health endpoint answers 200 within ``timeout`` seconds."""
+        pool = self.pool
+        if pool is None:
+            return False
+        resp = None
+        try:
+            async with asyncio.timeout(timeout):
+                resp = await pool.request("GET", self.health_path)
+                await resp.read()
+            return resp.status == 200
+        except (EngineConnectionError, TimeoutError):
+            if resp is not None:
+                resp.close()
+            return False
 
     def health(self) -> Health:
         return Health(self._state, self._message)
@@ -284,9 +285,9 @@ class ProxyBackend(Backend):
                 await task
         self._tasks.clear()
         await self._terminate()
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
         if self._state is not State.DEAD:
             self._state, self._message = State.DEAD, f"{self.engine} stopped"
 
@@ -333,7 +334,8 @@ class ProxyBackend(Backend):
 
     async def forward(self, path: str, body: dict[str, Any]) -> Any:
         """POST ``body`` to the engine; a dict for plain answers, a :class:`Stream` for SSE."""
-        if self.client is None or self._state is not State.READY:
+        pool = self.pool
+        if pool is None or self._state is not State.READY:
             raise self._unavailable(self._message or "not started")
         stream = bool(body.get("stream"))
         keep_usage = True
@@ -343,24 +345,19 @@ class ProxyBackend(Backend):
             opts["include_usage"] = True  # always count tokens; dropped below if not asked for
             body = {**body, "stream_options": opts}
         body = self.to_engine(body)
-        request = self.client.build_request(
-            "POST", path, content=json.dumps(body, separators=(",", ":")).encode(),
-            headers={"content-type": "application/json"})
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         try:
-            resp = await self.client.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise self._unavailable(f"{type(exc).__name__}: {exc}") from exc
-        try:
-            if resp.status_code >= 400 or not stream:
-                raw = await resp.aread()
-        except httpx.HTTPError as exc:
-            await resp.aclose()
-            raise self._unavailable(f"{type(exc).__name__}: {exc}") from exc
-        if resp.status_code >= 400:
-            await resp.aclose()
-            raise from_engine(resp.status_code, raw)
-        if not stream:
-            await resp.aclose()
+            resp = await pool.request("POST", path, payload)
+        except EngineConnectionError as exc:
+            raise self._unavailable(str(exc)) from exc
+        if resp.status >= 400 or not stream:
+            try:
+                raw = await resp.read()
+            except EngineConnectionError as exc:
+                resp.close()
+                raise self._unavailable(str(exc)) from exc
+            if resp.status >= 400:
+                raise from_engine(resp.status, raw)
             try:
                 data = json.loads(raw)
             except ValueError as exc:
@@ -378,36 +375,33 @@ class ProxyBackend(Backend):
         """Adapt a plain (non-streamed) answer from the engine to the OpenAI shape (default: unchanged)."""
         return data
 
-    async def _relay(self, resp: httpx.Response, keep_usage: bool, usage: Usage) -> AsyncIterator[bytes]:
-        """Engine SSE bytes, cut at event boundaries, without the engine's ``[DONE]``."""
+    async def _relay(self, resp: EngineResponse, keep_usage: bool, usage: Usage) -> AsyncIterator[bytes]:
+        """Engine SSE bytes in whole read buffers cut at event boundaries, without the engine's ``[DONE]``."""
         self._active.add(resp)
-        buf = b""
-        done = False
+        stats = SSEStats()
+        rewrite = None if type(self).rewrite_stream is ProxyBackend.rewrite_stream else self.rewrite_stream
         try:
-            async for piece in resp.aiter_raw():
-                buf = buf + piece if buf else piece
-                end = buf.rfind(b"\n\n")
-                if end < 0:
-                    continue
-                out, buf = buf[:end + 2], buf[end + 2:]
-                if _DONE_MARKER in out or any(m in out for m in _USAGE_MARKERS):
-                    out, saw_done = _filter_events(out, keep_usage, usage)
-                    done = done or saw_done
-                    if not out:
-                        continue
-                yield self.rewrite_stream(out)
-            if not done:
-                if buf.strip():
-                    yield self.rewrite_stream(buf)
+            async for out in relay_sse(resp.iter_raw(), stats, keep_usage=keep_usage, rewrite=rewrite):
+                yield out
+            if not stats.done:
                 raise await self._lost("the stream ended without [DONE]")
-        except (httpx.HTTPError, httpx.StreamError) as exc:
-            raise await self._lost(f"{type(exc).__name__}: {exc}") from exc
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-            raise await self._lost(type(exc).__name__) from exc
+        except EngineConnectionError as exc:
+            raise await self._lost(str(exc)) from exc
         finally:
             self._active.discard(resp)
-            with anyio.CancelScope(shield=True):
-                await resp.aclose()
+            if stats.prompt_tokens is not None:
+                usage.prompt_tokens = stats.prompt_tokens
+            usage.completion_tokens = stats.completion_tokens_or_events
+            if stats.done and not resp.complete:
+                # the engine's [DONE] is its last event; read the chunked terminator so the
+                # connection can be reused, without waiting long for an engine that lingers
+                with contextlib.suppress(Exception), anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+                    async for _ in resp.iter_raw():
+                        pass
+            if stats.done and resp.complete:
+                resp.release()
+            else:
+                resp.close()
 
     async def _lost(self, detail: str) -> BackendError:
         """The error for a stream cut short; an engine that is exiting is told apart from a hiccup."""
@@ -420,34 +414,6 @@ class ProxyBackend(Backend):
                                 code="engine_dead")
         return BackendError(f"lost the {self.engine} engine's stream: {detail}", status=502,
                             type="server_error", code="engine_stream_lost")
-
-
-def _filter_events(data: bytes, keep_usage: bool, usage: Usage) -> tuple[bytes, bool]:
-    """Drop ``[DONE]`` and (unless asked for) usage-only events; record usage."""
-    kept: list[bytes] = []
-    done = False
-    for event in data.split(b"\n\n"):
-        if not event:
-            continue
-        payload = event[6:] if event.startswith(b"data: ") else event
-        if payload.strip() == b"[DONE]":
-            done = True
-            continue
-        if any(m in event for m in _USAGE_MARKERS):
-            try:
-                obj = json.loads(payload)
-            except ValueError:
-                obj = None
-            if isinstance(obj, dict) and isinstance(obj.get("usage"), dict):
-                u = obj["usage"]
-                if isinstance(u.get("prompt_tokens"), int):
-                    usage.prompt_tokens = u["prompt_tokens"]
-                if isinstance(u.get("completion_tokens"), int):
-                    usage.completion_tokens = u["completion_tokens"]
-                if not keep_usage and not obj.get("choices"):
-                    continue
-        kept.append(event + b"\n\n")
-    return b"".join(kept), done
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -1,0 +1,363 @@
+"""The proxy's relay (``backends/_relay.py``): HTTP/1.1 framing, SSE cutting, keep-alive, and the
+proxy backend's stream over it, against a scripted engine socket (``asyncio.start_server``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelplane.shim.backends._relay import (
+    EngineConnectionError,
+    EnginePool,
+    EngineResponse,
+    SSEStats,
+    relay_sse,
+)
+from modelplane.shim.backends.base import BackendError, State, Stream
+from modelplane.shim.backends.vllm import VllmBackend
+from modelplane.shimargs import ShimArgs
+
+
+def event(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def token(i: int) -> bytes:
+    return event({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+                  "choices": [{"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}]})
+
+
+USAGE = event({"id": "c1", "object": "chat.completion.chunk", "model": "m", "choices": [],
+               "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}})
+DONE = b"data: [DONE]\n\n"
+
+
+def chunked(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces if p) + b"0\r\n\r\n"
+
+
+async def pieces_of(*parts: bytes) -> AsyncIterator[bytes]:
+    for p in parts:
+        yield p
+
+
+async def collect(parts: list[bytes], *, keep_usage: bool) -> tuple[list[bytes], SSEStats]:
+    stats = SSEStats()
+    out = [b async for b in relay_sse(pieces_of(*parts), stats, keep_usage=keep_usage)]
+    return out, stats
+
+
+# -- SSE cutting --------------------------------------------------------------------------------
+
+
+async def test_events_split_across_reads_are_joined_at_event_boundaries() -> None:
+    whole = token(0) + token(1) + token(2) + USAGE + DONE
+    parts = [whole[:10], whole[10:len(token(0)) + 5], whole[len(token(0)) + 5:-3], whole[-3:]]
+    out, stats = await collect(parts, keep_usage=False)
+    assert all(b.endswith(b"\n\n") for b in out)  # never half an event
+    assert b"".join(out) == token(0) + token(1) + token(2)  # usage dropped (not asked), [DONE] dropped
+    assert (stats.prompt_tokens, stats.completion_tokens, stats.done) == (7, 3, True)
+
+
+async def test_several_events_in_one_read_go_out_in_one_buffer() -> None:
+    out, stats = await collect([token(0) + token(1) + token(2), token(3) + DONE], keep_usage=False)
+    assert out == [token(0) + token(1) + token(2), token(3)]
+    assert stats.events == 4 and stats.done
+    # without usage from the engine, the event count stands in for completion tokens
+    assert stats.completion_tokens is None and stats.completion_tokens_or_events == 4
+
+
+async def test_usage_event_kept_when_asked_and_a_usage_chunk_with_choices_always_kept() -> None:
+    with_choices = event({"id": "c1", "choices": [{"index": 0, "delta": {"content": "x"}}],
+                          "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+    out, stats = await collect([token(0) + USAGE, DONE], keep_usage=True)
+    assert b"".join(out) == token(0) + USAGE and stats.completion_tokens == 3
+    out, stats = await collect([with_choices + DONE], keep_usage=False)
+    assert b"".join(out) == with_choices and stats.completion_tokens == 1
+
+
+async def test_nothing_after_done_is_relayed() -> None:
+    out, stats = await collect([token(0) + DONE + token(9)], keep_usage=False)
+    assert b"".join(out) == token(0) and stats.done
+
+
+async def test_stream_without_done_reports_it_and_keeps_a_trailing_partial_event() -> None:
+    out, stats = await collect([token(0), b"data: {\"half"], keep_usage=False)
+    assert out == [token(0), b"data: {\"half"] and not stats.done
+
+
+# -- HTTP framing -------------------------------------------------------------------------------
+
+
+class _Writer:
+    class _Transport:
+        closed = False
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def abort(self) -> None:
+            self.closed = True
+
+    def __init__(self) -> None:
+        self.transport = self._Transport()
+
+
+class _FakeConn:
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        self.reader = reader
+        self.writer = _Writer()
+        self.idle_since = 0.0
+        self.reused = False
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+
+async def _decode(headers: dict[str, str], wire: list[bytes]) -> bytes:
+    reader = asyncio.StreamReader()
+    for w in wire:
+        reader.feed_data(w)
+    reader.feed_eof()
+    pool = EnginePool("127.0.0.1", 9)
+    resp = EngineResponse(pool, _FakeConn(reader), 200, headers, b"")  # type: ignore[arg-type]
+    return b"".join([p async for p in resp.iter_raw()])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=8), st.data())
+def test_chunked_bodies_decode_whatever_the_read_boundaries(pieces: list[bytes], data: st.DataObject) -> None:
+    wire = chunked(*pieces)
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(wire) - 1), max_size=10)))
+    parts = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+    # each part arrives as its own read, so framing is split anywhere (inside sizes and CRLFs)
+    got = asyncio.run(_decode_reads({"transfer-encoding": "chunked"}, parts))
+    assert got == b"".join(pieces)
+
+
+async def _decode_reads(headers: dict[str, str], parts: list[bytes]) -> bytes:
+    reader = asyncio.StreamReader()
+    pool = EnginePool("127.0.0.1", 9)
+    resp = EngineResponse(pool, _FakeConn(reader), 200, headers, b"")  # type: ignore[arg-type]
+    out: list[bytes] = []
+
+    async def feed() -> None:
+        for p in parts:
+            reader.feed_data(p)
+            await asyncio.sleep(0)
+        reader.feed_eof()
+
+    feeder = asyncio.ensure_future(feed())
+    out = [p async for p in resp.iter_raw()]
+    await feeder
+    assert resp.complete
+    return b"".join(out)
+
+
+async def test_chunked_trailers_content_length_and_read_until_close() -> None:
+    wire = b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    assert await _decode({"transfer-encoding": "chunked"}, [wire]) == b"hello"
+    assert await _decode({"content-length": "5"}, [b"hel", b"lo"]) == b"hello"
+    assert await _decode({}, [b"until ", b"close"]) == b"until close"
+    with pytest.raises(EngineConnectionError):
+        await _decode({"content-length": "10"}, [b"short"])
+    with pytest.raises(EngineConnectionError):
+        await _decode({"transfer-encoding": "chunked"}, [b"zz\r\nhello"])
+
+
+# -- against a scripted engine socket -------------------------------------------------------------
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, dict[str, Any]], Awaitable[None]]
+
+
+class Engine:
+    """A loopback TCP server whose answers the test scripts; records connections and closes."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[dict[str, Any]] = []
+        self.client_closed = asyncio.Event()
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> Engine:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    self.client_closed.set()
+                    return
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                body = await reader.readexactly(length) if length else b""
+                request = {"line": head.split(b"\r\n")[0].decode(), "body": json.loads(body) if body else None}
+                self.requests.append(request)
+                await self.handler(reader, writer, request)
+                if writer.is_closing():
+                    return
+        finally:
+            writer.close()
+
+
+def sse_head() -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+async def write_chunks(writer: asyncio.StreamWriter, *events: bytes, end: bool = True) -> None:
+    for e in events:
+        writer.write(b"%x\r\n%s\r\n" % (len(e), e))
+        await writer.drain()
+    if end:
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+
+async def streaming_engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           request: dict[str, Any]) -> None:
+    body = request["body"]
+    if not body.get("stream"):
+        payload = json.dumps({"id": "x", "object": "chat.completion", "model": "m",
+                              "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+                              "usage": {"prompt_tokens": 2, "completion_tokens": 1}}).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(payload), payload))
+        return
+    writer.write(sse_head())
+    await write_chunks(writer, token(0) + token(1), token(2), USAGE + DONE)
+
+
+def backend(port: int) -> VllmBackend:
+    """A vLLM proxy backend wired to ``port`` without starting a child process."""
+    b = VllmBackend(ShimArgs(engine="vllm", model="file:///m", served_model_name="m"))
+    b.port = port
+    b.pool = EnginePool("127.0.0.1", port)
+    b._state = State.READY
+    return b
+
+
+async def drain(stream: Stream) -> bytes:
+    return b"".join([c async for c in stream.chunks])  # type: ignore[misc]
+
+
+async def test_streams_reuse_one_keep_alive_connection_and_count_usage() -> None:
+    async with Engine(streaming_engine) as engine:
+        b = backend(engine.port)
+        for _ in range(3):
+            stream = await b.forward("/v1/chat/completions", {"model": "m", "stream": True, "messages": []})
+            assert isinstance(stream, Stream)
+            assert await drain(stream) == token(0) + token(1) + token(2)
+            assert (stream.usage.prompt_tokens, stream.usage.completion_tokens) == (7, 3)
+        plain = await b.forward("/v1/chat/completions", {"model": "m", "messages": []})
+        assert plain["choices"][0]["message"]["content"] == "hi"
+        assert engine.connections == 1 and b.pool is not None and b.pool.opened == 1
+        # the proxy always asks the engine for usage, and the engine sees the client's body otherwise
+        assert engine.requests[0]["body"]["stream_options"] == {"include_usage": True}
+        await b.pool.close()
+
+
+async def test_an_idle_connection_the_engine_closed_is_replaced_without_an_error() -> None:
+    async def close_after_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                                 request: dict[str, Any]) -> None:
+        await streaming_engine(reader, writer, request)
+        await writer.drain()
+        writer.close()  # as an engine does when its keep-alive timeout passes
+
+    async with Engine(close_after_answer) as engine:
+        b = backend(engine.port)
+        for _ in range(2):
+            answer = await b.forward("/v1/chat/completions", {"model": "m", "messages": []})
+            assert answer["usage"]["completion_tokens"] == 1
+            await asyncio.sleep(0.05)
+        assert engine.connections == 2
+
+
+async def test_engine_error_status_becomes_a_backend_error_with_the_engine_status() -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: dict[str, Any]) -> None:
+        payload = json.dumps({"object": "error", "message": "max_tokens is too large", "type": "BadRequestError",
+                              "code": 400}).encode()
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: %d\r\n\r\n%s" % (len(payload), payload))
+
+    async with Engine(refuse) as engine:
+        with pytest.raises(BackendError) as info:
+            await backend(engine.port).forward("/v1/chat/completions", {"model": "m", "stream": True})
+        assert info.value.status == 400 and "max_tokens is too large" in info.value.message
+
+
+async def test_engine_dying_mid_stream_is_an_error_after_what_was_relayed() -> None:
+    async def die(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: dict[str, Any]) -> None:
+        writer.write(sse_head())
+        await write_chunks(writer, token(0), end=False)
+        writer.transport.abort()  # the engine process is gone: no terminator, no [DONE]
+
+    async with Engine(die) as engine:
+        stream = await backend(engine.port).forward("/v1/chat/completions", {"model": "m", "stream": True})
+        got: list[bytes] = []
+        with pytest.raises(BackendError) as info:
+            async for c in stream.chunks:
+                got.append(c)  # type: ignore[arg-type]
+        assert got == [token(0)]
+        assert info.value.status == 502 and info.value.code == "engine_stream_lost"
+
+
+async def test_closing_the_stream_closes_the_engine_connection() -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: dict[str, Any]) -> None:
+        writer.write(sse_head())
+        await write_chunks(writer, token(0), end=False)
+        if await reader.read(1) == b"":  # an engine notices the client going away as EOF
+            engine.client_closed.set()
+
+    async with Engine(slow) as engine:
+        b = backend(engine.port)
+        stream = await b.forward("/v1/chat/completions", {"model": "m", "stream": True})
+        chunks = stream.chunks
+        assert await chunks.__anext__() == token(0)
+        assert b._active  # the response is tracked while it streams
+        await chunks.aclose()  # type: ignore[attr-defined]  # what the app does when its client goes away
+        await asyncio.wait_for(engine.client_closed.wait(), 10)
+        assert not b._active and b.pool is not None and not b.pool._idle  # not reused: closed
+
+
+async def test_engine_death_ends_in_flight_streams() -> None:
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: dict[str, Any]) -> None:
+        writer.write(sse_head())
+        await write_chunks(writer, token(0), end=False)
+        await asyncio.sleep(3600)
+
+    async with Engine(hang) as engine:
+        b = backend(engine.port)
+        stream = await b.forward("/v1/chat/completions", {"model": "m", "stream": True})
+        chunks = stream.chunks
+        assert await chunks.__anext__() == token(0)
+        b._state = State.DEAD
+        b._message = "vllm exited with code -9"
+        await b._close_active()  # what the process watcher and the health probe do
+        with pytest.raises(BackendError) as info:
+            await chunks.__anext__()
+        assert info.value.status == 503 and "vllm exited with code -9" in info.value.message
+
+
+async def test_unreachable_engine_is_503() -> None:
+    async with Engine(streaming_engine) as engine:
+        port = engine.port
+    with pytest.raises(BackendError) as info:
+        await backend(port).forward("/v1/chat/completions", {"model": "m", "stream": True})
+    assert info.value.status == 503 and info.value.retry_after
