@@ -536,7 +536,7 @@ def main() -> None:
         kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
         if not os.path.exists(kubeconfig.split(os.pathsep)[0]):
             p.error("--real: set KUBECONFIG (or have ~/.kube/config)")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")  # no access logs
     with contextlib.suppress(KeyboardInterrupt):
         print(json.dumps(run(a.quick, sizes=a.n, kubeconfig=kubeconfig), indent=1))
 
