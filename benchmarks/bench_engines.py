@@ -1,6 +1,6 @@
 """Real engines through the shim, with the tiny model: llama.cpp and transformers.
 
-    python benchmarks/bench_engines.py [--quick] [--json]
+    python benchmarks/bench_engines.py [--quick] [--only llamacpp|transformers]
 
 * llama.cpp: llama.cpp's own server (``llamacpp_direct.py``: xllamacpp with the
   backend's own parameters) vs ``modelplane-shim --engine llama.cpp`` on the
@@ -9,7 +9,13 @@
   in-process ``model.generate`` of one prompt, and at 8 streams vs one batched
   ``generate`` of 8 prompts (same prompt, same number of new tokens, EOS
   ignored, greedy), alternating. The baseline is the faster of torch's default
-  threads and one thread (both are recorded).
+  threads and one thread (both are recorded). Before the shim starts, both are
+  measured once and the shim gets the thread count that was faster
+  (``--engine-args '{"threads": N}'``), so both sides run with the same threads.
+  Requests carry ``min_tokens`` equal to ``max_tokens``: like ``generate``'s
+  ``min_new_tokens`` it keeps EOS from being sampled, so both sides produce the
+  same tokens (with ``ignore_eos`` alone the shim would generate EOS and other
+  special tokens that stream no text).
 * start-up: seconds from starting the shim process to ``/health`` 200.
 """
 
@@ -42,12 +48,15 @@ def _body(tokens: int) -> dict[str, Any]:
     return {"model": SERVED, "messages": MESSAGES, "max_tokens": tokens, "ignore_eos": True, "temperature": 0}
 
 
-def start_shim(engine: str, model: str, logdir: Path, name: str) -> tuple[Any, float]:
+def start_shim(engine: str, model: str, logdir: Path, name: str,
+               engine_args: dict[str, Any] | None = None) -> tuple[Any, float]:
     port = free_port()
     t0 = time.monotonic()
-    shim = start_proc(name, [PYTHON, "-m", "modelplane.shim", "--engine", engine, "--model", model,
-                             "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port)],
-                      port, logdir)
+    argv = [PYTHON, "-m", "modelplane.shim", "--engine", engine, "--model", model,
+            "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port)]
+    if engine_args:
+        argv += ["--engine-args", json.dumps(engine_args)]
+    shim = start_proc(name, argv, port, logdir)
     wait_ready(shim, "/health", timeout=180)
     return shim, time.monotonic() - t0
 
@@ -134,6 +143,15 @@ class Generate:
         new = (out.shape[1] - enc["input_ids"].shape[1]) * batch
         return new / elapsed, elapsed
 
+    def best_threads(self, tokens: int) -> int:
+        """The intra-op thread count (torch's default or 1) that generates a batch of 8 faster."""
+        default = self.torch.get_num_threads()
+        if default == 1:
+            return 1
+        fast_default = self.tokens_per_s(8, tokens)[0]
+        fast_one = self.tokens_per_s(8, tokens, threads=1)[0]
+        return default if fast_default > fast_one else 1
+
     def best(self, batch: int, tokens: int) -> tuple[float, dict[str, float]]:
         """The faster of torch's default threads and one thread, and both figures.
 
@@ -150,10 +168,12 @@ def bench_transformers(tokens: int, duration: float, reps: int, logdir: Path) ->
 
     gen = Generate()
     gen.tokens_per_s(1, 4)  # warm
-    shim, startup = start_shim("transformers", f"file://{build_tiny_model().hf_dir}", logdir, "shim-transformers")
+    threads = gen.best_threads(tokens)
+    shim, startup = start_shim("transformers", f"file://{build_tiny_model().hf_dir}", logdir, "shim-transformers",
+                               {"threads": threads})
     try:
         url = f"http://127.0.0.1:{shim.port}/v1/chat/completions"
-        body = _body(tokens)
+        body = {**_body(tokens), "min_tokens": tokens}  # EOS never sampled, as with min_new_tokens
         asyncio.run(stream_load(url, body, 1, 1.0))  # warm
         rows = []
         for streams in (1, 8):
@@ -169,20 +189,26 @@ def bench_transformers(tokens: int, duration: float, reps: int, logdir: Path) ->
                 "ttft_p50_shim_ms": rnd(median(ttft), 2), "errors": t.errors, "first_error": t.first_error,
                 "generate_default_threads_tokens_per_s": rnd(median([b["default_threads"] for b in both]), 1),
                 "generate_one_thread_tokens_per_s": rnd(median([b["one_thread"] for b in both]), 1)}))
-        return {"rows": rows, "shim_startup_s": rnd(startup, 2), "tokens_per_request": tokens}
+        return {"rows": rows, "shim_startup_s": rnd(startup, 2), "tokens_per_request": tokens,
+                "shim_threads": threads}
     finally:
         shim.stop()
 
 
+ENGINES = {"llamacpp": bench_llamacpp, "transformers": bench_transformers}
+
+
 def run(quick: bool = False, *, duration: float | None = None, reps: int | None = None,
-        tokens: int | None = None, logdir: Path | None = None) -> dict[str, Any]:
+        tokens: int | None = None, logdir: Path | None = None, only: list[str] | None = None) -> dict[str, Any]:
     duration = duration if duration is not None else (3.0 if quick else 8.0)
     reps = reps if reps is not None else (1 if quick else 3)
     tokens = tokens or (32 if quick else 64)
     logdir = logdir or ROOT / "benchmarks" / "results" / "logs"
     started = time.monotonic()
     out: dict[str, Any] = {"duration_s": duration, "reps": reps}
-    for name, fn in (("llamacpp", bench_llamacpp), ("transformers", bench_transformers)):
+    for name, fn in ENGINES.items():
+        if only and name not in only:
+            continue
         try:
             out[name] = fn(tokens, duration, reps, logdir)
         except Exception as exc:  # one engine failing must not lose the others' numbers
@@ -196,8 +222,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--duration", type=float)
     p.add_argument("--reps", type=int)
+    p.add_argument("--only", action="append", choices=sorted(ENGINES), help="run only this engine (repeatable)")
     a = p.parse_args()
-    print(json.dumps(run(a.quick, duration=a.duration, reps=a.reps), indent=1))
+    print(json.dumps(run(a.quick, duration=a.duration, reps=a.reps, only=a.only), indent=1))
 
 
 if __name__ == "__main__":

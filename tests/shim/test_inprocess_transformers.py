@@ -327,6 +327,15 @@ async def test_unpadded_batch_matches_solo(backend: TransformersBackend) -> None
     assert all(backend.record(r["id"]).max_batch_requests == 3 for r in results)  # type: ignore[union-attr]
 
 
+@in_module_loop
+async def test_llama_takes_the_checked_shortcuts(backend: TransformersBackend) -> None:
+    """Warm-up switched on the direct base-model call and the ready 4D mask: both gave the plain
+    forward's exact logits (the greedy tests above then check whole answers against generate)."""
+    scheduler = backend.scheduler
+    assert scheduler is not None
+    assert scheduler._direct is not None and scheduler._mask4d
+
+
 def test_threads_engine_arg(tiny_model: Any) -> None:
     assert TransformersBackend(_args(tiny_model, engine_args={"threads": 3})).threads == 3
     for bad in (0, -2, "2", 1.5, True):
@@ -504,6 +513,7 @@ async def test_other_architectures_batch_correctly(arch: str, tiny_model: Any, t
         [c async for c in stream.chunks]
         assert late["choices"][0]["text"] == solo[2]
         assert scheduler._can_join is joins
+        assert joins or not scheduler._mask4d  # one 4D mask cannot serve sliding-window layers
         late_record = b.record(late["id"])
         assert late_record is not None and late_record.max_batch_requests == (2 if joins else 1)
     finally:

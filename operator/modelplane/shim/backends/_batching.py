@@ -166,6 +166,11 @@ class Scheduler:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._positions = "position_ids" in params  # ALiBi models (Bloom) take positions from the mask
         self._keep = "logits_to_keep" in params
+        #: (base model, output head) when calling them directly gives the same logits as the whole
+        #: model (checked in warm_up): skips the causal-LM wrapper's per-step Python work
+        self._direct: tuple[Any, Any, str] | None = None
+        #: whether a padded decode step may pass a ready 4D boolean mask (SDPA; checked in warm_up)
+        self._mask4d = False
         self._eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device) if eos_ids else None
         self._thread = threading.Thread(target=self._run, name="transformers-scheduler", daemon=True)
         self._thread.start()
@@ -217,18 +222,75 @@ class Scheduler:
             await asyncio.to_thread(self._idle.wait, 0.05)
 
     def warm_up(self) -> None:
-        """One short prefill and two decode steps before any request, so kernel set-up and lazy
-        initialisation are not paid by the first client. Call before submitting anything."""
-        from transformers import DynamicCache
+        """A short prefill and decode steps before any request, so kernel set-up and lazy
+        initialisation are not paid by the first client; then the shortcuts ``_direct`` and
+        ``_mask4d`` are switched on only where they give exactly the logits of the plain call.
+        Call before submitting anything."""
+        from transformers.cache_utils import DynamicLayer
 
         with torch.inference_mode():
-            cache = DynamicCache(config=self.model.config)
-            ids = torch.full((1, 4), self.pad_id, dtype=torch.long, device=self.device)
-            mask = torch.ones_like(ids)
-            self._forward(ids, mask, torch.arange(4, device=self.device)[None], cache, last_only=True)
-            for pos in (4, 5):
-                mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
-                self._forward(ids[:, :1], mask, torch.tensor([[pos]], device=self.device), cache, last_only=False)
+            plain, cache = self._trial()
+            self._direct = self._direct_parts()
+            if self._direct is not None and not self._same(plain):
+                log.info("this model's logits need its own forward; calling it whole")
+                self._direct = None
+            # one mask for every layer: not with sliding-window or linear-attention layers
+            full = bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+            if full and self._positions and getattr(self.model.config, "_attn_implementation", None) == "sdpa":
+                self._mask4d = True
+                self._mask4d = self._same(plain)
+
+    def _trial(self) -> tuple[list[torch.Tensor], Any]:
+        """Logits of a padded two-row prefill and two decode steps, as the scheduler runs them."""
+        from transformers import DynamicCache
+
+        vocab = self.model.get_input_embeddings().weight.shape[0]
+        ids = (torch.arange(12, device=self.device).reshape(2, 6) * 7 + 3) % vocab
+        mask = torch.ones_like(ids)
+        mask[0, :2] = 0
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        logits, cache = self._forward(ids, mask, positions, cache, last_only=True)
+        out = [logits[:, -1]]
+        pos = mask.sum(-1)
+        for _ in range(2):
+            mask = torch.cat([mask, mask.new_ones((2, 1))], dim=1)
+            logits, cache = self._forward(out[-1].argmax(-1)[:, None], self._decode_mask(mask, True), pos[:, None],
+                                          cache, last_only=False)
+            out.append(logits[:, -1])
+            pos = pos + 1
+        return out, cache
+
+    def _same(self, plain: list[torch.Tensor]) -> bool:
+        """Whether the trial, run with the shortcuts now switched on, gives exactly ``plain``."""
+        try:
+            trial, _ = self._trial()
+        except Exception as exc:  # a model whose layers do not take the shortcut
+            log.debug("shortcut failed its trial: %s", exc)
+            return False
+        return all(torch.equal(x, y) for x, y in zip(plain, trial, strict=True))
+
+    def _direct_parts(self) -> tuple[Any, Any, str] | None:
+        base = getattr(self.model, "model", None)
+        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
+        if not isinstance(base, torch.nn.Module) or not isinstance(head, torch.nn.Module):
+            return None
+        if len(set((getattr(self.model, "hf_device_map", None) or {}).values())) > 1:
+            return None  # layers spread over devices: leave the hooks' order alone
+        params = inspect.signature(base.forward).parameters
+        if "input_ids" not in params or ("position_ids" not in params and self._positions):
+            return None
+        kw = "cache" if "cache" in params else "past_key_values" if "past_key_values" in params else None
+        return (base, head, kw) if kw else None
+
+    def _decode_mask(self, mask: torch.Tensor, padded: bool) -> torch.Tensor | None:
+        """What a decode step passes as ``attention_mask``: nothing without padding (all ones), a
+        ready ``[B, 1, 1, T]`` boolean mask where SDPA takes one, else the 2D mask."""
+        if not self._positions:
+            return mask  # ALiBi models take positions from the mask
+        if not padded:
+            return None
+        return mask.bool()[:, None, None, :] if self._mask4d else mask
 
     def stop(self) -> None:
         with self._cv:
@@ -308,14 +370,13 @@ class Scheduler:
 
         cache = DynamicCache(config=self.model.config)
         padded = any(len(s.prompt_ids) != longest for s in seqs)
-        out = self._forward(ids, mask if padded or not self._positions else None, positions, cache, last_only=True)
-        returned = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        cache = returned if returned is not None else cache
+        logits, cache = self._forward(ids, mask if padded or not self._positions else None, positions, cache,
+                                      last_only=True)
         if self._can_join is None:
             self._can_join = bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
             if not self._can_join:
                 log.info("this model's cache cannot merge rows; new requests join when the batch drains")
-        tokens = self._sample(out.logits[:, -1, :], seqs)
+        tokens = self._sample(logits[:, -1, :], seqs)
         self.stats.prefill_steps += 1
         self._merge(cache, mask, seqs, mask.sum(-1), tokens, padded=padded)
         self._emit(seqs, tokens.tolist())
@@ -352,10 +413,10 @@ class Scheduler:
         rows = self._rows
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
         # without padding the mask is all ones: leaving it out spares the model building a 4D mask
-        mask = self._mask if self._padded or not self._positions else None
-        out = self._forward(self._next[:, None], mask, self._pos[:, None], self._cache, last_only=False)
+        logits, _ = self._forward(self._next[:, None], self._decode_mask(self._mask, self._padded),
+                                  self._pos[:, None], self._cache, last_only=False)
         self._pos = self._pos + 1
-        tokens = self._sample(out.logits[:, -1, :], rows)
+        tokens = self._sample(logits[:, -1, :], rows)
         self._next = tokens
         requests = {id(s.request): s.request for s in rows}
         stats = self.stats
@@ -370,23 +431,35 @@ class Scheduler:
         self._emit(rows, tokens.tolist())
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache: Any,
-                 last_only: bool) -> Any:
-        kwargs: dict[str, Any] = {"input_ids": ids, self._cache_kw: cache, "use_cache": True}
+                 last_only: bool) -> tuple[torch.Tensor, Any]:
+        """Logits ``[B, q, V]`` (``q == 1`` with ``last_only``) and the cache, grown in place."""
+        kwargs: dict[str, Any] = {"input_ids": ids, "use_cache": True}
         if mask is not None:
             kwargs["attention_mask"] = mask
         if self._positions:
             kwargs["position_ids"] = positions
+        if self._direct is not None:
+            base, head, cache_kw = self._direct
+            kwargs[cache_kw] = cache
+            hidden = base(**kwargs).last_hidden_state
+            return head(hidden[:, -1:] if last_only else hidden), cache
+        kwargs[self._cache_kw] = cache
         if last_only and self._keep:
             kwargs["logits_to_keep"] = 1
-        return self.model(**kwargs)
+        out = self.model(**kwargs)
+        returned = getattr(out, "cache", None)
+        if returned is None:
+            returned = getattr(out, "past_key_values", None)
+        return out.logits, (cache if returned is None else returned)
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         params = [s.params for s in seqs]
         logits = logits.float()
         if self._eos is not None and any(s.n_out < s.min_tokens for s in seqs):
-            early = torch.tensor([s.n_out < s.min_tokens for s in seqs], device=logits.device)
+            early = [s.n_out < s.min_tokens for s in seqs]
             blocked = logits.index_fill(1, self._eos[self._eos < logits.shape[-1]], float("-inf"))
-            logits = torch.where(early[:, None], blocked, logits)
+            logits = blocked if all(early) else torch.where(
+                torch.tensor(early, device=logits.device)[:, None], blocked, logits)
         if any(p.presence_penalty or p.frequency_penalty for p in params):
             counts = torch.zeros_like(logits)
             for i, s in enumerate(seqs):
