@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ async def test_chat_stream_matches_non_stream(llm: LlamaCppBackend) -> None:
     whole = await llm.chat(body)
     stream = await llm.chat({**body, "stream": True, "stream_options": {"include_usage": True}})
     assert isinstance(stream, Stream)
-    chunks = [c async for c in stream.chunks]
+    chunks = await sse_chunks(stream)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert text == whole["choices"][0]["message"]["content"]
@@ -71,7 +72,7 @@ async def test_completions_stream_and_stop(llm: LlamaCppBackend) -> None:
     whole = await llm.completions(body)
     text = whole["choices"][0]["text"]
     assert whole["object"] == "text_completion" and text
-    chunks = [c async for c in (await llm.completions({**body, "stream": True})).chunks]
+    chunks = await sse_chunks(await llm.completions({**body, "stream": True}))
     assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == text
     stop = text.strip()[:3]
     cut = await llm.completions({**body, "stop": [stop]})
@@ -90,20 +91,54 @@ async def test_concurrent_requests_all_complete(llm: LlamaCppBackend) -> None:
     assert [r["choices"][0]["text"] for r in both] == solo
 
 
+async def sse_chunks(stream: Stream) -> list[dict[str, Any]]:
+    """The JSON events of a streamed answer (relayed as SSE bytes from llama-server's listener)."""
+    raw = b"".join([c async for c in stream.chunks])  # type: ignore[misc]
+    events = [e for e in raw.split(b"\n\n") if e.strip()]
+    assert all(e.startswith(b"data: ") for e in events) and b"[DONE]" not in raw  # the app adds [DONE]
+    return [json.loads(e[len(b"data: "):]) for e in events]
+
+
+def _slots(llm: LlamaCppBackend) -> list[dict[str, Any]]:
+    import httpx
+
+    return httpx.get(llm.server.listening_address + "/slots", timeout=10).json()
+
+
+@in_module_loop
+async def test_streams_are_relayed_from_llama_servers_listener(llm: LlamaCppBackend) -> None:
+    assert llm.http is not None and llm.http.port > 0
+    opened = llm.http.opened
+    for _ in range(3):
+        stream = await llm.completions({"prompt": "The harbour town", "max_tokens": 4, "temperature": 0,
+                                        "stream": True})
+        chunks = [c async for c in stream.chunks]
+        assert chunks and all(isinstance(c, bytes) for c in chunks)
+        assert stream.usage.completion_tokens == 4 and stream.usage.prompt_tokens > 0
+    # one connection each (llama-server closes it after a stream), none retried
+    assert llm.http.opened - opened == 3
+
+
 @in_module_loop
 async def test_closing_a_stream_cancels_it_in_llamacpp(llm: LlamaCppBackend) -> None:
     stream = await llm.chat(
         {"messages": HELLO, "max_tokens": 900, "temperature": 1.0, "ignore_eos": True, "stream": True}
     )
-    first = await stream.chunks.__anext__()
-    for _ in range(2):
-        await stream.chunks.__anext__()
-    await stream.chunks.aclose()
-    record = llm.records[first["id"]]
-    while not record.finished:  # the worker thread returns once llama.cpp has dropped the task
+    seen = b""
+    while seen.count(b"\n\n") < 3:
+        seen += await stream.chunks.__anext__()  # type: ignore[operator]
+    await stream.chunks.aclose()  # type: ignore[attr-defined]  # what the app does when its client goes away
+    task_id = None
+    while True:  # llama-server notices the closed connection and cancels the task
+        slots = await asyncio.to_thread(_slots, llm)
+        if not any(s["is_processing"] for s in slots):
+            break
         await asyncio.sleep(0.01)
-    assert record.cancelled and record.chunks_after_cancel <= 1
-    assert record.chunks < 900
+    last = [s for s in slots if "next_token" in s]
+    task_id = max(s["id_task"] for s in last)
+    slot = next(s for s in last if s["id_task"] == task_id)
+    # a released slot reports the tokens it holds (prompt + generated) as n_prompt_tokens
+    assert not slot["is_processing"] and slot["n_prompt_tokens"] < 900
 
 
 @in_module_loop

@@ -35,6 +35,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelplane.shim.backends.base import Usage
+
 READ_SIZE = 256 * 1024
 HEAD_LIMIT = 64 * 1024
 DEFAULT_MAX_IDLE_S = 4.0
@@ -392,3 +394,46 @@ def _filter(data: bytes, keep_usage: bool, stats: SSEStats) -> bytes:
                     continue
         kept.append(event + b"\n\n")
     return b"".join(kept)
+
+
+async def relay_response(resp: EngineResponse, usage: Usage, *, keep_usage: bool,
+                         rewrite: Callable[[bytes], bytes] | None = None,
+                         active: set[EngineResponse] | None = None) -> AsyncIterator[bytes]:
+    """The SSE body of ``resp`` through :func:`relay_sse`, then the connection back to the pool.
+
+    ``usage`` gets the engine's usage (or the event count, see
+    :class:`SSEStats`) when the stream ends, however it ends. Raises
+    :class:`EngineConnectionError` when the engine's stream breaks off or
+    ends without ``[DONE]``. Closing this generator early closes the
+    connection, which is how the engine learns that the client went away.
+    ``active`` (a set) holds ``resp`` while it streams, so that the caller can
+    close every stream at once (engine death).
+    """
+    stats = SSEStats()
+    if active is not None:
+        active.add(resp)
+    try:
+        async for out in relay_sse(resp.iter_raw(), stats, keep_usage=keep_usage, rewrite=rewrite):
+            yield out
+        if not stats.done:
+            raise EngineConnectionError("the stream ended without [DONE]")
+    finally:
+        if active is not None:
+            active.discard(resp)
+        if stats.prompt_tokens is not None:
+            usage.prompt_tokens = stats.prompt_tokens
+        usage.completion_tokens = stats.completion_tokens_or_events
+        if stats.done and not resp.complete:
+            # [DONE] is the engine's last event: read the body's end so the connection can be reused,
+            # without waiting long for an engine that lingers
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(_drain(resp), 1.0)
+        if stats.done and resp.complete:
+            resp.release()
+        else:
+            resp.close()
+
+
+async def _drain(resp: EngineResponse) -> None:
+    async for _ in resp.iter_raw():
+        pass

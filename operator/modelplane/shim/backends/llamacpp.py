@@ -1,11 +1,19 @@
 """The llama.cpp backend: llama.cpp's own server code, in-process, through ``xllamacpp``.
 
 ``xllamacpp.Server`` runs llama-server's slots and continuous batching on a
-thread of this process; each request is one blocking ``handle_*`` call (run
-on a worker thread here) and streamed chunks arrive through a callback whose
-return value ``True`` cancels the request inside llama.cpp. (It also binds
-llama-server's own HTTP listener to a random port on 127.0.0.1; the shim does
-not use it.)
+thread of this process, and binds llama-server's own HTTP listener to a
+random port on 127.0.0.1 (``Server.listening_address``).
+
+Streamed chat and completions are relayed from that listener (the proxy
+backends' relay, ``_relay.py``): tokens go from llama.cpp's threads to its
+socket and through the shim's event loop as bytes, so they never need the
+GIL one by one (a callback into Python per token, with the event loop
+holding the GIL and a 5 ms switch interval, is what made the in-process path
+slow). A client that goes away closes that connection, and llama-server
+cancels the task. Everything else (non-streamed answers, embeddings,
+rerank) stays in-process: each request is one blocking ``handle_*`` call
+(run on a worker thread here) and streamed chunks arrive through a callback
+whose return value ``True`` cancels the request inside llama.cpp.
 
 ``--model`` is a ``.gguf`` file or a folder holding one; with several,
 ``--quantization`` (e.g. ``Q4_K_M``) picks the file, and a split model
@@ -41,6 +49,7 @@ import numpy as np
 
 from modelplane.shim.backends import _vectors as vec
 from modelplane.shim.backends._openai import new_id
+from modelplane.shim.backends._relay import EngineConnectionError, EnginePool, EngineResponse, relay_response
 from modelplane.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
 from modelplane.shimargs import ShimArgs
 
@@ -225,6 +234,18 @@ async def _gather(stream: Stream, *, chat: bool) -> dict[str, Any]:
                                "total_tokens": stream.usage.prompt_tokens + stream.usage.completion_tokens}}
 
 
+def _listener_pool(server: Any) -> EnginePool | None:
+    """Keep-alive connections to llama-server's own listener, or None if it has none we can reach."""
+    address = str(getattr(server, "listening_address", "") or "")
+    m = re.fullmatch(r"https?://(127\.0\.0\.1|localhost):(\d+)/?", address)
+    if not m or int(m.group(2)) == 0:
+        log.warning("llama.cpp listens on %r; streaming in-process instead", address)
+        return None
+    # llama-server (cpp-httplib) closes the connection after each streamed answer, so keeping it
+    # would only earn a failed write and a retry: one fresh loopback connection per stream
+    return EnginePool("127.0.0.1", int(m.group(2)), max_pooled=0)
+
+
 class _End:
     pass
 
@@ -243,6 +264,8 @@ class LlamaCppBackend(Backend):
         self.gguf: Path | None = None
         self.records: OrderedDict[str, StreamRecord] = OrderedDict()
         self._pool: ThreadPoolExecutor | None = None
+        self.http: EnginePool | None = None
+        self._active: set[EngineResponse] = set()
         self._health = Health(State.LOADING, "loading the model")
         # fail on unknown engine args before anything loads
         self._check_args()
@@ -286,6 +309,7 @@ class LlamaCppBackend(Backend):
             import xllamacpp
 
             self.server = await asyncio.to_thread(xllamacpp.Server, params)
+            self.http = _listener_pool(self.server)
         except Exception as exc:
             self._health = Health(State.DEAD, f"llama.cpp failed to start: {exc}")
             if isinstance(exc, RuntimeError) and "init server" in str(exc):
@@ -295,6 +319,11 @@ class LlamaCppBackend(Backend):
         log.info("llama.cpp serves %s from %s", self.args.served_model_name, self.gguf)
 
     async def stop(self) -> None:
+        http, self.http = self.http, None
+        if http is not None:
+            for resp in list(self._active):
+                resp.close()
+            await http.close()
         server, self.server = self.server, None
         if server is not None:
             holder = [server]
@@ -334,6 +363,8 @@ class LlamaCppBackend(Backend):
     async def _generate(self, handle: Any, body: dict[str, Any], param: str, *,
                         chat: bool) -> dict[str, Any] | Stream:
         if body.get("stream"):
+            if self.http is not None:
+                return await self._http_stream("/v1/chat/completions" if chat else "/v1/completions", body, param)
             return await self._stream(handle, body, param)
         # Non-streamed answers are streamed internally and put together here: llama.cpp can only
         # cancel a streamed task, and a client that goes away must stop the generation.
@@ -400,6 +431,42 @@ class LlamaCppBackend(Backend):
 
         stream.chunks = chunks()
         return stream
+
+    async def _http_stream(self, path: str, body: dict[str, Any], param: str) -> Stream:
+        """A streamed answer relayed as bytes from llama-server's own listener."""
+        pool = self.http
+        assert pool is not None
+        opts = dict(body.get("stream_options") or {})
+        keep_usage = bool(opts.get("include_usage"))
+        opts["include_usage"] = True  # always count tokens; the relay drops the usage event if not asked for
+        payload = json.dumps({**body, "stream_options": opts}, separators=(",", ":"), ensure_ascii=False)
+        try:
+            resp = await pool.request("POST", path, payload.encode())
+            if resp.status >= 400:
+                raw = await resp.read()
+        except EngineConnectionError as exc:
+            raise BackendError(f"llama.cpp's server did not answer: {exc}", status=503, type="server_error",
+                               code="engine_unavailable", retry_after=5) from exc
+        if resp.status >= 400:
+            try:
+                err = json.loads(raw)
+            except ValueError:
+                err = {"message": raw.decode(errors="replace")[:500], "code": resp.status}
+            if not isinstance(err, dict):
+                err = {"message": str(err), "code": resp.status}
+            raise _error(err, param)
+        usage = Usage()
+        return Stream(self._relay(resp, keep_usage, usage), usage)
+
+    async def _relay(self, resp: EngineResponse, keep_usage: bool, usage: Usage) -> AsyncIterator[bytes]:
+        try:
+            async with contextlib.aclosing(relay_response(resp, usage, keep_usage=keep_usage,
+                                                          active=self._active)) as pieces:
+                async for out in pieces:
+                    yield out
+        except EngineConnectionError as exc:
+            raise BackendError(f"lost llama.cpp's stream: {exc}", status=502, type="server_error",
+                               code="engine_stream_lost") from exc
 
     @staticmethod
     def _parse(raw: str, param: str) -> dict[str, Any]:

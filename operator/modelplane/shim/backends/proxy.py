@@ -28,9 +28,7 @@ from abc import abstractmethod
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, ClassVar
 
-import anyio
-
-from modelplane.shim.backends._relay import EngineConnectionError, EnginePool, EngineResponse, SSEStats, relay_sse
+from modelplane.shim.backends._relay import EngineConnectionError, EnginePool, EngineResponse, relay_response
 from modelplane.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
 from modelplane.shim.errors import from_engine
 from modelplane.shimargs import ShimArgs
@@ -377,31 +375,14 @@ class ProxyBackend(Backend):
 
     async def _relay(self, resp: EngineResponse, keep_usage: bool, usage: Usage) -> AsyncIterator[bytes]:
         """Engine SSE bytes in whole read buffers cut at event boundaries, without the engine's ``[DONE]``."""
-        self._active.add(resp)
-        stats = SSEStats()
         rewrite = None if type(self).rewrite_stream is ProxyBackend.rewrite_stream else self.rewrite_stream
         try:
-            async for out in relay_sse(resp.iter_raw(), stats, keep_usage=keep_usage, rewrite=rewrite):
-                yield out
-            if not stats.done:
-                raise await self._lost("the stream ended without [DONE]")
+            async with contextlib.aclosing(relay_response(resp, usage, keep_usage=keep_usage, rewrite=rewrite,
+                                                          active=self._active)) as pieces:
+                async for out in pieces:
+                    yield out
         except EngineConnectionError as exc:
             raise await self._lost(str(exc)) from exc
-        finally:
-            self._active.discard(resp)
-            if stats.prompt_tokens is not None:
-                usage.prompt_tokens = stats.prompt_tokens
-            usage.completion_tokens = stats.completion_tokens_or_events
-            if stats.done and not resp.complete:
-                # the engine's [DONE] is its last event; read the chunked terminator so the
-                # connection can be reused, without waiting long for an engine that lingers
-                with contextlib.suppress(Exception), anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
-                    async for _ in resp.iter_raw():
-                        pass
-            if stats.done and resp.complete:
-                resp.release()
-            else:
-                resp.close()
 
     async def _lost(self, detail: str) -> BackendError:
         """The error for a stream cut short; an engine that is exiting is told apart from a hiccup."""
