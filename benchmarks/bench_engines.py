@@ -11,7 +11,9 @@
   ignored, greedy), alternating. The baseline is the faster of torch's default
   threads and one thread (both are recorded). Before the shim starts, both are
   measured once and the shim gets the thread count that was faster
-  (``--engine-args '{"threads": N}'``), so both sides run with the same threads.
+  (``--engine-args '{"threads": N}'``), so both sides run with the same threads
+  (``--shim-threads N`` fixes it instead; the shim's own default is one thread
+  fewer than the CPUs it may use).
   Requests carry ``min_tokens`` equal to ``max_tokens``: like ``generate``'s
   ``min_new_tokens`` it keeps EOS from being sampled, so both sides produce the
   same tokens (with ``ignore_eos`` alone the shim would generate EOS and other
@@ -163,12 +165,13 @@ class Generate:
         return max(default, one), {"default_threads": round(default, 1), "one_thread": round(one, 1)}
 
 
-def bench_transformers(tokens: int, duration: float, reps: int, logdir: Path) -> dict[str, Any]:
+def bench_transformers(tokens: int, duration: float, reps: int, logdir: Path,
+                       shim_threads: int | None = None) -> dict[str, Any]:
     from modelplane.tinymodel import build_tiny_model
 
     gen = Generate()
     gen.tokens_per_s(1, 4)  # warm
-    threads = gen.best_threads(tokens)
+    threads = shim_threads or gen.best_threads(tokens)
     shim, startup = start_shim("transformers", f"file://{build_tiny_model().hf_dir}", logdir, "shim-transformers",
                                {"threads": threads})
     try:
@@ -199,7 +202,8 @@ ENGINES = {"llamacpp": bench_llamacpp, "transformers": bench_transformers}
 
 
 def run(quick: bool = False, *, duration: float | None = None, reps: int | None = None,
-        tokens: int | None = None, logdir: Path | None = None, only: list[str] | None = None) -> dict[str, Any]:
+        tokens: int | None = None, logdir: Path | None = None, only: list[str] | None = None,
+        shim_threads: int | None = None) -> dict[str, Any]:
     duration = duration if duration is not None else (3.0 if quick else 8.0)
     reps = reps if reps is not None else (1 if quick else 3)
     tokens = tokens or (32 if quick else 64)
@@ -210,7 +214,8 @@ def run(quick: bool = False, *, duration: float | None = None, reps: int | None 
         if only and name not in only:
             continue
         try:
-            out[name] = fn(tokens, duration, reps, logdir)
+            kw = {"shim_threads": shim_threads} if name == "transformers" else {}
+            out[name] = fn(tokens, duration, reps, logdir, **kw)
         except Exception as exc:  # one engine failing must not lose the others' numbers
             out[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
     out["wall_s"] = rnd(time.monotonic() - started, 1)
@@ -223,8 +228,11 @@ def main() -> None:
     p.add_argument("--duration", type=float)
     p.add_argument("--reps", type=int)
     p.add_argument("--only", action="append", choices=sorted(ENGINES), help="run only this engine (repeatable)")
+    p.add_argument("--shim-threads", type=int, help="torch threads for the transformers shim "
+                   "(default: whichever of torch's default and 1 made generate faster)")
     a = p.parse_args()
-    print(json.dumps(run(a.quick, duration=a.duration, reps=a.reps, only=a.only), indent=1))
+    print(json.dumps(run(a.quick, duration=a.duration, reps=a.reps, only=a.only, shim_threads=a.shim_threads),
+                     indent=1))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ Engine args (``--engine-args`` JSON), all optional:
 ``max_prefill_tokens``  most padded prompt tokens prefilled in one step (default 8192)
 ``trust_remote_code``   allow custom model code from the model folder (default false)
 ``attn_implementation`` e.g. ``sdpa`` or ``eager``
-``threads``             torch intra-op threads (default: the CPUs this process may use: its CPU
-                        affinity, capped by a cgroup CPU quota such as a pod's CPU limit)
+``threads``             torch intra-op threads (default: the CPUs this process may use, i.e. its
+                        CPU affinity capped by a cgroup CPU quota such as a pod's CPU limit, less
+                        one left to the event loop when there are more than one)
 
 Requests may carry vLLM's ``min_tokens``: EOS cannot end a choice before that many tokens
 (``generate``'s ``min_new_tokens``).
@@ -112,10 +113,16 @@ def usable_cpus(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: str | None = N
 
 
 def torch_threads(engine_args: dict[str, Any]) -> int:
-    """Torch's intra-op thread count: the ``threads`` engine arg, else :func:`usable_cpus`."""
+    """Torch's intra-op thread count: the ``threads`` engine arg, else :func:`usable_cpus` less one.
+
+    The event loop (HTTP, chat templates, tokenizing, streaming) needs a CPU of its own: an
+    OpenMP parallel region runs at the pace of its slowest thread, so one intra-op thread that
+    shares its CPU with the loop holds back every op of every decode step.
+    """
     threads = engine_args.get("threads")
     if threads is None:
-        return usable_cpus()
+        cpus = usable_cpus()
+        return cpus - 1 if cpus > 1 else 1
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"engine arg threads must be a positive integer, got {threads!r}")
     return threads
