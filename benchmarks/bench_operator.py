@@ -239,17 +239,21 @@ async def operator_run(n: int, timeout: float, logdir: Path) -> dict[str, Any]:
             figures = _figures(n, names, api.stamps, done, t0)
             await asyncio.sleep(1.0)  # let trailing writes (Events) land before counting
             writes: dict[str, int] = {}
+            reads: dict[str, int] = {}  # GETs that are not watches (lists, fetches, discovery)
             for r in api.requests[since:]:
-                if str(r.method.value).upper() in ("POST", "PATCH", "PUT", "DELETE") and r.resource is not None:
-                    key = f"{r.resource.plural}{'/' + r.subresource if r.subresource else ''}"
+                method = str(r.method.value).upper()
+                key = f"{r.resource.plural if r.resource else r.url.path}{'/' + r.subresource if r.subresource else ''}"
+                if method in ("POST", "PATCH", "PUT", "DELETE") and r.resource is not None:
                     writes[key] = writes.get(key, 0) + 1
+                elif method == "GET" and r.params.get("watch") != "true":
+                    reads[key] = reads.get(key, 0) + 1
             writes["modeldeployments"] = writes.get("modeldeployments", 0) - n  # the driver's own creates
             operator_writes = sum(writes.values())
             return {
                 "n": n, "api": "emulator", "operator_ready_s": rnd(ready_s, 2), "create_s": rnd(create_s, 3),
                 **figures,
                 "writes_per_deployment": rnd(operator_writes / n, 2), "writes_by_resource": writes,
-                "operator_cpu_s": rnd(cpu_op, 2), "api_and_driver_cpu_s": rnd(cpu_api, 2),
+                "reads": reads, "operator_cpu_s": rnd(cpu_op, 2), "api_and_driver_cpu_s": rnd(cpu_api, 2),
                 "operator_rss_idle_mib": rnd(idle_rss, 1), "operator_rss_peak_mib": rnd(peak, 1),
                 "load_average": load_average(),
             }
