@@ -151,9 +151,17 @@ async def create_all(session: aiohttp.ClientSession, url: str, n: int, *, namesp
     async def worker() -> None:
         while not queue.empty():
             i = queue.get_nowait()
-            async with session.post(endpoint, json=md(i, namespace, replicas)) as r:
-                if r.status not in (200, 201):
-                    failures.append(f"{r.status}: {(await r.text())[:300]}")
+            for _ in range(10):  # a real API server's priority and fairness may answer 429: wait as it says
+                async with session.post(endpoint, json=md(i, namespace, replicas)) as r:
+                    if r.status == 429:
+                        retry_after = r.headers.get("Retry-After", "1")
+                        await asyncio.sleep(float(retry_after) if retry_after.isdigit() else 1.0)
+                        continue
+                    if r.status not in (200, 201):
+                        failures.append(f"{r.status}: {(await r.text())[:300]}")
+                    break
+            else:
+                failures.append(f"429 ten times for md-{i:05d}")
 
     start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(CREATE_CONCURRENCY)))

@@ -4,7 +4,7 @@ It goes through the same steps it takes on a cluster: CRD install (and its
 Established condition), scratch namespaces, bare creates, the operator as a
 process logged in with the kubeconfig, a canary, watches, the operator's
 /metrics, and cleanup (namespaces and the CRD it installed are gone
-afterwards). No timing is asserted.
+afterwards), and retries creates the API server answers with 429. No timing is asserted.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ async def test_real_cluster_mode_measures_and_cleans_up(tmp_path, monkeypatch):
     async with FakeKube() as api, kmock.Server(api, server_cls=server_cls):
         for i in range(2):  # the "cluster's own nodes"
             await api.put_object(NODES, cpu_node(f"node-{i}"))
+        api.fail("POST", "modeldeployments", 429, times=2)  # priority and fairness pushing back: retried
         config = bench_operator.kubeconfig(str(api.url), tmp_path)
         monkeypatch.setenv("KUBECONFIG", str(config))  # restored afterwards (the benchmark sets it)
         try:
@@ -54,7 +55,7 @@ async def test_real_cluster_mode_measures_and_cleans_up(tmp_path, monkeypatch):
     assert not api.store.get(MDS) and not api.store.get(("apps", "v1", "deployments"))
     creates = [r for r in api.requests if str(r.method.value).upper() == "POST" and r.resource is not None
                and r.resource.plural == "modeldeployments"]
-    assert len(creates) == 2 * 6 + 1  # bare, measured, and the canary
+    assert len(creates) == 2 * 6 + 1 + 2  # bare, measured, the canary, and the two answered 429
     assert {r.params.get("watch") for r in api.requests if r.resource is not None
             and r.resource.plural == "modeldeployments" and r.namespace and r.namespace.startswith("mp-bench-")
             and str(r.method.value).upper() == "GET"} >= {"true"}  # measured with watches
