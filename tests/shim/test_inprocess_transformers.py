@@ -21,7 +21,7 @@ import torch
 from shimproc import serve
 
 from modelplane.shim.backends.base import BackendError, State, Stream
-from modelplane.shim.backends.transformers import TransformersBackend
+from modelplane.shim.backends.transformers import TransformersBackend, usable_cpus
 from modelplane.shimargs import ShimArgs
 
 #: async tests share the module's event loop with the module-scoped backend
@@ -334,6 +334,7 @@ async def test_llama_takes_the_checked_shortcuts(backend: TransformersBackend) -
     scheduler = backend.scheduler
     assert scheduler is not None
     assert scheduler._direct is not None and scheduler._mask4d
+    assert scheduler.torch_threads == backend.threads == max(1, usable_cpus() - 1)
 
 
 def test_threads_engine_arg(tiny_model: Any) -> None:

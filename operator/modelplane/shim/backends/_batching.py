@@ -13,6 +13,18 @@ in-flight sequence. Each step it:
    (greedy, temperature, top-k, top-p, penalties, per-sequence seeded
    generators) and posts text deltas to each request's asyncio queue.
 
+The per-step cost matters as much as the batching: with a small model one
+decode step is a millisecond or two, so the step does little besides the
+forward pass. The KV cache grows in place; each step feeds only the new
+token, with no attention mask at all while no row is padded, and a ready
+``[B, 1, 1, T]`` boolean mask (not a 2D one for the model to expand) when
+rows are padded and the model attends with SDPA; logits come from calling the
+base model and the output head directly, skipping the causal-LM wrapper.
+Warm-up switches each shortcut on only where it gives exactly the plain
+forward's logits. Text is detokenized incrementally (only the new token), and
+each step's events reach each event loop in one ``call_soon_threadsafe``.
+The scheduler thread sets torch's intra-op thread count itself.
+
 Models whose cache is not a plain per-layer dynamic KV cache (sliding-window
 or linear-attention layers) cannot have rows merged; for them new requests
 join only when the batch has drained (dynamic batching).
@@ -144,6 +156,7 @@ class Scheduler:
         self.max_prefill_tokens = max_prefill_tokens
         self.max_queue = max_queue
         self.threads = threads
+        self.torch_threads = 0
         self.stats = SchedulerStats()
         self.records: OrderedDict[str, RequestRecord] = OrderedDict()
         self.error: str | None = None
@@ -310,6 +323,8 @@ class Scheduler:
     def _run(self) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)  # the intra-op pool of this thread, which runs every op
+        #: the intra-op threads the decode loop runs with (what torch reports on this thread)
+        self.torch_threads = torch.get_num_threads()
         with torch.inference_mode():
             while True:
                 with self._cv:
