@@ -249,16 +249,29 @@ class FakeKube(kmock.KubernetesEmulator):
         async with self.changed:
             self.changed.notify_all()
 
-    def _validate(self, res: ResKey, obj: dict[str, Any]) -> None:
+    def _validate(self, res: ResKey, obj: dict[str, Any], previous: dict[str, Any] | None = None) -> None:
+        """Validate against the resource's schema; after a change, only the top-level fields that changed
+        (the rest passed before: a status write does not re-check the spec)."""
         schema = self.schemas.get(res)
         if schema is None:
             return
         cached = self._validators.get(res)
         if cached is None or cached[0] is not schema:  # built once per schema, not per write
-            cached = self._validators[res] = (schema, jsonschema.Draft4Validator(schema))
-        error = jsonschema.exceptions.best_match(cached[1].iter_errors(obj))
+            props = schema.get("properties") or {}
+            cached = self._validators[res] = (schema, jsonschema.Draft4Validator(schema),
+                                              {k: jsonschema.Draft4Validator(v) for k, v in props.items()})
+        _, whole, by_field = cached
+        changed = None
+        if previous is not None and obj.keys() == previous.keys():
+            changed = [k for k in obj if obj[k] is not previous[k] and obj[k] != previous[k]]
+        if changed is not None and all(k in by_field for k in changed):
+            errors = [(k, e) for k in changed for e in by_field[k].iter_errors(obj[k])]
+        else:
+            errors = [(None, e) for e in whole.iter_errors(obj)]
+        error = jsonschema.exceptions.best_match(e for _, e in errors)
         if error is not None:
-            where = ".".join(str(p) for p in error.absolute_path) or "(root)"
+            field = next(k for k, e in errors if e is error)
+            where = ".".join(str(p) for p in ([field] if field else []) + list(error.absolute_path)) or "(root)"
             raise KubeApiError(status=422, reason="Invalid", message=f"{RESOURCES[res][0]} is invalid: {where}: "
                                f"{error.message}")
 
@@ -321,7 +334,7 @@ class FakeKube(kmock.KubernetesEmulator):
         current_cmp = dict(current, metadata={k: v for k, v in current["metadata"].items() if k != "resourceVersion"})
         if comparable == current_cmp:
             return current  # a no-op write does not bump the resourceVersion (as the API server does)
-        self._validate(res, new)
+        self._validate(res, new, current)
         self._stamp(new)
         self.store[res][key] = new
         await self._emit(res, "MODIFIED", new)
