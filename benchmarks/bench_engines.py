@@ -17,7 +17,10 @@
   Requests carry ``min_tokens`` equal to ``max_tokens``: like ``generate``'s
   ``min_new_tokens`` it keeps EOS from being sampled, so both sides produce the
   same tokens (with ``ignore_eos`` alone the shim would generate EOS and other
-  special tokens that stream no text).
+  special tokens that stream no text). Each row also has CPU milliseconds per
+  token of ``generate`` (this process) and of the shim process (utime+stime
+  over the window, per content chunk) and their ratio, ``cpu_ratio``: on a
+  loaded machine it moves far less than tokens per second.
 * start-up: seconds from starting the shim process to ``/health`` 200.
 """
 
@@ -124,6 +127,8 @@ class Generate:
             self.tok.pad_token = self.tok.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
         self.prompt = self.tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+        #: CPU milliseconds (this process, all threads) per new token of the last call
+        self.last_cpu_ms_per_token = 0.0
 
     def tokens_per_s(self, batch: int, tokens: int, threads: int | None = None) -> tuple[float, float]:
         """(new tokens per second over the whole call, seconds to the end of the call).
@@ -135,14 +140,15 @@ class Generate:
         if threads:
             self.torch.set_num_threads(threads)
         try:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             with self.torch.inference_mode():
                 out = self.model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
                                           pad_token_id=self.tok.pad_token_id)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         finally:
             self.torch.set_num_threads(before)
         new = (out.shape[1] - enc["input_ids"].shape[1]) * batch
+        self.last_cpu_ms_per_token = cpu * 1000 / new
         return new / elapsed, elapsed
 
     def best_threads(self, tokens: int) -> int:
@@ -161,8 +167,11 @@ class Generate:
         slower than one thread for a tiny model; the baseline is the better of the two.
         """
         default = self.tokens_per_s(batch, tokens)[0]
+        default_cpu = self.last_cpu_ms_per_token
         one = self.tokens_per_s(batch, tokens, threads=1)[0]
-        return max(default, one), {"default_threads": round(default, 1), "one_thread": round(one, 1)}
+        one_cpu = self.last_cpu_ms_per_token
+        return max(default, one), {"default_threads": round(default, 1), "one_thread": round(one, 1),
+                                   "cpu_ms_per_token": round(default_cpu if default > one else one_cpu, 4)}
 
 
 def bench_transformers(tokens: int, duration: float, reps: int, logdir: Path,
@@ -180,18 +189,26 @@ def bench_transformers(tokens: int, duration: float, reps: int, logdir: Path,
         asyncio.run(stream_load(url, body, 1, 1.0))  # warm
         rows = []
         for streams in (1, 8):
-            pairs, ttft, both = [], [], []
+            pairs, ttft, both, cpu = [], [], [], []
             for _ in range(reps):
                 base, detail = gen.best(streams, tokens)
-                t = asyncio.run(stream_load(url, body, streams, duration, warmup=min(1.0, duration / 4)))
+                t = asyncio.run(stream_load(url, body, streams, duration, warmup=min(1.0, duration / 4),
+                                            pid=shim.pid))
                 pairs.append((base, t.tokens_per_s))
+                if t.cpu is not None and t.tokens:
+                    cpu.append((detail["cpu_ms_per_token"], t.cpu * 1000 / t.tokens))
                 ttft.append(t.summary()["ttft_p50_ms"])
                 both.append(detail)
             label = "generate(1) vs shim" if streams == 1 else "generate(batch of 8) vs shim"
             rows.append(_pairs_row(label, streams, pairs, {
                 "ttft_p50_shim_ms": rnd(median(ttft), 2), "errors": t.errors, "first_error": t.first_error,
                 "generate_default_threads_tokens_per_s": rnd(median([b["default_threads"] for b in both]), 1),
-                "generate_one_thread_tokens_per_s": rnd(median([b["one_thread"] for b in both]), 1)}))
+                "generate_one_thread_tokens_per_s": rnd(median([b["one_thread"] for b in both]), 1),
+                # CPU per token: generate's process vs the shim process (one content chunk per token);
+                # steadier than tokens/s when other work shares the cores
+                "generate_cpu_ms_per_token": rnd(median([g for g, _ in cpu]), 4),
+                "shim_cpu_ms_per_token": rnd(median([c for _, c in cpu]), 4),
+                "cpu_ratio": rnd(median([g / c for g, c in cpu if c]))}))
         return {"rows": rows, "shim_startup_s": rnd(startup, 2), "tokens_per_request": tokens,
                 "shim_threads": threads}
     finally:
