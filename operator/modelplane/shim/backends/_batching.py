@@ -243,6 +243,8 @@ class Scheduler:
 
         with torch.inference_mode():
             plain, cache = self._trial()
+            if self._eos is not None:  # EOS ids past the output head's size cannot be sampled anyway
+                self._eos = self._eos[self._eos < plain[0].shape[-1]]
             self._direct = self._direct_parts()
             if self._direct is not None and not self._same(plain):
                 log.info("this model's logits need its own forward; calling it whole")
@@ -472,7 +474,7 @@ class Scheduler:
         logits = logits.float()
         if self._eos is not None and any(s.n_out < s.min_tokens for s in seqs):
             early = [s.n_out < s.min_tokens for s in seqs]
-            blocked = logits.index_fill(1, self._eos[self._eos < logits.shape[-1]], float("-inf"))
+            blocked = logits.index_fill(1, self._eos, float("-inf"))
             logits = blocked if all(early) else torch.where(
                 torch.tensor(early, device=logits.device)[:, None], blocked, logits)
         if any(p.presence_penalty or p.frequency_penalty for p in params):
