@@ -1,9 +1,11 @@
 """Run every benchmark, write ``benchmarks/results/latest.json`` and print a markdown table.
 
     python benchmarks/run.py [--quick] [--only shim,engines,peers,operator,resolver] [--out PATH]
+                             [--kubeconfig PATH]
 
-``--quick`` finishes in a few minutes (short windows, one repetition, N=100
-for the operator). ``--smoke`` is smaller still (the test suite runs it) and
+``--quick`` finishes in a few minutes (short windows, one repetition; the
+operator at N=100 and 1,000 either way). ``--kubeconfig`` runs the operator
+part against that real cluster instead of the emulator. ``--smoke`` is smaller still (the test suite runs it) and
 writes nothing unless ``--out`` is given. The machine, its load average at
 start and end and the exact command are recorded with the figures.
 """
@@ -60,7 +62,7 @@ def resolver(quick: bool) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_part(name: str, mode: str, logdir: Path) -> dict[str, Any]:
+def run_part(name: str, mode: str, logdir: Path, kubeconfig: str | None = None) -> dict[str, Any]:
     quick = mode != "full"
     smoke = mode == "smoke"
     start = time.monotonic()
@@ -83,7 +85,7 @@ def run_part(name: str, mode: str, logdir: Path) -> dict[str, Any]:
         elif name == "operator":
             import bench_operator
 
-            res = bench_operator.run(quick, sizes=[10] if smoke else None, logdir=logdir)
+            res = bench_operator.run(quick, sizes=[10] if smoke else None, logdir=logdir, kubeconfig=kubeconfig)
         else:
             res = resolver(quick)
     except Exception as exc:  # a part that breaks is reported; the others still run
@@ -186,6 +188,9 @@ def table(results: dict[str, Any]) -> str:
                      f"{_ok(r['ratio_to_bare'], (r['ratio_to_bare'] or 99) <= 4)} | ≤ 4× | |")
         lines.append(f"| … create→children p50 / p99 (s), writes per deployment | {_f(r['create_to_done_p50_s'])} / "
                      f"{_f(r['create_to_done_p99_s'])}, {_f(r['writes_per_deployment'])} | ≥ 3 writes | |")
+        lines.append(f"| … CPU: operator / emulator+driver (s); all CPU ÷ bare create's | "
+                     f"{_f(r.get('operator_cpu_s'))} / {_f(r.get('api_and_driver_cpu_s'))}; "
+                     f"{_f(r.get('cpu_ratio_to_bare'))}× | | |")
         rss = r["operator_rss_peak_mib"]
         lines.append(f"| … operator RSS peak (MiB) | {_ok(rss, rss < 150)} | < 150 | |")
     res = parts.get("resolver", {})
@@ -205,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="smallest sizes (tests); writes only with --out")
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {','.join(PARTS)}")
     p.add_argument("--out", type=Path, default=None, help="JSON results (default benchmarks/results/latest.json)")
+    p.add_argument("--kubeconfig", metavar="PATH", default=None,
+                   help="operator part against this real cluster instead of the emulator")
     p.add_argument("--table", type=Path, default=None, help="print the table of an earlier results file and exit")
     a = p.parse_args(argv)
     if a.table is not None:
@@ -227,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in parts:
         print(f"[run] {name} ...", file=sys.stderr, flush=True)
-        results["parts"][name] = run_part(name, mode, logdir)
+        results["parts"][name] = run_part(name, mode, logdir, a.kubeconfig)
         print(f"[run] {name}: {results['parts'][name]['part_wall_s']} s", file=sys.stderr, flush=True)
         if out is not None:  # what is done so far survives an interrupted run
             out.parent.mkdir(parents=True, exist_ok=True)
