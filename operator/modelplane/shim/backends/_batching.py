@@ -312,6 +312,9 @@ class Scheduler:
             self._stopping = True
             self._cv.notify()
         self._thread.join()
+        st = self.stats
+        log.info("scheduler stopped after %d prefill and %d decode steps; rows per decode step: %s",
+                 st.prefill_steps, st.decode_steps, dict(sorted(st.rows_per_step.items())))
         error = BackendError("the model is shutting down", status=503, type="server_error",
                              code="shutting_down")
         for request in {id(s.request): s.request for s in self._rows}.values():
