@@ -9,11 +9,10 @@
   in-process ``model.generate`` of one prompt, and at 8 streams vs one batched
   ``generate`` of 8 prompts (same prompt, same number of new tokens, EOS
   ignored, greedy), alternating. The baseline is the faster of torch's default
-  threads and one thread (both are recorded). Before the shim starts, both are
-  measured once and the shim gets the thread count that was faster
-  (``--engine-args '{"threads": N}'``), so both sides run with the same threads
-  (``--shim-threads N`` fixes it instead; the shim's own default is one thread
-  fewer than the CPUs it may use).
+  threads and one thread (both are recorded). The shim runs with its own
+  default (one torch thread fewer than the CPUs it may use, so its event loop
+  keeps a core; on 2 cores that is 1 thread); ``--shim-threads N`` passes
+  ``--engine-args '{"threads": N}'`` instead.
   Requests carry ``min_tokens`` equal to ``max_tokens``: like ``generate``'s
   ``min_new_tokens`` it keeps EOS from being sampled, so both sides produce the
   same tokens (with ``ignore_eos`` alone the shim would generate EOS and other
@@ -151,15 +150,6 @@ class Generate:
         self.last_cpu_ms_per_token = cpu * 1000 / new
         return new / elapsed, elapsed
 
-    def best_threads(self, tokens: int) -> int:
-        """The intra-op thread count (torch's default or 1) that generates a batch of 8 faster."""
-        default = self.torch.get_num_threads()
-        if default == 1:
-            return 1
-        fast_default = self.tokens_per_s(8, tokens)[0]
-        fast_one = self.tokens_per_s(8, tokens, threads=1)[0]
-        return default if fast_default > fast_one else 1
-
     def best(self, batch: int, tokens: int) -> tuple[float, dict[str, float]]:
         """The faster of torch's default threads and one thread, and both figures.
 
@@ -180,9 +170,9 @@ def bench_transformers(tokens: int, duration: float, reps: int, logdir: Path,
 
     gen = Generate()
     gen.tokens_per_s(1, 4)  # warm
-    threads = shim_threads or gen.best_threads(tokens)
+    threads = shim_threads or "default"
     shim, startup = start_shim("transformers", f"file://{build_tiny_model().hf_dir}", logdir, "shim-transformers",
-                               {"threads": threads})
+                               {"threads": shim_threads} if shim_threads else None)
     try:
         url = f"http://127.0.0.1:{shim.port}/v1/chat/completions"
         body = {**_body(tokens), "min_tokens": tokens}  # EOS never sampled, as with min_new_tokens
