@@ -112,15 +112,15 @@ def measure_pace(pace: str, concurrencies: list[int], duration: float, reps: int
 
 
 def run(quick: bool = False, *, concurrencies: list[int] | None = None, duration: float | None = None,
-        reps: int | None = None, logdir: Path | None = None) -> dict[str, Any]:
+        reps: int | None = None, logdir: Path | None = None, paces: list[str] | None = None) -> dict[str, Any]:
     concurrencies = concurrencies or [1, 16, 64, 256]
     duration = duration if duration is not None else (2.0 if quick else 8.0)
     reps = reps if reps is not None else (1 if quick else 3)
     warmup = min(1.0, duration / 4)
     logdir = logdir or ROOT / "benchmarks" / "results" / "logs"
     started = time.monotonic()
-    paces = [measure_pace(p, concurrencies, duration, reps, warmup, logdir) for p in PACES]
-    return {"duration_s": duration, "reps": reps, "warmup_s": warmup, "paces": paces,
+    results = [measure_pace(p, concurrencies, duration, reps, warmup, logdir) for p in (paces or list(PACES))]
+    return {"duration_s": duration, "reps": reps, "warmup_s": warmup, "paces": results,
             "wall_s": rnd(time.monotonic() - started, 1)}
 
 
@@ -131,8 +131,9 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, action="append")
     p.add_argument("--duration", type=float)
     p.add_argument("--reps", type=int)
+    p.add_argument("--pace", choices=list(PACES), action="append", help="run only this pace (repeatable)")
     a = p.parse_args()
-    out = run(a.quick, concurrencies=a.concurrency, duration=a.duration, reps=a.reps)
+    out = run(a.quick, concurrencies=a.concurrency, duration=a.duration, reps=a.reps, paces=a.pace)
     if a.json:
         print(json.dumps(out, indent=1))
         return

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from scripted import SERVED, ScriptedBackend, ServerThread, scripted_args
-from shimproc import sse_events, wait_until
+from shimproc import metric_value, sse_events, wait_until
 
 from modelplane.shim.app import create_app
 
@@ -168,3 +168,70 @@ def test_several_apps_in_one_process_have_their_own_metrics(free_port_factory) -
     a = create_app(ScriptedBackend(scripted_args(1)), scripted_args(1))
     b = create_app(ScriptedBackend(scripted_args(2)), scripted_args(2))
     assert a.state.metrics.registry is not b.state.metrics.registry
+
+
+# -- the raw ASGI route for chat/completions (FastRoutes) ----------------------------------------
+
+
+def _metrics(server: ServerThread) -> str:
+    return httpx.get(server.base_url + "/metrics").text
+
+
+def test_streamed_answer_headers_and_metrics(served) -> None:
+    server, _ = served
+    before = _metrics(server)
+    r = httpx.post(server.base_url + "/v1/chat/completions",
+                   json={"messages": [{"role": "user", "content": "plain"}], "stream": True}, timeout=30)
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert r.headers["cache-control"] == "no-cache" and r.headers["x-accel-buffering"] == "no"
+    assert r.content.endswith(b"data: [DONE]\n\n") and r.content.count(b"[DONE]") == 1
+    after = _metrics(server)
+    ep = "/v1/chat/completions"
+    for name, labels, grew_by in [("modelplane_requests_total", {"endpoint": ep, "status": "200"}, 1),
+                                  ("modelplane_time_to_first_token_seconds_count", {"endpoint": ep}, 1),
+                                  ("modelplane_completion_tokens_total", {"endpoint": ep}, 2),
+                                  ("modelplane_prompt_tokens_total", {"endpoint": ep}, 3)]:
+        assert metric_value(after, name, **labels) - metric_value(before, name, **labels) == grew_by, name
+    assert metric_value(after, "modelplane_requests_cancelled_total", endpoint=ep) == \
+        metric_value(before, "modelplane_requests_cancelled_total", endpoint=ep)
+    assert metric_value(after, "modelplane_requests_in_flight") == 0
+
+
+def test_disconnect_mid_stream_is_counted_as_cancelled(served) -> None:
+    server, backend = served
+    ep = "/v1/chat/completions"
+    before = metric_value(_metrics(server), "modelplane_requests_cancelled_total", endpoint=ep)
+    closed = backend.closed
+    with httpx.Client(base_url=server.base_url, timeout=30) as c, c.stream(
+            "POST", ep, json={"messages": [{"role": "user", "content": "slow"}], "stream": True}) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 3:
+                break
+    wait_until(lambda: backend.closed > closed, "the backend's generator to be closed")
+    wait_until(lambda: metric_value(_metrics(server), "modelplane_requests_cancelled_total", endpoint=ep)
+               == before + 1, "the cancelled counter")
+    wait_until(lambda: metric_value(_metrics(server), "modelplane_requests_in_flight") == 0, "no request in flight")
+
+
+def test_chunked_request_body_is_read_whole(served) -> None:
+    server, _ = served
+    body = json.dumps({"messages": [{"role": "user", "content": "plain"}], "stream": True}).encode()
+
+    def pieces() -> Iterator[bytes]:
+        for i in range(0, len(body), 7):
+            yield body[i:i + 7]
+
+    r = httpx.post(server.base_url + "/v1/chat/completions", content=pieces(), timeout=30)
+    assert r.status_code == 200 and b"[DONE]" in r.content
+
+
+def test_completions_route_and_plain_answers_take_the_same_path(served) -> None:
+    server, _ = served
+    r = httpx.post(server.base_url + "/v1/chat/completions",
+                   json={"messages": [{"role": "user", "content": "plain"}]}, timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    assert r.json()["model"] == SERVED and int(r.headers["content-length"]) == len(r.content)
+    # the scripted backend serves no completions: the same 404 envelope as the FastAPI route gives
+    r = httpx.post(server.base_url + "/v1/completions", json={"prompt": "x"}, timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unsupported"

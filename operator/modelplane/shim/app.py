@@ -4,6 +4,14 @@
 (``modelplane.shim.__main__``) runs it with uvicorn. The backend is started
 in the background by the app's lifespan, so ``/health`` answers 503 while
 the model loads and the server is reachable from the first second.
+
+``POST /v1/chat/completions`` and ``/v1/completions`` (the streamed hot
+path) are answered by a raw ASGI handler (``FastRoutes``) inside
+``ShimMiddleware``: it validates with the same pydantic models and writes
+the backend's stream straight to ``send``, one message per backend item,
+with no ``StreamingResponse`` or per-chunk task machinery. A request that
+does not validate is handed, body and all, to the FastAPI routes, so every
+error answer is theirs.
 """
 
 from __future__ import annotations
