@@ -15,7 +15,8 @@ the API server's documented contract:
   resource writes never change ``status``;
 - list ``resourceVersion`` and watch from a ``resourceVersion`` (replaying
   newer events), or from scratch (ADDED for every object);
-- garbage collection: deleting an object deletes its dependents (ownerReferences.uid);
+- garbage collection: deleting an object deletes its dependents (ownerReferences.uid) unless
+  DELETE's propagationPolicy is Orphan; DELETE's uid/resourceVersion preconditions (409 on a mismatch);
   deleting a Namespace deletes everything in it (at once: no Terminating phase);
 - CustomResourceDefinitions (of the kinds in ``RESOURCES``): a created CRD is
   ``Established`` at once and its storage version's schema validates its
@@ -157,6 +158,8 @@ class FakeKube(kmock.KubernetesEmulator):
     #: server does; a violation is a 422 Invalid and changes nothing. CEL rules are not evaluated here.
     schemas: dict[ResKey, dict[str, Any]] = attrs.field(factory=dict, init=False)
     held: int = attrs.field(default=0, init=False)
+    #: Every DELETE served through the API: resource, (namespace, name) and the DeleteOptions sent.
+    deletes: list[dict[str, Any]] = attrs.field(factory=list, init=False)
     _rv: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     last_rv: int = attrs.field(default=0, init=False)
     closing: bool = attrs.field(default=False, init=False)
@@ -355,7 +358,7 @@ class FakeKube(kmock.KubernetesEmulator):
             {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "lastTransitionTime": _now()},
         ]}
 
-    async def remove(self, res: ResKey, key: ObjKey) -> dict[str, Any]:
+    async def remove(self, res: ResKey, key: ObjKey, *, orphan: bool = False) -> dict[str, Any]:
         stored = self.store.get(res, {}).pop(key, None)
         if stored is None:
             raise kmock.KubernetesObjectNotFoundError()
@@ -376,7 +379,7 @@ class FakeKube(kmock.KubernetesEmulator):
             if other_key in self.store.get(other_res, {}):
                 await self.remove(other_res, other_key)
         uid = obj["metadata"]["uid"]
-        for other_res, objs in list(self.store.items()):  # garbage collection of dependents
+        for other_res, objs in [] if orphan else list(self.store.items()):  # garbage collection of dependents
             for other_key, other in list(objs.items()):
                 if any(ref.get("uid") == uid for ref in other["metadata"].get("ownerReferences") or []):
                     await self.remove(other_res, other_key)
@@ -470,8 +473,20 @@ class FakeKube(kmock.KubernetesEmulator):
         return await self.modify(res, key, lambda cur: merge_patch(cur, patch), status_only=status_only, pure=True)
 
     async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
+        """DELETE with DeleteOptions: ``preconditions`` (uid, resourceVersion: 409 Conflict on a mismatch)
+        and ``propagationPolicy`` (Orphan leaves dependents; Background and Foreground delete them, at once)."""
         res = self._res(request)
-        return await self.remove(res, (request.namespace, request.name))
+        key = (request.namespace, request.name)
+        options = _json_body(request) if request.text else {}
+        current = self.store.get(res, {}).get(key)
+        if current is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        for field, want in ((options or {}).get("preconditions") or {}).items():
+            if want is not None and current["metadata"].get(field) != want:
+                raise KubeApiError(status=409, reason="Conflict", message=f"Precondition failed: {field} in "
+                                   f"precondition: {want}, {field} in object meta: {current['metadata'].get(field)}")
+        self.deletes.append({"resource": res, "key": key, "options": options or {}})
+        return await self.remove(res, key, orphan=(options or {}).get("propagationPolicy") == "Orphan")
 
     def close_watches(self) -> None:
         """End every open watch stream (aiohttp does not cancel handlers when clients go away)."""

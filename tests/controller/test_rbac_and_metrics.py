@@ -10,6 +10,7 @@ from ctlharness import (
     MDS,
     NODES,
     NS,
+    SERVICES,
     OperatorRun,
     awq_md,
     cpu_node,
@@ -50,9 +51,22 @@ async def test_recorded_api_use_equals_the_declared_rbac(fake, operator_run):
     await fake.wait_for(lambda: (fake.get(MDS, NS, "qwen-awq").get("status") or {}).get("phase") == "Failed")
     await fake.put_object(NODES, gpu_node())  # resolved: claim, Deployment, Service applied
     await fake.wait_for(lambda: fake.get(CLAIMS, NS, "qwen-awq-cache") and fake.get(DEPLOYMENTS, NS, "qwen-awq"))
-    await fake.put_object(MDS, gguf_md())
+    md = await fake.put_object(MDS, gguf_md())
     await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf"))
     await mark_rollout(fake, "qwen-gguf", ready=1)
+    # Pruning: the cache dropped from the spec, and owned children under names the plan does not render.
+    await fake.modify(MDS, (NS, "qwen-awq"), lambda o: {**o, "spec": {k: v for k, v in o["spec"].items()
+                                                                      if k != "cache"}})
+    await fake.wait_for(lambda: fake.get(CLAIMS, NS, "qwen-awq-cache") is None)
+    owned = {"labels": {"app.kubernetes.io/managed-by": "modelplane", "modelplane.io/deployment": "qwen-gguf"},
+             "ownerReferences": [{"apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
+                                  "name": "qwen-gguf", "uid": md["metadata"]["uid"], "controller": True}]}
+    await fake.put_object(SERVICES, {"metadata": {"name": "qwen-gguf-old", "namespace": NS, **owned},
+                                     "spec": {"ports": [{"port": 80}]}})
+    await fake.put_object(DEPLOYMENTS, {"metadata": {"name": "qwen-gguf-old", "namespace": NS, **owned},
+                                        "spec": {"replicas": 0, "template": {}}})
+    await fake.wait_for(lambda: fake.get(SERVICES, NS, "qwen-gguf-old") is None
+                        and fake.get(DEPLOYMENTS, NS, "qwen-gguf-old") is None)
     await fake.wait_for(lambda: (fake.get(MDS, NS, "qwen-gguf").get("status") or {}).get("phase") == "Ready")
     await fake.wait_for(lambda: "modelplane.io/last-handled-configuration"
                         in (fake.get(MDS, NS, "qwen-gguf")["metadata"].get("annotations") or {}))
@@ -72,7 +86,7 @@ def test_cluster_role_merges_rules_and_says_why(capsys):
     keys = [(r["apiGroups"][0], r["resources"][0]) for r in role["rules"]]
     assert len(keys) == len(set(keys)) == len({(r.api_group, r.resource) for r in RULES})
     deployments = next(r for r in role["rules"] if r["resources"] == ["deployments"])
-    assert deployments["verbs"] == ["list", "patch", "watch"]
+    assert deployments["verbs"] == ["delete", "list", "patch", "watch"]
     assert main([]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed == role

@@ -16,23 +16,26 @@
   verbs: ["create"]
 # know which cache claims are applied
 # server-side apply of the model cache claim
+# prune the cache claim when spec.cache no longer asks for it
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["list", "patch", "watch"]
+  verbs: ["delete", "list", "patch", "watch"]
 # detect CrashLoopBackOff, ImagePullBackOff, OOMKilled, Unschedulable
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
 # know which Services are applied (spec-hash)
 # server-side apply of the model Service
+# prune a Service the current plan no longer uses
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["list", "patch", "watch"]
+  verbs: ["delete", "list", "patch", "watch"]
 # follow the model server Deployments' rollout
 # server-side apply of the model server Deployment
+# prune a Deployment the current plan no longer uses
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["list", "patch", "watch"]
+  verbs: ["delete", "list", "patch", "watch"]
 # watch ModelDeployments (kopf)
 # kopf's last-handled-configuration and progress annotations
 - apiGroups: ["modelplane.io"]

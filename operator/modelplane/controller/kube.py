@@ -2,7 +2,8 @@
 
 It authenticates with the same :class:`kopf.ConnectionInfo` that kopf's login
 produced, so the operator has one identity. It does only what the controller
-needs: server-side apply, status merge-patches and Event creation. Failures
+needs: server-side apply, deleting children it no longer wants (with a uid
+precondition), status merge-patches and Event creation. Failures
 are classified: :class:`TransientApiError` (retry with back-off) or
 :class:`PermanentApiError` (the request itself is wrong; retrying won't help).
 """
@@ -203,6 +204,28 @@ class KubeClient:
         path = api_path(obj["apiVersion"], group_plural[1], meta.get("namespace"), meta["name"])
         params = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
         return await self.request("PATCH", path, body=obj, params=params, content_type=APPLY_CONTENT_TYPE)
+
+    async def delete(
+        self, obj: Mapping[str, Any], *, uid: str | None = None, propagation: str = "Background"
+    ) -> dict[str, Any]:
+        """Delete one object; with ``uid``, only that very object (a precondition: 409 if it was replaced).
+
+        A 404 (already gone) is success: returns ``{}``.
+        """
+        group_plural = RESOURCES.get((obj["apiVersion"], obj["kind"]))
+        if group_plural is None:
+            raise ValueError(f"the operator does not delete {obj['apiVersion']} {obj['kind']}")
+        meta = obj["metadata"]
+        path = api_path(obj["apiVersion"], group_plural[1], meta.get("namespace"), meta["name"])
+        options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        try:
+            return await self.request("DELETE", path, body=options)
+        except PermanentApiError as exc:
+            if exc.status == 404:
+                return {}
+            raise
 
     async def patch_status(
         self, api_version: str, plural: str, namespace: str, name: str, status: Mapping[str, Any]

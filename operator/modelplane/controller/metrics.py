@@ -51,7 +51,7 @@ class Metrics:
             "(0: not reached).", ["method", "code"], registry=self.registry,
         )
         self.writes = Counter(
-            "modelplane_operator_writes", "Writes to the API by kind (apply, status, event).",
+            "modelplane_operator_writes", "Writes to the API by kind (apply, delete, status, event).",
             ["kind"], registry=self.registry,
         )
         self.registry.register(_DeploymentsCollector(statuses))  # type: ignore[arg-type]

@@ -58,6 +58,9 @@ RULES: tuple[Rule, ...] = (
     Rule("", "services", ("patch",), "server-side apply of the model Service"),
     Rule("", "persistentvolumeclaims", ("list", "watch"), "know which cache claims are applied"),
     Rule("", "persistentvolumeclaims", ("patch",), "server-side apply of the model cache claim"),
+    Rule("apps", "deployments", ("delete",), "prune a Deployment the current plan no longer uses"),
+    Rule("", "services", ("delete",), "prune a Service the current plan no longer uses"),
+    Rule("", "persistentvolumeclaims", ("delete",), "prune the cache claim when spec.cache no longer asks for it"),
     Rule("", "pods", ("list", "watch"), "detect CrashLoopBackOff, ImagePullBackOff, OOMKilled, Unschedulable"),
     Rule("", "events", ("create",), "Events: engine selected, rejected, rollout started, degraded"),
 )

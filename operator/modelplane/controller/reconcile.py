@@ -5,6 +5,12 @@ queue (nodes, Deployments, Pods) all call :meth:`Controller.reconcile`, which
 is serialized per object. Nothing is written when nothing changed: children
 are applied only when their spec-hash (or replicas) differs from what the
 watch shows, status only when it differs from the last status.
+
+After the wanted children are applied, children this ModelDeployment owns
+(its instance label and an ownerReference to its uid) that the plan no longer
+asks for are deleted (pruned). A spec no engine can serve leaves a placed
+deployment's children as they are: the last good plan keeps serving and the
+status says so (``ServingPreviousPlan``).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from modelplane.controller import status as st
 from modelplane.controller.kube import KubeClient, PermanentApiError, TransientApiError
 from modelplane.controller.metrics import Metrics
 from modelplane.controller.workqueue import RetryLater, WorkQueue
-from modelplane.controller.world import SPEC_HASH_LABEL, Problem, compact_child
+from modelplane.controller.world import INSTANCE_LABEL, SPEC_HASH_LABEL, Problem, compact_child
 from modelplane.hardware import Hardware, parse_nodes
 from modelplane.render import child_name, render, selector
 from modelplane.render.manifests import spec_hash
@@ -47,6 +53,11 @@ IDX_PODS = "modelplane_pods"
 INDEX_IDS = (IDX_MDS, IDX_NODES, *IDX_CHILDREN.values(), IDX_PODS)
 
 _APPLY_ORDER = {"PersistentVolumeClaim": 0, "Service": 1, "Deployment": 2}
+_API_VERSIONS = {"Deployment": "apps/v1", "Service": "v1", "PersistentVolumeClaim": "v1"}
+# Pruned children go at once and the garbage collector removes their dependents (ReplicaSets, Pods) after:
+# nothing waits on them, and a child of the same name can be created again right away (foreground deletion
+# would keep the old object, finalizer and all, until its pods are gone, and block that).
+PRUNE_PROPAGATION = "Background"
 Key = tuple[str, str]
 
 
@@ -57,6 +68,7 @@ class Outcome:
     result: str  # applied | status | unchanged | rejected | invalid | failed | skipped
     applied: tuple[str, ...] = ()
     status_written: bool = False
+    pruned: tuple[str, ...] = ()
 
 
 def _plain(value: Any) -> Any:
@@ -95,6 +107,8 @@ class Controller:
         self._written: dict[str, dict[str, Any]] = {}
         self._hardware: Hardware | None = None
         self._instances: dict[Key, str] = {}  # (namespace, instance label) -> ModelDeployment name
+        # uids of children deleted by pruning whose DELETED event has not arrived yet (not deleted twice).
+        self._pruning: set[str] = set()
 
     # ----- wiring -------------------------------------------------------------------------------
 
@@ -143,6 +157,8 @@ class Controller:
         """
         meta = body.get("metadata") or {}
         namespace = meta.get("namespace") or ""
+        if event_type == "DELETED":
+            self._pruning.discard(str(meta.get("uid")))
         mine = self._applied.get((kind, namespace, owner or ""), {}).get(meta.get("name") or "")
         if mine is not None and mine.get("uid") == meta.get("uid"):
             echo = event_type != "DELETED" and mine.get("resourceVersion") == meta.get("resourceVersion")
@@ -225,9 +241,9 @@ class Controller:
         try:
             spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
         except ValidationError as exc:
-            message = _first_error(exc)
-            desired = st.unresolved_status(
-                phase="Failed", generation=generation, resolved=st.Cond("Resolved", "False", "InvalidSpec", message),
+            resolved = st.Cond("Resolved", "False", "InvalidSpec", _first_error(exc))
+            desired = self._serving_previous(md, previous, resolved, None, now) or st.unresolved_status(
+                phase="Failed", generation=generation, resolved=resolved,
                 rejected=None, rollout=None, previous=previous, now=now,
             )
             written = await self._write_status(md, previous, desired)
@@ -254,14 +270,16 @@ class Controller:
             decision, kept = Rejection(rejected=[], message=f"internal error while resolving: {exc}"), False
 
         if isinstance(decision, Rejection):
-            deployment = self._observed(md, "Deployment", None)
-            rollout = st.observe_rollout(deployment, rollout_pods, desired_replicas=spec.replicas,
-                                         desired_hash=None) if deployment else None
-            desired = st.unresolved_status(
-                phase="Failed", generation=generation,
-                resolved=st.Cond("Resolved", "False", "Rejected", decision.message),
-                rejected=_reasons(decision.rejected), rollout=rollout, previous=previous, now=now,
-            )
+            resolved = st.Cond("Resolved", "False", "Rejected", decision.message)
+            desired = self._serving_previous(md, previous, resolved, _reasons(decision.rejected), now)
+            if desired is None:
+                deployment = self._observed(md, "Deployment", None)
+                rollout = st.observe_rollout(deployment, rollout_pods, desired_replicas=spec.replicas,
+                                             desired_hash=None) if deployment else None
+                desired = st.unresolved_status(
+                    phase="Failed", generation=generation, resolved=resolved,
+                    rejected=_reasons(decision.rejected), rollout=rollout, previous=previous, now=now,
+                )
             written = await self._write_status(md, previous, desired)
             return Outcome("rejected", status_written=written)
 
@@ -302,6 +320,9 @@ class Controller:
                     rollout_event = ("Scaled", f"scaled {name} from {observed.get('replicas')} to "
                                      f"{child['spec'].get('replicas')} replicas")
 
+        pruned: list[str] = []
+        if apply_problem is None and children:
+            pruned = await self._prune(md, children)
         deployment = self._observed(md, "Deployment", None)
         rollout = st.observe_rollout(deployment, rollout_pods, desired_replicas=spec.replicas,
                                      desired_hash=desired_hash)
@@ -330,7 +351,87 @@ class Controller:
         written = await self._write_status(md, previous, desired)
         if apply_problem is not None:
             return Outcome("failed", tuple(applied), written)
-        return Outcome("applied" if applied else ("status" if written else "unchanged"), tuple(applied), written)
+        result = "applied" if applied or pruned else ("status" if written else "unchanged")
+        return Outcome(result, tuple(applied), written, tuple(pruned))
+
+    # ----- pruning and the previous plan -----------------------------------------------------------
+
+    def _owned_children(self, md: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Children of every kind the operator creates that this very ModelDeployment owns.
+
+        From the watch (and our own applies the watch has not shown yet); owned means the instance label
+        of this ModelDeployment AND an ownerReference to its uid: a same-named object of someone else, or
+        one of an earlier ModelDeployment of the same name (another uid), is never listed.
+        """
+        meta = md["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+        if not uid:
+            return []
+        instance = child_name(name)
+        found: dict[str, dict[str, Any]] = {}
+        for kind, idx in IDX_CHILDREN.items():
+            mine = (self._applied.get((kind, ns, name)) or {}).values()
+            for child in [*self._values(idx, (ns, name)), *mine]:
+                if child.get("uid") in found or (child.get("labels") or {}).get(INSTANCE_LABEL) != instance:
+                    continue
+                if uid in (child.get("ownerUids") or []):
+                    found[str(child.get("uid"))] = {**child, "kind": kind}
+        return list(found.values())
+
+    async def _prune(self, md: Mapping[str, Any], children: list[dict[str, Any]]) -> list[str]:
+        """Delete the owned children the wanted set no longer has; returns ``Kind/name`` of each deleted."""
+        meta = md["metadata"]
+        wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
+        pruned: list[str] = []
+        for child in sorted(self._owned_children(md), key=lambda c: (-_APPLY_ORDER.get(c["kind"], 9), c["name"])):
+            kind, name, uid = child["kind"], str(child["name"]), str(child["uid"])
+            if (kind, name) in wanted or child.get("deleting") or uid in self._pruning:
+                continue
+            target = {"apiVersion": _API_VERSIONS[kind], "kind": kind,
+                      "metadata": {"name": name, "namespace": meta["namespace"]}}
+            try:
+                await self.client.delete(target, uid=uid, propagation=PRUNE_PROPAGATION)  # type: ignore[union-attr]
+            except PermanentApiError as exc:  # e.g. 403: an older chart without the delete verb
+                await self._event(md, "Warning", "PruneFailed",
+                                  f"cannot delete {kind} {name}, which the spec no longer asks for: {exc.message}")
+                continue
+            self.metrics.writes.labels(kind="delete").inc()
+            self._pruning.add(uid)
+            self._retire(kind, meta["namespace"], meta["name"], name)
+            pruned.append(f"{kind}/{name}")
+            why = ("the spec no longer asks for a cache claim (spec.cache); the cache is downloaded again "
+                   "if one is asked for later" if kind == "PersistentVolumeClaim"
+                   else f"the current plan does not use this {kind}")
+            await self._event(md, "Normal", "Pruned", f"deleted {kind} {name}: {why}")
+        return pruned
+
+    def _serving_previous(
+        self, md: Mapping[str, Any], previous: Mapping[str, Any] | None, resolved: st.Cond,
+        rejected: list[dict[str, str]] | None, now: str,
+    ) -> dict[str, Any] | None:
+        """The status of a placed deployment whose new spec cannot be served, or None when that is not the case.
+
+        Like a Deployment whose new pod template cannot start, the last good plan keeps serving: its children
+        are left as they are, status keeps its engine and endpoint, and the conditions say that the spec
+        (this generation) was not rolled out and why. Only a spec change gets here: when the world changes
+        under an unchanged spec (a GPU node gone), the plan itself is what failed.
+        """
+        prev = previous or {}
+        generation = md["metadata"].get("generation")
+        prev_resolved = st.condition(prev, "Resolved") or {}
+        already = (st.condition(prev, "Degraded") or {}).get("reason") == st.SERVING_PREVIOUS_PLAN
+        placed = prev_resolved.get("status") == "True" and prev.get("observedGeneration") != generation
+        if not prev.get("engine") or not (already or placed):
+            return None
+        deployment = self._observed(md, "Deployment", None)
+        if deployment is None:
+            return None  # nothing serves: a plain rejection
+        rollout = st.observe_rollout(deployment, self._values(IDX_PODS, (md["metadata"]["namespace"],
+                                                                          child_name(md["metadata"]["name"]))),
+                                     desired_replicas=int(deployment.get("replicas") or 0), desired_hash=None)
+        plan_fields = {k: prev.get(k) for k in st.PLAN_FIELDS}
+        return st.previous_plan_status(generation=generation, resolved=resolved, rejected=rejected,
+                                       plan_fields=plan_fields, rollout=rollout, previous=previous, now=now)
 
     # ----- decisions ----------------------------------------------------------------------------
 
@@ -476,7 +577,10 @@ class Controller:
         if new_deg.get("status") == "True" and (old_deg.get("status"), old_deg.get("reason")) != (
             "True", new_deg.get("reason")
         ):
-            await self._event(md, "Warning", "Degraded", f"{new_deg.get('reason')}: {new_deg.get('message')}")
+            if new_deg.get("reason") == st.SERVING_PREVIOUS_PLAN:
+                await self._event(md, "Warning", st.SERVING_PREVIOUS_PLAN, str(new_deg.get("message")))
+            else:
+                await self._event(md, "Warning", "Degraded", f"{new_deg.get('reason')}: {new_deg.get('message')}")
         if old_deg.get("status") == "True" and new_deg.get("status") == "False":
             await self._event(md, "Normal", "Recovered", f"no longer {old_deg.get('reason')}")
 

@@ -15,6 +15,10 @@ from typing import Any
 from modelplane.controller.world import SPEC_HASH_LABEL, Problem, diagnose
 
 CONDITION_TYPES = ("Resolved", "Available", "Progressing", "Degraded")
+#: Reason of Progressing and Degraded while a rejected spec leaves the last good plan serving.
+SERVING_PREVIOUS_PLAN = "ServingPreviousPlan"
+#: Status fields that describe the plan being served.
+PLAN_FIELDS = ("engine", "accelerator", "image", "endpoint", "modelUri", "tensorParallelSize", "selector")
 
 
 def now_rfc3339() -> str:
@@ -157,6 +161,43 @@ def unresolved_status(
     conds = [resolved, available, progressing, Cond("Degraded", "False", "NotResolved", "no engine is chosen")]
     return _status(phase, conds, generation, previous, now,
                    replicas=rollout.replicas if rollout else 0, ready=ready, rejected=rejected or None)
+
+
+def previous_plan_status(
+    *,
+    generation: int | None,
+    resolved: Cond,
+    rejected: list[dict[str, str]] | None,
+    plan_fields: Mapping[str, Any],
+    rollout: Rollout,
+    previous: Mapping[str, Any] | None,
+    now: str,
+) -> dict[str, Any]:
+    """Status of a placed deployment whose new spec cannot be served: the previous plan keeps serving.
+
+    Phase Degraded; Resolved is False with the rejection (``rejected`` names each engine's reason);
+    Progressing and Degraded carry :data:`SERVING_PREVIOUS_PLAN`; engine, image and endpoint stay those
+    of the plan that serves.
+    """
+    what = f"{plan_fields.get('engine')} on {plan_fields.get('accelerator')} ({plan_fields.get('image')})"
+    replicas = rollout.replicas
+    if rollout.ready > 0:
+        available = Cond("Available", "True", "ReplicasReady",
+                         f"{rollout.ready}/{replicas} replicas of the previous plan ready")
+    else:
+        available = Cond("Available", "False", "NoReplicasReady",
+                         f"0/{replicas} replicas of the previous plan ready")
+    conds = [
+        resolved,
+        available,
+        Cond("Progressing", "False", SERVING_PREVIOUS_PLAN,
+             f"spec generation {generation} is not rolled out: {resolved.reason}"),
+        Cond("Degraded", "True", SERVING_PREVIOUS_PLAN,
+             f"spec generation {generation} cannot be served ({resolved.reason}: {resolved.message}); "
+             f"the previous plan keeps serving: {what}"),
+    ]
+    return _status("Degraded", conds, generation, previous, now, replicas=replicas, ready=rollout.ready,
+                   rejected=rejected, **plan_fields)
 
 
 def _status(

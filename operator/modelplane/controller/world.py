@@ -67,6 +67,8 @@ def compact_child(body: Mapping[str, Any]) -> dict[str, Any]:
         "labels": _plain(meta.get("labels") or {}),
         "ownerUids": sorted(str(r.get("uid")) for r in meta.get("ownerReferences") or []),
     }
+    if meta.get("deletionTimestamp"):
+        out["deleting"] = True  # held by a finalizer (a claim a pod still mounts): already on its way out
     if "replicas" in spec:
         out["replicas"] = spec.get("replicas")
     status = body.get("status") or {}
