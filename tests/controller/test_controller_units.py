@@ -179,3 +179,26 @@ def test_the_echo_of_our_own_apply_queues_no_reconcile_but_any_other_child_chang
     assert len(controller.queue) == 0 and controller._applied == {}
     controller.child_event("Deployment", body("8"), "MODIFIED", "m")  # e.g. the Deployment controller's status
     assert len(controller.queue) == 1
+
+
+def test_previous_plan_status_keeps_the_plan_and_says_why_it_is_not_rolled_out():
+    from modelplane.controller import status as st
+
+    resolved = st.Cond("Resolved", "False", "Rejected", "no engine can serve m on nvidia nodes")
+    plan = {"engine": "llama.cpp", "accelerator": "cpu", "image": "img:1", "endpoint": "http://m.ns.svc:8000/v1"}
+    status = st.previous_plan_status(generation=4, resolved=resolved, rejected=[{"engine": "vllm", "reason": "x"}],
+                                     plan_fields=plan, desired_replicas=2,
+                                     rollout=st.Rollout(2, 1, 2, False, None), previous=None, now="T")
+    assert status["phase"] == "Degraded" and status["observedGeneration"] == 4
+    assert {k: status[k] for k in plan} == plan
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert (conds["Resolved"]["status"], conds["Resolved"]["reason"]) == ("False", "Rejected")
+    assert conds["Available"]["message"] == "1/2 replicas of the previous plan ready"
+    assert conds["Progressing"]["reason"] == conds["Degraded"]["reason"] == st.SERVING_PREVIOUS_PLAN
+    assert conds["Degraded"]["message"] == ("spec generation 4 cannot be served (Rejected: no engine can serve m "
+                                            "on nvidia nodes); the previous plan keeps serving: llama.cpp on cpu "
+                                            "(img:1)")
+    zero = st.previous_plan_status(generation=4, resolved=resolved, rejected=None, plan_fields=plan,
+                                   desired_replicas=0, rollout=st.Rollout(0, 0, 0, True, None), previous=None,
+                                   now="T")
+    assert {c["type"]: c for c in zero["conditions"]}["Available"]["reason"] == "ScaledToZero"

@@ -20,6 +20,7 @@ from ctlharness import (
     gguf_md,
     gpu_node,
     mark_rollout,
+    writes,
 )
 
 from modelplane.controller.kube import KubeClient, TransientApiError
@@ -39,6 +40,11 @@ def _phase(fake, name: str) -> str | None:
 def _writes(controller, kind: str) -> float:
     return next((s.value for m in controller.metrics.registry.collect() for s in m.samples
                  if s.name == "modelplane_operator_writes_total" and s.labels["kind"] == kind), 0.0)
+
+
+def _reconciles(controller) -> float:
+    return sum(s.value for m in controller.metrics.registry.collect() for s in m.samples
+               if s.name == "modelplane_operator_reconciles_total")
 
 
 def _owner(md: dict[str, Any], uid: str | None = None) -> list[dict[str, Any]]:
@@ -187,6 +193,16 @@ async def test_a_rejected_update_keeps_the_previous_plan_serving_and_says_so_the
                         <= {(e["type"], e["reason"]) for e in events_of(fake, "qwen-gguf")},
                         what="Rejected and ServingPreviousPlan warnings")
 
+    # A restarted operator tells the same story: it writes nothing.
+    await fake.wait_for(lambda: "modelplane.io/last-handled-configuration" in
+                        (_md(fake, "qwen-gguf")["metadata"].get("annotations") or {}))
+    await operator_run.stop()
+    since = len(fake.requests)
+    controller = await operator_run.start()
+    await fake.wait_for(lambda: _reconciles(controller) >= 1 and len(controller.queue) == 0,
+                        what="the resumed reconcile")
+    assert writes(fake, since) == []
+
     # The world moving (a pod of the old plan going unready) keeps the same story, with the new count.
     await mark_rollout(fake, "qwen-gguf", ready=0)
     unready = await fake.wait_for(lambda: cond(m := _md(fake, "qwen-gguf"), "Available")["status"] == "False" and m,
@@ -209,6 +225,7 @@ async def test_a_rejected_update_keeps_the_previous_plan_serving_and_says_so_the
                         what="a Recovered event")
     assert fake.get(DEPLOYMENTS, NS, "qwen-gguf")["metadata"]["generation"] == 1  # no new template
     assert _writes(controller, "delete") == 0
+    assert fake.deletes == []
     await operator_run.stop()
 
 

@@ -426,12 +426,13 @@ class Controller:
         deployment = self._observed(md, "Deployment", None)
         if deployment is None:
             return None  # nothing serves: a plain rejection
-        rollout = st.observe_rollout(deployment, self._values(IDX_PODS, (md["metadata"]["namespace"],
-                                                                          child_name(md["metadata"]["name"]))),
-                                     desired_replicas=int(deployment.get("replicas") or 0), desired_hash=None)
+        replicas = int(deployment.get("replicas") or 0)  # what the previous plan asked for
+        pods = self._values(IDX_PODS, (md["metadata"]["namespace"], child_name(md["metadata"]["name"])))
+        rollout = st.observe_rollout(deployment, pods, desired_replicas=replicas, desired_hash=None)
         plan_fields = {k: prev.get(k) for k in st.PLAN_FIELDS}
         return st.previous_plan_status(generation=generation, resolved=resolved, rejected=rejected,
-                                       plan_fields=plan_fields, rollout=rollout, previous=previous, now=now)
+                                       plan_fields=plan_fields, desired_replicas=replicas, rollout=rollout,
+                                       previous=previous, now=now)
 
     # ----- decisions ----------------------------------------------------------------------------
 

@@ -169,6 +169,7 @@ def previous_plan_status(
     resolved: Cond,
     rejected: list[dict[str, str]] | None,
     plan_fields: Mapping[str, Any],
+    desired_replicas: int,
     rollout: Rollout,
     previous: Mapping[str, Any] | None,
     now: str,
@@ -180,13 +181,14 @@ def previous_plan_status(
     of the plan that serves.
     """
     what = f"{plan_fields.get('engine')} on {plan_fields.get('accelerator')} ({plan_fields.get('image')})"
-    replicas = rollout.replicas
     if rollout.ready > 0:
         available = Cond("Available", "True", "ReplicasReady",
-                         f"{rollout.ready}/{replicas} replicas of the previous plan ready")
+                         f"{rollout.ready}/{desired_replicas} replicas of the previous plan ready")
+    elif desired_replicas == 0:
+        available = Cond("Available", "False", "ScaledToZero", "the previous plan runs 0 replicas")
     else:
         available = Cond("Available", "False", "NoReplicasReady",
-                         f"0/{replicas} replicas of the previous plan ready")
+                         f"0/{desired_replicas} replicas of the previous plan ready")
     conds = [
         resolved,
         available,
@@ -196,7 +198,7 @@ def previous_plan_status(
              f"spec generation {generation} cannot be served ({resolved.reason}: {resolved.message}); "
              f"the previous plan keeps serving: {what}"),
     ]
-    return _status("Degraded", conds, generation, previous, now, replicas=replicas, ready=rollout.ready,
+    return _status("Degraded", conds, generation, previous, now, replicas=rollout.replicas, ready=rollout.ready,
                    rejected=rejected, **plan_fields)
 
 
