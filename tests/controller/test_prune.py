@@ -253,3 +253,49 @@ async def test_client_delete_is_guarded_by_the_uid_and_treats_gone_as_done(fake)
         assert await client.delete(target, uid=svc["metadata"]["uid"]) == {}  # already gone
     finally:
         await client.close()
+
+
+async def test_hardware_that_can_serve_a_rejected_update_rolls_it_out(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    await operator_run.start()
+    await fake.put_object(MDS, gguf_md())
+    await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Deploying")
+    await fake.modify(MDS, (NS, "qwen-gguf"),
+                      lambda o: {**o, "spec": {**o["spec"], "accelerator": {"type": "nvidia"}}})
+    await fake.wait_for(lambda: cond(_md(fake, "qwen-gguf"), "Degraded").get("reason") == "ServingPreviousPlan")
+
+    await fake.put_object(NODES, gpu_node())
+    placed = await fake.wait_for(lambda: (m := _md(fake, "qwen-gguf"))["status"].get("accelerator") == "nvidia"
+                                 and m, what="the update placed on the new GPU node")
+    assert placed["status"]["observedGeneration"] == 2
+    assert cond(placed, "Resolved")["status"] == "True"
+    dep = fake.get(DEPLOYMENTS, NS, "qwen-gguf")
+    assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
+    await fake.wait_for(lambda: cond(_md(fake, "qwen-gguf"), "Degraded").get("status") == "False")
+    await operator_run.stop()
+
+
+async def test_a_refused_delete_is_reported_and_tried_again_on_the_next_change(fake, operator_run):
+    await fake.put_object(NODES, cpu_node())
+    controller = await operator_run.start()
+    md = gguf_md()
+    md["spec"]["cache"] = {"size": "10Gi"}
+    await fake.put_object(MDS, md)
+    await fake.wait_for(lambda: fake.get(CLAIMS, NS, "qwen-gguf-cache") and _phase(fake, "qwen-gguf") == "Deploying")
+    fake.fail("DELETE", "persistentvolumeclaims", 403)  # a chart older than the delete verb
+
+    await fake.modify(MDS, (NS, "qwen-gguf"), lambda o: {**o, "spec": {k: v for k, v in o["spec"].items()
+                                                                       if k != "cache"}})
+    failed = await fake.wait_for(lambda: [e for e in events_of(fake, "qwen-gguf") if e["reason"] == "PruneFailed"],
+                                 what="a PruneFailed warning")
+    assert failed[0]["type"] == "Warning" and "injected 403" in failed[0]["message"]
+    assert "qwen-gguf-cache" in failed[0]["message"]
+    await fake.wait_for(lambda: _md(fake, "qwen-gguf")["status"].get("observedGeneration") == 2)
+    assert fake.get(CLAIMS, NS, "qwen-gguf-cache") is not None
+    assert _phase(fake, "qwen-gguf") == "Deploying"  # the serving plan itself is fine
+    assert _writes(controller, "delete") == 0
+
+    await mark_rollout(fake, "qwen-gguf", ready=1)  # any later reconcile tries again
+    await fake.wait_for(lambda: fake.get(CLAIMS, NS, "qwen-gguf-cache") is None, what="the claim pruned")
+    assert _writes(controller, "delete") == 1
+    await operator_run.stop()
