@@ -382,7 +382,9 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
             except asyncio.CancelledError:
                 if not state["disconnected"]:
                     raise
-                task.uncancel()
+                uncancel = getattr(task, "uncancel", None)  # Python >= 3.11 counts cancellations
+                if uncancel is not None:
+                    uncancel()
                 if gen is None:  # a plain call, or a stream not started: relay() counts its own
                     metrics.cancelled.labels(endpoint).inc()
                     with suppress(Exception):

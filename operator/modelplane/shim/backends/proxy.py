@@ -260,15 +260,18 @@ class ProxyBackend(Backend):
         pool = self.pool
         if pool is None:
             return False
-        resp = None
-        try:
-            async with asyncio.timeout(timeout):
-                resp = await pool.request("GET", self.health_path)
+
+        async def ask() -> int:
+            resp = await pool.request("GET", self.health_path)
+            try:
                 await resp.read()
-            return resp.status == 200
-        except (EngineConnectionError, TimeoutError):
-            if resp is not None:
-                resp.close()
+            finally:
+                resp.close()  # no-op once read() released it
+            return resp.status
+
+        try:
+            return await asyncio.wait_for(ask(), timeout) == 200
+        except (EngineConnectionError, asyncio.TimeoutError):
             return False
 
     def health(self) -> Health:
