@@ -282,7 +282,7 @@ async def test_a_refused_delete_is_reported_and_tried_again_on_the_next_change(f
     md["spec"]["cache"] = {"size": "10Gi"}
     await fake.put_object(MDS, md)
     await fake.wait_for(lambda: fake.get(CLAIMS, NS, "qwen-gguf-cache") and _phase(fake, "qwen-gguf") == "Deploying")
-    fake.fail("DELETE", "persistentvolumeclaims", 403)  # a chart older than the delete verb
+    fake.fail("DELETE", "persistentvolumeclaims", 403, times=2)  # a chart older than the delete verb
 
     await fake.modify(MDS, (NS, "qwen-gguf"), lambda o: {**o, "spec": {k: v for k, v in o["spec"].items()
                                                                        if k != "cache"}})
@@ -295,7 +295,11 @@ async def test_a_refused_delete_is_reported_and_tried_again_on_the_next_change(f
     assert _phase(fake, "qwen-gguf") == "Deploying"  # the serving plan itself is fine
     assert _writes(controller, "delete") == 0
 
-    await mark_rollout(fake, "qwen-gguf", ready=1)  # any later reconcile tries again
+    # Any later reconcile tries again: refused once more (said once), then allowed.
+    await mark_rollout(fake, "qwen-gguf", ready=0)
+    await fake.wait_for(lambda: fake.faults[-1].times == 0, what="the second refusal")
+    await mark_rollout(fake, "qwen-gguf", ready=1)
     await fake.wait_for(lambda: fake.get(CLAIMS, NS, "qwen-gguf-cache") is None, what="the claim pruned")
     assert _writes(controller, "delete") == 1
+    assert [e["reason"] for e in events_of(fake, "qwen-gguf")].count("PruneFailed") == 1
     await operator_run.stop()

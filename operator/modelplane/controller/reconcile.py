@@ -109,6 +109,7 @@ class Controller:
         self._instances: dict[Key, str] = {}  # (namespace, instance label) -> ModelDeployment name
         # uids of children deleted by pruning whose DELETED event has not arrived yet (not deleted twice).
         self._pruning: set[str] = set()
+        self._prune_refused: set[str] = set()  # uids whose delete was refused and said so in an Event
 
     # ----- wiring -------------------------------------------------------------------------------
 
@@ -159,6 +160,7 @@ class Controller:
         namespace = meta.get("namespace") or ""
         if event_type == "DELETED":
             self._pruning.discard(str(meta.get("uid")))
+            self._prune_refused.discard(str(meta.get("uid")))
         mine = self._applied.get((kind, namespace, owner or ""), {}).get(meta.get("name") or "")
         if mine is not None and mine.get("uid") == meta.get("uid"):
             echo = event_type != "DELETED" and mine.get("resourceVersion") == meta.get("resourceVersion")
@@ -392,9 +394,12 @@ class Controller:
             try:
                 await self.client.delete(target, uid=uid, propagation=PRUNE_PROPAGATION)  # type: ignore[union-attr]
             except PermanentApiError as exc:  # e.g. 403: an older chart without the delete verb
-                await self._event(md, "Warning", "PruneFailed",
-                                  f"cannot delete {kind} {name}, which the spec no longer asks for: {exc.message}")
+                if uid not in self._prune_refused:  # said once; tried again on every reconcile
+                    self._prune_refused.add(uid)
+                    await self._event(md, "Warning", "PruneFailed", f"cannot delete {kind} {name}, which the "
+                                      f"spec no longer asks for: {exc.message}")
                 continue
+            self._prune_refused.discard(uid)
             self.metrics.writes.labels(kind="delete").inc()
             self._pruning.add(uid)
             self._retire(kind, meta["namespace"], meta["name"], name)
