@@ -148,6 +148,12 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # pay one-off first-use costs now rather than in the first streams' latency: anyio imports
+        # its asyncio backend on the first cancel scope (~15 ms), pydantic builds validators lazily
+        with anyio.CancelScope():
+            pass
+        with suppress(ValidationError):
+            ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": ""}]}).body()
         task = asyncio.create_task(start_backend(), name="backend-start")
         try:
             yield
