@@ -8,6 +8,7 @@ official ``openai`` client.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -61,8 +62,18 @@ def _prompt_ids(backend: TransformersBackend, messages: list[dict[str, str]]) ->
     return list(backend.tokenizer(text, add_special_tokens=False).input_ids)
 
 
+def _events(item: bytes | dict[str, Any]) -> list[dict[str, Any]]:
+    """The chunks in one streamed item: SSE bytes holding one or more ``data:`` events."""
+    assert isinstance(item, bytes) and item.startswith(b"data: ") and item.endswith(b"\n\n")
+    return [json.loads(event[len(b"data: "):]) for event in item[:-2].split(b"\n\n")]
+
+
+async def _next(stream: Stream) -> list[dict[str, Any]]:
+    return _events(await stream.chunks.__anext__())  # type: ignore[operator]
+
+
 async def _drain(stream: Stream) -> list[dict[str, Any]]:
-    return [chunk async for chunk in stream.chunks]
+    return [chunk async for item in stream.chunks for chunk in _events(item)]
 
 
 @in_module_loop
@@ -94,6 +105,72 @@ async def test_stream_matches_non_stream(backend: TransformersBackend) -> None:
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
     assert stream.usage.completion_tokens == whole["usage"]["completion_tokens"]
     assert len({c["id"] for c in chunks}) == 1
+
+
+@pytest.mark.parametrize("text", ["", "plain", 'quote " back \\ slash', "new\nline\ttab", "é ünï \u2028 \U0001f30a",
+                                  "\x00\x1f ctl", "\ufffd"])
+@pytest.mark.parametrize("chat", [True, False])
+def test_sse_text_template_is_byte_identical(text: str, chat: bool) -> None:
+    from modelplane.shim.backends import _openai as oai
+
+    def build(index: int, t: str) -> dict[str, Any]:
+        if chat:
+            return oai.chat_chunk("chatcmpl-x", 7, "tiny", index, {"content": t})
+        return oai.completion_chunk("cmpl-x", 7, "tiny", index, t)
+
+    template = oai.SseText(build)
+    for index in (0, 3, 0):
+        # what the app writes for a dict chunk (app._dumps)
+        expected = b"data: " + json.dumps(build(index, text), ensure_ascii=False, separators=(",", ":")).encode()
+        assert template.event(index, text) == expected + b"\n\n"
+
+
+@in_module_loop
+async def test_a_consumer_behind_gets_queued_steps_in_one_item(backend: TransformersBackend) -> None:
+    scheduler = backend.scheduler
+    assert scheduler is not None
+    await scheduler.wait_idle()
+    body = {"messages": HELLO, "max_tokens": 12, "temperature": 0, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}
+    whole = await backend.chat(body)
+    stream = await backend.chat({**body, "stream": True})
+    await scheduler.wait_idle()  # every step is queued before the first read
+    items = [item async for item in stream.chunks]
+    assert len(items) == 1
+    chunks = _events(items[0])
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == whole["choices"][0]["message"]["content"]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+    assert stream.usage.completion_tokens == 12
+
+
+@in_module_loop
+async def test_an_error_after_text_comes_after_that_text() -> None:
+    from modelplane.shim.backends import _openai as oai
+    from modelplane.shim.backends._batching import GenerationRequest
+    from modelplane.shim.backends.base import Usage
+    from modelplane.shim.backends.transformers import _Chunks
+
+    request = GenerationRequest("cmpl-e", 3)
+    stream = Stream(chunks=None, usage=Usage(prompt_tokens=3))  # type: ignore[arg-type]
+
+    def build(index: int, t: str) -> dict[str, Any]:
+        return oai.completion_chunk("cmpl-e", 1, "tiny", index, t)
+
+    chunks = _Chunks(request, 1, stream, list, oai.SseText(build),
+                     lambda i, r: oai.completion_chunk("cmpl-e", 1, "tiny", i, "", r), None)
+    request.queue.put_nowait([("delta", 0, "a")])
+    request.queue.put_nowait([("delta", 0, "b")])
+    failure = BackendError("generation failed: boom", status=500)
+    request.queue.put_nowait([("error", failure)])
+    assert [c["choices"][0]["text"] for c in _events(await chunks.__anext__())] == ["a", "b"]
+    with pytest.raises(BackendError) as raised:
+        await chunks.__anext__()
+    assert raised.value is failure and request.cancelled
+    with pytest.raises(StopAsyncIteration):
+        await chunks.__anext__()
 
 
 @in_module_loop
@@ -196,14 +273,14 @@ async def test_request_joins_a_running_batch(backend: TransformersBackend) -> No
     long_solo = (await backend.chat(long_body))["choices"][0]["message"]["content"]
     late_solo = (await backend.completions(late_body))["choices"][0]["text"]
     stream = await backend.chat({**long_body, "stream": True})
-    first = await stream.chunks.__anext__()
+    first, *more = await _next(stream)
     record = backend.record(first["id"])
     assert record is not None
     while record.generated_tokens < 3:
         await asyncio.sleep(0.005)
     late = await backend.completions(late_body)
-    rest = [c async for c in stream.chunks]
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in [first, *rest])
+    rest = await _drain(stream)
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in [first, *more, *rest])
     assert text == long_solo
     assert late["choices"][0]["text"] == late_solo
     late_record = backend.record(late["id"])
@@ -218,7 +295,7 @@ async def test_closing_a_stream_stops_generation(backend: TransformersBackend) -
     stream = await backend.chat(
         {"messages": HELLO, "max_tokens": 1500, "temperature": 0, "ignore_eos": True, "stream": True}
     )
-    seen = [await stream.chunks.__anext__() for _ in range(3)]
+    seen = [(await _next(stream))[0] for _ in range(3)]
     await stream.chunks.aclose()
     await scheduler.wait_idle()
     record = backend.record(seen[0]["id"])
@@ -505,13 +582,13 @@ async def test_other_architectures_batch_correctly(arch: str, tiny_model: Any, t
                 await asyncio.sleep(0.01)
         assert [r["choices"][0]["text"] for r in await asyncio.gather(*tasks)] == solo
         stream = await b.completions({**bodies[0], "max_tokens": 40, "stream": True})
-        first = await stream.chunks.__anext__()
+        first = (await _next(stream))[0]
         record = b.record(first["id"])
         assert record is not None
         while record.generated_tokens < 3:
             await asyncio.sleep(0.005)
         late = await b.completions(bodies[2])
-        [c async for c in stream.chunks]
+        await _drain(stream)
         assert late["choices"][0]["text"] == solo[2]
         assert scheduler._can_join is joins
         assert joins or not scheduler._mask4d  # one 4D mask cannot serve sliding-window layers

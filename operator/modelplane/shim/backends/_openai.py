@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,3 +231,35 @@ def usage_chunk(rid: str, created: int, model: str, obj: str, prompt_tokens: int
 def include_usage(body: dict[str, Any]) -> bool:
     opts = body.get("stream_options")
     return isinstance(opts, dict) and bool(opts.get("include_usage"))
+
+
+#: one encoder, as the app's ``_dumps`` writes JSON (compact, UTF-8 kept); ``encode(str)`` is a C call
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_MARK = "\uffff\u0000modelplane-text\u0000\uffff"
+
+
+def sse(chunk: dict[str, Any]) -> bytes:
+    """One SSE event, ``data: <chunk>\\n\\n``, byte for byte as the app serialises a dict chunk."""
+    return b"data: " + _JSON.encode(chunk).encode() + b"\n\n"
+
+
+class SseText:
+    """The SSE event of a text chunk, with only the text encoded per call.
+
+    ``build(index, text)`` gives the chunk dict; its event is serialised once
+    per choice index with a marker in place of the text and split there, so
+    ``event(index, text)`` is the same bytes as ``sse(build(index, text))``
+    for one JSON string encode and a join.
+    """
+
+    def __init__(self, build: Callable[[int, str], dict[str, Any]]) -> None:
+        self._build = build
+        self._parts: dict[int, tuple[bytes, bytes]] = {}
+
+    def event(self, index: int, text: str) -> bytes:
+        parts = self._parts.get(index)
+        if parts is None:
+            whole = sse(self._build(index, _MARK))
+            before, _, after = whole.partition(_JSON.encode(_MARK).encode())
+            parts = self._parts[index] = (before, after)
+        return parts[0] + _JSON.encode(text).encode() + parts[1]

@@ -36,7 +36,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,21 +152,85 @@ def resolve_device(device: str) -> Any:
 
 
 class _Chunks:
-    """The streamed chunks of one request; closing it (or dropping it) cancels generation."""
+    """The streamed SSE bytes of one request; closing it (or dropping it) cancels generation.
 
-    def __init__(self, agen: AsyncIterator[dict[str, Any]], request: GenerationRequest) -> None:
-        self._agen = agen
+    Each item is the events of one or more scheduler steps, ready to write: a
+    step's text chunks are encoded from per-choice templates (one JSON string
+    encode per delta, :class:`~._openai.SseText`), and steps already queued
+    when the consumer comes back are joined into the same item, so a consumer
+    that fell behind catches up in one write.
+    """
+
+    def __init__(self, request: GenerationRequest, count: int, stream: Stream,
+                 head: Callable[[], list[dict[str, Any]]], text: oai.SseText,
+                 finish: Callable[[int, str], dict[str, Any]], usage: Callable[[], dict[str, Any]] | None) -> None:
         self._request = request
+        self._left = count
+        self._stream = stream
+        self._head = head
+        self._text = text
+        self._finish = finish
+        self._usage = usage
+        self._started = False
+        self._error: BaseException | None = None  # raised on the call after the text before it
 
     def __aiter__(self) -> _Chunks:
         return self
 
-    async def __anext__(self) -> dict[str, Any]:
-        return await self._agen.__anext__()
+    async def __anext__(self) -> bytes:
+        request = self._request
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._left = 0
+            raise error
+        if not self._left:
+            raise StopAsyncIteration
+        queue = request.queue
+        record = request.record
+        try:
+            events = await queue.get()
+        except BaseException:
+            request.cancel()
+            raise
+        out: list[bytes] = []
+        text = self._text
+        while True:
+            if events[0][0] == "error":
+                request.cancel()
+                if not out:
+                    self._left = 0
+                    raise events[0][1]
+                self._error = events[0][1]
+                break
+            if not self._started:
+                # the role chunks go out with the first token, so time-to-first-token means that
+                self._started = True
+                out.extend(oai.sse(chunk) for chunk in self._head())
+            for event in events:
+                if event[0] == "error":
+                    self._error = event[1]
+                    request.cancel()
+                    break
+                if event[2]:
+                    out.append(text.event(event[1], event[2]))
+                if event[0] == "finish":
+                    self._left -= 1
+                    request.complete = not self._left
+                    out.append(oai.sse(self._finish(event[1], event[3])))
+            if not self._left or self._error is not None:
+                break
+            try:
+                events = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+        self._stream.usage.completion_tokens = record.generated_tokens
+        if not self._left and self._error is None and self._usage is not None:
+            out.append(oai.sse(self._usage()))
+        return out[0] if len(out) == 1 else b"".join(out)
 
     async def aclose(self) -> None:
         self._request.cancel()
-        await self._agen.aclose()  # type: ignore[attr-defined]
+        self._left = 0
 
     def __del__(self) -> None:
         self._request.cancel()
@@ -420,37 +484,11 @@ class TransformersBackend(Backend):
                 finish: Callable[[int, str], dict[str, Any]], obj: str) -> Stream:
         record = request.record
         stream = Stream(chunks=None, usage=Usage(prompt_tokens=record.prompt_tokens))  # type: ignore[arg-type]
-        with_usage = oai.include_usage(body)
         model = self.args.served_model_name
 
-        async def chunks() -> AsyncIterator[dict[str, Any]]:
-            left = count
-            started = False
-            try:
-                while left:
-                    events = await request.queue.get()
-                    stream.usage.completion_tokens = record.generated_tokens
-                    if not started and events[0][0] != "error":
-                        # the role chunks go out with the first token, so time-to-first-token means that
-                        started = True
-                        for chunk in head():
-                            yield chunk
-                    for event in events:
-                        if event[0] == "error":
-                            raise event[1]
-                        if event[2]:
-                            yield delta(event[1], event[2])
-                        if event[0] == "finish":
-                            left -= 1
-                            request.complete = not left
-                            yield finish(event[1], event[3])
-                stream.usage.completion_tokens = record.generated_tokens
-                if with_usage:
-                    created = oai.now()
-                    yield oai.usage_chunk(request.id, created, model, obj, record.prompt_tokens,
-                                          record.generated_tokens)
-            finally:
-                request.cancel()
+        def usage() -> dict[str, Any]:
+            return oai.usage_chunk(request.id, oai.now(), model, obj, record.prompt_tokens, record.generated_tokens)
 
-        stream.chunks = _Chunks(chunks(), request)
+        stream.chunks = _Chunks(request, count, stream, head, oai.SseText(delta), finish,
+                                usage if oai.include_usage(body) else None)
         return stream
