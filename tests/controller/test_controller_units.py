@@ -202,3 +202,56 @@ def test_previous_plan_status_keeps_the_plan_and_says_why_it_is_not_rolled_out()
                                    desired_replicas=0, rollout=st.Rollout(0, 0, 0, True, None), previous=None,
                                    now="T")
     assert {c["type"]: c for c in zero["conditions"]}["Available"]["reason"] == "ScaledToZero"
+
+
+def test_hardware_is_parsed_once_per_node_set():
+    """The resolver memoizes per Hardware object: one object while the nodes stay, a new one when one changes."""
+    from modelplane.config import OperatorConfig
+    from modelplane.controller import Controller
+
+    def node(name, cpu):
+        return compact_node({"metadata": {"name": name, "labels": {"kubernetes.io/arch": "amd64"}},
+                             "status": {"allocatable": {"cpu": cpu, "memory": "64Gi"},
+                                        "capacity": {"cpu": cpu, "memory": "64Gi"},
+                                        "conditions": [{"type": "Ready", "status": "True"}]}})
+
+    controller = Controller(OperatorConfig())
+    a, b = node("a", "8"), node("b", "8")
+    controller.indices = {"modelplane_nodes": {"a": [a], "b": [b]}}
+    first = controller.hardware()
+    assert [n.name for n in first.nodes] == ["a", "b"]
+    assert controller.hardware() is first  # the same node objects: not parsed again
+    controller.indices = {"modelplane_nodes": {"a": [a], "b": [node("b", "16")]}}  # kopf stores a new copy
+    second = controller.hardware()
+    assert second is not first and controller.hardware() is second
+    controller.indices = {"modelplane_nodes": {"a": [a]}}
+    assert [n.name for n in controller.hardware().nodes] == ["a"]
+
+
+async def test_reconciles_in_flight_are_bounded():
+    """A burst of creates runs at most ``concurrency`` reconciles at once (their manifests are not all held)."""
+    from modelplane.config import OperatorConfig
+    from modelplane.controller import Controller
+
+    controller = Controller(OperatorConfig(), concurrency=3)
+    running, most = 0, 0
+    release = asyncio.Event()
+
+    async def slow(md, trigger):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await release.wait()
+        running -= 1
+        from modelplane.controller.reconcile import Outcome
+        return Outcome("unchanged")
+
+    controller._reconcile = slow  # type: ignore[method-assign]
+    tasks = [asyncio.create_task(controller.reconcile({"metadata": {"namespace": "ns", "name": f"m{i}"}},
+                                                      trigger="create")) for i in range(10)]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert running == 3
+    release.set()
+    results = await asyncio.gather(*tasks)
+    assert most == 3 and all(r.result == "unchanged" for r in results)

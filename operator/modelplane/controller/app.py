@@ -44,6 +44,7 @@ from modelplane.controller.world import (
 logger = logging.getLogger("modelplane.controller")
 
 LoginFn = Callable[..., "kopf.ConnectionInfo | None"]
+DIFFBASE_ANNOTATION = f"{GROUP}/last-handled-configuration"
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
 _CHILD_RESOURCES = {
     "Deployment": ("apps", "v1", "deployments"),
@@ -77,7 +78,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     """kopf settings: modelplane.io annotations (no status.kopf), warnings-only kopf Events, no scanning."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+        prefix=GROUP, key=DIFFBASE_ANNOTATION.split("/", 1)[1]
     )
     settings.persistence.finalizer = f"{GROUP}/finalizer"  # never added: no handler needs one
     settings.posting.level = logging.WARNING
@@ -136,7 +137,12 @@ def build_registry(
     @kopf.index(*md_resource, id=IDX_MDS, registry=registry)
     async def _mds(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
         copy = _plain(body)
-        copy.get("metadata", {}).pop("managedFields", None)  # large, and never read
+        meta = copy.get("metadata", {})
+        meta.pop("managedFields", None)  # large, and never read
+        annotations = meta.get("annotations") or {}
+        annotations.pop(DIFFBASE_ANNOTATION, None)  # kopf's copy of the whole spec: kopf reads its own, we never do
+        if not annotations:
+            meta.pop("annotations", None)
         return {(namespace, name): copy}
 
     @kopf.index("v1", "nodes", id=IDX_NODES, registry=registry)

@@ -92,7 +92,8 @@ def _reasons(items: Iterable[Any]) -> list[dict[str, str]]:
 class Controller:
     """State shared by all handlers of one operator instance."""
 
-    def __init__(self, config: OperatorConfig, *, workers: int = 4, retry_base: float = 1.0) -> None:
+    def __init__(self, config: OperatorConfig, *, workers: int = 4, retry_base: float = 1.0,
+                 concurrency: int = 32) -> None:
         self.config = config
         self.retry_base = retry_base  # first back-off delay after a transient API error (seconds)
         self.metrics = Metrics(self._statuses)
@@ -106,6 +107,11 @@ class Controller:
         self._applied: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
         self._written: dict[str, dict[str, Any]] = {}
         self._hardware: Hardware | None = None
+        self._hw_cache: tuple[list[Any], Hardware] | None = None
+        # At most this many reconciles build manifests and wait on the API at once: a burst of creates
+        # (kopf runs one handler per object at once) would otherwise hold every object's rendered children
+        # and responses in memory together, for no more throughput (the API server is the bottleneck).
+        self._active = asyncio.Semaphore(concurrency)
         self._instances: dict[Key, str] = {}  # (namespace, instance label) -> ModelDeployment name
         # uids of children deleted by pruning whose DELETED event has not arrived yet (not deleted twice).
         self._pruning: set[str] = set()
@@ -128,8 +134,19 @@ class Controller:
         return [self._previous_status(body) or {} for store in self._index(IDX_MDS).values() for body in store]
 
     def hardware(self) -> Hardware:
+        """The nodes' hardware, parsed again only when the node index holds other objects.
+
+        One Hardware object per node set: the resolver memoizes per Hardware object, so parsing afresh on
+        every reconcile would also keep one cache entry (and one Hardware) per reconcile alive.
+        """
         nodes = [node for store in self._index(IDX_NODES).values() for node in store]
-        return parse_nodes(nodes)
+        cached = self._hw_cache
+        # kopf stores each node's compact copy as a new object on every change; we hold the ones parsed, so
+        # comparing identities is exact (a held object's id cannot be reused).
+        if cached is None or len(cached[0]) != len(nodes) or any(
+                a is not b for a, b in zip(cached[0], nodes, strict=True)):
+            cached = self._hw_cache = (nodes, parse_nodes(nodes))
+        return cached[1]
 
     def md_keys(self) -> list[Key]:
         return sorted(self._index(IDX_MDS).keys())
@@ -213,7 +230,7 @@ class Controller:
         md = _plain(body)
         meta = md.get("metadata") or {}
         key = (meta.get("namespace") or "", meta.get("name") or "")
-        async with self._locks[key]:
+        async with self._locks[key], self._active:
             started = time.perf_counter()
             try:
                 outcome = await self._reconcile(md, trigger)
@@ -288,6 +305,7 @@ class Controller:
         plan: Plan = decision
         applied: list[str] = []
         rollout_event: tuple[str, str] | None = None
+        rollout_brief = ""  # the rollout as said inside EngineSelected (which already names engine and image)
         apply_problem: Problem | None = None
         desired_hash: str | None = None
         try:
@@ -318,6 +336,7 @@ class Controller:
                 if observed is None or old_hash != want:
                     rollout_event = ("RolloutStarted", f"rolling out {name} ({plan.engine} on {plan.accelerator}, "
                                      f"{plan.image}, spec-hash {want})")
+                    rollout_brief = f"rolling out {name} (spec-hash {want})"
                 else:
                     rollout_event = ("Scaled", f"scaled {name} from {observed.get('replicas')} to "
                                      f"{child['spec'].get('replicas')} replicas")
@@ -348,9 +367,17 @@ class Controller:
         )
         if apply_problem is not None:
             desired["phase"] = "Failed"
+        fold = None
         if rollout_event is not None:
-            await self._event(md, "Normal", *rollout_event)
-        written = await self._write_status(md, previous, desired)
+            if rollout_event[0] == "RolloutStarted" and self._selects_engine(previous or {}, desired):
+                # The first rollout of a (newly) chosen engine is said once, in EngineSelected (one Event fewer
+                # per deployment at creation; kubectl describe still reads what was chosen, why, and what rolls out).
+                fold = rollout_brief
+            else:
+                await self._event(md, "Normal", *rollout_event)
+        written = await self._write_status(md, previous, desired, rollout=fold)
+        if fold is not None and not written:  # no status write, so no EngineSelected: say the rollout alone
+            await self._event(md, "Normal", *rollout_event)  # type: ignore[misc]
         if apply_problem is not None:
             return Outcome("failed", tuple(applied), written)
         result = "applied" if applied or pruned else ("status" if written else "unchanged")
@@ -544,7 +571,8 @@ class Controller:
     # ----- writes ---------------------------------------------------------------------------------
 
     async def _write_status(
-        self, md: Mapping[str, Any], previous: Mapping[str, Any] | None, desired: dict[str, Any]
+        self, md: Mapping[str, Any], previous: Mapping[str, Any] | None, desired: dict[str, Any],
+        *, rollout: str | None = None,
     ) -> bool:
         patch = st.status_patch(previous, desired)
         if patch is None:
@@ -562,18 +590,30 @@ class Controller:
         if meta.get("uid"):
             self._written[meta["uid"]] = desired
         # Events follow the written status, so a retried reconcile does not repeat them.
-        await self._transition_events(md, previous or {}, desired)
+        await self._transition_events(md, previous or {}, desired, rollout=rollout)
         return True
 
+    @staticmethod
+    def _selects_engine(prev: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+        """Whether writing ``new`` over ``prev`` chooses an engine, accelerator or image (an EngineSelected)."""
+        if (st.condition(new, "Resolved") or {}).get("status") != "True":
+            return False
+        return tuple(new.get(k) for k in ("engine", "accelerator", "image")) != tuple(
+            prev.get(k) for k in ("engine", "accelerator", "image"))
+
     async def _transition_events(
-        self, md: Mapping[str, Any], prev: Mapping[str, Any], new: Mapping[str, Any]
+        self, md: Mapping[str, Any], prev: Mapping[str, Any], new: Mapping[str, Any], *, rollout: str | None = None
     ) -> None:
+        """Events for the changes from ``prev`` to ``new``; ``rollout`` (the Deployment's first rollout of the
+        chosen engine) is said in EngineSelected rather than in an Event of its own."""
         old_res, new_res = st.condition(prev, "Resolved") or {}, st.condition(new, "Resolved") or {}
         if new_res.get("status") == "True":
-            chosen = (new.get("engine"), new.get("accelerator"), new.get("image"))
-            if chosen != (prev.get("engine"), prev.get("accelerator"), prev.get("image")):
-                await self._event(md, "Normal", "EngineSelected",
-                                  f"{chosen[0]} on {chosen[1]} ({chosen[2]}): {new_res.get('message')}")
+            if self._selects_engine(prev, new):
+                message = (f"{new.get('engine')} on {new.get('accelerator')} ({new.get('image')}): "
+                           f"{new_res.get('message')}")
+                if rollout:
+                    message += f"; {rollout}"
+                await self._event(md, "Normal", "EngineSelected", message)
         elif new_res.get("status") == "False" and (
             (old_res.get("status"), old_res.get("reason"), old_res.get("message"))
             != ("False", new_res.get("reason"), new_res.get("message"))
