@@ -13,13 +13,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelplane.shim.backends._relay import (
+    COALESCE_ENV,
+    HIGH_WATER,
+    LOW_WATER,
     EngineConnectionError,
     EnginePool,
     EngineResponse,
     SSEStats,
+    _Conn,
+    coalesce_seconds,
+    relay_response,
     relay_sse,
 )
-from modelplane.shim.backends.base import BackendError, State, Stream
+from modelplane.shim.backends.base import BackendError, State, Stream, Usage
 from modelplane.shim.backends.vllm import VllmBackend
 from modelplane.shimargs import ShimArgs
 
@@ -95,38 +101,40 @@ async def test_stream_without_done_reports_it_and_keeps_a_trailing_partial_event
 # -- HTTP framing -------------------------------------------------------------------------------
 
 
-class _Writer:
-    class _Transport:
-        closed = False
-
-        def is_closing(self) -> bool:
-            return self.closed
-
-        def abort(self) -> None:
-            self.closed = True
+class _Transport(asyncio.Transport):
+    """Stands in for the engine socket's transport: the protocol is fed by the test."""
 
     def __init__(self) -> None:
-        self.transport = self._Transport()
+        super().__init__()
+        self.closed = False
+        self.paused = False
 
-
-class _FakeConn:
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self.reader = reader
-        self.writer = _Writer()
-        self.idle_since = 0.0
-        self.reused = False
+    def is_closing(self) -> bool:
+        return self.closed
 
     def abort(self) -> None:
-        self.writer.transport.abort()
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+def _conn() -> _Conn:
+    conn = _Conn(asyncio.get_running_loop())
+    conn.connection_made(_Transport())
+    return conn
 
 
 async def _decode(headers: dict[str, str], wire: list[bytes]) -> bytes:
-    reader = asyncio.StreamReader()
+    conn = _conn()
     for w in wire:
-        reader.feed_data(w)
-    reader.feed_eof()
+        conn.data_received(w)
+    conn.eof_received()
     pool = EnginePool("127.0.0.1", 9)
-    resp = EngineResponse(pool, _FakeConn(reader), 200, headers, b"")  # type: ignore[arg-type]
+    resp = EngineResponse(pool, conn, 200, headers, b"")
     return b"".join([p async for p in resp.iter_raw()])
 
 
@@ -142,16 +150,16 @@ def test_chunked_bodies_decode_whatever_the_read_boundaries(pieces: list[bytes],
 
 
 async def _decode_reads(headers: dict[str, str], parts: list[bytes]) -> bytes:
-    reader = asyncio.StreamReader()
+    conn = _conn()
     pool = EnginePool("127.0.0.1", 9)
-    resp = EngineResponse(pool, _FakeConn(reader), 200, headers, b"")  # type: ignore[arg-type]
+    resp = EngineResponse(pool, conn, 200, headers, b"")
     out: list[bytes] = []
 
     async def feed() -> None:
         for p in parts:
-            reader.feed_data(p)
+            conn.data_received(p)
             await asyncio.sleep(0)
-        reader.feed_eof()
+        conn.eof_received()
 
     feeder = asyncio.ensure_future(feed())
     out = [p async for p in resp.iter_raw()]
@@ -361,3 +369,74 @@ async def test_unreachable_engine_is_503() -> None:
     with pytest.raises(BackendError) as info:
         await backend(port).forward("/v1/chat/completions", {"model": "m", "stream": True})
     assert info.value.status == 503 and info.value.retry_after
+
+
+# -- the relay over the connection protocol: flow control and coalescing ------------------------
+
+
+def _sse_response(conn: _Conn) -> EngineResponse:
+    return EngineResponse(EnginePool("127.0.0.1", 9), conn, 200, {"transfer-encoding": "chunked"}, b"")
+
+
+async def test_a_slow_consumer_stops_the_engine_socket_being_read_until_it_catches_up() -> None:
+    conn = _conn()
+    transport = conn.transport
+    assert isinstance(transport, _Transport)
+    usage = Usage()
+    relay = relay_response(_sse_response(conn), usage, keep_usage=False, coalesce_s=0.0)
+    big = b"data: " + b"x" * 60_000 + b"\n\n"
+    fed = 0
+    while not transport.paused:
+        conn.data_received(chunked(big)[:-5])  # whole chunks, without the last-chunk marker
+        fed += 1
+        assert fed * len(big) <= HIGH_WATER + len(big), "reading never paused"
+    got = 0
+    while transport.paused:
+        assert len(await relay.__anext__()) == len(big)
+        got += 1
+    assert (fed - got) * len(big) < LOW_WATER  # read again once the queue is below the low mark
+    conn.data_received(chunked(b"data: [DONE]\n\n"))
+    rest = [p async for p in relay]
+    assert got + len(rest) == fed and usage.completion_tokens == fed
+    assert transport.closed is False  # a complete answer: the connection went back to the pool
+
+
+async def test_fast_tokens_are_gathered_while_the_socket_is_left_unread_and_slow_ones_are_not() -> None:
+    conn = _conn()
+    transport = conn.transport
+    assert isinstance(transport, _Transport)
+    relay = relay_response(_sse_response(conn), Usage(), keep_usage=False, coalesce_s=0.05)
+    conn.data_received(chunked(token(0))[:-5])
+    assert await relay.__anext__() == token(0)  # the first token is never held back
+    conn.data_received(chunked(token(1))[:-5])
+    assert await relay.__anext__() == token(1)  # right after the first: the stream is fast
+    nxt = asyncio.ensure_future(relay.__anext__())
+    await asyncio.sleep(0)
+    assert transport.paused  # the next tokens gather in the socket for the rest of the interval
+    conn.data_received(chunked(token(2))[:-5])
+    assert await nxt == token(2)
+    assert not transport.paused
+    conn.data_received(chunked(b"data: [DONE]\n\n"))
+    assert [p async for p in relay] == []
+
+    slow = _conn()
+    relay = relay_response(_sse_response(slow), Usage(), keep_usage=False, coalesce_s=0.001)
+    slow.data_received(chunked(token(0))[:-5])
+    assert await relay.__anext__() == token(0)
+    await asyncio.sleep(0.01)  # slower than one token per interval
+    nxt = asyncio.ensure_future(relay.__anext__())
+    await asyncio.sleep(0)
+    assert not slow.transport.paused  # type: ignore[union-attr]
+    slow.data_received(chunked(token(1))[:-5] + chunked(b"data: [DONE]\n\n"))
+    assert await nxt == token(1)
+    await relay.aclose()
+
+
+def test_coalescing_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(COALESCE_ENV, "5")
+    assert coalesce_seconds() == 0.005
+    monkeypatch.setenv(COALESCE_ENV, "0")
+    assert coalesce_seconds() == 0.0
+    monkeypatch.setenv(COALESCE_ENV, "soon")
+    with pytest.raises(ValueError, match="milliseconds"):
+        coalesce_seconds()

@@ -2,20 +2,25 @@
 
 The shim's data path is one extra hop on 127.0.0.1, so what it costs is
 Python work per socket read. This module keeps that work per *read*, not per
-token:
+token, and out of the consumer's way:
 
-* :class:`EnginePool` keeps persistent keep-alive connections (raw asyncio
-  streams, no per-request client objects); a pooled connection that the
-  engine closed while idle is retried once on a fresh one, before any answer
-  byte arrived, and connections idle longer than ``max_idle_s`` are dropped
-  (uvicorn-based engines close idle ones after 5 s);
+* :class:`EnginePool` keeps persistent keep-alive connections (each an
+  ``asyncio.Protocol``, :class:`_Conn`, no stream reader and no per-request
+  client objects); a pooled connection that the engine closed while idle is
+  retried once on a fresh one, before any answer byte arrived, and
+  connections idle longer than ``max_idle_s`` are dropped (uvicorn-based
+  engines close idle ones after 5 s);
 * :class:`EngineResponse` decodes ``Content-Length``, chunked and
   read-until-close bodies; :meth:`EngineResponse.iter_raw` yields everything
   one socket read brought (chunk framing removed) as one ``bytes``;
-* :func:`relay_sse` turns those pieces into buffers cut only at SSE event
-  boundaries (``\\n\\n``), so a buffer may carry many events; it finds
-  ``[DONE]`` and usage with a bytes search on the buffer and parses only the
-  one event that carries ``"usage"``.
+* :class:`SSERelay` (from :func:`relay_response`) decodes the body and cuts it
+  into buffers of whole SSE events (``\\n\\n``) inside the protocol's
+  ``data_received``, so a buffer may carry many events and the consumer task
+  is woken only when there is something to relay; it finds ``[DONE]`` and
+  usage with a bytes search and parses only the one event that carries
+  ``"usage"``. A slow client pauses reading from the engine (high/low water
+  marks); a stream faster than one token per ``MODELPLANE_STREAM_COALESCE_MS``
+  (default 2 ms) is relayed a few tokens at a time, one wake per interval.
 
 Token counting for metrics: the proxy always asks the engine for
 ``stream_options.include_usage`` and trusts the usage event's numbers; only
@@ -29,9 +34,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,21 +58,112 @@ class EngineConnectionError(ConnectionError):
     """The engine could not be reached, or closed the connection before or while answering."""
 
 
-class _Conn:
-    __slots__ = ("idle_since", "reader", "reused", "writer")
+class _Conn(asyncio.Protocol):
+    """One connection to the engine, as an asyncio protocol.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    Bytes go to ``sink`` (a response body's decoder) from ``data_received``
+    itself, so a socket read costs one callback and no stream-reader
+    buffering; the consumer is woken (``waiter``) only when the sink says it
+    produced something. With no sink attached (response headers), bytes
+    collect in ``buf``.
+    """
+
+    __slots__ = ("buf", "eof", "failure", "idle_since", "loop", "paused", "reused", "sink", "transport",
+                 "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.sink: Callable[[bytes], bool] | None = None
+        self.eof = False
+        self.failure: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.paused = False
         self.idle_since = 0.0
         self.reused = False
 
+    # -- protocol callbacks --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:
+            self.buf += data
+            self._wake()
+            return
+        try:
+            if sink(data):
+                self._wake()
+        except EngineConnectionError as exc:
+            self.failure = exc
+            self.sink = None
+            self.abort()
+            self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self._wake()
+
+    # -- consumer side -------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Until the next wake (bytes for the consumer, end of stream, failure)."""
+        waiter = self.waiter = self.loop.create_future()
+        await waiter
+
+    def attach(self, sink: Callable[[bytes], bool], first: bytes = b"") -> None:
+        """Send what comes next to ``sink``, starting with ``first`` and what arrived meanwhile."""
+        pending = first + bytes(self.buf) if self.buf else first
+        self.buf.clear()
+        self.sink = sink
+        if pending:
+            try:
+                sink(pending)
+            except EngineConnectionError as exc:
+                self.failure = exc
+                self.sink = None
+                self.abort()
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            with contextlib.suppress(Exception):
+                self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            with contextlib.suppress(Exception):
+                self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
     def usable(self, now: float, max_idle: float) -> bool:
-        return (not self.writer.transport.is_closing() and not self.reader.at_eof()
-                and now - self.idle_since < max_idle)
+        return not self.closing() and not self.eof and not self.buf and now - self.idle_since < max_idle
 
     def abort(self) -> None:
-        self.writer.transport.abort()
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class EngineResponse:
@@ -77,7 +175,8 @@ class EngineResponse:
         self.headers = headers
         self._pool = pool
         self._conn: _Conn | None = conn
-        self._pending = rest
+        self._first = rest      # body bytes that came with the headers
+        self._pending = b""     # partial chunk framing, or bytes after the body's end
         self._complete = False
         te = headers.get("transfer-encoding", "").lower()
         self._chunked = "chunked" in te
@@ -96,36 +195,62 @@ class EngineResponse:
         """True once the whole body has been read."""
         return self._complete
 
+    def _decode(self, data: bytes) -> bytes:
+        """The body bytes in one socket read (framing removed); marks the body complete at its end."""
+        if self._complete:
+            self._pending += data
+            return b""
+        if self._chunked:
+            return self._dechunk(data)
+        if self._length is not None:
+            if len(data) >= self._length:
+                out, self._pending = data[:self._length], data[self._length:]
+                self._length = 0
+                self._complete = True
+                return out
+            self._length -= len(data)
+        return data
+
+    def _ended(self, conn: _Conn) -> None:
+        """The engine closed the connection: a read-until-close body is complete, anything else broken."""
+        if conn.failure is not None:
+            raise conn.failure
+        if not self._complete:
+            if self._length is None and not self._chunked:
+                self._complete = True
+                return
+            raise EngineConnectionError("the engine closed the connection in the middle of an answer")
+
     async def iter_raw(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive: one item per socket read (chunk framing removed)."""
         conn = self._conn
         if conn is None:
             raise EngineConnectionError("the response was already released")
-        reader = conn.reader
-        data, self._pending = self._pending, b""
-        while not self._complete:
-            if not data:
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    if self._length is None and not self._chunked:
-                        self._complete = True  # read-until-close body
-                        return
-                    raise EngineConnectionError("the engine closed the connection in the middle of an answer")
-            if self._chunked:
-                out = self._dechunk(data)
-            elif self._length is not None:
-                if len(data) >= self._length:
-                    out, self._pending = data[:self._length], data[self._length:]
-                    self._length = 0
-                    self._complete = True
-                else:
-                    out = data
-                    self._length -= len(data)
-            else:
-                out = data
-            data = b""
-            if out:
-                yield out
+        parts: list[bytes] = []
+
+        def sink(data: bytes) -> bool:
+            piece = self._decode(data)
+            if piece:
+                parts.append(piece)
+            return bool(piece) or self._complete
+
+        first, self._first = self._first, b""
+        conn.attach(sink, first)
+        try:
+            while True:
+                if parts:
+                    batch, parts[:] = parts[:], []
+                    for piece in batch:
+                        yield piece
+                    continue
+                if self._complete:
+                    return
+                if conn.failure is not None or conn.eof:
+                    self._ended(conn)
+                    return
+                await conn.wait()
+        finally:
+            conn.sink = None
 
     def _dechunk(self, data: bytes) -> bytes:
         """Strip chunked framing from ``data`` (plus what was left over); keeps partial framing for later."""
@@ -218,18 +343,19 @@ class EnginePool:
         self.opened = 0  # connections opened so far (tests and benchmarks read it)
 
     async def _connect(self) -> _Conn:
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port, limit=READ_SIZE), self.connect_timeout)
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: _Conn(loop), self.host, self.port), self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise EngineConnectionError(f"cannot connect to {self.host}:{self.port}: "
                                         f"{type(exc).__name__}: {exc}") from exc
-        sock = writer.get_extra_info("socket")
+        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.opened += 1
-        return _Conn(reader, writer)
+        return conn
 
     def _get(self) -> _Conn | None:
         now = time.monotonic()
@@ -242,7 +368,9 @@ class EnginePool:
         return None
 
     def _put(self, conn: _Conn) -> None:
-        if self._closed or len(self._idle) >= self.max_pooled or conn.writer.transport.is_closing():
+        conn.sink = None
+        conn.resume()
+        if self._closed or len(self._idle) >= self.max_pooled or conn.closing() or conn.eof or conn.buf:
             conn.abort()
             return
         conn.idle_since = time.monotonic()
@@ -267,11 +395,11 @@ class EnginePool:
             if conn is None:
                 conn = await self._connect()
             try:
-                conn.writer.write(raw)
+                conn.write(raw)
                 if timeout is None:
                     return await self._response(conn)
                 return await asyncio.wait_for(self._response(conn), timeout)
-            except (EngineConnectionError, OSError, asyncio.IncompleteReadError) as exc:
+            except (EngineConnectionError, OSError) as exc:
                 conn.abort()
                 if conn.reused and attempt == 0 and not isinstance(exc, _PartialHead):
                     continue  # the engine closed an idle keep-alive connection: try a fresh one
@@ -282,15 +410,22 @@ class EnginePool:
         raise AssertionError("unreachable")
 
     async def _response(self, conn: _Conn) -> EngineResponse:
-        reader = conn.reader
-        try:
-            raw = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
-                raise _PartialHead("the engine closed the connection in the middle of its headers") from exc
-            raise EngineConnectionError("the engine closed the connection without answering") from exc
-        except asyncio.LimitOverrunError as exc:
-            raise _PartialHead("the engine's response headers are too large") from exc
+        buf = conn.buf
+        scanned = 0
+        while True:
+            end = buf.find(b"\r\n\r\n", max(0, scanned - 3))
+            if end >= 0:
+                break
+            if len(buf) > HEAD_LIMIT:
+                raise _PartialHead("the engine's response headers are too large")
+            if conn.eof:
+                if buf:
+                    raise _PartialHead("the engine closed the connection in the middle of its headers")
+                raise EngineConnectionError("the engine closed the connection without answering")
+            scanned = len(buf)
+            await conn.wait()
+        raw = bytes(buf[:end])
+        del buf[:end + 4]
         lines = raw.split(_EOL)
         parts = lines[0].split(b" ", 2)
         try:
@@ -336,6 +471,45 @@ class SSEStats:
         return self.completion_tokens if self.completion_tokens is not None else self.events
 
 
+class _Cutter:
+    """Cuts body pieces into buffers of whole SSE events (see :func:`relay_sse`)."""
+
+    __slots__ = ("buf", "keep_usage", "rewrite", "stats")
+
+    def __init__(self, stats: SSEStats, keep_usage: bool, rewrite: Callable[[bytes], bytes] | None) -> None:
+        self.stats = stats
+        self.keep_usage = keep_usage
+        self.rewrite = rewrite
+        self.buf = b""
+
+    def cut(self, piece: bytes) -> bytes | None:
+        """The whole events that ``piece`` completes (filtered and rewritten), or None."""
+        buf = self.buf
+        if buf:
+            piece = buf + piece
+        end = piece.rfind(b"\n\n")
+        if end < 0:
+            self.buf = piece
+            return None
+        if end + 2 == len(piece):
+            out, self.buf = piece, b""
+        else:
+            out, self.buf = piece[:end + 2], piece[end + 2:]
+        if _DONE in out or _USAGE in out:
+            out = _filter(out, self.keep_usage, self.stats)
+            if not out:
+                return None
+        self.stats.events += out.count(b"\n\n")
+        return self.rewrite(out) if self.rewrite is not None else out
+
+    def tail(self) -> bytes | None:
+        """Bytes after the last event boundary when the body ended (yielded as they are), or None."""
+        buf, self.buf = self.buf, b""
+        if not buf.strip():
+            return None
+        return self.rewrite(buf) if self.rewrite is not None else buf
+
+
 async def relay_sse(pieces: AsyncIterator[bytes], stats: SSEStats, *, keep_usage: bool,
                     rewrite: Callable[[bytes], bytes] | None = None) -> AsyncIterator[bytes]:
     """Buffers of whole SSE events from ``pieces``, without the engine's ``[DONE]``.
@@ -345,28 +519,16 @@ async def relay_sse(pieces: AsyncIterator[bytes], stats: SSEStats, *, keep_usage
     ``pieces`` ends (``stats.done`` tells which); bytes after the last event
     boundary at the end are yielded as they are.
     """
-    buf = b""
+    cutter = _Cutter(stats, keep_usage, rewrite)
     async for piece in pieces:
-        buf = buf + piece if buf else piece
-        end = buf.rfind(b"\n\n")
-        if end < 0:
-            continue
-        if end + 2 == len(buf):
-            out, buf = buf, b""
-        else:
-            out, buf = buf[:end + 2], buf[end + 2:]
-        if _DONE in out or _USAGE in out:
-            out = _filter(out, keep_usage, stats)
-            if not out:
-                if stats.done:
-                    return
-                continue
-        stats.events += out.count(b"\n\n")
-        yield rewrite(out) if rewrite is not None else out
+        out = cutter.cut(piece)
+        if out is not None:
+            yield out
         if stats.done:
             return
-    if buf.strip():
-        yield rewrite(buf) if rewrite is not None else buf
+    out = cutter.tail()
+    if out is not None:
+        yield out
 
 
 def _filter(data: bytes, keep_usage: bool, stats: SSEStats) -> bytes:
@@ -396,44 +558,185 @@ def _filter(data: bytes, keep_usage: bool, stats: SSEStats) -> bytes:
     return b"".join(kept)
 
 
-async def relay_response(resp: EngineResponse, usage: Usage, *, keep_usage: bool,
-                         rewrite: Callable[[bytes], bytes] | None = None,
-                         active: set[EngineResponse] | None = None) -> AsyncIterator[bytes]:
-    """The SSE body of ``resp`` through :func:`relay_sse`, then the connection back to the pool.
+#: tokens that arrive closer together than this are relayed together: after a relayed buffer that
+#: came less than this after the one before it, the engine's socket is left unread until this long
+#: after that buffer, so a fast stream costs one wake per interval rather than one per token; a
+#: stream slower than one token per interval (a human-paced chat, at ~50 tokens/s, is) is relayed
+#: one token at a time, as it arrives. 0 turns it off.
+COALESCE_ENV = "MODELPLANE_STREAM_COALESCE_MS"
+DEFAULT_COALESCE_MS = 2.0
+
+
+def coalesce_seconds() -> float:
+    """The coalescing interval from ``MODELPLANE_STREAM_COALESCE_MS`` (milliseconds), in seconds."""
+    raw = os.environ.get(COALESCE_ENV, "")
+    try:
+        ms = float(raw) if raw.strip() else DEFAULT_COALESCE_MS
+    except ValueError:
+        raise ValueError(f"{COALESCE_ENV} must be a number of milliseconds, not {raw!r}") from None
+    return max(0.0, ms) / 1000.0
+
+
+#: queued relay output (bytes) above which the engine connection stops being read, and below
+#: which it is read again: a slow client slows the engine's socket, not the shim's memory
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 256 * 1024
+
+
+class SSERelay:
+    """The SSE body of one engine response, as an async iterator of buffers of whole events.
+
+    The connection's ``data_received`` decodes the body and cuts events
+    (:class:`_Cutter`) as bytes arrive, and queues the result; ``__anext__``
+    only waits when the queue is empty, so a token costs one protocol callback
+    and one coroutine step, with no stream reader or generator layers between
+    the socket and the consumer.
 
     ``usage`` gets the engine's usage (or the event count, see
-    :class:`SSEStats`) when the stream ends, however it ends. Raises
-    :class:`EngineConnectionError` when the engine's stream breaks off or
-    ends without ``[DONE]``. Closing this generator early closes the
+    :class:`SSEStats`) when the stream ends, however it ends. A stream that
+    breaks off or ends without ``[DONE]`` raises :class:`EngineConnectionError`,
+    or what ``on_error`` makes of it. :meth:`aclose` before the end closes the
     connection, which is how the engine learns that the client went away.
     ``active`` (a set) holds ``resp`` while it streams, so that the caller can
     close every stream at once (engine death).
     """
-    stats = SSEStats()
-    if active is not None:
-        active.add(resp)
-    try:
-        async for out in relay_sse(resp.iter_raw(), stats, keep_usage=keep_usage, rewrite=rewrite):
-            yield out
-        if not stats.done:
-            raise EngineConnectionError("the stream ended without [DONE]")
-    finally:
+
+    def __init__(self, resp: EngineResponse, usage: Usage, *, keep_usage: bool,
+                 rewrite: Callable[[bytes], bytes] | None = None,
+                 active: set[EngineResponse] | None = None,
+                 on_error: Callable[[EngineConnectionError], Awaitable[BaseException]] | None = None,
+                 coalesce_s: float = 0.0) -> None:
+        conn = resp._conn
+        if conn is None:
+            raise EngineConnectionError("the response was already released")
+        self.stats = SSEStats()
+        self._resp = resp
+        self._conn = conn
+        self._usage = usage
+        self._active = active
+        self._on_error = on_error
+        self._cutter = _Cutter(self.stats, keep_usage, rewrite)
+        self._out: deque[bytes] = deque()
+        self._queued = 0
+        self._closed = False
+        self._coalesce = coalesce_s
+        self._last = 0.0  # loop time of the last relayed buffer
+        self._fast = False  # the last two buffers came within about one interval of each other
         if active is not None:
-            active.discard(resp)
+            active.add(resp)
+        first, resp._first = resp._first, b""
+        conn.attach(self._feed, first)
+
+    def _feed(self, data: bytes) -> bool:
+        """The connection's sink: True when there is something new for the consumer."""
+        resp = self._resp
+        piece = resp._decode(data)
+        if self.stats.done:
+            return resp._complete
+        if piece:
+            out = self._cutter.cut(piece)
+            if out is not None:
+                self._out.append(out)
+                self._queued += len(out)
+                if self._queued > HIGH_WATER:
+                    self._conn.pause()
+                return True
+            if self.stats.done:
+                return True
+        return resp._complete
+
+    def __aiter__(self) -> SSERelay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        out = self._out
+        conn = self._conn
+        while not out:
+            if self._closed:
+                raise StopAsyncIteration
+            stats = self.stats
+            if stats.done:
+                if not self._resp._complete and not conn.eof:
+                    # [DONE] is the engine's last event: wait (briefly) for the body's end, so the
+                    # connection can be reused
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._body_end(), 1.0)
+                self._finish()
+                raise StopAsyncIteration
+            try:
+                if self._resp._complete:
+                    tail = self._cutter.tail()
+                    if tail is None:
+                        raise EngineConnectionError("the stream ended without [DONE]")
+                    out.append(tail)
+                    self._queued += len(tail)
+                    break
+                if conn.failure is not None or conn.eof:
+                    self._resp._ended(conn)
+                    continue
+            except EngineConnectionError as exc:
+                self._finish()
+                if self._on_error is not None:
+                    raise await self._on_error(exc) from exc
+                raise
+            if self._fast:
+                # a fast stream: let the next tokens gather in the socket until the interval is over
+                self._fast = False
+                delay = self._last + self._coalesce - conn.loop.time()
+                if delay > 0:
+                    conn.pause()
+                    try:
+                        await asyncio.sleep(delay)
+                    finally:
+                        conn.resume()
+                continue
+            await conn.wait()
+        piece = out.popleft()
+        self._queued -= len(piece)
+        if conn.paused and self._queued < LOW_WATER:
+            conn.resume()
+        if self._coalesce:
+            now = conn.loop.time()
+            # a gap up to 1.5 intervals: tokens came as fast as they were let through
+            self._fast = now - self._last < 1.5 * self._coalesce
+            self._last = now
+        return piece
+
+    async def _body_end(self) -> None:
+        conn = self._conn
+        while not self._resp._complete and not conn.eof:
+            await conn.wait()
+
+    def _finish(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        resp, stats = self._resp, self.stats
+        if self._active is not None:
+            self._active.discard(resp)
         if stats.prompt_tokens is not None:
-            usage.prompt_tokens = stats.prompt_tokens
-        usage.completion_tokens = stats.completion_tokens_or_events
-        if stats.done and not resp.complete:
-            # [DONE] is the engine's last event: read the body's end so the connection can be reused,
-            # without waiting long for an engine that lingers
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(_drain(resp), 1.0)
-        if stats.done and resp.complete:
+            self._usage.prompt_tokens = stats.prompt_tokens
+        self._usage.completion_tokens = stats.completion_tokens_or_events
+        self._conn.sink = None
+        self._out.clear()
+        if stats.done and resp._complete:
             resp.release()
         else:
             resp.close()
 
+    async def aclose(self) -> None:
+        """End the relay: the connection goes back to the pool after a complete answer, else it is closed."""
+        self._finish()
 
-async def _drain(resp: EngineResponse) -> None:
-    async for _ in resp.iter_raw():
-        pass
+
+def relay_response(resp: EngineResponse, usage: Usage, *, keep_usage: bool,
+                   rewrite: Callable[[bytes], bytes] | None = None,
+                   active: set[EngineResponse] | None = None,
+                   on_error: Callable[[EngineConnectionError], Awaitable[BaseException]] | None = None,
+                   coalesce_s: float | None = None) -> SSERelay:
+    """The SSE body of ``resp`` relayed (see :class:`SSERelay`), then the connection back to the pool.
+
+    ``coalesce_s`` defaults to ``MODELPLANE_STREAM_COALESCE_MS`` (see :data:`COALESCE_ENV`).
+    """
+    return SSERelay(resp, usage, keep_usage=keep_usage, rewrite=rewrite, active=active, on_error=on_error,
+                    coalesce_s=coalesce_seconds() if coalesce_s is None else coalesce_s)

@@ -246,6 +246,11 @@ def _listener_pool(server: Any) -> EnginePool | None:
     return EnginePool("127.0.0.1", int(m.group(2)), max_pooled=0)
 
 
+async def _stream_lost(exc: EngineConnectionError) -> BackendError:
+    return BackendError(f"lost llama.cpp's stream: {exc}", status=502, type="server_error",
+                        code="engine_stream_lost")
+
+
 class _End:
     pass
 
@@ -458,15 +463,8 @@ class LlamaCppBackend(Backend):
         usage = Usage()
         return Stream(self._relay(resp, keep_usage, usage), usage)
 
-    async def _relay(self, resp: EngineResponse, keep_usage: bool, usage: Usage) -> AsyncIterator[bytes]:
-        try:
-            async with contextlib.aclosing(relay_response(resp, usage, keep_usage=keep_usage,
-                                                          active=self._active)) as pieces:
-                async for out in pieces:
-                    yield out
-        except EngineConnectionError as exc:
-            raise BackendError(f"lost llama.cpp's stream: {exc}", status=502, type="server_error",
-                               code="engine_stream_lost") from exc
+    def _relay(self, resp: EngineResponse, keep_usage: bool, usage: Usage) -> AsyncIterator[bytes]:
+        return relay_response(resp, usage, keep_usage=keep_usage, active=self._active, on_error=_stream_lost)
 
     @staticmethod
     def _parse(raw: str, param: str) -> dict[str, Any]:

@@ -376,16 +376,11 @@ class ProxyBackend(Backend):
         """Adapt a plain (non-streamed) answer from the engine to the OpenAI shape (default: unchanged)."""
         return data
 
-    async def _relay(self, resp: EngineResponse, keep_usage: bool, usage: Usage) -> AsyncIterator[bytes]:
-        """Engine SSE bytes in whole read buffers cut at event boundaries, without the engine's ``[DONE]``."""
+    def _relay(self, resp: EngineResponse, keep_usage: bool, usage: Usage) -> AsyncIterator[bytes]:
+        """Engine SSE bytes in buffers cut at event boundaries, without the engine's ``[DONE]``."""
         rewrite = None if type(self).rewrite_stream is ProxyBackend.rewrite_stream else self.rewrite_stream
-        try:
-            async with contextlib.aclosing(relay_response(resp, usage, keep_usage=keep_usage, rewrite=rewrite,
-                                                          active=self._active)) as pieces:
-                async for out in pieces:
-                    yield out
-        except EngineConnectionError as exc:
-            raise await self._lost(str(exc)) from exc
+        return relay_response(resp, usage, keep_usage=keep_usage, rewrite=rewrite, active=self._active,
+                              on_error=lambda exc: self._lost(str(exc)))
 
     async def _lost(self, detail: str) -> BackendError:
         """The error for a stream cut short; an engine that is exiting is told apart from a hiccup."""
