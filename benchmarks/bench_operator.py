@@ -246,6 +246,7 @@ async def operator_run(n: int, timeout: float, logdir: Path) -> dict[str, Any]:
             cpu_op, cpu_api = cpu_seconds(op.pid) - cpu_op0, cpu_seconds(os.getpid()) - cpu_api0
             figures = _figures(n, names, api.stamps, done, t0)
             await asyncio.sleep(1.0)  # let trailing writes (Events) land before counting
+            after_rss = rss_mib(op.pid)  # what stays once the burst is over (kept state, and freed memory not returned)
             writes: dict[str, int] = {}
             reads: dict[str, int] = {}  # GETs that are not watches (lists, fetches, discovery)
             for r in api.requests[since:]:
@@ -263,7 +264,7 @@ async def operator_run(n: int, timeout: float, logdir: Path) -> dict[str, Any]:
                 "writes_per_deployment": rnd(operator_writes / n, 2), "writes_by_resource": writes,
                 "reads": reads, "operator_cpu_s": rnd(cpu_op, 2), "api_and_driver_cpu_s": rnd(cpu_api, 2),
                 "operator_rss_idle_mib": rnd(idle_rss, 1), "operator_rss_peak_mib": rnd(peak, 1),
-                "load_average": load_average(),
+                "operator_rss_after_mib": rnd(after_rss, 1), "load_average": load_average(),
             }
         finally:
             api.close_watches()
