@@ -255,3 +255,17 @@ async def test_reconciles_in_flight_are_bounded():
     release.set()
     results = await asyncio.gather(*tasks)
     assert most == 3 and all(r.result == "unchanged" for r in results)
+
+
+def test_kopf_settings_keep_state_in_modelplane_annotations_and_let_idle_workers_go():
+    import kopf
+
+    from modelplane.controller.app import configure
+
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    storage = settings.persistence.diffbase_storage
+    assert f"{storage.prefix}/{storage.key}" == "modelplane.io/last-handled-configuration"
+    # Per-object workers go soon after a burst (memory), but never before the echo of their own patch.
+    assert settings.queueing.idle_timeout < kopf.OperatorSettings().queueing.idle_timeout
+    assert settings.persistence.consistency_timeout > settings.queueing.idle_timeout

@@ -23,6 +23,9 @@ from ctlharness import (
 )
 from fakekube import KubeApiError
 
+from modelplane.controller.app import DIFFBASE_ANNOTATION
+from modelplane.controller.reconcile import IDX_MDS
+
 
 async def test_create_applies_children_with_owner_references_and_reports_status(fake, operator_run):
     await fake.put_object(NODES, cpu_node())
@@ -64,6 +67,12 @@ async def test_create_applies_children_with_owner_references_and_reports_status(
     assert f"rolling out qwen-gguf (spec-hash {dep['metadata']['labels']['modelplane.io/spec-hash']})" \
         in selected[0]["message"]
     assert "RolloutStarted" not in {e["reason"] for e in events_of(fake, "qwen-gguf")}
+    # kopf's diff-base annotation (a copy of the spec) is on the object but not in the controller's index copy.
+    await fake.wait_for(lambda: DIFFBASE_ANNOTATION in (_md(fake, "qwen-gguf")["metadata"].get("annotations") or {}))
+    await fake.wait_for(lambda: operator_run.controller._values(IDX_MDS, (NS, "qwen-gguf")))
+    copy = operator_run.controller._values(IDX_MDS, (NS, "qwen-gguf"))[0]
+    assert DIFFBASE_ANNOTATION not in (copy["metadata"].get("annotations") or {})
+    assert copy["spec"] == fake.get(MDS, NS, "qwen-gguf")["spec"]
     await operator_run.stop()
 
 
