@@ -19,8 +19,10 @@ token, and out of the consumer's way:
   is woken only when there is something to relay; it finds ``[DONE]`` and
   usage with a bytes search and parses only the one event that carries
   ``"usage"``. A slow client pauses reading from the engine (high/low water
-  marks); a stream faster than one token per ``MODELPLANE_STREAM_COALESCE_MS``
-  (default 2 ms) is relayed a few tokens at a time, one wake per interval.
+  marks); with ``MODELPLANE_STREAM_COALESCE_MS`` set (default 0: off), a
+  stream faster than one token per interval is relayed a few tokens at a
+  time, one wake per interval (it measured no gain on llama.cpp at 1-8
+  streams on 2 CPUs, so it is off unless asked for).
 
 Token counting for metrics: the proxy always asks the engine for
 ``stream_options.include_usage`` and trusts the usage event's numbers; only
@@ -562,9 +564,9 @@ def _filter(data: bytes, keep_usage: bool, stats: SSEStats) -> bytes:
 #: came less than this after the one before it, the engine's socket is left unread until this long
 #: after that buffer, so a fast stream costs one wake per interval rather than one per token; a
 #: stream slower than one token per interval (a human-paced chat, at ~50 tokens/s, is) is relayed
-#: one token at a time, as it arrives. 0 turns it off.
+#: one token at a time, as it arrives. 0 (the default) turns it off.
 COALESCE_ENV = "MODELPLANE_STREAM_COALESCE_MS"
-DEFAULT_COALESCE_MS = 2.0
+DEFAULT_COALESCE_MS = 0.0
 
 
 def coalesce_seconds() -> float:
