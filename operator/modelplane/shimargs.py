@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve one model through one engine behind an OpenAI-compatible API.",
     )
     p.add_argument("--engine", required=True, choices=ENGINES, help="inference engine to run")
-    p.add_argument("--model", required=True, help="model location: a path, or a file://, pvc://, hf://, s3:// or builtin:// URI")
+    p.add_argument("--model", required=True,
+                   help="model location: a path, or a file://, pvc://, hf://, s3:// or builtin:// URI")
     p.add_argument("--served-model-name", default=None, help="name clients pass as 'model' (default: --model)")
     p.add_argument("--model-type", default="llm", choices=MODEL_TYPES, help="what the model does")
     p.add_argument("--device", default="cpu", choices=DEVICES, help="accelerator to run on")
