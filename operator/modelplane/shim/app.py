@@ -26,7 +26,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -39,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelplane import sources
+from modelplane.shim.apikey import ApiKeyFile
 from modelplane.shim.backends.base import Backend, BackendError, Health, State, Stream
 from modelplane.shim.errors import envelope, retry_after_header, sse_error_event
 from modelplane.shim.metrics import ShimMetrics
@@ -60,17 +60,6 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 #: the raw headers of a streamed answer, as ``StreamingResponse`` writes them for SSE_HEADERS
 _SSE_RAW_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"),
                     (b"content-type", b"text/event-stream; charset=utf-8")]
-
-
-def read_api_key(path: str) -> str:
-    """The Bearer key in ``path`` (surrounding whitespace dropped); never logged."""
-    try:
-        key = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read --api-key-file {path}: {exc.strerror}") from exc
-    if not key:
-        raise ValueError(f"--api-key-file {path} is empty")
-    return key
 
 
 def max_body_bytes_from_env() -> int:
@@ -116,11 +105,13 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
                max_body_bytes: int | None = None) -> FastAPI:
     """Build the app serving ``backend`` as ``args.served_model_name``.
 
-    ``api_key`` defaults to the content of ``args.api_key_file`` (when set);
-    ``max_body_bytes`` to ``$MODELPLANE_MAX_BODY_BYTES`` or 4 MiB.
+    ``api_key`` is a fixed key; without one the key comes from
+    ``args.api_key_file`` (when set) and follows that file as it is rotated;
+    ``max_body_bytes`` defaults to ``$MODELPLANE_MAX_BODY_BYTES`` or 4 MiB.
     """
+    key: str | ApiKeyFile | None = api_key
     if api_key is None and args.api_key_file:
-        api_key = read_api_key(args.api_key_file)
+        key = ApiKeyFile(args.api_key_file)
     if max_body_bytes is None:
         max_body_bytes = max_body_bytes_from_env()
     served = args.served_model_name
@@ -480,7 +471,7 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
 
     # FastRoutes sits inside ShimMiddleware (auth, limits, admission, request metrics apply to it)
     app.add_middleware(FastRoutes, handler=fast, paths=frozenset(fast_routes))
-    app.add_middleware(ShimMiddleware, metrics=metrics, api_key=api_key, max_body_bytes=max_body_bytes,
+    app.add_middleware(ShimMiddleware, metrics=metrics, api_key=key, max_body_bytes=max_body_bytes,
                        max_queue=args.max_queue)
     return app
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelplane.shim.apikey import ApiKeyFile
 from modelplane.shim.errors import envelope_bytes, retry_after_header
 from modelplane.shim.metrics import ShimMetrics
 
@@ -28,7 +30,8 @@ class ShimMiddleware:
     """Checks every ``/v1/...`` request before the app sees it.
 
     * 401 without ``Authorization: Bearer <key>`` when a key is set
-      (constant-time compare);
+      (constant-time compare; a key file is followed as it is rotated:
+      :mod:`modelplane.shim.apikey`);
     * 413 when the body is larger than ``max_body_bytes`` (by
       ``Content-Length`` at once, or while reading a chunked body);
     * 429 with ``Retry-After`` once ``max_queue`` requests are admitted and
@@ -36,11 +39,15 @@ class ShimMiddleware:
     * counts requests by endpoint and status, latency, and in-flight requests.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: ShimMetrics, api_key: str | None,
+    def __init__(self, app: ASGIApp, *, metrics: ShimMetrics, api_key: str | ApiKeyFile | None,
                  max_body_bytes: int, max_queue: int) -> None:
         self.app = app
         self.metrics = metrics
-        self._key = api_key.encode() if api_key else None
+        if isinstance(api_key, str):
+            fixed = api_key.encode()
+            self._key: Callable[[], bytes] | None = (lambda: fixed) if fixed else None
+        else:
+            self._key = api_key.current if api_key is not None else None
         self.max_body_bytes = max_body_bytes
         self.max_queue = max_queue
         self.admitted = 0
@@ -115,7 +122,7 @@ class ShimMiddleware:
         for name, value in headers:
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key)
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key())
         return False
 
     def _limited(self, receive: Receive) -> Receive:
