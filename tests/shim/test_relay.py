@@ -21,9 +21,9 @@ from modelplane.shim.backends._relay import (
     EngineResponse,
     SSEStats,
     _Conn,
+    _Cutter,
     coalesce_seconds,
     relay_response,
-    relay_sse,
 )
 from modelplane.shim.backends.base import BackendError, State, Stream, Usage
 from modelplane.shim.backends.vllm import VllmBackend
@@ -54,9 +54,18 @@ async def pieces_of(*parts: bytes) -> AsyncIterator[bytes]:
 
 
 async def collect(parts: list[bytes], *, keep_usage: bool) -> tuple[list[bytes], SSEStats]:
+    """What the relay's cutter makes of ``parts``: buffers of whole events, as relayed, and its stats."""
     stats = SSEStats()
-    out = [b async for b in relay_sse(pieces_of(*parts), stats, keep_usage=keep_usage)]
-    return out, stats
+    cutter = _Cutter(stats, keep_usage, None)
+    out: list[bytes] = []
+    async for piece in pieces_of(*parts):
+        cut = cutter.cut(piece)
+        if cut is not None:
+            out.append(cut)
+        if stats.done:
+            return out, stats
+    tail = cutter.tail()
+    return out + ([tail] if tail is not None else []), stats
 
 
 # -- SSE cutting --------------------------------------------------------------------------------

@@ -459,7 +459,7 @@ class _PartialHead(EngineConnectionError):
 
 @dataclass
 class SSEStats:
-    """What :func:`relay_sse` saw: usage (when the engine sent it) and how many events it relayed."""
+    """What a relay saw: usage (when the engine sent it) and how many events it relayed."""
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -474,7 +474,12 @@ class SSEStats:
 
 
 class _Cutter:
-    """Cuts body pieces into buffers of whole SSE events (see :func:`relay_sse`)."""
+    """Cuts body pieces into buffers of whole SSE events, without the engine's ``[DONE]``.
+
+    Usage-only events (``"choices":[]`` with ``"usage"``) are recorded in the
+    stats and dropped unless ``keep_usage``; ``stats.done`` says ``[DONE]`` was
+    seen; :meth:`tail` gives what followed the last event boundary at the end.
+    """
 
     __slots__ = ("buf", "keep_usage", "rewrite", "stats")
 
@@ -510,27 +515,6 @@ class _Cutter:
         if not buf.strip():
             return None
         return self.rewrite(buf) if self.rewrite is not None else buf
-
-
-async def relay_sse(pieces: AsyncIterator[bytes], stats: SSEStats, *, keep_usage: bool,
-                    rewrite: Callable[[bytes], bytes] | None = None) -> AsyncIterator[bytes]:
-    """Buffers of whole SSE events from ``pieces``, without the engine's ``[DONE]``.
-
-    Usage-only events (``"choices":[]`` with ``"usage"``) are recorded in
-    ``stats`` and dropped unless ``keep_usage``. Ends after ``[DONE]`` or when
-    ``pieces`` ends (``stats.done`` tells which); bytes after the last event
-    boundary at the end are yielded as they are.
-    """
-    cutter = _Cutter(stats, keep_usage, rewrite)
-    async for piece in pieces:
-        out = cutter.cut(piece)
-        if out is not None:
-            yield out
-        if stats.done:
-            return
-    out = cutter.tail()
-    if out is not None:
-        yield out
 
 
 def _filter(data: bytes, keep_usage: bool, stats: SSEStats) -> bytes:
