@@ -1,10 +1,10 @@
-# modelplane operator image: the Kubernetes controller (`modelplane operator`)
-# and the `modelplane` CLI (plan, crd, ...). Model servers run the engine images
+# turnout operator image: the Kubernetes controller (`turnout operator`)
+# and the `turnout` CLI (plan, crd, ...). Model servers run the engine images
 # under images/; this image serves no model.
 #
 # Build from the repository root (see docs/images.md):
 #   scripts/build-image.sh operator
-#   docker build -t ghcr.io/modelplane/operator:0.1.0 .
+#   docker build -t ghcr.io/turnout-dev/operator:0.1.0 .
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
@@ -15,40 +15,40 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 # Dependencies first, keyed on pyproject.toml alone, so a code change reuses this layer.
 COPY pyproject.toml /tmp/deps/
-RUN python3 -m venv /opt/modelplane \
-    && mkdir -p /tmp/deps/operator/modelplane \
-    && touch /tmp/deps/README.md /tmp/deps/operator/modelplane/__init__.py \
-    && /opt/modelplane/bin/pip install --no-cache-dir "/tmp/deps[operator]" \
-    && /opt/modelplane/bin/pip uninstall --yes modelplane \
+RUN python3 -m venv /opt/turnout \
+    && mkdir -p /tmp/deps/operator/turnout \
+    && touch /tmp/deps/README.md /tmp/deps/operator/turnout/__init__.py \
+    && /opt/turnout/bin/pip install --no-cache-dir "/tmp/deps[operator]" \
+    && /opt/turnout/bin/pip uninstall --yes turnout \
     && rm -rf /tmp/deps
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
-RUN /opt/modelplane/bin/pip install --no-cache-dir --no-deps .
+RUN /opt/turnout/bin/pip install --no-cache-dir --no-deps .
 
 FROM ${BASE_IMAGE}
-RUN useradd --no-log-init --uid 10001 --gid 0 --create-home --home-dir /home/modelplane \
-    --shell /usr/sbin/nologin modelplane
-COPY --from=build /opt/modelplane /opt/modelplane
-ENV PATH=/opt/modelplane/bin:$PATH \
-    HOME=/home/modelplane \
+RUN useradd --no-log-init --uid 10001 --gid 0 --create-home --home-dir /home/turnout \
+    --shell /usr/sbin/nologin turnout
+COPY --from=build /opt/turnout /opt/turnout
+ENV PATH=/opt/turnout/bin:$PATH \
+    HOME=/home/turnout \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 USER 10001
-WORKDIR /home/modelplane
+WORKDIR /home/turnout
 # Prometheus /metrics (`--metrics-port`); the /healthz probe port is 8081 (`--health-port`).
 EXPOSE 8080
 # Labels last: the revision changes with every commit and must not void the layer cache.
 ARG BASE_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
-LABEL org.opencontainers.image.title="modelplane-operator" \
-      org.opencontainers.image.description="modelplane Kubernetes operator: resolves ModelDeployments to engine, image and placement" \
-      org.opencontainers.image.source="https://github.com/modelplane/modelplane" \
+LABEL org.opencontainers.image.title="turnout-operator" \
+      org.opencontainers.image.description="turnout Kubernetes operator: resolves ModelDeployments to engine, image and placement" \
+      org.opencontainers.image.source="https://github.com/turnout-dev/turnout" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.vendor="modelplane" \
+      org.opencontainers.image.vendor="turnout" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.base.name="${BASE_IMAGE}"
-ENTRYPOINT ["modelplane"]
+ENTRYPOINT ["turnout"]
 CMD ["operator"]

@@ -1,4 +1,4 @@
-# modelplane developer entry points. `make demo` sets up and runs the main job; `make test` runs
+# turnout developer entry points. `make demo` sets up and runs the main job; `make test` runs
 # every test (what .ci/run runs). Both work offline on a CPU-only machine with Python 3.10+.
 
 PYTHON ?= python3
@@ -21,11 +21,11 @@ $(STAMP):
 
 # The main job: serve the bundled tiny model locally (offline, CPU), ask it one question, stop.
 demo: setup
-	$(VENV)/bin/modelplane demo
+	$(VENV)/bin/turnout demo
 
 # Plan two examples for a mixed NVIDIA/Ascend/Metal/CPU cluster (no cluster needed).
 plan: setup
-	$(VENV)/bin/modelplane plan -f examples/qwen-awq-nvidia.yaml -f examples/qwen-gguf-cpu.yaml --nodes examples/nodes/mixed.yaml -o summary
+	$(VENV)/bin/turnout plan -f examples/qwen-awq-nvidia.yaml -f examples/qwen-gguf-cpu.yaml --nodes examples/nodes/mixed.yaml -o summary
 
 test: setup
 	scripts/engine-venvs.sh
@@ -45,7 +45,7 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check operator tests scripts benchmarks e2e
 	$(VENV)/bin/lint-imports
-	$(PY) -m modelplane.api.crd --check
+	$(PY) -m turnout.api.crd --check
 	$(PY) scripts/sync-chart-crds.py --check
 	$(PY) scripts/sync-chart-rbac.py --check
 
@@ -53,7 +53,7 @@ lint: setup
 verify: lint
 
 crds: setup
-	$(PY) -m modelplane.api.crd
+	$(PY) -m turnout.api.crd
 	$(PY) scripts/sync-chart-crds.py
 	$(PY) scripts/sync-chart-rbac.py
 

@@ -3,9 +3,9 @@
     python benchmarks/bench_engines.py [--quick] [--only llamacpp|transformers]
 
 * llama.cpp: llama.cpp's own server (``llamacpp_direct.py``: xllamacpp with the
-  backend's own parameters) vs ``modelplane-shim --engine llama.cpp`` on the
+  backend's own parameters) vs ``turnout-shim --engine llama.cpp`` on the
   same GGUF, at 1 and 8 streams, alternating.
-* transformers: ``modelplane-shim --engine transformers`` at 1 stream vs
+* transformers: ``turnout-shim --engine transformers`` at 1 stream vs
   in-process ``model.generate`` of one prompt, and at 8 streams vs one batched
   ``generate`` of 8 prompts (same prompt, same number of new tokens, EOS
   ignored, greedy), alternating. The baseline is the faster of torch's default
@@ -56,7 +56,7 @@ def start_shim(engine: str, model: str, logdir: Path, name: str,
                engine_args: dict[str, Any] | None = None) -> tuple[Any, float]:
     port = free_port()
     t0 = time.monotonic()
-    argv = [PYTHON, "-m", "modelplane.shim", "--engine", engine, "--model", model,
+    argv = [PYTHON, "-m", "turnout.shim", "--engine", engine, "--model", model,
             "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port)]
     if engine_args:
         argv += ["--engine-args", json.dumps(engine_args)]
@@ -74,7 +74,7 @@ def _pairs_row(label: str, streams: int, pairs: list[tuple[float, float]], extra
 
 
 def bench_llamacpp(tokens: int, duration: float, reps: int, logdir: Path) -> dict[str, Any]:
-    from modelplane.tinymodel import build_tiny_model
+    from turnout.tinymodel import build_tiny_model
 
     gguf = str(build_tiny_model().gguf_path)
     dport = free_port()
@@ -116,7 +116,7 @@ class Generate:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from modelplane.tinymodel import build_tiny_model
+        from turnout.tinymodel import build_tiny_model
 
         self.torch = torch
         hf = build_tiny_model().hf_dir
@@ -166,7 +166,7 @@ class Generate:
 
 def bench_transformers(tokens: int, duration: float, reps: int, logdir: Path,
                        shim_threads: int | None = None) -> dict[str, Any]:
-    from modelplane.tinymodel import build_tiny_model
+    from turnout.tinymodel import build_tiny_model
 
     gen = Generate()
     gen.tokens_per_s(1, 4)  # warm

@@ -7,7 +7,7 @@
 **Emulator** (default): the API server is ``tests/controller/fakekube.py``
 (kmock over real HTTP, with the API server's object semantics and the CRD's
 schema validation), served from this process. The operator is a separate
-process (``python -m modelplane.controller -A``) logged in through a
+process (``python -m turnout.controller -A``) logged in through a
 kubeconfig that points at it, so its memory and CPU are its own. The driver
 POSTs N ModelDeployments (64 at a time) and the emulator stamps, on its own
 event loop, when each one is created, when its Deployment and Service appear
@@ -30,7 +30,7 @@ operator starts (it watches only the first, ``-n``). A canary
 ModelDeployment proves the operator is watching before the clock starts. The
 stamps come from watches (list, then watch from its resourceVersion; on
 410 Gone, list again), taken when the events reach the driver. Writes are
-the operator's own counters (``modelplane_operator_writes_total``: applies,
+the operator's own counters (``turnout_operator_writes_total``: applies,
 status patches, Events) plus kopf's own patches of the ModelDeployments (their
 MODIFIED events not explained by a status write). Cleanup always runs:
 the operator is stopped, finalizers left on ModelDeployments are removed,
@@ -63,7 +63,7 @@ sys.path.insert(0, str(ROOT / "tests" / "controller"))
 import kmock
 from fakekube import FakeKube
 
-MDS = ("modelplane.io", "v1alpha1", "modeldeployments")
+MDS = ("turnout.dev", "v1alpha1", "modeldeployments")
 DEPLOYMENTS = ("apps", "v1", "deployments")
 SERVICES = ("", "v1", "services")
 NODES = ("", "v1", "nodes")
@@ -71,9 +71,9 @@ NS = "models"
 WATCHED = {"modeldeployments", "nodes", "deployments", "services", "persistentvolumeclaims", "pods"}
 CREATE_CONCURRENCY = 64
 BARE_REPEATS = 3
-CRD_FILE = ROOT / "crds" / "modelplane.io_modeldeployments.yaml"
-CRD_NAME = "modeldeployments.modelplane.io"
-MD_PATH = "/apis/modelplane.io/v1alpha1"
+CRD_FILE = ROOT / "crds" / "turnout.dev_modeldeployments.yaml"
+CRD_NAME = "modeldeployments.turnout.dev"
+MD_PATH = "/apis/turnout.dev/v1alpha1"
 
 log = logging.getLogger("bench_operator")
 
@@ -119,7 +119,7 @@ class TimedKube(FakeKube):
 
 
 def md(i: int, namespace: str = NS, replicas: int = 1, name: str | None = None) -> dict[str, Any]:
-    return {"apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
+    return {"apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": name or f"md-{i:05d}", "namespace": namespace},
             "spec": {"model": {"name": "qwen2.5-instruct", "size": 1.5, "format": "gguf",
                                "quantization": "Q4_K_M"}, "replicas": replicas, "servedModelName": f"m{i}"}}
@@ -218,7 +218,7 @@ async def operator_run(n: int, timeout: float, logdir: Path) -> dict[str, Any]:
         await _prepare(api)
         url = str(api.url)
         tmp = Path(tempfile.mkdtemp(prefix="bench-operator-"))
-        op = start_proc(f"operator-{n}", [PYTHON, "-m", "modelplane.controller", "-A",
+        op = start_proc(f"operator-{n}", [PYTHON, "-m", "turnout.controller", "-A",
                                            "--metrics-port", "0", "--health-port", "0"],
                         0, logdir, env={"KUBECONFIG": str(kubeconfig(url, tmp))})
         try:
@@ -280,8 +280,8 @@ class Cluster:
     def __init__(self, kubeconfig_path: str) -> None:
         import kopf
 
-        from modelplane.controller.app import default_login
-        from modelplane.controller.kube import _auth_headers, _ssl_context
+        from turnout.controller.app import default_login
+        from turnout.controller.kube import _auth_headers, _ssl_context
 
         os.environ["KUBECONFIG"] = kubeconfig_path  # kopf's logins read it; the operator process gets it too
         self.kubeconfig = kubeconfig_path
@@ -297,7 +297,7 @@ class Cluster:
     async def __aenter__(self) -> Cluster:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=self._ssl, limit=CREATE_CONCURRENCY + 8),
-            headers={**self._headers, "User-Agent": "modelplane-bench"},
+            headers={**self._headers, "User-Agent": "turnout-bench"},
         )
         return self
 
@@ -364,9 +364,9 @@ class Cluster:
 
 
 def _writes_counters(text: str) -> dict[str, float]:
-    """``modelplane_operator_writes_total{kind="..."}`` from the operator's /metrics."""
+    """``turnout_operator_writes_total{kind="..."}`` from the operator's /metrics."""
     out: dict[str, float] = {}
-    for m in re.finditer(r'^modelplane_operator_writes_total\{kind="([^"]+)"\} ([0-9.e+]+)$', text, re.M):
+    for m in re.finditer(r'^turnout_operator_writes_total\{kind="([^"]+)"\} ([0-9.e+]+)$', text, re.M):
         out[m.group(1)] = float(m.group(2))
     return out
 
@@ -434,7 +434,7 @@ async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -
         try:
             for name in (ns, bare_ns):
                 await cluster.call("POST", "/api/v1/namespaces", {"metadata": {"name": name, "labels": {
-                    "app.kubernetes.io/created-by": "modelplane-bench"}}})
+                    "app.kubernetes.io/created-by": "turnout-bench"}}})
                 created_ns.append(name)
             bare_s = await create_all(cluster.session, cluster.server, n, namespace=bare_ns, replicas=0)
 
@@ -452,7 +452,7 @@ async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -
             await asyncio.gather(*(e.wait() for e in listed))
 
             port = free_port()
-            op = start_proc(f"operator-real-{n}", [PYTHON, "-m", "modelplane.controller", "-n", ns,
+            op = start_proc(f"operator-real-{n}", [PYTHON, "-m", "turnout.controller", "-n", ns,
                                                    "--metrics-port", str(port), "--health-port", "0",
                                                    "--bind-address", "127.0.0.1"],
                             0, logdir, env={"KUBECONFIG": kubeconfig_path})
@@ -522,10 +522,10 @@ def _bare(n: int) -> tuple[float, float]:
 
 def run(quick: bool = False, *, sizes: list[int] | None = None, logdir: Path | None = None,
         kubeconfig: str | None = None) -> dict[str, Any]:
-    """Rows for each N; against a real cluster when ``kubeconfig`` (or $MODELPLANE_BENCH_KUBECONFIG) is given."""
+    """Rows for each N; against a real cluster when ``kubeconfig`` (or $TURNOUT_BENCH_KUBECONFIG) is given."""
     sizes = sizes or [100, 1000]  # N=1000 takes ~15-30 s against the emulator, so quick runs it too
     logdir = logdir or ROOT / "benchmarks" / "results" / "logs"
-    kubeconfig = kubeconfig or os.environ.get("MODELPLANE_BENCH_KUBECONFIG") or None
+    kubeconfig = kubeconfig or os.environ.get("TURNOUT_BENCH_KUBECONFIG") or None
     started = time.monotonic()
     rows = []
     for n in sizes:

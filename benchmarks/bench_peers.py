@@ -49,7 +49,7 @@ from benchlib import (
 
 LITELLM_VENV = ROOT / ".venv-bench-litellm"
 XINFERENCE_VENV = ROOT / ".venv-bench-xinference"
-MASTER_KEY = "sk-modelplane-bench"
+MASTER_KEY = "sk-turnout-bench"
 
 
 def _tree_cpu(pid: int) -> float:
@@ -80,10 +80,10 @@ def bench_litellm(concurrencies: list[int], duration: float, reps: int, logdir: 
         return {"error": f"{LITELLM_VENV} has no litellm: run benchmarks/peers/setup.sh litellm"}
     tmp = Path(tempfile.mkdtemp(prefix="bench-litellm-"))
     sport = free_port()
-    shim = start_proc("peers-shim-fast", [PYTHON, "-m", "modelplane.shim", "--engine", "vllm",
+    shim = start_proc("peers-shim-fast", [PYTHON, "-m", "turnout.shim", "--engine", "vllm",
                                           "--model", "file:///standin", "--served-model-name", STANDIN,
                                           "--host", "127.0.0.1", "--port", str(sport), "--max-queue", "100000"],
-                      sport, logdir, env={"MODELPLANE_VLLM_PYTHON": str(wrapper_script(tmp)),
+                      sport, logdir, env={"TURNOUT_VLLM_PYTHON": str(wrapper_script(tmp)),
                                           "STANDIN_TOKEN_DELAY": "0"})
     lite = None
     try:
@@ -154,7 +154,7 @@ def bench_litellm(concurrencies: list[int], duration: float, reps: int, logdir: 
 def bench_xinference(duration: float, reps: int, tokens: int, logdir: Path) -> dict[str, Any]:
     if not (XINFERENCE_VENV / "bin" / "xinference-local").exists():
         return {"error": f"{XINFERENCE_VENV} has no xinference: run benchmarks/peers/setup.sh xinference"}
-    from modelplane.tinymodel import build_tiny_model
+    from turnout.tinymodel import build_tiny_model
 
     tiny = build_tiny_model()
     tmp = Path(tempfile.mkdtemp(prefix="bench-xinference-"))

@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
-from modelplane.api import ModelDeploymentSpec
-from modelplane.catalog import load_catalog
-from modelplane.hardware import Hardware, parse_nodes
-from modelplane.resolver import Plan, resolve
+from turnout.api import ModelDeploymentSpec
+from turnout.catalog import load_catalog
+from turnout.hardware import Hardware, parse_nodes
+from turnout.resolver import Plan, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 

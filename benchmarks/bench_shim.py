@@ -2,7 +2,7 @@
 
     python benchmarks/bench_shim.py [--quick] [--json]
 
-The shim runs as ``modelplane-shim --engine vllm`` with ``MODELPLANE_VLLM_PYTHON``
+The shim runs as ``turnout-shim --engine vllm`` with ``TURNOUT_VLLM_PYTHON``
 pointing at a wrapper that starts ``standin_engine.py`` instead of vLLM, so the
 proxy backend starts, health-checks and forwards to it exactly as it would to
 vLLM. "Direct" calls that same engine process on its own port. Runs alternate
@@ -66,10 +66,10 @@ def measure_pace(pace: str, concurrencies: list[int], duration: float, reps: int
                  logdir: Path) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-shim-"))
     port = free_port()
-    shim = start_proc(f"shim-{pace}", [PYTHON, "-m", "modelplane.shim", "--engine", "vllm",
+    shim = start_proc(f"shim-{pace}", [PYTHON, "-m", "turnout.shim", "--engine", "vllm",
                                         "--model", "file:///standin", "--served-model-name", SERVED,
                                         "--host", "127.0.0.1", "--port", str(port), "--max-queue", "100000"],
-                      port, logdir, env={"MODELPLANE_VLLM_PYTHON": str(wrapper_script(tmp)),
+                      port, logdir, env={"TURNOUT_VLLM_PYTHON": str(wrapper_script(tmp)),
                                          "STANDIN_TOKEN_DELAY": str(PACES[pace])})
     try:
         startup = wait_ready(shim, "/health", timeout=120)

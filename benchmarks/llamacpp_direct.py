@@ -13,8 +13,8 @@ import argparse
 import signal
 import threading
 
-from modelplane.shim.backends.llamacpp import LlamaCppBackend
-from modelplane.shimargs import ShimArgs
+from turnout.shim.backends.llamacpp import LlamaCppBackend
+from turnout.shimargs import ShimArgs
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 It takes vLLM's server command line (``-m vllm.entrypoints.openai.api_server
 --model M --served-model-name S --host H --port P``; unknown flags are
 ignored), so the shim's vLLM proxy backend can start it as its engine
-(``MODELPLANE_VLLM_PYTHON`` pointing at a wrapper script that runs this file).
+(``TURNOUT_VLLM_PYTHON`` pointing at a wrapper script that runs this file).
 
 Routes: ``GET /health``, ``GET /v1/models`` and streamed or plain
 ``POST /v1/chat/completions`` and ``/v1/completions``. Each answer has

@@ -18,7 +18,7 @@ import pytest
 from kubectl import cluster_problem, kubectl, poll
 
 ROOT = Path(__file__).resolve().parent.parent
-CRD_NAME = "modeldeployments.modelplane.io"
+CRD_NAME = "modeldeployments.turnout.dev"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -57,19 +57,19 @@ def crds() -> None:
 
 @pytest.fixture(scope="session")
 def namespace(crds: None) -> Iterator[str]:
-    name = f"modelplane-e2e-{uuid.uuid4().hex[:6]}"
+    name = f"turnout-e2e-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", name)
     yield name
-    if not os.environ.get("MODELPLANE_E2E_KEEP"):
+    if not os.environ.get("TURNOUT_E2E_KEEP"):
         kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="session")
 def operator(namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    """``python -m modelplane.controller`` for the test namespace, logging to a file."""
+    """``python -m turnout.controller`` for the test namespace, logging to a file."""
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
     health, metrics = _free_port(), _free_port()
-    cmd = [sys.executable, "-m", "modelplane.controller", "--namespace", namespace,
+    cmd = [sys.executable, "-m", "turnout.controller", "--namespace", namespace,
            "--health-port", str(health), "--metrics-port", str(metrics), "--bind-address", "127.0.0.1"]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

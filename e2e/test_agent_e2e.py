@@ -1,6 +1,6 @@
 """End to end: host agents on this machine join the cluster in KUBECONFIG and serve ModelDeployments natively.
 
-Agents run here as subprocesses (``python -m modelplane.agent``): one
+Agents run here as subprocesses (``python -m turnout.agent``): one
 advertises ``--accelerator cpu``, one ``--accelerator metal``. The operator
 (the ``operator`` fixture of e2e/conftest.py) places a Metal plan on the Metal
 agent's node with its ordinary node selector and toleration (no special
@@ -12,11 +12,11 @@ Scaling to two replicas on this one machine takes two more CPU agents, each
 with its own ``--address``: each binds its shim to its address, so both
 replicas listen on port 8000. EndpointSlices reject loopback addresses
 (127.0.0.0/8), so these must be other addresses of this host, named in
-``MODELPLANE_E2E_AGENT_ADDRESSES`` (that test is skipped, saying how, without
+``TURNOUT_E2E_AGENT_ADDRESSES`` (that test is skipped, saying how, without
 them), for instance::
 
     sudo ip addr add 10.254.0.2/32 dev lo && sudo ip addr add 10.254.0.3/32 dev lo
-    MODELPLANE_E2E_AGENT_ADDRESSES=10.254.0.2,10.254.0.3 KUBECONFIG=... pytest e2e/test_agent_e2e.py
+    TURNOUT_E2E_AGENT_ADDRESSES=10.254.0.2,10.254.0.3 KUBECONFIG=... pytest e2e/test_agent_e2e.py
 
 The CPU and Metal agents listen on all addresses (no ``--address``), so their
 deployments and the two-replica one run one after the other. Skipped, like
@@ -40,11 +40,11 @@ from typing import Any
 import pytest
 from kubectl import condition, get_json, kubectl, poll
 
-from modelplane.hardware import ACCELERATOR_LABEL, AGENT_TAINT, METAL_RESOURCE
+from turnout.hardware import ACCELERATOR_LABEL, AGENT_TAINT, METAL_RESOURCE
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERATE_AGENT = {"key": AGENT_TAINT, "operator": "Exists", "effect": "NoSchedule"}
-PAIR_LABEL = "modelplane.io/e2e-pair"
+PAIR_LABEL = "turnout.dev/e2e-pair"
 
 
 def _pid_gone(pid: int) -> bool:
@@ -59,15 +59,15 @@ def _pid_gone(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def tiny_gguf() -> Path:
-    from modelplane.tinymodel import build_tiny_model
+    from turnout.tinymodel import build_tiny_model
 
     return build_tiny_model().gguf_path
 
 
 def _start_agent(name: str, root: Path, *args: str) -> dict[str, Any]:
-    """``python -m modelplane.agent`` with its own state folder, logging to a file."""
+    """``python -m turnout.agent`` with its own state folder, logging to a file."""
     log_path = root / f"{name}.log"
-    cmd = [sys.executable, "-m", "modelplane.agent", "--node-name", name, "--state-dir", str(root / name),
+    cmd = [sys.executable, "-m", "turnout.agent", "--node-name", name, "--state-dir", str(root / name),
            "--stop-pods-on-exit", "-v", *args]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -94,7 +94,7 @@ def _stop_agents(agents: list[dict[str, Any]]) -> None:
             agent["process"].wait(timeout=90)
         except subprocess.TimeoutExpired:
             agent["process"].kill()
-        if not os.environ.get("MODELPLANE_E2E_KEEP"):
+        if not os.environ.get("TURNOUT_E2E_KEEP"):
             kubectl("delete", "node", agent["name"], "--ignore-not-found", check=False)
             kubectl("delete", "lease", agent["name"], "-n", "kube-node-lease", "--ignore-not-found", check=False)
 
@@ -115,15 +115,15 @@ def agents(operator: dict[str, object], tmp_path_factory: pytest.TempPathFactory
 
 
 def _pair_addresses() -> list[str]:
-    """Two addresses of this host for two agents, from MODELPLANE_E2E_AGENT_ADDRESSES; skips saying why not."""
+    """Two addresses of this host for two agents, from TURNOUT_E2E_AGENT_ADDRESSES; skips saying why not."""
     import ipaddress
 
-    from modelplane.agent.ports import is_local
+    from turnout.agent.ports import is_local
 
-    how = ("set MODELPLANE_E2E_AGENT_ADDRESSES to two non-loopback addresses of this host (EndpointSlices "
+    how = ("set TURNOUT_E2E_AGENT_ADDRESSES to two non-loopback addresses of this host (EndpointSlices "
            "reject 127.0.0.0/8), e.g. `sudo ip addr add 10.254.0.2/32 dev lo; sudo ip addr add 10.254.0.3/32 "
-           "dev lo` and MODELPLANE_E2E_AGENT_ADDRESSES=10.254.0.2,10.254.0.3")
-    addresses = [a.strip() for a in os.environ.get("MODELPLANE_E2E_AGENT_ADDRESSES", "").split(",") if a.strip()]
+           "dev lo` and TURNOUT_E2E_AGENT_ADDRESSES=10.254.0.2,10.254.0.3")
+    addresses = [a.strip() for a in os.environ.get("TURNOUT_E2E_AGENT_ADDRESSES", "").split(",") if a.strip()]
     if len(set(addresses)) != 2:
         pytest.skip(f"two agents on one host need two addresses: {how}")
     for address in addresses:
@@ -136,7 +136,7 @@ def _pair_addresses() -> list[str]:
 
 @pytest.fixture(scope="module")
 def agent_pair(operator: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Two CPU agents on this host, each bound to its own address, sharing a ``modelplane.io/e2e-pair`` label."""
+    """Two CPU agents on this host, each bound to its own address, sharing a ``turnout.dev/e2e-pair`` label."""
     addresses = _pair_addresses()
     root = tmp_path_factory.mktemp("pair")
     suffix = uuid.uuid4().hex[:5]
@@ -171,7 +171,7 @@ def agent_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
 
 def _md(name: str, gguf: Path, accelerator: str, **spec: Any) -> dict[str, Any]:
     return {
-        "apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
+        "apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
         "spec": {"model": {"uri": f"file://{gguf}", "type": "llm", "size": 0.01, "format": "gguf"},
                  "servedModelName": "tiny-chat", "accelerator": {"type": accelerator}, **spec},
     }
@@ -182,7 +182,7 @@ def _apply(obj: dict[str, Any], namespace: str) -> None:
 
 
 def _pods(namespace: str, name: str) -> list[dict[str, Any]]:
-    listing = json.loads(kubectl("get", "pods", "-n", namespace, "-l", f"modelplane.io/deployment={name}",
+    listing = json.loads(kubectl("get", "pods", "-n", namespace, "-l", f"turnout.dev/deployment={name}",
                                  "-o", "json"))
     return listing["items"]
 

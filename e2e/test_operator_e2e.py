@@ -14,10 +14,10 @@ import pytest
 import yaml
 from kubectl import KubectlError, condition, get_json, kubectl, poll
 
-from modelplane.api import ModelDeploymentSpec
-from modelplane.config import OperatorConfig
-from modelplane.hardware import parse_nodes
-from modelplane.resolver import Plan, resolve
+from turnout.api import ModelDeploymentSpec
+from turnout.config import OperatorConfig
+from turnout.hardware import parse_nodes
+from turnout.resolver import Plan, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -46,7 +46,7 @@ def _settled(namespace: str, name: str) -> dict | None:
 
 
 def test_crd_rejects_impossible_specs_at_admission(namespace):
-    bad = {"apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
+    bad = {"apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment",
            "metadata": {"name": "bad-gguf-vllm"},
            "spec": {"model": {"name": "qwen2.5-instruct", "format": "gguf"}, "engine": "vllm"}}
     with pytest.raises(KubectlError) as info:
@@ -102,11 +102,11 @@ def test_children_are_server_side_applied_and_owned(cpu_model, namespace):
         (ref,) = child["metadata"]["ownerReferences"]
         assert (ref["kind"], ref["uid"], ref["controller"]) == ("ModelDeployment", md["metadata"]["uid"], True)
         managers = {(m["manager"], m["operation"]) for m in child["metadata"]["managedFields"]}
-        assert ("modelplane", "Apply") in managers
+        assert ("turnout", "Apply") in managers
     # The operator writes status only (and kopf its annotations): spec stays the user's.
     spec_managers = {m["manager"] for m in md["metadata"]["managedFields"]
                      if "f:spec" in json.dumps(m.get("fieldsV1", {}))}
-    assert "modelplane" not in spec_managers
+    assert "turnout" not in spec_managers
     status_writers = {m["manager"] for m in md["metadata"]["managedFields"] if m.get("subresource") == "status"}
     assert status_writers, "status is written through the status subresource"
 
@@ -116,7 +116,7 @@ def test_scale_changes_replicas_without_a_rollout(cpu_model, namespace):
     kubectl("scale", "modeldeployment/e2e-gguf", "-n", namespace, "--replicas=2")
     after = poll(lambda: (d := get_json("deployment", "e2e-gguf", "-n", namespace))
                  and d["spec"]["replicas"] == 2 and d, what="the Deployment scaled to 2")
-    label = "modelplane.io/spec-hash"
+    label = "turnout.dev/spec-hash"
     assert after["metadata"]["labels"][label] == before["metadata"]["labels"][label]
     assert after["spec"]["template"] == before["spec"]["template"]
     md = poll(lambda: _settled(namespace, "e2e-gguf"), what="the scale reconciled")
@@ -135,5 +135,5 @@ def test_operator_metrics_count_reconciles(operator):
 
     with urllib.request.urlopen(f"http://127.0.0.1:{operator['metrics']}/metrics", timeout=5) as response:
         text = response.read().decode()
-    assert "modelplane_operator_reconciles_total" in text
-    assert "modelplane_operator_reconcile_duration_seconds_bucket" in text
+    assert "turnout_operator_reconciles_total" in text
+    assert "turnout_operator_reconcile_duration_seconds_bucket" in text

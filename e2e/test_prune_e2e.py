@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from kubectl import condition, get_json, kubectl, poll
 
-from modelplane.api import ModelDeploymentSpec
-from modelplane.config import OperatorConfig
-from modelplane.hardware import parse_nodes
-from modelplane.resolver import Plan, resolve
+from turnout.api import ModelDeploymentSpec
+from turnout.config import OperatorConfig
+from turnout.hardware import parse_nodes
+from turnout.resolver import Plan, resolve
 
-LABELS = {"app.kubernetes.io/managed-by": "modelplane", "app.kubernetes.io/component": "model-server",
-          "app.kubernetes.io/name": "modelplane"}
+LABELS = {"app.kubernetes.io/managed-by": "turnout", "app.kubernetes.io/component": "model-server",
+          "app.kubernetes.io/name": "turnout"}
 
 
 def _hardware() -> Any:
@@ -35,7 +35,7 @@ def _plan(spec: dict[str, Any]) -> Plan | None:
 
 
 def _md(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
+    return {"apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
             "spec": spec}
 
 
@@ -105,12 +105,12 @@ def test_only_children_it_owns_are_pruned(namespace, deployed):
     _apply(_md("e2e-prune-other", _gguf()), namespace)
     md = poll(lambda: _settled(namespace, "e2e-prune-owned"), what="reconciled")
     other = poll(lambda: _settled(namespace, "e2e-prune-other"), what="the other reconciled")
-    labels = {**LABELS, "modelplane.io/deployment": "e2e-prune-owned"}
+    labels = {**LABELS, "turnout.dev/deployment": "e2e-prune-owned"}
 
     def service(name: str, owner: dict[str, Any] | None) -> dict[str, Any]:
         meta: dict[str, Any] = {"name": name, "labels": labels}
         if owner is not None:
-            meta["ownerReferences"] = [{"apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
+            meta["ownerReferences"] = [{"apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment",
                                         "name": owner["metadata"]["name"], "uid": owner["metadata"]["uid"]}]
         return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
                 "spec": {"ports": [{"name": "http", "port": 8000}]}}

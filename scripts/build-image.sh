@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Build one modelplane container image: scripts/build-image.sh NAME [options]
+# Build one turnout container image: scripts/build-image.sh NAME [options]
 #
-# NAME is an image from operator/modelplane/images.py (llamacpp-cpu, operator,
+# NAME is an image from operator/turnout/images.py (llamacpp-cpu, operator,
 # vllm-cuda, ...; `scripts/build-image.sh --list` prints them). The build uses
 # `docker build` when a Docker engine answers, else
 # `buildah bud --isolation chroot --storage-driver vfs` (no daemon, no user
@@ -30,21 +30,21 @@
 #   --no-cache       rebuild every layer
 #   --list           print the image names and exit
 # Environment:
-#   MODELPLANE_REGISTRY          registry prefix (default: ghcr.io/modelplane)
-#   MODELPLANE_IMAGE_CACHE       where the local base tarball is kept
-#                                (default: ${XDG_CACHE_HOME:-~/.cache}/modelplane/images)
-#   MODELPLANE_DEBIAN_MIRROR     Debian mirror for mmdebstrap (default: http://deb.debian.org/debian)
-#   MODELPLANE_STORAGE_DRIVER    buildah storage driver (default: vfs)
-#   MODELPLANE_HOST_CA           0 to not mount the host CA bundle into buildah builds
-#   MODELPLANE_LAYERS            true/false: buildah's per-instruction cache (default:
+#   TURNOUT_REGISTRY          registry prefix (default: ghcr.io/turnout)
+#   TURNOUT_IMAGE_CACHE       where the local base tarball is kept
+#                                (default: ${XDG_CACHE_HOME:-~/.cache}/turnout/images)
+#   TURNOUT_DEBIAN_MIRROR     Debian mirror for mmdebstrap (default: http://deb.debian.org/debian)
+#   TURNOUT_STORAGE_DRIVER    buildah storage driver (default: vfs)
+#   TURNOUT_HOST_CA           0 to not mount the host CA bundle into buildah builds
+#   TURNOUT_LAYERS            true/false: buildah's per-instruction cache (default:
 #                                false on vfs, where each cached step copies the whole tree)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
-STORAGE_DRIVER_OPT="--storage-driver=${MODELPLANE_STORAGE_DRIVER:-vfs}"
-CACHE_DIR="${MODELPLANE_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelplane/images}"
-MIRROR="${MODELPLANE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+STORAGE_DRIVER_OPT="--storage-driver=${TURNOUT_STORAGE_DRIVER:-vfs}"
+CACHE_DIR="${TURNOUT_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/turnout/images}"
+MIRROR="${TURNOUT_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 HOST_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 # What the local base holds; its hash names the cached base, so a change rebuilds it.
 BASE_SUITE=bookworm
@@ -54,7 +54,7 @@ BASE_RECIPE_VERSION=1
 log() { printf 'build-image: %s\n' "$*" >&2; }
 die() { printf 'build-image: error: %s\n' "$*" >&2; exit 1; }
 
-images_py() { PYTHONPATH="$ROOT/operator${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m modelplane.images "$@"; }
+images_py() { PYTHONPATH="$ROOT/operator${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m turnout.images "$@"; }
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2; }
 
@@ -85,7 +85,7 @@ DOCKERFILE_REL="$(images_py --dockerfile "$NAME")" || exit 2
 DOCKERFILE="$ROOT/$DOCKERFILE_REL"
 [ -f "$DOCKERFILE" ] || die "$DOCKERFILE_REL is listed in images.py but does not exist"
 VERSION="$(images_py --version)"
-REGISTRY="${MODELPLANE_REGISTRY:-$(images_py --registry)}"
+REGISTRY="${TURNOUT_REGISTRY:-$(images_py --registry)}"
 case "$TAG" in
     "") REF="$REGISTRY/$NAME:$VERSION" ;;
     */*|*:*) REF="$TAG" ;;
@@ -146,7 +146,7 @@ local_base() {
     command -v mmdebstrap >/dev/null 2>&1 || die "no registry answers for $DEFAULT_BASE and mmdebstrap is not installed (apt-get install -y mmdebstrap)"
     recipe="v$BASE_RECIPE_VERSION $BASE_SUITE $BASE_PACKAGES $MIRROR"
     hash="$(printf '%s' "$recipe" | sha256sum | cut -c1-12)"
-    ref="localhost/modelplane-base:$BASE_SUITE-python3-$hash"
+    ref="localhost/turnout-base:$BASE_SUITE-python3-$hash"
     if image_exists "$ref"; then
         log "local base $ref is cached"
         LOCAL_BASE_REF="$ref"; return
@@ -182,7 +182,7 @@ local_base() {
         bah add "$ctr" "$tarball" / >/dev/null
         bah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
             --env LANG=C.UTF-8 --cmd '["python3"]' \
-            --label org.opencontainers.image.description="modelplane local base: Debian $BASE_SUITE minbase + $BASE_PACKAGES" \
+            --label org.opencontainers.image.description="turnout local base: Debian $BASE_SUITE minbase + $BASE_PACKAGES" \
             "$ctr"
         bah commit --rm --quiet "$ctr" "$ref" >/dev/null
     fi
@@ -205,7 +205,7 @@ else
 fi
 
 # --- build context: only what the images install, so caches key on real inputs --
-CTX="$(mktemp -d "${TMPDIR:-/tmp}/modelplane-ctx.XXXXXX")"
+CTX="$(mktemp -d "${TMPDIR:-/tmp}/turnout-ctx.XXXXXX")"
 trap 'rm -rf "$CTX"' EXIT
 (
     cd "$ROOT"
@@ -229,7 +229,7 @@ start=$SECONDS
 if [ "$BUILDER" = docker ]; then
     docker build "${NO_CACHE[@]}" "${ARGS[@]}" -f "$CTX/$DOCKERFILE_REL" -t "$REF" "$CTX" >&2
 else
-    if [ "${MODELPLANE_HOST_CA:-1}" != 0 ] && [ -s "$HOST_CA_BUNDLE" ]; then
+    if [ "${TURNOUT_HOST_CA:-1}" != 0 ] && [ -s "$HOST_CA_BUNDLE" ]; then
         ARGS+=(--volume /etc/ssl/certs:/etc/ssl/certs:ro --build-arg "PIP_CERT=$HOST_CA_BUNDLE")
     fi
     # vfs stores every layer as a full copy of the tree, so caching each instruction
@@ -237,7 +237,7 @@ else
     # stage instead. Other storage drivers keep the per-instruction cache.
     layers=true
     [ "${STORAGE_DRIVER_OPT#*=}" = vfs ] && layers=false
-    layers="${MODELPLANE_LAYERS:-$layers}"
+    layers="${TURNOUT_LAYERS:-$layers}"
     bah bud --isolation chroot --layers="$layers" "${NO_CACHE[@]}" "${ARGS[@]}" "${VOLUMES[@]}" \
         -f "$CTX/$DOCKERFILE_REL" -t "$REF" "$CTX" >&2
 fi

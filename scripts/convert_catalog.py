@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Convert Xinference's model catalog into modelplane's own catalog data.
+"""Convert Xinference's model catalog into turnout's own catalog data.
 
 Reads ``xinference/llm_family.json``, ``xinference/embedding_model_spec.json``,
 ``xinference/rerank_model_spec.json`` and ``engine_architectures.json`` from the
 source folder (default: ``../shared/catalog`` next to the repository) and writes
 ``llm.json``, ``embedding.json``, ``rerank.json`` and ``engines.json`` under
-``operator/modelplane/catalog/data/``. The output is deterministic: the same
+``operator/turnout/catalog/data/``. The output is deterministic: the same
 input always gives byte-identical files, so a test can detect drift.
 
 Usage::
@@ -27,9 +27,9 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "catalog"
-DEFAULT_OUT = REPO_ROOT / "operator" / "modelplane" / "catalog" / "data"
+DEFAULT_OUT = REPO_ROOT / "operator" / "turnout" / "catalog" / "data"
 
-# The hubs modelplane can download from, in order of preference.
+# The hubs turnout can download from, in order of preference.
 HUBS = ("huggingface", "modelscope")
 FORMAT_SYNONYMS = {"ggufv2": "gguf"}
 DESCRIPTION_MAX = 200
@@ -101,7 +101,7 @@ def _dedupe(items: list[str]) -> list[str]:
 
 
 def convert_spec(family: str, spec: dict[str, Any], *, with_size: bool) -> dict[str, Any]:
-    """One Xinference model spec -> one modelplane spec (None and empty fields left out)."""
+    """One Xinference model spec -> one turnout spec (None and empty fields left out)."""
     fmt = spec["model_format"].lower()
     fmt = FORMAT_SYNONYMS.get(fmt, fmt)
     sources = spec.get("model_src") or {}
@@ -256,7 +256,7 @@ def convert(source: Path) -> dict[str, str]:
     files = {}
     for kind, rel in SOURCE_FILES.items():
         about = (
-            f"modelplane {kind} catalog, converted from Xinference (xorbitsai/inference @{commit}) "
+            f"turnout {kind} catalog, converted from Xinference (xorbitsai/inference @{commit}) "
             f"{rel} by scripts/convert_catalog.py. Generated: do not edit; see docs/catalog.md."
         )
         source_ref = f"https://github.com/xorbitsai/inference/blob/{commit}/{rel}"

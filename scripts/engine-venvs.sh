@@ -110,7 +110,7 @@ main() {
     [[ ${#engines[@]} -gt 0 ]] || engines=(vllm mlx)
     mkdir -p "$VENV_ROOT"
     # One writer at a time (parallel CI steps or two engineers on one checkout).
-    exec 9>"${TMPDIR:-/tmp}/modelplane-engine-venvs.$(printf %s "$VENV_ROOT" | md5sum | cut -c1-8).lock"
+    exec 9>"${TMPDIR:-/tmp}/turnout-engine-venvs.$(printf %s "$VENV_ROOT" | md5sum | cut -c1-8).lock"
     flock 9
     for engine in "${engines[@]}"; do
         case "$engine" in

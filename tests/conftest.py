@@ -1,7 +1,7 @@
 """Shared fixtures for the whole test suite.
 
 * ``tiny_model`` (session): the tiny Llama built once per run (cached across
-  runs under ``$MODELPLANE_CACHE`` or ``~/.cache/modelplane``); it has
+  runs under ``$TURNOUT_CACHE`` or ``~/.cache/turnout``); it has
   ``hf_dir``, ``gguf_path`` and ``served_name``.
 * ``free_port`` (function): a TCP port on 127.0.0.1 that nothing listens on.
 * ``unused_tcp_port_factory`` style helper: ``free_port_factory()`` returns a
@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import pytest
 
-from modelplane.tinymodel import TinyModel, build_tiny_model
+from turnout.tinymodel import TinyModel, build_tiny_model
 
 
 def _pick_free_port() -> int:

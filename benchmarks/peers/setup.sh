@@ -4,7 +4,7 @@
 #   benchmarks/peers/setup.sh [xinference|litellm|all]
 #
 # Each peer gets its own venv under the repository root, because their pins
-# conflict with modelplane's: .venv-bench-xinference and .venv-bench-litellm.
+# conflict with turnout's: .venv-bench-xinference and .venv-bench-litellm.
 # torch is pinned to the local 2.13.0 CPU build first (never a CUDA wheel), and
 # torchvision, which xinference pulls in but does not need for text models, is
 # removed again. Logs go to benchmarks/results/peers-setup-<peer>.log.

@@ -20,7 +20,7 @@ def main() -> None:
     url, hf_dir, template_file, eos = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     spec = {
         "version": 2, "context_length": 2048, "model_name": NAME, "model_lang": ["en"],
-        "model_ability": ["generate", "chat"], "model_description": "modelplane's tiny test Llama",
+        "model_ability": ["generate", "chat"], "model_description": "turnout's tiny test Llama",
         "model_family": "llama", "architectures": ["LlamaForCausalLM"],
         "model_specs": [{"model_format": "pytorch", "model_size_in_billions": 1, "quantization": "none",
                          "model_uri": str(hf_dir)}],

@@ -4,16 +4,16 @@
 #
 #   1. each image's config: non-root numeric user, one exposed port, OCI labels,
 #      the right entrypoint;
-#   2. `modelplane-shim --help` in both images, `modelplane --help` and
-#      `modelplane operator --help` in the operator image;
-#   3. the llama.cpp image serves the tiny GGUF model (python -m modelplane.tinymodel)
+#   2. `turnout-shim --help` in both images, `turnout --help` and
+#      `turnout operator --help` in the operator image;
+#   3. the llama.cpp image serves the tiny GGUF model (python -m turnout.tinymodel)
 #      and answers one /v1/chat/completions request from the host.
 #
 # Usage: scripts/images/smoke.sh [--no-build] [--keep-cache]
-#   --no-build     test the images already built (tag $MODELPLANE_SMOKE_TAG)
+#   --no-build     test the images already built (tag $TURNOUT_SMOKE_TAG)
 #   --keep-cache   do not remove untagged images (earlier builds) afterwards
-# Environment: PYTHON (interpreter with modelplane's test extra, to build the tiny
-# model; default .venv/bin/python), MODELPLANE_SMOKE_TAG (default: smoke), and
+# Environment: PYTHON (interpreter with turnout's test extra, to build the tiny
+# model; default .venv/bin/python), TURNOUT_SMOKE_TAG (default: smoke), and
 # what scripts/build-image.sh reads.
 #
 # Needs: buildah, mmdebstrap (Debian packages) and, the first time, PyPI and a
@@ -21,9 +21,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-TAG="${MODELPLANE_SMOKE_TAG:-smoke}"
+TAG="${TURNOUT_SMOKE_TAG:-smoke}"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
-BAH=(buildah "--storage-driver=${MODELPLANE_STORAGE_DRIVER:-vfs}")
+BAH=(buildah "--storage-driver=${TURNOUT_STORAGE_DRIVER:-vfs}")
 BUILD=1 KEEP_CACHE=0
 for arg in "$@"; do
     case "$arg" in
@@ -34,7 +34,7 @@ for arg in "$@"; do
     esac
 done
 
-WORK="$(mktemp -d "${TMPDIR:-/tmp}/modelplane-smoke.XXXXXX")"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/turnout-smoke.XXXXXX")"
 CONTAINERS=()
 SERVER_PID=""
 remove_containers() {
@@ -57,7 +57,7 @@ step() { printf '\n=== smoke: %s\n' "$*" >&2; }
 timed() { TIMES+=("$(printf '%-34s %4ss' "$1" "$2")"); }
 fail() { printf 'smoke: FAIL: %s\n' "$*" >&2; exit 1; }
 
-REGISTRY="${MODELPLANE_REGISTRY:-ghcr.io/modelplane}"
+REGISTRY="${TURNOUT_REGISTRY:-ghcr.io/turnout}"
 LLAMA_REF="$REGISTRY/llamacpp-cpu:$TAG"
 OPERATOR_REF="$REGISTRY/operator:$TAG"
 
@@ -98,8 +98,8 @@ print(f"{ref}: user {user}, entrypoint {entrypoint}, port {port}, "
 PYEOF
 }
 step "image config"
-check_config "$LLAMA_REF" modelplane-shim 8000 || fail "llamacpp-cpu image config"
-check_config "$OPERATOR_REF" modelplane 8080 || fail "operator image config"
+check_config "$LLAMA_REF" turnout-shim 8000 || fail "llamacpp-cpu image config"
+check_config "$OPERATOR_REF" turnout 8080 || fail "operator image config"
 
 # --- --help --------------------------------------------------------------------------
 new_container() { # VAR label ref: a working container for ref, its name in VAR
@@ -118,15 +118,15 @@ step "--help in the images"
 new_container LLAMA_CTR llamacpp "$LLAMA_REF"
 new_container OP_CTR operator "$OPERATOR_REF"
 "${BAH[@]}" run --isolation chroot "$LLAMA_CTR" -- id -u | grep -qx 10001 || fail "llamacpp-cpu does not run as uid 10001"
-"${BAH[@]}" run --isolation chroot "$LLAMA_CTR" -- modelplane-shim --help > "$WORK/help.txt" || fail "modelplane-shim --help failed in llamacpp-cpu"
-grep -q -- "--engine" "$WORK/help.txt" || fail "modelplane-shim --help printed no --engine option"
-"${BAH[@]}" run --isolation chroot "$LLAMA_CTR" -- python3 -c "import xllamacpp, modelplane.shim.backends.llamacpp" \
+"${BAH[@]}" run --isolation chroot "$LLAMA_CTR" -- turnout-shim --help > "$WORK/help.txt" || fail "turnout-shim --help failed in llamacpp-cpu"
+grep -q -- "--engine" "$WORK/help.txt" || fail "turnout-shim --help printed no --engine option"
+"${BAH[@]}" run --isolation chroot "$LLAMA_CTR" -- python3 -c "import xllamacpp, turnout.shim.backends.llamacpp" \
     || fail "llamacpp-cpu cannot import xllamacpp and the shim's llama.cpp backend"
-"${BAH[@]}" run --isolation chroot "$OP_CTR" -- modelplane --help > "$WORK/op-help.txt" || fail "modelplane --help failed in the operator image"
-grep -q "plan" "$WORK/op-help.txt" || fail "modelplane --help lists no 'plan' command"
-"${BAH[@]}" run --isolation chroot "$OP_CTR" -- modelplane operator --help >/dev/null \
-    || fail "modelplane operator --help failed: the controller does not import with the [operator] extra"
-"${BAH[@]}" run --isolation chroot "$OP_CTR" -- modelplane-shim --help >/dev/null || fail "modelplane-shim --help failed in the operator image"
+"${BAH[@]}" run --isolation chroot "$OP_CTR" -- turnout --help > "$WORK/op-help.txt" || fail "turnout --help failed in the operator image"
+grep -q "plan" "$WORK/op-help.txt" || fail "turnout --help lists no 'plan' command"
+"${BAH[@]}" run --isolation chroot "$OP_CTR" -- turnout operator --help >/dev/null \
+    || fail "turnout operator --help failed: the controller does not import with the [operator] extra"
+"${BAH[@]}" run --isolation chroot "$OP_CTR" -- turnout-shim --help >/dev/null || fail "turnout-shim --help failed in the operator image"
 echo "--help answers in both images" >&2
 timed "--help checks" $((SECONDS - t))
 
@@ -134,13 +134,13 @@ timed "--help checks" $((SECONDS - t))
 step "llamacpp-cpu serves the tiny GGUF model"
 t=$SECONDS
 [ -x "$PYTHON" ] || fail "no interpreter at $PYTHON to build the tiny model (set PYTHON)"
-"$PYTHON" -m modelplane.tinymodel --json > "$WORK/tiny.json" || fail "python -m modelplane.tinymodel failed"
+"$PYTHON" -m turnout.tinymodel --json > "$WORK/tiny.json" || fail "python -m turnout.tinymodel failed"
 read -r GGUF SERVED < <(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["gguf_path"], m["served_name"])' "$WORK/tiny.json")
 [ -f "$GGUF" ] || fail "tiny model GGUF $GGUF does not exist"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 # chroot isolation shares the host's network: the server is reachable on 127.0.0.1.
 setsid "${BAH[@]}" run --isolation chroot --volume "$(dirname "$GGUF"):/models:ro" "$LLAMA_CTR" -- \
-    modelplane-shim --engine llama.cpp --model "/models/$(basename "$GGUF")" --served-model-name "$SERVED" \
+    turnout-shim --engine llama.cpp --model "/models/$(basename "$GGUF")" --served-model-name "$SERVED" \
     --model-format gguf --host 127.0.0.1 --port "$PORT" > "$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 python3 - "$PORT" "$SERVED" "$SERVER_PID" "$WORK/server.log" <<'PYEOF' || { tail -n 40 "$WORK/server.log" >&2; fail "the llama.cpp image did not answer a chat request"; }
@@ -185,8 +185,8 @@ remove_containers
 # --- storage hygiene -------------------------------------------------------------------------
 # vfs keeps every image as full copies: drop the untagged images earlier runs left
 # behind (with vfs the build keeps no per-instruction cache, so nothing of value).
-if [ "$BUILD" = 1 ] && [ "$KEEP_CACHE" = 0 ] && [ "${MODELPLANE_STORAGE_DRIVER:-vfs}" = vfs ] \
-    && [ "${MODELPLANE_LAYERS:-false}" = false ]; then
+if [ "$BUILD" = 1 ] && [ "$KEEP_CACHE" = 0 ] && [ "${TURNOUT_STORAGE_DRIVER:-vfs}" = vfs ] \
+    && [ "${TURNOUT_LAYERS:-false}" = false ]; then
     step "remove untagged images"
     "${BAH[@]}" rmi --prune >/dev/null 2>&1 || true
 fi

@@ -12,9 +12,9 @@ from typing import Any
 import kopf
 from agentfake import AgentFake
 
-from modelplane.agent import AgentConfig, EnvMap
-from modelplane.agent.agent import run_agent
-from modelplane.localhw import Probes
+from turnout.agent import AgentConfig, EnvMap
+from turnout.agent.agent import run_agent
+from turnout.localhw import Probes
 
 PODS = ("", "v1", "pods")
 NODES = ("", "v1", "nodes")

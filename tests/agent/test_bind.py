@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from modelplane.agent.agent import bind_and_probe_addresses
-from modelplane.agent.podspec import bind_shim
-from modelplane.agent.ports import HostPorts, is_local
-from modelplane.shimargs import ShimArgs
+from turnout.agent.agent import bind_and_probe_addresses
+from turnout.agent.podspec import bind_shim
+from turnout.agent.ports import HostPorts, is_local
+from turnout.shimargs import ShimArgs
 
 RENDERED = ShimArgs(engine="llama.cpp", model="/models/tiny.gguf", served_model_name="tiny", port=8000,
                     engine_args={"n_ctx": 512}, api_key_file="/var/run/key")
 
 
-@pytest.mark.parametrize("prefix", [["modelplane-shim"], ["/opt/venv/bin/modelplane-shim"],
-                                    ["/usr/bin/python3", "-m", "modelplane.shim"],
-                                    ["python3.12", "-u", "-m", "modelplane.shim"]])
+@pytest.mark.parametrize("prefix", [["turnout-shim"], ["/opt/venv/bin/turnout-shim"],
+                                    ["/usr/bin/python3", "-m", "turnout.shim"],
+                                    ["python3.12", "-u", "-m", "turnout.shim"]])
 def test_the_shims_host_becomes_the_agents_address(prefix: list[str]) -> None:
     argv = [*prefix, *RENDERED.to_argv()[1:]]
     bound = bind_shim(argv, "127.0.0.2")
@@ -26,16 +26,16 @@ def test_the_shims_host_becomes_the_agents_address(prefix: list[str]) -> None:
 
 
 def test_a_shim_argv_without_host_gets_one() -> None:
-    bound = bind_shim(["modelplane-shim", "--engine", "mlx", "--model", "m"], "10.0.0.7")
+    bound = bind_shim(["turnout-shim", "--engine", "mlx", "--model", "m"], "10.0.0.7")
     assert ShimArgs.parse(bound[1:]).host == "10.0.0.7"
 
 
 @pytest.mark.parametrize("argv", [
-    ["python3", "server.py", "-m", "modelplane.shim", "--host", "0.0.0.0"],  # a script, not the module
-    ["python3", "-c", "print(1)", "-m", "modelplane.shim"],
+    ["python3", "server.py", "-m", "turnout.shim", "--host", "0.0.0.0"],  # a script, not the module
+    ["python3", "-c", "print(1)", "-m", "turnout.shim"],
     ["python3", "-m", "http.server", "8000"],
     ["llama-server", "--host", "0.0.0.0", "--port", "8000"],
-    ["modelplane-shim", "--engine", "no-such-engine", "--model", "m"],  # the shim reports its own usage error
+    ["turnout-shim", "--engine", "no-such-engine", "--model", "m"],  # the shim reports its own usage error
 ])
 def test_other_commands_are_left_alone(argv: list[str]) -> None:
     assert bind_shim(argv, "127.0.0.2") == argv
@@ -69,10 +69,10 @@ def test_each_node_name_gets_its_own_default_state_folder() -> None:
     import argparse
     import os
 
-    from modelplane.agent.cli import add_arguments, config_from_args
+    from turnout.agent.cli import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     folders = {config_from_args(parser.parse_args(["--node-name", n, "--address", a])).state_dir
                for n, a in (("box-a", "127.0.0.2"), ("box-b", "127.0.0.3"))}
-    assert folders == {os.path.expanduser("~/.modelplane/agent/box-a"), os.path.expanduser("~/.modelplane/agent/box-b")}
+    assert folders == {os.path.expanduser("~/.turnout/agent/box-a"), os.path.expanduser("~/.turnout/agent/box-b")}

@@ -16,9 +16,9 @@ from agentfake import CONFIGMAPS, SECRETS, AgentFake
 from agentharness import ADDRESS, NODES, NS, PODS, condition, container_status, delete_pod, pod, running_and_ready
 from agentharness import standin_pod as make_pod
 
-from modelplane.agent import ConfigError, EnvMap
-from modelplane.agent.rbac import RULES
-from modelplane.controller.rbac import covers
+from turnout.agent import ConfigError, EnvMap
+from turnout.agent.rbac import RULES
+from turnout.controller.rbac import covers
 
 
 def get_json(port: int, path: str) -> dict:
@@ -31,10 +31,10 @@ async def test_secrets_config_maps_and_rbac(fake: AgentFake, agents, free_port: 
     spec = make_pod("keyed", free_port, container={
         "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "tokens", "key": "hf"}}},
                 {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}}],
-        "volumeMounts": [{"name": "api-key", "mountPath": "/var/run/modelplane/api-key", "readOnly": True}],
+        "volumeMounts": [{"name": "api-key", "mountPath": "/var/run/turnout/api-key", "readOnly": True}],
         "args": ["--ready-after", "0"],
     }, volumes=[{"name": "api-key", "secret": {"secretName": "tokens", "items": [{"key": "api", "path": "api"}]}}])
-    spec["spec"]["containers"][0]["env"].append({"name": "KEY_FILE", "value": "/var/run/modelplane/api-key/api"})
+    spec["spec"]["containers"][0]["env"].append({"name": "KEY_FILE", "value": "/var/run/turnout/api-key/api"})
     await fake.put_object(PODS, spec)
     # The secret does not exist yet: kubelet's CreateContainerConfigError, then it starts once it appears.
     await fake.wait_for(lambda: container_status(fake, "keyed").get("state", {}).get("waiting", {}).get("reason")
@@ -56,7 +56,7 @@ async def test_secrets_config_maps_and_rbac(fake: AgentFake, agents, free_port: 
 
     used: set[tuple[str, str, str]] = set()
     for request in fake.requests:
-        if request.resource is None or "modelplane" not in str(request.headers.get("User-Agent", "")):
+        if request.resource is None or "turnout" not in str(request.headers.get("User-Agent", "")):
             continue  # the test's own requests (kubectl-like deletes)
         method = str(request.method.value).upper()
         resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
@@ -66,7 +66,7 @@ async def test_secrets_config_maps_and_rbac(fake: AgentFake, agents, free_port: 
             verb = "watch"
         used.add((request.resource.group or "", resource, verb))
     for group, resource, verb in sorted(used):
-        assert covers(group, resource, verb, RULES), f"{verb} {group}/{resource} is not in modelplane.agent.rbac"
+        assert covers(group, resource, verb, RULES), f"{verb} {group}/{resource} is not in turnout.agent.rbac"
     for rule in RULES:
         for verb in rule.verbs:
             assert (rule.api_group, rule.resource, verb) in used, f"declared but unused: {verb} {rule.resource}"
@@ -76,24 +76,24 @@ def test_env_map_file(tmp_path: Path) -> None:
     venv = tmp_path / "mlx"
     (venv / "bin").mkdir(parents=True)
     (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
-    shim = venv / "bin" / "modelplane-shim"
+    shim = venv / "bin" / "turnout-shim"
     shim.write_text("#!/bin/sh\n")
     shim.chmod(0o755)
     path = tmp_path / "env-map.yaml"
-    path.write_text(yaml.safe_dump({"images": {"ghcr.io/modelplane/mlx-metal:*": str(shim)}}))
+    path.write_text(yaml.safe_dump({"images": {"ghcr.io/turnout-dev/mlx-metal:*": str(shim)}}))
     env_map = EnvMap.load(path)
-    mlx = env_map.lookup("ghcr.io/modelplane/mlx-metal:0.1.0")
+    mlx = env_map.lookup("ghcr.io/turnout-dev/mlx-metal:0.1.0")
     assert mlx is not None and mlx.bin_dir == str(venv / "bin") and mlx.venv == str(venv)
-    assert mlx.resolve("modelplane-shim", "/usr/bin") == str(shim)
-    # Other modelplane images fall back to this interpreter's environment; foreign images map to nothing.
-    assert env_map.lookup("ghcr.io/modelplane/llamacpp-metal:0.1.0").root == sys.prefix
+    assert mlx.resolve("turnout-shim", "/usr/bin") == str(shim)
+    # Other turnout images fall back to this interpreter's environment; foreign images map to nothing.
+    assert env_map.lookup("ghcr.io/turnout-dev/llamacpp-metal:0.1.0").root == sys.prefix
     assert env_map.lookup("docker.io/library/nginx:1") is None
     path.write_text(yaml.safe_dump({"images": {"x/*": str(tmp_path / "missing")}}))
     with pytest.raises(ConfigError, match="does not exist"):
         EnvMap.load(path)
 
 
-async def test_python_m_modelplane_agent(fake: AgentFake, tmp_path: Path) -> None:
+async def test_python_m_turnout_agent(fake: AgentFake, tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "fake",
@@ -102,7 +102,7 @@ async def test_python_m_modelplane_agent(fake: AgentFake, tmp_path: Path) -> Non
         "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
     }))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelplane.agent", "--node-name", "cli-node", "--accelerator", "cpu",
+        sys.executable, "-m", "turnout.agent", "--node-name", "cli-node", "--accelerator", "cpu",
         "--address", ADDRESS, "--kubeconfig", str(kubeconfig), "--state-dir", str(tmp_path / "state"),
         "--label", "zone=desk", "--stop-pods-on-exit", stderr=asyncio.subprocess.PIPE)
     try:
@@ -117,7 +117,7 @@ async def test_python_m_modelplane_agent(fake: AgentFake, tmp_path: Path) -> Non
     assert condition(fake.get(NODES, None, "cli-node"), "Ready")["status"] == "False"
 
     bad = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modelplane.agent", "--node-name", "x", "--kubeconfig", str(tmp_path / "nope"),
+        sys.executable, "-m", "turnout.agent", "--node-name", "x", "--kubeconfig", str(tmp_path / "nope"),
         stderr=asyncio.subprocess.PIPE)
     _, err = await bad.communicate()
     assert bad.returncode == 2 and b"kubeconfig" in err and b"does not exist" in err

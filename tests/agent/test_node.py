@@ -5,7 +5,7 @@ from __future__ import annotations
 from agentfake import AgentFake
 from agentharness import ADDRESS, LEASES, NODE, NODES, condition, mac_probes
 
-from modelplane.hardware import ACCELERATOR_LABEL, AGENT_TAINT, MEMORY_LABEL, METAL_RESOURCE, node_info
+from turnout.hardware import ACCELERATOR_LABEL, AGENT_TAINT, MEMORY_LABEL, METAL_RESOURCE, node_info
 
 
 async def test_metal_node_registration_and_lease_heartbeats(fake: AgentFake, agents) -> None:

@@ -8,7 +8,7 @@ import kubernetes_validate
 from agentfake import AgentFake
 from agentharness import LEASES, NODE, NODES, NS, container_status, mac_probes, pod, running_and_ready, standin_pod
 
-from modelplane.agent.node import LEASE_NAMESPACE
+from turnout.agent.node import LEASE_NAMESPACE
 
 VERSION = kubernetes_validate.latest_version()
 

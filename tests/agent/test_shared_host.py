@@ -31,7 +31,7 @@ from agentharness import (
     status,
 )
 
-from modelplane.agent.ports import is_local
+from turnout.agent.ports import is_local
 
 ADDRESSES = {"node-a": "127.0.0.2", "node-b": "127.0.0.3"}
 pytestmark = pytest.mark.skipif(
@@ -146,22 +146,22 @@ async def test_real_shims_of_one_deployment_on_two_agents(fake: AgentFake, agent
     pytest.importorskip("xllamacpp", reason="the llama.cpp backend needs xllamacpp")
     from openai import AsyncOpenAI
 
-    from modelplane.agent import EnvMap
-    from modelplane.api.types import ModelDeploymentSpec
-    from modelplane.config import OperatorConfig
-    from modelplane.hardware import parse_nodes
-    from modelplane.render.manifests import render_deployment
-    from modelplane.resolver import Plan, resolve
+    from turnout.agent import EnvMap
+    from turnout.api.types import ModelDeploymentSpec
+    from turnout.config import OperatorConfig
+    from turnout.hardware import parse_nodes
+    from turnout.render.manifests import render_deployment
+    from turnout.resolver import Plan, resolve
 
-    for node, address in ADDRESSES.items():  # default env map: modelplane images -> this environment's shim
+    for node, address in ADDRESSES.items():  # default env map: turnout images -> this environment's shim
         await agents(node_name=node, address=address, accelerator="cpu", env_map=EnvMap(),
                      backoff_initial=1.0).start()
     md = {
-        "apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
+        "apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": "tiny-chat", "namespace": NS},
         "spec": {"model": {"uri": f"file://{tiny_model.gguf_path}", "type": "llm", "size": 0.01, "format": "gguf"},
                  "servedModelName": "tiny-chat", "accelerator": {"type": "cpu"}, "replicas": 2,
-                 "tolerations": [{"key": "modelplane.io/agent", "operator": "Exists", "effect": "NoSchedule"}]},
+                 "tolerations": [{"key": "turnout.dev/agent", "operator": "Exists", "effect": "NoSchedule"}]},
     }
     config = OperatorConfig(port=shared_port)
     nodes = parse_nodes([fake.get(NODES, None, n) for n in ADDRESSES])

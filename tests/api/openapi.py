@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modelplane.api import crd
+from turnout.api import crd
 
 
 def to_json_schema(node: Any) -> Any:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from openapi import cel_rules, crd_json_schema
 
-from modelplane.api import ModelDeploymentSpec, crd
+from turnout.api import ModelDeploymentSpec, crd
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "crds" / crd.CRD_FILENAME
@@ -24,7 +24,7 @@ def _schema() -> dict[str, Any]:
 
 
 def test_committed_crd_matches_the_models() -> None:
-    assert COMMITTED.read_text() == crd.render_yaml(), "run: python -m modelplane.api.crd"
+    assert COMMITTED.read_text() == crd.render_yaml(), "run: python -m turnout.api.crd"
 
 
 def test_check_mode_reports_drift(tmp_path: Path) -> None:

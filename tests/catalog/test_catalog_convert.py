@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE = REPO.parent / "shared" / "catalog"
-DATA = REPO / "operator" / "modelplane" / "catalog" / "data"
+DATA = REPO / "operator" / "turnout" / "catalog" / "data"
 needs_source = pytest.mark.skipif(
     not (SOURCE / "xinference" / "llm_family.json").exists(),
     reason=f"Xinference's catalog is not at {SOURCE} (only the source workspace has it)",

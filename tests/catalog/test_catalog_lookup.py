@@ -1,4 +1,4 @@
-"""modelplane.catalog: lookups, synonyms, URIs and suggestions against the shipped data."""
+"""turnout.catalog: lookups, synonyms, URIs and suggestions against the shipped data."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelplane.catalog import (
+from turnout.catalog import (
     FORMATS,
     Catalog,
     CatalogFamily,
@@ -41,7 +41,7 @@ def test_counts_match_xinference(cat: Catalog) -> None:
 
 
 def test_data_files_stay_small() -> None:
-    data = resources.files("modelplane.catalog").joinpath("data")
+    data = resources.files("turnout.catalog").joinpath("data")
     for name in ("llm.json", "embedding.json", "rerank.json", "engines.json"):
         assert len(data.joinpath(name).read_bytes()) < 512 * 1024, name
 

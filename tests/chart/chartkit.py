@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "modelplane"
-RELEASE = "modelplane"
-NAMESPACE = "modelplane-system"
+CHART = ROOT / "charts" / "turnout"
+RELEASE = "turnout"
+NAMESPACE = "turnout-system"
 
 helm = None
 
@@ -98,7 +98,7 @@ EVERYTHING = {
     "nodeSelector": {"kubernetes.io/os": "linux"},
     "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}],
     "podAnnotations": {"example.com/team": "ml"},
-    "serviceAccount": {"annotations": {"example.com/role": "modelplane"}},
+    "serviceAccount": {"annotations": {"example.com/role": "turnout"}},
     "config": {
         "images": {"vllm": {"nvidia": "registry.example.com/vllm-cuda:0.1.0"}, "mlx": None},
         "autoEngines": ["vllm", "sglang", "llama.cpp"],

@@ -15,14 +15,14 @@ import pytest
 import yaml
 from chartkit import CHART, EVERYTHING, NAMESPACE, ROOT, SCENARIOS, by_kind, load_script, one, render, render_files
 
-from modelplane.agent.rbac import RULES as AGENT_RULES
-from modelplane.api.crd import crd
-from modelplane.api.types import ACCELERATORS, ENGINES
-from modelplane.config import OperatorConfig, parse_config
-from modelplane.controller import app as operator_app
-from modelplane.controller.rbac import RULES, Rule
-from modelplane.images import OPERATOR_IMAGE, VERSION
-from modelplane.render import manifests
+from turnout.agent.rbac import RULES as AGENT_RULES
+from turnout.api.crd import crd
+from turnout.api.types import ACCELERATORS, ENGINES
+from turnout.config import OperatorConfig, parse_config
+from turnout.controller import app as operator_app
+from turnout.controller.rbac import RULES, Rule
+from turnout.images import OPERATOR_IMAGE, VERSION
+from turnout.render import manifests
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk renders the chart: pip install helm-python-sdk")
 
@@ -75,7 +75,7 @@ def test_names_are_dns_labels_and_objects_are_namespaced_where_they_should_be(sc
     for obj in render(SCENARIOS[scenario]):
         meta = obj["metadata"]
         if obj["kind"] == "CustomResourceDefinition":
-            assert meta["name"] == "modeldeployments.modelplane.io"
+            assert meta["name"] == "modeldeployments.turnout.dev"
         else:
             assert DNS_LABEL.match(meta["name"]) and len(meta["name"]) <= 63, meta["name"]
         if obj["kind"] in cluster_kinds:
@@ -85,8 +85,8 @@ def test_names_are_dns_labels_and_objects_are_namespaced_where_they_should_be(sc
 
 
 def test_long_release_names_are_truncated_to_63_characters() -> None:
-    name = "a-very-long-release-name-for-the-modelplane-operator"[:53]
-    objs = render({"podMonitor": {"enabled": True}}, name=name.replace("modelplane", "mp") + "-xyzxyzx")
+    name = "a-very-long-release-name-for-the-turnout-operator"[:53]
+    objs = render({"podMonitor": {"enabled": True}}, name=name.replace("turnout", "mp") + "-xyzxyzx")
     names = [o["metadata"]["name"] for o in objs if o["kind"] != "CustomResourceDefinition"]
     assert max(len(n) for n in names) == 63
     assert all(DNS_LABEL.match(n) for n in names)
@@ -98,14 +98,14 @@ def test_chart_version_follows_the_images() -> None:
     assert meta["appVersion"] == VERSION
     assert _container(render())["image"] == OPERATOR_IMAGE.ref()
     pinned = _container(render(EVERYTHING))["image"]
-    assert pinned == f"ghcr.io/modelplane/operator@sha256:{'ab' * 32}"
+    assert pinned == f"ghcr.io/turnout-dev/operator@sha256:{'ab' * 32}"
 
 
 def test_notes_say_what_to_do_next() -> None:
-    notes = render_files()["modelplane/templates/NOTES.txt"]
+    notes = render_files()["turnout/templates/NOTES.txt"]
     assert "every namespace" in notes and "kubectl get modeldeployments --all-namespaces" in notes
     assert "/v1/chat/completions" in notes
-    scoped = render_files(EVERYTHING)["modelplane/templates/NOTES.txt"]
+    scoped = render_files(EVERYTHING)["turnout/templates/NOTES.txt"]
     assert "team-a, team-b" in scoped and "--namespace team-a" in scoped
     assert "crds.enabled is false" in scoped and "ServiceMonitor" in scoped and "PodMonitor" in scoped
 
@@ -118,7 +118,7 @@ def test_operator_arguments_parse_with_the_operators_own_parser(scenario: str) -
     values = SCENARIOS[scenario]
     objs = render(values)
     container = _container(objs)
-    assert container["command"] == ["modelplane", "operator"]
+    assert container["command"] == ["turnout", "operator"]
     parser = operator_app.argparse.ArgumentParser()
     operator_app.add_arguments(parser)
     options = operator_app.options_from(parser.parse_args(container["args"]))
@@ -137,11 +137,11 @@ def test_operator_arguments_parse_with_the_operators_own_parser(scenario: str) -
     assert "config.yaml" in configmap["data"]
 
 
-def test_modelplane_operator_is_the_cli_entry_point() -> None:
-    from modelplane import cli
+def test_turnout_operator_is_the_cli_entry_point() -> None:
+    from turnout import cli
 
     if "operator" not in cli.SUBCOMMANDS:
-        pytest.skip("`modelplane operator` is not registered in modelplane.cli yet (the chart runs it)")
+        pytest.skip("`turnout operator` is not registered in turnout.cli yet (the chart runs it)")
     args = _container(render())["args"]
     parsed = cli.build_parser().parse_args(["operator", *args])
     assert parsed.command == "operator"
@@ -242,7 +242,7 @@ def test_cluster_wide_rbac_is_exactly_the_operators_declared_needs() -> None:
 def test_namespaced_rbac_uses_roles_and_a_cluster_role_only_for_nodes() -> None:
     objs = render(EVERYTHING)
     sync = load_script("sync-chart-rbac.py")
-    (cluster_role,) = [r for r in by_kind(objs, "ClusterRole") if r["metadata"]["name"] == "modelplane"]
+    (cluster_role,) = [r for r in by_kind(objs, "ClusterRole") if r["metadata"]["name"] == "turnout"]
     assert cluster_role["rules"], "Nodes are cluster-scoped: a ClusterRole must still grant them"
     assert all(sync.cluster_scoped(g, r) for g, r, _ in _triples(cluster_role["rules"]))
     roles = {r["metadata"]["namespace"]: r for r in by_kind(objs, "Role")}
@@ -256,7 +256,7 @@ def test_namespaced_rbac_uses_roles_and_a_cluster_role_only_for_nodes() -> None:
 
 
 def test_rbac_rules_say_what_they_serve() -> None:
-    text = render_files()["modelplane/templates/rbac.yaml"]
+    text = render_files()["turnout/templates/rbac.yaml"]
     for rule in RULES:
         assert f"# {rule.why}\n" in text
 
@@ -271,12 +271,12 @@ def test_rbac_follows_a_changed_declaration(tmp_path: Path) -> None:
     """Regenerating the rules from a declaration with one more rule grants exactly that rule more."""
     sync = load_script("sync-chart-rbac.py")
     extra = (*RULES, Rule("", "configmaps", ("get",), "read a hypothetical model catalog"))
-    copied = tmp_path / "modelplane"
+    copied = tmp_path / "turnout"
     shutil.copytree(CHART, copied)
     (copied / "templates" / "_rbac_rules.tpl").write_text(sync.render(extra))
     with helm.Chart.load(copied) as changed:
         for values in ({}, {"watchNamespaces": ["team-a"]}):
-            text = changed.render(values, name="modelplane", namespace=NAMESPACE)["modelplane/templates/rbac.yaml"]
+            text = changed.render(values, name="turnout", namespace=NAMESPACE)["turnout/templates/rbac.yaml"]
             roles = [d for d in yaml.safe_load_all(text) if d and d["kind"] in ("ClusterRole", "Role")]
             granted = set().union(*(_triples(r["rules"]) for r in roles))
             assert granted == DECLARED | {("", "configmaps", "get")}
@@ -297,7 +297,7 @@ def test_rbac_can_be_left_to_the_cluster_admin() -> None:
 
 def test_chart_crd_is_the_generated_crd() -> None:
     generated = crd()
-    committed = yaml.safe_load((ROOT / "crds" / "modelplane.io_modeldeployments.yaml").read_text())
+    committed = yaml.safe_load((ROOT / "crds" / "turnout.dev_modeldeployments.yaml").read_text())
     chart_crd = one(render(), "CustomResourceDefinition")
     assert chart_crd["spec"] == generated["spec"] == committed["spec"]
     assert {k: chart_crd[k] for k in ("apiVersion", "kind")} == {k: generated[k] for k in ("apiVersion", "kind")}
@@ -424,18 +424,18 @@ def test_readme_documents_every_value() -> None:
 
     readme = (CHART / "README.md").read_text()
     missing = [key for key in leaves(values) if f"`{key}`" not in readme]
-    assert missing == [], f"values without a line in charts/modelplane/README.md: {missing}"
+    assert missing == [], f"values without a line in charts/turnout/README.md: {missing}"
 
 
 def test_set_expressions_from_the_docs_work() -> None:
     """The --set lines docs/install.md shows parse as Helm parses them and render what they promise."""
     values = helm.parse_set_string(
-        r"config.images.llama\.cpp.cpu=registry.example.com/modelplane/llamacpp-cpu:0.1.0,"
+        r"config.images.llama\.cpp.cpu=registry.example.com/turnout/llamacpp-cpu:0.1.0,"
         "config.autoEngines={vllm,sglang,llama.cpp,transformers,mlx},watchNamespaces={team-a,team-b}"
     )
     objs = render(values)
     config = parse_config(yaml.safe_load(one(objs, "ConfigMap")["data"]["config.yaml"]))
-    assert config.image("llama.cpp", "cpu") == "registry.example.com/modelplane/llamacpp-cpu:0.1.0"
+    assert config.image("llama.cpp", "cpu") == "registry.example.com/turnout/llamacpp-cpu:0.1.0"
     assert config.image("llama.cpp", "nvidia") == OperatorConfig().image("llama.cpp", "nvidia")
     assert "sglang" in config.auto_engines
     assert {r["metadata"]["namespace"] for r in by_kind(objs, "Role")} == {"team-a", "team-b"}
@@ -443,7 +443,7 @@ def test_set_expressions_from_the_docs_work() -> None:
 
 def test_peering_is_refused_because_the_chart_grants_no_peering_rbac() -> None:
     with pytest.raises(helm.HelmError, match=r"--peering needs kopf\.dev"):
-        render({"extraArgs": ["--peering=modelplane"]})
+        render({"extraArgs": ["--peering=turnout"]})
 
 
 def test_host_agents_get_one_identity_each_with_exactly_the_agents_declared_rbac() -> None:
@@ -452,9 +452,9 @@ def test_host_agents_get_one_identity_each_with_exactly_the_agents_declared_rbac
     role = next(o for o in by_kind(objs, "ClusterRole") if o["metadata"]["name"].endswith("-agent"))
     assert _triples(role["rules"]) == {(r.api_group, r.resource, v) for r in AGENT_RULES for v in r.verbs}
     accounts = {o["metadata"]["name"] for o in by_kind(objs, "ServiceAccount") if "agent" in o["metadata"]["name"]}
-    assert accounts == {"modelplane-agent-mac-studio-1", "modelplane-agent-mac-mini-2"}
+    assert accounts == {"turnout-agent-mac-studio-1", "turnout-agent-mac-mini-2"}
     bindings = [b for b in by_kind(objs, "ClusterRoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
     assert {b["subjects"][0]["name"] for b in bindings} == accounts
     assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings)
-    text = render_files({"hostAgents": {"names": ["m"]}})["modelplane/templates/hostagents.yaml"]
+    text = render_files({"hostAgents": {"names": ["m"]}})["turnout/templates/hostagents.yaml"]
     assert all(f"# {r.why}\n" in text for r in AGENT_RULES)

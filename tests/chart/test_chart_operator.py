@@ -17,8 +17,8 @@ import pytest
 import yaml
 from chartkit import ROOT, by_kind, one, render
 
-from modelplane.config import load_config
-from modelplane.controller import app as operator_app
+from turnout.config import load_config
+from turnout.controller import app as operator_app
 
 pytest.importorskip("helm_python", reason="helm-python-sdk renders the chart: pip install helm-python-sdk")
 kmock = pytest.importorskip("kmock", reason="the in-memory Kubernetes API is built on kmock")
@@ -35,7 +35,7 @@ UNWATCHED = "elsewhere"
 async def fake() -> AsyncIterator[FakeKube]:
     server_cls = functools.partial(RawTestServer, keepalive_timeout=0.2)
     async with FakeKube() as api, kmock.Server(api, server_cls=server_cls):
-        crd = yaml.safe_load((ROOT / "crds" / "modelplane.io_modeldeployments.yaml").read_text())
+        crd = yaml.safe_load((ROOT / "crds" / "turnout.dev_modeldeployments.yaml").read_text())
         api.schemas[MDS] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         for ns in (NS, OTHER, UNWATCHED):
             await api.put_object(("", "v1", "namespaces"), {"metadata": {"name": ns}})
@@ -68,7 +68,7 @@ async def test_operator_as_the_chart_runs_it_needs_only_what_the_chart_grants(
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     config_file = tmp_path / "config.yaml"
     config_file.write_text(one(objs, "ConfigMap")["data"]["config.yaml"])
-    args = [a.replace("/etc/modelplane/config.yaml", str(config_file)) for a in container["args"]]
+    args = [a.replace("/etc/turnout/config.yaml", str(config_file)) for a in container["args"]]
     parser = argparse.ArgumentParser()
     operator_app.add_arguments(parser)
     options = operator_app.options_from(parser.parse_args([*args, "--bind-address=127.0.0.1"]))
@@ -88,7 +88,7 @@ async def test_operator_as_the_chart_runs_it_needs_only_what_the_chart_grants(
                 assert response.status == 200
             async with session.get(f"http://127.0.0.1:{ports['metrics']}/metrics") as response:
                 assert response.status == 200
-                assert "modelplane_operator_reconciles_total" in await response.text()
+                assert "turnout_operator_reconciles_total" in await response.text()
     finally:
         await run.stop()
 

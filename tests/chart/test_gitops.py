@@ -11,13 +11,13 @@ import pytest
 import yaml
 from chartkit import CHART, ROOT
 
-from modelplane.controller import status as st
-from modelplane.controller.world import Problem
+from turnout.controller import status as st
+from turnout.controller.world import Problem
 
 lua51 = pytest.importorskip("lupa.lua51", reason="lupa runs the Argo CD health check: pip install lupa")
 
 GITOPS = ROOT / "deploy" / "gitops"
-CUSTOMIZATION = GITOPS / "argocd" / "resource_customizations" / "modelplane.io" / "ModelDeployment"
+CUSTOMIZATION = GITOPS / "argocd" / "resource_customizations" / "turnout.dev" / "ModelDeployment"
 SCRIPT = (CUSTOMIZATION / "health.lua").read_text()
 NOW = "2026-11-25T01:00:00Z"
 
@@ -31,7 +31,7 @@ def health(obj: dict[str, Any]) -> dict[str, str]:
 
 
 def md(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any]:
-    obj: dict[str, Any] = {"apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
+    obj: dict[str, Any] = {"apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment",
                            "metadata": {"name": "qwen", "namespace": "models", "generation": generation},
                            "spec": {"model": {"name": "qwen2.5-instruct"}}}
     if status is not None:
@@ -97,7 +97,7 @@ def test_conditions_alone_decide_without_a_phase() -> None:
 
 def test_argocd_cm_carries_the_same_lua() -> None:
     cm = yaml.safe_load((GITOPS / "argocd" / "argocd-cm-health.yaml").read_text())
-    assert cm["data"]["resource.customizations.health.modelplane.io_ModelDeployment"] == SCRIPT
+    assert cm["data"]["resource.customizations.health.turnout.dev_ModelDeployment"] == SCRIPT
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -107,7 +107,7 @@ def _docs(path: Path) -> list[dict[str, Any]]:
 def test_argo_cd_application_installs_the_chart_with_values_it_accepts() -> None:
     helm = pytest.importorskip("helm_python")
     apps = {d["metadata"]["name"]: d for d in _docs(GITOPS / "argocd" / "application.yaml")}
-    chart_app = apps["modelplane"]["spec"]
+    chart_app = apps["turnout"]["spec"]
     assert (ROOT / chart_app["source"]["path"]) == CHART
     helm.Chart.load(CHART).validate_schema(chart_app["source"]["helm"]["valuesObject"])
     assert "ServerSideApply=true" in chart_app["syncPolicy"]["syncOptions"]
@@ -119,13 +119,13 @@ def test_argo_cd_application_installs_the_chart_with_values_it_accepts() -> None
 
 def test_flux_helm_release_installs_the_chart_with_values_it_accepts() -> None:
     helm = pytest.importorskip("helm_python")
-    docs = {d["kind"]: d for d in _docs(GITOPS / "flux" / "modelplane.yaml")}
+    docs = {d["kind"]: d for d in _docs(GITOPS / "flux" / "turnout.yaml")}
     release = docs["HelmRelease"]["spec"]
     assert (ROOT / release["chart"]["spec"]["chart"]).resolve() == CHART
     assert release["chart"]["spec"]["sourceRef"]["name"] == docs["GitRepository"]["metadata"]["name"]
     helm.Chart.load(CHART).validate_schema(release["values"])
     (check,) = _docs(GITOPS / "flux" / "models.yaml")[0]["spec"]["healthCheckExprs"]
-    assert (check["apiVersion"], check["kind"]) == ("modelplane.io/v1alpha1", "ModelDeployment")
+    assert (check["apiVersion"], check["kind"]) == ("turnout.dev/v1alpha1", "ModelDeployment")
     assert set(check) == {"apiVersion", "kind", "inProgress", "failed", "current"}
 
 

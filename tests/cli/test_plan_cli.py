@@ -1,4 +1,4 @@
-"""`modelplane plan`: output shape, exit status, errors as one line."""
+"""`turnout plan`: output shape, exit status, errors as one line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from modelplane.cli import main
+from turnout.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -61,9 +61,9 @@ def test_expected_engines_per_example(capsys: pytest.CaptureFixture[str]) -> Non
 def test_several_documents_in_order_and_exit_1_on_rejection(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     f = tmp_path / "two.yaml"
     f.write_text(
-        "apiVersion: modelplane.io/v1alpha1\nkind: ModelDeployment\nmetadata: {name: ok}\n"
+        "apiVersion: turnout.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: ok}\n"
         "spec: {model: {name: qwen2.5-instruct, size: 0.5, format: gguf}}\n---\n"
-        "apiVersion: modelplane.io/v1alpha1\nkind: ModelDeployment\nmetadata: {name: nope}\n"
+        "apiVersion: turnout.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: nope}\n"
         "spec: {model: {name: qwen2.5-instruct, size: 7, format: awq}, accelerator: {type: cpu}}\n"
     )
     code, out, _ = plan(capsys, "-f", str(f), "--nodes", str(EXAMPLES / "nodes" / "cpu-only.yaml"), "-o", "json")
@@ -80,11 +80,11 @@ def test_several_documents_in_order_and_exit_1_on_rejection(capsys: pytest.Captu
         ("{not yaml", "not valid YAML"),
         ("kind: Pod\nmetadata: {name: p}\n", "is a Pod, not a ModelDeployment"),
         (
-            "apiVersion: modelplane.io/v1alpha1\nkind: ModelDeployment\nmetadata: {name: x}\nspec: {model: {}}\n",
+            "apiVersion: turnout.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: x}\nspec: {model: {}}\n",
             "model.name or model.uri is required",
         ),
         (
-            "apiVersion: modelplane.io/v1alpha1\nkind: ModelDeployment\nmetadata: {name: x}\n"
+            "apiVersion: turnout.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: x}\n"
             "spec: {model: {name: a, format: gguf}, engine: vllm}\n",
             "served by llama.cpp",
         ),
@@ -113,7 +113,7 @@ def test_missing_file_and_bad_nodes(capsys: pytest.CaptureFixture[str], tmp_path
 def test_without_nodes_plans_for_this_machine(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MODELPLANE_FORCE_CPU", "1")
+    monkeypatch.setenv("TURNOUT_FORCE_CPU", "1")
     code, out, _ = plan(capsys, "-f", str(EXAMPLES / "qwen-gguf-cpu.yaml"), "-o", "json")
     assert code == 0 and json.loads(out)[0]["accelerator"] == "cpu"
 
@@ -128,5 +128,5 @@ def test_yaml_and_summary_outputs(capsys: pytest.CaptureFixture[str]) -> None:
 def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
     f = tmp_path / "bad.yaml"
     f.write_text("{not yaml")
-    done = subprocess.run([sys.executable, "-m", "modelplane", "plan", "-f", str(f)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "turnout", "plan", "-f", str(f)], capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr

@@ -22,7 +22,7 @@ async def fake() -> AsyncIterator[FakeKube]:
     server_cls = functools.partial(RawTestServer, keepalive_timeout=0.2)
     async with FakeKube() as api, kmock.Server(api, server_cls=server_cls):
         # ModelDeployments are validated against the generated CRD's schema, as the API server would.
-        crd = yaml.safe_load((ROOT / "crds" / "modelplane.io_modeldeployments.yaml").read_text())
+        crd = yaml.safe_load((ROOT / "crds" / "turnout.dev_modeldeployments.yaml").read_text())
         api.schemas[MDS] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         await api.put_object(("", "v1", "namespaces"), {"metadata": {"name": NS}})
         yield api

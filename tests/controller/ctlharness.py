@@ -10,10 +10,10 @@ from typing import Any
 import kopf
 from fakekube import FakeKube
 
-from modelplane.config import OperatorConfig
-from modelplane.controller import Controller, Options, operate
+from turnout.config import OperatorConfig
+from turnout.controller import Controller, Options, operate
 
-MDS = ("modelplane.io", "v1alpha1", "modeldeployments")
+MDS = ("turnout.dev", "v1alpha1", "modeldeployments")
 DEPLOYMENTS = ("apps", "v1", "deployments")
 SERVICES = ("", "v1", "services")
 CLAIMS = ("", "v1", "persistentvolumeclaims")
@@ -48,7 +48,7 @@ def gpu_node(name: str = "gpu-1", count: int = 1) -> dict[str, Any]:
 
 def gguf_md(name: str = "qwen-gguf", replicas: int = 1, accelerator: str | None = None) -> dict[str, Any]:
     md: dict[str, Any] = {
-        "apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
+        "apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": name, "namespace": NS},
         "spec": {"model": {"name": "qwen2.5-instruct", "size": 1.5, "format": "gguf", "quantization": "Q4_K_M"},
                  "replicas": replicas, "servedModelName": "qwen-small"},
@@ -60,7 +60,7 @@ def gguf_md(name: str = "qwen-gguf", replicas: int = 1, accelerator: str | None 
 
 def awq_md(name: str = "qwen-awq") -> dict[str, Any]:
     return {
-        "apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
+        "apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment",
         "metadata": {"name": name, "namespace": NS},
         "spec": {"model": {"name": "qwen2.5-instruct", "size": 7, "format": "awq", "quantization": "Int4"},
                  "servedModelName": "qwen", "cache": {"size": "20Gi"}},

@@ -61,7 +61,7 @@ ObjKey = tuple[str | None, str]  # (namespace, name)
 
 # Resources the fake serves: (group, version, plural) -> (kind, namespaced, has status subresource).
 RESOURCES: dict[ResKey, tuple[str, bool, bool]] = {
-    ("modelplane.io", "v1alpha1", "modeldeployments"): ("ModelDeployment", True, True),
+    ("turnout.dev", "v1alpha1", "modeldeployments"): ("ModelDeployment", True, True),
     ("apps", "v1", "deployments"): ("Deployment", True, True),
     ("", "v1", "services"): ("Service", True, True),
     ("", "v1", "persistentvolumeclaims"): ("PersistentVolumeClaim", True, True),

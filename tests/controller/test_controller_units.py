@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from modelplane.controller import main as operator_main
-from modelplane.controller.app import _trigger
-from modelplane.controller.status import Cond, Rollout, merge_conditions, observe_rollout, status_patch
-from modelplane.controller.workqueue import RetryLater, WorkQueue
-from modelplane.controller.world import compact_node, compact_pod, diagnose
+from turnout.controller import main as operator_main
+from turnout.controller.app import _trigger
+from turnout.controller.status import Cond, Rollout, merge_conditions, observe_rollout, status_patch
+from turnout.controller.workqueue import RetryLater, WorkQueue
+from turnout.controller.world import compact_node, compact_pod, diagnose
 
 
 def _pod(name, waiting=None, last=None, scheduled=None, deleting=False):
@@ -51,7 +51,7 @@ def test_status_patch_is_none_when_equal_and_removes_fields_no_longer_set():
 
 
 def test_rollout_is_complete_only_for_the_current_hash_and_replica_count():
-    dep = {"generation": 2, "replicas": 2, "labels": {"modelplane.io/spec-hash": "h2"},
+    dep = {"generation": 2, "replicas": 2, "labels": {"turnout.dev/spec-hash": "h2"},
            "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}}
     assert observe_rollout(dep, [], desired_replicas=2, desired_hash="h2") == Rollout(2, 2, 2, True, None)
     assert not observe_rollout(dep, [], desired_replicas=2, desired_hash="h3").complete
@@ -109,13 +109,13 @@ def test_bad_config_exits_with_one_line(tmp_path, capsys):
     bad.write_text("images:\n  vllm:\n    quantum: example/vllm:1\n")
     assert operator_main(["--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "quantum" in err and err.startswith("modelplane operator:")
+    assert err.count("\n") == 0 and "quantum" in err and err.startswith("turnout operator:")
     assert operator_main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "cannot read" in capsys.readouterr().err
 
 
 def test_default_login_reads_kubeconfig_and_says_none_without_one(tmp_path, monkeypatch):
-    from modelplane.controller.app import default_login
+    from turnout.controller.app import default_login
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBECONFIG", raising=False)
@@ -135,14 +135,14 @@ def test_default_login_reads_kubeconfig_and_says_none_without_one(tmp_path, monk
 async def test_client_classifies_failures(fake, free_port):
     import kopf
 
-    from modelplane.controller.kube import KubeClient, PermanentApiError, TransientApiError
+    from turnout.controller.kube import KubeClient, PermanentApiError, TransientApiError
 
     errors: list[tuple[str, int]] = []
     info = kopf.ConnectionInfo(server=str(fake.url).rstrip("/"))
     client = KubeClient(info, on_error=lambda m, c: errors.append((m, c)))
     try:
         with pytest.raises(PermanentApiError) as missing:
-            await client.patch_status("modelplane.io/v1alpha1", "modeldeployments", "models", "nope",
+            await client.patch_status("turnout.dev/v1alpha1", "modeldeployments", "models", "nope",
                                       {"phase": "Ready"})
         assert missing.value.status == 404
         fake.fail("POST", "events", 503)
@@ -162,11 +162,11 @@ async def test_client_classifies_failures(fake, free_port):
 
 
 def test_the_echo_of_our_own_apply_queues_no_reconcile_but_any_other_child_change_does():
-    from modelplane.config import OperatorConfig
-    from modelplane.controller import Controller
+    from turnout.config import OperatorConfig
+    from turnout.controller import Controller
 
     controller = Controller(OperatorConfig())
-    controller.indices = {"modelplane_mds": {("models", "m"): [{"metadata": {"name": "m"}}]}}
+    controller.indices = {"turnout_mds": {("models", "m"): [{"metadata": {"name": "m"}}]}}
     owner = [{"kind": "ModelDeployment", "name": "m", "uid": "u-md", "controller": True}]
     applied = {"name": "m", "uid": "u1", "resourceVersion": "7", "labels": {}, "owner": "m"}
     controller._applied[("Deployment", "models", "m")] = {"m": applied}
@@ -182,7 +182,7 @@ def test_the_echo_of_our_own_apply_queues_no_reconcile_but_any_other_child_chang
 
 
 def test_previous_plan_status_keeps_the_plan_and_says_why_it_is_not_rolled_out():
-    from modelplane.controller import status as st
+    from turnout.controller import status as st
 
     resolved = st.Cond("Resolved", "False", "Rejected", "no engine can serve m on nvidia nodes")
     plan = {"engine": "llama.cpp", "accelerator": "cpu", "image": "img:1", "endpoint": "http://m.ns.svc:8000/v1"}
@@ -206,8 +206,8 @@ def test_previous_plan_status_keeps_the_plan_and_says_why_it_is_not_rolled_out()
 
 def test_hardware_is_parsed_once_per_node_set():
     """The resolver memoizes per Hardware object: one object while the nodes stay, a new one when one changes."""
-    from modelplane.config import OperatorConfig
-    from modelplane.controller import Controller
+    from turnout.config import OperatorConfig
+    from turnout.controller import Controller
 
     def node(name, cpu):
         return compact_node({"metadata": {"name": name, "labels": {"kubernetes.io/arch": "amd64"}},
@@ -217,21 +217,21 @@ def test_hardware_is_parsed_once_per_node_set():
 
     controller = Controller(OperatorConfig())
     a, b = node("a", "8"), node("b", "8")
-    controller.indices = {"modelplane_nodes": {"a": [a], "b": [b]}}
+    controller.indices = {"turnout_nodes": {"a": [a], "b": [b]}}
     first = controller.hardware()
     assert [n.name for n in first.nodes] == ["a", "b"]
     assert controller.hardware() is first  # the same node objects: not parsed again
-    controller.indices = {"modelplane_nodes": {"a": [a], "b": [node("b", "16")]}}  # kopf stores a new copy
+    controller.indices = {"turnout_nodes": {"a": [a], "b": [node("b", "16")]}}  # kopf stores a new copy
     second = controller.hardware()
     assert second is not first and controller.hardware() is second
-    controller.indices = {"modelplane_nodes": {"a": [a]}}
+    controller.indices = {"turnout_nodes": {"a": [a]}}
     assert [n.name for n in controller.hardware().nodes] == ["a"]
 
 
 async def test_reconciles_in_flight_are_bounded():
     """A burst of creates runs at most ``concurrency`` reconciles at once (their manifests are not all held)."""
-    from modelplane.config import OperatorConfig
-    from modelplane.controller import Controller
+    from turnout.config import OperatorConfig
+    from turnout.controller import Controller
 
     controller = Controller(OperatorConfig(), concurrency=3)
     running, most = 0, 0
@@ -243,7 +243,7 @@ async def test_reconciles_in_flight_are_bounded():
         most = max(most, running)
         await release.wait()
         running -= 1
-        from modelplane.controller.reconcile import Outcome
+        from turnout.controller.reconcile import Outcome
         return Outcome("unchanged")
 
     controller._reconcile = slow  # type: ignore[method-assign]
@@ -257,15 +257,15 @@ async def test_reconciles_in_flight_are_bounded():
     assert most == 3 and all(r.result == "unchanged" for r in results)
 
 
-def test_kopf_settings_keep_state_in_modelplane_annotations_and_let_idle_workers_go():
+def test_kopf_settings_keep_state_in_turnout_annotations_and_let_idle_workers_go():
     import kopf
 
-    from modelplane.controller.app import configure
+    from turnout.controller.app import configure
 
     settings = kopf.OperatorSettings()
     configure(settings)
     storage = settings.persistence.diffbase_storage
-    assert f"{storage.prefix}/{storage.key}" == "modelplane.io/last-handled-configuration"
+    assert f"{storage.prefix}/{storage.key}" == "turnout.dev/last-handled-configuration"
     # Per-object workers go soon after a burst (memory), but never before the echo of their own patch.
     assert settings.queueing.idle_timeout < kopf.OperatorSettings().queueing.idle_timeout
     assert settings.persistence.consistency_timeout > settings.queueing.idle_timeout

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from modelplane.controller.kube import KubeClient, PermanentApiError
+from turnout.controller.kube import KubeClient, PermanentApiError
 
 
 def _cert(subject: str, issuer_key, issuer_name, key, *, ca: bool, ip: str | None = None):
@@ -51,7 +51,7 @@ async def tls_server(tmp_path, free_port):
     server_key = ec.generate_private_key(ec.SECP256R1())
     server = _cert("127.0.0.1", ca_key, ca.subject, server_key, ca=False, ip="127.0.0.1")
     client_key = ec.generate_private_key(ec.SECP256R1())
-    client = _cert("modelplane", ca_key, ca.subject, client_key, ca=False)
+    client = _cert("turnout", ca_key, ca.subject, client_key, ca=False)
     (tmp_path / "ca.pem").write_bytes(_pem(ca))
     (tmp_path / "server.pem").write_bytes(_pem(server) + _pem(server_key))
 
@@ -85,7 +85,7 @@ async def test_client_certificate_from_data_and_ca_from_data(tls_server):
         event = await client.create_event("models", {"metadata": {"generateName": "x."}})
         assert event["metadata"]["name"] == "ok"
         with pytest.raises(PermanentApiError):
-            await client.patch_status("modelplane.io/v1alpha1", "modeldeployments", "models", "missing", {})
+            await client.patch_status("turnout.dev/v1alpha1", "modeldeployments", "models", "missing", {})
     finally:
         await client.close()
     assert tls_server["seen"][0] == {"auth": "", "client": "True"}
@@ -101,7 +101,7 @@ async def test_token_and_ca_file_as_in_a_pod(tls_server):
 
 
 async def test_an_unknown_ca_is_refused(tls_server):
-    from modelplane.controller.kube import TransientApiError
+    from turnout.controller.kube import TransientApiError
 
     client = KubeClient(kopf.ConnectionInfo(server=tls_server["url"], token="t"))
     try:

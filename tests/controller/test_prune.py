@@ -23,10 +23,10 @@ from ctlharness import (
     writes,
 )
 
-from modelplane.controller.kube import KubeClient, TransientApiError
+from turnout.controller.kube import KubeClient, TransientApiError
 
-LABELS = {"app.kubernetes.io/managed-by": "modelplane", "app.kubernetes.io/component": "model-server",
-          "app.kubernetes.io/name": "modelplane"}
+LABELS = {"app.kubernetes.io/managed-by": "turnout", "app.kubernetes.io/component": "model-server",
+          "app.kubernetes.io/name": "turnout"}
 
 
 def _md(fake, name: str) -> dict[str, Any]:
@@ -39,30 +39,30 @@ def _phase(fake, name: str) -> str | None:
 
 def _writes(controller, kind: str) -> float:
     return next((s.value for m in controller.metrics.registry.collect() for s in m.samples
-                 if s.name == "modelplane_operator_writes_total" and s.labels["kind"] == kind), 0.0)
+                 if s.name == "turnout_operator_writes_total" and s.labels["kind"] == kind), 0.0)
 
 
 def _reconciles(controller) -> float:
     return sum(s.value for m in controller.metrics.registry.collect() for s in m.samples
-               if s.name == "modelplane_operator_reconciles_total")
+               if s.name == "turnout_operator_reconciles_total")
 
 
 def _owner(md: dict[str, Any], uid: str | None = None) -> list[dict[str, Any]]:
-    return [{"apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment", "name": md["metadata"]["name"],
+    return [{"apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment", "name": md["metadata"]["name"],
              "uid": uid or md["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}]
 
 
 def _service(name: str, instance: str, owners: list[dict[str, Any]] | None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": NS, "labels": {**LABELS, "modelplane.io/deployment": instance}}
+    meta: dict[str, Any] = {"name": name, "namespace": NS, "labels": {**LABELS, "turnout.dev/deployment": instance}}
     if owners is not None:
         meta["ownerReferences"] = owners
     return {"metadata": meta, "spec": {"type": "ClusterIP", "ports": [{"name": "http", "port": 8000}]}}
 
 
 def _deployment(name: str, instance: str, owners: list[dict[str, Any]]) -> dict[str, Any]:
-    labels = {**LABELS, "modelplane.io/deployment": instance}
+    labels = {**LABELS, "turnout.dev/deployment": instance}
     return {"metadata": {"name": name, "namespace": NS, "labels": labels, "ownerReferences": owners},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"modelplane.io/deployment": instance}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"turnout.dev/deployment": instance}},
                      "template": {"metadata": {"labels": labels}, "spec": {"containers": []}}}}
 
 
@@ -194,7 +194,7 @@ async def test_a_rejected_update_keeps_the_previous_plan_serving_and_says_so_the
                         what="Rejected and ServingPreviousPlan warnings")
 
     # A restarted operator tells the same story: it writes nothing.
-    await fake.wait_for(lambda: "modelplane.io/last-handled-configuration" in
+    await fake.wait_for(lambda: "turnout.dev/last-handled-configuration" in
                         (_md(fake, "qwen-gguf")["metadata"].get("annotations") or {}))
     await operator_run.stop()
     since = len(fake.requests)

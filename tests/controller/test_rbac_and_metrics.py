@@ -19,8 +19,8 @@ from ctlharness import (
     mark_rollout,
 )
 
-from modelplane.controller import Options
-from modelplane.controller.rbac import RULES, cluster_role, covers, main
+from turnout.controller import Options
+from turnout.controller.rbac import RULES, cluster_role, covers, main
 
 
 def _verb(request) -> str:
@@ -58,8 +58,8 @@ async def test_recorded_api_use_equals_the_declared_rbac(fake, operator_run):
     await fake.modify(MDS, (NS, "qwen-awq"), lambda o: {**o, "spec": {k: v for k, v in o["spec"].items()
                                                                       if k != "cache"}})
     await fake.wait_for(lambda: fake.get(CLAIMS, NS, "qwen-awq-cache") is None)
-    owned = {"labels": {"app.kubernetes.io/managed-by": "modelplane", "modelplane.io/deployment": "qwen-gguf"},
-             "ownerReferences": [{"apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
+    owned = {"labels": {"app.kubernetes.io/managed-by": "turnout", "turnout.dev/deployment": "qwen-gguf"},
+             "ownerReferences": [{"apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment",
                                   "name": "qwen-gguf", "uid": md["metadata"]["uid"], "controller": True}]}
     await fake.put_object(SERVICES, {"metadata": {"name": "qwen-gguf-old", "namespace": NS, **owned},
                                      "spec": {"ports": [{"port": 80}]}})
@@ -68,7 +68,7 @@ async def test_recorded_api_use_equals_the_declared_rbac(fake, operator_run):
     await fake.wait_for(lambda: fake.get(SERVICES, NS, "qwen-gguf-old") is None
                         and fake.get(DEPLOYMENTS, NS, "qwen-gguf-old") is None)
     await fake.wait_for(lambda: (fake.get(MDS, NS, "qwen-gguf").get("status") or {}).get("phase") == "Ready")
-    await fake.wait_for(lambda: "modelplane.io/last-handled-configuration"
+    await fake.wait_for(lambda: "turnout.dev/last-handled-configuration"
                         in (fake.get(MDS, NS, "qwen-gguf")["metadata"].get("annotations") or {}))
     await operator_run.stop()
 
@@ -107,10 +107,10 @@ async def test_metrics_and_liveness_endpoints(fake, free_port_factory):
             text = await response.text()
         async with session.get(f"http://127.0.0.1:{health_port}/healthz") as response:
             assert response.status == 200
-    assert 'modelplane_operator_reconciles_total{result="applied"}' in text
-    assert "modelplane_operator_reconcile_duration_seconds_count" in text
-    assert 'modelplane_operator_deployments{accelerator="cpu",engine="llama.cpp",phase="Deploying"} 1.0' in text
-    assert "modelplane_operator_api_errors_total" in text or "modelplane_operator_api_errors" in text
+    assert 'turnout_operator_reconciles_total{result="applied"}' in text
+    assert "turnout_operator_reconcile_duration_seconds_count" in text
+    assert 'turnout_operator_deployments{accelerator="cpu",engine="llama.cpp",phase="Deploying"} 1.0' in text
+    assert "turnout_operator_api_errors_total" in text or "turnout_operator_api_errors" in text
     await run.stop()
 
 
@@ -133,7 +133,7 @@ async def test_namespaced_mode_watches_only_its_namespaces_and_nodes_cluster_wid
 
 
 def test_namespaced_install_splits_role_and_cluster_role(capsys):
-    from modelplane.controller.rbac import namespaced_roles
+    from turnout.controller.rbac import namespaced_roles
 
     cluster, role = namespaced_roles("mp", "models")
     assert (cluster["kind"], role["kind"], role["metadata"]["namespace"]) == ("ClusterRole", "Role", "models")

@@ -23,8 +23,8 @@ from ctlharness import (
 )
 from fakekube import KubeApiError
 
-from modelplane.controller.app import DIFFBASE_ANNOTATION
-from modelplane.controller.reconcile import IDX_MDS
+from turnout.controller.app import DIFFBASE_ANNOTATION
+from turnout.controller.reconcile import IDX_MDS
 
 
 async def test_create_applies_children_with_owner_references_and_reports_status(fake, operator_run):
@@ -37,9 +37,9 @@ async def test_create_applies_children_with_owner_references_and_reports_status(
     svc = await fake.wait_for(lambda: fake.get(SERVICES, NS, "qwen-gguf"), what="the Service")
     for child in (dep, svc):
         (ref,) = child["metadata"]["ownerReferences"]
-        assert ref == {"apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment", "name": "qwen-gguf",
+        assert ref == {"apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment", "name": "qwen-gguf",
                        "uid": uid, "controller": True, "blockOwnerDeletion": True}
-        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "modelplane"
+        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "turnout"
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert "llamacpp" in container["image"]
     assert dep["spec"]["replicas"] == 1
@@ -64,7 +64,7 @@ async def test_create_applies_children_with_owner_references_and_reports_status(
     # At creation the first rollout is said in EngineSelected, not in an Event of its own (5 writes, not 6).
     assert len(selected) == 1
     assert selected[0]["message"].startswith("llama.cpp on cpu (")
-    assert f"rolling out qwen-gguf (spec-hash {dep['metadata']['labels']['modelplane.io/spec-hash']})" \
+    assert f"rolling out qwen-gguf (spec-hash {dep['metadata']['labels']['turnout.dev/spec-hash']})" \
         in selected[0]["message"]
     assert "RolloutStarted" not in {e["reason"] for e in events_of(fake, "qwen-gguf")}
     # kopf's diff-base annotation (a copy of the spec) is on the object but not in the controller's index copy.
@@ -139,7 +139,7 @@ async def test_a_new_gpu_does_not_move_a_placed_deployment_and_scaling_keeps_the
     await fake.wait_for(lambda: operator_run.controller.hardware().accelerators() == {"cpu", "nvidia"})
     await fake.modify(MDS, (NS, "qwen-gguf"), lambda o: {**o, "spec": {**o["spec"], "replicas": 3}})
     scaled = await fake.wait_for(lambda: (d := fake.get(DEPLOYMENTS, NS, "qwen-gguf"))["spec"]["replicas"] == 3 and d)
-    hash_label = "modelplane.io/spec-hash"
+    hash_label = "turnout.dev/spec-hash"
     assert scaled["metadata"]["labels"][hash_label] == before["metadata"]["labels"][hash_label]
     assert scaled["spec"]["template"] == before["spec"]["template"]
     status = (await fake.wait_for(lambda: _md(fake, "qwen-gguf")["status"].get("observedGeneration") == 2
@@ -162,7 +162,7 @@ async def test_spec_update_rolls_out_a_new_template(fake, operator_run):
                       lambda o: {**o, "spec": {**o["spec"], "servedModelName": "qwen-renamed"}})
     new = await fake.wait_for(
         lambda: (d := fake.get(DEPLOYMENTS, NS, "qwen-gguf"))["metadata"]["generation"] == 2 and d)
-    assert new["metadata"]["labels"]["modelplane.io/spec-hash"] != old["metadata"]["labels"]["modelplane.io/spec-hash"]
+    assert new["metadata"]["labels"]["turnout.dev/spec-hash"] != old["metadata"]["labels"]["turnout.dev/spec-hash"]
     assert "qwen-renamed" in " ".join(new["spec"]["template"]["spec"]["containers"][0]["command"])
     deploying = await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Deploying" and _md(fake, "qwen-gguf"))
     assert cond(deploying, "Progressing")["status"] == "True"
@@ -235,7 +235,7 @@ async def test_restarted_operator_writes_nothing(fake, operator_run):
     await fake.wait_for(lambda: _phase(fake, "one") == "Ready" and _phase(fake, "two") == "Deploying"
                         and _phase(fake, "qwen-awq") == "Failed")
     # kopf writes its last-handled-configuration annotation once per object after handling.
-    await fake.wait_for(lambda: all("modelplane.io/last-handled-configuration" in
+    await fake.wait_for(lambda: all("turnout.dev/last-handled-configuration" in
                                     (_md(fake, n)["metadata"].get("annotations") or {})
                                     for n in ("one", "two", "qwen-awq")))
     await operator_run.stop()
@@ -243,7 +243,7 @@ async def test_restarted_operator_writes_nothing(fake, operator_run):
     since = len(fake.requests)
     run2 = await operator_run.start()
     # Every deployment was looked at again: kopf's resume handler ran for each.
-    await fake.wait_for(lambda: sum(s.get() for s in _samples(run2, "modelplane_operator_reconciles_total")) >= 3,
+    await fake.wait_for(lambda: sum(s.get() for s in _samples(run2, "turnout_operator_reconciles_total")) >= 3,
                         what="three resumed reconciles")
     await fake.wait_for(lambda: len(run2.queue) == 0, what="an idle work queue")
     assert writes(fake, since) == []
@@ -307,7 +307,7 @@ async def test_transient_api_errors_are_retried_with_backoff(fake, operator_run)
     await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Deploying")
     errors = {(s.labels["method"], s.labels["code"]): s.value
               for m in operator_run.controller.metrics.registry.collect() for s in m.samples
-              if s.name == "modelplane_operator_api_errors_total"}
+              if s.name == "turnout_operator_api_errors_total"}
     assert errors[("PATCH", "503")] == 2 and errors[("PATCH", "409")] == 1
     await operator_run.stop()
 
@@ -368,15 +368,15 @@ async def test_a_spec_changed_while_the_operator_was_down_rolls_out_on_start(fak
     await operator_run.start()
     await fake.put_object(MDS, gguf_md())
     await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Deploying")
-    await fake.wait_for(lambda: "modelplane.io/last-handled-configuration"
+    await fake.wait_for(lambda: "turnout.dev/last-handled-configuration"
                         in (_md(fake, "qwen-gguf")["metadata"].get("annotations") or {}))
-    old = fake.get(DEPLOYMENTS, NS, "qwen-gguf")["metadata"]["labels"]["modelplane.io/spec-hash"]
+    old = fake.get(DEPLOYMENTS, NS, "qwen-gguf")["metadata"]["labels"]["turnout.dev/spec-hash"]
     await operator_run.stop()
 
     await fake.modify(MDS, (NS, "qwen-gguf"), lambda o: {**o, "spec": {**o["spec"], "servedModelName": "later"}})
     await operator_run.start()
     await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf")["metadata"]["labels"]
-                        ["modelplane.io/spec-hash"] != old, what="the new template applied")
+                        ["turnout.dev/spec-hash"] != old, what="the new template applied")
     await fake.wait_for(lambda: _md(fake, "qwen-gguf")["status"]["observedGeneration"] == 2)
     await operator_run.stop()
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from modelplane import images
-from modelplane.images import HOST_AGENT, IMAGE_MATRIX, OPERATOR_IMAGE, SHIM_PORT, ImageSpec
+from turnout import images
+from turnout.images import HOST_AGENT, IMAGE_MATRIX, OPERATOR_IMAGE, SHIM_PORT, ImageSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = ROOT / "scripts" / "build-image.sh"
@@ -143,7 +143,7 @@ def test_names_and_refs_are_unique_and_well_formed() -> None:
 
 
 def test_default_images_shape_and_operator_config_default() -> None:
-    from modelplane.config import OperatorConfig
+    from turnout.config import OperatorConfig
 
     defaults = images.default_images("r.example/x", "1.2.3")
     assert defaults["llama.cpp"]["cpu"] == "r.example/x/llamacpp-cpu:1.2.3"
@@ -155,8 +155,8 @@ def test_chart_values_name_the_matrix_images() -> None:
     """The Helm chart's default images and operator image are the matrix's (published names and tags)."""
     import yaml
 
-    values_file = ROOT / "charts" / "modelplane" / "values.yaml"
-    chart_file = ROOT / "charts" / "modelplane" / "Chart.yaml"
+    values_file = ROOT / "charts" / "turnout" / "values.yaml"
+    chart_file = ROOT / "charts" / "turnout" / "Chart.yaml"
     if not values_file.is_file():
         pytest.skip("no Helm chart in this checkout")
     values = yaml.safe_load(values_file.read_text())
@@ -171,7 +171,7 @@ def test_chart_values_name_the_matrix_images() -> None:
 
 def test_resolver_pairs_are_exactly_the_matrix() -> None:
     """Every pair the resolver can plan has an image, and every image is one it can plan."""
-    from modelplane.resolver import ENGINES
+    from turnout.resolver import ENGINES
 
     plannable = {(name, accel) for name, engine in ENGINES.items() for accel in engine.accelerators}
     assert plannable - set(IMAGE_MATRIX) == set(), "the resolver can plan pairs with no image"
@@ -191,10 +191,10 @@ def _cpu_node() -> dict:
 
 
 def test_resolver_plans_the_matrix_image_and_nothing_without_one() -> None:
-    from modelplane.api import ModelDeploymentSpec
-    from modelplane.config import OperatorConfig
-    from modelplane.hardware import parse_nodes
-    from modelplane.resolver import Plan, Rejection, resolve
+    from turnout.api import ModelDeploymentSpec
+    from turnout.config import OperatorConfig
+    from turnout.hardware import parse_nodes
+    from turnout.resolver import Plan, Rejection, resolve
 
     spec = ModelDeploymentSpec.model_validate(
         {"model": {"name": "qwen2.5-instruct", "format": "gguf", "size": 0.5}, "engine": "llama.cpp"}
@@ -249,15 +249,15 @@ def test_dockerfile_contract(key: tuple[str, str] | None, spec: ImageSpec) -> No
     want_port = "8080" if key is None else str(SHIM_PORT)
     assert ports == [want_port], f"{spec.dockerfile} exposes {ports}, want [{want_port}]"
     entrypoints = final.all("ENTRYPOINT")
-    want_entry = "modelplane" if key is None else "modelplane-shim"
+    want_entry = "turnout" if key is None else "turnout-shim"
     assert entrypoints and json.loads(entrypoints[-1]) == [want_entry]
 
     labels = labels_of(final)
     for label in OCI_LABELS:
         assert labels.get(f"org.opencontainers.image.{label}"), f"missing org.opencontainers.image.{label}"
-    assert labels["org.opencontainers.image.title"] == f"modelplane-{spec.name}"
+    assert labels["org.opencontainers.image.title"] == f"turnout-{spec.name}"
     if key is not None:
-        assert (labels.get("io.modelplane.engine"), labels.get("io.modelplane.accelerator")) == key
+        assert (labels.get("dev.turnout.engine"), labels.get("dev.turnout.accelerator")) == key
 
 
 def test_every_copied_path_is_in_the_build_context() -> None:
@@ -308,7 +308,7 @@ def test_hadolint_is_really_checking() -> None:
 def test_images_module_cli() -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "modelplane.images", *args], capture_output=True, text=True, check=False
+            [sys.executable, "-m", "turnout.images", *args], capture_output=True, text=True, check=False
         )
 
     assert run("--dockerfile", "llamacpp-cpu").stdout.strip() == "images/llamacpp-cpu/Dockerfile"

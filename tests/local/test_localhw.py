@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from modelplane.api import ModelDeploymentSpec
-from modelplane.hardware import parse_nodes
-from modelplane.localhw import Probes, detect_node
-from modelplane.resolver import resolve
+from turnout.api import ModelDeploymentSpec
+from turnout.hardware import parse_nodes
+from turnout.localhw import Probes, detect_node
+from turnout.resolver import resolve
 
 NVIDIA_SMI = "NVIDIA H100 80GB HBM3, 81559, 9.0\nNVIDIA H100 80GB HBM3, 81559, 9.0\n"
 NPU_SMI = "NPU ID : 0\nChip Name : 910B3\nNPU ID : 1\n"
@@ -53,7 +53,7 @@ def test_intel_mac_and_plain_linux_are_cpu() -> None:
 
 
 def test_force_cpu_ignores_gpus() -> None:
-    p = probes(commands={"nvidia-smi": NVIDIA_SMI}, env={"MODELPLANE_FORCE_CPU": "1"})
+    p = probes(commands={"nvidia-smi": NVIDIA_SMI}, env={"TURNOUT_FORCE_CPU": "1"})
     assert parse_nodes([detect_node(p)]).nodes[0].accelerator == "cpu"
 
 

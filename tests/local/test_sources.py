@@ -8,7 +8,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from modelplane.sources import SourceError, locate, parse, pvc_mount
+from turnout.sources import SourceError, locate, parse, pvc_mount
 
 
 def test_plain_and_file_paths(tmp_path: Path) -> None:
@@ -46,7 +46,7 @@ def test_builtin_tiny_model(tiny_model) -> None:
 
 
 def test_hf_offline_names_the_cache_and_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODELPLANE_CACHE", str(tmp_path))
+    monkeypatch.setenv("TURNOUT_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SourceError, match=r"not reachable.*HF_ENDPOINT"):
         locate("hf://org/repo/file.gguf")
@@ -55,7 +55,7 @@ def test_hf_offline_names_the_cache_and_the_fix(tmp_path: Path, monkeypatch: pyt
 
 
 def test_s3_prefix_is_fetched_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODELPLANE_CACHE", str(tmp_path))
+    monkeypatch.setenv("TURNOUT_CACHE", str(tmp_path))
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")

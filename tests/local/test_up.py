@@ -1,4 +1,4 @@
-"""`modelplane up` and `modelplane demo` as a user runs them: real processes, real requests, clean exits."""
+"""`turnout up` and `turnout demo` as a user runs them: real processes, real requests, clean exits."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from modelplane import local
-from modelplane.api import ModelDeployment
-from modelplane.cli.demo import bundled
-from modelplane.localhw import Probes
+from turnout import local
+from turnout.api import ModelDeployment
+from turnout.cli.demo import bundled
+from turnout.localhw import Probes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,11 +64,11 @@ def _wait_health(url: str, proc: subprocess.Popen[str], timeout: float = 900) ->
 @pytest.mark.parametrize("example", ["tiny-chat-gguf.yaml", "tiny-chat.yaml"])
 def test_up_serves_answers_and_stops_cleanly_on_sigterm(tiny_model, free_port: int, example: str) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "modelplane", "up", "-f", str(ROOT / "examples" / example), "--port", str(free_port)],
+        [sys.executable, "-m", "turnout", "up", "-f", str(ROOT / "examples" / example), "--port", str(free_port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "MODELPLANE_FORCE_CPU": "1"},
+        env={**os.environ, "TURNOUT_FORCE_CPU": "1"},
     )
     url = f"http://127.0.0.1:{free_port}"
     try:
@@ -106,15 +106,15 @@ def test_readme_first_command_runs_as_written() -> None:
     assert first == "make demo"
     done = subprocess.run(first, shell=True, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "> Say hello to modelplane." in done.stdout
-    answer = done.stdout.split("> Say hello to modelplane.", 1)[1].strip()
+    assert "> Say hello to turnout." in done.stdout
+    answer = done.stdout.split("> Say hello to turnout.", 1)[1].strip()
     assert answer, "the model answered something"
     assert "stopped" in done.stderr
 
 
 def test_missing_engine_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MODELPLANE_SGLANG_PYTHON", raising=False)
-    with pytest.raises(local.LocalError, match=r'pip install "modelplane\[sglang\]"'):
+    monkeypatch.delenv("TURNOUT_SGLANG_PYTHON", raising=False)
+    with pytest.raises(local.LocalError, match=r'pip install "turnout\[sglang\]"'):
         local.check_engine_installed("sglang", "llm")
     local.check_engine_installed("llama.cpp", "llm")  # installed here: no error
 
@@ -122,7 +122,7 @@ def test_missing_engine_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
 def test_rejection_names_every_engine() -> None:
     md = ModelDeployment.model_validate(
         {
-            "apiVersion": "modelplane.io/v1alpha1",
+            "apiVersion": "turnout.dev/v1alpha1",
             "kind": "ModelDeployment",
             "metadata": {"name": "x"},
             "spec": {"model": {"name": "qwen2.5-instruct", "size": 7, "format": "awq"}},
@@ -136,11 +136,11 @@ def test_rejection_names_every_engine() -> None:
 
 
 def test_unreachable_hub_is_a_clear_fetch_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODELPLANE_CACHE", str(tmp_path))
+    monkeypatch.setenv("TURNOUT_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     md = ModelDeployment.model_validate(
         {
-            "apiVersion": "modelplane.io/v1alpha1",
+            "apiVersion": "turnout.dev/v1alpha1",
             "kind": "ModelDeployment",
             "metadata": {"name": "x"},
             "spec": {"model": {"uri": "hf://example/not-cached", "size": 0.5}},
@@ -156,7 +156,7 @@ def test_engine_that_fails_to_start_names_the_step(tmp_path: Path, free_port: in
     missing.write_bytes(b"not a gguf file")
     md = ModelDeployment.model_validate(
         {
-            "apiVersion": "modelplane.io/v1alpha1",
+            "apiVersion": "turnout.dev/v1alpha1",
             "kind": "ModelDeployment",
             "metadata": {"name": "broken"},
             "spec": {"model": {"uri": f"file://{missing}", "size": 0.01}},

@@ -30,7 +30,7 @@ from shimproc import RunningShim, start_shim_process  # noqa: E402
 @pytest.fixture(scope="session")
 def start_shim(tmp_path_factory: pytest.TempPathFactory,
                free_port_factory: Callable[[], int]) -> Iterator[Callable[..., RunningShim]]:
-    """``start(**kw)``: a real ``modelplane-shim`` process (``shimproc.start_shim_process``), healthy."""
+    """``start(**kw)``: a real ``turnout-shim`` process (``shimproc.start_shim_process``), healthy."""
     started: list[RunningShim] = []
 
     def start(*, wait: bool = True, **kw: Any) -> RunningShim:
@@ -53,7 +53,7 @@ async def fake() -> AsyncIterator[FakeKube]:
 
     server_cls = functools.partial(RawTestServer, keepalive_timeout=0.2)
     async with FakeKube() as api, kmock.Server(api, server_cls=server_cls):
-        crd = yaml.safe_load((ROOT / "crds" / "modelplane.io_modeldeployments.yaml").read_text())
+        crd = yaml.safe_load((ROOT / "crds" / "turnout.dev_modeldeployments.yaml").read_text())
         api.schemas[MDS] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         await api.put_object(("", "v1", "namespaces"), {"metadata": {"name": NS}})
         yield api

@@ -1,7 +1,7 @@
 """Measure the shim under load and faults; prints one JSON object (recorded in docs/reliability.md).
 
 * ``streams``: N concurrent streaming clients (default 1,000) through a real
-  ``modelplane-shim`` process (proxy backend) to the SGLang stand-in engine
+  ``turnout-shim`` process (proxy backend) to the SGLang stand-in engine
   (tests/shim/standin), all on 127.0.0.1. The shim's RSS is read from
   ``/proc/<pid>/status`` before, during (sampled) and after; once all N
   streams are open, extra requests past ``--max-queue`` must get 429 with
@@ -123,7 +123,7 @@ async def load(shim: RunningShim, streams: int, tokens: int, delay: float, overf
         rejected = await asyncio.gather(*(one() for _ in range(overflow)))
         overflow_s = time.monotonic() - t_overflow
         after_overflow = rss_kib(pid)
-        in_flight = await asyncio.to_thread(metric, shim, "modelplane_requests_in_flight")
+        in_flight = await asyncio.to_thread(metric, shim, "turnout_requests_in_flight")
         while not all(t.done() for t in tasks):
             samples.append(rss_kib(pid)["VmRSS"])
             await asyncio.sleep(0.05)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     with tempfile.TemporaryDirectory() as tmp:
         shim = start(Path(tmp) / "load", max_queue=a.streams,
-                     env={"MODELPLANE_ACCESS_LOG": "0", "MODELPLANE_LOG_LEVEL": "WARNING"})
+                     env={"TURNOUT_ACCESS_LOG": "0", "TURNOUT_LOG_LEVEL": "WARNING"})
         try:
             out["load"] = [asyncio.run(load(shim, a.streams, a.tokens, a.delay, a.overflow)) for _ in range(a.waves)]
         finally:

@@ -17,11 +17,11 @@ import jsonschema
 import pytest
 from openapi import cel_rules, crd_json_schema
 
-from modelplane.api import ModelDeploymentSpec
-from modelplane.api import crd as crd_module
+from turnout.api import ModelDeploymentSpec
+from turnout.api import crd as crd_module
 
 GOOD: dict[str, Any] = {
-    "apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
+    "apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment",
     "metadata": {"name": "m", "namespace": "default"},
     "spec": {"model": {"name": "qwen2.5-instruct", "size": 0.5, "format": "gguf"}, "replicas": 1},
 }

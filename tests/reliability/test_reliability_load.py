@@ -19,7 +19,7 @@ STREAMS = 200
 
 
 def test_full_queue_answers_429_and_memory_per_stream_is_bounded(tmp_path: Path) -> None:
-    shim = start(tmp_path, max_queue=STREAMS, env={"MODELPLANE_ACCESS_LOG": "0", "MODELPLANE_LOG_LEVEL": "WARNING"})
+    shim = start(tmp_path, max_queue=STREAMS, env={"TURNOUT_ACCESS_LOG": "0", "TURNOUT_LOG_LEVEL": "WARNING"})
     try:
         # streams last >= 10 s (40 tokens, 0.25 s each), far longer than opening them and the overflow take
         first = asyncio.run(load(shim, STREAMS, tokens=40, delay=0.25, overflow=20))

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from ctlharness import DEPLOYMENTS, MDS, NODES, NS, cond, cpu_node, events_of, gguf_md
 
-from modelplane.controller.rbac import RULES
+from turnout.controller.rbac import RULES
 
 
 def _md(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment",
+    return {"apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment",
             "metadata": {"name": name, "namespace": NS}, "spec": spec}
 
 
@@ -91,7 +91,7 @@ async def test_an_api_call_that_times_out_is_retryable_not_fatal(fake) -> None:
     retries with back-off (tests/controller: test_work_queue_deduplicates_and_retries_with_backoff)."""
     import kopf
 
-    from modelplane.controller.kube import KubeClient, TransientApiError
+    from turnout.controller.kube import KubeClient, TransientApiError
 
     gate = fake.hold("GET", "nodes")
     client = KubeClient(kopf.ConnectionInfo(server=str(fake.url).rstrip("/")), timeout=0.5)

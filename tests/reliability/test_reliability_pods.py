@@ -13,14 +13,14 @@ import kubernetes_validate
 import pytest
 import uvicorn
 
-from modelplane.api import ModelDeploymentSpec
-from modelplane.config import OperatorConfig
-from modelplane.hardware import parse_nodes
-from modelplane.render import render
-from modelplane.render.manifests import SHUTDOWN_GRACE_ENV, shutdown_timing
-from modelplane.resolver import Plan, resolve
-from modelplane.shim import __main__ as shim_main
-from modelplane.shimargs import ShimArgs
+from turnout.api import ModelDeploymentSpec
+from turnout.config import OperatorConfig
+from turnout.hardware import parse_nodes
+from turnout.render import render
+from turnout.render.manifests import SHUTDOWN_GRACE_ENV, shutdown_timing
+from turnout.resolver import Plan, resolve
+from turnout.shim import __main__ as shim_main
+from turnout.shimargs import ShimArgs
 
 CPU = parse_nodes([{"metadata": {"name": "c"}, "status": {"allocatable": {"cpu": "8", "memory": "64Gi"}}}])
 GPU = parse_nodes([{"metadata": {"name": "g", "labels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from shimproc import RunningShim
 
-from modelplane.shim import middleware
-from modelplane.shim.metrics import ShimMetrics
+from turnout.shim import middleware
+from turnout.shim.metrics import ShimMetrics
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ CHAT = "/v1/chat/completions"
 def shim(start_shim, tiny_model: Any) -> RunningShim:
     return start_shim(engine="llama.cpp", model=str(tiny_model.gguf_path), served="tiny", api_key=KEY,
                       engine_args={"n_ctx": 256},
-                      env={"MODELPLANE_LOG_LEVEL": "DEBUG", "MODELPLANE_ACCESS_LOG": "1"})
+                      env={"TURNOUT_LOG_LEVEL": "DEBUG", "TURNOUT_ACCESS_LOG": "1"})
 
 
 def _envelope(r: httpx.Response) -> dict[str, Any]:

@@ -11,13 +11,13 @@ import pytest
 import yaml
 from tests_nodes import every_class
 
-from modelplane.api import ModelDeployment, ModelDeploymentSpec
-from modelplane.cli.plan import load_deployments, load_hardware
-from modelplane.config import OperatorConfig
-from modelplane.hardware import parse_nodes
-from modelplane.render import SPEC_HASH_LABEL, child_name, render
-from modelplane.resolver import Plan, resolve
-from modelplane.shimargs import ShimArgs
+from turnout.api import ModelDeployment, ModelDeploymentSpec
+from turnout.cli.plan import load_deployments, load_hardware
+from turnout.config import OperatorConfig
+from turnout.hardware import parse_nodes
+from turnout.render import SPEC_HASH_LABEL, child_name, render
+from turnout.resolver import Plan, resolve
+from turnout.shimargs import ShimArgs
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -119,7 +119,7 @@ def test_api_key_is_mounted_never_inline() -> None:
     dep = _deployment({**BASE, "apiKeySecretRef": {"name": "key", "key": "token"}})
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert "--api-key-file" in c["command"]
-    assert c["command"][c["command"].index("--api-key-file") + 1] == "/var/run/modelplane/api-key/token"
+    assert c["command"][c["command"].index("--api-key-file") + 1] == "/var/run/turnout/api-key/token"
     vol = next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "api-key")
     assert vol["secret"]["secretName"] == "key"
 
@@ -171,13 +171,13 @@ def _every_plan() -> list[tuple[Plan, dict[str, Any]]]:
 
 def test_every_renderable_command_is_accepted_by_the_shim_parser() -> None:
     """The operator renders argv; the shim parses it: both sides of one contract agree."""
-    from modelplane.render import shim_args
+    from turnout.render import shim_args
 
     seen: set[tuple[str, str]] = set()
     for plan, spec in _every_plan():
         dep = next(o for o in render(plan, _md(spec)) if o["kind"] == "Deployment")
         argv = dep["spec"]["template"]["spec"]["containers"][0]["command"]
-        assert argv[0] == "modelplane-shim"
+        assert argv[0] == "turnout-shim"
         parsed = ShimArgs.parse(argv[1:])
         assert parsed == shim_args(plan, ModelDeploymentSpec.model_validate(spec), "m", OperatorConfig())
         assert parsed.to_argv() == argv
@@ -198,7 +198,7 @@ def test_every_renderable_command_is_accepted_by_the_shim_parser() -> None:
 
 
 def test_every_plannable_image_is_in_the_image_matrix() -> None:
-    from modelplane.images import IMAGE_MATRIX
+    from turnout.images import IMAGE_MATRIX
 
     refs = {spec.ref() for spec in IMAGE_MATRIX.values()}
     for plan, _ in _every_plan():
@@ -208,6 +208,6 @@ def test_every_plannable_image_is_in_the_image_matrix() -> None:
 
 def test_model_deployment_round_trip() -> None:
     md = ModelDeployment.model_validate(
-        {"apiVersion": "modelplane.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "x"}, "spec": BASE}
+        {"apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "x"}, "spec": BASE}
     )
     assert md.served_name == "x"

@@ -29,9 +29,9 @@ def every_class() -> list[dict[str, Any]]:
         ),
         node(
             "mac",
-            {"modelplane.io/accelerator": "metal", "modelplane.io/memory": "192Gi"},
-            {"cpu": "24", "memory": "192Gi", "modelplane.io/metal": "1"},
-            [{"key": "modelplane.io/agent", "value": "true", "effect": "NoSchedule"}],
+            {"turnout.dev/accelerator": "metal", "turnout.dev/memory": "192Gi"},
+            {"cpu": "24", "memory": "192Gi", "turnout.dev/metal": "1"},
+            [{"key": "turnout.dev/agent", "value": "true", "effect": "NoSchedule"}],
         ),
         node("cpu", {}, {"cpu": "32", "memory": "256Gi"}),
     ]

@@ -40,9 +40,9 @@ def ascend(name: str = "npu-1", model: str = "Ascend910B", npus: int = 8) -> dic
 def metal(name: str = "mac-1", memory: str = "64Gi") -> dict[str, Any]:
     return _node(
         name,
-        {"modelplane.io/accelerator": "metal", "modelplane.io/memory": memory, "kubernetes.io/arch": "arm64"},
-        {"cpu": "12", "memory": memory, "modelplane.io/metal": "1"},
-        taints=[{"key": "modelplane.io/agent", "value": "true", "effect": "NoSchedule"}],
+        {"turnout.dev/accelerator": "metal", "turnout.dev/memory": memory, "kubernetes.io/arch": "arm64"},
+        {"cpu": "12", "memory": memory, "turnout.dev/metal": "1"},
+        taints=[{"key": "turnout.dev/agent", "value": "true", "effect": "NoSchedule"}],
     )
 
 

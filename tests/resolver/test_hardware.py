@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nodefactory import ascend, cpu, metal, nvidia
 
-from modelplane.hardware import parse_nodes, parse_quantity
+from turnout.hardware import parse_nodes, parse_quantity
 
 
 def test_each_class_is_recognised() -> None:

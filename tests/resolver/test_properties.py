@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nodefactory import ascend, cpu, metal, nvidia
 
-from modelplane.api import ModelDeploymentSpec
-from modelplane.catalog import load_catalog
-from modelplane.hardware import parse_nodes
-from modelplane.resolver import Plan, Rejection, resolve
+from turnout.api import ModelDeploymentSpec
+from turnout.catalog import load_catalog
+from turnout.hardware import parse_nodes
+from turnout.resolver import Plan, Rejection, resolve
 
 CATALOG_NAMES = load_catalog().names()
 FORMATS = ["pytorch", "gptq", "awq", "fp4", "fp8", "bnb", "gguf", "ggufv2", "mlx"]
@@ -105,14 +105,14 @@ def test_resolver_imports_no_clients_or_servers() -> None:
     """
     code = (
         "import sys\n"
-        "from modelplane.resolver import resolve\n"
-        "from modelplane.render import render\n"
-        "from modelplane.hardware import parse_nodes\n"
-        "from modelplane.api import ModelDeploymentSpec\n"
+        "from turnout.resolver import resolve\n"
+        "from turnout.render import render\n"
+        "from turnout.hardware import parse_nodes\n"
+        "from turnout.api import ModelDeploymentSpec\n"
         "resolve(ModelDeploymentSpec.model_validate({'model': {'name': 'qwen2.5-instruct'}}), parse_nodes([]))\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'kopf', 'kubernetes', 'aiohttp', 'httpx', 'requests', 'fastapi', 'uvicorn'} "
-        "or m.startswith(('modelplane.controller', 'modelplane.shim.app')))\n"
+        "or m.startswith(('turnout.controller', 'turnout.shim.app')))\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from nodefactory import ascend, cpu, four_classes, metal, nvidia
 
-from modelplane.api import ModelDeploymentSpec
-from modelplane.config import OperatorConfig
-from modelplane.hardware import parse_nodes
-from modelplane.resolver import Plan, Rejection, resolve
+from turnout.api import ModelDeploymentSpec
+from turnout.config import OperatorConfig
+from turnout.hardware import parse_nodes
+from turnout.resolver import Plan, Rejection, resolve
 
 
 def run(spec: dict[str, Any], nodes: list[dict[str, Any]], **config: Any) -> Plan | Rejection:
@@ -318,8 +318,8 @@ def test_best_fit_product_selector_keeps_big_gpus_free() -> None:
 
 def test_metal_plan_tolerates_the_agent_taint() -> None:
     plan = run({"model": {**QWEN7, "format": "mlx"}}, [metal()])
-    assert dict(plan.placement.node_selector) == {"modelplane.io/accelerator": "metal"}
-    assert {"key": "modelplane.io/agent", "operator": "Exists", "effect": "NoSchedule"} in [
+    assert dict(plan.placement.node_selector) == {"turnout.dev/accelerator": "metal"}
+    assert {"key": "turnout.dev/agent", "operator": "Exists", "effect": "NoSchedule"} in [
         dict(t) for t in plan.placement.tolerations
     ]
     assert plan.device == "mps"

@@ -15,8 +15,8 @@ from typing import Any
 import uvicorn
 from shimproc import wait_until
 
-from modelplane.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
-from modelplane.shimargs import ShimArgs
+from turnout.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
+from turnout.shimargs import ShimArgs
 
 SERVED = "scripted"
 

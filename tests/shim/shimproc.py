@@ -1,6 +1,6 @@
-"""Helpers to run ``modelplane-shim`` as a real process in front of a real engine process.
+"""Helpers to run ``turnout-shim`` as a real process in front of a real engine process.
 
-``start_shim_factory`` (fixture in ``conftest.py``) launches ``python -m modelplane.shim`` with the command
+``start_shim_factory`` (fixture in ``conftest.py``) launches ``python -m turnout.shim`` with the command
 line ``ShimArgs.to_argv()`` renders, waits until ``/health`` answers 200 (or
 returns at once with ``wait=False``) and stops it at the end of the test or
 module. With ``engine="sglang"`` the engine is the SGLang stand-in in
@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import openai
 
-from modelplane.shimargs import ShimArgs
+from turnout.shimargs import ShimArgs
 
 STANDIN = Path(__file__).parent / "standin"
 START_DEADLINE_S = 120.0
@@ -162,7 +162,7 @@ def start_shim_process(
     env: dict[str, str] | None = None,
     device: str = "cpu",
 ) -> RunningShim:
-    """Launch ``python -m modelplane.shim`` with the argv ``ShimArgs.to_argv()`` renders."""
+    """Launch ``python -m turnout.shim`` with the argv ``ShimArgs.to_argv()`` renders."""
     key_file = None
     if api_key:
         key_file = tmp / "api-key"
@@ -183,19 +183,19 @@ def start_shim_process(
     full_env.update(
         {
             "PYTHONPATH": os.pathsep.join([str(STANDIN), full_env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-            "MODELPLANE_SGLANG_PYTHON": sys.executable,
+            "TURNOUT_SGLANG_PYTHON": sys.executable,
             "STANDIN_LOAD_SECONDS": "0.3",
-            "MODELPLANE_SHUTDOWN_GRACE_SECONDS": "5",
-            "MODELPLANE_ACCESS_LOG": "0",
+            "TURNOUT_SHUTDOWN_GRACE_SECONDS": "5",
+            "TURNOUT_ACCESS_LOG": "0",
         }
     )
     full_env.update(env or {})
     log_path = tmp / "shim.log"
     argv = args.to_argv()
-    assert argv[0] == "modelplane-shim"
+    assert argv[0] == "turnout-shim"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "modelplane.shim", *argv[1:]], env=full_env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "turnout.shim", *argv[1:]], env=full_env, stdout=log, stderr=subprocess.STDOUT
         )
     return RunningShim(
         proc=proc, base_url=f"http://127.0.0.1:{port}", log_path=log_path, api_key=api_key, args=args, env=full_env
@@ -208,14 +208,14 @@ REPO = Path(__file__).resolve().parents[2]
 def engine_python_or_skip(env_var: str, venv: str) -> str:
     """The engine venv's interpreter (``$env_var`` or ``<repo>/<venv>``); skip the test when absent.
 
-    With ``MODELPLANE_REQUIRE_ENGINES=1`` (CI) a missing venv fails instead of skipping.
+    With ``TURNOUT_REQUIRE_ENGINES=1`` (CI) a missing venv fails instead of skipping.
     """
     import pytest
 
     path = Path(os.environ.get(env_var) or REPO / venv / "bin" / "python")
     if not path.exists():
         msg = f"{path} not found: create it with scripts/engine-venvs.sh (or set {env_var})"
-        if os.environ.get("MODELPLANE_REQUIRE_ENGINES") == "1":
+        if os.environ.get("TURNOUT_REQUIRE_ENGINES") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
     return str(path)
@@ -226,7 +226,7 @@ def serve(backend: Any, args: ShimArgs, port: int) -> Iterator[str]:
     """Run ``create_app(backend, args)`` on uvicorn in a thread until the block exits."""
     import uvicorn
 
-    from modelplane.shim.app import create_app
+    from turnout.shim.app import create_app
 
     server = uvicorn.Server(
         uvicorn.Config(create_app(backend, args), host="127.0.0.1", port=port, log_level="warning", lifespan="on")

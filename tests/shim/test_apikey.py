@@ -16,8 +16,8 @@ import pytest
 from scripted import ScriptedBackend, ServerThread, scripted_args
 from shimproc import wait_until
 
-from modelplane.shim.apikey import ApiKeyFile
-from modelplane.shim.app import create_app
+from turnout.shim.apikey import ApiKeyFile
+from turnout.shim.app import create_app
 
 
 class SecretVolume:
@@ -63,7 +63,7 @@ def test_the_file_is_looked_at_once_per_interval(tmp_path: Path) -> None:
 def test_an_empty_rotation_keeps_the_previous_key(tmp_path: Path, bad: str, caplog) -> None:
     vol = SecretVolume(tmp_path, "first")
     key = ApiKeyFile(vol.path, interval=0)
-    with caplog.at_level(logging.WARNING, logger="modelplane.shim"):
+    with caplog.at_level(logging.WARNING, logger="turnout.shim"):
         vol.write(bad)
         assert key.current() == b"first"
         assert key.current() == b"first"
@@ -94,7 +94,7 @@ def test_a_bad_file_at_start_is_an_error(tmp_path: Path) -> None:
 def test_the_key_never_reaches_the_log(tmp_path: Path, caplog) -> None:
     vol = SecretVolume(tmp_path, "sekrit-one")
     key = ApiKeyFile(vol.path, interval=0)
-    with caplog.at_level(logging.DEBUG, logger="modelplane.shim"):
+    with caplog.at_level(logging.DEBUG, logger="turnout.shim"):
         vol.write("sekrit-two")
         key.current()
         vol.write("")

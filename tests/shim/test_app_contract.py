@@ -18,7 +18,7 @@ import pytest
 from scripted import SERVED, ScriptedBackend, ServerThread, scripted_args
 from shimproc import metric_value, sse_events, wait_until
 
-from modelplane.shim.app import create_app
+from turnout.shim.app import create_app
 
 
 @pytest.fixture(scope="module")
@@ -188,20 +188,20 @@ def test_streamed_answer_headers_and_metrics(served) -> None:
     assert r.content.endswith(b"data: [DONE]\n\n") and r.content.count(b"[DONE]") == 1
     after = _metrics(server)
     ep = "/v1/chat/completions"
-    for name, labels, grew_by in [("modelplane_requests_total", {"endpoint": ep, "status": "200"}, 1),
-                                  ("modelplane_time_to_first_token_seconds_count", {"endpoint": ep}, 1),
-                                  ("modelplane_completion_tokens_total", {"endpoint": ep}, 2),
-                                  ("modelplane_prompt_tokens_total", {"endpoint": ep}, 3)]:
+    for name, labels, grew_by in [("turnout_requests_total", {"endpoint": ep, "status": "200"}, 1),
+                                  ("turnout_time_to_first_token_seconds_count", {"endpoint": ep}, 1),
+                                  ("turnout_completion_tokens_total", {"endpoint": ep}, 2),
+                                  ("turnout_prompt_tokens_total", {"endpoint": ep}, 3)]:
         assert metric_value(after, name, **labels) - metric_value(before, name, **labels) == grew_by, name
-    assert metric_value(after, "modelplane_requests_cancelled_total", endpoint=ep) == \
-        metric_value(before, "modelplane_requests_cancelled_total", endpoint=ep)
-    assert metric_value(after, "modelplane_requests_in_flight") == 0
+    assert metric_value(after, "turnout_requests_cancelled_total", endpoint=ep) == \
+        metric_value(before, "turnout_requests_cancelled_total", endpoint=ep)
+    assert metric_value(after, "turnout_requests_in_flight") == 0
 
 
 def test_disconnect_mid_stream_is_counted_as_cancelled(served) -> None:
     server, backend = served
     ep = "/v1/chat/completions"
-    before = metric_value(_metrics(server), "modelplane_requests_cancelled_total", endpoint=ep)
+    before = metric_value(_metrics(server), "turnout_requests_cancelled_total", endpoint=ep)
     closed = backend.closed
     with httpx.Client(base_url=server.base_url, timeout=30) as c, c.stream(
             "POST", ep, json={"messages": [{"role": "user", "content": "slow"}], "stream": True}) as r:
@@ -209,9 +209,9 @@ def test_disconnect_mid_stream_is_counted_as_cancelled(served) -> None:
             if i > 3:
                 break
     wait_until(lambda: backend.closed > closed, "the backend's generator to be closed")
-    wait_until(lambda: metric_value(_metrics(server), "modelplane_requests_cancelled_total", endpoint=ep)
+    wait_until(lambda: metric_value(_metrics(server), "turnout_requests_cancelled_total", endpoint=ep)
                == before + 1, "the cancelled counter")
-    wait_until(lambda: metric_value(_metrics(server), "modelplane_requests_in_flight") == 0, "no request in flight")
+    wait_until(lambda: metric_value(_metrics(server), "turnout_requests_in_flight") == 0, "no request in flight")
 
 
 def test_chunked_request_body_is_read_whole(served) -> None:

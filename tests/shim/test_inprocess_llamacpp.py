@@ -19,9 +19,9 @@ import pytest
 import pytest_asyncio
 from shimproc import serve
 
-from modelplane.shim.backends.base import BackendError, State, Stream
-from modelplane.shim.backends.llamacpp import LlamaCppBackend, apply_engine_args, find_gguf
-from modelplane.shimargs import ShimArgs
+from turnout.shim.backends.base import BackendError, State, Stream
+from turnout.shim.backends.llamacpp import LlamaCppBackend, apply_engine_args, find_gguf
+from turnout.shimargs import ShimArgs
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -510,7 +510,7 @@ def test_openai_client_chat_stream_completions(tiny_model: Any, free_port_factor
 
 
 def test_streamed_tool_call_deltas_merge_into_one_message() -> None:
-    from modelplane.shim.backends.llamacpp import _merge_delta
+    from turnout.shim.backends.llamacpp import _merge_delta
 
     message: dict[str, Any] = {"role": "assistant"}
     for delta in (

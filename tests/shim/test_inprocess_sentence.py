@@ -21,9 +21,9 @@ import pytest_asyncio
 import torch
 from shimproc import serve
 
-from modelplane.shim.backends.base import BackendError, State
-from modelplane.shim.backends.sentence import SentenceBackend
-from modelplane.shimargs import ShimArgs
+from turnout.shim.backends.base import BackendError, State
+from turnout.shim.backends.sentence import SentenceBackend
+from turnout.shimargs import ShimArgs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

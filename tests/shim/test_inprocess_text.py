@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelplane.shim.backends._text import IncrementalDetokenizer, StopMatcher
+from turnout.shim.backends._text import IncrementalDetokenizer, StopMatcher
 
 TEXT = "Héllo wörld — ünïcode ✓ test. The harbour town woke early 日本語 and   spaces"
 

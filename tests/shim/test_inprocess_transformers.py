@@ -21,9 +21,9 @@ import pytest_asyncio
 import torch
 from shimproc import serve
 
-from modelplane.shim.backends.base import BackendError, State, Stream
-from modelplane.shim.backends.transformers import TransformersBackend, usable_cpus
-from modelplane.shimargs import ShimArgs
+from turnout.shim.backends.base import BackendError, State, Stream
+from turnout.shim.backends.transformers import TransformersBackend, usable_cpus
+from turnout.shimargs import ShimArgs
 
 #: async tests share the module's event loop with the module-scoped backend
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -111,7 +111,7 @@ async def test_stream_matches_non_stream(backend: TransformersBackend) -> None:
                                   "\x00\x1f ctl", "\ufffd"])
 @pytest.mark.parametrize("chat", [True, False])
 def test_sse_text_template_is_byte_identical(text: str, chat: bool) -> None:
-    from modelplane.shim.backends import _openai as oai
+    from turnout.shim.backends import _openai as oai
 
     def build(index: int, t: str) -> dict[str, Any]:
         if chat:
@@ -148,10 +148,10 @@ async def test_a_consumer_behind_gets_queued_steps_in_one_item(backend: Transfor
 
 @in_module_loop
 async def test_an_error_after_text_comes_after_that_text() -> None:
-    from modelplane.shim.backends import _openai as oai
-    from modelplane.shim.backends._batching import GenerationRequest
-    from modelplane.shim.backends.base import Usage
-    from modelplane.shim.backends.transformers import _Chunks
+    from turnout.shim.backends import _openai as oai
+    from turnout.shim.backends._batching import GenerationRequest
+    from turnout.shim.backends.base import Usage
+    from turnout.shim.backends.transformers import _Chunks
 
     request = GenerationRequest("cmpl-e", 3)
     stream = Stream(chunks=None, usage=Usage(prompt_tokens=3))  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from modelplane.shim import protocol
+from turnout.shim import protocol
 
 
 @pytest.mark.parametrize("value", ["yes", "true", 1, "1"])

@@ -12,7 +12,7 @@ import json
 import pytest
 from shimproc import RunningShim, engine_python_or_skip, sse_events
 
-from modelplane.tinymodel import TinyModel
+from turnout.tinymodel import TinyModel
 
 pytestmark = pytest.mark.slow
 
@@ -22,9 +22,9 @@ SERVED = "tiny-mlx"
 
 @pytest.fixture(scope="module")
 def shim(start_shim_factory, tiny_model: TinyModel) -> RunningShim:
-    python = engine_python_or_skip("MODELPLANE_MLX_PYTHON", ".venv-mlx")
+    python = engine_python_or_skip("TURNOUT_MLX_PYTHON", ".venv-mlx")
     return start_shim_factory(engine="mlx", model=str(tiny_model.hf_dir), served=SERVED,
-                              env={"MODELPLANE_MLX_PYTHON": python}, wait_s=300)
+                              env={"TURNOUT_MLX_PYTHON": python}, wait_s=300)
 
 
 def test_mlx_chat(shim: RunningShim) -> None:

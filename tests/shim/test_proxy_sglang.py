@@ -161,7 +161,7 @@ def test_midstream_engine_error_becomes_error_event_then_done(shim: RunningShim)
 
 def test_client_disconnect_stops_the_engine_stream(shim: RunningShim) -> None:
     before = shim.engine_stats()
-    cancelled_before = metric_value(shim.metrics(), "modelplane_requests_cancelled_total",
+    cancelled_before = metric_value(shim.metrics(), "turnout_requests_cancelled_total",
                                     endpoint="/v1/chat/completions")
     with shim.http() as h, h.stream("POST", "/v1/chat/completions", json={
             "messages": MSG, "max_tokens": 2000, "stream": True, "standin_delay": 0.02}) as r:
@@ -177,7 +177,7 @@ def test_client_disconnect_stops_the_engine_stream(shim: RunningShim) -> None:
     after = shim.engine_stats()
     assert after["streams_finished"] == before["streams_finished"]
     assert after["tokens"] - before["tokens"] < 2000
-    wait_until(lambda: metric_value(shim.metrics(), "modelplane_requests_cancelled_total",
+    wait_until(lambda: metric_value(shim.metrics(), "turnout_requests_cancelled_total",
                                     endpoint="/v1/chat/completions") > cancelled_before,
                "the shim to count the cancelled stream")
 
@@ -185,17 +185,17 @@ def test_client_disconnect_stops_the_engine_stream(shim: RunningShim) -> None:
 def test_metrics_count_tokens_and_first_token(shim: RunningShim) -> None:
     shim.openai().chat.completions.create(model="standin-chat", messages=MSG, max_tokens=3, stream=True)
     text = shim.metrics()
-    for name in ("modelplane_requests_total", "modelplane_request_duration_seconds_bucket",
-                 "modelplane_time_to_first_token_seconds_bucket", "modelplane_prompt_tokens_total",
-                 "modelplane_completion_tokens_total", "modelplane_requests_in_flight",
-                 "modelplane_backend_ready", "modelplane_shim_info"):
+    for name in ("turnout_requests_total", "turnout_request_duration_seconds_bucket",
+                 "turnout_time_to_first_token_seconds_bucket", "turnout_prompt_tokens_total",
+                 "turnout_completion_tokens_total", "turnout_requests_in_flight",
+                 "turnout_backend_ready", "turnout_shim_info"):
         assert f"\n{name}" in text, name
-    assert metric_value(text, "modelplane_completion_tokens_total", endpoint="/v1/chat/completions") >= 3
-    assert metric_value(text, "modelplane_time_to_first_token_seconds_count",
+    assert metric_value(text, "turnout_completion_tokens_total", endpoint="/v1/chat/completions") >= 3
+    assert metric_value(text, "turnout_time_to_first_token_seconds_count",
                         endpoint="/v1/chat/completions") >= 1
-    assert metric_value(text, "modelplane_requests_total", endpoint="/v1/chat/completions",
+    assert metric_value(text, "turnout_requests_total", endpoint="/v1/chat/completions",
                         status="200") >= 1
-    assert metric_value(text, "modelplane_backend_ready") == 1.0
+    assert metric_value(text, "turnout_backend_ready") == 1.0
 
 
 # -- life cycle: each test gets its own shim --------------------------------------------------
@@ -242,7 +242,7 @@ def test_engine_death_fails_health_and_inflight_stream(start_shim_factory) -> No
     assert r.status_code == 503
     assert r.json()["error"]["code"] == "engine_dead"
     assert "Retry-After" in r.headers
-    assert metric_value(shim.metrics(), "modelplane_backend_ready") == 0.0
+    assert metric_value(shim.metrics(), "turnout_backend_ready") == 0.0
 
 
 def test_sigterm_stops_shim_and_engine(start_shim_factory) -> None:
@@ -299,7 +299,7 @@ def test_rerank_through_the_proxy(start_shim_factory) -> None:
 
 
 def test_sigterm_lets_inflight_streams_finish(start_shim_factory) -> None:
-    shim = start_shim_factory()  # grace period: MODELPLANE_SHUTDOWN_GRACE_SECONDS=5
+    shim = start_shim_factory()  # grace period: TURNOUT_SHUTDOWN_GRACE_SECONDS=5
     pid = shim.engine_stats()["pid"]
     with shim.http() as h, h.stream("POST", "/v1/chat/completions", json={
             "messages": MSG, "max_tokens": 30, "stream": True, "standin_delay": 0.05}) as r:
@@ -318,7 +318,7 @@ def test_sigterm_lets_inflight_streams_finish(start_shim_factory) -> None:
 
 
 def test_wedged_engine_fails_health_ends_streams_and_recovers(start_shim_factory) -> None:
-    shim = start_shim_factory(env={"MODELPLANE_ENGINE_PROBE_SECONDS": "0.2"})
+    shim = start_shim_factory(env={"TURNOUT_ENGINE_PROBE_SECONDS": "0.2"})
     pid = shim.engine_stats()["pid"]
     try:
         with shim.http() as h, h.stream("POST", "/v1/chat/completions", json={

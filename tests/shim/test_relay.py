@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelplane.shim.backends._relay import (
+from turnout.shim.backends._relay import (
     COALESCE_ENV,
     HIGH_WATER,
     LOW_WATER,
@@ -25,9 +25,9 @@ from modelplane.shim.backends._relay import (
     coalesce_seconds,
     relay_response,
 )
-from modelplane.shim.backends.base import BackendError, State, Stream, Usage
-from modelplane.shim.backends.vllm import VllmBackend
-from modelplane.shimargs import ShimArgs
+from turnout.shim.backends.base import BackendError, State, Stream, Usage
+from turnout.shim.backends.vllm import VllmBackend
+from turnout.shimargs import ShimArgs
 
 
 def event(obj: dict[str, Any]) -> bytes:

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from modelplane.shim.backends import BACKENDS, backend_class, backend_path
-from modelplane.shim.backends.mlx import MlxBackend
-from modelplane.shim.backends.proxy import engine_flags, local_model_ref
-from modelplane.shim.backends.sglang import SglangBackend
-from modelplane.shim.backends.vllm import VllmBackend
-from modelplane.shimargs import DEVICES, ENGINES, MODEL_TYPES, ShimArgs
+from turnout.shim.backends import BACKENDS, backend_class, backend_path
+from turnout.shim.backends.mlx import MlxBackend
+from turnout.shim.backends.proxy import engine_flags, local_model_ref
+from turnout.shim.backends.sglang import SglangBackend
+from turnout.shim.backends.vllm import VllmBackend
+from turnout.shimargs import DEVICES, ENGINES, MODEL_TYPES, ShimArgs
 
 PROXY_ENGINES = {"vllm": VllmBackend, "sglang": SglangBackend, "mlx": MlxBackend}
 
@@ -28,14 +28,14 @@ def test_every_rendered_command_parses_and_dispatches(engine: str, model_type: s
     args = _args(engine=engine, model_type=model_type, api_key_file="/keys/k", quantization="Q4_K_M",
                  model_format="gguf", engine_args={"max_model_len": 4096, "enforce_eager": True})
     argv = args.to_argv()
-    assert argv[0] == "modelplane-shim"
+    assert argv[0] == "turnout-shim"
     assert ShimArgs.parse(argv[1:]) == args
     if engine == "mlx" and model_type != "llm":
         with pytest.raises(ValueError, match="cannot serve"):
             backend_path(engine, model_type)
     else:
         module, _, cls = backend_path(engine, model_type).partition(":")
-        assert module.startswith("modelplane.shim.backends.") and cls.endswith("Backend")
+        assert module.startswith("turnout.shim.backends.") and cls.endswith("Backend")
 
 
 def test_dispatch_table_covers_every_engine() -> None:
@@ -45,8 +45,8 @@ def test_dispatch_table_covers_every_engine() -> None:
 @pytest.mark.parametrize("engine", sorted(PROXY_ENGINES))
 def test_proxy_backends_import_without_torch(engine: str) -> None:
     # the llama.cpp and vLLM images must not need the transformers backend's imports
-    code = (f"import sys; from modelplane.shim.backends import backend_class; "
-            f"backend_class({engine!r}, 'llm'); import modelplane.shim.app; "
+    code = (f"import sys; from turnout.shim.backends import backend_class; "
+            f"backend_class({engine!r}, 'llm'); import turnout.shim.app; "
             f"assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -57,7 +57,7 @@ def test_backend_class_is_the_engine_module() -> None:
 
 
 def test_shim_main_rejects_bad_argv() -> None:
-    r = subprocess.run([sys.executable, "-m", "modelplane.shim", "--engine", "nope", "--model", "m"],
+    r = subprocess.run([sys.executable, "-m", "turnout.shim", "--engine", "nope", "--model", "m"],
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "invalid choice" in r.stderr
@@ -65,7 +65,7 @@ def test_shim_main_rejects_bad_argv() -> None:
 
 def test_shim_main_reports_unreadable_key_file(tmp_path) -> None:
     argv = _args(engine="sglang", api_key_file=str(tmp_path / "missing")).to_argv()
-    r = subprocess.run([sys.executable, "-m", "modelplane.shim", *argv[1:]], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "turnout.shim", *argv[1:]], capture_output=True, text=True)
     assert r.returncode == 2
     assert "cannot read --api-key-file" in r.stderr
 
@@ -102,7 +102,7 @@ def test_engine_flags_refuse_bad_names() -> None:
 
 
 def test_vllm_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODELPLANE_VLLM_PYTHON", "/opt/vllm/bin/python")
+    monkeypatch.setenv("TURNOUT_VLLM_PYTHON", "/opt/vllm/bin/python")
     cmd = VllmBackend(_args(model="file:///models/llama", served_model_name="llama", tensor_parallel_size=4,
                             device="cuda", engine_args={"max_model_len": 8192})).command(4321)
     assert cmd == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server",
@@ -116,7 +116,7 @@ def test_vllm_command(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_vllm_python_defaults_to_the_shims(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MODELPLANE_VLLM_PYTHON", raising=False)
+    monkeypatch.delenv("TURNOUT_VLLM_PYTHON", raising=False)
     assert VllmBackend(_args()).command(1)[0] == sys.executable
 
 

@@ -31,7 +31,7 @@ def assert_envelope(r: httpx.Response, status: int, code: str | None = None) -> 
 
 @pytest.fixture(scope="module")
 def shim(start_shim_factory) -> RunningShim:
-    return start_shim_factory(api_key=KEY, env={"MODELPLANE_MAX_BODY_BYTES": str(BODY_LIMIT)})
+    return start_shim_factory(api_key=KEY, env={"TURNOUT_MAX_BODY_BYTES": str(BODY_LIMIT)})
 
 
 @pytest.fixture
@@ -180,9 +180,9 @@ def test_body_just_under_the_limit_is_served(http: httpx.Client) -> None:
 def test_errors_are_counted_by_status(shim: RunningShim, http: httpx.Client) -> None:
     http.get("/v1/models/other")
     text = shim.metrics()
-    assert metric_value(text, "modelplane_requests_total", endpoint="other", status="404") >= 1
-    assert metric_value(text, "modelplane_requests_rejected_total", reason="unauthorized") >= 1
-    assert "modelplane_requests_total{" in text
+    assert metric_value(text, "turnout_requests_total", endpoint="other", status="404") >= 1
+    assert metric_value(text, "turnout_requests_rejected_total", reason="unauthorized") >= 1
+    assert "turnout_requests_total{" in text
 
 
 # -- 429 ------------------------------------------------------------------------------------
@@ -216,14 +216,14 @@ def test_429_with_retry_after_when_the_queue_is_full(start_shim_factory) -> None
         # health and metrics are outside the queue
         assert httpx.get(shim.base_url + "/health").status_code == 200
         text = shim.metrics()
-        assert metric_value(text, "modelplane_requests_in_flight") == 2
-        assert metric_value(text, "modelplane_requests_rejected_total", reason="queue_full") == 1
+        assert metric_value(text, "turnout_requests_in_flight") == 2
+        assert metric_value(text, "turnout_requests_rejected_total", reason="queue_full") == 1
     finally:
         release.set()
         for t in threads:
             t.join(60)
     assert results == [200, 200]
     # once the streams are gone the queue admits again
-    wait_until(lambda: metric_value(shim.metrics(), "modelplane_requests_in_flight") == 0,
+    wait_until(lambda: metric_value(shim.metrics(), "turnout_requests_in_flight") == 0,
                "the queue to drain")
     assert shim.openai().chat.completions.create(model="standin-chat", messages=MSG, max_tokens=1)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from scripted import ScriptedBackend, ServerThread, scripted_args
 from shimproc import wait_until
 
-from modelplane.shim.app import create_app
+from turnout.shim.app import create_app
 
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank"]
 FIELDS = ["model", "messages", "prompt", "input", "query", "documents", "max_tokens", "max_completion_tokens",

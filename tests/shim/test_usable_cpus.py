@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modelplane.shim.backends.transformers import torch_threads, usable_cpus
+from turnout.shim.backends.transformers import torch_threads, usable_cpus
 
 AFFINITY = len(os.sched_getaffinity(0))
 

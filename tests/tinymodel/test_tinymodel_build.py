@@ -12,9 +12,9 @@ from pathlib import Path
 import gguf
 import pytest
 
-from modelplane.tinymodel import TinyModel, build_tiny_model, builder, model_version
-from modelplane.tinymodel.__main__ import main as cli_main
-from modelplane.tinymodel.builder import CHAT_TEMPLATE, IM_END, IM_START
+from turnout.tinymodel import TinyModel, build_tiny_model, builder, model_version
+from turnout.tinymodel.__main__ import main as cli_main
+from turnout.tinymodel.builder import CHAT_TEMPLATE, IM_END, IM_START
 
 HF_FILES = (
     "config.json",
@@ -121,7 +121,7 @@ def test_concurrent_builds_publish_one_complete_folder(tmp_path: Path, monkeypat
 def test_rebuild_is_deterministic(tiny_model: TinyModel, tmp_path: Path) -> None:
     """A fresh build in another process gives byte-identical files (seeded training and tokenizer)."""
     code = (
-        "import sys; from pathlib import Path; from modelplane.tinymodel import build_tiny_model as b; "
+        "import sys; from pathlib import Path; from turnout.tinymodel import build_tiny_model as b; "
         "print(b(Path(sys.argv[1])).root)"
     )
     out = subprocess.run(

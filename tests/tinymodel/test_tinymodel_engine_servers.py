@@ -1,9 +1,9 @@
 """The tiny model served by the engines' own OpenAI servers (vLLM CPU, mlx_lm), from their venvs.
 
 The venvs come from ``scripts/engine-venvs.sh``; their interpreters are found through
-``MODELPLANE_VLLM_PYTHON`` / ``MODELPLANE_MLX_PYTHON`` (the shim's variables) or at
+``TURNOUT_VLLM_PYTHON`` / ``TURNOUT_MLX_PYTHON`` (the shim's variables) or at
 ``<repo>/.venv-vllm`` / ``<repo>/.venv-mlx``. A missing venv skips these tests, unless
-``MODELPLANE_REQUIRE_ENGINES=1`` (CI), where it fails them.
+``TURNOUT_REQUIRE_ENGINES=1`` (CI), where it fails them.
 
 Both engines must give transformers' greedy answer: vLLM when run in float32 (its CPU
 default is to downcast float32 weights to bfloat16), mlx_lm as it is.
@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from modelplane.tinymodel import TinyModel
+from turnout.tinymodel import TinyModel
 
 REPO = Path(__file__).resolve().parents[2]
 CHAT = [
@@ -34,7 +34,7 @@ def _engine_python(env_var: str, venv: str) -> Path:
     path = Path(os.environ.get(env_var) or REPO / venv / "bin" / "python")
     if not path.exists():
         msg = f"{path} not found: run scripts/engine-venvs.sh (or set {env_var})"
-        if os.environ.get("MODELPLANE_REQUIRE_ENGINES") == "1":
+        if os.environ.get("TURNOUT_REQUIRE_ENGINES") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
     return path
@@ -96,7 +96,7 @@ def hf_greedy(tiny_model: TinyModel) -> Callable[[list[dict[str, str]]], str]:
 def vllm_server(
     tiny_model: TinyModel, free_port_factory: Callable[[], int], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EngineServer]:
-    python = _engine_python("MODELPLANE_VLLM_PYTHON", ".venv-vllm")
+    python = _engine_python("TURNOUT_VLLM_PYTHON", ".venv-vllm")
     port = free_port_factory()
     cmd = [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
@@ -120,7 +120,7 @@ def vllm_server(
 def mlx_server(
     tiny_model: TinyModel, free_port_factory: Callable[[], int], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EngineServer]:
-    python = _engine_python("MODELPLANE_MLX_PYTHON", ".venv-mlx")
+    python = _engine_python("TURNOUT_MLX_PYTHON", ".venv-mlx")
     port = free_port_factory()
     cmd = [str(python), "-m", "mlx_lm", "server", "--model", str(tiny_model.hf_dir),
            "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from modelplane.tinymodel import TinyModel
+from turnout.tinymodel import TinyModel
 
 N_NEW = 24
 CHAT = [

@@ -1,7 +1,0 @@
-"""``python -m modelplane.agent``."""
-
-import sys
-
-from modelplane.agent.cli import main
-
-sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m turnout.agent``."""
+
+import sys
+
+from turnout.agent.cli import main
+
+sys.exit(main())

@@ -1,0 +1,324 @@
+"""The host agent: register the Node, keep its Lease, and run the Pods bound to it as native processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from turnout.agent.config import AgentConfig
+from turnout.agent.kube import AgentKube, ApiError, TransientApiError, load_connection
+from turnout.agent.node import (
+    LEASE_NAMESPACE,
+    detect_address,
+    lease_object,
+    merge_conditions,
+    micro_now,
+    node_object,
+    node_status,
+)
+from turnout.agent.pods import PodWorker, pod_key
+from turnout.agent.ports import HOST_PORTS, is_local, is_wildcard, port_in_use
+from turnout.agent.process import ContainerProcess, kill_group
+from turnout.hardware import MEMORY_LABEL
+from turnout.localhw import Probes
+
+log = logging.getLogger("turnout.agent")
+#: Labels the agent sets only in some configurations; removed when it no longer sets them.
+OWN_LABELS = (MEMORY_LABEL,)
+
+
+class Agent:
+    """One node. ``run()`` until ``stop`` is set."""
+
+    port_poll = 1.0  # how often a pod waiting for a port re-checks (it is also woken by pod events)
+
+    def __init__(self, config: AgentConfig, kube: AgentKube, *, address: str, probes: Probes | None = None) -> None:
+        self.config = config
+        self.kube = kube
+        self.address = address
+        self.probes = probes
+        self.workers: dict[str, PodWorker] = {}
+        self.node: dict[str, Any] = {}
+        self.bind_address, self.probe_host = bind_and_probe_addresses(config.address, address)
+        self.node_path = f"/api/v1/nodes/{config.node_name}"
+        self.lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{config.node_name}"
+
+    # ----- for the pod workers ------------------------------------------------------------------
+
+    async def fetch(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self.kube.get(f"/api/v1/namespaces/{namespace}/{plural}/{name}")
+
+    def claim_ports(self, worker: PodWorker, *, force: bool = False) -> str | None:
+        """Claim the worker's ports on the bind address; why it cannot (yet), or None when claimed.
+
+        A port conflicts when a pod of an agent in this process holds it on an overlapping address, or
+        when another process on this host listens there. ``force`` (adopted, running processes) skips both:
+        the pod's own process is the listener.
+        """
+        ports = worker.ports()
+        if not force:
+            for port in sorted(ports):
+                holder = HOST_PORTS.holder(self.bind_address, port, worker)
+                if holder is not None:
+                    return (f"port {port} on {self.bind_address} is held by pod {holder.key} on this host; "
+                            "this pod starts when it is released")
+            for port in sorted(ports):
+                if port_in_use(self.bind_address, port):
+                    return (f"port {port} on {self.bind_address} is in use by another process on this host "
+                            "(another agent with an overlapping --address, or a program outside the cluster); "
+                            "this pod starts when it is released")
+        HOST_PORTS.claim(self.bind_address, ports, worker)
+        return None
+
+    def release_ports(self, worker: PodWorker) -> None:
+        HOST_PORTS.release(worker)
+
+    # ----- node and lease -----------------------------------------------------------------------
+
+    async def register(self) -> None:
+        """Create the Node, or bring an existing one (an earlier run of this agent) up to date."""
+        wanted = node_object(self.config, self.address, self.probes)
+        current = await self.kube.get(self.node_path)
+        if current is None:
+            try:
+                current = await self.kube.create("/api/v1/nodes", wanted)
+                log.info("registered node %s", self.config.node_name)
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+                current = await self.kube.get(self.node_path) or {}
+        if current.get("metadata", {}).get("uid"):
+            labels: dict[str, str | None] = dict(wanted["metadata"]["labels"])
+            for key in OWN_LABELS:  # e.g. the memory label of a host that no longer advertises Metal
+                labels.setdefault(key, None)
+            current = await self.kube.merge_patch(self.node_path, {
+                "metadata": {"labels": labels, "annotations": wanted["metadata"]["annotations"]},
+                "spec": {"taints": self._taints(current, wanted)},
+            })
+        self.node = current
+        self._capacity = wanted["status"]["capacity"]
+        await self.post_status()
+        await self.renew_lease()
+
+    @staticmethod
+    def _taints(current: dict[str, Any], wanted: dict[str, Any]) -> list[dict[str, Any]]:
+        """Ours plus whatever others put there (e.g. an admin's or the node controller's taints)."""
+        ours = wanted["spec"]["taints"]
+        keys = {t["key"] for t in ours}
+        return ours + [t for t in (current.get("spec") or {}).get("taints") or [] if t.get("key") not in keys]
+
+    async def post_status(self, *, ready: bool = True, message: str | None = None) -> None:
+        kwargs = {"message": message} if message else {}
+        fresh = node_status(self.config, self.address, self._capacity, ready=ready, **kwargs)
+        previous = (self.node.get("status") or {}).get("conditions")
+        fresh["conditions"] = merge_conditions(previous, fresh["conditions"])
+        for field in ("capacity", "allocatable"):  # drop resources no longer advertised (merge patch keeps them)
+            for key in (self.node.get("status") or {}).get(field) or {}:
+                fresh[field].setdefault(key, None)
+        self.node = await self.kube.merge_patch(f"{self.node_path}/status", {"status": fresh})
+
+    async def _refresh_node(self) -> None:
+        """Post the node status; register again if someone deleted the Node (as kubelet does)."""
+        try:
+            await self.post_status()
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            log.warning("node %s was deleted; registering it again", self.config.node_name)
+            self.node = {}
+            await self.register()
+
+    async def renew_lease(self) -> None:
+        current = await self.kube.get(self.lease_path)
+        if current is None:
+            lease = lease_object(self.config, self.node.get("metadata", {}).get("uid"))
+            await self.kube.create(f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases", lease)
+            return
+        await self.kube.merge_patch(self.lease_path, {"spec": {
+            "holderIdentity": self.config.node_name, "leaseDurationSeconds": self.config.lease_seconds,
+            "renewTime": micro_now()}})
+
+    async def _every(self, seconds: float, what: str, fn: Any) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await fn()
+            except ApiError as exc:
+                log.warning("%s failed: %s", what, exc)
+
+    # ----- pods ---------------------------------------------------------------------------------
+
+    def handle(self, event_type: str, pod: dict[str, Any]) -> None:
+        self._reap()
+        uid = pod["metadata"]["uid"]
+        worker = self.workers.get(uid)
+        if event_type == "DELETED":
+            if worker is not None:
+                worker.gone()
+            return
+        if worker is not None and not worker.done:
+            worker.update(pod)
+            return
+        deleting = bool(pod["metadata"].get("deletionTimestamp"))
+        finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        if worker is not None and not deleting:
+            return  # ran to its end (or failed in the agent); only deletion is left to do
+        if finished and not deleting and not (Path(self.config.state_dir) / "pods" / uid).is_dir():
+            return  # completed before this agent started: never run it again
+        log.info("pod %s: %s", pod_key(pod), "terminating" if deleting else "admitted")
+        self.workers[uid] = PodWorker(self, pod)
+
+    async def watch_pods(self, synced: asyncio.Event) -> None:
+        """List then watch the pods bound to this node; re-list when the watch expires (410)."""
+        path = "/api/v1/pods"
+        selector = {"fieldSelector": f"spec.nodeName={self.config.node_name}"}
+        delay = 0.5
+        while True:
+            try:
+                listing = await self.kube.request("GET", path, params=selector)
+                seen = set()
+                for pod in listing.get("items") or []:
+                    seen.add(pod["metadata"]["uid"])
+                    self.handle("MODIFIED", pod)
+                for uid, worker in list(self.workers.items()):
+                    if uid not in seen:
+                        worker.gone()
+                if not synced.is_set():
+                    self.clean_leftovers(seen)
+                    synced.set()
+                rv = listing.get("metadata", {}).get("resourceVersion", "")
+                while True:
+                    async for event in self.kube.watch(path, {**selector, "resourceVersion": rv}):
+                        obj = event.get("object") or {}
+                        if event.get("type") == "ERROR":
+                            raise TransientApiError(int(obj.get("code") or 410), str(obj.get("reason")),
+                                                    str(obj.get("message")), method="WATCH", path=path)
+                        rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                        if event.get("type") != "BOOKMARK":
+                            self.handle(str(event.get("type")), obj)
+                    delay = 0.5
+            except ApiError as exc:
+                if exc.status not in (410, 0):
+                    log.warning("pod watch: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _reap(self) -> None:
+        for uid, worker in list(self.workers.items()):
+            if worker.done and worker.removed:
+                del self.workers[uid]
+
+    def clean_leftovers(self, known: set[str]) -> None:
+        """Kill processes and remove folders of pods that no longer exist (gone while the agent was down)."""
+        root = Path(self.config.state_dir) / "pods"
+        if not root.is_dir():
+            return
+        for pod_dir in root.iterdir():
+            if pod_dir.name in known:
+                continue
+            for record_file in pod_dir.glob("containers/*/process.json"):
+                record = ContainerProcess.load(record_file)
+                if record is not None and ContainerProcess.adopt(record) is not None:
+                    log.info("killing leftover process group %d of removed pod %s", record.pid, pod_dir.name)
+                    kill_group(record.pid)
+            shutil.rmtree(pod_dir, ignore_errors=True)
+
+    # ----- main loop ----------------------------------------------------------------------------
+
+    def lock_state_dir(self) -> int:
+        """Hold ``<state-dir>/agent.lock``: two agents sharing a state folder would kill each other's pods."""
+        state = Path(self.config.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RuntimeError(f"another agent uses the state folder {state}: give each agent on a host its own "
+                               "--state-dir (and its own --node-name and --address)") from None
+        return fd
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        lock = self.lock_state_dir()
+        try:
+            await self._run(stop, ready)
+        finally:
+            os.close(lock)  # releases the lock
+
+    async def _run(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
+        await self.register()
+        synced = asyncio.Event()
+        tasks = [
+            asyncio.create_task(self._every(self.config.heartbeat_seconds, "lease renewal", self.renew_lease)),
+            asyncio.create_task(self._every(self.config.status_seconds, "node status", self._refresh_node)),
+            asyncio.create_task(self.watch_pods(synced)),
+        ]
+        try:
+            waiter = asyncio.create_task(synced.wait())
+            await asyncio.wait({waiter, tasks[2]}, return_when=asyncio.FIRST_COMPLETED)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            stop_all = self.config.stop_pods_on_exit
+            await asyncio.gather(*(w.shutdown(stop_processes=stop_all) for w in self.workers.values()),
+                                 return_exceptions=True)
+            with contextlib.suppress(ApiError):
+                await self.post_status(ready=False, message="turnout host agent stopped")
+            log.info("agent %s stopped (%s)", self.config.node_name,
+                     "containers stopped" if stop_all else "containers left running for the next start to adopt")
+
+
+def bind_and_probe_addresses(configured: str | None, address: str) -> tuple[str, str]:
+    """Where the shim listens and where probes connect, from ``--address`` and the node address.
+
+    With ``--address`` set to an address of this host the shim listens there only (so several agents
+    with distinct addresses can share a host and its ports); unset, a wildcard, or not an address of
+    this host (e.g. a NAT or VPN address routed here), it listens on 0.0.0.0. Probes connect to the pod
+    IP (the node address) like kubelet's, or to 127.0.0.1 when that address is not local.
+    """
+    local = not is_wildcard(address) and is_local(address)
+    if configured and not is_wildcard(configured) and not local:
+        log.warning("--address %s is not an address of this host: pods listen on 0.0.0.0 (all addresses)",
+                    configured)
+    bind = address if configured and not is_wildcard(configured) and local else "0.0.0.0"
+    probe = address if local else "127.0.0.1"
+    return bind, probe
+
+
+async def run_agent(
+    config: AgentConfig,
+    *,
+    kubeconfig: str | None = None,
+    connection: kopf.ConnectionInfo | None = None,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+    probes: Probes | None = None,
+) -> None:
+    """Run the host agent until ``stop`` is set (or the task is cancelled).
+
+    ``connection`` (kopf's credentials) wins over ``kubeconfig``; without
+    either the usual ``$KUBECONFIG`` / ``~/.kube/config`` lookup applies.
+    ``ready`` is set once the node is registered and the pods bound to it are
+    listed (and adopted). ``probes`` overrides hardware detection (tests).
+    """
+    info = connection or load_connection(kubeconfig)
+    kube = AgentKube(info)
+    stop = stop or asyncio.Event()
+    try:
+        address = config.address or detect_address(info.server)
+        agent = Agent(config, kube, address=address, probes=probes)
+        await agent.run(stop, ready)
+    finally:
+        await kube.close()

@@ -1,0 +1,75 @@
+"""``turnout agent`` / ``python -m turnout.agent``: join this host to a cluster as a node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from turnout.agent.config import AgentConfig, ConfigError, EnvMap
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node-name", required=True, help="the Node's name (lower-case DNS name)")
+    parser.add_argument("--accelerator", choices=("metal", "cpu", "auto"), default="auto",
+                        help="what to advertise; auto: metal on Apple silicon, else cpu (default: auto)")
+    parser.add_argument("--address", help="the node's InternalIP and its pods' IP; pods listen on it only, so "
+                                          "agents with distinct addresses can share a host (default: the address "
+                                          "of the route to the API server, pods listening on 0.0.0.0)")
+    parser.add_argument("--kubeconfig", help="kubeconfig to use (default: $KUBECONFIG, then ~/.kube/config)")
+    parser.add_argument("--env-map", help="YAML file mapping image patterns to local environments "
+                                          "(default: turnout images -> this Python environment)")
+    parser.add_argument("--state-dir", help="where pod folders, logs and process records live; one per agent "
+                                            "(default: ~/.turnout/agent/NODE-NAME)")
+    parser.add_argument("--max-pods", type=int, default=16, help="the node's pod capacity (default: 16)")
+    parser.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="an extra node label")
+    parser.add_argument("--stop-pods-on-exit", action="store_true",
+                        help="stop the pods' processes when the agent exits (default: leave them running and "
+                             "adopt them on the next start)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    labels = {}
+    for item in args.label:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    state_dir = args.state_dir or os.path.join(os.path.expanduser("~/.turnout/agent"), args.node_name)
+    return AgentConfig(node_name=args.node_name, accelerator=args.accelerator, address=args.address,
+                       env_map=EnvMap.load(args.env_map), max_pods=args.max_pods, extra_labels=labels,
+                       stop_pods_on_exit=args.stop_pods_on_exit, state_dir=state_dir)
+
+
+async def _serve(config: AgentConfig, kubeconfig: str | None) -> None:
+    from turnout.agent.agent import run_agent
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await run_agent(config, kubeconfig=kubeconfig, stop=stop)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+        asyncio.run(_serve(config, args.kubeconfig))
+    except (ConfigError, FileNotFoundError, RuntimeError) as exc:
+        print(f"turnout agent: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="turnout agent", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

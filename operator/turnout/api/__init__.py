@@ -1,0 +1,35 @@
+"""The ModelDeployment API (turnout.dev/v1alpha1): typed models, the one source of the CRD."""
+
+from turnout.api.types import (
+    GROUP,
+    KIND,
+    PLURAL,
+    SINGULAR,
+    VERSION,
+    AcceleratorSpec,
+    CacheSpec,
+    Condition,
+    EngineReason,
+    ModelDeployment,
+    ModelDeploymentSpec,
+    ModelDeploymentStatus,
+    ModelSource,
+    SecretKeyRef,
+)
+
+__all__ = [
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "SINGULAR",
+    "VERSION",
+    "AcceleratorSpec",
+    "CacheSpec",
+    "Condition",
+    "EngineReason",
+    "ModelDeployment",
+    "ModelDeploymentSpec",
+    "ModelDeploymentStatus",
+    "ModelSource",
+    "SecretKeyRef",
+]

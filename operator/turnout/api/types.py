@@ -1,0 +1,413 @@
+"""Typed models of ModelDeployment: spec, status, and the object itself.
+
+These models are the only source of the API. ``turnout.api.crd`` turns
+them into the CRD's structural OpenAPI schema; the operator, the CLI and
+local mode parse objects with them. Field names are snake_case in Python and
+camelCase on the wire (aliases).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "turnout.dev"
+VERSION = "v1alpha1"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ("mdep",)  # not "md": Cluster API's MachineDeployment owns it
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Engine = Literal["vllm", "sglang", "llama.cpp", "transformers", "mlx"]
+EngineChoice = Literal["auto", "vllm", "sglang", "llama.cpp", "transformers", "mlx"]
+AcceleratorType = Literal["nvidia", "ascend", "metal", "cpu"]
+AcceleratorChoice = Literal["auto", "nvidia", "ascend", "metal", "cpu"]
+ModelFormat = Literal["pytorch", "gptq", "awq", "fp4", "fp8", "bnb", "gguf", "ggufv2", "mlx"]
+ModelType = Literal["llm", "embedding", "rerank"]
+Phase = Literal["Resolving", "Deploying", "Ready", "Degraded", "Failed"]
+
+ENGINES: tuple[str, ...] = ("vllm", "sglang", "llama.cpp", "transformers", "mlx")
+ACCELERATORS: tuple[str, ...] = ("nvidia", "ascend", "metal", "cpu")
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+def _cel(*rules: tuple[str, str]) -> ConfigDict:
+    """Model config carrying CEL rules (``x-kubernetes-validations``) into the CRD.
+
+    Each rule is mirrored by a pydantic validator on the same model, so the CLI
+    and local mode reject what the API server rejects; a test evaluates the CEL
+    against the same cases.
+    """
+    return ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]},
+    )
+
+
+MODEL_NAME_OR_URI = ("has(self.name) || has(self.uri)", "model.name or model.uri is required")
+URI_STAYS_INSIDE = (
+    "!(has(self.uri) && self.uri.matches('^(pvc|hf|s3)://(.*/)?[.][.](/.*)?$'))",
+    "model.uri: '..' is not allowed in a pvc://, hf:// or s3:// path (it would leave the volume or repository)",
+)
+_ENGINE_SET = "has(self.engine) && "
+_ACCEL_SET = "has(self.accelerator) && has(self.accelerator.type) && "
+GGUF_ENGINES = (
+    "!(has(self.model.format) && self.model.format in ['gguf', 'ggufv2'] && "
+    + _ENGINE_SET
+    + "!(self.engine in ['auto', 'llama.cpp']))",
+    "gguf models are served by llama.cpp: set engine to auto or llama.cpp",
+)
+MLX_ENGINES = (
+    "!(has(self.model.format) && self.model.format == 'mlx' && " + _ENGINE_SET + "!(self.engine in ['auto', 'mlx']))",
+    "mlx models are served by the mlx engine: set engine to auto or mlx",
+)
+MLX_ON_METAL = (
+    "!(" + _ENGINE_SET + "self.engine == 'mlx' && " + _ACCEL_SET + "!(self.accelerator.type in ['auto', 'metal']))",
+    "the mlx engine runs only on Apple silicon: set accelerator.type to auto or metal",
+)
+GPU_ENGINES_NOT_ON_CPU = (
+    "!("
+    + _ENGINE_SET
+    + "self.engine in ['vllm', 'sglang'] && "
+    + _ACCEL_SET
+    + "self.accelerator.type in ['cpu', 'metal'])",
+    "vllm and sglang need an NVIDIA or Ascend accelerator, not cpu or metal",
+)
+CACHE_ONE_SOURCE = (
+    "!(has(self.size) && has(self.existingClaim))",
+    "cache: set size (create a claim) or existingClaim (use one), not both",
+)
+
+
+class ModelSource(_Model):
+    """Which model to serve: a catalog family, or an explicit source."""
+
+    model_config = _cel(MODEL_NAME_OR_URI, URI_STAYS_INSIDE)
+
+    name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Catalog family name, as Xinference names it (e.g. qwen2.5-instruct). "
+        "`turnout plan` lists close names when this is unknown. Either name or uri is required.",
+    )
+    uri: str | None = Field(
+        None,
+        min_length=1,
+        max_length=2048,
+        pattern=r"^(hf|s3|pvc|file|builtin)://.+",
+        description="Explicit model source: hf://ORG/REPO[/FILE.gguf], s3://BUCKET/PATH, "
+        "pvc://CLAIM/PATH (mounted read-only), file:///PATH, or builtin://tiny-llama[.gguf] "
+        "(the project's tiny test model). Takes precedence over the catalog's source.",
+    )
+    size: float | None = Field(
+        None,
+        gt=0,
+        le=10000,
+        description="Size in billions of parameters (e.g. 7 or 0.5). Picks the catalog spec and "
+        "drives the memory-fit check; when omitted the resolver picks a size that fits.",
+    )
+    format: ModelFormat | None = Field(
+        None,
+        description="Weight format: pytorch, gptq, awq, fp4, fp8, bnb, gguf (ggufv2 is accepted as a "
+        "synonym) or mlx. When omitted the resolver picks the format that suits the hardware.",
+    )
+    quantization: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Quantization of the weights: none, Int4, Int8, Q4_K_M, 4bit, fp8, ... "
+        "Must be one the chosen spec offers.",
+    )
+    architecture: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Hugging Face architecture (config.json `architectures[0]`, e.g. "
+        "Qwen2ForCausalLM). Filled from the catalog for named models; set it for uri models so "
+        "auto can choose vLLM or SGLang.",
+    )
+    type: ModelType | None = Field(
+        None,
+        description="What the model does: llm (chat and completions), embedding or rerank. "
+        "Filled from the catalog for named models; defaults to llm for uri models.",
+    )
+
+    @model_validator(mode="after")
+    def _name_or_uri(self) -> ModelSource:
+        if self.name is None and self.uri is None:
+            raise ValueError(MODEL_NAME_OR_URI[1])
+        if self.uri and "://" in self.uri:
+            scheme, rest = self.uri.split("://", 1)
+            if scheme in ("pvc", "hf", "s3") and ".." in rest.split("/"):
+                raise ValueError(URI_STAYS_INSIDE[1])
+        return self
+
+
+class AcceleratorSpec(_Model):
+    """Which hardware to run on."""
+
+    type: AcceleratorChoice = Field(
+        "auto",
+        description="auto, nvidia, ascend, metal or cpu. auto prefers NVIDIA, then Ascend, then "
+        "Metal, then CPU, among hardware present that can serve the model.",
+    )
+    count: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Devices per replica; more than one becomes the tensor-parallel size. Ignored on cpu.",
+    )
+    product: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Device product to require, as GPU Feature Discovery labels it "
+        "(nvidia.com/gpu.product, e.g. NVIDIA-H100-80GB-HBM3).",
+    )
+
+
+class CacheSpec(_Model):
+    """Where downloaded weights are kept, so restarts and replicas don't download again."""
+
+    model_config = _cel(CACHE_ONE_SOURCE)
+
+    size: str | None = Field(
+        None,
+        pattern=_QUANTITY,
+        description="Create a PersistentVolumeClaim of this size (e.g. 50Gi) owned by the deployment.",
+    )
+    storage_class_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description="StorageClass of the created claim; the cluster default when omitted.",
+    )
+    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]] | None = Field(
+        None,
+        max_length=4,
+        description="Access modes of the created claim; ReadWriteOnce when omitted. Use "
+        "ReadWriteMany to share one cache between replicas on different nodes.",
+    )
+    existing_claim: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description="Use this existing PersistentVolumeClaim instead of creating one.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CacheSpec:
+        if self.size is not None and self.existing_claim is not None:
+            raise ValueError(CACHE_ONE_SOURCE[1])
+        return self
+
+
+class SecretKeyRef(_Model):
+    """A key in a Secret in the deployment's namespace."""
+
+    name: str = Field(..., min_length=1, max_length=253, description="Name of the Secret.")
+    key: str = Field(
+        "api-key",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key within the Secret.",
+    )
+
+
+class Toleration(_Model):
+    """A Kubernetes toleration, as in a Pod spec."""
+
+    key: str | None = Field(None, description="Taint key the toleration applies to; empty matches all.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (default).")
+    value: str | None = Field(None, description="Taint value to match with Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated before eviction.")
+
+
+class KeySelector(_Model):
+    """A key of a Secret or ConfigMap, as in a Pod's env."""
+
+    name: str = Field(..., min_length=1, max_length=253, description="Name of the Secret or ConfigMap.")
+    key: str = Field(..., min_length=1, max_length=253, description="Key within it.")
+    optional: bool | None = Field(None, description="Start even when the key is missing.")
+
+
+class FieldSelector(_Model):
+    """A field of the Pod, as in a Pod's env."""
+
+    field_path: str = Field(..., min_length=1, description="Path of the field, e.g. status.podIP.")
+    api_version: str | None = Field(None, description="Version of the schema the path is written in.")
+
+
+class EnvVarSource(_Model):
+    """Where an environment variable's value comes from."""
+
+    secret_key_ref: KeySelector | None = Field(None, description="A key of a Secret.")
+    config_map_key_ref: KeySelector | None = Field(None, description="A key of a ConfigMap.")
+    field_ref: FieldSelector | None = Field(None, description="A field of the Pod.")
+
+
+class EnvVar(_Model):
+    """An environment variable for the model server container."""
+
+    name: str = Field(..., min_length=1, max_length=256, description="Variable name.")
+    value: str | None = Field(None, description="Literal value.")
+    value_from: EnvVarSource | None = Field(None, description="Take the value from a Secret, ConfigMap or field.")
+
+
+class ResourceRequirements(_Model):
+    """Compute resources of the model server container, merged over what the plan asks for."""
+
+    requests: dict[str, str] | None = Field(None, description="Minimum resources, e.g. {cpu: '4', memory: 16Gi}.")
+    limits: dict[str, str] | None = Field(None, description="Maximum resources, e.g. {memory: 32Gi}.")
+
+
+class ModelDeploymentSpec(_Model):
+    """Desired state: one model, served by one engine, on the hardware that suits it."""
+
+    model_config = _cel(GGUF_ENGINES, MLX_ENGINES, MLX_ON_METAL, GPU_ENGINES_NOT_ON_CPU)
+
+    model: ModelSource = Field(..., description="The model to serve.")
+    engine: EngineChoice = Field(
+        "auto",
+        description="auto, vllm, sglang, llama.cpp, transformers or mlx. An explicit engine that "
+        "cannot serve the model is rejected with the reason, never switched silently.",
+    )
+    engine_args: dict[str, Any] | None = Field(
+        None,
+        description="Extra arguments passed to the engine unchanged (e.g. {max_model_len: 8192} for "
+        "vLLM, {n_ctx: 4096} for llama.cpp).",
+    )
+    accelerator: AcceleratorSpec = Field(default_factory=AcceleratorSpec, description="Hardware to run on.")
+    replicas: int = Field(1, ge=0, le=1000, description="Number of model server pods.")
+    served_model_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="The name clients pass as `model`; the deployment's name when omitted.",
+    )
+    cache: CacheSpec | None = Field(None, description="Model cache volume; an emptyDir (lost on restart) when omitted.")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="Secret key holding the Bearer key clients must send; open when omitted.",
+    )
+    hf_token_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret key holding a Hugging Face token for gated hf:// models."
+    )
+    resources: ResourceRequirements | None = Field(
+        None, description="Container resources merged over the plan's (accelerator limits are kept)."
+    )
+    node_selector: dict[str, str] | None = Field(
+        None, description="Extra node labels the pods require; nodes without them are not considered."
+    )
+    tolerations: list[Toleration] | None = Field(
+        None, max_length=64, description="Extra tolerations for the model server pods."
+    )
+    env: list[EnvVar] | None = Field(
+        None, max_length=128, description="Extra environment variables for the model server container."
+    )
+
+    @model_validator(mode="after")
+    def _engine_fits_format(self) -> ModelDeploymentSpec:
+        fmt, engine, accel = self.model.format, self.engine, self.accelerator.type
+        if fmt in ("gguf", "ggufv2") and engine not in ("auto", "llama.cpp"):
+            raise ValueError(GGUF_ENGINES[1])
+        if fmt == "mlx" and engine not in ("auto", "mlx"):
+            raise ValueError(MLX_ENGINES[1])
+        if engine == "mlx" and accel not in ("auto", "metal"):
+            raise ValueError(MLX_ON_METAL[1])
+        if engine in ("vllm", "sglang") and accel in ("cpu", "metal"):
+            raise ValueError(GPU_ENGINES_NOT_ON_CPU[1])
+        return self
+
+
+class Condition(_Model):
+    """A status condition in the metav1.Condition shape."""
+
+    type: str = Field(..., description="Resolved, Available, Progressing or Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
+    reason: str = Field(..., description="One CamelCase word for the last transition.")
+    message: str = Field("", description="Human-readable detail.")
+    observed_generation: int | None = Field(None, description="The .metadata.generation the condition was set from.")
+    last_transition_time: str = Field(..., description="When the condition last changed status (RFC 3339).")
+
+
+class EngineReason(_Model):
+    """Why one engine was not chosen."""
+
+    engine: str = Field(..., description="The engine.")
+    reason: str = Field(..., description="Why it cannot serve this model here.")
+
+
+class ModelDeploymentStatus(_Model):
+    """Observed state, written by the operator through the status subresource."""
+
+    phase: Phase | None = Field(None, description="Resolving, Deploying, Ready, Degraded or Failed.")
+    engine: str | None = Field(None, description="The engine chosen.")
+    accelerator: str | None = Field(None, description="The accelerator chosen: nvidia, ascend, metal or cpu.")
+    image: str | None = Field(None, description="The model server image.")
+    endpoint: str | None = Field(None, description="In-cluster OpenAI base URL.")
+    model_uri: str | None = Field(None, description="The model source the plan resolved to.")
+    tensor_parallel_size: int | None = Field(None, description="Devices per replica.")
+    selector: str | None = Field(
+        None, description="Label selector of the model server pods (for the scale subresource and HPA)."
+    )
+    replicas: int | None = Field(None, description="Pods of the model server Deployment.")
+    ready_replicas: int | None = Field(None, description="Pods that pass their readiness probe.")
+    conditions: list[Condition] | None = Field(
+        None,
+        description="Resolved, Available, Progressing, Degraded.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    rejected: list[EngineReason] | None = Field(None, description="Why each other engine was not chosen.")
+    observed_generation: int | None = Field(None, description="The generation last reconciled.")
+
+
+class ObjectMeta(BaseModel):
+    """The metadata fields turnout reads; everything else is kept as is."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = Field(..., min_length=1, max_length=253)
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class ModelDeployment(BaseModel):
+    """A whole ModelDeployment object."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    api_version: Literal["turnout.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["ModelDeployment"] = KIND
+    metadata: ObjectMeta
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None
+
+    @property
+    def served_name(self) -> str:
+        return self.spec.served_model_name or self.metadata.name

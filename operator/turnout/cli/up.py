@@ -1,0 +1,85 @@
+"""`turnout up -f FILE`: serve a ModelDeployment on this machine until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from turnout import local
+from turnout.api import ModelDeployment
+from turnout.cli.plan import load_deployments
+
+DEFAULT_PORT = 8000
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--filename", required=True, help="YAML file with a ModelDeployment")
+    p.add_argument("--name", help="which ModelDeployment of the file (default: the first)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the engine to be ready")
+
+
+def pick(path: str, name: str | None) -> ModelDeployment:
+    from turnout.cli import CLIError
+
+    deployments = load_deployments(path)
+    if name is None:
+        return deployments[0]
+    for md in deployments:
+        if md.metadata.name == name:
+            return md
+    raise CLIError(
+        f"{path} has no ModelDeployment named {name!r} (it has {', '.join(m.metadata.name for m in deployments)})"
+    )
+
+
+def log_path(md: ModelDeployment) -> Path:
+    from turnout.sources import cache_dir
+
+    return cache_dir().parent / "logs" / f"{md.metadata.name}.log"
+
+
+def start(md: ModelDeployment, host: str, port: int, timeout: float, out=sys.stderr) -> local.LocalServer:
+    """Plan, check, fetch, start and wait: the steps of `up`, each named when it fails."""
+    plan = local.plan_locally(md)
+    print(f"turnout up: {md.metadata.name}: {plan.engine} on {plan.accelerator} — {plan.reason}", file=out)
+    for note in plan.notes:
+        print(f"  note: {note}", file=out)
+    local.check_engine_installed(plan.engine, plan.model.model_type)
+    path = local.fetch(plan, out)
+    args = local.shim_command(plan, md, host, port, path)
+    server = local.start_shim(args, log_path(md))
+    try:
+        with local.Step(out, f"starting {plan.engine} (log: {server.log_path})") as step:
+            local.wait_ready(server, timeout, step.tick)
+    except BaseException:
+        server.stop(grace=5)
+        raise
+    return server
+
+
+def run(args: argparse.Namespace) -> int:
+    from turnout.cli import CLIError
+
+    md = pick(args.filename, args.name)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server = start(md, args.host, args.port, args.timeout)
+    except local.LocalError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"\nServing {md.served_name} at {server.url}/v1 — Ctrl-C to stop.\n", file=sys.stderr)
+    print(local.snippets(server.url, md.served_name), file=sys.stderr, flush=True)
+    while not stop.is_set() and server.alive():
+        stop.wait(0.5)
+    if not server.alive():
+        print(f"turnout up: the shim exited ({server.process.returncode}):\n{server.tail()}", file=sys.stderr)
+        return 1
+    print("turnout up: stopping …", file=sys.stderr, flush=True)
+    server.stop()
+    return 0

@@ -1,0 +1,5 @@
+"""``python -m turnout.controller``."""
+
+from turnout.controller.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,340 @@
+"""kopf wiring: handlers, indexes, settings, and the operator's entry points.
+
+Every handler is registered on a fresh :class:`kopf.OperatorRegistry` per
+operator instance (no module-level global handlers), so tests can run, stop
+and restart operators in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from turnout.api import GROUP, KIND, PLURAL, VERSION
+from turnout.config import ConfigError, OperatorConfig, load_config
+from turnout.controller import metrics as metrics_mod
+from turnout.controller.kube import KubeClient, TransientApiError
+from turnout.controller.reconcile import (
+    IDX_CHILDREN,
+    IDX_MDS,
+    IDX_NODES,
+    IDX_PODS,
+    INDEX_IDS,
+    Controller,
+)
+from turnout.controller.world import (
+    INSTANCE_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    _plain,
+    compact_child,
+    compact_node,
+    compact_pod,
+    owner_name,
+)
+
+logger = logging.getLogger("turnout.controller")
+
+LoginFn = Callable[..., "kopf.ConnectionInfo | None"]
+DIFFBASE_ANNOTATION = f"{GROUP}/last-handled-configuration"
+MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
+_CHILD_RESOURCES = {
+    "Deployment": ("apps", "v1", "deployments"),
+    "Service": ("", "v1", "services"),
+    "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
+}
+
+
+def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own ways in: the kubernetes client library if installed, the pod's service account, kubeconfig."""
+    logger_ = kwargs.get("logger") or logger
+    settings = kwargs.get("settings") or kopf.OperatorSettings()
+    for fn in (kopf.login_via_client, kopf.login_with_service_account, kopf.login_with_kubeconfig):
+        info = fn(logger=logger_, settings=settings)  # each returns None when its way is not available
+        if info is not None:
+            return info
+    return None
+
+
+def _trigger(diff: Sequence[Any]) -> str:
+    """Classify an update: scale (only spec.replicas), spec (anything else in spec), or meta."""
+    fields = [tuple(item[1]) for item in diff]
+    if fields and all(f[:2] == ("spec", "replicas") for f in fields):
+        return "scale"
+    if any(f[:1] == ("spec",) or f == () for f in fields):
+        return "spec"
+    return "meta"
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf settings: turnout.dev annotations (no status.kopf), warnings-only kopf Events, no scanning."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key=DIFFBASE_ANNOTATION.split("/", 1)[1]
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"  # never added: no handler needs one
+    settings.posting.level = logging.WARNING
+    settings.scanning.disabled = True
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    # After its own patch kopf waits this long for the watch to show that version before it acts on older
+    # ones; its 5 s default is too short under a burst (1,000 deployments at once: ~20% of them were handled
+    # twice, each with one more patch). The echo normally arrives within milliseconds; this is only a bound.
+    settings.persistence.consistency_timeout = 30.0
+    # kopf keeps one worker (a task, its queue, logger and the last raw event) per object for this long after
+    # the object's last event; its 5 s default kept every object of a burst's worker alive at once (at 1,000
+    # deployments ~20 MiB of the operator's peak RSS, never returned). A worker still waits for the echo of
+    # its own patch (consistency_timeout) before it exits; a later event starts a new one.
+    settings.queueing.idle_timeout = 1.0
+
+
+def build_registry(
+    controller: Controller,
+    login: LoginFn = default_login,
+    tune: Callable[[kopf.OperatorSettings], None] | None = None,
+) -> kopf.OperatorRegistry:
+    """All handlers of one operator instance."""
+    registry = kopf.OperatorRegistry()
+    md_resource = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        info = login(**kwargs)
+        if info is not None:
+            controller.connection = info
+        return info
+
+    @kopf.on.startup(registry=registry)
+    async def _startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+        configure(settings)
+        if tune is not None:
+            tune(settings)
+        info = controller.connection or login(logger=logger, settings=settings)
+        if info is None:
+            raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod")
+
+        def relogin() -> kopf.ConnectionInfo | None:
+            return login(logger=logger, settings=settings)
+
+        client = KubeClient(info, relogin=relogin, on_error=controller.metrics.api_error)
+        controller.bind({k: kwargs[k] for k in INDEX_IDS if k in kwargs}, client)
+        controller.queue.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def _cleanup(**_: Any) -> None:
+        await controller.queue.stop()
+        if controller.client is not None:
+            await controller.client.close()
+
+    # ----- indexes (kopf fills them before any other handler runs) -----
+    # Index and event handlers are coroutines: kopf runs plain functions in a thread pool, one hop per
+    # watch event (most of the operator's CPU at scale), and they touch the controller's loop-bound state.
+
+    @kopf.index(*md_resource, id=IDX_MDS, registry=registry)
+    async def _mds(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
+        copy = _plain(body)
+        meta = copy.get("metadata", {})
+        meta.pop("managedFields", None)  # large, and never read
+        annotations = meta.get("annotations") or {}
+        annotations.pop(DIFFBASE_ANNOTATION, None)  # kopf's copy of the whole spec: kopf reads its own, we never do
+        if not annotations:
+            meta.pop("annotations", None)
+        return {(namespace, name): copy}
+
+    @kopf.index("v1", "nodes", id=IDX_NODES, registry=registry)
+    async def _nodes(body: kopf.Body, name: str, **_: Any) -> dict[Any, Any]:
+        return {name: compact_node(body)}
+
+    for kind, (group, version, plural) in _CHILD_RESOURCES.items():
+
+        async def _child(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
+            owner = owner_name(body, KIND)
+            return {(namespace, owner): compact_child(body)} if owner else {}
+
+        kopf.index(group, version, plural, id=IDX_CHILDREN[kind], labels=MANAGED, registry=registry)(_child)
+
+        async def _child_event(body: kopf.Body, type: str | None, _kind: str = kind, **_: Any) -> None:
+            controller.child_event(_kind, body, type, owner_name(body, KIND))
+
+        kopf.on.event(group, version, plural, id=f"{IDX_CHILDREN[kind]}_events", labels=MANAGED,
+                      registry=registry)(_child_event)
+
+    @kopf.index("v1", "pods", id=IDX_PODS, labels=MANAGED, registry=registry)
+    async def _pods(body: kopf.Body, namespace: str, labels: Any, **_: Any) -> dict[Any, Any]:
+        instance = labels.get(INSTANCE_LABEL)
+        return {(namespace, instance): compact_pod(body)} if instance else {}
+
+    @kopf.on.event("v1", "pods", id="turnout_pod_events", labels=MANAGED, registry=registry)
+    async def _pod_event(namespace: str, labels: Any, **_: Any) -> None:
+        controller.pod_changed(namespace, labels.get(INSTANCE_LABEL))
+
+    @kopf.on.event("v1", "nodes", id="turnout_node_events", registry=registry)
+    async def _node_event(**_: Any) -> None:
+        controller.nodes_changed()
+
+    @kopf.on.event(*md_resource, id="turnout_md_events", registry=registry)
+    async def _md_event(type: str, namespace: str, name: str, uid: str, **_: Any) -> None:
+        if type == "DELETED":
+            controller.forget(namespace, name, uid)
+
+    # ----- the ModelDeployment itself -----
+
+    async def _handle(body: kopf.Body, trigger: str, retry: int) -> None:
+        try:
+            await controller.reconcile(body, trigger=trigger)
+        except TransientApiError as exc:
+            delay = exc.retry_after or min(60.0, controller.retry_base * 2.0 ** min(retry, 6))
+            raise kopf.TemporaryError(f"API not available, retrying: {exc}", delay=delay) from exc
+
+    @kopf.on.create(*md_resource, id="create", registry=registry)
+    async def _create(body: kopf.Body, retry: int, **_: Any) -> None:
+        await _handle(body, "create", retry)
+
+    @kopf.on.update(*md_resource, id="update", registry=registry)
+    async def _update(body: kopf.Body, diff: Any, retry: int, **_: Any) -> None:
+        await _handle(body, _trigger(diff), retry)
+
+    @kopf.on.resume(*md_resource, id="resume", registry=registry)
+    async def _resume(body: kopf.Body, retry: int, **_: Any) -> None:
+        await _handle(body, "resume", retry)
+
+    return registry
+
+
+@dataclass
+class Options:
+    """What ``turnout operator`` accepts."""
+
+    namespaces: list[str] = field(default_factory=list)
+    all_namespaces: bool = False
+    config_path: str | None = None
+    metrics_port: int = 8080
+    health_port: int = 8081
+    bind_address: str = "0.0.0.0"
+    peering: str | None = None  # a KopfPeering name for several replicas; standalone when None
+    verbose: bool = False
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The operator's command-line options (shared by ``turnout operator`` and ``python -m``)."""
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
+    scope.add_argument("-n", "--namespace", dest="namespaces", action="append", default=[], metavar="NS",
+                       help="watch this namespace only (repeatable; exact names)")
+    parser.add_argument("-c", "--config", dest="config_path", default=None, metavar="FILE",
+                        help="operator config YAML (images per engine and accelerator, autoEngines, ...)")
+    parser.add_argument("--metrics-port", type=int, default=8080, metavar="PORT", help="port of /metrics (0: off)")
+    parser.add_argument("--health-port", type=int, default=8081, metavar="PORT", help="port of /healthz (0: off)")
+    parser.add_argument("--bind-address", default="0.0.0.0", metavar="ADDR",
+                        help="address of the metrics and health servers")
+    parser.add_argument("--peering", default=None, metavar="NAME",
+                        help="KopfPeering object name for active/standby replicas (default: standalone)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def options_from(ns: argparse.Namespace) -> Options:
+    return Options(
+        namespaces=list(ns.namespaces or []),
+        all_namespaces=bool(ns.all_namespaces) or not ns.namespaces,
+        config_path=ns.config_path,
+        metrics_port=ns.metrics_port,
+        health_port=ns.health_port,
+        bind_address=ns.bind_address,
+        peering=ns.peering,
+        verbose=ns.verbose,
+    )
+
+
+async def operate(
+    options: Options,
+    config: OperatorConfig,
+    *,
+    login: LoginFn = default_login,
+    controller: Controller | None = None,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+    tune: Callable[[kopf.OperatorSettings], None] | None = None,
+) -> None:
+    """Run the operator in the current event loop until ``stop_flag`` is set (or a signal arrives).
+
+    ``login`` returns the :class:`kopf.ConnectionInfo` to use (kubeconfig or service account by
+    default); ``tune`` may adjust kopf's settings after :func:`configure` (tests shorten timeouts).
+    """
+    controller = controller or Controller(config)
+    registry = build_registry(controller, login=login, tune=tune)
+    runner = None
+    if options.metrics_port:
+        runner = await metrics_mod.serve(controller.metrics, options.bind_address, options.metrics_port)
+    liveness = f"http://{options.bind_address}:{options.health_port}/healthz" if options.health_port else None
+    try:
+        await kopf.operator(
+            registry=registry,
+            clusterwide=options.all_namespaces,
+            namespaces=[] if options.all_namespaces else options.namespaces,
+            standalone=options.peering is None,
+            peering_name=options.peering,
+            liveness_endpoint=liveness,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+
+
+def run_operator(options: Options, *, login: LoginFn = default_login) -> int:
+    """Validate the config and credentials, then run the operator until it is stopped.
+
+    Returns the exit status: 0 after a clean stop (SIGINT/SIGTERM), 2 for a config or
+    credentials that cannot be used (one line on stderr), 1 when kopf stopped on an error.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if options.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not options.verbose:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        config = load_config(options.config_path)
+    except ConfigError as exc:
+        print(f"turnout operator: {exc}", file=sys.stderr)
+        return 2
+    if not options.all_namespaces and not options.namespaces:
+        print("turnout operator: give --all-namespaces or at least one --namespace", file=sys.stderr)
+        return 2
+    try:
+        info = login()
+    except kopf.LoginError as exc:
+        print(f"turnout operator: cannot log in to Kubernetes: {exc}", file=sys.stderr)
+        return 2
+    if info is None:
+        print("turnout operator: no Kubernetes credentials: set KUBECONFIG (or ~/.kube/config), "
+              "or run in a pod with a service account", file=sys.stderr)
+        return 2
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(operate(options, config, login=login))
+    except Exception as exc:  # kopf reports start-up failures as exceptions; say it in one line
+        cause = exc.__cause__ or exc
+        print(f"turnout operator: stopped: {type(cause).__name__}: {cause}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m turnout.controller``: the same options as ``turnout operator``."""
+    parser = argparse.ArgumentParser(prog="turnout operator", description="Run the turnout operator.")
+    add_arguments(parser)
+    return run_operator(options_from(parser.parse_args(argv)))
+
+

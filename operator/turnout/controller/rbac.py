@@ -1,0 +1,134 @@
+"""Every Kubernetes API permission the operator needs, declared in one place.
+
+The Helm chart generates its ClusterRole (or, for a namespaced install, a
+Role per namespace plus a ClusterRole for the ``cluster_scoped`` rules) from
+:data:`RULES`; a test
+records the operator's real requests against an API emulator and proves they
+are covered by these rules, and that every rule marked ``observed`` is used.
+``python -m turnout.controller.rbac`` prints the rules as a ClusterRole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+
+import yaml
+
+from turnout.api import GROUP, PLURAL
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One RBAC rule: API group, resource (``plural`` or ``plural/subresource``), verbs, and why."""
+
+    api_group: str
+    resource: str
+    verbs: tuple[str, ...]
+    why: str
+    #: False for permissions an admission plugin checks but no request of the operator shows.
+    observed: bool = True
+
+    @property
+    def cluster_scoped(self) -> bool:
+        """Needs a ClusterRole even when the operator watches only some namespaces (a Role suffices otherwise)."""
+        return self.resource in CLUSTER_SCOPED
+
+
+#: Resources without a namespace: a namespaced install still needs a ClusterRole for these.
+CLUSTER_SCOPED = frozenset({"nodes"})
+
+RULES: tuple[Rule, ...] = (
+    Rule(GROUP, PLURAL, ("list", "watch"), "watch ModelDeployments (kopf)"),
+    Rule(GROUP, PLURAL, ("patch",), "kopf's last-handled-configuration and progress annotations"),
+    Rule(GROUP, f"{PLURAL}/status", ("patch",), "write status (phase, conditions, engine, endpoint)"),
+    Rule(
+        GROUP,
+        f"{PLURAL}/finalizers",
+        ("update",),
+        "set blockOwnerDeletion on the children's ownerReferences (OwnerReferencesPermissionEnforcement)",
+        observed=False,
+    ),
+    Rule("", "nodes", ("list", "watch"), "in-memory index of node hardware for the resolver"),
+    Rule("apps", "deployments", ("list", "watch"), "follow the model server Deployments' rollout"),
+    Rule("apps", "deployments", ("patch",), "server-side apply of the model server Deployment"),
+    Rule("", "services", ("list", "watch"), "know which Services are applied (spec-hash)"),
+    Rule("", "services", ("patch",), "server-side apply of the model Service"),
+    Rule("", "persistentvolumeclaims", ("list", "watch"), "know which cache claims are applied"),
+    Rule("", "persistentvolumeclaims", ("patch",), "server-side apply of the model cache claim"),
+    Rule("apps", "deployments", ("delete",), "prune a Deployment the current plan no longer uses"),
+    Rule("", "services", ("delete",), "prune a Service the current plan no longer uses"),
+    Rule("", "persistentvolumeclaims", ("delete",), "prune the cache claim when spec.cache no longer asks for it"),
+    Rule("", "pods", ("list", "watch"), "detect CrashLoopBackOff, ImagePullBackOff, OOMKilled, Unschedulable"),
+    Rule("", "events", ("create",), "Events: engine selected, rejected, rollout started, degraded"),
+)
+
+
+def covers(api_group: str, resource: str, verb: str, rules: tuple[Rule, ...] = RULES) -> Rule | None:
+    """The first rule that allows ``verb`` on ``api_group``/``resource``, if any."""
+    for rule in rules:
+        if rule.api_group == api_group and rule.resource == resource and verb in rule.verbs:
+            return rule
+    return None
+
+
+def merged(rules: tuple[Rule, ...] = RULES) -> list[dict[str, object]]:
+    """The rules as Kubernetes PolicyRules, one per (group, resource), verbs merged and sorted."""
+    verbs: dict[tuple[str, str], set[str]] = {}
+    whys: dict[tuple[str, str], list[str]] = {}
+    for rule in rules:
+        key = (rule.api_group, rule.resource)
+        verbs.setdefault(key, set()).update(rule.verbs)
+        whys.setdefault(key, []).append(rule.why)
+    return [
+        {"apiGroups": [group], "resources": [resource], "verbs": sorted(verbs[(group, resource)]),
+         "why": "; ".join(whys[(group, resource)])}
+        for group, resource in sorted(verbs)
+    ]
+
+
+def _policy(rules: tuple[Rule, ...]) -> list[dict[str, object]]:
+    return [{k: v for k, v in rule.items() if k != "why"} for rule in merged(rules)]
+
+
+def cluster_role(name: str = "turnout-operator", rules: tuple[Rule, ...] = RULES) -> dict[str, object]:
+    """A ClusterRole granting exactly ``rules`` (the ``why`` is dropped: not a PolicyRule field)."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": _policy(rules),
+    }
+
+
+def namespaced_roles(name: str, namespace: str) -> list[dict[str, object]]:
+    """For an operator watching some namespaces: a Role there, and a ClusterRole for cluster-scoped rules."""
+    local = tuple(r for r in RULES if not r.cluster_scoped)
+    cluster = tuple(r for r in RULES if r.cluster_scoped)
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name, "namespace": namespace},
+        "rules": _policy(local),
+    }
+    return [cluster_role(f"{name}-cluster", cluster), role]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print the operator's RBAC rules as Kubernetes objects.")
+    parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    parser.add_argument("--name", default="turnout-operator")
+    parser.add_argument("--namespace", help="print a Role for this namespace plus a ClusterRole for nodes")
+    ns = parser.parse_args(argv)
+    objs = namespaced_roles(ns.name, ns.namespace) if ns.namespace else [cluster_role(ns.name)]
+    if ns.output == "json":
+        sys.stdout.write(json.dumps(objs if ns.namespace else objs[0], indent=2) + "\n")
+    else:
+        sys.stdout.write(yaml.safe_dump_all(objs, sort_keys=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

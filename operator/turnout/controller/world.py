@@ -1,0 +1,166 @@
+"""What the controller knows about the cluster: compact copies of watched objects.
+
+kopf's indexes hold these compact views (kopf fills every index before any
+handler runs, so the first reconcile already sees all nodes). The functions
+here are pure: they reduce Node, Deployment and Pod objects to the fields the
+controller reads, and diagnose failing pods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from turnout.render.manifests import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_LABEL
+
+__all__ = ["INSTANCE_LABEL", "MANAGED_BY", "MANAGED_BY_LABEL", "SPEC_HASH_LABEL"]
+
+
+def _plain(value: Any) -> Any:
+    """A deep plain copy of a (possibly kopf-wrapped) mapping or list."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def compact_node(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Node the hardware parser reads; heartbeat noise (times) dropped."""
+    meta, spec, status = body.get("metadata", {}), body.get("spec", {}) or {}, body.get("status", {}) or {}
+    conditions = [
+        {"type": c.get("type"), "status": c.get("status")}
+        for c in status.get("conditions") or []
+        if c.get("type") == "Ready"
+    ]
+    return {
+        "metadata": {"name": meta.get("name"), "labels": _plain(meta.get("labels") or {})},
+        "spec": {"unschedulable": bool(spec.get("unschedulable")), "taints": _plain(spec.get("taints") or [])},
+        "status": {
+            "allocatable": _plain(status.get("allocatable") or {}),
+            "capacity": _plain(status.get("capacity") or {}),
+            "conditions": conditions,
+        },
+    }
+
+
+def owner_name(body: Mapping[str, Any], kind: str) -> str | None:
+    """The name of the controlling owner of the given kind, if any."""
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == kind:
+            return str(ref.get("name"))
+    return None
+
+
+def compact_child(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A Deployment, Service or claim: identity, labels, owners, replicas and rollout status."""
+    meta = body.get("metadata", {})
+    spec = body.get("spec", {}) or {}
+    out: dict[str, Any] = {
+        "kind": body.get("kind"),
+        "name": meta.get("name"),
+        "namespace": meta.get("namespace"),
+        "uid": meta.get("uid"),
+        "resourceVersion": meta.get("resourceVersion"),
+        "generation": meta.get("generation"),
+        "labels": _plain(meta.get("labels") or {}),
+        "ownerUids": sorted(str(r.get("uid")) for r in meta.get("ownerReferences") or []),
+    }
+    if meta.get("deletionTimestamp"):
+        out["deleting"] = True  # held by a finalizer (a claim a pod still mounts): already on its way out
+    if "replicas" in spec:
+        out["replicas"] = spec.get("replicas")
+    status = body.get("status") or {}
+    if status:
+        out["status"] = {
+            k: _plain(status[k])
+            for k in ("replicas", "readyReplicas", "updatedReplicas", "availableReplicas",
+                      "unavailableReplicas", "observedGeneration", "conditions")
+            if k in status
+        }
+    return out
+
+
+def compact_pod(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A model server Pod: phase, scheduling and container states."""
+    meta, status = body.get("metadata", {}), body.get("status", {}) or {}
+    return {
+        "name": meta.get("name"),
+        "deleting": bool(meta.get("deletionTimestamp")),
+        "hash": (meta.get("labels") or {}).get(SPEC_HASH_LABEL),
+        "phase": status.get("phase"),
+        "conditions": [
+            {k: c.get(k) for k in ("type", "status", "reason", "message")}
+            for c in status.get("conditions") or []
+        ],
+        "containers": [
+            {
+                "name": cs.get("name"),
+                "ready": bool(cs.get("ready")),
+                "restartCount": cs.get("restartCount", 0),
+                "state": _plain(cs.get("state") or {}),
+                "lastState": _plain(cs.get("lastState") or {}),
+            }
+            for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why model server pods are not serving: a CamelCase reason and a message for people."""
+
+    reason: str
+    message: str
+
+
+_PULL = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
+_CONFIG = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+# Lower is worse: the first problem found at the lowest rank is reported.
+_RANK = {**{r: 0 for r in _PULL}, **{r: 1 for r in _CONFIG}, "OOMKilled": 2, "CrashLoopBackOff": 3,
+         "Unschedulable": 4}
+
+
+def diagnose(pods: Iterable[Mapping[str, Any]]) -> Problem | None:
+    """The worst problem among the pods, or None when none is failing.
+
+    CrashLoopBackOff whose last termination was an OOM kill is reported as
+    OOMKilled; Unschedulable carries the scheduler's message.
+    """
+    found: list[tuple[int, str, Problem]] = []
+    for pod in pods:
+        if pod.get("deleting"):
+            continue
+        name = pod.get("name")
+        for cond in pod.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
+                    and cond.get("reason") == "Unschedulable":
+                msg = f"pod {name} cannot be scheduled: {cond.get('message') or 'no node fits'}"
+                found.append((_RANK["Unschedulable"], str(name), Problem("Unschedulable", msg)))
+        for cs in pod.get("containers") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            reason = waiting.get("reason")
+            where = f"pod {name} container {cs.get('name')}"
+            if reason in _PULL or reason in _CONFIG:
+                msg = f"{where}: {reason}: {waiting.get('message') or ''}".rstrip(": ")
+                found.append((_RANK[reason], str(name), Problem(reason, msg)))
+            elif terminated.get("reason") == "OOMKilled" or (reason == "CrashLoopBackOff"
+                                                            and last.get("reason") == "OOMKilled"):
+                msg = (f"{where} was killed for using more memory than its limit "
+                       f"(restarts: {cs.get('restartCount', 0)})")
+                found.append((_RANK["OOMKilled"], str(name), Problem("OOMKilled", msg)))
+            elif reason == "CrashLoopBackOff":
+                detail = last.get("message") or last.get("reason") or waiting.get("message") or ""
+                exit_code = last.get("exitCode")
+                msg = f"{where} keeps crashing (restarts: {cs.get('restartCount', 0)}"
+                msg += f", last exit code {exit_code})" if exit_code is not None else ")"
+                if detail:
+                    msg += f": {detail}"
+                found.append((_RANK["CrashLoopBackOff"], str(name), Problem("CrashLoopBackOff", msg)))
+    if not found:
+        return None
+    found.sort(key=lambda item: (item[0], item[1]))
+    return found[0][2]

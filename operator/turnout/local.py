@@ -1,0 +1,220 @@
+"""Local mode: resolve a ModelDeployment for this machine and run the shim as a local process.
+
+The same resolver the operator uses picks the engine from this machine's
+hardware (``turnout.localhw``); the model is located or fetched
+(``turnout.sources``); the shim runs in its own process group and is
+stopped with SIGTERM (then SIGKILL after a grace period), so no engine
+process outlives ``turnout up``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TextIO
+
+from turnout.api import ModelDeployment
+from turnout.config import OperatorConfig
+from turnout.hardware import parse_nodes
+from turnout.localhw import Probes, detect_node
+from turnout.render import shim_args
+from turnout.resolver import Plan, Rejection, resolve
+from turnout.shimargs import ShimArgs
+
+#: engine -> (extra that installs it, modules it needs)
+ENGINE_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "transformers": ("transformers", ("torch", "transformers")),
+    "llama.cpp": ("llamacpp", ("xllamacpp",)),
+    "vllm": ("vllm", ("vllm",)),
+    "sglang": ("sglang", ("sglang",)),
+    "mlx": ("mlx", ("mlx_lm",)),
+}
+#: proxy engines may live in their own virtual environment: this variable names its python
+ENGINE_PYTHON_ENV = {
+    "vllm": "TURNOUT_VLLM_PYTHON",
+    "sglang": "TURNOUT_SGLANG_PYTHON",
+    "mlx": "TURNOUT_MLX_PYTHON",
+}
+STOP_GRACE_SECONDS = 30.0
+
+
+class LocalError(RuntimeError):
+    """A step of local mode failed; the message names the step and the cause."""
+
+
+@dataclass
+class Step:
+    """Prints a long step's progress on one terminal line and its duration when done."""
+
+    out: TextIO
+    title: str
+    started: float = 0.0
+
+    def __enter__(self) -> Step:
+        self.started = time.monotonic()
+        print(f"• {self.title} …", file=self.out, flush=True)
+        return self
+
+    def tick(self, what: str) -> None:
+        if self.out.isatty():
+            print(f"\r  {what} ({time.monotonic() - self.started:.0f}s)", end="", file=self.out, flush=True)
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.out.isatty():
+            print("\r\033[K", end="", file=self.out)
+        status = "done" if exc is None else "failed"
+        print(f"  {status} in {time.monotonic() - self.started:.1f}s", file=self.out, flush=True)
+
+
+def plan_locally(md: ModelDeployment, config: OperatorConfig | None = None, probes: Probes | None = None) -> Plan:
+    """Resolve a deployment for this machine; LocalError with every engine's reason when none fits."""
+    result = resolve(md.spec, parse_nodes([detect_node(probes)]), config)
+    if isinstance(result, Rejection):
+        reasons = "\n".join(f"  {r.engine}: {r.reason}" for r in result.rejected)
+        raise LocalError(f"resolving {md.metadata.name}: {result.message}\n{reasons}")
+    return result
+
+
+def check_engine_installed(engine: str, model_type: str) -> None:
+    """Fail early, naming the pip command, when the chosen engine is not installed."""
+    extra, modules = ENGINE_EXTRAS[engine]
+    if engine == "transformers" and model_type != "llm":
+        modules = (*modules, "sentence_transformers")
+    python = os.environ.get(ENGINE_PYTHON_ENV.get(engine, ""), "") or sys.executable
+    if python == sys.executable:
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    else:
+        probe = "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))"
+        done = subprocess.run([python, "-c", probe, *modules], capture_output=True, check=False)
+        missing = list(modules) if done.returncode else []
+    if missing:
+        raise LocalError(
+            f'checking the {engine} engine: {", ".join(missing)} not installed; run: pip install "turnout[{extra}]"'
+        )
+
+
+def shim_command(plan: Plan, md: ModelDeployment, host: str, port: int, model_path: str | None = None) -> ShimArgs:
+    """The shim's arguments for a local run (same contract as in a pod, with local host/port)."""
+    args = shim_args(plan, md.spec, md.served_name, OperatorConfig())
+    if md.spec.api_key_secret_ref:
+        raise LocalError("apiKeySecretRef names a Kubernetes Secret; locally, run the shim with --api-key-file")
+    return replace(args, host=host, port=port, model=model_path or args.model)
+
+
+def fetch(plan: Plan, out: TextIO) -> str:
+    """Locate or download the model; returns a local path."""
+    from turnout.sources import SourceError, locate, parse
+
+    if parse(plan.model.uri).scheme == "file":
+        return plan.model.uri
+    with Step(out, f"fetching model {plan.model.uri}"):
+        try:
+            return str(locate(plan.model.uri, quantization=plan.model.quantization))
+        except SourceError as exc:
+            raise LocalError(f"fetching the model: {exc}") from None
+
+
+@dataclass
+class LocalServer:
+    """A running shim process."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> int:
+        """SIGTERM the shim's process group, then SIGKILL after ``grace`` seconds; returns its exit status."""
+        if self.process.poll() is None:
+            _signal_group(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        # Anything the shim left behind in its group goes too.
+        _signal_group(self.process.pid, signal.SIGKILL)
+        return self.process.returncode
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def start_shim(args: ShimArgs, log_path: Path, env: dict[str, str] | None = None) -> LocalServer:
+    """Start ``turnout-shim`` in its own process group, logging to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "turnout.shim", *args.to_argv()[1:]],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    return LocalServer(process, f"http://{host}:{args.port}", log_path)
+
+
+def wait_ready(server: LocalServer, timeout: float, tick: Callable[[str], None] = lambda _: None) -> None:
+    """Poll ``/health`` until 200; LocalError when the shim exits, reports a dead engine, or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            raise LocalError(f"starting the engine: the shim exited ({server.process.returncode}):\n{server.tail()}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")
+            if '"dead"' in body or "failed to start" in body:
+                raise LocalError(f"starting the engine: {_message(body)}\n{server.tail()}") from None
+            tick(_message(body) or "loading")
+        except (urllib.error.URLError, OSError):
+            tick("starting")
+        time.sleep(0.2)
+    raise LocalError(f"starting the engine: not ready after {timeout:.0f}s (log: {server.log_path})")
+
+
+def _message(body: str) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:200]
+    error = data.get("error") if isinstance(data.get("error"), dict) else {}
+    return str(error.get("message") or data.get("status") or "")
+
+
+def snippets(url: str, served: str) -> str:
+    """Ready-to-paste curl and openai calls for a running endpoint."""
+    body = json.dumps({"model": served, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32})
+    return (
+        f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n    -d '{body}'\n\n"
+        f"  from openai import OpenAI\n"
+        f'  client = OpenAI(base_url="{url}/v1", api_key="unused")\n'
+        f'  reply = client.chat.completions.create(model="{served}", '
+        f'messages=[{{"role": "user", "content": "Hello!"}}], max_tokens=32)\n'
+        f"  print(reply.choices[0].message.content)\n"
+    )

@@ -1,0 +1,38 @@
+"""SGLang: CUDA GPUs; chosen by auto only when the operator config enables it."""
+
+from __future__ import annotations
+
+from turnout.resolver.engines.base import (
+    Context,
+    Engine,
+    architecture_reason,
+    fp8_node_reason,
+    quantization_reason,
+)
+from turnout.resolver.plan import ResolvedModel
+
+# Xinference's SGLang table (xinference/model/llm/sglang/core.py).
+FORMATS: dict[str, tuple[str, ...] | None] = {
+    "pytorch": ("none",),
+    "awq": None,
+    "gptq": None,
+    "fp8": None,
+    "bnb": None,
+}
+
+
+def check_model(model: ResolvedModel, accelerator: str, ctx: Context) -> str | None:
+    if reason := quantization_reason("sglang", model, FORMATS):
+        return reason
+    if model.model_type != "llm":
+        return f"turnout serves {model.model_type} models with transformers, llama.cpp or vLLM"
+    return architecture_reason("sglang", model, ctx)
+
+
+ENGINE = Engine(
+    name="sglang",
+    accelerators=("nvidia",),
+    check_model=check_model,
+    check_node=fp8_node_reason,
+    shm=True,
+)

@@ -1,0 +1,25 @@
+"""transformers: the fallback that runs anywhere; sentence-transformers for embedding and rerank."""
+
+from __future__ import annotations
+
+from turnout.resolver.engines.base import GPU_FORMATS, Context, Engine
+from turnout.resolver.plan import ResolvedModel
+
+FORMATS = ("pytorch", "gptq", "awq", "bnb", "fp4")
+# Quantized kernels (AutoAWQ, GPTQ, bitsandbytes) exist for CUDA only.
+CUDA_ONLY = GPU_FORMATS & set(FORMATS)
+
+
+def check_model(model: ResolvedModel, accelerator: str, ctx: Context) -> str | None:
+    if model.format not in FORMATS:
+        if model.format == "fp8":
+            return "transformers does not serve fp8 weights (vLLM or SGLang do, on compute capability >= 8.9)"
+        return f"transformers does not serve {model.format} weights"
+    if model.format in CUDA_ONLY and accelerator != "nvidia":
+        return f"{model.format} weights need a CUDA GPU; {accelerator} cannot run them"
+    if model.model_type != "llm" and model.format != "pytorch":
+        return f"{model.model_type} models are served from pytorch weights"
+    return None
+
+
+ENGINE = Engine(name="transformers", accelerators=("nvidia", "ascend", "metal", "cpu"), check_model=check_model)

@@ -1,0 +1,98 @@
+"""``turnout-shim``: parse the rendered command line, pick the backend, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from contextlib import suppress
+from types import FrameType
+from typing import Any
+
+from turnout.shimargs import ShimArgs
+
+GRACE_ENV = "TURNOUT_SHUTDOWN_GRACE_SECONDS"
+DEFAULT_GRACE_SECONDS = 30
+LOG_LEVEL_ENV = "TURNOUT_LOG_LEVEL"
+ACCESS_LOG_ENV = "TURNOUT_ACCESS_LOG"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the shim until SIGTERM/SIGINT; returns the exit status."""
+    args = ShimArgs.parse(sys.argv[1:] if argv is None else argv)
+    level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("turnout.shim")
+    # One line per proxied request is noise next to uvicorn's access log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    # Imported here so that `--help` and argument errors stay fast.
+    import uvicorn
+
+    from turnout.shim.app import create_app
+    from turnout.shim.backends import create_backend
+
+    try:
+        grace = int(os.environ.get(GRACE_ENV, DEFAULT_GRACE_SECONDS))
+        backend = create_backend(args)
+        app = create_app(backend, args)
+    except (ValueError, TypeError, ImportError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    log.info("serving %s (%s, %s) with %s on %s:%d", args.served_model_name, args.model_type,
+             args.device, args.engine, args.host, args.port)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=level.lower(), lifespan="on",
+        timeout_graceful_shutdown=grace, loop=_fast_or_auto("uvloop", log), http=_fast_or_auto("httptools", log),
+        access_log=os.environ.get(ACCESS_LOG_ENV, "1") not in ("0", "false", "no"),
+    )
+    server = _server_class(uvicorn.Server)(config)
+    server.run()
+    return 0
+
+
+def _fast_or_auto(module: str, log: logging.Logger) -> str:
+    """``module`` (uvloop, httptools: several times faster per chunk) or, with a warning, uvicorn's fallback."""
+    try:
+        __import__(module)
+    except ImportError:
+        log.warning("%s is not installed; the shim runs on the slower pure-Python %s (install uvicorn[standard])",
+                    module, "asyncio loop" if module == "uvloop" else "HTTP parser")
+        return "auto"
+    return module
+
+
+def _server_class(base: type[Any]) -> type[Any]:
+    """uvicorn's ``Server`` with a 1 s housekeeping tick instead of 0.1 s.
+
+    The tick only refreshes the ``Date`` header (once a second anyway) and
+    checks for shutdown; at 10 Hz it cost ~2.5 ms of CPU per second on an
+    idle shim, more than relaying 50 tokens/s. A signal ends the wait at once,
+    so shutdown starts as promptly as before.
+    """
+
+    class Server(base):  # type: ignore[misc, valid-type]
+        _wake: asyncio.Event | None = None
+        _loop: asyncio.AbstractEventLoop | None = None
+
+        async def main_loop(self) -> None:
+            self._loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+            counter = 0
+            while not await self.on_tick(counter):
+                counter = (counter + 10) % 864000  # on_tick refreshes the Date header when counter % 10 == 0
+                with suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            if self._loop is not None and self._wake is not None:
+                with suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._wake.set)
+
+    return Server
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Which backend serves which engine: one dispatch table, imported lazily.
+
+Entries are ``"module:Class"`` strings so that picking a backend imports only
+that backend's dependencies (the llama.cpp image has no torch, the vLLM
+image has no transformers backend code loaded).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from turnout.shim.backends.base import Backend
+from turnout.shimargs import ShimArgs
+
+_PKG = "turnout.shim.backends"
+
+#: (engine, model type) -> "module:Class"; ``None`` as model type matches any type
+BACKENDS: dict[tuple[str, str | None], str] = {
+    ("vllm", None): f"{_PKG}.vllm:VllmBackend",
+    ("sglang", None): f"{_PKG}.sglang:SglangBackend",
+    ("mlx", "llm"): f"{_PKG}.mlx:MlxBackend",
+    ("llama.cpp", None): f"{_PKG}.llamacpp:LlamaCppBackend",
+    ("transformers", "llm"): f"{_PKG}.transformers:TransformersBackend",
+    ("transformers", "embedding"): f"{_PKG}.sentence:SentenceBackend",
+    ("transformers", "rerank"): f"{_PKG}.sentence:SentenceBackend",
+}
+
+
+def backend_path(engine: str, model_type: str) -> str:
+    """The ``module:Class`` serving this engine and model type; ValueError if none does."""
+    target = BACKENDS.get((engine, model_type)) or BACKENDS.get((engine, None))
+    if target is None:
+        served = sorted(t for e, t in BACKENDS if e == engine and t)
+        raise ValueError(f"engine {engine!r} cannot serve {model_type!r} models"
+                         + (f" (it serves: {', '.join(served)})" if served else ""))
+    return target
+
+
+def backend_class(engine: str, model_type: str) -> type[Backend]:
+    """Import and return the backend class for this engine and model type."""
+    module_name, _, class_name = backend_path(engine, model_type).partition(":")
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TypeError(f"{module_name}:{class_name} is not a Backend")
+    return cls
+
+
+def create_backend(args: ShimArgs) -> Backend:
+    """The backend for ``args`` (not started)."""
+    return backend_class(args.engine, args.model_type)(args)

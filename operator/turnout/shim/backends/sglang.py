@@ -1,0 +1,48 @@
+"""SGLang through its own OpenAI server (``sglang.launch_server``)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from turnout.shim.backends.proxy import ProxyBackend, engine_flags, engine_python, local_model_ref
+
+#: the devices ``--device`` accepts in SGLang (it has no Apple backend)
+SGLANG_DEVICES = {"cpu": "cpu", "cuda": "cuda", "npu": "npu"}
+
+
+class SglangBackend(ProxyBackend):
+    """SGLang; embedding and cross-encoder rerank models run with ``--is-embedding``."""
+
+    engine: ClassVar[str] = "sglang"
+    python_env: ClassVar[str] = "TURNOUT_SGLANG_PYTHON"
+    health_path: ClassVar[str] = "/health"
+    reserved_flags: ClassVar[tuple[str, ...]] = (
+        "host", "port", "model-path", "served-model-name", "tp-size", "tp", "device", "is-embedding")
+
+    def command(self, port: int) -> list[str]:
+        a = self.args
+        cmd = [
+            engine_python(self.python_env), "-m", "sglang.launch_server",
+            "--model-path", local_model_ref(a.model),
+            "--served-model-name", a.served_model_name,
+            "--host", "127.0.0.1",
+            "--port", str(port),
+            "--tp-size", str(a.tensor_parallel_size),
+        ]
+        if a.device not in SGLANG_DEVICES:
+            raise ValueError(f"SGLang does not run on device {a.device!r}; use one of {sorted(SGLANG_DEVICES)}")
+        cmd += ["--device", SGLANG_DEVICES[a.device]]
+        if a.model_type in ("embedding", "rerank"):
+            cmd.append("--is-embedding")
+        # SGLang's boolean options are store_true flags: false means "leave it out".
+        return cmd + engine_flags(a.engine_args, reserved=self.reserved_flags, negate_false=False)
+
+    def from_engine_json(self, path: str, data: Any) -> Any:
+        """SGLang's ``/v1/rerank`` answers a list of ``{score, document, index}``: wrap it."""
+        if path == "/v1/rerank" and isinstance(data, list):
+            results = [{"index": r["index"], "relevance_score": r.get("score", r.get("relevance_score"))}
+                       for r in data if isinstance(r, dict)]
+            prompt = sum(int((r.get("meta_info") or {}).get("prompt_tokens", 0))
+                         for r in data if isinstance(r, dict))
+            return {"results": results, "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
+        return data

@@ -1,0 +1,494 @@
+"""The transformers backend: an LLM generated in-process with continuous batching.
+
+``--engine transformers --model-type llm``. The model and tokenizer load from
+an HF folder onto ``--device``; chat prompts come from the tokenizer's chat
+template. Every request becomes one row per choice in the scheduler's running
+batch (:mod:`._batching`); text streams out as tokens are generated.
+
+Embedding and rerank models served with ``--engine transformers`` are
+sentence-transformers models, served by :mod:`.sentence`.
+
+Engine args (``--engine-args`` JSON), all optional:
+
+``dtype``               ``auto`` (default: float32 on CPU, the checkpoint's dtype on accelerators),
+                        ``float32``, ``float16`` or ``bfloat16``
+``max_model_len``       context length (default: the model's ``max_position_embeddings``)
+``max_num_seqs``        most sequences decoded in one step (default 32 on CPU, 256 on accelerators)
+``max_prefill_tokens``  most padded prompt tokens prefilled in one step (default 8192)
+``trust_remote_code``   allow custom model code from the model folder (default false)
+``attn_implementation`` e.g. ``sdpa`` or ``eager``
+``threads``             torch intra-op threads (default: the CPUs this process may use, i.e. its
+                        CPU affinity capped by a cgroup CPU quota such as a pod's CPU limit, less
+                        one left to the event loop when there are more than one)
+
+Requests may carry vLLM's ``min_tokens``: EOS cannot end a choice before that many tokens
+(``generate``'s ``min_new_tokens``).
+
+With ``--tensor-parallel-size`` above 1 on an accelerator, the layers are
+spread over the visible devices (``device_map="auto"``): this fits a model
+that one device cannot hold, it does not speed decoding up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from turnout.shim.backends import _openai as oai
+from turnout.shim.backends._batching import GenerationRequest, RequestRecord, Scheduler, Sequence
+from turnout.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
+from turnout.shimargs import ShimArgs
+
+log = logging.getLogger(__name__)
+
+ENGINE_ARGS = frozenset({"dtype", "max_model_len", "max_num_seqs", "max_prefill_tokens",
+                         "trust_remote_code", "attn_implementation", "threads"})
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def model_path(model: str) -> str:
+    """``--model`` as something ``from_pretrained`` reads: a folder (``file://`` stripped) or a hub id."""
+    return model[len("file://"):] if model.startswith("file://") else model
+
+
+def check_engine_args(engine_args: dict[str, Any], allowed: frozenset[str], engine: str) -> None:
+    unknown = sorted(set(engine_args) - allowed)
+    if unknown:
+        raise ValueError(f"unknown engine args for {engine}: {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(allowed))}")
+
+
+def _cgroup_cpus(root: Path, proc_cgroup: str) -> float | None:
+    """The CPU quota (in CPUs) of this process's cgroup, v2 or v1, or None when unlimited."""
+    paths: list[tuple[Path, Path | None]] = []
+    for line in proc_cgroup.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        rel = path.lstrip("/")
+        if hierarchy == "0" and not controllers:  # v2: cpu.max holds "<quota|max> <period>"
+            for base in dict.fromkeys((root / rel, root)):
+                paths.append((base / "cpu.max", None))
+        elif "cpu" in controllers.split(","):
+            for base in dict.fromkeys((root / "cpu" / rel, root / "cpu", root / "cpu,cpuacct")):
+                paths.append((base / "cpu.cfs_quota_us", base / "cpu.cfs_period_us"))
+    for quota_file, period_file in paths:
+        try:
+            if period_file is None:
+                quota, _, period = quota_file.read_text().partition(" ")
+            else:
+                quota, period = quota_file.read_text(), period_file.read_text()
+        except OSError:
+            continue
+        quota, period = quota.strip(), period.strip()
+        if quota in ("max", "-1") or not period:
+            return None
+        with contextlib.suppress(ValueError):
+            if int(quota) > 0 and int(period) > 0:
+                return int(quota) / int(period)
+    return None
+
+
+def usable_cpus(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: str | None = None) -> int:
+    """CPUs this process may actually use: its affinity mask, capped by its cgroup's CPU quota
+    (a pod's CPU limit), rounded up; at least 1. ``os.cpu_count()`` counts the host's CPUs."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    if proc_cgroup is None:
+        try:
+            proc_cgroup = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            proc_cgroup = ""
+    quota = _cgroup_cpus(root, proc_cgroup)
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
+
+
+def torch_threads(engine_args: dict[str, Any]) -> int:
+    """Torch's intra-op thread count: the ``threads`` engine arg, else :func:`usable_cpus` less one.
+
+    The event loop (HTTP, chat templates, tokenizing, streaming) needs a CPU of its own: an
+    OpenMP parallel region runs at the pace of its slowest thread, so one intra-op thread that
+    shares its CPU with the loop holds back every op of every decode step.
+    """
+    threads = engine_args.get("threads")
+    if threads is None:
+        cpus = usable_cpus()
+        return cpus - 1 if cpus > 1 else 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"engine arg threads must be a positive integer, got {threads!r}")
+    return threads
+
+
+def resolve_device(device: str) -> Any:
+    """The torch device for ``--device``, failing with a clear message when it is absent."""
+    import torch
+
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda but torch sees no CUDA device (is this a CUDA build of torch?)")
+        return torch.device("cuda")
+    if device == "npu":
+        try:
+            import torch_npu  # noqa: F401  (registers the npu device with torch)
+        except ImportError as exc:
+            raise RuntimeError("--device npu needs torch_npu (the Ascend image installs it)") from exc
+        return torch.device("npu")
+    if device == "mps":
+        if not torch.backends.mps.is_available():
+            raise RuntimeError("--device mps but torch sees no Metal device")
+        return torch.device("mps")
+    raise RuntimeError(f"unknown device {device!r}")
+
+
+class _Chunks:
+    """The streamed SSE bytes of one request; closing it (or dropping it) cancels generation.
+
+    Each item is the events of one or more scheduler steps, ready to write: a
+    step's text chunks are encoded from per-choice templates (one JSON string
+    encode per delta, :class:`~._openai.SseText`), and steps already queued
+    when the consumer comes back are joined into the same item, so a consumer
+    that fell behind catches up in one write.
+    """
+
+    def __init__(self, request: GenerationRequest, count: int, stream: Stream,
+                 head: Callable[[], list[dict[str, Any]]], text: oai.SseText,
+                 finish: Callable[[int, str], dict[str, Any]], usage: Callable[[], dict[str, Any]] | None) -> None:
+        self._request = request
+        self._left = count
+        self._stream = stream
+        self._head = head
+        self._text = text
+        self._finish = finish
+        self._usage = usage
+        self._started = False
+        self._error: BaseException | None = None  # raised on the call after the text before it
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        request = self._request
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._left = 0
+            raise error
+        if not self._left:
+            raise StopAsyncIteration
+        queue = request.queue
+        record = request.record
+        try:
+            events = await queue.get()
+        except BaseException:
+            request.cancel()
+            raise
+        out: list[bytes] = []
+        text = self._text
+        while True:
+            if events[0][0] == "error":
+                request.cancel()
+                if not out:
+                    self._left = 0
+                    raise events[0][1]
+                self._error = events[0][1]
+                break
+            if not self._started:
+                # the role chunks go out with the first token, so time-to-first-token means that
+                self._started = True
+                out.extend(oai.sse(chunk) for chunk in self._head())
+            for event in events:
+                if event[0] == "error":
+                    self._error = event[1]
+                    request.cancel()
+                    break
+                if event[2]:
+                    out.append(text.event(event[1], event[2]))
+                if event[0] == "finish":
+                    self._left -= 1
+                    request.complete = not self._left
+                    out.append(oai.sse(self._finish(event[1], event[3])))
+            if not self._left or self._error is not None:
+                break
+            try:
+                events = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+        self._stream.usage.completion_tokens = record.generated_tokens
+        if not self._left and self._error is None and self._usage is not None:
+            out.append(oai.sse(self._usage()))
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    async def aclose(self) -> None:
+        self._request.cancel()
+        self._left = 0
+
+    def __del__(self) -> None:
+        self._request.cancel()
+
+
+class TransformersBackend(Backend):
+    """Chat and completions from a causal LM, batched continuously across requests."""
+
+    capabilities = frozenset({"chat", "completions"})
+
+    def __init__(self, args: ShimArgs) -> None:
+        super().__init__(args)
+        check_engine_args(args.engine_args, ENGINE_ARGS, "transformers")
+        dtype = args.engine_args.get("dtype", "auto")
+        if dtype not in DTYPES:
+            raise ValueError(f"engine arg dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        self.threads = torch_threads(args.engine_args)
+        self._health = Health(State.LOADING, "loading the model")
+        self.scheduler: Scheduler | None = None
+        self.tokenizer: Any = None
+        self.model: Any = None
+        self.max_model_len = 0
+
+    # ---- life cycle --------------------------------------------------------
+
+    async def start(self) -> None:
+        self._health = Health(State.LOADING, "loading the model")
+        try:
+            await asyncio.to_thread(self._load)
+        except Exception as exc:
+            self._health = Health(State.DEAD, f"loading the model failed: {exc}")
+            raise
+        self._health = Health(State.READY)
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        args, extra = self.args, self.args.engine_args
+        torch.set_num_threads(self.threads)
+        device = resolve_device(args.device)
+        path = model_path(args.model)
+        trust = bool(extra.get("trust_remote_code", False))
+        dtype_name = extra.get("dtype", "auto")
+        if dtype_name == "auto":
+            dtype: Any = torch.float32 if device.type == "cpu" else "auto"
+        else:
+            dtype = getattr(torch, dtype_name)
+        kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust}
+        if extra.get("attn_implementation"):
+            kwargs["attn_implementation"] = extra["attn_implementation"]
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+        if args.tensor_parallel_size > 1 and device.type != "cpu":
+            # layers spread over the visible devices (pipeline style); inputs go to the first one
+            model = AutoModelForCausalLM.from_pretrained(path, device_map="auto", **kwargs)
+            device = model.get_input_embeddings().weight.device
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+        self.model = model.eval()
+        config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") \
+            else model.config
+        self.max_model_len = int(extra.get("max_model_len") or getattr(config, "max_position_embeddings", 0)
+                                 or 2048)
+        eos: set[int] = set()
+        for source in (getattr(model, "generation_config", None), self.tokenizer):
+            ids = getattr(source, "eos_token_id", None)
+            if isinstance(ids, int):
+                eos.add(ids)
+            elif isinstance(ids, (list, tuple)):
+                eos.update(int(i) for i in ids)
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = next(iter(eos), 0)
+        on_cpu = device.type == "cpu"
+        scheduler = Scheduler(
+            self.model, self.tokenizer, device=device, eos_ids=eos, pad_id=int(pad),
+            max_num_seqs=int(extra.get("max_num_seqs") or (32 if on_cpu else 256)),
+            max_prefill_tokens=int(extra.get("max_prefill_tokens") or 8192),
+            max_queue=args.max_queue, threads=self.threads,
+        )
+        try:
+            scheduler.warm_up()
+        except Exception:
+            scheduler.stop()
+            raise
+        self.scheduler = scheduler
+        log.info("loaded %s on %s (context %d tokens, %d torch threads)", path, device, self.max_model_len,
+                 self.threads)
+
+    async def stop(self) -> None:
+        scheduler, self.scheduler = self.scheduler, None
+        if scheduler is not None:
+            await asyncio.to_thread(scheduler.stop)
+        self.model = None
+        if self._health.state is State.READY:
+            self._health = Health(State.LOADING, "stopped")
+        with contextlib.suppress(Exception):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def health(self) -> Health:
+        if self._health.state is State.READY and self.scheduler is not None and not self.scheduler.alive:
+            return Health(State.DEAD, f"the generation loop died: {self.scheduler.error or 'unknown error'}")
+        return self._health
+
+    def model_card(self) -> dict[str, Any]:
+        return {"max_model_len": self.max_model_len} if self.max_model_len else {}
+
+    def record(self, rid: str) -> RequestRecord | None:
+        """What the scheduler did for the request whose response id is ``rid``."""
+        return self.scheduler.records.get(rid) if self.scheduler else None
+
+    # ---- requests ----------------------------------------------------------
+
+    def _ready(self) -> Scheduler:
+        if self.scheduler is None or self._health.state is not State.READY:
+            raise BackendError("the model is not loaded yet", status=503, type="server_error",
+                               code="model_loading")
+        return self.scheduler
+
+    def _chat_prompt(self, body: dict[str, Any]) -> list[int]:
+        messages = oai.chat_messages(body)
+        tool_choice = body.get("tool_choice")
+        if tool_choice not in (None, "auto", "none"):
+            raise BackendError("tool_choice other than 'auto' or 'none' is not supported by the transformers "
+                               "engine", param="tool_choice", code="unsupported")
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise BackendError("this model has no chat template; use /v1/completions", code="no_chat_template")
+        kwargs = dict(body.get("chat_template_kwargs") or {})
+        if body.get("tools") and tool_choice != "none":
+            kwargs["tools"] = body["tools"]
+        add_generation_prompt = body.get("add_generation_prompt", True)
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                continue_final_message=bool(body.get("continue_final_message", False)), **kwargs)
+        except Exception as exc:  # jinja errors: roles out of order, unsupported content...
+            raise BackendError(f"the chat template rejected these messages: {exc}", param="messages") from exc
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _submit(self, rid: str, prompts: list[list[int]], n: int, body: dict[str, Any],
+                prompt_param: str) -> GenerationRequest:
+        scheduler = self._ready()
+        longest = max(len(p) for p in prompts)
+        if any(not p for p in prompts):
+            raise BackendError("the prompt is empty", param=prompt_param)
+        params = oai.sampling_params(body, prompt_tokens=longest, max_model_len=self.max_model_len,
+                                     prompt_param=prompt_param)
+        min_tokens = body.get("min_tokens")
+        if min_tokens is not None and (isinstance(min_tokens, bool) or not isinstance(min_tokens, int)
+                                       or not 0 <= min_tokens <= params.max_tokens):
+            raise BackendError(f"'min_tokens' must be an integer between 0 and max_tokens ({params.max_tokens}), "
+                               f"got {min_tokens!r}", param="min_tokens")
+        request = GenerationRequest(rid, sum(len(p) for p in prompts))
+        request.sequences = [
+            Sequence(request, i * n + j, prompt, params, self.tokenizer, scheduler.device,
+                     min_tokens=min_tokens or 0)
+            for i, prompt in enumerate(prompts) for j in range(n)
+        ]
+        scheduler.submit(request)
+        return request
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
+        self._ready()
+        oai.reject_unsupported(body, "transformers")
+        n = oai.choices_n(body)
+        prompt = self._chat_prompt(body)
+        rid, created = oai.new_id("chatcmpl"), oai.now()
+        request = self._submit(rid, [prompt], n, body, "messages")
+        model = self.args.served_model_name
+        if not body.get("stream"):
+            texts, reasons = await self._collect(request, n)
+            return oai.chat_response(rid, created, model, texts, reasons, request.record.prompt_tokens,
+                                     request.record.generated_tokens)
+
+        def head() -> list[dict[str, Any]]:
+            return [oai.chat_chunk(rid, created, model, i, {"role": "assistant", "content": ""})
+                    for i in range(n)]
+
+        def delta(index: int, text: str) -> dict[str, Any]:
+            return oai.chat_chunk(rid, created, model, index, {"content": text})
+
+        def finish(index: int, reason: str) -> dict[str, Any]:
+            return oai.chat_chunk(rid, created, model, index, {}, reason)
+
+        return self._stream(request, n, body, head, delta, finish, "chat.completion.chunk")
+
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
+        self._ready()
+        oai.reject_unsupported(body, "transformers")
+        n = oai.choices_n(body)
+        prompts: list[list[int]] = []
+        texts_in: list[str] = []
+        for prompt in oai.completion_prompts(body):
+            if isinstance(prompt, str):
+                prompts.append(list(self.tokenizer(prompt).input_ids))
+                texts_in.append(prompt)
+            else:
+                vocab = len(self.tokenizer)
+                if any(t < 0 or t >= vocab for t in prompt):
+                    raise BackendError(f"token ids must be in [0, {vocab})", param="prompt")
+                prompts.append(prompt)
+                texts_in.append(self.tokenizer.decode(prompt))
+        echo = bool(body.get("echo"))
+        rid, created = oai.new_id("cmpl"), oai.now()
+        request = self._submit(rid, prompts, n, body, "prompt")
+        model = self.args.served_model_name
+        count = len(prompts) * n
+
+        def prefix(index: int) -> str:
+            return texts_in[index // n] if echo else ""
+
+        if not body.get("stream"):
+            texts, reasons = await self._collect(request, count)
+            texts = [prefix(i) + t for i, t in enumerate(texts)]
+            return oai.completion_response(rid, created, model, texts, reasons, request.record.prompt_tokens,
+                                           request.record.generated_tokens)
+
+        def head() -> list[dict[str, Any]]:
+            return [oai.completion_chunk(rid, created, model, i, prefix(i)) for i in range(count) if echo]
+
+        def delta(index: int, text: str) -> dict[str, Any]:
+            return oai.completion_chunk(rid, created, model, index, text)
+
+        def finish(index: int, reason: str) -> dict[str, Any]:
+            return oai.completion_chunk(rid, created, model, index, "", reason)
+
+        return self._stream(request, count, body, head, delta, finish, "text_completion")
+
+    async def _collect(self, request: GenerationRequest, count: int) -> tuple[list[str], list[str]]:
+        texts = [""] * count
+        reasons: list[str | None] = [None] * count
+        try:
+            while any(r is None for r in reasons):
+                for event in await request.queue.get():
+                    if event[0] == "error":
+                        raise event[1]
+                    texts[event[1]] += event[2]
+                    if event[0] == "finish":
+                        reasons[event[1]] = event[3]
+            request.complete = True
+        except BaseException:
+            request.cancel()
+            raise
+        return texts, [r or "stop" for r in reasons]
+
+    def _stream(self, request: GenerationRequest, count: int, body: dict[str, Any],
+                head: Callable[[], list[dict[str, Any]]], delta: Callable[[int, str], dict[str, Any]],
+                finish: Callable[[int, str], dict[str, Any]], obj: str) -> Stream:
+        record = request.record
+        stream = Stream(chunks=None, usage=Usage(prompt_tokens=record.prompt_tokens))  # type: ignore[arg-type]
+        model = self.args.served_model_name
+
+        def usage() -> dict[str, Any]:
+            return oai.usage_chunk(request.id, oai.now(), model, obj, record.prompt_tokens, record.generated_tokens)
+
+        stream.chunks = _Chunks(request, count, stream, head, oai.SseText(delta), finish,
+                                usage if oai.include_usage(body) else None)
+        return stream

@@ -1,0 +1,162 @@
+"""Model sources: turn a ``--model`` URI into a local path, fetching it when needed.
+
+Schemes: ``file:///path`` (and plain paths), ``pvc://CLAIM/PATH`` (mounted by the
+renderer under ``/mnt/pvc/CLAIM``), ``hf://ORG/REPO[/FILE.gguf]`` (Hugging Face
+Hub, into the cache), ``s3://BUCKET/PREFIX`` (boto3, into the cache) and
+``builtin://tiny-llama[.gguf]`` (the project's tiny model, built on first use).
+Errors are :class:`SourceError` with a message that names the source and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+PVC_ROOT = "/mnt/pvc"
+BUILTIN_MODELS = ("tiny-llama", "tiny-llama.gguf")
+
+
+class SourceError(RuntimeError):
+    """The model cannot be located or fetched; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Source:
+    scheme: str  # file | pvc | hf | s3 | builtin
+    location: str  # what follows the scheme (a path for file)
+
+    @property
+    def remote(self) -> bool:
+        return self.scheme in ("hf", "s3")
+
+
+def parse(uri: str) -> Source:
+    """Split a model URI; plain paths are ``file``. Rejects paths that climb out of their root."""
+    if "://" not in uri:
+        return Source("file", uri)
+    scheme, rest = uri.split("://", 1)
+    if scheme not in ("file", "pvc", "hf", "s3", "builtin"):
+        raise SourceError(f"{uri}: unknown scheme {scheme}:// (use file://, pvc://, hf://, s3:// or builtin://)")
+    if not rest.strip("/"):
+        raise SourceError(f"{uri}: nothing after {scheme}://")
+    if scheme in ("pvc", "hf", "s3") and ".." in rest.split("/"):
+        raise SourceError(f"{uri}: '..' is not allowed in a {scheme}:// path")
+    return Source(scheme, rest)
+
+
+def pvc_mount(uri: str) -> tuple[str, str]:
+    """(claim name, path inside the pod) for a ``pvc://CLAIM/PATH`` source."""
+    src = parse(uri)
+    if src.scheme != "pvc":
+        raise SourceError(f"{uri} is not a pvc:// source")
+    claim, _, path = src.location.partition("/")
+    inner = posixpath.normpath("/" + path)
+    if not claim:
+        raise SourceError(f"{uri}: no claim name")
+    return claim, posixpath.join(PVC_ROOT, claim, inner.lstrip("/")).rstrip("/")
+
+
+def cache_dir() -> Path:
+    """Where fetched models go: ``$TURNOUT_CACHE`` or the user's cache directory."""
+    root = os.environ.get("TURNOUT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "turnout"
+    )
+    return Path(root) / "models"
+
+
+def locate(uri: str, *, quantization: str | None = None) -> Path:
+    """A local file or folder holding the model, fetching it into the cache if it is remote."""
+    src = parse(uri)
+    if src.scheme == "file":
+        path = Path(src.location if "://" not in uri else "/" + src.location.lstrip("/"))
+        if not path.exists():
+            raise SourceError(f"{uri}: no such file or folder")
+        return path
+    if src.scheme == "pvc":
+        _, inner = pvc_mount(uri)
+        path = Path(inner)
+        if not path.exists():
+            raise SourceError(f"{uri}: {inner} does not exist (pvc:// sources are mounted only in a cluster)")
+        return path
+    if src.scheme == "builtin":
+        return _builtin(src.location)
+    if src.scheme == "hf":
+        return _huggingface(src.location, quantization)
+    return _s3(src.location)
+
+
+def _builtin(name: str) -> Path:
+    if name not in BUILTIN_MODELS:
+        raise SourceError(f"builtin://{name}: unknown; built-in models are {', '.join(BUILTIN_MODELS)}")
+    try:
+        from turnout.tinymodel import build_tiny_model
+    except ImportError as exc:  # torch/transformers/gguf missing
+        raise SourceError(
+            f'builtin://{name} is built on first use and needs: pip install "turnout[tinymodel]" ({exc})'
+        ) from exc
+    model = build_tiny_model()
+    return model.gguf_path if name.endswith(".gguf") else model.hf_dir
+
+
+def _huggingface(location: str, quantization: str | None) -> Path:
+    parts = location.strip("/").split("/")
+    if len(parts) < 2:
+        raise SourceError(f"hf://{location}: expected hf://ORG/REPO[/FILE]")
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
+    try:
+        from huggingface_hub import hf_hub_download, snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError as exc:
+        raise SourceError(f"hf://{location} needs huggingface_hub: pip install huggingface_hub") from exc
+    target = cache_dir() / "huggingface"
+    try:
+        if filename:
+            return Path(hf_hub_download(repo, filename, cache_dir=target))
+        patterns = None
+        if quantization and quantization.lower() != "none":
+            # GGUF repositories hold one file per quantization: fetch only the one asked for.
+            patterns = [f"*{quantization}*", f"*{quantization.lower()}*", "*.json", "*.txt", "*.model"]
+        return Path(snapshot_download(repo, cache_dir=target, allow_patterns=patterns))
+    except LocalEntryNotFoundError as exc:
+        raise SourceError(
+            f"hf://{location}: the Hugging Face Hub is not reachable and the model is not in the cache "
+            f"({target}); connect, set HF_ENDPOINT to a mirror, or download it and use file://"
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise SourceError(f"hf://{location}: the Hub refused: {exc} (gated models need HF_TOKEN)") from exc
+    except OSError as exc:
+        raise SourceError(f"hf://{location}: cannot fetch: {exc}") from exc
+
+
+def _s3(location: str) -> Path:
+    bucket, _, prefix = location.partition("/")
+    try:
+        import boto3
+    except ImportError as exc:
+        raise SourceError(f"s3://{location} needs boto3: pip install boto3") from exc
+    target = cache_dir() / "s3" / bucket / prefix
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+    try:
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        objects = [(obj["Key"], int(obj["Size"])) for page in pages for obj in page.get("Contents", [])]
+        if not objects:
+            raise SourceError(f"s3://{location}: no objects under this prefix")
+        for key, size in objects:
+            if key == prefix:
+                dest = target
+            else:
+                rel = posixpath.relpath(key, prefix)
+                if rel.startswith("..") or key.endswith("/"):
+                    continue
+                dest = target / rel
+            if dest.is_file() and dest.stat().st_size == size:
+                continue  # already fetched
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, key, str(dest))
+    except SourceError:
+        raise
+    except Exception as exc:  # botocore raises many types; the message is what matters
+        raise SourceError(f"s3://{location}: cannot fetch: {exc}") from exc
+    return target
