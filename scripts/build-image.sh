@@ -30,7 +30,7 @@
 #   --no-cache       rebuild every layer
 #   --list           print the image names and exit
 # Environment:
-#   TURNOUT_REGISTRY          registry prefix (default: ghcr.io/turnout)
+#   TURNOUT_REGISTRY          registry prefix (default: ghcr.io/turnout-dev)
 #   TURNOUT_IMAGE_CACHE       where the local base tarball is kept
 #                                (default: ${XDG_CACHE_HOME:-~/.cache}/turnout/images)
 #   TURNOUT_DEBIAN_MIRROR     Debian mirror for mmdebstrap (default: http://deb.debian.org/debian)

@@ -20,7 +20,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 
-REGISTRY = "ghcr.io/turnout"
+REGISTRY = "ghcr.io/turnout-dev"
 VERSION = "0.1.0"
 #: Folder marker for images the host agent provides natively (no Dockerfile).
 HOST_AGENT = "host-agent"

@@ -57,7 +57,7 @@ step() { printf '\n=== smoke: %s\n' "$*" >&2; }
 timed() { TIMES+=("$(printf '%-34s %4ss' "$1" "$2")"); }
 fail() { printf 'smoke: FAIL: %s\n' "$*" >&2; exit 1; }
 
-REGISTRY="${TURNOUT_REGISTRY:-ghcr.io/turnout}"
+REGISTRY="${TURNOUT_REGISTRY:-ghcr.io/turnout-dev}"
 LLAMA_REF="$REGISTRY/llamacpp-cpu:$TAG"
 OPERATOR_REF="$REGISTRY/operator:$TAG"
 

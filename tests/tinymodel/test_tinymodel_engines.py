@@ -42,8 +42,12 @@ def llama(tiny_model: TinyModel) -> Iterator[Any]:
     del server
 
 
-def _greedy_hf(model: Any, ids: list[int], n: int) -> tuple[list[int], list[float]]:
-    """Plain greedy loop (no EOS stop) returning the chosen ids and their log-probabilities."""
+def _greedy_hf(model: Any, ids: list[int], n: int, banned: tuple[int, ...] = ()) -> tuple[list[int], list[float]]:
+    """Plain greedy loop (no EOS stop) returning the chosen ids and their log-probabilities.
+
+    ``banned`` ids are never chosen, as llama.cpp's ``ignore_eos`` masks end-of-generation tokens; the
+    log-probabilities are those of the whole distribution, as llama.cpp reports them.
+    """
     import torch
 
     out: list[int] = []
@@ -53,7 +57,10 @@ def _greedy_hf(model: Any, ids: list[int], n: int) -> tuple[list[int], list[floa
         for _ in range(n):
             logits = model(input_ids=seq).logits[0, -1].float()
             lp = torch.log_softmax(logits, dim=-1)
-            nxt = int(torch.argmax(lp))
+            choose = lp.clone()
+            if banned:
+                choose[list(banned)] = float("-inf")
+            nxt = int(torch.argmax(choose))
             out.append(nxt)
             logps.append(float(lp[nxt]))
             seq = torch.cat([seq, torch.tensor([[nxt]])], dim=1)
@@ -103,7 +110,8 @@ def test_golden_same_tokens_from_token_ids(hf: tuple[Any, Any], llama: Any) -> N
     """Same prompt ids in, greedy, no EOS stop: identical ids out, log-probs close."""
     tok, model = hf
     prompt = tok("Small models are useful", add_special_tokens=False)["input_ids"]
-    want, want_lp = _greedy_hf(model, prompt, N_NEW)
+    end_ids = tuple({tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} - {None})
+    want, want_lp = _greedy_hf(model, prompt, N_NEW, banned=end_ids)
     result = llama.handle_completions(
         {"prompt": prompt, "max_tokens": N_NEW, "temperature": 0, "ignore_eos": True, "logprobs": 1}
     )
