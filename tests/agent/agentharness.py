@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import kopf
 from agentfake import AgentFake
 
+from kubeconfigs import credentials_for
 from turnout.agent import AgentConfig, EnvMap
 from turnout.agent.agent import run_agent
 from turnout.localhw import Probes
@@ -52,8 +52,8 @@ class AgentRun:
     async def start(self) -> AgentRun:
         self._stop, ready = asyncio.Event(), asyncio.Event()
         self.fake.closing = False
-        info = kopf.ConnectionInfo(server=str(self.fake.url).rstrip("/"))
-        self.task = asyncio.create_task(run_agent(self.config, connection=info, stop=self._stop, ready=ready,
+        creds = await credentials_for(str(self.fake.url).rstrip("/"))
+        self.task = asyncio.create_task(run_agent(self.config, credentials=creds, stop=self._stop, ready=ready,
                                                   probes=self.probes))
         done, _ = await asyncio.wait({self.task, asyncio.create_task(ready.wait())}, timeout=30,
                                      return_when=asyncio.FIRST_COMPLETED)

@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 from fakekube import FakeKube
 
+from kubeconfigs import credentials_for
 from turnout.config import OperatorConfig
 from turnout.controller import Controller, Options, operate
 
@@ -19,7 +20,7 @@ SERVICES = ("", "v1", "services")
 CLAIMS = ("", "v1", "persistentvolumeclaims")
 PODS = ("", "v1", "pods")
 NODES = ("", "v1", "nodes")
-EVENTS = ("", "v1", "events")
+EVENTS = ("events.k8s.io", "v1", "events")
 NS = "models"
 WATCHED = {"modeldeployments", "nodes", "deployments", "services", "persistentvolumeclaims", "pods"}
 
@@ -75,7 +76,8 @@ def cond(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
 
 
 def events_of(fake: FakeKube, name: str) -> list[dict[str, Any]]:
-    return [e for e in fake.objects(EVENTS, NS) if e["involvedObject"]["name"] == name]
+    """The operator's events.k8s.io/v1 Events about ``name`` (``message`` mirrors ``note``, as core/v1 shows it)."""
+    return [{**e, "message": e["note"]} for e in fake.objects(EVENTS, NS) if e["regarding"]["name"] == name]
 
 
 def writes(fake: FakeKube, since: int = 0) -> list[Any]:
@@ -130,11 +132,9 @@ class OperatorRun:
         self._stop, ready = asyncio.Event(), asyncio.Event()
         server = str(self.fake.url).rstrip("/")
 
-        def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=server)
-
+        credentials = await credentials_for(server)
         self._task = asyncio.create_task(operate(
-            self.options, self.config, login=login,
+            self.options, self.config, credentials=credentials,
             controller=self.controller, stop_flag=self._stop, ready_flag=ready, tune=_quick_exit,
         ))
         done, _ = await asyncio.wait({self._task, asyncio.create_task(ready.wait())},

@@ -68,6 +68,7 @@ RESOURCES: dict[ResKey, tuple[str, bool, bool]] = {
     ("", "v1", "pods"): ("Pod", True, True),
     ("", "v1", "nodes"): ("Node", False, True),
     ("", "v1", "events"): ("Event", True, False),
+    ("events.k8s.io", "v1", "events"): ("Event", True, False),
     ("", "v1", "namespaces"): ("Namespace", False, True),
     ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): ("CustomResourceDefinition", False, True),
 }

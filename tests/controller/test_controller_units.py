@@ -114,32 +114,32 @@ def test_bad_config_exits_with_one_line(tmp_path, capsys):
     assert "cannot read" in capsys.readouterr().err
 
 
-def test_default_login_reads_kubeconfig_and_says_none_without_one(tmp_path, monkeypatch):
-    from turnout.controller.app import default_login
+async def test_credentials_come_from_the_kubeconfig_with_its_namespace(tmp_path, monkeypatch):
+    from kubeconfigs import write_kubeconfig
+    from turnout.kube import CredentialsError, load_credentials
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("KUBECONFIG", raising=False)
-    assert default_login() is None
-    config = tmp_path / "kubeconfig"
-    config.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: x\n"
-        "clusters: [{name: c, cluster: {server: 'https://10.0.0.1:6443'}}]\n"
-        "users: [{name: u, user: {token: secret-token}}]\n"
-        "contexts: [{name: x, context: {cluster: c, user: u, namespace: models}}]\n"
-    )
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(CredentialsError):
+        await load_credentials()
+    config = write_kubeconfig(tmp_path / "kubeconfig", "https://127.0.0.1:6443", user={"token": "secret-token"},
+                              namespace="models")
     monkeypatch.setenv("KUBECONFIG", str(config))
-    info = default_login()
-    assert (info.server, info.token, info.default_namespace) == ("https://10.0.0.1:6443", "secret-token", "models")
+    creds = await load_credentials()
+    assert creds.server == "https://127.0.0.1:6443"
+    assert await creds.authorization() == "Bearer secret-token"
 
 
 async def test_client_classifies_failures(fake, free_port):
-    import kopf
-
-    from turnout.controller.kube import KubeClient, PermanentApiError, TransientApiError
+    from kubeconfigs import credentials_for
+    from turnout.kube import KubeClient, PermanentApiError, TransientApiError
 
     errors: list[tuple[str, int]] = []
-    info = kopf.ConnectionInfo(server=str(fake.url).rstrip("/"))
-    client = KubeClient(info, on_error=lambda m, c: errors.append((m, c)))
+    client = KubeClient(await credentials_for(str(fake.url).rstrip("/")), on_error=lambda m, c: errors.append((m, c)))
+    regarding = {"apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment", "name": "x", "namespace": "models"}
+    event = {"type_": "Normal", "reason": "R", "note": "n", "action": "Test", "controller": "turnout.dev/test",
+             "instance": "t"}
     try:
         with pytest.raises(PermanentApiError) as missing:
             await client.patch_status("turnout.dev/v1alpha1", "modeldeployments", "models", "nope",
@@ -147,15 +147,15 @@ async def test_client_classifies_failures(fake, free_port):
         assert missing.value.status == 404
         fake.fail("POST", "events", 503)
         with pytest.raises(TransientApiError) as unavailable:
-            await client.create_event("models", {"metadata": {"generateName": "x."}})
+            await client.create_event(regarding, **event)
         assert unavailable.value.status == 503
-        created = await client.create_event("models", {"metadata": {"generateName": "x."}, "reason": "R"})
-        assert created["metadata"]["name"].startswith("x.")
+        created = await client.create_event(regarding, **event)
+        assert created["metadata"]["name"].startswith("x.") and created["apiVersion"] == "events.k8s.io/v1"
     finally:
         await client.close()
-    down = KubeClient(kopf.ConnectionInfo(server=f"http://127.0.0.1:{free_port}"))
+    down = KubeClient(await credentials_for(f"http://127.0.0.1:{free_port}"))
     with pytest.raises(TransientApiError) as refused:
-        await down.create_event("models", {})
+        await down.create_event(regarding, **event)
     await down.close()
     assert refused.value.status == 0
     assert errors == [("PATCH", 404), ("POST", 503)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import yaml
 from ctlharness import (
@@ -102,9 +104,14 @@ async def test_metrics_and_liveness_endpoints(fake, free_port_factory):
     await fake.put_object(MDS, gguf_md())
     await fake.wait_for(lambda: (fake.get(MDS, NS, "qwen-gguf").get("status") or {}).get("phase") == "Deploying")
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
-            assert response.status == 200
-            text = await response.text()
+        # The status write shows before the reconcile that wrote it has ended (its Events follow): poll.
+        for _ in range(100):
+            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                assert response.status == 200
+                text = await response.text()
+            if 'turnout_operator_reconciles_total{result="applied"}' in text:
+                break
+            await asyncio.sleep(0.1)
         async with session.get(f"http://127.0.0.1:{health_port}/healthz") as response:
             assert response.status == 200
     assert 'turnout_operator_reconciles_total{result="applied"}' in text

@@ -89,12 +89,11 @@ async def test_the_operator_never_reads_a_secret_so_no_value_can_reach_status_ev
 async def test_an_api_call_that_times_out_is_retryable_not_fatal(fake) -> None:
     """A hung API server (no answer within the client's timeout) is a TransientApiError, which the work queue
     retries with back-off (tests/controller: test_work_queue_deduplicates_and_retries_with_backoff)."""
-    import kopf
-
-    from turnout.controller.kube import KubeClient, TransientApiError
+    from kubeconfigs import credentials_for
+    from turnout.kube import KubeClient, TransientApiError
 
     gate = fake.hold("GET", "nodes")
-    client = KubeClient(kopf.ConnectionInfo(server=str(fake.url).rstrip("/")), timeout=0.5)
+    client = KubeClient(await credentials_for(str(fake.url).rstrip("/")), timeout=0.5)
     try:
         with pytest.raises(TransientApiError) as timed_out:
             await client.request("GET", "/api/v1/nodes")

@@ -10,7 +10,7 @@
 
 {{/* Rules on namespaced resources: the ClusterRole (all namespaces) or a Role per watched namespace. */}}
 {{- define "turnout.rbac.namespacedRules" }}
-# Events: engine selected, rejected, rollout started, degraded
+# kopf's own warning Events (a handler that failed)
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
@@ -36,6 +36,10 @@
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["delete", "list", "patch", "watch"]
+# Events: engine selected, rejected, rollout started, degraded
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create"]
 # watch ModelDeployments (kopf)
 # kopf's last-handled-configuration and progress annotations
 - apiGroups: ["turnout.dev"]

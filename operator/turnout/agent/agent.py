@@ -11,10 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import kopf
-
 from turnout.agent.config import AgentConfig
-from turnout.agent.kube import AgentKube, ApiError, TransientApiError, load_connection
 from turnout.agent.node import (
     LEASE_NAMESPACE,
     detect_address,
@@ -28,6 +25,7 @@ from turnout.agent.pods import PodWorker, pod_key
 from turnout.agent.ports import HOST_PORTS, is_local, is_wildcard, port_in_use
 from turnout.agent.process import ContainerProcess, kill_group
 from turnout.hardware import MEMORY_LABEL
+from turnout.kube import ApiError, Credentials, KubeClient, TransientApiError, load_credentials
 from turnout.localhw import Probes
 
 log = logging.getLogger("turnout.agent")
@@ -40,7 +38,7 @@ class Agent:
 
     port_poll = 1.0  # how often a pod waiting for a port re-checks (it is also woken by pod events)
 
-    def __init__(self, config: AgentConfig, kube: AgentKube, *, address: str, probes: Probes | None = None) -> None:
+    def __init__(self, config: AgentConfig, kube: KubeClient, *, address: str, probes: Probes | None = None) -> None:
         self.config = config
         self.kube = kube
         self.address = address
@@ -301,23 +299,23 @@ async def run_agent(
     config: AgentConfig,
     *,
     kubeconfig: str | None = None,
-    connection: kopf.ConnectionInfo | None = None,
+    credentials: Credentials | None = None,
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
     probes: Probes | None = None,
 ) -> None:
     """Run the host agent until ``stop`` is set (or the task is cancelled).
 
-    ``connection`` (kopf's credentials) wins over ``kubeconfig``; without
-    either the usual ``$KUBECONFIG`` / ``~/.kube/config`` lookup applies.
+    ``credentials`` win over ``kubeconfig``; without either the usual
+    ``$KUBECONFIG`` / ``~/.kube/config`` lookup applies.
     ``ready`` is set once the node is registered and the pods bound to it are
     listed (and adopted). ``probes`` overrides hardware detection (tests).
     """
-    info = connection or load_connection(kubeconfig)
-    kube = AgentKube(info)
+    creds = credentials or await load_credentials(kubeconfig)
+    kube = KubeClient(creds, user_agent="turnout-agent")
     stop = stop or asyncio.Event()
     try:
-        address = config.address or detect_address(info.server)
+        address = config.address or detect_address(creds.server)
         agent = Agent(config, kube, address=address, probes=probes)
         await agent.run(stop, ready)
     finally:

@@ -11,6 +11,7 @@ import signal
 import sys
 
 from turnout.agent.config import AgentConfig, ConfigError, EnvMap
+from turnout.kube.credentials import CredentialsError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "agents with distinct addresses can share a host (default: the address "
                                           "of the route to the API server, pods listening on 0.0.0.0)")
     parser.add_argument("--kubeconfig", help="kubeconfig to use (default: $KUBECONFIG, then ~/.kube/config)")
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
     parser.add_argument("--env-map", help="YAML file mapping image patterns to local environments "
                                           "(default: turnout images -> this Python environment)")
     parser.add_argument("--state-dir", help="where pod folders, logs and process records live; one per agent "
@@ -46,15 +48,17 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
                        stop_pods_on_exit=args.stop_pods_on_exit, state_dir=state_dir)
 
 
-async def _serve(config: AgentConfig, kubeconfig: str | None) -> None:
+async def _serve(config: AgentConfig, kubeconfig: str | None, context: str | None) -> None:
     from turnout.agent.agent import run_agent
+    from turnout.kube import load_credentials
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await run_agent(config, kubeconfig=kubeconfig, stop=stop)
+    credentials = await load_credentials(kubeconfig, context=context)
+    await run_agent(config, credentials=credentials, stop=stop)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
-        asyncio.run(_serve(config, args.kubeconfig))
-    except (ConfigError, FileNotFoundError, RuntimeError) as exc:
+        asyncio.run(_serve(config, args.kubeconfig, args.context))
+    except (ConfigError, CredentialsError, FileNotFoundError, RuntimeError) as exc:
         print(f"turnout agent: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from turnout.agent.kube import ApiError, PermanentApiError, TransientApiError
 from turnout.agent.node import now
 from turnout.agent.podspec import (
     ConfigProblem,
@@ -40,6 +39,7 @@ from turnout.agent.podspec import (
 )
 from turnout.agent.probes import Probe, run_exec
 from turnout.agent.process import ContainerProcess, tail
+from turnout.kube import ApiError, PermanentApiError, TransientApiError
 
 if TYPE_CHECKING:
     from turnout.agent.agent import Agent

@@ -21,7 +21,6 @@ import kopf
 from turnout.api import GROUP, KIND, PLURAL, VERSION
 from turnout.config import ConfigError, OperatorConfig, load_config
 from turnout.controller import metrics as metrics_mod
-from turnout.controller.kube import KubeClient, TransientApiError
 from turnout.controller.reconcile import (
     IDX_CHILDREN,
     IDX_MDS,
@@ -40,10 +39,11 @@ from turnout.controller.world import (
     compact_pod,
     owner_name,
 )
+from turnout.kube import Credentials, CredentialsError, KubeClient, TransientApiError, load_credentials
+from turnout.kube.session import aiohttp_session
 
 logger = logging.getLogger("turnout.controller")
 
-LoginFn = Callable[..., "kopf.ConnectionInfo | None"]
 DIFFBASE_ANNOTATION = f"{GROUP}/last-handled-configuration"
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
 _CHILD_RESOURCES = {
@@ -51,17 +51,6 @@ _CHILD_RESOURCES = {
     "Service": ("", "v1", "services"),
     "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
 }
-
-
-def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """kopf's own ways in: the kubernetes client library if installed, the pod's service account, kubeconfig."""
-    logger_ = kwargs.get("logger") or logger
-    settings = kwargs.get("settings") or kopf.OperatorSettings()
-    for fn in (kopf.login_via_client, kopf.login_with_service_account, kopf.login_with_kubeconfig):
-        info = fn(logger=logger_, settings=settings)  # each returns None when its way is not available
-        if info is not None:
-            return info
-    return None
 
 
 def _trigger(diff: Sequence[Any]) -> str:
@@ -99,7 +88,6 @@ def configure(settings: kopf.OperatorSettings) -> None:
 
 def build_registry(
     controller: Controller,
-    login: LoginFn = default_login,
     tune: Callable[[kopf.OperatorSettings], None] | None = None,
 ) -> kopf.OperatorRegistry:
     """All handlers of one operator instance."""
@@ -107,25 +95,23 @@ def build_registry(
     md_resource = (GROUP, VERSION, PLURAL)
 
     @kopf.on.login(registry=registry)
-    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        info = login(**kwargs)
-        if info is not None:
-            controller.connection = info
-        return info
+    async def _login(**_: Any) -> kopf.AiohttpSession:
+        # kopf's requests carry the same credentials as ours; the session renews the token itself.
+        creds = controller.credentials
+        if creds is None:
+            raise kopf.LoginError("no Kubernetes credentials were loaded")
+        return kopf.AiohttpSession(server=creds.server, aiohttp_session=aiohttp_session(creds),
+                                   default_namespace=creds.namespace)
 
     @kopf.on.startup(registry=registry)
     async def _startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         configure(settings)
         if tune is not None:
             tune(settings)
-        info = controller.connection or login(logger=logger, settings=settings)
-        if info is None:
-            raise kopf.PermanentError("no Kubernetes credentials: set KUBECONFIG or run in a pod")
-
-        def relogin() -> kopf.ConnectionInfo | None:
-            return login(logger=logger, settings=settings)
-
-        client = KubeClient(info, relogin=relogin, on_error=controller.metrics.api_error)
+        if controller.credentials is None:
+            raise kopf.PermanentError("no Kubernetes credentials were loaded")
+        client = KubeClient(controller.credentials, on_error=controller.metrics.api_error,
+                            user_agent="turnout-operator")
         controller.bind({k: kwargs[k] for k in INDEX_IDS if k in kwargs}, client)
         controller.queue.start()
 
@@ -222,6 +208,8 @@ class Options:
     bind_address: str = "0.0.0.0"
     peering: str | None = None  # a KopfPeering name for several replicas; standalone when None
     verbose: bool = False
+    kubeconfig: str | None = None  # else $KUBECONFIG, the pod's service account, ~/.kube/config
+    context: str | None = None  # a kubeconfig context other than the current one
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -238,6 +226,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="address of the metrics and health servers")
     parser.add_argument("--peering", default=None, metavar="NAME",
                         help="KopfPeering object name for active/standby replicas (default: standalone)")
+    parser.add_argument("--kubeconfig", default=None, metavar="FILE",
+                        help="kubeconfig to use (default: $KUBECONFIG, else the pod's service account, "
+                             "else ~/.kube/config)")
+    parser.add_argument("--context", default=None, metavar="NAME", help="kubeconfig context (default: current)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -251,6 +243,8 @@ def options_from(ns: argparse.Namespace) -> Options:
         bind_address=ns.bind_address,
         peering=ns.peering,
         verbose=ns.verbose,
+        kubeconfig=ns.kubeconfig,
+        context=ns.context,
     )
 
 
@@ -258,7 +252,7 @@ async def operate(
     options: Options,
     config: OperatorConfig,
     *,
-    login: LoginFn = default_login,
+    credentials: Credentials | None = None,
     controller: Controller | None = None,
     stop_flag: asyncio.Event | None = None,
     ready_flag: asyncio.Event | None = None,
@@ -266,11 +260,12 @@ async def operate(
 ) -> None:
     """Run the operator in the current event loop until ``stop_flag`` is set (or a signal arrives).
 
-    ``login`` returns the :class:`kopf.ConnectionInfo` to use (kubeconfig or service account by
-    default); ``tune`` may adjust kopf's settings after :func:`configure` (tests shorten timeouts).
+    ``credentials`` default to :func:`~turnout.kube.load_credentials` for the options' kubeconfig and
+    context; ``tune`` may adjust kopf's settings after :func:`configure` (tests shorten timeouts).
     """
     controller = controller or Controller(config)
-    registry = build_registry(controller, login=login, tune=tune)
+    controller.credentials = credentials or await load_credentials(options.kubeconfig, context=options.context)
+    registry = build_registry(controller, tune=tune)
     runner = None
     if options.metrics_port:
         runner = await metrics_mod.serve(controller.metrics, options.bind_address, options.metrics_port)
@@ -291,7 +286,7 @@ async def operate(
             await runner.cleanup()
 
 
-def run_operator(options: Options, *, login: LoginFn = default_login) -> int:
+def run_operator(options: Options) -> int:
     """Validate the config and credentials, then run the operator until it is stopped.
 
     Returns the exit status: 0 after a clean stop (SIGINT/SIGTERM), 2 for a config or
@@ -312,18 +307,18 @@ def run_operator(options: Options, *, login: LoginFn = default_login) -> int:
     if not options.all_namespaces and not options.namespaces:
         print("turnout operator: give --all-namespaces or at least one --namespace", file=sys.stderr)
         return 2
-    try:
-        info = login()
-    except kopf.LoginError as exc:
-        print(f"turnout operator: cannot log in to Kubernetes: {exc}", file=sys.stderr)
-        return 2
-    if info is None:
-        print("turnout operator: no Kubernetes credentials: set KUBECONFIG (or ~/.kube/config), "
-              "or run in a pod with a service account", file=sys.stderr)
-        return 2
+
+    async def _run() -> None:
+        credentials = await load_credentials(options.kubeconfig, context=options.context)
+        logger.info("connecting to %s with the %s", credentials.server, credentials.source)
+        await operate(options, config, credentials=credentials)
+
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(operate(options, config, login=login))
+            asyncio.run(_run())
+    except CredentialsError as exc:
+        print(f"turnout operator: cannot log in to Kubernetes: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # kopf reports start-up failures as exceptions; say it in one line
         cause = exc.__cause__ or exc
         print(f"turnout operator: stopped: {type(cause).__name__}: {cause}", file=sys.stderr)

@@ -62,7 +62,8 @@ RULES: tuple[Rule, ...] = (
     Rule("", "services", ("delete",), "prune a Service the current plan no longer uses"),
     Rule("", "persistentvolumeclaims", ("delete",), "prune the cache claim when spec.cache no longer asks for it"),
     Rule("", "pods", ("list", "watch"), "detect CrashLoopBackOff, ImagePullBackOff, OOMKilled, Unschedulable"),
-    Rule("", "events", ("create",), "Events: engine selected, rejected, rollout started, degraded"),
+    Rule("events.k8s.io", "events", ("create",), "Events: engine selected, rejected, rollout started, degraded"),
+    Rule("", "events", ("create",), "kopf's own warning Events (a handler that failed)", observed=False),
 )
 
 

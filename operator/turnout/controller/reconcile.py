@@ -30,11 +30,11 @@ from pydantic import ValidationError
 from turnout.api import GROUP, KIND, PLURAL, VERSION, ModelDeploymentSpec
 from turnout.config import OperatorConfig
 from turnout.controller import status as st
-from turnout.controller.kube import KubeClient, PermanentApiError, TransientApiError
 from turnout.controller.metrics import Metrics
 from turnout.controller.workqueue import RetryLater, WorkQueue
 from turnout.controller.world import INSTANCE_LABEL, SPEC_HASH_LABEL, Problem, compact_child
 from turnout.hardware import Hardware, parse_nodes
+from turnout.kube import Credentials, KubeClient, PermanentApiError, TransientApiError
 from turnout.render import child_name, render, selector
 from turnout.render.manifests import spec_hash
 from turnout.resolver import Plan, Rejection, resolve
@@ -59,6 +59,10 @@ _API_VERSIONS = {"Deployment": "apps/v1", "Service": "v1", "PersistentVolumeClai
 # would keep the old object, finalizer and all, until its pods are gone, and block that).
 PRUNE_PROPAGATION = "Background"
 Key = tuple[str, str]
+REPORTING_CONTROLLER = f"{GROUP}/operator"
+#: What the operator did (an Event's ``action``) for each reason it reports; others are "Reconcile".
+EVENT_ACTIONS = {"EngineSelected": "Resolve", "Rejected": "Resolve", "InvalidSpec": "Validate",
+                 "RolloutStarted": "Apply", "Scaled": "Apply", "Pruned": "Prune", "PruneFailed": "Prune"}
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,7 @@ class Controller:
         self.retry_base = retry_base  # first back-off delay after a transient API error (seconds)
         self.metrics = Metrics(self._statuses)
         self.client: KubeClient | None = None
-        self.connection: Any = None  # the kopf.ConnectionInfo kopf's login produced
+        self.credentials: Credentials | None = None  # one identity for our client and kopf's session
         self.indices: Mapping[str, Any] = {}
         self.queue = WorkQueue(self._work, workers=workers, base_delay=retry_base / 2)
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
@@ -631,34 +635,18 @@ class Controller:
             await self._event(md, "Normal", "Recovered", f"no longer {old_deg.get('reason')}")
 
     async def _event(self, md: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """Post a core/v1 Event on the ModelDeployment; best effort (a lost Event never fails a reconcile)."""
+        """Post an ``events.k8s.io/v1`` Event on the ModelDeployment; best effort (a lost Event never fails a
+        reconcile)."""
         meta = md["metadata"]
-        now = st.now_rfc3339()
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": KIND,
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta.get("uid"),
-            },
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": "turnout-operator"},
-            "reportingComponent": "turnout.dev/operator",
-            "reportingInstance": self.instance[:128],
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
+        regarding = {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
+                     "namespace": meta["namespace"], "uid": meta.get("uid")}
         log = logger.warning if type_ == "Warning" else logger.info
         log("%s/%s %s: %s", meta["namespace"], meta["name"], reason, message)
         try:
-            await self.client.create_event(meta["namespace"], event)  # type: ignore[union-attr]
+            await self.client.create_event(  # type: ignore[union-attr]
+                regarding, type_=type_, reason=reason, note=message, action=EVENT_ACTIONS.get(reason, "Reconcile"),
+                controller=REPORTING_CONTROLLER, instance=self.instance,
+            )
             self.metrics.writes.labels(kind="event").inc()
         except (TransientApiError, PermanentApiError) as exc:
             logger.warning("could not post the %s event for %s/%s: %s", reason, meta["namespace"], meta["name"], exc)

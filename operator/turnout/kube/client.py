@@ -1,0 +1,257 @@
+"""The project's Kubernetes API client: kubernetes_asyncio's ApiClient, with the calls we make.
+
+kubernetes_asyncio does the HTTP, TLS, authentication and watch framing;
+this class names our calls (server-side apply with our field manager,
+status merge-patches, ``events.k8s.io/v1`` Events, deletes with a uid
+precondition, plain get/create/patch and watches by path) and classifies
+failures: :class:`TransientApiError` (retry with back-off) or
+:class:`PermanentApiError` (the request is wrong as it stands). Objects go
+in and come back as plain dicts: no model classes on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import aiohttp
+from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.watch import Watch
+
+from turnout.kube.credentials import Credentials
+from turnout.kube.errors import ApiError, PermanentApiError, TransientApiError, from_response
+
+FIELD_MANAGER = "turnout"
+APPLY_PATCH = "application/apply-patch+yaml"
+MERGE_PATCH = "application/merge-patch+json"
+_OBJECT = {code: "object" for code in (200, 201, 202)}
+
+#: (apiVersion, kind) -> plural, for the kinds we apply or delete by object.
+RESOURCES: dict[tuple[str, str], str] = {
+    ("apps/v1", "Deployment"): "deployments",
+    ("v1", "Service"): "services",
+    ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("v1", "Pod"): "pods",
+    ("events.k8s.io/v1", "Event"): "events",
+}
+
+
+def api_path(api_version: str, plural: str, namespace: str | None = None, name: str | None = None,
+             subresource: str | None = None) -> str:
+    """The REST path of a collection or an object."""
+    parts = [f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"]
+    if namespace:
+        parts.append(f"namespaces/{namespace}")
+    parts.append(plural)
+    if name:
+        parts.append(name)
+    if subresource:
+        parts.append(subresource)
+    return "/".join(parts)
+
+
+def object_path(obj: Mapping[str, Any]) -> str:
+    plural = RESOURCES.get((obj["apiVersion"], obj["kind"]))
+    if plural is None:
+        raise ValueError(f"no REST path known for {obj['apiVersion']} {obj['kind']}")
+    meta = obj["metadata"]
+    return api_path(obj["apiVersion"], plural, meta.get("namespace"), meta.get("name"))
+
+
+def micro_time(when: datetime.datetime | None = None) -> str:
+    """A ``metav1.MicroTime`` (RFC 3339 with microseconds), as ``eventTime`` needs."""
+    when = when or datetime.datetime.now(datetime.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class KubeClient:
+    """One identity's API access. Open it in a running event loop; ``close()`` when done."""
+
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        timeout: float = 30.0,
+        on_error: Callable[[str, int], None] | None = None,
+        user_agent: str = "turnout",
+    ) -> None:
+        self.credentials = credentials
+        self._timeout = timeout
+        self._on_error = on_error
+        self._user_agent = user_agent
+        self._api: ApiClient | None = None
+
+    def _client(self) -> ApiClient:
+        if self._api is None:
+            self._api = ApiClient(self.credentials.configuration)
+            self._api.user_agent = self._user_agent
+        return self._api
+
+    async def close(self) -> None:
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+
+    async def __aenter__(self) -> KubeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ----- the one request path -----
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """One API call; the decoded JSON body, or an :class:`ApiError`. A 401 renews the token once."""
+        for attempt in (1, 2):
+            try:
+                data = await self._client().call_api(
+                    path, method,
+                    query_params=list((params or {}).items()),
+                    header_params={"Content-Type": content_type, "Accept": "application/json"},
+                    body=body,
+                    auth_settings=["BearerToken"],
+                    response_types_map=_OBJECT,
+                    _return_http_data_only=True,
+                    _request_timeout=timeout or self._timeout,
+                )
+            except ApiException as exc:
+                if exc.status == 401 and attempt == 1 and await self.credentials.invalidate():
+                    continue
+                raise self._error(exc, method, path) from exc
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                self._count(method, 0)
+                raise TransientApiError(0, type(exc).__name__, str(exc) or "connection failed",
+                                        method=method, path=path) from exc
+            return data if isinstance(data, dict) else {}
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _error(self, exc: ApiException, method: str, path: str) -> ApiError:
+        status = int(exc.status or 0)
+        self._count(method, status)
+        if status == 0:
+            return TransientApiError(0, "ConnectionFailed", str(exc.reason), method=method, path=path)
+        retry_after = (exc.headers or {}).get("Retry-After") if exc.headers else None
+        return from_response(status, exc.body, retry_after, method=method, path=path)
+
+    def _count(self, method: str, status: int) -> None:
+        if self._on_error is not None:
+            self._on_error(method, status)
+
+    # ----- the calls -----
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        """The object at ``path``, or None when it does not exist."""
+        try:
+            return await self.request("GET", path)
+        except PermanentApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request("POST", path, body=dict(body), params={"fieldManager": FIELD_MANAGER})
+
+    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request("PATCH", path, body=dict(patch), content_type=MERGE_PATCH,
+                                  params={"fieldManager": FIELD_MANAGER})
+
+    async def apply(self, obj: Mapping[str, Any], *, force: bool = True) -> dict[str, Any]:
+        """Server-side apply of a whole object with our field manager."""
+        params = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
+        return await self.request("PATCH", object_path(obj), body=dict(obj), params=params, content_type=APPLY_PATCH)
+
+    async def delete(
+        self, obj: Mapping[str, Any] | str, *, uid: str | None = None, propagation: str | None = "Background",
+        grace_seconds: int | None = None,
+    ) -> bool:
+        """Delete an object (or the object at a path); with ``uid``, only that very object.
+
+        Returns False when it was already gone, or (with ``uid``) replaced by another of the same name.
+        """
+        path = obj if isinstance(obj, str) else object_path(obj)
+        options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if propagation:
+            options["propagationPolicy"] = propagation
+        if grace_seconds is not None:
+            options["gracePeriodSeconds"] = grace_seconds
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        try:
+            await self.request("DELETE", path, body=options)
+        except PermanentApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        except TransientApiError as exc:
+            if exc.status == 409 and uid:  # the uid precondition failed: that object is gone already
+                return False
+            raise
+        return True
+
+    async def patch_status(
+        self, api_version: str, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch the status subresource (``None`` values remove fields)."""
+        return await self.merge_patch(api_path(api_version, plural, namespace, name, "status"),
+                                      {"status": dict(status)})
+
+    async def create_event(
+        self, regarding: Mapping[str, Any], *, type_: str, reason: str, note: str, action: str,
+        controller: str, instance: str,
+    ) -> dict[str, Any]:
+        """Post an ``events.k8s.io/v1`` Event about ``regarding`` (an object reference with namespace)."""
+        namespace = str(regarding["namespace"])
+        event = {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{regarding['name']}.", "namespace": namespace},
+            "regarding": dict(regarding),
+            "type": type_,
+            "reason": reason[:128],
+            "action": action[:128],
+            "note": note[:1024],
+            "eventTime": micro_time(),
+            "reportingController": controller,
+            "reportingInstance": instance[:128],
+        }
+        return await self.create(api_path("events.k8s.io/v1", "events", namespace), event)
+
+    async def watch(self, path: str, params: Mapping[str, Any], *, timeout_seconds: int = 300
+                    ) -> AsyncIterator[dict[str, Any]]:
+        """Watch events (``{"type", "object"}``) until the server ends the stream; raises :class:`ApiError`."""
+
+        async def _list(watch: bool = True, _preload_content: bool = False, resource_version: str | None = None,
+                        **_: Any) -> Any:
+            query = {**params, "watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": timeout_seconds}
+            if resource_version:
+                query["resourceVersion"] = resource_version
+            return await self._client().call_api(
+                path, "GET", query_params=list(query.items()), header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
+                _request_timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_seconds + 30),
+            )
+
+        stream = Watch(return_type="object")
+        try:
+            async for event in stream.stream(_list, timeout_seconds=timeout_seconds,
+                                             resource_version=params.get("resourceVersion")):
+                yield {"type": event["type"], "object": event["raw_object"]}
+        except ApiException as exc:
+            raise self._error(exc, "WATCH", path) from exc
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise TransientApiError(0, type(exc).__name__, str(exc) or "watch failed", method="WATCH",
+                                    path=path) from exc
+        finally:
+            await stream.close()
