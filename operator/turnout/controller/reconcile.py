@@ -423,7 +423,8 @@ class Controller:
             target = {"apiVersion": _API_VERSIONS[kind], "kind": kind,
                       "metadata": {"name": name, "namespace": meta["namespace"]}}
             try:
-                await self.client.delete(target, uid=uid, propagation=PRUNE_PROPAGATION)  # type: ignore[union-attr]
+                deleted = await self.client.delete(  # type: ignore[union-attr]
+                    target, uid=uid, propagation=PRUNE_PROPAGATION)
             except PermanentApiError as exc:  # e.g. 403: an older chart without the delete verb
                 if uid not in self._prune_refused:  # said once; tried again on every reconcile
                     self._prune_refused.add(uid)
@@ -431,6 +432,9 @@ class Controller:
                                       f"spec no longer asks for: {exc.message}")
                 continue
             self._prune_refused.discard(uid)
+            if not deleted:  # already gone, or that name is another object now: nothing was pruned
+                self._retire(kind, meta["namespace"], meta["name"], name)
+                continue
             self.metrics.writes.labels(kind="delete").inc()
             self._pruning.add(uid)
             self._retire(kind, meta["namespace"], meta["name"], name)
