@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -213,16 +214,20 @@ class KubeClient:
     ) -> dict[str, Any]:
         """Post an ``events.k8s.io/v1`` Event about ``regarding`` (an object reference with namespace)."""
         namespace = str(regarding["namespace"])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        # Named as client-go's recorder names Events (<object>.<hex nanoseconds>): events.k8s.io validates
+        # generateName as a whole name, so the core/v1 habit "<object>." is refused there (422).
+        stamp = f"{int(now.timestamp() * 1e9):x}{secrets.token_hex(2)}"
         event = {
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{regarding['name']}.", "namespace": namespace},
+            "metadata": {"name": f"{regarding['name']}.{stamp}", "namespace": namespace},
             "regarding": dict(regarding),
             "type": type_,
             "reason": reason[:128],
             "action": action[:128],
             "note": note[:1024],
-            "eventTime": micro_time(),
+            "eventTime": micro_time(now),
             "reportingController": controller,
             "reportingInstance": instance[:128],
         }
