@@ -52,8 +52,7 @@ async def bench_kubernetes_asyncio(kubeconfig: str, ns: str, n: int) -> tuple[fl
     from turnout.kube import KubeClient, load_credentials
 
     creds = await load_credentials(kubeconfig)
-    creds.configuration.connection_pool_maxsize = CONCURRENCY
-    async with KubeClient(creds) as client:
+    async with KubeClient(creds, connections=CONCURRENCY) as client:
         path = f"/api/v1/namespaces/{ns}/configmaps"
         calls: list[Callable[[], Awaitable[Any]]] = []
         for i in range(n):

@@ -20,8 +20,8 @@ request log.
 the cluster's API server. It installs the CRD from ``crds/`` if the cluster
 lacks it (and removes it afterwards; a CRD already there is left alone and
 noted, since an operator already installed may then act on the same objects),
-creates two scratch namespaces (``mp-bench-<id>`` and
-``mp-bench-bare-<id>``), and uses the cluster's own nodes: fake Nodes would
+creates two scratch namespaces (``turnout-bench-<id>`` and
+``turnout-bench-bare-<id>``), and uses the cluster's own nodes: fake Nodes would
 be tainted unreachable by the node lifecycle controller and attract pods that
 never run. The ModelDeployments ask for ``replicas: 0``, so the Deployments it
 creates start no pods and pull no images (the operator's writes are the same).
@@ -289,8 +289,7 @@ class Cluster:
 
         creds = await load_credentials(self.kubeconfig)
         self.server = creds.server
-        creds.configuration.connection_pool_maxsize = CREATE_CONCURRENCY + 8
-        self.client = KubeClient(creds, timeout=120.0, user_agent="turnout-bench")
+        self.client = KubeClient(creds, timeout=120.0, user_agent="turnout-bench", connections=CREATE_CONCURRENCY + 8)
         self.session = aiohttp.ClientSession()
         return self
 
@@ -436,7 +435,7 @@ async def _cleanup(cluster: Cluster, namespaces: list[str], crd_ours: bool) -> l
 async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -> dict[str, Any]:
     """The measurement against the cluster in ``kubeconfig_path`` (see the module docstring)."""
     run_id = uuid.uuid4().hex[:6]
-    ns, bare_ns = f"mp-bench-{run_id}", f"mp-bench-bare-{run_id}"
+    ns, bare_ns = f"turnout-bench-{run_id}", f"turnout-bench-bare-{run_id}"
     async with Cluster(kubeconfig_path) as cluster:
         assert cluster.session is not None
         nodes = (await cluster.call("GET", "/api/v1/nodes")).get("items") or []

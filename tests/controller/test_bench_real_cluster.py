@@ -51,11 +51,11 @@ async def test_real_cluster_mode_measures_and_cleans_up(tmp_path, monkeypatch):
     assert row["operator_rss_peak_mib"] > 0
     # Everything it made is gone: both namespaces with their contents, and the CRD it installed.
     assert not api.store.get(CRDS)
-    assert not [k for k in api.store.get(NAMESPACES, {}) if k[1].startswith("mp-bench-")]
+    assert not [k for k in api.store.get(NAMESPACES, {}) if k[1].startswith("turnout-bench-")]
     assert not api.store.get(MDS) and not api.store.get(("apps", "v1", "deployments"))
     creates = [r for r in api.requests if str(r.method.value).upper() == "POST" and r.resource is not None
                and r.resource.plural == "modeldeployments"]
     assert len(creates) == 2 * 6 + 1 + 2  # bare, measured, the canary, and the two answered 429
     assert {r.params.get("watch") for r in api.requests if r.resource is not None
-            and r.resource.plural == "modeldeployments" and r.namespace and r.namespace.startswith("mp-bench-")
+            and r.resource.plural == "modeldeployments" and r.namespace and r.namespace.startswith("turnout-bench-")
             and str(r.method.value).upper() == "GET"} >= {"true"}  # measured with watches

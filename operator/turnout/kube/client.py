@@ -78,8 +78,12 @@ class KubeClient:
         timeout: float = 30.0,
         on_error: Callable[[str, int], None] | None = None,
         user_agent: str = "turnout",
+        connections: int = 32,
     ) -> None:
         self.credentials = credentials
+        # kubernetes_asyncio's default pool is 5 connections per CPU; the operator has up to 32 reconciles
+        # in flight, each waiting on one request at a time.
+        credentials.configuration.connection_pool_maxsize = connections
         self._timeout = timeout
         self._on_error = on_error
         self._user_agent = user_agent
