@@ -36,6 +36,7 @@ RESOURCES: dict[tuple[str, str], str] = {
     ("v1", "Service"): "services",
     ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
     ("v1", "Pod"): "pods",
+    ("v1", "ConfigMap"): "configmaps",
     ("events.k8s.io/v1", "Event"): "events",
 }
 
