@@ -1,16 +1,24 @@
-"""The reconcile loop: one ModelDeployment → hardware → plan → children → status and Events.
+"""The reconcile loop of one ModelDeployment: observe → decide → act.
 
 Handlers stay thin: kopf's create/update/resume handlers and the world work
 queue (nodes, Deployments, Pods) all call :meth:`Controller.reconcile`, which
-is serialized per object. Nothing is written when nothing changed: children
-are applied only when their spec-hash (or replicas) differs from what the
-watch shows, status only when it differs from the last status.
+is serialized per object and runs three steps:
 
-After the wanted children are applied, children this ModelDeployment owns
-(its instance label and an ownerReference to its uid) that the plan no longer
-asks for are deleted (pruned). A spec no engine can serve leaves a placed
-deployment's children as they are: the last good plan keeps serving and the
-status says so (``ServingPreviousPlan``).
+- **observe** (:meth:`Controller._observe`): parse the ModelDeployment once and
+  take what the controller knows of its world — hardware from the node index,
+  each child as last seen (the watch's copy, or our own apply's while the watch
+  lags behind it), the owned children, the pods, our last written status —
+  into one :class:`~turnout.controller.decide.Observed`;
+- **decide** (:func:`turnout.controller.decide.decide`, pure): the children to
+  apply (only those whose spec-hash, owner or replicas differ), the owned
+  children the plan no longer asks for (pruned), the status and the Events;
+- **act** (:meth:`Controller._act`): apply in order (a refused child stops
+  there, and the decision for that case is taken again, purely), prune, write
+  the status patch when there is one, and post the Events after it.
+
+Nothing is written when nothing changed. A spec no engine can serve leaves a
+placed deployment's children as they are: the last good plan keeps serving
+and the status says so (``ServingPreviousPlan``).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import os
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,14 +38,13 @@ from pydantic import ValidationError
 from turnout.api import GROUP, KIND, PLURAL, VERSION, ModelDeploymentSpec
 from turnout.config import OperatorConfig
 from turnout.controller import status as st
+from turnout.controller.decide import Decision, Observed, Owned, Prune, decide, decide_after_apply_failure
 from turnout.controller.metrics import Metrics
 from turnout.controller.workqueue import RetryLater, WorkQueue
-from turnout.controller.world import INSTANCE_LABEL, SPEC_HASH_LABEL, Problem, compact_child
+from turnout.controller.world import INSTANCE_LABEL, SPEC_HASH_LABEL, _plain, compact_child
 from turnout.hardware import Hardware, parse_nodes
 from turnout.kube import Credentials, KubeClient, PermanentApiError, TransientApiError
-from turnout.render import child_name, render, selector
-from turnout.render.manifests import spec_hash
-from turnout.resolver import Plan, Rejection, resolve
+from turnout.render import child_name
 
 logger = logging.getLogger("turnout.controller")
 
@@ -52,8 +59,6 @@ IDX_CHILDREN = {
 IDX_PODS = "turnout_pods"
 INDEX_IDS = (IDX_MDS, IDX_NODES, *IDX_CHILDREN.values(), IDX_PODS)
 
-_APPLY_ORDER = {"PersistentVolumeClaim": 0, "Service": 1, "Deployment": 2}
-_API_VERSIONS = {"Deployment": "apps/v1", "Service": "v1", "PersistentVolumeClaim": "v1"}
 # Pruned children go at once and the garbage collector removes their dependents (ReplicaSets, Pods) after:
 # nothing waits on them, and a child of the same name can be created again right away (foreground deletion
 # would keep the old object, finalizer and all, until its pods are gone, and block that).
@@ -75,22 +80,15 @@ class Outcome:
     pruned: tuple[str, ...] = ()
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in ("spec", *err["loc"]))
     return f"{where}: {err['msg']}"
 
 
-def _reasons(items: Iterable[Any]) -> list[dict[str, str]]:
-    return [{"engine": str(r.engine), "reason": str(r.reason)} for r in items or ()]
+def _fingerprint(child: Mapping[str, Any]) -> tuple[Any, Any]:
+    """What our apply set that the watch must show before its copy replaces ours."""
+    return (child.get("labels") or {}).get(SPEC_HASH_LABEL), child.get("replicas")
 
 
 class Controller:
@@ -251,324 +249,73 @@ class Controller:
             return outcome
 
     async def _reconcile(self, md: dict[str, Any], trigger: str) -> Outcome:
-        meta = md["metadata"]
-        if meta.get("deletionTimestamp"):
-            return Outcome("skipped")
-        generation = meta.get("generation")
-        previous = self._previous_status(md)
-        if trigger == "world" and (previous or {}).get("observedGeneration") != generation:
-            # The spec changed and kopf's update handler has not run yet: it will resolve afresh.
-            return Outcome("skipped")
-        now = st.now_rfc3339()
+        return await self._act(md, decide(self._observe(md, trigger), self.config))
 
+    # ----- observe --------------------------------------------------------------------------------
+
+    def _observe(self, md: Mapping[str, Any], trigger: str) -> Observed:
+        """The ModelDeployment, parsed once, and what the controller knows of its world right now."""
+        meta = md["metadata"]
+        ns, name, uid = meta.get("namespace") or "", meta["name"], meta.get("uid")
+        spec, error = None, None
         try:
             spec = ModelDeploymentSpec.model_validate(md.get("spec") or {})
         except ValidationError as exc:
-            resolved = st.Cond("Resolved", "False", "InvalidSpec", _first_error(exc))
-            desired = self._serving_previous(md, previous, resolved, None, now) or st.unresolved_status(
-                phase="Failed", generation=generation, resolved=resolved,
-                rejected=None, rollout=None, previous=previous, now=now,
-            )
-            written = await self._write_status(md, previous, desired)
-            return Outcome("invalid", status_written=written)
-
-        hw = self.hardware()
-        instance = child_name(meta["name"])
-        self._instances[(meta["namespace"], instance)] = meta["name"]
-        rollout_pods = self._values(IDX_PODS, (meta["namespace"], instance))
-        if not hw.nodes:
-            desired = st.unresolved_status(
-                phase="Resolving", generation=generation,
-                resolved=st.Cond("Resolved", "Unknown", "WaitingForNodes", "no schedulable node is known yet"),
-                rejected=None, rollout=None, previous=previous, now=now,
-            )
-            written = await self._write_status(md, previous, desired)
-            return Outcome("skipped", status_written=written)
-
-        sticky = trigger not in ("create", "spec")
-        try:
-            decision, kept = self._choose(spec, previous, hw, sticky=sticky)
-        except Exception as exc:  # the resolver promises never to raise; never crash if it does
-            logger.exception("resolving %s/%s failed", meta["namespace"], meta["name"])
-            decision, kept = Rejection(rejected=[], message=f"internal error while resolving: {exc}"), False
-
-        if isinstance(decision, Rejection):
-            resolved = st.Cond("Resolved", "False", "Rejected", decision.message)
-            desired = self._serving_previous(md, previous, resolved, _reasons(decision.rejected), now)
-            if desired is None:
-                deployment = self._observed(md, "Deployment", None)
-                rollout = st.observe_rollout(deployment, rollout_pods, desired_replicas=spec.replicas,
-                                             desired_hash=None) if deployment else None
-                desired = st.unresolved_status(
-                    phase="Failed", generation=generation, resolved=resolved,
-                    rejected=_reasons(decision.rejected), rollout=rollout, previous=previous, now=now,
-                )
-            written = await self._write_status(md, previous, desired)
-            return Outcome("rejected", status_written=written)
-
-        plan: Plan = decision
-        applied: list[str] = []
-        rollout_event: tuple[str, str] | None = None
-        rollout_brief = ""  # the rollout as said inside EngineSelected (which already names engine and image)
-        apply_problem: Problem | None = None
-        desired_hash: str | None = None
-        try:
-            children = self._children(plan, md)
-        except Exception as exc:  # a renderer bug must fail this object, not the operator
-            logger.exception("rendering %s/%s failed", meta["namespace"], meta["name"])
-            children, apply_problem = [], Problem("RenderFailed", f"cannot render the children: {exc}")
-        for child in children:
-            kind, name = child["kind"], child["metadata"]["name"]
-            want = (child["metadata"].get("labels") or {}).get(SPEC_HASH_LABEL)
-            if kind == "Deployment":
-                desired_hash = want
-            observed = self._observed(md, kind, name)
-            if not self._needs_apply(child, observed, meta.get("uid")):
-                continue
-            try:
-                response = await self.client.apply(child)  # type: ignore[union-attr]
-            except PermanentApiError as exc:
-                apply_problem = Problem("ApplyFailed", f"the API server refused {kind} {name}: {exc.message}")
-                break
-            self.metrics.writes.labels(kind="apply").inc()
-            compact = compact_child(response)
-            compact["owner"] = meta["name"]
-            self._applied.setdefault((kind, meta["namespace"], meta["name"]), {})[name] = compact
-            applied.append(f"{kind}/{name}")
-            if kind == "Deployment":
-                old_hash = (observed or {}).get("labels", {}).get(SPEC_HASH_LABEL)
-                if observed is None or old_hash != want:
-                    rollout_event = ("RolloutStarted", f"rolling out {name} ({plan.engine} on {plan.accelerator}, "
-                                     f"{plan.image}, spec-hash {want})")
-                    rollout_brief = f"rolling out {name} (spec-hash {want})"
-                else:
-                    rollout_event = ("Scaled", f"scaled {name} from {observed.get('replicas')} to "
-                                     f"{child['spec'].get('replicas')} replicas")
-
-        pruned: list[str] = []
-        if apply_problem is None and children:
-            pruned = await self._prune(md, children)
-        deployment = self._observed(md, "Deployment", None)
-        rollout = st.observe_rollout(deployment, rollout_pods, desired_replicas=spec.replicas,
-                                     desired_hash=desired_hash)
-        if apply_problem is not None:
-            rollout = st.Rollout(rollout.replicas, rollout.ready, rollout.updated, False, apply_problem)
-        rejected = _reasons(plan.rejected)
-        reason = plan.reason
-        if kept and previous is not None:
-            rejected = list(previous.get("rejected") or rejected)
-            prev_resolved = st.condition(previous, "Resolved")
-            reason = str(prev_resolved.get("message")) if prev_resolved else reason
-        desired = st.planned_status(
-            generation=generation,
-            plan_fields=self._plan_fields(plan, children, md),
-            reason=reason,
-            rejected=rejected,
-            desired_replicas=spec.replicas,
-            rollout=rollout,
-            previous=previous,
-            now=now,
+            error = _first_error(exc)
+        deleting = bool(meta.get("deletionTimestamp"))
+        instance = child_name(name)
+        if not deleting:
+            self._instances[(ns, instance)] = name
+        children = self._seen_children(ns, name)  # first: it retires our copies the watch has caught up with
+        return Observed(
+            name=name, namespace=ns, uid=uid, generation=meta.get("generation"), spec=spec, spec_error=error,
+            deleting=deleting, previous=self._previous_status(md), hardware=self.hardware(), children=children,
+            owned=self._owned_children(ns, name, uid), pods=tuple(self._values(IDX_PODS, (ns, instance))),
+            trigger=trigger, now=st.now_rfc3339(),
         )
-        if apply_problem is not None:
-            desired["phase"] = "Failed"
-        fold = None
-        if rollout_event is not None:
-            if rollout_event[0] == "RolloutStarted" and self._selects_engine(previous or {}, desired):
-                # The first rollout of a (newly) chosen engine is said once, in EngineSelected (one Event fewer
-                # per deployment at creation; kubectl describe still reads what was chosen, why, and what rolls out).
-                fold = rollout_brief
-            else:
-                await self._event(md, "Normal", *rollout_event)
-        written = await self._write_status(md, previous, desired, rollout=fold)
-        if fold is not None and not written:  # no status write, so no EngineSelected: say the rollout alone
-            await self._event(md, "Normal", *rollout_event)  # type: ignore[misc]
-        if apply_problem is not None:
-            return Outcome("failed", tuple(applied), written)
-        result = "applied" if applied or pruned else ("status" if written else "unchanged")
-        return Outcome(result, tuple(applied), written, tuple(pruned))
 
-    # ----- pruning and the previous plan -----------------------------------------------------------
+    def _seen_children(self, ns: str, owner: str) -> dict[tuple[str, str], dict[str, Any]]:
+        """Each child as last seen: from the watch, or from our own apply while the watch lags behind it.
 
-    def _owned_children(self, md: Mapping[str, Any]) -> list[dict[str, Any]]:
+        Our copy (what the apply returned) stands until the watch shows that spec-hash and replica count;
+        then it is retired and the watch's copy is used. Our copies come first, then the watch's.
+        """
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for kind, idx in IDX_CHILDREN.items():
+            seen = self._values(idx, (ns, owner))
+            for name, mine in list((self._applied.get((kind, ns, owner)) or {}).items()):
+                match = next((c for c in seen if c.get("name") == name), None)
+                if match is not None and _fingerprint(match) == _fingerprint(mine):
+                    self._retire(kind, ns, owner, name)  # the watch caught up
+                    out[(kind, name)] = match
+                else:
+                    out[(kind, name)] = mine
+            for child in seen:
+                out.setdefault((kind, str(child.get("name"))), child)
+        return out
+
+    def _owned_children(self, ns: str, name: str, uid: str | None) -> tuple[Owned, ...]:
         """Children of every kind the operator creates that this very ModelDeployment owns.
 
         From the watch (and our own applies the watch has not shown yet); owned means the instance label
         of this ModelDeployment AND an ownerReference to its uid: a same-named object of someone else, or
         one of an earlier ModelDeployment of the same name (another uid), is never listed.
         """
-        meta = md["metadata"]
-        ns, name, uid = meta["namespace"], meta["name"], meta.get("uid")
         if not uid:
-            return []
+            return ()
         instance = child_name(name)
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, Owned] = {}
         for kind, idx in IDX_CHILDREN.items():
             mine = (self._applied.get((kind, ns, name)) or {}).values()
             for child in [*self._values(idx, (ns, name)), *mine]:
-                if child.get("uid") in found or (child.get("labels") or {}).get(INSTANCE_LABEL) != instance:
+                cuid = str(child.get("uid"))
+                if cuid in found or (child.get("labels") or {}).get(INSTANCE_LABEL) != instance:
                     continue
                 if uid in (child.get("ownerUids") or []):
-                    found[str(child.get("uid"))] = {**child, "kind": kind}
-        return list(found.values())
-
-    async def _prune(self, md: Mapping[str, Any], children: list[dict[str, Any]]) -> list[str]:
-        """Delete the owned children the wanted set no longer has; returns ``Kind/name`` of each deleted."""
-        meta = md["metadata"]
-        wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
-        pruned: list[str] = []
-        for child in sorted(self._owned_children(md), key=lambda c: (-_APPLY_ORDER.get(c["kind"], 9), c["name"])):
-            kind, name, uid = child["kind"], str(child["name"]), str(child["uid"])
-            if (kind, name) in wanted or child.get("deleting") or uid in self._pruning:
-                continue
-            target = {"apiVersion": _API_VERSIONS[kind], "kind": kind,
-                      "metadata": {"name": name, "namespace": meta["namespace"]}}
-            try:
-                deleted = await self.client.delete(  # type: ignore[union-attr]
-                    target, uid=uid, propagation=PRUNE_PROPAGATION)
-            except PermanentApiError as exc:  # e.g. 403: an older chart without the delete verb
-                if uid not in self._prune_refused:  # said once; tried again on every reconcile
-                    self._prune_refused.add(uid)
-                    await self._event(md, "Warning", "PruneFailed", f"cannot delete {kind} {name}, which the "
-                                      f"spec no longer asks for: {exc.message}")
-                continue
-            self._prune_refused.discard(uid)
-            if not deleted:  # already gone, or that name is another object now: nothing was pruned
-                self._retire(kind, meta["namespace"], meta["name"], name)
-                continue
-            self.metrics.writes.labels(kind="delete").inc()
-            self._pruning.add(uid)
-            self._retire(kind, meta["namespace"], meta["name"], name)
-            pruned.append(f"{kind}/{name}")
-            why = ("the spec no longer asks for a cache claim (spec.cache); the cache is downloaded again "
-                   "if one is asked for later" if kind == "PersistentVolumeClaim"
-                   else f"the current plan does not use this {kind}")
-            await self._event(md, "Normal", "Pruned", f"deleted {kind} {name}: {why}")
-        return pruned
-
-    def _serving_previous(
-        self, md: Mapping[str, Any], previous: Mapping[str, Any] | None, resolved: st.Cond,
-        rejected: list[dict[str, str]] | None, now: str,
-    ) -> dict[str, Any] | None:
-        """The status of a placed deployment whose new spec cannot be served, or None when that is not the case.
-
-        Like a Deployment whose new pod template cannot start, the last good plan keeps serving: its children
-        are left as they are, status keeps its engine and endpoint, and the conditions say that the spec
-        (this generation) was not rolled out and why. Only a spec change gets here: when the world changes
-        under an unchanged spec (a GPU node gone), the plan itself is what failed.
-        """
-        prev = previous or {}
-        generation = md["metadata"].get("generation")
-        prev_resolved = st.condition(prev, "Resolved") or {}
-        already = (st.condition(prev, "Degraded") or {}).get("reason") == st.SERVING_PREVIOUS_PLAN
-        placed = prev_resolved.get("status") == "True" and prev.get("observedGeneration") != generation
-        if not prev.get("engine") or not (already or placed):
-            return None
-        deployment = self._observed(md, "Deployment", None)
-        if deployment is None:
-            return None  # nothing serves: a plain rejection
-        replicas = int(deployment.get("replicas") or 0)  # what the previous plan asked for
-        pods = self._values(IDX_PODS, (md["metadata"]["namespace"], child_name(md["metadata"]["name"])))
-        rollout = st.observe_rollout(deployment, pods, desired_replicas=replicas, desired_hash=None)
-        plan_fields = {k: prev.get(k) for k in st.PLAN_FIELDS}
-        return st.previous_plan_status(generation=generation, resolved=resolved, rejected=rejected,
-                                       plan_fields=plan_fields, desired_replicas=replicas, rollout=rollout,
-                                       previous=previous, now=now)
-
-    # ----- decisions ----------------------------------------------------------------------------
-
-    def _choose(
-        self, spec: ModelDeploymentSpec, previous: Mapping[str, Any] | None, hw: Hardware, *, sticky: bool
-    ) -> tuple[Plan | Rejection, bool]:
-        """Resolve; when sticky, keep the engine and accelerator already chosen while they still fit."""
-        fresh = resolve(spec, hw, self.config)
-        prev = previous or {}
-        resolved = st.condition(prev, "Resolved")
-        if not sticky or not prev.get("engine") or not resolved or resolved.get("status") != "True":
-            return fresh, False
-        if isinstance(fresh, Plan) and (fresh.engine, fresh.accelerator) == (prev["engine"], prev.get("accelerator")):
-            return fresh, False
-        pinned_spec = spec.model_copy(update={
-            "engine": prev["engine"],
-            "accelerator": spec.accelerator.model_copy(update={"type": prev.get("accelerator") or "auto"}),
-        })
-        pinned = resolve(pinned_spec, hw, self.config)
-        if isinstance(pinned, Plan):
-            return pinned, True
-        return fresh, False
-
-    def _children(self, plan: Plan, md: Mapping[str, Any]) -> list[dict[str, Any]]:
-        meta = md["metadata"]
-        owner = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "name": meta["name"],
-            "uid": meta.get("uid"),
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }
-        children = []
-        for child in render(plan, md, self.config):
-            child = _plain(child)
-            child["metadata"].setdefault("namespace", meta["namespace"])
-            labels = child["metadata"].setdefault("labels", {})
-            if SPEC_HASH_LABEL not in labels:  # the renderer hashes the Deployment; hash the rest here
-                labels[SPEC_HASH_LABEL] = spec_hash(child)
-            child["metadata"]["ownerReferences"] = [owner]
-            children.append(child)
-        children.sort(key=lambda c: (_APPLY_ORDER.get(c["kind"], 9), c["metadata"]["name"]))
-        return children
-
-    @staticmethod
-    def _needs_apply(child: Mapping[str, Any], observed: Mapping[str, Any] | None, uid: str | None) -> bool:
-        if observed is None:
-            return True
-        want = (child["metadata"].get("labels") or {}).get(SPEC_HASH_LABEL)
-        if want is None or (observed.get("labels") or {}).get(SPEC_HASH_LABEL) != want:
-            return True
-        if uid and uid not in (observed.get("ownerUids") or []):
-            return True
-        return child["kind"] == "Deployment" and observed.get("replicas") != (child.get("spec") or {}).get("replicas")
-
-    def _plan_fields(self, plan: Plan, children: list[dict[str, Any]], md: Mapping[str, Any]) -> dict[str, Any]:
-        endpoint = None
-        for child in children:
-            if child["kind"] == "Service":
-                ports = (child.get("spec") or {}).get("ports") or []
-                port = next((p for p in ports if p.get("name") == "http"), ports[0] if ports else None)
-                number = port.get("port") if port else self.config.port
-                endpoint = f"http://{child['metadata']['name']}.{md['metadata']['namespace']}.svc:{number}/v1"
-                break
-        model = getattr(plan, "model", None)
-        return {
-            "engine": plan.engine,
-            "accelerator": plan.accelerator,
-            "image": plan.image,
-            "endpoint": endpoint,
-            "modelUri": getattr(model, "uri", None),
-            "tensorParallelSize": plan.tensor_parallel_size,
-            "selector": ",".join(f"{k}={v}" for k, v in selector(md["metadata"]["name"]).items()),
-        }
-
-    # ----- observed state -----------------------------------------------------------------------
-
-    def _observed(self, md: Mapping[str, Any], kind: str, name: str | None) -> dict[str, Any] | None:
-        """The child as last seen: from the watch, or from our own apply when the watch lags behind it."""
-        ns, owner = md["metadata"]["namespace"], md["metadata"]["name"]
-        seen = [c for c in self._values(IDX_CHILDREN[kind], (ns, owner)) if name is None or c.get("name") == name]
-        mine_by_name = self._applied.get((kind, ns, owner)) or {}
-        if name is None:
-            applied = list(mine_by_name.values())
-        else:
-            applied = [v for v in [mine_by_name.get(name)] if v is not None]
-        if applied:
-            mine = applied[0]
-            match = [c for c in seen if c.get("name") == mine.get("name")]
-            fingerprint = ((mine.get("labels") or {}).get(SPEC_HASH_LABEL), mine.get("replicas"))
-            if match and ((match[0].get("labels") or {}).get(SPEC_HASH_LABEL), match[0].get("replicas")) == fingerprint:
-                self._retire(kind, ns, owner, mine["name"])  # the watch caught up
-                return match[0]
-            return mine
-        return seen[0] if seen else None
+                    found[cuid] = Owned(kind, str(child.get("name")), cuid,
+                                        deleting=bool(child.get("deleting")) or cuid in self._pruning,
+                                        refused=cuid in self._prune_refused)
+        return tuple(found.values())
 
     def _previous_status(self, md: Mapping[str, Any]) -> dict[str, Any] | None:
         uid = md["metadata"].get("uid")
@@ -576,19 +323,72 @@ class Controller:
             return self._written[uid]
         return md.get("status")
 
-    # ----- writes ---------------------------------------------------------------------------------
+    # ----- act ------------------------------------------------------------------------------------
 
-    async def _write_status(
-        self, md: Mapping[str, Any], previous: Mapping[str, Any] | None, desired: dict[str, Any],
-        *, rollout: str | None = None,
-    ) -> bool:
-        patch = st.status_patch(previous, desired)
-        if patch is None:
+    async def _act(self, md: Mapping[str, Any], decision: Decision) -> Outcome:
+        """Carry out a decision: apply, prune, write the status, post the Events that go with it."""
+        meta = md["metadata"]
+        for what, exc in decision.errors:
+            logger.error("%s %s/%s failed", what, meta.get("namespace"), meta.get("name"), exc_info=exc)
+        applied: list[str] = []
+        for child in decision.apply:
+            kind, name = child["kind"], child["metadata"]["name"]
+            try:
+                response = await self.client.apply(child)  # type: ignore[union-attr]
+            except PermanentApiError as exc:
+                decision = decide_after_apply_failure(decision, child, exc.message)
+                break
+            self.metrics.writes.labels(kind="apply").inc()
+            compact = compact_child(response)
+            compact["owner"] = meta["name"]
+            self._applied.setdefault((kind, meta["namespace"], meta["name"]), {})[name] = compact
+            applied.append(f"{kind}/{name}")
+        pruned = [await self._prune(md, p) for p in decision.prune]
+        for event in decision.before_status:
+            await self._event(md, event.type, event.reason, event.message)
+        written = await self._write_status(md, decision)
+        for event in decision.after_status if written else decision.unwritten:
+            await self._event(md, event.type, event.reason, event.message)
+        if decision.result == "failed":
+            return Outcome("failed", tuple(applied), written)
+        if decision.result == "planned":
+            done = tuple(p for p in pruned if p)
+            result = "applied" if applied or done else ("status" if written else "unchanged")
+            return Outcome(result, tuple(applied), written, done)
+        return Outcome(decision.result, status_written=written)
+
+    async def _prune(self, md: Mapping[str, Any], prune: Prune) -> str | None:
+        """Delete one owned child the plan no longer renders; ``Kind/name`` when deleted."""
+        meta = md["metadata"]
+        target = {"apiVersion": prune.api_version, "kind": prune.kind,
+                  "metadata": {"name": prune.name, "namespace": meta["namespace"]}}
+        try:
+            deleted = await self.client.delete(  # type: ignore[union-attr]
+                target, uid=prune.uid, propagation=PRUNE_PROPAGATION)
+        except PermanentApiError as exc:  # e.g. 403: an older chart without the delete verb
+            event = prune.refused(exc.message)
+            if event is not None:  # said once; tried again on every reconcile
+                self._prune_refused.add(prune.uid)
+                await self._event(md, event.type, event.reason, event.message)
+            return None
+        self._prune_refused.discard(prune.uid)
+        if not deleted:  # already gone, or that name is another object now: nothing was pruned
+            self._retire(prune.kind, meta["namespace"], meta["name"], prune.name)
+            return None
+        self.metrics.writes.labels(kind="delete").inc()
+        self._pruning.add(prune.uid)
+        self._retire(prune.kind, meta["namespace"], meta["name"], prune.name)
+        await self._event(md, prune.pruned.type, prune.pruned.reason, prune.pruned.message)
+        return f"{prune.kind}/{prune.name}"
+
+    async def _write_status(self, md: Mapping[str, Any], decision: Decision) -> bool:
+        """Write the decision's status patch; False when there is none or the object is gone."""
+        if decision.patch is None:
             return False
         meta = md["metadata"]
         try:
             await self.client.patch_status(  # type: ignore[union-attr]
-                f"{GROUP}/{VERSION}", PLURAL, meta["namespace"], meta["name"], patch
+                f"{GROUP}/{VERSION}", PLURAL, meta["namespace"], meta["name"], decision.patch
             )
         except PermanentApiError as exc:
             if exc.status == 404:
@@ -596,47 +396,8 @@ class Controller:
             raise
         self.metrics.writes.labels(kind="status").inc()
         if meta.get("uid"):
-            self._written[meta["uid"]] = desired
-        # Events follow the written status, so a retried reconcile does not repeat them.
-        await self._transition_events(md, previous or {}, desired, rollout=rollout)
+            self._written[meta["uid"]] = decision.status  # type: ignore[assignment]
         return True
-
-    @staticmethod
-    def _selects_engine(prev: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-        """Whether writing ``new`` over ``prev`` chooses an engine, accelerator or image (an EngineSelected)."""
-        if (st.condition(new, "Resolved") or {}).get("status") != "True":
-            return False
-        return tuple(new.get(k) for k in ("engine", "accelerator", "image")) != tuple(
-            prev.get(k) for k in ("engine", "accelerator", "image"))
-
-    async def _transition_events(
-        self, md: Mapping[str, Any], prev: Mapping[str, Any], new: Mapping[str, Any], *, rollout: str | None = None
-    ) -> None:
-        """Events for the changes from ``prev`` to ``new``; ``rollout`` (the Deployment's first rollout of the
-        chosen engine) is said in EngineSelected rather than in an Event of its own."""
-        old_res, new_res = st.condition(prev, "Resolved") or {}, st.condition(new, "Resolved") or {}
-        if new_res.get("status") == "True":
-            if self._selects_engine(prev, new):
-                message = (f"{new.get('engine')} on {new.get('accelerator')} ({new.get('image')}): "
-                           f"{new_res.get('message')}")
-                if rollout:
-                    message += f"; {rollout}"
-                await self._event(md, "Normal", "EngineSelected", message)
-        elif new_res.get("status") == "False" and (
-            (old_res.get("status"), old_res.get("reason"), old_res.get("message"))
-            != ("False", new_res.get("reason"), new_res.get("message"))
-        ):
-            await self._event(md, "Warning", str(new_res.get("reason")), str(new_res.get("message")))
-        old_deg, new_deg = st.condition(prev, "Degraded") or {}, st.condition(new, "Degraded") or {}
-        if new_deg.get("status") == "True" and (old_deg.get("status"), old_deg.get("reason")) != (
-            "True", new_deg.get("reason")
-        ):
-            if new_deg.get("reason") == st.SERVING_PREVIOUS_PLAN:
-                await self._event(md, "Warning", st.SERVING_PREVIOUS_PLAN, str(new_deg.get("message")))
-            else:
-                await self._event(md, "Warning", "Degraded", f"{new_deg.get('reason')}: {new_deg.get('message')}")
-        if old_deg.get("status") == "True" and new_deg.get("status") == "False":
-            await self._event(md, "Normal", "Recovered", f"no longer {old_deg.get('reason')}")
 
     async def _event(self, md: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Post an ``events.k8s.io/v1`` Event on the ModelDeployment; best effort (a lost Event never fails a

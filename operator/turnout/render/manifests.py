@@ -3,7 +3,7 @@
 Pure and stable: dict keys in a fixed order, env sorted, and a spec-hash label
 computed from everything but the replica count, so equal inputs render equal
 objects and a changed pod template rolls out while scaling does not.
-Owner references are added by the operator (kopf.adopt), not here.
+Owner references are added by the controller, not here.
 """
 
 from __future__ import annotations
@@ -207,12 +207,18 @@ def _tolerations(plan: Plan, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     return [unique[k] for k in sorted(unique)]
 
 
+def _spec(md: Mapping[str, Any]) -> ModelDeploymentSpec:
+    """``md["spec"]``, parsed unless the caller already did (the controller parses each object once)."""
+    spec = md["spec"]
+    return spec if isinstance(spec, ModelDeploymentSpec) else ModelDeploymentSpec.model_validate(spec)
+
+
 def render_deployment(plan: Plan, md: Mapping[str, Any], config: OperatorConfig | None = None) -> dict[str, Any]:
     """The apps/v1 Deployment that runs the shim for this plan."""
     config = config or OperatorConfig()
     meta = md["metadata"]
     name, namespace = meta["name"], meta.get("namespace", "default")
-    spec = ModelDeploymentSpec.model_validate(md["spec"])
+    spec = _spec(md)
     served = spec.served_model_name or name
     args = shim_args(plan, spec, served, config)
     volumes, mounts = _volumes(plan, spec, name, config)
@@ -314,7 +320,7 @@ def render_service(md: Mapping[str, Any], config: OperatorConfig | None = None) 
 
 
 def render_cache_claim(md: Mapping[str, Any]) -> dict[str, Any] | None:
-    spec = ModelDeploymentSpec.model_validate(md["spec"])
+    spec = _spec(md)
     cache = spec.cache
     if not cache or not cache.size or cache.existing_claim:
         return None
@@ -346,6 +352,10 @@ def _with_hash(child: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(plan: Plan, md: Mapping[str, Any], config: OperatorConfig | None = None) -> list[dict[str, Any]]:
-    """All children, in apply order: cache claim (if any), Deployment, Service; each with a spec-hash label."""
+    """All children, in apply order: cache claim (if any), Deployment, Service; each with a spec-hash label.
+
+    ``md`` is the ModelDeployment's ``metadata`` (name, namespace) and ``spec``: a mapping, or the
+    :class:`ModelDeploymentSpec` already parsed from it.
+    """
     children = [render_cache_claim(md), render_deployment(plan, md, config), render_service(md, config)]
     return [_with_hash(c) for c in children if c is not None]
