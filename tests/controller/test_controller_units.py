@@ -269,3 +269,24 @@ def test_kopf_settings_keep_state_in_turnout_annotations_and_let_idle_workers_go
     # Per-object workers go soon after a burst (memory), but never before the echo of their own patch.
     assert settings.queueing.idle_timeout < kopf.OperatorSettings().queueing.idle_timeout
     assert settings.persistence.consistency_timeout > settings.queueing.idle_timeout
+
+
+def test_lean_diff_base_is_kopfs_essence_without_copying_managed_fields():
+    import kopf
+
+    from turnout.controller.app import DIFFBASE_ANNOTATION, LeanDiffBaseStorage
+
+    body = kopf.Body({
+        "apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "a", "uid": "u", "resourceVersion": "7", "labels": {"team": "x"},
+                     "annotations": {DIFFBASE_ANNOTATION: '{"spec": {}}', "note": "kept"},
+                     "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
+        "spec": {"model": {"name": "qwen2.5-instruct"}, "replicas": 2},
+        "status": {"phase": "Ready"},
+    })
+    key = DIFFBASE_ANNOTATION.split("/", 1)[1]
+    kopfs = kopf.AnnotationsDiffBaseStorage(prefix="turnout.dev", key=key).build(body=body)
+    ours = LeanDiffBaseStorage(prefix="turnout.dev", key=key).build(body=body)
+    assert ours == kopfs
+    assert ours == {"spec": {"model": {"name": "qwen2.5-instruct"}, "replicas": 2},
+                    "metadata": {"labels": {"team": "x"}, "annotations": {"note": "kept"}}}

@@ -41,7 +41,7 @@ from turnout.controller import status as st
 from turnout.controller.decide import Decision, Observed, Owned, Prune, decide, decide_after_apply_failure
 from turnout.controller.metrics import Metrics
 from turnout.controller.workqueue import RetryLater, WorkQueue
-from turnout.controller.world import INSTANCE_LABEL, SPEC_HASH_LABEL, _plain, compact_child
+from turnout.controller.world import INSTANCE_LABEL, SPEC_HASH_LABEL, compact_child, lean_copy
 from turnout.hardware import Hardware, parse_nodes
 from turnout.kube import Credentials, KubeClient, PermanentApiError, TransientApiError
 from turnout.render import child_name
@@ -229,7 +229,7 @@ class Controller:
         (keep the engine already chosen while its placement holds).
         Raises :class:`TransientApiError` for the caller to retry.
         """
-        md = _plain(body)
+        md = lean_copy(body)
         meta = md.get("metadata") or {}
         key = (meta.get("namespace") or "", meta.get("name") or "")
         async with self._locks[key], self._active:

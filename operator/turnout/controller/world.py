@@ -26,6 +26,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def lean_copy(body: Mapping[str, Any], *, drop_annotations: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A plain copy of an object without ``metadata.managedFields`` (and the named annotations).
+
+    A real API server sends managedFields with every object, often larger than the spec; nothing here
+    reads them, so they are never copied.
+    """
+    out = {str(k): _plain(v) for k, v in body.items() if k != "metadata"}
+    meta = body.get("metadata") or {}
+    lean = {str(k): _plain(v) for k, v in meta.items() if k not in ("managedFields", "annotations")}
+    annotations = {str(k): v for k, v in (meta.get("annotations") or {}).items() if k not in drop_annotations}
+    if annotations:
+        lean["annotations"] = annotations
+    out["metadata"] = lean
+    return out
+
+
 def compact_node(body: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a Node the hardware parser reads; heartbeat noise (times) dropped."""
     meta, spec, status = body.get("metadata", {}), body.get("spec", {}) or {}, body.get("status", {}) or {}
