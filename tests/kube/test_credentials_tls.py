@@ -315,3 +315,13 @@ async def test_no_credentials_say_what_was_tried(tmp_path: Path, monkeypatch: py
         await load_credentials()
     with pytest.raises(CredentialsError, match=r"missing\.yaml does not exist"):
         await load_credentials(str(tmp_path / "missing.yaml"))
+
+
+def test_the_environment_proxy_is_used_as_client_go_uses_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from turnout.kube.credentials import environment_proxy
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.test:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.test")
+    assert environment_proxy("https://api.example.test:6443") == "http://proxy.test:3128"
+    assert environment_proxy("https://kube.internal.test:6443") is None
+    assert environment_proxy("https://127.0.0.1:6443") is None and environment_proxy("https://localhost") is None

@@ -24,6 +24,7 @@ from kubernetes_asyncio.watch import Watch
 
 from turnout.kube.credentials import Credentials
 from turnout.kube.errors import ApiError, PermanentApiError, TransientApiError, from_response
+from turnout.kube.session import http_session
 
 FIELD_MANAGER = "turnout"
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -84,16 +85,21 @@ class KubeClient:
         self.credentials = credentials
         # kubernetes_asyncio's default pool is 5 connections per CPU; the operator has up to 32 reconciles
         # in flight, each waiting on one request at a time.
-        credentials.configuration.connection_pool_maxsize = connections
+        self._connections = connections
         self._timeout = timeout
         self._on_error = on_error
         self._user_agent = user_agent
         self._api: ApiClient | None = None
 
-    def _client(self) -> ApiClient:
+    async def _client(self) -> ApiClient:
         if self._api is None:
-            self._api = ApiClient(self.credentials.configuration)
-            self._api.user_agent = self._user_agent
+            api = ApiClient(self.credentials.configuration)
+            api.user_agent = self._user_agent
+            # The library's session reads the environment on every request (a thread hop each for
+            # ~/.netrc and the proxy variables); ours has the same TLS and the proxy resolved once.
+            await api.rest_client.pool_manager.close()
+            api.rest_client.pool_manager = http_session(self.credentials, limit=self._connections)
+            self._api = api
         return self._api
 
     async def close(self) -> None:
@@ -122,7 +128,7 @@ class KubeClient:
         """One API call; the decoded JSON body, or an :class:`ApiError`. A 401 renews the token once."""
         for attempt in (1, 2):
             try:
-                data = await self._client().call_api(
+                data = await (await self._client()).call_api(
                     path, method,
                     query_params=list((params or {}).items()),
                     header_params={"Content-Type": content_type, "Accept": "application/json"},
@@ -247,7 +253,7 @@ class KubeClient:
             query = {**params, "watch": "true", "allowWatchBookmarks": "true", "timeoutSeconds": timeout_seconds}
             if resource_version:
                 query["resourceVersion"] = resource_version
-            return await self._client().call_api(
+            return await (await self._client()).call_api(
                 path, "GET", query_params=list(query.items()), header_params={"Accept": "application/json"},
                 auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
                 _request_timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_seconds + 30),

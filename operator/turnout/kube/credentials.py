@@ -15,8 +15,11 @@ header both the operator's client and kopf's session send.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +76,9 @@ class Credentials:
     _fresh: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
+        cfg = self.configuration
+        if not cfg.proxy:  # no proxy-url: the environment's, as client-go does (HTTPS_PROXY, NO_PROXY)
+            cfg.proxy = environment_proxy(str(cfg.host))
         if self.token_file is not None or self.exec_loader is not None:
             self.configuration.refresh_api_key_hook = self._refresh_hook
 
@@ -112,6 +118,19 @@ class Credentials:
             return str(header)
         basic = cfg.get_basic_auth_token()
         return str(basic) if cfg.username and basic else None
+
+
+def environment_proxy(url: str) -> str | None:
+    """The proxy ``$HTTPS_PROXY``/``$HTTP_PROXY`` name for ``url``, unless ``$NO_PROXY`` exempts its host."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not host or loopback or urllib.request.proxy_bypass(host):  # Go's rule: loopback is never proxied
+        return None
+    return urllib.request.getproxies().get(parts.scheme or "https")
 
 
 def _aware(value: datetime.datetime) -> datetime.datetime:

@@ -31,6 +31,14 @@ def ssl_context(credentials: Credentials) -> ssl.SSLContext:
     return ctx
 
 
+def http_session(credentials: Credentials, *, limit: int = 0) -> aiohttp.ClientSession:
+    """A plain session with the credentials' TLS (kubernetes_asyncio's client adds the token itself)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, ssl=ssl_context(credentials)),
+        read_bufsize=2**21,  # watch events of large objects exceed aiohttp's default line buffer
+    )
+
+
 def aiohttp_session(credentials: Credentials, *, user_agent: str = "turnout-operator") -> aiohttp.ClientSession:
     """A session whose every request carries the credentials' current token (open it in a running loop)."""
     server_hostname = credentials.configuration.tls_server_name
@@ -55,4 +63,5 @@ def aiohttp_session(credentials: Credentials, *, user_agent: str = "turnout-oper
         headers={"User-Agent": user_agent},
         middlewares=(login,),
         proxy=credentials.configuration.proxy,
+        read_bufsize=2**21,
     )
