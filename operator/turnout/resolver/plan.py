@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from turnout.resolver.quantization import canonical
+
 
 @dataclass(frozen=True)
 class EngineReason:
@@ -29,6 +31,11 @@ class ResolvedModel:
     model_type: str  # llm | embedding | rerank
     family: str | None = None
     abilities: tuple[str, ...] = ()
+
+    @property
+    def canonical_quantization(self) -> str | None:
+        """The quantization as engine rules read it (``8bits`` -> ``Int8``); ``quantization`` keeps the spelling."""
+        return canonical(self.format, self.quantization)
 
     def to_dict(self) -> dict[str, Any]:
         return {

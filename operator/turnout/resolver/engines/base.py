@@ -64,16 +64,18 @@ def quantization_reason(engine: str, model: ResolvedModel, allowed: dict[str, tu
     if model.format not in allowed:
         return f"{engine} does not serve {model.format} weights (it serves {', '.join(allowed)})"
     quants = allowed[model.format]
-    if quants is None or model.quantization is None:
+    value = model.canonical_quantization
+    if quants is None or value is None:
         return None
-    if model.quantization.lower() not in {q.lower() for q in quants}:
-        return f"{engine} serves {model.format} only as {'/'.join(quants)}, not {model.quantization}"
+    if value.lower() not in {q.lower() for q in quants}:
+        spelled = model.quantization if value == model.quantization else f"{model.quantization} (= {value})"
+        return f"{engine} serves {model.format} only as {'/'.join(quants)}, not {spelled}"
     return None
 
 
 def fp8_node_reason(model: ResolvedModel, node: NodeInfo) -> str | None:
     """FP8 weights need compute capability 8.9 (Ada) or newer."""
-    if model.format != "fp8" and (model.quantization or "").lower() != "fp8":
+    if model.format != "fp8" and model.canonical_quantization != "FP8":
         return None
     cc = node.compute_capability
     if cc is None:

@@ -13,7 +13,7 @@ from turnout.resolver.plan import ResolvedModel
 
 # Xinference's SGLang table (xinference/model/llm/sglang/core.py).
 FORMATS: dict[str, tuple[str, ...] | None] = {
-    "pytorch": ("none",),
+    "pytorch": ("none", "Int4", "Int8", "FP8"),
     "awq": None,
     "gptq": None,
     "fp8": None,
