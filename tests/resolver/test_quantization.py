@@ -96,6 +96,7 @@ def test_vllm_serves_the_gptq_specs_xinference_spells_oddly() -> None:
         ("deepseek-r1-0528-qwen3", 8, "gptq", "Int4-W4A16"),
         ("deepseek-r1-0528-qwen3", 8, "gptq", "Int8-W8A16"),
         ("deepseek-r1-0528-qwen3", 8, "gptq", "Int4-Int8Mix"),
+        ("glm-4.5", 106, "awq", "AWQ-FP16Mix"),
     ]:
         spec = ModelDeploymentSpec.model_validate(
             {"model": {"name": name, "size": size, "format": fmt, "quantization": quant}})

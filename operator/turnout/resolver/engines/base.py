@@ -23,6 +23,8 @@ class Context:
 #: A check returns None when the engine can do it, else the reason it cannot.
 ModelCheck = Callable[[ResolvedModel, str, Context], "str | None"]
 NodeCheck = Callable[[ResolvedModel, NodeInfo], "str | None"]
+#: How an engine lays one replica over ``nodes`` nodes of ``devices`` devices each: (tensor, pipeline) parallel.
+MultiNodeLayout = Callable[[int, int], "tuple[int, int]"]
 
 
 def _any_node(model: ResolvedModel, node: NodeInfo) -> str | None:
@@ -38,6 +40,10 @@ class Engine:
     check_model: ModelCheck  # format, quantization, architecture, type on an accelerator
     check_node: NodeCheck = _any_node  # per-node limits (e.g. FP8 compute capability)
     shm: bool = False  # needs a large /dev/shm (NCCL, shared-memory IPC)
+    #: tensor parallelism shards attention heads evenly: the size must divide num_attention_heads
+    splits_heads: bool = False
+    #: how a replica spans several nodes (engine's own multi-node mode); None: one node only
+    multi_node: MultiNodeLayout | None = None
 
 
 def architecture_reason(engine: str, model: ResolvedModel, ctx: Context) -> str | None:
