@@ -12,6 +12,7 @@ it is too small, does not divide the heads, or is more than the nodes have.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,8 +99,13 @@ def _heads_text(heads: int, model: str) -> str:
 
 def allowed_sizes(engine: Engine, heads: int | None, limit: int | None = None) -> tuple[int, ...]:
     """Sizes the resolver may choose for this engine: powers of two that divide the heads (when it splits them)."""
+    return _allowed(engine.splits_heads, heads, limit)
+
+
+@functools.lru_cache(maxsize=1024)
+def _allowed(splits_heads: bool, heads: int | None, limit: int | None) -> tuple[int, ...]:
     sizes = SIZES if limit is None else tuple(s for s in SIZES if s <= limit)
-    if engine.splits_heads and heads:
+    if splits_heads and heads:
         sizes = tuple(s for s in sizes if heads % s == 0)
     return sizes
 
