@@ -43,6 +43,9 @@ class OperatorConfig(BaseModel):
         1024, ge=0, description="Fixed memory per replica on top of weights (runtime, CUDA context)."
     )
     port: int = Field(8000, ge=1, le=65535, description="Port the shim listens on in every pod.")
+    dist_port: int = Field(
+        29500, ge=1, le=65535, description="Port of a multi-node group's rendezvous on its leader pod."
+    )
     image_pull_policy: str = Field("IfNotPresent", description="imagePullPolicy of model server pods.")
     shm_size: str = Field("16Gi", description="Size of /dev/shm for vLLM and SGLang pods.")
     termination_grace_seconds: int = Field(

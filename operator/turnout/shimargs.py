@@ -4,12 +4,20 @@ This module is the one contract between the two. ``ShimArgs.to_argv`` is what
 the renderer writes into a container's ``command``; ``ShimArgs.parse`` is what
 ``turnout-shim`` runs on ``sys.argv``. A test renders every plan the
 resolver can produce and proves ``parse(to_argv(x)) == x``.
+
+A replica over several nodes (a LeaderWorkerSet group) renders one command for all its workers, so a
+pod's rank and its leader's address are references the kubelet fills in from the container's
+environment (``$(LWS_WORKER_INDEX)``, see :class:`EnvRef`); the test expands them as the kubelet does
+(:func:`expand_env`) before parsing, and compares with :meth:`ShimArgs.with_env`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +26,35 @@ MODEL_TYPES = ("llm", "embedding", "rerank")
 DEVICES = ("cpu", "cuda", "npu", "mps")
 PROGRAM = "turnout-shim"
 DEFAULT_PORT = 8000
+#: port of a multi-node group's rendezvous on its leader (vLLM --master-port, SGLang --dist-init-addr)
+DEFAULT_DIST_PORT = 29500
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    """A value the kubelet takes from the container's environment: rendered as ``$(NAME)``."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return f"$({self.name})"
+
+
+_REF = re.compile(r"\$(\$)?\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand_env(argv: list[str], env: Mapping[str, str]) -> list[str]:
+    """``$(VAR)`` references in a container command expanded as the kubelet does.
+
+    A known variable is replaced, ``$$(VAR)`` is the literal ``$(VAR)``, an unknown one is left as it is.
+    """
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(1):
+            return f"$({match.group(2)})"
+        return env.get(match.group(2), match.group(0))
+
+    return [_REF.sub(one, arg) for arg in argv]
 
 
 @dataclass(frozen=True)
@@ -37,6 +74,26 @@ class ShimArgs:
     api_key_file: str | None = None
     max_queue: int = 256
     engine_args: dict[str, Any] = field(default_factory=dict)
+    #: one replica over several nodes: the engine's pipeline stages, pods in the group, this pod's rank
+    pipeline_parallel_size: int = 1
+    nnodes: int = 1
+    node_rank: int | EnvRef = 0
+    leader_address: str | EnvRef | None = None  # host the other nodes reach rank 0 at
+    dist_port: int = DEFAULT_DIST_PORT
+
+    @property
+    def is_worker(self) -> bool:
+        """A pod of a multi-node group other than its leader: it runs the engine headless, serves no API."""
+        return self.nnodes > 1 and self.node_rank != 0
+
+    def with_env(self, env: Mapping[str, str]) -> ShimArgs:
+        """These arguments with every :class:`EnvRef` replaced from ``env``, as the kubelet expands them."""
+        changes: dict[str, Any] = {}
+        if isinstance(self.node_rank, EnvRef):
+            changes["node_rank"] = int(env[self.node_rank.name])
+        if isinstance(self.leader_address, EnvRef):
+            changes["leader_address"] = env[self.leader_address.name]
+        return dataclasses.replace(self, **changes)
 
     def to_argv(self) -> list[str]:
         """The command line, program name first; stable for equal inputs."""
@@ -69,12 +126,24 @@ class ShimArgs:
             argv += ["--api-key-file", self.api_key_file]
         if self.engine_args:
             argv += ["--engine-args", json.dumps(self.engine_args, sort_keys=True, separators=(",", ":"))]
+        if self.pipeline_parallel_size > 1:
+            argv += ["--pipeline-parallel-size", str(self.pipeline_parallel_size)]
+        if self.nnodes > 1:
+            argv += ["--nnodes", str(self.nnodes), "--node-rank", str(self.node_rank)]
+            if self.leader_address is not None:
+                argv += ["--leader-address", str(self.leader_address)]
+            argv += ["--dist-port", str(self.dist_port)]
         return argv
 
     @classmethod
     def parse(cls, argv: list[str]) -> ShimArgs:
         """Parse a command line (without the program name); exits 2 on bad input."""
-        ns = build_parser().parse_args(argv)
+        parser = build_parser()
+        ns = parser.parse_args(argv)
+        if ns.nnodes > 1 and ns.leader_address is None:
+            parser.error(f"--nnodes {ns.nnodes} needs --leader-address (the host of node rank 0)")
+        if ns.node_rank >= ns.nnodes:
+            parser.error(f"--node-rank {ns.node_rank} must be below --nnodes {ns.nnodes}")
         return cls(
             engine=ns.engine,
             model=ns.model,
@@ -89,6 +158,11 @@ class ShimArgs:
             api_key_file=ns.api_key_file,
             max_queue=ns.max_queue,
             engine_args=ns.engine_args,
+            pipeline_parallel_size=ns.pipeline_parallel_size,
+            nnodes=ns.nnodes,
+            node_rank=ns.node_rank,
+            leader_address=ns.leader_address,
+            dist_port=ns.dist_port,
         )
 
 
@@ -96,6 +170,18 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _node_rank(text: str) -> int:
+    if text.startswith("$("):
+        raise argparse.ArgumentTypeError(
+            f"{text} was not expanded: the kubelet fills it in from the pod's environment (run the pod in a "
+            "LeaderWorkerSet, or pass the rank as a number)"
+        )
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -136,4 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-file", default=None, help="file holding the Bearer key clients must send")
     p.add_argument("--max-queue", type=_positive_int, default=256, help="requests admitted before 429")
     p.add_argument("--engine-args", type=_engine_args, default={}, help="JSON object passed to the engine")
+    multi = p.add_argument_group("one replica over several nodes (a LeaderWorkerSet group)")
+    multi.add_argument("--pipeline-parallel-size", type=_positive_int, default=1,
+                       help="pipeline stages (vLLM: one per node)")
+    multi.add_argument("--nnodes", type=_positive_int, default=1, help="nodes (pods) in the group")
+    multi.add_argument("--node-rank", type=_node_rank, default=0,
+                       help="this pod's rank: 0 serves the API, the others run the engine headless")
+    multi.add_argument("--leader-address", default=None, help="host of rank 0, which the other ranks connect to")
+    multi.add_argument("--dist-port", type=_port, default=DEFAULT_DIST_PORT,
+                       help="port of the group's rendezvous on rank 0")
     return p

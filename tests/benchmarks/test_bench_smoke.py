@@ -53,6 +53,7 @@ def test_shim_operator_and_resolver_parts(tmp_path: Path) -> None:
     assert op["operator_rss_peak_mib"] > 0 and op["bare_create_s"] > 0
     res = results["parts"]["resolver"]
     assert len(res["rows"]) == 5 and all(r["planned"] > 0 for r in res["rows"])
+    assert len(res["sizing"]["rows"]) == 7 and res["sizing"]["first_cpu_seconds"] > 0
     assert "| shim proxy, full speed, 4 streams" in results["table"]
     assert "| operator, N=10" in results["table"]
 

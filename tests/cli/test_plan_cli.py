@@ -22,9 +22,19 @@ def plan(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]
     return code, out, err
 
 
+def plan_flags(path: Path) -> list[str]:
+    """The --nodes (and --lws) an example's ``# plan:`` line names; the mixed cluster otherwise."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# plan:"):
+            words = line.split()
+            flags = ["--nodes", str(ROOT / words[words.index("--nodes") + 1])]
+            return flags + (["--lws"] if "--lws" in words else [])
+    return ["--nodes", MIXED]
+
+
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
-def test_every_example_plans_on_the_mixed_cluster(capsys: pytest.CaptureFixture[str], example: str) -> None:
-    code, out, _ = plan(capsys, "-f", str(EXAMPLES / example), "--nodes", MIXED, "-o", "json")
+def test_every_example_plans_on_its_cluster(capsys: pytest.CaptureFixture[str], example: str) -> None:
+    code, out, _ = plan(capsys, "-f", str(EXAMPLES / example), *plan_flags(EXAMPLES / example), "-o", "json")
     assert code == 0
     (result,) = json.loads(out)
     for key in ("name", "engine", "accelerator", "image", "tensorParallelSize", "candidates", "rejected", "manifests"):
@@ -38,7 +48,7 @@ def test_every_example_plans_on_the_mixed_cluster(capsys: pytest.CaptureFixture[
         "mlx",
     }
     kinds = [m["kind"] for m in result["manifests"]]
-    assert "Deployment" in kinds and "Service" in kinds
+    assert ("LeaderWorkerSet" if result["nodesPerReplica"] > 1 else "Deployment") in kinds and "Service" in kinds
 
 
 def test_expected_engines_per_example(capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,7 +132,50 @@ def test_yaml_and_summary_outputs(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = plan(capsys, "-f", str(EXAMPLES / "qwen-awq-nvidia.yaml"), "--nodes", MIXED)
     assert code == 0 and "engine: vllm" in out and "kind: Deployment" in out
     code, out, _ = plan(capsys, "-f", str(EXAMPLES / "qwen-awq-nvidia.yaml"), "--nodes", MIXED, "-o", "summary")
-    assert "qwen-awq: vllm on nvidia" in out and "llama.cpp:" in out
+    assert "qwen-awq: vllm on 1 × NVIDIA-A10G" in out and "llama.cpp:" in out
+    assert "  placement: 1 pod × 1 nvidia.com/gpu (tensor parallel 1) on one of: gpu-a10g-1, gpu-h100-1" in out
+
+
+def test_summary_shows_tensor_parallel_and_per_node_placement(capsys: pytest.CaptureFixture[str]) -> None:
+    example = EXAMPLES / "qwen-72b-h100.yaml"
+    code, out, _ = plan(capsys, "-f", str(example), *plan_flags(example), "-o", "summary")
+    assert code == 0
+    assert out.startswith("qwen-72b: vllm on 4 × NVIDIA-H100-80GB-HBM3 — hf://Qwen/Qwen2.5-72B-Instruct")
+    assert "  why: vllm on 4 × NVIDIA-H100-80GB-HBM3: needs ~162 GiB of 4 × 71.7 GiB" in out
+    assert "  placement: 1 pod × 4 nvidia.com/gpu (tensor parallel 4) on one of: hgx-h100-1" in out
+    example = EXAMPLES / "llama-405b-lws.yaml"
+    code, out, _ = plan(capsys, "-f", str(example), *plan_flags(example), "-o", "summary")
+    assert code == 0
+    assert (
+        "  placement: LeaderWorkerSet, 2 pods per replica (1 leader + 1 worker), each 8 nvidia.com/gpu on its own "
+        "node (tensor parallel 8 × pipeline parallel 2); nodes: hgx-h100-1, hgx-h100-2" in out
+    )
+
+
+def test_the_rejection_without_leaderworkerset_is_the_documented_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """examples/llama-405b-without-lws.txt is what `turnout plan` prints without --lws (kept in step here)."""
+    example = EXAMPLES / "llama-405b-lws.yaml"
+    flags = [f for f in plan_flags(example) if f != "--lws"]
+    code, out, _ = plan(capsys, "-f", str(example), *flags, "-o", "summary")
+    assert code == 1
+    assert out == (EXAMPLES / "llama-405b-without-lws.txt").read_text()
+    assert "install LeaderWorkerSet (leaderworkerset.x-k8s.io/v1) to serve it" in out
+
+
+def test_api_versions_file_turns_leaderworkerset_on(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    example = EXAMPLES / "llama-405b-lws.yaml"
+    nodes = [f for f in plan_flags(example) if f != "--lws"]
+    served = tmp_path / "api-versions.txt"
+    served.write_text("apps/v1\nleaderworkerset.x-k8s.io/v1\nv1\n")
+    code, out, _ = plan(capsys, "-f", str(example), *nodes, "--api-versions", str(served), "-o", "json")
+    assert code == 0
+    (result,) = json.loads(out)
+    assert (result["nodesPerReplica"], result["tensorParallelSize"], result["pipelineParallelSize"]) == (2, 8, 2)
+    served.write_text("apps/v1\nv1\n")
+    code, _, _ = plan(capsys, "-f", str(example), *nodes, "--api-versions", str(served), "-o", "json")
+    assert code == 1
+    code, _, err = plan(capsys, "-f", str(example), *nodes, "--api-versions", str(tmp_path / "none"))
+    assert code == 2 and "cannot read api versions" in err
 
 
 def test_console_script_runs_without_traceback(tmp_path: Path) -> None:

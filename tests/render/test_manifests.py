@@ -14,7 +14,7 @@ from tests_nodes import every_class
 from turnout.api import ModelDeployment, ModelDeploymentSpec
 from turnout.cli.plan import load_deployments, load_hardware
 from turnout.config import OperatorConfig
-from turnout.hardware import parse_nodes
+from turnout.hardware import ClusterFeatures, parse_nodes
 from turnout.render import SPEC_HASH_LABEL, child_name, render
 from turnout.resolver import Plan, resolve
 from turnout.shimargs import ShimArgs
@@ -25,8 +25,18 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 MIXED = ROOT / "examples" / "nodes" / "mixed.yaml"
 
 
+def plan_command(path: Path) -> tuple[Path, bool]:
+    """The node list (and --lws) an example names in its ``# plan:`` line; the mixed cluster otherwise."""
+    for line in path.read_text().splitlines():
+        if line.startswith("# plan:"):
+            words = line.split()
+            return ROOT / words[words.index("--nodes") + 1], "--lws" in words
+    return MIXED, False
+
+
 def _rendered(path: Path) -> list[dict[str, Any]]:
-    hw = load_hardware(str(MIXED))
+    nodes, lws = plan_command(path)
+    hw = load_hardware(str(nodes), ClusterFeatures(leader_worker_set=lws))
     out = []
     for md in load_deployments(str(path)):
         obj = md.model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -51,6 +61,13 @@ def test_golden_manifests(path: Path) -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_manifests_are_valid_kubernetes(path: Path, version: str) -> None:
     for obj in _rendered(path):
+        if obj["kind"] == "LeaderWorkerSet":  # a CRD: its pod templates are checked as Pods here
+            for role in ("leaderTemplate", "workerTemplate"):
+                template = obj["spec"]["leaderWorkerTemplate"][role]
+                pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", **template["metadata"]},
+                       "spec": template["spec"]}
+                kubernetes_validate.validate(pod, version, strict=True)
+            continue
         kubernetes_validate.validate(obj, version, strict=True)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from nodefactory import ascend, cpu, metal, nvidia
 
-from turnout.hardware import parse_nodes, parse_quantity
+from turnout.hardware import ClusterFeatures, parse_nodes, parse_quantity
 
 
 def test_each_class_is_recognised() -> None:
@@ -54,3 +55,50 @@ def test_quantities() -> None:
     assert parse_quantity("8") == 8
     assert parse_quantity("1.5G") == 1.5e9
     assert parse_quantity("lots") == 0
+
+
+def _ascend_node(resource: str, labels: dict[str, str]) -> dict:
+    return {
+        "metadata": {"name": "npu", "labels": labels},
+        "status": {"allocatable": {"cpu": "64", "memory": "512Gi", resource: "8"}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("resource", "labels", "mib", "product", "note"),
+    [
+        # MindCluster names every 910 chip huawei.com/Ascend910; the chip label says which.
+        ("huawei.com/Ascend910", {"node.kubernetes.io/npu.chip.name": "910B3"}, 65536, "Ascend910B3", None),
+        ("huawei.com/Ascend910", {"node.kubernetes.io/npu.chip.name": "910B4"}, 32768, "Ascend910B4", None),
+        ("huawei.com/Ascend910", {"node.kubernetes.io/npu.chip.name": "910ProB"}, 32768, "Ascend910ProB", None),
+        ("huawei.com/Ascend310P", {"node.kubernetes.io/npu.chip.name": "310P3"}, 24576, "Ascend310P3", None),
+        ("huawei.com/Ascend910", {"accelerator-type": "module-910b-8"}, 32768, "Ascend910", "says a 910B server"),
+        ("huawei.com/Ascend910", {}, 32768, "Ascend910", "assumed 32 GiB"),
+        ("huawei.com/Ascend910B", {}, 65536, "Ascend910B", None),
+        ("huawei.com/Ascend910", {"node.kubernetes.io/npu.chip.name": "910Z9"}, 32768, "Ascend910Z9", "not in"),
+        ("huawei.com/Ascend950", {}, 32768, "Ascend950", "not in turnout's table"),
+    ],
+)
+def test_ascend_memory_from_the_device_plugin_labels(
+    resource: str, labels: dict[str, str], mib: int, product: str, note: str | None
+) -> None:
+    (info,) = parse_nodes([_ascend_node(resource, labels)]).nodes
+    assert (info.accelerator, info.device_memory_mib, info.product) == ("ascend", mib, product)
+    assert (note is None) == (info.memory_note is None)
+    if note:
+        assert note in info.memory_note
+
+
+def test_ascend_selector_label_prefers_the_chip() -> None:
+    (chip,) = parse_nodes([_ascend_node("huawei.com/Ascend910", {
+        "accelerator": "huawei-Ascend910", "node.kubernetes.io/npu.chip.name": "910B3"})]).nodes
+    assert chip.product_label == ("node.kubernetes.io/npu.chip.name", "910B3")
+    (plain,) = parse_nodes([_ascend_node("huawei.com/Ascend910", {"accelerator": "huawei-Ascend910"})]).nodes
+    assert plain.product_label == ("accelerator", "huawei-Ascend910")
+
+
+def test_cluster_features_from_api_versions() -> None:
+    assert ClusterFeatures.from_api_versions(["v1", "apps/v1", "leaderworkerset.x-k8s.io/v1"]).leader_worker_set
+    assert not ClusterFeatures.from_api_versions(["v1", "apps/v1"]).leader_worker_set
+    assert parse_nodes([cpu()], ClusterFeatures(leader_worker_set=True)).features.leader_worker_set
+    assert parse_nodes([cpu()]) != parse_nodes([cpu()], ClusterFeatures(leader_worker_set=True))

@@ -102,8 +102,8 @@ PLANS = [
         "llamacpp-metal",
     ),
     (
-        "auto-skips-full-gpu-for-cpu",
-        {"model": {"name": "qwen2.5-instruct", "size": 72, "format": "gguf"}},
+        "explicit-cpu-beside-a-small-gpu",
+        {"model": {"name": "qwen2.5-instruct", "size": 72, "format": "gguf"}, "accelerator": {"type": "cpu"}},
         [nvidia(product="NVIDIA-A10G", memory_mib=23028), cpu(memory="256Gi")],
         "llama.cpp",
         "cpu",
@@ -206,7 +206,16 @@ REJECTIONS = [
         "too-many-gpus",
         {"model": {**QWEN7, "format": "pytorch"}, "accelerator": {"type": "nvidia", "count": 4}},
         [nvidia(gpus=2)],
-        {"vllm": "needs 4 devices on one node; the most any nvidia node has is 2"},
+        {"vllm": "needs 4 devices on one node; the most any node has is 2"},
+    ),
+    (
+        "auto-never-falls-back-to-cpu",
+        {"model": {"name": "qwen2.5-instruct", "size": 72, "format": "gguf"}},
+        [nvidia(product="NVIDIA-A10G", memory_mib=23028), cpu(memory="256Gi")],
+        {
+            "llama.cpp": "nvidia: needs ~49.3 GiB for 72B gguf/",
+            "transformers": "cpu: auto does not fall back to CPU where accelerators exist",
+        },
     ),
     (
         "missing-product",

@@ -161,8 +161,9 @@ def start_shim_process(
     engine_args: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
     device: str = "cpu",
+    **more: Any,
 ) -> RunningShim:
-    """Launch ``python -m turnout.shim`` with the argv ``ShimArgs.to_argv()`` renders."""
+    """Launch ``python -m turnout.shim`` with the argv ``ShimArgs.to_argv()`` renders (``more``: other fields)."""
     key_file = None
     if api_key:
         key_file = tmp / "api-key"
@@ -178,6 +179,7 @@ def start_shim_process(
         max_queue=max_queue,
         api_key_file=str(key_file) if key_file else None,
         engine_args=engine_args or {},
+        **more,
     )
     full_env = dict(os.environ)
     full_env.update(

@@ -144,6 +144,14 @@ class ModelSource(_Model):
         "Qwen2ForCausalLM). Filled from the catalog for named models; set it for uri models so "
         "auto can choose vLLM or SGLang.",
     )
+    attention_heads: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="num_attention_heads from the model's config.json. Filled from the catalog for named "
+        "models where known; set it for uri models so the chosen tensor-parallel size divides it "
+        "(vLLM and SGLang shard attention heads evenly).",
+    )
     type: ModelType | None = Field(
         None,
         description="What the model does: llm (chat and completions), embedding or rerank. "
@@ -169,11 +177,14 @@ class AcceleratorSpec(_Model):
         description="auto, nvidia, ascend, metal or cpu. auto prefers NVIDIA, then Ascend, then "
         "Metal, then CPU, among hardware present that can serve the model.",
     )
-    count: int = Field(
-        1,
+    count: int | None = Field(
+        None,
         ge=1,
         le=64,
-        description="Devices per replica; more than one becomes the tensor-parallel size. Ignored on cpu.",
+        description="Devices per replica, honoured as given (the tensor-parallel size); more than one node's "
+        "devices spans nodes through LeaderWorkerSet. When omitted the resolver picks the smallest of 1, 2, 4 "
+        "or 8 that divides the model's attention heads and fits its weights, and more nodes when one is not "
+        "enough. Ignored on cpu and metal.",
     )
     product: str | None = Field(
         None,
@@ -212,6 +223,16 @@ class CacheSpec(_Model):
         max_length=253,
         description="Use this existing PersistentVolumeClaim instead of creating one.",
     )
+
+    @property
+    def shared_across_nodes(self) -> bool:
+        """Whether pods on several nodes can mount it at once (a replica spanning nodes needs that).
+
+        An existing claim is the user's to size and share; a created one must ask for ReadWriteMany.
+        """
+        if self.existing_claim:
+            return True
+        return bool(self.size) and "ReadWriteMany" in (self.access_modes or [])
 
     @model_validator(mode="after")
     def _one_source(self) -> CacheSpec:
@@ -369,7 +390,14 @@ class ModelDeploymentStatus(_Model):
     image: str | None = Field(None, description="The model server image.")
     endpoint: str | None = Field(None, description="In-cluster OpenAI base URL.")
     model_uri: str | None = Field(None, description="The model source the plan resolved to.")
-    tensor_parallel_size: int | None = Field(None, description="Devices per replica.")
+    tensor_parallel_size: int | None = Field(None, description="The engine's tensor-parallel size.")
+    pipeline_parallel_size: int | None = Field(
+        None, description="The engine's pipeline-parallel size (vLLM across nodes: one stage per node)."
+    )
+    nodes_per_replica: int | None = Field(
+        None, description="Nodes (pods) one replica spans: 1, or the LeaderWorkerSet group size."
+    )
+    devices_per_node: int | None = Field(None, description="Accelerator devices each pod of a replica requests.")
     selector: str | None = Field(
         None, description="Label selector of the model server pods (for the scale subresource and HPA)."
     )

@@ -205,7 +205,12 @@ def _squash(text: str) -> str:
 class Catalog:
     """Lookup over catalog families. Build with :func:`load_catalog`, or from families in tests."""
 
-    def __init__(self, families: Iterable[CatalogFamily], engines: Mapping[str, Mapping[str, Iterable[str]]]):
+    def __init__(
+        self,
+        families: Iterable[CatalogFamily],
+        engines: Mapping[str, Mapping[str, Iterable[str]]],
+        heads: Mapping[str, Mapping[str, int]] | None = None,
+    ):
         self._families: dict[str, CatalogFamily] = {}
         self._lower: dict[str, CatalogFamily] = {}
         for fam in families:
@@ -218,6 +223,10 @@ class Catalog:
             for engine, lists in engines.items()
         }
         self._squashed = [(_squash(n), n) for n in self._families]
+        self._heads = {
+            name.lower(): tuple((parse_size(size), int(n)) for size, n in sizes.items())
+            for name, sizes in (heads or {}).items()
+        }
 
     def __len__(self) -> int:
         return len(self._families)
@@ -324,6 +333,15 @@ class Catalog:
                 out.extend((spec, q) for q in spec.quantizations)
         return out
 
+    def attention_heads(self, name: str, size_b: float | None) -> int | None:
+        """``num_attention_heads`` of family ``name`` at ``size_b`` billions, from its config.json; None if unknown."""
+        if size_b is None or not isinstance(name, str):
+            return None
+        for size, heads in self._heads.get(name.strip().lower(), ()):
+            if _same_size(size, float(size_b)):
+                return heads
+        return None
+
     def engines(self) -> list[str]:
         """Engines that have architecture lists (vllm, sglang)."""
         return sorted(self._engines)
@@ -354,4 +372,4 @@ def _read(name: str) -> dict[str, Any]:
 def load_catalog() -> Catalog:
     """The catalog shipped with turnout, parsed once per process."""
     families = [family_from_json(f) for name in DATA_FILES for f in _read(name)["families"]]
-    return Catalog(families, _read("engines.json")["engines"])
+    return Catalog(families, _read("engines.json")["engines"], _read("heads.json")["heads"])

@@ -1,4 +1,9 @@
-"""`turnout plan -f FILE [--nodes NODES] [-o yaml|json|summary]`: plans without a cluster."""
+"""`turnout plan -f FILE [--nodes NODES] [--lws | --api-versions FILE] [-o yaml|json|summary]`: plans without a cluster.
+
+The cluster's APIs matter to some plans: a model larger than one node is served over several nodes
+only where LeaderWorkerSet is installed. ``--lws`` says it is; ``--api-versions`` reads what
+``kubectl api-versions`` prints (the operator learns the same from API discovery).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from pydantic import ValidationError
 
 from turnout.api import KIND, ModelDeployment
 from turnout.config import ConfigError, OperatorConfig, load_config
-from turnout.hardware import Hardware, parse_nodes
+from turnout.hardware import LWS_API_VERSION, ClusterFeatures, Hardware, parse_nodes
 from turnout.render import endpoint, render
 from turnout.resolver import Plan, resolve
 
@@ -28,6 +33,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--nodes", help="Nodes as `kubectl get nodes -o yaml` prints them (default: this machine)")
     p.add_argument("--config", help="operator config file (images, autoEngines, ...)")
+    apis = p.add_mutually_exclusive_group()
+    apis.add_argument(
+        "--lws",
+        action="store_true",
+        help=f"the cluster serves LeaderWorkerSet ({LWS_API_VERSION}): models larger than one node span nodes",
+    )
+    apis.add_argument(
+        "--api-versions",
+        metavar="FILE",
+        help="the cluster's APIs as `kubectl api-versions` prints them (LeaderWorkerSet is read from it)",
+    )
     p.add_argument("-o", "--output", choices=("yaml", "json", "summary"), default="yaml")
 
 
@@ -69,14 +85,27 @@ def load_deployments(path: str) -> list[ModelDeployment]:
     return out
 
 
-def load_hardware(path: str | None) -> Hardware:
+def load_features(lws: bool = False, api_versions: str | None = None) -> ClusterFeatures:
+    """Cluster features from ``--lws`` or a ``kubectl api-versions`` listing."""
+    from turnout.cli import CLIError
+
+    if api_versions is None:
+        return ClusterFeatures(leader_worker_set=lws)
+    try:
+        text = Path(api_versions).read_text()
+    except OSError as exc:
+        raise CLIError(f"cannot read api versions {api_versions}: {exc.strerror}") from None
+    return ClusterFeatures.from_api_versions(line for line in text.splitlines() if line.strip())
+
+
+def load_hardware(path: str | None, features: ClusterFeatures | None = None) -> Hardware:
     """Nodes from a file (List, NodeList, Node documents), or this machine when path is None."""
     from turnout.cli import CLIError
 
     if path is None:
         from turnout.localhw import detect_node
 
-        return parse_nodes([detect_node()])
+        return parse_nodes([detect_node()], features)
     nodes: list[Any] = []
     for doc in _read_docs(path, "nodes"):
         if isinstance(doc, list):
@@ -87,7 +116,7 @@ def load_hardware(path: str | None) -> Hardware:
             nodes.append(doc)
         else:
             raise CLIError(f"{path}: expected Node objects (kubectl get nodes -o yaml)")
-    return parse_nodes(nodes)
+    return parse_nodes(nodes, features)
 
 
 def plan_documents(
@@ -110,15 +139,31 @@ def plan_documents(
     return results
 
 
+def _placement_line(r: dict[str, Any]) -> str:
+    """``placement: 1 pod × 4 nvidia.com/gpu (tensor parallel 4) on hgx-h100-1`` and its multi-node form."""
+    p = r["placement"]
+    per_pod = f"{p['devices']} {p['resource']}" if p.get("resource") and p.get("devices") else r["accelerator"]
+    parallel = f"tensor parallel {r['tensorParallelSize']}"
+    if r.get("pipelineParallelSize", 1) > 1:
+        parallel += f" × pipeline parallel {r['pipelineParallelSize']}"
+    nodes = ", ".join(p["nodes"][:4]) + (f" (+{len(p['nodes']) - 4})" if len(p["nodes"]) > 4 else "")
+    if p.get("nodesPerReplica", 1) > 1:
+        group = p["nodesPerReplica"]
+        return (f"  placement: LeaderWorkerSet, {group} pods per replica (1 leader + {group - 1} worker"
+                f"{'s' if group > 2 else ''}), each {per_pod} on its own node ({parallel}); nodes: {nodes}")
+    return f"  placement: 1 pod × {per_pod} ({parallel}) on one of: {nodes}"
+
+
 def _summary(results: list[dict[str, Any]]) -> str:
     lines = []
     for r in results:
         if r["engine"]:
             m = r["model"]
             lines.append(
-                f"{r['name']}: {r['engine']} on {r['accelerator']} — {m['uri']} ({m['format']}/{m['quantization']})"
+                f"{r['name']}: {r['engine']} on {r['placedOn']} — {m['uri']} ({m['format']}/{m['quantization']})"
             )
             lines.append(f"  why: {r['reason']}")
+            lines.append(_placement_line(r))
             lines.extend(f"  note: {n}" for n in r.get("notes", []))
         else:
             lines.append(f"{r['name']}: REJECTED — {r['reason']}")
@@ -134,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
     deployments = [md for path in args.filename for md in load_deployments(path)]
-    hardware = load_hardware(args.nodes)
+    hardware = load_hardware(args.nodes, load_features(args.lws, args.api_versions))
     results = plan_documents(deployments, hardware, config)
     if args.output == "json":
         print(json.dumps(results, indent=2))

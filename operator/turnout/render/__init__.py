@@ -1,6 +1,8 @@
 """Render a Plan into the Kubernetes objects that run it."""
 
 from turnout.render.manifests import (
+    LWS_API_VERSION,
+    ROLE_LABEL,
     SPEC_HASH_LABEL,
     child_name,
     endpoint,
@@ -8,12 +10,16 @@ from turnout.render.manifests import (
     render,
     render_cache_claim,
     render_deployment,
+    render_leader_worker_set,
     render_service,
     selector,
+    service_selector,
     shim_args,
 )
 
 __all__ = [
+    "LWS_API_VERSION",
+    "ROLE_LABEL",
     "SPEC_HASH_LABEL",
     "child_name",
     "endpoint",
@@ -21,7 +27,9 @@ __all__ = [
     "render",
     "render_cache_claim",
     "render_deployment",
+    "render_leader_worker_set",
     "render_service",
     "selector",
+    "service_selector",
     "shim_args",
 ]

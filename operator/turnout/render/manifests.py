@@ -1,5 +1,10 @@
 """Children of a ModelDeployment, rendered from its Plan: Deployment, Service, and a cache PVC.
 
+A plan whose replica spans several nodes renders a LeaderWorkerSet (``leaderworkerset.x-k8s.io/v1``)
+instead of the Deployment: one group of ``nodesPerReplica`` pods per replica, the leader (rank 0)
+serving the API behind the Service, the workers running the engine headless. Both templates carry the
+same shim command but for the rank, which the kubelet fills in from LeaderWorkerSet's environment.
+
 Pure and stable: dict keys in a fixed order, env sorted, and a spec-hash label
 computed from everything but the replica count, so equal inputs render equal
 objects and a changed pod template rolls out while scaling does not.
@@ -17,7 +22,7 @@ from typing import Any
 from turnout.api.types import ModelDeploymentSpec
 from turnout.config import OperatorConfig
 from turnout.resolver.plan import Plan
-from turnout.shimargs import ShimArgs
+from turnout.shimargs import EnvRef, ShimArgs
 from turnout.sources import PVC_ROOT, pvc_mount
 
 MANAGED_BY = "turnout"
@@ -35,6 +40,11 @@ PORT_NAME = "http"
 SHUTDOWN_GRACE_ENV = "TURNOUT_SHUTDOWN_GRACE_SECONDS"
 PRESTOP_SECONDS = 5
 SHUTDOWN_MARGIN_SECONDS = 5
+ROLE_LABEL = "turnout.dev/role"  # leader | worker, on the pods of a multi-node group
+LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
+# Set by LeaderWorkerSet in every container of a group (its pod webhook); the kubelet expands $(…) from them.
+LWS_LEADER_ADDRESS = "LWS_LEADER_ADDRESS"
+LWS_WORKER_INDEX = "LWS_WORKER_INDEX"
 
 
 def child_name(name: str, suffix: str = "") -> str:
@@ -72,16 +82,36 @@ def selector(name: str) -> dict[str, str]:
     return {INSTANCE_LABEL: child_name(name)}
 
 
+def service_selector(name: str, plan: Plan | None = None) -> dict[str, str]:
+    """The Service's selector: every pod, or only the leaders of a multi-node group (they serve the API)."""
+    if plan is not None and plan.multi_node:
+        return {**selector(name), ROLE_LABEL: "leader"}
+    return selector(name)
+
+
 def spec_hash(obj: Any) -> str:
     """A short stable hash of a JSON-able object."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def shim_args(plan: Plan, spec: ModelDeploymentSpec, served_name: str, config: OperatorConfig) -> ShimArgs:
-    """The shim's command line for this plan (the same contract the shim parses)."""
+def shim_args(
+    plan: Plan, spec: ModelDeploymentSpec, served_name: str, config: OperatorConfig, role: str = "leader"
+) -> ShimArgs:
+    """The shim's command line for this plan (the same contract the shim parses).
+
+    ``role`` matters for multi-node plans: the leader is rank 0, a worker's rank is ``$(LWS_WORKER_INDEX)``.
+    """
     key_file = None
     if spec.api_key_secret_ref:
         key_file = f"{API_KEY_DIR}/{spec.api_key_secret_ref.key}"
+    group: dict[str, Any] = {}
+    if plan.multi_node:
+        group = {
+            "nnodes": plan.placement.nodes_per_replica,
+            "node_rank": 0 if role == "leader" else EnvRef(LWS_WORKER_INDEX),
+            "leader_address": EnvRef(LWS_LEADER_ADDRESS),
+            "dist_port": config.dist_port,
+        }
     return ShimArgs(
         engine=plan.engine,
         model=plan.model.uri,
@@ -95,6 +125,8 @@ def shim_args(plan: Plan, spec: ModelDeploymentSpec, served_name: str, config: O
         api_key_file=key_file,
         max_queue=config.max_queue,
         engine_args=dict(spec.engine_args or {}),
+        pipeline_parallel_size=plan.pipeline_parallel_size,
+        **group,
     )
 
 
@@ -167,8 +199,10 @@ def _volumes(plan: Plan, spec: ModelDeploymentSpec, name: str, config: OperatorC
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     cache = spec.cache
-    if cache and cache.existing_claim:
-        source: dict[str, Any] = {"persistentVolumeClaim": {"claimName": cache.existing_claim}}
+    if cache and plan.multi_node and not cache.shared_across_nodes:
+        source: dict[str, Any] = {"emptyDir": {}}  # a ReadWriteOnce claim cannot be mounted on several nodes
+    elif cache and cache.existing_claim:
+        source = {"persistentVolumeClaim": {"claimName": cache.existing_claim}}
     elif cache and cache.size:
         source = {"persistentVolumeClaim": {"claimName": child_name(name, "-cache")}}
     else:
@@ -213,14 +247,12 @@ def _spec(md: Mapping[str, Any]) -> ModelDeploymentSpec:
     return spec if isinstance(spec, ModelDeploymentSpec) else ModelDeploymentSpec.model_validate(spec)
 
 
-def render_deployment(plan: Plan, md: Mapping[str, Any], config: OperatorConfig | None = None) -> dict[str, Any]:
-    """The apps/v1 Deployment that runs the shim for this plan."""
-    config = config or OperatorConfig()
-    meta = md["metadata"]
-    name, namespace = meta["name"], meta.get("namespace", "default")
-    spec = _spec(md)
+def _pod_template(
+    plan: Plan, spec: ModelDeploymentSpec, name: str, config: OperatorConfig, role: str | None = None
+) -> dict[str, Any]:
+    """The pod template (labels without the spec hash yet) for this plan; ``role`` for a multi-node group."""
     served = spec.served_model_name or name
-    args = shim_args(plan, spec, served, config)
+    args = shim_args(plan, spec, served, config, role or "leader")
     volumes, mounts = _volumes(plan, spec, name, config)
     prestop, shim_grace = shutdown_timing(config.termination_grace_seconds)
     container: dict[str, Any] = {
@@ -234,6 +266,7 @@ def render_deployment(plan: Plan, md: Mapping[str, Any], config: OperatorConfig 
         "volumeMounts": mounts,
         # Model load can take many minutes; the startup probe holds liveness off until then.
         # Liveness asks /live (503 only once the engine is dead), so a slow load is not restarted.
+        # A worker of a multi-node group answers /health while its headless engine runs.
         "startupProbe": _probe("/health", 10, 180),
         "readinessProbe": _probe("/health", 5, 3),
         "livenessProbe": _probe("/live", 10, 3),
@@ -245,6 +278,8 @@ def render_deployment(plan: Plan, md: Mapping[str, Any], config: OperatorConfig 
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if plan.multi_node and role == "leader":
+        container["ports"].append({"name": "dist", "containerPort": config.dist_port, "protocol": "TCP"})
     if prestop:
         # Let endpoints drop the pod before the shim stops taking requests.
         container["lifecycle"] = {"preStop": {"sleep": {"seconds": prestop}}}
@@ -267,16 +302,37 @@ def render_deployment(plan: Plan, md: Mapping[str, Any], config: OperatorConfig 
     tolerations = _tolerations(plan, spec)
     if tolerations:
         pod_spec["tolerations"] = tolerations
-    template = {"metadata": {"labels": labels(name)}, "spec": pod_spec}
-    digest = spec_hash({"template": template, "engine": plan.engine})
+    pod_labels = labels(name)
+    if role is not None:
+        pod_labels[ROLE_LABEL] = role
+    return {"metadata": {"labels": pod_labels}, "spec": pod_spec}
+
+
+def _stamp(template: dict[str, Any], plan: Plan, digest: str) -> None:
+    """The final pod labels: the common ones, accelerator, engine and the spec hash."""
     pod_labels = {
-        **labels(name),
+        **template["metadata"]["labels"],
         ACCELERATOR_LABEL: plan.accelerator,
         ENGINE_LABEL: plan.engine,
         SPEC_HASH_LABEL: digest,
     }
     template["metadata"] = {"labels": dict(sorted(pod_labels.items()))}
-    accelerated = plan.accelerator != "cpu"
+
+
+def _rollout(plan: Plan) -> dict[str, int]:
+    # Accelerators are scarce: replace pods one at a time instead of surging.
+    return {"maxSurge": 0, "maxUnavailable": 1} if plan.accelerator != "cpu" else {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def render_deployment(plan: Plan, md: Mapping[str, Any], config: OperatorConfig | None = None) -> dict[str, Any]:
+    """The apps/v1 Deployment that runs the shim for this plan (one node per replica)."""
+    config = config or OperatorConfig()
+    meta = md["metadata"]
+    name, namespace = meta["name"], meta.get("namespace", "default")
+    spec = _spec(md)
+    template = _pod_template(plan, spec, name, config)
+    digest = spec_hash({"template": template, "engine": plan.engine})
+    _stamp(template, plan, digest)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -288,19 +344,55 @@ def render_deployment(plan: Plan, md: Mapping[str, Any], config: OperatorConfig 
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector(name)},
-            # Accelerators are scarce: replace pods one at a time instead of surging.
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}
-                if accelerated
-                else {"maxSurge": 1, "maxUnavailable": 0},
-            },
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": _rollout(plan)},
             "template": template,
         },
     }
 
 
-def render_service(md: Mapping[str, Any], config: OperatorConfig | None = None) -> dict[str, Any]:
+def render_leader_worker_set(
+    plan: Plan, md: Mapping[str, Any], config: OperatorConfig | None = None
+) -> dict[str, Any]:
+    """The LeaderWorkerSet that runs a multi-node plan: ``replicas`` groups of ``nodesPerReplica`` pods.
+
+    Any pod's restart recreates its whole group (the engine's ranks cannot rejoin one by one), and the
+    workers start once the leader exists, so ``$(LWS_LEADER_ADDRESS)`` resolves.
+    """
+    config = config or OperatorConfig()
+    meta = md["metadata"]
+    name, namespace = meta["name"], meta.get("namespace", "default")
+    spec = _spec(md)
+    leader = _pod_template(plan, spec, name, config, "leader")
+    worker = _pod_template(plan, spec, name, config, "worker")
+    digest = spec_hash({"leader": leader, "worker": worker, "engine": plan.engine})
+    _stamp(leader, plan, digest)
+    _stamp(worker, plan, digest)
+    return {
+        "apiVersion": LWS_API_VERSION,
+        "kind": "LeaderWorkerSet",
+        "metadata": {
+            "name": child_name(name),
+            "namespace": namespace,
+            "labels": dict(sorted({**labels(name), SPEC_HASH_LABEL: digest}.items())),
+        },
+        "spec": {
+            "replicas": spec.replicas,
+            "leaderWorkerTemplate": {
+                "size": plan.placement.nodes_per_replica,
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": leader,
+                "workerTemplate": worker,
+            },
+            "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdateConfiguration": _rollout(plan)},
+            "startupPolicy": "LeaderCreated",
+        },
+    }
+
+
+def render_service(
+    md: Mapping[str, Any], config: OperatorConfig | None = None, plan: Plan | None = None
+) -> dict[str, Any]:
+    """The ClusterIP Service clients use; for a multi-node plan it selects the leaders only."""
     config = config or OperatorConfig()
     meta = md["metadata"]
     return {
@@ -313,16 +405,19 @@ def render_service(md: Mapping[str, Any], config: OperatorConfig | None = None) 
         },
         "spec": {
             "type": "ClusterIP",
-            "selector": selector(meta["name"]),
+            "selector": service_selector(meta["name"], plan),
             "ports": [{"name": PORT_NAME, "port": config.port, "targetPort": PORT_NAME, "protocol": "TCP"}],
         },
     }
 
 
-def render_cache_claim(md: Mapping[str, Any]) -> dict[str, Any] | None:
+def render_cache_claim(md: Mapping[str, Any], plan: Plan | None = None) -> dict[str, Any] | None:
+    """The cache claim to create, if the spec asks for one (not for a multi-node plan it cannot serve)."""
     spec = _spec(md)
     cache = spec.cache
     if not cache or not cache.size or cache.existing_claim:
+        return None
+    if plan is not None and plan.multi_node and not cache.shared_across_nodes:
         return None
     meta = md["metadata"]
     claim: dict[str, Any] = {
@@ -352,10 +447,10 @@ def _with_hash(child: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(plan: Plan, md: Mapping[str, Any], config: OperatorConfig | None = None) -> list[dict[str, Any]]:
-    """All children, in apply order: cache claim (if any), Deployment, Service; each with a spec-hash label.
+    """All children, in apply order: cache claim (if any), Deployment or LeaderWorkerSet, Service.
 
-    ``md`` is the ModelDeployment's ``metadata`` (name, namespace) and ``spec``: a mapping, or the
-    :class:`ModelDeploymentSpec` already parsed from it.
+    Each carries a spec-hash label.
     """
-    children = [render_cache_claim(md), render_deployment(plan, md, config), render_service(md, config)]
+    workload = render_leader_worker_set(plan, md, config) if plan.multi_node else render_deployment(plan, md, config)
+    children = [render_cache_claim(md, plan), workload, render_service(md, config, plan)]
     return [_with_hash(c) for c in children if c is not None]

@@ -5,18 +5,24 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from turnout.api.types import ACCELERATORS, ModelDeploymentSpec, Toleration
 from turnout.catalog import Catalog, load_catalog
 from turnout.config import OperatorConfig
-from turnout.hardware import ACCELERATOR_LABEL, AGENT_TAINT, NVIDIA_PRODUCT, Hardware, NodeInfo
+from turnout.hardware import ACCELERATOR_LABEL, AGENT_TAINT, ClusterFeatures, Hardware, NodeInfo
+from turnout.resolver import sizing
 from turnout.resolver.engines import DEVICE, ENGINES, PREFERENCE, Context, Engine
 from turnout.resolver.memory import gib, needed_mib
 from turnout.resolver.models import ModelError, options_for, preference_key
 from turnout.resolver.plan import EngineReason, Placement, Plan, Rejection, ResolvedModel
+from turnout.resolver.sizing import size_replica
 
 #: Share of device memory an engine may use (vLLM's gpu_memory_utilization; macOS's GPU wired limit).
-USABLE = {"nvidia": 0.9, "ascend": 0.9, "metal": 0.75, "cpu": 0.9}
+USABLE = {"nvidia": sizing.USABLE, "ascend": sizing.USABLE, "metal": 0.75, "cpu": 0.9}
+#: Accelerators `auto` tries before it would consider CPU (which it never picks where any of them is present).
+DEVICE_CLASSES = ("nvidia", "ascend", "metal")
+CPU_NOT_AUTO = "auto does not fall back to CPU where accelerators exist (set accelerator.type: cpu to use CPU)"
 
 # How far a candidate got; a deeper reason tells the user more. "No nodes of this kind" ranks
 # low: on a cluster without Ascend, "no ascend nodes" is true for every model and says little.
@@ -26,8 +32,10 @@ _STAGE_ENGINE, _STAGE_NODES, _STAGE_CONFIG, _STAGE_MODEL, _STAGE_DEVICES, _STAGE
 @dataclass(frozen=True)
 class _Fit:
     placement: Placement
-    detail: str
+    detail: str | sizing.Lazy  # where and how much: the plan's reason (made only for the chosen plan)
     notes: tuple[str, ...]
+    tensor_parallel: int
+    pipeline_parallel: int
 
 
 def class_tolerations(accelerator: str, nodes: Iterable[NodeInfo]) -> tuple[tuple[tuple[str, str], ...], ...]:
@@ -66,13 +74,18 @@ def _user_tolerations(spec: ModelDeploymentSpec) -> list[dict[str, str]]:
 _ELIGIBLE_CACHE: dict[tuple[int, str, str], tuple[Hardware, list[NodeInfo]]] = {}
 
 
-def _eligible(spec: ModelDeploymentSpec, hardware: Hardware, accelerator: str) -> list[NodeInfo]:
+def _eligible(
+    spec: ModelDeploymentSpec, hardware: Hardware, accelerator: str, where: str | None = None
+) -> list[NodeInfo]:
     """Nodes a pod for this accelerator could land on: labels match, taints tolerated.
 
     Memoized per Hardware object (the operator keeps one until nodes change), keyed by
-    the spec's selector and tolerations; the cached Hardware is kept to make ``id`` safe.
+    the spec's selector and tolerations (``where``, when the caller has it); the cached
+    Hardware is kept to make ``id`` safe.
     """
-    key = (id(hardware), accelerator, repr((spec.node_selector, spec.tolerations)))
+    if where is None:
+        where = _where(spec)
+    key = (id(hardware), accelerator, where)
     hit = _ELIGIBLE_CACHE.get(key)
     if hit is not None and hit[0] is hardware:
         return hit[1]
@@ -81,6 +94,13 @@ def _eligible(spec: ModelDeploymentSpec, hardware: Hardware, accelerator: str) -
     nodes = _eligible_uncached(spec, hardware, accelerator)
     _ELIGIBLE_CACHE[key] = (hardware, nodes)
     return nodes
+
+
+def _where(spec: ModelDeploymentSpec) -> str:
+    """The part of a spec that decides which nodes its pods may use."""
+    if not spec.node_selector and not spec.tolerations:
+        return ""
+    return repr((spec.node_selector, spec.tolerations))
 
 
 def _eligible_uncached(spec: ModelDeploymentSpec, hardware: Hardware, accelerator: str) -> list[NodeInfo]:
@@ -94,6 +114,9 @@ def _eligible_uncached(spec: ModelDeploymentSpec, hardware: Hardware, accelerato
     return [n for n in pool if _tolerated(n, tolerations)]
 
 
+_FIT_CACHE: dict[tuple[Any, ...], tuple[list[NodeInfo], OperatorConfig, _Fit | tuple[int, str]]] = {}
+
+
 def _fit(
     model: ResolvedModel,
     engine: Engine,
@@ -101,39 +124,145 @@ def _fit(
     nodes: list[NodeInfo],
     spec: ModelDeploymentSpec,
     config: OperatorConfig,
+    features: ClusterFeatures,
+    max_devices: int | None = None,
 ) -> _Fit | tuple[int, str]:
-    """Place one model on one accelerator's nodes, or say how far it got and why not."""
+    """Place one model on one accelerator's nodes, or say how far it got and why not.
+
+    Memoized per node list (``_eligible`` keeps one per Hardware object and selector) and config object,
+    both kept in the entry so ``id`` stays safe: the operator resolves the same spec on every reconcile.
+    """
+    key = (model, engine.name, accelerator, id(nodes), id(config), spec.accelerator.count,
+           spec.accelerator.product, features, max_devices)
+    hit = _FIT_CACHE.get(key)
+    if hit is not None and hit[0] is nodes and hit[1] is config:
+        return hit[2]
+    if len(_FIT_CACHE) > 65536:
+        _FIT_CACHE.clear()
+    result = _fit_uncached(model, engine, accelerator, nodes, spec, config, features, max_devices)
+    _FIT_CACHE[key] = (nodes, config, result)
+    return result
+
+
+def _fit_uncached(
+    model: ResolvedModel,
+    engine: Engine,
+    accelerator: str,
+    nodes: list[NodeInfo],
+    spec: ModelDeploymentSpec,
+    config: OperatorConfig,
+    features: ClusterFeatures,
+    max_devices: int | None,
+) -> _Fit | tuple[int, str]:
     if not nodes:
         return _STAGE_NODES, f"no schedulable {accelerator} nodes"
-    count = spec.accelerator.count if accelerator in ("nvidia", "ascend") else 1
     product = spec.accelerator.product
     if product and accelerator in ("nvidia", "ascend"):
         have = sorted({n.product for n in nodes if n.product})
         nodes = [n for n in nodes if n.product == product]
         if not nodes:
             return _STAGE_DEVICES, f"no {accelerator} node has product {product} (found: {', '.join(have) or 'none'})"
-    if accelerator in ("nvidia", "ascend"):
-        most = max(n.devices for n in nodes)
-        nodes = [n for n in nodes if n.devices >= count]
-        if not nodes:
-            return _STAGE_DEVICES, f"needs {count} devices on one node; the most any {accelerator} node has is {most}"
     node_reasons = [(n, engine.check_node(model, n)) for n in nodes]
     if all(r for _, r in node_reasons):
         return _STAGE_DEVICES, str(node_reasons[0][1])
     nodes = [n for n, r in node_reasons if r is None]
-
-    notes: list[str] = []
     need: int | None = None
-    if model.size_b is None:
-        notes.append("model size unknown: memory fit not checked (set model.size)")
-        fitting = nodes
-    else:
+    if model.size_b is not None:
         need = needed_mib(
             model.size_b, model.format, model.quantization, config.memory_headroom, config.memory_overhead_mib
         )
+    if accelerator in ("nvidia", "ascend"):
+        return _fit_devices(model, engine, accelerator, nodes, spec, need, features, max_devices)
+    return _fit_host(model, accelerator, nodes, need)
+
+
+def _what(model: ResolvedModel) -> str:
+    size = f" {model.size_b:g}B" if model.size_b is not None else ""
+    return f"{model.family or model.uri}{size}"
+
+
+def _fit_devices(
+    model: ResolvedModel,
+    engine: Engine,
+    accelerator: str,
+    nodes: list[NodeInfo],
+    spec: ModelDeploymentSpec,
+    need: int | None,
+    features: ClusterFeatures,
+    max_devices: int | None,
+) -> _Fit | tuple[int, str]:
+    """Devices (and nodes) per replica on NVIDIA or Ascend: tensor parallelism chosen to fit."""
+    count = spec.accelerator.count
+    sized = size_replica(
+        engine,
+        nodes,
+        need_mib=need,
+        heads=model.attention_heads,
+        count=count,
+        features=features,
+        model=sizing.Lazy(lambda: _what(model)),
+        weights=sizing.Lazy(lambda: f"{model.size_b:g}B {model.format}/{model.quantization or 'none'}"
+                            if model.size_b else ""),
+        max_devices=max_devices if count is None else None,
+    )
+    if isinstance(sized, str):
+        return _STAGE_FIT, sized
+    notes = list(sized.notes)
+    if need is None:
+        notes.append("model size unknown: memory fit not checked (set model.size)")
+    if model.attention_heads is None and engine.splits_heads and sized.tensor_parallel > 1:
+        notes.append(
+            f"attention heads unknown: tensor parallel {sized.tensor_parallel} assumed to divide them "
+            "(set model.attentionHeads from config.json)"
+        )
+    notes += sorted({n.memory_note for n in sized.hosts if n.memory_note is not None})
+    selector: dict[str, str] = {}
+    hosts = sized.hosts
+    # Nodes with fewer devices cannot take the pod anyway (it requests them); pin the product only when a
+    # node that could take it by device count lacks the memory, and always for a group over nodes.
+    takers = [n for n in nodes if n.devices >= sized.devices]
+    roomy = [n for n in takers if _holds(n, sized.devices, need)]
+    if sized.nodes == 1 and len(roomy) == len(takers) and not spec.accelerator.product:
+        hosts = tuple(roomy)
+    elif sized.node.product_label:
+        key, value = sized.node.product_label
+        selector[key] = value
+    placement = Placement(
+        accelerator=accelerator,
+        devices=sized.devices,
+        resource=sized.node.resource,
+        node_selector=tuple(sorted(selector.items())),
+        tolerations=class_tolerations(accelerator, hosts),
+        product=sized.node.product,
+        memory_needed_mib=need,
+        memory_available_mib=(
+            sized.per_device_mib * sized.devices * sized.nodes if sized.per_device_mib is not None else None
+        ),
+        nodes=tuple(n.name for n in hosts),
+        nodes_per_replica=sized.nodes,
+        usable_per_device_mib=sized.per_device_mib,
+    )
+    return _Fit(placement, sizing.Lazy(sized.detail), tuple(notes), sized.tensor_parallel, sized.pipeline_parallel)
+
+
+def _holds(node: NodeInfo, devices: int, need: int | None) -> bool:
+    """Whether ``devices`` devices of ``node`` hold ``need`` MiB (unknown memory or need: assumed so)."""
+    per = sizing.usable_mib(node)
+    return need is None or per is None or devices * per >= need
+
+
+def _fit_host(
+    model: ResolvedModel, accelerator: str, nodes: list[NodeInfo], need: int | None
+) -> _Fit | tuple[int, str]:
+    """CPU and Metal: one pod on one host's memory (unified memory on Metal)."""
+    notes: list[str] = []
+    fitting = nodes
+    if need is None:
+        notes.append("model size unknown: memory fit not checked (set model.size)")
+    else:
         fitting, unknown = [], []
         for n in nodes:
-            have = _available_mib(n, accelerator, count)
+            have = _available_mib(n, accelerator)
             if have is None:
                 unknown.append(n)
             elif have >= need:
@@ -142,32 +271,20 @@ def _fit(
             fitting = unknown
             notes.append(f"{accelerator} memory not labelled on {', '.join(n.name for n in unknown)}: fit not checked")
         if not fitting:
-            best = max(nodes, key=lambda n: _available_mib(n, accelerator, count) or 0)
-            have = _available_mib(best, accelerator, count) or 0
+            best = max(nodes, key=lambda n: _available_mib(n, accelerator) or 0)
+            have = _available_mib(best, accelerator) or 0
             return _STAGE_FIT, (
                 f"needs ~{gib(need)} ({model.size_b:g}B {model.format}/{model.quantization or 'none'}); "
-                f"the largest {accelerator} node offers {gib(have)} ({_describe(best, accelerator, count)})"
+                f"the largest {accelerator} node offers {gib(have)} ({_describe(best, accelerator)})"
             )
     selector: dict[str, str] = {}
     if accelerator == "metal":
         selector[ACCELERATOR_LABEL] = "metal"
-    if accelerator in ("nvidia", "ascend"):
-        products = {n.product for n in fitting}
-        all_fit = len(fitting) == len(nodes) and not product
-        if not all_fit and len(products) >= 1 and None not in products:
-            # Best fit: the smallest device that holds the model, so large GPUs stay free.
-            chosen = min(fitting, key=lambda n: (n.device_memory_mib or 0, n.product or ""))
-            selector[NVIDIA_PRODUCT if accelerator == "nvidia" else "accelerator"] = (
-                chosen.product if accelerator == "nvidia" else f"huawei-{chosen.product}"
-            )
-            fitting = [n for n in fitting if n.product == chosen.product]
-    first = min(
-        fitting, key=lambda n: (n.accelerator != accelerator, -(_available_mib(n, accelerator, count) or 0), n.name)
-    )
-    available = _available_mib(first, accelerator, count)
+    first = min(fitting, key=lambda n: (-(_available_mib(n, accelerator) or 0), n.name))
+    available = _available_mib(first, accelerator)
     placement = Placement(
         accelerator=accelerator,
-        devices=count if accelerator in ("nvidia", "ascend") else 0,
+        devices=0,
         resource=first.resource if accelerator != "cpu" else None,
         node_selector=tuple(sorted(selector.items())),
         tolerations=class_tolerations(accelerator, fitting),
@@ -176,27 +293,28 @@ def _fit(
         memory_available_mib=available,
         nodes=tuple(n.name for n in fitting),
     )
-    detail = _describe(first, accelerator, count)
+    detail = accelerator
     if need is not None and available is not None:
-        detail += f": needs ~{gib(need)} of {gib(available)}"
-    return _Fit(placement, detail, tuple(notes))
+        detail += f": needs ~{gib(need)} of {gib(available)} on {_describe(first, accelerator)}"
+    else:
+        detail += f" ({_describe(first, accelerator)})"
+    return _Fit(placement, detail, tuple(notes), 1, 1)
 
 
-def _available_mib(node: NodeInfo, accelerator: str, count: int) -> int | None:
+def _available_mib(node: NodeInfo, accelerator: str) -> int | None:
     if accelerator == "cpu":
         return int(node.memory_mib * USABLE["cpu"]) if node.memory_mib else None
     if node.device_memory_mib is None:
         return None
-    per = node.device_memory_mib * (count if accelerator in ("nvidia", "ascend") else 1)
-    return int(per * USABLE[accelerator])
+    return int(node.device_memory_mib * USABLE[accelerator])
 
 
-def _describe(node: NodeInfo, accelerator: str, count: int) -> str:
+def _describe(node: NodeInfo, accelerator: str) -> str:
     if accelerator == "cpu":
-        return f"node {node.name}, {gib(node.memory_mib)} memory"
-    what = node.product or accelerator
-    mem = f" {gib(node.device_memory_mib)}" if node.device_memory_mib else ""
-    return f"{count} × {what}{mem}" if accelerator in ("nvidia", "ascend") else f"{what}{mem} unified"
+        return f"node {node.name} ({gib(node.memory_mib)} memory)"
+    what = f"{node.product} " if node.product else ""
+    mem = f"{gib(node.device_memory_mib)} unified" if node.device_memory_mib else "unified memory not labelled"
+    return f"node {node.name} ({what}{mem})"
 
 
 @functools.cache
@@ -243,7 +361,11 @@ def _engine_rows(config: OperatorConfig, accelerator: str, explicit: bool) -> tu
     return tuple(rows)
 
 
-@functools.lru_cache(maxsize=4096)
+#: engines that can run on CPU (told why auto did not use it where accelerators exist)
+_ON_CPU = tuple(name for name, engine in ENGINES.items() if "cpu" in engine.accelerators)
+
+
+@functools.lru_cache(maxsize=65536)
 def _ordered(options: tuple[ResolvedModel, ...], accelerator: str, size_given: bool) -> tuple[ResolvedModel, ...]:
     return tuple(sorted(options, key=lambda o: preference_key(o, accelerator, size_given)))
 
@@ -254,7 +376,12 @@ def resolve(
     config: OperatorConfig | None = None,
     catalog: Catalog | None = None,
 ) -> Plan | Rejection:
-    """Choose engine, accelerator, image and model for a spec on this hardware, or say why not."""
+    """Choose engine, accelerator, image, model and size for a spec on this hardware, or say why not.
+
+    ``hardware.features`` says which cluster APIs plans may use (LeaderWorkerSet for replicas over nodes).
+    With ``accelerator.type: auto`` a cluster (or nodeSelector) with accelerator nodes never gets a CPU plan:
+    a model too large for them is rejected with the devices or nodes it needs.
+    """
     config = config or _default_config()
     catalog = catalog or load_catalog()
     try:
@@ -262,57 +389,21 @@ def resolve(
     except (ModelError, ValueError) as exc:
         return Rejection(str(exc), tuple(EngineReason(e, str(exc)) for e in ENGINES))
 
-    accelerators = list(ACCELERATORS) if spec.accelerator.type == "auto" else [spec.accelerator.type]
     explicit = spec.engine != "auto"
     size_given = spec.model.size is not None
-    # reasons[engine][accelerator] = (stage, text); the deepest stage is kept.
-    reasons: dict[str, dict[str, tuple[int, str]]] = {e: {} for e in ENGINES}
-    feasible: dict[str, tuple[tuple[int, int, int], ResolvedModel, str, _Fit]] = {}
-
-    def note(engine: str, accel: str, stage: int, text: str) -> None:
-        if stage > reasons[engine].get(accel, (-1, ""))[0]:
-            reasons[engine][accel] = (stage, text)
-
-    ctx = Context(catalog=catalog, explicit=explicit)
-    for a_idx, accel in enumerate(accelerators):
-        nodes = _eligible(spec, hardware, accel)
-        ordered = _ordered(options, accel, size_given)
-        for e_idx, name, engine, image, blocked in _engine_table(config, accel, explicit):
-            if explicit and name != spec.engine:
-                continue
-            if blocked is not None:
-                note(name, accel, *blocked)
-                continue
-            if not nodes:
-                note(name, accel, _STAGE_NODES, f"no schedulable {accel} nodes")
-                continue
-            for o_idx, option in enumerate(ordered):
-                key = (a_idx, o_idx, e_idx)
-                if name in feasible and feasible[name][0] <= key:
-                    break
-                if reason := engine.check_model(option, accel, ctx):
-                    note(name, accel, _STAGE_MODEL, reason)
-                    continue
-                fit = _fit(option, engine, accel, nodes, spec, config)
-                if isinstance(fit, tuple):
-                    note(name, accel, *fit)
-                    continue
-                feasible[name] = (key, option, image, fit)
-                break
+    pools, cpu_barred = _pools(spec, hardware)
+    search = functools.partial(_search, spec, hardware, config, catalog, options, pools, explicit, cpu_barred)
+    # Choosing the size itself, the resolver first looks for the largest model one device holds.
+    one_first = not size_given and spec.accelerator.count is None
+    feasible, reasons = search(1 if one_first else None)
+    if not feasible and one_first:
+        feasible, reasons = search(None)
 
     if not feasible:
-        rejected = tuple(EngineReason(e, _join(reasons[e], explicit, spec.engine, e)) for e in ENGINES)
-        what = spec.model.name or spec.model.uri
-        where = "this cluster" if spec.accelerator.type == "auto" else f"{spec.accelerator.type} nodes"
-        if explicit:
-            why = _join(reasons[spec.engine], False, "", spec.engine)
-            message = f"engine {spec.engine} cannot serve {what} on {where}: {why}"
-        else:
-            message = f"no engine can serve {what} on {where}"
-        return Rejection(message, rejected)
+        return _rejection(spec, reasons, explicit, cpu_barred)
 
     chosen = min(feasible, key=lambda e: feasible[e][0])
-    key, model, image, fit = feasible[chosen]
+    _key, model, image, fit = feasible[chosen]
     accel = fit.placement.accelerator
     candidates = tuple(sorted(feasible, key=lambda e: feasible[e][0]))
     rejected = []
@@ -331,39 +422,167 @@ def resolve(
     if spec.model.format is None:
         notes.append(f"format not given: chose {model.format}/{model.quantization or 'none'} for {accel}")
     count = spec.accelerator.count
-    if count > 1 and accel in ("cpu", "metal"):
+    if count is not None and count > 1 and accel in ("cpu", "metal"):
         notes.append(f"accelerator.count {count} ignored on {accel}")
-    tp = count if accel in ("nvidia", "ascend") else 1
+    if fit.placement.multi_node and spec.cache is not None and not spec.cache.shared_across_nodes:
+        notes.append(
+            f"cache: a ReadWriteOnce claim cannot be mounted on {fit.placement.nodes_per_replica} nodes at once; "
+            "each pod downloads into its own emptyDir (set cache.accessModes: [ReadWriteMany] to share one)"
+        )
+    parallel = ""
+    if fit.pipeline_parallel > 1:
+        parallel = f", tensor parallel {fit.tensor_parallel} × pipeline parallel {fit.pipeline_parallel}"
+    elif fit.tensor_parallel > 1:
+        parallel = f", tensor parallel {fit.tensor_parallel}"
     return Plan(
         engine=chosen,
         accelerator=accel,
         image=image,
         device=DEVICE[accel],
-        tensor_parallel_size=tp,
+        tensor_parallel_size=fit.tensor_parallel,
         model=model,
         placement=fit.placement,
-        reason=f"{chosen} serves {model.format}/{model.quantization or 'none'} on {accel} ({fit.detail})",
+        reason=f"{chosen} on {fit.detail} ({model.format}/{model.quantization or 'none'}{parallel})",
         candidates=candidates,
         rejected=tuple(rejected),
         notes=tuple(notes),
         shm=ENGINES[chosen].shm,
+        pipeline_parallel_size=fit.pipeline_parallel,
     )
 
 
+_POOLS_CACHE: dict[tuple[int, str, str], tuple[Hardware, dict[str, list[NodeInfo]], bool]] = {}
+
+
+def _pools(spec: ModelDeploymentSpec, hardware: Hardware) -> tuple[dict[str, list[NodeInfo]], bool]:
+    """The nodes each accelerator considered offers, and whether CPU is barred (auto, accelerators present).
+
+    Memoized per Hardware object like :func:`_eligible`; callers must not change what it returns.
+    """
+    where = _where(spec)
+    key = (id(hardware), spec.accelerator.type, where)
+    hit = _POOLS_CACHE.get(key)
+    if hit is not None and hit[0] is hardware:
+        return hit[1], hit[2]
+    if len(_POOLS_CACHE) > 4096:
+        _POOLS_CACHE.clear()
+    cpu_barred = False
+    if spec.accelerator.type == "auto":
+        pools = {a: _eligible(spec, hardware, a, where) for a in ACCELERATORS}
+        if any(pools[a] for a in DEVICE_CLASSES):
+            del pools["cpu"]
+            cpu_barred = True
+    else:
+        pools = {spec.accelerator.type: _eligible(spec, hardware, spec.accelerator.type, where)}
+    _POOLS_CACHE[key] = (hardware, pools, cpu_barred)
+    return pools, cpu_barred
+
+
+_Feasible = dict[str, tuple[tuple[int, int, int], ResolvedModel, str, _Fit]]
+_Reasons = dict[str, dict[str, tuple[int, str]]]
+
+
+def _search(
+    spec: ModelDeploymentSpec,
+    hardware: Hardware,
+    config: OperatorConfig,
+    catalog: Catalog,
+    options: tuple[ResolvedModel, ...],
+    pools: dict[str, list[NodeInfo]],
+    explicit: bool,
+    cpu_barred: bool,
+    max_devices: int | None,
+) -> tuple[_Feasible, _Reasons]:
+    """The best option per engine (accelerator, then model, then engine preference), and why the others failed."""
+    size_given = spec.model.size is not None
+    # reasons[engine][accelerator] = (stage, text); the deepest stage is kept.
+    reasons: _Reasons = {e: {} for e in ENGINES}
+    feasible: _Feasible = {}
+    if cpu_barred:
+        for name in _ON_CPU:
+            reasons[name]["cpu"] = (_STAGE_CONFIG, CPU_NOT_AUTO)
+    ctx = Context(catalog=catalog, explicit=explicit)
+    features = hardware.features
+    for a_idx, (accel, nodes) in enumerate(pools.items()):
+        ordered = _ordered(options, accel, size_given)
+        for e_idx, name, engine, image, blocked in _engine_table(config, accel, explicit):
+            if explicit and name != spec.engine:
+                continue
+            if blocked is not None:
+                reasons[name][accel] = blocked
+                continue
+            if not nodes:
+                reasons[name][accel] = (_STAGE_NODES, f"no schedulable {accel} nodes")
+                continue
+            best: tuple[int, str] = (-1, "")
+            for o_idx, option in enumerate(ordered):
+                key = (a_idx, o_idx, e_idx)
+                if name in feasible and feasible[name][0] <= key:
+                    break
+                if reason := engine.check_model(option, accel, ctx):
+                    if best[0] < _STAGE_MODEL:
+                        best = (_STAGE_MODEL, reason)
+                    continue
+                fit = _fit(option, engine, accel, nodes, spec, config, features, max_devices)
+                if isinstance(fit, tuple):
+                    if fit[0] > best[0]:
+                        best = fit
+                    continue
+                feasible[name] = (key, option, image, fit)
+                break
+            if best[0] >= 0:
+                reasons[name][accel] = best
+    return feasible, reasons
+
+
+def _rejection(spec: ModelDeploymentSpec, reasons: _Reasons, explicit: bool, cpu_barred: bool) -> Rejection:
+    rejected = tuple(EngineReason(e, _join(reasons[e], explicit, spec.engine, e)) for e in ENGINES)
+    what = spec.model.name or spec.model.uri
+    if spec.model.size is not None and spec.model.name:
+        what = f"{what} {spec.model.size:g}B"
+    where = "this cluster" if spec.accelerator.type == "auto" else f"{spec.accelerator.type} nodes"
+    if explicit:
+        why = _join(reasons[spec.engine], False, "", spec.engine)
+        return Rejection(f"engine {spec.engine} cannot serve {what} on {where}: {why}", rejected)
+    message = f"no engine can serve {what} on {where}"
+    # The most telling reason: the deepest stage reached, by the most preferred engine and accelerator.
+    ranked = [
+        (-stage, a_idx, e_idx, engine, accel, text)
+        for a_idx, accel in enumerate(ACCELERATORS)
+        for e_idx, engine in enumerate(PREFERENCE[accel])
+        for stage, text in [reasons[engine].get(accel, (-1, ""))]
+        if stage >= _STAGE_MODEL and not (accel == "cpu" and cpu_barred)
+    ]
+    if ranked:
+        _, _, _, engine, accel, text = min(ranked)
+        message += f": {engine} on {accel}: {text}"
+    if cpu_barred:
+        message += f"; {CPU_NOT_AUTO}"
+    return Rejection(message, rejected)
+
+
 def _join(per_accel: dict[str, tuple[int, str]], explicit: bool, requested: str, engine: str) -> str:
+    """One engine's reasons over the accelerators, the most telling first."""
     if explicit and engine != requested:
         return f"not requested (engine: {requested})"
+    return _joined(tuple(per_accel.items()))
+
+
+@functools.lru_cache(maxsize=16384)
+def _joined(items: tuple[tuple[str, tuple[int, str]], ...]) -> str:
+    per_accel = dict(items)
     if not per_accel:
         return "not considered"
     # Skip "does not run on X" and "no X nodes" noise when there is something more specific to say.
-    deep = {a: r for a, r in per_accel.items() if r[0] > _STAGE_NODES}
+    deep = [(a, per_accel[a][1]) for a in ACCELERATORS if a in per_accel and per_accel[a][0] > _STAGE_NODES]
     if not deep:
-        absent = [a for a in ACCELERATORS if per_accel.get(a, (-1,))[0] == _STAGE_NODES]
+        absent = [a for a in ACCELERATORS if a in per_accel and per_accel[a][0] == _STAGE_NODES]
         if absent:
             return f"needs a {'/'.join(absent)} node; none can take its pods (schedulable, nodeSelector, taints)"
-        deep = per_accel  # only "does not run on X" for the accelerators asked for
-    texts = list(dict.fromkeys(f"{a}: {t}" for a, (_, t) in deep.items()))
-    same = {t for _, (_, t) in deep.items()}
-    if len(same) == 1 and len(deep) > 1:
-        return next(iter(same))
-    return "; ".join(texts)
+        deep = [(a, per_accel[a][1]) for a in ACCELERATORS if a in per_accel]  # only "does not run on X"
+    if len(deep) == 1:
+        return f"{deep[0][0]}: {deep[0][1]}"
+    same = {t for _, t in deep}
+    if len(same) == 1:
+        return deep[0][1]
+    return "; ".join(dict.fromkeys(f"{a}: {t}" for a, t in deep))

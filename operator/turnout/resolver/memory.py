@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import re
+
+from turnout.resolver.quantization import canonical, is_mixed
 
 MIB = 2**20
 
 _GGUF_BITS = {  # llama.cpp's effective bits per weight, rounded up a little
+    "TQ1": 1.7,
+    "TQ2": 2.1,
     "IQ1": 1.8,
     "IQ2": 2.5,
     "IQ3": 3.5,
     "IQ4": 4.5,
+    "Q1": 1.8,
     "Q2": 3.0,
     "Q3": 3.9,
     "Q4": 4.8,
@@ -20,31 +26,32 @@ _GGUF_BITS = {  # llama.cpp's effective bits per weight, rounded up a little
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def bytes_per_param(fmt: str, quantization: str | None) -> float:
-    """Approximate bytes one parameter takes in memory for a format and quantization."""
-    q = (quantization or "none").upper()
+    """Approximate bytes one parameter takes in memory for a format and quantization (any spelling)."""
+    q = canonical(fmt, quantization) or "none"
     if fmt == "gguf":
-        if "BF16" in q or "F16" in q:
+        if q in ("BF16", "F16"):
             return 2.0
-        if "F32" in q:
+        if q == "F32":
             return 4.0
-        match = re.search(r"(IQ|Q)([1-8])", q)
+        if q.startswith("MXFP4"):
+            return 4.25 / 8
+        match = re.match(r"(TQ|IQ|Q)([1-8])", q)
         if match:
             return _GGUF_BITS.get(f"{match.group(1)}{match.group(2)}", 8.5) / 8
         return 2.0
-    if fmt == "fp8":
+    if q == "FP8" or q == "MXFP8":
         return 1.0
-    if fmt == "fp4":
-        return 0.5
-    bits = re.search(r"(\d+)\s*-?\s*BIT|INT(\d+)|MXFP(\d+)|NVFP(\d+)", q)
-    if bits:
-        n = next(int(g) for g in bits.groups() if g)
-        return max(n, 2) / 8 + 0.02  # scales and zero points
+    if q in ("FP4", "MXFP4", "NVFP4"):
+        return 0.5 + 0.03  # block scales
+    match = re.fullmatch(r"Int(\d)", q)
+    if match:
+        bits = int(match.group(1)) + (1 if is_mixed(quantization) else 0)
+        return max(bits, 2) / 8 + 0.02  # scales and zero points
     if fmt in ("awq", "gptq", "bnb"):
         return 0.5 + 0.02  # 4-bit unless told otherwise
-    if q in ("FP8", "INT8", "8BIT"):
-        return 1.0
-    if q in ("F32", "FP32"):
+    if str(quantization or "").lower() in ("f32", "fp32", "float32"):
         return 4.0
     return 2.0  # bf16 / fp16
 
@@ -56,4 +63,6 @@ def needed_mib(size_b: float, fmt: str, quantization: str | None, headroom: floa
 
 
 def gib(mib: float) -> str:
-    return f"{mib / 1024:.1f} GiB"
+    """MiB as GiB for messages: one decimal below 100 GiB, whole GiB above."""
+    value = mib / 1024
+    return f"{value:.0f} GiB" if value >= 100 else f"{value:.1f} GiB"

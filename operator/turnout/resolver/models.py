@@ -82,6 +82,8 @@ def _options_for(source: ModelSource, catalog: Catalog) -> tuple[list[ResolvedMo
                 model_type=family.model_type if family else (source.type or "llm"),
                 family=family.name if family else None,
                 abilities=family.abilities if family else (),
+                attention_heads=source.attention_heads
+                or (catalog.attention_heads(family.name, source.size) if family else None),
             )
         ], family
     assert family is not None  # the API requires name or uri
@@ -106,6 +108,7 @@ def _options_for(source: ModelSource, catalog: Catalog) -> tuple[list[ResolvedMo
                 model_type=family.model_type,
                 family=family.name,
                 abilities=family.abilities,
+                attention_heads=source.attention_heads or catalog.attention_heads(family.name, spec.size_b),
             )
         )
     if not options and skipped_modelscope:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from turnout.resolver.quantization import canonical
+
 
 @dataclass(frozen=True)
 class EngineReason:
@@ -29,6 +31,21 @@ class ResolvedModel:
     model_type: str  # llm | embedding | rerank
     family: str | None = None
     abilities: tuple[str, ...] = ()
+    attention_heads: int | None = None  # config.json num_attention_heads, when known
+
+    def __hash__(self) -> int:
+        # Hashed on every memo lookup of the resolver: computed once per (immutable) object.
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.uri, self.format, self.quantization, self.architecture, self.size_b,
+                           self.model_type, self.family, self.abilities, self.attention_heads))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    @property
+    def canonical_quantization(self) -> str | None:
+        """The quantization as engine rules read it (``8bits`` -> ``Int8``); ``quantization`` keeps the spelling."""
+        return canonical(self.format, self.quantization)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +56,7 @@ class ResolvedModel:
             "architecture": self.architecture,
             "size": self.size_b,
             "type": self.model_type,
+            "attentionHeads": self.attention_heads,
         }
 
 
@@ -47,7 +65,7 @@ class Placement:
     """Where the pods go and what they ask the scheduler for."""
 
     accelerator: str
-    devices: int  # accelerator devices per replica (0 on cpu)
+    devices: int  # accelerator devices per pod (0 on cpu); a replica has nodes_per_replica pods
     resource: str | None  # extended resource, e.g. nvidia.com/gpu
     node_selector: tuple[tuple[str, str], ...] = ()
     tolerations: tuple[tuple[tuple[str, str], ...], ...] = ()  # each a sorted tuple of (field, value)
@@ -55,17 +73,32 @@ class Placement:
     memory_needed_mib: int | None = None
     memory_available_mib: int | None = None
     nodes: tuple[str, ...] = ()  # nodes that fit, for the record
+    nodes_per_replica: int = 1  # pods of one replica, one per node: > 1 is a LeaderWorkerSet group
+    usable_per_device_mib: int | None = None  # what one device offers the engine
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nodes_per_replica > 1
+
+    def describe(self) -> str:
+        """Where one replica runs, e.g. ``4 × NVIDIA-H100-80GB-HBM3`` or ``2 nodes × 8 × NVIDIA-H100-80GB-HBM3``."""
+        if self.accelerator in ("cpu", "metal") or not self.devices:
+            return self.accelerator
+        what = f"{self.devices} × {self.product or self.accelerator}"
+        return f"{self.nodes_per_replica} nodes × {what}" if self.multi_node else what
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "accelerator": self.accelerator,
             "devices": self.devices,
+            "nodesPerReplica": self.nodes_per_replica,
             "resource": self.resource,
             "product": self.product,
             "nodeSelector": dict(self.node_selector),
             "tolerations": [dict(t) for t in self.tolerations],
             "memoryNeededMiB": self.memory_needed_mib,
             "memoryAvailableMiB": self.memory_available_mib,
+            "usablePerDeviceMiB": self.usable_per_device_mib,
             "nodes": list(self.nodes),
         }
 
@@ -86,8 +119,23 @@ class Plan:
     rejected: tuple[EngineReason, ...] = ()
     notes: tuple[str, ...] = ()
     shm: bool = False  # the engine needs a large /dev/shm (vLLM, SGLang)
+    pipeline_parallel_size: int = 1  # vLLM across nodes: one pipeline stage per node
 
     ok = True
+
+    @property
+    def multi_node(self) -> bool:
+        """One replica spans several nodes (rendered as a LeaderWorkerSet)."""
+        return self.placement.multi_node
+
+    def status_fields(self) -> dict[str, Any]:
+        """The sizing fields of ModelDeployment status (camelCase, as the API has them)."""
+        return {
+            "tensorParallelSize": self.tensor_parallel_size,
+            "pipelineParallelSize": self.pipeline_parallel_size,
+            "nodesPerReplica": self.placement.nodes_per_replica,
+            "devicesPerNode": self.placement.devices,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +143,9 @@ class Plan:
             "accelerator": self.accelerator,
             "image": self.image,
             "tensorParallelSize": self.tensor_parallel_size,
+            "pipelineParallelSize": self.pipeline_parallel_size,
+            "nodesPerReplica": self.placement.nodes_per_replica,
+            "placedOn": self.placement.describe(),
             "model": self.model.to_dict(),
             "placement": self.placement.to_dict(),
             "reason": self.reason,
@@ -120,6 +171,9 @@ class Rejection:
             "accelerator": None,
             "image": None,
             "tensorParallelSize": None,
+            "pipelineParallelSize": None,
+            "nodesPerReplica": None,
+            "placedOn": None,
             "model": None,
             "reason": self.message,
             "candidates": [],

@@ -23,6 +23,8 @@ class Context:
 #: A check returns None when the engine can do it, else the reason it cannot.
 ModelCheck = Callable[[ResolvedModel, str, Context], "str | None"]
 NodeCheck = Callable[[ResolvedModel, NodeInfo], "str | None"]
+#: How an engine lays one replica over ``nodes`` nodes of ``devices`` devices each: (tensor, pipeline) parallel.
+MultiNodeLayout = Callable[[int, int], "tuple[int, int]"]
 
 
 def _any_node(model: ResolvedModel, node: NodeInfo) -> str | None:
@@ -38,6 +40,10 @@ class Engine:
     check_model: ModelCheck  # format, quantization, architecture, type on an accelerator
     check_node: NodeCheck = _any_node  # per-node limits (e.g. FP8 compute capability)
     shm: bool = False  # needs a large /dev/shm (NCCL, shared-memory IPC)
+    #: tensor parallelism shards attention heads evenly: the size must divide num_attention_heads
+    splits_heads: bool = False
+    #: how a replica spans several nodes (engine's own multi-node mode); None: one node only
+    multi_node: MultiNodeLayout | None = None
 
 
 def architecture_reason(engine: str, model: ResolvedModel, ctx: Context) -> str | None:
@@ -64,16 +70,18 @@ def quantization_reason(engine: str, model: ResolvedModel, allowed: dict[str, tu
     if model.format not in allowed:
         return f"{engine} does not serve {model.format} weights (it serves {', '.join(allowed)})"
     quants = allowed[model.format]
-    if quants is None or model.quantization is None:
+    value = model.canonical_quantization
+    if quants is None or value is None:
         return None
-    if model.quantization.lower() not in {q.lower() for q in quants}:
-        return f"{engine} serves {model.format} only as {'/'.join(quants)}, not {model.quantization}"
+    if value.lower() not in {q.lower() for q in quants}:
+        spelled = model.quantization if value == model.quantization else f"{model.quantization} (= {value})"
+        return f"{engine} serves {model.format} only as {'/'.join(quants)}, not {spelled}"
     return None
 
 
 def fp8_node_reason(model: ResolvedModel, node: NodeInfo) -> str | None:
     """FP8 weights need compute capability 8.9 (Ada) or newer."""
-    if model.format != "fp8" and (model.quantization or "").lower() != "fp8":
+    if model.format != "fp8" and model.canonical_quantization != "FP8":
         return None
     cc = node.compute_capability
     if cc is None:

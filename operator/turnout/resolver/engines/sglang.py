@@ -1,4 +1,8 @@
-"""SGLang: CUDA GPUs; chosen by auto only when the operator config enables it."""
+"""SGLang: CUDA GPUs; chosen by auto only when the operator config enables it.
+
+Across nodes SGLang documents one tensor-parallel group over every GPU of every node
+(``--tp 16 --nnodes 2 --node-rank R --dist-init-addr LEADER:PORT``; docs: multi-node deployment).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,17 @@ from turnout.resolver.plan import ResolvedModel
 
 # Xinference's SGLang table (xinference/model/llm/sglang/core.py).
 FORMATS: dict[str, tuple[str, ...] | None] = {
-    "pytorch": ("none",),
+    "pytorch": ("none", "Int4", "Int8", "FP8"),
     "awq": None,
     "gptq": None,
     "fp8": None,
     "bnb": None,
 }
+
+
+def layout(devices: int, nodes: int) -> tuple[int, int]:
+    """One tensor-parallel group over all devices of all nodes."""
+    return devices * nodes, 1
 
 
 def check_model(model: ResolvedModel, accelerator: str, ctx: Context) -> str | None:
@@ -35,4 +44,6 @@ ENGINE = Engine(
     check_model=check_model,
     check_node=fp8_node_reason,
     shm=True,
+    splits_heads=True,
+    multi_node=layout,
 )

@@ -17,6 +17,11 @@ def check_model(model: ResolvedModel, accelerator: str, ctx: Context) -> str | N
         return f"transformers does not serve {model.format} weights"
     if model.format in CUDA_ONLY and accelerator != "nvidia":
         return f"{model.format} weights need a CUDA GPU; {accelerator} cannot run them"
+    quant = model.canonical_quantization
+    if model.format == "pytorch" and quant == "FP8":
+        return "transformers does not serve fp8 checkpoints (vLLM or SGLang do, on compute capability >= 8.9)"
+    if model.format == "pytorch" and quant not in (None, "none") and accelerator != "nvidia":
+        return f"a checkpoint quantized to {quant} needs a CUDA GPU; {accelerator} cannot run it"
     if model.model_type != "llm" and model.format != "pytorch":
         return f"{model.model_type} models are served from pytorch weights"
     return None

@@ -1,4 +1,13 @@
-"""vLLM: CUDA GPUs, and Ascend NPUs through vllm-ascend."""
+"""vLLM: CUDA GPUs, and Ascend NPUs through vllm-ascend; across nodes with its multiprocessing backend.
+
+Quantizations are compared in their canonical spelling (``turnout.resolver.quantization``): ``8bits``,
+``Int8-W8A16`` and ``Int8`` are one thing. A ``pytorch`` spec with a quantization (``Int4``, ``fp8``) is a
+checkpoint quantized ahead of time; vLLM reads the method from its config.json.
+
+Across nodes vLLM documents tensor parallel within a node and pipeline parallel across nodes
+(``--tensor-parallel-size 8 --pipeline-parallel-size 2 --nnodes 2 --node-rank R --master-addr LEADER``,
+``--headless`` on the other nodes; docs/serving/parallelism_scaling.md), with no Ray cluster.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +22,19 @@ from turnout.resolver.plan import ResolvedModel
 
 # Xinference's vLLM table (xinference/model/llm/vllm/core.py): formats and quantizations.
 FORMATS: dict[str, tuple[str, ...] | None] = {
-    "pytorch": ("none",),
-    "awq": ("Int4", "4bit"),
-    "gptq": ("Int3", "Int4", "Int8", "4bit", "8bit"),
+    "pytorch": ("none", "Int4", "Int8", "FP8"),
+    "awq": ("Int4",),
+    "gptq": ("Int2", "Int3", "Int4", "Int8"),
     "fp8": None,
     "fp4": None,
     "bnb": None,
 }
-CHAT_AWQ = ("Int4", "Int8", "4bit", "8bit")
+CHAT_AWQ = ("Int4", "Int8")
+
+
+def layout(devices: int, nodes: int) -> tuple[int, int]:
+    """Tensor parallel over one node's devices, one pipeline stage per node."""
+    return devices, nodes
 
 
 def check_model(model: ResolvedModel, accelerator: str, ctx: Context) -> str | None:
@@ -46,4 +60,6 @@ ENGINE = Engine(
     check_model=check_model,
     check_node=fp8_node_reason,
     shm=True,
+    splits_heads=True,
+    multi_node=layout,
 )

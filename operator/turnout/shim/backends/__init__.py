@@ -46,6 +46,13 @@ def backend_class(engine: str, model_type: str) -> type[Backend]:
     return cls
 
 
+#: engines with a multi-node mode the shim drives (--nnodes > 1)
+MULTI_NODE_ENGINES = ("vllm", "sglang")
+
+
 def create_backend(args: ShimArgs) -> Backend:
-    """The backend for ``args`` (not started)."""
+    """The backend for ``args`` (not started); ValueError for a multi-node group of an engine without one."""
+    if args.nnodes > 1 and args.engine not in MULTI_NODE_ENGINES:
+        raise ValueError(f"{args.engine} runs on one node; --nnodes {args.nnodes} needs "
+                         f"{' or '.join(MULTI_NODE_ENGINES)}")
     return backend_class(args.engine, args.model_type)(args)

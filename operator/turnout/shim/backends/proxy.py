@@ -182,6 +182,12 @@ class ProxyBackend(Backend):
             *cmd, env=self.child_env(), stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True, preexec_fn=preexec)
         self._tasks.append(asyncio.create_task(self._watch(), name=f"{self.engine}-watch"))
+        if self.args.is_worker:
+            # A headless rank of a multi-node group has no HTTP server: it is healthy while it runs.
+            self._state, self._message = State.READY, ""
+            log.info("%s runs headless as rank %s of %d; rank 0 serves the API", self.engine,
+                     self.args.node_rank, self.args.nnodes)
+            return
         await self._wait_healthy()
         self._card = await self._engine_card()
         self._state, self._message = State.READY, ""
@@ -335,6 +341,11 @@ class ProxyBackend(Backend):
 
     async def forward(self, path: str, body: dict[str, Any]) -> Any:
         """POST ``body`` to the engine; a dict for plain answers, a :class:`Stream` for SSE."""
+        if self.args.is_worker:
+            raise BackendError(
+                f"this pod is rank {self.args.node_rank} of a {self.args.nnodes}-node {self.engine} group and "
+                "serves no requests; send them to rank 0 (the deployment's Service)", status=503,
+                type="service_unavailable", code="engine_worker")
         pool = self.pool
         if pool is None or self._state is not State.READY:
             raise self._unavailable(self._message or "not started")

@@ -1,4 +1,9 @@
-"""SGLang through its own OpenAI server (``sglang.launch_server``)."""
+"""SGLang through its own OpenAI server (``sglang.launch_server``).
+
+A replica over several nodes runs ``launch_server`` on every pod with one tensor-parallel group over
+all of their GPUs (SGLang docs, multi-node deployment): ``--nnodes/--node-rank/--dist-init-addr``;
+rank 0 serves the API, the other ranks only run the model.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ class SglangBackend(ProxyBackend):
     python_env: ClassVar[str] = "TURNOUT_SGLANG_PYTHON"
     health_path: ClassVar[str] = "/health"
     reserved_flags: ClassVar[tuple[str, ...]] = (
-        "host", "port", "model-path", "served-model-name", "tp-size", "tp", "device", "is-embedding")
+        "host", "port", "model-path", "served-model-name", "tp-size", "tp", "device", "is-embedding",
+        "nnodes", "node-rank", "dist-init-addr")
 
     def command(self, port: int) -> list[str]:
         a = self.args
@@ -32,6 +38,9 @@ class SglangBackend(ProxyBackend):
         if a.device not in SGLANG_DEVICES:
             raise ValueError(f"SGLang does not run on device {a.device!r}; use one of {sorted(SGLANG_DEVICES)}")
         cmd += ["--device", SGLANG_DEVICES[a.device]]
+        if a.nnodes > 1:
+            cmd += ["--nnodes", str(a.nnodes), "--node-rank", str(a.node_rank),
+                    "--dist-init-addr", f"{a.leader_address}:{a.dist_port}"]
         if a.model_type in ("embedding", "rerank"):
             cmd.append("--is-embedding")
         # SGLang's boolean options are store_true flags: false means "leave it out".

@@ -17,6 +17,9 @@ any other ``--flag [value]``) and serves what the shim relies on:
 * errors as SGLang writes them: ``{"object": "error", "message", "type",
   "param", "code"}``.
 
+With ``--nnodes N --node-rank R`` (R >= 1) it does what SGLang's other ranks do: no HTTP server; it
+runs until SIGTERM, writing its parsed arguments to ``$STANDIN_WORKER_FILE`` when that is set.
+
 Generation is deterministic: token ``i`` is ``"w<i>"`` followed by a space.
 Test hooks (not part of SGLang): a request field ``standin_delay`` (seconds
 per token), prompts containing ``[standin:error400]`` (engine rejects) or
@@ -53,6 +56,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--tp-size", "--tp", type=int, default=1)
     p.add_argument("--device", default="cuda", choices=["cuda", "xpu", "hpu", "npu", "cpu"])
     p.add_argument("--is-embedding", action="store_true")
+    p.add_argument("--nnodes", type=int, default=1)
+    p.add_argument("--node-rank", type=int, default=0)
+    p.add_argument("--dist-init-addr", default=None)
     return p.parse_known_args(argv)
 
 
@@ -253,6 +259,12 @@ def _vector(text: str, dim: int = 8) -> list[float]:
 
 def main() -> None:
     ns, extra = parse(sys.argv[1:])
+    if ns.node_rank >= 1:  # a non-zero rank of a multi-node group serves no HTTP
+        if os.environ.get("STANDIN_WORKER_FILE"):
+            with open(os.environ["STANDIN_WORKER_FILE"], "w") as out:
+                json.dump({**vars(ns), "unparsed": extra, "pid": os.getpid()}, out)
+        while True:
+            time.sleep(3600)
     engine = Engine(ns, extra)
     app = Starlette(routes=[
         Route("/health", engine.health),
