@@ -76,3 +76,59 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any]:
         if cond.get("type") == type_:
             return cond
     return {}
+
+
+# ----- ModelDeployments ------------------------------------------------------------------------------------
+
+
+def apply(obj: dict[str, Any], namespace: str, *, manager: str | None = None) -> None:
+    """Server-side apply (one ``--field-manager`` for every apply of a test: a field left out is removed)."""
+    kubectl("apply", "--server-side", *([f"--field-manager={manager}"] if manager else []), "-n", namespace,
+            "-f", "-", stdin=json.dumps(obj))
+
+
+def model_deployment(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
+            "spec": spec}
+
+
+def settled(namespace: str, name: str, generation: int | None = None) -> dict[str, Any] | None:
+    """The ModelDeployment once the operator reconciled its current generation (and that is ``generation``)."""
+    md = get_json("modeldeployment", name, "-n", namespace)
+    if not md:
+        return None
+    seen = (md.get("status") or {}).get("observedGeneration")
+    current = md["metadata"]["generation"]
+    return md if seen == current and (generation is None or current == generation) else None
+
+
+def phase(namespace: str, name: str, want: str, **fields: Any) -> dict[str, Any] | None:
+    """The ModelDeployment when its phase is ``want`` (and its status has ``fields``) for the current generation."""
+    md = settled(namespace, name)
+    status = (md or {}).get("status") or {}
+    if status.get("phase") == want and all(status.get(k) == v for k, v in fields.items()):
+        return md
+    return None
+
+
+def events(namespace: str, name: str, reason: str | None = None) -> list[dict[str, Any]]:
+    """core/v1 Events about an object, as ``kubectl describe`` reads them.
+
+    The operator posts ``events.k8s.io/v1`` Events; the core/v1 view of the same objects selects on
+    ``involvedObject.*`` (``regarding.*`` is the events.k8s.io/v1 name for it, refused by core/v1).
+    """
+    selector = f"involvedObject.name={name}" + (f",reason={reason}" if reason else "")
+    out = kubectl("get", "events", "-n", namespace, "-o", "json", "--field-selector", selector)
+    return json.loads(out)["items"]
+
+
+def gguf(replicas: int = 0, **extra: Any) -> dict[str, Any]:
+    """A small GGUF model spec (llama.cpp on CPU), at ``replicas: 0`` unless said otherwise."""
+    return {"model": {"name": "qwen2.5-instruct", "size": 0.5, "format": "gguf", "quantization": "Q4_K_M"},
+            "replicas": replicas, **extra}
+
+
+def awq(replicas: int = 1, **extra: Any) -> dict[str, Any]:
+    """A 7B AWQ model spec: vLLM on an NVIDIA GPU, or nothing on CPU."""
+    return {"model": {"name": "qwen2.5-instruct", "size": 7, "format": "awq", "quantization": "Int4"},
+            "replicas": replicas, **extra}

@@ -1,27 +1,22 @@
-"""End to end: host agents on this machine join the cluster in KUBECONFIG and serve ModelDeployments natively.
+"""End to end: host agents, each in a network namespace of this machine, join the cluster and serve natively.
 
-Agents run here as subprocesses (``python -m turnout.agent``): one
-advertises ``--accelerator cpu``, one ``--accelerator metal``. The operator
-(the ``operator`` fixture of e2e/conftest.py) places a Metal plan on the Metal
-agent's node with its ordinary node selector and toleration (no special
-case), and a CPU llama.cpp deployment pinned to the CPU agent becomes Ready,
-answers through the pod IP from its EndpointSlice, recovers when its engine
-process is killed, and disappears (processes included) when deleted.
+Agents run as subprocesses (``python -m turnout.agent``), each inside a network namespace that
+:mod:`netns` makes (``turnout-e2e-N``: ``10.250.N.1/24`` on the host end of a veth pair,
+``10.250.N.2/24`` inside), so each is a host with an address of its own. An agent reaches the API
+server through a TCP forwarder on its namespace's host end (``10.250.N.1:<port>`` → the API server),
+with a kubeconfig naming ``https://10.250.N.1:<port>`` and ``tls-server-name: localhost``: the server's
+certificate has no SAN for that address, so every agent also proves ``tls-server-name`` on a real
+server. The agents' pods listen on their namespace's address, which is the pod IP their
+EndpointSlices carry; test traffic goes only there (and to 127.0.0.0/8). Needs root (``ip netns``);
+namespaces and links are removed at the end, and a crashed run's at the start.
 
-Scaling to two replicas on this one machine takes two more CPU agents, each
-with its own ``--address``: each binds its shim to its address, so both
-replicas listen on port 8000. EndpointSlices reject loopback addresses
-(127.0.0.0/8), so these must be other addresses of this host, named in
-``TURNOUT_E2E_AGENT_ADDRESSES`` (that test is skipped, saying how, without
-them), for instance::
-
-    sudo ip addr add 10.254.0.2/32 dev lo && sudo ip addr add 10.254.0.3/32 dev lo
-    TURNOUT_E2E_AGENT_ADDRESSES=10.254.0.2,10.254.0.3 KUBECONFIG=... pytest e2e/test_agent_e2e.py
-
-The CPU and Metal agents listen on all addresses (no ``--address``), so their
-deployments and the two-replica one run one after the other. Skipped, like
-all of e2e/, without a reachable cluster. On failure the agents' logs are
-printed after the conftest's objects and events.
+One agent advertises ``--accelerator cpu``, one ``--accelerator metal``. The operator (the
+``operator`` fixture of e2e/conftest.py) places a Metal plan on the Metal agent's node with its
+ordinary node selector and toleration (no special case), and a CPU llama.cpp deployment pinned to
+the CPU agent becomes Ready, answers through the pod IP from its EndpointSlice, recovers when its
+engine process is killed, and disappears (processes included) when deleted. Two more CPU agents
+(``--address`` given) take the two replicas of one deployment, each answering at its own pod IP on
+the same port. On failure the agents' logs are printed after the conftest's objects and events.
 """
 
 from __future__ import annotations
@@ -39,10 +34,11 @@ from typing import Any
 
 import pytest
 from kubectl import condition, get_json, kubectl, poll
+from netns import AGENT_LABEL, Forwarder, Namespace, clean_leftovers, kubeconfig_via, problem, server_of
+from procs import ROOT, child_env
 
 from turnout.hardware import ACCELERATOR_LABEL, AGENT_TAINT, METAL_RESOURCE
 
-ROOT = Path(__file__).resolve().parent.parent
 TOLERATE_AGENT = {"key": AGENT_TAINT, "operator": "Exists", "effect": "NoSchedule"}
 PAIR_LABEL = "turnout.dev/e2e-pair"
 
@@ -64,14 +60,58 @@ def tiny_gguf() -> Path:
     return build_tiny_model().gguf_path
 
 
-def _start_agent(name: str, root: Path, *args: str) -> dict[str, Any]:
-    """``python -m turnout.agent`` with its own state folder, logging to a file."""
-    log_path = root / f"{name}.log"
-    cmd = [sys.executable, "-m", "turnout.agent", "--node-name", name, "--state-dir", str(root / name),
-           "--stop-pods-on-exit", "-v", *args]
+class Hosts:
+    """Network namespaces for agents, and the forwarder that lets them reach the API server."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.kubeconfig = os.environ["KUBECONFIG"].split(os.pathsep)[0]
+        host, port, _ = server_of(self.kubeconfig)
+        self.port = port
+        self.forwarder = Forwarder((host, port))
+        self.namespaces: list[Namespace] = []
+
+    def new(self) -> tuple[Namespace, str]:
+        """A fresh namespace, forwarded to the API server; and the kubeconfig an agent inside uses."""
+        ns = Namespace(len(self.namespaces) + 1).create()
+        self.namespaces.append(ns)
+        self.forwarder.listen(ns.host, self.port)
+        return ns, kubeconfig_via(self.kubeconfig, ns.host, self.port, str(self.root))
+
+    def close(self) -> None:
+        self.forwarder.close()
+        for ns in self.namespaces:
+            ns.delete()
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    why = problem()
+    if why:
+        pytest.skip(why)
+    clean_leftovers()
+    kubectl("delete", "nodes", "-l", f"{AGENT_LABEL}=true", "--ignore-not-found", check=False)
+    made = Hosts(tmp_path_factory.mktemp("hosts"))
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def _start_agent(hosts: Hosts, name: str, *args: str, address: bool = False) -> dict[str, Any]:
+    """``python -m turnout.agent`` in a namespace of its own, with its own state folder, logging to a file.
+
+    Without ``address`` the agent finds its address itself (the route to the API server).
+    """
+    ns, kubeconfig = hosts.new()
+    log_path = hosts.root / f"{name}.log"
+    cmd = [sys.executable, "-m", "turnout.agent", "--node-name", name, "--kubeconfig", kubeconfig,
+           "--state-dir", str(hosts.root / name), "--stop-pods-on-exit", "-v", "--label", f"{AGENT_LABEL}=true",
+           *(["--address", ns.address] if address else []), *args]
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    return {"name": name, "process": proc, "log": log_path}
+        proc = subprocess.Popen(ns.command(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env=child_env({"KUBECONFIG": None}))
+    return {"name": name, "process": proc, "log": log_path, "netns": ns}
 
 
 def _wait_ready(agents: list[dict[str, Any]]) -> None:
@@ -80,9 +120,13 @@ def _wait_ready(agents: list[dict[str, Any]]) -> None:
             if agent["process"].poll() is not None:
                 raise AssertionError(f"agent exited {agent['process'].returncode}:\n{agent['log'].read_text()}")
             node = get_json("node", agent["name"])
-            return node if condition(node, "Ready").get("status") == "True" else None
+            # Ready, and no longer tainted not-ready: the API server taints every new Node so until the
+            # node-lifecycle controller has seen it Ready (until then no deployment can be placed there).
+            lifted = all(t["key"] != "node.kubernetes.io/not-ready" for t in (node or {}).get("spec", {})
+                         .get("taints") or [])
+            return node if condition(node, "Ready").get("status") == "True" and lifted else None
 
-        agent["node"] = poll(ready, timeout=60, what=f"node {agent['name']} Ready")
+        agent["node"] = poll(ready, timeout=60, what=f"node {agent['name']} Ready and schedulable")
 
 
 def _stop_agents(agents: list[dict[str, Any]]) -> None:
@@ -100,52 +144,29 @@ def _stop_agents(agents: list[dict[str, Any]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def agents(operator: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, dict]]:
-    """A CPU agent and a Metal agent on this machine, Ready in the cluster; removed afterwards."""
-    root = tmp_path_factory.mktemp("agents")
+def agents(operator: object, hosts: Hosts) -> Iterator[dict[str, dict]]:
+    """A CPU agent and a Metal agent, each in its own network namespace, Ready in the cluster; removed after."""
     suffix = uuid.uuid4().hex[:5]
     out: dict[str, dict[str, Any]] = {}
     try:
         for accel in ("cpu", "metal"):
-            out[accel] = _start_agent(f"e2e-agent-{accel}-{suffix}", root, "--accelerator", accel)
+            out[accel] = _start_agent(hosts, f"e2e-agent-{accel}-{suffix}", "--accelerator", accel)
         _wait_ready(list(out.values()))
         yield out
     finally:
         _stop_agents(list(out.values()))
 
 
-def _pair_addresses() -> list[str]:
-    """Two addresses of this host for two agents, from TURNOUT_E2E_AGENT_ADDRESSES; skips saying why not."""
-    import ipaddress
-
-    from turnout.agent.ports import is_local
-
-    how = ("set TURNOUT_E2E_AGENT_ADDRESSES to two non-loopback addresses of this host (EndpointSlices "
-           "reject 127.0.0.0/8), e.g. `sudo ip addr add 10.254.0.2/32 dev lo; sudo ip addr add 10.254.0.3/32 "
-           "dev lo` and TURNOUT_E2E_AGENT_ADDRESSES=10.254.0.2,10.254.0.3")
-    addresses = [a.strip() for a in os.environ.get("TURNOUT_E2E_AGENT_ADDRESSES", "").split(",") if a.strip()]
-    if len(set(addresses)) != 2:
-        pytest.skip(f"two agents on one host need two addresses: {how}")
-    for address in addresses:
-        if not is_local(address):
-            pytest.skip(f"{address} is not an address of this host: {how}")
-        if ipaddress.ip_address(address).is_loopback:
-            pytest.skip(f"{address} is a loopback address, which EndpointSlices reject: {how}")
-    return addresses
-
-
 @pytest.fixture(scope="module")
-def agent_pair(operator: dict[str, object], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Two CPU agents on this host, each bound to its own address, sharing a ``turnout.dev/e2e-pair`` label."""
-    addresses = _pair_addresses()
-    root = tmp_path_factory.mktemp("pair")
+def agent_pair(operator: object, hosts: Hosts) -> Iterator[dict[str, Any]]:
+    """Two CPU agents, each in its own namespace with ``--address``, sharing a ``turnout.dev/e2e-pair`` label."""
     suffix = uuid.uuid4().hex[:5]
     out: list[dict[str, Any]] = []
     try:
-        for i, address in enumerate(addresses):
-            agent = _start_agent(f"e2e-pair-{i}-{suffix}", root, "--accelerator", "cpu", "--address", address,
-                                 "--label", f"{PAIR_LABEL}={suffix}")
-            agent["address"] = address
+        for i in range(2):
+            agent = _start_agent(hosts, f"e2e-pair-{i}-{suffix}", "--accelerator", "cpu",
+                                 "--label", f"{PAIR_LABEL}={suffix}", address=True)
+            agent["address"] = agent["netns"].address
             out.append(agent)
         _wait_ready(out)
         yield {"agents": out, "label": suffix}
@@ -192,9 +213,13 @@ def _delete_and_wait(namespace: str, name: str) -> None:
     poll(lambda: not _pods(namespace, name), timeout=120, what=f"the pods of {name} removed")
 
 
-def test_agent_nodes_join_with_labels_capacity_taint_and_lease(agents: dict[str, dict]) -> None:
+def test_agent_nodes_join_with_labels_capacity_taint_and_lease(agents: dict[str, dict], hosts: Hosts) -> None:
     for accel, agent in agents.items():
         node = agent["node"]
+        # The agent found its address itself: the source address of its route to the API server (the
+        # forwarder on the namespace's host end), reached with tls-server-name.
+        internal = [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"]
+        assert internal == [agent["netns"].address]
         assert node["metadata"]["labels"][ACCELERATOR_LABEL] == accel
         assert {"key": AGENT_TAINT, "value": "true", "effect": "NoSchedule"} in node["spec"]["taints"]
         assert (METAL_RESOURCE in node["status"]["allocatable"]) == (accel == "metal")

@@ -2,8 +2,9 @@
 has, the operator deletes (uid-guarded, background propagation) only children it owns, and a spec no engine
 can serve leaves the previous plan's children in place with the status saying so.
 
-Models run at ``replicas: 0``: these tests are about the objects, not about pulling engine images, and a
-claim no pod mounts is deleted at once (a mounted one waits for its pods: ``kubernetes.io/pvc-protection``).
+Models run at ``replicas: 0``: these tests are about the objects, not about running pods, and a claim no
+pod mounts is deleted at once (a mounted one waits for its pods: ``kubernetes.io/pvc-protection``). Each
+test makes the fake nodes it needs (``own_nodes``) and selects them, so it decides which hardware there is.
 Run with ``KUBECONFIG=... pytest e2e -v``.
 """
 
@@ -14,54 +15,32 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubectl import condition, get_json, kubectl, poll
-
-from turnout.api import ModelDeploymentSpec
-from turnout.config import OperatorConfig
-from turnout.hardware import parse_nodes
-from turnout.resolver import Plan, resolve
+from admission import Refusal
+from kubectl import apply, awq, condition, events, get_json, gguf, kubectl, model_deployment, poll, settled
 
 LABELS = {"app.kubernetes.io/managed-by": "turnout", "app.kubernetes.io/component": "model-server",
           "app.kubernetes.io/name": "turnout"}
 
 
-def _hardware() -> Any:
-    return parse_nodes(json.loads(kubectl("get", "nodes", "-o", "json"))["items"])
-
-
-def _plan(spec: dict[str, Any]) -> Plan | None:
-    decision = resolve(ModelDeploymentSpec.model_validate(spec), _hardware(), OperatorConfig())
-    return decision if isinstance(decision, Plan) else None
-
-
 def _md(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
-            "spec": spec}
+    return model_deployment(name, spec)
 
 
 def _apply(obj: dict[str, Any], namespace: str) -> None:
     # One field manager for every apply of a test: a field left out of the next apply is removed.
-    kubectl("apply", "--server-side", "--field-manager=e2e", "-n", namespace, "-f", "-", stdin=json.dumps(obj))
+    apply(obj, namespace, manager="e2e")
 
 
 def _settled(namespace: str, name: str, generation: int | None = None) -> dict[str, Any] | None:
-    md = get_json("modeldeployment", name, "-n", namespace)
-    if not md:
-        return None
-    want = generation or md["metadata"]["generation"]
-    seen = (md.get("status") or {}).get("observedGeneration")
-    return md if seen == want == md["metadata"]["generation"] else None
+    return settled(namespace, name, generation)
 
 
 def _events(namespace: str, name: str, reason: str) -> list[dict[str, Any]]:
-    out = kubectl("get", "events", "-n", namespace, "-o", "json",
-                  "--field-selector", f"involvedObject.name={name},reason={reason}")
-    return json.loads(out)["items"]
+    return events(namespace, name, reason)
 
 
 def _gguf(replicas: int = 0, **extra: Any) -> dict[str, Any]:
-    return {"model": {"name": "qwen2.5-instruct", "size": 0.5, "format": "gguf", "quantization": "Q4_K_M"},
-            "replicas": replicas, **extra}
+    return gguf(replicas, **extra)
 
 
 @pytest.fixture
@@ -73,14 +52,10 @@ def deployed(namespace: str, operator: dict[str, object]) -> Iterator[list[str]]
         kubectl("delete", "modeldeployment", name, "-n", namespace, "--ignore-not-found", "--wait=false")
 
 
-def _needs(spec: dict[str, Any]) -> None:
-    if _plan(spec) is None:
-        pytest.skip("no node of this cluster can serve a small GGUF model")
-
-
-def test_removing_the_cache_prunes_the_claim(namespace, deployed):
-    spec = _gguf(cache={"size": "1Gi"})
-    _needs(spec)
+def test_removing_the_cache_prunes_the_claim(namespace, deployed, own_nodes):
+    own_nodes.add("cpu")
+    on = {"nodeSelector": own_nodes.selector}
+    spec = _gguf(cache={"size": "1Gi"}, **on)
     deployed.append("e2e-prune-cache")
     _apply(_md("e2e-prune-cache", spec), namespace)
     md = poll(lambda: _settled(namespace, "e2e-prune-cache"), what="reconciled")
@@ -88,7 +63,7 @@ def test_removing_the_cache_prunes_the_claim(namespace, deployed):
     assert [r["uid"] for r in claim["metadata"]["ownerReferences"]] == [md["metadata"]["uid"]]
     dep = poll(lambda: get_json("deployment", "e2e-prune-cache", "-n", namespace), what="the Deployment")
 
-    _apply(_md("e2e-prune-cache", _gguf()), namespace)  # spec.cache dropped by server-side apply
+    _apply(_md("e2e-prune-cache", _gguf(**on)), namespace)  # spec.cache dropped by server-side apply
     poll(lambda: _settled(namespace, "e2e-prune-cache", 2), what="generation 2 reconciled")
     poll(lambda: get_json("pvc", "e2e-prune-cache-cache", "-n", namespace) is None, what="the claim deleted")
     after = get_json("deployment", "e2e-prune-cache", "-n", namespace)
@@ -98,11 +73,12 @@ def test_removing_the_cache_prunes_the_claim(namespace, deployed):
     poll(lambda: _events(namespace, "e2e-prune-cache", "Pruned"), what="a Pruned event")
 
 
-def test_only_children_it_owns_are_pruned(namespace, deployed):
-    _needs(_gguf())
+def test_only_children_it_owns_are_pruned(namespace, deployed, own_nodes):
+    own_nodes.add("cpu")
+    on = {"nodeSelector": own_nodes.selector}
     deployed.extend(["e2e-prune-owned", "e2e-prune-other"])
-    _apply(_md("e2e-prune-owned", _gguf()), namespace)
-    _apply(_md("e2e-prune-other", _gguf()), namespace)
+    _apply(_md("e2e-prune-owned", _gguf(**on)), namespace)
+    _apply(_md("e2e-prune-other", _gguf(**on)), namespace)
     md = poll(lambda: _settled(namespace, "e2e-prune-owned"), what="reconciled")
     other = poll(lambda: _settled(namespace, "e2e-prune-other"), what="the other reconciled")
     labels = {**LABELS, "turnout.dev/deployment": "e2e-prune-owned"}
@@ -128,24 +104,10 @@ def test_only_children_it_owns_are_pruned(namespace, deployed):
     kubectl("delete", "service", "e2e-prune-owned-by-hand", "-n", namespace, "--ignore-not-found")
 
 
-def _two_engines() -> tuple[dict[str, Any], str, str] | None:
-    """A spec and two engines this cluster can both run it with, if any."""
-    candidates = [
-        {"model": {"name": "qwen2.5-instruct", "size": 7, "format": "awq", "quantization": "Int4"}, "replicas": 0},
-        {"model": {"name": "qwen2.5-instruct", "size": 0.5, "format": "pytorch"}, "replicas": 0},
-    ]
-    for spec in candidates:
-        engines = [e for e in ("vllm", "sglang", "transformers") if _plan({**spec, "engine": e}) is not None]
-        if len(engines) >= 2:
-            return spec, engines[0], engines[1]
-    return None
-
-
-def test_an_engine_change_updates_in_place_and_prunes_what_the_new_plan_does_not_use(namespace, deployed):
-    found = _two_engines()
-    if found is None:
-        pytest.skip("no model spec here that two engines can serve on this cluster's nodes")
-    spec, first, second = found
+def test_an_engine_change_updates_in_place_and_prunes_what_the_new_plan_does_not_use(namespace, deployed,
+                                                                                     own_nodes):
+    own_nodes.add("gpu")  # an A10G: vLLM and transformers can both serve a 7B AWQ model there
+    spec, first, second = awq(replicas=0, nodeSelector=own_nodes.selector), "vllm", "transformers"
     deployed.append("e2e-prune-engine")
     _apply(_md("e2e-prune-engine", {**spec, "engine": first, "cache": {"size": "1Gi"}}), namespace)
     md = poll(lambda: _settled(namespace, "e2e-prune-engine"), what="reconciled")
@@ -162,21 +124,17 @@ def test_an_engine_change_updates_in_place_and_prunes_what_the_new_plan_does_not
     assert after["spec"]["template"]["spec"]["containers"][0]["image"] == md["status"]["image"]
 
 
-def test_a_rejected_update_keeps_the_previous_plan_serving_then_a_fix_recovers(namespace, deployed):
-    _needs(_gguf())
-    hardware = _hardware()
-    missing = next((a for a in ("ascend", "metal", "nvidia")
-                    if not isinstance(resolve(ModelDeploymentSpec.model_validate(_gguf(accelerator={"type": a})),
-                                              hardware, OperatorConfig()), Plan)), None)
-    if missing is None:
-        pytest.skip("every accelerator type can serve the model here: nothing to reject")
+def test_a_rejected_update_keeps_the_previous_plan_serving_then_a_fix_recovers(namespace, deployed, own_nodes):
+    own_nodes.add("cpu")
+    on = {"nodeSelector": own_nodes.selector}
+    missing = "nvidia"  # no GPU among this test's nodes
     deployed.append("e2e-rejected")
-    _apply(_md("e2e-rejected", _gguf()), namespace)
+    _apply(_md("e2e-rejected", _gguf(**on)), namespace)
     placed = poll(lambda: _settled(namespace, "e2e-rejected"), what="reconciled")
     dep = poll(lambda: get_json("deployment", "e2e-rejected", "-n", namespace), what="the Deployment")
     svc = get_json("service", "e2e-rejected", "-n", namespace)
 
-    _apply(_md("e2e-rejected", _gguf(accelerator={"type": missing})), namespace)
+    _apply(_md("e2e-rejected", _gguf(accelerator={"type": missing}, **on)), namespace)
     held = poll(lambda: _settled(namespace, "e2e-rejected", 2), what="generation 2 reconciled")
     assert held["status"]["phase"] == "Degraded"
     assert (condition(held, "Resolved")["status"], condition(held, "Resolved")["reason"]) == ("False", "Rejected")
@@ -191,8 +149,72 @@ def test_a_rejected_update_keeps_the_previous_plan_serving_then_a_fix_recovers(n
     assert get_json("service", "e2e-rejected", "-n", namespace)["metadata"]["uid"] == svc["metadata"]["uid"]
     poll(lambda: _events(namespace, "e2e-rejected", "ServingPreviousPlan"), what="a ServingPreviousPlan event")
 
-    _apply(_md("e2e-rejected", _gguf()), namespace)
+    _apply(_md("e2e-rejected", _gguf(**on)), namespace)
     fixed = poll(lambda: _settled(namespace, "e2e-rejected", 3), what="generation 3 reconciled")
     assert condition(fixed, "Resolved")["status"] == "True"
     assert condition(fixed, "Degraded")["reason"] != "ServingPreviousPlan"
     assert fixed["status"]["phase"] in {"Deploying", "Ready"}
+
+
+def test_a_rejected_first_spec_without_children_is_a_plain_failure(namespace, deployed, own_nodes):
+    own_nodes.add("cpu")
+    deployed.append("e2e-first-rejected")
+    _apply(_md("e2e-first-rejected", _gguf(accelerator={"type": "nvidia"}, nodeSelector=own_nodes.selector)),
+           namespace)
+    failed = poll(lambda: _settled(namespace, "e2e-first-rejected"), what="reconciled")
+    assert failed["status"]["phase"] == "Failed"
+    assert "engine" not in failed["status"] and "endpoint" not in failed["status"]
+    assert condition(failed, "Degraded")["reason"] == "NotResolved"
+    assert get_json("deployment", "e2e-first-rejected", "-n", namespace) is None
+    assert not _events(namespace, "e2e-first-rejected", "ServingPreviousPlan")
+
+
+def test_hardware_that_can_serve_a_rejected_update_rolls_it_out(namespace, deployed, own_nodes):
+    own_nodes.add("cpu")
+    on = {"nodeSelector": own_nodes.selector}
+    deployed.append("e2e-later-gpu")
+    _apply(_md("e2e-later-gpu", _gguf(**on)), namespace)
+    poll(lambda: _settled(namespace, "e2e-later-gpu"), what="placed on CPU")
+    _apply(_md("e2e-later-gpu", _gguf(accelerator={"type": "nvidia"}, **on)), namespace)
+    poll(lambda: (m := _settled(namespace, "e2e-later-gpu", 2)) and
+         condition(m, "Degraded").get("reason") == "ServingPreviousPlan", what="serving the previous plan")
+
+    own_nodes.add("gpu")
+    placed = poll(lambda: (m := _settled(namespace, "e2e-later-gpu", 2)) and
+                  m["status"].get("accelerator") == "nvidia" and m, what="the update placed on the new GPU node")
+    assert condition(placed, "Resolved")["status"] == "True"
+    dep = get_json("deployment", "e2e-later-gpu", "-n", namespace)
+    assert dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] in (1, "1")
+    poll(lambda: condition(_settled(namespace, "e2e-later-gpu"), "Degraded").get("status") == "False",
+         what="no longer degraded")
+
+
+def test_a_refused_delete_is_reported_and_tried_again(namespace, deployed, operator, own_nodes):
+    own_nodes.add("cpu")
+    on = {"nodeSelector": own_nodes.selector}
+    name, claim = "e2e-refused-prune", "e2e-refused-prune-cache"
+    deployed.append(name)
+    _apply(_md(name, _gguf(cache={"size": "1Gi"}, **on)), namespace)
+    poll(lambda: _settled(namespace, name) and get_json("pvc", claim, "-n", namespace), what="the cache claim")
+    deletes = operator.total("turnout_operator_writes_total", kind="delete")
+    refusal = Refusal(namespace, "refuse-prune", group="", resource="persistentvolumeclaims",
+                      operations=["DELETE"], expression=f"oldObject.metadata.name != '{claim}'",
+                      message="e2e: this claim may not be deleted", probe=["delete", "pvc", claim, "-n", namespace])
+    with refusal:
+        _apply(_md(name, _gguf(**on)), namespace)  # spec.cache dropped: the claim is to be pruned
+        failed = poll(lambda: _events(namespace, name, "PruneFailed"), what="a PruneFailed warning")
+        assert failed[0]["type"] == "Warning" and refusal.message in failed[0]["message"]
+        assert claim in failed[0]["message"]
+        poll(lambda: _settled(namespace, name, 2), what="generation 2 reconciled")
+        assert get_json("pvc", claim, "-n", namespace) is not None
+        assert _settled(namespace, name)["status"]["phase"] == "Ready"  # the serving plan itself is fine
+        # Any later reconcile tries again: refused once more, said once.
+        kubectl("scale", f"modeldeployment/{name}", "-n", namespace, "--replicas=1")
+        poll(lambda: _settled(namespace, name, 3), what="generation 3 reconciled")
+        assert get_json("pvc", claim, "-n", namespace) is not None
+        refusal.lift()
+    kubectl("scale", f"modeldeployment/{name}", "-n", namespace, "--replicas=0")
+    poll(lambda: get_json("pvc", claim, "-n", namespace) is None, what="the claim pruned")
+    assert operator.total("turnout_operator_writes_total", kind="delete") == deletes + 1
+    assert len(_events(namespace, name, "PruneFailed")) == 1
+    assert len(_events(namespace, name, "Pruned")) == 1

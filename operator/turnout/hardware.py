@@ -2,7 +2,12 @@
 
 Pure: takes the Node dicts the API returns (or ``kubectl get nodes -o yaml``
 prints) and says, per node, which accelerator it offers, how many devices,
-how much memory each has. Unschedulable and NotReady nodes don't count.
+how much memory each has. Unschedulable and NotReady nodes don't count, nor do
+nodes the control plane taints as not ready or unreachable: a node that has just
+registered carries ``node.kubernetes.io/not-ready`` until the node-lifecycle
+controller has seen it Ready (the NodeTaint admission plugin adds it at creation,
+whatever the Ready condition says), and one whose kubelet stopped reporting gets
+``node.kubernetes.io/unreachable``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ ACCELERATOR_LABEL = "turnout.dev/accelerator"  # set by the host agent: metal | 
 METAL_RESOURCE = "turnout.dev/metal"
 AGENT_TAINT = "turnout.dev/agent"
 MEMORY_LABEL = "turnout.dev/memory"  # unified memory of a Metal host, e.g. 64Gi
+#: Taints of the node-lifecycle controller (and the NodeTaint admission plugin) on nodes that are not ready.
+NOT_READY_TAINTS = frozenset({"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"})
 
 #: HBM per NPU (MiB) by the chip name the Ascend device plugin writes into node.kubernetes.io/npu.chip.name
 #: (docs/hardware.md has the table and its sources). 910B4 is the 32 GB member of the 910B series.
@@ -155,6 +162,9 @@ class Hardware:
 
 
 def _ready(node: Mapping[str, Any]) -> bool:
+    for taint in (node.get("spec") or {}).get("taints") or []:
+        if isinstance(taint, Mapping) and taint.get("key") in NOT_READY_TAINTS:
+            return False
     conditions = (node.get("status") or {}).get("conditions")
     if not conditions:
         return True  # objects written by hand (examples) carry no conditions

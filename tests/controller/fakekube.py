@@ -77,6 +77,8 @@ CRDS: ResKey = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 # /api/v1/namespaces): Namespace objects themselves are parsed here.
 _NAMESPACE_PATH = re.compile(r"/api/v1/namespaces(?:/([^/]+))?(?:/(status))?")
 NAMESPACES: ResKey = ("", "v1", "namespaces")
+# metadata.name (and generateName but for a trailing "-") of most kinds, as the API server validates them.
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def _now() -> str:
@@ -289,7 +291,15 @@ class FakeKube(kmock.KubernetesEmulator):
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
         if meta.get("generateName") and not meta.get("name"):
-            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+            # As the API server: a generateName is a DNS subdomain once a trailing "-" is set aside.
+            prefix = meta["generateName"]
+            if not _DNS_SUBDOMAIN.fullmatch(prefix[:-1] + "a" if prefix.endswith("-") else prefix):
+                raise KubeApiError(status=422, reason="Invalid", message=f"{kind} is invalid: metadata.generateName: "
+                                   f"Invalid value: {prefix!r}: a lowercase RFC 1123 subdomain ...")
+            meta["name"] = prefix + uuid.uuid4().hex[:5]
+        if not _DNS_SUBDOMAIN.fullmatch(str(meta.get("name") or "")) or len(str(meta.get("name"))) > 253:
+            raise KubeApiError(status=422, reason="Invalid", message=f"{kind} is invalid: metadata.name: "
+                               f"Invalid value: {meta.get('name')!r}: a lowercase RFC 1123 subdomain ...")
         if not namespaced:
             meta.pop("namespace", None)
         key = (meta.get("namespace"), meta["name"])

@@ -161,6 +161,19 @@ async def test_client_classifies_failures(fake, free_port):
     assert errors == [("PATCH", 404), ("POST", 503)]
 
 
+def test_event_names_are_dns_subdomains_as_client_go_makes_them():
+    import re
+
+    from turnout.kube.client import event_name
+
+    subdomain = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+    assert event_name("qwen2.5-gguf", 0x17D4F) == "qwen2.5-gguf.17d4f"
+    long = event_name("a" * 250 + "-b", 0x123456789ABCDEF0)
+    assert len(long) <= 253 and subdomain.fullmatch(long)
+    # The prefix the client once sent as generateName ("<name>."), which the API server refuses with 422.
+    assert not subdomain.fullmatch("qwen2.5-gguf.")
+
+
 def test_the_echo_of_our_own_apply_queues_no_reconcile_but_any_other_child_change_does():
     from turnout.config import OperatorConfig
     from turnout.controller import Controller

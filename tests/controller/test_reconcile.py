@@ -339,7 +339,16 @@ async def test_without_nodes_it_waits_then_deploys_when_one_joins(fake, operator
     await fake.put_object(MDS, gguf_md())
     waiting = await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Resolving" and _md(fake, "qwen-gguf"))
     assert (cond(waiting, "Resolved")["status"], cond(waiting, "Resolved")["reason"]) == ("Unknown", "WaitingForNodes")
-    await fake.put_object(NODES, cpu_node())
+    # A node that has just registered: the API server taints it not-ready until the node-lifecycle controller
+    # has seen it Ready. Still waiting (not rejected: it is no node that cannot serve the model).
+    joining = cpu_node()
+    joining["spec"] = {"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]}
+    await fake.put_object(NODES, joining)
+    await fake.wait_for(lambda: operator_run.controller._index("turnout_nodes"), what="the node indexed")
+    await fake.wait_for(lambda: len(operator_run.controller.queue) == 0, what="an idle work queue")
+    assert _phase(fake, "qwen-gguf") == "Resolving"
+    assert not [e for e in events_of(fake, "qwen-gguf") if e["reason"] == "Rejected"]
+    await fake.modify(NODES, (None, "cpu-1"), lambda o: {**o, "spec": {}})
     await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "qwen-gguf"))
     await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Deploying")
     await operator_run.stop()

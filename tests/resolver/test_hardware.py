@@ -39,6 +39,17 @@ def test_unschedulable_and_not_ready_nodes_do_not_count() -> None:
     assert [n.name for n in hw.nodes] == ["ok"]
 
 
+def test_nodes_tainted_not_ready_or_unreachable_do_not_count() -> None:
+    # A node that just registered: Ready in its own status, but the API server's NodeTaint admission plugin
+    # put node.kubernetes.io/not-ready on it until the node-lifecycle controller has seen it.
+    joining = nvidia("joining")
+    joining["spec"]["taints"] = [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}]
+    lost = cpu("lost")
+    lost.setdefault("spec", {})["taints"] = [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]
+    hw = parse_nodes([joining, lost, cpu("ok")])
+    assert [n.name for n in hw.nodes] == ["ok"]
+
+
 def test_zero_gpus_allocatable_is_a_cpu_node() -> None:
     hw = parse_nodes([nvidia(gpus=0)])
     assert hw.nodes[0].accelerator == "cpu"

@@ -16,26 +16,29 @@
   verbs: ["create"]
 # know which cache claims are applied
 # server-side apply of the model cache claim
+# server-side apply of a cache claim not there yet (authorized as create)
 # prune the cache claim when spec.cache no longer asks for it
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["delete", "list", "patch", "watch"]
+  verbs: ["create", "delete", "list", "patch", "watch"]
 # detect CrashLoopBackOff, ImagePullBackOff, OOMKilled, Unschedulable
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
 # know which Services are applied (spec-hash)
 # server-side apply of the model Service
+# server-side apply of a Service not there yet (authorized as create)
 # prune a Service the current plan no longer uses
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["delete", "list", "patch", "watch"]
+  verbs: ["create", "delete", "list", "patch", "watch"]
 # follow the model server Deployments' rollout
 # server-side apply of the model server Deployment
+# server-side apply of a Deployment not there yet (authorized as create)
 # prune a Deployment the current plan no longer uses
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["delete", "list", "patch", "watch"]
+  verbs: ["create", "delete", "list", "patch", "watch"]
 # Events: engine selected, rejected, rollout started, degraded
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

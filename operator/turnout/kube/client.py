@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -62,6 +62,17 @@ def object_path(obj: Mapping[str, Any]) -> str:
         raise ValueError(f"no REST path known for {obj['apiVersion']} {obj['kind']}")
     meta = obj["metadata"]
     return api_path(obj["apiVersion"], plural, meta.get("namespace"), meta.get("name"))
+
+
+def event_name(regarding_name: str, when_ns: int | None = None) -> str:
+    """An Event's name as client-go's recorders make it: ``<object>.<unix nanoseconds in hex>``.
+
+    Not ``generateName: "<object>."``: the API server validates a generateName as a DNS subdomain with
+    only a trailing ``-`` allowed, so that prefix is refused (422) for every object.
+    """
+    stamp = f"{when_ns if when_ns is not None else time.time_ns():x}"
+    base = regarding_name[: 253 - len(stamp) - 1].rstrip(".-")
+    return f"{base}.{stamp}"
 
 
 def micro_time(when: datetime.datetime | None = None) -> str:
@@ -226,13 +237,10 @@ class KubeClient:
         """Post an ``events.k8s.io/v1`` Event about ``regarding`` (an object reference with namespace)."""
         namespace = str(regarding["namespace"])
         now = datetime.datetime.now(datetime.timezone.utc)
-        # Named as client-go's recorder names Events (<object>.<hex nanoseconds>): events.k8s.io validates
-        # generateName as a whole name, so the core/v1 habit "<object>." is refused there (422).
-        stamp = f"{int(now.timestamp() * 1e9):x}{secrets.token_hex(2)}"
         event = {
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",
-            "metadata": {"name": f"{regarding['name']}.{stamp}", "namespace": namespace},
+            "metadata": {"name": event_name(str(regarding["name"])), "namespace": namespace},
             "regarding": dict(regarding),
             "type": type_,
             "reason": reason[:128],
