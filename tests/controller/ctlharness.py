@@ -18,6 +18,7 @@ MDS = ("turnout.dev", "v1alpha1", "modeldeployments")
 DEPLOYMENTS = ("apps", "v1", "deployments")
 SERVICES = ("", "v1", "services")
 CLAIMS = ("", "v1", "persistentvolumeclaims")
+LWS = ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
 PODS = ("", "v1", "pods")
 NODES = ("", "v1", "nodes")
 EVENTS = ("events.k8s.io", "v1", "events")
@@ -45,6 +46,43 @@ def gpu_node(name: str = "gpu-1", count: int = 1) -> dict[str, Any]:
         "status": {"allocatable": {"cpu": "8", "memory": "30Gi", "nvidia.com/gpu": str(count)},
                    "conditions": [{"type": "Ready", "status": "True"}]},
     }
+
+
+def h100_node(name: str = "hgx-h100-1") -> dict[str, Any]:
+    """An 8 × H100 80 GB server (GFD labels, 2 TiB of RAM), as examples/nodes/h100-2x8.yaml has it."""
+    node = gpu_node(name, 8)
+    node["metadata"]["labels"].update({"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+                                       "nvidia.com/gpu.memory": "81559", "nvidia.com/gpu.compute.major": "9",
+                                       "nvidia.com/gpu.compute.minor": "0"})
+    node["status"]["allocatable"] = {"cpu": "220", "memory": "2Ti", "nvidia.com/gpu": "8"}
+    return node
+
+
+def llama405_md(name: str = "llama-405b") -> dict[str, Any]:
+    """Llama 3.1 405B unquantized (examples/llama-405b-lws.yaml without its cache): more than one 8 × H100 node."""
+    return {
+        "apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"model": {"name": "llama-3.1-instruct", "size": 405, "format": "pytorch"},
+                 "servedModelName": "llama-405b"},
+    }
+
+
+async def mark_lws_rollout(fake: FakeKube, name: str, ready: int, *, namespace: str = NS) -> dict[str, Any]:
+    """Play the LeaderWorkerSet controller: every group updated, ``ready`` of them ready."""
+
+    def fn(obj: dict[str, Any]) -> dict[str, Any]:
+        replicas = obj["spec"].get("replicas", 1)
+        done = ready >= replicas
+        obj["status"] = {"observedGeneration": obj["metadata"]["generation"], "replicas": replicas,
+                         "updatedReplicas": replicas, "readyReplicas": ready, "conditions": [
+                             {"type": "Available", "status": "True" if done else "False",
+                              "reason": "AllGroupsReady" if done else "GroupsNotReady", "message": ""},
+                             {"type": "Progressing", "status": "False" if done else "True",
+                              "reason": "GroupsReady" if done else "GroupsProgressing", "message": ""}]}
+        return obj
+
+    return await fake.modify(LWS, (namespace, name), fn, status_only=True)
 
 
 def gguf_md(name: str = "qwen-gguf", replicas: int = 1, accelerator: str | None = None) -> dict[str, Any]:

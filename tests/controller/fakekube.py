@@ -65,6 +65,7 @@ RESOURCES: dict[ResKey, tuple[str, bool, bool]] = {
     ("apps", "v1", "deployments"): ("Deployment", True, True),
     ("", "v1", "services"): ("Service", True, True),
     ("", "v1", "persistentvolumeclaims"): ("PersistentVolumeClaim", True, True),
+    ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"): ("LeaderWorkerSet", True, True),
     ("", "v1", "pods"): ("Pod", True, True),
     ("", "v1", "nodes"): ("Node", False, True),
     ("", "v1", "events"): ("Event", True, False),

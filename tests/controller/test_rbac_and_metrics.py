@@ -9,6 +9,7 @@ import yaml
 from ctlharness import (
     CLAIMS,
     DEPLOYMENTS,
+    LWS,
     MDS,
     NODES,
     NS,
@@ -18,6 +19,8 @@ from ctlharness import (
     cpu_node,
     gguf_md,
     gpu_node,
+    h100_node,
+    llama405_md,
     mark_rollout,
 )
 
@@ -72,6 +75,14 @@ async def test_recorded_api_use_equals_the_declared_rbac(fake, operator_run):
     await fake.wait_for(lambda: (fake.get(MDS, NS, "qwen-gguf").get("status") or {}).get("phase") == "Ready")
     await fake.wait_for(lambda: "turnout.dev/last-handled-configuration"
                         in (fake.get(MDS, NS, "qwen-gguf")["metadata"].get("annotations") or {}))
+    # A multi-node plan: a LeaderWorkerSet applied, then pruned when the model fits one node.
+    for name in ("hgx-h100-1", "hgx-h100-2"):
+        await fake.put_object(NODES, h100_node(name))
+    await fake.put_object(MDS, llama405_md())
+    await fake.wait_for(lambda: fake.get(LWS, NS, "llama-405b"))
+    small = {"name": "qwen2.5-instruct", "size": 7, "format": "awq", "quantization": "Int4"}
+    await fake.modify(MDS, (NS, "llama-405b"), lambda o: {**o, "spec": {**o["spec"], "model": small}})
+    await fake.wait_for(lambda: fake.get(LWS, NS, "llama-405b") is None)
     await operator_run.stop()
 
     used = _api_use(fake.requests)
@@ -80,7 +91,8 @@ async def test_recorded_api_use_equals_the_declared_rbac(fake, operator_run):
     applied = {(r.resource.group or "", r.resource.plural) for r in fake.requests if r.resource is not None
                and str(r.method.value).upper() == "PATCH" and not r.subresource
                and "apply-patch" in (r.headers.get("Content-Type") or "")}
-    assert applied == {("apps", "deployments"), ("", "services"), ("", "persistentvolumeclaims")}
+    assert applied == {("apps", "deployments"), ("", "services"), ("", "persistentvolumeclaims"),
+                       ("leaderworkerset.x-k8s.io", "leaderworkersets")}
     used |= {(group, plural, "create") for group, plural in applied}
     uncovered = sorted(u for u in used if covers(*u) is None)
     assert uncovered == [], f"requests the RBAC rules do not allow: {uncovered}"

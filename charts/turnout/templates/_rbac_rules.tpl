@@ -43,6 +43,13 @@
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
+# follow the LeaderWorkerSets of multi-node plans (only while the cluster serves them)
+# server-side apply of the LeaderWorkerSet of a multi-node plan
+# server-side apply of a LeaderWorkerSet not there yet (authorized as create)
+# prune the LeaderWorkerSet when the plan fits one node again
+- apiGroups: ["leaderworkerset.x-k8s.io"]
+  resources: ["leaderworkersets"]
+  verbs: ["create", "delete", "list", "patch", "watch"]
 # watch ModelDeployments (kopf)
 # kopf's last-handled-configuration and progress annotations
 - apiGroups: ["turnout.dev"]

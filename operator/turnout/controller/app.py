@@ -50,6 +50,10 @@ _CHILD_RESOURCES = {
     "Deployment": ("apps", "v1", "deployments"),
     "Service": ("", "v1", "services"),
     "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
+    # Always registered: kopf (scanning disabled) watches only what its start-up discovery found served, and
+    # silently skips a resource that is not. When LeaderWorkerSet appears or goes, the operator restarts kopf
+    # in-process (see operate) so that its watches follow.
+    "LeaderWorkerSet": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
 }
 
 
@@ -106,10 +110,26 @@ def configure(settings: kopf.OperatorSettings) -> None:
 def build_registry(
     controller: Controller,
     tune: Callable[[kopf.OperatorSettings], None] | None = None,
+    restart: asyncio.Event | None = None,
 ) -> kopf.OperatorRegistry:
-    """All handlers of one operator instance."""
+    """All handlers of one operator instance.
+
+    ``restart`` is set when API discovery finds that LeaderWorkerSet is served now and was not when kopf
+    started (or the reverse): kopf's watches are fixed at its start, so :func:`operate` starts it again.
+    """
     registry = kopf.OperatorRegistry()
     md_resource = (GROUP, VERSION, PLURAL)
+    discovery: list[asyncio.Task[None]] = []
+
+    async def _rediscover(watching: bool) -> None:
+        while True:
+            await asyncio.sleep(controller.discovery_interval)
+            controller.set_features(await controller.discover())
+            if controller.features.leader_worker_set != watching and restart is not None:
+                logger.info("LeaderWorkerSet is %s served: restarting the watches",
+                            "now" if controller.features.leader_worker_set else "no longer")
+                restart.set()
+                return
 
     @kopf.on.login(registry=registry)
     async def _login(**_: Any) -> kopf.AiohttpSession:
@@ -130,10 +150,17 @@ def build_registry(
         client = KubeClient(controller.credentials, on_error=controller.metrics.api_error,
                             user_agent="turnout-operator")
         controller.bind({k: kwargs[k] for k in INDEX_IDS if k in kwargs}, client)
+        # kopf's own discovery (its start-up scan) runs after the start-up handlers; ours answers the same.
+        controller.set_features(await controller.discover())
+        discovery.append(asyncio.create_task(_rediscover(controller.features.leader_worker_set),
+                                             name="turnout-discovery"))
         controller.queue.start()
 
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(**_: Any) -> None:
+        for task in discovery:
+            task.cancel()
+        await asyncio.gather(*discovery, return_exceptions=True)
         await controller.queue.stop()
         if controller.client is not None:
             await controller.client.close()
@@ -276,22 +303,43 @@ async def operate(
     """
     controller = controller or Controller(config)
     controller.credentials = credentials or await load_credentials(options.kubeconfig, context=options.context)
-    registry = build_registry(controller, tune=tune)
     runner = None
     if options.metrics_port:
         runner = await metrics_mod.serve(controller.metrics, options.bind_address, options.metrics_port)
     liveness = f"http://{options.bind_address}:{options.health_port}/healthz" if options.health_port else None
+    restart = asyncio.Event()
     try:
-        await kopf.operator(
-            registry=registry,
-            clusterwide=options.all_namespaces,
-            namespaces=[] if options.all_namespaces else options.namespaces,
-            standalone=options.peering is None,
-            peering_name=options.peering,
-            liveness_endpoint=liveness,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-        )
+        while True:
+            restart.clear()
+            inner_stop = asyncio.Event()
+
+            async def _relay(flag: asyncio.Event = inner_stop) -> None:
+                waits = [asyncio.create_task(restart.wait())]
+                if stop_flag is not None:
+                    waits.append(asyncio.create_task(stop_flag.wait()))
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+                flag.set()
+
+            relay = asyncio.create_task(_relay())
+            try:
+                await kopf.operator(
+                    registry=build_registry(controller, tune=tune, restart=restart),
+                    clusterwide=options.all_namespaces,
+                    namespaces=[] if options.all_namespaces else options.namespaces,
+                    standalone=options.peering is None,
+                    peering_name=options.peering,
+                    liveness_endpoint=liveness,
+                    stop_flag=inner_stop,
+                    ready_flag=ready_flag,
+                )
+            finally:
+                relay.cancel()
+            if not restart.is_set() or (stop_flag is not None and stop_flag.is_set()):
+                break
     finally:
         if runner is not None:
             await runner.cleanup()

@@ -23,14 +23,17 @@ from turnout.config import OperatorConfig
 from turnout.controller import status as st
 from turnout.controller.world import SPEC_HASH_LABEL, Problem, _plain
 from turnout.hardware import Hardware
-from turnout.render import child_name, render, selector
+from turnout.render import LWS_API_VERSION, child_name, render, selector
 from turnout.render.manifests import spec_hash
 from turnout.resolver import Plan, Rejection, resolve
 
-#: Children are applied claim first, Deployment last (so a refused child never leaves a rollout started),
-#: and pruned in the reverse order.
-APPLY_ORDER = {"PersistentVolumeClaim": 0, "Service": 1, "Deployment": 2}
-API_VERSIONS = {"Deployment": "apps/v1", "Service": "v1", "PersistentVolumeClaim": "v1"}
+#: Children are applied claim first, the workload (Deployment or LeaderWorkerSet) last (so a refused child never
+#: leaves a rollout started), and pruned in the reverse order.
+APPLY_ORDER = {"PersistentVolumeClaim": 0, "Service": 1, "Deployment": 2, "LeaderWorkerSet": 2}
+API_VERSIONS = {"Deployment": "apps/v1", "Service": "v1", "PersistentVolumeClaim": "v1",
+                "LeaderWorkerSet": LWS_API_VERSION}
+#: The kinds that run the model server pods: a plan renders one of them (LeaderWorkerSet when multi-node).
+WORKLOADS = ("Deployment", "LeaderWorkerSet")
 
 
 # ----- what was observed ------------------------------------------------------------------------
@@ -74,11 +77,12 @@ class Observed:
 
     @property
     def deployment(self) -> Mapping[str, Any] | None:
-        """The model server Deployment as last seen: the one of the current name, else any this object has."""
-        found = self.children.get(("Deployment", self.instance))
-        if found is None:
-            found = next((c for (kind, _), c in self.children.items() if kind == "Deployment"), None)
-        return found
+        """The workload (Deployment or LeaderWorkerSet) as last seen: of the current name, else any this object has."""
+        for kind in WORKLOADS:
+            found = self.children.get((kind, self.instance))
+            if found is not None:
+                return found
+        return next((c for (kind, _), c in self.children.items() if kind in WORKLOADS), None)
 
 
 # ----- what to do -------------------------------------------------------------------------------
@@ -217,18 +221,19 @@ def _planned(o: Observed, plan: Plan, kept: bool, config: OperatorConfig,
     apply: list[dict[str, Any]] = []
     rollout_event: Event | None = None
     rollout_brief = ""  # the rollout as said inside EngineSelected (which already names engine and image)
-    deployment_before = o.children.get(("Deployment", o.instance))
-    deployment_after, desired_hash = deployment_before, None  # the Deployment once the applies are done
+    workload = "LeaderWorkerSet" if plan.multi_node else "Deployment"
+    deployment_before = o.children.get((workload, o.instance))
+    deployment_after, desired_hash = deployment_before, None  # the workload once the applies are done
     for child in children:
         kind, name = child["kind"], child["metadata"]["name"]
         want = (child["metadata"].get("labels") or {}).get(SPEC_HASH_LABEL)
         seen = o.children.get((kind, name))
-        if kind == "Deployment":
+        if kind in WORKLOADS:
             desired_hash = want
         if not needs_apply(child, seen, o.uid):
             continue
         apply.append(child)
-        if kind != "Deployment":
+        if kind not in WORKLOADS:
             continue
         deployment_after = as_applied(child, seen)
         if seen is None or (seen.get("labels") or {}).get(SPEC_HASH_LABEL) != want:
@@ -387,11 +392,11 @@ def needs_apply(child: Mapping[str, Any], seen: Mapping[str, Any] | None, uid: s
         return True
     if uid and uid not in (seen.get("ownerUids") or []):
         return True
-    return child["kind"] == "Deployment" and seen.get("replicas") != (child.get("spec") or {}).get("replicas")
+    return child["kind"] in WORKLOADS and seen.get("replicas") != (child.get("spec") or {}).get("replicas")
 
 
 def as_applied(child: Mapping[str, Any], seen: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The Deployment as applying ``child`` leaves it, for the status written right after (compact form).
+    """The workload as applying ``child`` leaves it, for the status written right after (compact form).
 
     What was sent, with the rollout status last seen (an apply does not change it) and, when the spec
     changed, a generation the Deployment controller has not observed yet: a changed template or replica
@@ -430,7 +435,7 @@ def plan_fields(plan: Plan, children: Sequence[Mapping[str, Any]], o: Observed, 
         "image": plan.image,
         "endpoint": endpoint,
         "modelUri": getattr(model, "uri", None),
-        "tensorParallelSize": plan.tensor_parallel_size,
+        **plan.status_fields(),
         "selector": ",".join(f"{k}={v}" for k, v in selector(o.name).items()),
     }
 

@@ -42,7 +42,7 @@ from turnout.controller.decide import Decision, Observed, Owned, Prune, decide, 
 from turnout.controller.metrics import Metrics
 from turnout.controller.workqueue import RetryLater, WorkQueue
 from turnout.controller.world import INSTANCE_LABEL, SPEC_HASH_LABEL, compact_child, lean_copy
-from turnout.hardware import Hardware, parse_nodes
+from turnout.hardware import LWS_API_VERSION, ClusterFeatures, Hardware, parse_nodes
 from turnout.kube import Credentials, KubeClient, PermanentApiError, TransientApiError
 from turnout.render import child_name
 
@@ -55,6 +55,7 @@ IDX_CHILDREN = {
     "Deployment": "turnout_deployments",
     "Service": "turnout_services",
     "PersistentVolumeClaim": "turnout_claims",
+    "LeaderWorkerSet": "turnout_leaderworkersets",  # watched only while the cluster serves it
 }
 IDX_PODS = "turnout_pods"
 INDEX_IDS = (IDX_MDS, IDX_NODES, *IDX_CHILDREN.values(), IDX_PODS)
@@ -109,7 +110,11 @@ class Controller:
         self._applied: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
         self._written: dict[str, dict[str, Any]] = {}
         self._hardware: Hardware | None = None
-        self._hw_cache: tuple[list[Any], Hardware] | None = None
+        self._hw_cache: tuple[list[Any], ClusterFeatures, Hardware] | None = None
+        #: The APIs the cluster serves that plans may use (API discovery at start-up, then every
+        #: ``discovery_interval`` seconds; see :meth:`discover`).
+        self.features = ClusterFeatures()
+        self.discovery_interval = 60.0
         # At most this many reconciles build manifests and wait on the API at once: a burst of creates
         # (kopf runs one handler per object at once) would otherwise hold every object's rendered children
         # and responses in memory together, for no more throughput (the API server is the bottleneck).
@@ -145,10 +150,33 @@ class Controller:
         cached = self._hw_cache
         # kopf stores each node's compact copy as a new object on every change; we hold the ones parsed, so
         # comparing identities is exact (a held object's id cannot be reused).
-        if cached is None or len(cached[0]) != len(nodes) or any(
+        if cached is None or cached[1] != self.features or len(cached[0]) != len(nodes) or any(
                 a is not b for a, b in zip(cached[0], nodes, strict=True)):
-            cached = self._hw_cache = (nodes, parse_nodes(nodes))
-        return cached[1]
+            cached = self._hw_cache = (nodes, self.features, parse_nodes(nodes, self.features))
+        return cached[2]
+
+    async def discover(self) -> ClusterFeatures:
+        """Ask the API server which of the APIs plans may use it serves (one discovery GET per API group).
+
+        LeaderWorkerSet counts as served when ``/apis/leaderworkerset.x-k8s.io/v1`` lists ``leaderworkersets``.
+        An error keeps what was known (nothing is raised from here).
+        """
+        try:
+            found = await self.client.get(f"/apis/{LWS_API_VERSION}")  # type: ignore[union-attr]
+        except (TransientApiError, PermanentApiError) as exc:
+            logger.warning("API discovery of %s failed, keeping what was known: %s", LWS_API_VERSION, exc)
+            return self.features
+        served = any(r.get("name") == "leaderworkersets" for r in (found or {}).get("resources") or [])
+        return ClusterFeatures.from_api_versions([LWS_API_VERSION] if served else [])
+
+    def set_features(self, features: ClusterFeatures) -> bool:
+        """New cluster features: every deployment is looked at again (a rejected multi-node plan may fit now)."""
+        if features == self.features:
+            return False
+        logger.info("cluster features changed: %s", features)
+        self.features = features
+        self.nodes_changed()
+        return True
 
     def md_keys(self) -> list[Key]:
         return sorted(self._index(IDX_MDS).keys())

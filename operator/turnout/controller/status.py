@@ -18,7 +18,9 @@ CONDITION_TYPES = ("Resolved", "Available", "Progressing", "Degraded")
 #: Reason of Progressing and Degraded while a rejected spec leaves the last good plan serving.
 SERVING_PREVIOUS_PLAN = "ServingPreviousPlan"
 #: Status fields that describe the plan being served.
-PLAN_FIELDS = ("engine", "accelerator", "image", "endpoint", "modelUri", "tensorParallelSize", "selector")
+#: Status fields that describe the plan being served (the sizing ones from ``Plan.status_fields()``).
+PLAN_FIELDS = ("engine", "accelerator", "image", "endpoint", "modelUri", "tensorParallelSize",
+               "pipelineParallelSize", "nodesPerReplica", "devicesPerNode", "selector")
 
 
 def now_rfc3339() -> str:
@@ -80,7 +82,13 @@ def observe_rollout(
     desired_replicas: int,
     desired_hash: str | None,
 ) -> Rollout:
-    """How far the Deployment is from running ``desired_replicas`` pods of ``desired_hash``."""
+    """How far the workload is from running ``desired_replicas`` replicas of ``desired_hash``.
+
+    The workload is a Deployment, or a LeaderWorkerSet (a replica is a group of pods): both status have
+    ``replicas``, ``readyReplicas``, ``updatedReplicas`` and ``observedGeneration``. A LeaderWorkerSet's
+    ``Available`` condition must be True as well, and neither ``Progressing`` nor ``UpdateInProgress``
+    (groups still being created or updated).
+    """
     pods = list(pods)
     if deployment is None:
         return Rollout(0, 0, 0, False, diagnose(pods))
@@ -94,6 +102,10 @@ def observe_rollout(
         and deployment.get("replicas", desired_replicas) == desired_replicas
     )
     complete = synced and updated >= desired_replicas and ready >= desired_replicas and total == desired_replicas
+    if complete and deployment.get("kind") == "LeaderWorkerSet":
+        conds = {c.get("type"): c.get("status") for c in st.get("conditions") or []}
+        complete = (conds.get("Available") == "True" or desired_replicas == 0) \
+            and "True" not in (conds.get("Progressing"), conds.get("UpdateInProgress"))
     problem = diagnose(pods)
     if problem is None:
         for cond in st.get("conditions") or []:
@@ -221,7 +233,7 @@ def _status(
         "image": plan_fields.get("image"),
         "endpoint": plan_fields.get("endpoint"),
         "modelUri": plan_fields.get("modelUri"),
-        "tensorParallelSize": plan_fields.get("tensorParallelSize"),
+        **{k: plan_fields.get(k) for k in PLAN_FIELDS[5:9]},
         "selector": plan_fields.get("selector"),
         "replicas": replicas,
         "readyReplicas": ready,
@@ -239,8 +251,7 @@ def status_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) 
     status of kopf or other writers (unknown keys) is left alone.
     """
     current = dict(current or {})
-    owned = {"phase", "engine", "accelerator", "image", "endpoint", "modelUri", "tensorParallelSize", "selector",
-             "replicas", "readyReplicas", "rejected", "observedGeneration", "conditions"}
+    owned = {"phase", *PLAN_FIELDS, "replicas", "readyReplicas", "rejected", "observedGeneration", "conditions"}
     patch: dict[str, Any] = {}
     for key in owned:
         if key in desired:

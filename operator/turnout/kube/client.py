@@ -36,6 +36,7 @@ RESOURCES: dict[tuple[str, str], str] = {
     ("apps/v1", "Deployment"): "deployments",
     ("v1", "Service"): "services",
     ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
+    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkersets",
     ("v1", "Pod"): "pods",
     ("v1", "ConfigMap"): "configmaps",
     ("events.k8s.io/v1", "Event"): "events",
