@@ -152,6 +152,7 @@ def build_registry(
         controller.bind({k: kwargs[k] for k in INDEX_IDS if k in kwargs}, client)
         # kopf's own discovery (its start-up scan) runs after the start-up handlers; ours answers the same.
         controller.set_features(await controller.discover())
+        controller.watching_lws = controller.features.leader_worker_set
         discovery.append(asyncio.create_task(_rediscover(controller.features.leader_worker_set),
                                              name="turnout-discovery"))
         controller.queue.start()
@@ -248,6 +249,7 @@ class Options:
     verbose: bool = False
     kubeconfig: str | None = None  # else $KUBECONFIG, the pod's service account, ~/.kube/config
     context: str | None = None  # a kubeconfig context other than the current one
+    discovery_interval: float = 60.0  # seconds between API discovery checks (LeaderWorkerSet served?)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -268,6 +270,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="kubeconfig to use (default: $KUBECONFIG, else the pod's service account, "
                              "else ~/.kube/config)")
     parser.add_argument("--context", default=None, metavar="NAME", help="kubeconfig context (default: current)")
+    parser.add_argument("--discovery-interval", type=float, default=60.0, metavar="SECONDS",
+                        help="how often to ask API discovery whether LeaderWorkerSet is served (default: 60)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -283,6 +287,7 @@ def options_from(ns: argparse.Namespace) -> Options:
         verbose=ns.verbose,
         kubeconfig=ns.kubeconfig,
         context=ns.context,
+        discovery_interval=ns.discovery_interval,
     )
 
 
@@ -302,6 +307,7 @@ async def operate(
     context; ``tune`` may adjust kopf's settings after :func:`configure` (tests shorten timeouts).
     """
     controller = controller or Controller(config)
+    controller.discovery_interval = options.discovery_interval
     controller.credentials = credentials or await load_credentials(options.kubeconfig, context=options.context)
     runner = None
     if options.metrics_port:
@@ -336,6 +342,16 @@ async def operate(
                     stop_flag=inner_stop,
                     ready_flag=ready_flag,
                 )
+            except Exception:
+                # kopf stops on a watch that answers 404: the LeaderWorkerSet CRD was deleted before our next
+                # discovery noticed. Start again without that watch; any other failure is the operator's.
+                if (stop_flag is not None and stop_flag.is_set()) or not controller.watching_lws:
+                    raise
+                async with KubeClient(controller.credentials, user_agent="turnout-operator") as client:
+                    if (await controller.discover(client)).leader_worker_set:
+                        raise
+                logger.info("LeaderWorkerSet is no longer served: restarting the watches")
+                restart.set()
             finally:
                 relay.cancel()
             if not restart.is_set() or (stop_flag is not None and stop_flag.is_set()):

@@ -115,6 +115,7 @@ class Controller:
         #: ``discovery_interval`` seconds; see :meth:`discover`).
         self.features = ClusterFeatures()
         self.discovery_interval = 60.0
+        self.watching_lws = False  # whether kopf's watches (fixed at its start) include LeaderWorkerSets
         # At most this many reconciles build manifests and wait on the API at once: a burst of creates
         # (kopf runs one handler per object at once) would otherwise hold every object's rendered children
         # and responses in memory together, for no more throughput (the API server is the bottleneck).
@@ -155,14 +156,14 @@ class Controller:
             cached = self._hw_cache = (nodes, self.features, parse_nodes(nodes, self.features))
         return cached[2]
 
-    async def discover(self) -> ClusterFeatures:
+    async def discover(self, client: KubeClient | None = None) -> ClusterFeatures:
         """Ask the API server which of the APIs plans may use it serves (one discovery GET per API group).
 
         LeaderWorkerSet counts as served when ``/apis/leaderworkerset.x-k8s.io/v1`` lists ``leaderworkersets``.
         An error keeps what was known (nothing is raised from here).
         """
         try:
-            found = await self.client.get(f"/apis/{LWS_API_VERSION}")  # type: ignore[union-attr]
+            found = await (client or self.client).get(f"/apis/{LWS_API_VERSION}")  # type: ignore[union-attr]
         except (TransientApiError, PermanentApiError) as exc:
             logger.warning("API discovery of %s failed, keeping what was known: %s", LWS_API_VERSION, exc)
             return self.features
