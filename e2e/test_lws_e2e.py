@@ -12,7 +12,6 @@ Run with ``KUBECONFIG=... pytest e2e/test_lws_e2e.py -v``.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +26,7 @@ from conftest import RUN
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD_DIR = ROOT.parent / "shared" / "crds"
-# The README of ../shared/crds spells it with "leaderworkerset."; accept either spelling.
-CRD_FILES = ("leaderworkerset.x-k8s.io_leaderworkersets.yaml", "leaderworkersets.x-k8s.io_leaderworkersets.yaml")
+CRD_FILE = CRD_DIR / "leaderworkerset.x-k8s.io_leaderworkersets.yaml"
 LWS_CRD = "leaderworkersets.leaderworkerset.x-k8s.io"
 LWS = LWS_CRD  # kubectl's fully qualified resource name (no stale discovery cache between install and use)
 H100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.memory": "81559",
@@ -36,10 +34,8 @@ H100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.memor
 
 
 def _crd_file() -> Path | None:
-    """The upstream CRD: ``$TURNOUT_E2E_LWS_CRD`` (a copy outside the repo), else ``../shared/crds``."""
-    if os.environ.get("TURNOUT_E2E_LWS_CRD"):
-        return Path(os.environ["TURNOUT_E2E_LWS_CRD"])
-    return next((CRD_DIR / f for f in CRD_FILES if (CRD_DIR / f).is_file()), None)
+    """The upstream CRD from ``../shared/crds`` (next to the checkout), or None."""
+    return CRD_FILE if CRD_FILE.is_file() else None
 
 
 @pytest.fixture
@@ -92,7 +88,7 @@ def _play_lws_ready(namespace: str, name: str) -> None:
 def test_405b_is_rejected_without_lws_then_runs_as_a_leader_worker_set(lws_namespace, lws_operator, own_nodes):
     crd = _crd_file()
     if crd is None:
-        pytest.skip(f"the LeaderWorkerSet CRD is not in {CRD_DIR} (one of {', '.join(CRD_FILES)})")
+        pytest.skip(f"the upstream LeaderWorkerSet CRD {CRD_FILE} is absent (it comes from ../shared/crds)")
     _remove_lws_crd()
     ns = lws_namespace
     for _ in range(2):
