@@ -59,7 +59,7 @@ def may_retry(exc: BaseException, *, reused: bool, received: int) -> bool:
 class _Conn(asyncio.Protocol):
     """One connection to the engine; parses the answer in flight as bytes arrive."""
 
-    __slots__ = ("_woken", "complete", "early", "eof", "failure", "head_done", "headers", "idle_since",
+    __slots__ = ("_body", "_woken", "complete", "early", "eof", "failure", "head_done", "headers", "idle_since",
                  "keep_alive", "last_read", "loop", "parser", "paused", "received", "reused", "sink", "status",
                  "transport", "waiter")
 
@@ -74,6 +74,7 @@ class _Conn(asyncio.Protocol):
         self.keep_alive = False
         self.sink: Callable[[bytes], bool] | None = None
         self.early: list[bytes] = []  # body bytes that arrived before a sink was attached
+        self._body: list[bytes] = []  # body pieces of the read being parsed
         self.received = 0             # bytes of the current answer
         self.last_read = 0.0
         self.eof = False
@@ -101,12 +102,7 @@ class _Conn(asyncio.Protocol):
         self.head_done = self._woken = True
 
     def on_body(self, body: bytes) -> None:
-        sink = self.sink
-        if sink is None:
-            self.early.append(body)
-            self._woken = True
-        elif sink(body):
-            self._woken = True
+        self._body.append(body)  # handed on once per read (data_received), not once per chunk
 
     def on_message_complete(self) -> None:
         assert self.parser is not None
@@ -126,6 +122,7 @@ class _Conn(asyncio.Protocol):
             return
         self.received += len(data)
         self._woken = False
+        body = self._body
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -134,6 +131,16 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(EngineProtocolError(f"the engine sent malformed HTTP: {exc}"))
             return
+        finally:
+            if body:
+                piece = body[0] if len(body) == 1 else b"".join(body)
+                body.clear()
+                sink = self.sink
+                if sink is None:
+                    self.early.append(piece)
+                    self._woken = True
+                elif sink(piece):
+                    self._woken = True
         if self._woken:
             self._wake()
 
