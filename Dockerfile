@@ -13,13 +13,11 @@ ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
-# Dependencies first, keyed on pyproject.toml alone, so a code change reuses this layer.
-COPY pyproject.toml /tmp/deps/
+# Dependencies first, from the set's lock (requirements/operator.txt, `make lock`), so a code change
+# reuses this layer and every build installs the same versions.
+COPY requirements/operator.txt /tmp/deps/
 RUN python3 -m venv /opt/turnout \
-    && mkdir -p /tmp/deps/operator/turnout \
-    && touch /tmp/deps/README.md /tmp/deps/operator/turnout/__init__.py \
-    && /opt/turnout/bin/pip install --no-cache-dir "/tmp/deps[operator]" \
-    && /opt/turnout/bin/pip uninstall --yes turnout \
+    && /opt/turnout/bin/pip install --no-cache-dir -r /tmp/deps/operator.txt \
     && rm -rf /tmp/deps
 WORKDIR /src
 COPY pyproject.toml README.md ./

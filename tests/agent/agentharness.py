@@ -14,6 +14,7 @@ from agentfake import AgentFake
 from kubeconfigs import credentials_for
 from turnout.agent import AgentConfig, EnvMap
 from turnout.agent.agent import run_agent
+from turnout.agent.ports import HostPorts
 from turnout.localhw import Probes
 
 PODS = ("", "v1", "pods")
@@ -32,8 +33,12 @@ def mac_probes() -> Probes:
                   memory_bytes=lambda: 64 * 2**30, env={})
 
 
+#: the claimed-port table of the agents these tests run in one process, as if they shared one host
+HOST_PORTS: HostPorts = HostPorts()
+
+
 class AgentRun:
-    """One agent (``run_agent``) in this event loop against the fake API."""
+    """One agent (``run_agent``) in this event loop against the fake API (sharing :data:`HOST_PORTS`)."""
 
     def __init__(self, fake: AgentFake, *, state_dir: Path, **overrides: Any) -> None:
         self.fake = fake
@@ -54,7 +59,7 @@ class AgentRun:
         self.fake.closing = False
         creds = await credentials_for(str(self.fake.url).rstrip("/"))
         self.task = asyncio.create_task(run_agent(self.config, credentials=creds, stop=self._stop, ready=ready,
-                                                  probes=self.probes))
+                                                  probes=self.probes, host_ports=HOST_PORTS))
         done, _ = await asyncio.wait({self.task, asyncio.create_task(ready.wait())}, timeout=30,
                                      return_when=asyncio.FIRST_COMPLETED)
         if self.task in done:

@@ -30,6 +30,8 @@ BUILD_SCRIPT = ROOT / "scripts" / "build-image.sh"
 
 #: The pyproject extra each engine's image installs.
 EXTRA = {"llama.cpp": "llamacpp", "vllm": "vllm", "sglang": "sglang", "transformers": "transformers"}
+#: Images whose vendor base brings the engine: the base's packages stay, the shim's others are locked.
+VENDOR_BASE = ("vllm-cuda", "vllm-ascend", "sglang-cuda", "transformers-npu")
 OCI_LABELS = ("title", "description", "source", "licenses", "version", "revision", "base.name")
 
 
@@ -236,9 +238,18 @@ def test_dockerfile_contract(key: tuple[str, str] | None, spec: ImageSpec) -> No
     installs = re.findall(r"pip install [^&;]*", text)
     assert installs and all("--no-cache-dir" in cmd for cmd in installs), "every pip install: --no-cache-dir"
     extra = "operator" if key is None else EXTRA[key[0]]
-    assert re.search(rf'pip install [^&;]*"[^"]*\[{re.escape(extra)}\]"', text), (
-        f"{spec.dockerfile} does not install the shim with the [{extra}] extra"
-    )
+    if spec.name in VENDOR_BASE:
+        # the engine's own packages as constraints, the shim's locked versions for the rest
+        assert "COPY requirements/shim.txt" in text and "--constraint /tmp/turnout-deps/shim-extra.txt" in text
+        assert re.search(rf'pip install [^&;]*"[^"]*\[{re.escape(extra)}\]"', text), (
+            f"{spec.dockerfile} does not install the shim with the [{extra}] extra"
+        )
+    else:
+        # every package from the set's lock, then turnout itself without dependencies
+        assert re.search(rf"pip install [^&;]*-r /tmp/deps/{re.escape(extra)}\.txt", text), (
+            f"{spec.dockerfile} does not install requirements/{extra}.txt"
+        )
+        assert re.search(r"pip install [^&;]*--no-deps \.", text), f"{spec.dockerfile}: turnout without --no-deps"
 
     final = df.final
     users = final.all("USER")
@@ -261,8 +272,8 @@ def test_dockerfile_contract(key: tuple[str, str] | None, spec: ImageSpec) -> No
 
 
 def test_every_copied_path_is_in_the_build_context() -> None:
-    """The build script's context holds pyproject, README, operator/ and images/common/ only."""
-    allowed = ("pyproject.toml", "README.md", "operator", "images/common/")
+    """The build script's context holds pyproject, README, requirements/, operator/ and images/common/ only."""
+    allowed = ("pyproject.toml", "README.md", "requirements/", "operator", "images/common/")
     for path in all_dockerfiles():
         for stage in parse_dockerfile(path).stages:
             for arg in stage.all("COPY"):

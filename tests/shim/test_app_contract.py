@@ -170,7 +170,7 @@ def test_several_apps_in_one_process_have_their_own_metrics(free_port_factory) -
     assert a.state.metrics.registry is not b.state.metrics.registry
 
 
-# -- the raw ASGI route for chat/completions (FastRoutes) ----------------------------------------
+# -- the POST routes (routes.py: one raw-ASGI handler each) ----------------------------------------
 
 
 def _metrics(server: ServerThread) -> str:
@@ -226,12 +226,28 @@ def test_chunked_request_body_is_read_whole(served) -> None:
     assert r.status_code == 200 and b"[DONE]" in r.content
 
 
-def test_completions_route_and_plain_answers_take_the_same_path(served) -> None:
+def test_plain_answers_and_unsupported_routes(served) -> None:
     server, _ = served
     r = httpx.post(server.base_url + "/v1/chat/completions",
                    json={"messages": [{"role": "user", "content": "plain"}]}, timeout=30)
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     assert r.json()["model"] == SERVED and int(r.headers["content-length"]) == len(r.content)
-    # the scripted backend serves no completions: the same 404 envelope as the FastAPI route gives
+    # the scripted backend serves no completions: the 404 envelope
     r = httpx.post(server.base_url + "/v1/completions", json={"prompt": "x"}, timeout=30)
     assert r.status_code == 404 and r.json()["error"]["code"] == "unsupported"
+
+
+def test_a_cancelled_plain_call_and_a_bad_body_on_every_route(served) -> None:
+    server, backend = served
+    ep = "/v1/chat/completions"
+    before = metric_value(_metrics(server), "turnout_requests_cancelled_total", endpoint=ep)
+    cancelled = backend.cancelled
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.base_url + ep, json={"messages": [{"role": "user", "content": "slow"}]}, timeout=0.5)
+    wait_until(lambda: backend.cancelled > cancelled, "the backend call to be cancelled")
+    wait_until(lambda: metric_value(_metrics(server), "turnout_requests_cancelled_total", endpoint=ep)
+               == before + 1, "the cancelled counter")
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank"):
+        r = httpx.post(server.base_url + path, json={"n": "x"}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request", path
+        assert httpx.get(server.base_url + path).status_code == 405

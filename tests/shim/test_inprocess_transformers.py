@@ -19,6 +19,7 @@ import openai
 import pytest
 import pytest_asyncio
 import torch
+from batchspy import BatchSpy
 from shimproc import serve
 
 from turnout.shim.backends.base import BackendError, State, Stream
@@ -251,16 +252,15 @@ async def test_concurrent_requests_share_decode_steps(backend: TransformersBacke
     prompts = ["The harbour town", "A computer is", "Rivers begin as small", "Hello! How"]
     bodies = [{"prompt": p, "max_tokens": 12, "temperature": 0, "ignore_eos": True} for p in prompts]
     solo = [(await backend.completions(b))["choices"][0]["text"] for b in bodies]
-    with scheduler.hold_admission():
-        tasks = [asyncio.ensure_future(backend.completions(b)) for b in bodies]
-        while scheduler.pending_count() < len(bodies):
-            await asyncio.sleep(0.01)
-    results = await asyncio.gather(*tasks)
+    with BatchSpy(scheduler) as spy:
+        with spy.hold():
+            tasks = [asyncio.ensure_future(backend.completions(b)) for b in bodies]
+            while scheduler.pending_count() < len(bodies):
+                await asyncio.sleep(0.01)
+        results = await asyncio.gather(*tasks)
     # batched (left-padded, different prompt lengths) output equals one-at-a-time output
     assert [r["choices"][0]["text"] for r in results] == solo
-    for r in results:
-        record = backend.record(r["id"])
-        assert record is not None and record.max_batch_requests == len(bodies)
+    assert all(spy.max_batch(r["id"]) == len(bodies) for r in results)
 
 
 @in_module_loop
@@ -272,36 +272,33 @@ async def test_request_joins_a_running_batch(backend: TransformersBackend) -> No
     late_body = {"prompt": "The library on the hill had", "max_tokens": 10, "temperature": 0, "ignore_eos": True}
     long_solo = (await backend.chat(long_body))["choices"][0]["message"]["content"]
     late_solo = (await backend.completions(late_body))["choices"][0]["text"]
-    stream = await backend.chat({**long_body, "stream": True})
-    first, *more = await _next(stream)
-    record = backend.record(first["id"])
-    assert record is not None
-    while record.generated_tokens < 3:
-        await asyncio.sleep(0.005)
-    late = await backend.completions(late_body)
-    rest = await _drain(stream)
+    with BatchSpy(scheduler) as spy:
+        stream = await backend.chat({**long_body, "stream": True})
+        first, *more = await _next(stream)
+        while spy.requests[first["id"]].record.generated_tokens < 3:
+            await asyncio.sleep(0.005)
+        late = await backend.completions(late_body)
+        rest = await _drain(stream)
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in [first, *more, *rest])
     assert text == long_solo
     assert late["choices"][0]["text"] == late_solo
-    late_record = backend.record(late["id"])
-    assert late_record is not None and late_record.max_batch_requests == 2
-    assert record.max_batch_requests == 2
+    assert spy.max_batch(late["id"]) == 2 and spy.max_batch(first["id"]) == 2
 
 
 @in_module_loop
 async def test_closing_a_stream_stops_generation(backend: TransformersBackend) -> None:
     scheduler = backend.scheduler
     assert scheduler is not None
-    stream = await backend.chat(
-        {"messages": HELLO, "max_tokens": 1500, "temperature": 0, "ignore_eos": True, "stream": True}
-    )
-    seen = [(await _next(stream))[0] for _ in range(3)]
-    await stream.chunks.aclose()
-    await scheduler.wait_idle()
-    record = backend.record(seen[0]["id"])
-    assert record is not None and record.cancelled and record.done
-    assert record.finish_reasons == {}
-    assert record.tokens_after_cancel <= 1  # stopped at the next step
+    with BatchSpy(scheduler) as spy:
+        stream = await backend.chat(
+            {"messages": HELLO, "max_tokens": 1500, "temperature": 0, "ignore_eos": True, "stream": True}
+        )
+        seen = [(await _next(stream))[0] for _ in range(3)]
+        await stream.chunks.aclose()
+        await scheduler.wait_idle()
+    record = spy.requests[seen[0]["id"]].record
+    assert record.cancelled and record.done
+    assert spy.tokens_after_cancel(seen[0]["id"]) <= 1  # stopped at the next step
     assert record.generated_tokens < 1500
 
 
@@ -310,18 +307,19 @@ async def test_cancelling_a_waiting_call_stops_generation(backend: TransformersB
     scheduler = backend.scheduler
     assert scheduler is not None
     await scheduler.wait_idle()
-    task = asyncio.ensure_future(
-        backend.chat({"messages": HELLO, "max_tokens": 1500, "temperature": 0, "ignore_eos": True})
-    )
-    while not scheduler.records or next(reversed(scheduler.records.values())).generated_tokens < 2:
-        await asyncio.sleep(0.005)
-    record = next(reversed(scheduler.records.values()))
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await scheduler.wait_idle()
-    assert record.cancelled and record.done and record.tokens_after_cancel <= 1
-    assert record.generated_tokens < 1500
+    with BatchSpy(scheduler) as spy:
+        task = asyncio.ensure_future(
+            backend.chat({"messages": HELLO, "max_tokens": 1500, "temperature": 0, "ignore_eos": True})
+        )
+        while not spy.requests or spy.latest().record.generated_tokens < 2:
+            await asyncio.sleep(0.005)
+        request = spy.latest()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await scheduler.wait_idle()
+    assert request.record.cancelled and request.record.done and spy.tokens_after_cancel(request.id) <= 1
+    assert request.record.generated_tokens < 1500
 
 
 @in_module_loop
@@ -354,7 +352,7 @@ async def test_full_queue_is_429(backend: TransformersBackend) -> None:
     saved = scheduler.max_queue
     scheduler.max_queue = 1
     try:
-        with scheduler.hold_admission():
+        with BatchSpy(scheduler) as spy, spy.hold():
             waiting = asyncio.ensure_future(backend.completions({"prompt": "Hello", "max_tokens": 2}))
             while scheduler.pending_count() < 1:
                 await asyncio.sleep(0.01)
@@ -395,13 +393,14 @@ async def test_unpadded_batch_matches_solo(backend: TransformersBackend) -> None
     await scheduler.wait_idle()
     body = {"prompt": "The harbour town", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
     solo = (await backend.completions(body))["choices"][0]["text"]
-    with scheduler.hold_admission():
-        tasks = [asyncio.ensure_future(backend.completions(body)) for _ in range(3)]
-        while scheduler.pending_count() < 3:
-            await asyncio.sleep(0.01)
-    results = await asyncio.gather(*tasks)
+    with BatchSpy(scheduler) as spy:
+        with spy.hold():
+            tasks = [asyncio.ensure_future(backend.completions(body)) for _ in range(3)]
+            while scheduler.pending_count() < 3:
+                await asyncio.sleep(0.01)
+        results = await asyncio.gather(*tasks)
     assert [r["choices"][0]["text"] for r in results] == [solo] * 3
-    assert all(backend.record(r["id"]).max_batch_requests == 3 for r in results)  # type: ignore[union-attr]
+    assert all(spy.max_batch(r["id"]) == 3 for r in results)
 
 
 @in_module_loop
@@ -475,20 +474,19 @@ def test_openai_client_concurrent_streams_are_batched(app_server: tuple[str, Tra
         chunks = list(stream)
         results[i] = (chunks[0].id, "".join(c.choices[0].text for c in chunks if c.choices))
 
-    with scheduler.hold_admission():
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    with BatchSpy(scheduler) as spy:
+        with spy.hold():
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 60
+            while scheduler.pending_count() < len(prompts):
+                assert time.monotonic() < deadline, "the requests never reached the scheduler"
+                time.sleep(0.01)
         for t in threads:
-            t.start()
-        deadline = time.monotonic() + 60
-        while scheduler.pending_count() < len(prompts):
-            assert time.monotonic() < deadline, "the requests never reached the scheduler"
-            time.sleep(0.01)
-    for t in threads:
-        t.join(timeout=60)
+            t.join(timeout=60)
     assert [results[i][1] for i in range(len(prompts))] == solo
-    for rid, _ in results.values():
-        record = backend.record(rid)
-        assert record is not None and record.max_batch_requests == len(prompts)
+    assert all(spy.max_batch(rid) == len(prompts) for rid, _ in results.values())
 
 
 def test_client_disconnect_stops_generation(app_server: tuple[str, TransformersBackend]) -> None:
@@ -503,25 +501,24 @@ def test_client_disconnect_stops_generation(app_server: tuple[str, TransformersB
         "ignore_eos": True,
         "stream": True,
     }
-    with (
-        httpx.Client(base_url=base, timeout=60) as http,
-        http.stream("POST", "/v1/chat/completions", json=body) as resp,
-    ):
-        assert resp.status_code == 200
-        lines = resp.iter_lines()
-        first = next(line for line in lines if line.startswith("data: "))
-        rid = httpx.Response(200, content=first[len("data: ") :]).json()["id"]
-        for _ in range(3):
-            next(lines)
-    # the connection is closed here, mid-stream
-    deadline = time.monotonic() + 60
-    record = backend.record(rid)
-    assert record is not None
-    while not record.done:
-        assert time.monotonic() < deadline, "generation did not stop after the client went away"
-        time.sleep(0.01)
-    assert record.cancelled and record.finish_reasons == {}
-    assert record.generated_tokens < 1500
+    with BatchSpy(scheduler) as spy:
+        with (
+            httpx.Client(base_url=base, timeout=60) as http,
+            http.stream("POST", "/v1/chat/completions", json=body) as resp,
+        ):
+            assert resp.status_code == 200
+            lines = resp.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
+            rid = httpx.Response(200, content=first[len("data: ") :]).json()["id"]
+            for _ in range(3):
+                next(lines)
+        # the connection is closed here, mid-stream
+        deadline = time.monotonic() + 60
+        record = spy.requests[rid].record
+        while not record.done:
+            assert time.monotonic() < deadline, "generation did not stop after the client went away"
+            time.sleep(0.01)
+    assert record.cancelled and record.generated_tokens < 1500
 
 
 # ---- other architectures: absolute positions, ALiBi, sliding-window caches -------------------------------
@@ -576,23 +573,21 @@ async def test_other_architectures_batch_correctly(arch: str, tiny_model: Any, t
         prompts = ["The harbour town woke early and", "A computer", "Rivers begin as small streams in", "Hello"]
         bodies = [{"prompt": p, "max_tokens": 10, "temperature": 0, "ignore_eos": True} for p in prompts]
         solo = [(await b.completions(body))["choices"][0]["text"] for body in bodies]
-        with scheduler.hold_admission():
-            tasks = [asyncio.ensure_future(b.completions(body)) for body in bodies]
-            while scheduler.pending_count() < len(bodies):
-                await asyncio.sleep(0.01)
-        assert [r["choices"][0]["text"] for r in await asyncio.gather(*tasks)] == solo
-        stream = await b.completions({**bodies[0], "max_tokens": 40, "stream": True})
-        first = (await _next(stream))[0]
-        record = b.record(first["id"])
-        assert record is not None
-        while record.generated_tokens < 3:
-            await asyncio.sleep(0.005)
-        late = await b.completions(bodies[2])
-        await _drain(stream)
+        with BatchSpy(scheduler) as spy:
+            with spy.hold():
+                tasks = [asyncio.ensure_future(b.completions(body)) for body in bodies]
+                while scheduler.pending_count() < len(bodies):
+                    await asyncio.sleep(0.01)
+            assert [r["choices"][0]["text"] for r in await asyncio.gather(*tasks)] == solo
+            stream = await b.completions({**bodies[0], "max_tokens": 40, "stream": True})
+            first = (await _next(stream))[0]
+            while spy.requests[first["id"]].record.generated_tokens < 3:
+                await asyncio.sleep(0.005)
+            late = await b.completions(bodies[2])
+            await _drain(stream)
         assert late["choices"][0]["text"] == solo[2]
         assert scheduler._can_join is joins
         assert joins or not scheduler._mask4d  # one 4D mask cannot serve sliding-window layers
-        late_record = b.record(late["id"])
-        assert late_record is not None and late_record.max_batch_requests == (2 if joins else 1)
+        assert spy.max_batch(late["id"]) == (2 if joins else 1)
     finally:
         await b.stop()

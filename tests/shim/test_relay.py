@@ -1,5 +1,6 @@
-"""The proxy's relay (``backends/_relay.py``): HTTP/1.1 framing, SSE cutting, keep-alive, and the
-proxy backend's stream over it, against a scripted engine socket (``asyncio.start_server``)."""
+"""The engine data path: HTTP/1.1 framing (``_enginehttp.py``), SSE cutting (``_sse.py``), the relay
+(``_relay.py``), keep-alive and its retry rule, and the proxy backend's stream over them, against a
+scripted engine socket (``asyncio.start_server``)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from turnout.shim.backends._relay import (
-    COALESCE_ENV,
-    HIGH_WATER,
-    LOW_WATER,
+from turnout.shim.backends._enginehttp import (
+    EngineClosedError,
     EngineConnectionError,
     EnginePool,
+    EngineProtocolError,
     EngineResponse,
-    SSEStats,
     _Conn,
-    _Cutter,
-    coalesce_seconds,
-    relay_response,
+    may_retry,
 )
+from turnout.shim.backends._relay import HIGH_WATER, IDLE_TIMEOUT_ENV, LOW_WATER, idle_timeout_from_env, relay_response
+from turnout.shim.backends._sse import Cutter, SSEStats, event_data, split_events
 from turnout.shim.backends.base import BackendError, State, Stream, Usage
 from turnout.shim.backends.vllm import VllmBackend
 from turnout.shimargs import ShimArgs
@@ -56,7 +55,7 @@ async def pieces_of(*parts: bytes) -> AsyncIterator[bytes]:
 async def collect(parts: list[bytes], *, keep_usage: bool) -> tuple[list[bytes], SSEStats]:
     """What the relay's cutter makes of ``parts``: buffers of whole events, as relayed, and its stats."""
     stats = SSEStats()
-    cutter = _Cutter(stats, keep_usage, None)
+    cutter = Cutter(stats, keep_usage, None)
     out: list[bytes] = []
     async for piece in pieces_of(*parts):
         cut = cutter.cut(piece)
@@ -134,58 +133,82 @@ class _Transport(asyncio.Transport):
 def _conn() -> _Conn:
     conn = _Conn(asyncio.get_running_loop())
     conn.connection_made(_Transport())
+    conn.begin()
     return conn
 
 
-async def _decode(headers: dict[str, str], wire: list[bytes]) -> bytes:
+HEAD = {"chunked": b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"}
+
+
+async def _decode_reads(parts: list[bytes], *, eof: bool = True) -> bytes:
+    """The body of the answer whose wire bytes arrive as ``parts`` (one read each)."""
     conn = _conn()
-    for w in wire:
-        conn.data_received(w)
-    conn.eof_received()
-    pool = EnginePool("127.0.0.1", 9)
-    resp = EngineResponse(pool, conn, 200, headers, b"")
-    return b"".join([p async for p in resp.iter_raw()])
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=8), st.data())
-def test_chunked_bodies_decode_whatever_the_read_boundaries(pieces: list[bytes], data: st.DataObject) -> None:
-    wire = chunked(*pieces)
-    cuts = sorted(data.draw(st.sets(st.integers(1, len(wire) - 1), max_size=10)))
-    parts = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
-    # each part arrives as its own read, so framing is split anywhere (inside sizes and CRLFs)
-    got = asyncio.run(_decode_reads({"transfer-encoding": "chunked"}, parts))
-    assert got == b"".join(pieces)
-
-
-async def _decode_reads(headers: dict[str, str], parts: list[bytes]) -> bytes:
-    conn = _conn()
-    pool = EnginePool("127.0.0.1", 9)
-    resp = EngineResponse(pool, conn, 200, headers, b"")
-    out: list[bytes] = []
 
     async def feed() -> None:
         for p in parts:
             conn.data_received(p)
             await asyncio.sleep(0)
-        conn.eof_received()
+        if eof:
+            conn.eof_received()
 
     feeder = asyncio.ensure_future(feed())
-    out = [p async for p in resp.iter_raw()]
-    await feeder
+    await EnginePool._head(conn)
+    resp = EngineResponse(EnginePool("127.0.0.1", 9), conn)
+    try:
+        out = [p async for p in resp.iter_raw()]
+    finally:
+        await feeder
     assert resp.complete
     return b"".join(out)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=8), st.data())
+def test_chunked_bodies_decode_whatever_the_read_boundaries(pieces: list[bytes], data: st.DataObject) -> None:
+    wire = HEAD["chunked"] + chunked(*pieces)
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(wire) - 1), max_size=10)))
+    parts = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+    # each part arrives as its own read, so framing is split anywhere (inside headers, sizes and CRLFs)
+    assert asyncio.run(_decode_reads(parts, eof=False)) == b"".join(pieces)
+
+
 async def test_chunked_trailers_content_length_and_read_until_close() -> None:
-    wire = b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"
-    assert await _decode({"transfer-encoding": "chunked"}, [wire]) == b"hello"
-    assert await _decode({"content-length": "5"}, [b"hel", b"lo"]) == b"hello"
-    assert await _decode({}, [b"until ", b"close"]) == b"until close"
+    ok = b"HTTP/1.1 200 OK\r\n"
+    assert await _decode_reads([HEAD["chunked"] + b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"], eof=False) == b"hello"
+    assert await _decode_reads([ok + b"content-length: 5\r\n\r\nhel", b"lo"], eof=False) == b"hello"
+    assert await _decode_reads([ok + b"\r\nuntil ", b"close"]) == b"until close"
     with pytest.raises(EngineConnectionError):
-        await _decode({"content-length": "10"}, [b"short"])
-    with pytest.raises(EngineConnectionError):
-        await _decode({"transfer-encoding": "chunked"}, [b"zz\r\nhello"])
+        await _decode_reads([ok + b"content-length: 10\r\n\r\nshort"])
+
+
+@pytest.mark.parametrize("wire", [
+    HEAD["chunked"] + b"-1\r\nhello\r\n",          # a negative chunk size
+    HEAD["chunked"] + b"0x1a\r\n" + b"x" * 26,       # a size with a 0x prefix
+    HEAD["chunked"] + b" 5\r\nhello\r\n",           # a padded size
+    HEAD["chunked"] + b"zz\r\nhello\r\n",           # not hex at all
+    b"HTTP/1.1 200 OK\r\ncontent-length: abc\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ncontent-length: -5\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello",
+    b"HTTP/1.1 2x0 OK\r\n\r\n",
+    b"SMTP ready\r\n\r\n",
+])
+async def test_malformed_framing_is_a_protocol_error(wire: bytes) -> None:
+    with pytest.raises(EngineProtocolError):
+        await asyncio.wait_for(_decode_reads([wire], eof=False), 5)
+
+
+def test_the_retry_rule_only_resends_on_a_reused_connection_closed_before_any_byte() -> None:
+    class TimeoutError310(Exception):
+        """asyncio.TimeoutError as Python 3.10 has it: not an OSError."""
+
+    closed = EngineClosedError("closed")
+    assert may_retry(closed, reused=True, received=0)
+    assert not may_retry(closed, reused=False, received=0)     # a fresh connection: the engine is down
+    assert not may_retry(closed, reused=True, received=12)     # the engine had started answering
+    for exc in (TimeoutError(), TimeoutError310(), asyncio.TimeoutError(), ConnectionResetError(),
+                EngineProtocolError("bad"), EngineConnectionError("cut")):
+        # a timeout is an OSError on 3.11+ (TimeoutError) and not on 3.10: neither is retried
+        assert not may_retry(exc, reused=True, received=0), exc
 
 
 # -- against a scripted engine socket -------------------------------------------------------------
@@ -285,7 +308,7 @@ async def test_streams_reuse_one_keep_alive_connection_and_count_usage() -> None
             assert (stream.usage.prompt_tokens, stream.usage.completion_tokens) == (7, 3)
         plain = await b.forward("/v1/chat/completions", {"model": "m", "messages": []})
         assert plain["choices"][0]["message"]["content"] == "hi"
-        assert engine.connections == 1 and b.pool is not None and b.pool.opened == 1
+        assert engine.connections == 1 and b.pool is not None
         # the proxy always asks the engine for usage, and the engine sees the client's body otherwise
         assert engine.requests[0]["body"]["stream_options"] == {"include_usage": True}
         await b.pool.close()
@@ -380,11 +403,12 @@ async def test_unreachable_engine_is_503() -> None:
     assert info.value.status == 503 and info.value.retry_after
 
 
-# -- the relay over the connection protocol: flow control and coalescing ------------------------
+# -- the relay over the connection protocol: flow control and the idle timeout ------------------
 
 
 def _sse_response(conn: _Conn) -> EngineResponse:
-    return EngineResponse(EnginePool("127.0.0.1", 9), conn, 200, {"transfer-encoding": "chunked"}, b"")
+    conn.data_received(HEAD["chunked"])
+    return EngineResponse(EnginePool("127.0.0.1", 9), conn)
 
 
 async def test_a_slow_consumer_stops_the_engine_socket_being_read_until_it_catches_up() -> None:
@@ -392,7 +416,7 @@ async def test_a_slow_consumer_stops_the_engine_socket_being_read_until_it_catch
     transport = conn.transport
     assert isinstance(transport, _Transport)
     usage = Usage()
-    relay = relay_response(_sse_response(conn), usage, keep_usage=False, coalesce_s=0.0)
+    relay = relay_response(_sse_response(conn), usage, keep_usage=False)
     big = b"data: " + b"x" * 60_000 + b"\n\n"
     fed = 0
     while not transport.paused:
@@ -410,42 +434,111 @@ async def test_a_slow_consumer_stops_the_engine_socket_being_read_until_it_catch
     assert transport.closed is False  # a complete answer: the connection went back to the pool
 
 
-async def test_fast_tokens_are_gathered_while_the_socket_is_left_unread_and_slow_ones_are_not() -> None:
-    conn = _conn()
-    transport = conn.transport
-    assert isinstance(transport, _Transport)
-    relay = relay_response(_sse_response(conn), Usage(), keep_usage=False, coalesce_s=0.05)
-    conn.data_received(chunked(token(0))[:-5])
-    assert await relay.__anext__() == token(0)  # the first token is never held back
-    conn.data_received(chunked(token(1))[:-5])
-    assert await relay.__anext__() == token(1)  # right after the first: the stream is fast
-    nxt = asyncio.ensure_future(relay.__anext__())
-    await asyncio.sleep(0)
-    assert transport.paused  # the next tokens gather in the socket for the rest of the interval
-    conn.data_received(chunked(token(2))[:-5])
-    assert await nxt == token(2)
-    assert not transport.paused
-    conn.data_received(chunked(b"data: [DONE]\n\n"))
-    assert [p async for p in relay] == []
+async def test_a_stream_the_engine_stops_feeding_ends_with_a_timeout_error_event() -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: dict[str, Any]) -> None:
+        writer.write(sse_head())
+        await write_chunks(writer, token(0), end=False)
+        await asyncio.sleep(0.1)
+        await write_chunks(writer, token(1), end=False)  # the timer restarts with every read
+        if await reader.read(1) == b"":  # then nothing, until the shim gives up and closes
+            engine.client_closed.set()
 
-    slow = _conn()
-    relay = relay_response(_sse_response(slow), Usage(), keep_usage=False, coalesce_s=0.001)
-    slow.data_received(chunked(token(0))[:-5])
-    assert await relay.__anext__() == token(0)
-    await asyncio.sleep(0.01)  # slower than one token per interval
-    nxt = asyncio.ensure_future(relay.__anext__())
-    await asyncio.sleep(0)
-    assert not slow.transport.paused  # type: ignore[union-attr]
-    slow.data_received(chunked(token(1))[:-5] + chunked(b"data: [DONE]\n\n"))
-    assert await nxt == token(1)
-    await relay.aclose()
+    async with Engine(stall) as engine:
+        b = backend(engine.port)
+        b.idle_timeout = 0.3
+        stream = await b.forward("/v1/chat/completions", {"model": "m", "stream": True})
+        got: list[bytes] = []
+        with pytest.raises(BackendError) as info:
+            async for c in stream.chunks:
+                got.append(c)  # type: ignore[arg-type]
+        assert got == [token(0), token(1)]
+        assert info.value.status == 504 and info.value.code == "engine_stream_timeout"
+        assert IDLE_TIMEOUT_ENV in info.value.message
+        await asyncio.wait_for(engine.client_closed.wait(), 10)
 
 
-def test_coalescing_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(COALESCE_ENV, "5")
-    assert coalesce_seconds() == 0.005
-    monkeypatch.setenv(COALESCE_ENV, "0")
-    assert coalesce_seconds() == 0.0
-    monkeypatch.setenv(COALESCE_ENV, "soon")
-    with pytest.raises(ValueError, match="milliseconds"):
-        coalesce_seconds()
+def test_the_idle_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(IDLE_TIMEOUT_ENV, raising=False)
+    assert idle_timeout_from_env() == 300.0
+    monkeypatch.setenv(IDLE_TIMEOUT_ENV, "0")
+    assert idle_timeout_from_env() == 0.0
+    for bad in ("soon", "-1"):
+        monkeypatch.setenv(IDLE_TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=IDLE_TIMEOUT_ENV):
+            idle_timeout_from_env()
+
+
+async def test_a_header_timeout_on_a_reused_connection_does_not_send_the_request_again() -> None:
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          request: dict[str, Any]) -> None:
+        if len(engine.requests) == 1:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+        # later requests: accepted and never answered (a wedged engine)
+
+    async with Engine(answer_once) as engine:
+        pool = EnginePool("127.0.0.1", engine.port)
+        assert await (await pool.request("GET", "/health")).read() == b"ok"
+        with pytest.raises(asyncio.TimeoutError):
+            await pool.request("GET", "/health", timeout=0.2)
+        await asyncio.sleep(0.1)
+        assert len(engine.requests) == 2 and engine.connections == 1  # sent once, on the reused connection
+        await pool.close()
+
+
+# -- SSE by the spec: every form of event end, fields passed through -------------------------------
+
+
+FORMS = {
+    "lf": b"\n",
+    "crlf": b"\r\n",
+    "cr": b"\r",
+}
+
+
+def _form_event(i: int, eol: bytes) -> bytes:
+    """One event in the ``eol`` line-ending form, with a comment, id, event and two data lines."""
+    payload = json.dumps({"id": "c1", "object": "chat.completion.chunk",
+                          "choices": [{"index": 0, "delta": {"content": f"w{i} "}}]}).encode()
+    lines = [b": a comment", b"id: %d" % i, b"event: message", b"data: " + payload[:10], b"data:" + payload[10:]]
+    return eol.join(lines) + eol + eol
+
+
+@pytest.mark.parametrize("eol", list(FORMS.values()), ids=list(FORMS))
+async def test_every_line_ending_form_cuts_events_and_keeps_their_fields(eol: bytes) -> None:
+    events = [_form_event(i, eol) for i in range(3)]
+    usage = b"data: " + json.dumps({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}).encode()
+    whole = b"".join(events) + usage + eol + eol + b"data: [DONE]" + eol + eol
+    out, stats = await collect([whole[:7], whole[7:40], whole[40:]], keep_usage=False)
+    assert b"".join(out) == b"".join(events)  # byte for byte; usage (not asked for) and [DONE] dropped
+    assert (stats.prompt_tokens, stats.completion_tokens, stats.done, stats.events) == (7, 3, True, 3)
+    assert split_events(b"".join(events)) == events
+    assert json.loads(event_data(events[1]).replace(b"\n", b""))["choices"][0]["delta"]["content"] == "w1 "
+
+
+async def test_a_crlf_split_between_reads_is_not_taken_for_two_line_ends() -> None:
+    out, _ = await collect([b"data: a\r", b"\ndata: b\r\n", b"\r\n"], keep_usage=True)
+    assert out == [b"data: a\r\ndata: b\r\n\r\n"]
+
+
+@pytest.mark.parametrize("eol", list(FORMS.values()), ids=list(FORMS))
+async def test_the_client_gets_each_event_as_the_engine_sends_it(eol: bytes) -> None:
+    """The engine sends the next event only once the consumer has the previous one: a relay that
+    waited for the end of the stream (or for a "\\n\\n") would hang here."""
+    received = asyncio.Event()
+
+    async def lockstep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: dict[str, Any]) -> None:
+        writer.write(sse_head())
+        for i in range(4):
+            received.clear()
+            await write_chunks(writer, _form_event(i, eol), end=False)
+            await received.wait()
+        await write_chunks(writer, b"data: [DONE]" + eol + eol)
+
+    async with Engine(lockstep) as engine:
+        stream = await backend(engine.port).forward("/v1/chat/completions", {"model": "m", "stream": True})
+        got = []
+        async for piece in stream.chunks:
+            got.append(piece)
+            received.set()
+        assert got == [_form_event(i, eol) for i in range(4)]

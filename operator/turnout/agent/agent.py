@@ -22,7 +22,7 @@ from turnout.agent.node import (
     node_status,
 )
 from turnout.agent.pods import PodWorker, pod_key
-from turnout.agent.ports import HOST_PORTS, is_local, is_wildcard, port_in_use
+from turnout.agent.ports import HostPorts, is_local, is_wildcard, port_in_use
 from turnout.agent.process import ContainerProcess, kill_group
 from turnout.hardware import MEMORY_LABEL
 from turnout.kube import ApiError, Credentials, KubeClient, TransientApiError, load_credentials
@@ -38,8 +38,10 @@ class Agent:
 
     port_poll = 1.0  # how often a pod waiting for a port re-checks (it is also woken by pod events)
 
-    def __init__(self, config: AgentConfig, kube: KubeClient, *, address: str, probes: Probes | None = None) -> None:
+    def __init__(self, config: AgentConfig, kube: KubeClient, *, address: str, probes: Probes | None = None,
+                 host_ports: HostPorts | None = None) -> None:
         self.config = config
+        self.host_ports: HostPorts = host_ports if host_ports is not None else HostPorts()
         self.kube = kube
         self.address = address
         self.probes = probes
@@ -57,14 +59,14 @@ class Agent:
     def claim_ports(self, worker: PodWorker, *, force: bool = False) -> str | None:
         """Claim the worker's ports on the bind address; why it cannot (yet), or None when claimed.
 
-        A port conflicts when a pod of an agent in this process holds it on an overlapping address, or
+        A port conflicts when a pod in ``host_ports`` holds it on an overlapping address, or
         when another process on this host listens there. ``force`` (adopted, running processes) skips both:
         the pod's own process is the listener.
         """
         ports = worker.ports()
         if not force:
             for port in sorted(ports):
-                holder = HOST_PORTS.holder(self.bind_address, port, worker)
+                holder = self.host_ports.holder(self.bind_address, port, worker)
                 if holder is not None:
                     return (f"port {port} on {self.bind_address} is held by pod {holder.key} on this host; "
                             "this pod starts when it is released")
@@ -73,11 +75,11 @@ class Agent:
                     return (f"port {port} on {self.bind_address} is in use by another process on this host "
                             "(another agent with an overlapping --address, or a program outside the cluster); "
                             "this pod starts when it is released")
-        HOST_PORTS.claim(self.bind_address, ports, worker)
+        self.host_ports.claim(self.bind_address, ports, worker)
         return None
 
     def release_ports(self, worker: PodWorker) -> None:
-        HOST_PORTS.release(worker)
+        self.host_ports.release(worker)
 
     # ----- node and lease -----------------------------------------------------------------------
 
@@ -303,20 +305,22 @@ async def run_agent(
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
     probes: Probes | None = None,
+    host_ports: HostPorts | None = None,
 ) -> None:
     """Run the host agent until ``stop`` is set (or the task is cancelled).
 
     ``credentials`` win over ``kubeconfig``; without either the usual
     ``$KUBECONFIG`` / ``~/.kube/config`` lookup applies.
     ``ready`` is set once the node is registered and the pods bound to it are
-    listed (and adopted). ``probes`` overrides hardware detection (tests).
+    listed (and adopted). ``probes`` overrides hardware detection; ``host_ports`` is the table of
+    claimed ports (default: the agent's own; agents sharing an event loop may share one).
     """
     creds = credentials or await load_credentials(kubeconfig)
     kube = KubeClient(creds, user_agent="turnout-agent")
     stop = stop or asyncio.Event()
     try:
         address = config.address or detect_address(creds.server)
-        agent = Agent(config, kube, address=address, probes=probes)
+        agent = Agent(config, kube, address=address, probes=probes, host_ports=host_ports)
         await agent.run(stop, ready)
     finally:
         await kube.close()

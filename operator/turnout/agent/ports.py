@@ -7,10 +7,10 @@ or secondary addresses of an interface): each binds its pods to its address,
 and two pods conflict only when they want the same port on overlapping
 addresses (the same address, or one of them the wildcard ``0.0.0.0``).
 
-Conflicts are found two ways: :data:`HOST_PORTS` knows the ports claimed by the
-pods of every agent in this process, and :func:`port_in_use` asks the operating
-system about listeners of other processes (another agent process, or anything
-else on the host).
+Conflicts are found two ways: the agent's :class:`HostPorts` knows the ports
+its pods have claimed (before their processes listen), and :func:`port_in_use`
+asks the operating system about every other listener (another agent, or
+anything else on the host).
 """
 
 from __future__ import annotations
@@ -89,6 +89,3 @@ class HostPorts(Generic[T]):
     def held_by(self, claimant: T) -> set[tuple[str, int]]:
         return {key for key, holder in self._held.items() if holder is claimant}
 
-
-#: The port table shared by every agent in this process (tests run several agents in one event loop).
-HOST_PORTS: HostPorts = HostPorts()

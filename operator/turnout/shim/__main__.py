@@ -24,8 +24,6 @@ def main(argv: list[str] | None = None) -> int:
     level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("turnout.shim")
-    # One line per proxied request is noise next to uvicorn's access log.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     # Imported here so that `--help` and argument errors stay fast.
     import uvicorn

@@ -29,9 +29,8 @@ Models whose cache is not a plain per-layer dynamic KV cache (sliding-window
 or linear-attention layers) cannot have rows merged; for them new requests
 join only when the batch has drained (dynamic batching).
 
-Every request gets a :class:`RequestRecord` that tests and metrics read: tokens
-generated, tokens generated after cancellation, and the largest number of
-requests it shared a decode step with.
+Each request's :class:`Progress` holds what its answer needs from the
+scheduler thread: prompt and generated token counts, and whether it is done.
 """
 
 from __future__ import annotations
@@ -41,8 +40,7 @@ import contextlib
 import inspect
 import logging
 import threading
-from collections import Counter, OrderedDict, deque
-from collections.abc import Iterator
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,35 +52,22 @@ from turnout.shim.backends.base import BackendError
 
 log = logging.getLogger(__name__)
 
-#: Records kept for finished requests (most recent first out).
-RECORDS_KEPT = 1024
-
-
 @dataclass
-class RequestRecord:
-    """What the scheduler did for one request; read by tests and metrics."""
+class Progress:
+    """Token counts of one request, written by the scheduler thread, read for its usage."""
 
-    id: str
     prompt_tokens: int
-    sequences: int
     generated_tokens: int = 0
-    tokens_after_cancel: int = 0
     cancelled: bool = False
-    admitted: bool = False
     done: bool = False
-    finish_reasons: dict[int, str] = field(default_factory=dict)
-    #: most distinct requests that were in one decode step together with this one
-    max_batch_requests: int = 0
-    #: most rows (sequences) in one decode step with this one
-    max_batch_rows: int = 0
 
 
 @dataclass
 class SchedulerStats:
+    """Steps run, logged when the scheduler stops."""
+
     prefill_steps: int = 0
     decode_steps: int = 0
-    max_batch_requests: int = 0
-    max_batch_rows: int = 0
     #: decode steps by number of rows in the batch
     rows_per_step: Counter = field(default_factory=Counter)
 
@@ -120,7 +105,7 @@ class GenerationRequest:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[list[tuple[Any, ...]]] = asyncio.Queue()
         self.sequences: list[Sequence] = []
-        self.record = RequestRecord(id=rid, prompt_tokens=prompt_tokens, sequences=0)
+        self.record = Progress(prompt_tokens=prompt_tokens)
         self.cancelled = False
         #: set by the consumer once it has read every choice's finish event
         self.complete = False
@@ -158,11 +143,9 @@ class Scheduler:
         self.threads = threads
         self.torch_threads = 0
         self.stats = SchedulerStats()
-        self.records: OrderedDict[str, RequestRecord] = OrderedDict()
         self.error: str | None = None
         self._cv = threading.Condition()
         self._pending: deque[GenerationRequest] = deque()
-        self._held = False
         self._stopping = False
         self._idle = threading.Event()
         self._idle.set()
@@ -202,10 +185,6 @@ class Scheduler:
             if len(self._pending) >= self.max_queue:
                 raise BackendError(f"{len(self._pending)} requests are already waiting; retry later",
                                    status=429, type="rate_limit_error", code="queue_full", retry_after=1)
-            request.record.sequences = len(request.sequences)
-            self.records[request.id] = request.record
-            while len(self.records) > RECORDS_KEPT:
-                self.records.popitem(last=False)
             self._pending.append(request)
             self._idle.clear()
             self._cv.notify()
@@ -216,18 +195,6 @@ class Scheduler:
 
     def running_requests(self) -> int:
         return len({id(s.request) for s in self._rows})
-
-    @contextlib.contextmanager
-    def hold_admission(self) -> Iterator[None]:
-        """Keep new requests waiting until the block exits (tests use it to form one batch)."""
-        with self._cv:
-            self._held = True
-        try:
-            yield
-        finally:
-            with self._cv:
-                self._held = False
-                self._cv.notify()
 
     async def wait_idle(self) -> None:
         """Return once nothing is running or waiting."""
@@ -333,12 +300,12 @@ class Scheduler:
         with torch.inference_mode():
             while True:
                 with self._cv:
-                    while not self._stopping and not self._rows and (self._held or not self._pending):
+                    while not self._stopping and not self._rows and not self._pending:
                         self._idle.set()
                         self._cv.wait()
                     if self._stopping:
                         return
-                    newcomers = [] if self._held else self._admit()
+                    newcomers = self._admit()
                 try:
                     self._drop_done()
                     if newcomers:
@@ -371,7 +338,6 @@ class Scheduler:
             if not admitted and self._rows and rows > self.max_num_seqs:
                 break
             self._pending.popleft()
-            request.record.admitted = True
             admitted.extend(seqs)
             longest = longest_after
         return admitted
@@ -438,16 +404,8 @@ class Scheduler:
         self._pos = self._pos + 1
         tokens = self._sample(logits[:, -1, :], rows)
         self._next = tokens
-        requests = {id(s.request): s.request for s in rows}
-        stats = self.stats
-        stats.decode_steps += 1
-        stats.rows_per_step[len(rows)] += 1
-        stats.max_batch_requests = max(stats.max_batch_requests, len(requests))
-        stats.max_batch_rows = max(stats.max_batch_rows, len(rows))
-        for request in requests.values():
-            rec = request.record
-            rec.max_batch_requests = max(rec.max_batch_requests, len(requests))
-            rec.max_batch_rows = max(rec.max_batch_rows, len(rows))
+        self.stats.decode_steps += 1
+        self.stats.rows_per_step[len(rows)] += 1
         self._emit(rows, tokens.tolist())
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache: Any,
@@ -525,10 +483,8 @@ class Scheduler:
             if seq.finish is not None:
                 continue
             request = seq.request
-            rec = request.record
-            rec.generated_tokens += 1
+            request.record.generated_tokens += 1
             if request.cancelled:
-                rec.tokens_after_cancel += 1
                 continue
             seq.n_out += 1
             reason = None
@@ -548,7 +504,6 @@ class Scheduler:
             bucket = events.setdefault(id(request), (request, []))[1]
             if reason is not None:
                 seq.finish = reason
-                rec.finish_reasons[seq.index] = reason
                 bucket.append(("finish", seq.index, text, reason))
             elif text:
                 bucket.append(("delta", seq.index, text))

@@ -6,10 +6,10 @@ OpenAI-shaped request body into an OpenAI-shaped response body:
 
 * proxy backends (vLLM, SGLang, MLX) forward the body to the engine's own
   server on localhost and pass SSE bytes through unparsed;
-* in-process backends (transformers, llama.cpp, sentence-transformers)
-  compute the answer themselves and yield chunk dicts (llama.cpp relays its
-  streamed answers as SSE bytes from llama-server's own loopback listener,
-  as the proxy backends do).
+* in-process backends (transformers, sentence-transformers) compute the
+  answer themselves and yield chunk dicts; llama.cpp runs in-process too but
+  sends every request to llama-server's own loopback listener and relays its
+  SSE bytes, as the proxy backends do.
 
 Bodies are plain dicts already validated by the app; ``model`` has been
 checked against the served name and replaced by it. Unknown fields the client

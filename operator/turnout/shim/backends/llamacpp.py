@@ -2,18 +2,19 @@
 
 ``xllamacpp.Server`` runs llama-server's slots and continuous batching on a
 thread of this process, and binds llama-server's own HTTP listener to a
-random port on 127.0.0.1 (``Server.listening_address``).
+random port on 127.0.0.1 (``Server.listening_address``). Every request goes
+to that listener, over the same HTTP client and SSE relay as the proxy
+backends (``_relay.py``): tokens go from llama.cpp's threads to its socket
+and through the shim's event loop as bytes, never one by one through the GIL
+(a callback into Python per token, with the event loop holding the GIL and a
+5 ms switch interval, is what made the old in-process path slow).
 
-Streamed chat and completions are relayed from that listener (the proxy
-backends' relay, ``_relay.py``): tokens go from llama.cpp's threads to its
-socket and through the shim's event loop as bytes, so they never need the
-GIL one by one (a callback into Python per token, with the event loop
-holding the GIL and a 5 ms switch interval, is what made the in-process path
-slow). A client that goes away closes that connection, and llama-server
-cancels the task. Everything else (non-streamed answers, embeddings,
-rerank) stays in-process: each request is one blocking ``handle_*`` call
-(run on a worker thread here) and streamed chunks arrive through a callback
-whose return value ``True`` cancels the request inside llama.cpp.
+Chat and completions are always asked for as streams. A client that goes
+away closes the connection, and llama-server cancels a *streamed* task; a
+non-streamed one it runs to the end (measured with this xllamacpp: a
+900-token answer whose client left after 0.3 s generated all 900 tokens).
+So a non-streamed request is streamed from llama-server and put back
+together here (``_assemble.py``). Embeddings and rerank are plain requests.
 
 ``--model`` is a ``.gguf`` file or a folder holding one; with several,
 ``--quantization`` (e.g. ``Q4_K_M``) picks the file, and a split model
@@ -25,31 +26,33 @@ by name (``n_ctx``, ``n_parallel``, ``n_gpu_layers``, ``n_batch``,
 (``"sampling.top_k": 40``, ``"cpuparams.n_threads": 8``), and llama-server
 CLI spellings for the common ones (``ctx_size``, ``parallel``, ``ngl``,
 ``threads``). An unknown name fails at start with the list of known ones.
-
-Non-streamed requests are streamed from llama.cpp and put together here, so a
-client that goes away cancels them too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import json
 import logging
 import re
-from collections import OrderedDict
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from turnout.shim.backends import _vectors as vec
+from turnout.shim.backends._assemble import Assembler
 from turnout.shim.backends._openai import new_id
-from turnout.shim.backends._relay import EngineConnectionError, EnginePool, EngineResponse, relay_response
+from turnout.shim.backends._relay import (
+    EngineConnectionError,
+    EnginePool,
+    EngineProtocolError,
+    EngineResponse,
+    idle_timeout_from_env,
+    relay_response,
+    stream_error,
+)
+from turnout.shim.backends._sse import event_data, split_events
 from turnout.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
 from turnout.shimargs import ShimArgs
 
@@ -67,18 +70,6 @@ ALIASES = {
 RESERVED = frozenset({"model", "model_alias", "port", "hostnames", "api_keys"})
 DEFAULT_PARALLEL = 4
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
-_LLAMA_RECORDS = 1024
-
-
-@dataclass
-class StreamRecord:
-    """What happened to one streamed request (tests read it)."""
-
-    id: str
-    chunks: int = 0
-    chunks_after_cancel: int = 0
-    cancelled: bool = False
-    finished: bool = False
 
 
 def find_gguf(model: str, quantization: str | None) -> Path:
@@ -169,93 +160,15 @@ def _error(payload: dict[str, Any], param: str | None = None) -> BackendError:
                         param=param if code == "context_length_exceeded" else None, code=code)
 
 
-def _merge_delta(message: dict[str, Any], delta: dict[str, Any]) -> None:
-    """Add one chat delta to the message being put together (OpenAI streaming semantics)."""
-    for key, value in delta.items():
-        if value is None:
-            continue
-        if key == "tool_calls":
-            calls = message.setdefault("tool_calls", [])
-            for part in value:
-                i = part.get("index", len(calls))
-                while len(calls) <= i:
-                    calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-                call = calls[i]
-                for field in ("id", "type"):
-                    if part.get(field):
-                        call[field] = part[field]
-                fn = part.get("function") or {}
-                call["function"]["name"] += fn.get("name") or ""
-                call["function"]["arguments"] += fn.get("arguments") or ""
-        elif key == "role":
-            message["role"] = value
-        elif isinstance(value, str):
-            message[key] = (message.get(key) or "") + value
-        else:
-            message[key] = value
-
-
-async def _gather(stream: Stream, *, chat: bool) -> dict[str, Any]:
-    """Turn a chunk stream into the non-streamed response body."""
-    head: dict[str, Any] = {}
-    choices: dict[int, dict[str, Any]] = {}
-    usage: dict[str, Any] | None = None
-    chunks = stream.chunks
-    try:
-        async for chunk in chunks:
-            assert isinstance(chunk, dict)
-            for key in ("id", "created", "model", "system_fingerprint"):
-                if key in chunk:
-                    head.setdefault(key, chunk[key])
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            for c in chunk.get("choices") or ():
-                i = int(c.get("index", 0))
-                acc = choices.setdefault(i, {"index": i, "finish_reason": None, "logprobs": None})
-                if chat:
-                    _merge_delta(acc.setdefault("message", {"role": "assistant"}), c.get("delta") or {})
-                    content = (c.get("logprobs") or {}).get("content")
-                    if content:
-                        acc["logprobs"] = {"content": [*((acc["logprobs"] or {}).get("content") or []), *content]}
-                else:
-                    acc["text"] = acc.get("text", "") + (c.get("text") or "")
-                if c.get("finish_reason"):
-                    acc["finish_reason"] = c["finish_reason"]
-    finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
-    for acc in choices.values():
-        message = acc.get("message")
-        if message is not None and "content" not in message:
-            message["content"] = None if message.get("tool_calls") else ""
-    return {**head, "object": "chat.completion" if chat else "text_completion",
-            "choices": [choices[i] for i in sorted(choices)],
-            "usage": usage or {"prompt_tokens": stream.usage.prompt_tokens,
-                               "completion_tokens": stream.usage.completion_tokens,
-                               "total_tokens": stream.usage.prompt_tokens + stream.usage.completion_tokens}}
-
-
-def _listener_pool(server: Any) -> EnginePool | None:
-    """Keep-alive connections to llama-server's own listener, or None if it has none we can reach."""
+def _listener_pool(server: Any) -> EnginePool:
+    """Connections to llama-server's own listener (one per request: see below)."""
     address = str(getattr(server, "listening_address", "") or "")
     m = re.fullmatch(r"https?://(127\.0\.0\.1|localhost):(\d+)/?", address)
     if not m or int(m.group(2)) == 0:
-        log.warning("llama.cpp listens on %r; streaming in-process instead", address)
-        return None
+        raise RuntimeError(f"llama.cpp listens on {address!r}, not on a loopback port the shim can reach")
     # llama-server (cpp-httplib) closes the connection after each streamed answer, so keeping it
-    # would only earn a failed write and a retry: one fresh loopback connection per stream
+    # would only earn a failed write and a retry: one fresh loopback connection per request
     return EnginePool("127.0.0.1", int(m.group(2)), max_pooled=0)
-
-
-async def _stream_lost(exc: EngineConnectionError) -> BackendError:
-    return BackendError(f"lost llama.cpp's stream: {exc}", status=502, type="server_error",
-                        code="engine_stream_lost")
-
-
-class _End:
-    pass
-
-
-_END = _End()
 
 
 class LlamaCppBackend(Backend):
@@ -267,9 +180,8 @@ class LlamaCppBackend(Backend):
         self.capabilities = frozenset(caps[args.model_type])
         self.server: Any = None
         self.gguf: Path | None = None
-        self.records: OrderedDict[str, StreamRecord] = OrderedDict()
-        self._pool: ThreadPoolExecutor | None = None
         self.http: EnginePool | None = None
+        self.idle_timeout = idle_timeout_from_env()
         self._active: set[EngineResponse] = set()
         self._health = Health(State.LOADING, "loading the model")
         # fail on unknown engine args before anything loads
@@ -309,8 +221,6 @@ class LlamaCppBackend(Backend):
         self._health = Health(State.LOADING, "loading the model")
         try:
             params = self.params()
-            workers = max(int(params.n_parallel) * 2, 8)
-            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="llamacpp")
             import xllamacpp
 
             self.server = await asyncio.to_thread(xllamacpp.Server, params)
@@ -336,9 +246,6 @@ class LlamaCppBackend(Backend):
             # dropping the last reference runs the destructor, which stops llama.cpp's loop and
             # joins its thread: do that off the event loop
             await asyncio.to_thread(holder.clear)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
         if self._health.state is State.READY:
             self._health = Health(State.LOADING, "stopped")
 
@@ -347,145 +254,75 @@ class LlamaCppBackend(Backend):
 
     # ---- requests -------------------------------------------------------------
 
-    def _ready(self) -> Any:
-        if self.server is None or self._health.state is not State.READY:
-            raise BackendError("the model is not loaded yet", status=503, type="server_error",
-                               code="model_loading")
-        return self.server
+    async def _post(self, path: str, body: dict[str, Any], param: str) -> EngineResponse:
+        """POST ``body`` to llama-server; an error answer becomes a BackendError."""
+        pool = self.http
+        if pool is None or self._health.state is not State.READY:
+            raise BackendError("the model is not loaded yet", status=503, type="service_unavailable",
+                               code="model_loading", retry_after=5)
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            resp = await pool.request("POST", path, payload)
+            if resp.status < 400:
+                return resp
+            raw = await resp.read()
+        except EngineProtocolError as exc:
+            raise BackendError(f"llama.cpp's server answered something unusable: {exc}", status=502,
+                               type="server_error", code="bad_engine_response") from exc
+        except EngineConnectionError as exc:
+            raise BackendError(f"llama.cpp's server did not answer: {exc}", status=503,
+                               type="service_unavailable", code="engine_unavailable", retry_after=5) from exc
+        raise _error(_json_or_text(raw, resp.status), param)
 
-    async def _call(self, fn: Any, *args: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, fn, *args)
+    async def _json(self, path: str, body: dict[str, Any], param: str) -> dict[str, Any]:
+        resp = await self._post(path, body, param)
+        try:
+            raw = await resp.read()
+        except EngineConnectionError as exc:
+            raise BackendError(f"lost llama.cpp's answer: {exc}", status=502, type="server_error",
+                               code="bad_engine_response") from exc
+        finally:
+            resp.close()
+        result = _json_or_text(raw, 502)
+        if "error" in result:
+            raise _error(result, param)
+        return result
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
-        server = self._ready()
-        return await self._generate(server.handle_chat_completions, body, "messages", chat=True)
+        return await self._generate("/v1/chat/completions", body, "messages", chat=True)
 
     async def completions(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
-        server = self._ready()
-        return await self._generate(server.handle_completions, body, "prompt", chat=False)
+        return await self._generate("/v1/completions", body, "prompt", chat=False)
 
-    async def _generate(self, handle: Any, body: dict[str, Any], param: str, *,
-                        chat: bool) -> dict[str, Any] | Stream:
-        if body.get("stream"):
-            if self.http is not None:
-                return await self._http_stream("/v1/chat/completions" if chat else "/v1/completions", body, param)
-            return await self._stream(handle, body, param)
-        # Non-streamed answers are streamed internally and put together here: llama.cpp can only
-        # cancel a streamed task, and a client that goes away must stop the generation.
-        inner = {**body, "stream": True, "stream_options": {"include_usage": True}}
-        stream = await self._stream(handle, inner, param)
-        return await _gather(stream, chat=chat)
-
-    async def _stream(self, handle: Any, body: dict[str, Any], param: str) -> Stream:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        record = StreamRecord(id="")
-
-        def on_chunk(chunk: str) -> bool:
-            record.chunks += 1
-            if record.cancelled:
-                record.chunks_after_cancel += 1
-                return True  # tells llama.cpp to cancel the task
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(queue.put_nowait, chunk)
-            return False
-
-        def run() -> None:
-            try:
-                handle(json.dumps(body), on_chunk)
-            finally:
-                record.finished = True
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(queue.put_nowait, _END)
-
-        task = loop.run_in_executor(self._pool, run)
-        try:
-            first = await queue.get()
-        except BaseException:
-            record.cancelled = True
-            raise
-        if first is _END:
-            await task  # re-raises what llama.cpp raised, if anything
-            raise BackendError("llama.cpp returned no output", status=500, type="server_error")
-        head = self._parse(first, param)
-        record.id = str(head.get("id", ""))
-        self.records[record.id] = record
-        while len(self.records) > _LLAMA_RECORDS:
-            self.records.popitem(last=False)
-        stream = Stream(chunks=None, usage=Usage())  # type: ignore[arg-type]
-
-        async def chunks() -> AsyncIterator[dict[str, Any]]:
-            item: Any = head
-            try:
-                while True:
-                    if isinstance(item, dict):
-                        usage = item.get("usage")
-                        if isinstance(usage, dict):
-                            stream.usage.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                            stream.usage.completion_tokens = int(usage.get("completion_tokens") or 0)
-                        item.pop("timings", None)
-                        yield item
-                    item = await queue.get()
-                    if item is _END:
-                        return
-                    item = self._parse(item, param)
-            finally:
-                if not record.finished:
-                    record.cancelled = True
-
-        stream.chunks = chunks()
-        return stream
-
-    async def _http_stream(self, path: str, body: dict[str, Any], param: str) -> Stream:
-        """A streamed answer relayed as bytes from llama-server's own listener."""
-        pool = self.http
-        assert pool is not None
-        opts = dict(body.get("stream_options") or {})
-        keep_usage = bool(opts.get("include_usage"))
+    async def _generate(self, path: str, body: dict[str, Any], param: str, *, chat: bool) -> dict[str, Any] | Stream:
+        streamed = bool(body.get("stream"))
+        opts = dict(body.get("stream_options") or {}) if streamed else {}
+        keep_usage = bool(opts.get("include_usage")) or not streamed
         opts["include_usage"] = True  # always count tokens; the relay drops the usage event if not asked for
-        payload = json.dumps({**body, "stream_options": opts}, separators=(",", ":"), ensure_ascii=False)
-        try:
-            resp = await pool.request("POST", path, payload.encode())
-            if resp.status >= 400:
-                raw = await resp.read()
-        except EngineConnectionError as exc:
-            raise BackendError(f"llama.cpp's server did not answer: {exc}", status=503, type="server_error",
-                               code="engine_unavailable", retry_after=5) from exc
-        if resp.status >= 400:
-            try:
-                err = json.loads(raw)
-            except ValueError:
-                err = {"message": raw.decode(errors="replace")[:500], "code": resp.status}
-            if not isinstance(err, dict):
-                err = {"message": str(err), "code": resp.status}
-            raise _error(err, param)
+        resp = await self._post(path, {**body, "stream": True, "stream_options": opts}, param)
         usage = Usage()
-        return Stream(self._relay(resp, keep_usage, usage), usage)
-
-    def _relay(self, resp: EngineResponse, keep_usage: bool, usage: Usage) -> AsyncIterator[bytes]:
-        return relay_response(resp, usage, keep_usage=keep_usage, active=self._active, on_error=_stream_lost)
-
-    @staticmethod
-    def _parse(raw: str, param: str) -> dict[str, Any]:
+        relay = relay_response(resp, usage, keep_usage=keep_usage, active=self._active,
+                               on_error=_stream_lost, idle_timeout=self.idle_timeout)
+        if streamed:
+            return Stream(relay, usage)
+        assembler = Assembler(chat=chat)
         try:
-            item = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise BackendError(f"llama.cpp sent a malformed chunk: {raw[:200]!r}", status=500,
-                               type="server_error") from exc
-        if not isinstance(item, dict) or "error" in item:
-            raise _error(item if isinstance(item, dict) else {"message": str(item)}, param)
-        return item
+            async for events in relay:
+                for event in split_events(events):
+                    data = event_data(event)
+                    if data:
+                        assembler.add(_chunk(data, param))
+        finally:
+            await relay.aclose()  # a cancelled call closes the connection: llama.cpp cancels the task
+        return assembler.result()
 
     async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         if self.args.model_type != "embedding":
             return await super().embeddings(body)
-        server = self._ready()
         inputs = vec.embedding_inputs(body)
-        request = {"input": inputs, "encoding_format": "float"}
-        result = json.loads(await self._call(server.handle_embeddings, json.dumps(request)))
-        if not isinstance(result, dict) or "error" in result or "data" not in result:
-            raise _error(result if isinstance(result, dict) else {"message": str(result)}, "input")
+        result = await self._json("/v1/embeddings", {"input": inputs, "encoding_format": "float"}, "input")
+        if "data" not in result:
+            raise _error({"message": "llama.cpp answered embeddings without data"}, "input")
         rows = sorted(result["data"], key=lambda d: d.get("index", 0))
         vectors = np.asarray([r["embedding"] for r in rows], dtype=np.float32)
         vectors = vec.resize(vectors, body.get("dimensions"), vectors.shape[1])
@@ -496,12 +333,10 @@ class LlamaCppBackend(Backend):
     async def rerank(self, body: dict[str, Any]) -> dict[str, Any]:
         if self.args.model_type != "rerank":
             return await super().rerank(body)
-        server = self._ready()
         query, docs = vec.rerank_documents(body)
-        request = {"query": query, "documents": docs}
-        result = json.loads(await self._call(server.handle_rerank, json.dumps(request)))
-        if not isinstance(result, dict) or "error" in result or "results" not in result:
-            raise _error(result if isinstance(result, dict) else {"message": str(result)}, "documents")
+        result = await self._json("/v1/rerank", {"query": query, "documents": docs}, "documents")
+        if "results" not in result:
+            raise _error({"message": "llama.cpp answered rerank without results"}, "documents")
         ranked = sorted(({"index": r["index"], "relevance_score": float(r["relevance_score"])}
                          for r in result["results"]), key=lambda r: r["relevance_score"], reverse=True)
         top_n = body.get("top_n")
@@ -514,3 +349,24 @@ class LlamaCppBackend(Backend):
         tokens = int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
         return {"id": result.get("id") or new_id("rerank"), "model": self.args.served_model_name,
                 "results": ranked, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+async def _stream_lost(exc: EngineConnectionError) -> BackendError:
+    return stream_error("llama.cpp", exc)
+
+
+def _json_or_text(raw: bytes, status: int) -> dict[str, Any]:
+    """llama-server's JSON answer, or its text wrapped as an error."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        return {"error": {"message": raw.decode(errors="replace")[:500] or f"HTTP {status}", "code": status}}
+    return obj if isinstance(obj, dict) else {"error": {"message": str(obj)[:500], "code": status}}
+
+
+def _chunk(data: bytes, param: str) -> dict[str, Any]:
+    item = _json_or_text(data, 502)
+    if "error" in item:
+        raise _error(item, param)
+    item.pop("timings", None)
+    return item

@@ -28,7 +28,15 @@ from abc import abstractmethod
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, ClassVar
 
-from turnout.shim.backends._relay import EngineConnectionError, EnginePool, EngineResponse, relay_response
+from turnout.shim.backends._relay import (
+    EngineConnectionError,
+    EnginePool,
+    EngineProtocolError,
+    EngineResponse,
+    idle_timeout_from_env,
+    relay_response,
+    stream_error,
+)
 from turnout.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
 from turnout.shim.errors import from_engine
 from turnout.shimargs import ShimArgs
@@ -41,7 +49,6 @@ STOP_GRACE_SECONDS = 15.0
 PROBE_ENV = "TURNOUT_ENGINE_PROBE_SECONDS"
 PROBE_INTERVAL = 5.0
 PROBE_FAILURES = 3
-
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -137,6 +144,7 @@ class ProxyBackend(Backend):
             start_timeout = float(os.environ.get(START_TIMEOUT_ENV, DEFAULT_START_TIMEOUT))
         self.start_timeout = start_timeout
         self.probe_interval = float(os.environ.get(PROBE_ENV, PROBE_INTERVAL))
+        self.idle_timeout = idle_timeout_from_env()
         self._state = State.LOADING
         self._message = f"starting {self.engine}"
         self.proc: asyncio.subprocess.Process | None = None
@@ -360,28 +368,32 @@ class ProxyBackend(Backend):
         payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         try:
             resp = await pool.request("POST", path, payload)
+            if resp.status >= 400 or not stream:
+                try:
+                    raw = await resp.read()
+                finally:
+                    resp.close()  # no-op once read() released it
+        except EngineProtocolError as exc:
+            raise self._bad_answer(str(exc)) from exc
         except EngineConnectionError as exc:
             raise self._unavailable(str(exc)) from exc
         if resp.status >= 400 or not stream:
-            try:
-                raw = await resp.read()
-            except EngineConnectionError as exc:
-                resp.close()
-                raise self._unavailable(str(exc)) from exc
             if resp.status >= 400:
                 raise from_engine(resp.status, raw)
             try:
                 data = json.loads(raw)
             except ValueError as exc:
-                raise BackendError(f"the {self.engine} engine answered something that is not JSON",
-                                   status=502, type="server_error", code="bad_engine_response") from exc
+                raise self._bad_answer("not JSON") from exc
             data = self.from_engine_json(path, data)
             if not isinstance(data, dict):
-                raise BackendError(f"the {self.engine} engine answered an unexpected shape", status=502,
-                                   type="server_error", code="bad_engine_response")
+                raise self._bad_answer("an unexpected shape")
             return data
         usage = Usage()
         return Stream(self._relay(resp, keep_usage, usage), usage)
+
+    def _bad_answer(self, detail: str) -> BackendError:
+        return BackendError(f"the {self.engine} engine answered something unusable: {detail}", status=502,
+                            type="server_error", code="bad_engine_response")
 
     def from_engine_json(self, path: str, data: Any) -> Any:
         """Adapt a plain (non-streamed) answer from the engine to the OpenAI shape (default: unchanged)."""
@@ -391,19 +403,18 @@ class ProxyBackend(Backend):
         """Engine SSE bytes in buffers cut at event boundaries, without the engine's ``[DONE]``."""
         rewrite = None if type(self).rewrite_stream is ProxyBackend.rewrite_stream else self.rewrite_stream
         return relay_response(resp, usage, keep_usage=keep_usage, rewrite=rewrite, active=self._active,
-                              on_error=lambda exc: self._lost(str(exc)))
+                              on_error=self._lost, idle_timeout=self.idle_timeout)
 
-    async def _lost(self, detail: str) -> BackendError:
+    async def _lost(self, exc: EngineConnectionError) -> BackendError:
         """The error for a stream cut short; an engine that is exiting is told apart from a hiccup."""
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.proc.wait()), 1.0)
         if self._state is State.DEAD or (self.proc is not None and self.proc.returncode is not None):
             return BackendError(f"the {self.engine} engine failed while streaming: "
-                                f"{self._message or detail}", status=503, type="service_unavailable",
+                                f"{self._message or exc}", status=503, type="service_unavailable",
                                 code="engine_dead")
-        return BackendError(f"lost the {self.engine} engine's stream: {detail}", status=502,
-                            type="server_error", code="engine_stream_lost")
+        return stream_error(self.engine, exc)
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from turnout.shim.backends import _openai as oai
-from turnout.shim.backends._batching import GenerationRequest, RequestRecord, Scheduler, Sequence
+from turnout.shim.backends._batching import GenerationRequest, Scheduler, Sequence
 from turnout.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
 from turnout.shimargs import ShimArgs
 
@@ -340,10 +340,6 @@ class TransformersBackend(Backend):
 
     def model_card(self) -> dict[str, Any]:
         return {"max_model_len": self.max_model_len} if self.max_model_len else {}
-
-    def record(self, rid: str) -> RequestRecord | None:
-        """What the scheduler did for the request whose response id is ``rid``."""
-        return self.scheduler.records.get(rid) if self.scheduler else None
 
     # ---- requests ----------------------------------------------------------
 
