@@ -45,6 +45,8 @@ tests/controller/test_prune.py → test_prune_e2e.py
     → a_refused_delete_is_reported_and_tried_again (an admission policy refuses the DELETE)
   client_delete_is_guarded_by_the_uid_and_treats_gone_as_done
     → test_credentials_e2e: client_delete_is_guarded_by_the_uid_and_treats_gone_as_done
+tests/controller/fakekube.py's contract (list, then watch from its resourceVersion)
+    → test_credentials_e2e: watch_from_a_resource_version
 tests/controller/test_rbac_and_metrics.py
   recorded_api_use_equals_the_declared_rbac
     → test_credentials_e2e: operator_with_an_exec_plugin_and_the_generated_role (the generated ClusterRole suffices)
@@ -53,7 +55,7 @@ tests/controller/test_rbac_and_metrics.py
     → a_namespaced_operator_leaves_other_namespaces_alone
 tests/controller/test_controller_units.py
   client_classifies_failures → test_credentials_e2e: client_classifies_failures
-  credentials_come_from_the_kubeconfig_with_its_namespace → test_credentials_e2e: contexts_and_the_kubeconfig_namespace
+  credentials_come_from_the_kubeconfig_with_its_namespace → test_credentials_e2e: current_context_and_a_named_context
 tests/kube/test_credentials_tls.py → test_credentials_e2e.py
   embedded_base64_data_as_kind_and_eks_write_it → operator_with_the_admin_kubeconfig
   file_paths_relative_to_the_kubeconfig, insecure_skip_tls_verify_and_an_unknown_ca → the same names
@@ -63,7 +65,7 @@ tests/kube/test_credentials_tls.py → test_credentials_e2e.py
   in_cluster_service_account_token_is_read_again_when_it_rotates → operator_in_cluster_with_the_service_account_files
   tls_server_name_verifies_a_certificate_issued_for_another_name
     → test_agent_e2e: every agent (server https://10.250.N.1, tls-server-name localhost)
-  current_context_and_a_named_context → contexts_and_the_kubeconfig_namespace
+  current_context_and_a_named_context → the same name
   no_credentials_say_what_was_tried → none (no server involved)
 tests/agent/ (the emulator with field selectors, Leases, graceful pod deletion) → test_agent_e2e.py
   nodes, Leases, scheduling onto agents, serving, restarts after a kill, two agents sharing a host, deletes

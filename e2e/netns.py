@@ -30,6 +30,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -113,21 +114,46 @@ class Namespace:
 
 
 class Forwarder:
-    """TCP forwarding from ``listen`` addresses to one target, in an asyncio loop of its own thread."""
+    """TCP forwarding from ``listen`` addresses to one target, in an asyncio loop of its own thread.
+
+    :meth:`cut` stops listening and drops every connection (an API server outage, as the clients see
+    it); :meth:`restore` listens again on the same addresses.
+    """
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="e2e-forwarder", daemon=True)
         self._thread.start()
+        self._addresses: list[tuple[str, int]] = []
         self._servers: list[asyncio.AbstractServer] = []
+        self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
 
-    def listen(self, host: str, port: int) -> None:
-        async def start() -> None:
-            self._servers.append(await asyncio.start_server(self._pipe, host, port))
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
-        asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+    def listen(self, host: str, port: int) -> None:
+        self._addresses.append((host, port))
+        self._call(self._listen(host, port))
+
+    async def _listen(self, host: str, port: int) -> None:
+        self._servers.append(await asyncio.start_server(self._pipe, host, port, reuse_address=True))
+
+    def cut(self) -> None:
+        async def cut() -> None:
+            for server in self._servers:
+                server.close()
+            self._servers.clear()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            self._writers.clear()
+
+        self._call(cut())
+
+    def restore(self) -> None:
+        for host, port in self._addresses:
+            self._call(self._listen(host, port))
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -136,6 +162,7 @@ class Forwarder:
         except OSError:
             writer.close()
             return
+        self._writers |= {writer, up_writer}
 
         async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
@@ -148,18 +175,23 @@ class Forwarder:
                 with contextlib.suppress(Exception):
                     dst.close()
 
-        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+        try:
+            await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+        finally:
+            self._writers -= {writer, up_writer}
 
     def close(self) -> None:
         async def stop() -> None:
             for server in self._servers:
                 server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
             for task in asyncio.all_tasks():
                 if task is not asyncio.current_task():
                     task.cancel()
 
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+            self._call(stop())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 

@@ -23,6 +23,8 @@ import turnout
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_ROOT = str(Path(turnout.__file__).resolve().parent.parent)
+#: For the operator's local endpoints: never through a proxy from the environment.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
 
 
@@ -96,7 +98,7 @@ class OperatorProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"the operator exited {self.proc.returncode}:\n{self.log.read_text()[-5000:]}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health}/healthz", timeout=2) as response:
+            with _LOCAL.open(f"http://127.0.0.1:{self.health}/healthz", timeout=2) as response:
                 return response.status == 200
         except OSError:
             return False
@@ -120,8 +122,11 @@ class OperatorProcess:
         return code
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            return parse_metrics(response.read().decode())
+        return parse_metrics(self.metrics_text())
+
+    def metrics_text(self) -> str:
+        with _LOCAL.open(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
 
     def total(self, name: str, **labels: str) -> float:
         """The sum of a metric's samples whose labels include ``labels``."""

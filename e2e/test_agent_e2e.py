@@ -190,6 +190,14 @@ def agent_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
         print(f"\n===== agent {agent['name']} log =====\n{Path(agent['log']).read_text()[-20000:]}")
 
 
+def _openai(address: str, port: int) -> Any:
+    """A client for the pod at ``address`` (in an agent's namespace), never through a proxy from the environment."""
+    import httpx
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"http://{address}:{port}/v1", api_key="none", http_client=httpx.Client(trust_env=False))
+
+
 def _md(name: str, gguf: Path, accelerator: str, **spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
@@ -246,8 +254,6 @@ def test_metal_plan_is_scheduled_onto_the_metal_agent(agents: dict[str, dict], n
 
 
 def test_cpu_agent_serves_recovers_and_cleans_up(agents: dict[str, dict], namespace: str, tiny_gguf: Path) -> None:
-    from openai import OpenAI
-
     cpu = agents["cpu"]
     _apply(_md("e2e-agent-cpu", tiny_gguf, "cpu", tolerations=[TOLERATE_AGENT],
                nodeSelector={"kubernetes.io/hostname": cpu["name"]}), namespace)
@@ -264,7 +270,7 @@ def test_cpu_agent_serves_recovers_and_cleans_up(agents: dict[str, dict], namesp
         return None
 
     address, port = poll(endpoint, timeout=120, what="a ready endpoint in the EndpointSlice")
-    client = OpenAI(base_url=f"http://{address}:{port}/v1", api_key="none")
+    client = _openai(address, port)
     reply = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}],
                                            max_tokens=4, temperature=0)
     assert reply.model == "tiny-chat"
@@ -300,8 +306,6 @@ def _ready_endpoints(namespace: str, service: str) -> dict[str, int]:
 
 def test_two_replicas_on_two_agents_sharing_this_host(agent_pair: dict[str, Any], namespace: str,
                                                       tiny_gguf: Path) -> None:
-    from openai import OpenAI
-
     addresses = {a["name"]: a["address"] for a in agent_pair["agents"]}
     name = "e2e-pair"
     _apply(_md(name, tiny_gguf, "cpu", tolerations=[TOLERATE_AGENT],
@@ -327,7 +331,7 @@ def test_two_replicas_on_two_agents_sharing_this_host(agent_pair: dict[str, Any]
                      what="two ready endpoints in the EndpointSlices")
     assert set(endpoints) == set(addresses.values()) and len(set(endpoints.values())) == 1, endpoints
     for address, port in endpoints.items():  # each replica answers at its own address, on the same port
-        client = OpenAI(base_url=f"http://{address}:{port}/v1", api_key="none")
+        client = _openai(address, port)
         reply = client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "hi"}],
                                                max_tokens=4, temperature=0)
         assert reply.model == "tiny-chat" and reply.choices[0].message.content is not None

@@ -509,9 +509,6 @@ def test_a_namespaced_operator_leaves_other_namespaces_alone(namespace, operator
 
 
 def test_operator_metrics_count_reconciles(operator):
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
+    text = operator.metrics_text()
     assert "turnout_operator_reconciles_total" in text
     assert "turnout_operator_reconcile_duration_seconds_bucket" in text
