@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +139,12 @@ async def _prepare(api: FakeKube) -> None:
         await api.put_object(NODES, cpu_node(f"cpu-{i}"))
 
 
-async def create_all(session: aiohttp.ClientSession, url: str, n: int, *, namespace: str = NS,
-                     replicas: int = 1) -> float:
-    """POST n ModelDeployments, CREATE_CONCURRENCY at a time; seconds until the last is accepted."""
-    endpoint = f"{url.rstrip('/')}{MD_PATH}/namespaces/{namespace}/modeldeployments"
+Post = Callable[[int], Awaitable[tuple[int, float | None, str]]]  # md index -> (status, Retry-After, body)
+
+
+async def create_each(n: int, post: Post) -> float:
+    """Create n ModelDeployments through ``post``, CREATE_CONCURRENCY at a time; seconds until the last
+    is accepted. A 429 (a real API server's priority and fairness) waits as it says, ten times at most."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(n):
         queue.put_nowait(i)
@@ -151,15 +153,14 @@ async def create_all(session: aiohttp.ClientSession, url: str, n: int, *, namesp
     async def worker() -> None:
         while not queue.empty():
             i = queue.get_nowait()
-            for _ in range(10):  # a real API server's priority and fairness may answer 429: wait as it says
-                async with session.post(endpoint, json=md(i, namespace, replicas)) as r:
-                    if r.status == 429:
-                        retry_after = r.headers.get("Retry-After", "1")
-                        await asyncio.sleep(float(retry_after) if retry_after.isdigit() else 1.0)
-                        continue
-                    if r.status not in (200, 201):
-                        failures.append(f"{r.status}: {(await r.text())[:300]}")
-                    break
+            for _ in range(10):
+                status, retry_after, text = await post(i)
+                if status == 429:
+                    await asyncio.sleep(retry_after or 1.0)
+                    continue
+                if status not in (200, 201):
+                    failures.append(f"{status}: {text[:300]}")
+                break
             else:
                 failures.append(f"429 ten times for md-{i:05d}")
 
@@ -168,6 +169,19 @@ async def create_all(session: aiohttp.ClientSession, url: str, n: int, *, namesp
     if failures:
         raise RuntimeError(f"{len(failures)} of {n} creates failed, first: {failures[0]}")
     return time.monotonic() - start
+
+
+async def create_all(session: aiohttp.ClientSession, url: str, n: int, *, namespace: str = NS,
+                     replicas: int = 1) -> float:
+    """POST n ModelDeployments to the emulator at ``url`` (see :func:`create_each`)."""
+    endpoint = f"{url.rstrip('/')}{MD_PATH}/namespaces/{namespace}/modeldeployments"
+
+    async def post(i: int) -> tuple[int, float | None, str]:
+        async with session.post(endpoint, json=md(i, namespace, replicas)) as r:
+            retry_after = r.headers.get("Retry-After", "")
+            return r.status, float(retry_after) if retry_after.isdigit() else None, await r.text()
+
+    return await create_each(n, post)
 
 
 async def bare_create(n: int) -> float:
@@ -300,37 +314,21 @@ class Cluster:
             await self.session.close()
 
     async def create_all(self, n: int, *, namespace: str, replicas: int) -> float:
-        """POST n ModelDeployments, CREATE_CONCURRENCY at a time; seconds until the last is accepted."""
+        """POST n ModelDeployments through the project's client (see :func:`create_each`)."""
         from turnout.kube import ApiError, TransientApiError
 
         path = f"{MD_PATH}/namespaces/{namespace}/modeldeployments"
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(n):
-            queue.put_nowait(i)
-        failures: list[str] = []
 
-        async def worker() -> None:
-            while not queue.empty():
-                i = queue.get_nowait()
-                for _ in range(10):  # a real API server's priority and fairness may answer 429: wait as it says
-                    try:
-                        await self.client.request("POST", path, body=md(i, namespace, replicas))
-                    except TransientApiError as exc:
-                        if exc.status == 429:
-                            await asyncio.sleep(exc.retry_after or 1.0)
-                            continue
-                        failures.append(f"{exc.status}: {exc.message[:300]}")
-                    except ApiError as exc:
-                        failures.append(f"{exc.status}: {exc.message[:300]}")
-                    break
-                else:
-                    failures.append(f"429 ten times for md-{i:05d}")
+        async def post(i: int) -> tuple[int, float | None, str]:
+            try:
+                await self.client.request("POST", path, body=md(i, namespace, replicas))
+            except TransientApiError as exc:
+                return exc.status, exc.retry_after, exc.message
+            except ApiError as exc:
+                return exc.status, None, exc.message
+            return 201, None, ""
 
-        start = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(CREATE_CONCURRENCY)))
-        if failures:
-            raise RuntimeError(f"{len(failures)} of {n} creates failed, first: {failures[0]}")
-        return time.monotonic() - start
+        return await create_each(n, post)
 
     async def call(self, method: str, path: str, body: Any = None, *, params: dict[str, str] | None = None,
                    content_type: str = "application/json", ok: tuple[int, ...] = (200, 201, 202)) -> Any:

@@ -85,15 +85,21 @@ def _eligible(
     """
     if where is None:
         where = _where(spec)
-    key = (id(hardware), accelerator, where)
-    hit = _ELIGIBLE_CACHE.get(key)
-    if hit is not None and hit[0] is hardware:
+    return _memo(_ELIGIBLE_CACHE, 4096, hardware, (id(hardware), accelerator, where),
+                 lambda: _eligible_uncached(spec, hardware, accelerator))
+
+
+def _memo(cache: dict[Any, Any], limit: int, owner: object, key: Any, build: Any) -> Any:
+    """``build()`` memoized under ``key`` (which holds ``id(owner)``); the entry keeps ``owner`` alive
+    and is used only while it is the very same object, so a reused ``id`` never hits."""
+    hit = cache.get(key)
+    if hit is not None and hit[0] is owner:
         return hit[1]
-    if len(_ELIGIBLE_CACHE) > 4096:
-        _ELIGIBLE_CACHE.clear()
-    nodes = _eligible_uncached(spec, hardware, accelerator)
-    _ELIGIBLE_CACHE[key] = (hardware, nodes)
-    return nodes
+    if len(cache) > limit:
+        cache.clear()
+    value = build()
+    cache[key] = (owner, value)
+    return value
 
 
 def _where(spec: ModelDeploymentSpec) -> str:
@@ -333,15 +339,8 @@ def _engine_table(config: OperatorConfig, accelerator: str, explicit: bool) -> t
 
     Memoized per config object (configs are frozen; the cached object is kept so ``id`` stays safe).
     """
-    key = (id(config), accelerator, explicit)
-    hit = _TABLE_CACHE.get(key)
-    if hit is not None and hit[0] is config:
-        return hit[1]
-    if len(_TABLE_CACHE) > 1024:
-        _TABLE_CACHE.clear()
-    rows = _engine_rows(config, accelerator, explicit)
-    _TABLE_CACHE[key] = (config, rows)
-    return rows
+    return _memo(_TABLE_CACHE, 1024, config, (id(config), accelerator, explicit),
+                 lambda: _engine_rows(config, accelerator, explicit))
 
 
 def _engine_rows(config: OperatorConfig, accelerator: str, explicit: bool) -> tuple[_TableRow, ...]:
