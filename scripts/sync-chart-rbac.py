@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 from turnout.agent.rbac import RULES as AGENT_RULES
-from turnout.controller.rbac import RULES, Rule, merged
+from turnout.controller.rbac import RULES
+from turnout.kube.rbac import Rule, merged
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "charts" / "turnout" / "templates" / "_rbac_rules.tpl"

@@ -67,6 +67,16 @@ class AgentRun:
         assert ready.is_set(), "the agent did not get ready in 30s"
         return self
 
+    async def failed(self, timeout: float = 30) -> BaseException:
+        """Wait for the agent to end with an exception and return it (the agent counts as stopped then)."""
+        assert self.task is not None, "the agent is not running"
+        done, _ = await asyncio.wait({self.task}, timeout=timeout)
+        assert done, f"the agent still runs after {timeout}s"
+        task, self.task = self.task, None
+        error = task.exception()
+        assert error is not None, "the agent ended without an error"
+        return error
+
     async def stop(self, *, stop_pods: bool) -> None:
         if self.task is None:
             return

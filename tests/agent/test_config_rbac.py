@@ -18,7 +18,7 @@ from agentharness import standin_pod as make_pod
 
 from turnout.agent import ConfigError, EnvMap
 from turnout.agent.rbac import RULES
-from turnout.controller.rbac import covers
+from turnout.kube.rbac import covers
 
 
 def get_json(port: int, path: str) -> dict:

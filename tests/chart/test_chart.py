@@ -20,8 +20,9 @@ from turnout.api.crd import crd
 from turnout.api.types import ACCELERATORS, ENGINES
 from turnout.config import OperatorConfig, parse_config
 from turnout.controller import app as operator_app
-from turnout.controller.rbac import RULES, Rule
+from turnout.controller.rbac import RULES
 from turnout.images import OPERATOR_IMAGE, VERSION
+from turnout.kube.rbac import Rule
 from turnout.render import manifests
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk renders the chart: pip install helm-python-sdk")

@@ -24,7 +24,8 @@ the API server's documented contract:
 
 Every request is recorded by kmock (``fake.requests``); tests assert the
 operator's API use against the declared RBAC rules with it. Faults are
-injected with :meth:`FakeKube.fail`.
+injected with :meth:`FakeKube.fail` (a request's answer) and :meth:`FakeKube.send_on_watches` (what
+watches receive).
 
 Requests for the resources above go straight to the ``_serve_*`` method for
 their action: kmock's own dispatch checks every reaction's filter against the
@@ -439,7 +440,7 @@ class FakeKube(kmock.KubernetesEmulator):
                 event = await queue.get()
                 if event is None:  # the fake is shutting down
                     return
-                if self._matches(request, event["object"]):
+                if isinstance(event, bytes) or self._matches(request, event["object"]):  # bytes: send_on_watches
                     yield event
         finally:
             self.watchers[res].remove(queue)
@@ -499,6 +500,13 @@ class FakeKube(kmock.KubernetesEmulator):
                                    f"precondition: {want}, {field} in object meta: {current['metadata'].get(field)}")
         self.deletes.append({"resource": res, "key": key, "options": options or {}})
         return await self.remove(res, key, orphan=(options or {}).get("propagationPolicy") == "Orphan")
+
+    def send_on_watches(self, res: ResKey, event: dict[str, Any] | bytes) -> None:
+        """Send ``event`` on the open watches of ``res`` without storing anything: what a broken server or proxy
+        might send, e.g. an object the API server would never serve, or bytes (sent as they are: a line that is
+        not JSON)."""
+        for queue in self.watchers.get(res, []):
+            queue.put_nowait(event)  # type: ignore[arg-type]
 
     def close_watches(self) -> None:
         """End every open watch stream (aiohttp does not cancel handlers when clients go away)."""

@@ -8,8 +8,9 @@ import fcntl
 import logging
 import os
 import shutil
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from turnout.agent.config import AgentConfig
 from turnout.agent.node import (
@@ -21,20 +22,25 @@ from turnout.agent.node import (
     node_object,
     node_status,
 )
-from turnout.agent.pods import PodWorker, pod_key
+from turnout.agent.pods import PodWorker, pod_key, pod_path
 from turnout.agent.ports import HostPorts, is_local, is_wildcard, port_in_use
 from turnout.agent.process import ContainerProcess, kill_group
+from turnout.agent.tasks import TaskSupervisor
 from turnout.hardware import MEMORY_LABEL
-from turnout.kube import ApiError, Credentials, KubeClient, TransientApiError, load_credentials
+from turnout.kube import ApiError, Credentials, KubeClient, PermanentApiError, TransientApiError, load_credentials
 from turnout.localhw import Probes
 
 log = logging.getLogger("turnout.agent")
+T = TypeVar("T")
 #: Labels the agent sets only in some configurations; removed when it no longer sets them.
 OWN_LABELS = (MEMORY_LABEL,)
 
 
 class Agent:
-    """One node. ``run()`` until ``stop`` is set."""
+    """One node. ``run()`` until ``stop`` is set, or until a task fails (:class:`.tasks.AgentFailed`).
+
+    It is the :class:`~turnout.agent.pods.PodHost` of its pod workers.
+    """
 
     port_poll = 1.0  # how often a pod waiting for a port re-checks (it is also woken by pod events)
 
@@ -50,8 +56,22 @@ class Agent:
         self.bind_address, self.probe_host = bind_and_probe_addresses(config.address, address)
         self.node_path = f"/api/v1/nodes/{config.node_name}"
         self.lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{LEASE_NAMESPACE}/leases/{config.node_name}"
+        self.supervisor = TaskSupervisor()
 
-    # ----- for the pod workers ------------------------------------------------------------------
+    # ----- for the pod workers (PodHost) --------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+        return self.supervisor.spawn(coro, name)
+
+    async def write_pod_status(self, pod: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        try:
+            await self.kube.merge_patch(pod_path(pod, "status"), {"status": dict(status)})
+        except PermanentApiError as exc:
+            if exc.status != 404:  # gone: nothing to report on
+                raise
+
+    async def remove_pod(self, pod: Mapping[str, Any]) -> None:
+        await self.kube.delete(pod_path(pod), grace_seconds=0, uid=pod["metadata"]["uid"])
 
     async def fetch(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.kube.get(f"/api/v1/namespaces/{namespace}/{plural}/{name}")
@@ -115,8 +135,8 @@ class Agent:
         keys = {t["key"] for t in ours}
         return ours + [t for t in (current.get("spec") or {}).get("taints") or [] if t.get("key") not in keys]
 
-    async def post_status(self, *, ready: bool = True, message: str | None = None) -> None:
-        kwargs = {"message": message} if message else {}
+    async def post_status(self, *, ready: bool = True, reason: str | None = None, message: str | None = None) -> None:
+        kwargs = {k: v for k, v in (("reason", reason), ("message", message)) if v}
         fresh = node_status(self.config, self.address, self._capacity, ready=ready, **kwargs)
         previous = (self.node.get("status") or {}).get("conditions")
         fresh["conditions"] = merge_conditions(previous, fresh["conditions"])
@@ -147,6 +167,7 @@ class Agent:
             "renewTime": micro_now()}})
 
     async def _every(self, seconds: float, what: str, fn: Any) -> None:
+        """Call ``fn`` every ``seconds``; API errors are retried at the next tick, anything else fails the agent."""
         while True:
             await asyncio.sleep(seconds)
             try:
@@ -177,7 +198,11 @@ class Agent:
         self.workers[uid] = PodWorker(self, pod)
 
     async def watch_pods(self, synced: asyncio.Event) -> None:
-        """List then watch the pods bound to this node; re-list when the watch expires (410)."""
+        """List then watch the pods bound to this node; re-list when the watch expires (410).
+
+        API errors re-list after a back-off; anything else (a line that is not a watch event, an object
+        :meth:`handle` cannot process) ends the task, which fails the agent (see :mod:`.tasks`).
+        """
         path = "/api/v1/pods"
         selector = {"fieldSelector": f"spec.nodeName={self.config.node_name}"}
         delay = 0.5
@@ -256,28 +281,40 @@ class Agent:
     async def _run(self, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
         await self.register()
         synced = asyncio.Event()
+        spawn = self.supervisor.spawn
         tasks = [
-            asyncio.create_task(self._every(self.config.heartbeat_seconds, "lease renewal", self.renew_lease)),
-            asyncio.create_task(self._every(self.config.status_seconds, "node status", self._refresh_node)),
-            asyncio.create_task(self.watch_pods(synced)),
+            spawn(self._every(self.config.heartbeat_seconds, "lease renewal", self.renew_lease), "lease renewal"),
+            spawn(self._every(self.config.status_seconds, "node status", self._refresh_node), "node status"),
+            spawn(self.watch_pods(synced), "pod watch"),
         ]
+        failed = asyncio.create_task(self.supervisor.failed())
+        listed, stopped = asyncio.create_task(synced.wait()), asyncio.create_task(stop.wait())
         try:
-            waiter = asyncio.create_task(synced.wait())
-            await asyncio.wait({waiter, tasks[2]}, return_when=asyncio.FIRST_COMPLETED)
-            if ready is not None:
+            await asyncio.wait({failed, listed}, return_when=asyncio.FIRST_COMPLETED)
+            if synced.is_set() and ready is not None:
                 ready.set()
-            await stop.wait()
+            await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
+            failure = self.supervisor.failure
+            for task in (*tasks, failed, listed, stopped):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, failed, listed, stopped, return_exceptions=True)
+            if failure is not None:
+                with contextlib.suppress(ApiError):  # at once: nobody runs this node's pods until the restart
+                    await self.post_status(ready=False, reason="AgentFailed",
+                                           message=f"turnout host agent: {failure}; it exits for its service "
+                                                   "manager (launchd, systemd) to restart it")
             stop_all = self.config.stop_pods_on_exit
             await asyncio.gather(*(w.shutdown(stop_processes=stop_all) for w in self.workers.values()),
                                  return_exceptions=True)
-            with contextlib.suppress(ApiError):
-                await self.post_status(ready=False, message="turnout host agent stopped")
-            log.info("agent %s stopped (%s)", self.config.node_name,
+            await self.supervisor.close()
+            if failure is None:
+                with contextlib.suppress(ApiError):
+                    await self.post_status(ready=False, message="turnout host agent stopped")
+            log.info("agent %s %s (%s)", self.config.node_name, "failed" if failure else "stopped",
                      "containers stopped" if stop_all else "containers left running for the next start to adopt")
+        if failure is not None:
+            raise failure from failure.error
 
 
 def bind_and_probe_addresses(configured: str | None, address: str) -> tuple[str, str]:
@@ -308,6 +345,9 @@ async def run_agent(
     host_ports: HostPorts | None = None,
 ) -> None:
     """Run the host agent until ``stop`` is set (or the task is cancelled).
+
+    Raises :class:`~turnout.agent.tasks.AgentFailed` when one of its tasks fails unexpectedly (the
+    Node is then not Ready with reason ``AgentFailed``; the pods' processes are left to the next start).
 
     ``credentials`` win over ``kubeconfig``; without either the usual
     ``$KUBECONFIG`` / ``~/.kube/config`` lookup applies.

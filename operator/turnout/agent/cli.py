@@ -11,6 +11,7 @@ import signal
 import sys
 
 from turnout.agent.config import AgentConfig, ConfigError, EnvMap
+from turnout.agent.tasks import AgentFailed
 from turnout.kube.credentials import CredentialsError
 
 
@@ -67,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         asyncio.run(_serve(config, args.kubeconfig, args.context))
+    except AgentFailed as exc:  # logged with its traceback; 1 (not 2): the service manager restarts the agent
+        print(f"turnout agent: failed: {exc}", file=sys.stderr)
+        return 1
     except (ConfigError, CredentialsError, FileNotFoundError, RuntimeError) as exc:
         print(f"turnout agent: error: {exc}", file=sys.stderr)
         return 2

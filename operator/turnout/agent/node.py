@@ -110,10 +110,13 @@ def _condition(type_: str, status: str, reason: str, message: str, stamp: str) -
 
 
 def node_status(config: AgentConfig, address: str, capacity: Mapping[str, str], *, ready: bool = True,
-                message: str = "turnout host agent is posting ready status") -> dict[str, Any]:
+                reason: str | None = None, message: str = "turnout host agent is posting ready status",
+                ) -> dict[str, Any]:
+    """The Node's status; the Ready condition's reason is ``AgentReady``/``AgentNotReady`` unless given."""
     stamp = now()
+    reason = reason or ("AgentReady" if ready else "AgentNotReady")
     conditions = [
-        _condition("Ready", "True" if ready else "False", "AgentReady" if ready else "AgentNotReady", message, stamp),
+        _condition("Ready", "True" if ready else "False", reason, message, stamp),
         _condition("MemoryPressure", "False", "AgentHasSufficientMemory", "not monitored by the agent", stamp),
         _condition("DiskPressure", "False", "AgentHasNoDiskPressure", "not monitored by the agent", stamp),
         _condition("PIDPressure", "False", "AgentHasSufficientPID", "not monitored by the agent", stamp),

@@ -12,6 +12,10 @@ held by one pod per address at a time (see :mod:`turnout.agent.ports`). A pod
 whose port is held on an overlapping address (by another pod, or by another
 process on the host) stays ``Pending`` (waiting reason ``PortInUse``) until
 that port is released.
+
+A worker reaches its agent only through :class:`PodHost`; every task it starts runs under the agent's task
+supervisor (:mod:`turnout.agent.tasks`), so an unexpected exception fails the agent instead of
+ending one pod's task silently.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
+from turnout.agent.config import AgentConfig
 from turnout.agent.node import now
 from turnout.agent.podspec import (
     ConfigProblem,
@@ -39,13 +44,60 @@ from turnout.agent.podspec import (
 )
 from turnout.agent.probes import Probe, run_exec
 from turnout.agent.process import ContainerProcess, tail
-from turnout.kube import ApiError, PermanentApiError, TransientApiError
-
-if TYPE_CHECKING:
-    from turnout.agent.agent import Agent
+from turnout.kube import ApiError, TransientApiError
 
 log = logging.getLogger("turnout.agent")
 RUNTIME = "turnout-agent"
+T = TypeVar("T")
+
+
+class PodHost(Protocol):
+    """What a pod worker needs from the agent that runs it (the agent implements it)."""
+
+    @property
+    def config(self) -> AgentConfig: ...
+
+    @property
+    def address(self) -> str:
+        """The node's address: every pod's IP."""
+        ...
+
+    @property
+    def bind_address(self) -> str:
+        """Where the pods' servers listen."""
+        ...
+
+    @property
+    def probe_host(self) -> str:
+        """Where probes connect."""
+        ...
+
+    @property
+    def port_poll(self) -> float:
+        """How often a pod waiting for a port re-checks (it is also woken by pod events)."""
+        ...
+
+    async def fetch(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A namespaced object (a Secret, a ConfigMap), or None when it does not exist."""
+        ...
+
+    def claim_ports(self, worker: PodWorker, *, force: bool = False) -> str | None:
+        """Claim the worker's ports; why it cannot (yet), or None when claimed."""
+        ...
+
+    def release_ports(self, worker: PodWorker) -> None: ...
+
+    async def write_pod_status(self, pod: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        """Merge-patch the pod's status (nothing when the pod is gone); raises :class:`ApiError`."""
+        ...
+
+    async def remove_pod(self, pod: Mapping[str, Any]) -> None:
+        """Delete this very pod (its uid) at once: its processes are gone; raises :class:`ApiError`."""
+        ...
+
+    def spawn(self, coro: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T]:
+        """Run ``coro`` as a supervised task."""
+        ...
 
 
 def pod_key(pod: Mapping[str, Any]) -> str:
@@ -145,7 +197,7 @@ class ContainerRunner:
     async def run(self, argv: list[str], env: dict[str, str], cwd: str, adopted_exit: dict[str, Any] | None,
                   ) -> None:
         """Run, watch and restart the container until its restart policy says stop (or the pod stops)."""
-        cfg = self.worker.agent.config
+        cfg = self.worker.host.config
         policy = (self.worker.pod.get("spec") or {}).get("restartPolicy", "Always")
         backoff = cfg.backoff_initial
         crashes = 0
@@ -211,7 +263,7 @@ class ContainerRunner:
         """Probe the running process until it exits (or liveness kills it); returns its exit result."""
         assert self.proc is not None
         self._liveness_failed.clear()
-        probes = asyncio.create_task(self._probe_loop())
+        probes = self.worker.host.spawn(self._probe_loop(), f"pod {self.worker.key} container {self.name} probes")
         waiter = asyncio.create_task(self.proc.wait())
         killer = asyncio.create_task(self._liveness_failed.wait())
         try:
@@ -228,7 +280,7 @@ class ContainerRunner:
 
     def _probe(self, probe: Mapping[str, Any]) -> Probe:
         """A probe against the pod IP, as kubelet's (``httpGet.host`` / ``tcpSocket.host`` still win)."""
-        return Probe(probe, self.spec, host=self.worker.agent.probe_host)
+        return Probe(probe, self.spec, host=self.worker.host.probe_host)
 
     async def _probe_loop(self) -> None:
         spec = self.spec
@@ -340,14 +392,14 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
 class PodWorker:
     """Runs one pod from admission to removal."""
 
-    def __init__(self, agent: Agent, pod: dict[str, Any]) -> None:
-        self.agent = agent
+    def __init__(self, host: PodHost, pod: dict[str, Any]) -> None:
+        self.host = host
         self.pod = pod
         meta = pod["metadata"]
         self.uid: str = meta["uid"]
         self.namespace: str = meta.get("namespace", "default")
         self.key = pod_key(pod)
-        self.dir = Path(agent.config.state_dir) / "pods" / self.uid
+        self.dir = Path(host.config.state_dir) / "pods" / self.uid
         self.containers = [ContainerRunner(self, c, i) for i, c in enumerate((pod.get("spec") or {})
                                                                               .get("containers") or [])]
         self.reason: str | None = None  # pod-level waiting reason (PortInUse, UnsupportedImage...)
@@ -359,8 +411,8 @@ class PodWorker:
         self._dirty = asyncio.Event()
         self._written: dict[str, Any] | None = None
         self._transitions: dict[str, tuple[str, str]] = {}
-        self.task = asyncio.create_task(self._run(), name=f"pod {self.key}")
-        self._writer = asyncio.create_task(self._write_loop(), name=f"status {self.key}")
+        self.task = host.spawn(self._run(), f"pod {self.key}")
+        self._writer = host.spawn(self._write_loop(), f"pod {self.key} status writer")
 
     # ----- events from the agent --------------------------------------------------------------
 
@@ -391,14 +443,10 @@ class PodWorker:
                 await self._start()
             while not self.deleting:
                 if self.containers and all(c.finished for c in self.containers):
-                    self.agent.release_ports(self)
+                    self.host.release_ports(self)
                 self._changed.clear()
                 await self._changed.wait()
             await self._terminate()
-        except Exception:
-            log.exception("pod %s: worker failed", self.key)
-            self.reason, self.message = "AgentError", "the host agent failed to run this pod; see its log"
-            self.dirty()
         finally:
             self.done = True
 
@@ -414,7 +462,7 @@ class PodWorker:
                                 "the host agent does not run init containers; this pod cannot start here")
         envs = {}
         for c in self.containers:
-            local = self.agent.config.env_map.lookup(c.spec.get("image", ""))
+            local = self.host.config.env_map.lookup(c.spec.get("image", ""))
             if local is None:
                 return self._reject("UnsupportedImage",
                                     f'image "{c.spec.get("image")}" has no local environment on this host: add it '
@@ -424,7 +472,7 @@ class PodWorker:
         adopted_running = any(c.proc is not None and c.proc.running() for c in self.containers)
         # Ports: one pod per containerPort on an address (the pod IP is the agent's address).
         while not self.deleting:
-            problem = self.agent.claim_ports(self, force=adopted_running)
+            problem = self.host.claim_ports(self, force=adopted_running)
             if problem is None:
                 break
             self.reason = "PortInUse"
@@ -432,7 +480,7 @@ class PodWorker:
             for c in self.containers:
                 c.state = {"waiting": {"reason": self.reason, "message": self.message}}
             self.dirty()
-            await self._wait_change(self.agent.port_poll)
+            await self._wait_change(self.host.port_poll)
         # Configuration: volumes, env (secrets and config maps may appear later).
         prepared: dict[str, tuple[list[str], dict[str, str], str]] = {}
         while not self.deleting:
@@ -453,7 +501,7 @@ class PodWorker:
             argv, env, cwd = prepared[c.name]
             c.env = env
             c.image_id = f"{RUNTIME}://{envs[c.name].bin_dir}"
-            c.task = asyncio.create_task(c.run(argv, env, cwd, adopted[c.name]), name=f"{self.key}/{c.name}")
+            c.task = self.host.spawn(c.run(argv, env, cwd, adopted[c.name]), f"pod {self.key} container {c.name}")
         self.dirty()
         return None
 
@@ -465,18 +513,18 @@ class PodWorker:
         self.dirty()
 
     async def _prepare(self, envs: Mapping[str, Any]) -> dict[str, tuple[list[str], dict[str, str], str]]:
-        agent = self.agent
-        volumes = await prepare_volumes(self.pod, self.dir, Path(agent.config.state_dir), agent.fetch)
+        host = self.host
+        volumes = await prepare_volumes(self.pod, self.dir, Path(host.config.state_dir), host.fetch)
         out = {}
         for c in self.containers:
             local = envs[c.name]
-            env = {k: os.environ[k] for k in agent.config.passthrough_env if k in os.environ}
+            env = {k: os.environ[k] for k in host.config.passthrough_env if k in os.environ}
             env["PATH"] = os.pathsep.join([local.bin_dir, env.get("PATH", os.defpath)])
             if local.venv:
                 env["VIRTUAL_ENV"] = local.venv
             mounts = mounts_for(c.spec, volumes)
-            env.update(await container_env(self.pod, c.spec, agent.fetch, agent.address, mounts))
-            argv = bind_shim([mounts.rewrite(a) for a in container_argv(c.spec, env)], agent.bind_address)
+            env.update(await container_env(self.pod, c.spec, host.fetch, host.address, mounts))
+            argv = bind_shim([mounts.rewrite(a) for a in container_argv(c.spec, env)], host.bind_address)
             program = local.resolve(argv[0], env["PATH"])
             if program is None:
                 raise ConfigProblem(f'command "{argv[0]}" not found in {local.bin_dir} or PATH (image '
@@ -493,12 +541,12 @@ class PodWorker:
         deadline = time.monotonic() + grace
         log.info("pod %s: stopping (grace %gs)", self.key, grace)
         await asyncio.gather(*(c.stop(deadline) for c in self.containers))
-        self.agent.release_ports(self)
+        self.host.release_ports(self)
         delay = 0.5
         while not self.removed:
             try:
                 await self._flush()
-                await self.agent.kube.delete(pod_path(self.pod), grace_seconds=0, uid=self.uid)
+                await self.host.remove_pod(self.pod)
                 break
             except TransientApiError as exc:
                 log.warning("pod %s: final status or delete failed (%s); retrying in %gs", self.key, exc, delay)
@@ -518,7 +566,7 @@ class PodWorker:
                 c.task.cancel()
                 await asyncio.gather(c.task, return_exceptions=True)
         # Ports leave the in-process table either way; processes left running still hold them in the OS.
-        self.agent.release_ports(self)
+        self.host.release_ports(self)
         if stop_processes:
             await self._flush()
         for task in (self.task, self._writer):
@@ -549,7 +597,7 @@ class PodWorker:
 
     def status(self) -> dict[str, Any]:
         ready = bool(self.containers) and all(c.ready for c in self.containers) and not self.deleting
-        address = self.agent.address
+        address = self.host.address
         status: dict[str, Any] = {
             "phase": self._phase(),
             "hostIP": address,
@@ -575,11 +623,7 @@ class PodWorker:
         status = self.status()
         if status == self._written:
             return
-        try:
-            await self.agent.kube.merge_patch(pod_path(self.pod, "status"), {"status": status})
-        except PermanentApiError as exc:
-            if exc.status != 404:
-                raise
+        await self.host.write_pod_status(self.pod, status)
         self._written = status
 
     async def _write_loop(self) -> None:

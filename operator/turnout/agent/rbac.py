@@ -13,7 +13,8 @@ import sys
 
 import yaml
 
-from turnout.controller.rbac import Rule
+from turnout.kube.rbac import Rule
+from turnout.kube.rbac import cluster_role as _cluster_role
 
 RULES: tuple[Rule, ...] = (
     Rule("", "nodes", ("get", "create", "patch"), "register this node: labels, taint, capacity"),
@@ -29,14 +30,7 @@ RULES: tuple[Rule, ...] = (
 
 def cluster_role(name: str = "turnout-agent") -> dict[str, object]:
     """A ClusterRole granting exactly :data:`RULES`."""
-    from turnout.controller.rbac import merged
-
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": name},
-        "rules": [{k: v for k, v in rule.items() if k != "why"} for rule in merged(RULES)],
-    }
+    return _cluster_role(name, RULES)
 
 
 def main(argv: list[str] | None = None) -> int:

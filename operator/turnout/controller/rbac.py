@@ -5,7 +5,9 @@ Role per namespace plus a ClusterRole for the ``cluster_scoped`` rules) from
 :data:`RULES`; a test
 records the operator's real requests against an API emulator and proves they
 are covered by these rules, and that every rule marked ``observed`` is used.
-``python -m turnout.controller.rbac`` prints the rules as a ClusterRole.
+``python -m turnout.controller.rbac`` prints the rules as a ClusterRole. The
+rule type and its rendering live in :mod:`turnout.kube.rbac` (shared with the
+host agent's declaration).
 """
 
 from __future__ import annotations
@@ -13,33 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
 
 import yaml
 
 from turnout.api import GROUP, PLURAL
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One RBAC rule: API group, resource (``plural`` or ``plural/subresource``), verbs, and why."""
-
-    api_group: str
-    resource: str
-    verbs: tuple[str, ...]
-    why: str
-    #: False for permissions the API server checks but no request of the operator shows as that verb (an admission
-    #: plugin's check; create for a server-side apply that creates).
-    observed: bool = True
-
-    @property
-    def cluster_scoped(self) -> bool:
-        """Needs a ClusterRole even when the operator watches only some namespaces (a Role suffices otherwise)."""
-        return self.resource in CLUSTER_SCOPED
-
-
-#: Resources without a namespace: a namespaced install still needs a ClusterRole for these.
-CLUSTER_SCOPED = frozenset({"nodes"})
+from turnout.kube.rbac import Rule
+from turnout.kube.rbac import cluster_role as _cluster_role
+from turnout.kube.rbac import role as _role
 
 RULES: tuple[Rule, ...] = (
     Rule(GROUP, PLURAL, ("list", "watch"), "watch ModelDeployments (kopf)"),
@@ -84,54 +66,16 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def covers(api_group: str, resource: str, verb: str, rules: tuple[Rule, ...] = RULES) -> Rule | None:
-    """The first rule that allows ``verb`` on ``api_group``/``resource``, if any."""
-    for rule in rules:
-        if rule.api_group == api_group and rule.resource == resource and verb in rule.verbs:
-            return rule
-    return None
-
-
-def merged(rules: tuple[Rule, ...] = RULES) -> list[dict[str, object]]:
-    """The rules as Kubernetes PolicyRules, one per (group, resource), verbs merged and sorted."""
-    verbs: dict[tuple[str, str], set[str]] = {}
-    whys: dict[tuple[str, str], list[str]] = {}
-    for rule in rules:
-        key = (rule.api_group, rule.resource)
-        verbs.setdefault(key, set()).update(rule.verbs)
-        whys.setdefault(key, []).append(rule.why)
-    return [
-        {"apiGroups": [group], "resources": [resource], "verbs": sorted(verbs[(group, resource)]),
-         "why": "; ".join(whys[(group, resource)])}
-        for group, resource in sorted(verbs)
-    ]
-
-
-def _policy(rules: tuple[Rule, ...]) -> list[dict[str, object]]:
-    return [{k: v for k, v in rule.items() if k != "why"} for rule in merged(rules)]
-
-
 def cluster_role(name: str = "turnout-operator", rules: tuple[Rule, ...] = RULES) -> dict[str, object]:
     """A ClusterRole granting exactly ``rules`` (the ``why`` is dropped: not a PolicyRule field)."""
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": name},
-        "rules": _policy(rules),
-    }
+    return _cluster_role(name, rules)
 
 
 def namespaced_roles(name: str, namespace: str) -> list[dict[str, object]]:
     """For an operator watching some namespaces: a Role there, and a ClusterRole for cluster-scoped rules."""
     local = tuple(r for r in RULES if not r.cluster_scoped)
     cluster = tuple(r for r in RULES if r.cluster_scoped)
-    role = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": name, "namespace": namespace},
-        "rules": _policy(local),
-    }
-    return [cluster_role(f"{name}-cluster", cluster), role]
+    return [cluster_role(f"{name}-cluster", cluster), _role(name, namespace, local)]
 
 
 def main(argv: list[str] | None = None) -> int:

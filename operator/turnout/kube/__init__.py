@@ -8,7 +8,7 @@ Credentials come from kubernetes_asyncio's kubeconfig and in-cluster loaders
 
 from turnout.kube.client import FIELD_MANAGER, KubeClient, api_path, object_path
 from turnout.kube.credentials import Credentials, CredentialsError, load_credentials
-from turnout.kube.errors import ApiError, PermanentApiError, TransientApiError
+from turnout.kube.errors import ApiError, MalformedWatchEvent, PermanentApiError, TransientApiError
 
 __all__ = [
     "FIELD_MANAGER",
@@ -16,6 +16,7 @@ __all__ = [
     "Credentials",
     "CredentialsError",
     "KubeClient",
+    "MalformedWatchEvent",
     "PermanentApiError",
     "TransientApiError",
     "api_path",

@@ -23,7 +23,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.watch import Watch
 
 from turnout.kube.credentials import Credentials
-from turnout.kube.errors import ApiError, PermanentApiError, TransientApiError, from_response
+from turnout.kube.errors import ApiError, MalformedWatchEvent, PermanentApiError, TransientApiError, from_response
 from turnout.kube.session import http_session
 
 FIELD_MANAGER = "turnout"
@@ -255,7 +255,10 @@ class KubeClient:
 
     async def watch(self, path: str, params: Mapping[str, Any], *, timeout_seconds: int = 300
                     ) -> AsyncIterator[dict[str, Any]]:
-        """Watch events (``{"type", "object"}``) until the server ends the stream; raises :class:`ApiError`."""
+        """Watch events (``{"type", "object"}``) until the server ends the stream.
+
+        Raises :class:`ApiError`, or :class:`MalformedWatchEvent` for a line that is no watch event.
+        """
 
         async def _list(watch: bool = True, _preload_content: bool = False, resource_version: str | None = None,
                         **_: Any) -> Any:
@@ -272,6 +275,9 @@ class KubeClient:
         try:
             async for event in stream.stream(_list, timeout_seconds=timeout_seconds,
                                              resource_version=params.get("resourceVersion")):
+                # kubernetes_asyncio hands on a line that is not JSON as that string.
+                if not isinstance(event, dict) or not isinstance(event.get("raw_object"), dict):
+                    raise MalformedWatchEvent(f"WATCH {path}: the server sent no watch event: {str(event)[:200]!r}")
                 yield {"type": event["type"], "object": event["raw_object"]}
         except ApiException as exc:
             raise self._error(exc, "WATCH", path) from exc

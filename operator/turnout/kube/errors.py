@@ -28,6 +28,13 @@ class PermanentApiError(ApiError):
     """400, 403, 404, 422 and the like: the request is wrong as it stands."""
 
 
+class MalformedWatchEvent(Exception):
+    """A watch stream sent a line that is no watch event (not JSON, or not an object with one).
+
+    Not an :class:`ApiError`: no retry policy covers a server (or a proxy) that speaks something else.
+    """
+
+
 def from_response(status: int, body: str | bytes | None, retry_after: str | None, *, method: str,
                   path: str) -> ApiError:
     """The error for an HTTP error answer, its reason and message taken from the ``Status`` object."""

@@ -1,0 +1,79 @@
+"""RBAC rules as the operator and the host agent declare them, and the PolicyRules they become.
+
+Each program declares its rules once (:mod:`turnout.controller.rbac`, :mod:`turnout.agent.rbac`);
+the chart, ``python -m ... rbac`` and the tests that match recorded requests against the rules all
+read those declarations through these helpers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Resources without a namespace: a namespaced install still needs a ClusterRole for these.
+CLUSTER_SCOPED = frozenset({"nodes"})
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One RBAC rule: API group, resource (``plural`` or ``plural/subresource``), verbs, and why."""
+
+    api_group: str
+    resource: str
+    verbs: tuple[str, ...]
+    why: str
+    #: False for permissions the API server checks but no request of the program shows as that verb (an admission
+    #: plugin's check; create for a server-side apply that creates).
+    observed: bool = True
+
+    @property
+    def cluster_scoped(self) -> bool:
+        """Needs a ClusterRole even when the program works in only some namespaces (a Role suffices otherwise)."""
+        return self.resource.split("/", 1)[0] in CLUSTER_SCOPED
+
+
+def covers(api_group: str, resource: str, verb: str, rules: tuple[Rule, ...]) -> Rule | None:
+    """The first rule that allows ``verb`` on ``api_group``/``resource``, if any."""
+    for rule in rules:
+        if rule.api_group == api_group and rule.resource == resource and verb in rule.verbs:
+            return rule
+    return None
+
+
+def merged(rules: tuple[Rule, ...]) -> list[dict[str, object]]:
+    """The rules as Kubernetes PolicyRules, one per (group, resource), verbs merged and sorted, plus ``why``."""
+    verbs: dict[tuple[str, str], set[str]] = {}
+    whys: dict[tuple[str, str], list[str]] = {}
+    for rule in rules:
+        key = (rule.api_group, rule.resource)
+        verbs.setdefault(key, set()).update(rule.verbs)
+        whys.setdefault(key, []).append(rule.why)
+    return [
+        {"apiGroups": [group], "resources": [resource], "verbs": sorted(verbs[(group, resource)]),
+         "why": "; ".join(whys[(group, resource)])}
+        for group, resource in sorted(verbs)
+    ]
+
+
+def policy_rules(rules: tuple[Rule, ...]) -> list[dict[str, object]]:
+    """:func:`merged` without ``why`` (not a PolicyRule field)."""
+    return [{k: v for k, v in rule.items() if k != "why"} for rule in merged(rules)]
+
+
+def cluster_role(name: str, rules: tuple[Rule, ...]) -> dict[str, object]:
+    """A ClusterRole granting exactly ``rules``."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": policy_rules(rules),
+    }
+
+
+def role(name: str, namespace: str, rules: tuple[Rule, ...]) -> dict[str, object]:
+    """A Role in ``namespace`` granting exactly ``rules``."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": name, "namespace": namespace},
+        "rules": policy_rules(rules),
+    }
