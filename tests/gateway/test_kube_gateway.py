@@ -223,3 +223,50 @@ async def _until(predicate, timeout: float = 10.0) -> None:
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail("timed out waiting")
         await asyncio.sleep(0.02)
+
+
+def _verb(request) -> str:
+    method = str(request.method.value).upper()
+    if method == "GET":
+        if request.params.get("watch") == "true":
+            return "watch"
+        return "get" if request.name else "list"
+    return {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method]
+
+
+async def test_recorded_api_use_equals_the_declared_rbac(fake, gateway, start_server) -> None:
+    from turnout.controller.rbac import covers
+    from turnout.gateway.rbac import RULES
+
+    port = await start_server(Upstream("u"))
+    await fake.put_object(SECRETS, {"metadata": {"name": "keys", "namespace": NS},
+                                    "data": {"api-key": base64.b64encode(b"k").decode()}})
+    await fake.put_object(MDS, model_deployment("keyed", replicas=0, api_key_secret="keys"))
+    first = len(fake.requests)
+    url, _ = await gateway(hold_timeout=10)
+    async with httpx.AsyncClient(base_url=url, timeout=20) as http:
+        ask = asyncio.ensure_future(http.post("/v1/chat/completions", json={"model": "keyed", "messages": []},
+                                              headers={"Authorization": "Bearer k"}))
+        await fake.wait_for(lambda: fake.get(MDS, NS, "keyed")["spec"].get("replicas") == 1, timeout=10)
+        await fake.put_object(SLICES, endpoint_slice("keyed", "keyed-1", [port]))
+        assert (await ask).status_code == 200
+    used = {(r.resource.group or "", r.resource.plural + (f"/{r.subresource}" if r.subresource else ""), _verb(r))
+            for r in fake.requests[first:] if r.resource is not None and r.resource.plural}
+    uncovered = sorted(u for u in used if covers(*u, rules=RULES) is None)
+    assert uncovered == [], f"requests the gateway's RBAC rules do not allow: {uncovered}"
+    unused = [(r.api_group, r.resource, v) for r in RULES for v in r.verbs if (r.api_group, r.resource, v) not in used]
+    assert unused == [], f"declared rules the gateway never used: {unused}"
+
+
+def test_rbac_prints_a_cluster_role_and_a_role(capsys) -> None:
+    import yaml
+
+    from turnout.gateway.rbac import RULES, cluster_role, main, role
+
+    assert main([]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == cluster_role() and printed["kind"] == "ClusterRole"
+    assert role("g", "models")["metadata"] == {"name": "g", "namespace": "models"}
+    assert {(r["apiGroups"][0], r["resources"][0]) for r in printed["rules"]} == \
+        {(r.api_group, r.resource) for r in RULES}
+    assert all(rule.why for rule in RULES)
