@@ -12,7 +12,9 @@ rule commented with what it serves:
   ClusterRole in cluster-wide mode or by a Role in each watched namespace;
 - ``turnout.rbac.agentRules``: the host agent's rules
   (``turnout.agent.rbac``), granted to the agents' ServiceAccounts when
-  ``hostAgents.names`` lists any.
+  ``hostAgents.names`` lists any;
+- ``turnout.rbac.gatewayRules``: the gateway's rules (``turnout.gateway.rbac``),
+  granted to its ServiceAccount by a ClusterRole or a Role per watched namespace.
 
 ``--check`` exits 1 when the committed template drifts.
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from turnout.agent.rbac import RULES as AGENT_RULES
 from turnout.controller.rbac import RULES, Rule, merged
+from turnout.gateway.rbac import RULES as GATEWAY_RULES
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "charts" / "turnout" / "templates" / "_rbac_rules.tpl"
@@ -47,7 +50,8 @@ def _block(rules: list[dict[str, object]]) -> str:
     return "\n".join(out)
 
 
-def render(rules: tuple[Rule, ...] = RULES, agent_rules: tuple[Rule, ...] = AGENT_RULES) -> str:
+def render(rules: tuple[Rule, ...] = RULES, agent_rules: tuple[Rule, ...] = AGENT_RULES,
+           gateway_rules: tuple[Rule, ...] = GATEWAY_RULES) -> str:
     """The template text."""
     all_rules = merged(rules)
     cluster = [r for r in all_rules
@@ -66,6 +70,10 @@ def render(rules: tuple[Rule, ...] = RULES, agent_rules: tuple[Rule, ...] = AGEN
         "{{/* The host agent's rules (turnout.agent.rbac): a ClusterRole for Apple silicon hosts' agents. */}}\n"
         '{{- define "turnout.rbac.agentRules" }}\n'
         f"{_block(merged(agent_rules))}\n"
+        "{{- end }}\n\n"
+        "{{/* The gateway's rules (turnout.gateway.rbac): a ClusterRole, or a Role per watched namespace. */}}\n"
+        '{{- define "turnout.rbac.gatewayRules" }}\n'
+        f"{_block(merged(gateway_rules))}\n"
         "{{- end }}\n"
     )
 

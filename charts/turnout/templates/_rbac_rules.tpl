@@ -97,3 +97,23 @@
   resources: ["leases"]
   verbs: ["create", "get", "patch"]
 {{- end }}
+
+{{/* The gateway's rules (turnout.gateway.rbac): a ClusterRole, or a Role per watched namespace. */}}
+{{- define "turnout.rbac.gatewayRules" }}
+# the Bearer key of a model with apiKeySecretRef (checked at the gateway)
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+# the model pods' ready endpoints to route to
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list", "watch"]
+# served names, routing, apiKeySecretRef and replicas of every model
+- apiGroups: ["turnout.dev"]
+  resources: ["modeldeployments"]
+  verbs: ["list", "watch"]
+# wake a model scaled to zero (spec.replicas 0 -> 1) for a held request
+- apiGroups: ["turnout.dev"]
+  resources: ["modeldeployments/scale"]
+  verbs: ["patch"]
+{{- end }}
