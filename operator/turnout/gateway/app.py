@@ -23,13 +23,11 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
-import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.types import Message, Receive, Scope, Send
 
 from turnout.gateway.metrics import GatewayMetrics
 from turnout.gateway.registry import Endpoint, Model
@@ -46,6 +44,12 @@ from turnout.shim.backends.base import Usage
 from turnout.shim.errors import envelope_bytes, retry_after_header, sse_error_event
 
 log = logging.getLogger("turnout.gateway")
+
+# The ASGI callables (as starlette.types names them; starlette is not a dependency of the gateway).
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank"})
 DONE = b"data: [DONE]\n\n"
@@ -365,8 +369,8 @@ class GatewayApp:
             state.finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
-            with anyio.CancelScope(shield=True), suppress(Exception):
-                await relay.aclose()
+            with suppress(Exception):
+                await relay.aclose()  # it never suspends: a pending cancellation cannot cut it short
 
     def _count(self, model: Model | None, status: int) -> None:
         if model is not None:
