@@ -270,3 +270,26 @@ def test_rbac_prints_a_cluster_role_and_a_role(capsys) -> None:
     assert {(r["apiGroups"][0], r["resources"][0]) for r in printed["rules"]} == \
         {(r.api_group, r.resource) for r in RULES}
     assert all(rule.why for rule in RULES)
+
+
+async def test_prefix_hash_keeps_a_prompt_on_one_endpoint(fake, gateway, start_server) -> None:
+    ups = [Upstream(f"u{i}") for i in range(3)]
+    ports = [await start_server(u) for u in ups]
+    await fake.put_object(MDS, model_deployment("m", routing={"strategy": "PrefixHash", "prefixCharLength": 20}))
+    for i, port in enumerate(ports):
+        await fake.put_object(SLICES, endpoint_slice("m", f"m-{i}", [port]))
+    url, app = await gateway()
+    await _until(lambda: len(app.registry.get("m").endpoints) == 3)
+    async with httpx.AsyncClient(base_url=url) as http:
+
+        async def served_by(prompt: str) -> str:
+            r = await http.post("/v1/chat/completions",
+                                json={"model": "m", "messages": [{"role": "user", "content": prompt}]})
+            return r.json()["model"]
+
+        for n in range(5):
+            prefix = f"conversation {n}: the same twenty characters"
+            owners = {await served_by(prefix + f" then turn {t}") for t in range(4)}
+            assert len(owners) == 1, "one prefix, one endpoint (while unloaded)"
+        spread = {await served_by(f"{n} different prompt") for n in range(30)}
+        assert len(spread) == 3
