@@ -7,10 +7,9 @@ import base64
 
 import httpx
 import pytest
+from gwkit import MDS, NS, SECRETS, SLICES, Upstream, endpoint_slice, model_deployment
 from openai import AsyncOpenAI
 from standin_engine import StandinEngine
-
-from conftest import MDS, NS, SECRETS, SLICES, Upstream, endpoint_slice, model_deployment
 
 
 async def test_models_listed_and_requests_routed_by_model(fake, gateway, start_server) -> None:

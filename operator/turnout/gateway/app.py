@@ -29,7 +29,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from turnout.gateway.metrics import GatewayMetrics
+from turnout.gateway.metrics import GatewayMetrics, ModelMetrics
 from turnout.gateway.registry import Endpoint, Model
 from turnout.gateway.routing import PREFIX_HASH, prompt_prefix
 from turnout.gateway.source import KeyUnavailable, Source
@@ -257,34 +257,33 @@ class GatewayApp:
                      state: _State) -> None:
         prefix = prompt_prefix(body, model.routing.prefix_chars) if model.routing.strategy == PREFIX_HASH else None
         auth = _authorization(scope)
-        labels = (model.namespace, model.name, model.served)
-        m = self.metrics
+        m = self.metrics.of(model.namespace, model.name, model.served)
         deadline = time.monotonic() + self.hold_timeout
         tried: list[Endpoint] = []
         while True:
             ep = await self._endpoint(model, prefix, tried, deadline)
             ep.in_flight += 1
-            m.in_flight.labels(*labels).inc()
+            m.in_flight.inc()
             try:
                 try:
                     resp = await ep.pool.request("POST", scope["path"], raw, headers=auth)
                 except EngineConnectError as exc:
-                    m.upstream_errors.labels(*labels).inc()
+                    m.upstream_errors.inc()
                     log.info("%s: %s; trying another endpoint", model.served, exc)
                     tried.append(ep)
                     continue
                 except EngineConnectionError as exc:
-                    m.upstream_errors.labels(*labels).inc()
+                    m.upstream_errors.inc()
                     raise Refusal(502, f"the model server of {model.served!r} failed: {exc}",
                                   code="upstream_failed") from None
                 ctype = resp.headers.get("content-type", "")
                 if resp.status == 200 and ctype.startswith("text/event-stream"):
-                    await self._relay(send, resp, labels, t0, state)
+                    await self._relay(send, resp, m, t0, state)
                     return
                 try:
                     data = await resp.read()
                 except EngineConnectionError as exc:
-                    m.upstream_errors.labels(*labels).inc()
+                    m.upstream_errors.inc()
                     raise Refusal(502, f"the model server of {model.served!r} broke off its answer: {exc}",
                                   code="upstream_failed") from None
                 finally:
@@ -299,7 +298,7 @@ class GatewayApp:
                 return
             finally:
                 ep.in_flight -= 1
-                m.in_flight.labels(*labels).dec()
+                m.in_flight.dec()
 
     async def _endpoint(self, model: Model, prefix: str | None, tried: list[Endpoint], deadline: float) -> Endpoint:
         """An endpoint to send to; holds the request while the model has none (waking it from zero)."""
@@ -309,8 +308,7 @@ class GatewayApp:
         if model.queued >= self.queue_size:
             raise Refusal(429, f"{model.served!r} has no ready replica and {model.queued} requests are waiting "
                           "for one already; retry later", code="queue_full", retry_after=RETRY_AFTER)
-        labels = (model.namespace, model.name, model.served)
-        queue = self.metrics.queue_length.labels(*labels)
+        queue = self.metrics.of(model.namespace, model.name, model.served).queue_length
         model.queued += 1
         queue.inc()
         try:
@@ -350,8 +348,7 @@ class GatewayApp:
             log.warning("waking %s/%s failed: %s", model.namespace, model.name, exc)
             self._woken.pop(id(model), None)
 
-    async def _relay(self, send: Send, resp: Any, labels: tuple[str, str, str], t0: float, state: _State) -> None:
-        m = self.metrics
+    async def _relay(self, send: Send, resp: Any, m: ModelMetrics, t0: float, state: _State) -> None:
         relay = relay_response(resp, Usage(), keep_usage=True, idle_timeout=self.idle_timeout)
         first = True
         try:
@@ -360,11 +357,11 @@ class GatewayApp:
                 async for piece in relay:
                     if first:
                         first = False
-                        m.ttft.labels(*labels).observe(time.perf_counter() - t0)
+                        m.ttft.observe(time.perf_counter() - t0)
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
                 tail = DONE
             except EngineConnectionError as exc:
-                m.upstream_errors.labels(*labels).inc()
+                m.upstream_errors.inc()
                 tail = sse_error_event(stream_error("upstream", exc)) + DONE
             state.finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
@@ -374,7 +371,7 @@ class GatewayApp:
 
     def _count(self, model: Model | None, status: int) -> None:
         if model is not None:
-            self.metrics.requests.labels(model.namespace, model.name, model.served, str(status)).inc()
+            self.metrics.of(model.namespace, model.name, model.served).answered(status)
 
 
 class _State:
