@@ -13,9 +13,10 @@ import yaml
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
-for helper_dir in (TESTS / "controller", ROOT / "benchmarks"):
-    if str(helper_dir) not in sys.path:
-        sys.path.insert(0, str(helper_dir))
+if str(TESTS / "controller") not in sys.path:
+    sys.path.insert(0, str(TESTS / "controller"))  # fakekube, the API emulator
+if str(ROOT / "benchmarks") not in sys.path:
+    sys.path.append(str(ROOT / "benchmarks"))  # standin_engine, the stand-in OpenAI engine
 
 from fakekube import FakeKube  # noqa: E402
 from gwkit import MDS, NS, serve  # noqa: E402
