@@ -73,6 +73,7 @@ class Upstream:
         self.name = name
         self.delay = delay
         self.requests: list[tuple[dict[bytes, bytes], bytes]] = []
+        self.paths: list[str] = []
         self.disconnected = asyncio.Event()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -90,6 +91,7 @@ class Upstream:
             if not msg.get("more_body"):
                 break
         self.requests.append((dict(scope["headers"]), body))
+        self.paths.append(scope["path"])
         req = json.loads(body or b"{}")
         if not req.get("stream"):
             out = json.dumps({"id": "x", "object": "chat.completion", "model": self.name, "choices": [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import httpx
 import pytest
@@ -190,10 +191,19 @@ async def test_api_keys_from_the_secret_and_the_gateway_key(fake, gateway, start
         assert (await ask("open", "gateway-secret")).status_code == 200
         assert upstream.requests[-1][0][b"authorization"] == b"Bearer gateway-secret"
         assert (await ask("unknown", "gateway-secret")).status_code == 404
+        for path, body in (("/v1/embeddings", {"input": "x"}), ("/v1/rerank", {"query": "q", "documents": ["d"]}),
+                           ("/v1/completions", {"prompt": "p"})):
+            r = await http.post(path, json={"model": "open", **body},
+                                headers={"Authorization": "Bearer gateway-secret"})
+            assert r.status_code == 200 and upstream.paths[-1] == path
+            assert json.loads(upstream.requests[-1][1]) == {"model": "open", **body}, "the body as the client sent it"
         r = await ask("lost", "whatever")
         assert r.status_code == 503 and "does not exist" in r.json()["error"]["message"]
         assert (await http.get("/v1/models")).status_code == 401
         assert (await http.get("/v1/models", headers={"Authorization": "Bearer gateway-secret"})).status_code == 200
+        metrics = (await http.get("/metrics")).text
+    assert 'turnout_gateway_requests_total{code="401",deployment="keyed",model="keyed",namespace="models"} 3.0' \
+        in metrics
     secret_reads = [r for r in fake.requests if r.resource is not None and r.resource.plural == "secrets"]
     assert len([r for r in secret_reads if r.name == "keys"]) == 1, "the key is cached"
 

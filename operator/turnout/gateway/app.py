@@ -74,6 +74,8 @@ class Refusal(Exception):
         super().__init__(message)
         self.status, self.code, self.param = status, code, param
         self.headers = {**retry_after_header(retry_after), **(headers or {})}
+        #: the model refused, when known (its metrics count the refusal)
+        self.model: Model | None = None
 
 
 class GatewayApp:
@@ -168,7 +170,6 @@ class GatewayApp:
                 status = message["status"]
             await send(message)
 
-        model: Model | None = None
         try:
             raw = await self._read_body(scope, receive)
             if raw is None:
@@ -176,8 +177,7 @@ class GatewayApp:
             body, model = await self._admit(scope, raw)
         except Refusal as exc:
             await _send_error(send_status, exc)
-            if model is not None:
-                self._count(model, status)
+            self._count(exc.model, status)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -247,10 +247,14 @@ class GatewayApp:
         try:
             key = await self.source.api_key(model)
         except KeyUnavailable as exc:
-            raise Refusal(503, f"cannot check the API key of {model.served!r}: {exc}", code="api_key_unavailable",
-                          retry_after=RETRY_AFTER) from None
+            refusal = Refusal(503, f"cannot check the API key of {model.served!r}: {exc}",
+                              code="api_key_unavailable", retry_after=RETRY_AFTER)
+            refusal.model = model
+            raise refusal from None
         if key is not None and not hmac.compare_digest(token, key):
-            raise _unauthorized()
+            refusal = _unauthorized()
+            refusal.model = model
+            raise refusal
         return body, model
 
     async def _serve(self, scope: Scope, send: Send, model: Model, body: dict[str, Any], raw: bytes, t0: float,
