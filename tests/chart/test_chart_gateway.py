@@ -107,3 +107,11 @@ def test_gateway_pod_meets_the_restricted_pod_security_standard() -> None:
 def test_schema_refuses_bad_gateway_values(values: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmError):
         render(values)
+
+
+def test_notes_give_the_gateway_url() -> None:
+    notes = render_files()["turnout/templates/NOTES.txt"]
+    assert "http://turnout-gateway.turnout-system.svc/v1" in notes
+    moved = render_files({"gateway": {"service": {"port": 8443}}})["turnout/templates/NOTES.txt"]
+    assert "http://turnout-gateway.turnout-system.svc:8443/v1" in moved
+    assert "gateway" not in render_files({"gateway": {"enabled": False}})["turnout/templates/NOTES.txt"]
