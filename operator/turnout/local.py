@@ -218,3 +218,58 @@ def snippets(url: str, served: str) -> str:
         f'messages=[{{"role": "user", "content": "Hello!"}}], max_tokens=32)\n'
         f"  print(reply.choices[0].message.content)\n"
     )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (for a shim behind the local gateway)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def serve_behind_gateway(servers: dict[str, LocalServer], host: str, port: int, out: TextIO = sys.stderr) -> int:
+    """Serve every running shim (by served name) behind one gateway on ``host:port`` until a signal or a shim exits.
+
+    The gateway is the cluster's (:mod:`turnout.gateway`) with static endpoints: requests go by ``model``,
+    ``/v1/models`` lists them all. Returns 0 after a signal, 1 when a shim exited on its own.
+    """
+    import asyncio
+
+    import uvicorn
+
+    from turnout.gateway.app import GatewayApp
+    from turnout.gateway.server import config, run_async
+    from turnout.gateway.source import StaticModel, StaticSource
+
+    models = []
+    for served, server in servers.items():
+        address = server.url.removeprefix("http://")
+        shim_host, _, shim_port = address.rpartition(":")
+        models.append(StaticModel(served, shim_host, int(shim_port)))
+    died: list[str] = []
+
+    async def main() -> int:
+        gateway = uvicorn.Server(config(GatewayApp(StaticSource(models)), host, port, log_level="warning"))
+
+        async def watch() -> None:
+            while not gateway.should_exit:
+                for served, server in servers.items():
+                    if not server.alive():
+                        died.append(served)
+                        gateway.should_exit = True
+                await asyncio.sleep(0.5)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await gateway.serve()
+        finally:
+            watcher.cancel()
+        return 0 if gateway.started else 1
+
+    code = run_async(main)
+    for served in died:
+        server = servers[served]
+        print(f"turnout up: the shim of {served} exited ({server.process.returncode}):\n{server.tail()}", file=out)
+    return 1 if died else code

@@ -14,10 +14,12 @@ the API server's documented contract:
 - the status subresource: ``/status`` writes change only ``status``, main
   resource writes never change ``status``;
 - list ``resourceVersion`` and watch from a ``resourceVersion`` (replaying
-  newer events), or from scratch (ADDED for every object);
+  newer events), or from scratch (ADDED for every object); a watch ends after its ``timeoutSeconds``;
 - garbage collection: deleting an object deletes its dependents (ownerReferences.uid) unless
   DELETE's propagationPolicy is Orphan; DELETE's uid/resourceVersion preconditions (409 on a mismatch);
   deleting a Namespace deletes everything in it (at once: no Terminating phase);
+- the scale subresource of the kinds in ``SCALE`` (``autoscaling/v1`` ``Scale`` built from the paths the CRD
+  declares; a merge patch of it writes ``spec.replicas``, as the API server does for custom resources);
 - CustomResourceDefinitions (of the kinds in ``RESOURCES``): a created CRD is
   ``Established`` at once and its storage version's schema validates its
   objects from then on; deleting it deletes its objects.
@@ -72,7 +74,13 @@ RESOURCES: dict[ResKey, tuple[str, bool, bool]] = {
     ("", "v1", "events"): ("Event", True, False),
     ("events.k8s.io", "v1", "events"): ("Event", True, False),
     ("", "v1", "namespaces"): ("Namespace", False, True),
+    ("discovery.k8s.io", "v1", "endpointslices"): ("EndpointSlice", True, False),
+    ("", "v1", "secrets"): ("Secret", True, False),
     ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): ("CustomResourceDefinition", False, True),
+}
+# The scale subresource (the CRD's subresources.scale): specReplicasPath, statusReplicasPath, labelSelectorPath.
+SCALE: dict[ResKey, tuple[str, str, str]] = {
+    ("turnout.dev", "v1alpha1", "modeldeployments"): (".spec.replicas", ".status.replicas", ".status.selector"),
 }
 CRDS: ResKey = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 # kmock's path parser reads /api/v1/namespaces/NAME as "namespace NAME, no resource" (and fails on
@@ -113,6 +121,15 @@ def _strip(obj: dict[str, Any], applied: dict[str, Any] | None) -> dict[str, Any
         elif key not in ("name", "namespace"):
             del out[key]
     return out
+
+
+def _at(obj: dict[str, Any], path: str) -> Any:
+    """The value at a JSON path like ``.spec.replicas`` (None when absent)."""
+    for part in path.lstrip(".").split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)  # type: ignore[assignment]
+    return obj
 
 
 def _json_body(request: rendering.Request) -> Any:
@@ -179,7 +196,8 @@ class FakeKube(kmock.KubernetesEmulator):
             self.resources[f"{group}/{version}/{plural}" if group else f"{version}/{plural}"] = kmock.ResourceInfo(
                 kind=kind, namespaced=namespaced, singular=kind.lower(),
                 verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
-                subresources={"status"} if has_status else set(),
+                subresources=({"status"} if has_status else set()) | ({"scale"} if (group, version, plural) in SCALE
+                                                                      else set()),
             )
 
     # ----- request routing ----------------------------------------------------------------------
@@ -436,8 +454,16 @@ class FakeKube(kmock.KubernetesEmulator):
             for event in backlog:
                 if self._matches(request, event["object"]):
                     yield event
+            # timeoutSeconds: the server ends the watch after that long, as the API server does
+            timeout = request.params.get("timeoutSeconds")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + float(timeout) if timeout and str(timeout).isdigit() else None
             while True:
-                event = await queue.get()
+                try:
+                    event = await asyncio.wait_for(queue.get(), None if deadline is None
+                                                   else max(0.0, deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    return
                 if event is None:  # the fake is shutting down
                     return
                 if isinstance(event, bytes) or self._matches(request, event["object"]):  # bytes: send_on_watches
@@ -450,7 +476,52 @@ class FakeKube(kmock.KubernetesEmulator):
         obj = self.store.get(res, {}).get((request.namespace, request.name))
         if obj is None:
             raise kmock.KubernetesObjectNotFoundError()
+        if request.subresource == "scale":
+            return self._scale(res, obj)
         return obj
+
+    def _scale(self, res: ResKey, obj: dict[str, Any]) -> dict[str, Any]:
+        """The object's ``autoscaling/v1`` Scale (an absent replicas field reads as 0, as for custom resources)."""
+        if res not in SCALE:
+            raise kmock.KubernetesResourceNotFoundError()
+        spec_path, status_path, selector_path = SCALE[res]
+        meta = obj["metadata"]
+        scale: dict[str, Any] = {
+            "apiVersion": "autoscaling/v1", "kind": "Scale",
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                         if k in meta},
+            "spec": {"replicas": _at(obj, spec_path) or 0},
+            "status": {"replicas": _at(obj, status_path) or 0},
+        }
+        selector = _at(obj, selector_path)
+        if selector:
+            scale["status"]["selector"] = selector
+        return scale
+
+    async def _serve_scale_update(self, request: rendering.Request, res: ResKey) -> rendering.Payload:
+        if res not in SCALE:
+            raise kmock.KubernetesResourceNotFoundError()
+        key = (request.namespace, request.name)
+        current = self.store.get(res, {}).get(key)
+        if current is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        content_type = request.headers.get("Content-Type", "").split(";")[0]
+        if content_type != "application/merge-patch+json":
+            raise KubeApiError(status=415, reason="UnsupportedMediaType", message=content_type)
+        scale = merge_patch(self._scale(res, current), _json_body(request))
+        replicas = (scale.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise KubeApiError(status=422, reason="Invalid", message=f"Scale is invalid: spec.replicas: Invalid "
+                               f"value: {replicas!r}: must be greater than or equal to 0")
+        field = SCALE[res][0].lstrip(".").split(".")
+
+        def write(cur: dict[str, Any]) -> dict[str, Any]:
+            patch: dict[str, Any] = {field[-1]: replicas}
+            for part in reversed(field[:-1]):
+                patch = {part: patch}
+            return merge_patch(cur, patch)
+
+        return self._scale(res, await self.modify(res, key, write, pure=True))
 
     async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
         res = self._res(request)
@@ -461,6 +532,8 @@ class FakeKube(kmock.KubernetesEmulator):
 
     async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
         res = self._res(request)
+        if request.subresource == "scale":
+            return await self._serve_scale_update(request, res)
         key = (request.namespace, request.name)
         content_type = request.headers.get("Content-Type", "").split(";")[0]
         status_only = request.subresource == "status"

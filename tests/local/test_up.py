@@ -91,6 +91,48 @@ def test_up_serves_answers_and_stops_cleanly_on_sigterm(tiny_model, free_port: i
     assert not [c for c in children if _alive(c)], "no orphan processes after SIGTERM"
 
 
+@pytest.mark.slow
+def test_up_serves_several_models_behind_one_port(tiny_model, free_port: int, tmp_path: Path) -> None:
+    """llama.cpp and transformers models, each on a loopback port of its own, through the gateway on one port."""
+    import yaml
+
+    files = []
+    for example, served in (("tiny-chat-gguf.yaml", "tiny-gguf"), ("tiny-chat.yaml", "tiny-hf")):
+        doc = yaml.safe_load((ROOT / "examples" / example).read_text())
+        doc["spec"]["servedModelName"] = served
+        files += ["-f", str(tmp_path / example)]
+        (tmp_path / example).write_text(yaml.safe_dump(doc))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "turnout", "up", *files, "--port", str(free_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TURNOUT_FORCE_CPU": "1"},
+    )
+    url = f"http://127.0.0.1:{free_port}"
+    try:
+        _wait_health(url, proc)
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assert sorted(m.id for m in client.models.list().data) == ["tiny-gguf", "tiny-hf"]
+        for served in ("tiny-gguf", "tiny-hf"):
+            reply = client.chat.completions.create(
+                model=served, messages=[{"role": "user", "content": "hello"}], max_tokens=4, temperature=0)
+            assert reply.model == served and reply.choices[0].message.content
+            stream = client.chat.completions.create(
+                model=served, messages=[{"role": "user", "content": "hello"}], max_tokens=4, stream=True)
+            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        missing = httpx.post(f"{url}/v1/chat/completions", json={"model": "nope", "messages": []})
+        assert missing.status_code == 404 and "'tiny-gguf', 'tiny-hf'" in missing.json()["error"]["message"]
+        children = _children(proc.pid)
+        assert len(children) >= 2, "one shim per model"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    assert "Serving tiny-gguf, tiny-hf at" in err
+    deadline = time.monotonic() + 10
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [c for c in children if _alive(c)], "no orphan processes after SIGTERM"
+
+
 def test_demo_bundles_the_example_file() -> None:
     assert bundled() == ModelDeployment.model_validate(
         __import__("yaml").safe_load((ROOT / "examples" / "tiny-chat.yaml").read_text())

@@ -12,7 +12,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("plan", "resolve ModelDeployments and print plans and manifests (no cluster needed)"),
     "operator": ("controller", "run the operator against the cluster in KUBECONFIG or the pod's service account"),
     "agent": ("turnout.agent.cli", "join this host to a cluster as a node that runs model pods natively"),
-    "up": ("up", "serve a ModelDeployment on this machine (local mode)"),
+    "gateway": ("gateway", "one OpenAI endpoint routing to every ModelDeployment's pods (scale from zero, API keys)"),
+    "up": ("up", "serve ModelDeployments on this machine (local mode; several behind one port)"),
     "demo": ("demo", "serve the bundled tiny model, ask it one question, print the answer, stop"),
     "crd": ("crd", "print or write the generated ModelDeployment CRD"),
 }

@@ -1,4 +1,9 @@
-"""`turnout up -f FILE`: serve a ModelDeployment on this machine until Ctrl-C or SIGTERM."""
+"""`turnout up -f FILE [-f FILE ...]`: serve ModelDeployments on this machine until Ctrl-C or SIGTERM.
+
+One file: its shim listens on ``--port`` itself. Several: each shim listens on
+a loopback port of its own and the gateway (``turnout.gateway``, with static
+endpoints) serves them all on ``--port``, routing by the request's ``model``.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,9 @@ DEFAULT_PORT = 8000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-f", "--filename", required=True, help="YAML file with a ModelDeployment")
-    p.add_argument("--name", help="which ModelDeployment of the file (default: the first)")
+    p.add_argument("-f", "--filename", required=True, action="append",
+                   help="YAML file with a ModelDeployment (repeat to serve several behind one port)")
+    p.add_argument("--name", help="which ModelDeployment of each file (default: the first)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the engine to be ready")
@@ -65,7 +71,10 @@ def start(md: ModelDeployment, host: str, port: int, timeout: float, out=sys.std
 def run(args: argparse.Namespace) -> int:
     from turnout.cli import CLIError
 
-    md = pick(args.filename, args.name)
+    files = args.filename if isinstance(args.filename, list) else [args.filename]
+    if len(files) > 1:
+        return run_several(files, args)
+    md = pick(files[0], args.name)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -83,3 +92,31 @@ def run(args: argparse.Namespace) -> int:
     print("turnout up: stopping …", file=sys.stderr, flush=True)
     server.stop()
     return 0
+
+
+def run_several(files: list[str], args: argparse.Namespace) -> int:
+    """Start each file's model on a loopback port, then serve them all behind the gateway on ``--port``."""
+    from turnout.cli import CLIError
+
+    mds = [pick(path, args.name) for path in files]
+    served = [md.served_name for md in mds]
+    twice = sorted({s for s in served if served.count(s) > 1})
+    if twice:
+        raise CLIError(f"several files serve the same model name {', '.join(twice)}: give each a servedModelName "
+                       "of its own")
+    servers: dict[str, local.LocalServer] = {}
+    try:
+        for md in mds:
+            try:
+                servers[md.served_name] = start(md, "127.0.0.1", local.free_port(), args.timeout)
+            except local.LocalError as exc:
+                raise CLIError(str(exc)) from None
+        url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+        print(f"\nServing {', '.join(servers)} at {url}/v1 — Ctrl-C to stop.\n", file=sys.stderr)
+        print(local.snippets(url, mds[0].served_name), file=sys.stderr, flush=True)
+        code = local.serve_behind_gateway(servers, args.host, args.port)
+        print("turnout up: stopping …", file=sys.stderr, flush=True)
+        return code
+    finally:
+        for server in servers.values():
+            server.stop()

@@ -47,6 +47,10 @@ class EngineTimeoutError(EngineConnectionError):
     """The engine sent nothing for longer than the stream's idle timeout."""
 
 
+class EngineConnectError(EngineConnectionError):
+    """No connection to the engine could be opened: the request was not sent."""
+
+
 class EngineClosedError(EngineConnectionError):
     """The engine closed the connection before sending any byte of an answer."""
 
@@ -304,7 +308,7 @@ class EnginePool:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: _Conn(loop), self.host, self.port), self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
-            raise EngineConnectionError(f"cannot connect to {self.host}:{self.port}: "
+            raise EngineConnectError(f"cannot connect to {self.host}:{self.port}: "
                                         f"{type(exc).__name__}: {exc}") from exc
         sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
         if sock is not None:
@@ -334,15 +338,16 @@ class EnginePool:
 
     async def request(self, method: str, path: str, body: bytes | None = None, *,
                       content_type: bytes = b"application/json",
-                      timeout: float | None = None) -> EngineResponse:
+                      timeout: float | None = None, headers: bytes = b"") -> EngineResponse:
         """Send one request; returns once the status line and headers arrived.
 
         ``timeout`` bounds the wait for the headers (``None``: no bound); it
-        raises ``asyncio.TimeoutError`` and is never retried.
+        raises ``asyncio.TimeoutError`` and is never retried. ``headers``: more
+        header lines, each ending with CRLF, sent as they are.
         """
         if self._closed:
-            raise EngineConnectionError("the engine connection pool is closed")
-        head = [f"{method} {path} HTTP/1.1\r\n".encode(), b"Host: ", self._host_header, _EOL]
+            raise EngineConnectError("the engine connection pool is closed")
+        head = [f"{method} {path} HTTP/1.1\r\n".encode(), b"Host: ", self._host_header, _EOL, headers]
         if body is not None:
             head += [b"Content-Type: ", content_type, b"\r\nContent-Length: ", str(len(body)).encode(), _EOL]
         head.append(_EOL)

@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from turnout.shim.backends._enginehttp import (
+    EngineConnectError,
     EngineConnectionError,
     EnginePool,
     EngineProtocolError,
@@ -39,7 +40,7 @@ from turnout.shim.backends._enginehttp import (
 from turnout.shim.backends._sse import Cutter, SSEStats
 from turnout.shim.backends.base import BackendError, Usage
 
-__all__ = ["HIGH_WATER", "IDLE_TIMEOUT_ENV", "LOW_WATER", "EngineConnectionError", "EnginePool",
+__all__ = ["HIGH_WATER", "IDLE_TIMEOUT_ENV", "LOW_WATER", "EngineConnectError", "EngineConnectionError", "EnginePool",
            "EngineProtocolError", "EngineResponse", "EngineTimeoutError", "SSERelay", "idle_timeout_from_env",
            "relay_response", "stream_error"]
 

@@ -1,0 +1,257 @@
+"""The gateway's models from a cluster: ModelDeployments and their EndpointSlices, listed then watched.
+
+Each watched scope (a namespace, or the whole cluster) has two followers,
+one for ``modeldeployments`` and one for ``discovery.k8s.io`` EndpointSlices:
+list, then watch from the list's ``resourceVersion``, re-watch from the last
+version seen when a watch ends, re-list on ``410 Gone``, back off on other
+errors. An EndpointSlice belongs to the Service named in its
+``kubernetes.io/service-name`` label, which the operator names like the
+ModelDeployment (``turnout.render.manifests.child_name``); its ready
+endpoints' addresses with the slice's ``http`` port are where requests go.
+
+A model scaled to zero is woken by a merge patch of its ``scale``
+subresource (``{"spec": {"replicas": 1}}``). A model with ``apiKeySecretRef``
+requires the key in that Secret, read with ``get`` and cached for
+:data:`KEY_TTL` seconds (a failed refresh keeps the previous key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import suppress
+from typing import Any
+
+from turnout.gateway.registry import Model, Registry, SecretRef
+from turnout.gateway.routing import RoutingSpec
+from turnout.gateway.source import KeyUnavailable
+from turnout.kube import ApiError, KubeClient, api_path
+from turnout.render.manifests import PORT_NAME, child_name
+
+log = logging.getLogger("turnout.gateway")
+
+GROUP_VERSION = "turnout.dev/v1alpha1"
+PLURAL = "modeldeployments"
+SLICES = "discovery.k8s.io/v1"
+SERVICE_LABEL = "kubernetes.io/service-name"
+#: seconds an API key read from a Secret is used before it is read again
+KEY_TTL = 30.0
+MAX_BACKOFF = 30.0
+
+
+def model_from(md: Mapping[str, Any]) -> Model:
+    """A :class:`Model` from a ModelDeployment object (raw dict, the CRD's JSON names)."""
+    meta, spec = md.get("metadata") or {}, md.get("spec") or {}
+    name = str(meta.get("name"))
+    ref = spec.get("apiKeySecretRef")
+    replicas = spec.get("replicas")
+    return Model(
+        namespace=str(meta.get("namespace") or "default"),
+        name=name,
+        served=str(spec.get("servedModelName") or name),
+        routing=RoutingSpec.from_spec(spec.get("routing")),
+        api_key=SecretRef(str(ref["name"]), str(ref.get("key") or "api-key")) if isinstance(ref, dict)
+        and ref.get("name") else None,
+        replicas=replicas if isinstance(replicas, int) else None,
+        service=child_name(name),
+        created=_epoch(meta.get("creationTimestamp")),
+    )
+
+
+def slice_addresses(es: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """The ready endpoints of an EndpointSlice as (address, port of the ``http`` port)."""
+    if es.get("addressType") not in ("IPv4", "IPv6"):
+        return []
+    ports = es.get("ports") or []
+    port = next((p.get("port") for p in ports if p.get("name") == PORT_NAME), None)
+    if port is None and len(ports) == 1:
+        port = ports[0].get("port")
+    if not isinstance(port, int):
+        return []
+    out = []
+    for ep in es.get("endpoints") or []:
+        conditions = ep.get("conditions") or {}
+        addresses = ep.get("addresses") or []
+        # discovery/v1: an unknown (absent) ready condition is to be read as ready
+        if addresses and conditions.get("ready") is not False:
+            out.append((str(addresses[0]), port))
+    return out
+
+
+def _epoch(stamp: Any) -> int:
+    if not isinstance(stamp, str):
+        return 0
+    try:
+        return int(datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
+
+
+class _Follower:
+    """List then watch one collection; ``on_list(items)`` and ``on_event(type, object)`` apply what it sees."""
+
+    def __init__(self, client: KubeClient, path: str, on_list: Callable[[list[dict[str, Any]]], None],
+                 on_event: Callable[[str, dict[str, Any]], None], *, timeout_seconds: int = 300) -> None:
+        self.client, self.path = client, path
+        self.on_list, self.on_event = on_list, on_event
+        self.timeout_seconds = timeout_seconds
+        self.rv: str | None = None
+
+    async def list(self) -> None:
+        listing = await self.client.request("GET", self.path)
+        self.on_list(list(listing.get("items") or []))
+        self.rv = str((listing.get("metadata") or {}).get("resourceVersion") or "") or None
+
+    async def run(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                if self.rv is None:
+                    await self.list()
+                params = {"resourceVersion": self.rv} if self.rv else {}
+                async for event in self.client.watch(self.path, params, timeout_seconds=self.timeout_seconds):
+                    kind, obj = event["type"], event["object"]
+                    rv = (obj.get("metadata") or {}).get("resourceVersion") if isinstance(obj, dict) else None
+                    if rv:
+                        self.rv = str(rv)
+                    if kind in ("ADDED", "MODIFIED", "DELETED"):
+                        self.on_event(kind, obj)
+                backoff = 1.0
+            except ApiError as exc:
+                if exc.status == 410:  # our version is too old: start over from a fresh list
+                    log.info("%s: watch expired (410); listing again", self.path)
+                    self.rv = None
+                    continue
+                log.warning("%s: %s; retrying in %.0f s", self.path, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+class KubeSource:
+    """Models and endpoints from ModelDeployments and EndpointSlices in ``namespaces`` (None: all)."""
+
+    def __init__(self, client: KubeClient, namespaces: Iterable[str] | None = None, *,
+                 watch_timeout: int = 300, key_ttl: float = KEY_TTL) -> None:
+        self.client = client
+        self.namespaces = sorted(set(namespaces)) if namespaces is not None else None
+        self.registry = Registry()
+        self.key_ttl = key_ttl
+        self._keys: dict[tuple[str, str, str], tuple[bytes, float]] = {}
+        self._key_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        scopes: list[str | None] = list(self.namespaces) if self.namespaces is not None else [None]
+        self._followers = []
+        for ns in scopes:
+            self._followers.append(_Follower(client, api_path(GROUP_VERSION, PLURAL, ns),
+                                             self._lister_models(ns), self._on_model, timeout_seconds=watch_timeout))
+            self._followers.append(_Follower(client, api_path(SLICES, "endpointslices", ns),
+                                             self._lister_slices(ns), self._on_slice, timeout_seconds=watch_timeout))
+
+    async def start(self) -> None:
+        """List everything once (so the first request finds its model), then follow the watches."""
+        for follower in self._followers:
+            await follower.list()
+        self._tasks = [asyncio.create_task(f.run()) for f in self._followers]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    # ----- ModelDeployments ---------------------------------------------------------------------
+
+    def _lister_models(self, ns: str | None) -> Callable[[list[dict[str, Any]]], None]:
+        def on_list(items: list[dict[str, Any]]) -> None:
+            seen = set()
+            for md in items:
+                model = self.registry.put_model(model_from(md))
+                seen.add((model.namespace, model.name))
+            for model in self.registry.every_model():
+                if (ns is None or model.namespace == ns) and (model.namespace, model.name) not in seen:
+                    self.registry.drop_model(model.namespace, model.name)
+        return on_list
+
+    def _on_model(self, kind: str, md: dict[str, Any]) -> None:
+        meta = md.get("metadata") or {}
+        if kind == "DELETED":
+            self.registry.drop_model(str(meta.get("namespace") or "default"), str(meta.get("name")))
+        else:
+            self.registry.put_model(model_from(md))
+
+    # ----- EndpointSlices -----------------------------------------------------------------------
+
+    def _lister_slices(self, ns: str | None) -> Callable[[list[dict[str, Any]]], None]:
+        def on_list(items: list[dict[str, Any]]) -> None:
+            slices = {}
+            for es in items:
+                meta = es.get("metadata") or {}
+                service = (meta.get("labels") or {}).get(SERVICE_LABEL)
+                if service:
+                    slices[(str(meta.get("namespace")), service, str(meta.get("name")))] = slice_addresses(es)
+            self.registry.reset_endpoints(None if ns is None else [ns], slices)
+        return on_list
+
+    def _on_slice(self, kind: str, es: dict[str, Any]) -> None:
+        meta = es.get("metadata") or {}
+        service = (meta.get("labels") or {}).get(SERVICE_LABEL)
+        if service:
+            self.registry.set_endpoints(str(meta.get("namespace")), service, str(meta.get("name")),
+                                        None if kind == "DELETED" else slice_addresses(es))
+
+    # ----- wake and keys ------------------------------------------------------------------------
+
+    async def wake(self, model: Model) -> None:
+        """Scale a ModelDeployment from zero to one replica through its ``scale`` subresource."""
+        await self.client.merge_patch(api_path(GROUP_VERSION, PLURAL, model.namespace, model.name, "scale"),
+                                      {"spec": {"replicas": 1}})
+
+    async def api_key(self, model: Model) -> bytes | None:
+        ref = model.api_key
+        if ref is None:
+            return None
+        cache_key = (model.namespace, ref.name, ref.key)
+        loop = asyncio.get_running_loop()
+        cached = self._keys.get(cache_key)
+        if cached is not None and loop.time() - cached[1] < self.key_ttl:
+            return cached[0]
+        lock = self._key_locks.setdefault(cache_key, asyncio.Lock())
+        async with lock:
+            cached = self._keys.get(cache_key)
+            if cached is not None and loop.time() - cached[1] < self.key_ttl:
+                return cached[0]
+            try:
+                key = await self._read_key(model.namespace, ref)
+            except KeyUnavailable as exc:
+                if cached is not None:
+                    log.warning("%s; keeping the key read before", exc)
+                    self._keys[cache_key] = (cached[0], loop.time())
+                    return cached[0]
+                raise
+            self._keys[cache_key] = (key, loop.time())
+            return key
+
+    async def _read_key(self, namespace: str, ref: SecretRef) -> bytes:
+        where = f"Secret {namespace}/{ref.name}"
+        try:
+            secret = await self.client.get(api_path("v1", "secrets", namespace, ref.name))
+        except ApiError as exc:
+            raise KeyUnavailable(f"cannot read {where}: {exc.status} {exc.reason}") from None
+        if secret is None:
+            raise KeyUnavailable(f"{where} does not exist")
+        raw = (secret.get("data") or {}).get(ref.key)
+        if not isinstance(raw, str):
+            raise KeyUnavailable(f"{where} has no key {ref.key!r}")
+        try:
+            key = base64.b64decode(raw, validate=True).strip()
+        except (binascii.Error, ValueError):
+            raise KeyUnavailable(f"{where} key {ref.key!r} is not valid base64") from None
+        if not key:
+            raise KeyUnavailable(f"{where} key {ref.key!r} is empty")
+        return key
