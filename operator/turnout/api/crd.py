@@ -92,7 +92,7 @@ def crd() -> dict[str, Any]:
         ("Accelerator", "string", ".status.accelerator", "The accelerator chosen.", 0),
         ("Ready", "integer", ".status.readyReplicas", "Pods ready to serve.", 0),
         ("Replicas", "integer", ".spec.replicas", "Pods asked for.", 0),
-        ("Phase", "string", ".status.phase", "Resolving, Deploying, Ready, Degraded or Failed.", 0),
+        ("Phase", "string", ".status.phase", "Resolving, Deploying, Ready, ScaledToZero, Degraded or Failed.", 0),
         ("Endpoint", "string", ".status.endpoint", "In-cluster OpenAI base URL.", 1),
         ("Age", "date", ".metadata.creationTimestamp", "Time since creation.", 0),
     ]
