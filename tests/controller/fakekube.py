@@ -13,6 +13,9 @@ the API server's documented contract:
   applied configuration replaces what it applied before);
 - the status subresource: ``/status`` writes change only ``status``, main
   resource writes never change ``status``;
+- the scale subresource of ModelDeployments (``SCALE``): GET and merge-patch an ``autoscaling/v1``
+  Scale whose ``spec.replicas`` is the object's (a ``metadata.resourceVersion`` in the patch is a
+  precondition);
 - list ``resourceVersion`` and watch from a ``resourceVersion`` (replaying
   newer events), or from scratch (ADDED for every object);
 - garbage collection: deleting an object deletes its dependents (ownerReferences.uid) unless
@@ -72,6 +75,13 @@ RESOURCES: dict[ResKey, tuple[str, bool, bool]] = {
     ("events.k8s.io", "v1", "events"): ("Event", True, False),
     ("", "v1", "namespaces"): ("Namespace", False, True),
     ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): ("CustomResourceDefinition", False, True),
+    ("discovery.k8s.io", "v1", "endpointslices"): ("EndpointSlice", True, False),
+    ("inference.networking.k8s.io", "v1", "inferencepools"): ("InferencePool", True, True),
+}
+#: Resources with a scale subresource (autoscaling/v1 Scale), as their CRD declares it: the paths of
+#: spec.replicas, status.replicas and status.selector.
+SCALE: dict[ResKey, tuple[str, str, str]] = {
+    ("turnout.dev", "v1alpha1", "modeldeployments"): ("spec.replicas", "status.replicas", "status.selector"),
 }
 CRDS: ResKey = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 # kmock's path parser reads /api/v1/namespaces/NAME as "namespace NAME, no resource" (and fails on
@@ -97,6 +107,14 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+def _path(obj: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted path (``spec.replicas``), or None."""
+    node: Any = obj
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _strip(obj: dict[str, Any], applied: dict[str, Any] | None) -> dict[str, Any]:
@@ -178,7 +196,8 @@ class FakeKube(kmock.KubernetesEmulator):
             self.resources[f"{group}/{version}/{plural}" if group else f"{version}/{plural}"] = kmock.ResourceInfo(
                 kind=kind, namespaced=namespaced, singular=kind.lower(),
                 verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
-                subresources={"status"} if has_status else set(),
+                subresources=({"status"} if has_status else set()) | ({"scale"} if (group, version, plural) in SCALE
+                                                                       else set()),
             )
 
     # ----- request routing ----------------------------------------------------------------------
@@ -449,7 +468,52 @@ class FakeKube(kmock.KubernetesEmulator):
         obj = self.store.get(res, {}).get((request.namespace, request.name))
         if obj is None:
             raise kmock.KubernetesObjectNotFoundError()
+        if request.subresource == "scale":
+            return self._scale_of(res, obj)
         return obj
+
+    # ----- the scale subresource (as the API server serves it for a CRD's subresources.scale) ----------------
+
+    def _scale_of(self, res: ResKey, obj: dict[str, Any]) -> dict[str, Any]:
+        """The autoscaling/v1 Scale of an object; a GET fails while specReplicasPath holds no value."""
+        if res not in SCALE:
+            raise kmock.KubernetesResourceNotFoundError()
+        spec_path, status_path, selector_path = SCALE[res]
+        replicas = _path(obj, spec_path)
+        if replicas is None:
+            raise KubeApiError(status=500, reason="InternalError",
+                               message=f"the spec replicas field {spec_path!r} does not exist")
+        meta = obj["metadata"]
+        return {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                             if k in meta},
+                "spec": {"replicas": replicas},
+                "status": {"replicas": _path(obj, status_path) or 0, "selector": _path(obj, selector_path) or ""}}
+
+    async def _update_scale(self, res: ResKey, key: ObjKey, patch: dict[str, Any]) -> dict[str, Any]:
+        """A merge patch of the Scale: its spec.replicas lands in specReplicasPath; a metadata.resourceVersion
+        in the patch is a precondition (409 Conflict when the object has moved on)."""
+        current = self.store.get(res, {}).get(key)
+        if current is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        scale = merge_patch(self._scale_of(res, current), patch)
+        want = (scale.get("metadata") or {}).get("resourceVersion")
+        if want is not None and want != current["metadata"]["resourceVersion"]:
+            raise KubeApiError(status=409, reason="Conflict", message="Operation cannot be fulfilled: the object has "
+                               "been modified; please apply your changes to the latest version and try again")
+        replicas = (scale.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or replicas < 0:
+            raise KubeApiError(status=422, reason="Invalid", message=f"Scale is invalid: spec.replicas: {replicas!r}")
+        field = SCALE[res][0].split(".")
+
+        def fn(obj: dict[str, Any]) -> dict[str, Any]:
+            node = obj
+            for part in field[:-1]:
+                node = node.setdefault(part, {})
+            node[field[-1]] = replicas
+            return obj
+
+        return self._scale_of(res, await self.modify(res, key, fn))
 
     async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
         res = self._res(request)
@@ -482,6 +546,8 @@ class FakeKube(kmock.KubernetesEmulator):
         if content_type not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
             raise KubeApiError(status=415, reason="UnsupportedMediaType", message=content_type)
         patch = _json_body(request)
+        if request.subresource == "scale":
+            return await self._update_scale(res, key, patch)
         return await self.modify(res, key, lambda cur: merge_patch(cur, patch), status_only=status_only, pure=True)
 
     async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from turnout.api.types import (
+    CRD_DEFAULT,
     GROUP,
     KIND,
     PLURAL,
@@ -55,6 +56,9 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROP:
+            continue
+        if key == CRD_DEFAULT:
+            out["default"] = value
             continue
         if key == "additionalProperties":
             if value is False:

@@ -33,6 +33,10 @@ RoutingStrategy = Literal["LeastRequests", "PrefixHash"]
 ENGINES: tuple[str, ...] = ("vllm", "sglang", "llama.cpp", "transformers", "mlx")
 ACCELERATORS: tuple[str, ...] = ("nvidia", "ascend", "metal", "cpu")
 
+#: A JSON-schema key whose value ``turnout.api.crd`` writes as the CRD's ``default`` (pydantic's defaults are not
+#: carried over: the API server would store them in every object).
+CRD_DEFAULT = "x-turnout-crd-default"
+
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
 
@@ -388,6 +392,9 @@ class ModelDeploymentSpec(_Model):
         le=1000,
         description="Number of model server replicas (pods; groups of pods for a multi-node plan). With "
         "autoscaling set the autoscaler writes it through the scale subresource: leave it out of Git then.",
+        # Defaulted by the API server too: the scale subresource (kubectl scale, an HPA, KEDA) answers a GET
+        # with an error while specReplicasPath holds no value.
+        json_schema_extra={CRD_DEFAULT: 1},
     )
     served_model_name: str | None = Field(
         None,
