@@ -458,3 +458,23 @@ def test_host_agents_get_one_identity_each_with_exactly_the_agents_declared_rbac
     assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings)
     text = render_files({"hostAgents": {"names": ["m"]}})["turnout/templates/hostagents.yaml"]
     assert all(f"# {r.why}\n" in text for r in AGENT_RULES)
+
+
+def test_inference_pool_and_the_autoscalers_gateway_flags() -> None:
+    """--inference-pool follows inferencePool.enabled (the picker comes from the config); --gateway-service names
+    the chart's gateway Service exactly when the chart runs one."""
+    parser = operator_app.argparse.ArgumentParser()
+    operator_app.add_arguments(parser)
+    default = operator_app.options_from(parser.parse_args(_container(render())["args"]))
+    assert not default.inference_pool
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    if (values.get("gateway") or {}).get("enabled"):
+        assert default.gateway_service == f"{NAMESPACE}/turnout-gateway"
+    else:
+        assert default.gateway_service is None
+    objs = render(EVERYTHING)
+    options = operator_app.options_from(parser.parse_args(_container(objs)["args"]))
+    assert options.inference_pool
+    config = parse_config(yaml.safe_load(one(objs, "ConfigMap")["data"]["config.yaml"]), "chart config")
+    picker = config.inference_pool.endpoint_picker
+    assert picker is not None and (picker.name, picker.port, picker.failure_mode) == ("{name}-epp", 9002, "FailOpen")
