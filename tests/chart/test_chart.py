@@ -406,6 +406,7 @@ def test_network_policy_admits_only_metrics_and_health_and_allows_the_api_server
     assert policy["spec"]["ingress"][0]["from"] == EVERYTHING["networkPolicy"]["metricsFrom"]
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert {443, 6443, 53} <= egress_ports
+    assert EVERYTHING["config"]["port"] in egress_ports  # the autoscaler scrapes the model pods' shims
     assert by_kind(render(), "NetworkPolicy") == []
 
 
