@@ -152,3 +152,12 @@ def test_noisy_load_around_a_level_settles(level: float, noise: list[float]) -> 
     band = range(max(1, math.ceil(level * 0.7 / 4 - 1e-9)), math.ceil(level * 1.3 / 4 - 1e-9) + 1)
     assert all(d.replicas in band for d in decisions)
     assert all(b.replicas >= a.replicas for a, b in itertools.pairwise(decisions))
+
+
+@settings(max_examples=200, deadline=None)
+@given(p=policies, queued=st.floats(0.001, 100), past=st.integers(1, 60))
+def test_a_queued_request_always_wakes_a_deployment_at_zero(p: AutoscalingSpec, queued: float, past: int) -> None:
+    """After any quiet past, a sample with a request queued never leaves a deployment at 0 replicas."""
+    before = run(p, [0.0] * past, current=0)[-1].history
+    decision = decide(p, before, Sample(1000.0 + past * TICK, queued, queued), 0, window=WINDOW)
+    assert decision.replicas >= 1

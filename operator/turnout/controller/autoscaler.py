@@ -119,6 +119,9 @@ class Autoscaler:
         self.controller = controller
         self.settings = settings
         self._histories: dict[str, autoscale.History] = {}  # ModelDeployment uid -> history
+        # uid -> (the resourceVersion a scale was decided on, the replicas written): until the watch shows a
+        # newer version, the replicas written are the current ones (no second write, no second Event).
+        self._written: dict[str, tuple[str, int]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._gateway: tuple[float, dict[tuple[str, str], tuple[float, float]] | None] | None = None
         self._gateway_lock = asyncio.Lock()
@@ -131,6 +134,7 @@ class Autoscaler:
     def forget(self, uid: str | None) -> None:
         if uid:
             self._histories.pop(uid, None)
+            self._written.pop(uid, None)
 
     # ----- observe ----------------------------------------------------------------------------
 
@@ -235,6 +239,12 @@ class Autoscaler:
         except ValidationError:
             return None  # the reconcile reports an invalid spec
         current = int(spec.get("replicas", 1))
+        written = self._written.get(uid)
+        if written is not None:
+            if written[0] == meta.get("resourceVersion"):
+                current = written[1]  # the watch has not shown our write yet
+            else:
+                del self._written[uid]
         sample = await self.sample(namespace, name)
         decision = autoscale.decide(policy, self._histories.get(uid), sample, current,
                                     window=self.settings.window, can_wake=self.settings.has_gateway)
@@ -255,6 +265,8 @@ class Autoscaler:
                         decision.replicas, exc)
             return None
         self.controller.metrics.writes.labels(kind="scale").inc()
+        if meta.get("resourceVersion"):
+            self._written[uid] = (str(meta["resourceVersion"]), decision.replicas)
         await self.controller._event(body, "Normal", "Autoscaled",
                                      autoscale.explain(current, decision, policy, self.settings.window))
         return decision.replicas

@@ -79,7 +79,8 @@ RULES: tuple[Rule, ...] = (
     Rule("leaderworkerset.x-k8s.io", "leaderworkersets", ("delete",),
          "prune the LeaderWorkerSet when the plan fits one node again"),
     Rule("inference.networking.k8s.io", "inferencepools", ("list", "watch"),
-         "follow the InferencePools of --inference-pool while the cluster serves them (so they are pruned when it is off)"),
+         "follow the InferencePools of --inference-pool while the cluster serves them (so they are pruned when it "
+         "is off)"),
     Rule("inference.networking.k8s.io", "inferencepools", ("patch",),
          "server-side apply of a deployment's InferencePool (--inference-pool)"),
     Rule("inference.networking.k8s.io", "inferencepools", ("create",), "server-side apply of an InferencePool not "
