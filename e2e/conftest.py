@@ -2,9 +2,10 @@
 
 Everything is skipped (with the reason) when KUBECONFIG does not point at a reachable cluster; the
 suite needs nothing else from it. A control plane without kubelets is enough: :mod:`kwok` plays
-the kubelet for fake Nodes (CPU and GPU), and the host agents of test_agent_e2e.py are real nodes.
-On a failed test, the namespace's objects, its Events, the fake kubelet's errors and the
-operator's log are printed. ``TURNOUT_E2E_KEEP=1`` keeps the namespace.
+the kubelet for fake Nodes (CPU and GPU), and the host agents of test_agent_e2e.py and
+test_gateway_e2e.py (:mod:`hostagents`, the ``hosts`` fixture) are real nodes.
+On a failed test, the namespace's objects, its Events, the fake kubelet's errors, the
+operator's log and the logs of the module's host agents are printed. ``TURNOUT_E2E_KEEP=1`` keeps the namespace.
 
 Each client, apply, status and watch behaviour that ``tests/`` proves against the API emulator
 (tests/controller/fakekube.py) has its twin here, against the real API server (``emulator test``
@@ -69,6 +70,14 @@ tests/kube/test_credentials_tls.py → test_credentials_e2e.py
   no_credentials_say_what_was_tried → none (no server involved)
 tests/agent/ (the emulator with field selectors, Leases, graceful pod deletion) → test_agent_e2e.py
   nodes, Leases, scheduling onto agents, serving, restarts after a kill, two agents sharing a host, deletes
+tests/gateway/test_kube_gateway.py → test_gateway_e2e.py (the gateway as a process, models served by host agents)
+  models_listed_and_requests_routed_by_model, unknown_model_bad_json_and_missing_model (its 404)
+    → one_base_url_serves_a_llamacpp_and_a_transformers_model (real llama.cpp and transformers pods)
+  scale_from_zero_holds_requests_and_wakes_once → scale_from_zero_through_the_gateway_up_to_two_and_back
+  recorded_api_use_equals_the_declared_rbac → both (the gateway runs as a ServiceAccount bound to the generated Role)
+tests/controller/test_autoscaler.py
+  scales_up_under_gateway_load_down_after_the_delay_and_to_zero_and_back
+    → scale_from_zero_through_the_gateway_up_to_two_and_back (test_gateway_e2e: the operator scrapes the real gateway)
 """
 
 from __future__ import annotations
@@ -80,8 +89,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostagents import Hosts, stop_agents
 from kubectl import cluster_problem, kubectl, poll
 from kwok import FakeKubelet
+from netns import AGENT_LABEL, clean_leftovers
+from netns import problem as netns_problem
 from procs import OperatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,6 +218,33 @@ def operator_paused(operator: OperatorProcess) -> Iterator[OperatorProcess]:
     operator.start()
 
 
+@pytest.fixture(scope="session")
+def tiny_model() -> Any:
+    """The project's tiny model (HF folder and GGUF), built once and cached (turnout.tinymodel)."""
+    from turnout.tinymodel import build_tiny_model
+
+    return build_tiny_model()
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+    """Network namespaces for the module's host agents (e2e/hostagents.py); a crashed run's are removed first.
+
+    Agents still running at the end are stopped, then the namespaces deleted. Skipped without root.
+    """
+    why = netns_problem()
+    if why:
+        pytest.skip(why)
+    clean_leftovers()
+    kubectl("delete", "nodes", "-l", f"{AGENT_LABEL}=true", "--ignore-not-found", check=False)
+    made = Hosts(tmp_path_factory.mktemp("hosts"))
+    try:
+        yield made
+    finally:
+        stop_agents([a for a in made.agents if a["process"].poll() is None])
+        made.close()
+
+
 @pytest.fixture
 def cleanup() -> Iterator[Callable[..., None]]:
     """``cleanup(kind, name, namespace=None)``: delete it after the test, whatever the outcome."""
@@ -241,6 +280,9 @@ def dump_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
         print(f"\n===== fake kubelet errors =====\n{request.getfixturevalue('kwok').errors[-50:]}")
     if "operator" in request.fixturenames:
         print(f"\n===== operator log =====\n{request.getfixturevalue('operator').tail()}")
+    if "hosts" in request.fixturenames:
+        for agent in request.getfixturevalue("hosts").agents:
+            print(f"\n===== agent {agent['name']} log =====\n{Path(agent['log']).read_text()[-20000:]}")
 
 
 __all__ = ["NodeSet", "poll"]
