@@ -95,6 +95,10 @@ def test_bounds_changed_in_the_spec_apply_at_once() -> None:
     assert run(policy(min_replicas=4), [0.0], current=1)[0].replicas == 4
     message = explain(7, run(policy(max_replicas=3), [0.0], current=7)[0], policy(max_replicas=3), WINDOW)
     assert message.startswith("scaled 7 → 3") and "maxReplicas is 3" in message
+    message = explain(1, run(policy(min_replicas=4), [0.0], current=1)[0], policy(min_replicas=4), WINDOW)
+    assert message.startswith("scaled 1 → 4: minReplicas is 4")
+    down = run(policy(delay=0), [0.0], current=3)[0]
+    assert explain(3, down, policy(delay=0), WINDOW).endswith("the highest recommendation of the last 0 s")
 
 
 def test_the_event_message_says_why() -> None:

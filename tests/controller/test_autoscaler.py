@@ -24,6 +24,7 @@ from ctlharness import (
 
 from turnout.controller import Options
 from turnout.controller.app import autoscaler_settings
+from turnout.controller.autoscaler import gateway_load, ready_endpoints, shim_in_flight
 
 NAME = "qwen-gguf"
 
@@ -181,3 +182,28 @@ def test_settings_from_the_options() -> None:
         autoscaler_settings(Options(gateway_service="just-a-name"))
     with pytest.raises(ValueError, match="positive"):
         autoscaler_settings(Options(autoscale_interval=0))
+
+
+def test_ready_endpoints_of_endpoint_slices() -> None:
+    """As the EndpointSlice API says: ready false is skipped, ready absent counts as ready; the named port."""
+    slices = [
+        {"ports": [{"name": "metrics", "port": 9090}, {"name": "http", "port": 8000}],
+         "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
+                       {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
+                       {"addresses": ["10.0.0.3"]}]},
+        {"ports": [{"name": "http", "port": 8000}], "endpoints": [{"addresses": ["fd00::5"], "conditions": {}}]},
+        {"ports": [], "endpoints": [{"addresses": ["10.0.0.9"]}]},  # no port: nothing to scrape
+    ]
+    assert ready_endpoints(slices, "http") == ["10.0.0.1:8000", "10.0.0.3:8000", "[fd00::5]:8000"]
+
+
+def test_gateway_and_shim_metrics_are_read_with_the_prometheus_parser() -> None:
+    server = MetricsServer()
+    server.gateway(NS, NAME, in_flight=3, queued=2)
+    other = MetricsServer()
+    other.gateway(NS, NAME, in_flight=1)
+    assert gateway_load([server.text, other.text]) == {(NS, NAME): (6.0, 2.0)}
+    server.shim(5)
+    assert shim_in_flight(server.text) == 5.0
+    with pytest.raises(ValueError):
+        shim_in_flight("this is {not prometheus text")

@@ -103,16 +103,20 @@ def decide(policy: AutoscalingSpec, history: History | None, sample: Sample | No
 
 
 def explain(current: int, decision: Decision, policy: AutoscalingSpec, window: float) -> str:
-    """The Event's message for a change, e.g. ``scaled 1 → 3: average in-flight 11.2 over 60 s, target 4``."""
-    target = f"{policy.target_in_flight_per_replica:g}"
-    why = f"average in-flight {decision.average:.1f} over {window:g} s, target {target} per replica"
-    if decision.replicas > current and decision.replicas == policy.min_replicas and decision.recommendation <= current:
-        why = f"minReplicas is {policy.min_replicas}"
-    elif decision.replicas < current and current > policy.max_replicas:
+    """The Event's message for a change, e.g. ``scaled 1 → 3: average in-flight 11.2 over 60 s, target 4 per
+    replica``."""
+    load = (f"average in-flight {decision.average:.1f} over {window:g} s, "
+            f"target {policy.target_in_flight_per_replica:g} per replica")
+    queued = decision.history.samples[-1].queued if decision.history.samples else 0.0
+    if decision.replicas > current:
+        if current < policy.min_replicas and decision.replicas == policy.min_replicas:
+            why = f"minReplicas is {policy.min_replicas}; {load}"
+        elif current == 0 and queued > 0:
+            why = f"{queued:g} request(s) queued in the gateway; {load}"
+        else:
+            why = load
+    elif current > policy.max_replicas and decision.replicas == policy.max_replicas:
         why = f"maxReplicas is {policy.max_replicas}"
-    elif decision.replicas < current:
-        why += f"; the highest recommendation of the last {policy.scale_down_delay_seconds} s"
-    elif decision.replicas > 0 and decision.history.samples and decision.history.samples[-1].queued > 0 \
-            and current == 0:
-        why = f"{decision.history.samples[-1].queued:g} request(s) queued in the gateway; " + why
+    else:
+        why = f"{load}; the highest recommendation of the last {policy.scale_down_delay_seconds} s"
     return f"scaled {current} → {decision.replicas}: {why}"
