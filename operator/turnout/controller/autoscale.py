@@ -45,6 +45,7 @@ class History:
     since: float  # when it began to remember (the first sample's time)
     samples: tuple[Sample, ...] = ()
     recommendations: tuple[tuple[float, int], ...] = ()  # (at, replicas)
+    replicas: int | None = None  # what the last decision left (to tell someone else's scale-up)
 
 
 @dataclass(frozen=True)
@@ -88,18 +89,23 @@ def decide(policy: AutoscalingSpec, history: History | None, sample: Sample | No
     average = sum(s.load for s in samples) / len(samples)
     rec = recommend(policy, average, sample.queued, can_wake=can_wake)
     recs = (*((at, r) for at, r in hist.recommendations if at > now - delay), (now, rec))
+    if hist.replicas is not None and current > hist.replicas:
+        # Someone else scaled up (the gateway waking it from zero, kubectl scale): held like a scale-up of ours,
+        # so a sample that does not show the waiting request yet never undoes the wake-up.
+        recs = (*recs, (now, current))
     hist = replace(hist, samples=samples, recommendations=recs)
     bounded = max(policy.min_replicas, min(policy.max_replicas, current))
     if not can_wake:
         bounded = max(bounded, 1)
     if rec >= bounded:
-        return Decision(rec, hist, average, rec, "load" if rec > current else "steady")
+        return Decision(rec, replace(hist, replicas=rec), average, rec, "load" if rec > current else "steady")
     # Down: only to the highest recommendation over the delay, and not before the history spans it.
     stabilized = max(r for _, r in recs)
     if now - hist.since < delay:
         stabilized = max(stabilized, bounded)
     target = min(bounded, stabilized)
-    return Decision(target, hist, average, rec, "stabilized" if target < current else "steady")
+    return Decision(target, replace(hist, replicas=target), average, rec,
+                    "stabilized" if target < current else "steady")
 
 
 def explain(current: int, decision: Decision, policy: AutoscalingSpec, window: float) -> str:
