@@ -207,3 +207,22 @@ def test_gateway_and_shim_metrics_are_read_with_the_prometheus_parser() -> None:
     assert shim_in_flight(server.text) == 5.0
     with pytest.raises(ValueError):
         shim_in_flight("this is {not prometheus text")
+
+
+async def test_forbidden_gateway_endpoint_slices_are_said_once(fake, caplog):
+    """RBAC that does not reach the gateway's namespace is a misconfiguration, not a passing failure: a warning,
+    once, naming the way out."""
+    await fake.put_object(NODES, cpu_node())
+    fake.fail("GET", "endpointslices", 403, times=1000)
+    run = OperatorRun(fake, options=_options(gateway_service="turnout-system/turnout-gateway"))
+    await run.start()
+    try:
+        caplog.set_level("WARNING", logger="turnout.controller.autoscaler")
+        await fake.put_object(MDS, _md(min_replicas=1))
+        await fake.wait_for(lambda: sum(1 for r in fake.requests if r.resource is not None
+                                        and r.resource.plural == "endpointslices") >= 6, what="a few ticks")
+    finally:
+        await run.stop()
+    said = [r.getMessage() for r in caplog.records if "turnout-system/turnout-gateway (forbidden)" in r.getMessage()]
+    assert len(said) == 1 and "--gateway-metrics-url" in said[0]
+    assert _replicas(fake) == 1  # no sample: nothing scaled

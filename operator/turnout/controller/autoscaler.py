@@ -125,6 +125,7 @@ class Autoscaler:
         self._session: aiohttp.ClientSession | None = None
         self._gateway: tuple[float, dict[tuple[str, str], tuple[float, float]] | None] | None = None
         self._gateway_lock = asyncio.Lock()
+        self._forbidden: set[tuple[str, str]] = set()  # Services whose EndpointSlices RBAC does not let us list
 
     async def close(self) -> None:
         if self._session is not None:
@@ -162,6 +163,12 @@ class Autoscaler:
             found = await self.controller.client.request(  # type: ignore[union-attr]
                 "GET", path, params={"labelSelector": f"{SERVICE_NAME_LABEL}={service}"}, timeout=10)
         except ApiError as exc:
+            if exc.status == 403 and (namespace, service) not in self._forbidden:
+                # Not a passing failure: RBAC (a namespaced install that does not watch this namespace). Said once.
+                self._forbidden.add((namespace, service))
+                logger.warning("cannot list the EndpointSlices of %s/%s (forbidden): its load is not seen; grant "
+                               "endpointslices list in that namespace (for a gateway: watch it too, or use "
+                               "--gateway-metrics-url)", namespace, service)
             logger.debug("listing the EndpointSlices of %s/%s failed: %s", namespace, service, exc)
             return None
         return ready_endpoints(found.get("items") or [], port_name)
