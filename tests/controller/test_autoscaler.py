@@ -25,6 +25,7 @@ from ctlharness import (
 from turnout.controller import Options
 from turnout.controller.app import autoscaler_settings
 from turnout.controller.autoscaler import gateway_load, ready_endpoints, shim_in_flight
+from turnout.kube import TransientApiError
 
 NAME = "qwen-gguf"
 
@@ -164,8 +165,14 @@ async def test_kubectl_scale_reads_the_scale_subresource(fake):
                                                 f"{NAME}/scale")
         assert scale["spec"] == {"replicas": 2}
         assert scale["status"] == {"replicas": 2, "selector": "turnout.dev/deployment=qwen-gguf"}
-        await run.controller.client.merge_patch(f"/apis/turnout.dev/v1alpha1/namespaces/{NS}/modeldeployments/"
-                                                f"{NAME}/scale", {"spec": {"replicas": 0}})
+        path = f"/apis/turnout.dev/v1alpha1/namespaces/{NS}/modeldeployments/{NAME}/scale"
+        stale = scale["metadata"]["resourceVersion"]
+        await run.controller.client.merge_patch(path, {"spec": {"replicas": 0}})
+        # A resourceVersion in the patch is a precondition (the autoscaler's scale to zero carries one).
+        with pytest.raises(TransientApiError) as refused:
+            await run.controller.client.merge_patch(path, {"spec": {"replicas": 3},
+                                                           "metadata": {"resourceVersion": stale}})
+        assert refused.value.status == 409
         await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, NAME)["spec"]["replicas"] == 0)
         await mark_rollout(fake, NAME, ready=0)
         await fake.wait_for(lambda: (fake.get(MDS, NS, NAME).get("status") or {}).get("phase") == "ScaledToZero")
