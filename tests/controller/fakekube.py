@@ -498,7 +498,9 @@ class FakeKube(kmock.KubernetesEmulator):
                 "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
                              if k in meta},
                 "spec": {"replicas": replicas},
-                "status": {"replicas": _path(obj, status_path) or 0, "selector": _path(obj, selector_path) or ""}}
+                # As a real API server answers: status.replicas 0 and no selector while the object has none.
+                "status": {"replicas": _path(obj, status_path) or 0,
+                           **({"selector": _path(obj, selector_path)} if _path(obj, selector_path) else {})}}
 
     async def _update_scale(self, res: ResKey, key: ObjKey, patch: dict[str, Any]) -> dict[str, Any]:
         """A merge patch of the Scale: its spec.replicas lands in specReplicasPath; a metadata.resourceVersion

@@ -95,6 +95,10 @@ def test_bounds_changed_in_the_spec_apply_at_once() -> None:
     assert run(policy(min_replicas=4), [0.0], current=1)[0].replicas == 4
     message = explain(7, run(policy(max_replicas=3), [0.0], current=7)[0], policy(max_replicas=3), WINDOW)
     assert message.startswith("scaled 7 → 3") and "maxReplicas is 3" in message
+    message = explain(1, run(policy(min_replicas=4), [0.0], current=1)[0], policy(min_replicas=4), WINDOW)
+    assert message.startswith("scaled 1 → 4: minReplicas is 4")
+    down = run(policy(delay=0), [0.0], current=3)[0]
+    assert explain(3, down, policy(delay=0), WINDOW).endswith("the highest recommendation of the last 0 s")
 
 
 def test_the_event_message_says_why() -> None:
@@ -161,3 +165,19 @@ def test_a_queued_request_always_wakes_a_deployment_at_zero(p: AutoscalingSpec, 
     before = run(p, [0.0] * past, current=0)[-1].history
     decision = decide(p, before, Sample(1000.0 + past * TICK, queued, queued), 0, window=WINDOW)
     assert decision.replicas >= 1
+
+
+def test_a_wake_up_by_the_gateway_is_held_for_the_delay() -> None:
+    """Scaled to zero, then the gateway patches replicas to 1 for a held request: the next samples may not show
+    the request yet (the gateway's metrics are scraped apart), yet the wake-up is never undone within the delay."""
+    p = policy(min_replicas=0, delay=60)
+    quiet = run(p, [0.0] * 12, current=0)
+    assert quiet[-1].replicas == 0
+    history, current, t = quiet[-1].history, 1, 1000.0 + 12 * TICK  # the gateway's patch: 0 → 1
+    kept = []
+    for i in range(6):
+        decision = decide(p, history, Sample(t + i * TICK, 0.0), current, window=WINDOW)
+        history, current = decision.history, decision.replicas
+        kept.append(current)
+    assert kept[:4] == [1, 1, 1, 1]  # 60 s
+    assert kept[-1] == 0  # and then, with still no load, back to zero

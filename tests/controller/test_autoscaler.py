@@ -24,6 +24,8 @@ from ctlharness import (
 
 from turnout.controller import Options
 from turnout.controller.app import autoscaler_settings
+from turnout.controller.autoscaler import gateway_load, ready_endpoints, shim_in_flight
+from turnout.kube import TransientApiError
 
 NAME = "qwen-gguf"
 
@@ -163,8 +165,14 @@ async def test_kubectl_scale_reads_the_scale_subresource(fake):
                                                 f"{NAME}/scale")
         assert scale["spec"] == {"replicas": 2}
         assert scale["status"] == {"replicas": 2, "selector": "turnout.dev/deployment=qwen-gguf"}
-        await run.controller.client.merge_patch(f"/apis/turnout.dev/v1alpha1/namespaces/{NS}/modeldeployments/"
-                                                f"{NAME}/scale", {"spec": {"replicas": 0}})
+        path = f"/apis/turnout.dev/v1alpha1/namespaces/{NS}/modeldeployments/{NAME}/scale"
+        stale = scale["metadata"]["resourceVersion"]
+        await run.controller.client.merge_patch(path, {"spec": {"replicas": 0}})
+        # A resourceVersion in the patch is a precondition (the autoscaler's scale to zero carries one).
+        with pytest.raises(TransientApiError) as refused:
+            await run.controller.client.merge_patch(path, {"spec": {"replicas": 3},
+                                                           "metadata": {"resourceVersion": stale}})
+        assert refused.value.status == 409
         await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, NAME)["spec"]["replicas"] == 0)
         await mark_rollout(fake, NAME, ready=0)
         await fake.wait_for(lambda: (fake.get(MDS, NS, NAME).get("status") or {}).get("phase") == "ScaledToZero")
@@ -181,3 +189,47 @@ def test_settings_from_the_options() -> None:
         autoscaler_settings(Options(gateway_service="just-a-name"))
     with pytest.raises(ValueError, match="positive"):
         autoscaler_settings(Options(autoscale_interval=0))
+
+
+def test_ready_endpoints_of_endpoint_slices() -> None:
+    """As the EndpointSlice API says: ready false is skipped, ready absent counts as ready; the named port."""
+    slices = [
+        {"ports": [{"name": "metrics", "port": 9090}, {"name": "http", "port": 8000}],
+         "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": True}},
+                       {"addresses": ["10.0.0.2"], "conditions": {"ready": False}},
+                       {"addresses": ["10.0.0.3"]}]},
+        {"ports": [{"name": "http", "port": 8000}], "endpoints": [{"addresses": ["fd00::5"], "conditions": {}}]},
+        {"ports": [], "endpoints": [{"addresses": ["10.0.0.9"]}]},  # no port: nothing to scrape
+    ]
+    assert ready_endpoints(slices, "http") == ["10.0.0.1:8000", "10.0.0.3:8000", "[fd00::5]:8000"]
+
+
+def test_gateway_and_shim_metrics_are_read_with_the_prometheus_parser() -> None:
+    server = MetricsServer()
+    server.gateway(NS, NAME, in_flight=3, queued=2)
+    other = MetricsServer()
+    other.gateway(NS, NAME, in_flight=1)
+    assert gateway_load([server.text, other.text]) == {(NS, NAME): (6.0, 2.0)}
+    server.shim(5)
+    assert shim_in_flight(server.text) == 5.0
+    with pytest.raises(ValueError):
+        shim_in_flight("this is {not prometheus text")
+
+
+async def test_forbidden_gateway_endpoint_slices_are_said_once(fake, caplog):
+    """RBAC that does not reach the gateway's namespace is a misconfiguration, not a passing failure: a warning,
+    once, naming the way out."""
+    await fake.put_object(NODES, cpu_node())
+    fake.fail("GET", "endpointslices", 403, times=1000)
+    run = OperatorRun(fake, options=_options(gateway_service="turnout-system/turnout-gateway"))
+    await run.start()
+    try:
+        caplog.set_level("WARNING", logger="turnout.controller.autoscaler")
+        await fake.put_object(MDS, _md(min_replicas=1))
+        await fake.wait_for(lambda: sum(1 for r in fake.requests if r.resource is not None
+                                        and r.resource.plural == "endpointslices") >= 6, what="a few ticks")
+    finally:
+        await run.stop()
+    said = [r.getMessage() for r in caplog.records if "turnout-system/turnout-gateway (forbidden)" in r.getMessage()]
+    assert len(said) == 1 and "--gateway-metrics-url" in said[0]
+    assert _replicas(fake) == 1  # no sample: nothing scaled

@@ -287,7 +287,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "else ~/.kube/config)")
     parser.add_argument("--context", default=None, metavar="NAME", help="kubeconfig context (default: current)")
     parser.add_argument("--discovery-interval", type=float, default=60.0, metavar="SECONDS",
-                        help="how often to ask API discovery whether LeaderWorkerSet is served (default: 60)")
+                        help="how often to ask API discovery whether LeaderWorkerSet and InferencePool are served "
+                             "(default: 60)")
     scale = parser.add_argument_group("autoscaling (ModelDeployments with spec.autoscaling)")
     scale.add_argument("--gateway-metrics-url", dest="gateway_metrics_urls", action="append", default=[],
                        metavar="URL", help="a turnout gateway's /metrics to read in-flight and queued requests "

@@ -45,6 +45,7 @@ class History:
     since: float  # when it began to remember (the first sample's time)
     samples: tuple[Sample, ...] = ()
     recommendations: tuple[tuple[float, int], ...] = ()  # (at, replicas)
+    replicas: int | None = None  # what the last decision left (to tell someone else's scale-up)
 
 
 @dataclass(frozen=True)
@@ -88,31 +89,40 @@ def decide(policy: AutoscalingSpec, history: History | None, sample: Sample | No
     average = sum(s.load for s in samples) / len(samples)
     rec = recommend(policy, average, sample.queued, can_wake=can_wake)
     recs = (*((at, r) for at, r in hist.recommendations if at > now - delay), (now, rec))
+    if hist.replicas is not None and current > hist.replicas:
+        # Someone else scaled up (the gateway waking it from zero, kubectl scale): held like a scale-up of ours,
+        # so a sample that does not show the waiting request yet never undoes the wake-up.
+        recs = (*recs, (now, current))
     hist = replace(hist, samples=samples, recommendations=recs)
     bounded = max(policy.min_replicas, min(policy.max_replicas, current))
     if not can_wake:
         bounded = max(bounded, 1)
     if rec >= bounded:
-        return Decision(rec, hist, average, rec, "load" if rec > current else "steady")
+        return Decision(rec, replace(hist, replicas=rec), average, rec, "load" if rec > current else "steady")
     # Down: only to the highest recommendation over the delay, and not before the history spans it.
     stabilized = max(r for _, r in recs)
     if now - hist.since < delay:
         stabilized = max(stabilized, bounded)
     target = min(bounded, stabilized)
-    return Decision(target, hist, average, rec, "stabilized" if target < current else "steady")
+    return Decision(target, replace(hist, replicas=target), average, rec,
+                    "stabilized" if target < current else "steady")
 
 
 def explain(current: int, decision: Decision, policy: AutoscalingSpec, window: float) -> str:
-    """The Event's message for a change, e.g. ``scaled 1 → 3: average in-flight 11.2 over 60 s, target 4``."""
-    target = f"{policy.target_in_flight_per_replica:g}"
-    why = f"average in-flight {decision.average:.1f} over {window:g} s, target {target} per replica"
-    if decision.replicas > current and decision.replicas == policy.min_replicas and decision.recommendation <= current:
-        why = f"minReplicas is {policy.min_replicas}"
-    elif decision.replicas < current and current > policy.max_replicas:
+    """The Event's message for a change, e.g. ``scaled 1 → 3: average in-flight 11.2 over 60 s, target 4 per
+    replica``."""
+    load = (f"average in-flight {decision.average:.1f} over {window:g} s, "
+            f"target {policy.target_in_flight_per_replica:g} per replica")
+    queued = decision.history.samples[-1].queued if decision.history.samples else 0.0
+    if decision.replicas > current:
+        if current < policy.min_replicas and decision.replicas == policy.min_replicas:
+            why = f"minReplicas is {policy.min_replicas}; {load}"
+        elif current == 0 and queued > 0:
+            why = f"{queued:g} request(s) queued in the gateway; {load}"
+        else:
+            why = load
+    elif current > policy.max_replicas and decision.replicas == policy.max_replicas:
         why = f"maxReplicas is {policy.max_replicas}"
-    elif decision.replicas < current:
-        why += f"; the highest recommendation of the last {policy.scale_down_delay_seconds} s"
-    elif decision.replicas > 0 and decision.history.samples and decision.history.samples[-1].queued > 0 \
-            and current == 0:
-        why = f"{decision.history.samples[-1].queued:g} request(s) queued in the gateway; " + why
+    else:
+        why = f"{load}; the highest recommendation of the last {policy.scale_down_delay_seconds} s"
     return f"scaled {current} → {decision.replicas}: {why}"

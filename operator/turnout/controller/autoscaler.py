@@ -125,6 +125,7 @@ class Autoscaler:
         self._session: aiohttp.ClientSession | None = None
         self._gateway: tuple[float, dict[tuple[str, str], tuple[float, float]] | None] | None = None
         self._gateway_lock = asyncio.Lock()
+        self._forbidden: set[tuple[str, str]] = set()  # Services whose EndpointSlices RBAC does not let us list
 
     async def close(self) -> None:
         if self._session is not None:
@@ -162,6 +163,12 @@ class Autoscaler:
             found = await self.controller.client.request(  # type: ignore[union-attr]
                 "GET", path, params={"labelSelector": f"{SERVICE_NAME_LABEL}={service}"}, timeout=10)
         except ApiError as exc:
+            if exc.status == 403 and (namespace, service) not in self._forbidden:
+                # Not a passing failure: RBAC (a namespaced install that does not watch this namespace). Said once.
+                self._forbidden.add((namespace, service))
+                logger.warning("cannot list the EndpointSlices of %s/%s (forbidden): its load is not seen; grant "
+                               "endpointslices list in that namespace (for a gateway: watch it too, or use "
+                               "--gateway-metrics-url)", namespace, service)
             logger.debug("listing the EndpointSlices of %s/%s failed: %s", namespace, service, exc)
             return None
         return ready_endpoints(found.get("items") or [], port_name)
@@ -179,23 +186,35 @@ class Autoscaler:
             if self.settings.gateway_service is not None:
                 ns, name = self.settings.gateway_service
                 urls += [f"http://{e}/metrics" for e in await self._endpoints(ns, name, "http") or []]
-            texts = [t for t in await self._scrape_all(urls, "gateway") if t is not None]
-            load = None
-            if texts:
-                try:
-                    load = gateway_load(texts)
-                except ValueError as exc:  # not the Prometheus text format
-                    logger.debug("cannot parse the gateway metrics: %s", exc)
+            load: dict[tuple[str, str], tuple[float, float]] | None = None
+            for url, text in zip(urls, await self._scrape_all(urls, "gateway"), strict=True):
+                parsed = self._parse(gateway_load, [text], url, "gateway") if text is not None else None
+                if parsed is None:
+                    continue
+                load = load or {}
+                for key, (total, queued) in parsed.items():
+                    before = load.get(key, (0.0, 0.0))
+                    load[key] = (before[0] + total, before[1] + queued)
             self._gateway = (now, load)
             return load
+
+    def _parse(self, parse: Callable[[Any], Any], text: Any, url: str, source: str) -> Any:
+        """``parse(text)``, or None (logged at debug and counted as a failed scrape) when it is no Prometheus text."""
+        try:
+            return parse(text)
+        except ValueError as exc:
+            logger.debug("cannot parse the metrics of %s (%s): %s", url, source, exc)
+            self.controller.metrics.scrape_failures.labels(source=source).inc()
+            return None
 
     async def sample(self, namespace: str, name: str) -> autoscale.Sample | None:
         """One load sample of a deployment, or None when every source failed."""
         at = time.monotonic()
         gateways = await self._gateway_load()
         endpoints = await self._endpoints(namespace, child_name(name), "http")
-        texts = await self._scrape_all([f"http://{e}/metrics" for e in endpoints or []], "pod")
-        shim = [v for v in (_parse_shim(t) for t in texts if t is not None) if v is not None]
+        urls = [f"http://{e}/metrics" for e in endpoints or []]
+        shim = [v for u, t in zip(urls, await self._scrape_all(urls, "pod"), strict=True) if t is not None
+                and (v := self._parse(shim_in_flight, t, u, "pod")) is not None]
         answered = bool(shim) or gateways is not None
         expected = self.settings.has_gateway or endpoints is None or bool(endpoints)
         if expected and not answered:
@@ -267,14 +286,7 @@ class Autoscaler:
         self.controller.metrics.writes.labels(kind="scale").inc()
         if meta.get("resourceVersion"):
             self._written[uid] = (str(meta["resourceVersion"]), decision.replicas)
-        await self.controller._event(body, "Normal", "Autoscaled",
-                                     autoscale.explain(current, decision, policy, self.settings.window))
+        await self.controller.event(body, "Normal", "Autoscaled",
+                                    autoscale.explain(current, decision, policy, self.settings.window))
         return decision.replicas
 
-
-def _parse_shim(text: str) -> float | None:
-    try:
-        return shim_in_flight(text)
-    except ValueError as exc:
-        logger.debug("cannot parse a shim's metrics: %s", exc)
-        return None

@@ -415,10 +415,10 @@ class Controller:
             applied.append(f"{kind}/{name}")
         pruned = [await self._prune(md, p) for p in decision.prune]
         for event in decision.before_status:
-            await self._event(md, event.type, event.reason, event.message)
+            await self.event(md, event.type, event.reason, event.message)
         written = await self._write_status(md, decision)
         for event in decision.after_status if written else decision.unwritten:
-            await self._event(md, event.type, event.reason, event.message)
+            await self.event(md, event.type, event.reason, event.message)
         if decision.result == "failed":
             return Outcome("failed", tuple(applied), written)
         if decision.result == "planned":
@@ -439,7 +439,7 @@ class Controller:
             event = prune.refused(exc.message)
             if event is not None:  # said once; tried again on every reconcile
                 self._prune_refused.add(prune.uid)
-                await self._event(md, event.type, event.reason, event.message)
+                await self.event(md, event.type, event.reason, event.message)
             return None
         self._prune_refused.discard(prune.uid)
         if not deleted:  # already gone, or that name is another object now: nothing was pruned
@@ -448,7 +448,7 @@ class Controller:
         self.metrics.writes.labels(kind="delete").inc()
         self._pruning.add(prune.uid)
         self._retire(prune.kind, meta["namespace"], meta["name"], prune.name)
-        await self._event(md, prune.pruned.type, prune.pruned.reason, prune.pruned.message)
+        await self.event(md, prune.pruned.type, prune.pruned.reason, prune.pruned.message)
         return f"{prune.kind}/{prune.name}"
 
     async def _write_status(self, md: Mapping[str, Any], decision: Decision) -> bool:
@@ -469,7 +469,7 @@ class Controller:
             self._written[meta["uid"]] = decision.status  # type: ignore[assignment]
         return True
 
-    async def _event(self, md: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    async def event(self, md: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Post an ``events.k8s.io/v1`` Event on the ModelDeployment; best effort (a lost Event never fails a
         reconcile)."""
         meta = md["metadata"]
