@@ -10,7 +10,8 @@ replicas, wakes it through the scale subresource, and the operator, scheduler an
 Per run: the first request's time to first token from zero and its phases (from the pod's
 timestamps), the client errors of that request and of four streaming clients that then take it to
 two replicas, and how long each scale step took. Writes ``benchmarks/results/scale_from_zero.json``
-and prints a markdown table (medians over the runs). The test asserts no timing; this reports them.
+(each run's pytest output in ``benchmarks/results/logs/``) and prints a markdown table (medians over
+the runs). The test asserts no timing; this reports them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 TEST = "e2e/test_gateway_e2e.py::test_scale_from_zero_through_the_gateway_up_to_two_and_back"
 OUT = ROOT / "benchmarks" / "results" / "scale_from_zero.json"
+LOGS = ROOT / "benchmarks" / "results" / "logs"  # pytest's output of each run (not committed)
 ROWS = (  # (label, path into a run's figures)
     ("time to first token from zero (s)", ("cold_start", "ttft_s")),
     ("  request → pod created: gateway wake, operator, Deployment controller (s)",
@@ -55,7 +57,7 @@ def _at(run: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
-def run_once(python: str, timeout: float) -> dict[str, Any]:
+def run_once(python: str, timeout: float, log: Path) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = Path(fh.name)
     env = {**os.environ, "TURNOUT_E2E_RESULTS": str(out),
@@ -67,8 +69,9 @@ def run_once(python: str, timeout: float) -> dict[str, Any]:
     out.unlink(missing_ok=True)
     figures["passed"] = proc.returncode == 0
     figures["wall_s"] = round(time.monotonic() - started, 1)
-    if proc.returncode != 0:
-        figures["pytest_tail"] = proc.stdout[-3000:] + proc.stderr[-2000:]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(proc.stdout + proc.stderr)
+    figures["log"] = str(log.relative_to(ROOT)) if log.is_relative_to(ROOT) else str(log)
     return figures
 
 
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("set KUBECONFIG to the test cluster (as for e2e/)")
     runs = []
     for i in range(args.runs):
-        runs.append(run_once(args.python, args.timeout))
+        runs.append(run_once(args.python, args.timeout, LOGS / f"scale_from_zero-{i + 1}.log"))
         print(f"run {i + 1}/{args.runs}: {'passed' if runs[-1]['passed'] else 'FAILED'} in {runs[-1]['wall_s']} s",
               file=sys.stderr)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout

@@ -218,11 +218,11 @@ class FirstHealthy(threading.Thread):
         super().__init__(daemon=True)
         self.namespace, self.name = namespace, name
         self.at: float | None = None
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
         url = None
-        while not self._stop.is_set() and self.at is None:
+        while not self._done.is_set() and self.at is None:
             if url is None:
                 pods = [p for p in model_pods(self.namespace, self.name) if (p.get("status") or {}).get("podIP")]
                 if pods:
@@ -233,10 +233,10 @@ class FirstHealthy(threading.Thread):
                     if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
                         self.at = time.time()
                         break
-            self._stop.wait(0.2 if url else 0.5)
+            self._done.wait(0.2 if url else 0.5)
 
     def stop(self) -> float | None:
-        self._stop.set()
+        self._done.set()
         self.join(timeout=10)
         return self.at
 
