@@ -23,6 +23,35 @@ class ConfigError(ValueError):
     """The operator configuration cannot be used; the message says why."""
 
 
+class EndpointPickerConfig(BaseModel):
+    """The Endpoint Picker (Gateway API Inference Extension) every rendered InferencePool refers to."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    name: str = Field(
+        ..., min_length=1, max_length=253,
+        description="Name of the picker's Service (or other kind); ``{name}`` is replaced by the InferencePool's "
+        "name (one picker per pool, as the upstream chart deploys it).",
+    )
+    kind: str = Field("Service", min_length=1, max_length=63, description="Kind of the referent.")
+    group: str = Field("", max_length=253, description="API group of the referent; empty for a Service.")
+    port: int = Field(9002, ge=1, le=65535, description="The picker Service's gRPC port.")
+    failure_mode: str = Field(
+        "FailClose", pattern="^(FailOpen|FailClose)$",
+        description="What the gateway does when the picker does not answer: FailOpen or FailClose.",
+    )
+
+
+class InferencePoolConfig(BaseModel):
+    """What the operator puts in the InferencePool it renders per ModelDeployment (``--inference-pool``)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    endpoint_picker: EndpointPickerConfig | None = Field(
+        None, description="The Endpoint Picker reference; omitted from the pools when not set."
+    )
+
+
 class OperatorConfig(BaseModel):
     """What the resolver and renderer take from the operator's configuration."""
 
@@ -52,6 +81,10 @@ class OperatorConfig(BaseModel):
         60, ge=1, description="Model pods' grace period: preStop sleep, then the shim drains in-flight streams."
     )
     max_queue: int = Field(256, ge=1, description="Requests a shim admits before answering 429.")
+    inference_pool: InferencePoolConfig = Field(
+        default_factory=InferencePoolConfig,
+        description="The InferencePool rendered per ModelDeployment when the operator runs with --inference-pool.",
+    )
 
     @field_validator("images")
     @classmethod

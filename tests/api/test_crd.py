@@ -35,7 +35,7 @@ def test_check_mode_reports_drift(tmp_path: Path) -> None:
 
 def _walk(node: dict[str, Any], path: str, problems: list[str]) -> None:
     for key in ("$ref", "$defs", "anyOf", "oneOf", "allOf", "const", "title", "default", "definitions"):
-        if key in node:
+        if key in node and (key, path) != ("default", ".spec.replicas"):
             problems.append(f"{path}: has {key}")
     if node.get("additionalProperties") is False:
         problems.append(f"{path}: additionalProperties false")
@@ -129,6 +129,10 @@ CEL_CASES = [
     {"model": {"name": "x"}, "engine": "vllm", "accelerator": {"type": "ascend"}},
     {"model": {"uri": "hf://a/b"}, "cache": {"size": "1Gi", "existingClaim": "c"}},
     {"model": {"uri": "hf://a/b"}, "cache": {"existingClaim": "c"}},
+    {"model": {"name": "x"}, "autoscaling": {"maxReplicas": 3}},
+    {"model": {"name": "x"}, "autoscaling": {"minReplicas": 0, "maxReplicas": 1}},
+    {"model": {"name": "x"}, "autoscaling": {"minReplicas": 3, "maxReplicas": 3}},
+    {"model": {"name": "x"}, "autoscaling": {"minReplicas": 4, "maxReplicas": 3}},
 ]
 
 
@@ -143,3 +147,35 @@ def test_cel_rules_agree_with_the_validators(spec: dict[str, Any]) -> None:
     except ValueError:
         pydantic_ok = False
     assert cel_ok == pydantic_ok
+
+
+def test_autoscaling_and_routing_fields_in_the_schema() -> None:
+    spec = _schema()["properties"]["spec"]["properties"]
+    auto = spec["autoscaling"]
+    assert auto["required"] == ["maxReplicas"]
+    assert auto["properties"]["minReplicas"]["minimum"] == 0
+    assert auto["properties"]["targetInFlightPerReplica"]["exclusiveMinimum"] is True
+    assert auto["x-kubernetes-validations"] == [
+        {"rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+         "message": "autoscaling: minReplicas must not be greater than maxReplicas"}]
+    routing = spec["routing"]["properties"]
+    assert routing["strategy"]["enum"] == ["LeastRequests", "PrefixHash"]
+    assert (routing["loadFactor"]["minimum"], routing["loadFactor"]["exclusiveMinimum"]) == (1, True)
+    assert (routing["prefixCharLength"]["minimum"], routing["prefixCharLength"]["maximum"]) == (1, 10000)
+    assert all(p.get("description") for p in [*routing.values(), *auto["properties"].values()])
+
+
+def test_min_above_max_says_so() -> None:
+    with pytest.raises(ValueError, match="minReplicas must not be greater than maxReplicas"):
+        ModelDeploymentSpec.model_validate({"model": {"name": "x"},
+                                            "autoscaling": {"minReplicas": 2, "maxReplicas": 1}})
+    spec = ModelDeploymentSpec.model_validate({"model": {"name": "x"}, "autoscaling": {"maxReplicas": 2}})
+    assert spec.autoscaling is not None
+    assert (spec.autoscaling.min_replicas, spec.autoscaling.target_in_flight_per_replica,
+            spec.autoscaling.scale_down_delay_seconds) == (1, 4, 300)
+
+
+def test_replicas_is_defaulted_by_the_api_server_for_the_scale_subresource() -> None:
+    """GET .../scale fails while .spec.replicas holds nothing: the CRD defaults it, as the models do."""
+    replicas = _schema()["properties"]["spec"]["properties"]["replicas"]
+    assert replicas["default"] == ModelDeploymentSpec.model_fields["replicas"].default == 1

@@ -90,6 +90,7 @@ EVERYTHING = {
     "crds": {"enabled": False},
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "podMonitor": {"enabled": True, "interval": "15s"},
+    "inferencePool": {"enabled": True},
     "networkPolicy": {
         "enabled": True,
         "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
@@ -110,6 +111,7 @@ EVERYTHING = {
         "autoEngines": ["vllm", "sglang", "llama.cpp"],
         "maxQueue": 64,
         "port": 9000,
+        "inferencePool": {"endpointPicker": {"name": "{name}-epp", "failureMode": "FailOpen"}},
     },
 }
 

@@ -407,6 +407,7 @@ def test_network_policy_admits_only_metrics_and_health_and_allows_the_api_server
     assert policy["spec"]["ingress"][0]["from"] == EVERYTHING["networkPolicy"]["metricsFrom"]
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert {443, 6443, 53} <= egress_ports
+    assert EVERYTHING["config"]["port"] in egress_ports  # the autoscaler scrapes the model pods' shims
     assert by_kind(render(), "NetworkPolicy") == []
 
 
@@ -459,3 +460,23 @@ def test_host_agents_get_one_identity_each_with_exactly_the_agents_declared_rbac
     assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings)
     text = render_files({"hostAgents": {"names": ["m"]}})["turnout/templates/hostagents.yaml"]
     assert all(f"# {r.why}\n" in text for r in AGENT_RULES)
+
+
+def test_inference_pool_and_the_autoscalers_gateway_flags() -> None:
+    """--inference-pool follows inferencePool.enabled (the picker comes from the config); --gateway-service names
+    the chart's gateway Service exactly when the chart runs one."""
+    parser = operator_app.argparse.ArgumentParser()
+    operator_app.add_arguments(parser)
+    default = operator_app.options_from(parser.parse_args(_container(render())["args"]))
+    assert not default.inference_pool
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    if (values.get("gateway") or {}).get("enabled"):
+        assert default.gateway_service == f"{NAMESPACE}/turnout-gateway"
+    else:
+        assert default.gateway_service is None
+    objs = render(EVERYTHING)
+    options = operator_app.options_from(parser.parse_args(_container(objs)["args"]))
+    assert options.inference_pool
+    config = parse_config(yaml.safe_load(one(objs, "ConfigMap")["data"]["config.yaml"]), "chart config")
+    picker = config.inference_pool.endpoint_picker
+    assert picker is not None and (picker.name, picker.port, picker.failure_mode) == ("{name}-epp", 9002, "FailOpen")

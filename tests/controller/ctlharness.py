@@ -206,3 +206,80 @@ class OperatorRun:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(self._task, 20)
             self._task = None
+
+
+# ----- load sources for the autoscaler: real HTTP servers serving Prometheus text ----------------------------
+
+ENDPOINT_SLICES = ("discovery.k8s.io", "v1", "endpointslices")
+INFERENCE_POOLS = ("inference.networking.k8s.io", "v1", "inferencepools")
+
+
+class MetricsServer:
+    """A small HTTP server on 127.0.0.1 answering ``GET /metrics`` with what the test sets (Prometheus text)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.status = 200
+        self.scrapes = 0
+        self.port = 0
+        self._runner: Any = None
+
+    async def start(self) -> MetricsServer:
+        from aiohttp import web
+
+        async def handle(_: web.Request) -> web.Response:
+            self.scrapes += 1
+            return web.Response(status=self.status, text=self.text, content_type="text/plain")
+
+        app = web.Application()
+        app.router.add_get("/metrics", handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/metrics"
+
+    def gateway(self, namespace: str, deployment: str, *, in_flight: float = 0, queued: float = 0) -> None:
+        """Serve what the turnout gateway exports for one deployment."""
+        labels = f'namespace="{namespace}",deployment="{deployment}",model="{deployment}"'
+        self.text = (
+            "# HELP turnout_gateway_in_flight Requests sent upstream and not finished.\n"
+            "# TYPE turnout_gateway_in_flight gauge\n"
+            f"turnout_gateway_in_flight{{{labels}}} {in_flight}\n"
+            "# HELP turnout_gateway_queue_length Requests held waiting for a ready endpoint.\n"
+            "# TYPE turnout_gateway_queue_length gauge\n"
+            f"turnout_gateway_queue_length{{{labels}}} {queued}\n"
+        )
+
+    def shim(self, in_flight: float) -> None:
+        """Serve what a model pod's shim exports."""
+        self.text = ("# HELP turnout_requests_in_flight Requests being served.\n"
+                     "# TYPE turnout_requests_in_flight gauge\n"
+                     f"turnout_requests_in_flight {in_flight}\n")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def put_endpoint_slice(fake: FakeKube, service: str, ports: list[int], *, namespace: str = NS,
+                             ready: bool = True, name: str | None = None) -> dict[str, Any]:
+    """Play the EndpointSlice controller: a slice of ``service`` with one endpoint (127.0.0.1) per port.
+
+    One slice per port: a slice's ports apply to all its endpoints, and the test's pods differ by port only.
+    """
+    last: dict[str, Any] = {}
+    for i, port in enumerate(ports):
+        last = await fake.put_object(ENDPOINT_SLICES, {
+            "metadata": {"name": f"{name or service}-{i}", "namespace": namespace,
+                         "labels": {"kubernetes.io/service-name": service,
+                                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": ready, "serving": ready}}],
+        })
+    return last

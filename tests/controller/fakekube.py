@@ -13,13 +13,14 @@ the API server's documented contract:
   applied configuration replaces what it applied before);
 - the status subresource: ``/status`` writes change only ``status``, main
   resource writes never change ``status``;
+- the scale subresource of ModelDeployments (``SCALE``): GET and merge-patch an ``autoscaling/v1``
+  Scale whose ``spec.replicas`` is the object's (a ``metadata.resourceVersion`` in the patch is a
+  precondition);
 - list ``resourceVersion`` and watch from a ``resourceVersion`` (replaying
   newer events), or from scratch (ADDED for every object); a watch ends after its ``timeoutSeconds``;
 - garbage collection: deleting an object deletes its dependents (ownerReferences.uid) unless
   DELETE's propagationPolicy is Orphan; DELETE's uid/resourceVersion preconditions (409 on a mismatch);
   deleting a Namespace deletes everything in it (at once: no Terminating phase);
-- the scale subresource of the kinds in ``SCALE`` (``autoscaling/v1`` ``Scale`` built from the paths the CRD
-  declares; a merge patch of it writes ``spec.replicas``, as the API server does for custom resources);
 - CustomResourceDefinitions (of the kinds in ``RESOURCES``): a created CRD is
   ``Established`` at once and its storage version's schema validates its
   objects from then on; deleting it deletes its objects.
@@ -77,10 +78,12 @@ RESOURCES: dict[ResKey, tuple[str, bool, bool]] = {
     ("discovery.k8s.io", "v1", "endpointslices"): ("EndpointSlice", True, False),
     ("", "v1", "secrets"): ("Secret", True, False),
     ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): ("CustomResourceDefinition", False, True),
+    ("inference.networking.k8s.io", "v1", "inferencepools"): ("InferencePool", True, True),
 }
-# The scale subresource (the CRD's subresources.scale): specReplicasPath, statusReplicasPath, labelSelectorPath.
+#: Resources with a scale subresource (autoscaling/v1 Scale), as their CRD declares it: the paths of
+#: spec.replicas, status.replicas and status.selector.
 SCALE: dict[ResKey, tuple[str, str, str]] = {
-    ("turnout.dev", "v1alpha1", "modeldeployments"): (".spec.replicas", ".status.replicas", ".status.selector"),
+    ("turnout.dev", "v1alpha1", "modeldeployments"): ("spec.replicas", "status.replicas", "status.selector"),
 }
 CRDS: ResKey = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 # kmock's path parser reads /api/v1/namespaces/NAME as "namespace NAME, no resource" (and fails on
@@ -108,6 +111,14 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def _path(obj: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted path (``spec.replicas``), or None."""
+    node: Any = obj
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def _strip(obj: dict[str, Any], applied: dict[str, Any] | None) -> dict[str, Any]:
     """Remove from ``obj`` the leaf fields a previous apply set (so the new apply owns only what it sends)."""
     if not applied:
@@ -121,15 +132,6 @@ def _strip(obj: dict[str, Any], applied: dict[str, Any] | None) -> dict[str, Any
         elif key not in ("name", "namespace"):
             del out[key]
     return out
-
-
-def _at(obj: dict[str, Any], path: str) -> Any:
-    """The value at a JSON path like ``.spec.replicas`` (None when absent)."""
-    for part in path.lstrip(".").split("."):
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(part)  # type: ignore[assignment]
-    return obj
 
 
 def _json_body(request: rendering.Request) -> Any:
@@ -197,7 +199,7 @@ class FakeKube(kmock.KubernetesEmulator):
                 kind=kind, namespaced=namespaced, singular=kind.lower(),
                 verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
                 subresources=({"status"} if has_status else set()) | ({"scale"} if (group, version, plural) in SCALE
-                                                                      else set()),
+                                                                       else set()),
             )
 
     # ----- request routing ----------------------------------------------------------------------
@@ -477,51 +479,53 @@ class FakeKube(kmock.KubernetesEmulator):
         if obj is None:
             raise kmock.KubernetesObjectNotFoundError()
         if request.subresource == "scale":
-            return self._scale(res, obj)
+            return self._scale_of(res, obj)
         return obj
 
-    def _scale(self, res: ResKey, obj: dict[str, Any]) -> dict[str, Any]:
-        """The object's ``autoscaling/v1`` Scale (an absent replicas field reads as 0, as for custom resources)."""
+    # ----- the scale subresource (as the API server serves it for a CRD's subresources.scale) ----------------
+
+    def _scale_of(self, res: ResKey, obj: dict[str, Any]) -> dict[str, Any]:
+        """The autoscaling/v1 Scale of an object; a GET fails while specReplicasPath holds no value."""
         if res not in SCALE:
             raise kmock.KubernetesResourceNotFoundError()
         spec_path, status_path, selector_path = SCALE[res]
+        replicas = _path(obj, spec_path)
+        if replicas is None:
+            raise KubeApiError(status=500, reason="InternalError",
+                               message=f"the spec replicas field {spec_path!r} does not exist")
         meta = obj["metadata"]
-        scale: dict[str, Any] = {
-            "apiVersion": "autoscaling/v1", "kind": "Scale",
-            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
-                         if k in meta},
-            "spec": {"replicas": _at(obj, spec_path) or 0},
-            "status": {"replicas": _at(obj, status_path) or 0},
-        }
-        selector = _at(obj, selector_path)
-        if selector:
-            scale["status"]["selector"] = selector
-        return scale
+        return {"apiVersion": "autoscaling/v1", "kind": "Scale",
+                "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                             if k in meta},
+                "spec": {"replicas": replicas},
+                # As a real API server answers: status.replicas 0 and no selector while the object has none.
+                "status": {"replicas": _path(obj, status_path) or 0,
+                           **({"selector": _path(obj, selector_path)} if _path(obj, selector_path) else {})}}
 
-    async def _serve_scale_update(self, request: rendering.Request, res: ResKey) -> rendering.Payload:
-        if res not in SCALE:
-            raise kmock.KubernetesResourceNotFoundError()
-        key = (request.namespace, request.name)
+    async def _update_scale(self, res: ResKey, key: ObjKey, patch: dict[str, Any]) -> dict[str, Any]:
+        """A merge patch of the Scale: its spec.replicas lands in specReplicasPath; a metadata.resourceVersion
+        in the patch is a precondition (409 Conflict when the object has moved on)."""
         current = self.store.get(res, {}).get(key)
         if current is None:
             raise kmock.KubernetesObjectNotFoundError()
-        content_type = request.headers.get("Content-Type", "").split(";")[0]
-        if content_type != "application/merge-patch+json":
-            raise KubeApiError(status=415, reason="UnsupportedMediaType", message=content_type)
-        scale = merge_patch(self._scale(res, current), _json_body(request))
+        scale = merge_patch(self._scale_of(res, current), patch)
+        want = (scale.get("metadata") or {}).get("resourceVersion")
+        if want is not None and want != current["metadata"]["resourceVersion"]:
+            raise KubeApiError(status=409, reason="Conflict", message="Operation cannot be fulfilled: the object has "
+                               "been modified; please apply your changes to the latest version and try again")
         replicas = (scale.get("spec") or {}).get("replicas")
-        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-            raise KubeApiError(status=422, reason="Invalid", message=f"Scale is invalid: spec.replicas: Invalid "
-                               f"value: {replicas!r}: must be greater than or equal to 0")
-        field = SCALE[res][0].lstrip(".").split(".")
+        if not isinstance(replicas, int) or replicas < 0:
+            raise KubeApiError(status=422, reason="Invalid", message=f"Scale is invalid: spec.replicas: {replicas!r}")
+        field = SCALE[res][0].split(".")
 
-        def write(cur: dict[str, Any]) -> dict[str, Any]:
-            patch: dict[str, Any] = {field[-1]: replicas}
-            for part in reversed(field[:-1]):
-                patch = {part: patch}
-            return merge_patch(cur, patch)
+        def fn(obj: dict[str, Any]) -> dict[str, Any]:
+            node = obj
+            for part in field[:-1]:
+                node = node.setdefault(part, {})
+            node[field[-1]] = replicas
+            return obj
 
-        return self._scale(res, await self.modify(res, key, write, pure=True))
+        return self._scale_of(res, await self.modify(res, key, fn))
 
     async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
         res = self._res(request)
@@ -532,8 +536,6 @@ class FakeKube(kmock.KubernetesEmulator):
 
     async def _serve_update(self, request: rendering.Request) -> rendering.Payload:
         res = self._res(request)
-        if request.subresource == "scale":
-            return await self._serve_scale_update(request, res)
         key = (request.namespace, request.name)
         content_type = request.headers.get("Content-Type", "").split(";")[0]
         status_only = request.subresource == "status"
@@ -556,6 +558,8 @@ class FakeKube(kmock.KubernetesEmulator):
         if content_type not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
             raise KubeApiError(status=415, reason="UnsupportedMediaType", message=content_type)
         patch = _json_body(request)
+        if request.subresource == "scale":
+            return await self._update_scale(res, key, patch)
         return await self.modify(res, key, lambda cur: merge_patch(cur, patch), status_only=status_only, pure=True)
 
     async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:

@@ -9,11 +9,13 @@ import yaml
 from ctlharness import (
     CLAIMS,
     DEPLOYMENTS,
+    INFERENCE_POOLS,
     LWS,
     MDS,
     NODES,
     NS,
     SERVICES,
+    MetricsServer,
     OperatorRun,
     awq_md,
     cpu_node,
@@ -52,7 +54,17 @@ def _api_use(requests) -> set[tuple[str, str, str]]:
 
 async def test_recorded_api_use_equals_the_declared_rbac(fake, operator_run):
     await fake.put_object(NODES, cpu_node())
+    gateway = await MetricsServer().start()  # the autoscaler's load source
+    gateway.gateway(NS, "auto", in_flight=8)
+    operator_run.options = Options(all_namespaces=True, metrics_port=0, health_port=0, inference_pool=True,
+                                   gateway_metrics_urls=[gateway.url], autoscale_interval=0.2)
     await operator_run.start()
+    # Autoscaling: the pods' EndpointSlices listed, replicas written through the scale subresource.
+    auto = gguf_md("auto")
+    auto["spec"]["autoscaling"] = {"maxReplicas": 2, "targetInFlightPerReplica": 4}
+    await fake.put_object(MDS, auto)
+    await fake.wait_for(lambda: fake.get(MDS, NS, "auto")["spec"]["replicas"] == 2, what="autoscaled")
+    await gateway.stop()
     await fake.put_object(MDS, awq_md())  # rejected first (no GPU): status + a Warning Event
     await fake.wait_for(lambda: (fake.get(MDS, NS, "qwen-awq").get("status") or {}).get("phase") == "Failed")
     await fake.put_object(NODES, gpu_node())  # resolved: claim, Deployment, Service applied
@@ -71,8 +83,12 @@ async def test_recorded_api_use_equals_the_declared_rbac(fake, operator_run):
                                      "spec": {"ports": [{"port": 80}]}})
     await fake.put_object(DEPLOYMENTS, {"metadata": {"name": "qwen-gguf-old", "namespace": NS, **owned},
                                         "spec": {"replicas": 0, "template": {}}})
+    await fake.put_object(INFERENCE_POOLS, {"metadata": {"name": "qwen-gguf-old", "namespace": NS, **owned},
+                                            "spec": {"selector": {"matchLabels": {"a": "b"}},
+                                                     "targetPorts": [{"number": 8000}]}})
     await fake.wait_for(lambda: fake.get(SERVICES, NS, "qwen-gguf-old") is None
-                        and fake.get(DEPLOYMENTS, NS, "qwen-gguf-old") is None)
+                        and fake.get(DEPLOYMENTS, NS, "qwen-gguf-old") is None
+                        and fake.get(INFERENCE_POOLS, NS, "qwen-gguf-old") is None)
     await fake.wait_for(lambda: (fake.get(MDS, NS, "qwen-gguf").get("status") or {}).get("phase") == "Ready")
     await fake.wait_for(lambda: "turnout.dev/last-handled-configuration"
                         in (fake.get(MDS, NS, "qwen-gguf")["metadata"].get("annotations") or {}))
@@ -93,7 +109,8 @@ async def test_recorded_api_use_equals_the_declared_rbac(fake, operator_run):
                and str(r.method.value).upper() == "PATCH" and not r.subresource
                and "apply-patch" in (r.headers.get("Content-Type") or "")}
     assert applied == {("apps", "deployments"), ("", "services"), ("", "persistentvolumeclaims"),
-                       ("leaderworkerset.x-k8s.io", "leaderworkersets")}
+                       ("leaderworkerset.x-k8s.io", "leaderworkersets"),
+                       ("inference.networking.k8s.io", "inferencepools")}
     used |= {(group, plural, "create") for group, plural in applied}
     uncovered = sorted(u for u in used if covers(*u, RULES) is None)
     assert uncovered == [], f"requests the RBAC rules do not allow: {uncovered}"

@@ -39,10 +39,21 @@
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["create", "delete", "list", "patch", "watch"]
+# the autoscaler scrapes the ready model pods and gateway endpoints (EndpointSlices of their Services)
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list"]
 # Events: engine selected, rejected, rollout started, degraded
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create"]
+# follow the InferencePools of --inference-pool while the cluster serves them (so they are pruned when it is off)
+# server-side apply of a deployment's InferencePool (--inference-pool)
+# server-side apply of an InferencePool not there yet (authorized as create)
+# prune an InferencePool when --inference-pool is off or the name changed
+- apiGroups: ["inference.networking.k8s.io"]
+  resources: ["inferencepools"]
+  verbs: ["create", "delete", "list", "patch", "watch"]
 # follow the LeaderWorkerSets of multi-node plans (only while the cluster serves them)
 # server-side apply of the LeaderWorkerSet of a multi-node plan
 # server-side apply of a LeaderWorkerSet not there yet (authorized as create)
@@ -59,6 +70,10 @@
 - apiGroups: ["turnout.dev"]
   resources: ["modeldeployments/finalizers"]
   verbs: ["update"]
+# the autoscaler sets spec.replicas through the scale subresource
+- apiGroups: ["turnout.dev"]
+  resources: ["modeldeployments/scale"]
+  verbs: ["patch"]
 # write status (phase, conditions, engine, endpoint)
 - apiGroups: ["turnout.dev"]
   resources: ["modeldeployments/status"]

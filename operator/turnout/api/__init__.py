@@ -7,6 +7,7 @@ from turnout.api.types import (
     SINGULAR,
     VERSION,
     AcceleratorSpec,
+    AutoscalingSpec,
     CacheSpec,
     Condition,
     EngineReason,
@@ -14,6 +15,7 @@ from turnout.api.types import (
     ModelDeploymentSpec,
     ModelDeploymentStatus,
     ModelSource,
+    RoutingSpec,
     SecretKeyRef,
 )
 
@@ -24,6 +26,7 @@ __all__ = [
     "SINGULAR",
     "VERSION",
     "AcceleratorSpec",
+    "AutoscalingSpec",
     "CacheSpec",
     "Condition",
     "EngineReason",
@@ -31,5 +34,6 @@ __all__ = [
     "ModelDeploymentSpec",
     "ModelDeploymentStatus",
     "ModelSource",
+    "RoutingSpec",
     "SecretKeyRef",
 ]

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from turnout.api.types import (
+    CRD_DEFAULT,
     GROUP,
     KIND,
     PLURAL,
@@ -56,6 +57,9 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     for key, value in node.items():
         if key in _DROP:
             continue
+        if key == CRD_DEFAULT:
+            out["default"] = value
+            continue
         if key == "additionalProperties":
             if value is False:
                 continue
@@ -92,7 +96,7 @@ def crd() -> dict[str, Any]:
         ("Accelerator", "string", ".status.accelerator", "The accelerator chosen.", 0),
         ("Ready", "integer", ".status.readyReplicas", "Pods ready to serve.", 0),
         ("Replicas", "integer", ".spec.replicas", "Pods asked for.", 0),
-        ("Phase", "string", ".status.phase", "Resolving, Deploying, Ready, Degraded or Failed.", 0),
+        ("Phase", "string", ".status.phase", "Resolving, Deploying, Ready, ScaledToZero, Degraded or Failed.", 0),
         ("Endpoint", "string", ".status.endpoint", "In-cluster OpenAI base URL.", 1),
         ("Age", "date", ".metadata.creationTimestamp", "Time since creation.", 0),
     ]

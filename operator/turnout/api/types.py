@@ -27,10 +27,15 @@ AcceleratorType = Literal["nvidia", "ascend", "metal", "cpu"]
 AcceleratorChoice = Literal["auto", "nvidia", "ascend", "metal", "cpu"]
 ModelFormat = Literal["pytorch", "gptq", "awq", "fp4", "fp8", "bnb", "gguf", "ggufv2", "mlx"]
 ModelType = Literal["llm", "embedding", "rerank"]
-Phase = Literal["Resolving", "Deploying", "Ready", "Degraded", "Failed"]
+Phase = Literal["Resolving", "Deploying", "Ready", "ScaledToZero", "Degraded", "Failed"]
+RoutingStrategy = Literal["LeastRequests", "PrefixHash"]
 
 ENGINES: tuple[str, ...] = ("vllm", "sglang", "llama.cpp", "transformers", "mlx")
 ACCELERATORS: tuple[str, ...] = ("nvidia", "ascend", "metal", "cpu")
+
+#: A JSON-schema key whose value ``turnout.api.crd`` writes as the CRD's ``default`` (pydantic's defaults are not
+#: carried over: the API server would store them in every object).
+CRD_DEFAULT = "x-turnout-crd-default"
 
 _DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
@@ -89,6 +94,10 @@ GPU_ENGINES_NOT_ON_CPU = (
     + _ACCEL_SET
     + "self.accelerator.type in ['cpu', 'metal'])",
     "vllm and sglang need an NVIDIA or Ascend accelerator, not cpu or metal",
+)
+MIN_NOT_ABOVE_MAX = (
+    "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
+    "autoscaling: minReplicas must not be greater than maxReplicas",
 )
 CACHE_ONE_SOURCE = (
     "!(has(self.size) && has(self.existingClaim))",
@@ -304,6 +313,62 @@ class ResourceRequirements(_Model):
     limits: dict[str, str] | None = Field(None, description="Maximum resources, e.g. {memory: 32Gi}.")
 
 
+class RoutingSpec(_Model):
+    """How the turnout gateway spreads requests over the deployment's ready pods."""
+
+    strategy: RoutingStrategy = Field(
+        "LeastRequests",
+        description="LeastRequests: the ready pod with the fewest requests in flight. PrefixHash: requests whose "
+        "prompts start alike go to the same pod (its prefix cache hits), as long as that pod's load stays within "
+        "loadFactor times the average; otherwise the next pod on the hash ring.",
+    )
+    prefix_char_length: int = Field(
+        100, ge=1, le=10000, description="PrefixHash: how many leading characters of the prompt are hashed."
+    )
+    load_factor: float = Field(
+        1.25,
+        gt=1,
+        le=10,
+        description="PrefixHash: a pod takes a request while its in-flight count stays below this times the "
+        "average over the ready pods (consistent hashing with bounded loads).",
+    )
+
+
+class AutoscalingSpec(_Model):
+    """The operator's built-in autoscaler: replicas follow the requests in flight."""
+
+    model_config = _cel(MIN_NOT_ABOVE_MAX)
+
+    min_replicas: int = Field(
+        1,
+        ge=0,
+        le=1000,
+        description="Fewest replicas. 0 allows scale to zero after scaleDownDelaySeconds without load; the "
+        "turnout gateway holds the first request and scales the deployment back to 1.",
+    )
+    max_replicas: int = Field(..., ge=1, le=1000, description="Most replicas.")
+    target_in_flight_per_replica: float = Field(
+        4,
+        gt=0,
+        le=100000,
+        description="Requests in flight (sent to a pod, or queued in the gateway) one replica should carry: "
+        "desired replicas = ceil(average load over the window / this).",
+    )
+    scale_down_delay_seconds: int = Field(
+        300,
+        ge=0,
+        le=86400,
+        description="Scale down only to the highest replica count recommended during this many seconds (and to "
+        "zero only after this long without load). Scale-up is immediate.",
+    )
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(MIN_NOT_ABOVE_MAX[1])
+        return self
+
+
 class ModelDeploymentSpec(_Model):
     """Desired state: one model, served by one engine, on the hardware that suits it."""
 
@@ -321,7 +386,16 @@ class ModelDeploymentSpec(_Model):
         "vLLM, {n_ctx: 4096} for llama.cpp).",
     )
     accelerator: AcceleratorSpec = Field(default_factory=AcceleratorSpec, description="Hardware to run on.")
-    replicas: int = Field(1, ge=0, le=1000, description="Number of model server pods.")
+    replicas: int = Field(
+        1,
+        ge=0,
+        le=1000,
+        description="Number of model server replicas (pods; groups of pods for a multi-node plan). With "
+        "autoscaling set the autoscaler writes it through the scale subresource: leave it out of Git then.",
+        # Defaulted by the API server too: the scale subresource (kubectl scale, an HPA, KEDA) answers a GET
+        # with an error while specReplicasPath holds no value.
+        json_schema_extra={CRD_DEFAULT: 1},
+    )
     served_model_name: str | None = Field(
         None,
         min_length=1,
@@ -347,6 +421,14 @@ class ModelDeploymentSpec(_Model):
     )
     env: list[EnvVar] | None = Field(
         None, max_length=128, description="Extra environment variables for the model server container."
+    )
+    routing: RoutingSpec | None = Field(
+        None, description="How the turnout gateway picks a pod for each request; LeastRequests when omitted."
+    )
+    autoscaling: AutoscalingSpec | None = Field(
+        None,
+        description="Let the operator set replicas from the load (requests in flight and queued); replicas "
+        "stays as written when omitted.",
     )
 
     @model_validator(mode="after")
@@ -384,7 +466,11 @@ class EngineReason(_Model):
 class ModelDeploymentStatus(_Model):
     """Observed state, written by the operator through the status subresource."""
 
-    phase: Phase | None = Field(None, description="Resolving, Deploying, Ready, Degraded or Failed.")
+    phase: Phase | None = Field(
+        None,
+        description="Resolving, Deploying, Ready, ScaledToZero (a plan is applied and replicas is 0), Degraded "
+        "or Failed.",
+    )
     engine: str | None = Field(None, description="The engine chosen.")
     accelerator: str | None = Field(None, description="The accelerator chosen: nvidia, ascend, metal or cpu.")
     image: str | None = Field(None, description="The model server image.")
@@ -401,7 +487,11 @@ class ModelDeploymentStatus(_Model):
     selector: str | None = Field(
         None, description="Label selector of the model server pods (for the scale subresource and HPA)."
     )
-    replicas: int | None = Field(None, description="Pods of the model server Deployment.")
+    replicas: int | None = Field(
+        None,
+        description="Replicas of the model server workload (Deployment pods, or LeaderWorkerSet groups): the "
+        "scale subresource's status.replicas.",
+    )
     ready_replicas: int | None = Field(None, description="Pods that pass their readiness probe.")
     conditions: list[Condition] | None = Field(
         None,

@@ -21,6 +21,7 @@ import kopf
 from turnout.api import GROUP, KIND, PLURAL, VERSION
 from turnout.config import ConfigError, OperatorConfig, load_config
 from turnout.controller import metrics as metrics_mod
+from turnout.controller.autoscaler import Autoscaler, Settings, parse_service
 from turnout.controller.reconcile import (
     IDX_CHILDREN,
     IDX_MDS,
@@ -54,6 +55,9 @@ _CHILD_RESOURCES = {
     # silently skips a resource that is not. When LeaderWorkerSet appears or goes, the operator restarts kopf
     # in-process (see operate) so that its watches follow.
     "LeaderWorkerSet": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
+    # Likewise: watched while the Gateway API Inference Extension is served (so pools are pruned when
+    # --inference-pool is turned off).
+    "InferencePool": ("inference.networking.k8s.io", "v1", "inferencepools"),
 }
 
 
@@ -121,13 +125,14 @@ def build_registry(
     md_resource = (GROUP, VERSION, PLURAL)
     discovery: list[asyncio.Task[None]] = []
 
-    async def _rediscover(watching: bool) -> None:
+    async def _rediscover(watching: tuple[bool, bool]) -> None:
         while True:
             await asyncio.sleep(controller.discovery_interval)
             controller.set_features(await controller.discover())
-            if controller.features.leader_worker_set != watching and restart is not None:
-                logger.info("LeaderWorkerSet is %s served: restarting the watches",
-                            "now" if controller.features.leader_worker_set else "no longer")
+            controller.set_pools_served(await controller.discover_pools())
+            if controller.watched_apis() != watching and restart is not None:
+                logger.info("served APIs changed (LeaderWorkerSet, InferencePool: %s → %s): restarting the watches",
+                            watching, controller.watched_apis())
                 restart.set()
                 return
 
@@ -152,9 +157,12 @@ def build_registry(
         controller.bind({k: kwargs[k] for k in INDEX_IDS if k in kwargs}, client)
         # kopf's own discovery (its start-up scan) runs after the start-up handlers; ours answers the same.
         controller.set_features(await controller.discover())
-        controller.watching_lws = controller.features.leader_worker_set
-        discovery.append(asyncio.create_task(_rediscover(controller.features.leader_worker_set),
-                                             name="turnout-discovery"))
+        controller.set_pools_served(await controller.discover_pools())
+        controller.watching_lws, controller.watching_pools = controller.watched_apis()
+        discovery.append(asyncio.create_task(_rediscover(controller.watched_apis()), name="turnout-discovery"))
+        if controller.autoscaler is not None:
+            discovery.append(asyncio.create_task(controller.autoscaler.run(controller.autoscaled),
+                                                 name="turnout-autoscaler"))
         controller.queue.start()
 
     @kopf.on.cleanup(registry=registry)
@@ -163,6 +171,8 @@ def build_registry(
             task.cancel()
         await asyncio.gather(*discovery, return_exceptions=True)
         await controller.queue.stop()
+        if controller.autoscaler is not None:
+            await controller.autoscaler.close()
         if controller.client is not None:
             await controller.client.close()
 
@@ -250,6 +260,12 @@ class Options:
     kubeconfig: str | None = None  # else $KUBECONFIG, the pod's service account, ~/.kube/config
     context: str | None = None  # a kubeconfig context other than the current one
     discovery_interval: float = 60.0  # seconds between API discovery checks (LeaderWorkerSet served?)
+    gateway_metrics_urls: list[str] = field(default_factory=list)  # gateways' /metrics for the autoscaler
+    gateway_service: str | None = None  # NAMESPACE/NAME: scrape every ready endpoint of the gateway Service
+    autoscale_interval: float = 15.0  # seconds between the autoscaler's load samples
+    autoscale_window: float = 60.0  # seconds of samples it averages
+    scrape_timeout: float = 2.0  # seconds per metrics scrape
+    inference_pool: bool = False  # render an InferencePool per ModelDeployment (when the cluster serves them)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -271,7 +287,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "else ~/.kube/config)")
     parser.add_argument("--context", default=None, metavar="NAME", help="kubeconfig context (default: current)")
     parser.add_argument("--discovery-interval", type=float, default=60.0, metavar="SECONDS",
-                        help="how often to ask API discovery whether LeaderWorkerSet is served (default: 60)")
+                        help="how often to ask API discovery whether LeaderWorkerSet and InferencePool are served "
+                             "(default: 60)")
+    scale = parser.add_argument_group("autoscaling (ModelDeployments with spec.autoscaling)")
+    scale.add_argument("--gateway-metrics-url", dest="gateway_metrics_urls", action="append", default=[],
+                       metavar="URL", help="a turnout gateway's /metrics to read in-flight and queued requests "
+                       "from (repeatable)")
+    scale.add_argument("--gateway-service", default=None, metavar="NAMESPACE/NAME",
+                       help="scrape /metrics of every ready endpoint of this gateway Service (its EndpointSlices)")
+    scale.add_argument("--autoscale-interval", type=float, default=15.0, metavar="SECONDS",
+                       help="seconds between load samples (default: 15)")
+    scale.add_argument("--autoscale-window", type=float, default=60.0, metavar="SECONDS",
+                       help="seconds of samples the load is averaged over (default: 60)")
+    scale.add_argument("--scrape-timeout", type=float, default=2.0, metavar="SECONDS",
+                       help="timeout of one metrics scrape (default: 2)")
+    parser.add_argument("--inference-pool", action="store_true",
+                        help="render a Gateway API Inference Extension InferencePool per ModelDeployment "
+                             "(when the cluster serves inference.networking.k8s.io/v1)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -288,6 +320,25 @@ def options_from(ns: argparse.Namespace) -> Options:
         kubeconfig=ns.kubeconfig,
         context=ns.context,
         discovery_interval=ns.discovery_interval,
+        gateway_metrics_urls=list(ns.gateway_metrics_urls or []),
+        gateway_service=ns.gateway_service,
+        autoscale_interval=ns.autoscale_interval,
+        autoscale_window=ns.autoscale_window,
+        scrape_timeout=ns.scrape_timeout,
+        inference_pool=ns.inference_pool,
+    )
+
+
+def autoscaler_settings(options: Options) -> Settings:
+    """The autoscaler's settings from the options; ValueError with the reason when one is wrong."""
+    if options.autoscale_interval <= 0 or options.autoscale_window <= 0 or options.scrape_timeout <= 0:
+        raise ValueError("--autoscale-interval, --autoscale-window and --scrape-timeout must be positive")
+    return Settings(
+        gateway_urls=tuple(options.gateway_metrics_urls),
+        gateway_service=parse_service(options.gateway_service) if options.gateway_service else None,
+        interval=options.autoscale_interval,
+        window=options.autoscale_window,
+        timeout=options.scrape_timeout,
     )
 
 
@@ -308,6 +359,12 @@ async def operate(
     """
     controller = controller or Controller(config)
     controller.discovery_interval = options.discovery_interval
+    controller.inference_pool = options.inference_pool
+    # One loop per operator, in the kopf task set: a standby of --peering would scale too (kopf pauses only its
+    # handlers), so the built-in autoscaler runs in a standalone operator only.
+    controller.autoscaler = Autoscaler(controller, autoscaler_settings(options)) if options.peering is None else None
+    if options.peering is not None:
+        logger.warning("--peering: the built-in autoscaler (spec.autoscaling) is off; use an HPA or KEDA")
     controller.credentials = credentials or await load_credentials(options.kubeconfig, context=options.context)
     runner = None
     if options.metrics_port:
@@ -345,12 +402,15 @@ async def operate(
             except Exception:
                 # kopf stops on a watch that answers 404: the LeaderWorkerSet CRD was deleted before our next
                 # discovery noticed. Start again without that watch; any other failure is the operator's.
-                if (stop_flag is not None and stop_flag.is_set()) or not controller.watching_lws:
+                watching = (controller.watching_lws, controller.watching_pools)
+                if (stop_flag is not None and stop_flag.is_set()) or not any(watching):
                     raise
                 async with KubeClient(controller.credentials, user_agent="turnout-operator") as client:
-                    if (await controller.discover(client)).leader_worker_set:
-                        raise
-                logger.info("LeaderWorkerSet is no longer served: restarting the watches")
+                    served = ((await controller.discover(client)).leader_worker_set,
+                              await controller.discover_pools(client))
+                if all(s for s, w in zip(served, watching, strict=True) if w):
+                    raise
+                logger.info("LeaderWorkerSet or InferencePool is no longer served: restarting the watches")
                 restart.set()
             finally:
                 relay.cancel()
@@ -381,6 +441,11 @@ def run_operator(options: Options) -> int:
         return 2
     if not options.all_namespaces and not options.namespaces:
         print("turnout operator: give --all-namespaces or at least one --namespace", file=sys.stderr)
+        return 2
+    try:
+        autoscaler_settings(options)
+    except ValueError as exc:
+        print(f"turnout operator: {exc}", file=sys.stderr)
         return 2
 
     async def _run() -> None:

@@ -23,15 +23,15 @@ from turnout.config import OperatorConfig
 from turnout.controller import status as st
 from turnout.controller.world import SPEC_HASH_LABEL, Problem, _plain
 from turnout.hardware import Hardware
-from turnout.render import LWS_API_VERSION, child_name, render, selector
-from turnout.render.manifests import spec_hash
+from turnout.render import INFERENCE_POOL_API_VERSION, LWS_API_VERSION, child_name, render, selector
+from turnout.render.manifests import service_selector, spec_hash
 from turnout.resolver import Plan, Rejection, resolve
 
 #: Children are applied claim first, the workload (Deployment or LeaderWorkerSet) last (so a refused child never
 #: leaves a rollout started), and pruned in the reverse order.
-APPLY_ORDER = {"PersistentVolumeClaim": 0, "Service": 1, "Deployment": 2, "LeaderWorkerSet": 2}
+APPLY_ORDER = {"PersistentVolumeClaim": 0, "Service": 1, "InferencePool": 1, "Deployment": 2, "LeaderWorkerSet": 2}
 API_VERSIONS = {"Deployment": "apps/v1", "Service": "v1", "PersistentVolumeClaim": "v1",
-                "LeaderWorkerSet": LWS_API_VERSION}
+                "LeaderWorkerSet": LWS_API_VERSION, "InferencePool": INFERENCE_POOL_API_VERSION}
 #: The kinds that run the model server pods: a plan renders one of them (LeaderWorkerSet when multi-node).
 WORKLOADS = ("Deployment", "LeaderWorkerSet")
 
@@ -70,10 +70,16 @@ class Observed:
     pods: tuple[Mapping[str, Any], ...] = ()  # the model server pods (compact)
     trigger: str = "create"  # create | spec | scale | resume | meta | world
     now: str = ""  # RFC 3339
+    inference_pool: bool = False  # render an InferencePool (--inference-pool, and the cluster serves it)
 
     @property
     def instance(self) -> str:
         return child_name(self.name)
+
+    @property
+    def selector(self) -> str:
+        """The label selector of the model server pods (status.selector: the scale subresource's)."""
+        return selector_string(selector(self.name))
 
     @property
     def deployment(self) -> Mapping[str, Any] | None:
@@ -165,14 +171,14 @@ def decide(observed: Observed, config: OperatorConfig | None = None) -> Decision
     if o.spec is None:
         resolved = st.Cond("Resolved", "False", "InvalidSpec", o.spec_error or "invalid spec")
         desired = _serving_previous(o, resolved, None) or st.unresolved_status(
-            phase="Failed", generation=o.generation, resolved=resolved,
+            phase="Failed", generation=o.generation, resolved=resolved, selector=o.selector,
             rejected=None, rollout=None, previous=o.previous, now=o.now,
         )
         return _with_status(Decision("invalid"), o, desired)
 
     if not o.hardware.nodes:
         desired = st.unresolved_status(
-            phase="Resolving", generation=o.generation,
+            phase="Resolving", generation=o.generation, selector=o.selector,
             resolved=st.Cond("Resolved", "Unknown", "WaitingForNodes", "no schedulable node is known yet"),
             rejected=None, rollout=None, previous=o.previous, now=o.now,
         )
@@ -194,7 +200,7 @@ def decide(observed: Observed, config: OperatorConfig | None = None) -> Decision
             rollout = st.observe_rollout(deployment, o.pods, desired_replicas=o.spec.replicas,
                                          desired_hash=None) if deployment else None
             desired = st.unresolved_status(
-                phase="Failed", generation=o.generation, resolved=resolved,
+                phase="Failed", generation=o.generation, resolved=resolved, selector=o.selector,
                 rejected=reasons, rollout=rollout, previous=o.previous, now=o.now,
             )
         return _with_status(Decision("rejected", errors=errors), o, desired)
@@ -371,7 +377,8 @@ def render_children(plan: Plan, o: Observed, config: OperatorConfig) -> list[dic
         "blockOwnerDeletion": True,
     }
     children = []
-    for child in render(plan, {"metadata": {"name": o.name, "namespace": o.namespace}, "spec": o.spec}, config):
+    md = {"metadata": {"name": o.name, "namespace": o.namespace}, "spec": o.spec}
+    for child in render(plan, md, config, inference_pool=o.inference_pool):
         child = _plain(child)  # nothing of the (memoized) plan is shared with what the client sends
         child["metadata"].setdefault("namespace", o.namespace)
         labels = child["metadata"].setdefault("labels", {})
@@ -436,8 +443,15 @@ def plan_fields(plan: Plan, children: Sequence[Mapping[str, Any]], o: Observed, 
         "endpoint": endpoint,
         "modelUri": getattr(model, "uri", None),
         **plan.status_fields(),
-        "selector": ",".join(f"{k}={v}" for k, v in selector(o.name).items()),
+        # A multi-node replica is a group of pods: its leader stands for it (one pod per status.replicas, as an
+        # HPA's Pods metrics and LeaderWorkerSet's own scale subresource count them).
+        "selector": selector_string(service_selector(o.name, plan)),
     }
+
+
+def selector_string(labels: Mapping[str, str]) -> str:
+    """A label selector in its string form (``k=v,k2=v2``), as status.selector and the scale subresource have it."""
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def _prune_why(kind: str) -> str:

@@ -51,8 +51,13 @@ class Metrics:
             "(0: not reached).", ["method", "code"], registry=self.registry,
         )
         self.writes = Counter(
-            "turnout_operator_writes", "Writes to the API by kind (apply, delete, status, event).",
+            "turnout_operator_writes", "Writes to the API by kind (apply, delete, status, event, scale).",
             ["kind"], registry=self.registry,
+        )
+        self.scrape_failures = Counter(
+            "turnout_operator_autoscaler_scrape_failures", "Load scrapes of the autoscaler that failed, by source "
+            "(gateway, pod): no answer within the timeout, an HTTP error, or no Prometheus text.",
+            ["source"], registry=self.registry,
         )
         self.registry.register(_DeploymentsCollector(statuses))  # type: ignore[arg-type]
 

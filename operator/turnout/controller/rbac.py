@@ -60,6 +60,18 @@ RULES: tuple[Rule, ...] = (
          "there yet (authorized as create)", observed=False),
     Rule("leaderworkerset.x-k8s.io", "leaderworkersets", ("delete",),
          "prune the LeaderWorkerSet when the plan fits one node again"),
+    Rule("inference.networking.k8s.io", "inferencepools", ("list", "watch"),
+         "follow the InferencePools of --inference-pool while the cluster serves them (so they are pruned when it "
+         "is off)"),
+    Rule("inference.networking.k8s.io", "inferencepools", ("patch",),
+         "server-side apply of a deployment's InferencePool (--inference-pool)"),
+    Rule("inference.networking.k8s.io", "inferencepools", ("create",), "server-side apply of an InferencePool not "
+         "there yet (authorized as create)", observed=False),
+    Rule("inference.networking.k8s.io", "inferencepools", ("delete",),
+         "prune an InferencePool when --inference-pool is off or the name changed"),
+    Rule(GROUP, f"{PLURAL}/scale", ("patch",), "the autoscaler sets spec.replicas through the scale subresource"),
+    Rule("discovery.k8s.io", "endpointslices", ("list",),
+         "the autoscaler scrapes the ready model pods and gateway endpoints (EndpointSlices of their Services)"),
     Rule("", "pods", ("list", "watch"), "detect CrashLoopBackOff, ImagePullBackOff, OOMKilled, Unschedulable"),
     Rule("events.k8s.io", "events", ("create",), "Events: engine selected, rejected, rollout started, degraded"),
     Rule("", "events", ("create",), "kopf's own warning Events (a handler that failed)", observed=False),

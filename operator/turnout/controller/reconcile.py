@@ -38,13 +38,14 @@ from pydantic import ValidationError
 from turnout.api import GROUP, KIND, PLURAL, VERSION, ModelDeploymentSpec
 from turnout.config import OperatorConfig
 from turnout.controller import status as st
+from turnout.controller.autoscaler import Autoscaler
 from turnout.controller.decide import Decision, Observed, Owned, Prune, decide, decide_after_apply_failure
 from turnout.controller.metrics import Metrics
 from turnout.controller.workqueue import RetryLater, WorkQueue
 from turnout.controller.world import INSTANCE_LABEL, SPEC_HASH_LABEL, compact_child, lean_copy
 from turnout.hardware import LWS_API_VERSION, ClusterFeatures, Hardware, parse_nodes
 from turnout.kube import Credentials, KubeClient, PermanentApiError, TransientApiError
-from turnout.render import child_name
+from turnout.render import INFERENCE_POOL_API_VERSION, child_name
 
 logger = logging.getLogger("turnout.controller")
 
@@ -56,6 +57,7 @@ IDX_CHILDREN = {
     "Service": "turnout_services",
     "PersistentVolumeClaim": "turnout_claims",
     "LeaderWorkerSet": "turnout_leaderworkersets",  # watched only while the cluster serves it
+    "InferencePool": "turnout_inferencepools",  # likewise
 }
 IDX_PODS = "turnout_pods"
 INDEX_IDS = (IDX_MDS, IDX_NODES, *IDX_CHILDREN.values(), IDX_PODS)
@@ -68,7 +70,8 @@ Key = tuple[str, str]
 REPORTING_CONTROLLER = f"{GROUP}/operator"
 #: What the operator did (an Event's ``action``) for each reason it reports; others are "Reconcile".
 EVENT_ACTIONS = {"EngineSelected": "Resolve", "Rejected": "Resolve", "InvalidSpec": "Validate",
-                 "RolloutStarted": "Apply", "Scaled": "Apply", "Pruned": "Prune", "PruneFailed": "Prune"}
+                 "RolloutStarted": "Apply", "Scaled": "Apply", "Autoscaled": "Scale", "Pruned": "Prune",
+                 "PruneFailed": "Prune"}
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,10 @@ class Controller:
         self.features = ClusterFeatures()
         self.discovery_interval = 60.0
         self.watching_lws = False  # whether kopf's watches (fixed at its start) include LeaderWorkerSets
+        #: --inference-pool: render an InferencePool per deployment while the cluster serves them.
+        self.inference_pool = False
+        self.pools_served = False  # API discovery: inference.networking.k8s.io/v1 lists inferencepools
+        self.watching_pools = False  # whether kopf's watches include InferencePools
         # At most this many reconciles build manifests and wait on the API at once: a burst of creates
         # (kopf runs one handler per object at once) would otherwise hold every object's rendered children
         # and responses in memory together, for no more throughput (the API server is the bottleneck).
@@ -124,6 +131,7 @@ class Controller:
         # uids of children deleted by pruning whose DELETED event has not arrived yet (not deleted twice).
         self._pruning: set[str] = set()
         self._prune_refused: set[str] = set()  # uids whose delete was refused and said so in an Event
+        self.autoscaler: Autoscaler | None = None  # set by operate(): the built-in autoscaler's act side
 
     # ----- wiring -------------------------------------------------------------------------------
 
@@ -170,6 +178,32 @@ class Controller:
         served = any(r.get("name") == "leaderworkersets" for r in (found or {}).get("resources") or [])
         return ClusterFeatures.from_api_versions([LWS_API_VERSION] if served else [])
 
+    async def discover_pools(self, client: KubeClient | None = None) -> bool:
+        """Whether ``/apis/inference.networking.k8s.io/v1`` lists ``inferencepools``; an error keeps what was known.
+
+        Asked whether or not --inference-pool is set: pools the operator made earlier are watched, so pruned.
+        """
+        try:
+            found = await (client or self.client).get(f"/apis/{INFERENCE_POOL_API_VERSION}")  # type: ignore[union-attr]
+        except (TransientApiError, PermanentApiError) as exc:
+            logger.warning("API discovery of %s failed, keeping what was known: %s", INFERENCE_POOL_API_VERSION, exc)
+            return self.pools_served
+        return any(r.get("name") == "inferencepools" for r in (found or {}).get("resources") or [])
+
+    def set_pools_served(self, served: bool) -> bool:
+        """InferencePools became served (or went): every deployment is looked at again."""
+        if served == self.pools_served:
+            return False
+        logger.info("InferencePool (%s) is %s served", INFERENCE_POOL_API_VERSION, "now" if served else "no longer")
+        self.pools_served = served
+        for key in self.md_keys():
+            self.queue.add(key)
+        return True
+
+    def watched_apis(self) -> tuple[bool, bool]:
+        """The optional APIs served now (LeaderWorkerSet, InferencePool): kopf must watch what is."""
+        return self.features.leader_worker_set, self.pools_served
+
     def set_features(self, features: ClusterFeatures) -> bool:
         """New cluster features: every deployment is looked at again (a rejected multi-node plan may fit now)."""
         if features == self.features:
@@ -178,6 +212,11 @@ class Controller:
         self.features = features
         self.nodes_changed()
         return True
+
+    def autoscaled(self) -> list[dict[str, Any]]:
+        """The ModelDeployments with spec.autoscaling, as the watch last showed them."""
+        return [body for store in self._index(IDX_MDS).values() for body in store
+                if (body.get("spec") or {}).get("autoscaling")]
 
     def md_keys(self) -> list[Key]:
         return sorted(self._index(IDX_MDS).keys())
@@ -236,6 +275,8 @@ class Controller:
         self.queue.forget((namespace, name))
         if uid:
             self._written.pop(uid, None)
+        if self.autoscaler is not None:
+            self.autoscaler.forget(uid)
         for kind in IDX_CHILDREN:
             self._applied.pop((kind, namespace, name), None)
 
@@ -300,7 +341,7 @@ class Controller:
             name=name, namespace=ns, uid=uid, generation=meta.get("generation"), spec=spec, spec_error=error,
             deleting=deleting, previous=self._previous_status(md), hardware=self.hardware(), children=children,
             owned=self._owned_children(ns, name, uid), pods=tuple(self._values(IDX_PODS, (ns, instance))),
-            trigger=trigger, now=st.now_rfc3339(),
+            trigger=trigger, now=st.now_rfc3339(), inference_pool=self.inference_pool and self.pools_served,
         )
 
     def _seen_children(self, ns: str, owner: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -374,10 +415,10 @@ class Controller:
             applied.append(f"{kind}/{name}")
         pruned = [await self._prune(md, p) for p in decision.prune]
         for event in decision.before_status:
-            await self._event(md, event.type, event.reason, event.message)
+            await self.event(md, event.type, event.reason, event.message)
         written = await self._write_status(md, decision)
         for event in decision.after_status if written else decision.unwritten:
-            await self._event(md, event.type, event.reason, event.message)
+            await self.event(md, event.type, event.reason, event.message)
         if decision.result == "failed":
             return Outcome("failed", tuple(applied), written)
         if decision.result == "planned":
@@ -398,7 +439,7 @@ class Controller:
             event = prune.refused(exc.message)
             if event is not None:  # said once; tried again on every reconcile
                 self._prune_refused.add(prune.uid)
-                await self._event(md, event.type, event.reason, event.message)
+                await self.event(md, event.type, event.reason, event.message)
             return None
         self._prune_refused.discard(prune.uid)
         if not deleted:  # already gone, or that name is another object now: nothing was pruned
@@ -407,7 +448,7 @@ class Controller:
         self.metrics.writes.labels(kind="delete").inc()
         self._pruning.add(prune.uid)
         self._retire(prune.kind, meta["namespace"], meta["name"], prune.name)
-        await self._event(md, prune.pruned.type, prune.pruned.reason, prune.pruned.message)
+        await self.event(md, prune.pruned.type, prune.pruned.reason, prune.pruned.message)
         return f"{prune.kind}/{prune.name}"
 
     async def _write_status(self, md: Mapping[str, Any], decision: Decision) -> bool:
@@ -428,7 +469,7 @@ class Controller:
             self._written[meta["uid"]] = decision.status  # type: ignore[assignment]
         return True
 
-    async def _event(self, md: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    async def event(self, md: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """Post an ``events.k8s.io/v1`` Event on the ModelDeployment; best effort (a lost Event never fails a
         reconcile)."""
         meta = md["metadata"]

@@ -17,6 +17,9 @@ from turnout.controller.world import SPEC_HASH_LABEL, Problem, diagnose
 CONDITION_TYPES = ("Resolved", "Available", "Progressing", "Degraded")
 #: Reason of Progressing and Degraded while a rejected spec leaves the last good plan serving.
 SERVING_PREVIOUS_PLAN = "ServingPreviousPlan"
+#: Phase (and Available's reason) of a deployment whose plan is applied with replicas 0 and no pod left: nothing is
+#: wrong (Degraded False), nothing serves (Available False); the turnout gateway scales it back up on a request.
+SCALED_TO_ZERO = "ScaledToZero"
 #: Status fields that describe the plan being served.
 #: Status fields that describe the plan being served (the sizing ones from ``Plan.status_fields()``).
 PLAN_FIELDS = ("engine", "accelerator", "image", "endpoint", "modelUri", "tensorParallelSize",
@@ -130,13 +133,13 @@ def planned_status(
     if problem is not None:
         phase = "Degraded"
     elif rollout.complete:
-        phase = "Ready"
+        phase = SCALED_TO_ZERO if desired_replicas == 0 else "Ready"
     else:
         phase = "Deploying"
     if rollout.ready > 0:
         available = Cond("Available", "True", "ReplicasReady", f"{rollout.ready}/{desired_replicas} replicas ready")
     elif desired_replicas == 0:
-        available = Cond("Available", "False", "ScaledToZero", "replicas is 0")
+        available = Cond("Available", "False", SCALED_TO_ZERO, "replicas is 0")
     else:
         available = Cond("Available", "False", "NoReplicasReady", f"0/{desired_replicas} replicas ready")
     if problem is not None:
@@ -157,6 +160,7 @@ def planned_status(
 def unresolved_status(
     *,
     phase: str,
+    selector: str | None = None,
     generation: int | None,
     resolved: Cond,
     rejected: list[dict[str, str]] | None,
@@ -172,7 +176,8 @@ def unresolved_status(
                    else Cond("Progressing", "False", resolved.reason, "nothing to roll out"))
     conds = [resolved, available, progressing, Cond("Degraded", "False", "NotResolved", "no engine is chosen")]
     return _status(phase, conds, generation, previous, now,
-                   replicas=rollout.replicas if rollout else 0, ready=ready, rejected=rejected or None)
+                   replicas=rollout.replicas if rollout else 0, ready=ready, rejected=rejected or None,
+                   selector=selector)
 
 
 def previous_plan_status(

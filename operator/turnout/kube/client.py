@@ -37,6 +37,7 @@ RESOURCES: dict[tuple[str, str], str] = {
     ("v1", "Service"): "services",
     ("v1", "PersistentVolumeClaim"): "persistentvolumeclaims",
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkersets",
+    ("inference.networking.k8s.io/v1", "InferencePool"): "inferencepools",
     ("v1", "Pod"): "pods",
     ("v1", "ConfigMap"): "configmaps",
     ("events.k8s.io/v1", "Event"): "events",

@@ -1,6 +1,7 @@
 """Render a Plan into the Kubernetes objects that run it."""
 
 from turnout.render.manifests import (
+    INFERENCE_POOL_API_VERSION,
     LWS_API_VERSION,
     ROLE_LABEL,
     SPEC_HASH_LABEL,
@@ -10,6 +11,7 @@ from turnout.render.manifests import (
     render,
     render_cache_claim,
     render_deployment,
+    render_inference_pool,
     render_leader_worker_set,
     render_service,
     selector,
@@ -18,6 +20,7 @@ from turnout.render.manifests import (
 )
 
 __all__ = [
+    "INFERENCE_POOL_API_VERSION",
     "LWS_API_VERSION",
     "ROLE_LABEL",
     "SPEC_HASH_LABEL",
@@ -27,6 +30,7 @@ __all__ = [
     "render",
     "render_cache_claim",
     "render_deployment",
+    "render_inference_pool",
     "render_leader_worker_set",
     "render_service",
     "selector",

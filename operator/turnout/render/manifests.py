@@ -42,6 +42,7 @@ PRESTOP_SECONDS = 5
 SHUTDOWN_MARGIN_SECONDS = 5
 ROLE_LABEL = "turnout.dev/role"  # leader | worker, on the pods of a multi-node group
 LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
+INFERENCE_POOL_API_VERSION = "inference.networking.k8s.io/v1"
 # Set by LeaderWorkerSet in every container of a group (its pod webhook); the kubelet expands $(…) from them.
 LWS_LEADER_ADDRESS = "LWS_LEADER_ADDRESS"
 LWS_WORKER_INDEX = "LWS_WORKER_INDEX"
@@ -438,6 +439,38 @@ def render_cache_claim(md: Mapping[str, Any], plan: Plan | None = None) -> dict[
     }
 
 
+def render_inference_pool(
+    md: Mapping[str, Any], config: OperatorConfig | None = None, plan: Plan | None = None
+) -> dict[str, Any]:
+    """The Gateway API Inference Extension InferencePool of the model pods (the Service's pods, on the shim port).
+
+    A Gateway implementing the extension routes to it through the Endpoint Picker the operator config names.
+    """
+    config = config or OperatorConfig()
+    meta = md["metadata"]
+    name = child_name(meta["name"])
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": service_selector(meta["name"], plan)},
+        "targetPorts": [{"number": config.port}],
+    }
+    picker = config.inference_pool.endpoint_picker
+    if picker is not None:
+        ref: dict[str, Any] = {"name": picker.name.replace("{name}", name)}
+        if picker.group:
+            ref["group"] = picker.group
+        if picker.kind != "Service":
+            ref["kind"] = picker.kind
+        ref["port"] = {"number": picker.port}
+        ref["failureMode"] = picker.failure_mode
+        spec["endpointPickerRef"] = ref
+    return {
+        "apiVersion": INFERENCE_POOL_API_VERSION,
+        "kind": "InferencePool",
+        "metadata": {"name": name, "namespace": meta.get("namespace", "default"), "labels": labels(meta["name"])},
+        "spec": spec,
+    }
+
+
 def _with_hash(child: dict[str, Any]) -> dict[str, Any]:
     """Label a child with the hash of its spec (the Deployment's hash covers its pod template)."""
     meta = child["metadata"]
@@ -446,11 +479,14 @@ def _with_hash(child: dict[str, Any]) -> dict[str, Any]:
     return child
 
 
-def render(plan: Plan, md: Mapping[str, Any], config: OperatorConfig | None = None) -> list[dict[str, Any]]:
-    """All children, in apply order: cache claim (if any), Deployment or LeaderWorkerSet, Service.
+def render(plan: Plan, md: Mapping[str, Any], config: OperatorConfig | None = None, *,
+           inference_pool: bool = False) -> list[dict[str, Any]]:
+    """All children, in apply order: cache claim (if any), Deployment or LeaderWorkerSet, Service, and the
+    InferencePool when ``inference_pool``.
 
     Each carries a spec-hash label.
     """
     workload = render_leader_worker_set(plan, md, config) if plan.multi_node else render_deployment(plan, md, config)
-    children = [render_cache_claim(md, plan), workload, render_service(md, config, plan)]
+    children = [render_cache_claim(md, plan), workload, render_service(md, config, plan),
+                render_inference_pool(md, config, plan) if inference_pool else None]
     return [_with_hash(c) for c in children if c is not None]

@@ -1,9 +1,11 @@
 -- Argo CD health check for turnout.dev/ModelDeployment.
 --
 -- Reads what the turnout operator writes through the status subresource: status.phase
--- (Resolving, Deploying, Ready, Degraded, Failed), status.observedGeneration and the conditions
--- Resolved, Available, Progressing and Degraded (metav1.Condition shape).
---   Healthy      phase Ready (or, without a phase, Available=True and not Progressing)
+-- (Resolving, Deploying, Ready, ScaledToZero, Degraded, Failed), status.observedGeneration and the
+-- conditions Resolved, Available, Progressing and Degraded (metav1.Condition shape).
+--   Healthy      phase Ready, or ScaledToZero (replicas 0 asked and reached: the autoscaler or
+--                kubectl scale did it; the gateway wakes it), or without a phase Available=True and
+--                not Progressing
 --   Progressing  no status yet, status older than the spec, phase Resolving or Deploying
 --   Degraded     phase Failed (the Resolved condition says why), phase Degraded or Degraded=True
 -- Written for Lua 5.1 (Argo CD runs gopher-lua); tests/chart runs it against sample objects.
@@ -73,6 +75,11 @@ end
 if phase == "Ready" then
   hs.status = "Healthy"
   hs.message = describe(available, "Ready")
+  return hs
+end
+if phase == "ScaledToZero" then
+  hs.status = "Healthy"
+  hs.message = describe(available, "Scaled to zero")
   return hs
 end
 if phase == "Resolving" then
