@@ -9,7 +9,10 @@
   proxy (``peers/setup.sh litellm``) at 1/16/64, all in the same run,
   alternating direct, gateway, LiteLLM. Throughput ratios are medians of
   per-pair ratios; the gateway's CPU is its process's own (``/proc`` schedstat)
-  over the chunks it relayed. Then the same, direct vs gateway, with the stand-in
+  over the chunks it relayed; ``cpu_ratio`` is the CPU per chunk of the direct
+  path (stand-in + load generator) over that of the path through the gateway
+  (the same + the gateway): the throughput ratio to expect where the cores are
+  the limit, and far steadier under other load than tokens/s. Then the same, direct vs gateway, with the stand-in
   at a fixed 50 tokens/s per stream (64 per answer) at 64 streams.
 * **prefix**: three replicas of the tiny GGUF model, each a real
   ``turnout-shim --engine llama.cpp`` (4 slots, unified KV cache of 8,192
@@ -48,6 +51,7 @@ from benchlib import (
     ROOT,
     LoadResult,
     Proc,
+    cpu_seconds,
     free_port,
     load_average,
     median,
@@ -132,21 +136,43 @@ def overhead(concurrencies: list[int], litellm_at: list[int], duration: float, r
         for c in concurrencies:
             runs: dict[str, list[LoadResult]] = {"direct": [], "gateway": [], "litellm": []}
             lite_cpu: list[float] = []
+            path_cpu: list[tuple[float, float]] = []  # CPU s per chunk, direct path and through the gateway
             for _ in range(reps):
-                runs["direct"].append(asyncio.run(stream_load(urls["direct"], body, c, duration, warmup=warm)))
-                runs["gateway"].append(asyncio.run(stream_load(urls["gateway"], body, c, duration, warmup=warm,
-                                                               pid=gw.pid)))
+                d, dcpu = asyncio.run(_measured(urls["direct"], body, c, duration, warm, {"engine": engine.pid}))
+                g, gcpu = asyncio.run(_measured(urls["gateway"], body, c, duration, warm, {"engine": engine.pid},
+                                                pid=gw.pid))
+                runs["direct"].append(d)
+                runs["gateway"].append(g)
+                if d.tokens and g.tokens and g.cpu is not None:
+                    path_cpu.append(((dcpu["engine"] + dcpu["client"]) / d.tokens,
+                                     (gcpu["engine"] + gcpu["client"] + g.cpu) / g.tokens))
                 if lite is not None and c in litellm_at:
                     r, cpu = asyncio.run(_load_with_cpu(lite.pid, True, urls["litellm"], body, c, duration,
                                                         warmup=warm, headers=auth))
                     runs["litellm"].append(r)
                     lite_cpu.append(cpu)
-            rows.append(_overhead_row(c, runs, lite_cpu))
+            row = _overhead_row(c, runs, lite_cpu)
+            row["direct_path_cpu_ms_per_1000_chunks"] = rnd(median([a * 1e6 for a, _ in path_cpu]), 2)
+            row["gateway_path_cpu_ms_per_1000_chunks"] = rnd(median([b * 1e6 for _, b in path_cpu]), 2)
+            row["cpu_ratio"] = rnd(median([a / b for a, b in path_cpu if b]))
+            rows.append(row)
         out["rows"] = rows
         out["gateway_rss_mib"] = rnd(rss_mib(gw.pid), 1)
         return out
     finally:
         _stop(gw, lite, engine)
+
+
+async def _measured(url: str, body: dict[str, Any], c: int, duration: float, warmup: float, pids: dict[str, int],
+                    **kw: Any) -> tuple[LoadResult, dict[str, float]]:
+    """A load window, and the CPU seconds inside it of ``pids`` and of this process (the load generator: "client")."""
+    task = asyncio.create_task(stream_load(url, body, c, duration, warmup=warmup, **kw))
+    await asyncio.sleep(warmup)
+    c0, t0 = {k: cpu_seconds(p) for k, p in pids.items()}, time.process_time()
+    await asyncio.sleep(duration)
+    c1, t1 = {k: cpu_seconds(p) for k, p in pids.items()}, time.process_time()
+    res = await task
+    return res, {**{k: c1[k] - c0[k] for k in pids}, "client": t1 - t0}
 
 
 def _ms(results: list[LoadResult], q: str) -> float | None:

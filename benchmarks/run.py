@@ -242,6 +242,10 @@ def gateway_rows(gw: dict[str, Any]) -> list[str]:
                      f"{'≤ 1 ms p50' if c == 1 else ''} | |")
         lines.append(f"| … gateway CPU ms per 1,000 chunks, {c} streams | {_f(r['gateway_cpu_ms_per_1000_chunks'])} "
                      "| | |")
+        if r.get("cpu_ratio") is not None:
+            lines.append(f"| … CPU ms per 1,000 chunks, direct (engine + client) ÷ through the gateway, {c} streams "
+                         f"| {_f(r['direct_path_cpu_ms_per_1000_chunks'])} / "
+                         f"{_f(r['gateway_path_cpu_ms_per_1000_chunks'])} = {_f(r['cpu_ratio'])} | | |")
     if ov.get("rows"):
         lines.append(f"| … gateway RSS after the runs, MiB | {_f(ov.get('gateway_rss_mib'), 1)} | | |")
     if "error" in ov:
