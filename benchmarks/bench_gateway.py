@@ -270,7 +270,7 @@ def _prime(replicas: list[Proc], bodies: list[dict[str, Any]]) -> None:
 
 
 def _prefix_config(gguf: str, tag: str, extra: dict[str, Any], bodies: list[dict[str, Any]], duration: float,
-                   reps: int, logdir: Path) -> dict[str, Any]:
+                   reps: int, logdir: Path, streams: int) -> dict[str, Any]:
     replicas = _start_replicas(gguf, extra, logdir, tag)
     gateways: dict[str, Proc] = {}
     try:
@@ -280,13 +280,13 @@ def _prefix_config(gguf: str, tag: str, extra: dict[str, Any], bodies: list[dict
         warm = min(1.0, duration / 4)
         _prime(replicas, bodies)
         for s in STRATEGIES:  # each strategy's own placement settles here, not in a measured window
-            asyncio.run(stream_load(urls[s], {}, PREFIX_STREAMS, max(duration / 4, min(3.0, duration)),
+            asyncio.run(stream_load(urls[s], {}, streams, max(duration / 4, min(3.0, duration)),
                                     bodies=bodies))
         runs: dict[str, list[LoadResult]] = {s: [] for s in STRATEGIES}
         for rep in range(reps):
             order = STRATEGIES[rep % len(STRATEGIES):] + STRATEGIES[:rep % len(STRATEGIES)]
             for s in order:
-                runs[s].append(asyncio.run(stream_load(urls[s], {}, PREFIX_STREAMS, duration, warmup=warm,
+                runs[s].append(asyncio.run(stream_load(urls[s], {}, streams, duration, warmup=warm,
                                                        bodies=bodies, usage=True)))
         rows = []
         base = runs["Random"]
@@ -313,7 +313,8 @@ def _prefix_config(gguf: str, tag: str, extra: dict[str, Any], bodies: list[dict
         _stop(*gateways.values(), *replicas)
 
 
-def prefix_routing(duration: float, reps: int, logdir: Path, configs: list[str] | None = None) -> dict[str, Any]:
+def prefix_routing(duration: float, reps: int, logdir: Path, configs: list[str] | None = None,
+                   streams: int = PREFIX_STREAMS) -> dict[str, Any]:
     try:
         import xllamacpp  # noqa: F401
     except ImportError as exc:
@@ -322,11 +323,12 @@ def prefix_routing(duration: float, reps: int, logdir: Path, configs: list[str] 
 
     tiny = build_tiny_model()
     bodies = prefix_workload()
-    out: dict[str, Any] = {"replicas": REPLICAS, "streams": PREFIX_STREAMS, "groups": GROUPS,
+    out: dict[str, Any] = {"replicas": REPLICAS, "streams": streams, "groups": GROUPS,
                            "tokens_per_request": PREFIX_TOKENS, **_shared_share(tiny.hf_dir, bodies)}
     for tag in configs or list(CACHE_CONFIGS):
         try:
-            out[tag] = _prefix_config(str(tiny.gguf_path), tag, CACHE_CONFIGS[tag], bodies, duration, reps, logdir)
+            out[tag] = _prefix_config(str(tiny.gguf_path), tag, CACHE_CONFIGS[tag], bodies, duration, reps, logdir,
+                                      streams)
         except Exception as exc:  # one configuration failing keeps the other's rows
             out[tag] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
     return out
@@ -365,7 +367,8 @@ def scale_from_zero(kubeconfig: str | None) -> dict[str, Any]:
 
 def run(quick: bool = False, *, smoke: bool = False, duration: float | None = None, reps: int | None = None,
         concurrencies: list[int] | None = None, logdir: Path | None = None,
-        only: list[str] | None = None, kubeconfig: str | None = None) -> dict[str, Any]:
+        only: list[str] | None = None, kubeconfig: str | None = None, prefix_streams: int = PREFIX_STREAMS,
+        prefix_configs: list[str] | None = None) -> dict[str, Any]:
     logdir = logdir or ROOT / "benchmarks" / "results" / "logs"
     duration = duration if duration is not None else (0.5 if smoke else 2.0 if quick else 8.0)
     reps = reps if reps is not None else (1 if quick or smoke else 3)
@@ -384,7 +387,7 @@ def run(quick: bool = False, *, smoke: bool = False, duration: float | None = No
             out["overhead_fixed"] = {"error": f"{type(exc).__name__}: {exc}"[:3000]}
     if not only or "prefix" in only:
         pdur = 1.0 if smoke else min(duration, 6.0)  # 6 s keeps the part near 4 minutes in a full run
-        out["prefix"] = prefix_routing(pdur, reps, logdir, ["ram_cache"] if smoke else None)
+        out["prefix"] = prefix_routing(pdur, reps, logdir, ["ram_cache"] if smoke else prefix_configs, prefix_streams)
     out["scale_from_zero"] = scale_from_zero(kubeconfig)
     out["wall_s"] = rnd(time.monotonic() - started, 1)
     return out
@@ -398,8 +401,11 @@ def main() -> None:
     p.add_argument("--duration", type=float)
     p.add_argument("--reps", type=int)
     p.add_argument("--concurrency", type=int, action="append")
+    p.add_argument("--prefix-streams", type=int, default=PREFIX_STREAMS, help="concurrency of the prefix part")
+    p.add_argument("--prefix-config", action="append", choices=list(CACHE_CONFIGS))
     a = p.parse_args()
-    out = run(a.quick, duration=a.duration, reps=a.reps, concurrencies=a.concurrency, only=a.only)
+    out = run(a.quick, duration=a.duration, reps=a.reps, concurrencies=a.concurrency, only=a.only,
+              prefix_streams=a.prefix_streams, prefix_configs=a.prefix_config)
     if a.json:
         print(json.dumps(out, indent=1))
         return
