@@ -58,12 +58,18 @@ def render(values: dict[str, Any] | None = None, *, name: str = RELEASE,
     return objs
 
 
-def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [o for o in objs if o["kind"] == kind]
+def is_gateway(obj: dict[str, Any]) -> bool:
+    """One of the gateway's objects (templates/gateway.yaml), told apart by its component label."""
+    return ((obj.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component") == "gateway"
 
 
-def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = by_kind(objs, kind)
+def by_kind(objs: list[dict[str, Any]], kind: str, *, gateway: bool = False) -> list[dict[str, Any]]:
+    """The objects of ``kind``: the operator's (and shared ones) by default, the gateway's with ``gateway``."""
+    return [o for o in objs if o["kind"] == kind and is_gateway(o) == gateway]
+
+
+def one(objs: list[dict[str, Any]], kind: str, *, gateway: bool = False) -> dict[str, Any]:
+    found = by_kind(objs, kind, gateway=gateway)
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
     return found[0]
 

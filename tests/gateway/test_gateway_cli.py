@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import httpx
+from gwkit import MDS, SLICES, Upstream, endpoint_slice, model_deployment
 
-from conftest import MDS, SLICES, Upstream, endpoint_slice, model_deployment
 from kubeconfigs import write_kubeconfig
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import httpx
 import pytest
+from gwkit import MDS, NS, SECRETS, SLICES, Upstream, endpoint_slice, model_deployment
 from openai import AsyncOpenAI
 from standin_engine import StandinEngine
-
-from conftest import MDS, NS, SECRETS, SLICES, Upstream, endpoint_slice, model_deployment
 
 
 async def test_models_listed_and_requests_routed_by_model(fake, gateway, start_server) -> None:
@@ -191,10 +191,19 @@ async def test_api_keys_from_the_secret_and_the_gateway_key(fake, gateway, start
         assert (await ask("open", "gateway-secret")).status_code == 200
         assert upstream.requests[-1][0][b"authorization"] == b"Bearer gateway-secret"
         assert (await ask("unknown", "gateway-secret")).status_code == 404
+        for path, body in (("/v1/embeddings", {"input": "x"}), ("/v1/rerank", {"query": "q", "documents": ["d"]}),
+                           ("/v1/completions", {"prompt": "p"})):
+            r = await http.post(path, json={"model": "open", **body},
+                                headers={"Authorization": "Bearer gateway-secret"})
+            assert r.status_code == 200 and upstream.paths[-1] == path
+            assert json.loads(upstream.requests[-1][1]) == {"model": "open", **body}, "the body as the client sent it"
         r = await ask("lost", "whatever")
         assert r.status_code == 503 and "does not exist" in r.json()["error"]["message"]
         assert (await http.get("/v1/models")).status_code == 401
         assert (await http.get("/v1/models", headers={"Authorization": "Bearer gateway-secret"})).status_code == 200
+        metrics = (await http.get("/metrics")).text
+    assert 'turnout_gateway_requests_total{code="401",deployment="keyed",model="keyed",namespace="models"} 3.0' \
+        in metrics
     secret_reads = [r for r in fake.requests if r.resource is not None and r.resource.plural == "secrets"]
     assert len([r for r in secret_reads if r.name == "keys"]) == 1, "the key is cached"
 
@@ -270,3 +279,26 @@ def test_rbac_prints_a_cluster_role_and_a_role(capsys) -> None:
     assert {(r["apiGroups"][0], r["resources"][0]) for r in printed["rules"]} == \
         {(r.api_group, r.resource) for r in RULES}
     assert all(rule.why for rule in RULES)
+
+
+async def test_prefix_hash_keeps_a_prompt_on_one_endpoint(fake, gateway, start_server) -> None:
+    ups = [Upstream(f"u{i}") for i in range(3)]
+    ports = [await start_server(u) for u in ups]
+    await fake.put_object(MDS, model_deployment("m", routing={"strategy": "PrefixHash", "prefixCharLength": 20}))
+    for i, port in enumerate(ports):
+        await fake.put_object(SLICES, endpoint_slice("m", f"m-{i}", [port]))
+    url, app = await gateway()
+    await _until(lambda: len(app.registry.get("m").endpoints) == 3)
+    async with httpx.AsyncClient(base_url=url) as http:
+
+        async def served_by(prompt: str) -> str:
+            r = await http.post("/v1/chat/completions",
+                                json={"model": "m", "messages": [{"role": "user", "content": prompt}]})
+            return r.json()["model"]
+
+        for n in range(5):
+            prefix = f"conversation {n}: the same twenty characters"
+            owners = {await served_by(prefix + f" then turn {t}") for t in range(4)}
+            assert len(owners) == 1, "one prefix, one endpoint (while unloaded)"
+        spread = {await served_by(f"{n} different prompt") for n in range(30)}
+        assert len(spread) == 3

@@ -70,3 +70,15 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 
 {{/* Where the operator config is mounted. */}}
 {{- define "turnout.configPath" -}}/etc/turnout/config.yaml{{- end -}}
+
+{{/* The gateway's labels: its own component, so the operator's selector never matches its pods. */}}
+{{- define "turnout.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "turnout.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "turnout.gatewayLabels" -}}
+{{ include "turnout.gatewaySelectorLabels" . }}
+{{ include "turnout.commonLabels" . }}
+{{- end -}}

@@ -23,15 +23,13 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
-import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.types import Message, Receive, Scope, Send
 
-from turnout.gateway.metrics import GatewayMetrics
+from turnout.gateway.metrics import GatewayMetrics, ModelMetrics
 from turnout.gateway.registry import Endpoint, Model
 from turnout.gateway.routing import PREFIX_HASH, prompt_prefix
 from turnout.gateway.source import KeyUnavailable, Source
@@ -46,6 +44,12 @@ from turnout.shim.backends.base import Usage
 from turnout.shim.errors import envelope_bytes, retry_after_header, sse_error_event
 
 log = logging.getLogger("turnout.gateway")
+
+# The ASGI callables (as starlette.types names them; starlette is not a dependency of the gateway).
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
 
 ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank"})
 DONE = b"data: [DONE]\n\n"
@@ -70,6 +74,8 @@ class Refusal(Exception):
         super().__init__(message)
         self.status, self.code, self.param = status, code, param
         self.headers = {**retry_after_header(retry_after), **(headers or {})}
+        #: the model refused, when known (its metrics count the refusal)
+        self.model: Model | None = None
 
 
 class GatewayApp:
@@ -164,7 +170,6 @@ class GatewayApp:
                 status = message["status"]
             await send(message)
 
-        model: Model | None = None
         try:
             raw = await self._read_body(scope, receive)
             if raw is None:
@@ -172,8 +177,7 @@ class GatewayApp:
             body, model = await self._admit(scope, raw)
         except Refusal as exc:
             await _send_error(send_status, exc)
-            if model is not None:
-                self._count(model, status)
+            self._count(exc.model, status)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -243,44 +247,47 @@ class GatewayApp:
         try:
             key = await self.source.api_key(model)
         except KeyUnavailable as exc:
-            raise Refusal(503, f"cannot check the API key of {model.served!r}: {exc}", code="api_key_unavailable",
-                          retry_after=RETRY_AFTER) from None
+            refusal = Refusal(503, f"cannot check the API key of {model.served!r}: {exc}",
+                              code="api_key_unavailable", retry_after=RETRY_AFTER)
+            refusal.model = model
+            raise refusal from None
         if key is not None and not hmac.compare_digest(token, key):
-            raise _unauthorized()
+            refusal = _unauthorized()
+            refusal.model = model
+            raise refusal
         return body, model
 
     async def _serve(self, scope: Scope, send: Send, model: Model, body: dict[str, Any], raw: bytes, t0: float,
                      state: _State) -> None:
         prefix = prompt_prefix(body, model.routing.prefix_chars) if model.routing.strategy == PREFIX_HASH else None
         auth = _authorization(scope)
-        labels = (model.namespace, model.name, model.served)
-        m = self.metrics
+        m = self.metrics.of(model.namespace, model.name, model.served)
         deadline = time.monotonic() + self.hold_timeout
         tried: list[Endpoint] = []
         while True:
             ep = await self._endpoint(model, prefix, tried, deadline)
             ep.in_flight += 1
-            m.in_flight.labels(*labels).inc()
+            m.in_flight.inc()
             try:
                 try:
                     resp = await ep.pool.request("POST", scope["path"], raw, headers=auth)
                 except EngineConnectError as exc:
-                    m.upstream_errors.labels(*labels).inc()
+                    m.upstream_errors.inc()
                     log.info("%s: %s; trying another endpoint", model.served, exc)
                     tried.append(ep)
                     continue
                 except EngineConnectionError as exc:
-                    m.upstream_errors.labels(*labels).inc()
+                    m.upstream_errors.inc()
                     raise Refusal(502, f"the model server of {model.served!r} failed: {exc}",
                                   code="upstream_failed") from None
                 ctype = resp.headers.get("content-type", "")
                 if resp.status == 200 and ctype.startswith("text/event-stream"):
-                    await self._relay(send, resp, labels, t0, state)
+                    await self._relay(send, resp, m, t0, state)
                     return
                 try:
                     data = await resp.read()
                 except EngineConnectionError as exc:
-                    m.upstream_errors.labels(*labels).inc()
+                    m.upstream_errors.inc()
                     raise Refusal(502, f"the model server of {model.served!r} broke off its answer: {exc}",
                                   code="upstream_failed") from None
                 finally:
@@ -295,7 +302,7 @@ class GatewayApp:
                 return
             finally:
                 ep.in_flight -= 1
-                m.in_flight.labels(*labels).dec()
+                m.in_flight.dec()
 
     async def _endpoint(self, model: Model, prefix: str | None, tried: list[Endpoint], deadline: float) -> Endpoint:
         """An endpoint to send to; holds the request while the model has none (waking it from zero)."""
@@ -305,8 +312,7 @@ class GatewayApp:
         if model.queued >= self.queue_size:
             raise Refusal(429, f"{model.served!r} has no ready replica and {model.queued} requests are waiting "
                           "for one already; retry later", code="queue_full", retry_after=RETRY_AFTER)
-        labels = (model.namespace, model.name, model.served)
-        queue = self.metrics.queue_length.labels(*labels)
+        queue = self.metrics.of(model.namespace, model.name, model.served).queue_length
         model.queued += 1
         queue.inc()
         try:
@@ -346,8 +352,7 @@ class GatewayApp:
             log.warning("waking %s/%s failed: %s", model.namespace, model.name, exc)
             self._woken.pop(id(model), None)
 
-    async def _relay(self, send: Send, resp: Any, labels: tuple[str, str, str], t0: float, state: _State) -> None:
-        m = self.metrics
+    async def _relay(self, send: Send, resp: Any, m: ModelMetrics, t0: float, state: _State) -> None:
         relay = relay_response(resp, Usage(), keep_usage=True, idle_timeout=self.idle_timeout)
         first = True
         try:
@@ -356,21 +361,21 @@ class GatewayApp:
                 async for piece in relay:
                     if first:
                         first = False
-                        m.ttft.labels(*labels).observe(time.perf_counter() - t0)
+                        m.ttft.observe(time.perf_counter() - t0)
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
                 tail = DONE
             except EngineConnectionError as exc:
-                m.upstream_errors.labels(*labels).inc()
+                m.upstream_errors.inc()
                 tail = sse_error_event(stream_error("upstream", exc)) + DONE
             state.finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
-            with anyio.CancelScope(shield=True), suppress(Exception):
-                await relay.aclose()
+            with suppress(Exception):
+                await relay.aclose()  # it never suspends: a pending cancellation cannot cut it short
 
     def _count(self, model: Model | None, status: int) -> None:
         if model is not None:
-            self.metrics.requests.labels(model.namespace, model.name, model.served, str(status)).inc()
+            self.metrics.of(model.namespace, model.name, model.served).answered(status)
 
 
 class _State:

@@ -173,7 +173,7 @@ class KubeSource:
             for md in items:
                 model = self.registry.put_model(model_from(md))
                 seen.add((model.namespace, model.name))
-            for model in list(self.registry._by_key.values()):
+            for model in self.registry.every_model():
                 if (ns is None or model.namespace == ns) and (model.namespace, model.name) not in seen:
                     self.registry.drop_model(model.namespace, model.name)
         return on_list

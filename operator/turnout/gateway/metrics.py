@@ -23,5 +23,35 @@ class GatewayMetrics:
         self.upstream_errors = Counter("turnout_gateway_upstream_errors",
                                        "Upstream connections that failed or broke off", LABELS, registry=r)
         self.ttft = Histogram("turnout_gateway_time_to_first_token_seconds",
-                              "Time from the request to the first byte of the answer's body", LABELS,
+                              "Time from the request to the first bytes of a streamed answer", LABELS,
                               buckets=TTFT_BUCKETS, registry=r)
+        self._children: dict[tuple[str, str, str], ModelMetrics] = {}
+
+    def of(self, namespace: str, deployment: str, model: str) -> ModelMetrics:
+        """The metrics of one deployment, its label children looked up once."""
+        key = (namespace, deployment, model)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = ModelMetrics(self, key)
+        return found
+
+
+class ModelMetrics:
+    """One deployment's children of the gateway metrics."""
+
+    __slots__ = ("_codes", "_key", "_requests", "in_flight", "queue_length", "ttft", "upstream_errors")
+
+    def __init__(self, metrics: GatewayMetrics, key: tuple[str, str, str]) -> None:
+        self._key = key
+        self._requests = metrics.requests
+        self._codes: dict[int, Counter] = {}
+        self.in_flight = metrics.in_flight.labels(*key)
+        self.queue_length = metrics.queue_length.labels(*key)
+        self.upstream_errors = metrics.upstream_errors.labels(*key)
+        self.ttft = metrics.ttft.labels(*key)
+
+    def answered(self, code: int) -> None:
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = self._requests.labels(*self._key, str(code))
+        child.inc()

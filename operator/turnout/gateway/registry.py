@@ -82,15 +82,20 @@ class Model:
             return ring.pick(prefix, _load, self.routing.load_factor)
         return least_requests(eps, _load, self._ties)
 
-    async def changed(self) -> None:
-        """Until the model's endpoint set next changes to a non-empty one."""
-        waiter = asyncio.get_running_loop().create_future()
+    def changed(self) -> asyncio.Future[None]:
+        """A future done when the model's endpoint set next changes to a non-empty one.
+
+        Registered at once (not when first awaited), so no change between the call and the await is missed;
+        cancelling it (a timeout) unregisters it.
+        """
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+        waiter.add_done_callback(self._forget)
+        return waiter
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
 
     def _replace_endpoints(self, addrs: Iterable[tuple[str, int]]) -> None:
         wanted = sorted(set(addrs))
@@ -134,6 +139,10 @@ class Registry:
 
     def by_key(self, namespace: str, name: str) -> Model | None:
         return self._by_key.get((namespace, name))
+
+    def every_model(self) -> list[Model]:
+        """Every model, those whose served name another model took included."""
+        return list(self._by_key.values())
 
     def put_model(self, model: Model) -> Model:
         """Add or update a model; an existing one keeps its endpoints, counts and waiters."""

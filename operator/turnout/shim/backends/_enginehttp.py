@@ -346,7 +346,7 @@ class EnginePool:
         header lines, each ending with CRLF, sent as they are.
         """
         if self._closed:
-            raise EngineConnectionError("the engine connection pool is closed")
+            raise EngineConnectError("the engine connection pool is closed")
         head = [f"{method} {path} HTTP/1.1\r\n".encode(), b"Host: ", self._host_header, _EOL, headers]
         if body is not None:
             head += [b"Content-Type: ", content_type, b"\r\nContent-Length: ", str(len(body)).encode(), _EOL]
