@@ -35,6 +35,7 @@ from bench_shim import engine_port, wrapper_script
 from benchlib import (
     PYTHON,
     ROOT,
+    Proc,
     cpu_seconds,
     descendants,
     free_port,
@@ -75,6 +76,33 @@ async def _load_with_cpu(pid: int, tree: bool, url: str, body: dict[str, Any], c
     return await res_task, c1 - c0
 
 
+def start_litellm(engine_port: int, tmp: Path, logdir: Path, name: str = "litellm") -> tuple[Proc, float]:
+    """LiteLLM's proxy (one worker, a master key) in front of the stand-in on ``engine_port``; and its start-up (s)."""
+    cfg = tmp / "litellm.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model_list": [{"model_name": STANDIN, "litellm_params": {
+            "model": f"openai/{STANDIN}", "api_base": f"http://127.0.0.1:{engine_port}/v1", "api_key": "none"}}],
+        "general_settings": {"master_key": MASTER_KEY},
+    }))
+    lport = free_port()
+    t0 = time.monotonic()
+    lite = start_proc(name, [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(cfg), "--host",
+                             "127.0.0.1", "--port", str(lport), "--num_workers", "1"],
+                      lport, logdir, env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"})
+    try:
+        wait_ready(lite, "/health/liveliness", timeout=180)
+    except Exception:
+        lite.stop()
+        raise
+    return lite, time.monotonic() - t0
+
+
+def litellm_version() -> str:
+    return subprocess.run([str(LITELLM_VENV / "bin" / "python"), "-c",
+                           "import importlib.metadata as m; print(m.version('litellm'))"],
+                          capture_output=True, text=True).stdout.strip()
+
+
 def bench_litellm(concurrencies: list[int], duration: float, reps: int, logdir: Path) -> dict[str, Any]:
     if not (LITELLM_VENV / "bin" / "litellm").exists():
         return {"error": f"{LITELLM_VENV} has no litellm: run benchmarks/peers/setup.sh litellm"}
@@ -89,19 +117,8 @@ def bench_litellm(concurrencies: list[int], duration: float, reps: int, logdir: 
     try:
         wait_ready(shim, "/health", timeout=120)
         _, eport = engine_port(shim.pid)
-        cfg = tmp / "litellm.yaml"
-        cfg.write_text(yaml.safe_dump({
-            "model_list": [{"model_name": STANDIN, "litellm_params": {
-                "model": f"openai/{STANDIN}", "api_base": f"http://127.0.0.1:{eport}/v1", "api_key": "none"}}],
-            "general_settings": {"master_key": MASTER_KEY},
-        }))
-        lport = free_port()
-        t0 = time.monotonic()
-        lite = start_proc("litellm", [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(cfg), "--host",
-                                      "127.0.0.1", "--port", str(lport), "--num_workers", "1"],
-                          lport, logdir, env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"})
-        wait_ready(lite, "/health/liveliness", timeout=180)
-        lite_start = time.monotonic() - t0
+        lite, lite_start = start_litellm(eport, tmp, logdir)
+        lport = lite.port
         body = {"model": STANDIN, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 256}
         auth = {"authorization": f"Bearer {MASTER_KEY}"}
         urls = {"direct": f"http://127.0.0.1:{eport}/v1/chat/completions",
@@ -137,10 +154,7 @@ def bench_litellm(concurrencies: list[int], duration: float, reps: int, logdir: 
                     row[f"{k}_cpu_ms_per_1000_chunks"] = rnd(median(per), 2)
                     row[f"{k}_first_error"] = next((r.first_error for r in runs[k] if r.first_error), None)
             rows.append(row)
-        version = subprocess.run([str(LITELLM_VENV / "bin" / "python"), "-c",
-                                  "import importlib.metadata as m; print(m.version('litellm'))"],
-                                 capture_output=True, text=True).stdout.strip()
-        return {"version": version, "startup_s": rnd(lite_start, 2), "rows": rows,
+        return {"version": litellm_version(), "startup_s": rnd(lite_start, 2), "rows": rows,
                 "note": "CPU per chunk: the shim process alone (its stand-in engine child is not counted); "
                         "LiteLLM's whole process tree"}
     except Exception as exc:

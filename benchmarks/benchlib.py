@@ -210,6 +210,10 @@ class LoadResult:
     #: CPU seconds the watched process used inside the window, and its peak RSS (MiB)
     cpu: float | None = None
     rss_peak: float | None = None
+    #: with ``usage=True``: the prompt tokens of the answers' usage chunks, and how many of them the engine
+    #: took from its prompt cache (``usage.prompt_tokens_details.cached_tokens``)
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -223,7 +227,9 @@ class LoadResult:
                 "ttft_p99_ms": rnd((pct(self.ttft, 99) or 0) * 1000, 2) if self.ttft else None,
                 "cpu_s": rnd(self.cpu), "cpu_ms_per_1000_chunks": rnd(self.cpu * 1e6 / self.tokens, 2)
                 if self.cpu is not None and self.tokens else None,
-                "rss_peak_mib": rnd(self.rss_peak, 1), "first_error": self.first_error}
+                "rss_peak_mib": rnd(self.rss_peak, 1), "first_error": self.first_error,
+                **({"prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens}
+                   if self.prompt_tokens else {})}
 
 
 _CONTENT = re.compile(rb'"(?:content|text)":\s*"[^"]')
@@ -236,12 +242,16 @@ def _has_content(data: bytes) -> bool:
 
 async def stream_load(url: str, body: dict[str, Any], concurrency: int, duration: float, *,
                       headers: dict[str, str] | None = None, warmup: float = 0.0,
-                      pid: int | None = None) -> LoadResult:
+                      pid: int | None = None, bodies: Sequence[dict[str, Any]] | None = None,
+                      usage: bool = False) -> LoadResult:
     """Keep ``concurrency`` streams open against ``url`` for ``duration`` seconds (after ``warmup``).
 
     With ``pid``, also read that process's CPU time at the window's start and end, and sample its RSS.
+    With ``bodies``, requests take them in turn (``body`` is then ignored). With ``usage``, the
+    answers' usage chunks are read for prompt and cached prompt tokens.
     """
-    payload = json.dumps({**body, "stream": True}).encode()
+    payloads = [json.dumps({**b, "stream": True}).encode() for b in (bodies or [body])]
+    turn = 0
     hdrs = {"content-type": "application/json", **(headers or {})}
     res = LoadResult(concurrency, duration, 0, 0, 0)
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
@@ -251,7 +261,10 @@ async def stream_load(url: str, body: dict[str, Any], concurrency: int, duration
     t_end = t0 + duration
 
     async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal turn
         while loop.time() < t_end:
+            payload = payloads[turn % len(payloads)]
+            turn += 1
             sent = loop.time()
             first = True
             try:
@@ -275,6 +288,11 @@ async def stream_load(url: str, body: dict[str, Any], concurrency: int, duration
                                     res.ttft.append(now - sent)
                             if now >= t0:
                                 res.tokens += 1
+                        elif usage and sent >= t0 and b'"usage"' in line:
+                            u = json.loads(line[6:]).get("usage") or {}
+                            res.prompt_tokens += int(u.get("prompt_tokens") or 0)
+                            res.cached_tokens += int((u.get("prompt_tokens_details") or {}).get("cached_tokens")
+                                                     or 0)
                 if sent >= t0:
                     res.requests += 1
             except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:

@@ -1,6 +1,6 @@
 """Run every benchmark, write ``benchmarks/results/latest.json`` and print a markdown table.
 
-    python benchmarks/run.py [--quick] [--only shim,engines,peers,operator,resolver] [--out PATH]
+    python benchmarks/run.py [--quick] [--only shim,engines,peers,gateway,operator,resolver] [--out PATH]
                              [--kubeconfig PATH]
 
 ``--quick`` finishes in a few minutes (short windows, one repetition; the
@@ -28,14 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import PYTHON, ROOT, load_average
 
-PARTS = ("shim", "engines", "peers", "operator", "resolver")
+PARTS = ("shim", "engines", "peers", "gateway", "operator", "resolver")
 
 # (label, target text, reference figure from issue 10)
 REFERENCE = {
     "litellm_ratio": "LiteLLM: 0.02 of direct, +14 ms TTFT, ~0.65 ms CPU per chunk",
     "xinference": "Xinference 4.1: 0.77 of generate at 1 stream, 0.23 at 8, +39 ms TTFT, 24 s start, 1.5 GB",
     "llamacpp": "llama.cpp server: ~4,300 tokens/s at 1 stream, ~6,300 at 8, 3 ms TTFT",
+    "kubeai": "KubeAI: PrefixHash 4.7× lower TTFT than LeastRequests (800 concurrency, 8 × L4, vLLM)",
 }
+PREFIX_CONFIGS = {"ram_cache": "RAM prompt cache", "slots_only": "slot cache only"}
 
 
 def machine() -> dict[str, Any]:
@@ -86,6 +88,10 @@ def run_part(name: str, mode: str, logdir: Path, kubeconfig: str | None = None) 
             import bench_peers
 
             res = bench_peers.run(quick, duration=1.0 if smoke else None, logdir=logdir)
+        elif name == "gateway":
+            import bench_gateway
+
+            res = bench_gateway.run(quick, smoke=smoke, logdir=logdir, kubeconfig=kubeconfig)
         elif name == "operator":
             import bench_operator
 
@@ -182,6 +188,7 @@ def table(results: dict[str, Any]) -> str:
                      f"{_f(xi['rss_tree_mib'], 0)} MiB | peer | 24 s / 1.5 GB |")
     if "error" in xi:
         lines.append(f"| Xinference | error: {xi['error'][:300]} | | |")
+    lines += gateway_rows(parts.get("gateway", {}))
     op = parts.get("operator", {})
     for r in op.get("rows", []):
         if "error" in r:
@@ -211,6 +218,71 @@ def table(results: dict[str, Any]) -> str:
     elif "error" in res:
         lines.append(f"| resolver | error: {res['error'][:200]} | | |")
     return "\n".join(lines)
+
+
+def gateway_rows(gw: dict[str, Any]) -> list[str]:
+    """The gateway part's rows: overhead (fast and fixed pace, LiteLLM beside), prefix routing, scale from zero."""
+    lines = []
+    if "error" in gw:
+        lines.append(f"| gateway | error: {gw['error'][:200]} | | |")
+    ov = gw.get("overhead", {})
+    for r in ov.get("rows", []):
+        c = r["concurrency"]
+        goal = c == 64
+        peer = ""
+        if r.get("litellm_ratio") is not None:
+            peer = (f"LiteLLM {_f(r['litellm_ratio'], 3)}, +{_f(r['litellm_added_ttft_p50_ms'])} ms TTFT, "
+                    f"{_f(r['litellm_cpu_ms_per_1000_chunks'], 0)} ms CPU / 1,000 chunks")
+        ratio = _ok(r["ratio"], (r["ratio"] or 0) >= 0.9) if goal else _f(r["ratio"])
+        lines.append(f"| gateway, full speed, {c} streams: through ÷ direct ({_f(r['gateway_tokens_per_s'], 0)} / "
+                     f"{_f(r['direct_tokens_per_s'], 0)} tok/s) | {ratio} | {'≥ 0.9' if goal else ''} | {peer} |")
+        a = r["added_ttft_p50_ms"]
+        added = _ok(a, a is not None and a <= 1) if c == 1 else _f(a)
+        lines.append(f"| … added TTFT p50 / p99 (ms), {c} streams | {added} / {_f(r['added_ttft_p99_ms'])} | "
+                     f"{'≤ 1 ms p50' if c == 1 else ''} | |")
+        lines.append(f"| … gateway CPU ms per 1,000 chunks, {c} streams | {_f(r['gateway_cpu_ms_per_1000_chunks'])} "
+                     "| | |")
+        if r.get("cpu_ratio") is not None:
+            lines.append(f"| … CPU ms per 1,000 chunks, direct (engine + client) ÷ through the gateway, {c} streams "
+                         f"| {_f(r['direct_path_cpu_ms_per_1000_chunks'])} / "
+                         f"{_f(r['gateway_path_cpu_ms_per_1000_chunks'])} = {_f(r['cpu_ratio'])} | | |")
+    if ov.get("rows"):
+        lines.append(f"| … gateway RSS after the runs, MiB | {_f(ov.get('gateway_rss_mib'), 1)} | | |")
+    if "error" in ov:
+        lines.append(f"| gateway overhead | error: {ov['error'][:200]} | | |")
+    if "error" in ov.get("litellm", {}):
+        lines.append(f"| LiteLLM beside the gateway | error: {ov['litellm']['error'][:200]} | | |")
+    fx = gw.get("overhead_fixed", {})
+    for r in fx.get("rows", []):
+        lines.append(f"| gateway, fixed rate ({1 / fx['seconds_per_token']:.0f} tok/s per stream), "
+                     f"{r['concurrency']} streams: through ÷ direct; added TTFT p50 (ms); CPU ms / 1,000 chunks | "
+                     f"{_f(r['ratio'])}; {_f(r['added_ttft_p50_ms'])}; {_f(r['gateway_cpu_ms_per_1000_chunks'])} "
+                     "| | |")
+    if "error" in fx:
+        lines.append(f"| gateway overhead, fixed rate | error: {fx['error'][:200]} | | |")
+    pre = gw.get("prefix", {})
+    if "skipped" in pre:
+        lines.append(f"| prefix-aware routing | skipped: {pre['skipped'][:200]} | | |")
+    for tag, label in PREFIX_CONFIGS.items():
+        cfg = pre.get(tag, {})
+        if "error" in cfg:
+            lines.append(f"| prefix-aware routing, {label} | error: {cfg['error'][:200]} | | |")
+        rows = {r["strategy"]: r for r in cfg.get("rows", [])}
+        for name, r in rows.items():
+            others = [o["ttft_p50_ms"] for k, o in rows.items() if k != name and o["ttft_p50_ms"] is not None]
+            cached = f"{r['cached_share'] * 100:.0f}%" if r["cached_share"] is not None else "—"
+            text = (f"{_f(r['ttft_p50_ms'], 0)} / {_f(r['ttft_p99_ms'], 0)} ms, {_f(r['tokens_per_s'], 0)} tok/s "
+                    f"({_f(r['tokens_per_s_vs_random'])}× random), {cached} from cache")
+            if name == "PrefixHash":
+                best = r["ttft_p50_ms"] is not None and all(r["ttft_p50_ms"] < o for o in others)
+                text = f"{text} {'✅' if best else '❌'}"
+            lines.append(f"| prefix routing ({label}), {name}: TTFT p50 / p99, tok/s, prompt from cache | {text} | "
+                         f"{'lowest TTFT' if name == 'PrefixHash' else ''} | "
+                         f"{REFERENCE['kubeai'] if name == 'PrefixHash' else ''} |")
+    sz = gw.get("scale_from_zero", {})
+    if "skipped" in sz:
+        lines.append(f"| scale from zero: first-request TTFT | not measured: {sz['skipped']} | | |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

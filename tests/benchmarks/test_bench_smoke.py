@@ -69,3 +69,25 @@ def test_real_engines_part(tmp_path: Path) -> None:
             assert row["errors"] == 0, row["first_error"]
         assert eng[name]["shim_startup_s"] > 0
     assert "| llama.cpp via shim ÷ llama.cpp server, 8 streams" in results["table"]
+
+
+def test_gateway_part(tmp_path: Path) -> None:
+    results = _run(tmp_path, "gateway")
+    gw = results["parts"]["gateway"]
+    for key, conc in (("overhead", [1, 4]), ("overhead_fixed", [4])):
+        assert "error" not in gw[key], gw[key]
+        assert [r["concurrency"] for r in gw[key]["rows"]] == conc
+        for row in gw[key]["rows"]:
+            assert row["errors"] == 0, row["first_error"]
+            assert row["direct_tokens_per_s"] > 0 and row["gateway_tokens_per_s"] > 0
+            assert row["ratio"] is not None and row["gateway_cpu_ms_per_1000_chunks"] is not None
+    prefix = gw["prefix"]
+    assert prefix["replicas"] == 3 and 0.9 < prefix["shared_share"] < 1
+    rows = prefix["ram_cache"]["rows"]
+    assert [r["strategy"] for r in rows] == ["PrefixHash", "LeastRequests", "Random"]
+    for row in rows:
+        assert row["errors"] == 0, row["first_error"]
+        assert row["tokens_per_s"] > 0 and row["prompt_tokens"] > 0  # usage chunks were read
+    assert "skipped" in gw["scale_from_zero"]
+    assert "| gateway, full speed, 4 streams" in results["table"]
+    assert "| prefix routing (RAM prompt cache), PrefixHash: TTFT p50" in results["table"]
