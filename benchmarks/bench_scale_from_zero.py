@@ -42,6 +42,7 @@ ROWS = (  # (label, path into a run's figures)
     ("  request → the shim's /health first 200 (polled every 0.2 s) (s)",
      ("cold_start", "request_to_engine_healthy_s")),
     ("  startupProbe periodSeconds of the pod", ("cold_start", "startup_probe_period_s")),
+    ("time to first token of the same request once warm (s)", ("warm_ttft_s",)),
     ("client errors, first request", ("cold_start", "client_errors")),
     ("idle → back at zero (s)", ("idle_to_zero_s",)),
     ("4 streaming clients from zero → 2 replicas serving (s)", ("load_to_two_serving_s",)),

@@ -333,6 +333,8 @@ def test_scale_from_zero_through_the_gateway_up_to_two_and_back(operator: Operat
             "startup_probe_period_s": (pod["spec"]["containers"][0].get("startupProbe") or {}).get("periodSeconds"),
         }
         assert gateway.total("turnout_gateway_requests_total", deployment=name, code="200") >= 1
+        warm, _ = _stream(client, served, 16)  # the same request once warm, for comparison
+        results["warm_ttft_s"] = round(warm, 3) if warm is not None else None
         # Woken: spec.replicas (written through the scale subresource) stays up until the delay has passed.
         assert get_json("modeldeployment", name, "-n", namespace)["spec"]["replicas"] >= 1
 
