@@ -127,6 +127,13 @@ def gateway_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
         print(f"\n===== gateway log =====\n{request.getfixturevalue('gateway').tail()}")
 
 
+def _can(namespace: str, verb: str, resource: str, subresource: str = "") -> bool:
+    """``kubectl auth can-i`` as the gateway's ServiceAccount: the API server's own authorizer decides."""
+    out = kubectl("auth", "can-i", verb, resource, "-n", namespace, f"--as=system:serviceaccount:{namespace}:"
+                  "turnout-gateway", *([f"--subresource={subresource}"] if subresource else []), check=False)
+    return out.strip() == "yes"
+
+
 def _client(gateway: GatewayProcess) -> Any:
     """The official client on the gateway's base URL: no retries (an error is an error), no proxy."""
     from openai import OpenAI
@@ -156,6 +163,16 @@ def _stream(client: Any, model: str, max_tokens: int) -> tuple[float | None, str
     return first, "".join(text)
 
 
+def _shim_answers(address: str, port: int) -> float:
+    """Chat completions a model pod's shim answered (its ``turnout_requests_total``); 0 while it cannot say."""
+    try:
+        text = httpx.get(f"http://{address}:{port}/metrics", timeout=5, trust_env=False).text
+    except httpx.HTTPError:
+        return 0
+    return sum(v for (n, labels), v in parse_metrics(text).items()
+               if n == "turnout_requests_total" and ("endpoint", "/v1/chat/completions") in labels)
+
+
 def test_one_base_url_serves_a_llamacpp_and_a_transformers_model(operator: OperatorProcess, gateway: GatewayProcess,
                                                                   agents: list[dict[str, Any]], namespace: str,
                                                                   tiny_model: Any) -> None:
@@ -177,13 +194,15 @@ def test_one_base_url_serves_a_llamacpp_and_a_transformers_model(operator: Opera
         listed = poll(lambda: (ids := {m.id for m in client.models.list().data}) >= {"tiny-gguf", "tiny-hf"} and ids,
                       timeout=60, what="both models in the gateway's /v1/models")
         assert listed == {"tiny-gguf", "tiny-hf"}
-        for name, (served, _) in models.items():
+        for agent, (name, (served, _)) in zip(agents, models.items(), strict=True):
             reply = client.chat.completions.create(model=served, messages=HI, max_tokens=4, temperature=0)
             assert reply.model == served and reply.choices[0].message.content, reply
             first, text = _stream(client, served, 8)
             assert first is not None and text
-            # The gateway answered for this deployment (its own counters), routed to the pod's address.
+            # The gateway counted both for this deployment, and the pod at its agent's address answered them.
             assert gateway.total("turnout_gateway_requests_total", deployment=name, code="200") >= 2
+            ((address, port),) = ready_endpoints(namespace, name).items()
+            assert address == agent["address"] and _shim_answers(address, port) >= 2
 
         from openai import NotFoundError
 
@@ -192,6 +211,14 @@ def test_one_base_url_serves_a_llamacpp_and_a_transformers_model(operator: Opera
         error = missing.value.response.json()["error"]
         assert error["code"] == "model_not_found"
         assert "tiny-gguf" in error["message"] and "tiny-hf" in error["message"], error
+
+        # All of it as the ServiceAccount with the generated Role, which grants that and no more.
+        md = "modeldeployments.turnout.dev"
+        assert all(_can(namespace, verb, res, sub) for verb, res, sub in (
+            ("list", md, ""), ("watch", md, ""), ("patch", md, "scale"), ("list", "endpointslices", ""),
+            ("watch", "endpointslices", ""), ("get", "secrets", "")))
+        assert not any(_can(namespace, verb, res, sub) for verb, res, sub in (
+            ("patch", md, ""), ("delete", md, ""), ("list", "secrets", ""), ("list", "pods", "")))
     finally:
         for name in models:  # the agents' port is free again for the next test's pods
             delete_and_wait(namespace, name)
@@ -279,16 +306,6 @@ class Load:
             thread.join(timeout=600)
 
 
-def _shim_answers(address: str, port: int) -> float:
-    """Chat completions a model pod's shim answered (its ``turnout_requests_total``); 0 while it cannot say."""
-    try:
-        text = httpx.get(f"http://{address}:{port}/metrics", timeout=5, trust_env=False).text
-    except httpx.HTTPError:
-        return 0
-    return sum(v for (n, labels), v in parse_metrics(text).items()
-               if n == "turnout_requests_total" and ("endpoint", "/v1/chat/completions") in labels)
-
-
 def test_scale_from_zero_through_the_gateway_up_to_two_and_back(operator: OperatorProcess, gateway: GatewayProcess,
                                                                  agents: list[dict[str, Any]], namespace: str,
                                                                  tiny_model: Any) -> None:
@@ -333,6 +350,8 @@ def test_scale_from_zero_through_the_gateway_up_to_two_and_back(operator: Operat
             "startup_probe_period_s": (pod["spec"]["containers"][0].get("startupProbe") or {}).get("periodSeconds"),
         }
         assert gateway.total("turnout_gateway_requests_total", deployment=name, code="200") >= 1
+        wakes = [line for line in gateway.tail(10**7).splitlines() if "waking" in line]
+        assert wakes and not any("failed" in line for line in wakes), wakes  # its patch was allowed
         warm, _ = _stream(client, served, 16)  # the same request once warm, for comparison
         results["warm_ttft_s"] = round(warm, 3) if warm is not None else None
         # Woken: spec.replicas (written through the scale subresource) stays up until the delay has passed.
