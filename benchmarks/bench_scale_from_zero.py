@@ -36,7 +36,7 @@ ROWS = (  # (label, path into a run's figures)
     ("  request → pod created: gateway wake, operator, Deployment controller (s)",
      ("cold_start", "request_to_pod_created_s")),
     ("  pod created → bound by the scheduler (s)", ("cold_start", "pod_created_to_scheduled_s")),
-    ("  bound → Ready: the agent starts the shim and llama.cpp loads the model (s)",
+    ("  bound → Ready: the agent's startupProbe passes (s)",
      ("cold_start", "scheduled_to_ready_s")),
     ("  Ready → first token: EndpointSlice, gateway, generation (s)", ("cold_start", "ready_to_first_token_s")),
     ("  request → the shim's /health first 200 (polled every 0.2 s) (s)",
