@@ -3,7 +3,8 @@
 kubernetes_asyncio does the HTTP, TLS, authentication and watch framing;
 this class names our calls (server-side apply with our field manager,
 status merge-patches, ``events.k8s.io/v1`` Events, deletes with a uid
-precondition, plain get/create/patch and watches by path) and classifies
+precondition, plain get/create/patch and watches by path), reconnects when
+the client certificate files are renewed, and classifies
 failures: :class:`TransientApiError` (retry with back-off) or
 :class:`PermanentApiError` (the request is wrong as it stands). Objects go
 in and come back as plain dicts: no model classes on the hot path.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -26,6 +29,7 @@ from turnout.kube.credentials import Credentials
 from turnout.kube.errors import ApiError, PermanentApiError, TransientApiError, from_response
 from turnout.kube.session import http_session
 
+log = logging.getLogger("turnout.kube")
 FIELD_MANAGER = "turnout"
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
@@ -104,6 +108,8 @@ class KubeClient:
         self._api: ApiClient | None = None
 
     async def _client(self) -> ApiClient:
+        if self._api is not None and self.credentials.tls_changed():
+            await self._reconnect()
         if self._api is None:
             api = ApiClient(self.credentials.configuration)
             api.user_agent = self._user_agent
@@ -113,6 +119,22 @@ class KubeClient:
             api.rest_client.pool_manager = http_session(self.credentials, limit=self._connections)
             self._api = api
         return self._api
+
+    async def _reconnect(self) -> None:
+        """The client certificate was renewed: new connections with it; the old ones are closed.
+
+        As kubelet does on rotation: open connections (a watch too) were authenticated with the old
+        certificate at their handshake, so they end here and their callers retry on the new pool.
+        """
+        assert self._api is not None
+        try:
+            fresh = http_session(self.credentials, limit=self._connections)
+        except (ssl.SSLError, OSError) as exc:  # half-written files: keep the old pool, try again later
+            log.warning("cannot load the renewed client certificate yet: %s", exc)
+            return
+        old, self._api.rest_client.pool_manager = self._api.rest_client.pool_manager, fresh
+        log.info("client certificate changed: reconnecting with it")
+        await old.close()
 
     async def close(self) -> None:
         if self._api is not None:
