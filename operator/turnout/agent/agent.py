@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from turnout.agent.bootstrap import NodeIdentity, renew_forever
 from turnout.agent.config import AgentConfig
 from turnout.agent.node import (
     LEASE_NAMESPACE,
@@ -99,21 +100,20 @@ class Agent:
             labels: dict[str, str | None] = dict(wanted["metadata"]["labels"])
             for key in OWN_LABELS:  # e.g. the memory label of a host that no longer advertises Metal
                 labels.setdefault(key, None)
+            # Taints only at creation: NodeRestriction forbids a node to change its own taints later.
+            missing = _missing_taints(current, wanted)
+            if missing:
+                log.warning("node %s lacks the taint%s %s, which the agent sets only when it creates the Node "
+                            "(a node may not change its taints): an admin can add it with kubectl taint nodes %s "
+                            "%s", self.config.node_name, "s" if len(missing) > 1 else "", ", ".join(missing),
+                            self.config.node_name, " ".join(missing))
             current = await self.kube.merge_patch(self.node_path, {
                 "metadata": {"labels": labels, "annotations": wanted["metadata"]["annotations"]},
-                "spec": {"taints": self._taints(current, wanted)},
             })
         self.node = current
         self._capacity = wanted["status"]["capacity"]
         await self.post_status()
         await self.renew_lease()
-
-    @staticmethod
-    def _taints(current: dict[str, Any], wanted: dict[str, Any]) -> list[dict[str, Any]]:
-        """Ours plus whatever others put there (e.g. an admin's or the node controller's taints)."""
-        ours = wanted["spec"]["taints"]
-        keys = {t["key"] for t in ours}
-        return ours + [t for t in (current.get("spec") or {}).get("taints") or [] if t.get("key") not in keys]
 
     async def post_status(self, *, ready: bool = True, message: str | None = None) -> None:
         kwargs = {"message": message} if message else {}
@@ -280,6 +280,13 @@ class Agent:
                      "containers stopped" if stop_all else "containers left running for the next start to adopt")
 
 
+def _missing_taints(current: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Our taints (``key=value:effect``) the existing Node does not carry."""
+    have = {(t.get("key"), t.get("effect")) for t in (current.get("spec") or {}).get("taints") or []}
+    return [f"{t['key']}={t.get('value', '')}:{t['effect']}" for t in wanted["spec"]["taints"]
+            if (t["key"], t["effect"]) not in have]
+
+
 def bind_and_probe_addresses(configured: str | None, address: str) -> tuple[str, str]:
     """Where the shim listens and where probes connect, from ``--address`` and the node address.
 
@@ -302,6 +309,7 @@ async def run_agent(
     *,
     kubeconfig: str | None = None,
     credentials: Credentials | None = None,
+    bootstrap_kubeconfig: str | None = None,
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
     probes: Probes | None = None,
@@ -310,17 +318,29 @@ async def run_agent(
     """Run the host agent until ``stop`` is set (or the task is cancelled).
 
     ``credentials`` win over ``kubeconfig``; without either the usual
-    ``$KUBECONFIG`` / ``~/.kube/config`` lookup applies.
+    ``$KUBECONFIG`` / ``~/.kube/config`` lookup applies. With
+    ``bootstrap_kubeconfig`` (and no ``credentials``) the agent uses its node certificate,
+    getting one through TLS bootstrapping first, writes the node kubeconfig to ``kubeconfig``
+    (default ``<state-dir>/kubeconfig``) and renews the certificate while it runs
+    (:mod:`turnout.agent.bootstrap`).
     ``ready`` is set once the node is registered and the pods bound to it are
     listed (and adopted). ``probes`` overrides hardware detection; ``host_ports`` is the table of
     claimed ports (default: the agent's own; agents sharing an event loop may share one).
     """
+    identity = None
+    if credentials is None and bootstrap_kubeconfig:
+        identity = NodeIdentity.of(config.node_name, config.state_dir, bootstrap_kubeconfig, kubeconfig)
+        credentials = await identity.credentials()
     creds = credentials or await load_credentials(kubeconfig)
     kube = KubeClient(creds, user_agent="turnout-agent")
     stop = stop or asyncio.Event()
+    renewal = asyncio.create_task(renew_forever(identity, kube)) if identity is not None else None
     try:
         address = config.address or detect_address(creds.server)
         agent = Agent(config, kube, address=address, probes=probes, host_ports=host_ports)
         await agent.run(stop, ready)
     finally:
+        if renewal is not None:
+            renewal.cancel()
+            await asyncio.gather(renewal, return_exceptions=True)
         await kube.close()
