@@ -4,7 +4,9 @@ values.schema.json only with values the operator can use."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import datetime
 import re
 import shutil
 from pathlib import Path
@@ -15,7 +17,8 @@ import pytest
 import yaml
 from chartkit import CHART, EVERYTHING, NAMESPACE, ROOT, SCENARIOS, by_kind, load_script, one, render, render_files
 
-from turnout.agent.rbac import RULES as AGENT_RULES
+from turnout.agent.jointoken import usable_token
+from turnout.agent.rbac import BOOTSTRAP_BINDINGS, BOOTSTRAP_GROUP
 from turnout.api.crd import crd
 from turnout.api.types import ACCELERATORS, ENGINES
 from turnout.config import OperatorConfig, parse_config
@@ -80,6 +83,8 @@ def test_names_are_dns_labels_and_objects_are_namespaced_where_they_should_be(sc
             assert DNS_LABEL.match(meta["name"]) and len(meta["name"]) <= 63, meta["name"]
         if obj["kind"] in cluster_kinds:
             assert "namespace" not in meta
+        elif obj["kind"] == "Secret" and obj["type"] == "bootstrap.kubernetes.io/token":
+            assert meta["namespace"] == "kube-system"  # where the API server looks bootstrap tokens up
         elif obj["kind"] not in ("Role", "RoleBinding"):
             assert meta["namespace"] == NAMESPACE
 
@@ -446,15 +451,31 @@ def test_peering_is_refused_because_the_chart_grants_no_peering_rbac() -> None:
         render({"extraArgs": ["--peering=turnout"]})
 
 
-def test_host_agents_get_one_identity_each_with_exactly_the_agents_declared_rbac() -> None:
-    assert [o for o in render() if "agent" in o["metadata"]["name"]] == []
+def test_host_agents_get_bootstrap_tokens_and_the_bootstrapper_bindings_not_an_identity_of_the_chart() -> None:
+    assert [o for o in render() if "agent" in o["metadata"]["name"] or o["kind"] == "Secret"] == []
     objs = render({"hostAgents": {"names": ["mac-studio-1", "mac-mini-2"]}})
-    role = next(o for o in by_kind(objs, "ClusterRole") if o["metadata"]["name"].endswith("-agent"))
-    assert _triples(role["rules"]) == {(r.api_group, r.resource, v) for r in AGENT_RULES for v in r.verbs}
-    accounts = {o["metadata"]["name"] for o in by_kind(objs, "ServiceAccount") if "agent" in o["metadata"]["name"]}
-    assert accounts == {"turnout-agent-mac-studio-1", "turnout-agent-mac-mini-2"}
-    bindings = [b for b in by_kind(objs, "ClusterRoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
-    assert {b["subjects"][0]["name"] for b in bindings} == accounts
-    assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings)
+    secrets = by_kind(objs, "Secret")
+    assert {s["metadata"]["labels"]["turnout.dev/host"] for s in secrets} == {"mac-studio-1", "mac-mini-2"}
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for secret in secrets:
+        data = secret["stringData"]
+        assert secret["type"] == "bootstrap.kubernetes.io/token" and secret["metadata"]["namespace"] == "kube-system"
+        assert re.fullmatch(r"[a-z0-9]{6}", data["token-id"]) and re.fullmatch(r"[a-z0-9]{16}", data["token-secret"])
+        assert secret["metadata"]["name"] == f"bootstrap-token-{data['token-id']}"
+        assert data["usage-bootstrap-authentication"] == "true" and data["auth-extra-groups"] == BOOTSTRAP_GROUP
+        left = datetime.datetime.fromisoformat(data["expiration"].replace("Z", "+00:00")) - now
+        assert datetime.timedelta(hours=23) < left <= datetime.timedelta(hours=24)
+        assert usable_token({"type": secret["type"], "data": {k: base64.b64encode(v.encode()).decode()
+                                                               for k, v in data.items()}}, now)
+    bindings = {b["roleRef"]["name"]: b["subjects"] for b in by_kind(objs, "ClusterRoleBinding")
+                if b["roleRef"]["name"].startswith("system:")}
+    assert bindings == {role: [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]
+                        for role, group, _ in BOOTSTRAP_BINDINGS}
+    # Nothing else for the agents: their API calls are the Node authorizer's to grant.
+    assert not [o for o in by_kind(objs, "ServiceAccount") if "agent" in o["metadata"]["name"]]
+    assert not [o for o in by_kind(objs, "ClusterRole") if "agent" in o["metadata"]["name"]]
+    assert len(by_kind(objs, "ClusterRoleBinding")) == len(by_kind(render(), "ClusterRoleBinding")) + 3
+    forever = by_kind(render({"hostAgents": {"names": ["m"], "tokenTTL": ""}}), "Secret")
+    assert "expiration" not in forever[0]["stringData"]
     text = render_files({"hostAgents": {"names": ["m"]}})["turnout/templates/hostagents.yaml"]
-    assert all(f"# {r.why}\n" in text for r in AGENT_RULES)
+    assert all(f"# {why}\n" in text for _, _, why in BOOTSTRAP_BINDINGS)

@@ -50,9 +50,9 @@ BOOTSTRAP_BINDINGS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def bootstrap_binding_name(role: str) -> str:
-    """``turnout:<role without system:>`` (e.g. ``turnout:node-bootstrapper``)."""
-    return "turnout:" + role.removeprefix("system:").replace("certificates.k8s.io:certificatesigningrequests:", "")
+def bootstrap_binding_name(role: str, prefix: str = "turnout") -> str:
+    """``<prefix>-<role, short>`` (e.g. ``turnout-node-bootstrapper``, ``turnout-selfnodeclient``)."""
+    return f"{prefix}-" + role.removeprefix("system:").replace("certificates.k8s.io:certificatesigningrequests:", "")
 
 
 def bootstrap_bindings() -> list[dict[str, object]]:
