@@ -12,6 +12,7 @@ import asyncio
 import base64
 import datetime
 import os
+import signal
 import stat
 import sys
 from pathlib import Path
@@ -96,8 +97,8 @@ async def test_join_token_makes_one_token_per_host_and_reuses_it(cluster: Cluste
         fresh, _, reused = await join_token(kube, NODE, datetime.timedelta(hours=1))
     assert not reused and not fresh.startswith("old000")
 
-    doc = bootstrap_kubeconfig(creds, fresh, NODE, server="https://10.0.0.1:6443")
-    assert doc["clusters"][0]["cluster"] == {"server": "https://10.0.0.1:6443",
+    doc = bootstrap_kubeconfig(creds, fresh, NODE, server="https://10.0.0.1:6443", tls_server_name="kube.internal")
+    assert doc["clusters"][0]["cluster"] == {"server": "https://10.0.0.1:6443", "tls-server-name": "kube.internal",
                                              "certificate-authority-data": base64.b64encode(cluster.ca.pem).decode()}
     assert doc["users"][0]["user"] == {"token": fresh}
 
@@ -127,6 +128,34 @@ async def test_join_token_command_writes_a_private_bootstrap_kubeconfig(cluster:
         await kube.get("/api/v1/namespaces/models")
     assert cluster.calls[-1][2].name == f"system:bootstrap:{token.split('.')[0]}"
     assert BOOTSTRAP_GROUP in cluster.calls[-1][2].groups
+
+
+async def test_python_m_turnout_agent_with_a_bootstrap_kubeconfig(cluster: ClusterFake, tmp_path: Path) -> None:
+    bootstrap, _ = await bootstrap_file(cluster, tmp_path)
+    state = tmp_path / "cli-state"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "turnout.agent", "--node-name", NODE, "--accelerator", "cpu", "--address", "127.0.0.1",
+        "--bootstrap-kubeconfig", str(bootstrap), "--state-dir", str(state), "--stop-pods-on-exit",
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        await cluster.wait_for(lambda: cluster.get(NODES, None, NODE), timeout=60, what="the CLI's node")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert (state / "kubeconfig").is_file() and (state / "pki" / CURRENT).is_file()
+    assert b"submitted certificate signing request" in err
+
+    cluster.approve = False  # a denied request ends the agent with the reason, exit status 2
+    (state / "pki" / CURRENT).unlink()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "turnout.agent", "--node-name", NODE, "--bootstrap-kubeconfig", str(bootstrap),
+        "--state-dir", str(state), stderr=asyncio.subprocess.PIPE)
+    await cluster.wait_for(lambda: len(csrs(cluster)) == 2, timeout=60, what="the second CSR")
+    newest = max(csrs(cluster), key=lambda c: int(c["metadata"]["resourceVersion"]))["metadata"]["name"]
+    await cluster.deny_csr(newest, "unknown host")
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2 and b"was denied: AdminDenied: unknown host" in err, err.decode()
 
 
 async def test_an_agent_joins_with_a_bootstrap_token_and_renews_its_certificate(

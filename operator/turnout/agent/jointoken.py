@@ -120,15 +120,15 @@ async def join_token(kube: KubeClient, node_name: str, ttl: datetime.timedelta |
     return f"{token_id}.{token_secret_}", _stamp(expiration) if expiration else None, False
 
 
-def bootstrap_kubeconfig(creds: Credentials, token: str, node_name: str,
-                         server: str | None = None) -> dict[str, Any]:
-    """A kubeconfig for the admin's cluster (or ``server``) whose user is the bootstrap token."""
+def bootstrap_kubeconfig(creds: Credentials, token: str, node_name: str, server: str | None = None,
+                         tls_server_name: str | None = None) -> dict[str, Any]:
+    """A kubeconfig for the admin's cluster (or ``server``, verified as ``tls_server_name``) whose user is the token."""
     cfg = creds.configuration
     cluster: dict[str, Any] = {"server": server or creds.server}
     if cfg.ssl_ca_cert:
         cluster["certificate-authority-data"] = base64.b64encode(Path(cfg.ssl_ca_cert).read_bytes()).decode()
-    if cfg.tls_server_name:
-        cluster["tls-server-name"] = cfg.tls_server_name
+    if tls_server_name or cfg.tls_server_name:
+        cluster["tls-server-name"] = tls_server_name or cfg.tls_server_name
     if not cfg.verify_ssl:
         cluster["insecure-skip-tls-verify"] = True
     user = f"bootstrap-{node_name}"
@@ -156,6 +156,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ttl", default="24h", help="how long the token authenticates (default 24h; 0: forever)")
     parser.add_argument("-o", "--output", help="write the bootstrap kubeconfig here, mode 0600 (default: stdout)")
     parser.add_argument("--server", help="the API server URL the host reaches (default: your kubeconfig's)")
+    parser.add_argument("--tls-server-name", help="the name to verify the server's certificate for, when --server "
+                                                  "is an address the certificate does not name")
     parser.add_argument("--kubeconfig", help="the admin kubeconfig (default: $KUBECONFIG, then ~/.kube/config)")
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
 
@@ -166,7 +168,8 @@ async def _run(args: argparse.Namespace) -> int:
     async with KubeClient(creds, user_agent="turnout-join-token") as kube:
         token, expiration, reused = await join_token(kube, args.node_name, ttl)
         missing = await missing_bindings(kube)
-    doc = yaml.safe_dump(bootstrap_kubeconfig(creds, token, args.node_name, args.server), sort_keys=False)
+    config = bootstrap_kubeconfig(creds, token, args.node_name, args.server, args.tls_server_name)
+    doc = yaml.safe_dump(config, sort_keys=False)
     if args.output:
         write_private(Path(args.output), doc)
     else:
