@@ -38,9 +38,13 @@ async def test_secrets_and_config_maps_reach_the_process(fake: AgentFake, agents
     await fake.wait_for(lambda: container_status(fake, "keyed").get("state", {}).get("waiting", {}).get("reason")
                         == "CreateContainerConfigError", what="CreateContainerConfigError")
     assert "tokens" in container_status(fake, "keyed")["state"]["waiting"]["message"]
+    # Refused at first (the Node authorizer has not seen the pod bound yet): retried like a missing one.
+    fake.fail("GET", "secrets", 403, times=1)
     await fake.put_object(SECRETS, {"metadata": {"name": "tokens", "namespace": NS}, "data": {
         "hf": base64.b64encode(b"hf_secret").decode(), "api": base64.b64encode(b"sk-local").decode()}})
     await fake.put_object(CONFIGMAPS, {"metadata": {"name": "settings", "namespace": NS}, "data": {"mode": "fast"}})
+    await fake.wait_for(lambda: "forbidden to this node" in container_status(fake, "keyed").get("state", {})
+                        .get("waiting", {}).get("message", ""), timeout=30, what="the 403 reported, not fatal")
     await fake.wait_for(lambda: running_and_ready(fake, "keyed"), timeout=30, what="Ready once the secret exists")
     env = get_json(free_port, "/env")
     assert env["HF_TOKEN"] == "hf_secret" and env["MODE"] == "fast"
