@@ -161,7 +161,7 @@ async def test_python_m_turnout_agent_with_a_bootstrap_kubeconfig(cluster: Clust
 async def test_an_agent_joins_with_a_bootstrap_token_and_renews_its_certificate(
         cluster: ClusterFake, node_agents, tmp_path: Path) -> None:
     bootstrap, token = await bootstrap_file(cluster, tmp_path)
-    cluster.signing_seconds = 6  # the first certificate: renewed 4.2-5.4 s after it was signed
+    cluster.signing_seconds = 10  # the first certificate: renewed 7-9 s after it was signed
     run = node_agents(bootstrap)
     await run.start()
     cluster.signing_seconds = 3600
@@ -257,7 +257,7 @@ async def test_the_node_identity_uses_only_what_the_node_authorizer_grants(
         cluster: ClusterFake, node_agents, tmp_path: Path, free_port: int) -> None:
     """Every call the agent makes as its node is declared in turnout.agent.rbac, and every rule is used."""
     bootstrap, _ = await bootstrap_file(cluster, tmp_path)
-    cluster.signing_seconds = 4  # so a renewal happens while the pod runs
+    cluster.signing_seconds = 8  # so a renewal happens while the pod runs
     run = node_agents(bootstrap)
     await run.start()
     cluster.signing_seconds = 3600

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import datetime
+import json
 import re
 import shutil
 from pathlib import Path
@@ -449,6 +450,39 @@ def test_set_expressions_from_the_docs_work() -> None:
 def test_peering_is_refused_because_the_chart_grants_no_peering_rbac() -> None:
     with pytest.raises(helm.HelmError, match=r"--peering needs kopf\.dev"):
         render({"extraArgs": ["--peering=turnout"]})
+
+
+def test_host_agents_keep_their_unexpired_chart_made_token_across_upgrades(tmp_path: Path) -> None:
+    """The ``lookup`` branch: offline rendering has no cluster, so a copy of the chart gets lookup's answer."""
+    def token(host: str, token_id: str, expiration: str | None, manager: str = "Helm") -> dict[str, Any]:
+        data = {"token-id": token_id, "token-secret": "0123456789abcdef",
+                **({"expiration": expiration} if expiration else {})}
+        return {"type": "bootstrap.kubernetes.io/token", "metadata": {"labels": {
+            "turnout.dev/host": host, "app.kubernetes.io/managed-by": manager,
+            "app.kubernetes.io/instance": "turnout"}},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+    existing = {"items": [token("mac1", "keep01", "2099-01-01T00:00:00Z"),
+                          token("mac2", "old002", "2001-01-01T00:00:00Z"),
+                          token("mac3", "cli003", None, manager="turnout-join-token"), token("mac4", "ever04", None),
+                          {"type": "Opaque", "metadata": {}}]}
+    copy_dir = tmp_path / "turnout"
+    shutil.copytree(CHART, copy_dir)
+    template = copy_dir / "templates" / "hostagents.yaml"
+    lookup = '{{- with lookup "v1" "Secret" "kube-system" "" }}'
+    assert lookup in template.read_text()
+    answer = "{{- with (fromJson " + json.dumps(json.dumps(existing)) + ") }}"
+    template.write_text(template.read_text().replace(lookup, answer))
+    out = helm.Chart.load(copy_dir).render({"hostAgents": {"names": ["mac1", "mac2", "mac3", "mac4"]}},
+                                           name="turnout", namespace=NAMESPACE, is_install=False, is_upgrade=True)
+    secrets = {d["metadata"]["labels"]["turnout.dev/host"]: d for d in yaml.safe_load_all(
+        out["turnout/templates/hostagents.yaml"]) if d and d["kind"] == "Secret"}
+    assert secrets["mac1"]["metadata"]["name"] == "bootstrap-token-keep01"  # unexpired: kept
+    assert secrets["mac1"]["stringData"]["expiration"] == "2099-01-01T00:00:00Z"
+    assert secrets["mac4"]["metadata"]["name"] == "bootstrap-token-ever04"  # no expiry: kept
+    assert "expiration" not in secrets["mac4"]["stringData"]
+    assert secrets["mac2"]["metadata"]["name"] != "bootstrap-token-old002"  # expired: a new one
+    assert secrets["mac3"]["metadata"]["name"] != "bootstrap-token-cli003"  # not the release's: left alone
 
 
 def test_host_agents_get_bootstrap_tokens_and_the_bootstrapper_bindings_not_an_identity_of_the_chart() -> None:
