@@ -317,6 +317,41 @@ def test_agents_join_by_tls_bootstrapping_as_their_nodes(agents: dict[str, dict]
         assert secret and secret["metadata"]["labels"]["turnout.dev/host"] == agent["name"]
 
 
+def test_a_renewal_is_approved_for_the_node_itself_and_the_running_agent_switches_to_it(
+        agents: dict[str, dict]) -> None:
+    """Renewal as the agent does it at 70-90 % of the lifetime, started now (the real signer's minimum is 10 min)."""
+    import asyncio
+
+    from cryptography import x509
+
+    from turnout.agent.bootstrap import NodeIdentity
+    from turnout.kube import KubeClient, load_credentials
+
+    cpu = agents["cpu"]
+    state = Path(cpu["kubeconfig"]).parent
+    current = state / "pki" / "turnout-agent-client-current.pem"
+    before = x509.load_pem_x509_certificate(current.read_bytes()).serial_number
+    identity = NodeIdentity.of(cpu["name"], str(state), str(cpu["bootstrap"]), str(cpu["kubeconfig"]),
+                               csr_timeout=60)
+
+    async def renew() -> None:
+        async with KubeClient(await load_credentials(str(cpu["kubeconfig"]))) as kube:
+            await identity.renew(kube)
+
+    asyncio.run(renew())
+    after = x509.load_pem_x509_certificate(current.read_bytes()).serial_number
+    assert after != before
+    renewal = [c for c in _node_csrs(cpu["name"]) if c["spec"]["username"] == f"system:node:{cpu['name']}"]
+    approved = condition(renewal[0], "Approved") if renewal else {}
+    # csrapproving's selfnodeclient path: "Auto approving self kubelet client certificate after SubjectAccessReview."
+    assert approved.get("status") == "True" and "self" in approved.get("message", ""), renewal
+    poll(lambda: "client certificate changed: reconnecting" in cpu["log"].read_text(), timeout=60,
+         what="the running agent reconnecting with the renewed certificate")
+    renewed = get_json("lease", cpu["name"], "-n", "kube-node-lease")["spec"]["renewTime"]
+    poll(lambda: get_json("lease", cpu["name"], "-n", "kube-node-lease")["spec"]["renewTime"] != renewed,
+         timeout=60, what="a heartbeat with the renewed certificate")
+
+
 def _sleeper(name: str, node: str, **container: Any) -> dict[str, Any]:
     """A pod bound to ``node`` whose container sleeps (the agent runs it with its own interpreter)."""
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},

@@ -159,7 +159,7 @@ async def test_python_m_turnout_agent_with_a_bootstrap_kubeconfig(cluster: Clust
 
 
 async def test_an_agent_joins_with_a_bootstrap_token_and_renews_its_certificate(
-        cluster: ClusterFake, node_agents, tmp_path: Path) -> None:
+        cluster: ClusterFake, node_agents, tmp_path: Path, free_port: int) -> None:
     bootstrap, token = await bootstrap_file(cluster, tmp_path)
     cluster.signing_seconds = 10  # the first certificate: renewed 7-9 s after it was signed
     run = node_agents(bootstrap)
@@ -203,6 +203,12 @@ async def test_an_agent_joins_with_a_bootstrap_token_and_renews_its_certificate(
     count = len(cluster.calls)
     await cluster.wait_for(lambda: len(cluster.calls) > count + 3, timeout=10, what="more heartbeats")
     assert {u.serial for _, _, u in cluster.calls[count:]} == {new_serial}
+    # The pod watch opened before the renewal still delivers (it is not left hanging on a closed pool).
+    await cluster.put_object(PODS, make_pod("after-renewal", free_port, extra_args=("--ready-after", "0")))
+    await cluster.wait_for(lambda: running_and_ready(cluster, "after-renewal"), timeout=30,
+                           what="a pod bound after the renewal running")
+    await delete_pod(cluster, "after-renewal")
+    await cluster.wait_for(lambda: pod(cluster, "after-renewal") is None, what="removed")
     await run.stop(stop_pods=True)
 
     # A restart uses the stored certificate: the token may be gone by then (single use, expired).

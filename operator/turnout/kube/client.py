@@ -31,6 +31,8 @@ from turnout.kube.session import http_session
 
 log = logging.getLogger("turnout.kube")
 FIELD_MANAGER = "turnout"
+#: A pool replaced by a renewed client certificate is closed this long after (the longest watch read is 330 s).
+RETIRE_SECONDS = 360.0
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 _OBJECT = {code: "object" for code in (200, 201, 202)}
@@ -106,6 +108,7 @@ class KubeClient:
         self._on_error = on_error
         self._user_agent = user_agent
         self._api: ApiClient | None = None
+        self._retiring: dict[asyncio.Task[None], aiohttp.ClientSession] = {}  # pools of a replaced certificate
 
     async def _client(self) -> ApiClient:
         if self._api is not None and self.credentials.tls_changed():
@@ -121,10 +124,12 @@ class KubeClient:
         return self._api
 
     async def _reconnect(self) -> None:
-        """The client certificate was renewed: new connections with it; the old ones are closed.
+        """The client certificate was renewed: new requests go out on a new pool that presents it.
 
-        As kubelet does on rotation: open connections (a watch too) were authenticated with the old
-        certificate at their handshake, so they end here and their callers retry on the new pool.
+        Requests in flight finish on the old pool (their connections authenticated with the old
+        certificate, which is still valid: renewal comes well before expiry); a watch on it ends at its
+        next event or bookmark, and its caller watches again on the new pool. The old pool is closed
+        once even a watch's read timeout has passed (aiohttp's close would leave a reader waiting forever).
         """
         assert self._api is not None
         try:
@@ -134,9 +139,23 @@ class KubeClient:
             return
         old, self._api.rest_client.pool_manager = self._api.rest_client.pool_manager, fresh
         log.info("client certificate changed: reconnecting with it")
-        await old.close()
+        task = asyncio.create_task(self._close_later(old))
+        self._retiring[task] = old
+        task.add_done_callback(lambda t: self._retiring.pop(t, None))
+
+    @staticmethod
+    async def _close_later(session: aiohttp.ClientSession) -> None:
+        await asyncio.sleep(RETIRE_SECONDS)
+        await session.close()
+
+    def _pool(self) -> Any:
+        return self._api.rest_client.pool_manager if self._api is not None else None
 
     async def close(self) -> None:
+        for task, session in list(self._retiring.items()):
+            task.cancel()
+            await session.close()
+        self._retiring.clear()
         if self._api is not None:
             await self._api.close()
             self._api = None
@@ -291,10 +310,14 @@ class KubeClient:
             )
 
         stream = Watch(return_type="object")
+        await self._client()
+        pool = self._pool()
         try:
             async for event in stream.stream(_list, timeout_seconds=timeout_seconds,
                                              resource_version=params.get("resourceVersion")):
                 yield {"type": event["type"], "object": event["raw_object"]}
+                if self._pool() is not pool:
+                    return  # the certificate was renewed: the caller watches again, on the new pool
         except ApiException as exc:
             raise self._error(exc, "WATCH", path) from exc
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
