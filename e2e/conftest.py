@@ -69,6 +69,12 @@ tests/kube/test_credentials_tls.py → test_credentials_e2e.py
   no_credentials_say_what_was_tried → none (no server involved)
 tests/agent/ (the emulator with field selectors, Leases, graceful pod deletion) → test_agent_e2e.py
   nodes, Leases, scheduling onto agents, serving, restarts after a kill, two agents sharing a host, deletes
+tests/agent/test_bootstrap.py (clusterfake: TLS, bootstrap tokens, CSR approval and signing, node rules)
+    → test_agent_e2e.py
+  an_agent_joins_with_a_bootstrap_token... → agents_join_by_tls_bootstrapping_as_their_nodes (the real
+    kube-controller-manager approves and signs; renewal is not run: the real signer's minimum is 10 minutes)
+  the_node_identity_uses_only_what_the_node_authorizer_grants
+    → the_node_identity_gets_only_what_the_node_authorizer_grants (the real Node authorizer and NodeRestriction)
 """
 
 from __future__ import annotations

@@ -10,6 +10,14 @@ server. The agents' pods listen on their namespace's address, which is the pod I
 EndpointSlices carry; test traffic goes only there (and to 127.0.0.0/8). Needs root (``ip netns``);
 namespaces and links are removed at the end, and a crashed run's at the start.
 
+Every agent joins as kubelets do: ``turnout agent join-token`` (with the admin kubeconfig of
+KUBECONFIG) makes its bootstrap token and a bootstrap kubeconfig naming the forwarder; the agent
+trades the token for a node certificate through a CertificateSigningRequest that the real
+kube-controller-manager approves (the standard bootstrapper ClusterRoleBindings, made here as the
+chart makes them) and signs; from then on it is ``system:node:<name>``, and the Node authorizer and
+NodeRestriction decide what it may do: it reads a Secret its pod references, and is refused (403) a
+Secret no pod of its references, another Node, its own taints, and a pod on another node.
+
 One agent advertises ``--accelerator cpu``, one ``--accelerator metal``. The operator (the
 ``operator`` fixture of e2e/conftest.py) places a Metal plan on the Metal agent's node with its
 ordinary node selector and toleration (no special case), and a CPU llama.cpp deployment pinned to
@@ -21,6 +29,7 @@ the same port. On failure the agents' logs are printed after the conftest's obje
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -33,11 +42,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubectl import condition, get_json, kubectl, poll
-from netns import AGENT_LABEL, Forwarder, Namespace, clean_leftovers, kubeconfig_via, problem, server_of
+import yaml
+from kubectl import KubectlError, condition, get_json, kubectl, poll
+from netns import AGENT_LABEL, Forwarder, Namespace, clean_leftovers, problem, server_of, verified_name
 from procs import ROOT, child_env
 
+from conftest import RUN
+from turnout.agent.node import AGENT_LABEL as NODE_AGENT_LABEL
+from turnout.agent.rbac import bootstrap_binding_name, bootstrap_bindings
 from turnout.hardware import ACCELERATOR_LABEL, AGENT_TAINT, METAL_RESOURCE
+from turnout.images import REGISTRY
 
 TOLERATE_AGENT = {"key": AGENT_TAINT, "operator": "Exists", "effect": "NoSchedule"}
 PAIR_LABEL = "turnout.dev/e2e-pair"
@@ -71,12 +85,20 @@ class Hosts:
         self.forwarder = Forwarder((host, port))
         self.namespaces: list[Namespace] = []
 
-    def new(self) -> tuple[Namespace, str]:
-        """A fresh namespace, forwarded to the API server; and the kubeconfig an agent inside uses."""
+    def new(self, node_name: str) -> tuple[Namespace, Path]:
+        """A fresh namespace, forwarded to the API server; and the bootstrap kubeconfig of ``node_name`` in it.
+
+        The admin's ``turnout agent join-token``, naming the forwarder (verified as the server's own name).
+        """
         ns = Namespace(len(self.namespaces) + 1).create()
         self.namespaces.append(ns)
         self.forwarder.listen(ns.host, self.port)
-        return ns, kubeconfig_via(self.kubeconfig, ns.host, self.port, str(self.root))
+        bootstrap = self.root / f"{node_name}.bootstrap.kubeconfig"
+        subprocess.run([sys.executable, "-m", "turnout.agent", "join-token", "--node-name", node_name, "--ttl", "1h",
+                        "--server", f"https://{ns.host}:{self.port}",
+                        "--tls-server-name", verified_name(self.kubeconfig), "-o", str(bootstrap)],
+                       check=True, cwd=ROOT, env=child_env({"KUBECONFIG": self.kubeconfig}), timeout=60)
+        return ns, bootstrap
 
     def close(self) -> None:
         self.forwarder.close()
@@ -85,7 +107,19 @@ class Hosts:
 
 
 @pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+def bootstrap_bindings_applied() -> Iterator[None]:
+    """The standard bootstrapper ClusterRoleBindings (turnout.agent.rbac, as the chart renders them)."""
+    bindings = bootstrap_bindings()
+    for binding in bindings:
+        binding["metadata"]["name"] = bootstrap_binding_name(binding["roleRef"]["name"], f"turnout-e2e-{RUN}")
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": bindings}))
+    yield
+    for binding in bindings:
+        kubectl("delete", "clusterrolebinding", binding["metadata"]["name"], "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory, bootstrap_bindings_applied: None) -> Iterator[Hosts]:
     why = problem()
     if why:
         pytest.skip(why)
@@ -103,15 +137,16 @@ def _start_agent(hosts: Hosts, name: str, *args: str, address: bool = False) -> 
 
     Without ``address`` the agent finds its address itself (the route to the API server).
     """
-    ns, kubeconfig = hosts.new()
+    ns, bootstrap = hosts.new(name)
     log_path = hosts.root / f"{name}.log"
-    cmd = [sys.executable, "-m", "turnout.agent", "--node-name", name, "--kubeconfig", kubeconfig,
+    cmd = [sys.executable, "-m", "turnout.agent", "--node-name", name, "--bootstrap-kubeconfig", str(bootstrap),
            "--state-dir", str(hosts.root / name), "--stop-pods-on-exit", "-v", "--label", f"{AGENT_LABEL}=true",
            *(["--address", ns.address] if address else []), *args]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(ns.command(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env=child_env({"KUBECONFIG": None}))
-    return {"name": name, "process": proc, "log": log_path, "netns": ns}
+    return {"name": name, "process": proc, "log": log_path, "netns": ns, "bootstrap": bootstrap,
+            "kubeconfig": hosts.root / name / "kubeconfig"}
 
 
 def _wait_ready(agents: list[dict[str, Any]]) -> None:
@@ -141,6 +176,35 @@ def _stop_agents(agents: list[dict[str, Any]]) -> None:
         if not os.environ.get("TURNOUT_E2E_KEEP"):
             kubectl("delete", "node", agent["name"], "--ignore-not-found", check=False)
             kubectl("delete", "lease", agent["name"], "-n", "kube-node-lease", "--ignore-not-found", check=False)
+            kubectl("delete", "secrets", "-n", "kube-system", "-l", f"turnout.dev/host={agent['name']}",
+                    "--ignore-not-found", check=False)
+            for csr in _node_csrs(agent["name"]):
+                kubectl("delete", "csr", csr["metadata"]["name"], "--ignore-not-found", check=False)
+
+
+def _node_csrs(node: str) -> list[dict[str, Any]]:
+    """The CertificateSigningRequests for ``system:node:<node>``'s certificate."""
+    from cryptography import x509
+
+    out = []
+    for csr in json.loads(kubectl("get", "csr", "-o", "json"))["items"]:
+        request = x509.load_pem_x509_csr(base64.b64decode(csr["spec"]["request"]))
+        if request.subject.rfc4514_string() == f"CN=system:node:{node},O=system:nodes":
+            out.append(csr)
+    return out
+
+
+def _as_node(agent: dict[str, Any], *args: str) -> str:
+    """kubectl with the agent's node kubeconfig (its certificate): stdout, or KubectlError."""
+    return kubectl("--kubeconfig", str(agent["kubeconfig"]), *args)
+
+
+def _refused(agent: dict[str, Any], *args: str) -> str:
+    """Assert the node identity is refused ``kubectl args`` with 403 Forbidden; the server's message."""
+    with pytest.raises(KubectlError) as refused:
+        _as_node(agent, *args)
+    assert "Forbidden" in refused.value.stderr or "forbidden" in refused.value.stderr, refused.value.stderr
+    return refused.value.stderr
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +297,100 @@ def test_agent_nodes_join_with_labels_capacity_taint_and_lease(agents: dict[str,
         assert (METAL_RESOURCE in node["status"]["allocatable"]) == (accel == "metal")
         lease = get_json("lease", agent["name"], "-n", "kube-node-lease")
         assert lease and lease["spec"]["holderIdentity"] == agent["name"]
+        assert node["metadata"]["labels"][NODE_AGENT_LABEL] == "true"
+
+
+def test_agents_join_by_tls_bootstrapping_as_their_nodes(agents: dict[str, dict]) -> None:
+    for agent in agents.values():
+        # The bootstrap token's CSR, approved by kube-controller-manager's csrapproving and signed by csrsigning.
+        token_id = yaml.safe_load(agent["bootstrap"].read_text())["users"][0]["user"]["token"].split(".")[0]
+        (csr,) = [c for c in _node_csrs(agent["name"]) if c["spec"]["username"] == f"system:bootstrap:{token_id}"]
+        assert "system:bootstrappers:turnout" in csr["spec"]["groups"]
+        assert csr["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
+        assert condition(csr, "Approved").get("status") == "True" and csr["status"].get("certificate")
+        # From then on the agent is the node itself: its kubeconfig holds the signed certificate, by path.
+        who = json.loads(_as_node(agent, "auth", "whoami", "-o", "json"))["status"]["userInfo"]
+        assert who["username"] == f"system:node:{agent['name']}" and "system:nodes" in who["groups"]
+        pki = Path(agent["kubeconfig"]).parent / "pki"
+        assert oct((pki / "turnout-agent-client-current.pem").stat().st_mode & 0o777) == "0o600"
+        secret = get_json("secret", "-n", "kube-system", f"bootstrap-token-{token_id}")
+        assert secret and secret["metadata"]["labels"]["turnout.dev/host"] == agent["name"]
+
+
+def test_a_renewal_is_approved_for_the_node_itself_and_the_running_agent_switches_to_it(
+        agents: dict[str, dict]) -> None:
+    """Renewal as the agent does it at 70-90 % of the lifetime, started now (the real signer's minimum is 10 min)."""
+    import asyncio
+
+    from cryptography import x509
+
+    from turnout.agent.bootstrap import NodeIdentity
+    from turnout.kube import KubeClient, load_credentials
+
+    cpu = agents["cpu"]
+    state = Path(cpu["kubeconfig"]).parent
+    current = state / "pki" / "turnout-agent-client-current.pem"
+    before = x509.load_pem_x509_certificate(current.read_bytes()).serial_number
+    identity = NodeIdentity.of(cpu["name"], str(state), str(cpu["bootstrap"]), str(cpu["kubeconfig"]),
+                               csr_timeout=60)
+
+    async def renew() -> None:
+        async with KubeClient(await load_credentials(str(cpu["kubeconfig"]))) as kube:
+            await identity.renew(kube)
+
+    asyncio.run(renew())
+    after = x509.load_pem_x509_certificate(current.read_bytes()).serial_number
+    assert after != before
+    renewal = [c for c in _node_csrs(cpu["name"]) if c["spec"]["username"] == f"system:node:{cpu['name']}"]
+    approved = condition(renewal[0], "Approved") if renewal else {}
+    # csrapproving's selfnodeclient path: "Auto approving self kubelet client certificate after SubjectAccessReview."
+    assert approved.get("status") == "True" and "self" in approved.get("message", ""), renewal
+    poll(lambda: "client certificate changed: reconnecting" in cpu["log"].read_text(), timeout=60,
+         what="the running agent reconnecting with the renewed certificate")
+    renewed = get_json("lease", cpu["name"], "-n", "kube-node-lease")["spec"]["renewTime"]
+    poll(lambda: get_json("lease", cpu["name"], "-n", "kube-node-lease")["spec"]["renewTime"] != renewed,
+         timeout=60, what="a heartbeat with the renewed certificate")
+
+
+def _sleeper(name: str, node: str, **container: Any) -> dict[str, Any]:
+    """A pod bound to ``node`` whose container sleeps (the agent runs it with its own interpreter)."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 2, "containers": [{
+                "name": "sleep", "image": f"{REGISTRY}/e2e-sleeper:1",
+                "command": [sys.executable, "-c", "import time; time.sleep(600)"], **container}]}}
+
+
+def test_the_node_identity_gets_only_what_the_node_authorizer_grants(agents: dict[str, dict],
+                                                                     namespace: str) -> None:
+    cpu, metal = agents["cpu"], agents["metal"]
+    for secret in ("e2e-referenced", "e2e-unrelated"):
+        kubectl("create", "secret", "generic", secret, "-n", namespace, "--from-literal=key=value")
+    _apply(_sleeper("e2e-reader", cpu["name"], env=[
+        {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "e2e-referenced", "key": "key"}}}]), namespace)
+    _apply(_sleeper("e2e-elsewhere", metal["name"]), namespace)
+    try:
+        poll(lambda: condition(get_json("pod", "e2e-reader", "-n", namespace), "Ready").get("status") == "True",
+             timeout=120, what="e2e-reader running on the CPU agent (so it could read its secret)")
+        # Its pod references it: the node may read it.
+        got = json.loads(_as_node(cpu, "get", "secret", "e2e-referenced", "-n", namespace, "-o", "json"))
+        assert base64.b64decode(got["data"]["key"]) == b"value"
+        # No pod of the node references this one.
+        assert "no relationship found" in _refused(cpu, "get", "secret", "e2e-unrelated", "-n", namespace)
+        # Another node's Node object, and a pod bound to another node.
+        _refused(cpu, "label", "node", metal["name"], "e2e.turnout.dev/touched=yes")
+        _refused(cpu, "delete", "pod", "e2e-elsewhere", "-n", namespace, "--wait=false")
+        assert get_json("pod", "e2e-elsewhere", "-n", namespace) is not None
+        # NodeRestriction on its own Node: no taint changes, no kubernetes.io/role label (why the agent sends neither).
+        assert "taints" in _refused(cpu, "taint", "node", cpu["name"], "e2e.turnout.dev/x=y:NoSchedule")
+        _refused(cpu, "label", "node", cpu["name"], "kubernetes.io/role=agent")
+        _as_node(cpu, "label", "node", cpu["name"], "e2e.turnout.dev/touched=yes")  # its own, unrestricted label
+    finally:
+        kubectl("delete", "pod", "e2e-reader", "e2e-elsewhere", "-n", namespace, "--ignore-not-found",
+                "--wait=false", check=False)
+        kubectl("delete", "secret", "e2e-referenced", "e2e-unrelated", "-n", namespace, "--ignore-not-found",
+                check=False)
+    poll(lambda: get_json("pod", "e2e-reader", "-n", namespace) is None and
+         get_json("pod", "e2e-elsewhere", "-n", namespace) is None, timeout=120, what="the sleepers removed")
 
 
 def test_metal_plan_is_scheduled_onto_the_metal_agent(agents: dict[str, dict], namespace: str,
