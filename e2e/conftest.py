@@ -70,6 +70,12 @@ tests/kube/test_credentials_tls.py → test_credentials_e2e.py
   no_credentials_say_what_was_tried → none (no server involved)
 tests/agent/ (the emulator with field selectors, Leases, graceful pod deletion) → test_agent_e2e.py
   nodes, Leases, scheduling onto agents, serving, restarts after a kill, two agents sharing a host, deletes
+tests/agent/test_bootstrap.py (clusterfake: TLS, bootstrap tokens, CSR approval and signing, node rules)
+    → test_agent_e2e.py
+  an_agent_joins_with_a_bootstrap_token... → agents_join_by_tls_bootstrapping_as_their_nodes (the real
+    kube-controller-manager approves and signs; renewal is not run: the real signer's minimum is 10 minutes)
+  the_node_identity_uses_only_what_the_node_authorizer_grants
+    → the_node_identity_gets_only_what_the_node_authorizer_grants (the real Node authorizer and NodeRestriction)
 tests/gateway/test_kube_gateway.py → test_gateway_e2e.py (the gateway as a process, models served by host agents)
   models_listed_and_requests_routed_by_model, unknown_model_bad_json_and_missing_model (its 404)
     → one_base_url_serves_a_llamacpp_and_a_transformers_model (real llama.cpp and transformers pods)
@@ -82,6 +88,7 @@ tests/controller/test_autoscaler.py
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -95,6 +102,8 @@ from kwok import FakeKubelet
 from netns import AGENT_LABEL, clean_leftovers
 from netns import problem as netns_problem
 from procs import OperatorProcess
+
+from turnout.agent.rbac import bootstrap_binding_name, bootstrap_bindings
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -227,10 +236,23 @@ def tiny_model() -> Any:
 
 
 @pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
+def bootstrap_bindings_applied() -> Iterator[None]:
+    """The standard bootstrapper ClusterRoleBindings (turnout.agent.rbac, as the chart renders them)."""
+    bindings = bootstrap_bindings()
+    for binding in bindings:
+        binding["metadata"]["name"] = bootstrap_binding_name(binding["roleRef"]["name"], f"turnout-e2e-{RUN}")
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": bindings}))
+    yield
+    for binding in bindings:
+        kubectl("delete", "clusterrolebinding", binding["metadata"]["name"], "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory, bootstrap_bindings_applied: None) -> Iterator[Hosts]:
     """Network namespaces for the module's host agents (e2e/hostagents.py); a crashed run's are removed first.
 
-    Agents still running at the end are stopped, then the namespaces deleted. Skipped without root.
+    Agents join by TLS bootstrapping (the bindings above). Agents still running at the end are
+    stopped, then the namespaces deleted. Skipped without root.
     """
     why = netns_problem()
     if why:

@@ -2,13 +2,17 @@
 
 Each agent is ``python -m turnout.agent`` in a network namespace of its own (:mod:`netns`), so it
 is a host with an address of its own (``10.250.N.2``) and reaches the API server through the
-forwarder on its namespace's host end. :class:`Hosts` makes the namespaces and remembers every
-agent started in them (the conftest prints their logs when a test that used them fails);
-the ``hosts`` fixture of e2e/conftest.py gives one per test module.
+forwarder on its namespace's host end. It joins as kubelets do: ``turnout agent join-token`` (with
+the admin kubeconfig of KUBECONFIG) makes its bootstrap token and a bootstrap kubeconfig naming the
+forwarder, and the agent trades the token for a node certificate (the bootstrapper bindings are the
+conftest's ``bootstrap_bindings_applied``). :class:`Hosts` makes the namespaces and remembers every
+agent started in them (the conftest prints their logs when a test that used them fails); the
+``hosts`` fixture of e2e/conftest.py gives one per test module.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kubectl import condition, get_json, kubectl, poll
-from netns import AGENT_LABEL, Forwarder, Namespace, kubeconfig_via, server_of
+from netns import AGENT_LABEL, Forwarder, Namespace, server_of, verified_name
 from procs import ROOT, child_env
 
 from turnout.hardware import AGENT_TAINT
@@ -39,12 +43,20 @@ class Hosts:
         self.namespaces: list[Namespace] = []
         self.agents: list[dict[str, Any]] = []
 
-    def new(self) -> tuple[Namespace, str]:
-        """A fresh namespace, forwarded to the API server; and the kubeconfig an agent inside uses."""
+    def new(self, node_name: str) -> tuple[Namespace, Path]:
+        """A fresh namespace, forwarded to the API server; and the bootstrap kubeconfig of ``node_name`` in it.
+
+        The admin's ``turnout agent join-token``, naming the forwarder (verified as the server's own name).
+        """
         ns = Namespace(len(self.namespaces) + 1).create()
         self.namespaces.append(ns)
         self.forwarder.listen(ns.host, self.port)
-        return ns, kubeconfig_via(self.kubeconfig, ns.host, self.port, str(self.root))
+        bootstrap = self.root / f"{node_name}.bootstrap.kubeconfig"
+        subprocess.run([sys.executable, "-m", "turnout.agent", "join-token", "--node-name", node_name, "--ttl", "1h",
+                        "--server", f"https://{ns.host}:{self.port}",
+                        "--tls-server-name", verified_name(self.kubeconfig), "-o", str(bootstrap)],
+                       check=True, cwd=ROOT, env=child_env({"KUBECONFIG": self.kubeconfig}), timeout=60)
+        return ns, bootstrap
 
     def close(self) -> None:
         self.forwarder.close()
@@ -56,17 +68,19 @@ def start_agent(hosts: Hosts, name: str, *args: str, address: bool = False) -> d
     """``python -m turnout.agent`` in a namespace of its own, with its own state folder, logging to a file.
 
     Without ``address`` the agent finds its address itself (the route to the API server); with it,
-    ``--address`` is the namespace's address (also under the returned dict's ``address``).
+    ``--address`` is the namespace's address (also under the returned dict's ``address``). The dict has
+    its ``bootstrap`` kubeconfig and the node ``kubeconfig`` it writes once it has its certificate.
     """
-    ns, kubeconfig = hosts.new()
+    ns, bootstrap = hosts.new(name)
     log_path = hosts.root / f"{name}.log"
-    cmd = [sys.executable, "-m", "turnout.agent", "--node-name", name, "--kubeconfig", kubeconfig,
+    cmd = [sys.executable, "-m", "turnout.agent", "--node-name", name, "--bootstrap-kubeconfig", str(bootstrap),
            "--state-dir", str(hosts.root / name), "--stop-pods-on-exit", "-v", "--label", f"{AGENT_LABEL}=true",
            *(["--address", ns.address] if address else []), *args]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(ns.command(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env=child_env({"KUBECONFIG": None}))
-    agent = {"name": name, "process": proc, "log": log_path, "netns": ns, "address": ns.address}
+    agent = {"name": name, "process": proc, "log": log_path, "netns": ns, "address": ns.address,
+             "bootstrap": bootstrap, "kubeconfig": hosts.root / name / "kubeconfig"}
     hosts.agents.append(agent)
     return agent
 
@@ -88,7 +102,7 @@ def wait_ready(agents: list[dict[str, Any]]) -> None:
 
 
 def stop_agents(agents: list[dict[str, Any]]) -> None:
-    """SIGTERM (the agents stop their pods' processes), then remove their Nodes and Leases."""
+    """SIGTERM (the agents stop their pods' processes), then remove their Nodes, Leases, tokens and CSRs."""
     for agent in agents:
         agent["process"].send_signal(signal.SIGTERM)
     for agent in agents:
@@ -99,6 +113,22 @@ def stop_agents(agents: list[dict[str, Any]]) -> None:
         if not os.environ.get("TURNOUT_E2E_KEEP"):
             kubectl("delete", "node", agent["name"], "--ignore-not-found", check=False)
             kubectl("delete", "lease", agent["name"], "-n", "kube-node-lease", "--ignore-not-found", check=False)
+            kubectl("delete", "secrets", "-n", "kube-system", "-l", f"turnout.dev/host={agent['name']}",
+                    "--ignore-not-found", check=False)
+            for csr in node_csrs(agent["name"]):
+                kubectl("delete", "csr", csr["metadata"]["name"], "--ignore-not-found", check=False)
+
+
+def node_csrs(node: str) -> list[dict[str, Any]]:
+    """The CertificateSigningRequests for ``system:node:<node>``'s certificate."""
+    from cryptography import x509
+
+    out = []
+    for csr in json.loads(kubectl("get", "csr", "-o", "json"))["items"]:
+        request = x509.load_pem_x509_csr(base64.b64decode(csr["spec"]["request"]))
+        if request.subject.rfc4514_string() == f"CN=system:node:{node},O=system:nodes":
+            out.append(csr)
+    return out
 
 
 def model_pods(namespace: str, name: str) -> list[dict[str, Any]]:

@@ -210,17 +210,22 @@ def _current_cluster(config: dict) -> dict:
     return next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
 
 
+def verified_name(kubeconfig: str) -> str:
+    """The name to verify the server's certificate for when it is reached at another address."""
+    cluster = _current_cluster(yaml.safe_load(Path(kubeconfig).read_text()))
+    name = cluster.get("tls-server-name") or urlsplit(cluster["server"]).hostname or ""
+    if name.replace(".", "").isdigit():
+        name = "localhost"  # an IP SAN cannot be asked for by name: the cert of a local server has localhost
+    return name
+
+
 def kubeconfig_via(kubeconfig: str, host: str, port: int, out_dir: str | None = None) -> str:
     """A copy of ``kubeconfig`` whose server is ``https://host:port``, with ``tls-server-name`` set to the
     original server's name (the certificate's); certificate files are embedded so the copy stands alone."""
     config = yaml.safe_load(Path(kubeconfig).read_text())
     base = Path(kubeconfig).resolve().parent
     cluster = _current_cluster(config)
-    name = cluster.get("tls-server-name") or urlsplit(cluster["server"]).hostname
-    if name and name.replace(".", "").isdigit():
-        name = "localhost"  # an IP SAN cannot be asked for by name: the cert of a local server has localhost
-    cluster["server"] = f"https://{host}:{port}"
-    cluster["tls-server-name"] = name
+    cluster["server"], cluster["tls-server-name"] = f"https://{host}:{port}", verified_name(kubeconfig)
     for section, key in (("clusters", "certificate-authority"), ("users", "client-certificate"),
                          ("users", "client-key")):
         for entry in config.get(section) or []:

@@ -10,22 +10,31 @@ server. The agents' pods listen on their namespace's address, which is the pod I
 EndpointSlices carry; test traffic goes only there (and to 127.0.0.0/8). Needs root (``ip netns``);
 namespaces and links are removed at the end, and a crashed run's at the start.
 
+Every agent joins as kubelets do: ``turnout agent join-token`` (with the admin kubeconfig of
+KUBECONFIG) makes its bootstrap token and a bootstrap kubeconfig naming the forwarder; the agent
+trades the token for a node certificate through a CertificateSigningRequest that the real
+kube-controller-manager approves (the standard bootstrapper ClusterRoleBindings, made here as the
+chart makes them) and signs; from then on it is ``system:node:<name>``, and the Node authorizer and
+NodeRestriction decide what it may do: it reads a Secret its pod references, and is refused (403) a
+Secret no pod of its references, another Node, its own taints, and a pod on another node.
+
 One agent advertises ``--accelerator cpu``, one ``--accelerator metal``. The operator (the
 ``operator`` fixture of e2e/conftest.py) places a Metal plan on the Metal agent's node with its
 ordinary node selector and toleration (no special case), and a CPU llama.cpp deployment pinned to
 the CPU agent becomes Ready, answers through the pod IP from its EndpointSlice, recovers when its
 engine process is killed, and disappears (processes included) when deleted. Two more CPU agents
 (``--address`` given) take the two replicas of one deployment, each answering at its own pod IP on
-the same port. On failure the agents' logs are printed after the conftest's objects and events.
+the same port. The agents come from e2e/hostagents.py (the conftest's ``hosts``); on failure their
+logs are printed after the conftest's objects and events.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -33,13 +42,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubectl import condition, get_json, kubectl, poll
-from netns import AGENT_LABEL, Forwarder, Namespace, clean_leftovers, kubeconfig_via, problem, server_of
-from procs import ROOT, child_env
+import yaml
+from hostagents import (
+    TOLERATE_AGENT,
+    Hosts,
+    delete_and_wait,
+    model_pods,
+    node_csrs,
+    ready_endpoints,
+    start_agent,
+    stop_agents,
+    wait_ready,
+)
+from kubectl import KubectlError, condition, get_json, kubectl, poll
 
+from turnout.agent.node import AGENT_LABEL as NODE_AGENT_LABEL
 from turnout.hardware import ACCELERATOR_LABEL, AGENT_TAINT, METAL_RESOURCE
+from turnout.images import REGISTRY
 
-TOLERATE_AGENT = {"key": AGENT_TAINT, "operator": "Exists", "effect": "NoSchedule"}
 PAIR_LABEL = "turnout.dev/e2e-pair"
 
 
@@ -54,93 +74,21 @@ def _pid_gone(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def tiny_gguf() -> Path:
-    from turnout.tinymodel import build_tiny_model
-
-    return build_tiny_model().gguf_path
+def tiny_gguf(tiny_model: Any) -> Path:
+    return Path(tiny_model.gguf_path)
 
 
-class Hosts:
-    """Network namespaces for agents, and the forwarder that lets them reach the API server."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.kubeconfig = os.environ["KUBECONFIG"].split(os.pathsep)[0]
-        host, port, _ = server_of(self.kubeconfig)
-        self.port = port
-        self.forwarder = Forwarder((host, port))
-        self.namespaces: list[Namespace] = []
-
-    def new(self) -> tuple[Namespace, str]:
-        """A fresh namespace, forwarded to the API server; and the kubeconfig an agent inside uses."""
-        ns = Namespace(len(self.namespaces) + 1).create()
-        self.namespaces.append(ns)
-        self.forwarder.listen(ns.host, self.port)
-        return ns, kubeconfig_via(self.kubeconfig, ns.host, self.port, str(self.root))
-
-    def close(self) -> None:
-        self.forwarder.close()
-        for ns in self.namespaces:
-            ns.delete()
+def _as_node(agent: dict[str, Any], *args: str) -> str:
+    """kubectl with the agent's node kubeconfig (its certificate): stdout, or KubectlError."""
+    return kubectl("--kubeconfig", str(agent["kubeconfig"]), *args)
 
 
-@pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hosts]:
-    why = problem()
-    if why:
-        pytest.skip(why)
-    clean_leftovers()
-    kubectl("delete", "nodes", "-l", f"{AGENT_LABEL}=true", "--ignore-not-found", check=False)
-    made = Hosts(tmp_path_factory.mktemp("hosts"))
-    try:
-        yield made
-    finally:
-        made.close()
-
-
-def _start_agent(hosts: Hosts, name: str, *args: str, address: bool = False) -> dict[str, Any]:
-    """``python -m turnout.agent`` in a namespace of its own, with its own state folder, logging to a file.
-
-    Without ``address`` the agent finds its address itself (the route to the API server).
-    """
-    ns, kubeconfig = hosts.new()
-    log_path = hosts.root / f"{name}.log"
-    cmd = [sys.executable, "-m", "turnout.agent", "--node-name", name, "--kubeconfig", kubeconfig,
-           "--state-dir", str(hosts.root / name), "--stop-pods-on-exit", "-v", "--label", f"{AGENT_LABEL}=true",
-           *(["--address", ns.address] if address else []), *args]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(ns.command(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env=child_env({"KUBECONFIG": None}))
-    return {"name": name, "process": proc, "log": log_path, "netns": ns}
-
-
-def _wait_ready(agents: list[dict[str, Any]]) -> None:
-    for agent in agents:
-        def ready(agent: dict[str, Any] = agent) -> dict | None:
-            if agent["process"].poll() is not None:
-                raise AssertionError(f"agent exited {agent['process'].returncode}:\n{agent['log'].read_text()}")
-            node = get_json("node", agent["name"])
-            # Ready, and no longer tainted not-ready: the API server taints every new Node so until the
-            # node-lifecycle controller has seen it Ready (until then no deployment can be placed there).
-            lifted = all(t["key"] != "node.kubernetes.io/not-ready" for t in (node or {}).get("spec", {})
-                         .get("taints") or [])
-            return node if condition(node, "Ready").get("status") == "True" and lifted else None
-
-        agent["node"] = poll(ready, timeout=60, what=f"node {agent['name']} Ready and schedulable")
-
-
-def _stop_agents(agents: list[dict[str, Any]]) -> None:
-    """SIGTERM (the agents stop their pods' processes), then remove their Nodes and Leases."""
-    for agent in agents:
-        agent["process"].send_signal(signal.SIGTERM)
-    for agent in agents:
-        try:
-            agent["process"].wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            agent["process"].kill()
-        if not os.environ.get("TURNOUT_E2E_KEEP"):
-            kubectl("delete", "node", agent["name"], "--ignore-not-found", check=False)
-            kubectl("delete", "lease", agent["name"], "-n", "kube-node-lease", "--ignore-not-found", check=False)
+def _refused(agent: dict[str, Any], *args: str) -> str:
+    """Assert the node identity is refused ``kubectl args`` with 403 Forbidden; the server's message."""
+    with pytest.raises(KubectlError) as refused:
+        _as_node(agent, *args)
+    assert "Forbidden" in refused.value.stderr or "forbidden" in refused.value.stderr, refused.value.stderr
+    return refused.value.stderr
 
 
 @pytest.fixture(scope="module")
@@ -150,11 +98,11 @@ def agents(operator: object, hosts: Hosts) -> Iterator[dict[str, dict]]:
     out: dict[str, dict[str, Any]] = {}
     try:
         for accel in ("cpu", "metal"):
-            out[accel] = _start_agent(hosts, f"e2e-agent-{accel}-{suffix}", "--accelerator", accel)
-        _wait_ready(list(out.values()))
+            out[accel] = start_agent(hosts, f"e2e-agent-{accel}-{suffix}", "--accelerator", accel)
+        wait_ready(list(out.values()))
         yield out
     finally:
-        _stop_agents(list(out.values()))
+        stop_agents(list(out.values()))
 
 
 @pytest.fixture(scope="module")
@@ -164,30 +112,13 @@ def agent_pair(operator: object, hosts: Hosts) -> Iterator[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     try:
         for i in range(2):
-            agent = _start_agent(hosts, f"e2e-pair-{i}-{suffix}", "--accelerator", "cpu",
-                                 "--label", f"{PAIR_LABEL}={suffix}", address=True)
-            agent["address"] = agent["netns"].address
+            agent = start_agent(hosts, f"e2e-pair-{i}-{suffix}", "--accelerator", "cpu",
+                                "--label", f"{PAIR_LABEL}={suffix}", address=True)
             out.append(agent)
-        _wait_ready(out)
+        wait_ready(out)
         yield {"agents": out, "label": suffix}
     finally:
-        _stop_agents(out)
-
-
-@pytest.fixture(autouse=True)
-def agent_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Print the logs of the agents the test used when it failed (after the conftest's objects and events)."""
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed == failed_before:
-        return
-    used: list[dict[str, Any]] = []
-    if "agents" in request.fixturenames:
-        used += list(request.getfixturevalue("agents").values())
-    if "agent_pair" in request.fixturenames:
-        used += request.getfixturevalue("agent_pair")["agents"]
-    for agent in used:
-        print(f"\n===== agent {agent['name']} log =====\n{Path(agent['log']).read_text()[-20000:]}")
+        stop_agents(out)
 
 
 def _openai(address: str, port: int) -> Any:
@@ -210,17 +141,6 @@ def _apply(obj: dict[str, Any], namespace: str) -> None:
     kubectl("apply", "--server-side", "-n", namespace, "-f", "-", stdin=json.dumps(obj))
 
 
-def _pods(namespace: str, name: str) -> list[dict[str, Any]]:
-    listing = json.loads(kubectl("get", "pods", "-n", namespace, "-l", f"turnout.dev/deployment={name}",
-                                 "-o", "json"))
-    return listing["items"]
-
-
-def _delete_and_wait(namespace: str, name: str) -> None:
-    kubectl("delete", "modeldeployment", name, "-n", namespace, "--ignore-not-found", "--wait=false")
-    poll(lambda: not _pods(namespace, name), timeout=120, what=f"the pods of {name} removed")
-
-
 def test_agent_nodes_join_with_labels_capacity_taint_and_lease(agents: dict[str, dict], hosts: Hosts) -> None:
     for accel, agent in agents.items():
         node = agent["node"]
@@ -233,6 +153,100 @@ def test_agent_nodes_join_with_labels_capacity_taint_and_lease(agents: dict[str,
         assert (METAL_RESOURCE in node["status"]["allocatable"]) == (accel == "metal")
         lease = get_json("lease", agent["name"], "-n", "kube-node-lease")
         assert lease and lease["spec"]["holderIdentity"] == agent["name"]
+        assert node["metadata"]["labels"][NODE_AGENT_LABEL] == "true"
+
+
+def test_agents_join_by_tls_bootstrapping_as_their_nodes(agents: dict[str, dict]) -> None:
+    for agent in agents.values():
+        # The bootstrap token's CSR, approved by kube-controller-manager's csrapproving and signed by csrsigning.
+        token_id = yaml.safe_load(agent["bootstrap"].read_text())["users"][0]["user"]["token"].split(".")[0]
+        (csr,) = [c for c in node_csrs(agent["name"]) if c["spec"]["username"] == f"system:bootstrap:{token_id}"]
+        assert "system:bootstrappers:turnout" in csr["spec"]["groups"]
+        assert csr["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
+        assert condition(csr, "Approved").get("status") == "True" and csr["status"].get("certificate")
+        # From then on the agent is the node itself: its kubeconfig holds the signed certificate, by path.
+        who = json.loads(_as_node(agent, "auth", "whoami", "-o", "json"))["status"]["userInfo"]
+        assert who["username"] == f"system:node:{agent['name']}" and "system:nodes" in who["groups"]
+        pki = Path(agent["kubeconfig"]).parent / "pki"
+        assert oct((pki / "turnout-agent-client-current.pem").stat().st_mode & 0o777) == "0o600"
+        secret = get_json("secret", "-n", "kube-system", f"bootstrap-token-{token_id}")
+        assert secret and secret["metadata"]["labels"]["turnout.dev/host"] == agent["name"]
+
+
+def test_a_renewal_is_approved_for_the_node_itself_and_the_running_agent_switches_to_it(
+        agents: dict[str, dict]) -> None:
+    """Renewal as the agent does it at 70-90 % of the lifetime, started now (the real signer's minimum is 10 min)."""
+    import asyncio
+
+    from cryptography import x509
+
+    from turnout.agent.bootstrap import NodeIdentity
+    from turnout.kube import KubeClient, load_credentials
+
+    cpu = agents["cpu"]
+    state = Path(cpu["kubeconfig"]).parent
+    current = state / "pki" / "turnout-agent-client-current.pem"
+    before = x509.load_pem_x509_certificate(current.read_bytes()).serial_number
+    identity = NodeIdentity.of(cpu["name"], str(state), str(cpu["bootstrap"]), str(cpu["kubeconfig"]),
+                               csr_timeout=60)
+
+    async def renew() -> None:
+        async with KubeClient(await load_credentials(str(cpu["kubeconfig"]))) as kube:
+            await identity.renew(kube)
+
+    asyncio.run(renew())
+    after = x509.load_pem_x509_certificate(current.read_bytes()).serial_number
+    assert after != before
+    renewal = [c for c in node_csrs(cpu["name"]) if c["spec"]["username"] == f"system:node:{cpu['name']}"]
+    approved = condition(renewal[0], "Approved") if renewal else {}
+    # csrapproving's selfnodeclient path: "Auto approving self kubelet client certificate after SubjectAccessReview."
+    assert approved.get("status") == "True" and "self" in approved.get("message", ""), renewal
+    poll(lambda: "client certificate changed: reconnecting" in cpu["log"].read_text(), timeout=60,
+         what="the running agent reconnecting with the renewed certificate")
+    renewed = get_json("lease", cpu["name"], "-n", "kube-node-lease")["spec"]["renewTime"]
+    poll(lambda: get_json("lease", cpu["name"], "-n", "kube-node-lease")["spec"]["renewTime"] != renewed,
+         timeout=60, what="a heartbeat with the renewed certificate")
+
+
+def _sleeper(name: str, node: str, **container: Any) -> dict[str, Any]:
+    """A pod bound to ``node`` whose container sleeps (the agent runs it with its own interpreter)."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 2, "containers": [{
+                "name": "sleep", "image": f"{REGISTRY}/e2e-sleeper:1",
+                "command": [sys.executable, "-c", "import time; time.sleep(600)"], **container}]}}
+
+
+def test_the_node_identity_gets_only_what_the_node_authorizer_grants(agents: dict[str, dict],
+                                                                     namespace: str) -> None:
+    cpu, metal = agents["cpu"], agents["metal"]
+    for secret in ("e2e-referenced", "e2e-unrelated"):
+        kubectl("create", "secret", "generic", secret, "-n", namespace, "--from-literal=key=value")
+    _apply(_sleeper("e2e-reader", cpu["name"], env=[
+        {"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "e2e-referenced", "key": "key"}}}]), namespace)
+    _apply(_sleeper("e2e-elsewhere", metal["name"]), namespace)
+    try:
+        poll(lambda: condition(get_json("pod", "e2e-reader", "-n", namespace), "Ready").get("status") == "True",
+             timeout=120, what="e2e-reader running on the CPU agent (so it could read its secret)")
+        # Its pod references it: the node may read it.
+        got = json.loads(_as_node(cpu, "get", "secret", "e2e-referenced", "-n", namespace, "-o", "json"))
+        assert base64.b64decode(got["data"]["key"]) == b"value"
+        # No pod of the node references this one.
+        assert "no relationship found" in _refused(cpu, "get", "secret", "e2e-unrelated", "-n", namespace)
+        # Another node's Node object, and a pod bound to another node.
+        _refused(cpu, "label", "node", metal["name"], "e2e.turnout.dev/touched=yes")
+        _refused(cpu, "delete", "pod", "e2e-elsewhere", "-n", namespace, "--wait=false")
+        assert get_json("pod", "e2e-elsewhere", "-n", namespace) is not None
+        # NodeRestriction on its own Node: no taint changes, no kubernetes.io/role label (why the agent sends neither).
+        assert "taints" in _refused(cpu, "taint", "node", cpu["name"], "e2e.turnout.dev/x=y:NoSchedule")
+        _refused(cpu, "label", "node", cpu["name"], "kubernetes.io/role=agent")
+        _as_node(cpu, "label", "node", cpu["name"], "e2e.turnout.dev/touched=yes")  # its own, unrestricted label
+    finally:
+        kubectl("delete", "pod", "e2e-reader", "e2e-elsewhere", "-n", namespace, "--ignore-not-found",
+                "--wait=false", check=False)
+        kubectl("delete", "secret", "e2e-referenced", "e2e-unrelated", "-n", namespace, "--ignore-not-found",
+                check=False)
+    poll(lambda: get_json("pod", "e2e-reader", "-n", namespace) is None and
+         get_json("pod", "e2e-elsewhere", "-n", namespace) is None, timeout=120, what="the sleepers removed")
 
 
 def test_metal_plan_is_scheduled_onto_the_metal_agent(agents: dict[str, dict], namespace: str,
@@ -244,13 +258,13 @@ def test_metal_plan_is_scheduled_onto_the_metal_agent(agents: dict[str, dict], n
     assert md["status"]["accelerator"] == "metal", md["status"]
     # The scheduler binds the pod to the Metal agent (node selector + toleration from the plan), and that
     # agent runs it: it reports the pod's hostIP and container state.
-    pod = poll(lambda: next((p for p in _pods(namespace, "e2e-metal") if (p.get("status") or {}).get("hostIP")),
+    pod = poll(lambda: next((p for p in model_pods(namespace, "e2e-metal") if (p.get("status") or {}).get("hostIP")),
                             None), timeout=120, what="the Metal pod bound and reported by the agent")
     assert pod["spec"]["nodeName"] == metal["name"]
     internal = next(a["address"] for a in metal["node"]["status"]["addresses"] if a["type"] == "InternalIP")
     assert pod["status"]["hostIP"] == internal
     assert pod["spec"]["nodeSelector"][ACCELERATOR_LABEL] == "metal"
-    _delete_and_wait(namespace, "e2e-metal")
+    delete_and_wait(namespace, "e2e-metal")
 
 
 def test_cpu_agent_serves_recovers_and_cleans_up(agents: dict[str, dict], namespace: str, tiny_gguf: Path) -> None:
@@ -276,32 +290,20 @@ def test_cpu_agent_serves_recovers_and_cleans_up(agents: dict[str, dict], namesp
     assert reply.model == "tiny-chat"
 
     # Kill the engine's process group: the agent restarts it and the deployment returns to Ready.
-    pod = _pods(namespace, "e2e-agent-cpu")[0]
+    pod = model_pods(namespace, "e2e-agent-cpu")[0]
     assert pod["spec"]["nodeName"] == cpu["name"]
     pgid = int(pod["status"]["containerStatuses"][0]["containerID"].rsplit("-", 1)[1])
     os.killpg(pgid, signal.SIGKILL)
-    poll(lambda: (p := _pods(namespace, "e2e-agent-cpu")) and
+    poll(lambda: (p := model_pods(namespace, "e2e-agent-cpu")) and
          p[0]["status"]["containerStatuses"][0]["restartCount"] >= 1 and
          condition(p[0], "Ready").get("status") == "True", timeout=300, interval=2, what="restarted and Ready")
     poll(lambda: (get_json("modeldeployment", "e2e-agent-cpu", "-n", namespace) or {}).get("status", {})
          .get("phase") == "Ready", timeout=120, interval=2, what="e2e-agent-cpu Ready again")
-    new_pgid = int(_pods(namespace, "e2e-agent-cpu")[0]["status"]["containerStatuses"][0]["containerID"]
+    new_pgid = int(model_pods(namespace, "e2e-agent-cpu")[0]["status"]["containerStatuses"][0]["containerID"]
                    .rsplit("-", 1)[1])
 
-    _delete_and_wait(namespace, "e2e-agent-cpu")
+    delete_and_wait(namespace, "e2e-agent-cpu")
     assert _pid_gone(new_pgid), "the model server outlived its pod"
-
-
-def _ready_endpoints(namespace: str, service: str) -> dict[str, int]:
-    """Ready endpoint address -> port, from the Service's EndpointSlices."""
-    slices = json.loads(kubectl("get", "endpointslices", "-n", namespace, "-l",
-                                f"kubernetes.io/service-name={service}", "-o", "json"))["items"]
-    out = {}
-    for item in slices:
-        for ep in item.get("endpoints") or []:
-            if (ep.get("conditions") or {}).get("ready"):
-                out.update({address: int(item["ports"][0]["port"]) for address in ep["addresses"]})
-    return out
 
 
 def test_two_replicas_on_two_agents_sharing_this_host(agent_pair: dict[str, Any], namespace: str,
@@ -322,12 +324,12 @@ def test_two_replicas_on_two_agents_sharing_this_host(agent_pair: dict[str, Any]
     # on the same node it would wait with PortInUse and this poll would time out, listing it below.
     poll(lambda: md_ready(2), timeout=300, interval=2, what=f"{name} Ready with 2 replicas")
 
-    pods = _pods(namespace, name)
+    pods = model_pods(namespace, name)
     assert len(pods) == 2 and {p["spec"]["nodeName"] for p in pods} == set(addresses), \
         [(p["metadata"]["name"], p["spec"].get("nodeName"), p.get("status")) for p in pods]
     for p in pods:
         assert p["status"]["podIP"] == addresses[p["spec"]["nodeName"]]
-    endpoints = poll(lambda: (e := _ready_endpoints(namespace, name)) and len(e) == 2 and e, timeout=120,
+    endpoints = poll(lambda: (e := ready_endpoints(namespace, name)) and len(e) == 2 and e, timeout=120,
                      what="two ready endpoints in the EndpointSlices")
     assert set(endpoints) == set(addresses.values()) and len(set(endpoints.values())) == 1, endpoints
     for address, port in endpoints.items():  # each replica answers at its own address, on the same port
@@ -348,7 +350,7 @@ def test_two_replicas_on_two_agents_sharing_this_host(agent_pair: dict[str, Any]
                    ["containerID"].rsplit("-", 1)[1])
 
     # Delete: pods (and their processes), the Deployment and the Service go.
-    _delete_and_wait(namespace, name)
+    delete_and_wait(namespace, name)
     poll(lambda: get_json("deployment", name, "-n", namespace) is None and
          get_json("service", name, "-n", namespace) is None, timeout=120, what="the Deployment and Service removed")
     assert all(_pid_gone(pgid) for pgid in pgids), "a model server outlived its pod"

@@ -10,9 +10,11 @@ rule commented with what it serves:
   ``cluster_scoped`` (Nodes), always granted by a ClusterRole;
 - ``turnout.rbac.namespacedRules``: everything else, granted by the
   ClusterRole in cluster-wide mode or by a Role in each watched namespace;
-- ``turnout.rbac.agentRules``: the host agent's rules
-  (``turnout.agent.rbac``), granted to the agents' ServiceAccounts when
-  ``hostAgents.names`` lists any;
+- ``turnout.rbac.agentBootstrapBindings`` and ``turnout.rbac.agentBootstrapGroup``:
+  the host agents' TLS bootstrapping (``turnout.agent.rbac``): the standard
+  bootstrapper ClusterRoles bound to the bootstrap tokens' group and to
+  ``system:nodes``, rendered when ``hostAgents.names`` lists any (the agents'
+  own calls are the Node authorizer's to grant).
 - ``turnout.rbac.gatewayRules``: the gateway's rules (``turnout.gateway.rbac``),
   granted to its ServiceAccount by a ClusterRole or a Role per watched namespace.
 
@@ -26,7 +28,7 @@ import json
 import sys
 from pathlib import Path
 
-from turnout.agent.rbac import RULES as AGENT_RULES
+from turnout.agent.rbac import BOOTSTRAP_BINDINGS, BOOTSTRAP_GROUP, bootstrap_binding_name
 from turnout.controller.rbac import RULES
 from turnout.gateway.rbac import RULES as GATEWAY_RULES
 from turnout.kube.rbac import Rule, merged
@@ -51,8 +53,34 @@ def _block(rules: list[dict[str, object]]) -> str:
     return "\n".join(out)
 
 
-def render(rules: tuple[Rule, ...] = RULES, agent_rules: tuple[Rule, ...] = AGENT_RULES,
-           gateway_rules: tuple[Rule, ...] = GATEWAY_RULES) -> str:
+FULLNAME = '{{ include "turnout.fullname" . }}'
+
+
+def _bindings() -> str:
+    out = []
+    for role, group, why in BOOTSTRAP_BINDINGS:
+        out += [
+            "---",
+            f"# {why}",
+            "apiVersion: rbac.authorization.k8s.io/v1",
+            "kind: ClusterRoleBinding",
+            "metadata:",
+            f"  name: {bootstrap_binding_name(role, FULLNAME)}",
+            "  labels:",
+            '    {{- include "turnout.labels" . | nindent 4 }}',
+            "roleRef:",
+            "  apiGroup: rbac.authorization.k8s.io",
+            "  kind: ClusterRole",
+            f"  name: {role}",
+            "subjects:",
+            "  - apiGroup: rbac.authorization.k8s.io",
+            "    kind: Group",
+            f"    name: {group}",
+        ]
+    return "\n".join(out)
+
+
+def render(rules: tuple[Rule, ...] = RULES, gateway_rules: tuple[Rule, ...] = GATEWAY_RULES) -> str:
     """The template text."""
     all_rules = merged(rules)
     cluster = [r for r in all_rules
@@ -69,9 +97,10 @@ def render(rules: tuple[Rule, ...] = RULES, agent_rules: tuple[Rule, ...] = AGEN
         '{{- define "turnout.rbac.namespacedRules" }}\n'
         f"{_block(namespaced)}\n"
         "{{- end }}\n\n"
-        "{{/* The host agent's rules (turnout.agent.rbac): a ClusterRole for Apple silicon hosts' agents. */}}\n"
-        '{{- define "turnout.rbac.agentRules" }}\n'
-        f"{_block(merged(agent_rules))}\n"
+        "{{/* Host agents' TLS bootstrapping (turnout.agent.rbac): their tokens' group, and its bindings. */}}\n"
+        f'{{{{- define "turnout.rbac.agentBootstrapGroup" }}}}{BOOTSTRAP_GROUP}{{{{- end }}}}\n'
+        '{{- define "turnout.rbac.agentBootstrapBindings" }}\n'
+        f"{_bindings()}\n"
         "{{- end }}\n\n"
         "{{/* The gateway's rules (turnout.gateway.rbac): a ClusterRole, or a Role per watched namespace. */}}\n"
         '{{- define "turnout.rbac.gatewayRules" }}\n'

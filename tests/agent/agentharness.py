@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,11 @@ HOST_PORTS: HostPorts = HostPorts()
 class AgentRun:
     """One agent (``run_agent``) in this event loop against the fake API (sharing :data:`HOST_PORTS`)."""
 
-    def __init__(self, fake: AgentFake, *, state_dir: Path, **overrides: Any) -> None:
+    def __init__(self, fake: AgentFake, *, state_dir: Path, bootstrap: Path | None = None,
+                 **overrides: Any) -> None:
+        """``bootstrap``: a bootstrap kubeconfig; the agent joins with it (TLS bootstrapping) instead of a token."""
         self.fake = fake
+        self.bootstrap = bootstrap
         probes = overrides.pop("probes", None)
         settings: dict[str, Any] = {
             "node_name": NODE, "address": ADDRESS, "state_dir": str(state_dir),
@@ -57,9 +61,12 @@ class AgentRun:
     async def start(self) -> AgentRun:
         self._stop, ready = asyncio.Event(), asyncio.Event()
         self.fake.closing = False
-        creds = await credentials_for(str(self.fake.url).rstrip("/"))
-        self.task = asyncio.create_task(run_agent(self.config, credentials=creds, stop=self._stop, ready=ready,
-                                                  probes=self.probes, host_ports=HOST_PORTS))
+        if self.bootstrap is not None:
+            login: dict[str, Any] = {"bootstrap_kubeconfig": str(self.bootstrap)}
+        else:
+            login = {"credentials": await credentials_for(str(self.fake.url).rstrip("/"))}
+        self.task = asyncio.create_task(run_agent(self.config, stop=self._stop, ready=ready, probes=self.probes,
+                                                  host_ports=HOST_PORTS, **login))
         done, _ = await asyncio.wait({self.task, asyncio.create_task(ready.wait())}, timeout=30,
                                      return_when=asyncio.FIRST_COMPLETED)
         if self.task in done:
@@ -158,6 +165,8 @@ async def delete_pod(fake: AgentFake, name: str, grace: int | None = None) -> No
     import aiohttp
 
     params = {} if grace is None else {"gracePeriodSeconds": str(grace)}
+    ca = getattr(fake, "ca", None)  # clusterfake's, over TLS
+    tls = ssl.create_default_context(cadata=ca.pem.decode()) if ca is not None else None
     async with aiohttp.ClientSession() as session, session.delete(
-            f"{str(fake.url).rstrip('/')}/api/v1/namespaces/{NS}/pods/{name}", params=params) as resp:
+            f"{str(fake.url).rstrip('/')}/api/v1/namespaces/{NS}/pods/{name}", params=params, ssl=tls) as resp:
         assert resp.status < 400, await resp.text()

@@ -15,6 +15,7 @@ import kmock
 from agentfake import AgentFake
 from agentharness import NODE, AgentRun
 from aiohttp.test_utils import RawTestServer
+from clusterfake import ClusterFake, TLSTestServer
 
 
 @pytest.fixture
@@ -25,6 +26,34 @@ async def fake() -> AsyncIterator[AgentFake]:
             await api.put_object(("", "v1", "namespaces"), {"metadata": {"name": ns}})
         yield api
         api.close_watches()
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[ClusterFake]:
+    """The emulator over TLS with node identity, CSR approval and signing (clusterfake)."""
+    api = ClusterFake()
+    server_cls = functools.partial(TLSTestServer, ssl_context=api.ca.server_context(), keepalive_timeout=0.2)
+    async with api, kmock.Server(api, server_cls=server_cls):
+        for ns in ("models", "kube-node-lease", "kube-system"):
+            await api.put_object(("", "v1", "namespaces"), {"metadata": {"name": ns}})
+        yield api
+        api.close_watches()
+
+
+@pytest.fixture
+async def node_agents(cluster: ClusterFake, tmp_path: Path) -> AsyncIterator[Callable[..., AgentRun]]:
+    """Agents against ``cluster`` that join with a bootstrap kubeconfig (``bootstrap=PATH``)."""
+    made: list[AgentRun] = []
+
+    def make(bootstrap: Path, **overrides: object) -> AgentRun:
+        node = overrides.get("node_name", NODE)
+        run = AgentRun(cluster, state_dir=tmp_path / f"node-state-{node}", bootstrap=bootstrap, **overrides)
+        made.append(run)
+        return run
+
+    yield make
+    for run in made:
+        await run.stop(stop_pods=True)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Secrets and config maps reach the process; the agent's API use equals its declared RBAC; the CLI."""
+"""Secrets and config maps reach the process; the env map; the CLI (API use vs RBAC: test_bootstrap.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from agentharness import ADDRESS, NODES, NS, PODS, condition, container_status, 
 from agentharness import standin_pod as make_pod
 
 from turnout.agent import ConfigError, EnvMap
-from turnout.agent.rbac import RULES
-from turnout.kube.rbac import covers
 
 
 def get_json(port: int, path: str) -> dict:
@@ -26,7 +24,7 @@ def get_json(port: int, path: str) -> dict:
         return json.loads(resp.read())
 
 
-async def test_secrets_config_maps_and_rbac(fake: AgentFake, agents, free_port: int) -> None:
+async def test_secrets_and_config_maps_reach_the_process(fake: AgentFake, agents, free_port: int) -> None:
     run = await agents().start()
     spec = make_pod("keyed", free_port, container={
         "env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "tokens", "key": "hf"}}},
@@ -40,9 +38,13 @@ async def test_secrets_config_maps_and_rbac(fake: AgentFake, agents, free_port: 
     await fake.wait_for(lambda: container_status(fake, "keyed").get("state", {}).get("waiting", {}).get("reason")
                         == "CreateContainerConfigError", what="CreateContainerConfigError")
     assert "tokens" in container_status(fake, "keyed")["state"]["waiting"]["message"]
+    # Refused at first (the Node authorizer has not seen the pod bound yet): retried like a missing one.
+    fake.fail("GET", "secrets", 403, times=1)
     await fake.put_object(SECRETS, {"metadata": {"name": "tokens", "namespace": NS}, "data": {
         "hf": base64.b64encode(b"hf_secret").decode(), "api": base64.b64encode(b"sk-local").decode()}})
     await fake.put_object(CONFIGMAPS, {"metadata": {"name": "settings", "namespace": NS}, "data": {"mode": "fast"}})
+    await fake.wait_for(lambda: "forbidden to this node" in container_status(fake, "keyed").get("state", {})
+                        .get("waiting", {}).get("message", ""), timeout=30, what="the 403 reported, not fatal")
     await fake.wait_for(lambda: running_and_ready(fake, "keyed"), timeout=30, what="Ready once the secret exists")
     env = get_json(free_port, "/env")
     assert env["HF_TOKEN"] == "hf_secret" and env["MODE"] == "fast"
@@ -53,23 +55,6 @@ async def test_secrets_config_maps_and_rbac(fake: AgentFake, agents, free_port: 
     await delete_pod(fake, "keyed")
     await fake.wait_for(lambda: pod(fake, "keyed") is None, what="removed")
     await run.stop(stop_pods=True)
-
-    used: set[tuple[str, str, str]] = set()
-    for request in fake.requests:
-        if request.resource is None or "turnout" not in str(request.headers.get("User-Agent", "")):
-            continue  # the test's own requests (kubectl-like deletes)
-        method = str(request.method.value).upper()
-        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-        verb = {"GET": "get" if request.name else "list", "POST": "create", "PATCH": "patch",
-                "PUT": "update", "DELETE": "delete"}[method]
-        if method == "GET" and request.params.get("watch") == "true":
-            verb = "watch"
-        used.add((request.resource.group or "", resource, verb))
-    for group, resource, verb in sorted(used):
-        assert covers(group, resource, verb, RULES), f"{verb} {group}/{resource} is not in turnout.agent.rbac"
-    for rule in RULES:
-        for verb in rule.verbs:
-            assert (rule.api_group, rule.resource, verb) in used, f"declared but unused: {verb} {rule.resource}"
 
 
 def test_env_map_file(tmp_path: Path) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from agentfake import AgentFake
 from agentharness import ADDRESS, LEASES, NODE, NODES, condition, mac_probes
 
+from turnout.agent.node import AGENT_LABEL
 from turnout.hardware import ACCELERATOR_LABEL, AGENT_TAINT, MEMORY_LABEL, METAL_RESOURCE, node_info
 
 
@@ -70,6 +73,10 @@ async def test_cpu_node_and_reregistration_keeps_foreign_labels_and_taints(fake:
     assert {t["key"] for t in node["spec"]["taints"]} == {AGENT_TAINT, "maintenance"}
     assert condition(node, "Ready")["status"] == "True"
     await metal.stop(stop_pods=True)
+    # NodeRestriction forbids a node to change its taints: they are sent only when the Node is created.
+    node_patches = [r for r in fake.requests if r.resource is not None and r.resource.plural == "nodes"
+                    and str(r.method.value).upper() == "PATCH" and r.subresource is None]
+    assert node_patches and all("spec" not in json.loads(r.text) for r in node_patches)
 
     # Back to CPU: what only Metal advertised is gone again, the admin's additions stay.
     await agents(accelerator="cpu", probes=mac_probes()).start()
@@ -77,6 +84,21 @@ async def test_cpu_node_and_reregistration_keeps_foreign_labels_and_taints(fake:
     assert MEMORY_LABEL not in node["metadata"]["labels"] and node["metadata"]["labels"]["team"] == "ml"
     assert METAL_RESOURCE not in node["status"]["allocatable"] and METAL_RESOURCE not in node["status"]["capacity"]
     assert node_info(node).accelerator == "cpu"
+
+
+async def test_a_taint_removed_by_an_admin_is_reported_not_put_back(fake: AgentFake, agents, caplog) -> None:
+    run = await agents(accelerator="cpu", probes=mac_probes()).start()
+    await run.stop(stop_pods=True)
+
+    def untaint(obj):
+        obj["spec"]["taints"] = []
+        return obj
+
+    await fake.modify(NODES, (None, NODE), untaint)
+    await agents(accelerator="cpu", probes=mac_probes()).start()
+    assert fake.get(NODES, None, NODE)["spec"]["taints"] == []
+    assert f"kubectl taint nodes {NODE} {AGENT_TAINT}=true:NoSchedule" in caplog.text
+    assert fake.get(NODES, None, NODE)["metadata"]["labels"][AGENT_LABEL] == "true"
 
 
 async def test_a_deleted_node_is_registered_again(fake: AgentFake, agents) -> None:

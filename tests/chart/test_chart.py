@@ -4,7 +4,10 @@ values.schema.json only with values the operator can use."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import datetime
+import json
 import re
 import shutil
 from pathlib import Path
@@ -15,7 +18,8 @@ import pytest
 import yaml
 from chartkit import CHART, EVERYTHING, NAMESPACE, ROOT, SCENARIOS, by_kind, load_script, one, render, render_files
 
-from turnout.agent.rbac import RULES as AGENT_RULES
+from turnout.agent.jointoken import usable_token
+from turnout.agent.rbac import BOOTSTRAP_BINDINGS, BOOTSTRAP_GROUP
 from turnout.api.crd import crd
 from turnout.api.types import ACCELERATORS, ENGINES
 from turnout.config import OperatorConfig, parse_config
@@ -81,6 +85,8 @@ def test_names_are_dns_labels_and_objects_are_namespaced_where_they_should_be(sc
             assert DNS_LABEL.match(meta["name"]) and len(meta["name"]) <= 63, meta["name"]
         if obj["kind"] in cluster_kinds:
             assert "namespace" not in meta
+        elif obj["kind"] == "Secret" and obj["type"] == "bootstrap.kubernetes.io/token":
+            assert meta["namespace"] == "kube-system"  # where the API server looks bootstrap tokens up
         elif obj["kind"] not in ("Role", "RoleBinding"):
             assert meta["namespace"] == NAMESPACE
 
@@ -448,18 +454,67 @@ def test_peering_is_refused_because_the_chart_grants_no_peering_rbac() -> None:
         render({"extraArgs": ["--peering=turnout"]})
 
 
-def test_host_agents_get_one_identity_each_with_exactly_the_agents_declared_rbac() -> None:
-    assert [o for o in render() if "agent" in o["metadata"]["name"]] == []
+def test_host_agents_keep_their_unexpired_chart_made_token_across_upgrades(tmp_path: Path) -> None:
+    """The ``lookup`` branch: offline rendering has no cluster, so a copy of the chart gets lookup's answer."""
+    def token(host: str, token_id: str, expiration: str | None, manager: str = "Helm") -> dict[str, Any]:
+        data = {"token-id": token_id, "token-secret": "0123456789abcdef",
+                **({"expiration": expiration} if expiration else {})}
+        return {"type": "bootstrap.kubernetes.io/token", "metadata": {"labels": {
+            "turnout.dev/host": host, "app.kubernetes.io/managed-by": manager,
+            "app.kubernetes.io/instance": "turnout"}},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+    existing = {"items": [token("mac1", "keep01", "2099-01-01T00:00:00Z"),
+                          token("mac2", "old002", "2001-01-01T00:00:00Z"),
+                          token("mac3", "cli003", None, manager="turnout-join-token"), token("mac4", "ever04", None),
+                          {"type": "Opaque", "metadata": {}}]}
+    copy_dir = tmp_path / "turnout"
+    shutil.copytree(CHART, copy_dir)
+    template = copy_dir / "templates" / "hostagents.yaml"
+    lookup = '{{- with lookup "v1" "Secret" "kube-system" "" }}'
+    assert lookup in template.read_text()
+    answer = "{{- with (fromJson " + json.dumps(json.dumps(existing)) + ") }}"
+    template.write_text(template.read_text().replace(lookup, answer))
+    out = helm.Chart.load(copy_dir).render({"hostAgents": {"names": ["mac1", "mac2", "mac3", "mac4"]}},
+                                           name="turnout", namespace=NAMESPACE, is_install=False, is_upgrade=True)
+    secrets = {d["metadata"]["labels"]["turnout.dev/host"]: d for d in yaml.safe_load_all(
+        out["turnout/templates/hostagents.yaml"]) if d and d["kind"] == "Secret"}
+    assert secrets["mac1"]["metadata"]["name"] == "bootstrap-token-keep01"  # unexpired: kept
+    assert secrets["mac1"]["stringData"]["expiration"] == "2099-01-01T00:00:00Z"
+    assert secrets["mac4"]["metadata"]["name"] == "bootstrap-token-ever04"  # no expiry: kept
+    assert "expiration" not in secrets["mac4"]["stringData"]
+    assert secrets["mac2"]["metadata"]["name"] != "bootstrap-token-old002"  # expired: a new one
+    assert secrets["mac3"]["metadata"]["name"] != "bootstrap-token-cli003"  # not the release's: left alone
+
+
+def test_host_agents_get_bootstrap_tokens_and_the_bootstrapper_bindings_not_an_identity_of_the_chart() -> None:
+    assert [o for o in render() if "agent" in o["metadata"]["name"] or o["kind"] == "Secret"] == []
     objs = render({"hostAgents": {"names": ["mac-studio-1", "mac-mini-2"]}})
-    role = next(o for o in by_kind(objs, "ClusterRole") if o["metadata"]["name"].endswith("-agent"))
-    assert _triples(role["rules"]) == {(r.api_group, r.resource, v) for r in AGENT_RULES for v in r.verbs}
-    accounts = {o["metadata"]["name"] for o in by_kind(objs, "ServiceAccount") if "agent" in o["metadata"]["name"]}
-    assert accounts == {"turnout-agent-mac-studio-1", "turnout-agent-mac-mini-2"}
-    bindings = [b for b in by_kind(objs, "ClusterRoleBinding") if b["roleRef"]["name"] == role["metadata"]["name"]]
-    assert {b["subjects"][0]["name"] for b in bindings} == accounts
-    assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings)
+    secrets = by_kind(objs, "Secret")
+    assert {s["metadata"]["labels"]["turnout.dev/host"] for s in secrets} == {"mac-studio-1", "mac-mini-2"}
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for secret in secrets:
+        data = secret["stringData"]
+        assert secret["type"] == "bootstrap.kubernetes.io/token" and secret["metadata"]["namespace"] == "kube-system"
+        assert re.fullmatch(r"[a-z0-9]{6}", data["token-id"]) and re.fullmatch(r"[a-z0-9]{16}", data["token-secret"])
+        assert secret["metadata"]["name"] == f"bootstrap-token-{data['token-id']}"
+        assert data["usage-bootstrap-authentication"] == "true" and data["auth-extra-groups"] == BOOTSTRAP_GROUP
+        left = datetime.datetime.fromisoformat(data["expiration"].replace("Z", "+00:00")) - now
+        assert datetime.timedelta(hours=23) < left <= datetime.timedelta(hours=24)
+        assert usable_token({"type": secret["type"], "data": {k: base64.b64encode(v.encode()).decode()
+                                                               for k, v in data.items()}}, now)
+    bindings = {b["roleRef"]["name"]: b["subjects"] for b in by_kind(objs, "ClusterRoleBinding")
+                if b["roleRef"]["name"].startswith("system:")}
+    assert bindings == {role: [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]
+                        for role, group, _ in BOOTSTRAP_BINDINGS}
+    # Nothing else for the agents: their API calls are the Node authorizer's to grant.
+    assert not [o for o in by_kind(objs, "ServiceAccount") if "agent" in o["metadata"]["name"]]
+    assert not [o for o in by_kind(objs, "ClusterRole") if "agent" in o["metadata"]["name"]]
+    assert len(by_kind(objs, "ClusterRoleBinding")) == len(by_kind(render(), "ClusterRoleBinding")) + 3
+    forever = by_kind(render({"hostAgents": {"names": ["m"], "tokenTTL": ""}}), "Secret")
+    assert "expiration" not in forever[0]["stringData"]
     text = render_files({"hostAgents": {"names": ["m"]}})["turnout/templates/hostagents.yaml"]
-    assert all(f"# {r.why}\n" in text for r in AGENT_RULES)
+    assert all(f"# {why}\n" in text for _, _, why in BOOTSTRAP_BINDINGS)
 
 
 def test_inference_pool_and_the_autoscalers_gateway_flags() -> None:

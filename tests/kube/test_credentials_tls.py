@@ -7,6 +7,7 @@ with :class:`turnout.kube.KubeClient`, and kopf's session from :func:`turnout.ku
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import ipaddress
@@ -73,7 +74,7 @@ class Api:
     """A TLS API server: answers any path, 401 for tokens in ``revoked``, records who called."""
 
     def __init__(self, tmp: Path, *, ip: str | None = "127.0.0.1", dns: str | None = None) -> None:
-        ca_key = ec.generate_private_key(ec.SECP256R1())
+        self.ca_key = ca_key = ec.generate_private_key(ec.SECP256R1())
         self.ca = _cert("test-ca", None, None, ca_key, ca=True)
         server_key = ec.generate_private_key(ec.SECP256R1())
         server = _cert("apiserver", ca_key, self.ca.subject, server_key, ca=False, ip=ip, dns=dns)
@@ -153,6 +154,37 @@ async def test_file_paths_relative_to_the_kubeconfig(api: Api, tmp_path: Path) -
                             user={"client-certificate": "cert.pem", "client-key": str(api.files["key"])})
     await _call(await load_credentials(str(path)))
     assert api.seen[0]["client"] == "turnout-operator"
+
+
+async def test_a_renewed_client_certificate_file_is_used_without_a_restart(api: Api, tmp_path: Path) -> None:
+    """As a node's rotated ``*-current.pem`` (certificate and key in one file, behind a symlink)."""
+    first = tmp_path / "client-1.pem"
+    first.write_bytes(api.cert_pem + api.key_pem)
+    current = tmp_path / "client-current.pem"
+    current.symlink_to(first)
+    path = write_kubeconfig(tmp_path / "config", api.url, cluster={"certificate-authority": str(api.files["ca"])},
+                            user={"client-certificate": str(current), "client-key": str(current)})
+    creds = await load_credentials(str(path))
+    async with KubeClient(creds) as client:
+        await client.request("GET", STATUS)
+        renewed_key = ec.generate_private_key(ec.SECP256R1())
+        renewed = _cert("turnout-renewed", api.ca_key, api.ca.subject, renewed_key, ca=False)
+        second = tmp_path / "client-2.pem"
+        second.write_bytes(_pem(renewed) + _pem(renewed_key))
+        link = tmp_path / "client-current.pem.new"
+        link.symlink_to(second)
+        os.replace(link, current)
+        await asyncio.sleep(1.1)  # the files are checked at most once a second
+        await client.request("GET", STATUS)
+        assert [s["client"] for s in api.seen] == ["turnout-operator", "turnout-renewed"]
+        # A half-written renewal is not loaded: the pool that works stays.
+        broken = tmp_path / "client-3.pem"
+        broken.write_bytes(b"-----BEGIN CERTIFICATE-----\n")
+        link.symlink_to(broken)
+        os.replace(link, current)
+        await asyncio.sleep(1.1)
+        await client.request("GET", STATUS)
+    assert api.seen[-1]["client"] == "turnout-renewed"
 
 
 async def test_bearer_token_and_token_file_that_rotates(api: Api, tmp_path: Path) -> None:

@@ -80,37 +80,57 @@
   verbs: ["patch"]
 {{- end }}
 
-{{/* The host agent's rules (turnout.agent.rbac): a ClusterRole for Apple silicon hosts' agents. */}}
-{{- define "turnout.rbac.agentRules" }}
-# env valueFrom.configMapKeyRef and configMap volumes
-- apiGroups: [""]
-  resources: ["configmaps"]
-  verbs: ["get"]
-# register this node: labels, taint, capacity
-- apiGroups: [""]
-  resources: ["nodes"]
-  verbs: ["create", "get", "patch"]
-# Ready condition, capacity, addresses (heartbeat)
-- apiGroups: [""]
-  resources: ["nodes/status"]
-  verbs: ["patch"]
-# pods bound to this node (fieldSelector spec.nodeName)
-# remove a pod once its processes are gone (gracePeriodSeconds=0)
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["delete", "list", "watch"]
-# phase, podIP, container states, Ready condition
-- apiGroups: [""]
-  resources: ["pods/status"]
-  verbs: ["patch"]
-# env valueFrom.secretKeyRef and secret volumes (API key, HF token)
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get"]
-# node heartbeat Lease in kube-node-lease
-- apiGroups: ["coordination.k8s.io"]
-  resources: ["leases"]
-  verbs: ["create", "get", "patch"]
+{{/* Host agents' TLS bootstrapping (turnout.agent.rbac): their tokens' group, and its bindings. */}}
+{{- define "turnout.rbac.agentBootstrapGroup" }}system:bootstrappers:turnout{{- end }}
+{{- define "turnout.rbac.agentBootstrapBindings" }}
+---
+# bootstrap tokens may create and watch CSRs
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{ include "turnout.fullname" . }}-node-bootstrapper
+  labels:
+    {{- include "turnout.labels" . | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:node-bootstrapper
+subjects:
+  - apiGroup: rbac.authorization.k8s.io
+    kind: Group
+    name: system:bootstrappers:turnout
+---
+# kube-controller-manager auto-approves a bootstrap token's node client CSR
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{ include "turnout.fullname" . }}-nodeclient
+  labels:
+    {{- include "turnout.labels" . | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:certificates.k8s.io:certificatesigningrequests:nodeclient
+subjects:
+  - apiGroup: rbac.authorization.k8s.io
+    kind: Group
+    name: system:bootstrappers:turnout
+---
+# ... and a node's CSR renewing its own certificate
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {{ include "turnout.fullname" . }}-selfnodeclient
+  labels:
+    {{- include "turnout.labels" . | nindent 4 }}
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: system:certificates.k8s.io:certificatesigningrequests:selfnodeclient
+subjects:
+  - apiGroup: rbac.authorization.k8s.io
+    kind: Group
+    name: system:nodes
 {{- end }}
 
 {{/* The gateway's rules (turnout.gateway.rbac): a ClusterRole, or a Role per watched namespace. */}}

@@ -12,6 +12,7 @@ from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from turnout.agent.bootstrap import NodeIdentity, renew_forever
 from turnout.agent.config import AgentConfig
 from turnout.agent.node import (
     LEASE_NAMESPACE,
@@ -45,8 +46,9 @@ class Agent:
     port_poll = 1.0  # how often a pod waiting for a port re-checks (it is also woken by pod events)
 
     def __init__(self, config: AgentConfig, kube: KubeClient, *, address: str, probes: Probes | None = None,
-                 host_ports: HostPorts | None = None) -> None:
+                 host_ports: HostPorts | None = None, identity: NodeIdentity | None = None) -> None:
         self.config = config
+        self.identity = identity  # the node certificate to renew while running (TLS bootstrapping), if any
         self.host_ports: HostPorts = host_ports if host_ports is not None else HostPorts()
         self.kube = kube
         self.address = address
@@ -119,21 +121,20 @@ class Agent:
             labels: dict[str, str | None] = dict(wanted["metadata"]["labels"])
             for key in OWN_LABELS:  # e.g. the memory label of a host that no longer advertises Metal
                 labels.setdefault(key, None)
+            # Taints only at creation: NodeRestriction forbids a node to change its own taints later.
+            missing = _missing_taints(current, wanted)
+            if missing:
+                log.warning("node %s lacks the taint%s %s, which the agent sets only when it creates the Node "
+                            "(a node may not change its taints): an admin can add it with kubectl taint nodes %s "
+                            "%s", self.config.node_name, "s" if len(missing) > 1 else "", ", ".join(missing),
+                            self.config.node_name, " ".join(missing))
             current = await self.kube.merge_patch(self.node_path, {
                 "metadata": {"labels": labels, "annotations": wanted["metadata"]["annotations"]},
-                "spec": {"taints": self._taints(current, wanted)},
             })
         self.node = current
         self._capacity = wanted["status"]["capacity"]
         await self.post_status()
         await self.renew_lease()
-
-    @staticmethod
-    def _taints(current: dict[str, Any], wanted: dict[str, Any]) -> list[dict[str, Any]]:
-        """Ours plus whatever others put there (e.g. an admin's or the node controller's taints)."""
-        ours = wanted["spec"]["taints"]
-        keys = {t["key"] for t in ours}
-        return ours + [t for t in (current.get("spec") or {}).get("taints") or [] if t.get("key") not in keys]
 
     async def post_status(self, *, ready: bool = True, reason: str | None = None, message: str | None = None) -> None:
         kwargs = {k: v for k, v in (("reason", reason), ("message", message)) if v}
@@ -287,6 +288,8 @@ class Agent:
             spawn(self._every(self.config.status_seconds, "node status", self._refresh_node), "node status"),
             spawn(self.watch_pods(synced), "pod watch"),
         ]
+        if self.identity is not None:
+            tasks.append(spawn(renew_forever(self.identity, self.kube), "certificate renewal"))
         failed = asyncio.create_task(self.supervisor.failed())
         listed, stopped = asyncio.create_task(synced.wait()), asyncio.create_task(stop.wait())
         try:
@@ -317,6 +320,13 @@ class Agent:
             raise failure from failure.error
 
 
+def _missing_taints(current: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Our taints (``key=value:effect``) the existing Node does not carry."""
+    have = {(t.get("key"), t.get("effect")) for t in (current.get("spec") or {}).get("taints") or []}
+    return [f"{t['key']}={t.get('value', '')}:{t['effect']}" for t in wanted["spec"]["taints"]
+            if (t["key"], t["effect"]) not in have]
+
+
 def bind_and_probe_addresses(configured: str | None, address: str) -> tuple[str, str]:
     """Where the shim listens and where probes connect, from ``--address`` and the node address.
 
@@ -339,6 +349,7 @@ async def run_agent(
     *,
     kubeconfig: str | None = None,
     credentials: Credentials | None = None,
+    bootstrap_kubeconfig: str | None = None,
     stop: asyncio.Event | None = None,
     ready: asyncio.Event | None = None,
     probes: Probes | None = None,
@@ -350,17 +361,25 @@ async def run_agent(
     Node is then not Ready with reason ``AgentFailed``; the pods' processes are left to the next start).
 
     ``credentials`` win over ``kubeconfig``; without either the usual
-    ``$KUBECONFIG`` / ``~/.kube/config`` lookup applies.
+    ``$KUBECONFIG`` / ``~/.kube/config`` lookup applies. With
+    ``bootstrap_kubeconfig`` (and no ``credentials``) the agent uses its node certificate,
+    getting one through TLS bootstrapping first, writes the node kubeconfig to ``kubeconfig``
+    (default ``<state-dir>/kubeconfig``) and renews the certificate while it runs
+    (:mod:`turnout.agent.bootstrap`).
     ``ready`` is set once the node is registered and the pods bound to it are
     listed (and adopted). ``probes`` overrides hardware detection; ``host_ports`` is the table of
     claimed ports (default: the agent's own; agents sharing an event loop may share one).
     """
+    identity = None
+    if credentials is None and bootstrap_kubeconfig:
+        identity = NodeIdentity.of(config.node_name, config.state_dir, bootstrap_kubeconfig, kubeconfig)
+        credentials = await identity.credentials()
     creds = credentials or await load_credentials(kubeconfig)
     kube = KubeClient(creds, user_agent="turnout-agent")
     stop = stop or asyncio.Event()
     try:
         address = config.address or detect_address(creds.server)
-        agent = Agent(config, kube, address=address, probes=probes, host_ports=host_ports)
+        agent = Agent(config, kube, address=address, probes=probes, host_ports=host_ports, identity=identity)
         await agent.run(stop, ready)
     finally:
         await kube.close()

@@ -1,4 +1,8 @@
-"""``turnout agent`` / ``python -m turnout.agent``: join this host to a cluster as a node."""
+"""``turnout agent`` / ``python -m turnout.agent``: join this host to a cluster as a node.
+
+``turnout agent join-token --node-name NAME`` (run by an admin) makes the bootstrap kubeconfig a
+host joins with (:mod:`turnout.agent.jointoken`).
+"""
 
 from __future__ import annotations
 
@@ -16,13 +20,25 @@ from turnout.kube.credentials import CredentialsError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--node-name", required=True, help="the Node's name (lower-case DNS name)")
+    from turnout.agent import jointoken
+
+    sub = parser.add_subparsers(dest="agent_command", metavar="{join-token}")
+    join = sub.add_parser("join-token", help="(admin) make a host's bootstrap token and bootstrap kubeconfig",
+                          description=jointoken.__doc__.split("\n")[0])
+    jointoken.add_arguments(join)
+    join.set_defaults(_agent_run=jointoken.run)
+    parser.add_argument("--node-name", help="the Node's name (lower-case DNS name); required")
     parser.add_argument("--accelerator", choices=("metal", "cpu", "auto"), default="auto",
                         help="what to advertise; auto: metal on Apple silicon, else cpu (default: auto)")
     parser.add_argument("--address", help="the node's InternalIP and its pods' IP; pods listen on it only, so "
                                           "agents with distinct addresses can share a host (default: the address "
                                           "of the route to the API server, pods listening on 0.0.0.0)")
-    parser.add_argument("--kubeconfig", help="kubeconfig to use (default: $KUBECONFIG, then ~/.kube/config)")
+    parser.add_argument("--kubeconfig", help="kubeconfig to use (default: $KUBECONFIG, then ~/.kube/config); with "
+                                             "--bootstrap-kubeconfig: where the node kubeconfig is written "
+                                             "(default: STATE-DIR/kubeconfig)")
+    parser.add_argument("--bootstrap-kubeconfig", help="a bootstrap kubeconfig (turnout agent join-token): without a "
+                                                       "valid node certificate yet, get one with its token (TLS "
+                                                       "bootstrapping); renewed before it expires")
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
     parser.add_argument("--env-map", help="YAML file mapping image patterns to local environments "
                                           "(default: turnout images -> this Python environment)")
@@ -49,7 +65,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
                        stop_pods_on_exit=args.stop_pods_on_exit, state_dir=state_dir)
 
 
-async def _serve(config: AgentConfig, kubeconfig: str | None, context: str | None) -> None:
+async def _serve(config: AgentConfig, kubeconfig: str | None, context: str | None,
+                 bootstrap_kubeconfig: str | None = None) -> None:
     from turnout.agent.agent import run_agent
     from turnout.kube import load_credentials
 
@@ -58,16 +75,24 @@ async def _serve(config: AgentConfig, kubeconfig: str | None, context: str | Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    if bootstrap_kubeconfig:
+        await run_agent(config, kubeconfig=kubeconfig, bootstrap_kubeconfig=bootstrap_kubeconfig, stop=stop)
+        return
     credentials = await load_credentials(kubeconfig, context=context)
     await run_agent(config, credentials=credentials, stop=stop)
 
 
 def run(args: argparse.Namespace) -> int:
+    sub_run = getattr(args, "_agent_run", None)
+    if sub_run is not None:
+        return int(sub_run(args))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if not args.node_name:
+            raise ConfigError("--node-name is required")
         config = config_from_args(args)
-        asyncio.run(_serve(config, args.kubeconfig, args.context))
+        asyncio.run(_serve(config, args.kubeconfig, args.context, args.bootstrap_kubeconfig))
     except AgentFailed as exc:  # logged with its traceback; 1 (not 2): the service manager restarts the agent
         print(f"turnout agent: failed: {exc}", file=sys.stderr)
         return 1

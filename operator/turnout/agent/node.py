@@ -17,6 +17,9 @@ LEASE_NAMESPACE = "kube-node-lease"
 TYPE_LABEL = "type"
 TYPE_VALUE = "virtual-kubelet"
 AGENT_VERSION = "v0.1.0-turnout-agent"
+#: Marks the Node as a turnout host agent's. Under ``node.kubernetes.io/``, which NodeRestriction lets a
+#: node set on itself (``kubernetes.io/role`` it refuses).
+AGENT_LABEL = "node.kubernetes.io/turnout-agent"
 
 
 def now() -> str:
@@ -68,7 +71,7 @@ def node_labels(config: AgentConfig, accelerator: str, detected: Mapping[str, An
         "kubernetes.io/hostname": config.node_name,
         "kubernetes.io/os": labels.get("kubernetes.io/os", platform.system().lower()),
         "kubernetes.io/arch": labels.get("kubernetes.io/arch", platform.machine()),
-        "kubernetes.io/role": "agent",
+        AGENT_LABEL: "true",
         "node.kubernetes.io/instance-type": f"turnout-agent-{accelerator}",
         TYPE_LABEL: TYPE_VALUE,
         ACCELERATOR_LABEL: accelerator,

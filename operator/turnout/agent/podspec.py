@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from turnout.kube.errors import PermanentApiError
 from turnout.shimargs import PROGRAM as SHIM_PROGRAM
 from turnout.shimargs import ShimArgs
 from turnout.sources import PVC_ROOT
@@ -78,7 +79,14 @@ def _data(obj: Mapping[str, Any], *, secret: bool) -> dict[str, str]:
 
 async def _source(fetch: Fetch, kind: str, namespace: str, name: str, optional: bool) -> dict[str, str] | None:
     plural = "secrets" if kind == "secret" else "configmaps"
-    obj = await fetch(plural, namespace, name)
+    try:
+        obj = await fetch(plural, namespace, name)
+    except PermanentApiError as exc:
+        if exc.status != 403:
+            raise
+        # The Node authorizer grants it once it has seen this pod bound here (a moment after binding), as
+        # kubelet finds: retried like a missing one.
+        raise ConfigProblem(f'{kind} "{name}": forbidden to this node: {exc.message}') from exc
     if obj is None:
         if optional:
             return None

@@ -3,7 +3,8 @@
 kubernetes_asyncio does the HTTP, TLS, authentication and watch framing;
 this class names our calls (server-side apply with our field manager,
 status merge-patches, ``events.k8s.io/v1`` Events, deletes with a uid
-precondition, plain get/create/patch and watches by path) and classifies
+precondition, plain get/create/patch and watches by path), reconnects when
+the client certificate files are renewed, and classifies
 failures: :class:`TransientApiError` (retry with back-off) or
 :class:`PermanentApiError` (the request is wrong as it stands). Objects go
 in and come back as plain dicts: no model classes on the hot path.
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -26,7 +29,10 @@ from turnout.kube.credentials import Credentials
 from turnout.kube.errors import ApiError, MalformedWatchEvent, PermanentApiError, TransientApiError, from_response
 from turnout.kube.session import http_session
 
+log = logging.getLogger("turnout.kube")
 FIELD_MANAGER = "turnout"
+#: A pool replaced by a renewed client certificate is closed this long after (the longest watch read is 330 s).
+RETIRE_SECONDS = 360.0
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
 _OBJECT = {code: "object" for code in (200, 201, 202)}
@@ -103,8 +109,11 @@ class KubeClient:
         self._on_error = on_error
         self._user_agent = user_agent
         self._api: ApiClient | None = None
+        self._retiring: dict[asyncio.Task[None], aiohttp.ClientSession] = {}  # pools of a replaced certificate
 
     async def _client(self) -> ApiClient:
+        if self._api is not None and self.credentials.tls_changed():
+            await self._reconnect()
         if self._api is None:
             api = ApiClient(self.credentials.configuration)
             api.user_agent = self._user_agent
@@ -115,7 +124,39 @@ class KubeClient:
             self._api = api
         return self._api
 
+    async def _reconnect(self) -> None:
+        """The client certificate was renewed: new requests go out on a new pool that presents it.
+
+        Requests in flight finish on the old pool (their connections authenticated with the old
+        certificate, which is still valid: renewal comes well before expiry); a watch on it ends at its
+        next event or bookmark, and its caller watches again on the new pool. The old pool is closed
+        once even a watch's read timeout has passed (aiohttp's close would leave a reader waiting forever).
+        """
+        assert self._api is not None
+        try:
+            fresh = http_session(self.credentials, limit=self._connections)
+        except (ssl.SSLError, OSError) as exc:  # half-written files: keep the old pool, try again later
+            log.warning("cannot load the renewed client certificate yet: %s", exc)
+            return
+        old, self._api.rest_client.pool_manager = self._api.rest_client.pool_manager, fresh
+        log.info("client certificate changed: reconnecting with it")
+        task = asyncio.create_task(self._close_later(old))
+        self._retiring[task] = old
+        task.add_done_callback(lambda t: self._retiring.pop(t, None))
+
+    @staticmethod
+    async def _close_later(session: aiohttp.ClientSession) -> None:
+        await asyncio.sleep(RETIRE_SECONDS)
+        await session.close()
+
+    def _pool(self) -> Any:
+        return self._api.rest_client.pool_manager if self._api is not None else None
+
     async def close(self) -> None:
+        for task, session in list(self._retiring.items()):
+            task.cancel()
+            await session.close()
+        self._retiring.clear()
         if self._api is not None:
             await self._api.close()
             self._api = None
@@ -273,6 +314,8 @@ class KubeClient:
             )
 
         stream = Watch(return_type="object")
+        await self._client()
+        pool = self._pool()
         try:
             async for event in stream.stream(_list, timeout_seconds=timeout_seconds,
                                              resource_version=params.get("resourceVersion")):
@@ -280,6 +323,8 @@ class KubeClient:
                 if not isinstance(event, dict) or not isinstance(event.get("raw_object"), dict):
                     raise MalformedWatchEvent(f"WATCH {path}: the server sent no watch event: {str(event)[:200]!r}")
                 yield {"type": event["type"], "object": event["raw_object"]}
+                if self._pool() is not pool:
+                    return  # the certificate was renewed: the caller watches again, on the new pool
         except ApiException as exc:
             raise self._error(exc, "WATCH", path) from exc
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:

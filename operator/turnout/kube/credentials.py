@@ -8,8 +8,11 @@ context or a named one; and in-cluster service-account tokens. Around the
 loaded configuration this module adds what a long-running process needs:
 a token file (``tokenFile``, the projected service-account token) is read
 again when it changes, an exec plugin runs again when its token expires or the
-server refuses it (401), and :meth:`Credentials.authorization` gives the
-header both the operator's client and kopf's session send.
+server refuses it (401), client certificate files given by path (a node's
+rotated ``client-certificate``) are watched so :class:`~turnout.kube.KubeClient`
+reconnects with the new certificate (:meth:`Credentials.tls_changed`), and
+:meth:`Credentials.authorization` gives the header both the operator's client
+and kopf's session send.
 """
 
 from __future__ import annotations
@@ -65,6 +68,41 @@ class TokenFile:
 
 
 @dataclass
+class CertFiles:
+    """Client certificate and key files, checked for a change at most once a second (renewed in place)."""
+
+    paths: tuple[str, ...]
+    _stamp: tuple[tuple[int, int], ...] = ()
+    _checked: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._stamp = self._read_stamp()
+
+    def _read_stamp(self) -> tuple[tuple[int, int], ...]:
+        stamps = []
+        for path in self.paths:
+            try:
+                st = os.stat(path)  # follows a "-current.pem" symlink to the file it names now
+            except OSError:
+                stamps.append((0, 0))
+            else:
+                stamps.append((st.st_ino, st.st_mtime_ns))
+        return tuple(stamps)
+
+    def changed(self) -> bool:
+        """True once after the files changed (a missing file is no change: keep what is loaded)."""
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return False
+        self._checked = now
+        stamp = self._read_stamp()
+        if stamp == self._stamp or (0, 0) in stamp:
+            return False
+        self._stamp = stamp
+        return True
+
+
+@dataclass
 class Credentials:
     """A loaded :class:`kubernetes_asyncio.client.Configuration` and how to keep its token fresh."""
 
@@ -73,6 +111,7 @@ class Credentials:
     token_file: TokenFile | None = None
     exec_loader: Any = None  # the kubeconfig loader, when the user runs an exec plugin
     namespace: str | None = None  # the pod's namespace, in a cluster
+    cert_files: CertFiles | None = None  # client certificate files to watch (given by path, not -data)
     _fresh: bool = field(default=True, repr=False)
 
     def __post_init__(self) -> None:
@@ -102,6 +141,10 @@ class Credentials:
                 await self.exec_loader.load_from_exec_plugin()
                 if getattr(self.exec_loader, "token", None):
                     cfg.api_key["BearerToken"] = self.exec_loader.token
+
+    def tls_changed(self) -> bool:
+        """True (once) when the client certificate files changed since they were loaded or last reported."""
+        return self.cert_files is not None and self.cert_files.changed()
 
     async def invalidate(self) -> bool:
         """After a 401: read the token again (file or exec plugin). False when there is nothing to renew."""
@@ -181,7 +224,11 @@ async def _load_kubeconfig(path: str, context: str | None) -> Credentials:
         base = os.path.dirname(os.path.abspath(path.split(os.pathsep)[0]))
         token_file = TokenFile(os.path.join(base, os.path.expanduser(str(user["tokenFile"]))))
     exec_loader = loader if user.get("exec") else None
-    return Credentials(cfg, f"kubeconfig {path} (context {name})", token_file=token_file, exec_loader=exec_loader)
+    cert_files = None
+    if user.get("client-certificate") and not user.get("client-certificate-data") and cfg.cert_file:
+        cert_files = CertFiles(tuple(p for p in (cfg.cert_file, cfg.key_file) if p))
+    return Credentials(cfg, f"kubeconfig {path} (context {name})", token_file=token_file, exec_loader=exec_loader,
+                       cert_files=cert_files)
 
 
 def _load_in_cluster(sa_dir: Path) -> Credentials:
