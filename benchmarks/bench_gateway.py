@@ -356,12 +356,11 @@ def scale_from_zero(kubeconfig: str | None) -> dict[str, Any]:
     (``turnout gateway``), a ModelDeployment with ``spec.autoscaling.minReplicas: 0``
     at ``replicas: 0``; one streamed request through the gateway, timed to its first
     token, split into wake (the gateway's scale patch) → pod Ready (EndpointSlice)
-    → first token. The rows it is to return: ``first_request_ttft_s``,
-    ``wake_to_ready_s``, ``ready_to_first_token_s``, and the same request once warm.
-    Not built here: this machine has no cluster (another step measures it).
+    → first token. ``benchmarks/bench_scale_from_zero.py`` measures exactly that on a real
+    cluster with host agents as nodes (the e2e scale test, as root); this part only points there.
     """
-    why = ("needs a cluster with the operator, the gateway and a ModelDeployment at replicas 0 "
-           "(no cluster here; measured in another step)")
+    why = ("needs a cluster with host agents (root): benchmarks/bench_scale_from_zero.py measures it "
+           "(results/scale_from_zero.json)")
     return {"skipped": why, "kubeconfig": kubeconfig}
 
 

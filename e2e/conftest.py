@@ -2,9 +2,10 @@
 
 Everything is skipped (with the reason) when KUBECONFIG does not point at a reachable cluster; the
 suite needs nothing else from it. A control plane without kubelets is enough: :mod:`kwok` plays
-the kubelet for fake Nodes (CPU and GPU), and the host agents of test_agent_e2e.py are real nodes.
-On a failed test, the namespace's objects, its Events, the fake kubelet's errors and the
-operator's log are printed. ``TURNOUT_E2E_KEEP=1`` keeps the namespace.
+the kubelet for fake Nodes (CPU and GPU), and the host agents of test_agent_e2e.py and
+test_gateway_e2e.py (:mod:`hostagents`, the ``hosts`` fixture) are real nodes.
+On a failed test, the namespace's objects, its Events, the fake kubelet's errors, the
+operator's log and the logs of the module's host agents are printed. ``TURNOUT_E2E_KEEP=1`` keeps the namespace.
 
 Each client, apply, status and watch behaviour that ``tests/`` proves against the API emulator
 (tests/controller/fakekube.py) has its twin here, against the real API server (``emulator test``
@@ -75,10 +76,19 @@ tests/agent/test_bootstrap.py (clusterfake: TLS, bootstrap tokens, CSR approval 
     kube-controller-manager approves and signs; renewal is not run: the real signer's minimum is 10 minutes)
   the_node_identity_uses_only_what_the_node_authorizer_grants
     → the_node_identity_gets_only_what_the_node_authorizer_grants (the real Node authorizer and NodeRestriction)
+tests/gateway/test_kube_gateway.py → test_gateway_e2e.py (the gateway as a process, models served by host agents)
+  models_listed_and_requests_routed_by_model, unknown_model_bad_json_and_missing_model (its 404)
+    → one_base_url_serves_a_llamacpp_and_a_transformers_model (real llama.cpp and transformers pods)
+  scale_from_zero_holds_requests_and_wakes_once → scale_from_zero_through_the_gateway_up_to_two_and_back
+  recorded_api_use_equals_the_declared_rbac → both (the gateway runs as a ServiceAccount bound to the generated Role)
+tests/controller/test_autoscaler.py
+  scales_up_under_gateway_load_down_after_the_delay_and_to_zero_and_back
+    → scale_from_zero_through_the_gateway_up_to_two_and_back (test_gateway_e2e: the operator scrapes the real gateway)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -86,9 +96,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostagents import Hosts, stop_agents
 from kubectl import cluster_problem, kubectl, poll
 from kwok import FakeKubelet
+from netns import AGENT_LABEL, clean_leftovers
+from netns import problem as netns_problem
 from procs import OperatorProcess
+
+from turnout.agent.rbac import bootstrap_binding_name, bootstrap_bindings
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -212,6 +227,46 @@ def operator_paused(operator: OperatorProcess) -> Iterator[OperatorProcess]:
     operator.start()
 
 
+@pytest.fixture(scope="session")
+def tiny_model() -> Any:
+    """The project's tiny model (HF folder and GGUF), built once and cached (turnout.tinymodel)."""
+    from turnout.tinymodel import build_tiny_model
+
+    return build_tiny_model()
+
+
+@pytest.fixture(scope="module")
+def bootstrap_bindings_applied() -> Iterator[None]:
+    """The standard bootstrapper ClusterRoleBindings (turnout.agent.rbac, as the chart renders them)."""
+    bindings = bootstrap_bindings()
+    for binding in bindings:
+        binding["metadata"]["name"] = bootstrap_binding_name(binding["roleRef"]["name"], f"turnout-e2e-{RUN}")
+    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": bindings}))
+    yield
+    for binding in bindings:
+        kubectl("delete", "clusterrolebinding", binding["metadata"]["name"], "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory, bootstrap_bindings_applied: None) -> Iterator[Hosts]:
+    """Network namespaces for the module's host agents (e2e/hostagents.py); a crashed run's are removed first.
+
+    Agents join by TLS bootstrapping (the bindings above). Agents still running at the end are
+    stopped, then the namespaces deleted. Skipped without root.
+    """
+    why = netns_problem()
+    if why:
+        pytest.skip(why)
+    clean_leftovers()
+    kubectl("delete", "nodes", "-l", f"{AGENT_LABEL}=true", "--ignore-not-found", check=False)
+    made = Hosts(tmp_path_factory.mktemp("hosts"))
+    try:
+        yield made
+    finally:
+        stop_agents([a for a in made.agents if a["process"].poll() is None])
+        made.close()
+
+
 @pytest.fixture
 def cleanup() -> Iterator[Callable[..., None]]:
     """``cleanup(kind, name, namespace=None)``: delete it after the test, whatever the outcome."""
@@ -247,6 +302,9 @@ def dump_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
         print(f"\n===== fake kubelet errors =====\n{request.getfixturevalue('kwok').errors[-50:]}")
     if "operator" in request.fixturenames:
         print(f"\n===== operator log =====\n{request.getfixturevalue('operator').tail()}")
+    if "hosts" in request.fixturenames:
+        for agent in request.getfixturevalue("hosts").agents:
+            print(f"\n===== agent {agent['name']} log =====\n{Path(agent['log']).read_text()[-20000:]}")
 
 
 __all__ = ["NodeSet", "poll"]

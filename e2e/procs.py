@@ -1,4 +1,4 @@
-"""The operator and host agents as subprocesses: started with this checkout's code, stopped, their logs and metrics.
+"""The operator and the gateway as subprocesses: started with this checkout's code, stopped, their logs and metrics.
 
 Subprocesses run ``sys.executable`` with ``PYTHONPATH`` led by the folder this very ``turnout`` package
 was imported from, so an operator or agent started by a test runs the code under test (not some other
@@ -16,6 +16,7 @@ import sys
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from kubectl import poll
 
@@ -69,6 +70,8 @@ class OperatorProcess:
     append); ``env`` changes the environment (``None`` unsets).
     """
 
+    what = "the operator"
+
     def __init__(self, args: Sequence[str], log_path: Path, *, env: Mapping[str, str | None] | None = None,
                  wrap: Sequence[str] = ()) -> None:
         self.args = list(args)
@@ -86,17 +89,18 @@ class OperatorProcess:
 
     def start(self, timeout: float = 60) -> OperatorProcess:
         with open(self.log, "a") as log:
-            log.write(f"----- starting: {' '.join(self.command())}\n")
+            command = self.command()
+            log.write(f"----- starting: {' '.join(command)}\n")
             log.flush()
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                          env=child_env(self.env))
-        poll(self._healthy, timeout=timeout, interval=0.5, what=f"the operator's /healthz ({self.log})")
+        poll(self._healthy, timeout=timeout, interval=0.5, what=f"{self.what}'s /healthz ({self.log})")
         return self
 
     def _healthy(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"the operator exited {self.proc.returncode}:\n{self.log.read_text()[-5000:]}")
+            raise AssertionError(f"{self.what} exited {self.proc.returncode}:\n{self.log.read_text()[-5000:]}")
         try:
             with _LOCAL.open(f"http://127.0.0.1:{self.health}/healthz", timeout=2) as response:
                 return response.status == 200
@@ -135,3 +139,22 @@ class OperatorProcess:
 
     def tail(self, chars: int = 20000) -> str:
         return self.log.read_text()[-chars:] if self.log.exists() else ""
+
+
+class GatewayProcess(OperatorProcess):
+    """``python -m turnout gateway ARGS --host 127.0.0.1 --port P`` (/healthz and /metrics on that port too)."""
+
+    what = "the gateway"
+
+    def __init__(self, args: Sequence[str], log_path: Path, **kwargs: Any) -> None:
+        super().__init__(args, log_path, **kwargs)
+        self.health = self.metrics_port = free_port()  # kept across restarts: the operator scrapes it
+
+    def command(self) -> list[str]:
+        return [*self.wrap, sys.executable, "-m", "turnout", "gateway", *self.args,
+                "--host", "127.0.0.1", "--port", str(self.health)]
+
+    @property
+    def url(self) -> str:
+        """The base URL of the OpenAI API (``http://127.0.0.1:P/v1``)."""
+        return f"http://127.0.0.1:{self.health}/v1"

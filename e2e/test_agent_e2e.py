@@ -24,7 +24,8 @@ ordinary node selector and toleration (no special case), and a CPU llama.cpp dep
 the CPU agent becomes Ready, answers through the pod IP from its EndpointSlice, recovers when its
 engine process is killed, and disappears (processes included) when deleted. Two more CPU agents
 (``--address`` given) take the two replicas of one deployment, each answering at its own pod IP on
-the same port. On failure the agents' logs are printed after the conftest's objects and events.
+the same port. The agents come from e2e/hostagents.py (the conftest's ``hosts``); on failure their
+logs are printed after the conftest's objects and events.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -43,17 +43,23 @@ from typing import Any
 
 import pytest
 import yaml
+from hostagents import (
+    TOLERATE_AGENT,
+    Hosts,
+    delete_and_wait,
+    model_pods,
+    node_csrs,
+    ready_endpoints,
+    start_agent,
+    stop_agents,
+    wait_ready,
+)
 from kubectl import KubectlError, condition, get_json, kubectl, poll
-from netns import AGENT_LABEL, Forwarder, Namespace, clean_leftovers, problem, server_of, verified_name
-from procs import ROOT, child_env
 
-from conftest import RUN
 from turnout.agent.node import AGENT_LABEL as NODE_AGENT_LABEL
-from turnout.agent.rbac import bootstrap_binding_name, bootstrap_bindings
 from turnout.hardware import ACCELERATOR_LABEL, AGENT_TAINT, METAL_RESOURCE
 from turnout.images import REGISTRY
 
-TOLERATE_AGENT = {"key": AGENT_TAINT, "operator": "Exists", "effect": "NoSchedule"}
 PAIR_LABEL = "turnout.dev/e2e-pair"
 
 
@@ -68,130 +74,8 @@ def _pid_gone(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def tiny_gguf() -> Path:
-    from turnout.tinymodel import build_tiny_model
-
-    return build_tiny_model().gguf_path
-
-
-class Hosts:
-    """Network namespaces for agents, and the forwarder that lets them reach the API server."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.kubeconfig = os.environ["KUBECONFIG"].split(os.pathsep)[0]
-        host, port, _ = server_of(self.kubeconfig)
-        self.port = port
-        self.forwarder = Forwarder((host, port))
-        self.namespaces: list[Namespace] = []
-
-    def new(self, node_name: str) -> tuple[Namespace, Path]:
-        """A fresh namespace, forwarded to the API server; and the bootstrap kubeconfig of ``node_name`` in it.
-
-        The admin's ``turnout agent join-token``, naming the forwarder (verified as the server's own name).
-        """
-        ns = Namespace(len(self.namespaces) + 1).create()
-        self.namespaces.append(ns)
-        self.forwarder.listen(ns.host, self.port)
-        bootstrap = self.root / f"{node_name}.bootstrap.kubeconfig"
-        subprocess.run([sys.executable, "-m", "turnout.agent", "join-token", "--node-name", node_name, "--ttl", "1h",
-                        "--server", f"https://{ns.host}:{self.port}",
-                        "--tls-server-name", verified_name(self.kubeconfig), "-o", str(bootstrap)],
-                       check=True, cwd=ROOT, env=child_env({"KUBECONFIG": self.kubeconfig}), timeout=60)
-        return ns, bootstrap
-
-    def close(self) -> None:
-        self.forwarder.close()
-        for ns in self.namespaces:
-            ns.delete()
-
-
-@pytest.fixture(scope="module")
-def bootstrap_bindings_applied() -> Iterator[None]:
-    """The standard bootstrapper ClusterRoleBindings (turnout.agent.rbac, as the chart renders them)."""
-    bindings = bootstrap_bindings()
-    for binding in bindings:
-        binding["metadata"]["name"] = bootstrap_binding_name(binding["roleRef"]["name"], f"turnout-e2e-{RUN}")
-    kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": bindings}))
-    yield
-    for binding in bindings:
-        kubectl("delete", "clusterrolebinding", binding["metadata"]["name"], "--ignore-not-found", check=False)
-
-
-@pytest.fixture(scope="module")
-def hosts(tmp_path_factory: pytest.TempPathFactory, bootstrap_bindings_applied: None) -> Iterator[Hosts]:
-    why = problem()
-    if why:
-        pytest.skip(why)
-    clean_leftovers()
-    kubectl("delete", "nodes", "-l", f"{AGENT_LABEL}=true", "--ignore-not-found", check=False)
-    made = Hosts(tmp_path_factory.mktemp("hosts"))
-    try:
-        yield made
-    finally:
-        made.close()
-
-
-def _start_agent(hosts: Hosts, name: str, *args: str, address: bool = False) -> dict[str, Any]:
-    """``python -m turnout.agent`` in a namespace of its own, with its own state folder, logging to a file.
-
-    Without ``address`` the agent finds its address itself (the route to the API server).
-    """
-    ns, bootstrap = hosts.new(name)
-    log_path = hosts.root / f"{name}.log"
-    cmd = [sys.executable, "-m", "turnout.agent", "--node-name", name, "--bootstrap-kubeconfig", str(bootstrap),
-           "--state-dir", str(hosts.root / name), "--stop-pods-on-exit", "-v", "--label", f"{AGENT_LABEL}=true",
-           *(["--address", ns.address] if address else []), *args]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(ns.command(cmd), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env=child_env({"KUBECONFIG": None}))
-    return {"name": name, "process": proc, "log": log_path, "netns": ns, "bootstrap": bootstrap,
-            "kubeconfig": hosts.root / name / "kubeconfig"}
-
-
-def _wait_ready(agents: list[dict[str, Any]]) -> None:
-    for agent in agents:
-        def ready(agent: dict[str, Any] = agent) -> dict | None:
-            if agent["process"].poll() is not None:
-                raise AssertionError(f"agent exited {agent['process'].returncode}:\n{agent['log'].read_text()}")
-            node = get_json("node", agent["name"])
-            # Ready, and no longer tainted not-ready: the API server taints every new Node so until the
-            # node-lifecycle controller has seen it Ready (until then no deployment can be placed there).
-            lifted = all(t["key"] != "node.kubernetes.io/not-ready" for t in (node or {}).get("spec", {})
-                         .get("taints") or [])
-            return node if condition(node, "Ready").get("status") == "True" and lifted else None
-
-        agent["node"] = poll(ready, timeout=60, what=f"node {agent['name']} Ready and schedulable")
-
-
-def _stop_agents(agents: list[dict[str, Any]]) -> None:
-    """SIGTERM (the agents stop their pods' processes), then remove their Nodes and Leases."""
-    for agent in agents:
-        agent["process"].send_signal(signal.SIGTERM)
-    for agent in agents:
-        try:
-            agent["process"].wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            agent["process"].kill()
-        if not os.environ.get("TURNOUT_E2E_KEEP"):
-            kubectl("delete", "node", agent["name"], "--ignore-not-found", check=False)
-            kubectl("delete", "lease", agent["name"], "-n", "kube-node-lease", "--ignore-not-found", check=False)
-            kubectl("delete", "secrets", "-n", "kube-system", "-l", f"turnout.dev/host={agent['name']}",
-                    "--ignore-not-found", check=False)
-            for csr in _node_csrs(agent["name"]):
-                kubectl("delete", "csr", csr["metadata"]["name"], "--ignore-not-found", check=False)
-
-
-def _node_csrs(node: str) -> list[dict[str, Any]]:
-    """The CertificateSigningRequests for ``system:node:<node>``'s certificate."""
-    from cryptography import x509
-
-    out = []
-    for csr in json.loads(kubectl("get", "csr", "-o", "json"))["items"]:
-        request = x509.load_pem_x509_csr(base64.b64decode(csr["spec"]["request"]))
-        if request.subject.rfc4514_string() == f"CN=system:node:{node},O=system:nodes":
-            out.append(csr)
-    return out
+def tiny_gguf(tiny_model: Any) -> Path:
+    return Path(tiny_model.gguf_path)
 
 
 def _as_node(agent: dict[str, Any], *args: str) -> str:
@@ -214,11 +98,11 @@ def agents(operator: object, hosts: Hosts) -> Iterator[dict[str, dict]]:
     out: dict[str, dict[str, Any]] = {}
     try:
         for accel in ("cpu", "metal"):
-            out[accel] = _start_agent(hosts, f"e2e-agent-{accel}-{suffix}", "--accelerator", accel)
-        _wait_ready(list(out.values()))
+            out[accel] = start_agent(hosts, f"e2e-agent-{accel}-{suffix}", "--accelerator", accel)
+        wait_ready(list(out.values()))
         yield out
     finally:
-        _stop_agents(list(out.values()))
+        stop_agents(list(out.values()))
 
 
 @pytest.fixture(scope="module")
@@ -228,30 +112,13 @@ def agent_pair(operator: object, hosts: Hosts) -> Iterator[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     try:
         for i in range(2):
-            agent = _start_agent(hosts, f"e2e-pair-{i}-{suffix}", "--accelerator", "cpu",
-                                 "--label", f"{PAIR_LABEL}={suffix}", address=True)
-            agent["address"] = agent["netns"].address
+            agent = start_agent(hosts, f"e2e-pair-{i}-{suffix}", "--accelerator", "cpu",
+                                "--label", f"{PAIR_LABEL}={suffix}", address=True)
             out.append(agent)
-        _wait_ready(out)
+        wait_ready(out)
         yield {"agents": out, "label": suffix}
     finally:
-        _stop_agents(out)
-
-
-@pytest.fixture(autouse=True)
-def agent_logs_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Print the logs of the agents the test used when it failed (after the conftest's objects and events)."""
-    failed_before = request.session.testsfailed
-    yield
-    if request.session.testsfailed == failed_before:
-        return
-    used: list[dict[str, Any]] = []
-    if "agents" in request.fixturenames:
-        used += list(request.getfixturevalue("agents").values())
-    if "agent_pair" in request.fixturenames:
-        used += request.getfixturevalue("agent_pair")["agents"]
-    for agent in used:
-        print(f"\n===== agent {agent['name']} log =====\n{Path(agent['log']).read_text()[-20000:]}")
+        stop_agents(out)
 
 
 def _openai(address: str, port: int) -> Any:
@@ -274,17 +141,6 @@ def _apply(obj: dict[str, Any], namespace: str) -> None:
     kubectl("apply", "--server-side", "-n", namespace, "-f", "-", stdin=json.dumps(obj))
 
 
-def _pods(namespace: str, name: str) -> list[dict[str, Any]]:
-    listing = json.loads(kubectl("get", "pods", "-n", namespace, "-l", f"turnout.dev/deployment={name}",
-                                 "-o", "json"))
-    return listing["items"]
-
-
-def _delete_and_wait(namespace: str, name: str) -> None:
-    kubectl("delete", "modeldeployment", name, "-n", namespace, "--ignore-not-found", "--wait=false")
-    poll(lambda: not _pods(namespace, name), timeout=120, what=f"the pods of {name} removed")
-
-
 def test_agent_nodes_join_with_labels_capacity_taint_and_lease(agents: dict[str, dict], hosts: Hosts) -> None:
     for accel, agent in agents.items():
         node = agent["node"]
@@ -304,7 +160,7 @@ def test_agents_join_by_tls_bootstrapping_as_their_nodes(agents: dict[str, dict]
     for agent in agents.values():
         # The bootstrap token's CSR, approved by kube-controller-manager's csrapproving and signed by csrsigning.
         token_id = yaml.safe_load(agent["bootstrap"].read_text())["users"][0]["user"]["token"].split(".")[0]
-        (csr,) = [c for c in _node_csrs(agent["name"]) if c["spec"]["username"] == f"system:bootstrap:{token_id}"]
+        (csr,) = [c for c in node_csrs(agent["name"]) if c["spec"]["username"] == f"system:bootstrap:{token_id}"]
         assert "system:bootstrappers:turnout" in csr["spec"]["groups"]
         assert csr["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client-kubelet"
         assert condition(csr, "Approved").get("status") == "True" and csr["status"].get("certificate")
@@ -341,7 +197,7 @@ def test_a_renewal_is_approved_for_the_node_itself_and_the_running_agent_switche
     asyncio.run(renew())
     after = x509.load_pem_x509_certificate(current.read_bytes()).serial_number
     assert after != before
-    renewal = [c for c in _node_csrs(cpu["name"]) if c["spec"]["username"] == f"system:node:{cpu['name']}"]
+    renewal = [c for c in node_csrs(cpu["name"]) if c["spec"]["username"] == f"system:node:{cpu['name']}"]
     approved = condition(renewal[0], "Approved") if renewal else {}
     # csrapproving's selfnodeclient path: "Auto approving self kubelet client certificate after SubjectAccessReview."
     assert approved.get("status") == "True" and "self" in approved.get("message", ""), renewal
@@ -402,13 +258,13 @@ def test_metal_plan_is_scheduled_onto_the_metal_agent(agents: dict[str, dict], n
     assert md["status"]["accelerator"] == "metal", md["status"]
     # The scheduler binds the pod to the Metal agent (node selector + toleration from the plan), and that
     # agent runs it: it reports the pod's hostIP and container state.
-    pod = poll(lambda: next((p for p in _pods(namespace, "e2e-metal") if (p.get("status") or {}).get("hostIP")),
+    pod = poll(lambda: next((p for p in model_pods(namespace, "e2e-metal") if (p.get("status") or {}).get("hostIP")),
                             None), timeout=120, what="the Metal pod bound and reported by the agent")
     assert pod["spec"]["nodeName"] == metal["name"]
     internal = next(a["address"] for a in metal["node"]["status"]["addresses"] if a["type"] == "InternalIP")
     assert pod["status"]["hostIP"] == internal
     assert pod["spec"]["nodeSelector"][ACCELERATOR_LABEL] == "metal"
-    _delete_and_wait(namespace, "e2e-metal")
+    delete_and_wait(namespace, "e2e-metal")
 
 
 def test_cpu_agent_serves_recovers_and_cleans_up(agents: dict[str, dict], namespace: str, tiny_gguf: Path) -> None:
@@ -434,32 +290,20 @@ def test_cpu_agent_serves_recovers_and_cleans_up(agents: dict[str, dict], namesp
     assert reply.model == "tiny-chat"
 
     # Kill the engine's process group: the agent restarts it and the deployment returns to Ready.
-    pod = _pods(namespace, "e2e-agent-cpu")[0]
+    pod = model_pods(namespace, "e2e-agent-cpu")[0]
     assert pod["spec"]["nodeName"] == cpu["name"]
     pgid = int(pod["status"]["containerStatuses"][0]["containerID"].rsplit("-", 1)[1])
     os.killpg(pgid, signal.SIGKILL)
-    poll(lambda: (p := _pods(namespace, "e2e-agent-cpu")) and
+    poll(lambda: (p := model_pods(namespace, "e2e-agent-cpu")) and
          p[0]["status"]["containerStatuses"][0]["restartCount"] >= 1 and
          condition(p[0], "Ready").get("status") == "True", timeout=300, interval=2, what="restarted and Ready")
     poll(lambda: (get_json("modeldeployment", "e2e-agent-cpu", "-n", namespace) or {}).get("status", {})
          .get("phase") == "Ready", timeout=120, interval=2, what="e2e-agent-cpu Ready again")
-    new_pgid = int(_pods(namespace, "e2e-agent-cpu")[0]["status"]["containerStatuses"][0]["containerID"]
+    new_pgid = int(model_pods(namespace, "e2e-agent-cpu")[0]["status"]["containerStatuses"][0]["containerID"]
                    .rsplit("-", 1)[1])
 
-    _delete_and_wait(namespace, "e2e-agent-cpu")
+    delete_and_wait(namespace, "e2e-agent-cpu")
     assert _pid_gone(new_pgid), "the model server outlived its pod"
-
-
-def _ready_endpoints(namespace: str, service: str) -> dict[str, int]:
-    """Ready endpoint address -> port, from the Service's EndpointSlices."""
-    slices = json.loads(kubectl("get", "endpointslices", "-n", namespace, "-l",
-                                f"kubernetes.io/service-name={service}", "-o", "json"))["items"]
-    out = {}
-    for item in slices:
-        for ep in item.get("endpoints") or []:
-            if (ep.get("conditions") or {}).get("ready"):
-                out.update({address: int(item["ports"][0]["port"]) for address in ep["addresses"]})
-    return out
 
 
 def test_two_replicas_on_two_agents_sharing_this_host(agent_pair: dict[str, Any], namespace: str,
@@ -480,12 +324,12 @@ def test_two_replicas_on_two_agents_sharing_this_host(agent_pair: dict[str, Any]
     # on the same node it would wait with PortInUse and this poll would time out, listing it below.
     poll(lambda: md_ready(2), timeout=300, interval=2, what=f"{name} Ready with 2 replicas")
 
-    pods = _pods(namespace, name)
+    pods = model_pods(namespace, name)
     assert len(pods) == 2 and {p["spec"]["nodeName"] for p in pods} == set(addresses), \
         [(p["metadata"]["name"], p["spec"].get("nodeName"), p.get("status")) for p in pods]
     for p in pods:
         assert p["status"]["podIP"] == addresses[p["spec"]["nodeName"]]
-    endpoints = poll(lambda: (e := _ready_endpoints(namespace, name)) and len(e) == 2 and e, timeout=120,
+    endpoints = poll(lambda: (e := ready_endpoints(namespace, name)) and len(e) == 2 and e, timeout=120,
                      what="two ready endpoints in the EndpointSlices")
     assert set(endpoints) == set(addresses.values()) and len(set(endpoints.values())) == 1, endpoints
     for address, port in endpoints.items():  # each replica answers at its own address, on the same port
@@ -506,7 +350,7 @@ def test_two_replicas_on_two_agents_sharing_this_host(agent_pair: dict[str, Any]
                    ["containerID"].rsplit("-", 1)[1])
 
     # Delete: pods (and their processes), the Deployment and the Service go.
-    _delete_and_wait(namespace, name)
+    delete_and_wait(namespace, name)
     poll(lambda: get_json("deployment", name, "-n", namespace) is None and
          get_json("service", name, "-n", namespace) is None, timeout=120, what="the Deployment and Service removed")
     assert all(_pid_gone(pgid) for pgid in pgids), "a model server outlived its pod"
