@@ -100,7 +100,7 @@ subjects:
     kind: Group
     name: system:bootstrappers:turnout
 ---
-# kube-controller-manager auto-approves a bootstrap token's node client CSR
+# the controller manager auto-approves a bootstrap token's node client CSR
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata:

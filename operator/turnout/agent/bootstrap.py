@@ -3,7 +3,7 @@
 With a *bootstrap kubeconfig* (its user a bootstrap token, from ``turnout agent join-token`` or the
 chart) and no valid node credential yet, the agent makes an EC P-256 key, submits a
 ``certificates.k8s.io/v1`` CertificateSigningRequest for ``CN=system:node:<name>, O=system:nodes``
-to the ``kubernetes.io/kube-apiserver-client-kubelet`` signer, and waits until kube-controller-manager
+to the ``kubernetes.io/kube-apiserver-client-kubelet`` signer, and waits until the cluster's controller manager
 approves (the ``nodeclient`` auto-approval bound to the token's group) and signs it. Certificate and
 key live in one file, mode 0600, under ``<state-dir>/pki/`` behind the symlink
 ``turnout-agent-client-current.pem`` (as kubelet's ``kubelet-client-current.pem``); the node
@@ -44,7 +44,7 @@ NODES_GROUP = "system:nodes"
 CURRENT = "turnout-agent-client-current.pem"
 #: What a CSR that is neither approved nor denied after the timeout most likely lacks.
 PENDING_HINT = (
-    "is kube-controller-manager's csrapproving controller running (with csrsigning), and are the bootstrapper "
+    "is the controller manager's csrapproving controller running (with csrsigning), and are the bootstrapper "
     "ClusterRoleBindings there (system:certificates.k8s.io:certificatesigningrequests:nodeclient for the "
     "bootstrap token's group, ...:selfnodeclient for system:nodes; the chart's hostAgents.names renders them)? "
     "An admin can also approve it: kubectl certificate approve {name}")

@@ -45,7 +45,7 @@ BOOTSTRAP_GROUP = "system:bootstrappers:turnout"
 BOOTSTRAP_BINDINGS: tuple[tuple[str, str, str], ...] = (
     ("system:node-bootstrapper", BOOTSTRAP_GROUP, "bootstrap tokens may create and watch CSRs"),
     ("system:certificates.k8s.io:certificatesigningrequests:nodeclient", BOOTSTRAP_GROUP,
-     "kube-controller-manager auto-approves a bootstrap token's node client CSR"),
+     "the controller manager auto-approves a bootstrap token's node client CSR"),
     ("system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", "system:nodes",
      "... and a node's CSR renewing its own certificate"),
 )
