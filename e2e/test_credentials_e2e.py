@@ -192,7 +192,9 @@ def test_operator_with_an_exec_plugin_and_the_generated_role(operator_paused, wo
         poll(lambda: get_json("pvc", claim, "-n", namespace), what="the cache claim")
         apply(model_deployment(workload.name, gguf(replicas=0, **on)), namespace, manager="e2e")
         poll(lambda: get_json("pvc", claim, "-n", namespace) is None, what="the claim pruned")
-        poll(lambda: phase(namespace, workload.name, "Ready", observedGeneration=3), what="generation 3 reconciled")
+        # replicas 0: the phase says so (ScaledToZero), as docs/autoscaling.md describes
+        poll(lambda: phase(namespace, workload.name, "ScaledToZero", observedGeneration=3),
+             what="generation 3 reconciled")
         assert op.total("turnout_operator_api_errors_total", code="403") == 0
         log = op.log.read_text()
         assert "Forbidden" not in log and " 403" not in log, log[-5000:]
