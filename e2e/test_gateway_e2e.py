@@ -34,7 +34,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,8 @@ from hostagents import (
     stop_agents,
     wait_ready,
 )
-from kubectl import apply, condition, events, get_json, kubectl, model_deployment, poll
+from kubectl import apply, events, get_json, kubectl, model_deployment, poll
+from podtimes import FirstHealthy, pod_times
 from procs import PACKAGE_ROOT, GatewayProcess, OperatorProcess, parse_metrics
 
 PAIR_LABEL = "turnout.dev/e2e-gateway"
@@ -224,50 +224,6 @@ def test_one_base_url_serves_a_llamacpp_and_a_transformers_model(operator: Opera
             delete_and_wait(namespace, name)
 
 
-def _pod_times(pod: dict[str, Any]) -> dict[str, float]:
-    """Wall-clock epoch seconds (the API server's one-second resolution) of a pod's creation, binding, Ready."""
-    def epoch(stamp: str) -> float:
-        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-    return {"created": epoch(pod["metadata"]["creationTimestamp"]),
-            "scheduled": epoch(condition(pod, "PodScheduled")["lastTransitionTime"]),
-            "ready": epoch(condition(pod, "Ready")["lastTransitionTime"])}
-
-
-class FirstHealthy(threading.Thread):
-    """Watches for the first pod of a deployment and stamps when its shim's ``/health`` first answers 200.
-
-    The agent probes as kubelet does (startupProbe every ``periodSeconds``); this says how much of the
-    wait for Ready was the engine starting and how much the probe's period.
-    """
-
-    def __init__(self, namespace: str, name: str) -> None:
-        super().__init__(daemon=True)
-        self.namespace, self.name = namespace, name
-        self.at: float | None = None
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        url = None
-        while not self._done.is_set() and self.at is None:
-            if url is None:
-                pods = [p for p in model_pods(self.namespace, self.name) if (p.get("status") or {}).get("podIP")]
-                if pods:
-                    port = pods[0]["spec"]["containers"][0]["ports"][0]["containerPort"]
-                    url = f"http://{pods[0]['status']['podIP']}:{port}/health"
-            else:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
-                        self.at = time.time()
-                        break
-            self._done.wait(0.2 if url else 0.5)
-
-    def stop(self) -> float | None:
-        self._done.set()
-        self.join(timeout=10)
-        return self.at
-
-
 class Load:
     """``workers`` threads, each streaming chat requests back to back through the gateway until stopped."""
 
@@ -337,7 +293,7 @@ def test_scale_from_zero_through_the_gateway_up_to_two_and_back(operator: Operat
         (pod,) = model_pods(namespace, name)
         assert pod["spec"]["nodeName"] in {a["name"] for a in agents}
         assert pod["status"]["podIP"] == next(a["address"] for a in agents if a["name"] == pod["spec"]["nodeName"])
-        times = _pod_times(pod)
+        times = pod_times(pod)
         results["cold_start"] = {
             "ttft_s": round(ttft, 2), "answer_s": round(total, 2), "client_errors": 0,
             # Phases from the pod's timestamps (whole seconds, so each is ±1 s): wake and scale, bind, start.

@@ -1,0 +1,381 @@
+"""The real-node tier: the project's images as pods under a real kubelet, the user's journey from the checkout.
+
+Runs where the cluster has a node with a real container runtime (``status.nodeInfo.containerRuntimeVersion``
+of containerd, CRI-O or Docker; fake and host-agent nodes do not count) whose runtime this machine can load
+images into (:mod:`nodeimages`); skipped with the reason elsewhere. A node with taints is tolerated by the
+specs here and by the chart's pods; nothing else is changed in the examples.
+
+The journey (one test, in the order a user takes it):
+
+1. build the ``operator``, ``llamacpp-cpu`` and ``transformers-cpu`` images from this checkout and load them
+   into the node's runtime (reused while the inputs are unchanged);
+2. ``helm install`` ``charts/turnout`` (CRDs, operator, gateway) with those images (Helm's own engine through
+   helm-python-sdk, against the real API server);
+3. ``kubectl apply`` the project's examples, unchanged: ``examples/tiny-chat-gguf.yaml`` (llama.cpp),
+   ``examples/tiny-chat.yaml`` (transformers) and the embedding example; wait for ``Ready`` through the real
+   startup and readiness probes;
+4. ask each through the gateway Service's ClusterIP (kube-proxy) with the official ``openai`` client: chat,
+   streamed chat and completions, embeddings for the embedding model;
+5. ``helm upgrade`` to a rebuilt operator image: the serving model pods keep their UIDs and restart counts;
+6. delete the ModelDeployments: garbage collection removes every child; ``helm uninstall``.
+
+Then what real kubelets say, each turned into a ``Degraded`` status with the reason within a minute and
+recovered by a fix: OOMKilled, an image the node does not have (ErrImageNeverPull), engine arguments that make
+the shim exit (CrashLoopBackOff), an engine that cannot load its model (the engine's own error in the status),
+more replicas than the node holds (Unschedulable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nodeimages
+import pytest
+import yaml
+from hostagents import model_pods
+from kubectl import apply, condition, get_json, kubectl, model_deployment, poll, settled
+from podtimes import FirstHealthy, epoch, pod_times
+from procs import OperatorProcess
+
+from conftest import RUN
+from turnout.render.manifests import child_name
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+RUNTIMES = ("containerd://", "cri-o://", "docker://")
+RELEASE = "turnout-e2e"
+MODEL_LABELS = "app.kubernetes.io/managed-by=turnout"
+#: Examples the journey serves, applied unchanged but for the node's tolerations.
+JOURNEY = ("tiny-chat-gguf.yaml", "tiny-chat.yaml", "embedding-minilm.yaml")
+
+
+def _real_node() -> dict[str, Any] | None:
+    for node in (get_json("nodes") or {}).get("items", []):
+        runtime = node.get("status", {}).get("nodeInfo", {}).get("containerRuntimeVersion", "")
+        if runtime.startswith(RUNTIMES) and condition(node, "Ready").get("status") == "True":
+            return node
+    return None
+
+
+@pytest.fixture(scope="module")
+def real_node() -> dict[str, Any]:
+    node = _real_node()
+    if node is None:
+        pytest.skip("no Ready node with a container runtime (containerd, CRI-O, Docker) in this cluster")
+    why = nodeimages.problem()
+    if why:
+        pytest.skip(why)
+    return node
+
+
+@pytest.fixture(scope="module")
+def tolerations(real_node: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tolerations for every taint of the real node (none when it has none)."""
+    return [{"key": t["key"], "operator": "Exists", "effect": t["effect"]}
+            for t in real_node.get("spec", {}).get("taints") or []]
+
+
+@pytest.fixture(scope="module")
+def images(real_node: dict[str, Any]) -> nodeimages.Images:
+    made = nodeimages.Images(nodeimages.content_tag())
+    for name in ("operator", "llamacpp-cpu", "transformers-cpu"):
+        made.ensure(name)
+    print(f"\nimages {made.tag}: " + ", ".join(f"{k} {v:.0f}s" for k, v in made.seconds.items()))
+    return made
+
+
+def _example(name: str, tolerations: list[dict[str, Any]]) -> dict[str, Any]:
+    doc = yaml.safe_load((EXAMPLES / name).read_text())
+    if tolerations:
+        doc["spec"]["tolerations"] = tolerations
+    return doc
+
+
+def _helm() -> Any:
+    import helm_python
+
+    return helm_python.Config(kubeconfig_path=os.environ["KUBECONFIG"].split(os.pathsep)[0])
+
+
+def _values(images: nodeimages.Images, tolerations: list[dict[str, Any]], models: str,
+            operator_tag: str | None = None) -> dict[str, Any]:
+    operator_ref = images.refs["operator"]
+    return {
+        "image": {"repository": operator_ref.rsplit(":", 1)[0], "tag": operator_tag or images.tag},
+        "watchNamespaces": [models],
+        "tolerations": tolerations,
+        "config": {"images": {"llama.cpp": {"cpu": images.refs["llamacpp-cpu"]},
+                              "transformers": {"cpu": images.refs["transformers-cpu"]}}},
+    }
+
+
+def _adopt_crd(system: str) -> None:
+    """Let the release own the CRD the suite applied (Helm adopts an object carrying its release's marks)."""
+    crd = "crd/modeldeployments.turnout.dev"
+    if get_json(crd):
+        kubectl("annotate", "--overwrite", crd, f"meta.helm.sh/release-name={RELEASE}",
+                f"meta.helm.sh/release-namespace={system}")
+        kubectl("label", "--overwrite", crd, "app.kubernetes.io/managed-by=Helm")
+
+
+def _model_pods(namespace: str) -> dict[str, dict[str, Any]]:
+    pods = json.loads(kubectl("get", "pods", "-n", namespace, "-l", MODEL_LABELS, "-o", "json"))["items"]
+    return {p["metadata"]["name"]: p for p in pods}
+
+
+def _restarts(pod: dict[str, Any]) -> int:
+    return sum(int(c.get("restartCount", 0)) for c in pod.get("status", {}).get("containerStatuses") or [])
+
+
+def _gateway_url(system: str) -> str:
+    services = json.loads(kubectl("get", "services", "-n", system, "-l", "app.kubernetes.io/component=gateway",
+                                  "-o", "json"))["items"]
+    assert len(services) == 1, [s["metadata"]["name"] for s in services]
+    spec = services[0]["spec"]
+    return f"http://{spec['clusterIP']}:{spec['ports'][0]['port']}/v1"
+
+
+def _ready(namespace: str, name: str) -> dict[str, Any] | None:
+    md = settled(namespace, name)
+    return md if (md or {}).get("status", {}).get("phase") == "Ready" else None
+
+
+def _ask(client: Any, doc: dict[str, Any]) -> dict[str, Any]:
+    """Every call the model's type answers; what came back, for the assertions and the log."""
+    model = doc["spec"]["servedModelName"]
+    if doc["spec"]["model"].get("type") == "embedding":
+        vectors = client.embeddings.create(model=model, input=["turnout on a real node", "hello"])
+        assert len(vectors.data) == 2 and len(vectors.data[0].embedding) > 0
+        return {"embedding": len(vectors.data[0].embedding)}
+    messages = [{"role": "user", "content": "Hello from a real node"}]
+    start = time.monotonic()
+    chat = client.chat.completions.create(model=model, messages=messages, max_tokens=8)
+    assert chat.choices[0].message.content is not None and chat.usage.completion_tokens > 0
+    first: float | None = None
+    pieces = []
+    for chunk in client.chat.completions.create(model=model, messages=messages, max_tokens=8, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.monotonic()
+            pieces.append(chunk.choices[0].delta.content)
+    assert pieces, "the streamed chat sent no content"
+    completion = client.completions.create(model=model, prompt="Once upon a time", max_tokens=8)
+    assert completion.choices[0].text is not None and completion.usage.completion_tokens > 0
+    return {"chat": chat.choices[0].message.content, "stream_chunks": len(pieces),
+            "completion": completion.choices[0].text, "seconds": round(time.monotonic() - start, 2)}
+
+
+@pytest.fixture(scope="module")
+def journey_namespaces() -> Iterator[tuple[str, str]]:
+    system, models = f"turnout-e2e-{RUN}-sys", f"turnout-e2e-{RUN}-models"
+    for ns in (system, models):
+        kubectl("create", "namespace", ns)
+    yield system, models
+    if not os.environ.get("TURNOUT_E2E_KEEP"):
+        for ns in (models, system):
+            kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
+        crds: None, images: nodeimages.Images, tolerations: list[dict[str, Any]],
+        journey_namespaces: tuple[str, str]) -> None:
+    from openai import OpenAI
+
+    system, models = journey_namespaces
+    helm = _helm()
+    _adopt_crd(system)
+    start = time.monotonic()
+    helm.install(ROOT / "charts/turnout", RELEASE, _values(images, tolerations, models), namespace=system,
+                 wait="watcher", timeout=300)
+    installed = time.monotonic() - start
+    try:
+        docs = [_example(name, tolerations) for name in JOURNEY]
+        names = [d["metadata"]["name"] for d in docs]
+        applied = time.monotonic()
+        for doc in docs:
+            kubectl("apply", "-n", models, "-f", "-", stdin=json.dumps(doc))
+        ready_after = {}
+        for name in names:
+            poll(lambda n=name: _ready(models, n), timeout=300, interval=0.5, what=f"{name} Ready")
+            ready_after[name] = round(time.monotonic() - applied, 1)
+
+        client = OpenAI(base_url=_gateway_url(system), api_key="unused", max_retries=0, timeout=120)
+        listed = {m.id for m in client.models.list()}
+        assert {d["spec"]["servedModelName"] for d in docs} <= listed, listed
+        answers = {d["metadata"]["name"]: _ask(client, d) for d in docs}
+        print(f"\nhelm install {installed:.1f}s; Ready after apply: {ready_after}; answers: {answers}")
+
+        # helm upgrade to a rebuilt operator image: a plan that did not change restarts no model pod.
+        before = _model_pods(models)
+        deployments = {d["metadata"]["name"]: d["metadata"]["generation"] for d in
+                       json.loads(kubectl("get", "deployments", "-n", models, "-o", "json"))["items"]}
+        rebuilt_tag = f"{images.tag}-rebuilt"
+        images.ensure("operator", tag=rebuilt_tag, build_args=(f"REVISION={rebuilt_tag}",))
+        helm.upgrade(ROOT / "charts/turnout", RELEASE, _values(images, tolerations, models, rebuilt_tag),
+                     namespace=system, wait="watcher", timeout=300)
+        operator_pods = json.loads(kubectl("get", "pods", "-n", system, "-l", "app.kubernetes.io/component=operator",
+                                           "-o", "json"))["items"]
+        assert {c["image"] for p in operator_pods for c in p["spec"]["containers"]} == \
+            {f"{images.refs['operator'].rsplit(':', 1)[0]}:{rebuilt_tag}"}
+        # The new operator has reconciled every deployment (status written by it: observedGeneration current).
+        for name in names:
+            kubectl("annotate", "--overwrite", "-n", models, f"modeldeployment/{name}", f"e2e.turnout.dev/poke={RUN}")
+            poll(lambda n=name: _ready(models, n), timeout=60, what=f"{name} Ready after the upgrade")
+        time.sleep(5)
+        after = _model_pods(models)
+        assert {n: p["metadata"]["uid"] for n, p in after.items()} == \
+            {n: p["metadata"]["uid"] for n, p in before.items()}
+        assert {n: _restarts(p) for n, p in after.items()} == {n: _restarts(p) for n, p in before.items()}
+        assert {d["metadata"]["name"]: d["metadata"]["generation"] for d in
+                json.loads(kubectl("get", "deployments", "-n", models, "-o", "json"))["items"]} == deployments
+        assert {d["spec"]["servedModelName"] for d in docs} <= {m.id for m in client.models.list()}
+
+        # Delete: owner references take every child away.
+        for name in names:
+            kubectl("delete", "-n", models, f"modeldeployment/{name}", "--wait=true", "--timeout=60s")
+        poll(lambda: not json.loads(kubectl("get", "deployments,services,pods,persistentvolumeclaims", "-n", models,
+                                            "-l", MODEL_LABELS, "-o", "json"))["items"],
+             timeout=120, what="garbage collection of the children")
+    finally:
+        if not os.environ.get("TURNOUT_E2E_KEEP"):
+            helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
+    assert not json.loads(kubectl("get", "deployments,services", "-n", system, "-o", "json"))["items"]
+
+
+# ----- what real kubelets say ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def absent_image(images: nodeimages.Images) -> Iterator[str]:
+    """A transformers image reference the node does not have (until a test tags it)."""
+    ref = f"{images.refs['transformers-cpu'].rsplit(':', 1)[0]}:absent-{RUN}"
+    yield ref
+    nodeimages.untag_in_runtime(ref)
+
+
+@pytest.fixture(scope="module")
+def node_operator(images: nodeimages.Images, absent_image: str, namespace: str, operator: OperatorProcess,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """This checkout's operator on the suite's namespace with the loaded images (transformers: one the node
+    lacks) and ``imagePullPolicy: Never``, as a node with preloaded images runs; the session operator waits."""
+    config = tmp_path_factory.mktemp("node-operator") / "config.yaml"
+    config.write_text(yaml.safe_dump({"images": {"llama.cpp": {"cpu": images.refs["llamacpp-cpu"]},
+                                                 "transformers": {"cpu": absent_image}},
+                                      "imagePullPolicy": "Never"}))
+    operator.stop()
+    mine = OperatorProcess(["--namespace", namespace, "--config", str(config)], config.parent / "operator.log")
+    mine.start()
+    yield mine
+    mine.stop()
+    operator.start()
+
+
+def _on_node(real_node: dict[str, Any], tolerations: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    model = spec.pop("model", {"uri": "builtin://tiny-llama.gguf", "type": "llm", "size": 0.01})
+    return {"model": model, "servedModelName": spec.pop("servedModelName", "tiny"),
+            "nodeSelector": {"kubernetes.io/hostname": real_node["metadata"]["labels"]["kubernetes.io/hostname"]},
+            "tolerations": tolerations, **spec}
+
+
+def _degraded(namespace: str, name: str, reason: str) -> dict[str, Any] | None:
+    md = settled(namespace, name)
+    cond = condition(md, "Degraded")
+    return cond if (md or {}).get("status", {}).get("phase") == "Degraded" and cond.get("reason") == reason else None
+
+
+FAULTS = {
+    # name: (broken spec fields, the Degraded reason, words the message must hold, the fix)
+    "oomkilled": ({"resources": {"requests": {"memory": "24Mi"}, "limits": {"memory": "24Mi"}}},
+                  "OOMKilled", ("OOMKilled",), {}),
+    "image-not-on-node": ({"model": {"uri": "builtin://tiny-llama", "type": "llm", "size": 0.01}},
+                          "ErrImageNeverPull", ("absent-",), "tag"),
+    "engine-args-exit": ({"engineArgs": {"no-such-llama-option": 1}}, "CrashLoopBackOff", ("no-such-llama-option",),
+                         {}),
+    "engine-cannot-load": ({"model": {"uri": "file:///etc/os-release", "format": "gguf", "type": "llm",
+                                      "size": 0.01}},
+                           "CrashLoopBackOff", ("os-release",), {}),
+    "unschedulable": ({"replicas": 4, "resources": {"requests": {"cpu": "1"}}}, "Unschedulable",
+                      ("Insufficient cpu",), {}),
+}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_what_a_real_kubelet_reports_degrades_with_the_reason_and_a_fix_recovers(
+        fault: str, real_node: dict[str, Any], tolerations: list[dict[str, Any]], node_operator: OperatorProcess,
+        namespace: str, images: nodeimages.Images, absent_image: str, cleanup: Any) -> None:
+    broken, reason, words, fix = FAULTS[fault]
+    name = f"fault-{fault}"
+    cleanup("modeldeployment", name, namespace)
+    spec = _on_node(real_node, tolerations, **json.loads(json.dumps(broken)))
+    apply(model_deployment(name, spec), namespace, manager="e2e")
+    start = time.monotonic()
+    cond = poll(lambda: _degraded(namespace, name, reason), timeout=60, interval=1,
+                what=f"{name} Degraded with {reason}")
+    seconds = time.monotonic() - start
+    for word in words:
+        assert word in cond["message"], cond
+    print(f"\n{fault}: Degraded ({reason}) {seconds:.1f}s after apply: {cond['message'][:300]}")
+    if fix == "tag":
+        nodeimages.tag_in_runtime(images.refs["transformers-cpu"], absent_image)
+    else:
+        fixed = {k: v for k, v in spec.items() if k not in broken}
+        fixed.update(fix)
+        apply(model_deployment(name, fixed), namespace, manager="e2e")
+    poll(lambda: _ready(namespace, name), timeout=360, interval=1, what=f"{name} Ready after the fix")
+    assert condition(get_json("modeldeployment", name, "-n", namespace), "Degraded").get("status") == "False"
+
+
+# ----- apply → Ready → first token, measured ----------------------------------------------------------------
+
+
+def test_apply_to_first_token_of_the_tiny_gguf_with_the_image_on_the_node(
+        real_node: dict[str, Any], tolerations: list[dict[str, Any]], node_operator: OperatorProcess,
+        namespace: str, cleanup: Any) -> None:
+    """``kubectl apply`` of the tiny GGUF → Ready → first streamed token through its Service, and the share of
+    each step (pod stamps have the API server's one-second resolution; the shim's first healthy answer is
+    polled every 0.2 s). ``TURNOUT_E2E_RESULTS=<file>`` writes the figures (benchmarks/bench_realnode.py)."""
+    name = f"first-token-{RUN}"
+    cleanup("modeldeployment", name, namespace)
+    healthy = FirstHealthy(namespace, name)
+    healthy.start()
+    applied = time.time()
+    apply(model_deployment(name, _on_node(real_node, tolerations, servedModelName="tiny-first")), namespace,
+          manager="e2e")
+    md = poll(lambda: _ready(namespace, name), timeout=120, interval=0.1, what=f"{name} Ready")
+    ready_seen = time.time()
+    healthy_at = healthy.stop()
+    service = get_json("service", child_name(name), "-n", namespace)
+    assert service is not None, md["status"]
+    url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}/v1/chat/completions"
+    first = None
+    with httpx.stream("POST", url, json={"model": "tiny-first", "messages": [{"role": "user", "content": "hi"}],
+                                        "max_tokens": 4, "stream": True}, timeout=60, trust_env=False) as reply:
+        assert reply.status_code == 200, reply.read()
+        for line in reply.iter_lines():
+            if line.startswith("data: ") and '"content"' in line:
+                first = time.time()
+                break
+    assert first is not None
+    pods = model_pods(namespace, name)
+    assert len(pods) == 1
+    stamps = pod_times(pods[0])
+    started = pods[0]["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+    results = {
+        "apply_to_first_token_s": round(first - applied, 2),
+        "apply_to_ready_seen_s": round(ready_seen - applied, 2),
+        "apply_to_pod_created_s": round(stamps["created"] - applied, 2),
+        "pod_created_to_scheduled_s": round(stamps["scheduled"] - stamps["created"], 2),
+        "scheduled_to_container_started_s": round(epoch(started) - stamps["scheduled"], 2),
+        "container_started_to_shim_healthy_s": round(healthy_at - epoch(started), 2) if healthy_at else None,
+        "shim_healthy_to_ready_s": round(stamps["ready"] - healthy_at, 2) if healthy_at else None,
+        "ready_to_first_token_s": round(first - ready_seen, 2),
+        "startup_probe_period_s": pods[0]["spec"]["containers"][0]["startupProbe"]["periodSeconds"],
+    }
+    print(f"\n{json.dumps(results)}")
+    if out := os.environ.get("TURNOUT_E2E_RESULTS"):
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
