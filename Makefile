@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0
 LOCK := requirements/test.txt
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml $(LOCK) | cksum | cut -d' ' -f1)
 
-.PHONY: setup lock demo plan test test-fast images-smoke lint verify crds catalog clean
+.PHONY: setup lock demo plan test test-fast images-smoke lint verify crds catalog dashboard-png clean
 
 setup: $(STAMP)
 
@@ -80,6 +80,13 @@ crds: setup
 
 catalog: setup
 	$(PY) scripts/convert_catalog.py
+
+# The Grafana dashboard drawn over real figures (docs/observability.md): the operator, the gateway and
+# shims run for about four minutes under Prometheus; needs matplotlib and Debian's prometheus.
+dashboard-png: setup
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q 'matplotlib>=3.8'
+	command -v prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; }
+	PYTHONPATH=$(CURDIR)/operator $(PY) scripts/render-dashboard.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

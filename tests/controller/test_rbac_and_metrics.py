@@ -154,6 +154,18 @@ async def test_metrics_and_liveness_endpoints(fake, free_port_factory):
     assert 'turnout_operator_reconciles_total{result="applied"}' in text
     assert "turnout_operator_reconcile_duration_seconds_count" in text
     assert 'turnout_operator_deployments{accelerator="cpu",engine="llama.cpp",phase="Deploying"} 1.0' in text
+    labels = 'deployment="qwen-gguf",model="qwen-small",namespace="models"'
+    assert f"turnout_operator_replicas_desired{{{labels}}} 1.0" in text
+    assert f"turnout_operator_replicas_ready{{{labels}}} 0.0" in text
+    await mark_rollout(fake, "qwen-gguf", ready=1)  # the Deployment's pod ready: the status and the gauge follow
+    async with aiohttp.ClientSession() as session:
+        for _ in range(100):
+            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                text = await response.text()
+            if f"turnout_operator_replicas_ready{{{labels}}} 1.0" in text:
+                break
+            await asyncio.sleep(0.1)
+    assert f"turnout_operator_replicas_ready{{{labels}}} 1.0" in text
     assert "turnout_operator_api_errors_total" in text or "turnout_operator_api_errors" in text
     await run.stop()
 

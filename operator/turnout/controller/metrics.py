@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -33,10 +33,41 @@ class _DeploymentsCollector:
         yield family
 
 
+class Replicas(NamedTuple):
+    """One ModelDeployment's replicas: asked for (``spec.replicas``) and ready (``status.readyReplicas``)."""
+
+    namespace: str
+    deployment: str
+    model: str  # the served model name, the gateway's ``model`` label
+    desired: int
+    ready: int
+
+
+class _ReplicasCollector:
+    """``turnout_operator_replicas_desired`` and ``turnout_operator_replicas_ready`` per ModelDeployment."""
+
+    LABELS = ("namespace", "deployment", "model")
+
+    def __init__(self, source: Callable[[], Iterable[Replicas]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        desired = GaugeMetricFamily("turnout_operator_replicas_desired",
+                                    "Replicas a ModelDeployment asks for (spec.replicas).", labels=self.LABELS)
+        ready = GaugeMetricFamily("turnout_operator_replicas_ready",
+                                  "Ready replicas of a ModelDeployment (status.readyReplicas).", labels=self.LABELS)
+        for r in sorted(self._source()):
+            desired.add_metric([r.namespace, r.deployment, r.model], r.desired)
+            ready.add_metric([r.namespace, r.deployment, r.model], r.ready)
+        yield desired
+        yield ready
+
+
 class Metrics:
     """One registry per operator instance (tests run several)."""
 
-    def __init__(self, statuses: Callable[[], Iterable[Mapping[str, Any]]] = list) -> None:
+    def __init__(self, statuses: Callable[[], Iterable[Mapping[str, Any]]] = list,
+                 replicas: Callable[[], Iterable[Replicas]] = list) -> None:
         self.registry = CollectorRegistry()
         self.reconciles = Counter(
             "turnout_operator_reconciles", "Reconciles of ModelDeployments by result.",
@@ -60,6 +91,7 @@ class Metrics:
             ["source"], registry=self.registry,
         )
         self.registry.register(_DeploymentsCollector(statuses))  # type: ignore[arg-type]
+        self.registry.register(_ReplicasCollector(replicas))  # type: ignore[arg-type]
 
     def api_error(self, method: str, code: int) -> None:
         self.api_errors.labels(method=method, code=str(code)).inc()

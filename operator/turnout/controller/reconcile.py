@@ -40,7 +40,7 @@ from turnout.config import OperatorConfig
 from turnout.controller import status as st
 from turnout.controller.autoscaler import Autoscaler
 from turnout.controller.decide import Decision, Observed, Owned, Prune, decide, decide_after_apply_failure
-from turnout.controller.metrics import Metrics
+from turnout.controller.metrics import Metrics, Replicas
 from turnout.controller.workqueue import RetryLater, WorkQueue
 from turnout.controller.world import INSTANCE_LABEL, SPEC_HASH_LABEL, compact_child, lean_copy
 from turnout.hardware import LWS_API_VERSION, ClusterFeatures, Hardware, parse_nodes
@@ -102,7 +102,7 @@ class Controller:
                  concurrency: int = 32) -> None:
         self.config = config
         self.retry_base = retry_base  # first back-off delay after a transient API error (seconds)
-        self.metrics = Metrics(self._statuses)
+        self.metrics = Metrics(self._statuses, self._replicas)
         self.client: KubeClient | None = None
         self.credentials: Credentials | None = None  # one identity for our client and kopf's session
         self.indices: Mapping[str, Any] = {}
@@ -148,6 +148,17 @@ class Controller:
 
     def _statuses(self) -> list[Mapping[str, Any]]:
         return [self._previous_status(body) or {} for store in self._index(IDX_MDS).values() for body in store]
+
+    def _replicas(self) -> list[Replicas]:
+        out = []
+        for store in self._index(IDX_MDS).values():
+            for body in store:
+                meta, spec = body["metadata"], body.get("spec") or {}
+                ready = (self._previous_status(body) or {}).get("readyReplicas")
+                out.append(Replicas(str(meta.get("namespace") or ""), str(meta["name"]),
+                                    str(spec.get("servedModelName") or meta["name"]),
+                                    int(spec.get("replicas", 1)), int(ready or 0)))
+        return out
 
     def hardware(self) -> Hardware:
         """The nodes' hardware, parsed again only when the node index holds other objects.
