@@ -98,7 +98,7 @@ def fetch(plan: Plan, out: TextIO) -> str:
     if source.scheme == "file":
         return uri
     try:
-        if source.scheme in ("builtin", "pvc") and (source.scheme == "pvc" or builtin_is_built(source.location)):
+        if source.scheme == "pvc" or (source.scheme == "builtin" and builtin_is_built(source.location)):
             path = str(locate(uri))
             print(f"• model {uri}: {path}", file=out, flush=True)
             return path
