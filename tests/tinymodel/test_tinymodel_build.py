@@ -90,7 +90,7 @@ def test_concurrent_builds_publish_one_complete_folder(tmp_path: Path, monkeypat
     barrier = threading.Barrier(2)
     calls: list[str] = []
 
-    def fake_build(root: Path, version: str) -> dict[str, object]:
+    def fake_build(root: Path, version: str, progress: object = None) -> dict[str, object]:
         calls.append(root.name)
         (root / "hf").mkdir()
         (root / "gguf").mkdir()

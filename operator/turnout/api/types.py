@@ -123,8 +123,9 @@ class ModelSource(_Model):
         max_length=2048,
         pattern=r"^(hf|s3|pvc|file|builtin)://.+",
         description="Explicit model source: hf://ORG/REPO[/FILE.gguf], s3://BUCKET/PATH, "
-        "pvc://CLAIM/PATH (mounted read-only), file:///PATH, or builtin://tiny-llama[.gguf] "
-        "(the project's tiny test model). Takes precedence over the catalog's source.",
+        "pvc://CLAIM/PATH (mounted read-only), file:///PATH, or builtin://NAME (the project's offline "
+        "models: tiny-llama, tiny-llama.gguf, tiny-reranker, all-minilm-l6-v2). Takes precedence over the "
+        "catalog's source.",
     )
     size: float | None = Field(
         None,

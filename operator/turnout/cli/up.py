@@ -16,6 +16,7 @@ from pathlib import Path
 from turnout import local
 from turnout.api import ModelDeployment
 from turnout.cli.plan import load_deployments
+from turnout.progress import Step
 
 DEFAULT_PORT = 8000
 
@@ -60,7 +61,7 @@ def start(md: ModelDeployment, host: str, port: int, timeout: float, out=sys.std
     args = local.shim_command(plan, md, host, port, path)
     server = local.start_shim(args, log_path(md))
     try:
-        with local.Step(out, f"starting {plan.engine} (log: {server.log_path})") as step:
+        with Step(out, f"starting {plan.engine} (log: {server.log_path})") as step:
             local.wait_ready(server, timeout, step.tick)
     except BaseException:
         server.stop(grace=5)
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     except local.LocalError as exc:
         raise CLIError(str(exc)) from None
     print(f"\nServing {md.served_name} at {server.url}/v1 — Ctrl-C to stop.\n", file=sys.stderr)
-    print(local.snippets(server.url, md.served_name), file=sys.stderr, flush=True)
+    print(local.snippets(server.url, md.served_name, server.model_type), file=sys.stderr, flush=True)
     while not stop.is_set() and server.alive():
         stop.wait(0.5)
     if not server.alive():
@@ -113,7 +114,8 @@ def run_several(files: list[str], args: argparse.Namespace) -> int:
                 raise CLIError(str(exc)) from None
         url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
         print(f"\nServing {', '.join(servers)} at {url}/v1 — Ctrl-C to stop.\n", file=sys.stderr)
-        print(local.snippets(url, mds[0].served_name), file=sys.stderr, flush=True)
+        for served, server in servers.items():
+            print(f"  # {served}\n{local.snippets(url, served, server.model_type)}", file=sys.stderr, flush=True)
         code = local.serve_behind_gateway(servers, args.host, args.port)
         print("turnout up: stopping …", file=sys.stderr, flush=True)
         return code

@@ -10,10 +10,11 @@ copy. Layout of one cached version::
         gguf/    tiny-llama.gguf      (F32, llama arch, gpt2 BPE tokenizer)
         tinymodel.json                (what was built; written last)
 
-The weights start random and get a few hundred steps of training on the
-built-in text. That keeps greedy output varied instead of one token repeated
-forever, and it widens the gap between the best and second-best logit, which
-makes the transformers-vs-llama.cpp golden comparison robust to rounding.
+The weights start random and get 150 small steps of training on the built-in
+text, on one thread (a few CPU-seconds). That keeps greedy output varied instead
+of one token repeated forever, and it widens the gap between the best and
+second-best logit, which makes the transformers-vs-llama.cpp golden comparison
+robust to rounding.
 
 ``config.json`` and ``tokenizer_config.json`` are written by hand in the
 classic (transformers 4.x) form so every engine reads them: vLLM and mlx-lm
@@ -22,12 +23,14 @@ environments often pin an older transformers than the main one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,9 @@ RECIPE_VERSION = "1"
 SERVED_NAME = "tiny-llama"
 GGUF_NAME = "tiny-llama.gguf"
 MANIFEST = "tinymodel.json"
+
+#: ``progress(status=None, *, completed=None, total=None)``: how far a build is (turnout.progress.Report)
+Progress = Callable[..., None]
 
 BOS_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -68,10 +74,10 @@ RECIPE: dict[str, Any] = {
     "max_position_embeddings": 2048,
     "rms_norm_eps": 1e-5,
     "rope_theta": 10000.0,
-    "train_steps": 250,
-    "train_batch": 12,
+    "train_steps": 150,
+    "train_batch": 8,
     "train_seq_len": 64,
-    "learning_rate": 3e-3,
+    "learning_rate": 4e-3,
 }
 
 
@@ -114,39 +120,53 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "turnout"
 
 
-def build_tiny_model(cache_dir: Path | None = None) -> TinyModel:
+def is_built(cache_dir: Path | None = None) -> bool:
+    """Whether the tiny model of this version is in the cache already (no build needed)."""
+    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return (base / "tiny-model" / model_version() / MANIFEST).is_file()
+
+
+def build_tiny_model(cache_dir: Path | None = None, progress: Progress | None = None) -> TinyModel:
     """Return the tiny model, building it into the cache if it is not there yet.
 
     ``cache_dir`` plays the role of ``$TURNOUT_CACHE``: the model lives in
-    ``cache_dir/tiny-model/<version>/``. Concurrent callers are safe: each builds
-    into a private temporary folder that is renamed into place atomically, and
-    a finished folder is never modified.
+    ``cache_dir/tiny-model/<version>/``. Concurrent callers are safe (see :func:`publish`).
+    ``progress``, when given, hears the phases and the training steps
+    (``progress("training", completed=i, total=n)``).
     """
     base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     version = model_version()
-    parent = base / "tiny-model"
-    final = parent / version
-    manifest = final / MANIFEST
-    if manifest.is_file():
-        return _load_manifest(final)
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".build-{version}-", dir=parent))
+    final = base / "tiny-model" / version
+    publish(final, MANIFEST, lambda root: _build_into(root, version, progress))
+    return _load_manifest(final)
+
+
+def publish(final: Path, manifest: str, build: Callable[[Path], dict[str, Any]]) -> None:
+    """Build into ``final`` unless ``final/manifest`` exists.
+
+    Each builder works in a private temporary folder beside ``final`` that is renamed into
+    place atomically (the manifest written last), and a finished folder is never modified,
+    so concurrent builders are safe: one wins, the others use its folder.
+    """
+    if (final / manifest).is_file():
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".build-{final.name}-", dir=final.parent))
     try:
         t0 = time.monotonic()
-        info = _build_into(tmp, version)
+        info = build(tmp)
         info["build_seconds"] = round(time.monotonic() - t0, 2)
-        (tmp / MANIFEST).write_text(json.dumps(info, indent=2) + "\n")
+        (tmp / manifest).write_text(json.dumps(info, indent=2) + "\n")
         _make_readable(tmp)
         try:
             os.rename(tmp, final)
         except OSError:
             # Another process finished first (the target exists and is not empty).
-            if not (final / MANIFEST).is_file():
+            if not (final / manifest).is_file():
                 raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return _load_manifest(final)
 
 
 def _make_readable(root: Path) -> None:
@@ -176,11 +196,13 @@ def _load_manifest(root: Path) -> TinyModel:
 # --------------------------------------------------------------------------- build steps
 
 
-def _build_into(root: Path, version: str) -> dict[str, Any]:
+def _build_into(root: Path, version: str, progress: Progress | None = None) -> dict[str, Any]:
     hf_dir = root / "hf"
     gguf_dir = root / "gguf"
     hf_dir.mkdir()
     gguf_dir.mkdir()
+    if progress:
+        progress("tokenizer")
     tok = _train_tokenizer()
     vocab_size = tok.get_vocab_size()
     ids = {t: tok.token_to_id(t) for t in SPECIAL_TOKENS}
@@ -193,9 +215,11 @@ def _build_into(root: Path, version: str) -> dict[str, Any]:
         hf_dir / "generation_config.json",
         {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": bos_id},
     )
-    state = _train_model(tok, config)
+    state = _train_model(tok, config, progress)
     from safetensors.torch import save_file
 
+    if progress:
+        progress("writing safetensors and GGUF")
     save_file(state, str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
     _write_gguf(gguf_dir / GGUF_NAME, tok, state, config)
     return {
@@ -303,8 +327,31 @@ def _hf_config(vocab_size: int, bos_id: int, eos_id: int) -> dict[str, Any]:
     }
 
 
-def _train_model(tok: Any, config: dict[str, Any]) -> dict[str, Any]:
-    """Random init from the seed, then a short fit on the built-in text."""
+def _train_model(tok: Any, config: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
+    """Random init from the seed, then a short fit on the built-in text (on one thread: see :func:`one_thread`)."""
+    with one_thread():
+        return _fit(tok, config, progress)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread for a while.
+
+    The matrices here are tiny: more threads barely help on an idle machine, and on a busy one
+    their spin-waiting multiplies the build's time many times over. One thread also gives the
+    same sums however many cores the machine has.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit(tok: Any, config: dict[str, Any], progress: Progress | None) -> dict[str, Any]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -323,7 +370,7 @@ def _train_model(tok: Any, config: dict[str, Any]) -> dict[str, Any]:
     opt = torch.optim.AdamW(model.parameters(), lr=r["learning_rate"], weight_decay=0.0)
     steps = r["train_steps"]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
-    for _ in range(steps):
+    for step in range(steps):
         starts = torch.randint(0, len(data) - seq - 1, (r["train_batch"],), generator=gen)
         batch = torch.stack([data[s : s + seq] for s in starts.tolist()])
         loss = model(input_ids=batch, labels=batch).loss
@@ -332,6 +379,8 @@ def _train_model(tok: Any, config: dict[str, Any]) -> dict[str, Any]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
+        if progress:
+            progress("training", completed=step + 1, total=steps)
     model.eval()
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
