@@ -69,7 +69,8 @@ class OperatorConfig(BaseModel):
         1.2, ge=1.0, le=4.0, description="Multiplier over weight bytes for KV cache and activations."
     )
     memory_overhead_mib: int = Field(
-        1024, ge=0, description="Fixed memory per replica on top of weights (runtime, CUDA context)."
+        1024, ge=0, description="Fixed memory per replica on top of weights (runtime, CUDA context). On CPU the "
+        "engine's measured baseline is used instead (llama.cpp, transformers; see docs/operator.md)."
     )
     port: int = Field(8000, ge=1, le=65535, description="Port the shim listens on in every pod.")
     dist_port: int = Field(

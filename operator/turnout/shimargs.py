@@ -25,6 +25,11 @@ ENGINES = ("vllm", "sglang", "llama.cpp", "transformers", "mlx")
 MODEL_TYPES = ("llm", "embedding", "rerank")
 DEVICES = ("cpu", "cuda", "npu", "mps")
 PROGRAM = "turnout-shim"
+#: Where the shim writes why it exits when its engine cannot serve: the container's termination message.
+#: In a pod the kubelet provides ``/dev/termination-log`` (``terminationMessagePath``); a host agent, whose
+#: containers are processes, names a file of its own in this variable.
+TERMINATION_LOG_ENV = "TURNOUT_TERMINATION_LOG"
+TERMINATION_LOG = "/dev/termination-log"
 DEFAULT_PORT = 8000
 #: port of a multi-node group's rendezvous on its leader (vLLM --master-port, SGLang --dist-init-addr)
 DEFAULT_DIST_PORT = 29500

@@ -211,3 +211,30 @@ async def test_failed_liveness_probe_restarts_the_container(fake: AgentFake, age
     last = container_status(fake, "sick")["lastState"]["terminated"]
     assert last["message"] == "liveness probe failed; container restarted"
     assert last["exitCode"] == 128 + signal.SIGTERM
+
+
+async def test_a_shim_whose_engine_cannot_start_terminates_with_the_engines_error(fake: AgentFake, agents,
+                                                                                   free_port) -> None:
+    # As under a kubelet: the shim writes why to its termination message file (the agent names it in
+    # $TURNOUT_TERMINATION_LOG) and exits 1; the agent reports that text, not its log tail, and restarts it.
+    from pathlib import Path
+
+    import turnout
+    from turnout.shimargs import ShimArgs
+
+    await agents().start()
+    argv = ShimArgs(engine="sglang", model="/models/standin-7b", served_model_name="m", device="mps",
+                    port=free_port).to_argv()
+    command = [sys.executable, "-m", "turnout.shim", *argv[1:]]
+    source = str(Path(turnout.__file__).parents[1])  # this checkout's turnout, not an installed one
+    probe = {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1800}
+    await fake.put_object(PODS, standin_pod("broken", free_port, command=command, container={
+        "env": [{"name": "PYTHONPATH", "value": source}], "startupProbe": probe}))
+
+    await fake.wait_for(lambda: container_status(fake, "broken").get("restartCount", 0) >= 1, what="a restart",
+                        timeout=120)
+    last = container_status(fake, "broken")["lastState"]["terminated"]
+    assert (last["exitCode"], last["reason"]) == (1, "Error")
+    assert last["message"].startswith("sglang failed to start: ")
+    assert "SGLang does not run on device 'mps'" in last["message"]
+    assert "\n" not in last["message"]  # the reason itself, not the log's last lines

@@ -36,6 +36,33 @@ def test_diagnose_reports_the_worst_problem_with_its_message():
     assert diagnose([_pod("e"), _pod("f", waiting={"reason": "CrashLoopBackOff"}, deleting=True)]) is None
 
 
+def test_an_engine_that_cannot_load_is_one_crash_loop_with_its_error_through_every_phase():
+    # What a kubelet reports while a shim whose engine fails keeps restarting: terminated (the first exit),
+    # CrashLoopBackOff (back-off), running and not ready (the next try). Each says the engine's error, the
+    # termination message the shim wrote, under one reason, so Degraded does not flap between tries.
+    error = "llama.cpp failed to start: No module named 'tokenizers'"
+    failed = {"reason": "Error", "exitCode": 1, "message": error}
+
+    def status(state, restarts, last=None, ready=False):
+        return compact_pod({"metadata": {"name": "m-1"}, "status": {"containerStatuses": [
+            {"name": "model-server", "ready": ready, "restartCount": restarts, "state": state,
+             "lastState": {"terminated": last} if last else {}}]}})
+
+    phases = [status({"terminated": failed}, 0), status({"waiting": {"reason": "CrashLoopBackOff"}}, 1, failed),
+              status({"running": {}}, 1, failed), status({"waiting": {"reason": "CrashLoopBackOff"}}, 2, failed)]
+    problems = [diagnose([p]) for p in phases]
+    assert {p.reason for p in problems} == {"CrashLoopBackOff"}
+    assert all(p.message.endswith(f"(last exit code 1): {error}") or error in p.message for p in problems)
+    assert problems[0].message == f"pod m-1 container model-server exited (restarts: 0, last exit code 1): {error}"
+    assert problems[3].message.startswith("pod m-1 container model-server keeps crashing (restarts: 2")
+    # OOM killed on its first run already says so.
+    assert diagnose([status({"terminated": {"reason": "OOMKilled", "exitCode": 137}}, 0)]).reason == "OOMKilled"
+    # Fixed: ready again, or a restart whose last run ended well, or a container that was never restarted.
+    assert diagnose([status({"running": {}}, 2, failed, ready=True)]) is None
+    assert diagnose([status({"running": {}}, 1, {"reason": "Completed", "exitCode": 0})]) is None
+    assert diagnose([status({"running": {}}, 0)]) is None
+
+
 def test_condition_transition_time_moves_only_when_status_changes():
     first = merge_conditions(None, [Cond("Degraded", "False", "AsExpected")], 1, "T1")
     same = merge_conditions(first, [Cond("Degraded", "False", "AsExpected", "other words")], 2, "T2")

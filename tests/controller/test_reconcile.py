@@ -189,8 +189,22 @@ async def test_spec_update_rolls_out_a_new_template(fake, operator_run):
         (None, [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                  "message": "0/3 nodes are available: 3 Insufficient memory."}],
          "Unschedulable", "3 Insufficient memory"),
+        # What a real kubelet says for imagePullPolicy Never/IfNotPresent and an image the node lacks.
+        ({"state": {"waiting": {"reason": "ErrImageNeverPull", "message": 'Container image '
+                                '"turnout/llamacpp-cpu:dev" is not present with pull policy of Never'}}},
+         [], "ErrImageNeverPull", '"turnout/llamacpp-cpu:dev" is not present'),
+        # The shim's engine failed to load: it exited 1 with the engine's error as its termination message;
+        # the kubelet restarted it and the next try is loading (running, not ready).
+        ({"state": {"running": {"startedAt": "2026-01-01T00:00:10Z"}}, "restartCount": 1,
+          "lastState": {"terminated": {"reason": "Error", "exitCode": 1,
+                                       "message": "llama.cpp failed to start: No module named 'tokenizers'"}}},
+         [], "CrashLoopBackOff", "llama.cpp failed to start: No module named 'tokenizers'"),
+        # Killed by the kernel on its first run, before any back-off.
+        ({"state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}, "restartCount": 0},
+         [], "OOMKilled", "more memory than its limit"),
     ],
-    ids=["crashloop", "oomkilled", "imagepull", "unschedulable"],
+    ids=["crashloop", "oomkilled", "imagepull", "unschedulable", "errimageneverpull", "engine-failed-to-load",
+         "oomkilled-first-run"],
 )
 async def test_pod_failure_degrades_and_recovery_returns_to_ready(
     fake, operator_run, container_status, pod_conditions, reason, in_message

@@ -14,7 +14,7 @@ from tests_nodes import every_class
 from turnout.api import ModelDeployment, ModelDeploymentSpec
 from turnout.cli.plan import load_deployments, load_hardware
 from turnout.config import OperatorConfig
-from turnout.hardware import ClusterFeatures, parse_nodes
+from turnout.hardware import ClusterFeatures, parse_nodes, parse_quantity
 from turnout.render import SPEC_HASH_LABEL, child_name, render
 from turnout.resolver import Plan, resolve
 from turnout.shimargs import ShimArgs
@@ -124,6 +124,18 @@ def test_probes_hit_the_shim_health_endpoint() -> None:
     assert c["livenessProbe"]["httpGet"] == {"path": "/live", "port": "http"}
 
 
+def test_probes_add_at_most_a_second_yet_allow_a_thirty_minute_load() -> None:
+    c = _deployment(BASE)["spec"]["template"]["spec"]["containers"][0]
+    startup, readiness = c["startupProbe"], c["readinessProbe"]
+    # Ready within about a second of /health answering: neither probe waits longer than that between asks.
+    assert startup["periodSeconds"] == 1 and readiness["periodSeconds"] == 1
+    assert startup.get("initialDelaySeconds", 0) == 0 and readiness.get("initialDelaySeconds", 0) == 0
+    # The model-load budget is unchanged: failures × period = 30 minutes before the kubelet gives up.
+    assert startup["failureThreshold"] * startup["periodSeconds"] == 30 * 60
+    # Liveness only starts after the startup probe passed, and tolerates a busy engine for 30 s.
+    assert c["livenessProbe"]["periodSeconds"] * c["livenessProbe"]["failureThreshold"] >= 30
+
+
 def test_user_env_is_sorted_and_overrides() -> None:
     env = _deployment({**BASE, "env": [{"name": "ZZ", "value": "1"}, {"name": "HF_HOME", "value": "/x"}]})
     names = [e["name"] for e in env["spec"]["template"]["spec"]["containers"][0]["env"]]
@@ -228,3 +240,41 @@ def test_model_deployment_round_trip() -> None:
         {"apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "x"}, "spec": BASE}
     )
     assert md.served_name == "x"
+
+
+TINY = {"model": {"uri": "builtin://tiny-llama.gguf", "type": "llm", "size": 0.01}}
+
+
+def _requests(spec: dict[str, Any]) -> dict[str, Any]:
+    return _deployment(spec)["spec"]["template"]["spec"]["containers"][0]["resources"]
+
+
+def test_a_tiny_cpu_model_requests_a_fraction_of_a_core_and_its_measured_memory() -> None:
+    from turnout.resolver.engines import ENGINES
+
+    res = _requests(TINY)
+    # Several fit on a 2-core node (the 1-core, 2 GiB request made the second Unschedulable).
+    assert res == {"requests": {"cpu": "250m", "memory": res["requests"]["memory"]}}
+    memory = parse_quantity(res["requests"]["memory"]) / 2**20
+    baseline = ENGINES["llama.cpp"].cpu_baseline_mib
+    assert baseline is not None and baseline <= memory < baseline + 128  # the engine's floor, weights are ~nothing
+    assert memory % 64 == 0
+
+
+def test_cpu_requests_grow_with_the_weights_up_to_a_core() -> None:
+    small = _requests({"model": {"name": "qwen2.5-instruct", "size": 0.5, "format": "gguf", "quantization": "Q4_K_M"},
+                       "accelerator": {"type": "cpu"}})["requests"]
+    large = _requests({"model": {"name": "qwen2.5-instruct", "size": 14, "format": "gguf", "quantization": "Q4_K_M"},
+                       "accelerator": {"type": "cpu"}})["requests"]
+    assert parse_quantity(small["cpu"]) < 1 and large["cpu"] == "1"
+    assert parse_quantity(large["memory"]) > 14e9 * 4.8 / 8 * 1.2  # weights × headroom, plus the engine's baseline
+
+
+def test_spec_resources_override_the_derived_requests_and_a_limit_caps_them() -> None:
+    asked = _requests({**TINY, "resources": {"requests": {"cpu": "2", "memory": "3Gi"}}})
+    assert asked["requests"] == {"cpu": "2", "memory": "3Gi"}
+    capped = _requests({**TINY, "resources": {"limits": {"cpu": "100m", "memory": "128Mi"}}})
+    assert capped["requests"] == {"cpu": "100m", "memory": "128Mi"}  # else request > limit: an invalid pod
+    assert capped["limits"] == {"cpu": "100m", "memory": "128Mi"}
+    roomy = _requests({**TINY, "resources": {"limits": {"memory": "8Gi"}}})
+    assert roomy["requests"] == _requests(TINY)["requests"] and roomy["limits"] == {"memory": "8Gi"}

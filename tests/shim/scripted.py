@@ -32,6 +32,7 @@ class ScriptedBackend(Backend):
         self.release.set()
         self.fail_start = fail_start
         self.state = State.LOADING
+        self.death: Health | None = None  # set to make health() report it
         self.closed = 0
         self.cancelled = 0
         self.stopped = False
@@ -47,7 +48,7 @@ class ScriptedBackend(Backend):
         self.stopped = True
 
     def health(self) -> Health:
-        return Health(self.state)
+        return self.death or Health(self.state)
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
         script = body["messages"][0]["content"]

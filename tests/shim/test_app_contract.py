@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from scripted import SERVED, ScriptedBackend, ServerThread, scripted_args
 from shimproc import metric_value, sse_events, wait_until
 
 from turnout.shim.app import create_app
+from turnout.shim.backends.base import Health, State
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +164,37 @@ def test_loading_then_ready_and_start_failure(free_port_factory) -> None:
         assert httpx.get(server.base_url + "/live").status_code == 503
         r = httpx.post(server.base_url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]})
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_dead"
+
+
+def test_an_engine_that_cannot_serve_calls_on_fatal_once_with_its_error(free_port_factory) -> None:
+    # turnout-shim passes on_fatal: it writes the termination message and exits (see test_shim_cli).
+    port = free_port_factory()
+    said: list[str] = []
+    broken = ScriptedBackend(scripted_args(port), fail_start="weights not found at /m")
+    with ServerThread(create_app(broken, scripted_args(port), on_fatal=said.append), port):
+        wait_until(lambda: said, "on_fatal")
+    assert said == ["transformers failed to start: weights not found at /m"]
+
+    # Dead for good after a good start (the engine process exited): the same, within about a second.
+    port = free_port_factory()
+    said.clear()
+    backend = ScriptedBackend(scripted_args(port))
+    with ServerThread(create_app(backend, scripted_args(port), on_fatal=said.append), port) as server:
+        wait_until(lambda: httpx.get(server.base_url + "/health").status_code == 200, "ready")
+        backend.death = Health(State.DEAD, "vllm exited with code 1", final=True)
+        wait_until(lambda: said, "on_fatal", deadline_s=5)
+    assert said == ["vllm exited with code 1"]
+
+    # Dead but possibly back (a wedged engine): left to the liveness probe, the shim stays up.
+    port = free_port_factory()
+    said.clear()
+    backend = ScriptedBackend(scripted_args(port))
+    with ServerThread(create_app(backend, scripted_args(port), on_fatal=said.append), port) as server:
+        wait_until(lambda: httpx.get(server.base_url + "/health").status_code == 200, "ready")
+        backend.state = State.DEAD
+        wait_until(lambda: httpx.get(server.base_url + "/health").status_code == 503, "dead")
+        time.sleep(1.5)
+    assert said == []
 
 
 def test_several_apps_in_one_process_have_their_own_metrics(free_port_factory) -> None:

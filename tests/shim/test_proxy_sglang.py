@@ -215,8 +215,10 @@ def test_health_is_503_while_the_engine_loads(start_shim_factory) -> None:
     assert shim.openai().chat.completions.create(model="standin-chat", messages=MSG, max_tokens=1)
 
 
-def test_engine_death_fails_health_and_inflight_stream(start_shim_factory) -> None:
-    shim = start_shim_factory()
+def test_engine_death_ends_inflight_streams_then_the_shim_exits_with_the_reason(start_shim_factory,
+                                                                               tmp_path) -> None:
+    termination = tmp_path / "termination-log"
+    shim = start_shim_factory(env={"TURNOUT_TERMINATION_LOG": str(termination)})
     pid = shim.engine_stats()["pid"]
     with shim.http() as h, h.stream("POST", "/v1/chat/completions", json={
             "messages": MSG, "max_tokens": 4000, "stream": True, "standin_delay": 0.02}) as r:
@@ -232,17 +234,12 @@ def test_engine_death_fails_health_and_inflight_stream(start_shim_factory) -> No
     assert len(events) < 1000
     error = json.loads(events[-2])["error"]
     assert error["code"] == "engine_dead"
-    r = shim.wait_health(503)
-    print(f"/health turned 503 {time.monotonic() - t0:.2f} s after the engine was killed")
-    assert r.json()["status"] == "dead"
-    assert "exited" in r.json()["error"]["message"]
-    assert httpx.get(shim.base_url + "/live").status_code == 503  # the liveness probe restarts the pod
-    with shim.http() as h:
-        r = h.post("/v1/chat/completions", json={"messages": MSG})
-    assert r.status_code == 503
-    assert r.json()["error"]["code"] == "engine_dead"
-    assert "Retry-After" in r.headers
-    assert metric_value(shim.metrics(), "turnout_backend_ready") == 0.0
+    # An engine process that exited does not come back: the shim exits non-zero (the kubelet restarts the
+    # container) with the reason as its termination message, instead of answering 503 until liveness acts.
+    assert shim.proc.wait(30) == 1
+    print(f"the shim exited {time.monotonic() - t0:.2f} s after the engine was killed")
+    assert termination.read_text() == "sglang exited with code -9"
+    assert "Application shutdown complete" in shim.log()
 
 
 def test_sigterm_stops_shim_and_engine(start_shim_factory) -> None:
@@ -255,14 +252,16 @@ def test_sigterm_stops_shim_and_engine(start_shim_factory) -> None:
     wait_until(lambda: not pid_alive(pid), "the engine process to exit")
 
 
-def test_engine_that_cannot_start_reports_why(start_shim_factory) -> None:
-    # SGLang has no Apple backend: the shim refuses to build the command and says so on /health
-    shim = start_shim_factory(device="mps", wait=False)
-    r = shim.wait_health(503)
-    wait_until(lambda: httpx.get(shim.base_url + "/health").json()["status"] == "dead", "a dead state")
-    message = httpx.get(shim.base_url + "/health").json()["error"]["message"]
-    assert "SGLang does not run on device 'mps'" in message
-    assert r.status_code == 503
+def test_engine_that_cannot_start_exits_with_why_as_the_termination_message(start_shim_factory,
+                                                                             tmp_path) -> None:
+    # SGLang has no Apple backend: the shim refuses to build the command, says why and exits 1, so that a
+    # pod restarts into CrashLoopBackOff with the reason rather than looking like a long model load.
+    termination = tmp_path / "termination-log"
+    shim = start_shim_factory(device="mps", wait=False, env={"TURNOUT_TERMINATION_LOG": str(termination)})
+    assert shim.proc.wait(60) == 1
+    message = termination.read_text()
+    assert message.startswith("sglang failed to start: ") and "SGLang does not run on device 'mps'" in message
+    assert "exiting: sglang failed to start" in shim.log()
 
 
 def test_embeddings_through_the_proxy(start_shim_factory) -> None:

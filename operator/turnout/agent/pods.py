@@ -45,9 +45,12 @@ from turnout.agent.podspec import (
 from turnout.agent.probes import Probe, run_exec
 from turnout.agent.process import ContainerProcess, tail
 from turnout.kube import ApiError, TransientApiError
+from turnout.shimargs import TERMINATION_LOG_ENV
 
 log = logging.getLogger("turnout.agent")
 RUNTIME = "turnout-agent"
+#: kubelet reads at most this much of a termination message file
+MAX_TERMINATION_BYTES = 4096
 T = TypeVar("T")
 
 
@@ -166,8 +169,17 @@ class ContainerRunner:
     def record_path(self) -> Path:
         return self.dir / "process.json"
 
+    def termination_path(self) -> Path:
+        """The container's termination message file: the agent's stand-in for ``/dev/termination-log``."""
+        return self.dir / "termination-log"
+
     async def start_process(self, argv: list[str], env: dict[str, str], cwd: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        # A fresh, empty file per run, as the kubelet mounts one per container instance; a process cannot see
+        # terminationMessagePath (there is no container file system), so the shim is told where it is.
+        message_file = self.termination_path()
+        message_file.write_bytes(b"")
+        env = {**env, TERMINATION_LOG_ENV: str(message_file)}
         log_file = str(self.dir / f"{self.restart_count}.log")
         old = self.dir / f"{self.restart_count - 2}.log"
         with contextlib.suppress(FileNotFoundError):
@@ -251,13 +263,23 @@ class ContainerRunner:
             "finishedAt": result.get("finishedAt") or now(),
             "containerID": f"{RUNTIME}://{self.worker.uid}-{self.name}-{self.proc.pid}",
         }
-        if self._liveness_failed.is_set() and not self._stopping:
+        written = self._termination_message()
+        if written:
+            out["message"] = written  # what the process wrote, as kubelet reads terminationMessagePath
+        elif self._liveness_failed.is_set() and not self._stopping:
             out["message"] = "liveness probe failed; container restarted"
         elif code != 0:
             message = tail(self.proc.record.log) or (result.get("error") or "")
             if message:
                 out["message"] = message
         return out
+
+    def _termination_message(self) -> str:
+        try:
+            with open(self.termination_path(), "rb") as handle:
+                return handle.read(MAX_TERMINATION_BYTES).decode(errors="replace").strip()
+        except OSError:
+            return ""
 
     async def _watch(self) -> dict[str, Any]:
         """Probe the running process until it exits (or liveness kills it); returns its exit result."""

@@ -42,6 +42,7 @@ from turnout.controller.world import (
 )
 from turnout.kube import Credentials, CredentialsError, KubeClient, TransientApiError, load_credentials
 from turnout.kube.session import aiohttp_session
+from turnout.render import INFERENCE_POOL_API_VERSION
 
 logger = logging.getLogger("turnout.controller")
 
@@ -51,14 +52,16 @@ _CHILD_RESOURCES = {
     "Deployment": ("apps", "v1", "deployments"),
     "Service": ("", "v1", "services"),
     "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
-    # Always registered: kopf (scanning disabled) watches only what its start-up discovery found served, and
-    # silently skips a resource that is not. When LeaderWorkerSet appears or goes, the operator restarts kopf
-    # in-process (see operate) so that its watches follow.
+    # Registered only while served (API discovery before kopf starts): kopf warns about a handler whose
+    # resource is not served ("Unresolved resources cannot be served"). When LeaderWorkerSet appears or goes,
+    # the operator restarts kopf in-process (see operate) so that its watches follow.
     "LeaderWorkerSet": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
-    # Likewise: watched while the Gateway API Inference Extension is served (so pools are pruned when
-    # --inference-pool is turned off).
+    # Likewise: watched while the Gateway API Inference Extension is served, whether or not --inference-pool
+    # is set (so pools are pruned when it is turned off).
     "InferencePool": ("inference.networking.k8s.io", "v1", "inferencepools"),
 }
+#: The child kinds of an optional API: watched only while the cluster serves it.
+_OPTIONAL = ("LeaderWorkerSet", "InferencePool")
 
 
 def _trigger(diff: Sequence[Any]) -> str:
@@ -128,8 +131,9 @@ def build_registry(
     async def _rediscover(watching: tuple[bool, bool]) -> None:
         while True:
             await asyncio.sleep(controller.discovery_interval)
-            controller.set_features(await controller.discover())
-            controller.set_pools_served(await controller.discover_pools())
+            features, pools = await controller.discover()
+            controller.set_features(features)
+            controller.set_pools_served(pools)
             if controller.watched_apis() != watching and restart is not None:
                 logger.info("served APIs changed (LeaderWorkerSet, InferencePool: %s → %s): restarting the watches",
                             watching, controller.watched_apis())
@@ -155,11 +159,9 @@ def build_registry(
         client = KubeClient(controller.credentials, on_error=controller.metrics.api_error,
                             user_agent="turnout-operator")
         controller.bind({k: kwargs[k] for k in INDEX_IDS if k in kwargs}, client)
-        # kopf's own discovery (its start-up scan) runs after the start-up handlers; ours answers the same.
-        controller.set_features(await controller.discover())
-        controller.set_pools_served(await controller.discover_pools())
-        controller.watching_lws, controller.watching_pools = controller.watched_apis()
-        discovery.append(asyncio.create_task(_rediscover(controller.watched_apis()), name="turnout-discovery"))
+        # operate() asked API discovery just before this start and registered the watches to match.
+        discovery.append(asyncio.create_task(_rediscover((controller.watching_lws, controller.watching_pools)),
+                                             name="turnout-discovery"))
         if controller.autoscaler is not None:
             discovery.append(asyncio.create_task(controller.autoscaler.run(controller.autoscaled),
                                                  name="turnout-autoscaler"))
@@ -189,7 +191,10 @@ def build_registry(
     async def _nodes(body: kopf.Body, name: str, **_: Any) -> dict[Any, Any]:
         return {name: compact_node(body)}
 
+    watched = dict(zip(_OPTIONAL, (controller.watching_lws, controller.watching_pools), strict=True))
     for kind, (group, version, plural) in _CHILD_RESOURCES.items():
+        if not watched.get(kind, True):
+            continue
 
         async def _child(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
             owner = owner_name(body, KIND)
@@ -374,6 +379,7 @@ async def operate(
     try:
         while True:
             restart.clear()
+            await _discover(controller, options)
             inner_stop = asyncio.Event()
 
             async def _relay(flag: asyncio.Event = inner_stop) -> None:
@@ -406,8 +412,8 @@ async def operate(
                 if (stop_flag is not None and stop_flag.is_set()) or not any(watching):
                     raise
                 async with KubeClient(controller.credentials, user_agent="turnout-operator") as client:
-                    served = ((await controller.discover(client)).leader_worker_set,
-                              await controller.discover_pools(client))
+                    features, pools = await controller.discover(client)
+                served = (features.leader_worker_set, pools)
                 if all(s for s, w in zip(served, watching, strict=True) if w):
                     raise
                 logger.info("LeaderWorkerSet or InferencePool is no longer served: restarting the watches")
@@ -419,6 +425,20 @@ async def operate(
     finally:
         if runner is not None:
             await runner.cleanup()
+
+
+async def _discover(controller: Controller, options: Options) -> None:
+    """Ask API discovery which optional APIs are served, so that kopf starts with the watches to match."""
+    assert controller.credentials is not None
+    async with KubeClient(controller.credentials, on_error=controller.metrics.api_error,
+                          user_agent="turnout-operator") as client:
+        features, pools = await controller.discover(client)
+    controller.set_features(features)
+    controller.set_pools_served(pools)
+    controller.watching_lws, controller.watching_pools = controller.watched_apis()
+    if options.inference_pool and not pools:
+        logger.warning("--inference-pool: %s inferencepools are not served (install the Gateway API Inference "
+                       "Extension's CRDs); no InferencePool is rendered until they are", INFERENCE_POOL_API_VERSION)
 
 
 def run_operator(options: Options) -> int:

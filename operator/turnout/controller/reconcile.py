@@ -95,6 +95,12 @@ def _fingerprint(child: Mapping[str, Any]) -> tuple[Any, Any]:
     return (child.get("labels") or {}).get(SPEC_HASH_LABEL), child.get("replicas")
 
 
+async def _serves(client: KubeClient, group_version: str, plural: str) -> bool:
+    """Whether ``/apis/GROUP_VERSION`` lists ``plural`` (None when the group went meanwhile: not served)."""
+    found = await client.get(f"/apis/{group_version}")
+    return any(r.get("name") == plural for r in (found or {}).get("resources") or [])
+
+
 class Controller:
     """State shared by all handlers of one operator instance."""
 
@@ -175,31 +181,28 @@ class Controller:
             cached = self._hw_cache = (nodes, self.features, parse_nodes(nodes, self.features))
         return cached[2]
 
-    async def discover(self, client: KubeClient | None = None) -> ClusterFeatures:
-        """Ask the API server which of the APIs plans may use it serves (one discovery GET per API group).
+    async def discover(self, client: KubeClient | None = None) -> tuple[ClusterFeatures, bool]:
+        """Which optional APIs the API server serves: (the cluster features plans may use, InferencePools served).
 
-        LeaderWorkerSet counts as served when ``/apis/leaderworkerset.x-k8s.io/v1`` lists ``leaderworkersets``.
-        An error keeps what was known (nothing is raised from here).
+        One GET of ``/apis`` (the group list), then ``/apis/GROUP/VERSION`` only for a listed group, to see that
+        it serves ``leaderworkersets`` / ``inferencepools``. A group that is not installed is the normal case,
+        not an API error: asking for its version path would answer 404 (and count in
+        ``turnout_operator_api_errors_total``), so it is never asked. InferencePools are looked up whether or
+        not --inference-pool is set: pools the operator made earlier are watched, so pruned. An error keeps
+        what was known (nothing is raised from here).
         """
+        api = client or self.client
+        assert api is not None
         try:
-            found = await (client or self.client).get(f"/apis/{LWS_API_VERSION}")  # type: ignore[union-attr]
+            groups = await api.get("/apis") or {}
+            listed = {str(v.get("groupVersion")) for g in groups.get("groups") or [] for v in g.get("versions") or []}
+            lws = LWS_API_VERSION in listed and await _serves(api, LWS_API_VERSION, "leaderworkersets")
+            pools = INFERENCE_POOL_API_VERSION in listed and await _serves(api, INFERENCE_POOL_API_VERSION,
+                                                                           "inferencepools")
         except (TransientApiError, PermanentApiError) as exc:
-            logger.warning("API discovery of %s failed, keeping what was known: %s", LWS_API_VERSION, exc)
-            return self.features
-        served = any(r.get("name") == "leaderworkersets" for r in (found or {}).get("resources") or [])
-        return ClusterFeatures.from_api_versions([LWS_API_VERSION] if served else [])
-
-    async def discover_pools(self, client: KubeClient | None = None) -> bool:
-        """Whether ``/apis/inference.networking.k8s.io/v1`` lists ``inferencepools``; an error keeps what was known.
-
-        Asked whether or not --inference-pool is set: pools the operator made earlier are watched, so pruned.
-        """
-        try:
-            found = await (client or self.client).get(f"/apis/{INFERENCE_POOL_API_VERSION}")  # type: ignore[union-attr]
-        except (TransientApiError, PermanentApiError) as exc:
-            logger.warning("API discovery of %s failed, keeping what was known: %s", INFERENCE_POOL_API_VERSION, exc)
-            return self.pools_served
-        return any(r.get("name") == "inferencepools" for r in (found or {}).get("resources") or [])
+            logger.warning("API discovery failed, keeping what was known: %s", exc)
+            return self.features, self.pools_served
+        return ClusterFeatures.from_api_versions([LWS_API_VERSION] if lws else []), pools
 
     def set_pools_served(self, served: bool) -> bool:
         """InferencePools became served (or went): every deployment is looked at again."""

@@ -138,11 +138,35 @@ _RANK = {**{r: 0 for r in _PULL}, **{r: 1 for r in _CONFIG}, "OOMKilled": 2, "Cr
          "Unschedulable": 4}
 
 
+def _crash(cs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The failed termination that explains why a container is not serving, or None.
+
+    A container cycles through terminated (Error/OOMKilled), waiting (CrashLoopBackOff) and running (its
+    next try, not ready yet) while its process keeps failing; every phase of that cycle reports the same
+    termination, so the Degraded condition does not flap between tries. A container that is ready again,
+    or whose last run ended well, is not crashing.
+    """
+    state = cs.get("state") or {}
+    terminated = state.get("terminated") or {}
+    last = (cs.get("lastState") or {}).get("terminated") or {}
+    if terminated:
+        return terminated if _failed(terminated) else None
+    if (state.get("waiting") or {}).get("reason") == "CrashLoopBackOff" or (
+            "running" in state and not cs.get("ready") and cs.get("restartCount", 0)):
+        return last if _failed(last) else None
+    return None
+
+
+def _failed(terminated: Mapping[str, Any]) -> bool:
+    return terminated.get("reason") == "OOMKilled" or terminated.get("exitCode") not in (None, 0)
+
+
 def diagnose(pods: Iterable[Mapping[str, Any]]) -> Problem | None:
     """The worst problem among the pods, or None when none is failing.
 
-    CrashLoopBackOff whose last termination was an OOM kill is reported as
-    OOMKilled; Unschedulable carries the scheduler's message.
+    A container whose process keeps failing is CrashLoopBackOff with its last exit code and termination
+    message (the shim writes its engine's error there) from its first failure on, OOMKilled when the
+    kernel killed it; Unschedulable carries the scheduler's message.
     """
     found: list[tuple[int, str, Problem]] = []
     for pod in pods:
@@ -155,26 +179,28 @@ def diagnose(pods: Iterable[Mapping[str, Any]]) -> Problem | None:
                 msg = f"pod {name} cannot be scheduled: {cond.get('message') or 'no node fits'}"
                 found.append((_RANK["Unschedulable"], str(name), Problem("Unschedulable", msg)))
         for cs in pod.get("containers") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            terminated = (cs.get("state") or {}).get("terminated") or {}
-            last = (cs.get("lastState") or {}).get("terminated") or {}
+            state = cs.get("state") or {}
+            waiting = state.get("waiting") or {}
             reason = waiting.get("reason")
             where = f"pod {name} container {cs.get('name')}"
+            crash = _crash(cs)
             if reason in _PULL or reason in _CONFIG:
                 msg = f"{where}: {reason}: {waiting.get('message') or ''}".rstrip(": ")
                 found.append((_RANK[reason], str(name), Problem(reason, msg)))
-            elif terminated.get("reason") == "OOMKilled" or (reason == "CrashLoopBackOff"
-                                                            and last.get("reason") == "OOMKilled"):
+            elif crash is not None and crash.get("reason") == "OOMKilled":
                 msg = (f"{where} was killed for using more memory than its limit "
                        f"(restarts: {cs.get('restartCount', 0)})")
                 found.append((_RANK["OOMKilled"], str(name), Problem("OOMKilled", msg)))
-            elif reason == "CrashLoopBackOff":
-                detail = last.get("message") or last.get("reason") or waiting.get("message") or ""
-                exit_code = last.get("exitCode")
-                msg = f"{where} keeps crashing (restarts: {cs.get('restartCount', 0)}"
+            elif crash is not None or reason == "CrashLoopBackOff":
+                crash = crash or {}
+                # The termination message: what the shim wrote (its engine's error), else the log's last lines.
+                detail = crash.get("message") or crash.get("reason") or waiting.get("message") or ""
+                exit_code = crash.get("exitCode")
+                restarts = cs.get("restartCount", 0)
+                msg = f"{where} keeps crashing (restarts: {restarts}" if restarts else f"{where} exited (restarts: 0"
                 msg += f", last exit code {exit_code})" if exit_code is not None else ")"
                 if detail:
-                    msg += f": {detail}"
+                    msg += f": {str(detail).strip()}"
                 found.append((_RANK["CrashLoopBackOff"], str(name), Problem("CrashLoopBackOff", msg)))
     if not found:
         return None

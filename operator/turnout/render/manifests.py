@@ -21,6 +21,8 @@ from typing import Any
 
 from turnout.api.types import ModelDeploymentSpec
 from turnout.config import OperatorConfig
+from turnout.hardware import parse_quantity
+from turnout.resolver.memory import bytes_per_param
 from turnout.resolver.plan import Plan
 from turnout.shimargs import EnvRef, ShimArgs
 from turnout.sources import PVC_ROOT, pvc_mount
@@ -40,6 +42,13 @@ PORT_NAME = "http"
 SHUTDOWN_GRACE_ENV = "TURNOUT_SHUTDOWN_GRACE_SECONDS"
 PRESTOP_SECONDS = 5
 SHUTDOWN_MARGIN_SECONDS = 5
+#: The startup probe's period and the time it allows the model to load (failureThreshold = budget / period).
+STARTUP_PERIOD_SECONDS = 1
+STARTUP_BUDGET_SECONDS = 30 * 60
+#: Memory requests are rounded up to this many MiB.
+MEMORY_STEP_MIB = 64
+#: The least CPU a CPU model pod requests (millicores): a model of a few MiB must not reserve a core.
+CPU_REQUEST_FLOOR_MILLI = 250
 ROLE_LABEL = "turnout.dev/role"  # leader | worker, on the pods of a multi-node group
 LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
 INFERENCE_POOL_API_VERSION = "inference.networking.k8s.io/v1"
@@ -132,11 +141,27 @@ def shim_args(
 
 
 def _mib(mib: int) -> str:
-    return f"{-(-mib // 1024)}Gi"
+    """MiB as a quantity, rounded up to :data:`MEMORY_STEP_MIB` (a few MiB of weights need no whole GiB)."""
+    return f"{-(-mib // MEMORY_STEP_MIB) * MEMORY_STEP_MIB}Mi"
+
+
+def cpu_request(plan: Plan) -> str:
+    """The CPU request of a model pod: a core on accelerators; on CPU a core per GiB of weights, from
+    :data:`CPU_REQUEST_FLOOR_MILLI` up to a core.
+
+    A request is what the scheduler reserves, not a cap (no CPU limit is set): a small model still uses every
+    idle core, and a 2-core node holds several tiny models instead of one.
+    """
+    m = plan.model
+    if plan.accelerator != "cpu" or m.size_b is None:
+        return "1"
+    weights_gib = m.size_b * 1e9 * bytes_per_param(m.format, m.quantization) / 2**30
+    milli = min(1000, max(CPU_REQUEST_FLOOR_MILLI, -(-int(weights_gib * 1000) // 50) * 50))
+    return "1" if milli == 1000 else f"{milli}m"
 
 
 def _resources(plan: Plan, spec: ModelDeploymentSpec) -> dict[str, Any]:
-    requests: dict[str, str] = {"cpu": "1"}
+    requests: dict[str, str] = {"cpu": cpu_request(plan)}
     limits: dict[str, str] = {}
     p = plan.placement
     if p.resource and p.devices:
@@ -146,10 +171,15 @@ def _resources(plan: Plan, spec: ModelDeploymentSpec) -> dict[str, Any]:
     if plan.accelerator == "cpu" and p.memory_needed_mib:
         requests["memory"] = _mib(p.memory_needed_mib)
     if spec.resources:
-        requests.update(spec.resources.requests or {})
+        user_requests = dict(spec.resources.requests or {})
         user_limits = dict(spec.resources.limits or {})
         if p.resource:
             user_limits.pop(p.resource, None)  # the plan owns the accelerator count
+        for key, limit in user_limits.items():
+            # A derived request above the user's limit would make the pod invalid: the limit caps it.
+            if key in requests and key not in user_requests and parse_quantity(requests[key]) > parse_quantity(limit):
+                requests[key] = limit
+        requests.update(user_requests)
         limits.update(user_limits)
     out: dict[str, Any] = {"requests": dict(sorted(requests.items()))}
     if limits:
@@ -265,11 +295,15 @@ def _pod_template(
         "env": _env(spec, shim_grace),
         "resources": _resources(plan, spec),
         "volumeMounts": mounts,
-        # Model load can take many minutes; the startup probe holds liveness off until then.
-        # Liveness asks /live (503 only once the engine is dead), so a slow load is not restarted.
-        # A worker of a multi-node group answers /health while its headless engine runs.
-        "startupProbe": _probe("/health", 10, 180),
-        "readinessProbe": _probe("/health", 5, 3),
+        # The startup probe asks every second, so a pod is Ready within about a second of /health
+        # answering (a 10 s period was most of a scale from zero); 1800 failures keep the same 30-minute
+        # budget for a long model load. It holds liveness off until then; liveness asks /live (503 only
+        # once the engine is dead), so a slow load is not restarted. An engine that fails to load does not
+        # wait out the budget: the shim exits with the engine's error as its termination message.
+        # Each probe is one HTTP GET the shim answers from memory. A worker of a multi-node group answers
+        # /health while its headless engine runs.
+        "startupProbe": _probe("/health", STARTUP_PERIOD_SECONDS, STARTUP_BUDGET_SECONDS // STARTUP_PERIOD_SECONDS),
+        "readinessProbe": _probe("/health", 1, 3),
         "livenessProbe": _probe("/live", 10, 3),
         "securityContext": {
             "allowPrivilegeEscalation": False,

@@ -174,9 +174,12 @@ def _fit_uncached(
     nodes = [n for n, r in node_reasons if r is None]
     need: int | None = None
     if model.size_b is not None:
-        need = needed_mib(
-            model.size_b, model.format, model.quantization, config.memory_headroom, config.memory_overhead_mib
-        )
+        # On CPU the engine's measured baseline, not the accelerator runtime's overhead: a tiny model must not
+        # ask for a GiB it never uses (the need becomes the pod's memory request).
+        overhead = config.memory_overhead_mib
+        if accelerator == "cpu" and engine.cpu_baseline_mib is not None:
+            overhead = engine.cpu_baseline_mib
+        need = needed_mib(model.size_b, model.format, model.quantization, config.memory_headroom, overhead)
     if accelerator in ("nvidia", "ascend"):
         return _fit_devices(model, engine, accelerator, nodes, spec, need, features, max_devices)
     return _fit_host(model, accelerator, nodes, need)

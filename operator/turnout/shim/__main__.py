@@ -10,16 +10,19 @@ from contextlib import suppress
 from types import FrameType
 from typing import Any
 
-from turnout.shimargs import ShimArgs
+from turnout.shimargs import TERMINATION_LOG, TERMINATION_LOG_ENV, ShimArgs
 
 GRACE_ENV = "TURNOUT_SHUTDOWN_GRACE_SECONDS"
 DEFAULT_GRACE_SECONDS = 30
 LOG_LEVEL_ENV = "TURNOUT_LOG_LEVEL"
 ACCESS_LOG_ENV = "TURNOUT_ACCESS_LOG"
+#: the kubelet reads at most this much of a termination message file
+MAX_TERMINATION_BYTES = 4096
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the shim until SIGTERM/SIGINT; returns the exit status."""
+    """Run the shim until SIGTERM/SIGINT (0), or until its engine cannot serve (1, the reason written as the
+    termination message); returns the exit status."""
     args = ShimArgs.parse(sys.argv[1:] if argv is None else argv)
     level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -31,12 +34,27 @@ def main(argv: list[str] | None = None) -> int:
     from turnout.shim.app import create_app
     from turnout.shim.backends import create_backend
 
+    fatal: list[str] = []
+    server: Any = None
+
+    def on_fatal(message: str) -> None:
+        # The engine cannot serve: exit (the kubelet restarts the container, CrashLoopBackOff) with the
+        # reason as the termination message, instead of answering 503 until the startup probe gives up.
+        if fatal:
+            return
+        fatal.append(message)
+        log.error("exiting: %s", message)
+        write_termination_message(message)
+        if server is not None:
+            server.stop_soon()
+
     try:
         grace = int(os.environ.get(GRACE_ENV, DEFAULT_GRACE_SECONDS))
         backend = create_backend(args)
-        app = create_app(backend, args)
+        app = create_app(backend, args, on_fatal=on_fatal)
     except (ValueError, TypeError, ImportError) as exc:
         log.error("cannot start: %s", exc)
+        write_termination_message(f"cannot start: {exc}")
         return 2
     log.info("serving %s (%s, %s) with %s on %s:%d", args.served_model_name, args.model_type,
              args.device, args.engine, args.host, args.port)
@@ -47,7 +65,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     server = _server_class(uvicorn.Server)(config)
     server.run()
-    return 0
+    return 1 if fatal else 0
+
+
+def termination_log() -> str | None:
+    """Where the termination message goes: ``$TURNOUT_TERMINATION_LOG``, else the kubelet's
+    ``/dev/termination-log`` when it exists (never created elsewhere: outside a pod there is none)."""
+    named = os.environ.get(TERMINATION_LOG_ENV)
+    if named:
+        return named
+    return TERMINATION_LOG if os.path.exists(TERMINATION_LOG) else None
+
+
+def write_termination_message(message: str) -> None:
+    """Write ``message`` (at most the kubelet's 4096 bytes) as the container's termination message."""
+    path = termination_log()
+    if path is None:
+        return
+    data = message.encode(errors="replace")[:MAX_TERMINATION_BYTES]
+    try:
+        with open(path, "wb") as handle:
+            handle.write(data)
+    except OSError as exc:
+        logging.getLogger("turnout.shim").warning("cannot write the termination message to %s: %s", path, exc)
 
 
 def _fast_or_auto(module: str, log: logging.Logger) -> str:
@@ -73,18 +113,32 @@ def _server_class(base: type[Any]) -> type[Any]:
     class Server(base):  # type: ignore[misc, valid-type]
         _wake: asyncio.Event | None = None
         _loop: asyncio.AbstractEventLoop | None = None
+        _stop_requested = False
 
         async def main_loop(self) -> None:
             self._loop = asyncio.get_running_loop()
             self._wake = asyncio.Event()
             counter = 0
-            while not await self.on_tick(counter):
+            while not self._stop_requested and not await self.on_tick(counter):
                 counter = (counter + 10) % 864000  # on_tick refreshes the Date header when counter % 10 == 0
                 with suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), 1.0)
+            self.should_exit = True
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             super().handle_exit(sig, frame)
+            self._wake_up()
+
+        def stop_soon(self) -> None:
+            """Shut down gracefully, as after SIGTERM, but without a signal to re-raise at the end.
+
+            Honoured by the main loop, so that a request made while uvicorn is still starting up leads to
+            the full shutdown (the lifespan's, which stops the engine) rather than a bare return.
+            """
+            self._stop_requested = True
+            self._wake_up()
+
+        def _wake_up(self) -> None:
             if self._loop is not None and self._wake is not None:
                 with suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self._wake.set)

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +47,8 @@ from turnout.shimargs import ShimArgs
 log = logging.getLogger("turnout.shim")
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+#: How often a running engine is checked for a death it cannot recover from (one function call).
+ENGINE_WATCH_SECONDS = 1.0
 MAX_BODY_ENV = "TURNOUT_MAX_BODY_BYTES"
 
 
@@ -86,12 +88,15 @@ async def fetch_model(backend: Backend) -> None:
 
 
 def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
-               max_body_bytes: int | None = None) -> FastAPI:
+               max_body_bytes: int | None = None, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
     """Build the app serving ``backend`` as ``args.served_model_name``.
 
     ``api_key`` is a fixed key; without one the key comes from
     ``args.api_key_file`` (when set) and follows that file as it is rotated;
     ``max_body_bytes`` defaults to ``$TURNOUT_MAX_BODY_BYTES`` or 4 MiB.
+    ``on_fatal(message)`` is called once when the engine cannot serve any more: its start failed, or it
+    died for good (:attr:`Health.final`, checked every second); ``turnout-shim`` then exits (see
+    ``__main__``). Without it the app stays up and ``/health`` says the engine is dead.
     """
     key: str | ApiKeyFile | None = api_key
     if api_key is None and args.api_key_file:
@@ -118,8 +123,16 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
         except Exception as exc:
             rt.start_error = str(exc) or type(exc).__name__
             log.error("%s failed to start: %s", args.engine, rt.start_error, exc_info=exc)
-        else:
-            log.info("%s is ready; serving %s", args.engine, served)
+            if on_fatal is not None:
+                on_fatal(f"{args.engine} failed to start: {rt.start_error}")
+            return
+        log.info("%s is ready; serving %s", args.engine, served)
+        while on_fatal is not None:
+            await asyncio.sleep(ENGINE_WATCH_SECONDS)
+            state = backend.health()
+            if state.state is State.DEAD and state.final:
+                on_fatal(state.message or f"{args.engine} died")
+                return
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

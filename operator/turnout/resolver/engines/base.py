@@ -44,6 +44,10 @@ class Engine:
     splits_heads: bool = False
     #: how a replica spans several nodes (engine's own multi-node mode); None: one node only
     multi_node: MultiNodeLayout | None = None
+    #: On CPU: the resident memory (MiB) of turnout-shim serving a model with this engine, beyond the
+    #: weights × headroom: interpreter, libraries, the engine's buffers. Measured (docs/operator.md,
+    #: "Resource requests"); None: the operator config's memoryOverheadMib.
+    cpu_baseline_mib: int | None = None
 
 
 def architecture_reason(engine: str, model: ResolvedModel, ctx: Context) -> str | None:

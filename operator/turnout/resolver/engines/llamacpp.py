@@ -14,4 +14,9 @@ def check_model(model: ResolvedModel, accelerator: str, ctx: Context) -> str | N
     return None
 
 
-ENGINE = Engine(name="llama.cpp", accelerators=("nvidia", "metal", "cpu"), check_model=check_model)
+#: turnout-shim with xllamacpp serving the tiny GGUF (builtin://tiny-llama.gguf) on CPU peaked at 107 MiB RSS
+#: (VmHWM after 9 chat requests, 8 at once; `turnout up -f examples/tiny-chat-gguf.yaml`): + 10%, rounded up to
+#: 64 MiB. The weights and their KV cache come on top (weights × memoryHeadroom).
+CPU_BASELINE_MIB = 128
+ENGINE = Engine(name="llama.cpp", accelerators=("nvidia", "metal", "cpu"), check_model=check_model,
+                cpu_baseline_mib=CPU_BASELINE_MIB)

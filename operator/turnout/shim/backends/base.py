@@ -63,8 +63,11 @@ class State(enum.Enum):
 
 @dataclass
 class Health:
+    """``final``: DEAD for good (the engine process exited, the generation loop died): the shim exits."""
+
     state: State
     message: str = ""
+    final: bool = False
 
 
 class BackendError(Exception):

@@ -153,6 +153,7 @@ class ProxyBackend(Backend):
         self._tasks: list[asyncio.Task[None]] = []
         self._active: set[EngineResponse] = set()
         self._stopped = False
+        self._final = False  # DEAD for good: the engine process exited
         self._card: dict[str, Any] = {}
 
     # -- what each engine module provides --------------------------------------------
@@ -240,6 +241,7 @@ class ProxyBackend(Backend):
             return
         self._state = State.DEAD
         self._message = f"{self.engine} exited with code {code}"
+        self._final = True  # a process that exited does not come back: the shim exits too
         log.error("%s exited with code %s", self.engine, code)
         # Streams whose socket the kernel closed end by themselves; give them a moment,
         # then close whatever is left so no client waits forever.
@@ -289,7 +291,7 @@ class ProxyBackend(Backend):
             return False
 
     def health(self) -> Health:
-        return Health(self._state, self._message)
+        return Health(self._state, self._message, final=self._final)
 
     async def stop(self) -> None:
         self._stopped = True

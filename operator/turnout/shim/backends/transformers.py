@@ -335,7 +335,8 @@ class TransformersBackend(Backend):
 
     def health(self) -> Health:
         if self._health.state is State.READY and self.scheduler is not None and not self.scheduler.alive:
-            return Health(State.DEAD, f"the generation loop died: {self.scheduler.error or 'unknown error'}")
+            return Health(State.DEAD, f"the generation loop died: {self.scheduler.error or 'unknown error'}",
+                          final=True)
         return self._health
 
     def model_card(self) -> dict[str, Any]:
