@@ -85,6 +85,7 @@ def test_up_serves_answers_and_stops_cleanly_on_sigterm(tiny_model, free_port: i
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Serving tiny-chat at" in err and "curl" in err and "from openai import OpenAI" in err
+    assert err.splitlines()[-2:] == ["turnout up: stopping …", "turnout up: stopped"]
     deadline = time.monotonic() + 10
     while any(_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -127,6 +128,7 @@ def test_up_serves_several_models_behind_one_port(tiny_model, free_port: int, tm
         _, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err
     assert "Serving tiny-gguf, tiny-hf at" in err
+    assert err.splitlines()[-2:] == ["turnout up: stopping …", "turnout up: stopped"]
     deadline = time.monotonic() + 10
     while any(_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
