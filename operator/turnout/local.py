@@ -241,6 +241,7 @@ def listen(host: str, port: int) -> list[socket.socket]:
         raise LocalError(f"--host {host}: {exc.strerror}; pass an address of this machine, "
                          "e.g. --host 127.0.0.1") from None
     sockets: list[socket.socket] = []
+    unavailable: OSError | None = None
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
             sock = socket.socket(family, kind, proto)
@@ -252,7 +253,12 @@ def listen(host: str, port: int) -> list[socket.socket]:
                 sock.bind(address)
                 sock.listen()
             except OSError as exc:
-                raise LocalError(_listen_error(host, port, exc)) from None
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    raise LocalError(_listen_error(host, port, exc)) from None
+                unavailable = exc  # a family not enabled here (asyncio skips it too, bpo-30945)
+                sockets.pop().close()
+        if not sockets and unavailable is not None:
+            raise LocalError(_listen_error(host, port, unavailable))
     except BaseException:
         for sock in sockets:
             sock.close()
