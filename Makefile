@@ -64,13 +64,15 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
+	$(PY) scripts/check-conflict-markers.py
 	$(VENV)/bin/ruff check operator tests scripts benchmarks e2e
 	$(VENV)/bin/lint-imports
 	$(PY) -m turnout.api.crd --check
 	$(PY) scripts/sync-chart-crds.py --check
 	$(PY) scripts/sync-chart-rbac.py --check
 
-# Fast checks that generated files and lint are clean (the before-stop hook runs this).
+# Fast checks that no tracked file holds merge-conflict markers and that generated files and lint are
+# clean (the before-stop hook runs this).
 verify: lint
 
 crds: setup

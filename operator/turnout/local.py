@@ -10,10 +10,12 @@ process outlives ``turnout up``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,7 +32,7 @@ from turnout.hardware import parse_nodes
 from turnout.localhw import Probes, detect_node
 from turnout.progress import Step
 from turnout.render import shim_args
-from turnout.resolver import Plan, Rejection, resolve
+from turnout.resolver import Plan, Rejection, explain_rejection, resolve
 from turnout.shimargs import ShimArgs
 
 #: engine -> (extra that installs it, modules it needs)
@@ -58,8 +60,8 @@ def plan_locally(md: ModelDeployment, config: OperatorConfig | None = None, prob
     """Resolve a deployment for this machine; LocalError with every engine's reason when none fits."""
     result = resolve(md.spec, parse_nodes([detect_node(probes)]), config)
     if isinstance(result, Rejection):
-        reasons = "\n".join(f"  {r.engine}: {r.reason}" for r in result.rejected)
-        raise LocalError(f"resolving {md.metadata.name}: {result.message}\n{reasons}")
+        head, *rest = explain_rejection(result.message, ((r.engine, r.reason) for r in result.rejected))
+        raise LocalError("\n  ".join([f"resolving {md.metadata.name}: {head}", *rest]))
     return result
 
 
@@ -232,18 +234,72 @@ def snippets(url: str, served: str, model_type: str = "llm") -> str:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` right now (for a shim behind the local gateway)."""
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
-def serve_behind_gateway(servers: dict[str, LocalServer], host: str, port: int, out: TextIO = sys.stderr) -> int:
-    """Serve every running shim (by served name) behind one gateway on ``host:port`` until a signal or a shim exits.
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address of ``host`` at ``port``, bound as uvicorn binds them.
+
+    Called before any engine starts, so a port in use is one LocalError that names the fix
+    rather than a bind error after minutes of loading.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise LocalError(f"--host {host}: {exc.strerror}; pass an address of this machine, "
+                         "e.g. --host 127.0.0.1") from None
+    sockets: list[socket.socket] = []
+    unavailable: OSError | None = None
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+                sock.listen()
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    raise LocalError(_listen_error(host, port, exc)) from None
+                unavailable = exc  # a family not enabled here (asyncio skips it too, bpo-30945)
+                sockets.pop().close()
+        if not sockets and unavailable is not None:
+            raise LocalError(_listen_error(host, port, unavailable))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def check_port(host: str, port: int) -> None:
+    """LocalError naming the fix when ``host:port`` cannot be listened on now."""
+    for sock in listen(host, port):
+        sock.close()
+
+
+def _listen_error(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is in use on {host}; pass --port N or stop what listens there"
+    if exc.errno == errno.EACCES and port < 1024:
+        return f"port {port} needs privileges on this machine; pass --port N with N of 1024 or more"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine; pass --host 127.0.0.1 (or 0.0.0.0 for every address)"
+    return f"cannot listen on {host}:{port}: {exc.strerror}"
+
+
+def serve_behind_gateway(
+    servers: dict[str, LocalServer], sockets: list[socket.socket], out: TextIO = sys.stderr
+) -> int:
+    """Serve every running shim (by served name) behind one gateway on ``sockets`` until a signal or a shim exits.
 
     The gateway is the cluster's (:mod:`turnout.gateway`) with static endpoints: requests go by ``model``,
-    ``/v1/models`` lists them all. Returns 0 after a signal, 1 when a shim exited on its own.
+    ``/v1/models`` lists them all. ``sockets`` come from :func:`listen`, bound before the engines
+    started. Returns 0 after a signal, 1 when a shim exited on its own.
     """
     import asyncio
 
@@ -261,6 +317,7 @@ def serve_behind_gateway(servers: dict[str, LocalServer], host: str, port: int, 
     died: list[str] = []
 
     async def main() -> int:
+        host, port = sockets[0].getsockname()[:2]
         gateway = uvicorn.Server(config(GatewayApp(StaticSource(models)), host, port, log_level="warning"))
 
         async def watch() -> None:
@@ -273,7 +330,7 @@ def serve_behind_gateway(servers: dict[str, LocalServer], host: str, port: int, 
 
         watcher = asyncio.ensure_future(watch())
         try:
-            await gateway.serve()
+            await gateway.serve(sockets=sockets)
         finally:
             watcher.cancel()
         return 0 if gateway.started else 1

@@ -11,6 +11,7 @@ far a build or a download is.
 
 from __future__ import annotations
 
+import difflib
 import os
 import posixpath
 from collections.abc import Callable
@@ -56,6 +57,16 @@ def parse(uri: str) -> Source:
     if scheme in ("pvc", "hf", "s3") and ".." in rest.split("/"):
         raise SourceError(f"{uri}: '..' is not allowed in a {scheme}:// path")
     return Source(scheme, rest)
+
+
+def check_builtin(uri: str) -> None:
+    """SourceError naming the built-in models (and the closest) when ``uri`` is an unknown ``builtin://``."""
+    if not uri.startswith("builtin://") or uri.removeprefix("builtin://") in BUILTIN_MODELS:
+        return
+    close = difflib.get_close_matches(uri.removeprefix("builtin://"), BUILTIN_MODELS, n=1)
+    hint = f"did you mean builtin://{close[0]}? " if close else ""
+    known = ", ".join(f"builtin://{name}" for name in BUILTIN_MODELS)
+    raise SourceError(f"{uri}: no such built-in model; {hint}the built-in models are {known}")
 
 
 def pvc_mount(uri: str) -> tuple[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,71 @@ def test_console_script_runs_without_traceback(tmp_path: Path) -> None:
     f.write_text("{not yaml")
     done = subprocess.run([sys.executable, "-m", "turnout", "plan", "-f", str(f)], capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def _deployment(tmp_path: Path, model: str) -> Path:
+    f = tmp_path / "md.yaml"
+    f.write_text("apiVersion: turnout.dev/v1alpha1\nkind: ModelDeployment\nmetadata: {name: x}\n"
+                 f"spec: {{model: {model}}}\n")
+    return f
+
+
+def test_a_reason_every_engine_gives_is_printed_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    f = _deployment(tmp_path, "{name: no-such-model}")
+    code, out, _ = plan(capsys, "-f", str(f), "--nodes", MIXED, "-o", "summary")
+    assert code == 1
+    assert out == ("x: REJECTED — unknown model 'no-such-model': not in the catalog (or give model.uri) "
+                   "(all engines: vllm, sglang, llama.cpp, transformers, mlx)\n")
+    code, out, _ = plan(capsys, "-f", str(f), "--nodes", MIXED, "-o", "json")
+    assert [r["engine"] for r in json.loads(out)[0]["rejected"]] == ["vllm", "sglang", "llama.cpp", "transformers",
+                                                                      "mlx"], "the API keeps one entry per engine"
+
+
+def test_engines_with_the_same_reason_share_a_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = plan(capsys, "-f", str(EXAMPLES / "qwen-gguf-cpu.yaml"), "--nodes",
+                        str(EXAMPLES / "nodes" / "cpu-only.yaml"), "-o", "summary")
+    assert code == 0
+    reasons = [line for line in out.splitlines()[3:] if not line.startswith("  note:")]
+    assert len(reasons) == len({line.split(": ", 1)[1] for line in reasons}), "no reason printed twice"
+
+
+@pytest.mark.parametrize("uri, hint", [("builtin://tiny-llamma", "did you mean builtin://tiny-llama? "),
+                                       ("builtin://qwen", "")])
+def test_an_unknown_builtin_model_is_found_at_plan_time(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                         uri: str, hint: str) -> None:
+    f = _deployment(tmp_path, f"{{uri: '{uri}', size: 0.01}}")
+    code, out, err = plan(capsys, "-f", str(f), "--nodes", MIXED)
+    assert code == 2 and out == ""
+    assert err == (f"turnout plan: error: {f}: document 1 (x): spec.model.uri: {uri}: no such built-in model; "
+                   f"{hint}the built-in models are builtin://tiny-llama, builtin://tiny-llama.gguf\n")
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    import argparse
+
+    from turnout.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.Action]]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from walk(sub)
+            elif not isinstance(action, argparse._HelpAction):
+                yield parser.prog, action
+
+    missing = [f"{prog} {'/'.join(a.option_strings) or a.dest}" for prog, a in walk(build_parser()) if not a.help]
+    assert missing == []
+    defaults = [f"{prog} {'/'.join(a.option_strings)}" for prog, a in walk(build_parser())
+                if a.option_strings and a.default not in (None, False, [], argparse.SUPPRESS)
+                and "default" not in a.help]
+    assert defaults == [], "an option with a default says it in its help"
+
+
+def test_agent_usage_shows_the_subcommand_as_optional() -> None:
+    from turnout.cli import build_parser
+
+    usage = build_parser("agent")._subparsers._group_actions[0].choices["agent"].format_usage()
+    assert usage.splitlines() == [
+        "usage: turnout agent --node-name NAME [--bootstrap-kubeconfig FILE] [options]   (run the agent)",
+        "       turnout agent join-token --node-name NAME [-o FILE] [options]   (admin)",
+    ]

@@ -56,6 +56,12 @@ async def test_unknown_model_bad_json_and_missing_model(fake, gateway) -> None:
         assert r.status_code == 404
         err = r.json()["error"]
         assert err["code"] == "model_not_found" and "'chat'" in err["message"] and err["param"] == "model"
+        assert err["type"] == "not_found_error"
+        for method, path in (("GET", "/v1/engines"), ("POST", "/v1/responses"), ("GET", "/nothing/here")):
+            r = await http.request(method, path)
+            assert r.status_code == 404, (method, path)
+            assert r.json()["error"] == {"message": f"no route {method} {path}", "type": "not_found_error",
+                                         "param": None, "code": "not_found"}
         r = await http.post("/v1/chat/completions", content=b"{not json")
         assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
         r = await http.post("/v1/embeddings", json={"input": "x"})

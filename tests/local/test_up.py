@@ -88,6 +88,7 @@ def test_up_serves_answers_and_stops_cleanly_on_sigterm(tiny_model, free_port: i
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert f"Serving {served} at" in err and "curl" in err and "chat.completions.create" in err
+    assert err.splitlines()[-2:] == ["turnout up: stopping …", "turnout up: stopped"]
     deadline = time.monotonic() + 10
     while any(_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -168,6 +169,7 @@ def test_up_serves_the_four_offline_examples_behind_one_port(tiny_model, free_po
     err = log.read_text()
     assert proc.returncode == 0, err
     assert f"Serving {', '.join(FOUR[e][0] for e in FOUR)} at" in err
+    assert err.splitlines()[-2:] == ["turnout up: stopping …", "turnout up: stopped"]
     deadline = time.monotonic() + 10
     while any(_alive(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -175,7 +175,7 @@ REJECTIONS = [
         {
             "transformers": "awq weights need a CUDA GPU",
             "llama.cpp": "serves gguf weights, not awq",
-            "vllm": "needs a nvidia/ascend node; none can take its pods",
+            "vllm": "needs an nvidia/ascend node; none can take its pods",
         },
     ),
     (
@@ -227,7 +227,7 @@ REJECTIONS = [
         "no-nodes",
         {"model": {**QWEN7, "format": "gguf"}},
         [],
-        {"llama.cpp": "needs a nvidia/metal/cpu node; none can take"},
+        {"llama.cpp": "needs an nvidia/metal/cpu node; none can take"},
     ),
     (
         "explicit-engine-never-switches",

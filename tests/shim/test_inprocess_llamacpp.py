@@ -184,6 +184,37 @@ async def test_too_long_prompt_is_400(llm: LlamaCppBackend) -> None:
     assert err.value.status == 400 and err.value.code == "context_length_exceeded"
 
 
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+
+
+@in_module_loop
+@pytest.mark.parametrize("part", [IMAGE, AUDIO], ids=["image_url", "input_audio"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_media_part_to_a_text_model_is_400(llm: LlamaCppBackend, part: dict, stream: bool) -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, part]}]
+    with pytest.raises(BackendError) as err:
+        await llm.chat({"messages": messages, "max_tokens": 4, "stream": stream})
+    assert err.value.envelope()["error"] == {
+        "message": f"messages[0] has an '{part['type']}' part; this model reads text only",
+        "type": "invalid_request_error", "param": "messages", "code": "unsupported"}
+
+
+@in_module_loop
+async def test_llama_servers_own_answer_to_a_media_part_is_400(llm: LlamaCppBackend) -> None:
+    """With a projector set, parts go to llama-server; it answers a part its model cannot read with a 500."""
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Listen"}, AUDIO]}]
+    llm.reads_media = True  # as with engine arg mmproj.path; the tiny model still reads no audio
+    try:
+        for stream in (False, True):
+            with pytest.raises(BackendError) as err:
+                await llm.chat({"messages": messages, "max_tokens": 4, "stream": stream})
+            assert (err.value.status, err.value.type, err.value.code) == (400, "invalid_request_error", "unsupported")
+            assert err.value.message.startswith("audio input is not supported")
+    finally:
+        llm.reads_media = False
+
+
 @in_module_loop
 async def test_llm_does_not_embed(llm: LlamaCppBackend) -> None:
     with pytest.raises(BackendError) as err:
@@ -414,6 +445,15 @@ async def test_rerank_with_a_cross_encoder_gguf(minilm_dir: Path, tmp_path: Path
 # ---- configuration ----------------------------------------------------------------------------
 
 
+def test_a_projector_lets_media_parts_through(tiny_model: Any) -> None:
+    b = LlamaCppBackend(_args(tiny_model.gguf_path))
+    b.params()
+    assert b.reads_media is False
+    b = LlamaCppBackend(_args(tiny_model.gguf_path, engine_args={"mmproj.path": "/models/mmproj.gguf"}))
+    b.params()
+    assert b.reads_media is True
+
+
 def test_engine_args_map_onto_common_params() -> None:
     import xllamacpp
 
@@ -508,6 +548,11 @@ def test_openai_client_chat_stream_completions(tiny_model: Any, free_port_factor
         with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(model="tiny-gguf", messages=[{"role": "user", "content": "harbour " * 5000}])
         assert err.value.body["code"] == "context_length_exceeded"  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="tiny-gguf", max_tokens=4, messages=[
+                {"role": "user", "content": [{"type": "text", "text": "What is this?"}, IMAGE]}])
+        assert err.value.body == {"message": "messages[0] has an 'image_url' part; this model reads text only",
+                                  "type": "invalid_request_error", "param": "messages", "code": "unsupported"}
 
 
 def test_streamed_tool_call_deltas_merge_into_one_message() -> None:

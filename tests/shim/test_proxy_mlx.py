@@ -61,3 +61,16 @@ def test_mlx_completions(shim: RunningShim) -> None:
     r = shim.openai().completions.create(model=SERVED, prompt="The harbour", max_tokens=5, temperature=0)
     assert r.model == SERVED
     assert r.choices[0].text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_mlx_media_part_is_a_400_envelope(shim: RunningShim, stream: bool) -> None:
+    # mlx_lm reads text only (the tiny model has no image processor): a client mistake, not a server error
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}],
+            "max_tokens": 4, "stream": stream}
+    with shim.http() as h:
+        r = h.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["message"]
+        assert h.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 2}).status_code == 200

@@ -102,6 +102,17 @@ def test_vllm_disconnect_stops_generation_in_vllm(shim: RunningShim) -> None:
     assert _vllm_metric(shim, "vllm:generation_tokens_total") - tokens < 480
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_vllm_media_part_to_a_text_model_is_a_400_envelope(shim: RunningShim, stream: bool) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image]}],
+            "max_tokens": 4, "stream": stream}
+    with shim.http() as h:
+        r = h.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["message"]
+
+
 def test_vllm_model_card_has_context_length(shim: RunningShim) -> None:
     models = shim.http().get("/v1/models").json()["data"]
     assert models[0]["id"] == SERVED

@@ -128,20 +128,26 @@ def test_unknown_fields_are_ignored_by_the_shim(http: httpx.Client) -> None:
 
 def test_404_unknown_route(http: httpx.Client) -> None:
     err = assert_envelope(http.get("/v1/engines"), 404, "not_found")
-    assert "/v1/engines" in err["message"]
-    assert_envelope(http.get("/nothing/here"), 404, "not_found")
+    assert "/v1/engines" in err["message"] and err["type"] == "not_found_error"
+    assert assert_envelope(http.get("/nothing/here"), 404, "not_found")["type"] == "not_found_error"
+    assert assert_envelope(http.post("/v1/responses", json={}), 404, "not_found")["type"] == "not_found_error"
 
 
 def test_404_unknown_model(http: httpx.Client) -> None:
     err = assert_envelope(http.post("/v1/completions", json={"model": "other", "prompt": "x"}), 404,
                           "model_not_found")
-    assert err["param"] == "model"
-    assert_envelope(http.get("/v1/models/other"), 404, "model_not_found")
+    assert err["param"] == "model" and err["type"] == "not_found_error"
+    assert assert_envelope(http.get("/v1/models/other"), 404, "model_not_found")["type"] == "not_found_error"
 
 
-def test_404_endpoint_the_model_does_not_serve(http: httpx.Client) -> None:
-    assert_envelope(http.post("/v1/embeddings", json={"input": "x"}), 404, "unsupported")
-    assert_envelope(http.post("/v1/rerank", json={"query": "q", "documents": ["d"]}), 404, "unsupported")
+def test_404_endpoint_the_model_does_not_serve(shim: RunningShim, http: httpx.Client) -> None:
+    for r in (http.post("/v1/embeddings", json={"input": "x"}),
+              http.post("/v1/rerank", json={"query": "q", "documents": ["d"]})):
+        err = assert_envelope(r, 404, "unsupported")
+        assert err["type"] == "not_found_error" and "(it is an llm model)" in err["message"]
+    client = openai.OpenAI(base_url=shim.base_url + "/v1", api_key=KEY, max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="does not serve embeddings"):
+        client.embeddings.create(model="standin-chat", input="x")
 
 
 def test_405_wrong_method(http: httpx.Client) -> None:

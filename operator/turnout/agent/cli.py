@@ -22,7 +22,8 @@ from turnout.kube.credentials import CredentialsError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from turnout.agent import jointoken
 
-    sub = parser.add_subparsers(dest="agent_command", metavar="{join-token}")
+    sub = parser.add_subparsers(dest="agent_command", title="commands", metavar="COMMAND",
+                                description="optional: without one, the agent runs")
     join = sub.add_parser("join-token", help="(admin) make a host's bootstrap token and bootstrap kubeconfig",
                           description=jointoken.__doc__.split("\n")[0])
     jointoken.add_arguments(join)
@@ -49,7 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-pods-on-exit", action="store_true",
                         help="stop the pods' processes when the agent exits (default: leave them running and "
                              "adopt them on the next start)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    # Set after add_subparsers, which derives the subcommand's prog from the usage: argparse would list the
+    # optional subcommand as a required positional.
+    parser.usage = ("%(prog)s --node-name NAME [--bootstrap-kubeconfig FILE] [options]   (run the agent)\n"
+                    "       %(prog)s join-token --node-name NAME [-o FILE] [options]   (admin)")
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:

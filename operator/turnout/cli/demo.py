@@ -18,9 +18,10 @@ DEMO_FILE = "tiny-chat.yaml"  # the copy of examples/tiny-chat.yaml shipped in t
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--filename", help="ModelDeployment to serve (default: the bundled tiny model)")
-    p.add_argument("--prompt", default="Say hello to turnout.", help="what to ask")
-    p.add_argument("--max-tokens", type=int, default=24)
-    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--prompt", default="Say hello to turnout.", help="what to ask (default: %(default)r)")
+    p.add_argument("--max-tokens", type=int, default=24, help="most tokens in the answer (default 24)")
+    p.add_argument("--timeout", type=float, default=600,
+                   help="seconds to wait for the engine to be ready (default 600)")
 
 
 def bundled() -> ModelDeployment:

@@ -20,7 +20,8 @@ from turnout.api import KIND, ModelDeployment
 from turnout.config import ConfigError, OperatorConfig, load_config
 from turnout.hardware import LWS_API_VERSION, ClusterFeatures, Hardware, parse_nodes
 from turnout.render import endpoint, render
-from turnout.resolver import Plan, resolve
+from turnout.resolver import Plan, explain_rejection, grouped_reasons, resolve
+from turnout.sources import SourceError, check_builtin
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,7 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the cluster's APIs as `kubectl api-versions` prints them (LeaderWorkerSet is read from it)",
     )
-    p.add_argument("-o", "--output", choices=("yaml", "json", "summary"), default="yaml")
+    p.add_argument("-o", "--output", choices=("yaml", "json", "summary"), default="yaml",
+                   help="yaml or json: each plan with its manifests; summary: a few lines per deployment "
+                        "(default: yaml)")
 
 
 def _read_docs(path: str, what: str) -> list[Any]:
@@ -74,14 +77,20 @@ def load_deployments(path: str) -> list[ModelDeployment]:
     for i, doc in enumerate(items, 1):
         if not isinstance(doc, dict) or doc.get("kind") != KIND:
             kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
-            raise CLIError(f"{path}: document {i} is a {kind}, not a {KIND}")
+            article = "an" if str(kind)[:1].lower() in "aeiou" else "a"
+            raise CLIError(f"{path}: document {i} is {article} {kind}, not a {KIND}")
+        name = (doc.get("metadata") or {}).get("name", "?")
         try:
-            out.append(ModelDeployment.model_validate(doc))
+            md = ModelDeployment.model_validate(doc)
         except ValidationError as exc:
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
-            name = (doc.get("metadata") or {}).get("name", "?")
             raise CLIError(f"{path}: document {i} ({name}): {where}: {err['msg']}") from None
+        try:
+            check_builtin(md.spec.model.uri or "")
+        except SourceError as exc:
+            raise CLIError(f"{path}: document {i} ({name}): spec.model.uri: {exc}") from None
+        out.append(md)
     return out
 
 
@@ -157,6 +166,7 @@ def _placement_line(r: dict[str, Any]) -> str:
 def _summary(results: list[dict[str, Any]]) -> str:
     lines = []
     for r in results:
+        pairs = [(x["engine"], x["reason"]) for x in r["rejected"]]
         if r["engine"]:
             m = r["model"]
             lines.append(
@@ -165,9 +175,11 @@ def _summary(results: list[dict[str, Any]]) -> str:
             lines.append(f"  why: {r['reason']}")
             lines.append(_placement_line(r))
             lines.extend(f"  note: {n}" for n in r.get("notes", []))
+            lines.extend(f"  {line}" for line in grouped_reasons(pairs))
         else:
-            lines.append(f"{r['name']}: REJECTED — {r['reason']}")
-        lines.extend(f"  {x['engine']}: {x['reason']}" for x in r["rejected"])
+            head, *rest = explain_rejection(r["reason"], pairs)
+            lines.append(f"{r['name']}: REJECTED — {head}")
+            lines.extend(f"  {line}" for line in rest)
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,9 @@
 One file: its shim listens on ``--port`` itself. Several: each shim listens on
 a loopback port of its own and the gateway (``turnout.gateway``, with static
 endpoints) serves them all on ``--port``, routing by the request's ``model``.
+``--port`` is checked (several: bound) before any engine starts. Each model
+runs one local replica, whatever its ``replicas`` or ``autoscaling`` say (a
+note says so).
 """
 
 from __future__ import annotations
@@ -26,8 +29,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="YAML file with a ModelDeployment (repeat to serve several behind one port)")
     p.add_argument("--name", help="which ModelDeployment of each file (default: the first)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the engine to be ready")
+    p.add_argument("--port", type=port_number, default=DEFAULT_PORT,
+                   help=f"port to listen on (default {DEFAULT_PORT})")
+    p.add_argument("--timeout", type=float, default=1800,
+                   help="seconds to wait for each engine to be ready (default 1800)")
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return port
+
+
+def replicas_note(md: ModelDeployment) -> str | None:
+    """What ``up`` does with a deployment's replica count: it serves one replica locally."""
+    spec = md.spec
+    if spec.autoscaling is not None:
+        wanted = f"autoscaling: {spec.autoscaling.min_replicas}-{spec.autoscaling.max_replicas} replicas"
+    elif spec.replicas != 1:
+        wanted = f"replicas: {spec.replicas}"
+    else:
+        return None
+    return f"note: {md.metadata.name} has {wanted}; turnout up serves one local replica (a cluster runs the rest)"
 
 
 def pick(path: str, name: str | None) -> ModelDeployment:
@@ -80,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
+        local.check_port(args.host, args.port)
+        _print_replicas_notes([md])
         server = start(md, args.host, args.port, args.timeout)
     except local.LocalError as exc:
         raise CLIError(str(exc)) from None
@@ -92,7 +122,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print("turnout up: stopping …", file=sys.stderr, flush=True)
     server.stop()
+    print("turnout up: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _print_replicas_notes(mds: list[ModelDeployment]) -> None:
+    for md in mds:
+        if note := replicas_note(md):
+            print(f"turnout up: {note}", file=sys.stderr)
 
 
 def run_several(files: list[str], args: argparse.Namespace) -> int:
@@ -105,6 +142,11 @@ def run_several(files: list[str], args: argparse.Namespace) -> int:
     if twice:
         raise CLIError(f"several files serve the same model name {', '.join(twice)}: give each a servedModelName "
                        "of its own")
+    try:
+        sockets = local.listen(args.host, args.port)
+    except local.LocalError as exc:
+        raise CLIError(str(exc)) from None
+    _print_replicas_notes(mds)
     servers: dict[str, local.LocalServer] = {}
     try:
         for md in mds:
@@ -116,9 +158,12 @@ def run_several(files: list[str], args: argparse.Namespace) -> int:
         print(f"\nServing {', '.join(servers)} at {url}/v1 — Ctrl-C to stop.\n", file=sys.stderr)
         for served, server in servers.items():
             print(f"  # {served}\n{local.snippets(url, served, server.model_type)}", file=sys.stderr, flush=True)
-        code = local.serve_behind_gateway(servers, args.host, args.port)
+        code = local.serve_behind_gateway(servers, sockets)
         print("turnout up: stopping …", file=sys.stderr, flush=True)
-        return code
     finally:
+        for sock in sockets:
+            sock.close()
         for server in servers.values():
             server.stop()
+    print("turnout up: stopped", file=sys.stderr, flush=True)
+    return code

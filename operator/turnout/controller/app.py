@@ -281,10 +281,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="watch this namespace only (repeatable; exact names)")
     parser.add_argument("-c", "--config", dest="config_path", default=None, metavar="FILE",
                         help="operator config YAML (images per engine and accelerator, autoEngines, ...)")
-    parser.add_argument("--metrics-port", type=int, default=8080, metavar="PORT", help="port of /metrics (0: off)")
-    parser.add_argument("--health-port", type=int, default=8081, metavar="PORT", help="port of /healthz (0: off)")
+    parser.add_argument("--metrics-port", type=int, default=8080, metavar="PORT",
+                        help="port of /metrics (default 8080; 0: off)")
+    parser.add_argument("--health-port", type=int, default=8081, metavar="PORT",
+                        help="port of /healthz (default 8081; 0: off)")
     parser.add_argument("--bind-address", default="0.0.0.0", metavar="ADDR",
-                        help="address of the metrics and health servers")
+                        help="address of the metrics and health servers (default 0.0.0.0)")
     parser.add_argument("--peering", default=None, metavar="NAME",
                         help="KopfPeering object name for active/standby replicas (default: standalone)")
     parser.add_argument("--kubeconfig", default=None, metavar="FILE",

@@ -7,7 +7,15 @@ call the same function and get the same answer for the same input.
 
 from turnout.resolver.core import resolve
 from turnout.resolver.engines import DEVICE, ENGINES, PREFERENCE
-from turnout.resolver.plan import EngineReason, Placement, Plan, Rejection, ResolvedModel
+from turnout.resolver.plan import (
+    EngineReason,
+    Placement,
+    Plan,
+    Rejection,
+    ResolvedModel,
+    explain_rejection,
+    grouped_reasons,
+)
 
 __all__ = [
     "DEVICE",
@@ -18,5 +26,7 @@ __all__ = [
     "Plan",
     "Rejection",
     "ResolvedModel",
+    "explain_rejection",
+    "grouped_reasons",
     "resolve",
 ]

@@ -580,7 +580,9 @@ def _joined(items: tuple[tuple[str, tuple[int, str]], ...]) -> str:
     if not deep:
         absent = [a for a in ACCELERATORS if a in per_accel and per_accel[a][0] == _STAGE_NODES]
         if absent:
-            return f"needs a {'/'.join(absent)} node; none can take its pods (schedulable, nodeSelector, taints)"
+            article = "an" if absent[0] in ("nvidia", "ascend") else "a"
+            return (f"needs {article} {'/'.join(absent)} node; none can take its pods "
+                    "(schedulable, nodeSelector, taints)")
         deep = [(a, per_accel[a][1]) for a in ACCELERATORS if a in per_accel]  # only "does not run on X"
     if len(deep) == 1:
         return f"{deep[0][0]}: {deep[0][1]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,3 +180,22 @@ class Rejection:
             "candidates": [],
             "rejected": [r.to_dict() for r in self.rejected],
         }
+
+
+def grouped_reasons(rejected: Iterable[tuple[str, str]]) -> list[str]:
+    """``engine, engine: reason`` lines from (engine, reason) pairs, one per distinct reason, in first-seen order.
+
+    For people (``plan``, ``up``): status.rejected keeps one entry per engine.
+    """
+    groups: dict[str, list[str]] = {}
+    for engine, reason in rejected:
+        groups.setdefault(reason, []).append(engine)
+    return [f"{', '.join(engines)}: {reason}" for reason, engines in groups.items()]
+
+
+def explain_rejection(message: str, rejected: Iterable[tuple[str, str]]) -> list[str]:
+    """A rejection's message, then its grouped reasons; one line when every engine gave the message itself."""
+    pairs = list(rejected)
+    if pairs and all(reason == message for _, reason in pairs):
+        return [f"{message} (all engines: {', '.join(engine for engine, _ in pairs)})"]
+    return [message, *grouped_reasons(pairs)]

@@ -6,31 +6,7 @@ import json
 import math
 from typing import Any
 
-from turnout.shim.backends.base import BackendError
-
-#: the error ``type`` written for each status when nothing more specific is known
-STATUS_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    499: "client_closed_request",
-    500: "server_error",
-    502: "server_error",
-    503: "service_unavailable",
-    504: "server_error",
-}
-
-
-def error_type(status: int) -> str:
-    """A sensible envelope ``type`` for an HTTP status."""
-    if status in STATUS_TYPES:
-        return STATUS_TYPES[status]
-    return "server_error" if status >= 500 else "invalid_request_error"
+from turnout.shim.backends.base import STATUS_TYPES, BackendError, error_type
 
 
 def envelope(message: str, status: int = 400, *, type: str | None = None,

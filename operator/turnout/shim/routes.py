@@ -87,7 +87,8 @@ class Serving:
                                status=404, param="model", code="model_not_found")
         caps = self.backend.capabilities
         if caps and capability not in caps:
-            raise BackendError(f"'{served}' does not serve {capability} (it is a {self.model_type} model)",
+            article = "an" if self.model_type in ("embedding", "llm") else "a"
+            raise BackendError(f"'{served}' does not serve {capability} (it is {article} {self.model_type} model)",
                                status=404, code="unsupported")
         state = self.health()
         if state.state is State.LOADING:

@@ -134,25 +134,32 @@ def reject_unsupported(body: dict[str, Any], engine: str) -> None:
                            param="logprobs", code="unsupported")
 
 
+def reject_non_text(body: dict[str, Any]) -> None:
+    """400 for a content part other than text (``image_url``, ``input_audio``, ...): this model reads text only."""
+    messages = body.get("messages")
+    for i, message in enumerate(messages if isinstance(messages, list) else ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = str(part.get("type")) if isinstance(part, dict) else type(part).__name__
+                article = "an" if kind[:1].lower() in "aeiou" else "a"
+                raise BackendError(f"messages[{i}] has {article} {kind!r} part; this model reads text only",
+                                   param="messages", code="unsupported")
+
+
 def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     """Messages with text-only content, ready for a chat template."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BackendError("'messages' must be a non-empty list", param="messages")
+    reject_non_text(body)
     out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BackendError(f"messages[{i}] must be an object with a 'role'", param="messages")
         content = message.get("content")
         if isinstance(content, list):
-            texts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text":
-                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise BackendError(f"messages[{i}] has a {kind!r} part; this model reads text only",
-                                       param="messages")
-                texts.append(str(part.get("text", "")))
-            content = "".join(texts)
+            content = "".join(str(part.get("text", "")) for part in content)
         elif content is None:
             content = ""
         elif not isinstance(content, str):

@@ -52,6 +52,30 @@ from typing import Any
 
 from turnout.shimargs import ShimArgs
 
+#: the error ``type`` written for each status when nothing more specific is known
+STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    499: "client_closed_request",
+    500: "server_error",
+    502: "server_error",
+    503: "service_unavailable",
+    504: "server_error",
+}
+
+
+def error_type(status: int) -> str:
+    """A sensible envelope ``type`` for an HTTP status."""
+    if status in STATUS_TYPES:
+        return STATUS_TYPES[status]
+    return "server_error" if status >= 500 else "invalid_request_error"
+
 
 class State(enum.Enum):
     """Backend life cycle; ``/health`` answers 200 only in READY."""
@@ -77,13 +101,13 @@ class BackendError(Exception):
     429 or 503 when a backend's own queue is full.
     """
 
-    def __init__(self, message: str, *, status: int = 400, type: str = "invalid_request_error",
+    def __init__(self, message: str, *, status: int = 400, type: str | None = None,
                  param: str | None = None, code: str | None = None,
                  retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
-        self.type = type
+        self.type = type or error_type(status)
         self.param = param
         self.code = code
         self.retry_after = retry_after

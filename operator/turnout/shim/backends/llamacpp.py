@@ -26,6 +26,10 @@ by name (``n_ctx``, ``n_parallel``, ``n_gpu_layers``, ``n_batch``,
 (``"sampling.top_k": 40``, ``"cpuparams.n_threads": 8``), and llama-server
 CLI spellings for the common ones (``ctx_size``, ``parallel``, ``ngl``,
 ``threads``). An unknown name fails at start with the list of known ones.
+
+Chat content parts other than text (``image_url``, ``input_audio``) are a
+client mistake answered 400 here unless a multimodal projector is set
+(``"mmproj.path"``); llama-server itself answers them 500.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import numpy as np
 
 from turnout.shim.backends import _vectors as vec
 from turnout.shim.backends._assemble import Assembler
-from turnout.shim.backends._openai import new_id
+from turnout.shim.backends._openai import new_id, reject_non_text
 from turnout.shim.backends._relay import (
     EngineConnectionError,
     EnginePool,
@@ -141,6 +145,10 @@ def apply_engine_args(params: Any, engine_args: dict[str, Any]) -> None:
             raise ValueError(f"llama.cpp engine arg {raw!r}={value!r}: {exc}") from exc
 
 
+#: llama-server's message for a content part its model cannot read ("image input is not supported - hint: ...")
+UNSUPPORTED_INPUT = re.compile(r"(image|audio|video|file) input is not supported\b")
+
+
 def _error(payload: dict[str, Any], param: str | None = None) -> BackendError:
     err = payload.get("error", payload)
     if not isinstance(err, dict):
@@ -148,7 +156,9 @@ def _error(payload: dict[str, Any], param: str | None = None) -> BackendError:
     status = int(err.get("code") or 500) if str(err.get("code", "")).isdigit() else 500
     kind = str(err.get("type") or "server_error")
     code = None
-    if kind == "exceed_context_size_error":
+    if status == 500 and UNSUPPORTED_INPUT.match(str(err.get("message") or "")):
+        status, kind, code = 400, "invalid_request_error", "unsupported"  # llama-server's runtime_error
+    elif kind == "exceed_context_size_error":
         kind, code = "invalid_request_error", "context_length_exceeded"
     elif kind == "not_supported_error":
         kind, code = "invalid_request_error", "unsupported"
@@ -184,6 +194,8 @@ class LlamaCppBackend(Backend):
         self.idle_timeout = idle_timeout_from_env()
         self._active: set[EngineResponse] = set()
         self._health = Health(State.LOADING, "loading the model")
+        #: a multimodal projector is set (engine arg ``mmproj.path``): content parts other than text go to llama.cpp
+        self.reads_media = False
         # fail on unknown engine args before anything loads
         self._check_args()
 
@@ -215,6 +227,7 @@ class LlamaCppBackend(Backend):
             p.embedding = True
             p.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_RANK
         apply_engine_args(p, args.engine_args)
+        self.reads_media = bool(p.mmproj.path or p.mmproj.url or p.mmproj.hf_repo) and not p.no_mmproj
         return p
 
     async def start(self) -> None:
@@ -289,6 +302,8 @@ class LlamaCppBackend(Backend):
         return result
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
+        if not self.reads_media:
+            reject_non_text(body)
         return await self._generate("/v1/chat/completions", body, "messages", chat=True)
 
     async def completions(self, body: dict[str, Any]) -> dict[str, Any] | Stream:

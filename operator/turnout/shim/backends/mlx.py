@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
+from turnout.shim.backends.base import BackendError
 from turnout.shim.backends.proxy import ProxyBackend, engine_flags, engine_python, local_model_ref
+from turnout.shim.errors import from_engine
 
 #: the name mlx_lm's server gives the model loaded from ``--model``
 MLX_DEFAULT_MODEL = "default_model"
@@ -45,6 +47,20 @@ class MlxBackend(ProxyBackend):
         if "max_tokens" not in body and "max_completion_tokens" in body:
             body["max_tokens"] = body["max_completion_tokens"]
         return body
+
+    def engine_error(self, path: str, status: int, raw: bytes) -> BackendError:
+        """mlx_lm answers 404 when preparing a generation raises; the shim only POSTs routes mlx_lm has.
+
+        Those errors are the request's (a content part other than text, a chat template that refuses
+        the messages): 400, except a generation thread that died (503).
+        """
+        err = from_engine(status, raw)
+        if status != 404:
+            return err
+        if "generation thread died" in err.message:
+            return BackendError(f"the mlx engine failed: {err.message}", status=503, code="engine_unavailable",
+                                retry_after=10)
+        return BackendError(err.message, status=400, param="messages" if "chat" in path else "prompt")
 
     def rewrite_stream(self, data: bytes) -> bytes:
         for old, new in self._rename:

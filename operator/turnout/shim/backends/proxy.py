@@ -381,7 +381,7 @@ class ProxyBackend(Backend):
             raise self._unavailable(str(exc)) from exc
         if resp.status >= 400 or not stream:
             if resp.status >= 400:
-                raise from_engine(resp.status, raw)
+                raise self.engine_error(path, resp.status, raw)
             try:
                 data = json.loads(raw)
             except ValueError as exc:
@@ -396,6 +396,10 @@ class ProxyBackend(Backend):
     def _bad_answer(self, detail: str) -> BackendError:
         return BackendError(f"the {self.engine} engine answered something unusable: {detail}", status=502,
                             type="server_error", code="bad_engine_response")
+
+    def engine_error(self, path: str, status: int, raw: bytes) -> BackendError:
+        """The engine's error answer to a POST of ``path``, in the envelope (default: its status kept)."""
+        return from_engine(status, raw)
 
     def from_engine_json(self, path: str, data: Any) -> Any:
         """Adapt a plain (non-streamed) answer from the engine to the OpenAI shape (default: unchanged)."""
