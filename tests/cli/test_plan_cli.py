@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from turnout.cli import main
+from turnout.sources import BUILTIN_MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -220,7 +221,7 @@ def test_an_unknown_builtin_model_is_found_at_plan_time(capsys: pytest.CaptureFi
     code, out, err = plan(capsys, "-f", str(f), "--nodes", MIXED)
     assert code == 2 and out == ""
     assert err == (f"turnout plan: error: {f}: document 1 (x): spec.model.uri: {uri}: no such built-in model; "
-                   f"{hint}the built-in models are builtin://tiny-llama, builtin://tiny-llama.gguf\n")
+                   f"{hint}the built-in models are {', '.join(f'builtin://{n}' for n in BUILTIN_MODELS)}\n")
 
 
 def test_every_option_of_every_command_has_help() -> None:
