@@ -3,19 +3,29 @@
 Schemes: ``file:///path`` (and plain paths), ``pvc://CLAIM/PATH`` (mounted by the
 renderer under ``/mnt/pvc/CLAIM``), ``hf://ORG/REPO[/FILE.gguf]`` (Hugging Face
 Hub, into the cache), ``s3://BUCKET/PREFIX`` (boto3, into the cache) and
-``builtin://tiny-llama[.gguf]`` (the project's tiny model, built on first use).
+``builtin://tiny-llama[.gguf]`` (the project's tiny model: baked into the images
+that serve it, found under ``$TURNOUT_BUILTIN_DIR``; elsewhere built on first use).
 Errors are :class:`SourceError` with a message that names the source and the fix.
+
+``python -m turnout.sources bake DIR NAME...`` builds built-in models into
+``DIR/NAME``: the images run it at build time (see docs/images.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import posixpath
+import shutil
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 PVC_ROOT = "/mnt/pvc"
 BUILTIN_MODELS = ("tiny-llama", "tiny-llama.gguf")
+#: A folder of built-in models made ahead of time, ``<dir>/<name>``; the images set it.
+BUILTIN_DIR_ENV = "TURNOUT_BUILTIN_DIR"
 
 
 class SourceError(RuntimeError):
@@ -81,10 +91,34 @@ def locate(uri: str, *, quantization: str | None = None) -> Path:
             raise SourceError(f"{uri}: {inner} does not exist (pvc:// sources are mounted only in a cluster)")
         return path
     if src.scheme == "builtin":
-        return _builtin(src.location)
+        return _baked(src.location) or _built(src.location)
     if src.scheme == "hf":
         return _huggingface(src.location, quantization)
     return _s3(src.location)
+
+
+def _baked(name: str) -> Path | None:
+    """``$TURNOUT_BUILTIN_DIR/<name>`` when the image baked that model, else None."""
+    root = os.environ.get(BUILTIN_DIR_ENV)
+    if not root or name not in BUILTIN_MODELS:
+        return None
+    path = Path(root) / name
+    return path if path.exists() else None
+
+
+def _built(name: str) -> Path:
+    """Build the model (``_builtin``); where an image baked others, say which it has."""
+    try:
+        return _builtin(name)
+    except SourceError as exc:
+        root = os.environ.get(BUILTIN_DIR_ENV)
+        if not root or name not in BUILTIN_MODELS:
+            raise
+        held = sorted(p.name for p in Path(root).iterdir()) if Path(root).is_dir() else []
+        raise SourceError(
+            f"{exc}; builtin://{name} is not baked here: {BUILTIN_DIR_ENV}={root} holds "
+            f"{', '.join(held) or 'nothing'} (serve it with an image that bakes it, see docs/images.md)"
+        ) from exc
 
 
 def _builtin(name: str) -> Path:
@@ -160,3 +194,51 @@ def _s3(location: str) -> Path:
     except Exception as exc:  # botocore raises many types; the message is what matters
         raise SourceError(f"s3://{location}: cannot fetch: {exc}") from exc
     return target
+
+
+def bake(names: Iterable[str], dest: Path) -> list[Path]:
+    """Build each built-in model and copy it to ``dest/<name>``, readable by every user."""
+    out = []
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        source = _builtin(name)
+        target = dest / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copy2(source, target)
+        for path in [target, *target.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        out.append(target)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m turnout.sources",
+        description="Build built-in models into a folder that $TURNOUT_BUILTIN_DIR can name (image builds).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    bake_cmd = sub.add_parser("bake", help="build built-in models into DIR/NAME")
+    bake_cmd.add_argument("dir", type=Path, help="the folder to fill, e.g. /opt/turnout/builtin")
+    bake_cmd.add_argument("names", nargs="+", metavar="NAME", help=f"built-in models: {', '.join(BUILTIN_MODELS)}")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BUILTIN_MODELS]
+    if unknown:
+        parser.error(f"unknown built-in models {', '.join(unknown)}; built-in models are {', '.join(BUILTIN_MODELS)}")
+    try:
+        for path in bake(args.names, args.dir):
+            size = sum(p.stat().st_size for p in [path, *path.rglob("*")] if p.is_file())
+            print(f"{path} ({size / 2**20:.1f} MiB)")
+    except SourceError as exc:
+        print(f"turnout.sources: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
