@@ -106,10 +106,20 @@ def _baked(name: str) -> Path | None:
     return path if path.exists() else None
 
 
-def _built(name: str) -> Path:
-    """Build the model (``_builtin``); where an image baked others, say which it has."""
+def _build(name: str) -> Path:
+    """``_builtin``, with a missing builder dependency (imported lazily) as a SourceError."""
     try:
         return _builtin(name)
+    except ImportError as exc:  # torch/transformers/tokenizers/gguf missing
+        raise SourceError(
+            f'builtin://{name} is built on first use and needs: pip install "turnout[tinymodel]" ({exc})'
+        ) from exc
+
+
+def _built(name: str) -> Path:
+    """Build the model; where an image baked others, the error says which it has."""
+    try:
+        return _build(name)
     except SourceError as exc:
         root = os.environ.get(BUILTIN_DIR_ENV)
         if not root or name not in BUILTIN_MODELS:
@@ -201,7 +211,7 @@ def bake(names: Iterable[str], dest: Path) -> list[Path]:
     out = []
     dest.mkdir(parents=True, exist_ok=True)
     for name in names:
-        source = _builtin(name)
+        source = _build(name)
         target = dest / name
         if target.is_dir():
             shutil.rmtree(target)
