@@ -27,6 +27,15 @@
 #   --build-arg K=V  passed on to the build (repeatable), e.g. TORCH_INDEX_URL=...
 #   --volume SPEC    buildah only: bind-mount into every RUN (repeatable), e.g. a
 #                    local wheel index: --volume /srv/wheels:/wheels:ro
+#   --wheels DIR     buildah only: a folder of wheels mounted read-only at /wheels
+#                    into every RUN and named by PIP_FIND_LINKS there, so pip
+#                    finds wheels there as well as on PyPI (default: $PIP_FIND_LINKS
+#                    when that is one folder, else /opt/wheels when it exists;
+#                    --wheels none: no folder; only Dockerfiles that declare
+#                    `ARG PIP_FIND_LINKS` get a default). When it holds the Dockerfile's
+#                    CPU torch (torch-<TORCH_VERSION>+cpu-*.whl), the PyTorch index
+#                    is not asked (TORCH_INDEX_URL=https://pypi.org/simple) unless
+#                    --build-arg TORCH_INDEX_URL=... says otherwise
 #   --no-cache       rebuild every layer
 #   --list           print the image names and exit
 # Environment:
@@ -58,7 +67,7 @@ images_py() { PYTHONPATH="$ROOT/operator${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m tu
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2; }
 
-NAME="" TAG="" BASE="" LOCAL_BASE=0 BUILDER="" NO_CACHE=() EXTRA_ARGS=() VOLUMES=()
+NAME="" TAG="" BASE="" LOCAL_BASE=0 BUILDER="" NO_CACHE=() EXTRA_ARGS=() VOLUMES=() WHEELS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --tag) TAG="${2:?--tag needs a value}"; shift 2 ;;
@@ -72,6 +81,8 @@ while [ $# -gt 0 ]; do
         --build-arg=*) EXTRA_ARGS+=(--build-arg "${1#*=}"); shift ;;
         --volume) VOLUMES+=(--volume "${2:?--volume needs SRC:DST[:ro]}"); shift 2 ;;
         --volume=*) VOLUMES+=(--volume "${1#*=}"); shift ;;
+        --wheels) WHEELS="${2:?--wheels needs a folder or none}"; shift 2 ;;
+        --wheels=*) WHEELS="${1#*=}"; shift ;;
         --no-cache) NO_CACHE=(--no-cache); shift ;;
         --list) images_py --names; exit 0 ;;
         -h|--help) usage; exit 0 ;;
@@ -156,6 +167,8 @@ local_base() {
     if [ ! -s "$tarball" ]; then
         log "making a local $BASE_SUITE base with mmdebstrap ($BASE_PACKAGES) -> $tarball"
         local start=$SECONDS
+        # --format=tar: mmdebstrap picks the format from the file name otherwise, and
+        # "*.part" made a directory tree, not one tarball.
         # shellcheck disable=SC2016  # "$1" is mmdebstrap's, expanded by its hook
         mmdebstrap --variant=minbase --include="$BASE_PACKAGES" \
             --aptopt='Acquire::Retries "3"' \
@@ -165,7 +178,7 @@ local_base() {
             --dpkgopt='path-exclude=/usr/share/man/*' \
             --dpkgopt='path-exclude=/usr/share/locale/*' \
             --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
-            "$BASE_SUITE" "$tarball.part" \
+            --format=tar "$BASE_SUITE" "$tarball.part" \
             "deb $MIRROR $BASE_SUITE main" \
             "deb $MIRROR $BASE_SUITE-updates main" \
             "deb ${MIRROR%/debian}/debian-security $BASE_SUITE-security main" >&2
@@ -220,6 +233,40 @@ ARGS=(--build-arg "BASE_IMAGE=$BASE_REF" --build-arg "VERSION=$VERSION" --build-
 for var in HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy; do
     [ -n "${!var:-}" ] && ARGS+=(--build-arg "$var=${!var}")
 done
+
+# --- local wheels (pip --find-links) --------------------------------------------------
+build_arg_given() { local a; for a in "${EXTRA_ARGS[@]}"; do [[ "$a" == "$1="* ]] && return 0; done; return 1; }
+# Only Dockerfiles that declare `ARG PIP_FIND_LINKS` read the folder, and only those get
+# one by default: with a CPU torch there, `torch==X` in a CUDA image would take it.
+if [ -z "$WHEELS" ] && grep -q '^ARG PIP_FIND_LINKS' "$DOCKERFILE"; then
+    if [ -n "${PIP_FIND_LINKS:-}" ] && [[ "$PIP_FIND_LINKS" != *" "* ]] && [ -d "$PIP_FIND_LINKS" ]; then
+        WHEELS="$PIP_FIND_LINKS"
+    elif [ -d /opt/wheels ]; then
+        WHEELS=/opt/wheels
+    fi
+    if [ -n "$WHEELS" ] && [ "$BUILDER" = docker ]; then
+        log "not using the wheel folder $WHEELS: docker build mounts no folders (use buildah, or --build-arg TORCH_INDEX_URL=...)"
+        WHEELS=""
+    fi
+fi
+case "$WHEELS" in
+    ""|none) WHEELS="" ;;
+    *)
+        [ -d "$WHEELS" ] || die "--wheels $WHEELS: no such folder"
+        [ "$BUILDER" = buildah ] || die "--wheels needs buildah (docker build mounts no folders)"
+        WHEELS="$(cd "$WHEELS" && pwd)"
+        VOLUMES+=(--volume "$WHEELS:/wheels:ro")
+        ARGS+=(--build-arg PIP_FIND_LINKS=/wheels)
+        torch_version="$(sed -n 's/^ARG TORCH_VERSION=\(.*\)$/\1/p' "$DOCKERFILE" | head -n 1)"
+        for a in "${EXTRA_ARGS[@]}"; do [[ "$a" == TORCH_VERSION=* ]] && torch_version="${a#*=}"; done
+        if [ -n "$torch_version" ] && ! build_arg_given TORCH_INDEX_URL \
+            && compgen -G "$WHEELS/torch-$torch_version+cpu-*.whl" >/dev/null; then
+            log "torch $torch_version+cpu is in $WHEELS: PyPI stands in for the PyTorch CPU index"
+            ARGS+=(--build-arg TORCH_INDEX_URL=https://pypi.org/simple)
+        fi
+        log "pip also finds wheels in $WHEELS (mounted read-only at /wheels)"
+        ;;
+esac
 
 ARGS+=("${EXTRA_ARGS[@]}")
 [ "$BUILDER" = docker ] && [ ${#VOLUMES[@]} -gt 0 ] && die "--volume needs buildah (docker build mounts no volumes)"

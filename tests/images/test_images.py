@@ -349,3 +349,26 @@ def test_scripts_are_valid_bash() -> None:
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
         assert result.returncode == 0, f"{script}: {result.stderr}"
         assert script.stat().st_mode & 0o111, f"{script} is not executable"
+
+
+def test_build_script_checks_the_wheel_folder(tmp_path: Path) -> None:
+    """--wheels is checked before anything is built: a missing folder, or a builder that cannot mount one."""
+
+    def build(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BUILD_SCRIPT), "transformers-cpu", "--base", "scratch", *args],
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    missing = build("--builder", "docker", "--wheels", str(tmp_path / "nope"))
+    assert missing.returncode == 1 and f"--wheels {tmp_path / 'nope'}: no such folder" in missing.stderr
+    docker = build("--builder", "docker", "--wheels", str(tmp_path))
+    assert docker.returncode == 1 and "--wheels needs buildah" in docker.stderr
+
+
+def test_only_the_torch_images_read_a_wheel_folder() -> None:
+    """The build script mounts a wheel folder by default only where `ARG PIP_FIND_LINKS` asks for it:
+    a CUDA image's `torch==X` would take a CPU build found there."""
+    readers = {p.parent.name for p in all_dockerfiles() if "\nARG PIP_FIND_LINKS\n" in p.read_text()}
+    assert readers == {"llamacpp-cpu", "transformers-cpu"}
+    for name in readers:
+        text = (ROOT / "images" / name / "Dockerfile").read_text()
+        assert '"torch==${TORCH_VERSION}+cpu"' in text, f"{name} reads local wheels for its CPU torch"

