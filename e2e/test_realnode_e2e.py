@@ -31,6 +31,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +98,11 @@ def _example(name: str, tolerations: list[dict[str, Any]]) -> dict[str, Any]:
     return doc
 
 
-def _helm() -> Any:
+def _helm(namespace: str) -> Any:
+    """Helm's action configuration for releases in ``namespace`` (Helm keeps a release's history there)."""
     import helm_python
 
-    return helm_python.Config(kubeconfig_path=os.environ["KUBECONFIG"].split(os.pathsep)[0])
+    return helm_python.Config(kubeconfig_path=os.environ["KUBECONFIG"].split(os.pathsep)[0], namespace=namespace)
 
 
 def _values(images: nodeimages.Images, tolerations: list[dict[str, Any]], models: str,
@@ -139,6 +141,30 @@ def _gateway_url(system: str) -> str:
     assert len(services) == 1, [s["metadata"]["name"] for s in services]
     spec = services[0]["spec"]
     return f"http://{spec['clusterIP']}:{spec['ports'][0]['port']}/v1"
+
+
+def _usage(node: str, namespace: str) -> dict[str, dict[str, float]]:
+    """CPU (millicores) and memory (working set, MiB) of each pod of ``namespace`` on ``node``, from the
+    kubelet's summary API (cAdvisor's rate over its last housekeeping interval)."""
+    summary = json.loads(kubectl("get", "--raw", f"/api/v1/nodes/{node}/proxy/stats/summary"))
+    return {p["podRef"]["name"]: {"cpu_m": round(p.get("cpu", {}).get("usageNanoCores", 0) / 1e6, 1),
+                                  "memory_mib": round(p.get("memory", {}).get("workingSetBytes", 0) / 2**20, 1)}
+            for p in summary.get("pods", []) if p["podRef"]["namespace"] == namespace}
+
+
+def _load(client: Any, model: str, seconds: float, workers: int = 4) -> int:
+    """``workers`` clients asking ``model`` back to back for ``seconds``; the number of answers."""
+    stop = time.monotonic() + seconds
+
+    def run() -> int:
+        done = 0
+        while time.monotonic() < stop:
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "load"}], max_tokens=8)
+            done += 1
+        return done
+
+    with ThreadPoolExecutor(workers) as pool:
+        return sum(pool.map(lambda _: run(), range(workers)))
 
 
 def _ready(namespace: str, name: str) -> dict[str, Any] | None:
@@ -182,12 +208,12 @@ def journey_namespaces() -> Iterator[tuple[str, str]]:
 
 
 def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
-        crds: None, images: nodeimages.Images, tolerations: list[dict[str, Any]],
+        crds: None, real_node: dict[str, Any], images: nodeimages.Images, tolerations: list[dict[str, Any]],
         journey_namespaces: tuple[str, str]) -> None:
     from openai import OpenAI
 
     system, models = journey_namespaces
-    helm = _helm()
+    helm = _helm(system)
     _adopt_crd(system)
     start = time.monotonic()
     helm.install(ROOT / "charts/turnout", RELEASE, _values(images, tolerations, models), namespace=system,
@@ -209,6 +235,15 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
         assert {d["spec"]["servedModelName"] for d in docs} <= listed, listed
         answers = {d["metadata"]["name"]: _ask(client, d) for d in docs}
         print(f"\nhelm install {installed:.1f}s; Ready after apply: {ready_after}; answers: {answers}")
+        node = real_node["metadata"]["name"]
+        at_rest = _usage(node, system)
+        with ThreadPoolExecutor(1) as pool:
+            answered = pool.submit(_load, client, docs[0]["spec"]["servedModelName"], 25)
+            time.sleep(20)
+            under_load = _usage(node, system)
+            load_answers = answered.result()
+        print(f"operator and gateway pods at rest: {at_rest}; under load ({load_answers} answers in 25 s through "
+              f"the gateway, 4 clients): {under_load}")
 
         # helm upgrade to a rebuilt operator image: a plan that did not change restarts no model pod.
         before = _model_pods(models)
