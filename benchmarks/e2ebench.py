@@ -30,13 +30,14 @@ def _at(run: dict[str, Any], path: tuple[str, ...]) -> Any:
     return value
 
 
-def run_once(test: str, python: str, timeout: float, log: Path) -> dict[str, Any]:
+def run_once(test: str | Sequence[str], python: str, timeout: float, log: Path) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = Path(fh.name)
     env = {**os.environ, "TURNOUT_E2E_RESULTS": str(out),
            "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     started = time.monotonic()
-    proc = subprocess.run([python, "-m", "pytest", test, "-q", "-x", "-s", "-p", "no:cacheprovider"], cwd=ROOT,
+    tests = [test] if isinstance(test, str) else list(test)
+    proc = subprocess.run([python, "-m", "pytest", *tests, "-q", "-x", "-s", "-p", "no:cacheprovider"], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
     figures = json.loads(out.read_text()) if out.exists() and out.stat().st_size else {}
     out.unlink(missing_ok=True)
@@ -57,7 +58,7 @@ def table(rows: Sequence[Row], runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(description: str, test: str, rows: Sequence[Row], out: Path, argv: list[str] | None = None,
+def main(description: str, test: str | Sequence[str], rows: Sequence[Row], out: Path, argv: list[str] | None = None,
          *, timeout: float = 1500) -> int:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--runs", type=int, default=1)

@@ -196,6 +196,46 @@ def _ask(client: Any, doc: dict[str, Any]) -> dict[str, Any]:
             "completion": completion.choices[0].text, "seconds": round(time.monotonic() - start, 2)}
 
 
+def _record(path: Path, figures: dict[str, Any]) -> None:
+    """Merge ``figures`` into the results file (each measuring test adds its own keys)."""
+    known = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}
+    path.write_text(json.dumps({**known, **figures}, indent=2) + "\n")
+
+
+def _scale_from_zero(client: Any, doc: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """Give the model ``autoscaling: minReplicas 0``, wait for zero, then time the first streamed request."""
+    name, served = doc["metadata"]["name"], doc["spec"]["servedModelName"]
+    scaled = json.loads(json.dumps(doc))
+    scaled["spec"]["autoscaling"] = {"minReplicas": 0, "maxReplicas": 1, "scaleDownDelaySeconds": 10}
+    kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(scaled))
+    poll(lambda: (settled(namespace, name) or {}).get("status", {}).get("phase") == "ScaledToZero"
+         and not model_pods(namespace, name), timeout=300, interval=1, what=f"{name} idle to zero")
+    healthy = FirstHealthy(namespace, name)
+    healthy.start()
+    wall, start = time.time(), time.monotonic()
+    ttft = None
+    try:
+        for chunk in client.chat.completions.create(model=served, messages=[{"role": "user", "content": "wake"}],
+                                                    max_tokens=8, stream=True):
+            if ttft is None and chunk.choices and chunk.choices[0].delta.content:
+                ttft = time.monotonic() - start
+    finally:
+        healthy_at = healthy.stop()
+    assert ttft is not None, "the first request from zero got no content"
+    (pod,) = model_pods(namespace, name)
+    stamps = pod_times(pod)
+    started = epoch(pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"])
+    return {
+        "ttft_s": round(ttft, 2), "client_errors": 0,
+        "request_to_pod_created_s": round(stamps["created"] - wall, 1),
+        "pod_created_to_scheduled_s": round(stamps["scheduled"] - stamps["created"], 1),
+        "scheduled_to_container_started_s": round(started - stamps["scheduled"], 1),
+        "container_started_to_shim_healthy_s": round(healthy_at - started, 2) if healthy_at else None,
+        "shim_healthy_to_first_token_s": round(wall + ttft - healthy_at, 2) if healthy_at else None,
+        "request_to_shim_healthy_s": round(healthy_at - wall, 2) if healthy_at else None,
+    }
+
+
 @pytest.fixture(scope="module")
 def journey_namespaces() -> Iterator[tuple[str, str]]:
     system, models = f"turnout-e2e-{RUN}-sys", f"turnout-e2e-{RUN}-models"
@@ -269,6 +309,15 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
         assert {d["metadata"]["name"]: d["metadata"]["generation"] for d in
                 json.loads(kubectl("get", "deployments", "-n", models, "-o", "json"))["items"]} == deployments
         assert {d["spec"]["servedModelName"] for d in docs} <= {m.id for m in client.models.list()}
+
+        # Scale from zero through the gateway pod: the model idles to zero, the first request wakes it.
+        figures = _scale_from_zero(client, docs[0], models)
+        print(f"scale from zero through the gateway pod: {figures}")
+        if out := os.environ.get("TURNOUT_E2E_RESULTS"):
+            _record(Path(out), {"journey": {"helm_install_s": round(installed, 1), "ready_after_apply_s": ready_after,
+                                            "pods_at_rest": at_rest, "pods_under_load": under_load,
+                                            "load_answers_25s": load_answers},
+                                "scale_from_zero": figures})
 
         # Delete: owner references take every child away.
         for name in names:
@@ -413,4 +462,4 @@ def test_apply_to_first_token_of_the_tiny_gguf_with_the_image_on_the_node(
     }
     print(f"\n{json.dumps(results)}")
     if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+        _record(Path(out), {"first_token": results})
