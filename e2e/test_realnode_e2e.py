@@ -117,6 +117,12 @@ def _values(images: nodeimages.Images, tolerations: list[dict[str, Any]], models
     }
 
 
+def _delete_leftover_release() -> None:
+    """Cluster-scoped objects of an earlier run's release that never got uninstalled (its namespace is gone)."""
+    kubectl("delete", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}",
+            "--ignore-not-found", check=False)
+
+
 def _adopt_crd(system: str) -> None:
     """Let the release own the CRD the suite applied (Helm adopts an object carrying its release's marks)."""
     crd = "crd/modeldeployments.turnout.dev"
@@ -254,6 +260,7 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
 
     system, models = journey_namespaces
     helm = _helm(system)
+    _delete_leftover_release()
     _adopt_crd(system)
     start = time.monotonic()
     helm.install(ROOT / "charts/turnout", RELEASE, _values(images, tolerations, models), namespace=system,
