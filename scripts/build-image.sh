@@ -254,6 +254,8 @@ case "$WHEELS" in
     *)
         [ -d "$WHEELS" ] || die "--wheels $WHEELS: no such folder"
         [ "$BUILDER" = buildah ] || die "--wheels needs buildah (docker build mounts no folders)"
+        grep -q '^ARG PIP_FIND_LINKS' "$DOCKERFILE" \
+            || log "warning: $DOCKERFILE_REL declares no ARG PIP_FIND_LINKS: its pip does not look in $WHEELS"
         WHEELS="$(cd "$WHEELS" && pwd)"
         VOLUMES+=(--volume "$WHEELS:/wheels:ro")
         ARGS+=(--build-arg PIP_FIND_LINKS=/wheels)

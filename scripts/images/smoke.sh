@@ -6,15 +6,18 @@
 #      the right entrypoint;
 #   2. `turnout-shim --help` in both images, `turnout --help` and
 #      `turnout operator --help` in the operator image;
-#   3. the llama.cpp image serves the tiny GGUF model (python -m turnout.tinymodel)
-#      and answers one /v1/chat/completions request from the host.
+#   3. the llama.cpp image serves builtin://tiny-llama.gguf, the tiny model baked
+#      into it at build time (nothing built on the host, nothing mounted), and
+#      answers one /v1/chat/completions request from the host; a built-in model
+#      it does not bake fails with an error that says which it holds.
 #
-# Usage: scripts/images/smoke.sh [--no-build] [--keep-cache]
+# Usage: scripts/images/smoke.sh [--no-build] [--keep-cache] [--transformers]
 #   --no-build     test the images already built (tag $TURNOUT_SMOKE_TAG)
+#   --transformers also build transformers-cpu and have it serve builtin://tiny-llama
+#                  (baked into it); left out of CI for its build time (docs/images.md)
 #   --keep-cache   do not remove untagged images (earlier builds) afterwards
-# Environment: PYTHON (interpreter with turnout's test extra, to build the tiny
-# model; default .venv/bin/python), TURNOUT_SMOKE_TAG (default: smoke), and
-# what scripts/build-image.sh reads.
+# Environment: TURNOUT_SMOKE_TAG (default: smoke), and what scripts/build-image.sh
+# reads.
 #
 # Needs: buildah, mmdebstrap (Debian packages) and, the first time, PyPI and a
 # Debian mirror. Prints how long each part took.
@@ -22,12 +25,12 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TAG="${TURNOUT_SMOKE_TAG:-smoke}"
-PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 BAH=(buildah "--storage-driver=${TURNOUT_STORAGE_DRIVER:-vfs}")
-BUILD=1 KEEP_CACHE=0
+BUILD=1 KEEP_CACHE=0 TRANSFORMERS=0
 for arg in "$@"; do
     case "$arg" in
         --no-build) BUILD=0 ;;
+        --transformers) TRANSFORMERS=1 ;;
         --keep-cache) KEEP_CACHE=1 ;;
         -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "smoke: unknown argument $arg" >&2; exit 2 ;;
@@ -60,14 +63,24 @@ fail() { printf 'smoke: FAIL: %s\n' "$*" >&2; exit 1; }
 REGISTRY="${TURNOUT_REGISTRY:-ghcr.io/turnout-dev}"
 LLAMA_REF="$REGISTRY/llamacpp-cpu:$TAG"
 OPERATOR_REF="$REGISTRY/operator:$TAG"
+TRANSFORMERS_REF="$REGISTRY/transformers-cpu:$TAG"
+IMAGES=(llamacpp-cpu operator)
+[ "$TRANSFORMERS" = 1 ] && IMAGES+=(transformers-cpu)
 
 # --- build ---------------------------------------------------------------------
 if [ "$BUILD" = 1 ]; then
-    for name in llamacpp-cpu operator; do
+    for name in "${IMAGES[@]}"; do
         step "build $name"
         t=$SECONDS
         "$ROOT/scripts/build-image.sh" "$name" --builder buildah --tag "$TAG" 2> >(tee "$WORK/build-$name.log" >&2) >/dev/null
         timed "build $name" $((SECONDS - t))
+    done
+    # The cached local base is one tarball (mmdebstrap once wrote a directory tree there).
+    cache="${TURNOUT_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/turnout/images}"
+    for base in "$cache"/*.tar; do
+        [ -e "$base" ] || continue
+        [ -f "$base" ] && tar -tf "$base" ./usr/bin/python3 >/dev/null 2>&1 \
+            || fail "the cached local base $base is not a tarball holding /usr/bin/python3"
     done
 fi
 
@@ -100,6 +113,9 @@ PYEOF
 step "image config"
 check_config "$LLAMA_REF" turnout-shim 8000 || fail "llamacpp-cpu image config"
 check_config "$OPERATOR_REF" turnout 8080 || fail "operator image config"
+if [ "$TRANSFORMERS" = 1 ]; then
+    check_config "$TRANSFORMERS_REF" turnout-shim 8000 || fail "transformers-cpu image config"
+fi
 
 # --- --help --------------------------------------------------------------------------
 new_container() { # VAR label ref: a working container for ref, its name in VAR
@@ -112,7 +128,7 @@ new_container() { # VAR label ref: a working container for ref, its name in VAR
 while read -r name; do
     pid="${name##*-}"
     kill -0 "$pid" 2>/dev/null || "${BAH[@]}" rm "$name" >/dev/null 2>&1 || true
-done < <("${BAH[@]}" containers --all --format '{{.ContainerName}}' | grep -E '^smoke-(llamacpp|operator)-[0-9]+$' || true)
+done < <("${BAH[@]}" containers --all --format '{{.ContainerName}}' | grep -E '^smoke-(llamacpp|operator|transformers)-[0-9]+$' || true)
 t=$SECONDS
 step "--help in the images"
 new_container LLAMA_CTR llamacpp "$LLAMA_REF"
@@ -130,22 +146,20 @@ grep -q "plan" "$WORK/op-help.txt" || fail "turnout --help lists no 'plan' comma
 echo "--help answers in both images" >&2
 timed "--help checks" $((SECONDS - t))
 
-# --- llama.cpp serves the tiny model -------------------------------------------------------
-step "llamacpp-cpu serves the tiny GGUF model"
-t=$SECONDS
-[ -x "$PYTHON" ] || fail "no interpreter at $PYTHON to build the tiny model (set PYTHON)"
-"$PYTHON" -m turnout.tinymodel --json > "$WORK/tiny.json" || fail "python -m turnout.tinymodel failed"
-read -r GGUF SERVED < <(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(m["gguf_path"], m["served_name"])' "$WORK/tiny.json")
-[ -f "$GGUF" ] || fail "tiny model GGUF $GGUF does not exist"
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-# chroot isolation shares the host's network: the server is reachable on 127.0.0.1.
-setsid "${BAH[@]}" run --isolation chroot --volume "$(dirname "$GGUF"):/models:ro" "$LLAMA_CTR" -- \
-    turnout-shim --engine llama.cpp --model "/models/$(basename "$GGUF")" --served-model-name "$SERVED" \
-    --model-format gguf --host 127.0.0.1 --port "$PORT" > "$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-python3 - "$PORT" "$SERVED" "$SERVER_PID" "$WORK/server.log" <<'PYEOF' || { tail -n 40 "$WORK/server.log" >&2; fail "the llama.cpp image did not answer a chat request"; }
+# --- the images serve their baked tiny model ------------------------------------------------
+serve_and_chat() { # container image engine model-uri model-format: serve it, ask one chat question
+    local ctr="$1" image="$2" engine="$3" uri="$4" format="$5" port served=tiny-chat
+    "${BAH[@]}" run --isolation chroot "$ctr" -- sh -c "test -e \"\$TURNOUT_BUILTIN_DIR/${uri#builtin://}\"" \
+        || fail "$image has no baked ${uri#builtin://} under \$TURNOUT_BUILTIN_DIR"
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    # chroot isolation shares the host's network: the server is reachable on 127.0.0.1.
+    setsid "${BAH[@]}" run --isolation chroot "$ctr" -- \
+        turnout-shim --engine "$engine" --model "$uri" --served-model-name "$served" \
+        --model-format "$format" --host 127.0.0.1 --port "$port" > "$WORK/server-$image.log" 2>&1 &
+    SERVER_PID=$!
+    python3 - "$port" "$served" "$SERVER_PID" <<'PYEOF' || { tail -n 40 "$WORK/server-$image.log" >&2; fail "$image did not answer a chat request"; }
 import json, os, sys, time, urllib.error, urllib.request
-port, served, pid, log = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+port, served, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
 base = f"http://127.0.0.1:{port}"
 deadline = time.monotonic() + 300
 while True:
@@ -175,10 +189,32 @@ assert reply["model"] == served, reply
 assert reply["usage"]["completion_tokens"] >= 1, reply
 print(f"chat answered by {reply['model']}: {content!r} (finish_reason {choice['finish_reason']})", file=sys.stderr)
 PYEOF
-kill -TERM -- "-$SERVER_PID" 2>/dev/null || true
-wait "$SERVER_PID" 2>/dev/null || true
-SERVER_PID=""
+    kill -TERM -- "-$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+    # The shim took the baked copy: the image has no builder dependencies to make one.
+    grep -q "model $uri is at /opt/turnout/builtin/${uri#builtin://}\$" "$WORK/server-$image.log" \
+        || { tail -n 20 "$WORK/server-$image.log" >&2; fail "$image did not serve the model baked into it"; }
+}
+
+step "llamacpp-cpu serves builtin://tiny-llama.gguf, baked into the image"
+t=$SECONDS
+# A built-in model the image does not bake: the error names what it has (no torch to build it).
+"${BAH[@]}" run --isolation chroot "$LLAMA_CTR" -- python3 -c \
+    'from turnout.sources import locate; locate("builtin://tiny-llama")' > "$WORK/unbaked.txt" 2>&1 \
+    && fail "builtin://tiny-llama (not baked into llamacpp-cpu) resolved"
+grep -q "holds tiny-llama.gguf" "$WORK/unbaked.txt" \
+    || { cat "$WORK/unbaked.txt" >&2; fail "the error for a model the image does not bake does not say what it holds"; }
+serve_and_chat "$LLAMA_CTR" llamacpp-cpu llama.cpp builtin://tiny-llama.gguf gguf
 timed "chat smoke (llamacpp-cpu)" $((SECONDS - t))
+
+if [ "$TRANSFORMERS" = 1 ]; then
+    step "transformers-cpu serves builtin://tiny-llama, baked into the image"
+    t=$SECONDS
+    new_container TF_CTR transformers "$TRANSFORMERS_REF"
+    serve_and_chat "$TF_CTR" transformers-cpu transformers builtin://tiny-llama pytorch
+    timed "chat smoke (transformers-cpu)" $((SECONDS - t))
+fi
 
 remove_containers
 
