@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import httpx
 import openai
@@ -16,6 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 CHAT = [{"role": "user", "content": "Tell me about the harbour."}]
 SERVED = "tiny-vllm"
+CONTEXT = 32768
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +26,12 @@ def shim(start_shim_factory, tiny_model: TinyModel) -> RunningShim:
     return start_shim_factory(
         engine="vllm", model=f"file://{tiny_model.hf_dir}", served=SERVED,
         # float32 keeps the tiny model's greedy answer; an explicit KV cache size stops vLLM CPU
-        # from claiming most of the machine's memory.
-        engine_args={"enforce_eager": True, "dtype": "float32", "max_model_len": 512,
+        # from claiming most of the machine's memory (a token of this model's cache is 2 KiB). The
+        # context reaches past the model's 2048 positions (RoPE has no limit of its own), so that a
+        # streamed answer can take far longer than any delay the machine's load adds: see
+        # test_vllm_disconnect_stops_generation_in_vllm.
+        engine_args={"enforce_eager": True, "dtype": "float32", "max_model_len": CONTEXT,
+                     "hf_overrides": {"max_position_embeddings": CONTEXT},
                      "kv_cache_memory_bytes": 256 * 2**20},
         env={"TURNOUT_VLLM_PYTHON": python}, wait_s=480)
 
@@ -73,9 +79,9 @@ def test_vllm_completions(shim: RunningShim) -> None:
 
 
 def test_vllm_error_is_an_envelope(shim: RunningShim) -> None:
-    # more tokens than the 512-token context: vLLM refuses, the shim keeps the status
+    # more tokens than the context: vLLM refuses, the shim keeps the status
     with pytest.raises(openai.BadRequestError) as info:
-        shim.openai().chat.completions.create(model=SERVED, messages=CHAT, max_tokens=4000)
+        shim.openai().chat.completions.create(model=SERVED, messages=CHAT, max_tokens=CONTEXT + 1)
     assert info.value.status_code == 400
     assert set(info.value.body) == {"message", "type", "param", "code"}
     assert info.value.body["type"] == "invalid_request_error"
@@ -88,18 +94,36 @@ def _vllm_metric(shim: RunningShim, name: str) -> float:
 
 
 def test_vllm_disconnect_stops_generation_in_vllm(shim: RunningShim) -> None:
-    before = metric_value(shim.metrics(), "turnout_requests_cancelled_total", endpoint="/v1/completions")
+    # vLLM makes tokens at its own pace, read or not (0.5-3 ms each for this model on CPU), while on a
+    # loaded machine the first events can reach the client a second or more after the request: a
+    # 480-token answer was then complete in the engine before the client left, with nothing left to
+    # cancel. So the answer is long (32000 tokens: tens of seconds), and the client, still connected,
+    # waits until vLLM's own gauge shows the request running before it leaves.
+    max_tokens = 32000
+
+    def cancelled() -> float:
+        return metric_value(shim.metrics(), "turnout_requests_cancelled_total", endpoint="/v1/completions")
+
+    def running() -> float:
+        return _vllm_metric(shim, "vllm:num_requests_running")
+
+    before = cancelled()
     tokens = _vllm_metric(shim, "vllm:generation_tokens_total")
     with shim.http() as h, h.stream("POST", "/v1/completions", json={
-            "prompt": "The harbour", "max_tokens": 480, "stream": True, "ignore_eos": True}) as r:
-        for i, _ in enumerate(r.iter_lines()):
-            if i > 4:
-                break
-    wait_until(lambda: metric_value(shim.metrics(), "turnout_requests_cancelled_total",
-                                    endpoint="/v1/completions") > before, "the shim to count the cancel")
-    # measured in the engine: nothing is running any more, and far fewer than 480 tokens were made
-    wait_until(lambda: _vllm_metric(shim, "vllm:num_requests_running") == 0, "vLLM to drop the request")
-    assert _vllm_metric(shim, "vllm:generation_tokens_total") - tokens < 480
+            "prompt": "The harbour", "max_tokens": max_tokens, "stream": True, "ignore_eos": True}) as r:
+        lines = r.iter_lines()  # kept open: leaving a loop over it would close the connection at once
+        for _ in range(6):
+            next(lines)
+        wait_until(lambda: running() == 1, "vLLM to show the request running")
+    # the connection is closed now
+    wait_until(lambda: cancelled() > before, "the shim to count the cancel")
+    # measured in the engine: the request is gone (without the cancel it would run to 32000 tokens),
+    # it stopped short of max_tokens, and no token is made after
+    wait_until(lambda: running() == 0, "vLLM to drop the request")
+    made = _vllm_metric(shim, "vllm:generation_tokens_total") - tokens
+    assert made < max_tokens
+    time.sleep(0.5)
+    assert _vllm_metric(shim, "vllm:generation_tokens_total") - tokens == made
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -116,7 +140,7 @@ def test_vllm_media_part_to_a_text_model_is_a_400_envelope(shim: RunningShim, st
 def test_vllm_model_card_has_context_length(shim: RunningShim) -> None:
     models = shim.http().get("/v1/models").json()["data"]
     assert models[0]["id"] == SERVED
-    assert models[0]["max_model_len"] == 512
+    assert models[0]["max_model_len"] == CONTEXT
 
 
 def test_vllm_stop_leaves_no_process_behind(shim: RunningShim) -> None:
