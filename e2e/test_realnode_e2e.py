@@ -373,8 +373,11 @@ def node_operator(images: nodeimages.Images, absent_image: str, namespace: str, 
     operator.start()
 
 
+TINY_GGUF = {"uri": "builtin://tiny-llama.gguf", "type": "llm", "size": 0.01}
+
+
 def _on_node(real_node: dict[str, Any], tolerations: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    model = spec.pop("model", {"uri": "builtin://tiny-llama.gguf", "type": "llm", "size": 0.01})
+    model = spec.pop("model", TINY_GGUF)
     return {"model": model, "servedModelName": spec.pop("servedModelName", "tiny"),
             "nodeSelector": {"kubernetes.io/hostname": real_node["metadata"]["labels"]["kubernetes.io/hostname"]},
             "tolerations": tolerations, **spec}
@@ -396,7 +399,7 @@ FAULTS = {
                          {}),
     "engine-cannot-load": ({"model": {"uri": "file:///etc/os-release", "format": "gguf", "type": "llm",
                                       "size": 0.01}},
-                           "CrashLoopBackOff", ("os-release",), {}),
+                           "CrashLoopBackOff", ("os-release", "not a GGUF file"), {"model": TINY_GGUF}),
     "unschedulable": ({"replicas": 4, "resources": {"requests": {"cpu": "1"}}}, "Unschedulable",
                       ("Insufficient cpu",), {}),
 }

@@ -516,7 +516,7 @@ async def test_unloadable_model_is_dead(tmp_path: Path) -> None:
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf")
     b = LlamaCppBackend(_args(bad))
-    with pytest.raises(RuntimeError, match="could not load"):
+    with pytest.raises(RuntimeError, match=r"could not load .*bad.gguf: not a GGUF file \(it starts with b'not '"):
         await b.start()
     assert b.health().state is State.DEAD
 

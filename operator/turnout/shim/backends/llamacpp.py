@@ -76,6 +76,15 @@ DEFAULT_PARALLEL = 4
 _SPLIT = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 
 
+def _check_gguf(path: Path) -> None:
+    """A file that is not GGUF at all is named here (llama.cpp says why only in its own log)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head != b"GGUF":
+        raise RuntimeError(f"llama.cpp could not load {path}: not a GGUF file (it starts with {head!r}, "
+                           "a GGUF file with b'GGUF')")
+
+
 def find_gguf(model: str, quantization: str | None) -> Path:
     """The GGUF file to load for ``--model`` (a file or a folder) and ``--quantization``."""
     path = Path(model[len("file://"):] if model.startswith("file://") else model)
@@ -234,6 +243,7 @@ class LlamaCppBackend(Backend):
         self._health = Health(State.LOADING, "loading the model")
         try:
             params = self.params()
+            _check_gguf(self.gguf)
             import xllamacpp
 
             self.server = await asyncio.to_thread(xllamacpp.Server, params)
@@ -241,7 +251,8 @@ class LlamaCppBackend(Backend):
         except Exception as exc:
             self._health = Health(State.DEAD, f"llama.cpp failed to start: {exc}")
             if isinstance(exc, RuntimeError) and "init server" in str(exc):
-                raise RuntimeError(f"llama.cpp could not load {self.gguf}; its log above says why") from exc
+                raise RuntimeError(f"llama.cpp could not load {self.gguf}; llama.cpp's log (the container's "
+                                   "log) says why") from exc
             raise
         self._health = Health(State.READY)
         log.info("llama.cpp serves %s from %s", self.args.served_model_name, self.gguf)
