@@ -364,7 +364,8 @@ def test_pod_failure_degrades_and_recovery_returns_to_ready(state, reason, in_me
 
 
 def test_unschedulable_by_the_scheduler_then_recovers(namespace, operator, own_nodes, kwok, cleanup):
-    node = own_nodes.add("cpu", cpu="500m")  # the resolver looks at memory; the scheduler also at cpu
+    # the resolver looks at memory; the scheduler also at cpu: less than a model pod's CPU floor (250m)
+    node = own_nodes.add("cpu", cpu="100m")
     cleanup("modeldeployment", "e2e-unschedulable", namespace)
     apply(model_deployment("e2e-unschedulable", gguf(replicas=1, nodeSelector=own_nodes.selector)), namespace)
     degraded = poll(lambda: phase(namespace, "e2e-unschedulable", "Degraded"), timeout=120, what="Degraded")

@@ -209,6 +209,17 @@ def _ask(client: Any, doc: dict[str, Any]) -> dict[str, Any]:
             "completion": completion.choices[0].text, "seconds": round(time.monotonic() - start, 2)}
 
 
+def _dump(*namespaces: str) -> None:
+    """What a user would look at when the journey fails: objects, Events, every pod's log."""
+    for ns in namespaces:
+        for args in (["get", "modeldeployments,deployments,pods", "-o", "wide"],
+                     ["get", "events", "--sort-by=.lastTimestamp"]):
+            print(f"\n===== {ns}: {' '.join(args)} =====\n{kubectl(*args, '-n', ns, check=False)}")
+        for pod in json.loads(kubectl("get", "pods", "-n", ns, "-o", "json", check=False) or "{}").get("items", []):
+            name = pod["metadata"]["name"]
+            print(f"\n===== {ns}/{name} log =====\n{kubectl('logs', '-n', ns, name, '--tail=60', check=False)}")
+
+
 def _record(path: Path, figures: dict[str, Any]) -> None:
     """Merge ``figures`` into the results file (each measuring test adds its own keys)."""
     known = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}
@@ -339,6 +350,9 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
         poll(lambda: not json.loads(kubectl("get", "deployments,services,pods,persistentvolumeclaims", "-n", models,
                                             "-l", MODEL_LABELS, "-o", "json"))["items"],
              timeout=120, what="garbage collection of the children")
+    except BaseException:
+        _dump(models, system)
+        raise
     finally:
         if not os.environ.get("TURNOUT_E2E_KEEP"):
             helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
@@ -431,6 +445,20 @@ def test_what_a_real_kubelet_reports_degrades_with_the_reason_and_a_fix_recovers
     assert condition(get_json("modeldeployment", name, "-n", namespace), "Degraded").get("status") == "False"
 
 
+def _first_token(url: str) -> float | None:
+    """When the first streamed token of a chat through ``url`` arrived; None while nothing listens there."""
+    try:
+        with httpx.stream("POST", url, json={"model": "tiny-first", "messages": [{"role": "user", "content": "hi"}],
+                                            "max_tokens": 4, "stream": True}, timeout=60, trust_env=False) as reply:
+            assert reply.status_code == 200, reply.read()
+            for line in reply.iter_lines():
+                if line.startswith("data: ") and '"content"' in line:
+                    return time.time()
+    except httpx.ConnectError:
+        return None
+    raise AssertionError("the stream ended with no content")
+
+
 # ----- apply → Ready → first token, measured ----------------------------------------------------------------
 
 
@@ -453,15 +481,8 @@ def test_apply_to_first_token_of_the_tiny_gguf_with_the_image_on_the_node(
     service = get_json("service", child_name(name), "-n", namespace)
     assert service is not None, md["status"]
     url = f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}/v1/chat/completions"
-    first = None
-    with httpx.stream("POST", url, json={"model": "tiny-first", "messages": [{"role": "user", "content": "hi"}],
-                                        "max_tokens": 4, "stream": True}, timeout=60, trust_env=False) as reply:
-        assert reply.status_code == 200, reply.read()
-        for line in reply.iter_lines():
-            if line.startswith("data: ") and '"content"' in line:
-                first = time.time()
-                break
-    assert first is not None
+    first = poll(lambda: _first_token(url), timeout=30, interval=0.1,
+                 what="the first token through the Service (kube-proxy programs its rules after Ready)")
     pods = model_pods(namespace, name)
     assert len(pods) == 1
     stamps = pod_times(pods[0])
