@@ -227,9 +227,9 @@ def test_engine_death_ends_inflight_streams_then_the_shim_exits_with_the_reason(
         for line in r.iter_lines():
             if line.startswith("data: "):
                 events.append(line[6:])
-            if len(events) == 3:
-                t0 = time.monotonic()
-                os.kill(pid, signal.SIGKILL)
+                if len(events) == 3:  # once: the blank line after an event must not kill a reaped pid again
+                    t0 = time.monotonic()
+                    os.kill(pid, signal.SIGKILL)
     assert events[-1] == "[DONE]", events[-3:]
     assert len(events) < 1000
     error = json.loads(events[-2])["error"]
