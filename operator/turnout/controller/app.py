@@ -62,10 +62,6 @@ _CHILD_RESOURCES = {
 }
 #: The child kinds of an optional API: watched only while the cluster serves it.
 _OPTIONAL = ("LeaderWorkerSet", "InferencePool")
-#: A failed watch of an optional API that discovery still lists (its CRD terminating) restarts kopf this many
-#: times in a row, this far apart, before the operator gives up.
-OPTIONAL_WATCH_RETRIES = 10
-OPTIONAL_WATCH_RETRY_SECONDS = 2.0
 
 
 def _trigger(diff: Sequence[Any]) -> str:
@@ -382,7 +378,6 @@ async def operate(
         runner = await metrics_mod.serve(controller.metrics, options.bind_address, options.metrics_port)
     liveness = f"http://{options.bind_address}:{options.health_port}/healthz" if options.health_port else None
     restart = asyncio.Event()
-    still_listed = 0  # watch failures in a row of an optional API that discovery still lists
     try:
         while True:
             restart.clear()
@@ -422,18 +417,8 @@ async def operate(
                     features, pools = await controller.discover(client)
                 served = (features.leader_worker_set, pools)
                 if all(s for s, w in zip(served, watching, strict=True) if w):
-                    # Still listed: its CRD may be terminating (discovery lists a group until the CRD is gone,
-                    # while its watch already answers 404). Try again a few times before giving up.
-                    still_listed += 1
-                    if still_listed > OPTIONAL_WATCH_RETRIES:
-                        raise
-                    logger.warning("a watch of LeaderWorkerSet or InferencePool failed while API discovery still "
-                                   "lists it (its CRD being deleted?): restarting the watches in %.0f s (%d/%d)",
-                                   OPTIONAL_WATCH_RETRY_SECONDS, still_listed, OPTIONAL_WATCH_RETRIES)
-                    await asyncio.sleep(OPTIONAL_WATCH_RETRY_SECONDS)
-                else:
-                    still_listed = 0
-                    logger.info("LeaderWorkerSet or InferencePool is no longer served: restarting the watches")
+                    raise
+                logger.info("LeaderWorkerSet or InferencePool is no longer served: restarting the watches")
                 restart.set()
             finally:
                 relay.cancel()
