@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from turnout.aio import wait_for
 from turnout.kube import ApiError, Credentials, CredentialsError, KubeClient, TransientApiError, load_credentials
 
 log = logging.getLogger("turnout.agent.bootstrap")
@@ -101,7 +102,7 @@ async def request_certificate(kube: KubeClient, node_name: str, *, timeout: floa
     name = created["metadata"]["name"]
     log.info("submitted certificate signing request %s for %s", name, node_user(node_name))
     try:
-        cert = await asyncio.wait_for(_wait(kube, name), timeout)
+        cert = await wait_for(_wait(kube, name), timeout)
     except asyncio.TimeoutError:
         raise BootstrapError(f"certificate signing request {name} is still pending after {timeout:.0f}s: "
                              + PENDING_HINT.format(name=name)) from None

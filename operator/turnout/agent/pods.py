@@ -44,6 +44,7 @@ from turnout.agent.podspec import (
 )
 from turnout.agent.probes import Probe, run_exec
 from turnout.agent.process import ContainerProcess, tail
+from turnout.aio import wait_for
 from turnout.kube import ApiError, TransientApiError
 from turnout.shimargs import TERMINATION_LOG_ENV
 
@@ -384,7 +385,7 @@ class ContainerRunner:
         pre_stop = ((self.spec.get("lifecycle") or {}).get("preStop")) or {}
         if pre_stop:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._hook(pre_stop), max(0.0, deadline - time.monotonic()))
+                await wait_for(self._hook(pre_stop), max(0.0, deadline - time.monotonic()))
         waiter = asyncio.create_task(self.proc.wait())
         await self.proc.stop(max(0.0, deadline - time.monotonic()))
         result = await waiter
@@ -475,7 +476,7 @@ class PodWorker:
     async def _wait_change(self, seconds: float) -> None:
         self._changed.clear()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), seconds)
+            await wait_for(self._changed.wait(), seconds)
 
     async def _start(self) -> None:
         spec = self.pod.get("spec") or {}

@@ -10,6 +10,8 @@ from typing import Any
 
 import aiohttp
 
+from turnout.aio import wait_for
+
 
 class ProbeError(ValueError):
     """The probe spec cannot be run (e.g. a port name the container does not declare)."""
@@ -57,7 +59,7 @@ class Probe:
                     ) -> tuple[bool, str]:
         """Run the probe once: (success, message)."""
         try:
-            return await asyncio.wait_for(self._check(env or {}, session), self.timeout)
+            return await wait_for(self._check(env or {}, session), self.timeout)
         except asyncio.TimeoutError:
             return False, f"probe timed out after {self.timeout:g}s"
         except ProbeError as exc:

@@ -29,6 +29,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from turnout.aio import wait_for
 from turnout.gateway.metrics import GatewayMetrics, ModelMetrics
 from turnout.gateway.registry import Endpoint, Model
 from turnout.gateway.routing import PREFIX_HASH, prompt_prefix
@@ -327,7 +328,7 @@ class GatewayApp:
                                   f"{' (it is starting from zero)' if model.replicas == 0 or tried else ''}; "
                                   "retry later", code="model_not_ready", retry_after=RETRY_AFTER)
                 with suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(model.changed(), min(left, 1.0))
+                    await wait_for(model.changed(), min(left, 1.0))
                 ep = model.pick(prefix, tried)
         finally:
             model.queued -= 1

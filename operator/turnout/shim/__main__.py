@@ -10,6 +10,7 @@ from contextlib import suppress
 from types import FrameType
 from typing import Any
 
+from turnout.aio import wait_for
 from turnout.shimargs import TERMINATION_LOG, TERMINATION_LOG_ENV, ShimArgs
 
 GRACE_ENV = "TURNOUT_SHUTDOWN_GRACE_SECONDS"
@@ -122,7 +123,7 @@ def _server_class(base: type[Any]) -> type[Any]:
             while not self._stop_requested and not await self.on_tick(counter):
                 counter = (counter + 10) % 864000  # on_tick refreshes the Date header when counter % 10 == 0
                 with suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                    await wait_for(self._wake.wait(), 1.0)
             self.should_exit = True
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:

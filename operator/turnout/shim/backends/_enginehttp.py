@@ -30,6 +30,8 @@ from collections.abc import AsyncIterator, Callable
 
 import httptools
 
+from turnout.aio import wait_for
+
 DEFAULT_MAX_IDLE_S = 4.0
 DEFAULT_MAX_POOLED = 256
 _EOL = b"\r\n"
@@ -305,7 +307,7 @@ class EnginePool:
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
+            _, conn = await wait_for(
                 loop.create_connection(lambda: _Conn(loop), self.host, self.port), self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise EngineConnectError(f"cannot connect to {self.host}:{self.port}: "
@@ -362,7 +364,7 @@ class EnginePool:
                 if timeout is None:
                     await self._head(conn)
                 else:
-                    await asyncio.wait_for(self._head(conn), timeout)
+                    await wait_for(self._head(conn), timeout)
             except BaseException as exc:
                 conn.abort()
                 if attempt == 0 and may_retry(exc, reused=conn.reused, received=conn.received):

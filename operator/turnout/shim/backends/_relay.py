@@ -29,6 +29,7 @@ import os
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from turnout.aio import wait_for
 from turnout.shim.backends._enginehttp import (
     EngineConnectError,
     EngineConnectionError,
@@ -153,7 +154,7 @@ class SSERelay:
                     # [DONE] is the engine's last event: wait (briefly) for the body's end, so the
                     # connection can be reused
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(self._body_end(), 1.0)
+                        await wait_for(self._body_end(), 1.0)
                 self._finish()
                 raise StopAsyncIteration
             try:

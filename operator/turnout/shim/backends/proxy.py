@@ -28,6 +28,7 @@ from abc import abstractmethod
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, ClassVar
 
+from turnout.aio import wait_for
 from turnout.shim.backends._relay import (
     EngineConnectionError,
     EnginePool,
@@ -224,7 +225,7 @@ class ProxyBackend(Backend):
         assert self.pool is not None
         try:
             r = await self.pool.request("GET", "/v1/models", timeout=10.0)
-            data = json.loads(await asyncio.wait_for(r.read(), 10.0)).get("data") or []
+            data = json.loads(await wait_for(r.read(), 10.0)).get("data") or []
         except (EngineConnectionError, asyncio.TimeoutError, ValueError, AttributeError):
             return {}
         first = data[0] if data and isinstance(data[0], dict) else {}
@@ -286,7 +287,7 @@ class ProxyBackend(Backend):
             return resp.status
 
         try:
-            return await asyncio.wait_for(ask(), timeout) == 200
+            return await wait_for(ask(), timeout) == 200
         except (EngineConnectionError, asyncio.TimeoutError):
             return False
 
@@ -317,7 +318,7 @@ class ProxyBackend(Backend):
         _killpg(pgid, signal.SIGTERM)
         if proc.returncode is None:
             try:
-                await asyncio.wait_for(proc.wait(), STOP_GRACE_SECONDS)
+                await wait_for(proc.wait(), STOP_GRACE_SECONDS)
             except asyncio.TimeoutError:
                 log.warning("%s did not stop within %.0f s; killing it", self.engine, STOP_GRACE_SECONDS)
         # Whatever is left in the group (the engine's workers) goes too.
@@ -415,7 +416,7 @@ class ProxyBackend(Backend):
         """The error for a stream cut short; an engine that is exiting is told apart from a hiccup."""
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.proc.wait()), 1.0)
+                await wait_for(asyncio.shield(self.proc.wait()), 1.0)
         if self._state is State.DEAD or (self.proc is not None and self.proc.returncode is not None):
             return BackendError(f"the {self.engine} engine failed while streaming: "
                                 f"{self._message or exc}", status=503, type="service_unavailable",
