@@ -11,8 +11,13 @@ operator; off with ``--peering``, where a standby would scale too):
   ``turnout_operator_autoscaler_scrape_failures_total``; when every source fails there is no sample.
 - **decide**: :func:`turnout.controller.scalepolicy.decide` (pure).
 - **act**: a merge patch of ``spec.replicas`` through the ``scale`` subresource, only when it changes,
-  and an ``Autoscaled`` Event saying why. A scale to zero carries the resourceVersion it was decided on,
-  so it never undoes a gateway's wake-up that came in between (409: decided again next tick).
+  and an ``Autoscaled`` Event saying why. A scale down (to zero included) carries the resourceVersion it
+  was decided on, so it never undoes a write it has not seen: the gateway's wake-up, a user's scale
+  (409: decided again next tick, from what is there then). A scale up is written as is: it undoes no
+  wake-up, and a status write in between does not delay it.
+
+Who writes ``spec.replicas`` (docs/autoscaling.md, "Who writes replicas"): the user, or this loop while
+``spec.autoscaling`` is set; the gateway only wakes a deployment at zero (0 → 1); the reconcile never.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -285,7 +290,7 @@ class ScaleLoop:
         if not decision.changes(current):
             return None
         patch: dict[str, Any] = {"spec": {"replicas": decision.replicas}}
-        if decision.replicas == 0 and meta.get("resourceVersion"):
+        if decision.replicas < current and meta.get("resourceVersion"):
             patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
         path = api_path(f"{GROUP}/{VERSION}", PLURAL, namespace, name, "scale")
         try:
@@ -293,6 +298,9 @@ class ScaleLoop:
         except ApiError as exc:
             logger.info("cannot scale %s/%s to %d (decided again next tick): %s", namespace, name,
                         decision.replicas, exc)
+            # Nothing was written: the replicas are still the ones decided on, so the next tick tells a scale
+            # by someone else (held like a scale-up of ours) from a refusal for another change (a status write).
+            self._histories[uid] = replace(decision.history, replicas=current)
             return None
         self.metrics.writes.labels(kind="scale").inc()
         if meta.get("resourceVersion"):
