@@ -81,7 +81,7 @@ tests/gateway/test_kube_gateway.py → test_gateway_e2e.py (the gateway as a pro
     → one_base_url_serves_a_llamacpp_and_a_transformers_model (real llama.cpp and transformers pods)
   scale_from_zero_holds_requests_and_wakes_once → scale_from_zero_through_the_gateway_up_to_two_and_back
   recorded_api_use_equals_the_declared_rbac → both (the gateway runs as a ServiceAccount bound to the generated Role)
-tests/controller/test_autoscaler.py
+tests/controller/test_scaleloop.py
   scales_up_under_gateway_load_down_after_the_delay_and_to_zero_and_back
     → scale_from_zero_through_the_gateway_up_to_two_and_back (test_gateway_e2e: the operator scrapes the real gateway)
 """

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from turnout.api.crd import crd
-from turnout.controller.autoscaler import GATEWAY_IN_FLIGHT, GATEWAY_QUEUE, SHIM_IN_FLIGHT
+from turnout.controller.scaleloop import GATEWAY_IN_FLIGHT, GATEWAY_QUEUE, SHIM_IN_FLIGHT
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTOSCALING = ROOT / "deploy" / "autoscaling"

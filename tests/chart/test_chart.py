@@ -23,7 +23,7 @@ from turnout.agent.rbac import BOOTSTRAP_BINDINGS, BOOTSTRAP_GROUP
 from turnout.api.crd import crd
 from turnout.api.types import ACCELERATORS, ENGINES
 from turnout.config import OperatorConfig, parse_config
-from turnout.controller import app as operator_app
+from turnout.controller import options as operator_app
 from turnout.controller.rbac import RULES
 from turnout.images import OPERATOR_IMAGE, VERSION
 from turnout.kube.rbac import Rule

@@ -18,7 +18,7 @@ import yaml
 from chartkit import ROOT, by_kind, one, render
 
 from turnout.config import load_config
-from turnout.controller import app as operator_app
+from turnout.controller import options as operator_app
 
 pytest.importorskip("helm_python", reason="helm-python-sdk renders the chart: pip install helm-python-sdk")
 kmock = pytest.importorskip("kmock", reason="the in-memory Kubernetes API is built on kmock")

@@ -12,7 +12,7 @@ from fakekube import FakeKube
 
 from kubeconfigs import credentials_for
 from turnout.config import OperatorConfig
-from turnout.controller import Controller, Options, operate
+from turnout.controller import Controller, Options, new_controller, operate
 
 MDS = ("turnout.dev", "v1alpha1", "modeldeployments")
 DEPLOYMENTS = ("apps", "v1", "deployments")
@@ -164,16 +164,15 @@ class OperatorRun:
         self._stop: asyncio.Event | None = None
 
     async def start(self) -> Controller:
-        self.controller = Controller(self.config, retry_base=0.1)
         self.fake.closing = False
         self._since = len(self.fake.requests)
         self._stop, ready = asyncio.Event(), asyncio.Event()
         server = str(self.fake.url).rstrip("/")
 
         credentials = await credentials_for(server)
+        self.controller = new_controller(self.options, self.config, credentials, retry_base=0.1)
         self._task = asyncio.create_task(operate(
-            self.options, self.config, credentials=credentials,
-            controller=self.controller, stop_flag=self._stop, ready_flag=ready, tune=_quick_exit,
+            self.options, self.controller, stop_flag=self._stop, ready_flag=ready, tune=_quick_exit,
         ))
         done, _ = await asyncio.wait({self._task, asyncio.create_task(ready.wait())},
                                      timeout=60, return_when=asyncio.FIRST_COMPLETED)

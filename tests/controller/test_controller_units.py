@@ -7,10 +7,18 @@ import asyncio
 import pytest
 
 from turnout.controller import main as operator_main
-from turnout.controller.app import _trigger
+from turnout.controller.handlers import _trigger
 from turnout.controller.status import Cond, Rollout, merge_conditions, observe_rollout, status_patch
 from turnout.controller.workqueue import RetryLater, WorkQueue
 from turnout.controller.world import compact_node, compact_pod, diagnose
+from turnout.kube import Credentials
+
+
+def _credentials() -> Credentials:
+    """Credentials for a controller whose client these tests never use (nothing listens there)."""
+    from kubernetes_asyncio.client import Configuration
+
+    return Credentials(Configuration(host="https://127.0.0.1:1"), "test credentials")
 
 
 def _pod(name, waiting=None, last=None, scheduled=None, deleting=False):
@@ -205,7 +213,7 @@ def test_the_echo_of_our_own_apply_queues_no_reconcile_but_any_other_child_chang
     from turnout.config import OperatorConfig
     from turnout.controller import Controller
 
-    controller = Controller(OperatorConfig())
+    controller = Controller(OperatorConfig(), _credentials())
     controller.indices = {"turnout_mds": {("models", "m"): [{"metadata": {"name": "m"}}]}}
     owner = [{"kind": "ModelDeployment", "name": "m", "uid": "u-md", "controller": True}]
     applied = {"name": "m", "uid": "u1", "resourceVersion": "7", "labels": {}, "owner": "m"}
@@ -255,7 +263,7 @@ def test_hardware_is_parsed_once_per_node_set():
                                         "capacity": {"cpu": cpu, "memory": "64Gi"},
                                         "conditions": [{"type": "Ready", "status": "True"}]}})
 
-    controller = Controller(OperatorConfig())
+    controller = Controller(OperatorConfig(), _credentials())
     a, b = node("a", "8"), node("b", "8")
     controller.indices = {"turnout_nodes": {"a": [a], "b": [b]}}
     first = controller.hardware()
@@ -273,7 +281,7 @@ async def test_reconciles_in_flight_are_bounded():
     from turnout.config import OperatorConfig
     from turnout.controller import Controller
 
-    controller = Controller(OperatorConfig(), concurrency=3)
+    controller = Controller(OperatorConfig(), _credentials(), concurrency=3)
     running, most = 0, 0
     release = asyncio.Event()
 
@@ -300,7 +308,7 @@ async def test_reconciles_in_flight_are_bounded():
 def test_kopf_settings_keep_state_in_turnout_annotations_and_let_idle_workers_go():
     import kopf
 
-    from turnout.controller.app import configure
+    from turnout.controller.handlers import configure
 
     settings = kopf.OperatorSettings()
     configure(settings)
@@ -314,7 +322,7 @@ def test_kopf_settings_keep_state_in_turnout_annotations_and_let_idle_workers_go
 def test_lean_diff_base_is_kopfs_essence_without_copying_managed_fields():
     import kopf
 
-    from turnout.controller.app import DIFFBASE_ANNOTATION, LeanDiffBaseStorage
+    from turnout.controller.handlers import DIFFBASE_ANNOTATION, LeanDiffBaseStorage
 
     body = kopf.Body({
         "apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment",

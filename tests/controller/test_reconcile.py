@@ -23,7 +23,7 @@ from ctlharness import (
 )
 from fakekube import KubeApiError
 
-from turnout.controller.app import DIFFBASE_ANNOTATION
+from turnout.controller.handlers import DIFFBASE_ANNOTATION
 from turnout.controller.reconcile import IDX_MDS
 
 

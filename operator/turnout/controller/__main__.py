@@ -1,5 +1,5 @@
 """``python -m turnout.controller``."""
 
-from turnout.controller.app import main
+from turnout.controller.run import main
 
 raise SystemExit(main())

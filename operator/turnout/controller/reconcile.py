@@ -38,7 +38,6 @@ from pydantic import ValidationError
 from turnout.api import GROUP, KIND, PLURAL, VERSION, ModelDeploymentSpec
 from turnout.config import OperatorConfig
 from turnout.controller import status as st
-from turnout.controller.autoscaler import Autoscaler
 from turnout.controller.decide import Decision, Observed, Owned, Prune, decide, decide_after_apply_failure
 from turnout.controller.metrics import Metrics, Replicas
 from turnout.controller.workqueue import RetryLater, WorkQueue
@@ -104,13 +103,13 @@ async def _serves(client: KubeClient, group_version: str, plural: str) -> bool:
 class Controller:
     """State shared by all handlers of one operator instance."""
 
-    def __init__(self, config: OperatorConfig, *, workers: int = 4, retry_base: float = 1.0,
-                 concurrency: int = 32) -> None:
+    def __init__(self, config: OperatorConfig, credentials: Credentials, *, inference_pool: bool = False,
+                 workers: int = 4, retry_base: float = 1.0, concurrency: int = 32) -> None:
         self.config = config
         self.retry_base = retry_base  # first back-off delay after a transient API error (seconds)
         self.metrics = Metrics(self._statuses, self._replicas)
-        self.client: KubeClient | None = None
-        self.credentials: Credentials | None = None  # one identity for our client and kopf's session
+        # One identity for our requests and kopf's session (its credentials log kopf in).
+        self.client = KubeClient(credentials, on_error=self.metrics.api_error, user_agent="turnout-operator")
         self.indices: Mapping[str, Any] = {}
         self.queue = WorkQueue(self._work, workers=workers, base_delay=retry_base / 2)
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
@@ -123,12 +122,9 @@ class Controller:
         #: The APIs the cluster serves that plans may use (API discovery at start-up, then every
         #: ``discovery_interval`` seconds; see :meth:`discover`).
         self.features = ClusterFeatures()
-        self.discovery_interval = 60.0
-        self.watching_lws = False  # whether kopf's watches (fixed at its start) include LeaderWorkerSets
         #: --inference-pool: render an InferencePool per deployment while the cluster serves them.
-        self.inference_pool = False
+        self.inference_pool = inference_pool
         self.pools_served = False  # API discovery: inference.networking.k8s.io/v1 lists inferencepools
-        self.watching_pools = False  # whether kopf's watches include InferencePools
         # At most this many reconciles build manifests and wait on the API at once: a burst of creates
         # (kopf runs one handler per object at once) would otherwise hold every object's rendered children
         # and responses in memory together, for no more throughput (the API server is the bottleneck).
@@ -137,13 +133,12 @@ class Controller:
         # uids of children deleted by pruning whose DELETED event has not arrived yet (not deleted twice).
         self._pruning: set[str] = set()
         self._prune_refused: set[str] = set()  # uids whose delete was refused and said so in an Event
-        self.autoscaler: Autoscaler | None = None  # set by operate(): the built-in autoscaler's act side
 
     # ----- wiring -------------------------------------------------------------------------------
 
-    def bind(self, indices: Mapping[str, Any], client: KubeClient) -> None:
+    def bind(self, indices: Mapping[str, Any]) -> None:
+        """kopf's indexes of this run (it fills them before any handler runs)."""
         self.indices = {k: indices[k] for k in INDEX_IDS if k in indices}
-        self.client = client
 
     def _index(self, idx: str) -> Mapping[Any, Any]:
         return self.indices.get(idx) or {}
@@ -181,7 +176,7 @@ class Controller:
             cached = self._hw_cache = (nodes, self.features, parse_nodes(nodes, self.features))
         return cached[2]
 
-    async def discover(self, client: KubeClient | None = None) -> tuple[ClusterFeatures, bool]:
+    async def discover(self) -> tuple[ClusterFeatures, bool]:
         """Which optional APIs the API server serves: (the cluster features plans may use, InferencePools served).
 
         One GET of ``/apis`` (the group list), then ``/apis/GROUP/VERSION`` only for a listed group, to see that
@@ -191,8 +186,7 @@ class Controller:
         not --inference-pool is set: pools the operator made earlier are watched, so pruned. An error keeps
         what was known (nothing is raised from here).
         """
-        api = client or self.client
-        assert api is not None
+        api = self.client
         try:
             groups = await api.get("/apis") or {}
             listed = {str(v.get("groupVersion")) for g in groups.get("groups") or [] for v in g.get("versions") or []}
@@ -289,8 +283,6 @@ class Controller:
         self.queue.forget((namespace, name))
         if uid:
             self._written.pop(uid, None)
-        if self.autoscaler is not None:
-            self.autoscaler.forget(uid)
         for kind in IDX_CHILDREN:
             self._applied.pop((kind, namespace, name), None)
 
@@ -418,7 +410,7 @@ class Controller:
         for child in decision.apply:
             kind, name = child["kind"], child["metadata"]["name"]
             try:
-                response = await self.client.apply(child)  # type: ignore[union-attr]
+                response = await self.client.apply(child)
             except PermanentApiError as exc:
                 decision = decide_after_apply_failure(decision, child, exc.message)
                 break
@@ -447,8 +439,7 @@ class Controller:
         target = {"apiVersion": prune.api_version, "kind": prune.kind,
                   "metadata": {"name": prune.name, "namespace": meta["namespace"]}}
         try:
-            deleted = await self.client.delete(  # type: ignore[union-attr]
-                target, uid=prune.uid, propagation=PRUNE_PROPAGATION)
+            deleted = await self.client.delete(target, uid=prune.uid, propagation=PRUNE_PROPAGATION)
         except PermanentApiError as exc:  # e.g. 403: an older chart without the delete verb
             event = prune.refused(exc.message)
             if event is not None:  # said once; tried again on every reconcile
@@ -471,7 +462,7 @@ class Controller:
             return False
         meta = md["metadata"]
         try:
-            await self.client.patch_status(  # type: ignore[union-attr]
+            await self.client.patch_status(
                 f"{GROUP}/{VERSION}", PLURAL, meta["namespace"], meta["name"], decision.patch
             )
         except PermanentApiError as exc:
@@ -492,7 +483,7 @@ class Controller:
         log = logger.warning if type_ == "Warning" else logger.info
         log("%s/%s %s: %s", meta["namespace"], meta["name"], reason, message)
         try:
-            await self.client.create_event(  # type: ignore[union-attr]
+            await self.client.create_event(
                 regarding, type_=type_, reason=reason, note=message, action=EVENT_ACTIONS.get(reason, "Reconcile"),
                 controller=REPORTING_CONTROLLER, instance=self.instance,
             )

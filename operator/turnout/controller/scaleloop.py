@@ -1,4 +1,4 @@
-"""The built-in autoscaler's observe and act: scrape the load, ask :mod:`~turnout.controller.autoscale`, scale.
+"""The built-in autoscaler's loop: scrape the load, ask :mod:`~turnout.controller.scalepolicy`, scale.
 
 Every ``interval`` seconds, for each ModelDeployment with ``spec.autoscaling`` (one loop, started with the
 operator; off with ``--peering``, where a standby would scale too):
@@ -9,10 +9,15 @@ operator; off with ``--peering``, where a standby would scale too):
   ``/metrics`` of each ready endpoint of the deployment's own Service: ``turnout_requests_in_flight``.
   A scrape that fails (short timeout) gives nothing: it is logged at debug and counted in
   ``turnout_operator_autoscaler_scrape_failures_total``; when every source fails there is no sample.
-- **decide**: :func:`turnout.controller.autoscale.decide` (pure).
+- **decide**: :func:`turnout.controller.scalepolicy.decide` (pure).
 - **act**: a merge patch of ``spec.replicas`` through the ``scale`` subresource, only when it changes,
-  and an ``Autoscaled`` Event saying why. A scale to zero carries the resourceVersion it was decided on,
-  so it never undoes a gateway's wake-up that came in between (409: decided again next tick).
+  and an ``Autoscaled`` Event saying why. A scale down (to zero included) carries the resourceVersion it
+  was decided on, so it never undoes a write it has not seen: the gateway's wake-up, a user's scale
+  (409: decided again next tick, from what is there then). A scale up is written as is: it undoes no
+  wake-up, and a status write in between does not delay it.
+
+Who writes ``spec.replicas`` (docs/autoscaling.md, "Who writes replicas"): the user, or this loop while
+``spec.autoscaling`` is set; the gateway only wakes a deployment at zero (0 → 1); the reconcile never.
 """
 
 from __future__ import annotations
@@ -21,21 +26,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from turnout.api import GROUP, PLURAL, VERSION, AutoscalingSpec
-from turnout.controller import autoscale
-from turnout.kube import ApiError
+from turnout.controller import scalepolicy
+from turnout.controller.metrics import Metrics
+from turnout.kube import ApiError, KubeClient
 from turnout.kube.client import api_path
 from turnout.render import child_name
-
-if TYPE_CHECKING:
-    from turnout.controller.reconcile import Controller
 
 logger = logging.getLogger("turnout.controller.autoscaler")
 
@@ -112,13 +115,26 @@ def shim_in_flight(text: str) -> float:
                for s in f.samples)
 
 
-class Autoscaler:
-    """The scrapes, the per-deployment history and the scale writes of one operator instance."""
+class EventSink(Protocol):
+    """Posts an Event on a ModelDeployment, best effort (the operator's :meth:`Controller.event`)."""
 
-    def __init__(self, controller: Controller, settings: Settings) -> None:
-        self.controller = controller
+    async def __call__(self, md: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
+
+
+class ScaleLoop:
+    """The scrapes, the per-deployment history and the scale writes of one operator instance.
+
+    What it needs of the operator, and no more: ``client`` (lists EndpointSlices, writes the ``scale``
+    subresource), ``metrics`` (counts failed scrapes and scale writes) and ``post_event`` (the ``Autoscaled``
+    Event). The operator forgets a deleted deployment here through :meth:`forget`.
+    """
+
+    def __init__(self, settings: Settings, *, client: KubeClient, metrics: Metrics, post_event: EventSink) -> None:
         self.settings = settings
-        self._histories: dict[str, autoscale.History] = {}  # ModelDeployment uid -> history
+        self.client = client
+        self.metrics = metrics
+        self.post_event = post_event
+        self._histories: dict[str, scalepolicy.History] = {}  # ModelDeployment uid -> history
         # uid -> (the resourceVersion a scale was decided on, the replicas written): until the watch shows a
         # newer version, the replicas written are the current ones (no second write, no second Event).
         self._written: dict[str, tuple[str, int]] = {}
@@ -150,7 +166,7 @@ class Autoscaler:
                 return await response.text()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, UnicodeDecodeError) as exc:
             logger.debug("scraping %s (%s) failed: %s", url, source, exc)
-            self.controller.metrics.scrape_failures.labels(source=source).inc()
+            self.metrics.scrape_failures.labels(source=source).inc()
             return None
 
     async def _scrape_all(self, urls: Sequence[str], source: str) -> list[str | None]:
@@ -160,7 +176,7 @@ class Autoscaler:
         """Ready endpoints of a Service (its EndpointSlices); None when they cannot be listed."""
         path = api_path(ENDPOINT_SLICES, "endpointslices", namespace)
         try:
-            found = await self.controller.client.request(  # type: ignore[union-attr]
+            found = await self.client.request(
                 "GET", path, params={"labelSelector": f"{SERVICE_NAME_LABEL}={service}"}, timeout=10)
         except ApiError as exc:
             if exc.status == 403 and (namespace, service) not in self._forbidden:
@@ -204,10 +220,10 @@ class Autoscaler:
             return parse(text)
         except ValueError as exc:
             logger.debug("cannot parse the metrics of %s (%s): %s", url, source, exc)
-            self.controller.metrics.scrape_failures.labels(source=source).inc()
+            self.metrics.scrape_failures.labels(source=source).inc()
             return None
 
-    async def sample(self, namespace: str, name: str) -> autoscale.Sample | None:
+    async def sample(self, namespace: str, name: str) -> scalepolicy.Sample | None:
         """One load sample of a deployment, or None when every source failed."""
         at = time.monotonic()
         gateways = await self._gateway_load()
@@ -220,7 +236,7 @@ class Autoscaler:
         if expected and not answered:
             return None
         total, queued = (gateways or {}).get((namespace, name), (0.0, 0.0))
-        return autoscale.Sample(at=at, load=max(total, sum(shim)), queued=queued)
+        return scalepolicy.Sample(at=at, load=max(total, sum(shim)), queued=queued)
 
     # ----- the loop ---------------------------------------------------------------------------
 
@@ -265,7 +281,7 @@ class Autoscaler:
             else:
                 del self._written[uid]
         sample = await self.sample(namespace, name)
-        decision = autoscale.decide(policy, self._histories.get(uid), sample, current,
+        decision = scalepolicy.decide(policy, self._histories.get(uid), sample, current,
                                     window=self.settings.window, can_wake=self.settings.has_gateway)
         self._histories[uid] = decision.history
         if sample is not None:
@@ -274,19 +290,22 @@ class Autoscaler:
         if not decision.changes(current):
             return None
         patch: dict[str, Any] = {"spec": {"replicas": decision.replicas}}
-        if decision.replicas == 0 and meta.get("resourceVersion"):
+        if decision.replicas < current and meta.get("resourceVersion"):
             patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
         path = api_path(f"{GROUP}/{VERSION}", PLURAL, namespace, name, "scale")
         try:
-            await self.controller.client.merge_patch(path, patch)  # type: ignore[union-attr]
+            await self.client.merge_patch(path, patch)
         except ApiError as exc:
             logger.info("cannot scale %s/%s to %d (decided again next tick): %s", namespace, name,
                         decision.replicas, exc)
+            # Nothing was written: the replicas are still the ones decided on, so the next tick tells a scale
+            # by someone else (held like a scale-up of ours) from a refusal for another change (a status write).
+            self._histories[uid] = replace(decision.history, replicas=current)
             return None
-        self.controller.metrics.writes.labels(kind="scale").inc()
+        self.metrics.writes.labels(kind="scale").inc()
         if meta.get("resourceVersion"):
             self._written[uid] = (str(meta["resourceVersion"]), decision.replicas)
-        await self.controller.event(body, "Normal", "Autoscaled",
-                                    autoscale.explain(current, decision, policy, self.settings.window))
+        await self.post_event(body, "Normal", "Autoscaled",
+                                    scalepolicy.explain(current, decision, policy, self.settings.window))
         return decision.replicas
 

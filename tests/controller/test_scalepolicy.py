@@ -1,4 +1,4 @@
-"""The autoscaler's formula (turnout.controller.autoscale): pure, so driven tick by tick with made-up time."""
+"""The autoscaler's formula (turnout.controller.scalepolicy): pure, so driven tick by tick with made-up time."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from turnout.api import AutoscalingSpec
-from turnout.controller.autoscale import Decision, History, Sample, decide, explain, recommend
+from turnout.controller.scalepolicy import Decision, History, Sample, decide, explain, recommend
 
 TICK = 15.0
 WINDOW = 60.0

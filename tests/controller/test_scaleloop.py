@@ -23,8 +23,8 @@ from ctlharness import (
 )
 
 from turnout.controller import Options
-from turnout.controller.app import autoscaler_settings
-from turnout.controller.autoscaler import gateway_load, ready_endpoints, shim_in_flight
+from turnout.controller.run import autoscaler_settings
+from turnout.controller.scaleloop import gateway_load, ready_endpoints, shim_in_flight
 from turnout.kube import TransientApiError
 
 NAME = "qwen-gguf"

@@ -1,0 +1,189 @@
+"""The operator's run: options → controller → kopf, restarted in-process when the served APIs change.
+
+Entry points: :func:`run_operator` (what ``turnout operator`` calls) and :func:`main`
+(``python -m turnout.controller``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import kopf
+
+from turnout.config import ConfigError, OperatorConfig, load_config
+from turnout.controller import metrics as metrics_mod
+from turnout.controller.handlers import build_registry
+from turnout.controller.options import Options, add_arguments, options_from
+from turnout.controller.reconcile import Controller
+from turnout.controller.scaleloop import ScaleLoop, Settings, parse_service
+from turnout.kube import Credentials, CredentialsError, load_credentials
+from turnout.render import INFERENCE_POOL_API_VERSION
+
+logger = logging.getLogger("turnout.controller")
+
+
+def autoscaler_settings(options: Options) -> Settings:
+    """The autoscaler's settings from the options; ValueError with the reason when one is wrong."""
+    if options.autoscale_interval <= 0 or options.autoscale_window <= 0 or options.scrape_timeout <= 0:
+        raise ValueError("--autoscale-interval, --autoscale-window and --scrape-timeout must be positive")
+    return Settings(
+        gateway_urls=tuple(options.gateway_metrics_urls),
+        gateway_service=parse_service(options.gateway_service) if options.gateway_service else None,
+        interval=options.autoscale_interval,
+        window=options.autoscale_window,
+        timeout=options.scrape_timeout,
+    )
+
+
+def new_controller(options: Options, config: OperatorConfig, credentials: Credentials, **tuning: Any) -> Controller:
+    """The controller the options ask for, logged in with ``credentials``; ``tuning``: the Controller's
+    keyword arguments (workers, retry_base, concurrency)."""
+    return Controller(config, credentials, inference_pool=options.inference_pool, **tuning)
+
+
+async def operate(
+    options: Options,
+    controller: Controller,
+    *,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+    tune: Callable[[kopf.OperatorSettings], None] | None = None,
+) -> None:
+    """Run the operator in the current event loop until ``stop_flag`` is set (or a signal arrives).
+
+    ``controller``: from :func:`new_controller`; its client is closed on return. ``tune`` may adjust kopf's
+    settings after :func:`~turnout.controller.handlers.configure` (tests shorten timeouts).
+    """
+    # One loop per operator, in the kopf task set: a standby of --peering would scale too (kopf pauses only its
+    # handlers), so the built-in autoscaler runs in a standalone operator only.
+    scaler = None
+    if options.peering is None:
+        scaler = ScaleLoop(autoscaler_settings(options), client=controller.client, metrics=controller.metrics,
+                           post_event=controller.event)
+    else:
+        logger.warning("--peering: the built-in autoscaler (spec.autoscaling) is off; use an HPA or KEDA")
+    runner = None
+    if options.metrics_port:
+        runner = await metrics_mod.serve(controller.metrics, options.bind_address, options.metrics_port)
+    liveness = f"http://{options.bind_address}:{options.health_port}/healthz" if options.health_port else None
+    restart = asyncio.Event()
+    try:
+        while True:
+            restart.clear()
+            watching = await _discover(controller, options)
+            inner_stop = asyncio.Event()
+
+            async def _relay(flag: asyncio.Event = inner_stop) -> None:
+                waits = [asyncio.create_task(restart.wait())]
+                if stop_flag is not None:
+                    waits.append(asyncio.create_task(stop_flag.wait()))
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+                flag.set()
+
+            relay = asyncio.create_task(_relay())
+            try:
+                await kopf.operator(
+                    registry=build_registry(controller, watching=watching, scaler=scaler, tune=tune, restart=restart,
+                                            discovery_interval=options.discovery_interval),
+                    clusterwide=options.all_namespaces,
+                    namespaces=[] if options.all_namespaces else options.namespaces,
+                    standalone=options.peering is None,
+                    peering_name=options.peering,
+                    liveness_endpoint=liveness,
+                    stop_flag=inner_stop,
+                    ready_flag=ready_flag,
+                )
+            except Exception:
+                # kopf stops on a watch that answers 404: the LeaderWorkerSet CRD was deleted before our next
+                # discovery noticed. Start again without that watch; any other failure is the operator's.
+                if (stop_flag is not None and stop_flag.is_set()) or not any(watching):
+                    raise
+                features, pools = await controller.discover()
+                served = (features.leader_worker_set, pools)
+                if all(s for s, w in zip(served, watching, strict=True) if w):
+                    raise
+                logger.info("LeaderWorkerSet or InferencePool is no longer served: restarting the watches")
+                restart.set()
+            finally:
+                relay.cancel()
+            if not restart.is_set() or (stop_flag is not None and stop_flag.is_set()):
+                break
+    finally:
+        await controller.client.close()
+        if runner is not None:
+            await runner.cleanup()
+
+
+async def _discover(controller: Controller, options: Options) -> tuple[bool, bool]:
+    """Ask API discovery which optional APIs are served; what kopf is to watch (LeaderWorkerSet, InferencePool)."""
+    features, pools = await controller.discover()
+    controller.set_features(features)
+    controller.set_pools_served(pools)
+    if options.inference_pool and not pools:
+        logger.warning("--inference-pool: %s inferencepools are not served (install the Gateway API Inference "
+                       "Extension's CRDs); no InferencePool is rendered until they are", INFERENCE_POOL_API_VERSION)
+    return controller.watched_apis()
+
+
+def run_operator(options: Options) -> int:
+    """Validate the config and credentials, then run the operator until it is stopped.
+
+    Returns the exit status: 0 after a clean stop (SIGINT/SIGTERM), 2 for a config or
+    credentials that cannot be used (one line on stderr), 1 when kopf stopped on an error.
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if options.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not options.verbose:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    try:
+        config = load_config(options.config_path)
+    except ConfigError as exc:
+        print(f"turnout operator: {exc}", file=sys.stderr)
+        return 2
+    if not options.all_namespaces and not options.namespaces:
+        print("turnout operator: give --all-namespaces or at least one --namespace", file=sys.stderr)
+        return 2
+    try:
+        autoscaler_settings(options)
+    except ValueError as exc:
+        print(f"turnout operator: {exc}", file=sys.stderr)
+        return 2
+
+    async def _run() -> None:
+        credentials = await load_credentials(options.kubeconfig, context=options.context)
+        logger.info("connecting to %s with the %s", credentials.server, credentials.source)
+        await operate(options, new_controller(options, config, credentials))
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_run())
+    except CredentialsError as exc:
+        print(f"turnout operator: cannot log in to Kubernetes: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # kopf reports start-up failures as exceptions; say it in one line
+        cause = exc.__cause__ or exc
+        print(f"turnout operator: stopped: {type(cause).__name__}: {cause}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m turnout.controller``: the same options as ``turnout operator``."""
+    parser = argparse.ArgumentParser(prog="turnout operator", description="Run the turnout operator.")
+    add_arguments(parser)
+    return run_operator(options_from(parser.parse_args(argv)))
+
+
