@@ -18,7 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from turnout.api import GROUP, KIND, VERSION, ModelDeploymentSpec
+from turnout.api import GROUP, KIND, VERSION, ModelDeployment, ModelDeploymentSpec
+from turnout.api.types import ObjectMeta
 from turnout.config import OperatorConfig
 from turnout.controller import status as st
 from turnout.controller.world import SPEC_HASH_LABEL, Problem, _plain
@@ -377,7 +378,8 @@ def render_children(plan: Plan, o: Observed, config: OperatorConfig) -> list[dic
         "blockOwnerDeletion": True,
     }
     children = []
-    md = {"metadata": {"name": o.name, "namespace": o.namespace}, "spec": o.spec}
+    assert o.spec is not None
+    md = ModelDeployment(metadata=ObjectMeta(name=o.name, namespace=o.namespace), spec=o.spec)
     for child in render(plan, md, config, inference_pool=o.inference_pool):
         child = _plain(child)  # nothing of the (memoized) plan is shared with what the client sends
         child["metadata"].setdefault("namespace", o.namespace)
