@@ -415,7 +415,7 @@ def as_applied(child: Mapping[str, Any], seen: Child | None) -> Child:
     """
     sent = compact_child(child)
     if seen is None:
-        return replace(sent, generation=1)
+        return replace(sent, generation=1, status=None)
     changed = (seen.spec_hash, seen.replicas) != (sent.spec_hash, sent.replicas)
     return replace(sent, generation=int(seen.generation or 0) + (1 if changed else 0), status=seen.status)
 
