@@ -39,7 +39,8 @@ def _observed(spec: dict[str, Any] | None = GGUF, **kw: Any) -> Observed:
 def _rolled_out(d: Decision, **status: Any) -> dict[tuple[str, str], Any]:
     """``d``'s children as the watch shows them once applied, the Deployment with ``status`` (its replicas)."""
     out = {}
-    for child in d.apply:
+    for manifest in d.apply:
+        child = manifest.body
         body = copy.deepcopy(child)
         body["metadata"].update(uid=f"u-{child['kind']}", resourceVersion="1", generation=1)
         if child["kind"] == "Deployment":

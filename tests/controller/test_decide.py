@@ -8,9 +8,9 @@ from typing import Any
 
 from turnout.api import ModelDeploymentSpec, ModelDeploymentStatus
 from turnout.api.types import Condition
-from turnout.controller.decide import Decision, Event, Observed, Owned, decide, decide_after_apply_failure
+from turnout.controller.decide import Decision, Event, Manifest, Observed, Owned, decide, decide_after_apply_failure
 from turnout.controller.status import condition, wire
-from turnout.controller.world import INSTANCE_LABEL, SPEC_HASH_LABEL, compact_child
+from turnout.controller.world import INSTANCE_LABEL, SPEC_HASH_LABEL, Child, compact_child
 from turnout.hardware import parse_nodes
 
 UID = "uid-m"
@@ -31,10 +31,11 @@ def observed(spec: dict[str, Any] | None = None, **kw: Any) -> Observed:
                        "hardware": CPU, "now": "T1", **kw})
 
 
-def seen(children: tuple[dict[str, Any], ...] | list[dict[str, Any]], **status: Any) -> dict[tuple[str, str], Any]:
+def seen(children: tuple[Manifest, ...], **status: Any) -> dict[tuple[str, str], Child]:
     """The children as the watch shows them once applied (with a Deployment status when given)."""
     out = {}
-    for child in children:
+    for manifest in children:
+        child = manifest.body
         body = copy.deepcopy(child)
         body["metadata"].update(uid=f"u-{child['kind']}", resourceVersion="1", generation=1)
         if status and child["kind"] == "Deployment":
@@ -104,13 +105,14 @@ def test_a_placed_deployment_whose_new_spec_is_rejected_keeps_serving_its_previo
 def test_a_first_placement_applies_every_child_and_says_the_rollout_inside_engine_selected():
     d = decide(observed())
     assert d.result == "planned"
-    assert [(c["kind"], c["metadata"]["name"]) for c in d.apply] == [
+    assert [(c.kind, c.name) for c in d.apply] == [
         ("PersistentVolumeClaim", "m-cache"), ("Service", "m"), ("Deployment", "m")]
     for child in d.apply:
-        assert child["metadata"]["ownerReferences"][0]["uid"] == UID
-        assert child["metadata"]["labels"][SPEC_HASH_LABEL]
+        assert child.body["metadata"]["ownerReferences"][0]["uid"] == UID
+        assert child.view.owner_uids == (UID,)
+        assert child.spec_hash and child.spec_hash == child.body["metadata"]["labels"][SPEC_HASH_LABEL]
     assert d.status.phase == "Deploying" and d.status.endpoint == "http://m.ns.svc:8000/v1"
-    want = d.apply[-1]["metadata"]["labels"][SPEC_HASH_LABEL]
+    want = d.apply[-1].spec_hash
     assert d.before_status == () and reasons(d.after_status) == ["EngineSelected"]
     assert d.after_status[0].message.startswith("llama.cpp on cpu (")
     assert d.after_status[0].message.endswith(f"; rolling out m (spec-hash {want})")
@@ -122,9 +124,8 @@ def test_scaling_changes_only_the_deployment_replicas_and_says_scaled():
     _, later = placed()
     d = decide(replace(later, spec=ModelDeploymentSpec.model_validate({**GGUF, "replicas": 3}), generation=2,
                        trigger="scale"))
-    assert [(c["kind"], c["spec"]["replicas"]) for c in d.apply] == [("Deployment", 3)]
-    assert d.apply[0]["metadata"]["labels"][SPEC_HASH_LABEL] == later.children[("Deployment", "m")].labels[
-        SPEC_HASH_LABEL]
+    assert [(c.kind, c.replicas, c.body["spec"]["replicas"]) for c in d.apply] == [("Deployment", 3, 3)]
+    assert d.apply[0].spec_hash == later.children[("Deployment", "m")].spec_hash
     assert d.before_status == (Event("Normal", "Scaled", "scaled m from 1 to 3 replicas"),)
     assert d.after_status == () and d.unwritten == ()
     assert d.status.phase == "Deploying"  # 3 replicas asked for, not rolled out yet
@@ -148,7 +149,7 @@ def test_a_removed_cache_claim_is_pruned_and_said():
     no_cache = {k: v for k, v in GGUF.items() if k != "cache"}
     d = decide(replace(later, spec=ModelDeploymentSpec.model_validate(no_cache), generation=2, trigger="spec",
                        owned=owned))
-    assert [c["kind"] for c in d.apply] == ["Deployment"]  # it no longer mounts the claim
+    assert [c.kind for c in d.apply] == ["Deployment"]  # it no longer mounts the claim
     assert [(p.kind, p.name, p.uid) for p in d.prune] == [("PersistentVolumeClaim", "m-cache", claim.uid)]
     assert d.prune[0].pruned.reason == "Pruned" and "spec.cache" in d.prune[0].pruned.message
     refused = d.prune[0].refused("forbidden")

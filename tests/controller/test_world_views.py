@@ -8,7 +8,7 @@ import typing
 import pytest
 
 from turnout.api import ModelDeploymentSpec
-from turnout.controller.decide import Decision, Observed, as_applied
+from turnout.controller.decide import Decision, Manifest, Observed, as_applied
 from turnout.controller.world import (
     Child,
     ContainerState,
@@ -84,9 +84,9 @@ def test_the_views_are_immutable():
 
 def test_the_workload_as_applied_keeps_the_rollout_seen_and_counts_a_changed_spec_as_a_new_generation():
     seen = compact_child(DEPLOYMENT)
-    same = {**DEPLOYMENT, "metadata": {"name": "m", "labels": dict(DEPLOYMENT["metadata"]["labels"])}}
-    assert as_applied(same, seen) == dataclasses.replace(compact_child(same), generation=3, status=seen.status)
-    scaled = {**same, "spec": {**DEPLOYMENT["spec"], "replicas": 4}}
+    same = Manifest.of({**DEPLOYMENT, "metadata": {"name": "m", "labels": dict(DEPLOYMENT["metadata"]["labels"])}})
+    assert as_applied(same, seen) == dataclasses.replace(same.view, generation=3, status=seen.status)
+    scaled = Manifest.of({**same.body, "spec": {**DEPLOYMENT["spec"], "replicas": 4}})
     after = as_applied(scaled, seen)
     assert (after.replicas, after.generation, after.status) == (4, 4, seen.status)
     # a first apply: generation 1, no rollout yet (a status in what is sent is not the server's)
@@ -104,9 +104,9 @@ def test_the_workload_observed_is_the_current_one_else_any():
 
 
 def test_nothing_untyped_crosses_observe_decide_act():
-    """What observe hands decide, and what decide hands act, holds no ``Any`` but the manifests and the patch
-    (the API requests themselves)."""
-    for cls, allowed in ((Observed, set()), (Decision, {"apply", "patch", "errors", "basis"})):
+    """What observe hands decide, and what decide hands act, holds no ``Any`` but the status patch (the API
+    request itself; each child to apply is a typed view beside the object sent)."""
+    for cls, allowed in ((Observed, set()), (Decision, {"patch"})):
         hints = typing.get_type_hints(cls)
         untyped = {name for name, hint in hints.items() if "Any" in str(hint)}
         assert untyped <= allowed, (cls.__name__, untyped - allowed)

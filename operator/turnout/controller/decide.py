@@ -2,9 +2,11 @@
 
 A reconcile is observe → decide → act (:mod:`turnout.controller.reconcile` observes and acts).
 :func:`decide` reads an :class:`Observed` — the ModelDeployment parsed once, the hardware, its
-children and pods as last seen — and returns a :class:`Decision`: the children to apply (only those
-whose spec-hash, owner or replica count differ from what was seen), the owned children to prune, the
-desired status with its merge patch, and the Events to post. When the API server refuses a child,
+children and pods as last seen (typed views: :class:`~turnout.controller.world.Child`,
+:class:`~turnout.controller.world.Pod`), the status last written — and returns a :class:`Decision`:
+the children to apply (:class:`Manifest`: only those whose spec-hash, owner or replica count differ
+from what was seen), the owned children to prune, the desired status (the API's
+``ModelDeploymentStatus``) with its merge patch, and the Events to post. When the API server refuses a child,
 the applier stops there and asks :func:`decide_after_apply_failure` what to write instead.
 
 The cases, in the order :func:`decide` takes them: an invalid spec; no node known yet; a spec no
@@ -96,6 +98,34 @@ class Observed:
 
 
 @dataclass(frozen=True)
+class Manifest:
+    """A child to apply: the object sent to the API server (``body``, as rendered) and its typed view."""
+
+    body: dict[str, Any]
+    view: Child
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Manifest:
+        return cls(body, compact_child(body))
+
+    @property
+    def kind(self) -> str:
+        return self.view.kind
+
+    @property
+    def name(self) -> str:
+        return self.view.name
+
+    @property
+    def spec_hash(self) -> str | None:
+        return self.view.spec_hash
+
+    @property
+    def replicas(self) -> int | None:
+        return self.view.replicas
+
+
+@dataclass(frozen=True)
 class Event:
     type: str  # Normal | Warning
     reason: str
@@ -145,7 +175,7 @@ class Decision:
     """
 
     result: str  # skipped | invalid | rejected | planned | failed
-    apply: tuple[dict[str, Any], ...] = ()
+    apply: tuple[Manifest, ...] = ()
     prune: tuple[Prune, ...] = ()
     status: ModelDeploymentStatus | None = None  # the desired status; None: nothing to say (skipped)
     patch: dict[str, Any] | None = None  # the merge patch from the previous status; None: nothing to write
@@ -225,15 +255,14 @@ def _planned(o: Observed, plan: Plan, kept: bool, config: OperatorConfig,
         problem = Problem("RenderFailed", f"cannot render the children: {exc}")
         return _failed(basis, problem, (*errors, ("rendering", exc)))
 
-    apply: list[dict[str, Any]] = []
+    apply: list[Manifest] = []
     rollout_event: Event | None = None
     rollout_brief = ""  # the rollout as said inside EngineSelected (which already names engine and image)
     workload = "LeaderWorkerSet" if plan.multi_node else "Deployment"
     deployment_before = o.children.get((workload, o.instance))
     deployment_after, desired_hash = deployment_before, None  # the workload once the applies are done
     for child in children:
-        kind, name = child["kind"], child["metadata"]["name"]
-        want = (child["metadata"].get("labels") or {}).get(SPEC_HASH_LABEL)
+        kind, name, want = child.kind, child.name, child.spec_hash
         seen = o.children.get((kind, name))
         if kind in WORKLOADS:
             desired_hash = want
@@ -249,9 +278,9 @@ def _planned(o: Observed, plan: Plan, kept: bool, config: OperatorConfig,
             rollout_brief = f"rolling out {name} (spec-hash {want})"
         else:
             rollout_event = Event("Normal", "Scaled", f"scaled {name} from {seen.replicas} to "
-                                  f"{child['spec'].get('replicas')} replicas")
+                                  f"{child.replicas} replicas")
 
-    wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
+    wanted = {(c.kind, c.name) for c in children}
     prune = tuple(
         Prune(c.kind, c.name, c.uid, Event("Normal", "Pruned", f"deleted {c.kind} {c.name}: {_prune_why(c.kind)}"),
               say_refusal=not c.refused)
@@ -280,7 +309,7 @@ def _planned(o: Observed, plan: Plan, kept: bool, config: OperatorConfig,
     return decision
 
 
-def decide_after_apply_failure(decision: Decision, child: Mapping[str, Any], why: str) -> Decision:
+def decide_after_apply_failure(decision: Decision, child: Manifest, why: str) -> Decision:
     """What to write instead of ``decision`` when the API server refused ``child`` (``why``: its message).
 
     Nothing is pruned and the status says ``Failed`` with ``ApplyFailed``; the children applied before
@@ -288,7 +317,7 @@ def decide_after_apply_failure(decision: Decision, child: Mapping[str, Any], why
     """
     if decision.basis is None:
         raise ValueError("only a decision with a plan applies children")
-    problem = Problem("ApplyFailed", f"the API server refused {child['kind']} {child['metadata']['name']}: {why}")
+    problem = Problem("ApplyFailed", f"the API server refused {child.kind} {child.name}: {why}")
     return _failed(decision.basis, problem, decision.errors)
 
 
@@ -369,7 +398,7 @@ def choose(spec: ModelDeploymentSpec, previous: ModelDeploymentStatus | None, hw
     return fresh, False
 
 
-def render_children(plan: Plan, o: Observed, config: OperatorConfig) -> list[dict[str, Any]]:
+def render_children(plan: Plan, o: Observed, config: OperatorConfig) -> list[Manifest]:
     """The plan's children, each with a spec-hash label and a controller ownerReference, in apply order."""
     owner = {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -389,47 +418,46 @@ def render_children(plan: Plan, o: Observed, config: OperatorConfig) -> list[dic
         if SPEC_HASH_LABEL not in labels:  # the renderer hashes the Deployment; hash the rest here
             labels[SPEC_HASH_LABEL] = spec_hash(child)
         child["metadata"]["ownerReferences"] = [owner]
-        children.append(child)
-    children.sort(key=lambda c: (APPLY_ORDER.get(c["kind"], 9), c["metadata"]["name"]))
+        children.append(Manifest.of(child))
+    children.sort(key=lambda c: (APPLY_ORDER.get(c.kind, 9), c.name))
     return children
 
 
-def needs_apply(child: Mapping[str, Any], seen: Child | None, uid: str | None) -> bool:
+def needs_apply(child: Manifest, seen: Child | None, uid: str | None) -> bool:
     """Whether the child differs from what was seen: missing, another spec-hash, not owned, other replicas."""
     if seen is None:
         return True
-    want = (child["metadata"].get("labels") or {}).get(SPEC_HASH_LABEL)
-    if want is None or seen.spec_hash != want:
+    if child.spec_hash is None or seen.spec_hash != child.spec_hash:
         return True
     if uid and uid not in seen.owner_uids:
         return True
-    return child["kind"] in WORKLOADS and seen.replicas != (child.get("spec") or {}).get("replicas")
+    return child.kind in WORKLOADS and seen.replicas != child.replicas
 
 
-def as_applied(child: Mapping[str, Any], seen: Child | None) -> Child:
+def as_applied(child: Manifest, seen: Child | None) -> Child:
     """The workload as applying ``child`` leaves it, for the status written right after.
 
     What was sent, with the rollout status last seen (an apply does not change it) and, when the spec
     changed, a generation the Deployment controller has not observed yet: a changed template or replica
     count is never a complete rollout in the status written with its apply.
     """
-    sent = compact_child(child)
+    sent = child.view
     if seen is None:
         return replace(sent, generation=1, status=None)
     changed = (seen.spec_hash, seen.replicas) != (sent.spec_hash, sent.replicas)
     return replace(sent, generation=int(seen.generation or 0) + (1 if changed else 0), status=seen.status)
 
 
-def plan_fields(plan: Plan, children: Sequence[Mapping[str, Any]], o: Observed, config: OperatorConfig
+def plan_fields(plan: Plan, children: Sequence[Manifest], o: Observed, config: OperatorConfig
                 ) -> ModelDeploymentStatus:
     """The status fields that describe the plan: engine, accelerator, image, endpoint and so on."""
     endpoint = None
     for child in children:
-        if child["kind"] == "Service":
-            ports = (child.get("spec") or {}).get("ports") or []
+        if child.kind == "Service":
+            ports = (child.body.get("spec") or {}).get("ports") or []
             port = next((p for p in ports if p.get("name") == "http"), ports[0] if ports else None)
             number = port.get("port") if port else config.port
-            endpoint = f"http://{child['metadata']['name']}.{o.namespace}.svc:{number}/v1"
+            endpoint = f"http://{child.name}.{o.namespace}.svc:{number}/v1"
             break
     model = getattr(plan, "model", None)
     return st.plan_status(

@@ -417,9 +417,9 @@ class Controller:
             logger.error("%s %s/%s failed", what, meta.get("namespace"), meta.get("name"), exc_info=exc)
         applied: list[str] = []
         for child in decision.apply:
-            kind, name = child["kind"], child["metadata"]["name"]
+            kind, name = child.kind, child.name
             try:
-                response = await self.client.apply(child)  # type: ignore[union-attr]
+                response = await self.client.apply(child.body)  # type: ignore[union-attr]
             except PermanentApiError as exc:
                 decision = decide_after_apply_failure(decision, child, exc.message)
                 break
