@@ -147,7 +147,7 @@ async def test_real_shims_of_one_deployment_on_two_agents(fake: AgentFake, agent
     from openai import AsyncOpenAI
 
     from turnout.agent import EnvMap
-    from turnout.api.types import ModelDeploymentSpec
+    from turnout.api.types import ModelDeployment, ModelDeploymentSpec
     from turnout.config import OperatorConfig
     from turnout.hardware import parse_nodes
     from turnout.render.manifests import render_deployment
@@ -167,7 +167,7 @@ async def test_real_shims_of_one_deployment_on_two_agents(fake: AgentFake, agent
     nodes = parse_nodes([fake.get(NODES, None, n) for n in ADDRESSES])
     plan = resolve(ModelDeploymentSpec.model_validate(md["spec"]), nodes, config)
     assert isinstance(plan, Plan) and plan.engine == "llama.cpp", plan
-    template = render_deployment(plan, md, config)["spec"]["template"]
+    template = render_deployment(plan, ModelDeployment.model_validate(md), config)["spec"]["template"]
     command = template["spec"]["containers"][0]["command"]
     assert command[command.index("--host") + 1] == "0.0.0.0"  # as rendered for a pod network
     for node in ADDRESSES:

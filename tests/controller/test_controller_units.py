@@ -6,11 +6,12 @@ import asyncio
 
 import pytest
 
+from turnout.api import ModelDeploymentStatus
 from turnout.controller import main as operator_main
 from turnout.controller.handlers import _trigger
-from turnout.controller.status import Cond, Rollout, merge_conditions, observe_rollout, status_patch
+from turnout.controller.status import Cond, Rollout, merge_conditions, observe_rollout, read_status, status_patch
 from turnout.controller.workqueue import RetryLater, WorkQueue
-from turnout.controller.world import compact_node, compact_pod, diagnose
+from turnout.controller.world import Child, compact_child, compact_node, compact_pod, diagnose
 from turnout.kube import Credentials
 
 
@@ -74,25 +75,40 @@ def test_an_engine_that_cannot_load_is_one_crash_loop_with_its_error_through_eve
 def test_condition_transition_time_moves_only_when_status_changes():
     first = merge_conditions(None, [Cond("Degraded", "False", "AsExpected")], 1, "T1")
     same = merge_conditions(first, [Cond("Degraded", "False", "AsExpected", "other words")], 2, "T2")
-    assert same[0]["lastTransitionTime"] == "T1" and same[0]["observedGeneration"] == 2
+    assert same[0].last_transition_time == "T1" and same[0].observed_generation == 2
     flipped = merge_conditions(same, [Cond("Degraded", "True", "OOMKilled")], 2, "T3")
-    assert flipped[0]["lastTransitionTime"] == "T3"
+    assert flipped[0].last_transition_time == "T3"
 
 
 def test_status_patch_is_none_when_equal_and_removes_fields_no_longer_set():
-    current = {"phase": "Ready", "engine": "vllm", "kopf": {"x": 1}}
-    assert status_patch(current, {"phase": "Ready", "engine": "vllm"}) is None
-    assert status_patch(current, {"phase": "Failed"}) == {"phase": "Failed", "engine": None}
+    current = read_status({"phase": "Ready", "engine": "vllm", "kopf": {"x": 1}})  # kopf's field: not ours
+    assert status_patch(current, ModelDeploymentStatus(phase="Ready", engine="vllm")) is None
+    assert status_patch(current, ModelDeploymentStatus(phase="Failed")) == {"phase": "Failed", "engine": None}
+
+
+def test_the_status_read_back_keeps_the_operators_fields_and_drops_what_does_not_parse():
+    raw = {"phase": "Ready", "readyReplicas": 2, "kopf": {"progress": {}}, "tensorParallelSize": "many",
+           "conditions": [{"type": "Available", "status": "True", "reason": "ReplicasReady",
+                           "lastTransitionTime": "T1", "observedGeneration": 3}]}
+    status = read_status(raw)
+    assert status is not None and (status.phase, status.ready_replicas, status.tensor_parallel_size) == (
+        "Ready", 2, None)
+    assert status.conditions is not None and status.conditions[0].last_transition_time == "T1"
+    assert read_status(None) is None and read_status({}) == ModelDeploymentStatus()
+    # what does not parse is written again: the patch sets it (the field is the operator's), kopf's is untouched
+    assert status_patch(status, status.model_copy(update={"tensor_parallel_size": 2})) == {"tensorParallelSize": 2}
 
 
 def test_rollout_is_complete_only_for_the_current_hash_and_replica_count():
-    dep = {"generation": 2, "replicas": 2, "labels": {"turnout.dev/spec-hash": "h2"},
-           "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}}
+    body = {"kind": "Deployment", "metadata": {"name": "m", "generation": 2, "labels": {"turnout.dev/spec-hash": "h2"}},
+            "spec": {"replicas": 2},
+            "status": {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}}
+    dep = compact_child(body)
     assert observe_rollout(dep, [], desired_replicas=2, desired_hash="h2") == Rollout(2, 2, 2, True, None)
     assert not observe_rollout(dep, [], desired_replicas=2, desired_hash="h3").complete
     assert not observe_rollout(dep, [], desired_replicas=3, desired_hash="h2").complete
-    stalled = {**dep, "status": {**dep["status"], "conditions": [
-        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}]}}
+    stalled = compact_child({**body, "status": {**body["status"], "conditions": [
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}]}})
     assert observe_rollout(stalled, [], desired_replicas=2, desired_hash="h2").problem.reason == \
         "ProgressDeadlineExceeded"
 
@@ -216,7 +232,7 @@ def test_the_echo_of_our_own_apply_queues_no_reconcile_but_any_other_child_chang
     controller = Controller(OperatorConfig(), _credentials())
     controller.indices = {"turnout_mds": {("models", "m"): [{"metadata": {"name": "m"}}]}}
     owner = [{"kind": "ModelDeployment", "name": "m", "uid": "u-md", "controller": True}]
-    applied = {"name": "m", "uid": "u1", "resourceVersion": "7", "labels": {}, "owner": "m"}
+    applied = Child("Deployment", "m", namespace="models", uid="u1", resource_version="7")
     controller._applied[("Deployment", "models", "m")] = {"m": applied}
 
     def body(rv):
@@ -230,13 +246,15 @@ def test_the_echo_of_our_own_apply_queues_no_reconcile_but_any_other_child_chang
 
 
 def test_previous_plan_status_keeps_the_plan_and_says_why_it_is_not_rolled_out():
+    from turnout.api.types import EngineReason
     from turnout.controller import status as st
 
     resolved = st.Cond("Resolved", "False", "Rejected", "no engine can serve m on nvidia nodes")
     plan = {"engine": "llama.cpp", "accelerator": "cpu", "image": "img:1", "endpoint": "http://m.ns.svc:8000/v1"}
-    status = st.previous_plan_status(generation=4, resolved=resolved, rejected=[{"engine": "vllm", "reason": "x"}],
-                                     plan_fields=plan, desired_replicas=2,
-                                     rollout=st.Rollout(2, 1, 2, False, None), previous=None, now="T")
+    status = st.wire(st.previous_plan_status(  # as written to the API
+        generation=4, resolved=resolved, rejected=[EngineReason(engine="vllm", reason="x")],
+        plan_fields=st.plan_status(**plan), desired_replicas=2, rollout=st.Rollout(2, 1, 2, False, None),
+        previous=None, now="T"))
     assert status["phase"] == "Degraded" and status["observedGeneration"] == 4
     assert {k: status[k] for k in plan} == plan
     conds = {c["type"]: c for c in status["conditions"]}
@@ -246,9 +264,9 @@ def test_previous_plan_status_keeps_the_plan_and_says_why_it_is_not_rolled_out()
     assert conds["Degraded"]["message"] == ("spec generation 4 cannot be served (Rejected: no engine can serve m "
                                             "on nvidia nodes); the previous plan keeps serving: llama.cpp on cpu "
                                             "(img:1)")
-    zero = st.previous_plan_status(generation=4, resolved=resolved, rejected=None, plan_fields=plan,
-                                   desired_replicas=0, rollout=st.Rollout(0, 0, 0, True, None), previous=None,
-                                   now="T")
+    zero = st.wire(st.previous_plan_status(generation=4, resolved=resolved, rejected=None,
+                                           plan_fields=st.plan_status(**plan), desired_replicas=0,
+                                           rollout=st.Rollout(0, 0, 0, True, None), previous=None, now="T"))
     assert {c["type"]: c for c in zero["conditions"]}["Available"]["reason"] == "ScaledToZero"
 
 

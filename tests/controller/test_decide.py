@@ -6,9 +6,11 @@ import copy
 from dataclasses import replace
 from typing import Any
 
-from turnout.api import ModelDeploymentSpec
-from turnout.controller.decide import Decision, Event, Observed, Owned, decide, decide_after_apply_failure
-from turnout.controller.world import INSTANCE_LABEL, SPEC_HASH_LABEL, compact_child
+from turnout.api import ModelDeploymentSpec, ModelDeploymentStatus
+from turnout.api.types import Condition
+from turnout.controller.decide import Decision, Event, Manifest, Observed, Owned, decide, decide_after_apply_failure
+from turnout.controller.status import condition, wire
+from turnout.controller.world import INSTANCE_LABEL, SPEC_HASH_LABEL, Child, compact_child
 from turnout.hardware import parse_nodes
 
 UID = "uid-m"
@@ -29,10 +31,11 @@ def observed(spec: dict[str, Any] | None = None, **kw: Any) -> Observed:
                        "hardware": CPU, "now": "T1", **kw})
 
 
-def seen(children: tuple[dict[str, Any], ...] | list[dict[str, Any]], **status: Any) -> dict[tuple[str, str], Any]:
+def seen(children: tuple[Manifest, ...], **status: Any) -> dict[tuple[str, str], Child]:
     """The children as the watch shows them once applied (with a Deployment status when given)."""
     out = {}
-    for child in children:
+    for manifest in children:
+        child = manifest.body
         body = copy.deepcopy(child)
         body["metadata"].update(uid=f"u-{child['kind']}", resourceVersion="1", generation=1)
         if status and child["kind"] == "Deployment":
@@ -45,8 +48,10 @@ def reasons(events: tuple[Event, ...]) -> list[str]:
     return [e.reason for e in events]
 
 
-def cond(status: dict[str, Any] | None, type_: str) -> dict[str, Any]:
-    return next(c for c in (status or {})["conditions"] if c["type"] == type_)
+def cond(status: ModelDeploymentStatus | None, type_: str) -> Condition:
+    found = condition(status, type_)
+    assert found is not None, type_
+    return found
 
 
 def placed() -> tuple[Decision, Observed]:
@@ -61,8 +66,8 @@ def test_an_invalid_spec_fails_with_the_validation_error_and_writes_nothing_else
     d = decide(Observed(name="m", namespace="ns", uid=UID, generation=1, spec=None,
                         spec_error="spec.replicas: Input should be greater than or equal to 0", hardware=CPU, now="T"))
     assert (d.result, d.apply, d.prune) == ("invalid", (), ())
-    assert d.status["phase"] == "Failed" and d.patch == d.status
-    assert (cond(d.status, "Resolved")["reason"], cond(d.status, "Resolved")["message"]) == (
+    assert d.status.phase == "Failed" and d.patch == wire(d.status)
+    assert (cond(d.status, "Resolved").reason, cond(d.status, "Resolved").message) == (
         "InvalidSpec", "spec.replicas: Input should be greater than or equal to 0")
     assert d.after_status == (Event("Warning", "InvalidSpec",
                                     "spec.replicas: Input should be greater than or equal to 0"),)
@@ -70,19 +75,19 @@ def test_an_invalid_spec_fails_with_the_validation_error_and_writes_nothing_else
 
 def test_without_nodes_it_waits_and_says_so_once():
     d = decide(observed(hardware=parse_nodes([])))
-    assert (d.result, d.apply, d.status["phase"]) == ("skipped", (), "Resolving")
-    assert cond(d.status, "Resolved")["reason"] == "WaitingForNodes" and d.after_status == ()
+    assert (d.result, d.apply, d.status.phase) == ("skipped", (), "Resolving")
+    assert cond(d.status, "Resolved").reason == "WaitingForNodes" and d.after_status == ()
     again = decide(observed(hardware=parse_nodes([]), previous=d.status, now="T2"))
     assert again.patch is None  # nothing changed: nothing written
 
 
 def test_a_rejection_names_each_engines_reason():
     d = decide(observed(AWQ))
-    assert (d.result, d.apply, d.status["phase"]) == ("rejected", (), "Failed")
-    by_engine = {r["engine"]: r["reason"] for r in d.status["rejected"]}
+    assert (d.result, d.apply, d.status.phase) == ("rejected", (), "Failed")
+    by_engine = {r.engine: r.reason for r in d.status.rejected}
     assert set(by_engine) == {"vllm", "sglang", "llama.cpp", "transformers", "mlx"}
     assert by_engine["llama.cpp"] == "cpu: llama.cpp serves gguf weights, not awq"
-    assert cond(d.status, "Resolved")["reason"] == "Rejected"
+    assert cond(d.status, "Resolved").reason == "Rejected"
     assert reasons(d.after_status) == ["Rejected"]
 
 
@@ -90,23 +95,24 @@ def test_a_placed_deployment_whose_new_spec_is_rejected_keeps_serving_its_previo
     first, later = placed()
     d = decide(replace(later, spec=ModelDeploymentSpec.model_validate(AWQ), generation=2, trigger="spec"))
     assert (d.result, d.apply, d.prune) == ("rejected", (), ())  # the children stay as they are
-    assert d.status["phase"] == "Degraded" and d.status["engine"] == first.status["engine"] == "llama.cpp"
-    assert d.status["endpoint"] == first.status["endpoint"] and d.status["observedGeneration"] == 2
-    assert cond(d.status, "Degraded")["reason"] == cond(d.status, "Progressing")["reason"] == "ServingPreviousPlan"
-    assert cond(d.status, "Available")["message"] == "1/1 replicas of the previous plan ready"
+    assert d.status.phase == "Degraded" and d.status.engine == first.status.engine == "llama.cpp"
+    assert d.status.endpoint == first.status.endpoint and d.status.observed_generation == 2
+    assert cond(d.status, "Degraded").reason == cond(d.status, "Progressing").reason == "ServingPreviousPlan"
+    assert cond(d.status, "Available").message == "1/1 replicas of the previous plan ready"
     assert reasons(d.after_status) == ["Rejected", "ServingPreviousPlan"]
 
 
 def test_a_first_placement_applies_every_child_and_says_the_rollout_inside_engine_selected():
     d = decide(observed())
     assert d.result == "planned"
-    assert [(c["kind"], c["metadata"]["name"]) for c in d.apply] == [
+    assert [(c.kind, c.name) for c in d.apply] == [
         ("PersistentVolumeClaim", "m-cache"), ("Service", "m"), ("Deployment", "m")]
     for child in d.apply:
-        assert child["metadata"]["ownerReferences"][0]["uid"] == UID
-        assert child["metadata"]["labels"][SPEC_HASH_LABEL]
-    assert d.status["phase"] == "Deploying" and d.status["endpoint"] == "http://m.ns.svc:8000/v1"
-    want = d.apply[-1]["metadata"]["labels"][SPEC_HASH_LABEL]
+        assert child.body["metadata"]["ownerReferences"][0]["uid"] == UID
+        assert child.view.owner_uids == (UID,)
+        assert child.spec_hash and child.spec_hash == child.body["metadata"]["labels"][SPEC_HASH_LABEL]
+    assert d.status.phase == "Deploying" and d.status.endpoint == "http://m.ns.svc:8000/v1"
+    want = d.apply[-1].spec_hash
     assert d.before_status == () and reasons(d.after_status) == ["EngineSelected"]
     assert d.after_status[0].message.startswith("llama.cpp on cpu (")
     assert d.after_status[0].message.endswith(f"; rolling out m (spec-hash {want})")
@@ -118,18 +124,17 @@ def test_scaling_changes_only_the_deployment_replicas_and_says_scaled():
     _, later = placed()
     d = decide(replace(later, spec=ModelDeploymentSpec.model_validate({**GGUF, "replicas": 3}), generation=2,
                        trigger="scale"))
-    assert [(c["kind"], c["spec"]["replicas"]) for c in d.apply] == [("Deployment", 3)]
-    assert d.apply[0]["metadata"]["labels"][SPEC_HASH_LABEL] == later.children[("Deployment", "m")]["labels"][
-        SPEC_HASH_LABEL]
+    assert [(c.kind, c.replicas, c.body["spec"]["replicas"]) for c in d.apply] == [("Deployment", 3, 3)]
+    assert d.apply[0].spec_hash == later.children[("Deployment", "m")].spec_hash
     assert d.before_status == (Event("Normal", "Scaled", "scaled m from 1 to 3 replicas"),)
     assert d.after_status == () and d.unwritten == ()
-    assert d.status["phase"] == "Deploying"  # 3 replicas asked for, not rolled out yet
+    assert d.status.phase == "Deploying"  # 3 replicas asked for, not rolled out yet
 
 
 def test_nothing_changed_nothing_to_write():
     _, later = placed()
     settled = decide(later)  # the rollout completed: Ready is written once
-    assert settled.apply == () and settled.status["phase"] == "Ready" and settled.patch is not None
+    assert settled.apply == () and settled.status.phase == "Ready" and settled.patch is not None
     d = decide(replace(later, previous=settled.status, now="T3", trigger="world"))
     assert (d.apply, d.prune, d.patch) == ((), (), None)
     assert d.before_status == d.after_status == d.unwritten == ()
@@ -138,14 +143,14 @@ def test_nothing_changed_nothing_to_write():
 def test_a_removed_cache_claim_is_pruned_and_said():
     _, later = placed()
     claim = later.children[("PersistentVolumeClaim", "m-cache")]
-    assert claim["labels"][INSTANCE_LABEL] == "m"
+    assert claim.labels[INSTANCE_LABEL] == "m"
     owned = (Owned("Service", "m", "u-Service"), Owned("Deployment", "m", "u-Deployment"),
-             Owned("PersistentVolumeClaim", "m-cache", str(claim["uid"])))
+             Owned("PersistentVolumeClaim", "m-cache", str(claim.uid)))
     no_cache = {k: v for k, v in GGUF.items() if k != "cache"}
     d = decide(replace(later, spec=ModelDeploymentSpec.model_validate(no_cache), generation=2, trigger="spec",
                        owned=owned))
-    assert [c["kind"] for c in d.apply] == ["Deployment"]  # it no longer mounts the claim
-    assert [(p.kind, p.name, p.uid) for p in d.prune] == [("PersistentVolumeClaim", "m-cache", claim["uid"])]
+    assert [c.kind for c in d.apply] == ["Deployment"]  # it no longer mounts the claim
+    assert [(p.kind, p.name, p.uid) for p in d.prune] == [("PersistentVolumeClaim", "m-cache", claim.uid)]
     assert d.prune[0].pruned.reason == "Pruned" and "spec.cache" in d.prune[0].pruned.message
     refused = d.prune[0].refused("forbidden")
     assert refused is not None and refused.reason == "PruneFailed" and refused.message.endswith(": forbidden")
@@ -164,10 +169,10 @@ def test_a_refused_child_fails_the_object_with_apply_failed_and_prunes_nothing()
     refused = d.apply[1]
     failed = decide_after_apply_failure(d, refused, "admission webhook denied the request")
     assert (failed.result, failed.apply, failed.prune) == ("failed", (), ())
-    assert failed.status["phase"] == "Failed" and failed.status["engine"] == "llama.cpp"
+    assert failed.status.phase == "Failed" and failed.status.engine == "llama.cpp"
     message = "the API server refused Service m: admission webhook denied the request"
-    assert cond(failed.status, "Progressing")["reason"] == cond(failed.status, "Degraded")["reason"] == "ApplyFailed"
-    assert cond(failed.status, "Degraded")["message"] == message
+    assert cond(failed.status, "Progressing").reason == cond(failed.status, "Degraded").reason == "ApplyFailed"
+    assert cond(failed.status, "Degraded").message == message
     assert failed.before_status == () and failed.after_status == (
         Event("Normal", "EngineSelected", failed.after_status[0].message), Event("Warning", "Degraded",
                                                                                  f"ApplyFailed: {message}"))

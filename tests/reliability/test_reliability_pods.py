@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import uvicorn
 
-from turnout.api import ModelDeploymentSpec
+from turnout.api import ModelDeployment, ModelDeploymentSpec
 from turnout.config import OperatorConfig
 from turnout.hardware import parse_nodes
 from turnout.render import render
@@ -34,7 +34,8 @@ SECRET_VALUE = "sk-never-rendered-0123456789"
 def _objects(spec: dict[str, Any], config: OperatorConfig | None = None, nodes: Any = CPU) -> list[dict[str, Any]]:
     plan = resolve(ModelDeploymentSpec.model_validate(spec), nodes)
     assert isinstance(plan, Plan), plan
-    return render(plan, {"metadata": {"name": "m", "namespace": "ns"}, "spec": spec}, config)
+    md = ModelDeployment.model_validate({"metadata": {"name": "m", "namespace": "ns"}, "spec": spec})
+    return render(plan, md, config)
 
 
 def _pod(spec: dict[str, Any], config: OperatorConfig | None = None, nodes: Any = CPU) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from turnout.api import ModelDeploymentSpec
+from turnout.api import ModelDeployment, ModelDeploymentSpec
 from turnout.config import OperatorConfig
 from turnout.hardware import ClusterFeatures, parse_nodes
 from turnout.render import LWS_API_VERSION, ROLE_LABEL, render, shim_args
@@ -31,8 +31,8 @@ def _plan(spec: dict[str, Any]) -> Plan:
     return plan
 
 
-def _md(spec: dict[str, Any]) -> dict[str, Any]:
-    return {"metadata": {"name": "llama-405b", "namespace": "ns"}, "spec": spec}
+def _md(spec: dict[str, Any]) -> ModelDeployment:
+    return ModelDeployment.model_validate({"metadata": {"name": "llama-405b", "namespace": "ns"}, "spec": spec})
 
 
 def _children(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:

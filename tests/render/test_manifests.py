@@ -39,11 +39,9 @@ def _rendered(path: Path) -> list[dict[str, Any]]:
     hw = load_hardware(str(nodes), ClusterFeatures(leader_worker_set=lws))
     out = []
     for md in load_deployments(str(path)):
-        obj = md.model_dump(by_alias=True, exclude_none=True, mode="json")
-        obj["metadata"].setdefault("namespace", "default")
         plan = resolve(md.spec, hw)
         assert isinstance(plan, Plan), plan.to_dict()
-        out += render(plan, obj)
+        out += render(plan, md)
     return out
 
 
@@ -71,8 +69,8 @@ def test_manifests_are_valid_kubernetes(path: Path, version: str) -> None:
         kubernetes_validate.validate(obj, version, strict=True)
 
 
-def _md(spec: dict[str, Any], name: str = "m") -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": "ns"}, "spec": spec}
+def _md(spec: dict[str, Any], name: str = "m") -> ModelDeployment:
+    return ModelDeployment.model_validate({"metadata": {"name": name, "namespace": "ns"}, "spec": spec})
 
 
 CPU = parse_nodes([{"metadata": {"name": "c"}, "status": {"allocatable": {"cpu": "8", "memory": "64Gi"}}}])

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from turnout.api import ModelDeploymentSpec
+from turnout.api import ModelDeployment, ModelDeploymentSpec
 from turnout.config import OperatorConfig, parse_config
 from turnout.hardware import ClusterFeatures, parse_nodes
 from turnout.render import INFERENCE_POOL_API_VERSION, ROLE_LABEL, child_name, render, render_inference_pool
@@ -38,8 +38,8 @@ def _plan(spec: dict[str, Any], nodes: list[dict[str, Any]], lws: bool = False) 
     return plan
 
 
-def _md(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"metadata": {"name": name, "namespace": "models"}, "spec": spec}
+def _md(name: str, spec: dict[str, Any]) -> ModelDeployment:
+    return ModelDeployment.model_validate({"metadata": {"name": name, "namespace": "models"}, "spec": spec})
 
 
 def test_the_pool_selects_the_model_pods_on_the_shim_port(pool_schema: dict) -> None:

@@ -134,14 +134,13 @@ def plan_documents(
     """One result object per deployment, in order."""
     results = []
     for md in deployments:
-        obj = md.model_dump(by_alias=True, exclude_none=True, mode="json")
-        obj["metadata"].setdefault("namespace", "default")
+        namespace = md.metadata.namespace or "default"
         result = resolve(md.spec, hardware, config)
-        out: dict[str, Any] = {"name": md.metadata.name, "namespace": obj["metadata"]["namespace"]}
+        out: dict[str, Any] = {"name": md.metadata.name, "namespace": namespace}
         out.update(result.to_dict())
         if isinstance(result, Plan):
-            out["endpoint"] = endpoint(md.metadata.name, obj["metadata"]["namespace"], config.port)
-            out["manifests"] = render(result, obj, config)
+            out["endpoint"] = endpoint(md.metadata.name, namespace, config.port)
+            out["manifests"] = render(result, md, config)
         else:
             out["manifests"] = []
         results.append(out)

@@ -2,9 +2,11 @@
 
 A reconcile is observe → decide → act (:mod:`turnout.controller.reconcile` observes and acts).
 :func:`decide` reads an :class:`Observed` — the ModelDeployment parsed once, the hardware, its
-children and pods as last seen — and returns a :class:`Decision`: the children to apply (only those
-whose spec-hash, owner or replica count differ from what was seen), the owned children to prune, the
-desired status with its merge patch, and the Events to post. When the API server refuses a child,
+children and pods as last seen (typed views: :class:`~turnout.controller.world.Child`,
+:class:`~turnout.controller.world.Pod`), the status last written — and returns a :class:`Decision`:
+the children to apply (:class:`Manifest`: only those whose spec-hash, owner or replica count differ
+from what was seen), the owned children to prune, the desired status (the API's
+``ModelDeploymentStatus``) with its merge patch, and the Events to post. When the API server refuses a child,
 the applier stops there and asks :func:`decide_after_apply_failure` what to write instead.
 
 The cases, in the order :func:`decide` takes them: an invalid spec; no node known yet; a spec no
@@ -18,10 +20,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from turnout.api import GROUP, KIND, VERSION, ModelDeploymentSpec
+from turnout.api import GROUP, KIND, VERSION, ModelDeployment, ModelDeploymentSpec
+from turnout.api.types import EngineReason, ModelDeploymentStatus, ObjectMeta
 from turnout.config import OperatorConfig
 from turnout.controller import status as st
-from turnout.controller.world import SPEC_HASH_LABEL, Problem, _plain
+from turnout.controller.world import SPEC_HASH_LABEL, Child, Pod, Problem, _plain, compact_child
 from turnout.hardware import Hardware
 from turnout.render import INFERENCE_POOL_API_VERSION, LWS_API_VERSION, child_name, render, selector
 from turnout.render.manifests import service_selector, spec_hash
@@ -61,13 +64,13 @@ class Observed:
     spec: ModelDeploymentSpec | None  # None when the spec is invalid (``spec_error`` says why)
     spec_error: str | None = None
     deleting: bool = False
-    previous: Mapping[str, Any] | None = None  # the last status: as we last wrote it, else the object's
+    previous: ModelDeploymentStatus | None = None  # the last status: as we last wrote it, else the object's
     hardware: Hardware = field(default_factory=Hardware)
-    #: (kind, name) -> compact child as last seen: from the watch, or from our own apply while the watch lags
+    #: (kind, name) -> child as last seen: from the watch, or from our own apply while the watch lags
     #: behind it (those first, then the watch's, each kind in that order).
-    children: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
+    children: Mapping[tuple[str, str], Child] = field(default_factory=dict)
     owned: tuple[Owned, ...] = ()  # the candidates for pruning
-    pods: tuple[Mapping[str, Any], ...] = ()  # the model server pods (compact)
+    pods: tuple[Pod, ...] = ()  # the model server pods
     trigger: str = "create"  # create | spec | scale | resume | meta | world
     now: str = ""  # RFC 3339
     inference_pool: bool = False  # render an InferencePool (--inference-pool, and the cluster serves it)
@@ -82,7 +85,7 @@ class Observed:
         return selector_string(selector(self.name))
 
     @property
-    def deployment(self) -> Mapping[str, Any] | None:
+    def deployment(self) -> Child | None:
         """The workload (Deployment or LeaderWorkerSet) as last seen: of the current name, else any this object has."""
         for kind in WORKLOADS:
             found = self.children.get((kind, self.instance))
@@ -92,6 +95,34 @@ class Observed:
 
 
 # ----- what to do -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A child to apply: the object sent to the API server (``body``, as rendered) and its typed view."""
+
+    body: dict[str, Any]
+    view: Child
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Manifest:
+        return cls(body, compact_child(body))
+
+    @property
+    def kind(self) -> str:
+        return self.view.kind
+
+    @property
+    def name(self) -> str:
+        return self.view.name
+
+    @property
+    def spec_hash(self) -> str | None:
+        return self.view.spec_hash
+
+    @property
+    def replicas(self) -> int | None:
+        return self.view.replicas
 
 
 @dataclass(frozen=True)
@@ -128,10 +159,10 @@ class _Basis:
     """What the status of a plan is made of, kept for :func:`decide_after_apply_failure`."""
 
     observed: Observed
-    plan_fields: Mapping[str, Any]
+    plan_fields: ModelDeploymentStatus  # only the plan's fields set
     reason: str
-    rejected: list[dict[str, str]]
-    deployment: Mapping[str, Any] | None  # the Deployment as seen before this reconcile applied anything
+    rejected: list[EngineReason]
+    deployment: Child | None  # the Deployment as seen before this reconcile applied anything
 
 
 @dataclass(frozen=True)
@@ -144,9 +175,9 @@ class Decision:
     """
 
     result: str  # skipped | invalid | rejected | planned | failed
-    apply: tuple[dict[str, Any], ...] = ()
+    apply: tuple[Manifest, ...] = ()
     prune: tuple[Prune, ...] = ()
-    status: dict[str, Any] | None = None  # the desired status; None: nothing to say (skipped)
+    status: ModelDeploymentStatus | None = None  # the desired status; None: nothing to say (skipped)
     patch: dict[str, Any] | None = None  # the merge patch from the previous status; None: nothing to write
     before_status: tuple[Event, ...] = ()
     after_status: tuple[Event, ...] = ()  # they follow the written status, so a retried reconcile never repeats them
@@ -162,10 +193,10 @@ class Decision:
 def decide(observed: Observed, config: OperatorConfig | None = None) -> Decision:
     """What to write for ``observed``: an invalid spec, no node yet, a rejection, or a plan."""
     o, config = observed, config or OperatorConfig()
-    previous = o.previous or {}
+    previous = o.previous or ModelDeploymentStatus()
     if o.deleting:
         return Decision("skipped")
-    if o.trigger == "world" and previous.get("observedGeneration") != o.generation:
+    if o.trigger == "world" and previous.observed_generation != o.generation:
         return Decision("skipped")  # the spec changed and kopf's update handler has not run yet: it resolves afresh
 
     if o.spec is None:
@@ -214,9 +245,9 @@ def _planned(o: Observed, plan: Plan, kept: bool, config: OperatorConfig,
     assert o.spec is not None
     rejected, reason = _reasons(plan.rejected), plan.reason
     if kept and o.previous is not None:  # the placement kept: keep saying why it was chosen
-        rejected = list(o.previous.get("rejected") or rejected)
+        rejected = list(o.previous.rejected or rejected)
         prev_resolved = st.condition(o.previous, "Resolved")
-        reason = str(prev_resolved.get("message")) if prev_resolved else reason
+        reason = str(prev_resolved.message) if prev_resolved else reason
     try:
         children = render_children(plan, o, config)
     except Exception as exc:  # a renderer bug must fail this object, not the operator
@@ -224,15 +255,14 @@ def _planned(o: Observed, plan: Plan, kept: bool, config: OperatorConfig,
         problem = Problem("RenderFailed", f"cannot render the children: {exc}")
         return _failed(basis, problem, (*errors, ("rendering", exc)))
 
-    apply: list[dict[str, Any]] = []
+    apply: list[Manifest] = []
     rollout_event: Event | None = None
     rollout_brief = ""  # the rollout as said inside EngineSelected (which already names engine and image)
     workload = "LeaderWorkerSet" if plan.multi_node else "Deployment"
     deployment_before = o.children.get((workload, o.instance))
     deployment_after, desired_hash = deployment_before, None  # the workload once the applies are done
     for child in children:
-        kind, name = child["kind"], child["metadata"]["name"]
-        want = (child["metadata"].get("labels") or {}).get(SPEC_HASH_LABEL)
+        kind, name, want = child.kind, child.name, child.spec_hash
         seen = o.children.get((kind, name))
         if kind in WORKLOADS:
             desired_hash = want
@@ -242,15 +272,15 @@ def _planned(o: Observed, plan: Plan, kept: bool, config: OperatorConfig,
         if kind not in WORKLOADS:
             continue
         deployment_after = as_applied(child, seen)
-        if seen is None or (seen.get("labels") or {}).get(SPEC_HASH_LABEL) != want:
+        if seen is None or seen.spec_hash != want:
             rollout_event = Event("Normal", "RolloutStarted", f"rolling out {name} ({plan.engine} on "
                                   f"{plan.accelerator}, {plan.image}, spec-hash {want})")
             rollout_brief = f"rolling out {name} (spec-hash {want})"
         else:
-            rollout_event = Event("Normal", "Scaled", f"scaled {name} from {seen.get('replicas')} to "
-                                  f"{child['spec'].get('replicas')} replicas")
+            rollout_event = Event("Normal", "Scaled", f"scaled {name} from {seen.replicas} to "
+                                  f"{child.replicas} replicas")
 
-    wanted = {(c["kind"], c["metadata"]["name"]) for c in children}
+    wanted = {(c.kind, c.name) for c in children}
     prune = tuple(
         Prune(c.kind, c.name, c.uid, Event("Normal", "Pruned", f"deleted {c.kind} {c.name}: {_prune_why(c.kind)}"),
               say_refusal=not c.refused)
@@ -265,7 +295,7 @@ def _planned(o: Observed, plan: Plan, kept: bool, config: OperatorConfig,
     fold = None
     before: tuple[Event, ...] = ()
     if rollout_event is not None:
-        if rollout_event.reason == "RolloutStarted" and selects_engine(o.previous or {}, desired):
+        if rollout_event.reason == "RolloutStarted" and selects_engine(o.previous, desired):
             # The first rollout of a (newly) chosen engine is said once, in EngineSelected (one Event fewer per
             # deployment at creation; kubectl describe still reads what was chosen, why, and what rolls out).
             fold = rollout_brief
@@ -279,7 +309,7 @@ def _planned(o: Observed, plan: Plan, kept: bool, config: OperatorConfig,
     return decision
 
 
-def decide_after_apply_failure(decision: Decision, child: Mapping[str, Any], why: str) -> Decision:
+def decide_after_apply_failure(decision: Decision, child: Manifest, why: str) -> Decision:
     """What to write instead of ``decision`` when the API server refused ``child`` (``why``: its message).
 
     Nothing is pruned and the status says ``Failed`` with ``ApplyFailed``; the children applied before
@@ -287,7 +317,7 @@ def decide_after_apply_failure(decision: Decision, child: Mapping[str, Any], why
     """
     if decision.basis is None:
         raise ValueError("only a decision with a plan applies children")
-    problem = Problem("ApplyFailed", f"the API server refused {child['kind']} {child['metadata']['name']}: {why}")
+    problem = Problem("ApplyFailed", f"the API server refused {child.kind} {child.name}: {why}")
     return _failed(decision.basis, problem, decision.errors)
 
 
@@ -297,18 +327,19 @@ def _failed(basis: _Basis, problem: Problem, errors: tuple[tuple[str, BaseExcept
     assert o.spec is not None
     seen = st.observe_rollout(basis.deployment, o.pods, desired_replicas=o.spec.replicas, desired_hash=None)
     desired = _plan_status(basis, st.Rollout(seen.replicas, seen.ready, seen.updated, False, problem))
-    desired["phase"] = "Failed"
+    desired = desired.model_copy(update={"phase": "Failed"})
     return _with_status(Decision("failed", errors=errors, basis=basis), o, desired)
 
 
-def _with_status(decision: Decision, o: Observed, desired: dict[str, Any], *, rollout: str | None = None) -> Decision:
+def _with_status(decision: Decision, o: Observed, desired: ModelDeploymentStatus, *,
+                 rollout: str | None = None) -> Decision:
     """``decision`` with the desired status, its patch and the Events that follow it once written."""
     patch = st.status_patch(o.previous, desired)
-    events = transition_events(o.previous or {}, desired, rollout=rollout) if patch is not None else ()
+    events = transition_events(o.previous, desired, rollout=rollout) if patch is not None else ()
     return replace(decision, status=desired, patch=patch, after_status=tuple(events))
 
 
-def _plan_status(basis: _Basis, rollout: st.Rollout) -> dict[str, Any]:
+def _plan_status(basis: _Basis, rollout: st.Rollout) -> ModelDeploymentStatus:
     o = basis.observed
     assert o.spec is not None
     return st.planned_status(generation=o.generation, plan_fields=basis.plan_fields, reason=basis.reason,
@@ -316,7 +347,8 @@ def _plan_status(basis: _Basis, rollout: st.Rollout) -> dict[str, Any]:
                              previous=o.previous, now=o.now)
 
 
-def _serving_previous(o: Observed, resolved: st.Cond, rejected: list[dict[str, str]] | None) -> dict[str, Any] | None:
+def _serving_previous(o: Observed, resolved: st.Cond, rejected: list[EngineReason] | None
+                      ) -> ModelDeploymentStatus | None:
     """The status of a placed deployment whose new spec cannot be served, or None when that is not the case.
 
     Like a Deployment whose new pod template cannot start, the last good plan keeps serving: its children
@@ -324,41 +356,41 @@ def _serving_previous(o: Observed, resolved: st.Cond, rejected: list[dict[str, s
     (this generation) was not rolled out and why. Only a spec change gets here: when the world changes
     under an unchanged spec (a GPU node gone), the plan itself is what failed.
     """
-    prev = o.previous or {}
-    prev_resolved = st.condition(prev, "Resolved") or {}
-    already = (st.condition(prev, "Degraded") or {}).get("reason") == st.SERVING_PREVIOUS_PLAN
-    placed = prev_resolved.get("status") == "True" and prev.get("observedGeneration") != o.generation
-    if not prev.get("engine") or not (already or placed):
+    prev = o.previous or ModelDeploymentStatus()
+    prev_resolved, prev_degraded = st.condition(prev, "Resolved"), st.condition(prev, "Degraded")
+    already = prev_degraded is not None and prev_degraded.reason == st.SERVING_PREVIOUS_PLAN
+    placed = prev_resolved is not None and prev_resolved.status == "True" and prev.observed_generation != o.generation
+    if not prev.engine or not (already or placed):
         return None
     deployment = o.deployment
     if deployment is None:
         return None  # nothing serves: a plain rejection
-    replicas = int(deployment.get("replicas") or 0)  # what the previous plan asked for
+    replicas = int(deployment.replicas or 0)  # what the previous plan asked for
     rollout = st.observe_rollout(deployment, o.pods, desired_replicas=replicas, desired_hash=None)
     return st.previous_plan_status(generation=o.generation, resolved=resolved, rejected=rejected,
-                                   plan_fields={k: prev.get(k) for k in st.PLAN_FIELDS}, desired_replicas=replicas,
+                                   plan_fields=st.plan_fields_of(prev), desired_replicas=replicas,
                                    rollout=rollout, previous=o.previous, now=o.now)
 
 
 # ----- the parts ----------------------------------------------------------------------------------
 
 
-def choose(spec: ModelDeploymentSpec, previous: Mapping[str, Any] | None, hw: Hardware, config: OperatorConfig,
+def choose(spec: ModelDeploymentSpec, previous: ModelDeploymentStatus | None, hw: Hardware, config: OperatorConfig,
            *, sticky: bool) -> tuple[Plan | Rejection, bool]:
     """Resolve; when sticky, keep the engine and accelerator already chosen while they still fit.
 
     Returns the choice and whether it is the kept placement (rather than the fresh choice).
     """
     fresh = resolve(spec, hw, config)
-    prev = previous or {}
+    prev = previous or ModelDeploymentStatus()
     resolved = st.condition(prev, "Resolved")
-    if not sticky or not prev.get("engine") or not resolved or resolved.get("status") != "True":
+    if not sticky or not prev.engine or not resolved or resolved.status != "True":
         return fresh, False
-    if isinstance(fresh, Plan) and (fresh.engine, fresh.accelerator) == (prev["engine"], prev.get("accelerator")):
+    if isinstance(fresh, Plan) and (fresh.engine, fresh.accelerator) == (prev.engine, prev.accelerator):
         return fresh, False
     pinned_spec = spec.model_copy(update={
-        "engine": prev["engine"],
-        "accelerator": spec.accelerator.model_copy(update={"type": prev.get("accelerator") or "auto"}),
+        "engine": prev.engine,
+        "accelerator": spec.accelerator.model_copy(update={"type": prev.accelerator or "auto"}),
     })
     pinned = resolve(pinned_spec, hw, config)
     if isinstance(pinned, Plan):
@@ -366,7 +398,7 @@ def choose(spec: ModelDeploymentSpec, previous: Mapping[str, Any] | None, hw: Ha
     return fresh, False
 
 
-def render_children(plan: Plan, o: Observed, config: OperatorConfig) -> list[dict[str, Any]]:
+def render_children(plan: Plan, o: Observed, config: OperatorConfig) -> list[Manifest]:
     """The plan's children, each with a spec-hash label and a controller ownerReference, in apply order."""
     owner = {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -377,7 +409,8 @@ def render_children(plan: Plan, o: Observed, config: OperatorConfig) -> list[dic
         "blockOwnerDeletion": True,
     }
     children = []
-    md = {"metadata": {"name": o.name, "namespace": o.namespace}, "spec": o.spec}
+    assert o.spec is not None
+    md = ModelDeployment(metadata=ObjectMeta(name=o.name, namespace=o.namespace), spec=o.spec)
     for child in render(plan, md, config, inference_pool=o.inference_pool):
         child = _plain(child)  # nothing of the (memoized) plan is shared with what the client sends
         child["metadata"].setdefault("namespace", o.namespace)
@@ -385,68 +418,59 @@ def render_children(plan: Plan, o: Observed, config: OperatorConfig) -> list[dic
         if SPEC_HASH_LABEL not in labels:  # the renderer hashes the Deployment; hash the rest here
             labels[SPEC_HASH_LABEL] = spec_hash(child)
         child["metadata"]["ownerReferences"] = [owner]
-        children.append(child)
-    children.sort(key=lambda c: (APPLY_ORDER.get(c["kind"], 9), c["metadata"]["name"]))
+        children.append(Manifest.of(child))
+    children.sort(key=lambda c: (APPLY_ORDER.get(c.kind, 9), c.name))
     return children
 
 
-def needs_apply(child: Mapping[str, Any], seen: Mapping[str, Any] | None, uid: str | None) -> bool:
+def needs_apply(child: Manifest, seen: Child | None, uid: str | None) -> bool:
     """Whether the child differs from what was seen: missing, another spec-hash, not owned, other replicas."""
     if seen is None:
         return True
-    want = (child["metadata"].get("labels") or {}).get(SPEC_HASH_LABEL)
-    if want is None or (seen.get("labels") or {}).get(SPEC_HASH_LABEL) != want:
+    if child.spec_hash is None or seen.spec_hash != child.spec_hash:
         return True
-    if uid and uid not in (seen.get("ownerUids") or []):
+    if uid and uid not in seen.owner_uids:
         return True
-    return child["kind"] in WORKLOADS and seen.get("replicas") != (child.get("spec") or {}).get("replicas")
+    return child.kind in WORKLOADS and seen.replicas != child.replicas
 
 
-def as_applied(child: Mapping[str, Any], seen: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The workload as applying ``child`` leaves it, for the status written right after (compact form).
+def as_applied(child: Manifest, seen: Child | None) -> Child:
+    """The workload as applying ``child`` leaves it, for the status written right after.
 
     What was sent, with the rollout status last seen (an apply does not change it) and, when the spec
     changed, a generation the Deployment controller has not observed yet: a changed template or replica
     count is never a complete rollout in the status written with its apply.
     """
-    meta, spec = child["metadata"], child.get("spec") or {}
-    labels = dict(meta.get("labels") or {})
-    out: dict[str, Any] = {"kind": child["kind"], "name": meta["name"], "labels": labels,
-                           "replicas": spec.get("replicas")}
+    sent = child.view
     if seen is None:
-        out["generation"] = 1
-        return out
-    changed = ((seen.get("labels") or {}).get(SPEC_HASH_LABEL), seen.get("replicas")) != (
-        labels.get(SPEC_HASH_LABEL), spec.get("replicas"))
-    out["generation"] = int(seen.get("generation") or 0) + (1 if changed else 0)
-    if "status" in seen:
-        out["status"] = seen["status"]
-    return out
+        return replace(sent, generation=1, status=None)
+    changed = (seen.spec_hash, seen.replicas) != (sent.spec_hash, sent.replicas)
+    return replace(sent, generation=int(seen.generation or 0) + (1 if changed else 0), status=seen.status)
 
 
-def plan_fields(plan: Plan, children: Sequence[Mapping[str, Any]], o: Observed, config: OperatorConfig
-                ) -> dict[str, Any]:
+def plan_fields(plan: Plan, children: Sequence[Manifest], o: Observed, config: OperatorConfig
+                ) -> ModelDeploymentStatus:
     """The status fields that describe the plan: engine, accelerator, image, endpoint and so on."""
     endpoint = None
     for child in children:
-        if child["kind"] == "Service":
-            ports = (child.get("spec") or {}).get("ports") or []
+        if child.kind == "Service":
+            ports = (child.body.get("spec") or {}).get("ports") or []
             port = next((p for p in ports if p.get("name") == "http"), ports[0] if ports else None)
             number = port.get("port") if port else config.port
-            endpoint = f"http://{child['metadata']['name']}.{o.namespace}.svc:{number}/v1"
+            endpoint = f"http://{child.name}.{o.namespace}.svc:{number}/v1"
             break
     model = getattr(plan, "model", None)
-    return {
-        "engine": plan.engine,
-        "accelerator": plan.accelerator,
-        "image": plan.image,
-        "endpoint": endpoint,
-        "modelUri": getattr(model, "uri", None),
+    return st.plan_status(
+        engine=plan.engine,
+        accelerator=plan.accelerator,
+        image=plan.image,
+        endpoint=endpoint,
+        modelUri=getattr(model, "uri", None),
         **plan.status_fields(),
         # A multi-node replica is a group of pods: its leader stands for it (one pod per status.replicas, as an
         # HPA's Pods metrics and LeaderWorkerSet's own scale subresource count them).
-        "selector": selector_string(service_selector(o.name, plan)),
-    }
+        selector=selector_string(service_selector(o.name, plan)),
+    )
 
 
 def selector_string(labels: Mapping[str, str]) -> str:
@@ -461,45 +485,46 @@ def _prune_why(kind: str) -> str:
     return f"the current plan does not use this {kind}"
 
 
-def _reasons(items: Iterable[Any]) -> list[dict[str, str]]:
-    return [{"engine": str(r.engine), "reason": str(r.reason)} for r in items or ()]
+def _reasons(items: Iterable[Any]) -> list[EngineReason]:
+    return [EngineReason(engine=str(r.engine), reason=str(r.reason)) for r in items or ()]
 
 
 # ----- Events -------------------------------------------------------------------------------------
 
 
-def selects_engine(prev: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+def selects_engine(prev: ModelDeploymentStatus | None, new: ModelDeploymentStatus) -> bool:
     """Whether writing ``new`` over ``prev`` chooses an engine, accelerator or image (an EngineSelected)."""
-    if (st.condition(new, "Resolved") or {}).get("status") != "True":
+    resolved = st.condition(new, "Resolved")
+    if resolved is None or resolved.status != "True":
         return False
-    return tuple(new.get(k) for k in ("engine", "accelerator", "image")) != tuple(
-        prev.get(k) for k in ("engine", "accelerator", "image"))
+    prev = prev or ModelDeploymentStatus()
+    return (new.engine, new.accelerator, new.image) != (prev.engine, prev.accelerator, prev.image)
 
 
-def transition_events(prev: Mapping[str, Any], new: Mapping[str, Any], *, rollout: str | None = None) -> list[Event]:
+def transition_events(prev: ModelDeploymentStatus | None, new: ModelDeploymentStatus, *,
+                      rollout: str | None = None) -> list[Event]:
     """Events for the changes from status ``prev`` to ``new``; ``rollout`` (the Deployment's first rollout of the
     chosen engine) is said in EngineSelected rather than in an Event of its own."""
     events = []
-    old_res, new_res = st.condition(prev, "Resolved") or {}, st.condition(new, "Resolved") or {}
-    if new_res.get("status") == "True":
+    old_res, new_res = st.condition(prev, "Resolved"), st.condition(new, "Resolved")
+    if new_res is not None and new_res.status == "True":
         if selects_engine(prev, new):
-            message = f"{new.get('engine')} on {new.get('accelerator')} ({new.get('image')}): {new_res.get('message')}"
+            message = f"{new.engine} on {new.accelerator} ({new.image}): {new_res.message}"
             if rollout:
                 message += f"; {rollout}"
             events.append(Event("Normal", "EngineSelected", message))
-    elif new_res.get("status") == "False" and (
-        (old_res.get("status"), old_res.get("reason"), old_res.get("message"))
-        != ("False", new_res.get("reason"), new_res.get("message"))
-    ):
-        events.append(Event("Warning", str(new_res.get("reason")), str(new_res.get("message"))))
-    old_deg, new_deg = st.condition(prev, "Degraded") or {}, st.condition(new, "Degraded") or {}
-    if new_deg.get("status") == "True" and (old_deg.get("status"), old_deg.get("reason")) != (
-        "True", new_deg.get("reason")
-    ):
-        if new_deg.get("reason") == st.SERVING_PREVIOUS_PLAN:
-            events.append(Event("Warning", st.SERVING_PREVIOUS_PLAN, str(new_deg.get("message"))))
+    elif new_res is not None and new_res.status == "False" and (
+        (old_res.status, old_res.reason, old_res.message) if old_res else (None, None, None)
+    ) != ("False", new_res.reason, new_res.message):
+        events.append(Event("Warning", str(new_res.reason), str(new_res.message)))
+    old_deg, new_deg = st.condition(prev, "Degraded"), st.condition(new, "Degraded")
+    if new_deg is not None and new_deg.status == "True" and (
+        (old_deg.status, old_deg.reason) if old_deg else (None, None)
+    ) != ("True", new_deg.reason):
+        if new_deg.reason == st.SERVING_PREVIOUS_PLAN:
+            events.append(Event("Warning", st.SERVING_PREVIOUS_PLAN, str(new_deg.message)))
         else:
-            events.append(Event("Warning", "Degraded", f"{new_deg.get('reason')}: {new_deg.get('message')}"))
-    if old_deg.get("status") == "True" and new_deg.get("status") == "False":
-        events.append(Event("Normal", "Recovered", f"no longer {old_deg.get('reason')}"))
+            events.append(Event("Warning", "Degraded", f"{new_deg.reason}: {new_deg.message}"))
+    if old_deg is not None and old_deg.status == "True" and new_deg is not None and new_deg.status == "False":
+        events.append(Event("Normal", "Recovered", f"no longer {old_deg.reason}"))
     return events

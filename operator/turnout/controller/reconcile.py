@@ -35,13 +35,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from turnout.api import GROUP, KIND, PLURAL, VERSION, ModelDeploymentSpec
+from turnout.api import GROUP, KIND, PLURAL, VERSION, ModelDeploymentSpec, ModelDeploymentStatus
 from turnout.config import OperatorConfig
 from turnout.controller import status as st
 from turnout.controller.decide import Decision, Observed, Owned, Prune, decide, decide_after_apply_failure
 from turnout.controller.metrics import Metrics, Replicas
 from turnout.controller.workqueue import RetryLater, WorkQueue
-from turnout.controller.world import INSTANCE_LABEL, SPEC_HASH_LABEL, compact_child, lean_copy
+from turnout.controller.world import INSTANCE_LABEL, Child, compact_child, lean_copy
 from turnout.hardware import LWS_API_VERSION, ClusterFeatures, Hardware, parse_nodes
 from turnout.kube import Credentials, KubeClient, PermanentApiError, TransientApiError
 from turnout.render import INFERENCE_POOL_API_VERSION, child_name
@@ -89,9 +89,9 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {err['msg']}"
 
 
-def _fingerprint(child: Mapping[str, Any]) -> tuple[Any, Any]:
+def _fingerprint(child: Child) -> tuple[str | None, int | None]:
     """What our apply set that the watch must show before its copy replaces ours."""
-    return (child.get("labels") or {}).get(SPEC_HASH_LABEL), child.get("replicas")
+    return child.spec_hash, child.replicas
 
 
 async def _serves(client: KubeClient, group_version: str, plural: str) -> bool:
@@ -115,8 +115,8 @@ class Controller:
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self._locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Children as our applies returned them, until the watch shows them: (kind, namespace, owner) -> name -> copy.
-        self._applied: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
-        self._written: dict[str, dict[str, Any]] = {}
+        self._applied: dict[tuple[str, str, str], dict[str, Child]] = {}
+        self._written: dict[str, ModelDeploymentStatus] = {}  # uid -> the status last written
         self._hardware: Hardware | None = None
         self._hw_cache: tuple[list[Any], ClusterFeatures, Hardware] | None = None
         #: The APIs the cluster serves that plans may use (API discovery at start-up, then every
@@ -143,19 +143,19 @@ class Controller:
     def _index(self, idx: str) -> Mapping[Any, Any]:
         return self.indices.get(idx) or {}
 
-    def _values(self, idx: str, key: Hashable) -> list[dict[str, Any]]:
+    def _values(self, idx: str, key: Hashable) -> list[Any]:
         store = self._index(idx).get(key)
         return list(store) if store is not None else []
 
     def _statuses(self) -> list[Mapping[str, Any]]:
-        return [self._previous_status(body) or {} for store in self._index(IDX_MDS).values() for body in store]
+        return [st.wire(self._previous_status(body)) for store in self._index(IDX_MDS).values() for body in store]
 
     def _replicas(self) -> list[Replicas]:
         out = []
         for store in self._index(IDX_MDS).values():
             for body in store:
                 meta, spec = body["metadata"], body.get("spec") or {}
-                ready = (self._previous_status(body) or {}).get("readyReplicas")
+                ready = (self._previous_status(body) or ModelDeploymentStatus()).ready_replicas
                 out.append(Replicas(str(meta.get("namespace") or ""), str(meta["name"]),
                                     str(spec.get("servedModelName") or meta["name"]),
                                     int(spec.get("replicas", 1)), int(ready or 0)))
@@ -257,8 +257,8 @@ class Controller:
             self._pruning.discard(str(meta.get("uid")))
             self._prune_refused.discard(str(meta.get("uid")))
         mine = self._applied.get((kind, namespace, owner or ""), {}).get(meta.get("name") or "")
-        if mine is not None and mine.get("uid") == meta.get("uid"):
-            echo = event_type != "DELETED" and mine.get("resourceVersion") == meta.get("resourceVersion")
+        if mine is not None and mine.uid == meta.get("uid"):
+            echo = event_type != "DELETED" and mine.resource_version == meta.get("resourceVersion")
             if echo or event_type == "DELETED":
                 self._retire(kind, namespace, owner or "", meta.get("name") or "")
             if echo:
@@ -350,24 +350,24 @@ class Controller:
             trigger=trigger, now=st.now_rfc3339(), inference_pool=self.inference_pool and self.pools_served,
         )
 
-    def _seen_children(self, ns: str, owner: str) -> dict[tuple[str, str], dict[str, Any]]:
+    def _seen_children(self, ns: str, owner: str) -> dict[tuple[str, str], Child]:
         """Each child as last seen: from the watch, or from our own apply while the watch lags behind it.
 
         Our copy (what the apply returned) stands until the watch shows that spec-hash and replica count;
         then it is retired and the watch's copy is used. Our copies come first, then the watch's.
         """
-        out: dict[tuple[str, str], dict[str, Any]] = {}
+        out: dict[tuple[str, str], Child] = {}
         for kind, idx in IDX_CHILDREN.items():
-            seen = self._values(idx, (ns, owner))
+            seen: list[Child] = self._values(idx, (ns, owner))
             for name, mine in list((self._applied.get((kind, ns, owner)) or {}).items()):
-                match = next((c for c in seen if c.get("name") == name), None)
+                match = next((c for c in seen if c.name == name), None)
                 if match is not None and _fingerprint(match) == _fingerprint(mine):
                     self._retire(kind, ns, owner, name)  # the watch caught up
                     out[(kind, name)] = match
                 else:
                     out[(kind, name)] = mine
             for child in seen:
-                out.setdefault((kind, str(child.get("name"))), child)
+                out.setdefault((kind, child.name), child)
         return out
 
     def _owned_children(self, ns: str, name: str, uid: str | None) -> tuple[Owned, ...]:
@@ -383,21 +383,22 @@ class Controller:
         found: dict[str, Owned] = {}
         for kind, idx in IDX_CHILDREN.items():
             mine = (self._applied.get((kind, ns, name)) or {}).values()
-            for child in [*self._values(idx, (ns, name)), *mine]:
-                cuid = str(child.get("uid"))
-                if cuid in found or (child.get("labels") or {}).get(INSTANCE_LABEL) != instance:
+            children: list[Child] = [*self._values(idx, (ns, name)), *mine]
+            for child in children:
+                cuid = str(child.uid)
+                if cuid in found or child.labels.get(INSTANCE_LABEL) != instance:
                     continue
-                if uid in (child.get("ownerUids") or []):
-                    found[cuid] = Owned(kind, str(child.get("name")), cuid,
-                                        deleting=bool(child.get("deleting")) or cuid in self._pruning,
+                if uid in child.owner_uids:
+                    found[cuid] = Owned(kind, child.name, cuid, deleting=child.deleting or cuid in self._pruning,
                                         refused=cuid in self._prune_refused)
         return tuple(found.values())
 
-    def _previous_status(self, md: Mapping[str, Any]) -> dict[str, Any] | None:
+    def _previous_status(self, md: Mapping[str, Any]) -> ModelDeploymentStatus | None:
+        """The status as we last wrote it, else as the object has it."""
         uid = md["metadata"].get("uid")
         if uid and uid in self._written:
             return self._written[uid]
-        return md.get("status")
+        return st.read_status(md.get("status"))
 
     # ----- act ------------------------------------------------------------------------------------
 
@@ -408,16 +409,14 @@ class Controller:
             logger.error("%s %s/%s failed", what, meta.get("namespace"), meta.get("name"), exc_info=exc)
         applied: list[str] = []
         for child in decision.apply:
-            kind, name = child["kind"], child["metadata"]["name"]
+            kind, name = child.kind, child.name
             try:
-                response = await self.client.apply(child)
+                response = await self.client.apply(child.body)
             except PermanentApiError as exc:
                 decision = decide_after_apply_failure(decision, child, exc.message)
                 break
             self.metrics.writes.labels(kind="apply").inc()
-            compact = compact_child(response)
-            compact["owner"] = meta["name"]
-            self._applied.setdefault((kind, meta["namespace"], meta["name"]), {})[name] = compact
+            self._applied.setdefault((kind, meta["namespace"], meta["name"]), {})[name] = compact_child(response)
             applied.append(f"{kind}/{name}")
         pruned = [await self._prune(md, p) for p in decision.prune]
         for event in decision.before_status:

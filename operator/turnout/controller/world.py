@@ -2,14 +2,16 @@
 
 kopf's indexes hold these compact views (kopf fills every index before any
 handler runs, so the first reconcile already sees all nodes). The functions
-here are pure: they reduce Node, Deployment and Pod objects to the fields the
-controller reads, and diagnose failing pods.
+here are pure: they reduce Node objects to the fields the hardware parser
+reads, children (Deployment, Service, ...) and Pods to the typed views the
+reconcile's observe → decide → act passes along (:class:`Child`, :class:`Pod`),
+and diagnose failing pods.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from turnout.render.manifests import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_LABEL
@@ -69,58 +71,162 @@ def owner_name(body: Mapping[str, Any], kind: str) -> str | None:
     return None
 
 
-def compact_child(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A Deployment, Service or claim: identity, labels, owners, replicas and rollout status."""
-    meta = body.get("metadata", {})
+def _int(value: Any) -> int:
+    return int(value or 0)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class ObjectCondition:
+    """A condition of a watched object (a Pod's, a Deployment's or a LeaderWorkerSet's)."""
+
+    type: str | None
+    status: str | None = None
+    reason: str | None = None
+    message: str | None = None
+
+    @classmethod
+    def of(cls, body: Mapping[str, Any]) -> ObjectCondition:
+        return cls(*(_opt_str(body.get(k)) for k in ("type", "status", "reason", "message")))
+
+
+@dataclass(frozen=True)
+class WorkloadStatus:
+    """The rollout status of a Deployment or LeaderWorkerSet (both have these fields)."""
+
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    observed_generation: int = 0
+    conditions: tuple[ObjectCondition, ...] = ()
+
+    @classmethod
+    def of(cls, status: Mapping[str, Any]) -> WorkloadStatus:
+        return cls(_int(status.get("replicas")), _int(status.get("readyReplicas")),
+                   _int(status.get("updatedReplicas")), _int(status.get("observedGeneration")),
+                   tuple(ObjectCondition.of(c) for c in status.get("conditions") or []))
+
+    def condition(self, type_: str) -> ObjectCondition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+@dataclass(frozen=True)
+class Child:
+    """A Deployment, LeaderWorkerSet, Service, InferencePool or claim as last seen: identity, labels, owners,
+    replicas and rollout status (``status`` None when the object has none yet)."""
+
+    kind: str
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    owner_uids: tuple[str, ...] = ()
+    deleting: bool = False  # held by a finalizer (a claim a pod still mounts): already on its way out
+    replicas: int | None = None  # spec.replicas, for the kinds that have one
+    status: WorkloadStatus | None = None
+
+    @property
+    def spec_hash(self) -> str | None:
+        return self.labels.get(SPEC_HASH_LABEL)
+
+
+def compact_child(body: Mapping[str, Any]) -> Child:
+    """The :class:`Child` view of a watched object (or of what an apply returned)."""
+    meta = body.get("metadata", {}) or {}
     spec = body.get("spec", {}) or {}
-    out: dict[str, Any] = {
-        "kind": body.get("kind"),
-        "name": meta.get("name"),
-        "namespace": meta.get("namespace"),
-        "uid": meta.get("uid"),
-        "resourceVersion": meta.get("resourceVersion"),
-        "generation": meta.get("generation"),
-        "labels": _plain(meta.get("labels") or {}),
-        "ownerUids": sorted(str(r.get("uid")) for r in meta.get("ownerReferences") or []),
-    }
-    if meta.get("deletionTimestamp"):
-        out["deleting"] = True  # held by a finalizer (a claim a pod still mounts): already on its way out
-    if "replicas" in spec:
-        out["replicas"] = spec.get("replicas")
     status = body.get("status") or {}
-    if status:
-        out["status"] = {
-            k: _plain(status[k])
-            for k in ("replicas", "readyReplicas", "updatedReplicas", "availableReplicas",
-                      "unavailableReplicas", "observedGeneration", "conditions")
-            if k in status
-        }
-    return out
+    return Child(
+        kind=str(body.get("kind")),
+        name=str(meta.get("name")),
+        namespace=_opt_str(meta.get("namespace")),
+        uid=_opt_str(meta.get("uid")),
+        resource_version=_opt_str(meta.get("resourceVersion")),
+        generation=meta.get("generation"),
+        labels={str(k): str(v) for k, v in (meta.get("labels") or {}).items()},
+        owner_uids=tuple(sorted(str(r.get("uid")) for r in meta.get("ownerReferences") or [])),
+        deleting=bool(meta.get("deletionTimestamp")),
+        replicas=spec.get("replicas"),
+        status=WorkloadStatus.of(status) if status else None,
+    )
 
 
-def compact_pod(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A model server Pod: phase, scheduling and container states."""
-    meta, status = body.get("metadata", {}), body.get("status", {}) or {}
-    return {
-        "name": meta.get("name"),
-        "deleting": bool(meta.get("deletionTimestamp")),
-        "hash": (meta.get("labels") or {}).get(SPEC_HASH_LABEL),
-        "phase": status.get("phase"),
-        "conditions": [
-            {k: c.get(k) for k in ("type", "status", "reason", "message")}
-            for c in status.get("conditions") or []
-        ],
-        "containers": [
-            {
-                "name": cs.get("name"),
-                "ready": bool(cs.get("ready")),
-                "restartCount": cs.get("restartCount", 0),
-                "state": _plain(cs.get("state") or {}),
-                "lastState": _plain(cs.get("lastState") or {}),
-            }
+@dataclass(frozen=True)
+class Waiting:
+    reason: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Terminated:
+    reason: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.reason == "OOMKilled" or self.exit_code not in (None, 0)
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """One of a container's states (``state`` or ``lastState``): waiting, running or terminated."""
+
+    waiting: Waiting | None = None
+    running: bool = False
+    terminated: Terminated | None = None
+
+    @classmethod
+    def of(cls, state: Mapping[str, Any]) -> ContainerState:
+        waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
+        return cls(
+            Waiting(_opt_str(waiting.get("reason")), _opt_str(waiting.get("message"))) if waiting else None,
+            "running" in state,
+            Terminated(_opt_str(terminated.get("reason")), _opt_str(terminated.get("message")),
+                       terminated.get("exitCode")) if terminated else None,
+        )
+
+
+@dataclass(frozen=True)
+class Container:
+    name: str | None
+    ready: bool = False
+    restart_count: int = 0
+    state: ContainerState = ContainerState()
+    last_state: ContainerState = ContainerState()
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A model server Pod: phase, scheduling and container states (init containers first)."""
+
+    name: str | None
+    deleting: bool = False
+    hash: str | None = None  # its spec-hash label
+    phase: str | None = None
+    conditions: tuple[ObjectCondition, ...] = ()
+    containers: tuple[Container, ...] = ()
+
+
+def compact_pod(body: Mapping[str, Any]) -> Pod:
+    """The :class:`Pod` view of a watched Pod."""
+    meta, status = body.get("metadata", {}) or {}, body.get("status", {}) or {}
+    return Pod(
+        name=_opt_str(meta.get("name")),
+        deleting=bool(meta.get("deletionTimestamp")),
+        hash=(meta.get("labels") or {}).get(SPEC_HASH_LABEL),
+        phase=_opt_str(status.get("phase")),
+        conditions=tuple(ObjectCondition.of(c) for c in status.get("conditions") or []),
+        containers=tuple(
+            Container(_opt_str(cs.get("name")), bool(cs.get("ready")), _int(cs.get("restartCount")),
+                      ContainerState.of(cs.get("state") or {}), ContainerState.of(cs.get("lastState") or {}))
             for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
-        ],
-    }
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -138,7 +244,7 @@ _RANK = {**{r: 0 for r in _PULL}, **{r: 1 for r in _CONFIG}, "OOMKilled": 2, "Cr
          "Unschedulable": 4}
 
 
-def _crash(cs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def _crash(cs: Container) -> Terminated | None:
     """The failed termination that explains why a container is not serving, or None.
 
     A container cycles through terminated (Error/OOMKilled), waiting (CrashLoopBackOff) and running (its
@@ -146,22 +252,16 @@ def _crash(cs: Mapping[str, Any]) -> Mapping[str, Any] | None:
     termination, so the Degraded condition does not flap between tries. A container that is ready again,
     or whose last run ended well, is not crashing.
     """
-    state = cs.get("state") or {}
-    terminated = state.get("terminated") or {}
-    last = (cs.get("lastState") or {}).get("terminated") or {}
-    if terminated:
-        return terminated if _failed(terminated) else None
-    if (state.get("waiting") or {}).get("reason") == "CrashLoopBackOff" or (
-            "running" in state and not cs.get("ready") and cs.get("restartCount", 0)):
-        return last if _failed(last) else None
+    state, last = cs.state, cs.last_state.terminated
+    if state.terminated is not None:
+        return state.terminated if state.terminated.failed else None
+    if (state.waiting is not None and state.waiting.reason == "CrashLoopBackOff") or (
+            state.running and not cs.ready and cs.restart_count):
+        return last if last is not None and last.failed else None
     return None
 
 
-def _failed(terminated: Mapping[str, Any]) -> bool:
-    return terminated.get("reason") == "OOMKilled" or terminated.get("exitCode") not in (None, 0)
-
-
-def diagnose(pods: Iterable[Mapping[str, Any]]) -> Problem | None:
+def diagnose(pods: Iterable[Pod]) -> Problem | None:
     """The worst problem among the pods, or None when none is failing.
 
     A container whose process keeps failing is CrashLoopBackOff with its last exit code and termination
@@ -170,33 +270,30 @@ def diagnose(pods: Iterable[Mapping[str, Any]]) -> Problem | None:
     """
     found: list[tuple[int, str, Problem]] = []
     for pod in pods:
-        if pod.get("deleting"):
+        if pod.deleting:
             continue
-        name = pod.get("name")
-        for cond in pod.get("conditions") or []:
-            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" \
-                    and cond.get("reason") == "Unschedulable":
-                msg = f"pod {name} cannot be scheduled: {cond.get('message') or 'no node fits'}"
+        name = pod.name
+        for cond in pod.conditions:
+            if cond.type == "PodScheduled" and cond.status == "False" and cond.reason == "Unschedulable":
+                msg = f"pod {name} cannot be scheduled: {cond.message or 'no node fits'}"
                 found.append((_RANK["Unschedulable"], str(name), Problem("Unschedulable", msg)))
-        for cs in pod.get("containers") or []:
-            state = cs.get("state") or {}
-            waiting = state.get("waiting") or {}
-            reason = waiting.get("reason")
-            where = f"pod {name} container {cs.get('name')}"
+        for cs in pod.containers:
+            waiting = cs.state.waiting or Waiting()
+            reason = waiting.reason
+            where = f"pod {name} container {cs.name}"
             crash = _crash(cs)
             if reason in _PULL or reason in _CONFIG:
-                msg = f"{where}: {reason}: {waiting.get('message') or ''}".rstrip(": ")
-                found.append((_RANK[reason], str(name), Problem(reason, msg)))
-            elif crash is not None and crash.get("reason") == "OOMKilled":
-                msg = (f"{where} was killed for using more memory than its limit "
-                       f"(restarts: {cs.get('restartCount', 0)})")
+                msg = f"{where}: {reason}: {waiting.message or ''}".rstrip(": ")
+                found.append((_RANK[str(reason)], str(name), Problem(str(reason), msg)))
+            elif crash is not None and crash.reason == "OOMKilled":
+                msg = f"{where} was killed for using more memory than its limit (restarts: {cs.restart_count})"
                 found.append((_RANK["OOMKilled"], str(name), Problem("OOMKilled", msg)))
             elif crash is not None or reason == "CrashLoopBackOff":
-                crash = crash or {}
+                crash = crash or Terminated()
                 # The termination message: what the shim wrote (its engine's error), else the log's last lines.
-                detail = crash.get("message") or crash.get("reason") or waiting.get("message") or ""
-                exit_code = crash.get("exitCode")
-                restarts = cs.get("restartCount", 0)
+                detail = crash.message or crash.reason or waiting.message or ""
+                exit_code = crash.exit_code
+                restarts = cs.restart_count
                 msg = f"{where} keeps crashing (restarts: {restarts}" if restarts else f"{where} exited (restarts: 0"
                 msg += f", last exit code {exit_code})" if exit_code is not None else ")"
                 if detail:

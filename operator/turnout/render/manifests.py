@@ -16,10 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
 from typing import Any
 
-from turnout.api.types import ModelDeploymentSpec
+from turnout.api.types import ModelDeployment, ModelDeploymentSpec
 from turnout.config import OperatorConfig
 from turnout.hardware import parse_quantity
 from turnout.resolver.memory import bytes_per_param
@@ -272,10 +271,9 @@ def _tolerations(plan: Plan, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
     return [unique[k] for k in sorted(unique)]
 
 
-def _spec(md: Mapping[str, Any]) -> ModelDeploymentSpec:
-    """``md["spec"]``, parsed unless the caller already did (the controller parses each object once)."""
-    spec = md["spec"]
-    return spec if isinstance(spec, ModelDeploymentSpec) else ModelDeploymentSpec.model_validate(spec)
+def _ident(md: ModelDeployment) -> tuple[str, str]:
+    """The ModelDeployment's name and namespace (``default`` when it has none)."""
+    return md.metadata.name, md.metadata.namespace or "default"
 
 
 def _pod_template(
@@ -359,12 +357,11 @@ def _rollout(plan: Plan) -> dict[str, int]:
     return {"maxSurge": 0, "maxUnavailable": 1} if plan.accelerator != "cpu" else {"maxSurge": 1, "maxUnavailable": 0}
 
 
-def render_deployment(plan: Plan, md: Mapping[str, Any], config: OperatorConfig | None = None) -> dict[str, Any]:
+def render_deployment(plan: Plan, md: ModelDeployment, config: OperatorConfig | None = None) -> dict[str, Any]:
     """The apps/v1 Deployment that runs the shim for this plan (one node per replica)."""
     config = config or OperatorConfig()
-    meta = md["metadata"]
-    name, namespace = meta["name"], meta.get("namespace", "default")
-    spec = _spec(md)
+    name, namespace = _ident(md)
+    spec = md.spec
     template = _pod_template(plan, spec, name, config)
     digest = spec_hash({"template": template, "engine": plan.engine})
     _stamp(template, plan, digest)
@@ -386,7 +383,7 @@ def render_deployment(plan: Plan, md: Mapping[str, Any], config: OperatorConfig 
 
 
 def render_leader_worker_set(
-    plan: Plan, md: Mapping[str, Any], config: OperatorConfig | None = None
+    plan: Plan, md: ModelDeployment, config: OperatorConfig | None = None
 ) -> dict[str, Any]:
     """The LeaderWorkerSet that runs a multi-node plan: ``replicas`` groups of ``nodesPerReplica`` pods.
 
@@ -394,9 +391,8 @@ def render_leader_worker_set(
     workers start once the leader exists, so ``$(LWS_LEADER_ADDRESS)`` resolves.
     """
     config = config or OperatorConfig()
-    meta = md["metadata"]
-    name, namespace = meta["name"], meta.get("namespace", "default")
-    spec = _spec(md)
+    name, namespace = _ident(md)
+    spec = md.spec
     leader = _pod_template(plan, spec, name, config, "leader")
     worker = _pod_template(plan, spec, name, config, "worker")
     digest = spec_hash({"leader": leader, "worker": worker, "engine": plan.engine})
@@ -425,36 +421,35 @@ def render_leader_worker_set(
 
 
 def render_service(
-    md: Mapping[str, Any], config: OperatorConfig | None = None, plan: Plan | None = None
+    md: ModelDeployment, config: OperatorConfig | None = None, plan: Plan | None = None
 ) -> dict[str, Any]:
     """The ClusterIP Service clients use; for a multi-node plan it selects the leaders only."""
     config = config or OperatorConfig()
-    meta = md["metadata"]
+    name, namespace = _ident(md)
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": child_name(meta["name"]),
-            "namespace": meta.get("namespace", "default"),
-            "labels": labels(meta["name"]),
+            "name": child_name(name),
+            "namespace": namespace,
+            "labels": labels(name),
         },
         "spec": {
             "type": "ClusterIP",
-            "selector": service_selector(meta["name"], plan),
+            "selector": service_selector(name, plan),
             "ports": [{"name": PORT_NAME, "port": config.port, "targetPort": PORT_NAME, "protocol": "TCP"}],
         },
     }
 
 
-def render_cache_claim(md: Mapping[str, Any], plan: Plan | None = None) -> dict[str, Any] | None:
+def render_cache_claim(md: ModelDeployment, plan: Plan | None = None) -> dict[str, Any] | None:
     """The cache claim to create, if the spec asks for one (not for a multi-node plan it cannot serve)."""
-    spec = _spec(md)
-    cache = spec.cache
+    cache = md.spec.cache
     if not cache or not cache.size or cache.existing_claim:
         return None
     if plan is not None and plan.multi_node and not cache.shared_across_nodes:
         return None
-    meta = md["metadata"]
+    name, namespace = _ident(md)
     claim: dict[str, Any] = {
         "accessModes": list(cache.access_modes or ["ReadWriteOnce"]),
         "resources": {"requests": {"storage": cache.size}},
@@ -465,26 +460,26 @@ def render_cache_claim(md: Mapping[str, Any], plan: Plan | None = None) -> dict[
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": {
-            "name": child_name(meta["name"], "-cache"),
-            "namespace": meta.get("namespace", "default"),
-            "labels": labels(meta["name"]),
+            "name": child_name(name, "-cache"),
+            "namespace": namespace,
+            "labels": labels(name),
         },
         "spec": claim,
     }
 
 
 def render_inference_pool(
-    md: Mapping[str, Any], config: OperatorConfig | None = None, plan: Plan | None = None
+    md: ModelDeployment, config: OperatorConfig | None = None, plan: Plan | None = None
 ) -> dict[str, Any]:
     """The Gateway API Inference Extension InferencePool of the model pods (the Service's pods, on the shim port).
 
     A Gateway implementing the extension routes to it through the Endpoint Picker the operator config names.
     """
     config = config or OperatorConfig()
-    meta = md["metadata"]
-    name = child_name(meta["name"])
+    md_name, namespace = _ident(md)
+    name = child_name(md_name)
     spec: dict[str, Any] = {
-        "selector": {"matchLabels": service_selector(meta["name"], plan)},
+        "selector": {"matchLabels": service_selector(md_name, plan)},
         "targetPorts": [{"number": config.port}],
     }
     picker = config.inference_pool.endpoint_picker
@@ -500,7 +495,7 @@ def render_inference_pool(
     return {
         "apiVersion": INFERENCE_POOL_API_VERSION,
         "kind": "InferencePool",
-        "metadata": {"name": name, "namespace": meta.get("namespace", "default"), "labels": labels(meta["name"])},
+        "metadata": {"name": name, "namespace": namespace, "labels": labels(md_name)},
         "spec": spec,
     }
 
@@ -513,10 +508,10 @@ def _with_hash(child: dict[str, Any]) -> dict[str, Any]:
     return child
 
 
-def render(plan: Plan, md: Mapping[str, Any], config: OperatorConfig | None = None, *,
+def render(plan: Plan, md: ModelDeployment, config: OperatorConfig | None = None, *,
            inference_pool: bool = False) -> list[dict[str, Any]]:
-    """All children, in apply order: cache claim (if any), Deployment or LeaderWorkerSet, Service, and the
-    InferencePool when ``inference_pool``.
+    """All children of the (typed) ModelDeployment ``md``, in apply order: cache claim (if any), Deployment or
+    LeaderWorkerSet, Service, and the InferencePool when ``inference_pool``.
 
     Each carries a spec-hash label.
     """
