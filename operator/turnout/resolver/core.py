@@ -12,7 +12,7 @@ from turnout.catalog import Catalog, load_catalog
 from turnout.config import OperatorConfig
 from turnout.hardware import ACCELERATOR_LABEL, AGENT_TAINT, ClusterFeatures, Hardware, NodeInfo
 from turnout.resolver import sizing
-from turnout.resolver.engines import DEVICE, ENGINES, PREFERENCE, Context, Engine
+from turnout.resolver.engines import ENGINES, PREFERENCE, Context, Engine
 from turnout.resolver.memory import gib, needed_mib
 from turnout.resolver.models import ModelError, options_for, preference_key
 from turnout.resolver.plan import EngineReason, Placement, Plan, Rejection, ResolvedModel
@@ -440,7 +440,7 @@ def resolve(
         engine=chosen,
         accelerator=accel,
         image=image,
-        device=DEVICE[accel],
+        device=ENGINES[chosen].on[accel].device,
         tensor_parallel_size=fit.tensor_parallel,
         model=model,
         placement=fit.placement,

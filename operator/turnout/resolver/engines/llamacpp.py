@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from turnout.resolver.engines.base import Context, Engine
+from turnout.resolver.engines.base import Context, Engine, On
 from turnout.resolver.plan import ResolvedModel
 
 
@@ -18,5 +18,14 @@ def check_model(model: ResolvedModel, accelerator: str, ctx: Context) -> str | N
 #: (VmHWM after 9 chat requests, 8 at once; `turnout up -f examples/tiny-chat-gguf.yaml`): + 10%, rounded up to
 #: 64 MiB. The weights and their KV cache come on top (weights × memoryHeadroom).
 CPU_BASELINE_MIB = 128
-ENGINE = Engine(name="llama.cpp", accelerators=("nvidia", "metal", "cpu"), check_model=check_model,
-                cpu_baseline_mib=CPU_BASELINE_MIB)
+ENGINE = Engine(
+    name="llama.cpp",
+    on={
+        "nvidia": On(rank=4, device="cuda", image="llamacpp-cuda"),
+        "metal": On(rank=2, device="mps", image="llamacpp-metal"),
+        "cpu": On(rank=1, device="cpu", image="llamacpp-cpu"),
+    },
+    check_model=check_model,
+    backends={None: "turnout.shim.backends.llamacpp:LlamaCppBackend"},
+    cpu_baseline_mib=CPU_BASELINE_MIB,
+)
