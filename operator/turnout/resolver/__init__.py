@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from turnout.resolver.cache import ResolverCache
     from turnout.resolver.core import resolve
     from turnout.resolver.engines import ENGINES, PREFERENCE
     from turnout.resolver.plan import (
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     )
 
 _WHERE = {
+    "ResolverCache": "cache",
     "resolve": "core",
     "ENGINES": "engines",
     "PREFERENCE": "engines",
@@ -42,6 +44,7 @@ __all__ = [
     "Plan",
     "Rejection",
     "ResolvedModel",
+    "ResolverCache",
     "explain_rejection",
     "grouped_reasons",
     "resolve",
