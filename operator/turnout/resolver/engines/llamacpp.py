@@ -14,9 +14,8 @@ def check_model(model: ResolvedModel, accelerator: str, ctx: Context) -> str | N
     return None
 
 
-#: turnout-shim with xllamacpp serving the tiny GGUF (builtin://tiny-llama.gguf) on CPU peaked at 107 MiB RSS
-#: (VmHWM after 9 chat requests, 8 at once; `turnout up -f examples/tiny-chat-gguf.yaml`): + 10%, rounded up to
-#: 64 MiB. The weights and their KV cache come on top (weights × memoryHeadroom).
+#: xllamacpp serving builtin://tiny-llama.gguf (`turnout up -f examples/tiny-chat-gguf.yaml`) peaked at 107 MiB
+#: (how it is measured: ``Engine.cpu_baseline_mib``).
 CPU_BASELINE_MIB = 128
 ENGINE = Engine(
     name="llama.cpp",

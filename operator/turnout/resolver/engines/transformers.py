@@ -27,9 +27,8 @@ def check_model(model: ResolvedModel, accelerator: str, ctx: Context) -> str | N
     return None
 
 
-#: turnout-shim with torch and transformers serving the tiny Llama (builtin://tiny-llama) on CPU peaked at 509 MiB
-#: RSS (VmHWM after 9 chat requests, 8 at once; `turnout up -f examples/tiny-chat.yaml`): + 10%, rounded up to
-#: 64 MiB. The weights and their KV cache come on top (weights × memoryHeadroom).
+#: torch and transformers serving builtin://tiny-llama (`turnout up -f examples/tiny-chat.yaml`) peaked at 509 MiB
+#: (how it is measured: ``Engine.cpu_baseline_mib``).
 CPU_BASELINE_MIB = 576
 ENGINE = Engine(
     name="transformers",
