@@ -126,3 +126,11 @@ def test_a_new_engine_is_one_module_and_one_registry_entry(tmp_path: Path) -> No
                          check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "toy served"
+
+
+def test_the_registry_loads_without_the_resolver_core() -> None:
+    # The shim and the image tools read the registry; neither needs the resolver's core, the API types or the catalog.
+    code = ("import sys, turnout.shim.backends, turnout.images, turnout.shimargs; "
+            "loaded = {'turnout.resolver.core', 'turnout.api.types', 'turnout.catalog'} & set(sys.modules); "
+            "assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

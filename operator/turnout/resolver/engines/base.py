@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from turnout.catalog import Catalog
 from turnout.hardware import NodeInfo
 from turnout.resolver.plan import ResolvedModel
+
+if TYPE_CHECKING:  # the registry is read by the shim and the image tools, which never load the catalog
+    from turnout.catalog import Catalog
 
 GPU_FORMATS = frozenset({"awq", "gptq", "fp8", "fp4", "bnb"})
 
