@@ -13,10 +13,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from turnout.api.types import ACCELERATORS, ENGINES
+from turnout.api.types import ACCELERATORS
 from turnout.images import default_images
+from turnout.resolver.engines import ENGINES, REGISTRY
 
-DEFAULT_AUTO_ENGINES = ("vllm", "llama.cpp", "transformers", "mlx")
+DEFAULT_AUTO_ENGINES = tuple(e.name for e in REGISTRY if e.auto)
 
 
 class ConfigError(ValueError):

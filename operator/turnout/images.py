@@ -1,6 +1,7 @@
 """The image matrix: which container image serves each engine on each accelerator.
 
-One place for it: the operator's default config takes its images from here
+Each engine's module (``turnout.resolver.engines.<engine>``) names its image per accelerator; the
+matrix is derived from the engine registry. The operator's default config takes its images from here
 (``default_images``), the build script (``scripts/build-image.sh``) looks up
 an image's Dockerfile here, and ``tests/images`` proves every entry has a
 Dockerfile under ``images/`` and every Dockerfile there has an entry.
@@ -18,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from turnout.resolver import engines
 
 REGISTRY = "ghcr.io/turnout-dev"
 VERSION = "0.1.0"
@@ -54,20 +58,20 @@ class ImageSpec:
         return f"{self.dockerfile_dir}/Dockerfile"
 
 
+def image_matrix(registry: Iterable[engines.Engine]) -> dict[tuple[str, str], ImageSpec]:
+    """(engine, accelerator) -> image, from the image name each engine module declares per accelerator.
+
+    An image is built from ``images/<name>/Dockerfile``; on metal the host agent provides it natively.
+    """
+    return {
+        (engine.name, accel): ImageSpec(on.image, HOST_AGENT if accel == "metal" else f"images/{on.image}")
+        for engine in registry
+        for accel, on in engine.on.items()
+    }
+
+
 #: (engine, accelerator) -> image. Accelerators: nvidia, ascend, metal, cpu.
-IMAGE_MATRIX: dict[tuple[str, str], ImageSpec] = {
-    ("vllm", "nvidia"): ImageSpec("vllm-cuda", "images/vllm-cuda"),
-    ("vllm", "ascend"): ImageSpec("vllm-ascend", "images/vllm-ascend"),
-    ("sglang", "nvidia"): ImageSpec("sglang-cuda", "images/sglang-cuda"),
-    ("llama.cpp", "nvidia"): ImageSpec("llamacpp-cuda", "images/llamacpp-cuda"),
-    ("llama.cpp", "cpu"): ImageSpec("llamacpp-cpu", "images/llamacpp-cpu"),
-    ("llama.cpp", "metal"): ImageSpec("llamacpp-metal", HOST_AGENT),
-    ("transformers", "nvidia"): ImageSpec("transformers-cuda", "images/transformers-cuda"),
-    ("transformers", "ascend"): ImageSpec("transformers-npu", "images/transformers-npu"),
-    ("transformers", "cpu"): ImageSpec("transformers-cpu", "images/transformers-cpu"),
-    ("transformers", "metal"): ImageSpec("transformers-metal", HOST_AGENT),
-    ("mlx", "metal"): ImageSpec("mlx-metal", HOST_AGENT),
-}
+IMAGE_MATRIX: dict[tuple[str, str], ImageSpec] = image_matrix(engines.REGISTRY)
 
 OPERATOR_IMAGE = ImageSpec("operator", ".")
 

@@ -21,7 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-ENGINES = ("vllm", "sglang", "llama.cpp", "transformers", "mlx")
+from turnout.resolver import engines
+
+ENGINES = tuple(engines.ENGINES)
 MODEL_TYPES = ("llm", "embedding", "rerank")
 DEVICES = ("cpu", "cuda", "npu", "mps")
 PROGRAM = "turnout-shim"

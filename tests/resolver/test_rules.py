@@ -366,3 +366,13 @@ def test_candidates_list_every_engine_that_could_serve() -> None:
     plan = run({"model": {**QWEN7, "format": "pytorch"}}, [nvidia()])
     assert plan.candidates[0] == "vllm" and "transformers" in plan.candidates
     assert "could serve it too" in reasons(plan)["transformers"]
+
+
+def test_plan_and_rejection_have_one_shape() -> None:
+    from turnout.resolver.plan import CHOSEN_FIELDS
+
+    plan = run({"model": {**QWEN7, "format": "gguf"}}, [cpu()]).to_dict()
+    rejection = run({"model": {**QWEN7, "format": "pytorch"}, "engine": "sglang"}, [cpu()]).to_dict()
+    assert tuple(plan)[: len(CHOSEN_FIELDS)] == CHOSEN_FIELDS
+    assert list(rejection) == [*CHOSEN_FIELDS, "reason", "candidates", "rejected"]
+    assert all(rejection[k] is None for k in CHOSEN_FIELDS) and rejection["candidates"] == []

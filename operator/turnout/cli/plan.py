@@ -20,7 +20,7 @@ from turnout.api import KIND, ModelDeployment
 from turnout.config import ConfigError, OperatorConfig, load_config
 from turnout.hardware import LWS_API_VERSION, ClusterFeatures, Hardware, parse_nodes
 from turnout.render import endpoint, render
-from turnout.resolver import Plan, explain_rejection, grouped_reasons, resolve
+from turnout.resolver import Plan, ResolverCache, explain_rejection, grouped_reasons, resolve
 from turnout.sources import SourceError, check_builtin
 
 
@@ -133,9 +133,10 @@ def plan_documents(
 ) -> list[dict[str, Any]]:
     """One result object per deployment, in order."""
     results = []
+    cache = ResolverCache()  # the same hardware and config for every deployment
     for md in deployments:
         namespace = md.metadata.namespace or "default"
-        result = resolve(md.spec, hardware, config)
+        result = resolve(md.spec, hardware, config, cache=cache)
         out: dict[str, Any] = {"name": md.metadata.name, "namespace": namespace}
         out.update(result.to_dict())
         if isinstance(result, Plan):

@@ -28,7 +28,7 @@ from turnout.controller.world import SPEC_HASH_LABEL, Child, Pod, Problem, _plai
 from turnout.hardware import Hardware
 from turnout.render import INFERENCE_POOL_API_VERSION, LWS_API_VERSION, child_name, render, selector
 from turnout.render.manifests import service_selector, spec_hash
-from turnout.resolver import Plan, Rejection, resolve
+from turnout.resolver import Plan, Rejection, ResolverCache, resolve
 
 #: Children are applied claim first, the workload (Deployment or LeaderWorkerSet) last (so a refused child never
 #: leaves a rollout started), and pruned in the reverse order.
@@ -190,8 +190,9 @@ class Decision:
 # ----- the decision -----------------------------------------------------------------------------
 
 
-def decide(observed: Observed, config: OperatorConfig | None = None) -> Decision:
-    """What to write for ``observed``: an invalid spec, no node yet, a rejection, or a plan."""
+def decide(observed: Observed, config: OperatorConfig | None = None, cache: ResolverCache | None = None) -> Decision:
+    """What to write for ``observed``: an invalid spec, no node yet, a rejection, or a plan (``cache``: the
+    caller's resolver cache)."""
     o, config = observed, config or OperatorConfig()
     previous = o.previous or ModelDeploymentStatus()
     if o.deleting:
@@ -217,7 +218,8 @@ def decide(observed: Observed, config: OperatorConfig | None = None) -> Decision
 
     errors: tuple[tuple[str, BaseException], ...] = ()
     try:
-        choice, kept = choose(o.spec, o.previous, o.hardware, config, sticky=o.trigger not in ("create", "spec"))
+        choice, kept = choose(o.spec, o.previous, o.hardware, config, sticky=o.trigger not in ("create", "spec"),
+                              cache=cache)
     except Exception as exc:  # the resolver promises never to raise; never crash if it does
         choice, kept = Rejection(rejected=(), message=f"internal error while resolving: {exc}"), False
         errors = (("resolving", exc),)
@@ -376,12 +378,13 @@ def _serving_previous(o: Observed, resolved: st.Cond, rejected: list[EngineReaso
 
 
 def choose(spec: ModelDeploymentSpec, previous: ModelDeploymentStatus | None, hw: Hardware, config: OperatorConfig,
-           *, sticky: bool) -> tuple[Plan | Rejection, bool]:
+           *, sticky: bool, cache: ResolverCache | None = None) -> tuple[Plan | Rejection, bool]:
     """Resolve; when sticky, keep the engine and accelerator already chosen while they still fit.
 
     Returns the choice and whether it is the kept placement (rather than the fresh choice).
     """
-    fresh = resolve(spec, hw, config)
+    cache = cache if cache is not None else ResolverCache()
+    fresh = resolve(spec, hw, config, cache=cache)
     prev = previous or ModelDeploymentStatus()
     resolved = st.condition(prev, "Resolved")
     if not sticky or not prev.engine or not resolved or resolved.status != "True":
@@ -392,7 +395,7 @@ def choose(spec: ModelDeploymentSpec, previous: ModelDeploymentStatus | None, hw
         "engine": prev.engine,
         "accelerator": spec.accelerator.model_copy(update={"type": prev.accelerator or "auto"}),
     })
-    pinned = resolve(pinned_spec, hw, config)
+    pinned = resolve(pinned_spec, hw, config, cache=cache)
     if isinstance(pinned, Plan):
         return pinned, True
     return fresh, False

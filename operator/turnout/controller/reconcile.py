@@ -45,6 +45,7 @@ from turnout.controller.world import INSTANCE_LABEL, Child, compact_child, lean_
 from turnout.hardware import LWS_API_VERSION, ClusterFeatures, Hardware, parse_nodes
 from turnout.kube import Credentials, KubeClient, PermanentApiError, TransientApiError
 from turnout.render import INFERENCE_POOL_API_VERSION, child_name
+from turnout.resolver import ResolverCache
 
 logger = logging.getLogger("turnout.controller")
 
@@ -119,6 +120,7 @@ class Controller:
         self._written: dict[str, ModelDeploymentStatus] = {}  # uid -> the status last written
         self._hardware: Hardware | None = None
         self._hw_cache: tuple[list[Any], ClusterFeatures, Hardware] | None = None
+        self.resolver_cache = ResolverCache()  # bound to the Hardware of hardware() and to config
         #: The APIs the cluster serves that plans may use (API discovery at start-up, then every
         #: ``discovery_interval`` seconds; see :meth:`discover`).
         self.features = ClusterFeatures()
@@ -164,8 +166,8 @@ class Controller:
     def hardware(self) -> Hardware:
         """The nodes' hardware, parsed again only when the node index holds other objects.
 
-        One Hardware object per node set: the resolver memoizes per Hardware object, so parsing afresh on
-        every reconcile would also keep one cache entry (and one Hardware) per reconcile alive.
+        One Hardware object per node set: the resolver cache holds what it worked out for one Hardware object,
+        so parsing afresh on every reconcile would empty it every time.
         """
         nodes = [node for store in self._index(IDX_NODES).values() for node in store]
         cached = self._hw_cache
@@ -325,7 +327,7 @@ class Controller:
             return outcome
 
     async def _reconcile(self, md: dict[str, Any], trigger: str) -> Outcome:
-        return await self._act(md, decide(self._observe(md, trigger), self.config))
+        return await self._act(md, decide(self._observe(md, trigger), self.config, self.resolver_cache))
 
     # ----- observe --------------------------------------------------------------------------------
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from turnout.api.types import ACCELERATORS, ModelDeploymentSpec, Toleration
 from turnout.catalog import Catalog, load_catalog
 from turnout.config import OperatorConfig
 from turnout.hardware import ACCELERATOR_LABEL, AGENT_TAINT, ClusterFeatures, Hardware, NodeInfo
 from turnout.resolver import sizing
-from turnout.resolver.engines import DEVICE, ENGINES, PREFERENCE, Context, Engine
+from turnout.resolver.cache import ResolverCache
+from turnout.resolver.engines import ENGINES, PREFERENCE, Context, Engine
 from turnout.resolver.memory import gib, needed_mib
 from turnout.resolver.models import ModelError, options_for, preference_key
 from turnout.resolver.plan import EngineReason, Placement, Plan, Rejection, ResolvedModel
@@ -71,37 +71,6 @@ def _user_tolerations(spec: ModelDeploymentSpec) -> list[dict[str, str]]:
     return [{k: v for k, v in t.model_dump().items() if isinstance(v, str)} for t in tols]
 
 
-_ELIGIBLE_CACHE: dict[tuple[int, str, str], tuple[Hardware, list[NodeInfo]]] = {}
-
-
-def _eligible(
-    spec: ModelDeploymentSpec, hardware: Hardware, accelerator: str, where: str | None = None
-) -> list[NodeInfo]:
-    """Nodes a pod for this accelerator could land on: labels match, taints tolerated.
-
-    Memoized per Hardware object (the operator keeps one until nodes change), keyed by
-    the spec's selector and tolerations (``where``, when the caller has it); the cached
-    Hardware is kept to make ``id`` safe.
-    """
-    if where is None:
-        where = _where(spec)
-    return _memo(_ELIGIBLE_CACHE, 4096, hardware, (id(hardware), accelerator, where),
-                 lambda: _eligible_uncached(spec, hardware, accelerator))
-
-
-def _memo(cache: dict[Any, Any], limit: int, owner: object, key: Any, build: Any) -> Any:
-    """``build()`` memoized under ``key`` (which holds ``id(owner)``); the entry keeps ``owner`` alive
-    and is used only while it is the very same object, so a reused ``id`` never hits."""
-    hit = cache.get(key)
-    if hit is not None and hit[0] is owner:
-        return hit[1]
-    if len(cache) > limit:
-        cache.clear()
-    value = build()
-    cache[key] = (owner, value)
-    return value
-
-
 def _where(spec: ModelDeploymentSpec) -> str:
     """The part of a spec that decides which nodes its pods may use."""
     if not spec.node_selector and not spec.tolerations:
@@ -109,7 +78,8 @@ def _where(spec: ModelDeploymentSpec) -> str:
     return repr((spec.node_selector, spec.tolerations))
 
 
-def _eligible_uncached(spec: ModelDeploymentSpec, hardware: Hardware, accelerator: str) -> list[NodeInfo]:
+def _eligible(spec: ModelDeploymentSpec, hardware: Hardware, accelerator: str) -> list[NodeInfo]:
+    """Nodes a pod for this accelerator could land on: labels match, taints tolerated."""
     if accelerator == "cpu":
         pool = [n for n in hardware.nodes if n.accelerator != "metal"]
     else:
@@ -120,37 +90,7 @@ def _eligible_uncached(spec: ModelDeploymentSpec, hardware: Hardware, accelerato
     return [n for n in pool if _tolerated(n, tolerations)]
 
 
-_FIT_CACHE: dict[tuple[Any, ...], tuple[list[NodeInfo], OperatorConfig, _Fit | tuple[int, str]]] = {}
-
-
 def _fit(
-    model: ResolvedModel,
-    engine: Engine,
-    accelerator: str,
-    nodes: list[NodeInfo],
-    spec: ModelDeploymentSpec,
-    config: OperatorConfig,
-    features: ClusterFeatures,
-    max_devices: int | None = None,
-) -> _Fit | tuple[int, str]:
-    """Place one model on one accelerator's nodes, or say how far it got and why not.
-
-    Memoized per node list (``_eligible`` keeps one per Hardware object and selector) and config object,
-    both kept in the entry so ``id`` stays safe: the operator resolves the same spec on every reconcile.
-    """
-    key = (model, engine.name, accelerator, id(nodes), id(config), spec.accelerator.count,
-           spec.accelerator.product, features, max_devices)
-    hit = _FIT_CACHE.get(key)
-    if hit is not None and hit[0] is nodes and hit[1] is config:
-        return hit[2]
-    if len(_FIT_CACHE) > 65536:
-        _FIT_CACHE.clear()
-    result = _fit_uncached(model, engine, accelerator, nodes, spec, config, features, max_devices)
-    _FIT_CACHE[key] = (nodes, config, result)
-    return result
-
-
-def _fit_uncached(
     model: ResolvedModel,
     engine: Engine,
     accelerator: str,
@@ -160,6 +100,7 @@ def _fit_uncached(
     features: ClusterFeatures,
     max_devices: int | None,
 ) -> _Fit | tuple[int, str]:
+    """Place one model on one accelerator's nodes, or say how far it got and why not."""
     if not nodes:
         return _STAGE_NODES, f"no schedulable {accelerator} nodes"
     product = spec.accelerator.product
@@ -334,19 +275,8 @@ def _default_config() -> OperatorConfig:
 _TableRow = tuple[int, str, Engine, "str | None", "tuple[int, str] | None"]
 
 
-_TABLE_CACHE: dict[tuple[int, str, bool], tuple[OperatorConfig, tuple[_TableRow, ...]]] = {}
-
-
 def _engine_table(config: OperatorConfig, accelerator: str, explicit: bool) -> tuple[_TableRow, ...]:
-    """Engines in preference order on one accelerator, with the image or why the config rules it out.
-
-    Memoized per config object (configs are frozen; the cached object is kept so ``id`` stays safe).
-    """
-    return _memo(_TABLE_CACHE, 1024, config, (id(config), accelerator, explicit),
-                 lambda: _engine_rows(config, accelerator, explicit))
-
-
-def _engine_rows(config: OperatorConfig, accelerator: str, explicit: bool) -> tuple[_TableRow, ...]:
+    """Engines in preference order on one accelerator, with the image or why the config rules it out."""
     order = list(PREFERENCE[accelerator]) + [e for e in ENGINES if e not in PREFERENCE[accelerator]]
     rows: list[_TableRow] = []
     for e_idx, name in enumerate(order):
@@ -367,7 +297,6 @@ def _engine_rows(config: OperatorConfig, accelerator: str, explicit: bool) -> tu
 _ON_CPU = tuple(name for name, engine in ENGINES.items() if "cpu" in engine.accelerators)
 
 
-@functools.lru_cache(maxsize=65536)
 def _ordered(options: tuple[ResolvedModel, ...], accelerator: str, size_given: bool) -> tuple[ResolvedModel, ...]:
     return tuple(sorted(options, key=lambda o: preference_key(o, accelerator, size_given)))
 
@@ -377,15 +306,21 @@ def resolve(
     hardware: Hardware,
     config: OperatorConfig | None = None,
     catalog: Catalog | None = None,
+    cache: ResolverCache | None = None,
 ) -> Plan | Rejection:
     """Choose engine, accelerator, image, model and size for a spec on this hardware, or say why not.
 
     ``hardware.features`` says which cluster APIs plans may use (LeaderWorkerSet for replicas over nodes).
     With ``accelerator.type: auto`` a cluster (or nodeSelector) with accelerator nodes never gets a CPU plan:
     a model too large for them is rejected with the devices or nodes it needs.
+
+    ``cache`` keeps what was worked out for this hardware and config across calls (see :class:`ResolverCache`);
+    without one, a fresh one serves this call.
     """
     config = config or _default_config()
     catalog = catalog or load_catalog()
+    cache = cache if cache is not None else ResolverCache()
+    cache.bind(hardware, config)
     try:
         options, _family = options_for(spec.model, catalog)
     except (ModelError, ValueError) as exc:
@@ -393,8 +328,10 @@ def resolve(
 
     explicit = spec.engine != "auto"
     size_given = spec.model.size is not None
-    pools, cpu_barred = _pools(spec, hardware)
-    search = functools.partial(_search, spec, hardware, config, catalog, options, pools, explicit, cpu_barred)
+    where = _where(spec)
+    pools, cpu_barred = cache.get("pools", (spec.accelerator.type, where), _pools, spec, hardware, where, cache)
+    search = functools.partial(_search, spec, hardware, config, catalog, cache, where, options, pools, explicit,
+                               cpu_barred)
     # Choosing the size itself, the resolver first looks for the largest model one device holds.
     one_first = not size_given and spec.accelerator.count is None
     feasible, reasons = search(1 if one_first else None)
@@ -402,7 +339,7 @@ def resolve(
         feasible, reasons = search(None)
 
     if not feasible:
-        return _rejection(spec, reasons, explicit, cpu_barred)
+        return _rejection(spec, reasons, explicit, cpu_barred, cache)
 
     chosen = min(feasible, key=lambda e: feasible[e][0])
     _key, model, image, fit = feasible[chosen]
@@ -416,7 +353,7 @@ def resolve(
             other = feasible[e][3].placement.accelerator
             rejected.append(EngineReason(e, f"could serve it too (on {other}); {chosen} is preferred"))
         else:
-            rejected.append(EngineReason(e, _join(reasons[e], explicit, spec.engine, e)))
+            rejected.append(EngineReason(e, _join(reasons[e], explicit, spec.engine, e, cache)))
     notes = list(fit.notes)
     if not size_given and model.size_b is not None and spec.model.uri is None:
         rule = "smallest" if accel == "cpu" else "largest that fits"
@@ -440,7 +377,7 @@ def resolve(
         engine=chosen,
         accelerator=accel,
         image=image,
-        device=DEVICE[accel],
+        device=ENGINES[chosen].on[accel].device,
         tensor_parallel_size=fit.tensor_parallel,
         model=model,
         placement=fit.placement,
@@ -453,30 +390,25 @@ def resolve(
     )
 
 
-_POOLS_CACHE: dict[tuple[int, str, str], tuple[Hardware, dict[str, list[NodeInfo]], bool]] = {}
-
-
-def _pools(spec: ModelDeploymentSpec, hardware: Hardware) -> tuple[dict[str, list[NodeInfo]], bool]:
+def _pools(
+    spec: ModelDeploymentSpec, hardware: Hardware, where: str, cache: ResolverCache
+) -> tuple[dict[str, list[NodeInfo]], bool]:
     """The nodes each accelerator considered offers, and whether CPU is barred (auto, accelerators present).
 
-    Memoized per Hardware object like :func:`_eligible`; callers must not change what it returns.
+    Callers must not change what it returns (the cache keeps it).
     """
-    where = _where(spec)
-    key = (id(hardware), spec.accelerator.type, where)
-    hit = _POOLS_CACHE.get(key)
-    if hit is not None and hit[0] is hardware:
-        return hit[1], hit[2]
-    if len(_POOLS_CACHE) > 4096:
-        _POOLS_CACHE.clear()
+
+    def eligible(accelerator: str) -> list[NodeInfo]:
+        return cache.get("eligible", (accelerator, where), _eligible, spec, hardware, accelerator)
+
     cpu_barred = False
     if spec.accelerator.type == "auto":
-        pools = {a: _eligible(spec, hardware, a, where) for a in ACCELERATORS}
+        pools = {a: eligible(a) for a in ACCELERATORS}
         if any(pools[a] for a in DEVICE_CLASSES):
             del pools["cpu"]
             cpu_barred = True
     else:
-        pools = {spec.accelerator.type: _eligible(spec, hardware, spec.accelerator.type, where)}
-    _POOLS_CACHE[key] = (hardware, pools, cpu_barred)
+        pools = {spec.accelerator.type: eligible(spec.accelerator.type)}
     return pools, cpu_barred
 
 
@@ -489,6 +421,8 @@ def _search(
     hardware: Hardware,
     config: OperatorConfig,
     catalog: Catalog,
+    cache: ResolverCache,
+    where: str,
     options: tuple[ResolvedModel, ...],
     pools: dict[str, list[NodeInfo]],
     explicit: bool,
@@ -506,8 +440,9 @@ def _search(
     ctx = Context(catalog=catalog, explicit=explicit)
     features = hardware.features
     for a_idx, (accel, nodes) in enumerate(pools.items()):
-        ordered = _ordered(options, accel, size_given)
-        for e_idx, name, engine, image, blocked in _engine_table(config, accel, explicit):
+        ordered = cache.get("ordered", (options, accel, size_given), _ordered, options, accel, size_given)
+        table = cache.get("engines", (accel, explicit), _engine_table, config, accel, explicit)
+        for e_idx, name, engine, image, blocked in table:
             if explicit and name != spec.engine:
                 continue
             if blocked is not None:
@@ -525,7 +460,11 @@ def _search(
                     if best[0] < _STAGE_MODEL:
                         best = (_STAGE_MODEL, reason)
                     continue
-                fit = _fit(option, engine, accel, nodes, spec, config, features, max_devices)
+                fit = cache.get(
+                    "fit",
+                    (option, name, accel, where, spec.accelerator.count, spec.accelerator.product, max_devices),
+                    _fit, option, engine, accel, nodes, spec, config, features, max_devices,
+                )
                 if isinstance(fit, tuple):
                     if fit[0] > best[0]:
                         best = fit
@@ -537,14 +476,16 @@ def _search(
     return feasible, reasons
 
 
-def _rejection(spec: ModelDeploymentSpec, reasons: _Reasons, explicit: bool, cpu_barred: bool) -> Rejection:
-    rejected = tuple(EngineReason(e, _join(reasons[e], explicit, spec.engine, e)) for e in ENGINES)
+def _rejection(
+    spec: ModelDeploymentSpec, reasons: _Reasons, explicit: bool, cpu_barred: bool, cache: ResolverCache
+) -> Rejection:
+    rejected = tuple(EngineReason(e, _join(reasons[e], explicit, spec.engine, e, cache)) for e in ENGINES)
     what = spec.model.name or spec.model.uri
     if spec.model.size is not None and spec.model.name:
         what = f"{what} {spec.model.size:g}B"
     where = "this cluster" if spec.accelerator.type == "auto" else f"{spec.accelerator.type} nodes"
     if explicit:
-        why = _join(reasons[spec.engine], False, "", spec.engine)
+        why = _join(reasons[spec.engine], False, "", spec.engine, cache)
         return Rejection(f"engine {spec.engine} cannot serve {what} on {where}: {why}", rejected)
     message = f"no engine can serve {what} on {where}"
     # The most telling reason: the deepest stage reached, by the most preferred engine and accelerator.
@@ -563,14 +504,16 @@ def _rejection(spec: ModelDeploymentSpec, reasons: _Reasons, explicit: bool, cpu
     return Rejection(message, rejected)
 
 
-def _join(per_accel: dict[str, tuple[int, str]], explicit: bool, requested: str, engine: str) -> str:
+def _join(
+    per_accel: dict[str, tuple[int, str]], explicit: bool, requested: str, engine: str, cache: ResolverCache
+) -> str:
     """One engine's reasons over the accelerators, the most telling first."""
     if explicit and engine != requested:
         return f"not requested (engine: {requested})"
-    return _joined(tuple(per_accel.items()))
+    items = tuple(per_accel.items())
+    return cache.get("reasons", items, _joined, items)
 
 
-@functools.lru_cache(maxsize=16384)
 def _joined(items: tuple[tuple[str, tuple[int, str]], ...]) -> str:
     per_accel = dict(items)
     if not per_accel:

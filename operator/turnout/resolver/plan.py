@@ -104,6 +104,11 @@ class Placement:
         }
 
 
+#: What a plan chose, first in its dict; a rejection writes them as null so both results have one shape.
+CHOSEN_FIELDS = ("engine", "accelerator", "image", "tensorParallelSize", "pipelineParallelSize", "nodesPerReplica",
+                 "placedOn", "model")
+
+
 @dataclass(frozen=True)
 class Plan:
     """The engine, image, model and placement chosen for one ModelDeployment."""
@@ -168,14 +173,7 @@ class Rejection:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "engine": None,
-            "accelerator": None,
-            "image": None,
-            "tensorParallelSize": None,
-            "pipelineParallelSize": None,
-            "nodesPerReplica": None,
-            "placedOn": None,
-            "model": None,
+            **dict.fromkeys(CHOSEN_FIELDS),
             "reason": self.message,
             "candidates": [],
             "rejected": [r.to_dict() for r in self.rejected],

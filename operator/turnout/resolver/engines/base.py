@@ -1,13 +1,22 @@
-"""What every engine module provides: its rules, as data plus two checks."""
+"""What every engine module provides: everything turnout knows about one engine, as one :class:`Engine`.
+
+Its rules (two checks and a few flags), and per accelerator it runs on, auto's preference rank, the shim's
+device and the image's name; the shim backend that serves it (a ``"module:Class"`` string the shim imports
+lazily) and how one replica spans nodes. The tables the rest of turnout reads (``ENGINES``, ``PREFERENCE``,
+``turnout.images.IMAGE_MATRIX``, ``turnout.shim.backends.BACKENDS``) are derived from these objects.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from turnout.catalog import Catalog
 from turnout.hardware import NodeInfo
 from turnout.resolver.plan import ResolvedModel
+
+if TYPE_CHECKING:  # the registry is read by the shim and the image tools, which never load the catalog
+    from turnout.catalog import Catalog
 
 GPU_FORMATS = frozenset({"awq", "gptq", "fp8", "fp4", "bnb"})
 
@@ -32,12 +41,27 @@ def _any_node(model: ResolvedModel, node: NodeInfo) -> str | None:
 
 
 @dataclass(frozen=True)
+class On:
+    """How an engine runs on one accelerator."""
+
+    #: ``engine: auto`` tries the engines of an accelerator in rank order, lowest first
+    rank: int
+    device: str  # the shim's --device: cuda | npu | mps | cpu
+    #: the image's name: built from ``images/<name>/Dockerfile``; on metal, the environment the host agent maps
+    #: it to (Linux containers cannot reach Metal)
+    image: str
+
+
+@dataclass(frozen=True, eq=False)
 class Engine:
-    """One inference engine's rules."""
+    """One inference engine: its rules, where it runs, which image and shim backend serve it."""
 
     name: str
-    accelerators: tuple[str, ...]  # hardware it can run on at all, in no particular order
+    on: Mapping[str, On]  # accelerator -> how it runs there; the hardware it can run on at all
     check_model: ModelCheck  # format, quantization, architecture, type on an accelerator
+    #: model type -> the shim backend serving it, as ``"module:Class"`` (imported only by the shim, lazily);
+    #: ``None`` as model type matches any type
+    backends: Mapping[str | None, str] = field(default_factory=dict)
     check_node: NodeCheck = _any_node  # per-node limits (e.g. FP8 compute capability)
     shm: bool = False  # needs a large /dev/shm (NCCL, shared-memory IPC)
     #: tensor parallelism shards attention heads evenly: the size must divide num_attention_heads
@@ -45,9 +69,18 @@ class Engine:
     #: how a replica spans several nodes (engine's own multi-node mode); None: one node only
     multi_node: MultiNodeLayout | None = None
     #: On CPU: the resident memory (MiB) of turnout-shim serving a model with this engine, beyond the
-    #: weights × headroom: interpreter, libraries, the engine's buffers. Measured (docs/operator.md,
-    #: "Resource requests"); None: the operator config's memoryOverheadMib.
+    #: weights × headroom: interpreter, libraries, the engine's buffers; None: the operator config's
+    #: memoryOverheadMib. Measured (docs/operator.md, "Resource requests"): the peak RSS (VmHWM) of the shim
+    #: serving the engine's tiny builtin model on CPU after 9 chat requests, 8 at once, + 10%, rounded up to
+    #: 64 MiB. The weights and their KV cache come on top (weights × memoryHeadroom).
     cpu_baseline_mib: int | None = None
+    #: in the operator config's default autoEngines (``engine: auto`` may choose it); False: opt-in
+    auto: bool = True
+
+    @property
+    def accelerators(self) -> tuple[str, ...]:
+        """The hardware it can run on at all."""
+        return tuple(self.on)
 
 
 def architecture_reason(engine: str, model: ResolvedModel, ctx: Context) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from turnout.resolver.engines.base import Context, Engine
+from turnout.resolver.engines.base import Context, Engine, On
 from turnout.resolver.plan import ResolvedModel
 
 
@@ -14,9 +14,17 @@ def check_model(model: ResolvedModel, accelerator: str, ctx: Context) -> str | N
     return None
 
 
-#: turnout-shim with xllamacpp serving the tiny GGUF (builtin://tiny-llama.gguf) on CPU peaked at 107 MiB RSS
-#: (VmHWM after 9 chat requests, 8 at once; `turnout up -f examples/tiny-chat-gguf.yaml`): + 10%, rounded up to
-#: 64 MiB. The weights and their KV cache come on top (weights × memoryHeadroom).
+#: xllamacpp serving builtin://tiny-llama.gguf (`turnout up -f examples/tiny-chat-gguf.yaml`) peaked at 107 MiB
+#: (how it is measured: ``Engine.cpu_baseline_mib``).
 CPU_BASELINE_MIB = 128
-ENGINE = Engine(name="llama.cpp", accelerators=("nvidia", "metal", "cpu"), check_model=check_model,
-                cpu_baseline_mib=CPU_BASELINE_MIB)
+ENGINE = Engine(
+    name="llama.cpp",
+    on={
+        "nvidia": On(rank=4, device="cuda", image="llamacpp-cuda"),
+        "metal": On(rank=2, device="mps", image="llamacpp-metal"),
+        "cpu": On(rank=1, device="cpu", image="llamacpp-cpu"),
+    },
+    check_model=check_model,
+    backends={None: "turnout.shim.backends.llamacpp:LlamaCppBackend"},
+    cpu_baseline_mib=CPU_BASELINE_MIB,
+)

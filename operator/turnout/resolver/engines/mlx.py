@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from turnout.resolver.engines.base import Context, Engine
+from turnout.resolver.engines.base import Context, Engine, On
 from turnout.resolver.plan import ResolvedModel
 
 
@@ -14,4 +14,9 @@ def check_model(model: ResolvedModel, accelerator: str, ctx: Context) -> str | N
     return None
 
 
-ENGINE = Engine(name="mlx", accelerators=("metal",), check_model=check_model)
+ENGINE = Engine(
+    name="mlx",
+    on={"metal": On(rank=1, device="mps", image="mlx-metal")},
+    check_model=check_model,
+    backends={"llm": "turnout.shim.backends.mlx:MlxBackend"},
+)

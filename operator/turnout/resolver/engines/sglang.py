@@ -9,6 +9,7 @@ from __future__ import annotations
 from turnout.resolver.engines.base import (
     Context,
     Engine,
+    On,
     architecture_reason,
     fp8_node_reason,
     quantization_reason,
@@ -40,10 +41,12 @@ def check_model(model: ResolvedModel, accelerator: str, ctx: Context) -> str | N
 
 ENGINE = Engine(
     name="sglang",
-    accelerators=("nvidia",),
+    on={"nvidia": On(rank=2, device="cuda", image="sglang-cuda")},
     check_model=check_model,
+    backends={None: "turnout.shim.backends.sglang:SglangBackend"},
     check_node=fp8_node_reason,
     shm=True,
     splits_heads=True,
     multi_node=layout,
+    auto=False,  # opt-in: the operator config's autoEngines
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from turnout.resolver.engines.base import GPU_FORMATS, Context, Engine
+from turnout.resolver.engines.base import GPU_FORMATS, Context, Engine, On
 from turnout.resolver.plan import ResolvedModel
 
 FORMATS = ("pytorch", "gptq", "awq", "bnb", "fp4")
@@ -27,9 +27,22 @@ def check_model(model: ResolvedModel, accelerator: str, ctx: Context) -> str | N
     return None
 
 
-#: turnout-shim with torch and transformers serving the tiny Llama (builtin://tiny-llama) on CPU peaked at 509 MiB
-#: RSS (VmHWM after 9 chat requests, 8 at once; `turnout up -f examples/tiny-chat.yaml`): + 10%, rounded up to
-#: 64 MiB. The weights and their KV cache come on top (weights × memoryHeadroom).
+#: torch and transformers serving builtin://tiny-llama (`turnout up -f examples/tiny-chat.yaml`) peaked at 509 MiB
+#: (how it is measured: ``Engine.cpu_baseline_mib``).
 CPU_BASELINE_MIB = 576
-ENGINE = Engine(name="transformers", accelerators=("nvidia", "ascend", "metal", "cpu"), check_model=check_model,
-                cpu_baseline_mib=CPU_BASELINE_MIB)
+ENGINE = Engine(
+    name="transformers",
+    on={
+        "nvidia": On(rank=3, device="cuda", image="transformers-cuda"),
+        "ascend": On(rank=2, device="npu", image="transformers-npu"),
+        "metal": On(rank=3, device="mps", image="transformers-metal"),
+        "cpu": On(rank=2, device="cpu", image="transformers-cpu"),
+    },
+    check_model=check_model,
+    backends={
+        "llm": "turnout.shim.backends.transformers:TransformersBackend",
+        "embedding": "turnout.shim.backends.sentence:SentenceBackend",
+        "rerank": "turnout.shim.backends.sentence:SentenceBackend",
+    },
+    cpu_baseline_mib=CPU_BASELINE_MIB,
+)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from turnout.resolver.engines.base import (
     Context,
     Engine,
+    On,
     architecture_reason,
     fp8_node_reason,
     quantization_reason,
@@ -56,8 +57,12 @@ def check_model(model: ResolvedModel, accelerator: str, ctx: Context) -> str | N
 
 ENGINE = Engine(
     name="vllm",
-    accelerators=("nvidia", "ascend"),
+    on={
+        "nvidia": On(rank=1, device="cuda", image="vllm-cuda"),
+        "ascend": On(rank=1, device="npu", image="vllm-ascend"),
+    },
     check_model=check_model,
+    backends={None: "turnout.shim.backends.vllm:VllmBackend"},
     check_node=fp8_node_reason,
     shm=True,
     splits_heads=True,

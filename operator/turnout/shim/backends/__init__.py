@@ -1,29 +1,28 @@
 """Which backend serves which engine: one dispatch table, imported lazily.
 
-Entries are ``"module:Class"`` strings so that picking a backend imports only
-that backend's dependencies (the llama.cpp image has no torch, the vLLM
-image has no transformers backend code loaded).
+The table is derived from the engine registry (``turnout.resolver.engines``): each engine's module names
+its backend per model type as a ``"module:Class"`` string, so that picking a backend imports only that
+backend's dependencies (the llama.cpp image has no torch, the vLLM image has no transformers backend code
+loaded).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 
+from turnout.resolver import engines
 from turnout.shim.backends.base import Backend
 from turnout.shimargs import ShimArgs
 
-_PKG = "turnout.shim.backends"
+
+def backend_table(registry: Iterable[engines.Engine]) -> dict[tuple[str, str | None], str]:
+    """(engine, model type) -> ``"module:Class"`` from each engine's declared backends."""
+    return {(engine.name, model_type): path for engine in registry for model_type, path in engine.backends.items()}
+
 
 #: (engine, model type) -> "module:Class"; ``None`` as model type matches any type
-BACKENDS: dict[tuple[str, str | None], str] = {
-    ("vllm", None): f"{_PKG}.vllm:VllmBackend",
-    ("sglang", None): f"{_PKG}.sglang:SglangBackend",
-    ("mlx", "llm"): f"{_PKG}.mlx:MlxBackend",
-    ("llama.cpp", None): f"{_PKG}.llamacpp:LlamaCppBackend",
-    ("transformers", "llm"): f"{_PKG}.transformers:TransformersBackend",
-    ("transformers", "embedding"): f"{_PKG}.sentence:SentenceBackend",
-    ("transformers", "rerank"): f"{_PKG}.sentence:SentenceBackend",
-}
+BACKENDS: dict[tuple[str, str | None], str] = backend_table(engines.REGISTRY)
 
 
 def backend_path(engine: str, model_type: str) -> str:
@@ -46,8 +45,8 @@ def backend_class(engine: str, model_type: str) -> type[Backend]:
     return cls
 
 
-#: engines with a multi-node mode the shim drives (--nnodes > 1)
-MULTI_NODE_ENGINES = ("vllm", "sglang")
+#: engines with a multi-node mode the shim drives (--nnodes > 1): those whose module says how a replica spans nodes
+MULTI_NODE_ENGINES: tuple[str, ...] = tuple(e.name for e in engines.REGISTRY if e.multi_node is not None)
 
 
 def create_backend(args: ShimArgs) -> Backend:
