@@ -168,19 +168,24 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def texts_or_token_ids(body: dict[str, Any], param: str, *, empty_ids: bool = False) -> list[str | list[int]]:
+    """``body[param]`` (``prompt``, ``input``) as a list: strings, or token id lists (empty ones if ``empty_ids``)."""
+    value = body.get(param)
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            return list(value)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return [list(value)]
+        if all(isinstance(v, list) and (v or empty_ids) and all(isinstance(t, int) for t in v) for v in value):
+            return [list(v) for v in value]
+    raise OpenAIError(f"'{param}' must be a string, a list of strings, or token ids", param=param)
+
+
 def completion_prompts(body: dict[str, Any]) -> list[str | list[int]]:
     """``prompt`` as a list: strings, or token id lists."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, list) and prompt:
-        if all(isinstance(p, str) for p in prompt):
-            return list(prompt)
-        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
-            return [list(prompt)]
-        if all(isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompt):
-            return [list(p) for p in prompt]
-    raise OpenAIError("'prompt' must be a string, a list of strings, or token ids", param="prompt")
+    return texts_or_token_ids(body, "prompt")
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -7,22 +7,13 @@ from typing import Any
 
 import numpy as np
 
+from turnout.shim.backends._openai import texts_or_token_ids
 from turnout.wire.errors import OpenAIError
 
 
 def embedding_inputs(body: dict[str, Any]) -> list[str | list[int]]:
     """``input`` as a list of strings or token id lists."""
-    value = body.get("input")
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value:
-        if all(isinstance(v, str) for v in value):
-            return list(value)
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return [list(value)]
-        if all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value):
-            return [list(v) for v in value]
-    raise OpenAIError("'input' must be a string, a list of strings, or token ids", param="input")
+    return texts_or_token_ids(body, "input", empty_ids=True)
 
 
 def check_dimensions(dimensions: Any, full: int) -> None:
