@@ -63,10 +63,13 @@ def engine(port: int) -> None:
 
 
 def consume(port: int, per_write: int) -> None:
-    from turnout.shim.backends._relay import EnginePool
     from turnout.shim.backends.base import State
     from turnout.shim.backends.vllm import VllmBackend
     from turnout.shimargs import ShimArgs
+    try:
+        from turnout.wire.client import EnginePool
+    except ImportError:  # a tree from before turnout.wire (issue 25)
+        from turnout.shim.backends._relay import EnginePool  # type: ignore[no-redef]
 
     async def main() -> float:
         b = VllmBackend(ShimArgs(engine="vllm", model="file:///m", served_model_name="m"))

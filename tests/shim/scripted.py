@@ -15,8 +15,10 @@ from typing import Any
 import uvicorn
 from shimproc import wait_until
 
-from turnout.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
+from turnout.shim.backends.base import Backend, Health, State, Stream
 from turnout.shimargs import ShimArgs
+from turnout.wire.errors import OpenAIError
+from turnout.wire.sse import Usage
 
 SERVED = "scripted"
 
@@ -60,8 +62,8 @@ class ScriptedBackend(Backend):
                     self.cancelled += 1
                     raise
             if script == "busy":
-                raise BackendError("my queue is full", status=429, type="rate_limit_error", code="busy",
-                                   retry_after=2.5)
+                raise OpenAIError("my queue is full", status=429, type="rate_limit_error", code="busy",
+                                  retry_after=2.5)
             return {"id": "x", "object": "chat.completion", "created": 1, "model": "internal",
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
                                  "finish_reason": "stop"}],
@@ -82,7 +84,7 @@ class ScriptedBackend(Backend):
             yield chunk("a")
             yield chunk("b")
             if script == "backend-error":
-                raise BackendError("the model fell over", status=500, type="server_error", code="boom")
+                raise OpenAIError("the model fell over", status=500, type="server_error", code="boom")
             if script == "crash":
                 raise RuntimeError("secret internal detail")
             yield chunk("", "stop")

@@ -19,9 +19,10 @@ import pytest
 import pytest_asyncio
 from shimproc import serve
 
-from turnout.shim.backends.base import BackendError, State, Stream
+from turnout.shim.backends.base import State, Stream
 from turnout.shim.backends.llamacpp import LlamaCppBackend, apply_engine_args, find_gguf
 from turnout.shimargs import ShimArgs
+from turnout.wire.errors import OpenAIError
 
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
 
@@ -176,10 +177,10 @@ async def test_non_streamed_answers_are_whole(llm: LlamaCppBackend) -> None:
 @in_module_loop
 async def test_too_long_prompt_is_400(llm: LlamaCppBackend) -> None:
     long = "harbour " * 3000
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(OpenAIError) as err:
         await llm.chat({"messages": [{"role": "user", "content": long}], "max_tokens": 4})
     assert err.value.status == 400 and err.value.code == "context_length_exceeded"
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(OpenAIError) as err:
         await llm.chat({"messages": [{"role": "user", "content": long}], "max_tokens": 4, "stream": True})
     assert err.value.status == 400 and err.value.code == "context_length_exceeded"
 
@@ -193,7 +194,7 @@ AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "w
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_media_part_to_a_text_model_is_400(llm: LlamaCppBackend, part: dict, stream: bool) -> None:
     messages = [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, part]}]
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(OpenAIError) as err:
         await llm.chat({"messages": messages, "max_tokens": 4, "stream": stream})
     assert err.value.envelope()["error"] == {
         "message": f"messages[0] has an '{part['type']}' part; this model reads text only",
@@ -207,7 +208,7 @@ async def test_llama_servers_own_answer_to_a_media_part_is_400(llm: LlamaCppBack
     llm.reads_media = True  # as with engine arg mmproj.path; the tiny model still reads no audio
     try:
         for stream in (False, True):
-            with pytest.raises(BackendError) as err:
+            with pytest.raises(OpenAIError) as err:
                 await llm.chat({"messages": messages, "max_tokens": 4, "stream": stream})
             assert (err.value.status, err.value.type, err.value.code) == (400, "invalid_request_error", "unsupported")
             assert err.value.message.startswith("audio input is not supported")
@@ -217,7 +218,7 @@ async def test_llama_servers_own_answer_to_a_media_part_is_400(llm: LlamaCppBack
 
 @in_module_loop
 async def test_llm_does_not_embed(llm: LlamaCppBackend) -> None:
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(OpenAIError) as err:
         await llm.embeddings({"input": "x"})
     assert err.value.status == 404
 

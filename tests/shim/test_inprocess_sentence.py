@@ -21,9 +21,10 @@ import pytest_asyncio
 import torch
 from shimproc import serve
 
-from turnout.shim.backends.base import BackendError, State
+from turnout.shim.backends.base import State
 from turnout.shim.backends.sentence import SentenceBackend
 from turnout.shimargs import ShimArgs
+from turnout.wire.errors import OpenAIError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -107,7 +108,7 @@ async def test_embeddings_string_base64_and_dimensions(embedder: SentenceBackend
     assert vector.shape == (64,) and abs(np.linalg.norm(vector) - 1) < 1e-4
     full = np.array(floats["data"][0]["embedding"][:64])
     assert np.allclose(vector, full / np.linalg.norm(full), atol=1e-5)
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(OpenAIError) as err:
         await embedder.embeddings({"input": "x", "dimensions": 1000})
     assert err.value.status == 400 and err.value.param == "dimensions"
 
@@ -126,7 +127,7 @@ async def test_concurrent_embedding_requests_are_batched(embedder: SentenceBacke
 
 @in_module_loop
 async def test_embedding_model_does_not_rerank(embedder: SentenceBackend) -> None:
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(OpenAIError) as err:
         await embedder.rerank({"query": "q", "documents": ["d"]})
     assert err.value.status == 404
 

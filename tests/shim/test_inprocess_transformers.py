@@ -22,9 +22,10 @@ import torch
 from batchspy import BatchSpy
 from shimproc import serve
 
-from turnout.shim.backends.base import BackendError, State, Stream
+from turnout.shim.backends.base import State, Stream
 from turnout.shim.backends.transformers import TransformersBackend, usable_cpus
 from turnout.shimargs import ShimArgs
+from turnout.wire.errors import OpenAIError
 
 #: async tests share the module's event loop with the module-scoped backend
 in_module_loop = pytest.mark.asyncio(loop_scope="module")
@@ -151,8 +152,8 @@ async def test_a_consumer_behind_gets_queued_steps_in_one_item(backend: Transfor
 async def test_an_error_after_text_comes_after_that_text() -> None:
     from turnout.shim.backends import _openai as oai
     from turnout.shim.backends._batching import GenerationRequest
-    from turnout.shim.backends.base import Usage
     from turnout.shim.backends.transformers import _Chunks
+    from turnout.wire.sse import Usage
 
     request = GenerationRequest("cmpl-e", 3)
     stream = Stream(chunks=None, usage=Usage(prompt_tokens=3))  # type: ignore[arg-type]
@@ -164,10 +165,10 @@ async def test_an_error_after_text_comes_after_that_text() -> None:
                      lambda i, r: oai.completion_chunk("cmpl-e", 1, "tiny", i, "", r), None)
     request.queue.put_nowait([("delta", 0, "a")])
     request.queue.put_nowait([("delta", 0, "b")])
-    failure = BackendError("generation failed: boom", status=500)
+    failure = OpenAIError("generation failed: boom", status=500)
     request.queue.put_nowait([("error", failure)])
     assert [c["choices"][0]["text"] for c in _events(await chunks.__anext__())] == ["a", "b"]
-    with pytest.raises(BackendError) as raised:
+    with pytest.raises(OpenAIError) as raised:
         await chunks.__anext__()
     assert raised.value is failure and request.cancelled
     with pytest.raises(StopAsyncIteration):
@@ -325,21 +326,21 @@ async def test_cancelling_a_waiting_call_stops_generation(backend: TransformersB
 @in_module_loop
 async def test_prompt_longer_than_context_is_400(backend: TransformersBackend) -> None:
     long = " ".join(["harbour"] * (backend.max_model_len + 10))
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(OpenAIError) as err:
         await backend.chat({"messages": [{"role": "user", "content": long}]})
     assert err.value.status == 400 and err.value.code == "context_length_exceeded"
     assert err.value.param == "messages"
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(OpenAIError) as err:
         await backend.completions({"prompt": "Hello", "max_tokens": backend.max_model_len})
     assert err.value.status == 400 and err.value.param == "max_tokens"
 
 
 @in_module_loop
 async def test_unsupported_features_are_400(backend: TransformersBackend) -> None:
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(OpenAIError) as err:
         await backend.chat({"messages": HELLO, "response_format": {"type": "json_object"}})
     assert err.value.status == 400 and err.value.param == "response_format"
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(OpenAIError) as err:
         await backend.chat({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})
     assert err.value.status == 400 and err.value.param == "messages"
 
@@ -356,7 +357,7 @@ async def test_full_queue_is_429(backend: TransformersBackend) -> None:
             waiting = asyncio.ensure_future(backend.completions({"prompt": "Hello", "max_tokens": 2}))
             while scheduler.pending_count() < 1:
                 await asyncio.sleep(0.01)
-            with pytest.raises(BackendError) as err:
+            with pytest.raises(OpenAIError) as err:
                 await backend.completions({"prompt": "Hello", "max_tokens": 2})
             assert err.value.status == 429 and err.value.code == "queue_full"
     finally:
@@ -380,7 +381,7 @@ async def test_min_tokens_matches_generate_min_new_tokens(backend: TransformersB
     deltas = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
     assert "".join(d or "" for d in deltas) == expected
     for bad in (-1, 41, "3", True):
-        with pytest.raises(BackendError) as err:
+        with pytest.raises(OpenAIError) as err:
             await backend.chat({**body, "min_tokens": bad})
         assert err.value.status == 400 and err.value.param == "min_tokens"
 

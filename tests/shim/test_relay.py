@@ -1,5 +1,5 @@
-"""The engine data path: HTTP/1.1 framing (``_enginehttp.py``), SSE cutting (``_sse.py``), the relay
-(``_relay.py``), keep-alive and its retry rule, and the proxy backend's stream over them, against a
+"""The engine data path: HTTP/1.1 framing (``wire/client.py``), SSE cutting (``wire/sse.py``), the relay
+(``wire/relay.py``), keep-alive and its retry rule, and the proxy backend's stream over them, against a
 scripted engine socket (``asyncio.start_server``)."""
 
 from __future__ import annotations
@@ -13,7 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from turnout.shim.backends._enginehttp import (
+from turnout.shim.backends.base import State, Stream
+from turnout.shim.backends.vllm import VllmBackend
+from turnout.shimargs import ShimArgs
+from turnout.wire.client import (
     EngineClosedError,
     EngineConnectionError,
     EnginePool,
@@ -22,11 +25,9 @@ from turnout.shim.backends._enginehttp import (
     _Conn,
     may_retry,
 )
-from turnout.shim.backends._relay import HIGH_WATER, IDLE_TIMEOUT_ENV, LOW_WATER, idle_timeout_from_env, relay_response
-from turnout.shim.backends._sse import Cutter, SSEStats, event_data, split_events
-from turnout.shim.backends.base import BackendError, State, Stream, Usage
-from turnout.shim.backends.vllm import VllmBackend
-from turnout.shimargs import ShimArgs
+from turnout.wire.errors import OpenAIError
+from turnout.wire.relay import HIGH_WATER, IDLE_TIMEOUT_ENV, LOW_WATER, idle_timeout_from_env, relay_response
+from turnout.wire.sse import Cutter, SSEStats, Usage, event_data, split_events
 
 
 def event(obj: dict[str, Any]) -> bytes:
@@ -337,7 +338,7 @@ async def test_engine_error_status_becomes_a_backend_error_with_the_engine_statu
         writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: %d\r\n\r\n%s" % (len(payload), payload))
 
     async with Engine(refuse) as engine:
-        with pytest.raises(BackendError) as info:
+        with pytest.raises(OpenAIError) as info:
             await backend(engine.port).forward("/v1/chat/completions", {"model": "m", "stream": True})
         assert info.value.status == 400 and "max_tokens is too large" in info.value.message
 
@@ -351,7 +352,7 @@ async def test_engine_dying_mid_stream_is_an_error_after_what_was_relayed() -> N
     async with Engine(die) as engine:
         stream = await backend(engine.port).forward("/v1/chat/completions", {"model": "m", "stream": True})
         got: list[bytes] = []
-        with pytest.raises(BackendError) as info:
+        with pytest.raises(OpenAIError) as info:
             async for c in stream.chunks:
                 got.append(c)  # type: ignore[arg-type]
         assert got == [token(0)]
@@ -390,7 +391,7 @@ async def test_engine_death_ends_in_flight_streams() -> None:
         b._state = State.DEAD
         b._message = "vllm exited with code -9"
         await b._close_active()  # what the process watcher and the health probe do
-        with pytest.raises(BackendError) as info:
+        with pytest.raises(OpenAIError) as info:
             await chunks.__anext__()
         assert info.value.status == 503 and "vllm exited with code -9" in info.value.message
 
@@ -398,7 +399,7 @@ async def test_engine_death_ends_in_flight_streams() -> None:
 async def test_unreachable_engine_is_503() -> None:
     async with Engine(streaming_engine) as engine:
         port = engine.port
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(OpenAIError) as info:
         await backend(port).forward("/v1/chat/completions", {"model": "m", "stream": True})
     assert info.value.status == 503 and info.value.retry_after
 
@@ -448,7 +449,7 @@ async def test_a_stream_the_engine_stops_feeding_ends_with_a_timeout_error_event
         b.idle_timeout = 0.3
         stream = await b.forward("/v1/chat/completions", {"model": "m", "stream": True})
         got: list[bytes] = []
-        with pytest.raises(BackendError) as info:
+        with pytest.raises(OpenAIError) as info:
             async for c in stream.chunks:
                 got.append(c)  # type: ignore[arg-type]
         assert got == [token(0), token(1)]

@@ -5,7 +5,7 @@
 (:mod:`turnout.gateway.routing`). The body is parsed once, to read ``model``
 and the prompt prefix, and the original bytes are forwarded with the
 client's ``Authorization`` header. Answers come back as bytes: plain ones
-whole, streams through the shim's SSE relay (whole events per buffer, then
+whole, streams through the SSE relay of :mod:`turnout.wire` (whole events per buffer, then
 ``[DONE]``). A client that goes away cancels the request: a held request
 leaves the queue, a forwarded one closes its upstream connection.
 
@@ -23,7 +23,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -34,28 +34,30 @@ from turnout.gateway.metrics import GatewayMetrics, ModelMetrics
 from turnout.gateway.registry import Endpoint, Model
 from turnout.gateway.routing import PREFIX_HASH, prompt_prefix
 from turnout.gateway.source import KeyUnavailable, Source
-from turnout.shim.backends._relay import (
-    DEFAULT_IDLE_TIMEOUT,
-    EngineConnectError,
-    EngineConnectionError,
-    relay_response,
-    stream_error,
+from turnout.wire.asgi import (
+    DONE,
+    SSE_HEADERS,
+    Receive,
+    Scope,
+    Send,
+    StatusSend,
+    bearer,
+    check_length,
+    dumps,
+    read_body,
+    send_bytes,
+    send_error,
+    unauthorized,
 )
-from turnout.shim.backends.base import Usage
-from turnout.shim.errors import envelope_bytes, retry_after_header, sse_error_event
+from turnout.wire.client import EngineConnectError, EngineConnectionError
+from turnout.wire.disconnect import Disconnect
+from turnout.wire.errors import OpenAIError, sse_error_event
+from turnout.wire.relay import DEFAULT_IDLE_TIMEOUT, relay_response, stream_error
+from turnout.wire.sse import Usage
 
 log = logging.getLogger("turnout.gateway")
 
-# The ASGI callables (as starlette.types names them; starlette is not a dependency of the gateway).
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank"})
-DONE = b"data: [DONE]\n\n"
-SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no"),
-               (b"content-type", b"text/event-stream; charset=utf-8")]
 #: upstream answer headers passed on to the client (besides content-type and content-length)
 PASSED_HEADERS = ("retry-after", "www-authenticate")
 DEFAULT_HOLD_TIMEOUT = 300.0
@@ -65,18 +67,6 @@ DEFAULT_MAX_BODY = 32 * 1024 * 1024
 WAKE_DEBOUNCE = 30.0
 #: the Retry-After of a 503 for a request held past the timeout, and of a 429 for a full queue
 RETRY_AFTER = 5
-
-
-class Refusal(Exception):
-    """An answer in the OpenAI envelope instead of a forwarded request."""
-
-    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
-                 retry_after: float | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.param = status, code, param
-        self.headers = {**retry_after_header(retry_after), **(headers or {})}
-        #: the model refused, when known (its metrics count the refusal)
-        self.model: Model | None = None
 
 
 class GatewayApp:
@@ -105,18 +95,18 @@ class GatewayApp:
             path, method = scope["path"], scope["method"]
             if path in ROUTES:
                 if method != "POST":
-                    await _send_error(send, Refusal(405, f"method {method} is not allowed on {path}",
-                                                    code="method_not_allowed"))
+                    await send_error(send, OpenAIError(f"method {method} is not allowed on {path}", status=405,
+                                                       code="method_not_allowed"))
                     return
                 await self._forward(scope, receive, send)
             elif method == "GET" and path in ("/health", "/healthz"):
-                await _send(send, 200, b'{"status":"ok"}')
+                await send_bytes(send, 200, b'{"status":"ok"}')
             elif method == "GET" and path == "/metrics":
-                await _send(send, 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode())
+                await send_bytes(send, 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode())
             elif method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
                 await self._models(scope, send, path[len("/v1/models/"):] if path != "/v1/models" else None)
             else:
-                await _send_error(send, Refusal(404, f"no route {method} {path}", code="not_found"))
+                await send_error(send, OpenAIError(f"no route {method} {path}", status=404, code="not_found"))
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -141,125 +131,76 @@ class GatewayApp:
     # ----- GET /v1/models -----------------------------------------------------------------------
 
     async def _models(self, scope: Scope, send: Send, model_id: str | None) -> None:
-        if self.api_key is not None and not hmac.compare_digest(_bearer(scope), self.api_key()):
-            await _send_error(send, _unauthorized())
+        if self.api_key is not None and not hmac.compare_digest(bearer(scope["headers"]), self.api_key()):
+            await send_error(send, unauthorized())
             return
         if model_id is None:
             data = [_card(m) for m in self.registry.models()]
-            await _send(send, 200, _dumps({"object": "list", "data": data}))
+            await send_bytes(send, 200, dumps({"object": "list", "data": data}))
             return
         model = self.registry.get(model_id)
         if model is None:
-            await _send_error(send, self._unknown(model_id))
+            await send_error(send, self._unknown(model_id))
             return
-        await _send(send, 200, _dumps(_card(model)))
+        await send_bytes(send, 200, dumps(_card(model)))
 
-    def _unknown(self, name: str) -> Refusal:
+    def _unknown(self, name: str) -> OpenAIError:
         known = ", ".join(repr(m.served) for m in self.registry.models()) or "none"
-        return Refusal(404, f"model {name!r} does not exist; this gateway serves: {known}", param="model",
-                       code="model_not_found")
+        return OpenAIError(f"model {name!r} does not exist; this gateway serves: {known}", status=404,
+                           param="model", code="model_not_found")
 
     # ----- POST: the forwarding path ------------------------------------------------------------
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
-        status = 0
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        answer = StatusSend(send)
+        model: Model | None = None
         try:
-            raw = await self._read_body(scope, receive)
+            check_length(scope["headers"], self.max_body_bytes)
+            raw = await read_body(receive, self.max_body_bytes)
             if raw is None:
                 return  # the client left while sending
-            body, model = await self._admit(scope, raw)
-        except Refusal as exc:
-            await _send_error(send_status, exc)
-            self._count(exc.model, status)
+            body = _parse(raw)
+            model = self.registry.get(body["model"])
+            await self._authorize(scope, body["model"], model)
+        except OpenAIError as exc:
+            await send_error(answer.send, exc)
+            # a refusal counts against a model only once the model's own key is in question
+            self._count(model if model is not None and model.api_key is not None else None, answer.status)
             return
-        task = asyncio.current_task()
-        assert task is not None
-        state = _State()
-        watcher = asyncio.ensure_future(_watch(receive, task, state))
+        assert model is not None
         try:
-            await self._serve(scope, send_status, model, body, raw, t0, state)
-        except asyncio.CancelledError:
-            if not state.disconnected:
-                raise
-            uncancel = getattr(task, "uncancel", None)
-            if uncancel is not None:
-                uncancel()
-            if not status:
-                status = 499
-        except Refusal as exc:
-            state.finished = True
-            await _send_error(send_status, exc)
+            async with Disconnect(receive) as watch:
+                try:
+                    await self._serve(scope, answer.send, model, body, raw, t0, watch)
+                except OpenAIError as exc:
+                    watch.finished = True
+                    await send_error(answer.send, exc)
+            if watch.cancelled and not answer.status:
+                answer.status = 499
         finally:
-            watcher.cancel()
-            self._count(model, status or 500)
+            self._count(model, answer.status or 500)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if not value.isdigit():
-                    raise Refusal(400, "invalid Content-Length header")
-                if int(value) > self.max_body_bytes:
-                    raise Refusal(413, f"request body of {int(value)} bytes is larger than the limit of "
-                                  f"{self.max_body_bytes} bytes", code="request_too_large")
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            piece = message.get("body", b"")
-            size += len(piece)
-            if size > self.max_body_bytes:
-                raise Refusal(413, f"request body is larger than the limit of {self.max_body_bytes} bytes",
-                              code="request_too_large")
-            parts.append(piece)
-            if not message.get("more_body"):
-                return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    async def _admit(self, scope: Scope, raw: bytes) -> tuple[dict[str, Any], Model]:
-        """The parsed body and its model, or a Refusal (400, 401, 404, 503)."""
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise Refusal(400, f"request body is not valid JSON: {exc}", code="invalid_request") from None
-        if not isinstance(body, dict):
-            raise Refusal(400, "request body is missing or not a JSON object", code="invalid_request")
-        name = body.get("model")
-        if not isinstance(name, str) or not name:
-            raise Refusal(400, "model: a model name is required (GET /v1/models lists them)", param="model",
-                          code="invalid_request")
-        token = _bearer(scope)
+    async def _authorize(self, scope: Scope, name: str, model: Model | None) -> None:
+        """Refuse (401, 404, 503) a request the gateway's key or the model's own key does not admit."""
+        token = bearer(scope["headers"])
         gateway_ok = self.api_key is None or hmac.compare_digest(token, self.api_key())
-        model = self.registry.get(name)
         if model is None or model.api_key is None:
             if not gateway_ok:
-                raise _unauthorized()
+                raise unauthorized()
             if model is None:
                 raise self._unknown(name)
-            return body, model
+            return
         try:
             key = await self.source.api_key(model)
         except KeyUnavailable as exc:
-            refusal = Refusal(503, f"cannot check the API key of {model.served!r}: {exc}",
-                              code="api_key_unavailable", retry_after=RETRY_AFTER)
-            refusal.model = model
-            raise refusal from None
+            raise OpenAIError(f"cannot check the API key of {model.served!r}: {exc}", status=503,
+                              code="api_key_unavailable", retry_after=RETRY_AFTER) from None
         if key is not None and not hmac.compare_digest(token, key):
-            refusal = _unauthorized()
-            refusal.model = model
-            raise refusal
-        return body, model
+            raise unauthorized()
 
     async def _serve(self, scope: Scope, send: Send, model: Model, body: dict[str, Any], raw: bytes, t0: float,
-                     state: _State) -> None:
+                     watch: Disconnect) -> None:
         prefix = prompt_prefix(body, model.routing.prefix_chars) if model.routing.strategy == PREFIX_HASH else None
         auth = _authorization(scope)
         m = self.metrics.of(model.namespace, model.name, model.served)
@@ -279,25 +220,25 @@ class GatewayApp:
                     continue
                 except EngineConnectionError as exc:
                     m.upstream_errors.inc()
-                    raise Refusal(502, f"the model server of {model.served!r} failed: {exc}",
-                                  code="upstream_failed") from None
+                    raise OpenAIError(f"the model server of {model.served!r} failed: {exc}", status=502,
+                                      code="upstream_failed") from None
                 ctype = resp.headers.get("content-type", "")
                 if resp.status == 200 and ctype.startswith("text/event-stream"):
-                    await self._relay(send, resp, m, t0, state)
+                    await self._relay(send, resp, m, t0, watch)
                     return
                 try:
                     data = await resp.read()
                 except EngineConnectionError as exc:
                     m.upstream_errors.inc()
-                    raise Refusal(502, f"the model server of {model.served!r} broke off its answer: {exc}",
-                                  code="upstream_failed") from None
+                    raise OpenAIError(f"the model server of {model.served!r} broke off its answer: {exc}",
+                                      status=502, code="upstream_failed") from None
                 finally:
                     resp.close()
                 headers = [(b"content-type", (ctype or "application/json").encode("latin-1")),
                            (b"content-length", str(len(data)).encode())]
                 headers += [(h.encode(), resp.headers[h].encode("latin-1")) for h in PASSED_HEADERS
                             if h in resp.headers]
-                state.finished = True
+                watch.finished = True
                 await send({"type": "http.response.start", "status": resp.status, "headers": headers})
                 await send({"type": "http.response.body", "body": data})
                 return
@@ -311,8 +252,8 @@ class GatewayApp:
         if ep is not None:
             return ep
         if model.queued >= self.queue_size:
-            raise Refusal(429, f"{model.served!r} has no ready replica and {model.queued} requests are waiting "
-                          "for one already; retry later", code="queue_full", retry_after=RETRY_AFTER)
+            raise OpenAIError(f"{model.served!r} has no ready replica and {model.queued} requests are waiting "
+                              "for one already; retry later", status=429, code="queue_full", retry_after=RETRY_AFTER)
         queue = self.metrics.of(model.namespace, model.name, model.served).queue_length
         model.queued += 1
         queue.inc()
@@ -324,9 +265,9 @@ class GatewayApp:
                     self._woken.pop(id(model), None)
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise Refusal(503, f"{model.served!r} has no ready replica after {self.hold_timeout:g} s"
-                                  f"{' (it is starting from zero)' if model.replicas == 0 or tried else ''}; "
-                                  "retry later", code="model_not_ready", retry_after=RETRY_AFTER)
+                    raise OpenAIError(f"{model.served!r} has no ready replica after {self.hold_timeout:g} s"
+                                      f"{' (it is starting from zero)' if model.replicas == 0 or tried else ''}; "
+                                      "retry later", status=503, code="model_not_ready", retry_after=RETRY_AFTER)
                 with suppress(asyncio.TimeoutError):
                     await wait_for(model.changed(), min(left, 1.0))
                 ep = model.pick(prefix, tried)
@@ -353,7 +294,7 @@ class GatewayApp:
             log.warning("waking %s/%s failed: %s", model.namespace, model.name, exc)
             self._woken.pop(id(model), None)
 
-    async def _relay(self, send: Send, resp: Any, m: ModelMetrics, t0: float, state: _State) -> None:
+    async def _relay(self, send: Send, resp: Any, m: ModelMetrics, t0: float, watch: Disconnect) -> None:
         relay = relay_response(resp, Usage(), keep_usage=True, idle_timeout=self.idle_timeout)
         first = True
         try:
@@ -368,7 +309,7 @@ class GatewayApp:
             except EngineConnectionError as exc:
                 m.upstream_errors.inc()
                 tail = sse_error_event(stream_error("upstream", exc)) + DONE
-            state.finished = True
+            watch.finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
             with suppress(Exception):
@@ -379,31 +320,19 @@ class GatewayApp:
             self.metrics.of(model.namespace, model.name, model.served).answered(status)
 
 
-class _State:
-    __slots__ = ("disconnected", "finished")
-
-    def __init__(self) -> None:
-        self.disconnected = False
-        self.finished = False
-
-
-async def _watch(receive: Receive, task: asyncio.Task[Any], state: _State) -> None:
-    """Cancel ``task`` when the client disconnects before its answer is finished."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if not state.finished:
-                state.disconnected = True
-                task.cancel()
-            return
-
-
-def _bearer(scope: Scope) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            return token.strip() if scheme.lower() == b"bearer" else b""
-    return b""
+def _parse(raw: bytes) -> dict[str, Any]:
+    """The request body, which names its model, or a 400."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise OpenAIError(f"request body is not valid JSON: {exc}", code="invalid_request") from None
+    if not isinstance(body, dict):
+        raise OpenAIError("request body is missing or not a JSON object", code="invalid_request")
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise OpenAIError("model: a model name is required (GET /v1/models lists them)", param="model",
+                          code="invalid_request")
+    return body
 
 
 def _authorization(scope: Scope) -> bytes:
@@ -414,28 +343,6 @@ def _authorization(scope: Scope) -> bytes:
     return b""
 
 
-def _unauthorized() -> Refusal:
-    return Refusal(401, "missing or invalid API key: send 'Authorization: Bearer <key>'", code="invalid_api_key",
-                   headers={"WWW-Authenticate": "Bearer"})
-
-
 def _card(model: Model) -> dict[str, Any]:
     return {"id": model.served, "object": "model", "created": model.created, "owned_by": "turnout",
             "ready_replicas": len(model.endpoints)}
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-async def _send(send: Send, status: int, body: bytes, ctype: bytes = b"application/json",
-                headers: dict[str, str] | None = None) -> None:
-    raw = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _send_error(send: Send, exc: Refusal) -> None:
-    await _send(send, exc.status, envelope_bytes(str(exc), exc.status, code=exc.code, param=exc.param),
-                headers=exc.headers)

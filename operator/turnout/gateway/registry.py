@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from turnout.gateway.routing import PREFIX_HASH, HashRing, RoundRobin, RoutingSpec, least_requests
-from turnout.shim.backends._relay import EnginePool
+from turnout.wire.client import EnginePool
 
 log = logging.getLogger("turnout.gateway")
 

@@ -36,13 +36,14 @@ from starlette.routing import Route
 
 from turnout import sources
 from turnout.shim.apikey import ApiKeyFile
-from turnout.shim.backends.base import Backend, BackendError, Health, State
-from turnout.shim.errors import envelope, retry_after_header
+from turnout.shim.backends.base import Backend, Health, State
 from turnout.shim.metrics import ShimMetrics
 from turnout.shim.middleware import ShimMiddleware
 from turnout.shim.protocol import ChatCompletionRequest
-from turnout.shim.routes import ENDPOINTS, Endpoint, Handler, Serving, describe_validation, dumps
+from turnout.shim.routes import ENDPOINTS, Endpoint, Handler, Serving, describe_validation
 from turnout.shimargs import ShimArgs
+from turnout.wire.asgi import dumps
+from turnout.wire.errors import OpenAIError, envelope, retry_after_header
 
 log = logging.getLogger("turnout.shim")
 
@@ -159,10 +160,10 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
 
     # -- errors: one handler per error class, all in the OpenAI envelope --------------
 
-    @app.exception_handler(BackendError)
-    async def _backend_error(_: Request, exc: BackendError) -> Response:
+    @app.exception_handler(OpenAIError)
+    async def _backend_error(_: Request, exc: OpenAIError) -> Response:
         return Response(dumps(exc.envelope()), status_code=exc.status, media_type="application/json",
-                        headers=retry_after_header(exc.retry_after))
+                        headers=exc.answer_headers())
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> Response:
@@ -177,8 +178,6 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
         elif exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
             code = "method_not_allowed"
-        elif exc.status_code == 413:
-            message, code = str(exc.detail), "request_too_large"
         else:
             message, code = str(exc.detail), None
         return JSONResponse(envelope(message, exc.status_code, code=code), status_code=exc.status_code,
@@ -225,13 +224,13 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> Response:
         if model_id != served:
-            raise BackendError(f"model '{model_id}' does not exist; this server serves '{served}'",
-                               status=404, param="model", code="model_not_found")
+            raise OpenAIError(f"model '{model_id}' does not exist; this server serves '{served}'",
+                              status=404, param="model", code="model_not_found")
         card = {"id": served, "object": "model", "created": rt.created, "owned_by": "turnout",
                 **backend.model_card()}
         return Response(dumps(card), media_type="application/json")
 
-    serving = Serving(backend, served, args.engine, args.model_type, metrics, health)
+    serving = Serving(backend, served, args.engine, args.model_type, metrics, health, max_body_bytes)
     for ep in ENDPOINTS:
         app.router.routes.append(Route(ep.path, Handler(ep, serving), methods=["POST"]))
     _document(app, ENDPOINTS)

@@ -48,7 +48,7 @@ import torch
 
 from turnout.shim.backends._openai import SamplingParams
 from turnout.shim.backends._text import IncrementalDetokenizer, StopMatcher
-from turnout.shim.backends.base import BackendError
+from turnout.wire.errors import OpenAIError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class GenerationRequest:
     """The event-loop side of one request: a queue of per-step event lists.
 
     Events are ``("delta", index, text)``, ``("finish", index, text, reason)``
-    and ``("error", BackendError)``.
+    and ``("error", OpenAIError)``.
     """
 
     def __init__(self, rid: str, prompt_tokens: int) -> None:
@@ -180,11 +180,11 @@ class Scheduler:
     def submit(self, request: GenerationRequest) -> None:
         with self._cv:
             if self._stopping:
-                raise BackendError("the model is shutting down", status=503, type="server_error",
-                                   code="shutting_down")
+                raise OpenAIError("the model is shutting down", status=503, type="server_error",
+                                  code="shutting_down")
             if len(self._pending) >= self.max_queue:
-                raise BackendError(f"{len(self._pending)} requests are already waiting; retry later",
-                                   status=429, type="rate_limit_error", code="queue_full", retry_after=1)
+                raise OpenAIError(f"{len(self._pending)} requests are already waiting; retry later",
+                                  status=429, type="rate_limit_error", code="queue_full", retry_after=1)
             self._pending.append(request)
             self._idle.clear()
             self._cv.notify()
@@ -282,8 +282,8 @@ class Scheduler:
         st = self.stats
         log.info("scheduler stopped after %d prefill and %d decode steps; rows per decode step: %s",
                  st.prefill_steps, st.decode_steps, dict(sorted(st.rows_per_step.items())))
-        error = BackendError("the model is shutting down", status=503, type="server_error",
-                             code="shutting_down")
+        error = OpenAIError("the model is shutting down", status=503, type="server_error",
+                            code="shutting_down")
         for request in {id(s.request): s.request for s in self._rows}.values():
             self._finish_request(request, error)
         while self._pending:
@@ -553,7 +553,7 @@ class Scheduler:
         self._rows = []
         self._cache = self._mask = self._pos = self._next = None
 
-    def _finish_request(self, request: GenerationRequest, error: BackendError | None) -> None:
+    def _finish_request(self, request: GenerationRequest, error: OpenAIError | None) -> None:
         if request.record.done:
             return
         request.record.done = True
@@ -563,11 +563,11 @@ class Scheduler:
     def _fail_batch(self, exc: Exception, newcomers: list[Sequence]) -> None:
         oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
         if oom:
-            error = BackendError("the accelerator ran out of memory; retry with fewer or shorter requests",
-                                 status=503, type="server_error", code="out_of_memory")
+            error = OpenAIError("the accelerator ran out of memory; retry with fewer or shorter requests",
+                                status=503, type="server_error", code="out_of_memory")
         else:
-            error = BackendError(f"generation failed: {exc}", status=500, type="server_error",
-                                 code="generation_failed")
+            error = OpenAIError(f"generation failed: {exc}", status=500, type="server_error",
+                                code="generation_failed")
         requests = {id(s.request): s.request for s in [*self._rows, *newcomers]}
         self._reset_batch()
         for request in requests.values():

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from turnout.shim.backends.base import BackendError
+from turnout.wire.errors import OpenAIError
 
 #: Most choices one request may ask for (``n``); each is one sequence in the batch.
 MAX_N = 128
@@ -47,9 +47,9 @@ def _number(body: dict[str, Any], key: str, default: float, lo: float, hi: float
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BackendError(f"'{key}' must be a number", param=key)
+        raise OpenAIError(f"'{key}' must be a number", param=key)
     if not lo <= value <= hi:
-        raise BackendError(f"'{key}' must be between {lo} and {hi}, got {value}", param=key)
+        raise OpenAIError(f"'{key}' must be between {lo} and {hi}, got {value}", param=key)
     return float(value)
 
 
@@ -58,10 +58,10 @@ def _int(body: dict[str, Any], key: str, lo: int, hi: int | None = None) -> int 
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BackendError(f"'{key}' must be an integer", param=key)
+        raise OpenAIError(f"'{key}' must be an integer", param=key)
     if value < lo or (hi is not None and value > hi):
         bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise BackendError(f"'{key}' must be {bound}, got {value}", param=key)
+        raise OpenAIError(f"'{key}' must be {bound}, got {value}", param=key)
     return value
 
 
@@ -77,7 +77,7 @@ def stop_strings(body: dict[str, Any]) -> tuple[str, ...]:
         return (stop,) if stop else ()
     if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
         return tuple(s for s in stop if s)
-    raise BackendError("'stop' must be a string or a list of strings", param="stop")
+    raise OpenAIError("'stop' must be a string or a list of strings", param="stop")
 
 
 def sampling_params(body: dict[str, Any], *, prompt_tokens: int, max_model_len: int,
@@ -89,7 +89,7 @@ def sampling_params(body: dict[str, Any], *, prompt_tokens: int, max_model_len: 
     """
     room = max_model_len - prompt_tokens
     if room < 1:
-        raise BackendError(
+        raise OpenAIError(
             f"the prompt is {prompt_tokens} tokens long, the model's context is {max_model_len} tokens; "
             "shorten the prompt",
             param=prompt_param, code="context_length_exceeded")
@@ -98,16 +98,16 @@ def sampling_params(body: dict[str, Any], *, prompt_tokens: int, max_model_len: 
     if max_tokens is None:
         max_tokens = room
     elif max_tokens > room:
-        raise BackendError(
+        raise OpenAIError(
             f"'{key}' is {max_tokens} but the prompt is {prompt_tokens} tokens and the model's context is "
             f"{max_model_len} tokens: at most {room} tokens can be generated",
             param=key, code="context_length_exceeded")
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise BackendError("'seed' must be an integer", param="seed")
+        raise OpenAIError("'seed' must be an integer", param="seed")
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     if top_p <= 0.0:
-        raise BackendError("'top_p' must be greater than 0", param="top_p")
+        raise OpenAIError("'top_p' must be greater than 0", param="top_p")
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
@@ -125,13 +125,13 @@ def reject_unsupported(body: dict[str, Any], engine: str) -> None:
     """400 for features this engine cannot honour, instead of silently ignoring them."""
     fmt = body.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type", "text") != "text":
-        raise BackendError(
+        raise OpenAIError(
             f"response_format {fmt.get('type')!r} is not supported by the {engine} engine; "
             "serve the model with vLLM, SGLang or llama.cpp for structured output",
             param="response_format", code="unsupported")
     if body.get("logprobs") or body.get("top_logprobs"):
-        raise BackendError(f"logprobs are not supported by the {engine} engine",
-                           param="logprobs", code="unsupported")
+        raise OpenAIError(f"logprobs are not supported by the {engine} engine",
+                          param="logprobs", code="unsupported")
 
 
 def reject_non_text(body: dict[str, Any]) -> None:
@@ -143,44 +143,49 @@ def reject_non_text(body: dict[str, Any]) -> None:
             if not isinstance(part, dict) or part.get("type") != "text":
                 kind = str(part.get("type")) if isinstance(part, dict) else type(part).__name__
                 article = "an" if kind[:1].lower() in "aeiou" else "a"
-                raise BackendError(f"messages[{i}] has {article} {kind!r} part; this model reads text only",
-                                   param="messages", code="unsupported")
+                raise OpenAIError(f"messages[{i}] has {article} {kind!r} part; this model reads text only",
+                                  param="messages", code="unsupported")
 
 
 def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     """Messages with text-only content, ready for a chat template."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BackendError("'messages' must be a non-empty list", param="messages")
+        raise OpenAIError("'messages' must be a non-empty list", param="messages")
     reject_non_text(body)
     out: list[dict[str, Any]] = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BackendError(f"messages[{i}] must be an object with a 'role'", param="messages")
+            raise OpenAIError(f"messages[{i}] must be an object with a 'role'", param="messages")
         content = message.get("content")
         if isinstance(content, list):
             content = "".join(str(part.get("text", "")) for part in content)
         elif content is None:
             content = ""
         elif not isinstance(content, str):
-            raise BackendError(f"messages[{i}].content must be a string or a list of parts", param="messages")
+            raise OpenAIError(f"messages[{i}].content must be a string or a list of parts", param="messages")
         out.append({**message, "content": content})
     return out
 
 
+def texts_or_token_ids(body: dict[str, Any], param: str, *, empty_ids: bool = False) -> list[str | list[int]]:
+    """``body[param]`` (``prompt``, ``input``) as a list: strings, or token id lists (empty ones if ``empty_ids``)."""
+    value = body.get(param)
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            return list(value)
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return [list(value)]
+        if all(isinstance(v, list) and (v or empty_ids) and all(isinstance(t, int) for t in v) for v in value):
+            return [list(v) for v in value]
+    raise OpenAIError(f"'{param}' must be a string, a list of strings, or token ids", param=param)
+
+
 def completion_prompts(body: dict[str, Any]) -> list[str | list[int]]:
     """``prompt`` as a list: strings, or token id lists."""
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, list) and prompt:
-        if all(isinstance(p, str) for p in prompt):
-            return list(prompt)
-        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
-            return [list(prompt)]
-        if all(isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompt):
-            return [list(p) for p in prompt]
-    raise BackendError("'prompt' must be a string, a list of strings, or token ids", param="prompt")
+    return texts_or_token_ids(body, "prompt")
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

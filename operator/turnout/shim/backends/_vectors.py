@@ -7,22 +7,13 @@ from typing import Any
 
 import numpy as np
 
-from turnout.shim.backends.base import BackendError
+from turnout.shim.backends._openai import texts_or_token_ids
+from turnout.wire.errors import OpenAIError
 
 
 def embedding_inputs(body: dict[str, Any]) -> list[str | list[int]]:
     """``input`` as a list of strings or token id lists."""
-    value = body.get("input")
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value:
-        if all(isinstance(v, str) for v in value):
-            return list(value)
-        if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            return [list(value)]
-        if all(isinstance(v, list) and all(isinstance(t, int) for t in v) for v in value):
-            return [list(v) for v in value]
-    raise BackendError("'input' must be a string, a list of strings, or token ids", param="input")
+    return texts_or_token_ids(body, "input", empty_ids=True)
 
 
 def check_dimensions(dimensions: Any, full: int) -> None:
@@ -30,10 +21,10 @@ def check_dimensions(dimensions: Any, full: int) -> None:
     if dimensions is None:
         return
     if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
-        raise BackendError("'dimensions' must be a positive integer", param="dimensions")
+        raise OpenAIError("'dimensions' must be a positive integer", param="dimensions")
     if dimensions > full:
-        raise BackendError(f"'dimensions' is {dimensions} but this model's embeddings have {full}",
-                           param="dimensions")
+        raise OpenAIError(f"'dimensions' is {dimensions} but this model's embeddings have {full}",
+                          param="dimensions")
 
 
 def resize(vectors: np.ndarray, dimensions: int | None, full: int) -> np.ndarray:
@@ -51,7 +42,7 @@ def encode_one(vector: np.ndarray, encoding_format: str | None) -> list[float] |
         return [float(x) for x in vector]
     if encoding_format == "base64":
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    raise BackendError("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+    raise OpenAIError("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
 
 
 def embeddings_response(model: str, vectors: np.ndarray, encoding_format: str | None,
@@ -69,14 +60,14 @@ def rerank_documents(body: dict[str, Any]) -> tuple[str, list[str]]:
     query = body.get("query")
     docs = body.get("documents")
     if not isinstance(query, str):
-        raise BackendError("'query' must be a string", param="query")
+        raise OpenAIError("'query' must be a string", param="query")
     if not isinstance(docs, list) or not docs:
-        raise BackendError("'documents' must be a non-empty list", param="documents")
+        raise OpenAIError("'documents' must be a non-empty list", param="documents")
     texts = []
     for i, d in enumerate(docs):
         if isinstance(d, dict) and isinstance(d.get("text"), str):
             d = d["text"]
         if not isinstance(d, str):
-            raise BackendError(f"documents[{i}] must be a string or {{'text': ...}}", param="documents")
+            raise OpenAIError(f"documents[{i}] must be a string or {{'text': ...}}", param="documents")
         texts.append(d)
     return query, texts

@@ -34,7 +34,7 @@ What the app does for every backend, so backends need not:
   (``with anyio.CancelScope(shield=True): ...``) or be synchronous;
 * on client disconnect during a plain (non-streamed) call, cancels the
   task awaiting ``chat()``/``completions()``/...;
-* a ``BackendError`` raised before the first chunk becomes an HTTP error
+* an ``OpenAIError`` raised before the first chunk becomes an HTTP error
   with its status (``retry_after`` adds ``Retry-After``); anything else
   becomes a 500 in the envelope, without the exception text;
 * rerank answers: sorts by ``relevance_score``, applies ``top_n`` and
@@ -51,30 +51,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from turnout.shimargs import ShimArgs
-
-#: the error ``type`` written for each status when nothing more specific is known
-STATUS_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    499: "client_closed_request",
-    500: "server_error",
-    502: "server_error",
-    503: "service_unavailable",
-    504: "server_error",
-}
-
-
-def error_type(status: int) -> str:
-    """A sensible envelope ``type`` for an HTTP status."""
-    if status in STATUS_TYPES:
-        return STATUS_TYPES[status]
-    return "server_error" if status >= 500 else "invalid_request_error"
+from turnout.wire.errors import OpenAIError
+from turnout.wire.sse import Usage
 
 
 class State(enum.Enum):
@@ -92,36 +70,6 @@ class Health:
     state: State
     message: str = ""
     final: bool = False
-
-
-class BackendError(Exception):
-    """An error the client caused or can act on, returned in the OpenAI envelope.
-
-    ``retry_after`` (seconds) adds a ``Retry-After`` header, e.g. with status
-    429 or 503 when a backend's own queue is full.
-    """
-
-    def __init__(self, message: str, *, status: int = 400, type: str | None = None,
-                 param: str | None = None, code: str | None = None,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.type = type or error_type(status)
-        self.param = param
-        self.code = code
-        self.retry_after = retry_after
-
-    def envelope(self) -> dict[str, Any]:
-        """The OpenAI error body."""
-        return {"error": {"message": self.message, "type": self.type, "param": self.param,
-                          "code": self.code}}
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 @dataclass
@@ -164,13 +112,13 @@ class Backend(ABC):
         return {}
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
-        raise BackendError("this model does not serve chat completions", status=404, code="unsupported")
+        raise OpenAIError("this model does not serve chat completions", status=404, code="unsupported")
 
     async def completions(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
-        raise BackendError("this model does not serve completions", status=404, code="unsupported")
+        raise OpenAIError("this model does not serve completions", status=404, code="unsupported")
 
     async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
-        raise BackendError("this model does not serve embeddings", status=404, code="unsupported")
+        raise OpenAIError("this model does not serve embeddings", status=404, code="unsupported")
 
     async def rerank(self, body: dict[str, Any]) -> dict[str, Any]:
-        raise BackendError("this model does not serve rerank", status=404, code="unsupported")
+        raise OpenAIError("this model does not serve rerank", status=404, code="unsupported")

@@ -4,7 +4,7 @@
 thread of this process, and binds llama-server's own HTTP listener to a
 random port on 127.0.0.1 (``Server.listening_address``). Every request goes
 to that listener, over the same HTTP client and SSE relay as the proxy
-backends (``_relay.py``): tokens go from llama.cpp's threads to its socket
+backends (:mod:`turnout.wire.relay`): tokens go from llama.cpp's threads to its socket
 and through the shim's event loop as bytes, never one by one through the GIL
 (a callback into Python per token, with the event loop holding the GIL and a
 5 ms switch interval, is what made the old in-process path slow).
@@ -46,19 +46,14 @@ import numpy as np
 
 from turnout.shim.backends import _vectors as vec
 from turnout.shim.backends._assemble import Assembler
-from turnout.shim.backends._openai import new_id, reject_non_text
-from turnout.shim.backends._relay import (
-    EngineConnectionError,
-    EnginePool,
-    EngineProtocolError,
-    EngineResponse,
-    idle_timeout_from_env,
-    relay_response,
-    stream_error,
-)
-from turnout.shim.backends._sse import event_data, split_events
-from turnout.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
+from turnout.shim.backends._openai import reject_non_text
+from turnout.shim.backends.base import Backend, Health, State, Stream
+from turnout.shim.rerank import rerank_response
 from turnout.shimargs import ShimArgs
+from turnout.wire.client import EngineConnectionError, EnginePool, EngineProtocolError, EngineResponse
+from turnout.wire.errors import OpenAIError
+from turnout.wire.relay import idle_timeout_from_env, relay_response, stream_error
+from turnout.wire.sse import Usage, event_data, split_events
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +153,7 @@ def apply_engine_args(params: Any, engine_args: dict[str, Any]) -> None:
 UNSUPPORTED_INPUT = re.compile(r"(image|audio|video|file) input is not supported\b")
 
 
-def _error(payload: dict[str, Any], param: str | None = None) -> BackendError:
+def _error(payload: dict[str, Any], param: str | None = None) -> OpenAIError:
     err = payload.get("error", payload)
     if not isinstance(err, dict):
         err = {"message": str(err)}
@@ -175,8 +170,8 @@ def _error(payload: dict[str, Any], param: str | None = None) -> BackendError:
         kind = "server_error"
     elif status < 500:
         kind = "invalid_request_error"
-    return BackendError(str(err.get("message") or "llama.cpp failed"), status=status, type=kind,
-                        param=param if code == "context_length_exceeded" else None, code=code)
+    return OpenAIError(str(err.get("message") or "llama.cpp failed"), status=status, type=kind,
+                       param=param if code == "context_length_exceeded" else None, code=code)
 
 
 def _listener_pool(server: Any) -> EnginePool:
@@ -279,11 +274,11 @@ class LlamaCppBackend(Backend):
     # ---- requests -------------------------------------------------------------
 
     async def _post(self, path: str, body: dict[str, Any], param: str) -> EngineResponse:
-        """POST ``body`` to llama-server; an error answer becomes a BackendError."""
+        """POST ``body`` to llama-server; an error answer becomes an OpenAIError."""
         pool = self.http
         if pool is None or self._health.state is not State.READY:
-            raise BackendError("the model is not loaded yet", status=503, type="service_unavailable",
-                               code="model_loading", retry_after=5)
+            raise OpenAIError("the model is not loaded yet", status=503, type="service_unavailable",
+                              code="model_loading", retry_after=5)
         payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         try:
             resp = await pool.request("POST", path, payload)
@@ -291,11 +286,11 @@ class LlamaCppBackend(Backend):
                 return resp
             raw = await resp.read()
         except EngineProtocolError as exc:
-            raise BackendError(f"llama.cpp's server answered something unusable: {exc}", status=502,
-                               type="server_error", code="bad_engine_response") from exc
+            raise OpenAIError(f"llama.cpp's server answered something unusable: {exc}", status=502,
+                              type="server_error", code="bad_engine_response") from exc
         except EngineConnectionError as exc:
-            raise BackendError(f"llama.cpp's server did not answer: {exc}", status=503,
-                               type="service_unavailable", code="engine_unavailable", retry_after=5) from exc
+            raise OpenAIError(f"llama.cpp's server did not answer: {exc}", status=503,
+                              type="service_unavailable", code="engine_unavailable", retry_after=5) from exc
         raise _error(_json_or_text(raw, resp.status), param)
 
     async def _json(self, path: str, body: dict[str, Any], param: str) -> dict[str, Any]:
@@ -303,8 +298,8 @@ class LlamaCppBackend(Backend):
         try:
             raw = await resp.read()
         except EngineConnectionError as exc:
-            raise BackendError(f"lost llama.cpp's answer: {exc}", status=502, type="server_error",
-                               code="bad_engine_response") from exc
+            raise OpenAIError(f"lost llama.cpp's answer: {exc}", status=502, type="server_error",
+                              code="bad_engine_response") from exc
         finally:
             resp.close()
         result = _json_or_text(raw, 502)
@@ -363,21 +358,14 @@ class LlamaCppBackend(Backend):
         result = await self._json("/v1/rerank", {"query": query, "documents": docs}, "documents")
         if "results" not in result:
             raise _error({"message": "llama.cpp answered rerank without results"}, "documents")
-        ranked = sorted(({"index": r["index"], "relevance_score": float(r["relevance_score"])}
-                         for r in result["results"]), key=lambda r: r["relevance_score"], reverse=True)
-        top_n = body.get("top_n")
-        if top_n is not None:
-            ranked = ranked[:top_n]
-        if body.get("return_documents", True):
-            for r in ranked:
-                r["document"] = {"text": docs[r["index"]]}
         usage = result.get("usage") or {}
         tokens = int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
-        return {"id": result.get("id") or new_id("rerank"), "model": self.args.served_model_name,
-                "results": ranked, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        scores = {"id": result.get("id"), "results": result["results"],
+                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return rerank_response(scores, body, self.args.served_model_name, docs)
 
 
-async def _stream_lost(exc: EngineConnectionError) -> BackendError:
+async def _stream_lost(exc: EngineConnectionError) -> OpenAIError:
     return stream_error("llama.cpp", exc)
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar
 
-from turnout.shim.backends.base import BackendError
 from turnout.shim.backends.proxy import ProxyBackend, engine_flags, engine_python, local_model_ref
-from turnout.shim.errors import from_engine
+from turnout.wire.errors import OpenAIError, from_engine
 
 #: the name mlx_lm's server gives the model loaded from ``--model``
 MLX_DEFAULT_MODEL = "default_model"
@@ -48,7 +47,7 @@ class MlxBackend(ProxyBackend):
             body["max_tokens"] = body["max_completion_tokens"]
         return body
 
-    def engine_error(self, path: str, status: int, raw: bytes) -> BackendError:
+    def engine_error(self, path: str, status: int, raw: bytes) -> OpenAIError:
         """mlx_lm answers 404 when preparing a generation raises; the shim only POSTs routes mlx_lm has.
 
         Those errors are the request's (a content part other than text, a chat template that refuses
@@ -58,9 +57,9 @@ class MlxBackend(ProxyBackend):
         if status != 404:
             return err
         if "generation thread died" in err.message:
-            return BackendError(f"the mlx engine failed: {err.message}", status=503, code="engine_unavailable",
-                                retry_after=10)
-        return BackendError(err.message, status=400, param="messages" if "chat" in path else "prompt")
+            return OpenAIError(f"the mlx engine failed: {err.message}", status=503, code="engine_unavailable",
+                               retry_after=10)
+        return OpenAIError(err.message, status=400, param="messages" if "chat" in path else "prompt")
 
     def rewrite_stream(self, data: bytes) -> bytes:
         for old, new in self._rename:

@@ -29,18 +29,12 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any, ClassVar
 
 from turnout.aio import wait_for
-from turnout.shim.backends._relay import (
-    EngineConnectionError,
-    EnginePool,
-    EngineProtocolError,
-    EngineResponse,
-    idle_timeout_from_env,
-    relay_response,
-    stream_error,
-)
-from turnout.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
-from turnout.shim.errors import from_engine
+from turnout.shim.backends.base import Backend, Health, State, Stream
 from turnout.shimargs import ShimArgs
+from turnout.wire.client import EngineConnectionError, EnginePool, EngineProtocolError, EngineResponse
+from turnout.wire.errors import OpenAIError, from_engine
+from turnout.wire.relay import idle_timeout_from_env, relay_response, stream_error
+from turnout.wire.sse import Usage
 
 log = logging.getLogger("turnout.shim.proxy")
 
@@ -344,16 +338,16 @@ class ProxyBackend(Backend):
         assert isinstance(result, dict)
         return result
 
-    def _unavailable(self, detail: str) -> BackendError:
+    def _unavailable(self, detail: str) -> OpenAIError:
         if self._state is State.DEAD:
             detail = self._message or detail
-        return BackendError(f"the {self.engine} engine is unavailable: {detail}", status=503,
-                            type="service_unavailable", code="engine_unavailable", retry_after=10)
+        return OpenAIError(f"the {self.engine} engine is unavailable: {detail}", status=503,
+                           type="service_unavailable", code="engine_unavailable", retry_after=10)
 
     async def forward(self, path: str, body: dict[str, Any]) -> Any:
         """POST ``body`` to the engine; a dict for plain answers, a :class:`Stream` for SSE."""
         if self.args.is_worker:
-            raise BackendError(
+            raise OpenAIError(
                 f"this pod is rank {self.args.node_rank} of a {self.args.nnodes}-node {self.engine} group and "
                 "serves no requests; send them to rank 0 (the deployment's Service)", status=503,
                 type="service_unavailable", code="engine_worker")
@@ -394,11 +388,11 @@ class ProxyBackend(Backend):
         usage = Usage()
         return Stream(self._relay(resp, keep_usage, usage), usage)
 
-    def _bad_answer(self, detail: str) -> BackendError:
-        return BackendError(f"the {self.engine} engine answered something unusable: {detail}", status=502,
-                            type="server_error", code="bad_engine_response")
+    def _bad_answer(self, detail: str) -> OpenAIError:
+        return OpenAIError(f"the {self.engine} engine answered something unusable: {detail}", status=502,
+                           type="server_error", code="bad_engine_response")
 
-    def engine_error(self, path: str, status: int, raw: bytes) -> BackendError:
+    def engine_error(self, path: str, status: int, raw: bytes) -> OpenAIError:
         """The engine's error answer to a POST of ``path``, in the envelope (default: its status kept)."""
         return from_engine(status, raw)
 
@@ -412,15 +406,15 @@ class ProxyBackend(Backend):
         return relay_response(resp, usage, keep_usage=keep_usage, rewrite=rewrite, active=self._active,
                               on_error=self._lost, idle_timeout=self.idle_timeout)
 
-    async def _lost(self, exc: EngineConnectionError) -> BackendError:
+    async def _lost(self, exc: EngineConnectionError) -> OpenAIError:
         """The error for a stream cut short; an engine that is exiting is told apart from a hiccup."""
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await wait_for(asyncio.shield(self.proc.wait()), 1.0)
         if self._state is State.DEAD or (self.proc is not None and self.proc.returncode is not None):
-            return BackendError(f"the {self.engine} engine failed while streaming: "
-                                f"{self._message or exc}", status=503, type="service_unavailable",
-                                code="engine_dead")
+            return OpenAIError(f"the {self.engine} engine failed while streaming: "
+                               f"{self._message or exc}", status=503, type="service_unavailable",
+                               code="engine_dead")
         return stream_error(self.engine, exc)
 
 

@@ -28,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from turnout.shim.backends import _vectors as vec
-from turnout.shim.backends._openai import new_id
-from turnout.shim.backends.base import Backend, BackendError, Health, State
+from turnout.shim.backends.base import Backend, Health, State
 from turnout.shim.backends.transformers import check_engine_args, model_path, resolve_device
+from turnout.shim.rerank import rerank_response
 from turnout.shimargs import ShimArgs
+from turnout.wire.errors import OpenAIError
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ class _Batcher:
 
     async def run(self, items: list[Any]) -> list[Any]:
         if sum(len(i) for i, _ in self._waiting) >= self._max_queue:
-            raise BackendError("too many inputs are waiting; retry later", status=429,
-                               type="rate_limit_error", code="queue_full", retry_after=1)
+            raise OpenAIError("too many inputs are waiting; retry later", status=429,
+                              type="rate_limit_error", code="queue_full", retry_after=1)
         fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._waiting.append((items, fut))
         self._wake.set()
@@ -82,8 +83,8 @@ class _Batcher:
                 log.exception("encoding failed")
                 for _, fut in batch:
                     if not fut.done():
-                        fut.set_exception(BackendError(f"encoding failed: {exc}", status=500,
-                                                       type="server_error"))
+                        fut.set_exception(OpenAIError(f"encoding failed: {exc}", status=500,
+                                                      type="server_error"))
                 continue
             start = 0
             for items, fut in batch:
@@ -97,8 +98,8 @@ class _Batcher:
             await self._task
         for _, fut in self._waiting:
             if not fut.done():
-                fut.set_exception(BackendError("the model is shutting down", status=503,
-                                               type="server_error", code="shutting_down"))
+                fut.set_exception(OpenAIError("the model is shutting down", status=503,
+                                              type="server_error", code="shutting_down"))
         self._waiting = []
 
 
@@ -193,8 +194,8 @@ class SentenceBackend(Backend):
 
     def _ready(self) -> _Batcher:
         if self.batcher is None or self._health.state is not State.READY:
-            raise BackendError("the model is not loaded yet", status=503, type="server_error",
-                               code="model_loading")
+            raise OpenAIError("the model is not loaded yet", status=503, type="server_error",
+                              code="model_loading")
         return self.batcher
 
     async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -217,13 +218,6 @@ class SentenceBackend(Backend):
         query, docs = vec.rerank_documents(body)
         results = await batcher.run([(query, d) for d in docs])
         tokens = sum(n for _, n in results)
-        ranked = sorted(({"index": i, "relevance_score": s} for i, (s, _) in enumerate(results)),
-                        key=lambda r: r["relevance_score"], reverse=True)
-        top_n = body.get("top_n")
-        if top_n is not None:
-            ranked = ranked[:top_n]
-        if body.get("return_documents", True):
-            for r in ranked:
-                r["document"] = {"text": docs[r["index"]]}
-        return {"id": new_id("rerank"), "model": self.args.served_model_name, "results": ranked,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        scores = {"results": [{"index": i, "relevance_score": s} for i, (s, _) in enumerate(results)],
+                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return rerank_response(scores, body, self.args.served_model_name, docs)

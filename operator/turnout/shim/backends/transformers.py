@@ -42,8 +42,10 @@ from typing import Any
 
 from turnout.shim.backends import _openai as oai
 from turnout.shim.backends._batching import GenerationRequest, Scheduler, Sequence
-from turnout.shim.backends.base import Backend, BackendError, Health, State, Stream, Usage
+from turnout.shim.backends.base import Backend, Health, State, Stream
 from turnout.shimargs import ShimArgs
+from turnout.wire.errors import OpenAIError
+from turnout.wire.sse import Usage
 
 log = logging.getLogger(__name__)
 
@@ -346,18 +348,18 @@ class TransformersBackend(Backend):
 
     def _ready(self) -> Scheduler:
         if self.scheduler is None or self._health.state is not State.READY:
-            raise BackendError("the model is not loaded yet", status=503, type="server_error",
-                               code="model_loading")
+            raise OpenAIError("the model is not loaded yet", status=503, type="server_error",
+                              code="model_loading")
         return self.scheduler
 
     def _chat_prompt(self, body: dict[str, Any]) -> list[int]:
         messages = oai.chat_messages(body)
         tool_choice = body.get("tool_choice")
         if tool_choice not in (None, "auto", "none"):
-            raise BackendError("tool_choice other than 'auto' or 'none' is not supported by the transformers "
-                               "engine", param="tool_choice", code="unsupported")
+            raise OpenAIError("tool_choice other than 'auto' or 'none' is not supported by the transformers "
+                              "engine", param="tool_choice", code="unsupported")
         if not getattr(self.tokenizer, "chat_template", None):
-            raise BackendError("this model has no chat template; use /v1/completions", code="no_chat_template")
+            raise OpenAIError("this model has no chat template; use /v1/completions", code="no_chat_template")
         kwargs = dict(body.get("chat_template_kwargs") or {})
         if body.get("tools") and tool_choice != "none":
             kwargs["tools"] = body["tools"]
@@ -367,7 +369,7 @@ class TransformersBackend(Backend):
                 messages, tokenize=False, add_generation_prompt=add_generation_prompt,
                 continue_final_message=bool(body.get("continue_final_message", False)), **kwargs)
         except Exception as exc:  # jinja errors: roles out of order, unsupported content...
-            raise BackendError(f"the chat template rejected these messages: {exc}", param="messages") from exc
+            raise OpenAIError(f"the chat template rejected these messages: {exc}", param="messages") from exc
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def _submit(self, rid: str, prompts: list[list[int]], n: int, body: dict[str, Any],
@@ -375,14 +377,14 @@ class TransformersBackend(Backend):
         scheduler = self._ready()
         longest = max(len(p) for p in prompts)
         if any(not p for p in prompts):
-            raise BackendError("the prompt is empty", param=prompt_param)
+            raise OpenAIError("the prompt is empty", param=prompt_param)
         params = oai.sampling_params(body, prompt_tokens=longest, max_model_len=self.max_model_len,
                                      prompt_param=prompt_param)
         min_tokens = body.get("min_tokens")
         if min_tokens is not None and (isinstance(min_tokens, bool) or not isinstance(min_tokens, int)
                                        or not 0 <= min_tokens <= params.max_tokens):
-            raise BackendError(f"'min_tokens' must be an integer between 0 and max_tokens ({params.max_tokens}), "
-                               f"got {min_tokens!r}", param="min_tokens")
+            raise OpenAIError(f"'min_tokens' must be an integer between 0 and max_tokens ({params.max_tokens}), "
+                              f"got {min_tokens!r}", param="min_tokens")
         request = GenerationRequest(rid, sum(len(p) for p in prompts))
         request.sequences = [
             Sequence(request, i * n + j, prompt, params, self.tokenizer, scheduler.device,
@@ -430,7 +432,7 @@ class TransformersBackend(Backend):
             else:
                 vocab = len(self.tokenizer)
                 if any(t < 0 or t >= vocab for t in prompt):
-                    raise BackendError(f"token ids must be in [0, {vocab})", param="prompt")
+                    raise OpenAIError(f"token ids must be in [0, {vocab})", param="prompt")
                 prompts.append(prompt)
                 texts_in.append(self.tokenizer.decode(prompt))
         echo = bool(body.get("echo"))

@@ -1,12 +1,12 @@
-"""HTTP/1.1 to one loopback engine server: keep-alive connections, framing by httptools.
+"""HTTP/1.1 to one upstream (an engine for the shim, a shim for the gateway): keep-alive, framing by httptools.
 
 The shim's data path is one extra hop on 127.0.0.1, so what it costs is
 Python work per socket read. Each connection is an ``asyncio.Protocol``
 (:class:`_Conn`) that feeds what it reads to an ``httptools`` (llhttp)
 response parser; the parser hands body bytes, with chunk framing removed, to
 a *sink* set by whoever reads the body (:class:`EngineResponse` for whole
-answers, ``_relay.SSERelay`` for streams), inside ``data_received``. There is
-no stream reader and no per-request client object.
+answers, :class:`~turnout.wire.relay.SSERelay` for streams), inside
+``data_received``. There is no stream reader and no per-request client object.
 
 Malformed answers (a bad status line, header, ``Content-Length`` or chunk
 size) raise :class:`EngineProtocolError`, which the backends turn into 502.

@@ -26,6 +26,14 @@ _LINES = re.compile(rb"\r\n|\r|\n")
 
 
 @dataclass
+class Usage:
+    """The token counts of one answer, filled in when its stream ends."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
 class SSEStats:
     """What a relay saw: usage (when the engine sent it) and how many events it relayed."""
 

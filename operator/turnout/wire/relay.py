@@ -1,7 +1,7 @@
 """The SSE relay: an engine's streamed answer, as buffers of whole events, straight from the socket.
 
-The connection's ``data_received`` runs the HTTP parser (``_enginehttp``),
-whose body callback cuts SSE events (``_sse.Cutter``) and queues the result;
+The connection's ``data_received`` runs the HTTP parser (:mod:`~turnout.wire.client`),
+whose body callback cuts SSE events (:class:`~turnout.wire.sse.Cutter`) and queues the result;
 the consumer task is woken only when there is something to relay, and one
 buffer may carry many events. There are no per-token Python objects between
 the socket and the client beyond the bytes themselves.
@@ -17,7 +17,7 @@ the socket and the client beyond the bytes themselves.
 
 Token counting for metrics: the backends always ask the engine for
 ``stream_options.include_usage`` and trust the usage event's numbers; only
-when an engine sends none does :class:`~turnout.shim.backends._sse.SSEStats`
+when an engine sends none does :class:`~turnout.wire.sse.SSEStats`
 fall back to the number of events relayed.
 """
 
@@ -30,20 +30,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from turnout.aio import wait_for
-from turnout.shim.backends._enginehttp import (
-    EngineConnectError,
-    EngineConnectionError,
-    EnginePool,
-    EngineProtocolError,
-    EngineResponse,
-    EngineTimeoutError,
-)
-from turnout.shim.backends._sse import Cutter, SSEStats
-from turnout.shim.backends.base import BackendError, Usage
-
-__all__ = ["HIGH_WATER", "IDLE_TIMEOUT_ENV", "LOW_WATER", "EngineConnectError", "EngineConnectionError", "EnginePool",
-           "EngineProtocolError", "EngineResponse", "EngineTimeoutError", "SSERelay", "idle_timeout_from_env",
-           "relay_response", "stream_error"]
+from turnout.wire.client import EngineConnectionError, EngineResponse, EngineTimeoutError
+from turnout.wire.errors import OpenAIError
+from turnout.wire.sse import Cutter, SSEStats, Usage
 
 #: queued relay output (bytes) above which the engine connection stops being read, and below
 #: which it is read again: a slow client slows the engine's socket, not the shim's memory
@@ -66,13 +55,13 @@ def idle_timeout_from_env() -> float:
     return value
 
 
-def stream_error(engine: str, exc: EngineConnectionError) -> BackendError:
+def stream_error(engine: str, exc: EngineConnectionError) -> OpenAIError:
     """The error event for a stream the engine broke off, stalled or garbled."""
     if isinstance(exc, EngineTimeoutError):
-        return BackendError(f"the {engine} engine stalled: {exc}", status=504, type="server_error",
-                            code="engine_stream_timeout")
-    return BackendError(f"lost the {engine} engine's stream: {exc}", status=502, type="server_error",
-                        code="engine_stream_lost")
+        return OpenAIError(f"the {engine} engine stalled: {exc}", status=504, type="server_error",
+                           code="engine_stream_timeout")
+    return OpenAIError(f"lost the {engine} engine's stream: {exc}", status=502, type="server_error",
+                       code="engine_stream_lost")
 
 
 class SSERelay:
