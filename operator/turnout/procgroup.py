@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 
 from turnout.aio import wait_for
 
@@ -29,19 +30,17 @@ def signal_group(pgid: int, sig: int) -> None:
 
 def alive(pid: int) -> bool:
     """True while process ``pid`` exists (another user's included)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _exists(os.kill, pid)
 
 
 def group_alive(pgid: int) -> bool:
     """True while any process of the group exists (zombies of our own children included)."""
+    return _exists(os.killpg, pgid)
+
+
+def _exists(send: Callable[[int, int], None], target: int) -> bool:
     try:
-        os.killpg(pgid, 0)
+        send(target, 0)  # signal 0: checks only
     except ProcessLookupError:
         return False
     except PermissionError:
