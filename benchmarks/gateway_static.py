@@ -49,7 +49,7 @@ class FixedSource:
         self._models = models
         self._strategy = strategy
         self._routing = RoutingSpec(strategy=strategy if strategy in STRATEGIES else STRATEGIES[0],
-                                    prefix_chars=prefix_chars, load_factor=load_factor)
+                                    prefix_char_length=prefix_chars, load_factor=load_factor)
 
     async def start(self) -> None:
         kind = RandomModel if self._strategy == RANDOM else Model

@@ -9,12 +9,10 @@ process outlives ``turnout up``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import importlib.util
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +28,7 @@ from turnout.api import ModelDeployment
 from turnout.config import OperatorConfig
 from turnout.hardware import parse_nodes
 from turnout.localhw import Probes, detect_node
+from turnout.procgroup import terminate
 from turnout.progress import Step
 from turnout.render import shim_args
 from turnout.resolver import Plan, Rejection, explain_rejection, resolve
@@ -129,27 +128,13 @@ class LocalServer:
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> int:
         """SIGTERM the shim's process group, then SIGKILL after ``grace`` seconds; returns its exit status."""
-        if self.process.poll() is None:
-            _signal_group(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                _signal_group(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        # Anything the shim left behind in its group goes too.
-        _signal_group(self.process.pid, signal.SIGKILL)
-        return self.process.returncode
+        return terminate(self.process, grace)
 
     def tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
 
 
 def start_shim(args: ShimArgs, log_path: Path, env: dict[str, str] | None = None) -> LocalServer:
@@ -230,13 +215,6 @@ def snippets(url: str, served: str, model_type: str = "llm") -> str:
         )
     curl = f"  curl {url}/v1/{path} -H 'Content-Type: application/json' \\\n    -d '{json.dumps(body)}'\n"
     return f"{curl}\n{python}"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now (for a shim behind the local gateway)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def listen(host: str, port: int) -> list[socket.socket]:

@@ -17,7 +17,7 @@ def test_model_from_a_model_deployment() -> None:
     md["metadata"]["creationTimestamp"] = "2026-01-02T03:04:05Z"
     model = model_from(md)
     assert (model.namespace, model.name, model.served, model.service) == (NS, "Qwen.Small", "qwen", "qwen-small")
-    assert model.routing == RoutingSpec(PREFIX_HASH, 64, 1.5)
+    assert model.routing == RoutingSpec(strategy=PREFIX_HASH, prefix_char_length=64, load_factor=1.5)
     assert model.api_key == SecretRef("keys", "api-key") and model.asleep and model.created == 1767323045
     plain = model_from(model_deployment("plain"))
     assert plain.served == "plain" and plain.replicas is None and not plain.asleep and plain.api_key is None

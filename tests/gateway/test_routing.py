@@ -137,7 +137,9 @@ def test_prompt_prefix_of_chat_completions_and_other_bodies() -> None:
 
 
 def test_routing_spec_defaults_and_raw_fields() -> None:
-    assert RoutingSpec.from_spec(None) == RoutingSpec(LEAST_REQUESTS, 100, 1.25)
+    default = RoutingSpec.from_spec(None)
+    assert (default.strategy, default.prefix_chars, default.load_factor) == (LEAST_REQUESTS, 100, 1.25)
     spec = RoutingSpec.from_spec({"strategy": "PrefixHash", "prefixCharLength": 40, "loadFactor": 2})
-    assert spec == RoutingSpec(PREFIX_HASH, 40, 2.0)
+    assert spec == RoutingSpec(strategy=PREFIX_HASH, prefix_char_length=40, load_factor=2.0)
+    assert (spec.prefix_chars, spec.load_factor) == (40, 2.0)
     assert RoutingSpec.from_spec({"strategy": "Bogus", "loadFactor": 0.5}) == RoutingSpec()

@@ -28,7 +28,8 @@ from turnout.agent.ports import HostPorts, is_local, is_wildcard, port_in_use
 from turnout.agent.process import ContainerProcess, kill_group
 from turnout.agent.tasks import TaskSupervisor
 from turnout.hardware import MEMORY_LABEL
-from turnout.kube import ApiError, Credentials, KubeClient, PermanentApiError, TransientApiError, load_credentials
+from turnout.kube import ApiError, Credentials, KubeClient, PermanentApiError, load_credentials
+from turnout.kube.informer import Informer
 from turnout.localhw import Probes
 
 log = logging.getLogger("turnout.agent")
@@ -199,43 +200,28 @@ class Agent:
         self.workers[uid] = PodWorker(self, pod)
 
     async def watch_pods(self, synced: asyncio.Event) -> None:
-        """List then watch the pods bound to this node; re-list when the watch expires (410).
+        """List then watch the pods bound to this node (:class:`~turnout.kube.informer.Informer`).
 
-        API errors re-list after a back-off; anything else (a line that is not a watch event, an object
+        ``synced`` is set after the first listing, once the leftovers of pods gone while the agent was
+        down are cleaned. Anything but an API error (a line that is not a watch event, an object
         :meth:`handle` cannot process) ends the task, which fails the agent (see :mod:`.tasks`).
         """
-        path = "/api/v1/pods"
-        selector = {"fieldSelector": f"spec.nodeName={self.config.node_name}"}
-        delay = 0.5
-        while True:
-            try:
-                listing = await self.kube.request("GET", path, params=selector)
-                seen = set()
-                for pod in listing.get("items") or []:
-                    seen.add(pod["metadata"]["uid"])
-                    self.handle("MODIFIED", pod)
-                for uid, worker in list(self.workers.items()):
-                    if uid not in seen:
-                        worker.gone()
-                if not synced.is_set():
-                    self.clean_leftovers(seen)
-                    synced.set()
-                rv = listing.get("metadata", {}).get("resourceVersion", "")
-                while True:
-                    async for event in self.kube.watch(path, {**selector, "resourceVersion": rv}):
-                        obj = event.get("object") or {}
-                        if event.get("type") == "ERROR":
-                            raise TransientApiError(int(obj.get("code") or 410), str(obj.get("reason")),
-                                                    str(obj.get("message")), method="WATCH", path=path)
-                        rv = obj.get("metadata", {}).get("resourceVersion", rv)
-                        if event.get("type") != "BOOKMARK":
-                            self.handle(str(event.get("type")), obj)
-                    delay = 0.5
-            except ApiError as exc:
-                if exc.status not in (410, 0):
-                    log.warning("pod watch: %s", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+
+        def on_list(pods: list[dict[str, Any]]) -> None:
+            seen = set()
+            for pod in pods:
+                seen.add(pod["metadata"]["uid"])
+                self.handle("MODIFIED", pod)
+            for uid, worker in list(self.workers.items()):
+                if uid not in seen:
+                    worker.gone()
+            if not synced.is_set():
+                self.clean_leftovers(seen)
+                synced.set()
+
+        await Informer(self.kube, "/api/v1/pods", on_list=on_list, on_event=self.handle,
+                       params={"fieldSelector": f"spec.nodeName={self.config.node_name}"},
+                       backoff=0.5, max_backoff=10.0).run()
 
     def _reap(self) -> None:
         for uid, worker in list(self.workers.items()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,11 @@ def resolve_port(port: Any, container: Mapping[str, Any]) -> int:
     raise ProbeError(f"port {port!r} is not one of the container's named ports")
 
 
+def _setting(key: str, default: int, kind: Callable[[Any], float]) -> property:
+    """A read-only field of the probe's spec: ``kind(value)``, or ``default`` when it is absent (or 0)."""
+    return property(lambda self: kind(self.spec.get(key) or default), doc=f"``{key}`` (default {default})")
+
+
 @dataclass(frozen=True)
 class Probe:
     """One probe of a container, with kubelet's defaults."""
@@ -35,25 +40,12 @@ class Probe:
     container: Mapping[str, Any]
     host: str = "127.0.0.1"
 
-    @property
-    def initial_delay(self) -> float:
-        return float(self.spec.get("initialDelaySeconds") or 0)
-
-    @property
-    def period(self) -> float:
-        return float(self.spec.get("periodSeconds") or 10)
-
-    @property
-    def timeout(self) -> float:
-        return float(self.spec.get("timeoutSeconds") or 1)
-
-    @property
-    def success_threshold(self) -> int:
-        return int(self.spec.get("successThreshold") or 1)
-
-    @property
-    def failure_threshold(self) -> int:
-        return int(self.spec.get("failureThreshold") or 3)
+    # kubelet's defaults for what the probe does not say
+    initial_delay = _setting("initialDelaySeconds", 0, float)
+    period = _setting("periodSeconds", 10, float)
+    timeout = _setting("timeoutSeconds", 1, float)
+    success_threshold = _setting("successThreshold", 1, int)
+    failure_threshold = _setting("failureThreshold", 3, int)
 
     async def check(self, env: Mapping[str, str] | None = None, session: aiohttp.ClientSession | None = None
                     ) -> tuple[bool, str]:

@@ -15,17 +15,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from turnout.procgroup import POLL, alive, signal_group, stop_group
+
 RUNNER = str(Path(__file__).with_name("runner.py"))
 #: kubelet's termination message limits for FallbackToLogsOnError
 TAIL_LINES = 80
 TAIL_BYTES = 2048
-POLL = 0.2
 
 
 @dataclass
@@ -39,27 +39,6 @@ class ProcessRecord:
     log: str
     exit_file: str
     argv: list[str]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def group_alive(pgid: int) -> bool:
-    """True while any process of the group exists (zombies of our own children included)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _command_line(pid: int) -> str:
@@ -122,7 +101,7 @@ class ContainerProcess:
     @classmethod
     def adopt(cls, record: ProcessRecord) -> ContainerProcess | None:
         """The process of an earlier agent, if it still runs and is what the record says."""
-        if not _alive(record.pid) or record.marker not in _command_line(record.pid):
+        if not alive(record.pid) or record.marker not in _command_line(record.pid):
             return None
         return cls(record, None)
 
@@ -141,14 +120,14 @@ class ContainerProcess:
     def running(self) -> bool:
         if self._proc is not None:
             return self._proc.returncode is None
-        return _alive(self.record.pid)
+        return alive(self.record.pid)
 
     async def wait(self) -> dict[str, Any]:
         """Wait for the runner to end; ``{"exitCode", "finishedAt", "error"}``."""
         if self._proc is not None:
             code = await self._proc.wait()
         else:
-            while _alive(self.record.pid):
+            while alive(self.record.pid):
                 await asyncio.sleep(POLL)
             code = None
         result = self.exit_result()
@@ -166,28 +145,13 @@ class ContainerProcess:
             return None
 
     def signal_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.record.pid, signum)
+        signal_group(self.record.pid, signum)
 
     async def stop(self, grace: float) -> None:
         """SIGTERM the group, SIGKILL it after ``grace`` seconds, return once no process of it is left."""
-        self.signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + max(0.0, grace)
-        while self._group_left() and time.monotonic() < deadline:
-            await asyncio.sleep(POLL)
-        while self._group_left():
-            self.signal_group(signal.SIGKILL)
-            await asyncio.sleep(POLL / 4)
-        if self._proc is not None:
-            await self._proc.wait()
-
-    def _group_left(self) -> bool:
-        if self._proc is not None and self._proc.returncode is None:
-            return True  # our child (possibly a zombie until waited)
-        return group_alive(self.record.pid)
+        await stop_group(self.record.pid, grace, self._proc)
 
 
 def kill_group(pgid: int) -> None:
     """SIGKILL a leftover group (an earlier agent's container whose pod is gone)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+    signal_group(pgid, signal.SIGKILL)

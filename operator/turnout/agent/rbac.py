@@ -16,14 +16,8 @@ ClusterRole granting :data:`RULES`; bind it to the user ``system:node:<name>`` o
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-
-import yaml
-
+from turnout.kube import rbac
 from turnout.kube.rbac import Rule
-from turnout.kube.rbac import cluster_role as _cluster_role
 
 RULES: tuple[Rule, ...] = (
     Rule("", "nodes", ("get", "create", "patch"), "register this node: labels, taint, capacity"),
@@ -68,18 +62,13 @@ def bootstrap_bindings() -> list[dict[str, object]]:
 
 def cluster_role(name: str = "turnout-agent") -> dict[str, object]:
     """A ClusterRole granting exactly :data:`RULES`, for clusters without the Node authorizer."""
-    return _cluster_role(name, RULES)
+    return rbac.cluster_role(name, RULES)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print the host agent's API calls as a ClusterRole, for a cluster "
-                                                 "without the Node authorizer (bind it to system:node:<name>).")
-    parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
-    parser.add_argument("--name", default="turnout-agent")
-    ns = parser.parse_args(argv)
-    role = cluster_role(ns.name)
-    sys.stdout.write(json.dumps(role, indent=2) + "\n" if ns.output == "json" else yaml.safe_dump(role))
-    return 0
+    return rbac.main(argv, description="Print the host agent's API calls as a ClusterRole, for a cluster without "
+                                       "the Node authorizer (bind it to system:node:<name>).",
+                     name="turnout-agent", build=lambda name, _: [cluster_role(name)])
 
 
 if __name__ == "__main__":

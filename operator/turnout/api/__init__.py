@@ -1,6 +1,7 @@
 """The ModelDeployment API (turnout.dev/v1alpha1): typed models, the one source of the CRD."""
 
 from turnout.api.types import (
+    API_VERSION,
     GROUP,
     KIND,
     PLURAL,
@@ -20,6 +21,7 @@ from turnout.api.types import (
 )
 
 __all__ = [
+    "API_VERSION",
     "GROUP",
     "KIND",
     "PLURAL",

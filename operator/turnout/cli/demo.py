@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 from importlib import resources
 
@@ -12,6 +11,7 @@ import yaml
 from turnout import local
 from turnout.api import ModelDeployment
 from turnout.cli.up import pick, start
+from turnout.freeport import free_port
 
 DEMO_FILE = "tiny-chat.yaml"  # the copy of examples/tiny-chat.yaml shipped in the package
 
@@ -29,12 +29,6 @@ def bundled() -> ModelDeployment:
     return ModelDeployment.model_validate(yaml.safe_load(text))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run(args: argparse.Namespace) -> int:
     from turnout.cli import CLIError
 
@@ -44,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("the demo talks to the server with the openai client: pip install openai") from None
     md = pick(args.filename, None) if args.filename else bundled()
     try:
-        server = start(md, "127.0.0.1", _free_port(), args.timeout)
+        server = start(md, "127.0.0.1", free_port(), args.timeout)
     except local.LocalError as exc:
         raise CLIError(str(exc)) from None
     try:

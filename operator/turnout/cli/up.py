@@ -19,6 +19,7 @@ from pathlib import Path
 from turnout import local
 from turnout.api import ModelDeployment
 from turnout.cli.plan import load_deployments
+from turnout.freeport import free_port
 from turnout.progress import Step
 
 DEFAULT_PORT = 8000
@@ -151,7 +152,7 @@ def run_several(files: list[str], args: argparse.Namespace) -> int:
     try:
         for md in mds:
             try:
-                servers[md.served_name] = start(md, "127.0.0.1", local.free_port(), args.timeout)
+                servers[md.served_name] = start(md, "127.0.0.1", free_port(), args.timeout)
             except local.LocalError as exc:
                 raise CLIError(str(exc)) from None
         url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"

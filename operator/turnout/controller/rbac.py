@@ -12,16 +12,23 @@ host agent's declaration).
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-
-import yaml
-
 from turnout.api import GROUP, PLURAL
+from turnout.kube import rbac
 from turnout.kube.rbac import Rule
-from turnout.kube.rbac import cluster_role as _cluster_role
-from turnout.kube.rbac import role as _role
+
+
+def _applied(group: str, plural: str, one: str, *, follow: str, apply: str, prune: str) -> tuple[Rule, ...]:
+    """The rules of a child kind the operator follows, applies (server-side) and prunes."""
+    return (
+        Rule(group, plural, ("list", "watch"), follow),
+        Rule(group, plural, ("patch",), apply),
+        # A server-side apply is a PATCH, but one that creates the object is authorized as create as well: the API
+        # server refuses it (403) without that verb, though no request of the operator is a POST for these kinds.
+        Rule(group, plural, ("create",), f"server-side apply of {one} not there yet (authorized as create)",
+             observed=False),
+        Rule(group, plural, ("delete",), prune),
+    )
+
 
 RULES: tuple[Rule, ...] = (
     Rule(GROUP, PLURAL, ("list", "watch"), "watch ModelDeployments (kopf)"),
@@ -35,40 +42,23 @@ RULES: tuple[Rule, ...] = (
         observed=False,
     ),
     Rule("", "nodes", ("list", "watch"), "in-memory index of node hardware for the resolver"),
-    Rule("apps", "deployments", ("list", "watch"), "follow the model server Deployments' rollout"),
-    Rule("apps", "deployments", ("patch",), "server-side apply of the model server Deployment"),
-    Rule("", "services", ("list", "watch"), "know which Services are applied (spec-hash)"),
-    Rule("", "services", ("patch",), "server-side apply of the model Service"),
-    Rule("", "persistentvolumeclaims", ("list", "watch"), "know which cache claims are applied"),
-    Rule("", "persistentvolumeclaims", ("patch",), "server-side apply of the model cache claim"),
-    # A server-side apply is a PATCH, but one that creates the object is authorized as create as well: the API
-    # server refuses it (403) without that verb, though no request of the operator is a POST for these kinds.
-    Rule("apps", "deployments", ("create",), "server-side apply of a Deployment not there yet (authorized as "
-         "create)", observed=False),
-    Rule("", "services", ("create",), "server-side apply of a Service not there yet (authorized as create)",
-         observed=False),
-    Rule("", "persistentvolumeclaims", ("create",), "server-side apply of a cache claim not there yet (authorized "
-         "as create)", observed=False),
-    Rule("apps", "deployments", ("delete",), "prune a Deployment the current plan no longer uses"),
-    Rule("", "services", ("delete",), "prune a Service the current plan no longer uses"),
-    Rule("", "persistentvolumeclaims", ("delete",), "prune the cache claim when spec.cache no longer asks for it"),
-    Rule("leaderworkerset.x-k8s.io", "leaderworkersets", ("list", "watch"),
-         "follow the LeaderWorkerSets of multi-node plans (only while the cluster serves them)"),
-    Rule("leaderworkerset.x-k8s.io", "leaderworkersets", ("patch",),
-         "server-side apply of the LeaderWorkerSet of a multi-node plan"),
-    Rule("leaderworkerset.x-k8s.io", "leaderworkersets", ("create",), "server-side apply of a LeaderWorkerSet not "
-         "there yet (authorized as create)", observed=False),
-    Rule("leaderworkerset.x-k8s.io", "leaderworkersets", ("delete",),
-         "prune the LeaderWorkerSet when the plan fits one node again"),
-    Rule("inference.networking.k8s.io", "inferencepools", ("list", "watch"),
-         "follow the InferencePools of --inference-pool while the cluster serves them (so they are pruned when it "
-         "is off)"),
-    Rule("inference.networking.k8s.io", "inferencepools", ("patch",),
-         "server-side apply of a deployment's InferencePool (--inference-pool)"),
-    Rule("inference.networking.k8s.io", "inferencepools", ("create",), "server-side apply of an InferencePool not "
-         "there yet (authorized as create)", observed=False),
-    Rule("inference.networking.k8s.io", "inferencepools", ("delete",),
-         "prune an InferencePool when --inference-pool is off or the name changed"),
+    *_applied("apps", "deployments", "a Deployment", follow="follow the model server Deployments' rollout",
+              apply="server-side apply of the model server Deployment",
+              prune="prune a Deployment the current plan no longer uses"),
+    *_applied("", "services", "a Service", follow="know which Services are applied (spec-hash)",
+              apply="server-side apply of the model Service", prune="prune a Service the current plan no longer uses"),
+    *_applied("", "persistentvolumeclaims", "a cache claim", follow="know which cache claims are applied",
+              apply="server-side apply of the model cache claim",
+              prune="prune the cache claim when spec.cache no longer asks for it"),
+    *_applied("leaderworkerset.x-k8s.io", "leaderworkersets", "a LeaderWorkerSet",
+              follow="follow the LeaderWorkerSets of multi-node plans (only while the cluster serves them)",
+              apply="server-side apply of the LeaderWorkerSet of a multi-node plan",
+              prune="prune the LeaderWorkerSet when the plan fits one node again"),
+    *_applied("inference.networking.k8s.io", "inferencepools", "an InferencePool",
+              follow="follow the InferencePools of --inference-pool while the cluster serves them (so they are "
+              "pruned when it is off)",
+              apply="server-side apply of a deployment's InferencePool (--inference-pool)",
+              prune="prune an InferencePool when --inference-pool is off or the name changed"),
     Rule(GROUP, f"{PLURAL}/scale", ("patch",), "the autoscaler sets spec.replicas through the scale subresource"),
     Rule("discovery.k8s.io", "endpointslices", ("list",),
          "the autoscaler scrapes the ready model pods and gateway endpoints (EndpointSlices of their Services)"),
@@ -80,28 +70,21 @@ RULES: tuple[Rule, ...] = (
 
 def cluster_role(name: str = "turnout-operator", rules: tuple[Rule, ...] = RULES) -> dict[str, object]:
     """A ClusterRole granting exactly ``rules`` (the ``why`` is dropped: not a PolicyRule field)."""
-    return _cluster_role(name, rules)
+    return rbac.cluster_role(name, rules)
 
 
 def namespaced_roles(name: str, namespace: str) -> list[dict[str, object]]:
     """For an operator watching some namespaces: a Role there, and a ClusterRole for cluster-scoped rules."""
     local = tuple(r for r in RULES if not r.cluster_scoped)
     cluster = tuple(r for r in RULES if r.cluster_scoped)
-    return [cluster_role(f"{name}-cluster", cluster), _role(name, namespace, local)]
+    return [cluster_role(f"{name}-cluster", cluster), rbac.role(name, namespace, local)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print the operator's RBAC rules as Kubernetes objects.")
-    parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
-    parser.add_argument("--name", default="turnout-operator")
-    parser.add_argument("--namespace", help="print a Role for this namespace plus a ClusterRole for nodes")
-    ns = parser.parse_args(argv)
-    objs = namespaced_roles(ns.name, ns.namespace) if ns.namespace else [cluster_role(ns.name)]
-    if ns.output == "json":
-        sys.stdout.write(json.dumps(objs if ns.namespace else objs[0], indent=2) + "\n")
-    else:
-        sys.stdout.write(yaml.safe_dump_all(objs, sort_keys=False))
-    return 0
+    return rbac.main(argv, description="Print the operator's RBAC rules as Kubernetes objects.",
+                     name="turnout-operator",
+                     namespace_help="print a Role for this namespace plus a ClusterRole for nodes",
+                     build=lambda name, ns: namespaced_roles(name, ns) if ns else [cluster_role(name)])
 
 
 if __name__ == "__main__":

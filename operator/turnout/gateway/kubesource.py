@@ -1,10 +1,9 @@
 """The gateway's models from a cluster: ModelDeployments and their EndpointSlices, listed then watched.
 
-Each watched scope (a namespace, or the whole cluster) has two followers,
-one for ``modeldeployments`` and one for ``discovery.k8s.io`` EndpointSlices:
-list, then watch from the list's ``resourceVersion``, re-watch from the last
-version seen when a watch ends, re-list on ``410 Gone``, back off on other
-errors. An EndpointSlice belongs to the Service named in its
+Each watched scope (a namespace, or the whole cluster) has two informers
+(:class:`turnout.kube.informer.Informer`: list, watch, list again on ``410
+Gone``), one for ``modeldeployments`` and one for ``discovery.k8s.io``
+EndpointSlices. An EndpointSlice belongs to the Service named in its
 ``kubernetes.io/service-name`` label, which the operator names like the
 ModelDeployment (``turnout.render.manifests.child_name``); its ready
 endpoints' addresses with the slice's ``http`` port are where requests go.
@@ -26,21 +25,20 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from typing import Any
 
+from turnout.api import API_VERSION, PLURAL
 from turnout.gateway.registry import Model, Registry, SecretRef
 from turnout.gateway.routing import RoutingSpec
 from turnout.gateway.source import KeyUnavailable
 from turnout.kube import ApiError, KubeClient, api_path
+from turnout.kube.informer import Informer
 from turnout.render.manifests import PORT_NAME, child_name
 
 log = logging.getLogger("turnout.gateway")
 
-GROUP_VERSION = "turnout.dev/v1alpha1"
-PLURAL = "modeldeployments"
 SLICES = "discovery.k8s.io/v1"
 SERVICE_LABEL = "kubernetes.io/service-name"
 #: seconds an API key read from a Secret is used before it is read again
 KEY_TTL = 30.0
-MAX_BACKOFF = 30.0
 
 
 def model_from(md: Mapping[str, Any]) -> Model:
@@ -91,46 +89,6 @@ def _epoch(stamp: Any) -> int:
         return 0
 
 
-class _Follower:
-    """List then watch one collection; ``on_list(items)`` and ``on_event(type, object)`` apply what it sees."""
-
-    def __init__(self, client: KubeClient, path: str, on_list: Callable[[list[dict[str, Any]]], None],
-                 on_event: Callable[[str, dict[str, Any]], None], *, timeout_seconds: int = 300) -> None:
-        self.client, self.path = client, path
-        self.on_list, self.on_event = on_list, on_event
-        self.timeout_seconds = timeout_seconds
-        self.rv: str | None = None
-
-    async def list(self) -> None:
-        listing = await self.client.request("GET", self.path)
-        self.on_list(list(listing.get("items") or []))
-        self.rv = str((listing.get("metadata") or {}).get("resourceVersion") or "") or None
-
-    async def run(self) -> None:
-        backoff = 1.0
-        while True:
-            try:
-                if self.rv is None:
-                    await self.list()
-                params = {"resourceVersion": self.rv} if self.rv else {}
-                async for event in self.client.watch(self.path, params, timeout_seconds=self.timeout_seconds):
-                    kind, obj = event["type"], event["object"]
-                    rv = (obj.get("metadata") or {}).get("resourceVersion") if isinstance(obj, dict) else None
-                    if rv:
-                        self.rv = str(rv)
-                    if kind in ("ADDED", "MODIFIED", "DELETED"):
-                        self.on_event(kind, obj)
-                backoff = 1.0
-            except ApiError as exc:
-                if exc.status == 410:  # our version is too old: start over from a fresh list
-                    log.info("%s: watch expired (410); listing again", self.path)
-                    self.rv = None
-                    continue
-                log.warning("%s: %s; retrying in %.0f s", self.path, exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
-
-
 class KubeSource:
     """Models and endpoints from ModelDeployments and EndpointSlices in ``namespaces`` (None: all)."""
 
@@ -144,18 +102,19 @@ class KubeSource:
         self._key_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
         scopes: list[str | None] = list(self.namespaces) if self.namespaces is not None else [None]
-        self._followers = []
+        self._informers = []
         for ns in scopes:
-            self._followers.append(_Follower(client, api_path(GROUP_VERSION, PLURAL, ns),
-                                             self._lister_models(ns), self._on_model, timeout_seconds=watch_timeout))
-            self._followers.append(_Follower(client, api_path(SLICES, "endpointslices", ns),
-                                             self._lister_slices(ns), self._on_slice, timeout_seconds=watch_timeout))
+            self._informers.append(Informer(client, api_path(API_VERSION, PLURAL, ns), on_list=self._lister_models(ns),
+                                            on_event=self._on_model, timeout_seconds=watch_timeout))
+            self._informers.append(Informer(client, api_path(SLICES, "endpointslices", ns),
+                                            on_list=self._lister_slices(ns), on_event=self._on_slice,
+                                            timeout_seconds=watch_timeout))
 
     async def start(self) -> None:
         """List everything once (so the first request finds its model), then follow the watches."""
-        for follower in self._followers:
-            await follower.list()
-        self._tasks = [asyncio.create_task(f.run()) for f in self._followers]
+        for informer in self._informers:
+            await informer.list()
+        self._tasks = [asyncio.create_task(i.run()) for i in self._informers]
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -209,7 +168,7 @@ class KubeSource:
 
     async def wake(self, model: Model) -> None:
         """Scale a ModelDeployment from zero to one replica through its ``scale`` subresource."""
-        await self.client.merge_patch(api_path(GROUP_VERSION, PLURAL, model.namespace, model.name, "scale"),
+        await self.client.merge_patch(api_path(API_VERSION, PLURAL, model.namespace, model.name, "scale"),
                                       {"spec": {"replicas": 1}})
 
     async def api_key(self, model: Model) -> bytes | None:

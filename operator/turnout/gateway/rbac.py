@@ -9,14 +9,9 @@ prints them as a ClusterRole.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-
-import yaml
-
 from turnout.api import GROUP, PLURAL
-from turnout.kube.rbac import Rule, merged
+from turnout.kube import rbac
+from turnout.kube.rbac import Rule
 
 RULES: tuple[Rule, ...] = (
     Rule(GROUP, PLURAL, ("list", "watch"), "served names, routing, apiKeySecretRef and replicas of every model"),
@@ -26,31 +21,20 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def _rules() -> list[dict[str, object]]:
-    return [{k: v for k, v in rule.items() if k != "why"} for rule in merged(RULES)]
-
-
 def cluster_role(name: str = "turnout-gateway") -> dict[str, object]:
     """A ClusterRole granting exactly :data:`RULES`."""
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
-            "rules": _rules()}
+    return rbac.cluster_role(name, RULES)
 
 
 def role(name: str, namespace: str) -> dict[str, object]:
     """A Role granting :data:`RULES` in one namespace (every rule is on a namespaced resource)."""
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": name, "namespace": namespace}, "rules": _rules()}
+    return rbac.role(name, namespace, RULES)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print the gateway's RBAC rules as a ClusterRole (or Role).")
-    parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
-    parser.add_argument("--name", default="turnout-gateway")
-    parser.add_argument("--namespace", help="print a Role for this namespace instead")
-    ns = parser.parse_args(argv)
-    obj = role(ns.name, ns.namespace) if ns.namespace else cluster_role(ns.name)
-    sys.stdout.write(json.dumps(obj, indent=2) + "\n" if ns.output == "json" else yaml.safe_dump(obj, sort_keys=False))
-    return 0
+    return rbac.main(argv, description="Print the gateway's RBAC rules as a ClusterRole (or Role).",
+                     name="turnout-gateway", namespace_help="print a Role for this namespace instead",
+                     build=lambda name, ns: [role(name, ns) if ns else cluster_role(name)])
 
 
 if __name__ == "__main__":

@@ -23,14 +23,16 @@ import bisect
 import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, get_args
+
+from pydantic import ValidationError
+
+from turnout import api
+from turnout.api.types import RoutingStrategy
 
 LEAST_REQUESTS = "LeastRequests"
 PREFIX_HASH = "PrefixHash"
-STRATEGIES = (LEAST_REQUESTS, PREFIX_HASH)
-DEFAULT_PREFIX_CHARS = 100
-DEFAULT_LOAD_FACTOR = 1.25
+STRATEGIES: tuple[str, ...] = get_args(RoutingStrategy)
 #: virtual nodes per endpoint on the ring: more spreads prefixes more evenly, at build cost only
 VNODES = 100
 
@@ -43,26 +45,22 @@ class Keyed(Protocol):
 E = TypeVar("E", bound=Keyed)
 
 
-@dataclass(frozen=True)
-class RoutingSpec:
-    """``spec.routing`` of a ModelDeployment, defaults filled in."""
+class RoutingSpec(api.RoutingSpec):
+    """``spec.routing`` of a ModelDeployment: the API's type (its defaults and bounds), read leniently."""
 
-    strategy: str = LEAST_REQUESTS
-    prefix_chars: int = DEFAULT_PREFIX_CHARS
-    load_factor: float = DEFAULT_LOAD_FACTOR
+    @property
+    def prefix_chars(self) -> int:
+        """How many leading characters of the prompt PrefixHash hashes (``prefixCharLength``)."""
+        return self.prefix_char_length
 
     @classmethod
     def from_spec(cls, routing: Mapping[str, Any] | None) -> RoutingSpec:
-        """From the raw ``spec.routing`` dict (unknown strategies fall back to LeastRequests)."""
-        routing = routing or {}
-        strategy = routing.get("strategy") or LEAST_REQUESTS
-        chars = routing.get("prefixCharLength")
-        factor = routing.get("loadFactor")
-        return cls(
-            strategy=strategy if strategy in STRATEGIES else LEAST_REQUESTS,
-            prefix_chars=int(chars) if isinstance(chars, int) and chars > 0 else DEFAULT_PREFIX_CHARS,
-            load_factor=float(factor) if isinstance(factor, (int, float)) and factor > 1 else DEFAULT_LOAD_FACTOR,
-        )
+        """From the raw ``spec.routing`` dict; one the CRD would refuse (the API server never serves it) gives the
+        defaults."""
+        try:
+            return cls.model_validate(routing or {})
+        except ValidationError:
+            return cls()
 
 
 def point(data: str) -> int:

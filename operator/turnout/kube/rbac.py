@@ -1,13 +1,19 @@
 """RBAC rules as the operator and the host agent declare them, and the PolicyRules they become.
 
-Each program declares its rules once (:mod:`turnout.controller.rbac`, :mod:`turnout.agent.rbac`);
-the chart, ``python -m ... rbac`` and the tests that match recorded requests against the rules all
-read those declarations through these helpers.
+Each program declares its rules once (:mod:`turnout.controller.rbac`, :mod:`turnout.agent.rbac`,
+:mod:`turnout.gateway.rbac`); the chart, ``python -m ... rbac`` (:func:`main`) and the tests that
+match recorded requests against the rules all read those declarations through these helpers.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import yaml
 
 #: Resources without a namespace: a namespaced install still needs a ClusterRole for these.
 CLUSTER_SCOPED = frozenset({"nodes"})
@@ -77,3 +83,24 @@ def role(name: str, namespace: str, rules: tuple[Rule, ...]) -> dict[str, object
         "metadata": {"name": name, "namespace": namespace},
         "rules": policy_rules(rules),
     }
+
+
+def main(argv: list[str] | None, *, description: str, name: str,
+         build: Callable[[str, str | None], list[dict[str, object]]], namespace_help: str | None = None) -> int:
+    """``python -m <program>.rbac``: print ``build(name, namespace)`` as YAML documents or JSON.
+
+    Without ``namespace_help`` there is no ``--namespace`` (``build`` gets None). JSON prints a lone
+    object as itself and several as a list.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    parser.add_argument("--name", default=name)
+    if namespace_help:
+        parser.add_argument("--namespace", help=namespace_help)
+    ns = parser.parse_args(argv)
+    objs = build(ns.name, getattr(ns, "namespace", None))
+    if ns.output == "json":
+        sys.stdout.write(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2) + "\n")
+    else:
+        sys.stdout.write(yaml.safe_dump_all(objs, sort_keys=False))
+    return 0

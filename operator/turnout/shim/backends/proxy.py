@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from abc import abstractmethod
@@ -29,6 +28,8 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any, ClassVar
 
 from turnout.aio import wait_for
+from turnout.freeport import free_port
+from turnout.procgroup import terminate_async
 from turnout.shim.backends.base import Backend, Health, State, Stream
 from turnout.shimargs import ShimArgs
 from turnout.wire.client import EngineConnectionError, EnginePool, EngineProtocolError, EngineResponse
@@ -44,13 +45,6 @@ STOP_GRACE_SECONDS = 15.0
 PROBE_ENV = "TURNOUT_ENGINE_PROBE_SECONDS"
 PROBE_INTERVAL = 5.0
 PROBE_FAILURES = 3
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def local_model_ref(model: str) -> str:
@@ -305,20 +299,8 @@ class ProxyBackend(Backend):
 
     async def _terminate(self) -> None:
         """SIGTERM the engine's process group, SIGKILL it after a grace period."""
-        proc = self.proc
-        if proc is None:
-            return
-        pgid = proc.pid  # start_new_session: the child leads its own group
-        _killpg(pgid, signal.SIGTERM)
-        if proc.returncode is None:
-            try:
-                await wait_for(proc.wait(), STOP_GRACE_SECONDS)
-            except asyncio.TimeoutError:
-                log.warning("%s did not stop within %.0f s; killing it", self.engine, STOP_GRACE_SECONDS)
-        # Whatever is left in the group (the engine's workers) goes too.
-        _killpg(pgid, signal.SIGKILL)
-        if proc.returncode is None:
-            await proc.wait()
+        if self.proc is not None and not await terminate_async(self.proc, STOP_GRACE_SECONDS):
+            log.warning("%s did not stop within %.0f s; killed it", self.engine, STOP_GRACE_SECONDS)
 
     # -- requests --------------------------------------------------------------------
 
@@ -416,8 +398,3 @@ class ProxyBackend(Backend):
                                f"{self._message or exc}", status=503, type="service_unavailable",
                                code="engine_dead")
         return stream_error(self.engine, exc)
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
