@@ -3,7 +3,8 @@
 Runs where the cluster has a node with a real container runtime (``status.nodeInfo.containerRuntimeVersion``
 of containerd, CRI-O or Docker; fake and host-agent nodes do not count) whose runtime this machine can load
 images into (:mod:`nodeimages`); skipped with the reason elsewhere. A node with taints is tolerated by the
-specs here and by the chart's pods; nothing else is changed in the examples.
+specs here and by the chart's pods; nothing else is changed in the examples. Every other node (the other
+tiers' fake nodes) is cordoned while this tier runs, so the examples resolve for the real node alone.
 
 The journey (one test, in the order a user takes it):
 
@@ -73,6 +74,24 @@ def real_node() -> dict[str, Any]:
     if why:
         pytest.skip(why)
     return node
+
+
+@pytest.fixture(scope="module", autouse=True)
+def only_the_real_node(real_node: dict[str, Any]) -> Iterator[None]:
+    """Cordon every other node for this tier, as an admin keeps a model off nodes it must not use.
+
+    The other tiers' fake nodes (kwok, with fake GPUs) stay in the cluster for the session; the operator
+    counts only schedulable nodes, so the examples resolve for the real node alone, as on a one-node cluster.
+    """
+    cordoned = []
+    for node in (get_json("nodes") or {}).get("items", []):
+        name = node["metadata"]["name"]
+        if name != real_node["metadata"]["name"] and not node.get("spec", {}).get("unschedulable"):
+            kubectl("cordon", name)
+            cordoned.append(name)
+    yield
+    for name in cordoned:
+        kubectl("uncordon", name, check=False)
 
 
 @pytest.fixture(scope="module")
