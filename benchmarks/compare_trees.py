@@ -10,7 +10,10 @@ direct engine, this tree's shim. Rows are the medians of per-pair ratios
 at full speed and at a fixed 50 tokens/s per stream (``standin_engine.py``
 behind ``--engine vllm``), with the shim's CPU per 1,000 chunks, and
 llama.cpp through the shim ÷ llama.cpp's own server (``llamacpp_direct.py``)
-at 1 and 8 streams. The load average is recorded before and after each part.
+at 1 and 8 streams; and the gateway (each tree's ``benchmarks/gateway_static.py``
+over one fast stand-in engine) ÷ the engine direct, with its added TTFT. The
+load average is recorded before and after each part. For the gateway part the
+baseline tree needs its ``benchmarks/`` too (``git archive <base> operator benchmarks``).
 """
 
 from __future__ import annotations
@@ -126,6 +129,64 @@ def llamacpp(trees: dict[str, Path], duration: float, reps: int, tokens: int) ->
             p.stop()
 
 
+def gateway(trees: dict[str, Path], concurrencies: list[int], duration: float, reps: int) -> dict[str, Any]:
+    """Each tree's gateway over one fast stand-in: through ÷ direct, TTFT p50 added, gateway CPU per chunk."""
+    from bench_gateway import PACES as GW_PACES
+    from bench_gateway import STANDIN
+
+    delay, tokens = GW_PACES["fast"]
+    eport = free_port()
+    procs: list[Proc] = []
+    try:
+        engine = start_proc("compare-gateway-standin", [PYTHON, str(ROOT / "benchmarks" / "standin_engine.py"),
+                                                         "--port", str(eport), "--served-model-name", STANDIN,
+                                                         "--token-delay", str(delay)], eport, LOGS)
+        procs.append(engine)
+        wait_ready(engine, "/health", timeout=60)
+        gws = {}
+        for k, tree in trees.items():
+            port = free_port()
+            gw = start_proc(f"compare-{k}-gateway", [PYTHON, str(tree / "benchmarks" / "gateway_static.py"),
+                                                     "--port", str(port), "--model", f"{STANDIN}=127.0.0.1:{eport}",
+                                                     "--strategy", "LeastRequests"], port, LOGS, env=_env(tree))
+            procs.append(gw)
+            wait_ready(gw, "/health", timeout=60)
+            gws[k] = gw
+        body = {"model": STANDIN, "messages": [{"role": "user", "content": "hello"}], "max_tokens": tokens}
+        direct = f"http://127.0.0.1:{eport}/v1/chat/completions"
+        for gw in gws.values():
+            asyncio.run(stream_load(f"http://127.0.0.1:{gw.port}/v1/chat/completions", body, 1, 0.5))
+        warm = min(1.0, duration / 4)
+        load_before = load_average()
+        rows = []
+        for c in concurrencies:
+            ratios: dict[str, list[float]] = {k: [] for k in trees}
+            added: dict[str, list[float]] = {k: [] for k in trees}
+            cpu: dict[str, list[float]] = {k: [] for k in trees}
+            errors = dict.fromkeys(trees, 0)
+            for _ in range(reps):
+                for k, gw in gws.items():
+                    d = asyncio.run(stream_load(direct, body, c, duration, warmup=warm))
+                    t = asyncio.run(stream_load(f"http://127.0.0.1:{gw.port}/v1/chat/completions", body, c,
+                                                duration, warmup=warm, pid=gw.pid))
+                    if d.tokens_per_s:
+                        ratios[k].append(t.tokens_per_s / d.tokens_per_s)
+                    ds, ts = d.summary(), t.summary()
+                    if ds["ttft_p50_ms"] is not None and ts["ttft_p50_ms"] is not None:
+                        added[k].append(ts["ttft_p50_ms"] - ds["ttft_p50_ms"])
+                    cpu[k].append(ts["cpu_ms_per_1000_chunks"])
+                    errors[k] += d.errors + t.errors
+            rows.append({"concurrency": c, **{k: {"ratio": rnd(median(ratios[k])),
+                                                  "added_ttft_p50_ms": rnd(median(added[k]), 2),
+                                                  "cpu_ms_per_1000_chunks": rnd(median(cpu[k]), 2),
+                                                  "errors": errors[k]}
+                                              for k in trees}})
+        return {"rows": rows, "load_average": [load_before, load_average()]}
+    finally:
+        for p in procs:
+            p.stop()
+
+
 def table(out: dict[str, Any]) -> str:
     lines = ["| row | baseline | this tree | change |", "|---|---|---|---|"]
 
@@ -143,6 +204,12 @@ def table(out: dict[str, Any]) -> str:
         line(f"llama.cpp via shim ÷ llama-server, {r['streams']} streams", r["base"]["ratio"], r["new"]["ratio"])
         line(f"… shim process CPU ms per 1,000 chunks, llama.cpp compute included ({r['streams']})",
              r["base"].get("cpu_ms_per_1000_chunks"), r["new"].get("cpu_ms_per_1000_chunks"))
+    for r in out.get("gateway", {}).get("rows", []):
+        c = r["concurrency"]
+        line(f"gateway, {c} streams: through ÷ direct", r["base"]["ratio"], r["new"]["ratio"])
+        line(f"… gateway added TTFT p50 ms ({c})", r["base"]["added_ttft_p50_ms"], r["new"]["added_ttft_p50_ms"])
+        line(f"… gateway CPU ms per 1,000 chunks ({c})", r["base"]["cpu_ms_per_1000_chunks"],
+             r["new"]["cpu_ms_per_1000_chunks"])
     return "\n".join(lines)
 
 
@@ -153,7 +220,7 @@ def main() -> None:
     p.add_argument("--duration", type=float)
     p.add_argument("--reps", type=int)
     p.add_argument("--concurrency", type=int, action="append", help="proxy streams (default 1, 16, 64, 256)")
-    p.add_argument("--parts", default="fast,fixed,llamacpp", help="any of fast,fixed,llamacpp")
+    p.add_argument("--parts", default="fast,fixed,llamacpp,gateway", help="any of fast,fixed,llamacpp,gateway")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "compare.json")
     a = p.parse_args()
     duration = a.duration or (2.0 if a.quick else 5.0)
@@ -166,6 +233,8 @@ def main() -> None:
     out["proxy"] = [proxy(trees, pace, a.concurrency or [1, 16, 64, 256], duration, reps)
                     for pace in ("fast", "fixed") if pace in parts]
     out["llamacpp"] = llamacpp(trees, duration, reps, 64) if "llamacpp" in parts else {"rows": []}
+    if "gateway" in parts:
+        out["gateway"] = gateway(trees, a.concurrency or [1, 16, 64], duration, reps)
     out["load_average_end"] = load_average()
     out["wall_s"] = rnd(time.monotonic() - started, 1)
     a.out.parent.mkdir(parents=True, exist_ok=True)
