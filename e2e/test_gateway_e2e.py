@@ -215,7 +215,7 @@ def test_one_base_url_serves_a_llamacpp_and_a_transformers_model(operator: Opera
         # All of it as the ServiceAccount with the generated Role, which grants that and no more.
         md = "modeldeployments.turnout.dev"
         assert all(_can(namespace, verb, res, sub) for verb, res, sub in (
-            ("list", md, ""), ("watch", md, ""), ("patch", md, "scale"), ("list", "endpointslices", ""),
+            ("list", md, ""), ("watch", md, ""), ("get", md, "scale"), ("patch", md, "scale"), ("list", "endpointslices", ""),
             ("watch", "endpointslices", ""), ("get", "secrets", "")))
         assert not any(_can(namespace, verb, res, sub) for verb, res, sub in (
             ("patch", md, ""), ("delete", md, ""), ("list", "secrets", ""), ("list", "pods", "")))

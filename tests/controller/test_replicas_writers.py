@@ -157,3 +157,58 @@ async def test_a_user_edit_outside_the_bounds_is_corrected_at_the_next_tick(clus
     assert [m for r, m in cluster.events if r == "Autoscaled"] == [
         "scaled 8 → 3: maxReplicas is 3", "scaled 0 → 2: minReplicas is 2; average in-flight 4.0 over 0.001 s, "
         "target 2 per replica"]
+
+
+def scale_requests(cluster: Cluster, since: int) -> list[str]:
+    """The methods of the requests to the scale subresource since request ``since``, in order."""
+    return [str(r.method.value).upper() for r in cluster.fake.requests[since:] if r.subresource == "scale"]
+
+
+async def test_a_wake_at_zero_scales_to_one(cluster):
+    await cluster.create(replicas=0)
+    first = len(cluster.fake.requests)
+    await cluster.gateway_wakes()
+    assert cluster.replicas == 1
+    assert scale_requests(cluster, first) == ["GET", "PATCH"]
+
+
+async def test_a_wake_from_a_stale_view_never_scales_down(cluster):
+    """The gateway's watch still shows 0, the user has scaled to 3 since: the wake reads 3 and writes nothing."""
+    await cluster.create(replicas=0)
+    await cluster.kubectl_scale(3)
+    first = len(cluster.fake.requests)
+    await cluster.gateway_wakes()  # with the model as the watch showed it: replicas 0
+    assert cluster.replicas == 3
+    assert scale_requests(cluster, first) == ["GET"]
+
+
+async def test_a_scale_up_between_the_wakes_read_and_its_write_stands(cluster):
+    """The autoscaler (or the user) scales to 3 after the wake read 0: its patch is refused (409), it reads 3, stops."""
+    await cluster.create(replicas=0)
+    gate = cluster.fake.hold("PATCH", "modeldeployments")
+    first = len(cluster.fake.requests)
+    wake = asyncio.ensure_future(cluster.gateway_wakes())
+    await cluster.fake.wait_for(lambda: cluster.fake.held == 1, timeout=10, what="the wake's patch")
+
+    def scaled_up(obj: dict[str, Any]) -> dict[str, Any]:
+        obj["spec"] = {**obj["spec"], "replicas": 3}
+        return obj
+
+    await cluster.fake.modify(MDS, (NS, NAME), scaled_up)
+    gate.set()
+    await asyncio.wait_for(wake, 10)  # no error
+    assert cluster.replicas == 3
+    assert scale_requests(cluster, first) == ["GET", "PATCH", "GET"]
+
+
+async def test_two_concurrent_wakes_scale_to_one_without_an_error(cluster):
+    """Two gateway replicas both read 0: one patch wins, the other is refused (409), reads 1 and stops quietly."""
+    await cluster.create(replicas=0)
+    gate = cluster.fake.hold("PATCH", "modeldeployments")
+    first = len(cluster.fake.requests)
+    wakes = [asyncio.ensure_future(cluster.gateway_wakes()) for _ in range(2)]
+    await cluster.fake.wait_for(lambda: cluster.fake.held == 2, timeout=10, what="both wakes' patches")
+    gate.set()
+    assert await asyncio.wait_for(asyncio.gather(*wakes), 10) == [None, None]
+    assert cluster.replicas == 1
+    assert sorted(scale_requests(cluster, first)) == ["GET", "GET", "GET", "PATCH", "PATCH"]

@@ -116,9 +116,9 @@ async def test_scale_from_zero_holds_requests_and_wakes_once(fake, gateway, star
     await fake.put_object(SLICES, endpoint_slice("sleepy", "sleepy-1", [port]))  # the pod is ready
     replies = await asyncio.wait_for(asyncio.gather(*asks), 10)
     assert {r.model for r in replies} == {"woken"}
-    patches = [r for r in fake.requests if r.subresource == "scale"]
-    assert [(str(r.method.value).upper(), r.name) for r in patches] == [("PATCH", "sleepy")]
-    assert patches[0].headers["Content-Type"].startswith("application/merge-patch+json")
+    scales = [r for r in fake.requests if r.subresource == "scale"]
+    assert [(str(r.method.value).upper(), r.name) for r in scales] == [("GET", "sleepy"), ("PATCH", "sleepy")]
+    assert scales[1].headers["Content-Type"].startswith("application/merge-patch+json")
 
 
 async def test_hold_timeout_and_queue_bound_answer_with_retry_after(fake, gateway) -> None:

@@ -147,8 +147,8 @@ subjects:
 - apiGroups: ["turnout.dev"]
   resources: ["modeldeployments"]
   verbs: ["list", "watch"]
-# wake a model scaled to zero (spec.replicas 0 -> 1) for a held request
+# wake a model scaled to zero (spec.replicas 0 -> 1, only from the 0 read) for a held request
 - apiGroups: ["turnout.dev"]
   resources: ["modeldeployments/scale"]
-  verbs: ["patch"]
+  verbs: ["get", "patch"]
 {{- end }}

@@ -8,8 +8,11 @@ EndpointSlices. An EndpointSlice belongs to the Service named in its
 ModelDeployment (``turnout.render.manifests.child_name``); its ready
 endpoints' addresses with the slice's ``http`` port are where requests go.
 
-A model scaled to zero is woken by a merge patch of its ``scale``
-subresource (``{"spec": {"replicas": 1}}``). A model with ``apiKeySecretRef``
+A model scaled to zero is woken through its ``scale`` subresource, from 0 to 1
+only: the Scale is read and, at 0, merge-patched to ``{"spec": {"replicas": 1}}``
+with the ``resourceVersion`` read, so a write the gateway's watch has not shown
+yet (a user's or the autoscaler's scale up, another gateway's wake) is never
+undone (see :meth:`KubeSource.wake`). A model with ``apiKeySecretRef``
 requires the key in that Secret, read with ``get`` and cached for
 :data:`KEY_TTL` seconds (a failed refresh keeps the previous key).
 """
@@ -39,6 +42,8 @@ SLICES = "discovery.k8s.io/v1"
 SERVICE_LABEL = "kubernetes.io/service-name"
 #: seconds an API key read from a Secret is used before it is read again
 KEY_TTL = 30.0
+#: reads of the Scale a wake makes while other writes keep refusing its patch (409) before it gives up
+WAKE_TRIES = 5
 
 
 def model_from(md: Mapping[str, Any]) -> Model:
@@ -167,9 +172,31 @@ class KubeSource:
     # ----- wake and keys ------------------------------------------------------------------------
 
     async def wake(self, model: Model) -> None:
-        """Scale a ModelDeployment from zero to one replica through its ``scale`` subresource."""
-        await self.client.merge_patch(api_path(API_VERSION, PLURAL, model.namespace, model.name, "scale"),
-                                      {"spec": {"replicas": 1}})
+        """Scale a ModelDeployment from zero to one replica through its ``scale`` subresource; never lower it.
+
+        ``model`` is the watch's view, which may be stale: the Scale is read, and only at 0 patched to 1
+        carrying the ``resourceVersion`` read. A write in between makes the API server refuse the patch
+        (409): the Scale is read again, and a deployment already at 1 or more is left as it is.
+        """
+        path = api_path(API_VERSION, PLURAL, model.namespace, model.name, "scale")
+        for attempt in range(1, WAKE_TRIES + 1):
+            scale = await self.client.get(path)
+            if scale is None:
+                log.info("not waking %s/%s: it no longer exists", model.namespace, model.name)
+                return
+            # autoscaling/v1 omits a spec.replicas of 0
+            replicas = (scale.get("spec") or {}).get("replicas") or 0
+            if replicas >= 1:
+                log.info("not waking %s/%s: it is at %d replicas already", model.namespace, model.name, replicas)
+                return
+            version = (scale.get("metadata") or {}).get("resourceVersion")
+            try:
+                await self.client.merge_patch(path, {"metadata": {"resourceVersion": version},
+                                                     "spec": {"replicas": 1}})
+                return
+            except ApiError as exc:
+                if exc.status != 409 or attempt == WAKE_TRIES:
+                    raise
 
     async def api_key(self, model: Model) -> bytes | None:
         ref = model.api_key

@@ -15,7 +15,8 @@ from turnout.kube.rbac import Rule
 
 RULES: tuple[Rule, ...] = (
     Rule(GROUP, PLURAL, ("list", "watch"), "served names, routing, apiKeySecretRef and replicas of every model"),
-    Rule(GROUP, f"{PLURAL}/scale", ("patch",), "wake a model scaled to zero (spec.replicas 0 -> 1) for a held request"),
+    Rule(GROUP, f"{PLURAL}/scale", ("get", "patch"),
+         "wake a model scaled to zero (spec.replicas 0 -> 1, only from the 0 read) for a held request"),
     Rule("discovery.k8s.io", "endpointslices", ("list", "watch"), "the model pods' ready endpoints to route to"),
     Rule("", "secrets", ("get",), "the Bearer key of a model with apiKeySecretRef (checked at the gateway)"),
 )
