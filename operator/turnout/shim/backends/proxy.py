@@ -1,7 +1,7 @@
 """Proxy backends: run an engine's own OpenAI server as a child process and forward to it.
 
 The engine listens on 127.0.0.1 on a free port. Requests are forwarded over
-persistent keep-alive connections (``_relay.EnginePool``, also used for the
+persistent keep-alive connections (``turnout.wire.client.EnginePool``, also used for the
 health probes); streamed answers are passed through as
 bytes in whole read buffers, cut only at SSE event boundaries, and parsed
 only where an event carries usage (to count tokens); the engine's
