@@ -11,6 +11,7 @@ import pytest
 import yaml
 from chartkit import CHART, ROOT
 
+from turnout.api import EngineReason
 from turnout.controller import status as st
 from turnout.controller.world import Problem
 
@@ -49,9 +50,10 @@ def test_health_check_on_argo_cd_style_test_cases(case: dict[str, Any]) -> None:
 
 
 def _planned(rollout: st.Rollout, desired: int = 2) -> dict[str, Any]:
-    return st.planned_status(generation=1, plan_fields={"engine": "vllm", "accelerator": "nvidia"},
-                             reason="vllm on nvidia", rejected=[], desired_replicas=desired, rollout=rollout,
-                             previous=None, now=NOW)
+    """A status the operator writes, as the API server (and so Argo CD) has it."""
+    return st.wire(st.planned_status(generation=1, plan_fields=st.plan_status(engine="vllm", accelerator="nvidia"),
+                                     reason="vllm on nvidia", rejected=[], desired_replicas=desired,
+                                     rollout=rollout, previous=None, now=NOW))
 
 
 def test_health_of_statuses_the_operator_writes() -> None:
@@ -68,15 +70,15 @@ def test_health_of_statuses_the_operator_writes() -> None:
     scaled_to_zero = _planned(st.Rollout(0, 0, 0, True, None), desired=0)
     assert health(md(scaled_to_zero))["status"] == "Healthy"
 
-    rejected = st.unresolved_status(phase="Failed", generation=1,
-                                    resolved=st.Cond("Resolved", "False", "Rejected", "no GPU node fits 70B"),
-                                    rejected=[{"engine": "vllm", "reason": "no GPU"}], rollout=None,
-                                    previous=None, now=NOW)
+    rejected = st.wire(st.unresolved_status(phase="Failed", generation=1,
+                                            resolved=st.Cond("Resolved", "False", "Rejected", "no GPU node fits 70B"),
+                                            rejected=[EngineReason(engine="vllm", reason="no GPU")], rollout=None,
+                                            previous=None, now=NOW))
     assert health(md(rejected)) == {"status": "Degraded", "message": "Rejected: no GPU node fits 70B"}
 
-    waiting = st.unresolved_status(phase="Resolving", generation=1,
-                                   resolved=st.Cond("Resolved", "Unknown", "WaitingForNodes", "no node yet"),
-                                   rejected=None, rollout=None, previous=None, now=NOW)
+    waiting = st.wire(st.unresolved_status(phase="Resolving", generation=1,
+                                           resolved=st.Cond("Resolved", "Unknown", "WaitingForNodes", "no node yet"),
+                                           rejected=None, rollout=None, previous=None, now=NOW))
     assert health(md(waiting)) == {"status": "Progressing", "message": "WaitingForNodes: no node yet"}
 
 

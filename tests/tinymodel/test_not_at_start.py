@@ -8,7 +8,7 @@ import sys
 
 import turnout
 
-ENTRY_MODULES = ("turnout.controller.app", "turnout.gateway.server", "turnout.agent.cli", "turnout.shim.app",
+ENTRY_MODULES = ("turnout.controller.run", "turnout.gateway.server", "turnout.agent.cli", "turnout.shim.app",
                  "turnout.cli")
 
 
