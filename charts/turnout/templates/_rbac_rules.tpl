@@ -145,9 +145,10 @@ subjects:
 
 {{/* The gateway's rules (turnout.gateway.rbac): a ClusterRole, or a Role per watched namespace. */}}
 {{- define "turnout.rbac.gatewayRules" }}
-# the Bearer key of a model with apiKeySecretRef (checked at the gateway)
+# the SHA-256 digests of the API keys the operator publishes (no other Secret)
 - apiGroups: [""]
   resources: ["secrets"]
+  resourceNames: ["turnout-gateway-keys"]
   verbs: ["get"]
 # the model pods' ready endpoints to route to
 - apiGroups: ["discovery.k8s.io"]
