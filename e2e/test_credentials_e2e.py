@@ -202,8 +202,10 @@ def test_operator_with_an_exec_plugin_and_the_generated_role(operator_paused, wo
         op.stop()
     assert int(runs.read_text()) >= 2, "the refused first token made the plugin run again"
     who = f"system:serviceaccount:{accounts}:turnout-operator"
+    # Secrets: get (the keys apiKeySecretRef names, hashed for the gateway), patch only the published digests.
     for verb, resource, allowed in (("watch", "nodes", "yes"), ("patch", "deployments.apps", "yes"),
-                                    ("delete", "nodes", "no"), ("get", "secrets", "no"),
+                                    ("delete", "nodes", "no"), ("get", "secrets", "yes"), ("list", "secrets", "no"),
+                                    ("patch", "secrets", "no"), ("patch", "secret/turnout-gateway-keys", "yes"),
                                     ("create", "pods", "no"), ("update", "deployments.apps", "no")):
         answer = kubectl("auth", "can-i", verb, resource, "-A", f"--as={who}", check=False).strip()
         assert answer == allowed, (verb, resource, answer)

@@ -215,13 +215,51 @@ def test_one_base_url_serves_a_llamacpp_and_a_transformers_model(operator: Opera
         # All of it as the ServiceAccount with the generated Role, which grants that and no more.
         md = "modeldeployments.turnout.dev"
         assert all(_can(namespace, verb, res, sub) for verb, res, sub in (
-            ("list", md, ""), ("watch", md, ""), ("get", md, "scale"), ("patch", md, "scale"), ("list", "endpointslices", ""),
-            ("watch", "endpointslices", ""), ("get", "secrets", "")))
+            ("list", md, ""), ("watch", md, ""), ("get", md, "scale"), ("patch", md, "scale"),
+            ("list", "endpointslices", ""), ("watch", "endpointslices", ""), ("get", f"secret/{KEYS_SECRET}", "")))
         assert not any(_can(namespace, verb, res, sub) for verb, res, sub in (
-            ("patch", md, ""), ("delete", md, ""), ("list", "secrets", ""), ("list", "pods", "")))
+            ("patch", md, ""), ("delete", md, ""), ("list", "secrets", ""), ("get", "secrets", ""),
+            ("get", "secret/user-api-key", ""), ("list", "pods", "")))
     finally:
         for name in models:  # the agents' port is free again for the next test's pods
             delete_and_wait(namespace, name)
+
+
+KEYS_SECRET = "turnout-gateway-keys"  # turnout.api.GATEWAY_KEYS_SECRET: the API key digests the operator publishes
+
+
+def test_the_gateways_cluster_role_reads_no_secret_but_the_published_key_digests(namespace: str) -> None:
+    """The generated ClusterRole (the chart's cluster-wide install) bound to a ServiceAccount: the API
+    server's authorizer lets it get ``turnout-gateway-keys`` in any namespace and no other Secret, kube-system's
+    included (``kubectl auth can-i`` as that identity)."""
+    name = f"turnout-gateway-e2e-{uuid.uuid4().hex[:6]}"
+    role = subprocess.run([sys.executable, "-m", "turnout.gateway.rbac", "--name", name],
+                          check=True, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": PACKAGE_ROOT}).stdout
+    assert yaml.safe_load(role)["kind"] == "ClusterRole"
+    try:
+        kubectl("apply", "-f", "-", stdin=role)
+        kubectl("create", "serviceaccount", name, "-n", namespace)
+        kubectl("create", "clusterrolebinding", name, f"--clusterrole={name}",
+                f"--serviceaccount={namespace}:{name}")
+        who = f"--as=system:serviceaccount:{namespace}:{name}"
+
+        def can(verb: str, resource: str, ns: str) -> str:
+            return kubectl("auth", "can-i", verb, resource, "-n", ns, who, check=False).strip()
+
+        for verb, resource, ns, allowed in (
+                ("get", f"secret/{KEYS_SECRET}", "kube-system", "yes"),
+                ("get", f"secret/{KEYS_SECRET}", namespace, "yes"),
+                ("get", "secret/bootstrap-token-abcdef", "kube-system", "no"),
+                ("get", "secret/user-api-key", namespace, "no"),
+                ("get", "secrets", "kube-system", "no"),
+                ("list", "secrets", "kube-system", "no"),
+                ("watch", "secrets", namespace, "no"),
+                ("patch", f"secret/{KEYS_SECRET}", namespace, "no")):
+            assert can(verb, resource, ns) == allowed, (verb, resource, ns)
+    finally:
+        kubectl("delete", "clusterrolebinding", name, "--ignore-not-found", check=False)
+        kubectl("delete", "clusterrole", name, "--ignore-not-found", check=False)
 
 
 class Load:

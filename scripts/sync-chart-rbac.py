@@ -49,6 +49,8 @@ def _block(rules: list[dict[str, object]]) -> str:
             out.append(f"# {why}")
         out.append(f"- apiGroups: {json.dumps(rule['apiGroups'])}")
         out.append(f"  resources: {json.dumps(rule['resources'])}")
+        if "resourceNames" in rule:
+            out.append(f"  resourceNames: {json.dumps(rule['resourceNames'])}")
         out.append(f"  verbs: {json.dumps(rule['verbs'])}")
     return "\n".join(out)
 

@@ -41,14 +41,15 @@ def _verb(request) -> str:
             "DELETE": "delete" if request.name else "deletecollection"}[method]
 
 
-def _api_use(requests) -> set[tuple[str, str, str]]:
-    """(api group, resource[/subresource], verb) of every resource request; discovery URLs excluded."""
+def _api_use(requests) -> set[tuple[str, str, str, str | None]]:
+    """(api group, resource[/subresource], verb, object name) of every resource request; discovery URLs
+    excluded."""
     used = set()
     for r in requests:
         if r.resource is None or not r.resource.plural:
             continue  # /api, /apis, /apis/GROUP/VERSION: discovery, granted to every authenticated user
         resource = r.resource.plural + (f"/{r.subresource}" if r.subresource else "")
-        used.add((r.resource.group or "", resource, _verb(r)))
+        used.add((r.resource.group or "", resource, _verb(r), r.name or None))
     return used
 
 
@@ -59,6 +60,13 @@ async def test_recorded_api_use_equals_the_declared_rbac(fake, operator_run):
     operator_run.options = Options(all_namespaces=True, metrics_port=0, health_port=0, inference_pool=True,
                                    gateway_metrics_urls=[gateway.url], autoscale_interval=0.2)
     await operator_run.start()
+    # An API key: the Secret it names read, its digest applied for the gateway.
+    await fake.put_object(("", "v1", "secrets"), {"metadata": {"name": "user-key", "namespace": NS},
+                                                  "data": {"api-key": "c2VjcmV0"}})
+    keyed = gguf_md("keyed")
+    keyed["spec"]["apiKeySecretRef"] = {"name": "user-key"}
+    await fake.put_object(MDS, keyed)
+    await fake.wait_for(lambda: fake.get(("", "v1", "secrets"), NS, "turnout-gateway-keys"), what="keys published")
     # Autoscaling: the pods' EndpointSlices listed, replicas written through the scale subresource.
     auto = gguf_md("auto")
     auto["spec"]["autoscaling"] = {"maxReplicas": 2, "targetInFlightPerReplica": 4}
@@ -110,20 +118,25 @@ async def test_recorded_api_use_equals_the_declared_rbac(fake, operator_run):
                and "apply-patch" in (r.headers.get("Content-Type") or "")}
     assert applied == {("apps", "deployments"), ("", "services"), ("", "persistentvolumeclaims"),
                        ("leaderworkerset.x-k8s.io", "leaderworkersets"),
-                       ("inference.networking.k8s.io", "inferencepools")}
-    used |= {(group, plural, "create") for group, plural in applied}
-    uncovered = sorted(u for u in used if covers(*u, RULES) is None)
+                       ("inference.networking.k8s.io", "inferencepools"), ("", "secrets")}
+    used |= {(group, plural, "create", None) for group, plural in applied}
+    uncovered = sorted(u for u in used if covers(*u[:3], RULES, name=u[3]) is None)
     assert uncovered == [], f"requests the RBAC rules do not allow: {uncovered}"
+    verbs_used = {u[:3] for u in used}
     unused = [(r.api_group, r.resource, v) for r in RULES if r.observed for v in r.verbs
-              if (r.api_group, r.resource, v) not in used]
+              if (r.api_group, r.resource, v) not in verbs_used]
     assert unused == [], f"declared rules the operator never used: {unused}"
 
 
 def test_cluster_role_merges_rules_and_says_why(capsys):
     role = cluster_role()
     assert role["kind"] == "ClusterRole"
-    keys = [(r["apiGroups"][0], r["resources"][0]) for r in role["rules"]]
-    assert len(keys) == len(set(keys)) == len({(r.api_group, r.resource) for r in RULES})
+    keys = [(r["apiGroups"][0], r["resources"][0], tuple(r.get("resourceNames", ()))) for r in role["rules"]]
+    assert len(keys) == len(set(keys)) == len({(r.api_group, r.resource, r.resource_names) for r in RULES})
+    secrets = [r for r in role["rules"] if r["resources"] == ["secrets"]]
+    assert secrets == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "get"]},
+                       {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["turnout-gateway-keys"],
+                        "verbs": ["patch"]}], "patch on no Secret but the digests the operator publishes"
     deployments = next(r for r in role["rules"] if r["resources"] == ["deployments"])
     assert deployments["verbs"] == ["create", "delete", "list", "patch", "watch"]
     assert main([]) == 0

@@ -166,11 +166,22 @@ async def test_client_disconnect_cancels_the_upstream_stream(fake, gateway, star
     await _until(lambda: app.registry.get("m").endpoints[0].in_flight == 0)
 
 
-async def test_api_keys_from_the_secret_and_the_gateway_key(fake, gateway, start_server, tmp_path) -> None:
+def published(digests: dict[str, bytes]) -> dict:
+    """``turnout-gateway-keys`` as the operator writes it (turnout.controller.keypublish) for these keys."""
+    from turnout.api import key_digest
+    from turnout.controller.keypublish import keys_secret
+
+    return keys_secret(NS, {name: key_digest(key) for name, key in digests.items()})
+
+
+async def test_api_keys_from_the_published_digests_and_the_gateway_key(fake, gateway, start_server,
+                                                                       tmp_path) -> None:
     upstream = Upstream("keyed")
     port = await start_server(upstream)
+    # The user's key Secret is there, but the gateway reads only the digests the operator published.
     await fake.put_object(SECRETS, {"metadata": {"name": "keys", "namespace": NS}, "type": "Opaque",
                                     "data": {"api-key": base64.b64encode(b"model-secret\n").decode()}})
+    await fake.put_object(SECRETS, published({"keyed": b"model-secret"}))
     await fake.put_object(MDS, model_deployment("keyed", api_key_secret="keys"))
     await fake.put_object(MDS, model_deployment("open"))
     await fake.put_object(MDS, model_deployment("lost", api_key_secret="missing"))
@@ -204,14 +215,52 @@ async def test_api_keys_from_the_secret_and_the_gateway_key(fake, gateway, start
             assert r.status_code == 200 and upstream.paths[-1] == path
             assert json.loads(upstream.requests[-1][1]) == {"model": "open", **body}, "the body as the client sent it"
         r = await ask("lost", "whatever")
-        assert r.status_code == 503 and "does not exist" in r.json()["error"]["message"]
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        error = r.json()["error"]
+        assert error["code"] == "api_key_unavailable" and "not published yet" in error["message"] \
+            and f"{NS}/turnout-gateway-keys" in error["message"] and f"{NS}/missing" in error["message"]
         assert (await http.get("/v1/models")).status_code == 401
         assert (await http.get("/v1/models", headers={"Authorization": "Bearer gateway-secret"})).status_code == 200
         metrics = (await http.get("/metrics")).text
     assert 'turnout_gateway_requests_total{code="401",deployment="keyed",model="keyed",namespace="models"} 3.0' \
         in metrics
     secret_reads = [r for r in fake.requests if r.resource is not None and r.resource.plural == "secrets"]
-    assert len([r for r in secret_reads if r.name == "keys"]) == 1, "the key is cached"
+    assert {r.name for r in secret_reads} == {"turnout-gateway-keys"}, "no other Secret is read"
+    assert len(secret_reads) <= 3, "the digests are cached (read again only for a model missing from them)"
+
+
+async def test_a_key_published_late_and_a_rotated_key(fake, gateway, start_server) -> None:
+    port = await start_server(Upstream("keyed"))
+    await fake.put_object(MDS, model_deployment("keyed", api_key_secret="keys"))
+    await fake.put_object(SLICES, endpoint_slice("keyed", "keyed-1", [port]))
+    url, app = await gateway()
+    app.source.key_ttl = 0.3
+    async with httpx.AsyncClient(base_url=url) as http:
+
+        async def ask(key: str) -> int:
+            r = await http.post("/v1/chat/completions", json={"model": "keyed", "messages": []},
+                                headers={"Authorization": f"Bearer {key}"})
+            return r.status_code
+
+        assert await ask("first") == 503, "not published yet: refused, never let through"
+        await fake.put_object(SECRETS, published({"keyed": b"first"}))
+        await _until_async(lambda: ask("first"), 200)
+        assert await ask("second") == 401
+        rotated = published({"keyed": b"second"})["data"]  # the operator followed a rotation
+        await fake.modify(SECRETS, (NS, "turnout-gateway-keys"), lambda o: {**o, "data": rotated})
+        await _until_async(lambda: ask("second"), 200)
+        assert await ask("first") == 401
+        fake.fail("GET", "secrets", 500, times=3)  # a failed refresh keeps the digests read before
+        await asyncio.sleep(0.4)
+        assert await ask("second") == 200
+
+
+async def _until_async(call, expected, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (got := await call()) != expected:
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"timed out waiting for {expected}, last {got}")
+        await asyncio.sleep(0.05)
 
 
 async def test_a_410_on_the_watch_lists_again(fake, gateway, start_server) -> None:
@@ -254,8 +303,7 @@ async def test_recorded_api_use_equals_the_declared_rbac(fake, gateway, start_se
     from turnout.kube.rbac import covers
 
     port = await start_server(Upstream("u"))
-    await fake.put_object(SECRETS, {"metadata": {"name": "keys", "namespace": NS},
-                                    "data": {"api-key": base64.b64encode(b"k").decode()}})
+    await fake.put_object(SECRETS, published({"keyed": b"k"}))
     await fake.put_object(MDS, model_deployment("keyed", replicas=0, api_key_secret="keys"))
     first = len(fake.requests)
     url, _ = await gateway(hold_timeout=10)
@@ -265,12 +313,15 @@ async def test_recorded_api_use_equals_the_declared_rbac(fake, gateway, start_se
         await fake.wait_for(lambda: fake.get(MDS, NS, "keyed")["spec"].get("replicas") == 1, timeout=10)
         await fake.put_object(SLICES, endpoint_slice("keyed", "keyed-1", [port]))
         assert (await ask).status_code == 200
-    used = {(r.resource.group or "", r.resource.plural + (f"/{r.subresource}" if r.subresource else ""), _verb(r))
-            for r in fake.requests[first:] if r.resource is not None and r.resource.plural}
-    uncovered = sorted(u for u in used if covers(*u, rules=RULES) is None)
+    used = {(r.resource.group or "", r.resource.plural + (f"/{r.subresource}" if r.subresource else ""), _verb(r),
+             r.name or None) for r in fake.requests[first:] if r.resource is not None and r.resource.plural}
+    uncovered = sorted(u for u in used if covers(*u[:3], rules=RULES, name=u[3]) is None)
     assert uncovered == [], f"requests the gateway's RBAC rules do not allow: {uncovered}"
-    unused = [(r.api_group, r.resource, v) for r in RULES for v in r.verbs if (r.api_group, r.resource, v) not in used]
+    verbs_used = {u[:3] for u in used}
+    unused = [(r.api_group, r.resource, v) for r in RULES for v in r.verbs if (r.api_group, r.resource, v)
+              not in verbs_used]
     assert unused == [], f"declared rules the gateway never used: {unused}"
+    assert covers("", "secrets", "get", RULES, name="keys") is None, "no Secret but the published digests"
 
 
 def test_rbac_prints_a_cluster_role_and_a_role(capsys) -> None:

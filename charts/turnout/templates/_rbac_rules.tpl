@@ -25,6 +25,16 @@
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
+# read the key a ModelDeployment's apiKeySecretRef names, to publish its SHA-256
+# server-side apply of turnout-gateway-keys not there yet (authorized as create, which RBAC cannot restrict by name)
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "get"]
+# server-side apply of the key digests the gateway reads (only that Secret)
+- apiGroups: [""]
+  resources: ["secrets"]
+  resourceNames: ["turnout-gateway-keys"]
+  verbs: ["patch"]
 # know which Services are applied (spec-hash)
 # server-side apply of the model Service
 # server-side apply of a Service not there yet (authorized as create)
@@ -135,9 +145,10 @@ subjects:
 
 {{/* The gateway's rules (turnout.gateway.rbac): a ClusterRole, or a Role per watched namespace. */}}
 {{- define "turnout.rbac.gatewayRules" }}
-# the Bearer key of a model with apiKeySecretRef (checked at the gateway)
+# the SHA-256 digests of the API keys the operator publishes (no other Secret)
 - apiGroups: [""]
   resources: ["secrets"]
+  resourceNames: ["turnout-gateway-keys"]
   verbs: ["get"]
 # the model pods' ready endpoints to route to
 - apiGroups: ["discovery.k8s.io"]

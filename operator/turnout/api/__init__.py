@@ -1,5 +1,6 @@
 """The ModelDeployment API (turnout.dev/v1alpha1): typed models, the one source of the CRD."""
 
+from turnout.api.gatewaykeys import GATEWAY_KEYS_SECRET, key_digest
 from turnout.api.types import (
     API_VERSION,
     GROUP,
@@ -22,6 +23,7 @@ from turnout.api.types import (
 
 __all__ = [
     "API_VERSION",
+    "GATEWAY_KEYS_SECRET",
     "GROUP",
     "KIND",
     "PLURAL",
@@ -38,4 +40,5 @@ __all__ = [
     "ModelSource",
     "RoutingSpec",
     "SecretKeyRef",
+    "key_digest",
 ]

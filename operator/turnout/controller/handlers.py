@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from turnout.api import GROUP, KIND, PLURAL, VERSION
+from turnout.controller.keypublish import KeyPublisher
 from turnout.controller.reconcile import IDX_CHILDREN, IDX_MDS, IDX_NODES, IDX_PODS, INDEX_IDS, Controller
 from turnout.controller.scaleloop import ScaleLoop
 from turnout.controller.world import (
@@ -105,6 +106,7 @@ def build_registry(
     watching: tuple[bool, bool],
     discovery_interval: float,
     scaler: ScaleLoop | None = None,
+    keys: KeyPublisher | None = None,
     tune: Callable[[kopf.OperatorSettings], None] | None = None,
     restart: asyncio.Event | None = None,
 ) -> kopf.OperatorRegistry:
@@ -114,7 +116,8 @@ def build_registry(
     starts, :meth:`Controller.watched_apis`). Every ``discovery_interval`` seconds discovery is asked again;
     when what is served differs, ``restart`` is set: kopf's watches are fixed at its start, so
     :func:`~turnout.controller.run.operate` starts it again. ``scaler``: the built-in autoscaler's loop, run
-    beside the handlers. ``tune`` may adjust kopf's settings after :func:`configure` (tests shorten timeouts).
+    beside the handlers; ``keys``: the API key digests' publisher, run beside them too and poked by every
+    ModelDeployment event. ``tune`` may adjust kopf's settings after :func:`configure` (tests shorten timeouts).
     """
     registry = kopf.OperatorRegistry()
     md_resource = (GROUP, VERSION, PLURAL)
@@ -149,6 +152,8 @@ def build_registry(
         discovery.append(asyncio.create_task(_rediscover(), name="turnout-discovery"))
         if scaler is not None:
             discovery.append(asyncio.create_task(scaler.run(controller.autoscaled), name="turnout-autoscaler"))
+        if keys is not None:
+            discovery.append(asyncio.create_task(keys.run(), name="turnout-key-publisher"))
         controller.queue.start()
 
     @kopf.on.cleanup(registry=registry)
@@ -206,6 +211,8 @@ def build_registry(
 
     @kopf.on.event(*md_resource, id="turnout_md_events", registry=registry)
     async def _md_event(type: str, namespace: str, name: str, uid: str, **_: Any) -> None:
+        if keys is not None:
+            keys.poke()
         if type == "DELETED":
             controller.forget(namespace, name, uid)
             if scaler is not None:

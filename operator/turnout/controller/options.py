@@ -53,6 +53,9 @@ class Options:
     discovery_interval: float = _option(60.0, "--discovery-interval", metavar="SECONDS",
                                         help="how often to ask API discovery whether LeaderWorkerSet and "
                                              "InferencePool are served (default: %(default)g)")
+    key_interval: float = _option(10.0, "--key-refresh-interval", metavar="SECONDS",
+                                  help="how often the API keys named by apiKeySecretRef are read again, so the "
+                                       "digests published to the gateway follow a rotated key (default: %(default)g)")
     gateway_metrics_urls: list[str] = field(default_factory=list, metadata=_flag(
         "--gateway-metrics-url", metavar="URL", group=AUTOSCALING,
         help="a turnout gateway's /metrics to read in-flight and queued requests from (repeatable)"))

@@ -12,7 +12,7 @@ host agent's declaration).
 
 from __future__ import annotations
 
-from turnout.api import GROUP, PLURAL
+from turnout.api import GATEWAY_KEYS_SECRET, GROUP, PLURAL
 from turnout.kube import rbac
 from turnout.kube.rbac import Rule
 
@@ -63,6 +63,11 @@ RULES: tuple[Rule, ...] = (
     Rule("discovery.k8s.io", "endpointslices", ("list",),
          "the autoscaler scrapes the ready model pods and gateway endpoints (EndpointSlices of their Services)"),
     Rule("", "pods", ("list", "watch"), "detect CrashLoopBackOff, ImagePullBackOff, OOMKilled, Unschedulable"),
+    Rule("", "secrets", ("get",), "read the key a ModelDeployment's apiKeySecretRef names, to publish its SHA-256"),
+    Rule("", "secrets", ("patch",), "server-side apply of the key digests the gateway reads (only that Secret)",
+         resource_names=(GATEWAY_KEYS_SECRET,)),
+    Rule("", "secrets", ("create",), f"server-side apply of {GATEWAY_KEYS_SECRET} not there yet (authorized as "
+         "create, which RBAC cannot restrict by name)", observed=False),
     Rule("events.k8s.io", "events", ("create",), "Events: engine selected, rejected, rollout started, degraded"),
     Rule("", "events", ("create",), "kopf's own warning Events (a handler that failed)", observed=False),
 )

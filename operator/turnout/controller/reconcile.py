@@ -228,6 +228,10 @@ class Controller:
         return [body for store in self._index(IDX_MDS).values() for body in store
                 if (body.get("spec") or {}).get("autoscaling")]
 
+    def deployments(self) -> list[dict[str, Any]]:
+        """Every ModelDeployment, as the watch last showed it."""
+        return [body for store in self._index(IDX_MDS).values() for body in store]
+
     def md_keys(self) -> list[Key]:
         return sorted(self._index(IDX_MDS).keys())
 

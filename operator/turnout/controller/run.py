@@ -19,6 +19,7 @@ import kopf
 from turnout.config import ConfigError, OperatorConfig, load_config
 from turnout.controller import metrics as metrics_mod
 from turnout.controller.handlers import build_registry
+from turnout.controller.keypublish import KeyPublisher
 from turnout.controller.options import Options, add_arguments, options_from
 from turnout.controller.reconcile import Controller
 from turnout.controller.scaleloop import ScaleLoop, Settings, parse_service
@@ -68,6 +69,8 @@ async def operate(
                            post_event=controller.event)
     else:
         logger.warning("--peering: the built-in autoscaler (spec.autoscaling) is off; use an HPA or KEDA")
+    # Idempotent applies of the same digests: every replica may publish, the leader or not.
+    keys = KeyPublisher(controller.client, controller.deployments, controller.event, interval=options.key_interval)
     runner = None
     if options.metrics_port:
         runner = await metrics_mod.serve(controller.metrics, options.bind_address, options.metrics_port)
@@ -93,8 +96,8 @@ async def operate(
             relay = asyncio.create_task(_relay())
             try:
                 await kopf.operator(
-                    registry=build_registry(controller, watching=watching, scaler=scaler, tune=tune, restart=restart,
-                                            discovery_interval=options.discovery_interval),
+                    registry=build_registry(controller, watching=watching, scaler=scaler, keys=keys, tune=tune,
+                                            restart=restart, discovery_interval=options.discovery_interval),
                     clusterwide=options.all_namespaces,
                     namespaces=[] if options.all_namespaces else options.namespaces,
                     standalone=options.peering is None,
@@ -158,6 +161,8 @@ def run_operator(options: Options) -> int:
         return 2
     try:
         autoscaler_settings(options)
+        if options.key_interval <= 0:
+            raise ValueError("--key-refresh-interval must be positive")
     except ValueError as exc:
         print(f"turnout operator: {exc}", file=sys.stderr)
         return 2

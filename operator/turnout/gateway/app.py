@@ -30,6 +30,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from turnout.aio import wait_for
+from turnout.api import key_digest
 from turnout.gateway.metrics import GatewayMetrics, ModelMetrics
 from turnout.gateway.registry import Endpoint, Model
 from turnout.gateway.routing import PREFIX_HASH, prompt_prefix
@@ -192,11 +193,11 @@ class GatewayApp:
                 raise self._unknown(name)
             return
         try:
-            key = await self.source.api_key(model)
+            digest = await self.source.api_key(model)
         except KeyUnavailable as exc:
             raise OpenAIError(f"cannot check the API key of {model.served!r}: {exc}", status=503,
                               code="api_key_unavailable", retry_after=RETRY_AFTER) from None
-        if key is not None and not hmac.compare_digest(token, key):
+        if digest is not None and not hmac.compare_digest(key_digest(token), digest):
             raise unauthorized()
 
     async def _serve(self, scope: Scope, send: Send, model: Model, body: dict[str, Any], raw: bytes, t0: float,

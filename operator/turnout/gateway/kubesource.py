@@ -13,8 +13,11 @@ only: the Scale is read and, at 0, merge-patched to ``{"spec": {"replicas": 1}}`
 with the ``resourceVersion`` read, so a write the gateway's watch has not shown
 yet (a user's or the autoscaler's scale up, another gateway's wake) is never
 undone (see :meth:`KubeSource.wake`). A model with ``apiKeySecretRef``
-requires the key in that Secret, read with ``get`` and cached for
-:data:`KEY_TTL` seconds (a failed refresh keeps the previous key).
+requires its key, which the gateway never reads: the operator publishes its
+SHA-256 in the namespace's Secret ``turnout-gateway-keys``
+(:mod:`turnout.controller.keypublish`), the only Secret the gateway may ``get``,
+read here and cached for :data:`KEY_TTL` seconds (a failed refresh keeps the
+digests read before).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from typing import Any
 
-from turnout.api import API_VERSION, PLURAL
+from turnout.api import API_VERSION, GATEWAY_KEYS_SECRET, PLURAL
 from turnout.gateway.registry import Model, Registry, SecretRef
 from turnout.gateway.routing import RoutingSpec
 from turnout.gateway.source import KeyUnavailable
@@ -40,8 +43,10 @@ log = logging.getLogger("turnout.gateway")
 
 SLICES = "discovery.k8s.io/v1"
 SERVICE_LABEL = "kubernetes.io/service-name"
-#: seconds an API key read from a Secret is used before it is read again
-KEY_TTL = 30.0
+#: seconds the published key digests of a namespace are used before they are read again
+KEY_TTL = 5.0
+#: seconds before a model missing from the digests read makes the gateway read them again
+MISS_RETRY = 1.0
 #: reads of the Scale a wake makes while other writes keep refusing its patch (409) before it gives up
 WAKE_TRIES = 5
 
@@ -103,8 +108,8 @@ class KubeSource:
         self.namespaces = sorted(set(namespaces)) if namespaces is not None else None
         self.registry = Registry()
         self.key_ttl = key_ttl
-        self._keys: dict[tuple[str, str, str], tuple[bytes, float]] = {}
-        self._key_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._keys: dict[str, tuple[dict[str, str], float]] = {}  # namespace -> (digests, when read)
+        self._key_locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
         scopes: list[str | None] = list(self.namespaces) if self.namespaces is not None else [None]
         self._informers = []
@@ -198,46 +203,53 @@ class KubeSource:
                 if exc.status != 409 or attempt == WAKE_TRIES:
                     raise
 
-    async def api_key(self, model: Model) -> bytes | None:
-        ref = model.api_key
-        if ref is None:
-            return None
-        cache_key = (model.namespace, ref.name, ref.key)
-        loop = asyncio.get_running_loop()
-        cached = self._keys.get(cache_key)
-        if cached is not None and loop.time() - cached[1] < self.key_ttl:
-            return cached[0]
-        lock = self._key_locks.setdefault(cache_key, asyncio.Lock())
-        async with lock:
-            cached = self._keys.get(cache_key)
-            if cached is not None and loop.time() - cached[1] < self.key_ttl:
-                return cached[0]
-            try:
-                key = await self._read_key(model.namespace, ref)
-            except KeyUnavailable as exc:
-                if cached is not None:
-                    log.warning("%s; keeping the key read before", exc)
-                    self._keys[cache_key] = (cached[0], loop.time())
-                    return cached[0]
-                raise
-            self._keys[cache_key] = (key, loop.time())
-            return key
+    async def api_key(self, model: Model) -> str | None:
+        """The hex SHA-256 of the key ``model`` requires, from its namespace's ``turnout-gateway-keys``.
 
-    async def _read_key(self, namespace: str, ref: SecretRef) -> bytes:
-        where = f"Secret {namespace}/{ref.name}"
+        The Secret is read at most every :attr:`key_ttl` seconds per namespace, and again (at most every
+        :data:`MISS_RETRY` seconds) when it lacks the model: the operator may just have published it.
+        """
+        if model.api_key is None:
+            return None
+        loop = asyncio.get_running_loop()
+        cached = self._keys.get(model.namespace)
+        if cached is None or not self._usable(cached, model.name, loop.time()):
+            async with self._key_locks.setdefault(model.namespace, asyncio.Lock()):
+                cached = self._keys.get(model.namespace)
+                if cached is None or not self._usable(cached, model.name, loop.time()):
+                    try:
+                        digests = await self._read_digests(model.namespace)
+                    except KeyUnavailable as exc:
+                        if cached is None:
+                            raise
+                        log.warning("%s; keeping the digests read before", exc)
+                        digests = cached[0]
+                    cached = (digests, loop.time())
+                    self._keys[model.namespace] = cached
+        return self._digest(model, cached[0])
+
+    def _usable(self, cached: tuple[dict[str, str], float], name: str, now: float) -> bool:
+        age = now - cached[1]
+        return age < self.key_ttl and (name in cached[0] or age < MISS_RETRY)
+
+    @staticmethod
+    def _digest(model: Model, digests: Mapping[str, str]) -> str:
+        digest = digests.get(model.name)
+        if digest is None:
+            raise KeyUnavailable(f"its key is not published yet (the operator writes its SHA-256 to Secret "
+                                 f"{model.namespace}/{GATEWAY_KEYS_SECRET} once it has read the key in Secret "
+                                 f"{model.namespace}/{model.api_key.name if model.api_key else '?'}; see the "
+                                 f"ModelDeployment's Events)")
+        return digest
+
+    async def _read_digests(self, namespace: str) -> dict[str, str]:
+        where = f"Secret {namespace}/{GATEWAY_KEYS_SECRET}"
         try:
-            secret = await self.client.get(api_path("v1", "secrets", namespace, ref.name))
+            secret = await self.client.get(api_path("v1", "secrets", namespace, GATEWAY_KEYS_SECRET))
         except ApiError as exc:
             raise KeyUnavailable(f"cannot read {where}: {exc.status} {exc.reason}") from None
-        if secret is None:
-            raise KeyUnavailable(f"{where} does not exist")
-        raw = (secret.get("data") or {}).get(ref.key)
-        if not isinstance(raw, str):
-            raise KeyUnavailable(f"{where} has no key {ref.key!r}")
-        try:
-            key = base64.b64decode(raw, validate=True).strip()
-        except (binascii.Error, ValueError):
-            raise KeyUnavailable(f"{where} key {ref.key!r} is not valid base64") from None
-        if not key:
-            raise KeyUnavailable(f"{where} key {ref.key!r} is empty")
-        return key
+        out = {}
+        for name, raw in ((secret or {}).get("data") or {}).items():
+            with suppress(binascii.Error, ValueError, UnicodeDecodeError):
+                out[str(name)] = base64.b64decode(raw, validate=True).decode("ascii").strip()
+        return out

@@ -9,7 +9,7 @@ prints them as a ClusterRole.
 
 from __future__ import annotations
 
-from turnout.api import GROUP, PLURAL
+from turnout.api import GATEWAY_KEYS_SECRET, GROUP, PLURAL
 from turnout.kube import rbac
 from turnout.kube.rbac import Rule
 
@@ -18,7 +18,8 @@ RULES: tuple[Rule, ...] = (
     Rule(GROUP, f"{PLURAL}/scale", ("get", "patch"),
          "wake a model scaled to zero (spec.replicas 0 -> 1, only from the 0 read) for a held request"),
     Rule("discovery.k8s.io", "endpointslices", ("list", "watch"), "the model pods' ready endpoints to route to"),
-    Rule("", "secrets", ("get",), "the Bearer key of a model with apiKeySecretRef (checked at the gateway)"),
+    Rule("", "secrets", ("get",), "the SHA-256 digests of the API keys the operator publishes (no other Secret)",
+         resource_names=(GATEWAY_KEYS_SECRET,)),
 )
 
 

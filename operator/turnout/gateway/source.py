@@ -29,8 +29,9 @@ class Source(Protocol):
     async def wake(self, model: Model) -> None:
         """Ask for the model to be scaled up from zero (called once per wake)."""
 
-    async def api_key(self, model: Model) -> bytes | None:
-        """The Bearer key ``model`` requires (None: open); raises :class:`KeyUnavailable` when it cannot be read."""
+    async def api_key(self, model: Model) -> str | None:
+        """The hex SHA-256 of the Bearer key ``model`` requires (None: open); raises :class:`KeyUnavailable`
+        when it is not known (not published, unreadable)."""
 
 
 class KeyUnavailable(Exception):
@@ -69,5 +70,5 @@ class StaticSource:
     async def wake(self, model: Model) -> None:
         return None
 
-    async def api_key(self, model: Model) -> bytes | None:
+    async def api_key(self, model: Model) -> str | None:
         return None

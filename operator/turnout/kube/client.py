@@ -46,6 +46,7 @@ RESOURCES: dict[tuple[str, str], str] = {
     ("inference.networking.k8s.io/v1", "InferencePool"): "inferencepools",
     ("v1", "Pod"): "pods",
     ("v1", "ConfigMap"): "configmaps",
+    ("v1", "Secret"): "secrets",
     ("events.k8s.io/v1", "Event"): "events",
 }
 

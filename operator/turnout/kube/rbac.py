@@ -30,6 +30,9 @@ class Rule:
     #: False for permissions the API server checks but no request of the program shows as that verb (an admission
     #: plugin's check; create for a server-side apply that creates).
     observed: bool = True
+    #: Only objects of these names (RBAC ``resourceNames``; in a ClusterRole: that name in every namespace).
+    #: Empty: every object of the resource.
+    resource_names: tuple[str, ...] = ()
 
     @property
     def cluster_scoped(self) -> bool:
@@ -37,27 +40,35 @@ class Rule:
         return self.resource.split("/", 1)[0] in CLUSTER_SCOPED
 
 
-def covers(api_group: str, resource: str, verb: str, rules: tuple[Rule, ...]) -> Rule | None:
-    """The first rule that allows ``verb`` on ``api_group``/``resource``, if any."""
+def covers(api_group: str, resource: str, verb: str, rules: tuple[Rule, ...], name: str | None = None) -> Rule | None:
+    """The first rule that allows ``verb`` on ``api_group``/``resource`` (the object ``name``), if any.
+
+    A rule with ``resource_names`` covers only a request naming one of them (not a list, not a create).
+    """
     for rule in rules:
-        if rule.api_group == api_group and rule.resource == resource and verb in rule.verbs:
+        if rule.api_group == api_group and rule.resource == resource and verb in rule.verbs \
+                and (not rule.resource_names or name in rule.resource_names):
             return rule
     return None
 
 
 def merged(rules: tuple[Rule, ...]) -> list[dict[str, object]]:
-    """The rules as Kubernetes PolicyRules, one per (group, resource), verbs merged and sorted, plus ``why``."""
-    verbs: dict[tuple[str, str], set[str]] = {}
-    whys: dict[tuple[str, str], list[str]] = {}
+    """The rules as Kubernetes PolicyRules, one per (group, resource, resource names), verbs merged and sorted,
+    plus ``why``."""
+    verbs: dict[tuple[str, str, tuple[str, ...]], set[str]] = {}
+    whys: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
     for rule in rules:
-        key = (rule.api_group, rule.resource)
+        key = (rule.api_group, rule.resource, tuple(sorted(rule.resource_names)))
         verbs.setdefault(key, set()).update(rule.verbs)
         whys.setdefault(key, []).append(rule.why)
-    return [
-        {"apiGroups": [group], "resources": [resource], "verbs": sorted(verbs[(group, resource)]),
-         "why": "; ".join(whys[(group, resource)])}
-        for group, resource in sorted(verbs)
-    ]
+    out: list[dict[str, object]] = []
+    for key in sorted(verbs):
+        group, resource, names = key
+        policy: dict[str, object] = {"apiGroups": [group], "resources": [resource]}
+        if names:
+            policy["resourceNames"] = list(names)
+        out.append({**policy, "verbs": sorted(verbs[key]), "why": "; ".join(whys[key])})
+    return out
 
 
 def policy_rules(rules: tuple[Rule, ...]) -> list[dict[str, object]]:
