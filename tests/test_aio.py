@@ -90,3 +90,15 @@ async def test_stdlib_wait_for_loses_the_cancel_before_3_12() -> None:
         assert sys.version_info >= (3, 12), "asyncio.wait_for kept the cancel: the workaround may be retired"
     else:
         assert sys.version_info < (3, 12) and result == 1
+
+
+def test_the_product_waits_only_through_turnout_aio() -> None:
+    """Every bounded wait in the product keeps its cancel: asyncio.wait_for appears only in turnout/aio.py."""
+    from pathlib import Path
+
+    import turnout
+
+    root = Path(turnout.__file__).parent
+    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
+                   if p.name != "aio.py" and "asyncio.wait_for(" in p.read_text(encoding="utf-8"))
+    assert users == [], f"use turnout.aio.wait_for in {users}"

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import suppress
 from typing import Any
 
+from turnout.aio import wait_for
 from turnout.api import GATEWAY_KEYS_SECRET, key_digest
 from turnout.kube import ApiError, KubeClient, TransientApiError, api_path
 from turnout.render.manifests import MANAGED_BY, MANAGED_BY_LABEL
@@ -96,7 +97,7 @@ class KeyPublisher:
             except Exception:
                 logger.exception("publishing the gateway's API key digests failed; trying again")
             with suppress(TimeoutError):
-                await asyncio.wait_for(self._poked.wait(), self.interval)
+                await wait_for(self._poked.wait(), self.interval)
 
     async def publish(self) -> None:
         """Read every referenced key once and apply each namespace's digests where they changed."""
