@@ -104,9 +104,10 @@ def test_the_workload_observed_is_the_current_one_else_any():
 
 
 def test_nothing_untyped_crosses_observe_decide_act():
-    """What observe hands decide, and what decide hands act, holds no ``Any`` but the status patch (the API
-    request itself; each child to apply is a typed view beside the object sent)."""
-    for cls, allowed in ((Observed, set()), (Decision, {"patch"})):
+    """What observe hands decide, and what decide hands act, holds no ``Any``: the status patch is computed by
+    act from two typed statuses (``Decision.patch``); each child to apply is a typed view beside the object
+    sent."""
+    for cls, allowed in ((Observed, set()), (Decision, set())):
         hints = typing.get_type_hints(cls)
         untyped = {name for name, hint in hints.items() if "Any" in str(hint)}
         assert untyped <= allowed, (cls.__name__, untyped - allowed)

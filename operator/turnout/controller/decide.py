@@ -178,13 +178,18 @@ class Decision:
     apply: tuple[Manifest, ...] = ()
     prune: tuple[Prune, ...] = ()
     status: ModelDeploymentStatus | None = None  # the desired status; None: nothing to say (skipped)
-    patch: dict[str, Any] | None = None  # the merge patch from the previous status; None: nothing to write
+    since: ModelDeploymentStatus | None = None  # the status it replaces (as last written, else the object's)
     before_status: tuple[Event, ...] = ()
     after_status: tuple[Event, ...] = ()  # they follow the written status, so a retried reconcile never repeats them
     unwritten: tuple[Event, ...] = ()
     #: Internal errors caught on the way (what was being done, the exception), for the log.
     errors: tuple[tuple[str, BaseException], ...] = ()
     basis: _Basis | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def patch(self) -> dict[str, Any] | None:
+        """The status merge patch the applier sends: from ``since`` to ``status``; None: nothing to write."""
+        return st.status_patch(self.since, self.status) if self.status is not None else None
 
 
 # ----- the decision -----------------------------------------------------------------------------
@@ -336,9 +341,9 @@ def _failed(basis: _Basis, problem: Problem, errors: tuple[tuple[str, BaseExcept
 def _with_status(decision: Decision, o: Observed, desired: ModelDeploymentStatus, *,
                  rollout: str | None = None) -> Decision:
     """``decision`` with the desired status, its patch and the Events that follow it once written."""
-    patch = st.status_patch(o.previous, desired)
-    events = transition_events(o.previous, desired, rollout=rollout) if patch is not None else ()
-    return replace(decision, status=desired, patch=patch, after_status=tuple(events))
+    decision = replace(decision, status=desired, since=o.previous)
+    events = transition_events(o.previous, desired, rollout=rollout) if decision.patch is not None else ()
+    return replace(decision, after_status=tuple(events))
 
 
 def _plan_status(basis: _Basis, rollout: st.Rollout) -> ModelDeploymentStatus:
