@@ -1,11 +1,13 @@
 """The operator on input only the resolver can judge, and with secrets around: Failed with the reason, no
-exception in its log, no secret in anything it writes.
+exception in its log, no secret value in anything it writes.
 
 Runs the real operator (kopf) in-process against the API emulator of tests/controller.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 from typing import Any
@@ -13,7 +15,10 @@ from typing import Any
 import pytest
 from ctlharness import DEPLOYMENTS, MDS, NODES, NS, cond, cpu_node, events_of, gguf_md
 
+from turnout.api import GATEWAY_KEYS_SECRET
 from turnout.controller.rbac import RULES
+
+SECRETS = ("", "v1", "secrets")
 
 
 def _md(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -62,27 +67,47 @@ async def test_what_only_the_resolver_can_judge_fails_with_the_reason_and_no_exc
     assert "Traceback" not in caplog.text
 
 
-async def test_the_operator_never_reads_a_secret_so_no_value_can_reach_status_events_or_its_log(
-        fake, operator_run) -> None:
-    """Secrets stay references: the Deployment mounts or maps them, the operator never fetches one."""
-    assert not [r for r in RULES if r.resource.startswith("secrets")]
+async def test_no_secret_value_reaches_status_events_its_log_or_any_object_it_writes(
+        fake, operator_run, caplog: pytest.LogCaptureFixture) -> None:
+    """The operator reads only the Secret an ``apiKeySecretRef`` names (to publish the key's SHA-256 for the
+    gateway); the HF token and env Secrets stay references the Deployment maps. No value — raw or base64 —
+    reaches a status, an Event, its log or any object it writes; the one Secret it writes holds digests."""
+    caplog.set_level(logging.DEBUG)
+    api_key, hf_token = b"sk-canary-7f3a9c1e", b"hf_canary_5d2b8e4f"
+    secrets = {"api": {"key": api_key}, "hf": {"token": hf_token}}
+    for name, data in secrets.items():
+        await fake.put_object(SECRETS, {"metadata": {"name": name, "namespace": NS}, "type": "Opaque",
+                                        "data": {k: base64.b64encode(v).decode() for k, v in data.items()}})
+    rules = [r for r in RULES if r.resource.startswith("secrets")]
+    assert {v for r in rules for v in r.verbs} <= {"get", "create", "patch"}, rules  # no list, watch or delete
+    assert all(r.resource_names == (GATEWAY_KEYS_SECRET,) for r in rules if "patch" in r.verbs), rules
     await fake.put_object(NODES, cpu_node())
     await operator_run.start()
     md = gguf_md("keyed")
     md["spec"]["apiKeySecretRef"] = {"name": "api", "key": "key"}
     md["spec"]["hfTokenSecretRef"] = {"name": "hf", "key": "token"}
-    md["spec"]["env"] = [{"name": "EXTRA", "valueFrom": {"secretKeyRef": {"name": "api", "key": "key"}}}]
+    md["spec"]["env"] = [{"name": "EXTRA", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}]
     await fake.put_object(MDS, md)
     dep = await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "keyed"), what="the Deployment")
     await fake.wait_for(lambda: (fake.get(MDS, NS, "keyed").get("status") or {}).get("phase") == "Deploying")
     await fake.wait_for(lambda: events_of(fake, "keyed"), what="an Event")
+    keys = await fake.wait_for(lambda: fake.get(SECRETS, NS, GATEWAY_KEYS_SECRET), what="the published digests")
     await operator_run.stop()
-    assert not [r for r in fake.requests if "/secrets" in str(r.url)]
+
+    assert keys["data"] == {"keyed": base64.b64encode(hashlib.sha256(api_key).hexdigest().encode()).decode()}
+    touched = {(r.method, r.name) for r in fake.requests if r.resource is not None and r.resource.plural == "secrets"}
+    assert {name for _, name in touched} <= {"api", GATEWAY_KEYS_SECRET}, touched  # never the HF token's
+    canaries = [v for data in secrets.values() for raw in data.values()
+                for v in (raw.decode(), base64.b64encode(raw).decode())]
+    written = [o for res in fake.store if res != SECRETS for o in fake.objects(res)]
+    written.append(keys)
+    text = json.dumps(written) + caplog.text
+    assert not [c for c in canaries if c in text]
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert "--api-key-file" in container["command"]
     env = {e["name"]: e for e in container["env"]}
     assert env["HF_TOKEN"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
-    assert env["EXTRA"]["valueFrom"] == {"secretKeyRef": {"name": "api", "key": "key"}}
+    assert env["EXTRA"]["valueFrom"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
     assert "value" not in env["HF_TOKEN"] and "value" not in env["EXTRA"]
 
 

@@ -30,6 +30,8 @@ from turnout.kube.errors import ApiError, MalformedWatchEvent, PermanentApiError
 from turnout.kube.session import http_session
 
 log = logging.getLogger("turnout.kube")
+# kubernetes_asyncio logs every response body at DEBUG: a Secret read would put its data in a verbose log.
+logging.getLogger("kubernetes_asyncio.client.rest").setLevel(logging.INFO)
 FIELD_MANAGER = "turnout"
 #: A pool replaced by a renewed client certificate is closed this long after (the longest watch read is 330 s).
 RETIRE_SECONDS = 360.0
