@@ -45,6 +45,24 @@ def test_diagnose_reports_the_worst_problem_with_its_message():
     assert diagnose([_pod("e"), _pod("f", waiting={"reason": "CrashLoopBackOff"}, deleting=True)]) is None
 
 
+def test_a_pod_the_node_controller_marked_not_ready_is_node_not_ready():
+    # What the node lifecycle controller writes when a kubelet stops reporting (MarkPodsNotReady): the pod's
+    # Ready condition turns False, the container statuses the kubelet last wrote still say ready and running.
+    def pod(ready_condition, container_ready=True):
+        return compact_pod({"metadata": {"name": "m-1"}, "spec": {"nodeName": "node-a"},
+                            "status": {"conditions": [{"type": "Ready", "status": ready_condition}],
+                                       "containerStatuses": [{"name": "model-server", "ready": container_ready,
+                                                              "restartCount": 0, "state": {"running": {}}}]}})
+
+    problem = diagnose([pod("False")])
+    assert problem.reason == "NodeNotReady" and "node-a" in problem.message and "m-1" in problem.message
+    assert diagnose([pod("True")]) is None
+    # A container that is simply not ready yet (loading) is the kubelet's own report, not a lost node.
+    assert diagnose([pod("False", container_ready=False)]) is None
+    crash = _pod("z", waiting={"reason": "CrashLoopBackOff"}, last={"reason": "Error", "exitCode": 1})
+    assert diagnose([pod("False"), crash]).reason == "CrashLoopBackOff"
+
+
 def test_an_engine_that_cannot_load_is_one_crash_loop_with_its_error_through_every_phase():
     # What a kubelet reports while a shim whose engine fails keeps restarting: terminated (the first exit),
     # CrashLoopBackOff (back-off), running and not ready (the next try). Each says the engine's error, the

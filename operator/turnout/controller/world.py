@@ -207,6 +207,7 @@ class Pod:
     name: str | None
     deleting: bool = False
     hash: str | None = None  # its spec-hash label
+    node: str | None = None  # spec.nodeName, once scheduled
     phase: str | None = None
     conditions: tuple[ObjectCondition, ...] = ()
     containers: tuple[Container, ...] = ()
@@ -219,6 +220,7 @@ def compact_pod(body: Mapping[str, Any]) -> Pod:
         name=_opt_str(meta.get("name")),
         deleting=bool(meta.get("deletionTimestamp")),
         hash=(meta.get("labels") or {}).get(SPEC_HASH_LABEL),
+        node=_opt_str((body.get("spec") or {}).get("nodeName")),
         phase=_opt_str(status.get("phase")),
         conditions=tuple(ObjectCondition.of(c) for c in status.get("conditions") or []),
         containers=tuple(
@@ -241,7 +243,7 @@ _PULL = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverP
 _CONFIG = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 # Lower is worse: the first problem found at the lowest rank is reported.
 _RANK = {**{r: 0 for r in _PULL}, **{r: 1 for r in _CONFIG}, "OOMKilled": 2, "CrashLoopBackOff": 3,
-         "Unschedulable": 4}
+         "NodeNotReady": 4, "Unschedulable": 5}
 
 
 def _crash(cs: Container) -> Terminated | None:
@@ -261,6 +263,14 @@ def _crash(cs: Container) -> Terminated | None:
     return None
 
 
+def _node_lost(pod: Pod) -> bool:
+    """Ready False while every container still says ready: the kubelet stopped reporting and the node
+    lifecycle controller marked the pod (it flips only the pod's Ready condition, never the containers')."""
+    ready = next((c for c in pod.conditions if c.type == "Ready"), None)
+    return (ready is not None and ready.status == "False" and bool(pod.containers)
+            and all(c.ready and c.state.running for c in pod.containers))
+
+
 def diagnose(pods: Iterable[Pod]) -> Problem | None:
     """The worst problem among the pods, or None when none is failing.
 
@@ -277,6 +287,10 @@ def diagnose(pods: Iterable[Pod]) -> Problem | None:
             if cond.type == "PodScheduled" and cond.status == "False" and cond.reason == "Unschedulable":
                 msg = f"pod {name} cannot be scheduled: {cond.message or 'no node fits'}"
                 found.append((_RANK["Unschedulable"], str(name), Problem("Unschedulable", msg)))
+        if _node_lost(pod):
+            msg = (f"pod {name}: its node {pod.node} stopped reporting (the node controller marked the pod not "
+                   "ready); it serves again when the node is back, or is evicted after its toleration")
+            found.append((_RANK["NodeNotReady"], str(name), Problem("NodeNotReady", msg)))
         for cs in pod.containers:
             waiting = cs.state.waiting or Waiting()
             reason = waiting.reason
