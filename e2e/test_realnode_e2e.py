@@ -26,6 +26,7 @@ the shim exit (CrashLoopBackOff), an engine that cannot load its model (the engi
 more replicas than the node holds (Unschedulable).
 """
 
+# ruff: noqa: F811  (the real-node fixtures are imported from realnode.py; pytest passes them by name)
 from __future__ import annotations
 
 import json
@@ -44,70 +45,32 @@ from hostagents import model_pods
 from kubectl import apply, condition, get_json, kubectl, model_deployment, poll, settled
 from podtimes import FirstHealthy, epoch, pod_times
 from procs import OperatorProcess
+from realnode import (  # noqa: F401  (fixtures: pytest finds them by name in this module)
+    MODEL_LABELS,
+    RELEASE,
+    ROOT,
+    adopt_crd,
+    chart_values,
+    delete_leftover_release,
+    dump,
+    gateway_url,
+    helm_config,
+    images,
+    labelled_model_pods,
+    only_the_real_node,
+    ready,
+    real_node,
+    record,
+    restarts,
+    tolerations,
+)
 
 from conftest import RUN
 from turnout.render.manifests import child_name
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-RUNTIMES = ("containerd://", "cri-o://", "docker://")
-RELEASE = "turnout-e2e"
-MODEL_LABELS = "app.kubernetes.io/managed-by=turnout"
 #: Examples the journey serves, applied unchanged but for the node's tolerations.
 JOURNEY = ("tiny-chat-gguf.yaml", "tiny-chat.yaml", "embedding-minilm.yaml")
-
-
-def _real_node() -> dict[str, Any] | None:
-    for node in (get_json("nodes") or {}).get("items", []):
-        runtime = node.get("status", {}).get("nodeInfo", {}).get("containerRuntimeVersion", "")
-        if runtime.startswith(RUNTIMES) and condition(node, "Ready").get("status") == "True":
-            return node
-    return None
-
-
-@pytest.fixture(scope="module")
-def real_node() -> dict[str, Any]:
-    node = _real_node()
-    if node is None:
-        pytest.skip("no Ready node with a container runtime (containerd, CRI-O, Docker) in this cluster")
-    why = nodeimages.problem()
-    if why:
-        pytest.skip(why)
-    return node
-
-
-@pytest.fixture(scope="module", autouse=True)
-def only_the_real_node(real_node: dict[str, Any]) -> Iterator[None]:
-    """Cordon every other node for this tier, as an admin keeps a model off nodes it must not use.
-
-    The other tiers' fake nodes (kwok, with fake GPUs) stay in the cluster for the session; the operator
-    counts only schedulable nodes, so the examples resolve for the real node alone, as on a one-node cluster.
-    """
-    cordoned = []
-    for node in (get_json("nodes") or {}).get("items", []):
-        name = node["metadata"]["name"]
-        if name != real_node["metadata"]["name"] and not node.get("spec", {}).get("unschedulable"):
-            kubectl("cordon", name)
-            cordoned.append(name)
-    yield
-    for name in cordoned:
-        kubectl("uncordon", name, check=False)
-
-
-@pytest.fixture(scope="module")
-def tolerations(real_node: dict[str, Any]) -> list[dict[str, Any]]:
-    """Tolerations for every taint of the real node (none when it has none)."""
-    return [{"key": t["key"], "operator": "Exists", "effect": t["effect"]}
-            for t in real_node.get("spec", {}).get("taints") or []]
-
-
-@pytest.fixture(scope="module")
-def images(real_node: dict[str, Any]) -> nodeimages.Images:
-    made = nodeimages.Images(nodeimages.content_tag())
-    for name in ("operator", "llamacpp-cpu", "transformers-cpu"):
-        made.ensure(name)
-    print(f"\nimages {made.tag}: " + ", ".join(f"{k} {v:.0f}s" for k, v in made.seconds.items()))
-    return made
 
 
 def _example(name: str, tolerations: list[dict[str, Any]]) -> dict[str, Any]:
@@ -115,57 +78,6 @@ def _example(name: str, tolerations: list[dict[str, Any]]) -> dict[str, Any]:
     if tolerations:
         doc["spec"]["tolerations"] = tolerations
     return doc
-
-
-def _helm(namespace: str) -> Any:
-    """Helm's action configuration for releases in ``namespace`` (Helm keeps a release's history there)."""
-    import helm_python
-
-    return helm_python.Config(kubeconfig_path=os.environ["KUBECONFIG"].split(os.pathsep)[0], namespace=namespace)
-
-
-def _values(images: nodeimages.Images, tolerations: list[dict[str, Any]], models: str,
-            operator_tag: str | None = None) -> dict[str, Any]:
-    operator_ref = images.refs["operator"]
-    return {
-        "image": {"repository": operator_ref.rsplit(":", 1)[0], "tag": operator_tag or images.tag},
-        "watchNamespaces": [models],
-        "tolerations": tolerations,
-        "config": {"images": {"llama.cpp": {"cpu": images.refs["llamacpp-cpu"]},
-                              "transformers": {"cpu": images.refs["transformers-cpu"]}}},
-    }
-
-
-def _delete_leftover_release() -> None:
-    """Cluster-scoped objects of an earlier run's release that never got uninstalled (its namespace is gone)."""
-    kubectl("delete", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}",
-            "--ignore-not-found", check=False)
-
-
-def _adopt_crd(system: str) -> None:
-    """Let the release own the CRD the suite applied (Helm adopts an object carrying its release's marks)."""
-    crd = "crd/modeldeployments.turnout.dev"
-    if get_json(crd):
-        kubectl("annotate", "--overwrite", crd, f"meta.helm.sh/release-name={RELEASE}",
-                f"meta.helm.sh/release-namespace={system}")
-        kubectl("label", "--overwrite", crd, "app.kubernetes.io/managed-by=Helm")
-
-
-def _model_pods(namespace: str) -> dict[str, dict[str, Any]]:
-    pods = json.loads(kubectl("get", "pods", "-n", namespace, "-l", MODEL_LABELS, "-o", "json"))["items"]
-    return {p["metadata"]["name"]: p for p in pods}
-
-
-def _restarts(pod: dict[str, Any]) -> int:
-    return sum(int(c.get("restartCount", 0)) for c in pod.get("status", {}).get("containerStatuses") or [])
-
-
-def _gateway_url(system: str) -> str:
-    services = json.loads(kubectl("get", "services", "-n", system, "-l", "app.kubernetes.io/component=gateway",
-                                  "-o", "json"))["items"]
-    assert len(services) == 1, [s["metadata"]["name"] for s in services]
-    spec = services[0]["spec"]
-    return f"http://{spec['clusterIP']}:{spec['ports'][0]['port']}/v1"
 
 
 def _cpu_and_memory(node: str, namespace: str) -> dict[str, tuple[int, float]]:
@@ -199,11 +111,6 @@ def _load(client: Any, model: str, seconds: float, workers: int = 4) -> int:
         return sum(pool.map(lambda _: run(), range(workers)))
 
 
-def _ready(namespace: str, name: str) -> dict[str, Any] | None:
-    md = settled(namespace, name)
-    return md if (md or {}).get("status", {}).get("phase") == "Ready" else None
-
-
 def _ask(client: Any, doc: dict[str, Any]) -> dict[str, Any]:
     """Every call the model's type answers; what came back, for the assertions and the log."""
     model = doc["spec"]["servedModelName"]
@@ -226,23 +133,6 @@ def _ask(client: Any, doc: dict[str, Any]) -> dict[str, Any]:
     assert completion.choices[0].text is not None and completion.usage.completion_tokens > 0
     return {"chat": chat.choices[0].message.content, "stream_chunks": len(pieces),
             "completion": completion.choices[0].text, "seconds": round(time.monotonic() - start, 2)}
-
-
-def _dump(*namespaces: str) -> None:
-    """What a user would look at when the journey fails: objects, Events, every pod's log."""
-    for ns in namespaces:
-        for args in (["get", "modeldeployments,deployments,pods", "-o", "wide"],
-                     ["get", "events", "--sort-by=.lastTimestamp"]):
-            print(f"\n===== {ns}: {' '.join(args)} =====\n{kubectl(*args, '-n', ns, check=False)}")
-        for pod in json.loads(kubectl("get", "pods", "-n", ns, "-o", "json", check=False) or "{}").get("items", []):
-            name = pod["metadata"]["name"]
-            print(f"\n===== {ns}/{name} log =====\n{kubectl('logs', '-n', ns, name, '--tail=60', check=False)}")
-
-
-def _record(path: Path, figures: dict[str, Any]) -> None:
-    """Merge ``figures`` into the results file (each measuring test adds its own keys)."""
-    known = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}
-    path.write_text(json.dumps({**known, **figures}, indent=2) + "\n")
 
 
 def _scale_from_zero(client: Any, doc: dict[str, Any], namespace: str) -> dict[str, Any]:
@@ -296,11 +186,11 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
     from openai import OpenAI
 
     system, models = journey_namespaces
-    helm = _helm(system)
-    _delete_leftover_release()
-    _adopt_crd(system)
+    helm = helm_config(system)
+    delete_leftover_release()
+    adopt_crd(system)
     start = time.monotonic()
-    helm.install(ROOT / "charts/turnout", RELEASE, _values(images, tolerations, models), namespace=system,
+    helm.install(ROOT / "charts/turnout", RELEASE, chart_values(images, tolerations, models), namespace=system,
                  wait="watcher", timeout=300)
     installed = time.monotonic() - start
     try:
@@ -311,10 +201,10 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
             kubectl("apply", "-n", models, "-f", "-", stdin=json.dumps(doc))
         ready_after = {}
         for name in names:
-            poll(lambda n=name: _ready(models, n), timeout=300, interval=0.5, what=f"{name} Ready")
+            poll(lambda n=name: ready(models, n), timeout=300, interval=0.5, what=f"{name} Ready")
             ready_after[name] = round(time.monotonic() - applied, 1)
 
-        client = OpenAI(base_url=_gateway_url(system), api_key="unused", max_retries=0, timeout=120)
+        client = OpenAI(base_url=gateway_url(system), api_key="unused", max_retries=0, timeout=120)
         listed = {m.id for m in client.models.list()}
         assert {d["spec"]["servedModelName"] for d in docs} <= listed, listed
         answers = {d["metadata"]["name"]: _ask(client, d) for d in docs}
@@ -330,12 +220,12 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
               f"the gateway, 4 clients): {under_load}")
 
         # helm upgrade to a rebuilt operator image: a plan that did not change restarts no model pod.
-        before = _model_pods(models)
+        before = labelled_model_pods(models)
         deployments = {d["metadata"]["name"]: d["metadata"]["generation"] for d in
                        json.loads(kubectl("get", "deployments", "-n", models, "-o", "json"))["items"]}
         rebuilt_tag = f"{images.tag}-rebuilt"
         images.ensure("operator", tag=rebuilt_tag, build_args=(f"REVISION={rebuilt_tag}",))
-        helm.upgrade(ROOT / "charts/turnout", RELEASE, _values(images, tolerations, models, rebuilt_tag),
+        helm.upgrade(ROOT / "charts/turnout", RELEASE, chart_values(images, tolerations, models, rebuilt_tag),
                      namespace=system, wait="watcher", timeout=300)
         operator_pods = json.loads(kubectl("get", "pods", "-n", system, "-l", "app.kubernetes.io/component=operator",
                                            "-o", "json"))["items"]
@@ -344,12 +234,12 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
         # The new operator has reconciled every deployment (status written by it: observedGeneration current).
         for name in names:
             kubectl("annotate", "--overwrite", "-n", models, f"modeldeployment/{name}", f"e2e.turnout.dev/poke={RUN}")
-            poll(lambda n=name: _ready(models, n), timeout=60, what=f"{name} Ready after the upgrade")
+            poll(lambda n=name: ready(models, n), timeout=60, what=f"{name} Ready after the upgrade")
         time.sleep(5)
-        after = _model_pods(models)
+        after = labelled_model_pods(models)
         assert {n: p["metadata"]["uid"] for n, p in after.items()} == \
             {n: p["metadata"]["uid"] for n, p in before.items()}
-        assert {n: _restarts(p) for n, p in after.items()} == {n: _restarts(p) for n, p in before.items()}
+        assert {n: restarts(p) for n, p in after.items()} == {n: restarts(p) for n, p in before.items()}
         assert {d["metadata"]["name"]: d["metadata"]["generation"] for d in
                 json.loads(kubectl("get", "deployments", "-n", models, "-o", "json"))["items"]} == deployments
         assert {d["spec"]["servedModelName"] for d in docs} <= {m.id for m in client.models.list()}
@@ -358,7 +248,7 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
         figures = _scale_from_zero(client, docs[0], models)
         print(f"scale from zero through the gateway pod: {figures}")
         if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-            _record(Path(out), {"journey": {"helm_install_s": round(installed, 1), "ready_after_apply_s": ready_after,
+            record(Path(out), {"journey": {"helm_install_s": round(installed, 1), "ready_after_apply_s": ready_after,
                                             "pods_at_rest": at_rest, "pods_under_load": under_load,
                                             "load_answers_25s": load_answers},
                                 "scale_from_zero": figures})
@@ -370,7 +260,7 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
                                             "-l", MODEL_LABELS, "-o", "json"))["items"],
              timeout=120, what="garbage collection of the children")
     except BaseException:
-        _dump(models, system)
+        dump(models, system)
         raise
     finally:
         if not os.environ.get("TURNOUT_E2E_KEEP"):
@@ -460,7 +350,7 @@ def test_what_a_real_kubelet_reports_degrades_with_the_reason_and_a_fix_recovers
         fixed = {k: v for k, v in spec.items() if k not in broken}
         fixed.update(fix)
         apply(model_deployment(name, fixed), namespace, manager="e2e")
-    poll(lambda: _ready(namespace, name), timeout=360, interval=1, what=f"{name} Ready after the fix")
+    poll(lambda: ready(namespace, name), timeout=360, interval=1, what=f"{name} Ready after the fix")
     assert condition(get_json("modeldeployment", name, "-n", namespace), "Degraded").get("status") == "False"
 
 
@@ -494,7 +384,7 @@ def test_apply_to_first_token_of_the_tiny_gguf_with_the_image_on_the_node(
     applied = time.time()
     apply(model_deployment(name, _on_node(real_node, tolerations, servedModelName="tiny-first")), namespace,
           manager="e2e")
-    md = poll(lambda: _ready(namespace, name), timeout=120, interval=0.1, what=f"{name} Ready")
+    md = poll(lambda: ready(namespace, name), timeout=120, interval=0.1, what=f"{name} Ready")
     ready_seen = time.time()
     healthy_at = healthy.stop()
     service = get_json("service", child_name(name), "-n", namespace)
@@ -519,4 +409,4 @@ def test_apply_to_first_token_of_the_tiny_gguf_with_the_image_on_the_node(
     }
     print(f"\n{json.dumps(results)}")
     if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-        _record(Path(out), {"first_token": results})
+        record(Path(out), {"first_token": results})

@@ -47,10 +47,14 @@ def test_diagnose_reports_the_worst_problem_with_its_message():
 
 def test_a_pod_the_node_controller_marked_not_ready_is_node_not_ready():
     # What the node lifecycle controller writes when a kubelet stops reporting (MarkPodsNotReady): the pod's
-    # Ready condition turns False, the container statuses the kubelet last wrote still say ready and running.
+    # Ready condition turns False; ContainersReady and the container statuses the kubelet last wrote stay.
     def pod(ready_condition, container_ready=True):
+        ready = "True" if container_ready else "False"
         return compact_pod({"metadata": {"name": "m-1"}, "spec": {"nodeName": "node-a"},
-                            "status": {"conditions": [{"type": "Ready", "status": ready_condition}],
+                            "status": {"conditions": [{"type": "Ready", "status": ready_condition},
+                                                      {"type": "ContainersReady", "status": ready}],
+                                       "initContainerStatuses": [{"name": "fetch", "ready": False, "restartCount": 0,
+                                                                  "state": {"terminated": {"exitCode": 0}}}],
                                        "containerStatuses": [{"name": "model-server", "ready": container_ready,
                                                               "restartCount": 0, "state": {"running": {}}}]}})
 

@@ -264,11 +264,10 @@ def _crash(cs: Container) -> Terminated | None:
 
 
 def _node_lost(pod: Pod) -> bool:
-    """Ready False while every container still says ready: the kubelet stopped reporting and the node
-    lifecycle controller marked the pod (it flips only the pod's Ready condition, never the containers')."""
-    ready = next((c for c in pod.conditions if c.type == "Ready"), None)
-    return (ready is not None and ready.status == "False" and bool(pod.containers)
-            and all(c.ready and c.state.running for c in pod.containers))
+    """Ready False while ContainersReady is still True: the kubelet stopped reporting and the node lifecycle
+    controller marked the pod (it flips only the pod's Ready condition; the kubelet writes both)."""
+    conds = {c.type: c.status for c in pod.conditions}
+    return conds.get("Ready") == "False" and conds.get("ContainersReady") == "True"
 
 
 def diagnose(pods: Iterable[Pod]) -> Problem | None:

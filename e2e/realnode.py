@@ -1,0 +1,151 @@
+"""What the real-node tiers share: the node, the project's images on it, the chart installed with them.
+
+A module that imports the fixtures (``real_node``, ``only_the_real_node``, ``tolerations``, ``images``) runs
+only where the cluster has a Ready node with a real container runtime this machine can load images into, and
+cordons every other node while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nodeimages
+import pytest
+from kubectl import condition, get_json, kubectl, settled
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIMES = ("containerd://", "cri-o://", "docker://")
+RELEASE = "turnout-e2e"
+MODEL_LABELS = "app.kubernetes.io/managed-by=turnout"
+
+
+def find_real_node() -> dict[str, Any] | None:
+    for node in (get_json("nodes") or {}).get("items", []):
+        runtime = node.get("status", {}).get("nodeInfo", {}).get("containerRuntimeVersion", "")
+        if runtime.startswith(RUNTIMES) and condition(node, "Ready").get("status") == "True":
+            return node
+    return None
+
+
+@pytest.fixture(scope="module")
+def real_node() -> dict[str, Any]:
+    node = find_real_node()
+    if node is None:
+        pytest.skip("no Ready node with a container runtime (containerd, CRI-O, Docker) in this cluster")
+    why = nodeimages.problem()
+    if why:
+        pytest.skip(why)
+    return node
+
+
+@pytest.fixture(scope="module", autouse=True)
+def only_the_real_node(real_node: dict[str, Any]) -> Iterator[None]:
+    """Cordon every other node for this tier, as an admin keeps a model off nodes it must not use.
+
+    The other tiers' fake nodes (kwok, with fake GPUs) stay in the cluster for the session; the operator
+    counts only schedulable nodes, so the examples resolve for the real node alone, as on a one-node cluster.
+    """
+    cordoned = []
+    for node in (get_json("nodes") or {}).get("items", []):
+        name = node["metadata"]["name"]
+        if name != real_node["metadata"]["name"] and not node.get("spec", {}).get("unschedulable"):
+            kubectl("cordon", name)
+            cordoned.append(name)
+    yield
+    for name in cordoned:
+        kubectl("uncordon", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def tolerations(real_node: dict[str, Any]) -> list[dict[str, Any]]:
+    """Tolerations for every taint of the real node (none when it has none)."""
+    return [{"key": t["key"], "operator": "Exists", "effect": t["effect"]}
+            for t in real_node.get("spec", {}).get("taints") or []]
+
+
+@pytest.fixture(scope="module")
+def images(real_node: dict[str, Any]) -> nodeimages.Images:
+    made = nodeimages.Images(nodeimages.content_tag())
+    for name in ("operator", "llamacpp-cpu", "transformers-cpu"):
+        made.ensure(name)
+    print(f"\nimages {made.tag}: " + ", ".join(f"{k} {v:.0f}s" for k, v in made.seconds.items()))
+    return made
+
+
+def helm_config(namespace: str) -> Any:
+    """Helm's action configuration for releases in ``namespace`` (Helm keeps a release's history there)."""
+    import helm_python
+
+    return helm_python.Config(kubeconfig_path=os.environ["KUBECONFIG"].split(os.pathsep)[0], namespace=namespace)
+
+
+def chart_values(images: nodeimages.Images, tolerations: list[dict[str, Any]], models: str,
+            operator_tag: str | None = None) -> dict[str, Any]:
+    operator_ref = images.refs["operator"]
+    return {
+        "image": {"repository": operator_ref.rsplit(":", 1)[0], "tag": operator_tag or images.tag},
+        "watchNamespaces": [models],
+        "tolerations": tolerations,
+        "config": {"images": {"llama.cpp": {"cpu": images.refs["llamacpp-cpu"]},
+                              "transformers": {"cpu": images.refs["transformers-cpu"]}}},
+    }
+
+
+def delete_leftover_release() -> None:
+    """Cluster-scoped objects of an earlier run's release that never got uninstalled (its namespace is gone)."""
+    kubectl("delete", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}",
+            "--ignore-not-found", check=False)
+
+
+def adopt_crd(system: str) -> None:
+    """Let the release own the CRD the suite applied (Helm adopts an object carrying its release's marks)."""
+    crd = "crd/modeldeployments.turnout.dev"
+    if get_json(crd):
+        kubectl("annotate", "--overwrite", crd, f"meta.helm.sh/release-name={RELEASE}",
+                f"meta.helm.sh/release-namespace={system}")
+        kubectl("label", "--overwrite", crd, "app.kubernetes.io/managed-by=Helm")
+
+
+def labelled_model_pods(namespace: str) -> dict[str, dict[str, Any]]:
+    pods = json.loads(kubectl("get", "pods", "-n", namespace, "-l", MODEL_LABELS, "-o", "json"))["items"]
+    return {p["metadata"]["name"]: p for p in pods}
+
+
+def restarts(pod: dict[str, Any]) -> int:
+    return sum(int(c.get("restartCount", 0)) for c in pod.get("status", {}).get("containerStatuses") or [])
+
+
+def gateway_url(system: str) -> str:
+    services = json.loads(kubectl("get", "services", "-n", system, "-l", "app.kubernetes.io/component=gateway",
+                                  "-o", "json"))["items"]
+    assert len(services) == 1, [s["metadata"]["name"] for s in services]
+    spec = services[0]["spec"]
+    return f"http://{spec['clusterIP']}:{spec['ports'][0]['port']}/v1"
+
+
+def ready(namespace: str, name: str) -> dict[str, Any] | None:
+    md = settled(namespace, name)
+    return md if (md or {}).get("status", {}).get("phase") == "Ready" else None
+
+
+def dump(*namespaces: str) -> None:
+    """What a user would look at when the journey fails: objects, Events, every pod's log."""
+    for ns in namespaces:
+        for args in (["get", "modeldeployments,deployments,pods", "-o", "wide"],
+                     ["get", "events", "--sort-by=.lastTimestamp"]):
+            print(f"\n===== {ns}: {' '.join(args)} =====\n{kubectl(*args, '-n', ns, check=False)}")
+        for pod in json.loads(kubectl("get", "pods", "-n", ns, "-o", "json", check=False) or "{}").get("items", []):
+            name = pod["metadata"]["name"]
+            print(f"\n===== {ns}/{name} log =====\n{kubectl('logs', '-n', ns, name, '--tail=60', check=False)}")
+
+
+def record(path: Path, figures: dict[str, Any]) -> None:
+    """Merge ``figures`` into the results file (each measuring test adds its own keys)."""
+    known = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}
+    path.write_text(json.dumps({**known, **figures}, indent=2) + "\n")
+
+
