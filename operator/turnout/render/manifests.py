@@ -25,6 +25,7 @@ from turnout.resolver.memory import bytes_per_param
 from turnout.resolver.plan import Plan
 from turnout.shimargs import EnvRef, ShimArgs
 from turnout.sources import PVC_ROOT, pvc_mount
+from turnout.toolparsers import tool_parser
 
 MANAGED_BY = "turnout"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -135,6 +136,7 @@ def shim_args(
         max_queue=config.max_queue,
         engine_args=dict(spec.engine_args or {}),
         pipeline_parallel_size=plan.pipeline_parallel_size,
+        tool_call_parser=tool_parser(plan.model.family, plan.model.abilities),
         **group,
     )
 
