@@ -165,6 +165,17 @@ def test_completions_logprobs(client: openai.OpenAI) -> None:
     assert [o for part in streamed for o in part.text_offset] == lp.text_offset
 
 
+def test_echoed_completion_logprobs_offsets_start_after_the_prompt(client: openai.OpenAI,
+                                                                   request: pytest.FixtureRequest) -> None:
+    if request.node.callspec.params["client"] == "llama.cpp":
+        pytest.skip("llama-server does not echo the prompt (echo is not one of its completions fields)")
+    prompt = "The harbour town"
+    out = client.completions.create(model="tiny", prompt=prompt, max_tokens=3, temperature=0, logprobs=1, echo=True)
+    assert out.choices[0].text.startswith(prompt)
+    generated = [o for o in out.choices[0].logprobs.text_offset if o >= len(prompt)]
+    assert generated and generated[0] == len(prompt)
+
+
 def test_bad_tool_requests_are_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS,
@@ -172,3 +183,7 @@ def test_bad_tool_requests_are_400(client: openai.OpenAI) -> None:
     assert err.value.body["param"] == "tool_choice"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="tiny", messages=ASK, tool_choice="required")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS, tool_choice="required",
+                                       response_format={"type": "json_object"})
+    assert err.value.body["param"] == "response_format"  # type: ignore[index]

@@ -93,16 +93,17 @@ class Constraint:
         self.eos = eos
 
     def allowed(self, device: torch.device) -> torch.Tensor:
-        """A ``[vocab]`` boolean mask of the tokens the grammar allows next."""
+        """A ``[vocab]`` boolean mask of the tokens the grammar allows next (numpy unpacks llguidance's
+        bitmask faster than torch ops do at one row)."""
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        mask = np.unpackbits(bits, bitorder="little")[:self.vocab].astype(bool)
-        return torch.from_numpy(mask).to(device)
+        allowed = np.unpackbits(bits, bitorder="little")[:self.vocab].astype(bool)
+        if not allowed.any() and self.eos is not None:  # the matcher failed: end the answer
+            allowed[self.eos] = True
+        return torch.from_numpy(allowed).to(device)
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` (``[vocab']``) with every token the grammar forbids at -inf."""
         allowed = self.allowed(logits.device)
-        if not bool(allowed.any()) and self.eos is not None:  # the matcher failed: end the answer
-            allowed[self.eos] = True
         width = logits.shape[-1]
         if width > allowed.shape[0]:
             allowed = torch.cat([allowed, allowed.new_zeros(width - allowed.shape[0])])

@@ -56,6 +56,9 @@ def chat_features(body: dict[str, Any], template: str | None, parser: str | None
     family = IN_PROCESS.get(parser or "") or toolcalls.family_for_template(template)
     grammar, param = structured.response_format_grammar(body), "response_format"
     if tools.forced:
+        if grammar is not None:
+            raise OpenAIError("response_format cannot be combined with a forced tool call (tool_choice "
+                              "'required' or a named function)", param="response_format")
         grammar, param = structured.lark_grammar(toolcalls.forcing_grammar(tools, family)), "tools"
     top = None
     if body.get("logprobs"):
@@ -110,10 +113,12 @@ def chat_message(features: Features, text: str) -> tuple[dict[str, Any], bool]:
 
 
 def stream(request: GenerationRequest, count: int, features: Features, logprobs: Logprobs, *,
-           chat: bool, chunk: Callable[[int, dict[str, Any] | str, Any, str | None], dict[str, Any]]) -> Stream:
+           chat: bool, chunk: Callable[[int, dict[str, Any] | str, Any, str | None], dict[str, Any]],
+           prefixes: list[str] | None = None) -> Stream:
     """A dict stream for a request with tool calls or logprobs.
 
-    ``chunk(index, delta_or_text, logprobs, finish_reason)`` builds one chunk.
+    ``chunk(index, delta_or_text, logprobs, finish_reason)`` builds one chunk; ``prefixes``: the
+    completions prompts echoed before each choice's text (their length starts ``text_offset``).
     Tool calls go out whole as they close (:class:`~turnout.shim.toolcalls.CallStreamer`);
     each chunk carries the logprobs of the tokens generated since the last one.
     """
@@ -124,7 +129,7 @@ def stream(request: GenerationRequest, count: int, features: Features, logprobs:
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         streamers = [toolcalls.CallStreamer(features.family) if active else None for _ in range(count)]
         cursors = [0] * count
-        offsets = [0] * count
+        offsets = [len(p) for p in prefixes] if prefixes else [0] * count
         left = count
 
         def pending(i: int) -> Any:
@@ -140,9 +145,11 @@ def stream(request: GenerationRequest, count: int, features: Features, logprobs:
             return out
 
         try:
-            if chat:
-                for i in range(count):
+            for i in range(count):
+                if chat:
                     yield chunk(i, {"role": "assistant", "content": ""}, None, None)
+                elif prefixes and prefixes[i]:
+                    yield chunk(i, prefixes[i], None, None)
             while left:
                 for event in await request.queue.get():
                     if event[0] == "error":

@@ -476,13 +476,14 @@ class TransformersBackend(Backend):
                 for i, (choice, seq) in enumerate(zip(answer["choices"], request.sequences, strict=True)):
                     choice["logprobs"] = self.logprobs.completion(seq.logprobs, len(prefix(i)))
             return answer
-        if not features.plain and not echo:
+        if not features.plain:
             def chunk(index: int, text: Any, logprobs: Any, reason: str | None) -> dict[str, Any]:
                 out = oai.completion_chunk(rid, created, model, index, text, reason)
                 out["choices"][0]["logprobs"] = logprobs
                 return out
 
-            return feat.stream(request, count, features, self.logprobs, chat=False, chunk=chunk)
+            return feat.stream(request, count, features, self.logprobs, chat=False, chunk=chunk,
+                               prefixes=[prefix(i) for i in range(count)])
 
         def head() -> list[dict[str, Any]]:
             return [oai.completion_chunk(rid, created, model, i, prefix(i)) for i in range(count) if echo]
