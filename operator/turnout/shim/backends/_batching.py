@@ -97,7 +97,7 @@ class Sequence:
         self.top_logprobs: int | None = None
         #: ``(token, logprob, [(token, logprob), ...])`` per generated token, appended before its event
         self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
-        self._logprob: tuple[int, float, list[tuple[int, float]]] | None = None
+        self.last_logprob: tuple[int, float, list[tuple[int, float]]] | None = None
 
 
 class GenerationRequest:
@@ -451,7 +451,7 @@ class Scheduler:
                 if top is not None:
                     n = seqs[i].top_logprobs or 0
                     alts = list(zip(top.indices[row, :n].tolist(), top.values[row, :n].tolist(), strict=True))
-                seqs[i]._logprob = (int(tokens[i]), chosen[row], alts)
+                seqs[i].last_logprob = (int(tokens[i]), chosen[row], alts)
         return tokens
 
     def _pick(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
@@ -518,8 +518,8 @@ class Scheduler:
             if seq.constraint is not None:
                 seq.constraint.advance(token)
             eos = token in self.eos_ids and not seq.params.ignore_eos
-            if seq._logprob is not None and not eos:
-                seq.logprobs.append(seq._logprob)
+            if seq.last_logprob is not None and not eos:
+                seq.logprobs.append(seq.last_logprob)
             if eos:
                 text, hit = seq.stops.feed(seq.detok.flush())
                 reason = "stop"

@@ -70,7 +70,7 @@ def chat_features(body: dict[str, Any], template: str | None, parser: str | None
 
 def completion_features(body: dict[str, Any]) -> Features:
     logprobs = body.get("logprobs")
-    top = None if logprobs is None else _int(body, "logprobs", 5)
+    top = None if logprobs is None else _int(body, "logprobs", 20)
     return Features(grammar=structured.response_format_grammar(body), top_logprobs=top)
 
 
