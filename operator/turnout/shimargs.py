@@ -87,6 +87,8 @@ class ShimArgs:
     node_rank: int | EnvRef = 0
     leader_address: str | EnvRef | None = None  # host the other nodes reach rank 0 at
     dist_port: int = DEFAULT_DIST_PORT
+    #: the tool-call parser of the model's family, in vLLM's names (turnout.toolparsers); None: none known
+    tool_call_parser: str | None = None
 
     @property
     def is_worker(self) -> bool:
@@ -133,6 +135,8 @@ class ShimArgs:
             argv += ["--api-key-file", self.api_key_file]
         if self.engine_args:
             argv += ["--engine-args", json.dumps(self.engine_args, sort_keys=True, separators=(",", ":"))]
+        if self.tool_call_parser:
+            argv += ["--tool-call-parser", self.tool_call_parser]
         if self.pipeline_parallel_size > 1:
             argv += ["--pipeline-parallel-size", str(self.pipeline_parallel_size)]
         if self.nnodes > 1:
@@ -170,6 +174,7 @@ class ShimArgs:
             node_rank=ns.node_rank,
             leader_address=ns.leader_address,
             dist_port=ns.dist_port,
+            tool_call_parser=ns.tool_call_parser,
         )
 
 
@@ -229,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-file", default=None, help="file holding the Bearer key clients must send")
     p.add_argument("--max-queue", type=_positive_int, default=256, help="requests admitted before 429")
     p.add_argument("--engine-args", type=_engine_args, default={}, help="JSON object passed to the engine")
+    p.add_argument("--tool-call-parser", default=None,
+                   help="the model family's tool-call parser, in vLLM's names (hermes, llama3_json, mistral...)")
     multi = p.add_argument_group("one replica over several nodes (a LeaderWorkerSet group)")
     multi.add_argument("--pipeline-parallel-size", type=_positive_int, default=1,
                        help="pipeline stages (vLLM: one per node)")

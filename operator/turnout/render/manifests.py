@@ -25,6 +25,7 @@ from turnout.resolver.memory import bytes_per_param
 from turnout.resolver.plan import Plan
 from turnout.shimargs import EnvRef, ShimArgs
 from turnout.sources import PVC_ROOT, pvc_mount
+from turnout.toolparsers import tool_parser
 
 MANAGED_BY = "turnout"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -103,6 +104,10 @@ def spec_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
+#: the engines that read ``--tool-call-parser`` (llama.cpp and MLX find the call format themselves)
+TOOL_PARSER_ENGINES = frozenset({"vllm", "sglang", "transformers"})
+
+
 def shim_args(
     plan: Plan, spec: ModelDeploymentSpec, served_name: str, config: OperatorConfig, role: str = "leader"
 ) -> ShimArgs:
@@ -135,6 +140,8 @@ def shim_args(
         max_queue=config.max_queue,
         engine_args=dict(spec.engine_args or {}),
         pipeline_parallel_size=plan.pipeline_parallel_size,
+        tool_call_parser=tool_parser(plan.model.family, plan.model.abilities) if plan.engine in TOOL_PARSER_ENGINES
+        else None,
         **group,
     )
 

@@ -64,6 +64,13 @@ class Assembler:
                     acc["logprobs"] = {"content": [*((acc["logprobs"] or {}).get("content") or []), *content]}
             else:
                 acc["text"] = acc.get("text", "") + (c.get("text") or "")
+                part = c.get("logprobs")
+                if isinstance(part, dict):  # completions: parallel lists, concatenated
+                    merged = acc["logprobs"] or {}
+                    for key, value in part.items():
+                        if isinstance(value, list):
+                            merged[key] = [*(merged.get(key) or []), *value]
+                    acc["logprobs"] = merged
             if c.get("finish_reason"):
                 acc["finish_reason"] = c["finish_reason"]
 

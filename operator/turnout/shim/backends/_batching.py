@@ -91,6 +91,13 @@ class Sequence:
             self.generator.manual_seed((params.seed + index) % (2**63))
         self.n_out = 0
         self.finish: str | None = None
+        #: a grammar the tokens must follow (``turnout.shim.structured.Constraint``), set by the backend
+        self.constraint: Any = None
+        #: how many alternatives each logprobs entry lists; None: no logprobs asked for
+        self.top_logprobs: int | None = None
+        #: ``(token, logprob, [(token, logprob), ...])`` per generated token, appended before its event
+        self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
+        self.last_logprob: tuple[int, float, list[tuple[int, float]]] | None = None
 
 
 class GenerationRequest:
@@ -431,8 +438,28 @@ class Scheduler:
         return out.logits, (cache if returned is None else returned)
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        tokens = self._pick(logits, seqs)
+        wanted = [i for i, s in enumerate(seqs) if s.top_logprobs is not None]
+        if wanted:
+            idx = torch.tensor(wanted, device=logits.device)
+            logprobs = logits[idx].float().log_softmax(dim=-1)
+            chosen = logprobs.gather(1, tokens[idx][:, None]).squeeze(1).tolist()
+            k = max(seqs[i].top_logprobs or 0 for i in wanted)
+            top = logprobs.topk(k, dim=-1) if k else None
+            for row, i in enumerate(wanted):
+                alts: list[tuple[int, float]] = []
+                if top is not None:
+                    n = seqs[i].top_logprobs or 0
+                    alts = list(zip(top.indices[row, :n].tolist(), top.values[row, :n].tolist(), strict=True))
+                seqs[i].last_logprob = (int(tokens[i]), chosen[row], alts)
+        return tokens
+
+    def _pick(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         params = [s.params for s in seqs]
         logits = logits.float()
+        if any(s.constraint is not None for s in seqs):
+            logits = torch.stack([s.constraint.mask(row) if s.constraint is not None else row
+                                  for s, row in zip(seqs, logits, strict=True)])
         if self._eos is not None and any(s.n_out < s.min_tokens for s in seqs):
             early = [s.n_out < s.min_tokens for s in seqs]
             blocked = logits.index_fill(1, self._eos, float("-inf"))
@@ -488,7 +515,12 @@ class Scheduler:
                 continue
             seq.n_out += 1
             reason = None
-            if token in self.eos_ids and not seq.params.ignore_eos:
+            if seq.constraint is not None:
+                seq.constraint.advance(token)
+            eos = token in self.eos_ids and not seq.params.ignore_eos
+            if seq.last_logprob is not None and not eos:
+                seq.logprobs.append(seq.last_logprob)
+            if eos:
                 text, hit = seq.stops.feed(seq.detok.flush())
                 reason = "stop"
                 if not hit:

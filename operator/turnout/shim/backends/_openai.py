@@ -121,19 +121,6 @@ def sampling_params(body: dict[str, Any], *, prompt_tokens: int, max_model_len: 
     )
 
 
-def reject_unsupported(body: dict[str, Any], engine: str) -> None:
-    """400 for features this engine cannot honour, instead of silently ignoring them."""
-    fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type", "text") != "text":
-        raise OpenAIError(
-            f"response_format {fmt.get('type')!r} is not supported by the {engine} engine; "
-            "serve the model with vLLM, SGLang or llama.cpp for structured output",
-            param="response_format", code="unsupported")
-    if body.get("logprobs") or body.get("top_logprobs"):
-        raise OpenAIError(f"logprobs are not supported by the {engine} engine",
-                          param="logprobs", code="unsupported")
-
-
 def reject_non_text(body: dict[str, Any]) -> None:
     """400 for a content part other than text (``image_url``, ``input_audio``, ...): this model reads text only."""
     messages = body.get("messages")

@@ -39,11 +39,13 @@ import enum
 import json
 import logging
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from turnout.shim import toolcalls
 from turnout.shim.backends import _vectors as vec
 from turnout.shim.backends._assemble import Assembler
 from turnout.shim.backends._openai import reject_non_text
@@ -310,7 +312,40 @@ class LlamaCppBackend(Backend):
     async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
         if not self.reads_media:
             reject_non_text(body)
+        tools = toolcalls.tool_request(body)
+        if tools.forced:
+            return await self._forced_call(body, tools)
         return await self._generate("/v1/chat/completions", body, "messages", chat=True)
+
+    async def _forced_call(self, body: dict[str, Any], tools: toolcalls.ToolRequest) -> dict[str, Any] | Stream:
+        """``tool_choice`` ``required`` or named, as vLLM does it: the answer is constrained to the call's
+        JSON schema (llama-server's ``json_schema`` grammar) and turned into ``tool_calls`` here.
+
+        llama-server's own ``required`` depends on recognising the template's call format and is not
+        honoured for every template; the schema always is. A stream is sent once the calls are whole.
+        """
+        if body.get("response_format") is not None:
+            raise OpenAIError("response_format cannot be combined with a forced tool call (tool_choice "
+                              "'required' or a named function)", param="response_format")
+        schema = toolcalls.forced_json_schema(tools)
+        asked = {**body, "stream": False, "tool_choice": "none",
+                 "response_format": {"type": "json_schema", "json_schema": {"name": "tool_calls", "schema": schema}}}
+        asked.pop("stream_options", None)
+        answer = await self._generate("/v1/chat/completions", asked, "messages", chat=True)
+        assert isinstance(answer, dict)
+        for choice in answer["choices"]:
+            message = choice.get("message") or {}
+            calls = toolcalls.forced_calls(tools, message.get("content") or "")
+            if calls:
+                choice["message"] = {"role": "assistant", "content": None, "tool_calls": calls}
+                choice["finish_reason"] = "tool_calls"
+        if not body.get("stream"):
+            return answer
+        usage = answer.get("usage") or {}
+        counted = Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                        completion_tokens=int(usage.get("completion_tokens") or 0))
+        return Stream(_replay(answer, include_usage=bool((body.get("stream_options") or {}).get("include_usage"))),
+                      counted)
 
     async def completions(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
         return await self._generate("/v1/completions", body, "prompt", chat=False)
@@ -324,15 +359,17 @@ class LlamaCppBackend(Backend):
         usage = Usage()
         relay = relay_response(resp, usage, keep_usage=keep_usage, active=self._active,
                                on_error=_stream_lost, idle_timeout=self.idle_timeout)
+        fix = None if chat or body.get("logprobs") is None else _CompletionLogprobs()
         if streamed:
-            return Stream(relay, usage)
+            return Stream(relay if fix is None else fix.stream(relay, param), usage)
         assembler = Assembler(chat=chat)
         try:
             async for events in relay:
                 for event in split_events(events):
                     data = event_data(event)
                     if data:
-                        assembler.add(_chunk(data, param))
+                        item = _chunk(data, param)
+                        assembler.add(item if fix is None else fix(item))
         finally:
             await relay.aclose()  # a cancelled call closes the connection: llama.cpp cancels the task
         return assembler.result()
@@ -363,6 +400,64 @@ class LlamaCppBackend(Backend):
         scores = {"id": result.get("id"), "results": result["results"],
                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
         return rerank_response(scores, body, self.args.served_model_name, docs)
+
+
+class _CompletionLogprobs:
+    """llama-server writes completions logprobs in the chat shape (``{"content": [...]}``); OpenAI's
+    completions shape is parallel lists: ``tokens``, ``token_logprobs``, ``top_logprobs``, ``text_offset``."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[int, int] = {}
+
+    def __call__(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        for choice in chunk.get("choices") or ():
+            part = choice.get("logprobs")
+            if not isinstance(part, dict) or "content" not in part:
+                continue
+            i = int(choice.get("index", 0))
+            entries = part.get("content") or []
+            offsets = []
+            for entry in entries:
+                offsets.append(self.offsets.get(i, 0))
+                self.offsets[i] = offsets[-1] + len(entry.get("token", ""))
+            choice["logprobs"] = {
+                "tokens": [e.get("token", "") for e in entries],
+                "token_logprobs": [e.get("logprob") for e in entries],
+                "top_logprobs": [{t.get("token", ""): t.get("logprob") for t in e.get("top_logprobs") or ()}
+                                 for e in entries],
+                "text_offset": offsets,
+            }
+        return chunk
+
+    async def stream(self, relay: Any, param: str) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for events in relay:
+                for event in split_events(events):
+                    data = event_data(event)
+                    if data:
+                        yield self(_chunk(data, param))
+        finally:
+            await relay.aclose()
+
+
+async def _replay(answer: dict[str, Any], *, include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+    """A whole chat answer as OpenAI's stream: role, content or one delta per tool call, finish, usage."""
+    head = {k: answer[k] for k in ("id", "created", "model", "system_fingerprint") if k in answer}
+    head["object"] = "chat.completion.chunk"
+
+    def chunk(index: int, delta: dict[str, Any], reason: str | None = None) -> dict[str, Any]:
+        return {**head, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+
+    for choice in answer["choices"]:
+        i, message = choice["index"], choice.get("message") or {}
+        yield chunk(i, {"role": "assistant", "content": ""})
+        if message.get("content"):
+            yield chunk(i, {"content": message["content"]})
+        for k, call in enumerate(message.get("tool_calls") or ()):
+            yield chunk(i, {"tool_calls": [{"index": k, **call}]})
+        yield chunk(i, {}, choice.get("finish_reason"))
+    if include_usage:
+        yield {**head, "choices": [], "usage": answer.get("usage")}
 
 
 async def _stream_lost(exc: EngineConnectionError) -> OpenAIError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from turnout.shim.backends.proxy import ProxyBackend, engine_flags, engine_python, local_model_ref
+from turnout.toolparsers import SGLANG
 
 #: the devices ``--device`` accepts in SGLang (it has no Apple backend)
 SGLANG_DEVICES = {"cpu": "cpu", "cuda": "cuda", "npu": "npu"}
@@ -43,6 +44,9 @@ class SglangBackend(ProxyBackend):
                     "--dist-init-addr", f"{a.leader_address}:{a.dist_port}"]
         if a.model_type in ("embedding", "rerank"):
             cmd.append("--is-embedding")
+        parser = SGLANG.get(a.tool_call_parser or "")
+        if parser and a.model_type == "llm" and "tool-call-parser" not in {k.replace("_", "-") for k in a.engine_args}:
+            cmd += ["--tool-call-parser", parser]
         # SGLang's boolean options are store_true flags: false means "leave it out".
         return cmd + engine_flags(a.engine_args, reserved=self.reserved_flags, negate_false=False)
 

@@ -40,6 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from turnout.shim import structured
+from turnout.shim.backends import _features as feat
 from turnout.shim.backends import _openai as oai
 from turnout.shim.backends._batching import GenerationRequest, Scheduler, Sequence
 from turnout.shim.backends.base import Backend, Health, State, Stream
@@ -255,6 +257,8 @@ class TransformersBackend(Backend):
         self.tokenizer: Any = None
         self.model: Any = None
         self.max_model_len = 0
+        self.grammars: structured.Grammars | None = None
+        self.logprobs: feat.Logprobs | None = None
 
     # ---- life cycle --------------------------------------------------------
 
@@ -319,6 +323,10 @@ class TransformersBackend(Backend):
             scheduler.stop()
             raise
         self.scheduler = scheduler
+        vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None \
+            else len(self.tokenizer)
+        self.grammars = structured.Grammars(self.tokenizer, int(vocab))
+        self.logprobs = feat.Logprobs(self.tokenizer)
         log.info("loaded %s on %s (context %d tokens, %d torch threads)", path, device, self.max_model_len,
                  self.threads)
 
@@ -352,17 +360,13 @@ class TransformersBackend(Backend):
                               code="model_loading")
         return self.scheduler
 
-    def _chat_prompt(self, body: dict[str, Any]) -> list[int]:
+    def _chat_prompt(self, body: dict[str, Any], features: feat.Features) -> list[int]:
         messages = oai.chat_messages(body)
-        tool_choice = body.get("tool_choice")
-        if tool_choice not in (None, "auto", "none"):
-            raise OpenAIError("tool_choice other than 'auto' or 'none' is not supported by the transformers "
-                              "engine", param="tool_choice", code="unsupported")
         if not getattr(self.tokenizer, "chat_template", None):
             raise OpenAIError("this model has no chat template; use /v1/completions", code="no_chat_template")
         kwargs = dict(body.get("chat_template_kwargs") or {})
-        if body.get("tools") and tool_choice != "none":
-            kwargs["tools"] = body["tools"]
+        if features.tools is not None and features.tools.tools:
+            kwargs["tools"] = features.tools.tools  # with tool_choice none too, as vLLM and llama.cpp do
         add_generation_prompt = body.get("add_generation_prompt", True)
         try:
             text = self.tokenizer.apply_chat_template(
@@ -373,7 +377,7 @@ class TransformersBackend(Backend):
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
     def _submit(self, rid: str, prompts: list[list[int]], n: int, body: dict[str, Any],
-                prompt_param: str) -> GenerationRequest:
+                prompt_param: str, features: feat.Features) -> GenerationRequest:
         scheduler = self._ready()
         longest = max(len(p) for p in prompts)
         if any(not p for p in prompts):
@@ -391,21 +395,40 @@ class TransformersBackend(Backend):
                      min_tokens=min_tokens or 0)
             for i, prompt in enumerate(prompts) for j in range(n)
         ]
+        assert self.grammars is not None
+        for seq in request.sequences:
+            features.prepare(seq, self.grammars)
         scheduler.submit(request)
         return request
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
         self._ready()
-        oai.reject_unsupported(body, "transformers")
         n = oai.choices_n(body)
-        prompt = self._chat_prompt(body)
+        features = feat.chat_features(body, getattr(self.tokenizer, "chat_template", None),
+                                      self.args.tool_call_parser)
+        prompt = self._chat_prompt(body, features)
         rid, created = oai.new_id("chatcmpl"), oai.now()
-        request = self._submit(rid, [prompt], n, body, "messages")
+        request = self._submit(rid, [prompt], n, body, "messages", features)
         model = self.args.served_model_name
+        assert self.logprobs is not None
         if not body.get("stream"):
             texts, reasons = await self._collect(request, n)
-            return oai.chat_response(rid, created, model, texts, reasons, request.record.prompt_tokens,
-                                     request.record.generated_tokens)
+            answer = oai.chat_response(rid, created, model, texts, reasons, request.record.prompt_tokens,
+                                       request.record.generated_tokens)
+            for choice, text, seq in zip(answer["choices"], texts, request.sequences, strict=True):
+                choice["message"], called = feat.chat_message(features, text)
+                if called:
+                    choice["finish_reason"] = "tool_calls"
+                if features.top_logprobs is not None:
+                    choice["logprobs"] = self.logprobs.chat(seq.logprobs)
+            return answer
+        if not features.plain:
+            def chunk(index: int, delta: Any, logprobs: Any, reason: str | None) -> dict[str, Any]:
+                out = oai.chat_chunk(rid, created, model, index, delta, reason)
+                out["choices"][0]["logprobs"] = logprobs
+                return out
+
+            return feat.stream(request, n, features, self.logprobs, chat=True, chunk=chunk)
 
         def head() -> list[dict[str, Any]]:
             return [oai.chat_chunk(rid, created, model, i, {"role": "assistant", "content": ""})
@@ -421,8 +444,8 @@ class TransformersBackend(Backend):
 
     async def completions(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
         self._ready()
-        oai.reject_unsupported(body, "transformers")
         n = oai.choices_n(body)
+        features = feat.completion_features(body)
         prompts: list[list[int]] = []
         texts_in: list[str] = []
         for prompt in oai.completion_prompts(body):
@@ -437,18 +460,30 @@ class TransformersBackend(Backend):
                 texts_in.append(self.tokenizer.decode(prompt))
         echo = bool(body.get("echo"))
         rid, created = oai.new_id("cmpl"), oai.now()
-        request = self._submit(rid, prompts, n, body, "prompt")
+        request = self._submit(rid, prompts, n, body, "prompt", features)
         model = self.args.served_model_name
         count = len(prompts) * n
+        assert self.logprobs is not None
 
         def prefix(index: int) -> str:
             return texts_in[index // n] if echo else ""
 
         if not body.get("stream"):
             texts, reasons = await self._collect(request, count)
-            texts = [prefix(i) + t for i, t in enumerate(texts)]
-            return oai.completion_response(rid, created, model, texts, reasons, request.record.prompt_tokens,
-                                           request.record.generated_tokens)
+            answer = oai.completion_response(rid, created, model, [prefix(i) + t for i, t in enumerate(texts)],
+                                             reasons, request.record.prompt_tokens, request.record.generated_tokens)
+            if features.top_logprobs is not None:
+                for i, (choice, seq) in enumerate(zip(answer["choices"], request.sequences, strict=True)):
+                    choice["logprobs"] = self.logprobs.completion(seq.logprobs, len(prefix(i)))
+            return answer
+        if not features.plain:
+            def chunk(index: int, text: Any, logprobs: Any, reason: str | None) -> dict[str, Any]:
+                out = oai.completion_chunk(rid, created, model, index, text, reason)
+                out["choices"][0]["logprobs"] = logprobs
+                return out
+
+            return feat.stream(request, count, features, self.logprobs, chat=False, chunk=chunk,
+                               prefixes=[prefix(i) for i in range(count)])
 
         def head() -> list[dict[str, Any]]:
             return [oai.completion_chunk(rid, created, model, i, prefix(i)) for i in range(count) if echo]

@@ -11,6 +11,16 @@ from __future__ import annotations
 from typing import ClassVar
 
 from turnout.shim.backends.proxy import ProxyBackend, engine_flags, engine_python, local_model_ref
+from turnout.shimargs import ShimArgs
+
+
+def tool_flags(args: ShimArgs) -> list[str]:
+    """``--enable-auto-tool-choice --tool-call-parser NAME`` for a family that calls tools, unless the
+    engine args set the parser themselves."""
+    if not args.tool_call_parser or args.model_type != "llm" or "tool-call-parser" in \
+            {k.replace("_", "-") for k in args.engine_args}:
+        return []
+    return ["--enable-auto-tool-choice", "--tool-call-parser", args.tool_call_parser]
 
 
 class VllmBackend(ProxyBackend):
@@ -39,7 +49,7 @@ class VllmBackend(ProxyBackend):
             cmd += ["--pipeline-parallel-size", str(a.pipeline_parallel_size)]
         if a.model_type in ("embedding", "rerank"):
             cmd += ["--runner", "pooling"]
-        return cmd + engine_flags(a.engine_args, reserved=self.reserved_flags, negate_false=True)
+        return cmd + tool_flags(a) + engine_flags(a.engine_args, reserved=self.reserved_flags, negate_false=True)
 
     def _multi_node(self, port: int) -> list[str]:
         a = self.args
@@ -56,7 +66,7 @@ class VllmBackend(ProxyBackend):
         if a.is_worker:
             cmd.append("--headless")
         else:
-            cmd += ["--host", "127.0.0.1", "--port", str(port)]
+            cmd += ["--host", "127.0.0.1", "--port", str(port), *tool_flags(a)]
         if a.model_type in ("embedding", "rerank"):
             cmd += ["--runner", "pooling"]
         return cmd + engine_flags(a.engine_args, reserved=self.reserved_flags, negate_false=True)
