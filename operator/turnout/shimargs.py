@@ -87,6 +87,12 @@ class ShimArgs:
     node_rank: int | EnvRef = 0
     leader_address: str | EnvRef | None = None  # host the other nodes reach rank 0 at
     dist_port: int = DEFAULT_DIST_PORT
+    #: LoRA: the engine starts able to load adapters at run time (``/v1/load_lora_adapter``), holding at most
+    #: ``max_loras`` of rank up to ``max_lora_rank``; ``lora_modules`` (name -> path or URI) are loaded at start
+    enable_lora: bool = False
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    lora_modules: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_worker(self) -> bool:
@@ -140,6 +146,10 @@ class ShimArgs:
             if self.leader_address is not None:
                 argv += ["--leader-address", str(self.leader_address)]
             argv += ["--dist-port", str(self.dist_port)]
+        if self.enable_lora:
+            argv += ["--enable-lora", "--max-loras", str(self.max_loras), "--max-lora-rank", str(self.max_lora_rank)]
+        for name, path in sorted(self.lora_modules.items()):
+            argv += ["--lora-modules", f"{name}={path}"]
         return argv
 
     @classmethod
@@ -170,6 +180,10 @@ class ShimArgs:
             node_rank=ns.node_rank,
             leader_address=ns.leader_address,
             dist_port=ns.dist_port,
+            enable_lora=ns.enable_lora or bool(ns.lora_modules),
+            max_loras=ns.max_loras,
+            max_lora_rank=ns.max_lora_rank,
+            lora_modules=dict(ns.lora_modules),
         )
 
 
@@ -209,6 +223,13 @@ def _engine_args(text: str) -> dict[str, Any]:
     return value
 
 
+def _lora_module(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--lora-modules takes NAME=PATH (a path or a model URI), got {text!r}")
+    return name, path
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for ``turnout-shim``."""
     p = argparse.ArgumentParser(
@@ -238,4 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     multi.add_argument("--leader-address", default=None, help="host of rank 0, which the other ranks connect to")
     multi.add_argument("--dist-port", type=_port, default=DEFAULT_DIST_PORT,
                        help="port of the group's rendezvous on rank 0")
+    lora = p.add_argument_group("LoRA adapters")
+    lora.add_argument("--enable-lora", action="store_true",
+                      help="start the engine able to load LoRA adapters at run time")
+    lora.add_argument("--max-loras", type=_positive_int, default=4, help="adapters held at once")
+    lora.add_argument("--max-lora-rank", type=_positive_int, default=16, help="largest adapter rank")
+    lora.add_argument("--lora-modules", type=_lora_module, nargs="+", action="extend", default=[],
+                      metavar="NAME=PATH", help="adapters loaded at start (implies --enable-lora)")
     return p

@@ -135,6 +135,10 @@ def shim_args(
         max_queue=config.max_queue,
         engine_args=dict(spec.engine_args or {}),
         pipeline_parallel_size=plan.pipeline_parallel_size,
+        # spec.lora only: the adapters are loaded at run time (turnout.controller.adapters), so adding or
+        # removing one never changes the pod template
+        **({"enable_lora": True, "max_loras": spec.lora.max_loaded, "max_lora_rank": spec.lora.max_rank}
+           if spec.lora else {}),
         **group,
     )
 

@@ -1,0 +1,74 @@
+"""LoRA in the rendered pods: spec.lora sets the engine's flags; spec.adapters never touches the pod template."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from turnout.api import ModelDeployment
+from turnout.cli.plan import load_hardware
+from turnout.hardware import ClusterFeatures
+from turnout.render import render
+from turnout.resolver import Plan, resolve
+from turnout.shimargs import ShimArgs
+
+NODES = Path(__file__).resolve().parents[2] / "examples" / "nodes"
+
+
+def _md(spec: dict[str, Any]) -> ModelDeployment:
+    return ModelDeployment.model_validate({"metadata": {"name": "chat", "namespace": "default", "uid": "u1"},
+                                           "spec": spec})
+
+
+def _rendered(spec: dict[str, Any], nodes: str) -> str:
+    md = _md(spec)
+    plan = resolve(md.spec, load_hardware(str(NODES / nodes), ClusterFeatures()))
+    assert isinstance(plan, Plan), plan
+    return yaml.safe_dump_all(render(plan, md), sort_keys=True)
+
+
+ADAPTERS = [{"name": "sql", "uri": "hf://acme/sql-lora"}, {"name": "poems", "uri": "s3://bucket/poems"}]
+
+
+@pytest.mark.parametrize(("model", "nodes"), [
+    ({"name": "qwen2.5-instruct", "size": 7}, "h100-1x8.yaml"),
+    ({"uri": "builtin://tiny-llama", "size": 0.001}, "cpu-only.yaml"),
+])
+def test_adapters_change_no_rendered_byte(model: dict[str, Any], nodes: str) -> None:
+    """Adding the first adapter, or removing the last, renders the same children: no pod restarts."""
+    base = {"model": model, "lora": {"maxLoaded": 2, "maxRank": 32}}
+    without = _rendered(base, nodes)
+    assert _rendered({**base, "adapters": ADAPTERS}, nodes) == without
+    assert _rendered({**base, "adapters": ADAPTERS[:1]}, nodes) == without
+    assert _rendered({**base, "adapters": []}, nodes) == without
+
+
+def test_lora_renders_the_engine_flags() -> None:
+    md = _md({"model": {"name": "qwen2.5-instruct", "size": 7}, "engine": "vllm",
+              "lora": {"maxLoaded": 3, "maxRank": 64}})
+    plan = resolve(md.spec, load_hardware(str(NODES / "h100-1x8.yaml"), ClusterFeatures()))
+    assert isinstance(plan, Plan)
+    dep = next(o for o in render(plan, md) if o["kind"] == "Deployment")
+    argv = dep["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert argv[argv.index("--enable-lora"):][:5] == ["--enable-lora", "--max-loras", "3", "--max-lora-rank", "64"]
+    parsed = ShimArgs.parse(argv[1:])
+    assert (parsed.enable_lora, parsed.max_loras, parsed.max_lora_rank) == (True, 3, 64)
+    no_lora = _md({"model": {"name": "qwen2.5-instruct", "size": 7}, "engine": "vllm"})
+    dep = next(o for o in render(plan, no_lora) if o["kind"] == "Deployment")
+    assert "--enable-lora" not in dep["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_initial_lora_modules_round_trip() -> None:
+    """``turnout up`` starts its shims with the adapters of its files: name=path (or URI), one flag each."""
+    args = ShimArgs(engine="transformers", model="builtin://tiny-llama", served_model_name="m", enable_lora=True,
+                    lora_modules={"sql": "file:///a/sql", "poems": "hf://o/poems"})
+    argv = args.to_argv()
+    assert argv.count("--lora-modules") == 2
+    assert ShimArgs.parse(argv[1:]) == args
+    implied = ShimArgs.parse(["--engine", "transformers", "--model", "m", "--lora-modules", "a=/p", "b=/q"])
+    assert implied.enable_lora and implied.lora_modules == {"a": "/p", "b": "/q"}
+    with pytest.raises(SystemExit):
+        ShimArgs.parse(["--engine", "transformers", "--model", "m", "--lora-modules", "nopath"])
