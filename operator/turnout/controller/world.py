@@ -16,7 +16,11 @@ from typing import Any
 
 from turnout.render.manifests import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_LABEL
 
-__all__ = ["INSTANCE_LABEL", "MANAGED_BY", "MANAGED_BY_LABEL", "SPEC_HASH_LABEL"]
+#: On a model server pod: the LoRA adapters its engine holds, as the operator loaded them (JSON, see
+#: :mod:`turnout.controller.adapters`); the gateway routes an adapter's requests to the pods that hold it.
+ADAPTERS_ANNOTATION = "turnout.dev/adapters"
+
+__all__ = ["ADAPTERS_ANNOTATION", "INSTANCE_LABEL", "MANAGED_BY", "MANAGED_BY_LABEL", "SPEC_HASH_LABEL"]
 
 
 def _plain(value: Any) -> Any:
@@ -210,6 +214,16 @@ class Pod:
     phase: str | None = None
     conditions: tuple[ObjectCondition, ...] = ()
     containers: tuple[Container, ...] = ()
+    ip: str | None = None  # status.podIP: where its shim answers
+    adapters: str | None = None  # its turnout.dev/adapters annotation: the LoRA adapters its engine holds
+
+    @property
+    def ready(self) -> bool:
+        return not self.deleting and any(c.type == "Ready" and c.status == "True" for c in self.conditions)
+
+    @property
+    def restarts(self) -> int:
+        return sum(c.restart_count for c in self.containers)
 
 
 def compact_pod(body: Mapping[str, Any]) -> Pod:
@@ -226,6 +240,8 @@ def compact_pod(body: Mapping[str, Any]) -> Pod:
                       ContainerState.of(cs.get("state") or {}), ContainerState.of(cs.get("lastState") or {}))
             for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
         ),
+        ip=_opt_str(status.get("podIP")),
+        adapters=_opt_str((meta.get("annotations") or {}).get(ADAPTERS_ANNOTATION)),
     )
 
 
