@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -87,7 +87,9 @@ def shim_command(plan: Plan, md: ModelDeployment, host: str, port: int, model_pa
     args = shim_args(plan, md.spec, md.served_name, OperatorConfig())
     if md.spec.api_key_secret_ref:
         raise LocalError("apiKeySecretRef names a Kubernetes Secret; locally, run the shim with --api-key-file")
-    return replace(args, host=host, port=port, model=model_path or args.model)
+    # The adapters of the file are loaded at start (the shim fetches each URI as it fetches models).
+    lora = {a.name: a.uri for a in md.spec.adapters or []}
+    return replace(args, host=host, port=port, model=model_path or args.model, lora_modules=lora)
 
 
 def fetch(plan: Plan, out: TextIO) -> str:
@@ -122,6 +124,7 @@ class LocalServer:
     url: str
     log_path: Path
     model_type: str = "llm"
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA adapters it serves: name -> source URI
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -150,7 +153,7 @@ def start_shim(args: ShimArgs, log_path: Path, env: dict[str, str] | None = None
             env={**os.environ, **(env or {})},
         )
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    return LocalServer(process, f"http://{host}:{args.port}", log_path, args.model_type)
+    return LocalServer(process, f"http://{host}:{args.port}", log_path, args.model_type, dict(args.lora_modules))
 
 
 def wait_ready(server: LocalServer, timeout: float, tick: Callable[[str], None] = lambda _: None) -> None:
@@ -291,7 +294,7 @@ def serve_behind_gateway(
     for served, server in servers.items():
         address = server.url.removeprefix("http://")
         shim_host, _, shim_port = address.rpartition(":")
-        models.append(StaticModel(served, shim_host, int(shim_port)))
+        models.append(StaticModel(served, shim_host, int(shim_port), adapters=dict(server.adapters)))
     died: list[str] = []
 
     async def main() -> int:
