@@ -40,6 +40,9 @@ def test_every_ready_pod_loads_every_adapter_and_keeps_what_it_holds() -> None:
     assert (work["p1"].unload, work["p1"].load) == (("old",), (("poems", "hf://o/poems"),))
     assert work["p2"].load == (("sql", "hf://o/sql"), ("poems", "hf://o/poems"))
     assert work["p2"].ip == "10.0.0.2"
+    worker = Pod(name="p4", ip="10.0.0.4", conditions=READY, worker=True)  # a multi-node group's non-leader
+    assert "p4" not in {w.pod for w in ad.work(spec, [*pods, worker])}
+    assert (ad.status(spec, [*pods, worker]) or [])[0].ready == "1/2"
 
 
 def test_a_changed_uri_reloads_and_a_restarted_pod_holds_nothing() -> None:

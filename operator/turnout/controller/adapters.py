@@ -11,6 +11,7 @@ Placement: every pod holds at most ``spec.lora.maxLoaded`` adapters. A pod keeps
 free places go to the adapters held by the fewest pods so far (in the spec's order), so with more adapters
 than places each still lands somewhere when the pods allow. An adapter whose load failed on a pod is not
 tried on that pod again until its uri changes or the pod restarts (the error stays in status.adapters).
+A multi-node replica (a LeaderWorkerSet group) counts once: its leader serves the API and holds the adapters.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class PodWork:
 
 
 def _serving(pods: Sequence[Pod]) -> list[Pod]:
-    return sorted((p for p in pods if p.ready and p.ip and p.name), key=lambda p: str(p.name))
+    return sorted((p for p in pods if p.ready and p.ip and p.name and not p.worker), key=lambda p: str(p.name))
 
 
 def work(spec: ModelDeploymentSpec | None, pods: Sequence[Pod]) -> tuple[PodWork, ...]:
