@@ -1,9 +1,10 @@
 """A real HTTP server speaking the shim's LoRA contract (vLLM's runtime API), for the operator's tests.
 
 ``POST /v1/load_lora_adapter`` ``{"lora_name", "lora_path"}``: 200, or 400 in the OpenAI error envelope when
-the path is one of ``bad`` (as a shim answers a source it cannot fetch); ``POST /v1/unload_lora_adapter``
-``{"lora_name"}``: 200, 404 for an adapter it does not hold; ``GET /v1/models``: the base and each adapter
-with ``parent``. It records every call, and requires ``key`` as a Bearer when given.
+the path is one of ``bad`` (as a shim answers a source it cannot fetch) or the name is loaded already (as vLLM
+does); ``POST /v1/unload_lora_adapter`` ``{"lora_name"}``: 200, 404 for an adapter it does not hold;
+``GET /v1/models``: the base and each adapter with ``parent``. It records every call, and requires ``key`` as
+a Bearer when given.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ def _error(status: int, message: str, code: str) -> web.Response:
 
 
 class LoraShim:
-    def __init__(self, base: str = "chat", bad: tuple[str, ...] = (), key: str | None = None) -> None:
+    def __init__(self, base: str = "chat", bad: tuple[str, ...] = (), key: str | None = None,
+                 loaded: dict[str, str] | None = None) -> None:
         self.base = base
         self.bad = bad
         self.key = key
-        self.loaded: dict[str, str] = {}
+        self.loaded: dict[str, str] = dict(loaded or {})  # e.g. from --lora-modules
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.app = web.Application()
         self.app.router.add_post("/v1/load_lora_adapter", self._load)
@@ -43,6 +45,8 @@ class LoraShim:
             return denied
         if body["lora_path"] in self.bad:
             return _error(400, f"cannot fetch {body['lora_path']}: no such repository", "invalid_value")
+        if body["lora_name"] in self.loaded:
+            return _error(400, f"The lora adapter '{body['lora_name']}' has already been loaded.", "invalid_value")
         self.loaded[body["lora_name"]] = body["lora_path"]
         return web.json_response({"status": "ok"})
 
@@ -57,6 +61,10 @@ class LoraShim:
         return web.json_response({"status": "ok"})
 
     async def _models(self, request: web.Request) -> web.Response:
+        self.calls.append(("models", {}))
+        denied = self._denied(request)
+        if denied is not None:
+            return denied
         data = [{"id": self.base, "object": "model"}]
         data += [{"id": n, "object": "model", "parent": self.base, "root": p} for n, p in self.loaded.items()]
         return web.json_response({"object": "list", "data": data})

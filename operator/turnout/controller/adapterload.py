@@ -103,16 +103,26 @@ class AdapterLoader:
         return {"Authorization": f"Bearer {key.decode()}"}
 
     async def _change(self, w: PodWork, headers: dict[str, str]) -> Held:
-        """Unload, then load, on one pod; what its engine holds afterwards."""
+        """Unload, then load, on one pod; what its engine holds afterwards.
+
+        The shim's ``/v1/models`` is asked first: an adapter it lists already (loaded before our record was
+        written, or by ``--lora-modules``) is not loaded again.
+        """
         loaded, failed = dict(w.held.loaded), dict(w.held.failed)
+        present = await self._present(w, headers)
         for adapter in w.unload:
             status, message = await self._post(w, "/v1/unload_lora_adapter", {"lora_name": adapter}, headers)
             if status < 300 or status == 404:  # 404: the engine did not hold it (any more)
                 loaded.pop(adapter, None)
+                present.discard(adapter)
             else:
                 logger.warning("pod %s could not unload adapter %s: %s", w.pod, adapter, message)
             failed.pop(adapter, None)
         for adapter, uri in w.load:
+            if adapter in present:
+                loaded[adapter] = uri
+                failed.pop(adapter, None)
+                continue
             status, message = await self._post(w, "/v1/load_lora_adapter", {"lora_name": adapter, "lora_path": uri},
                                                headers)
             if status < 300:
@@ -122,15 +132,27 @@ class AdapterLoader:
                 failed[adapter] = (uri, f"{status}: {message}")
         return Held(w.held.restarts, loaded, failed)
 
+    async def _present(self, w: PodWork, headers: dict[str, str]) -> set[str]:
+        """The adapters the shim lists (entries of ``/v1/models`` with a ``parent``); empty when it says none."""
+        status, text = await self._request(w, "GET", "/v1/models", None, headers)
+        with suppress(ValueError, AttributeError, TypeError, KeyError):
+            if status == 200:
+                return {str(m["id"]) for m in json.loads(text)["data"] if m.get("parent")}
+        return set()
+
     async def _post(self, w: PodWork, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, str]:
+        status, text = await self._request(w, "POST", path, body, headers)
+        return status, _message(text)
+
+    async def _request(self, w: PodWork, method: str, path: str, body: dict[str, Any] | None,
+                       headers: dict[str, str]) -> tuple[int, str]:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         url = f"http://{w.ip}:{self.port}{path}"
         try:
-            async with self._session.post(url, json=body, headers=headers,
-                                          timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
-                text = await resp.text()
-                return resp.status, _message(text)
+            async with self._session.request(method, url, json=body, headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                return resp.status, await resp.text()
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise Unreachable(f"the shim of pod {w.pod} at {url} did not answer: {exc or type(exc).__name__}"
                               ) from None
