@@ -47,21 +47,34 @@ class AdapterLoader:
         self.retry = retry
         self.timeout = timeout
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}  # (namespace, pod) -> its work
-        self._written: dict[tuple[str, str], Held] = {}  # (namespace, pod) -> the record last written
+        #: (namespace, deployment) -> pod -> the record last written there, until the watch shows it
+        self._written: dict[tuple[str, str], dict[str, Held]] = {}
         self._session: aiohttp.ClientSession | None = None
 
-    def start(self, namespace: str, name: str, key_ref: SecretKeyRef | None, work: Iterable[PodWork]) -> None:
-        """Start the work of each pod that has none running and whose annotation shows our last write."""
+    def start(self, namespace: str, name: str, key_ref: SecretKeyRef | None, work: Iterable[PodWork],
+              pods: Iterable[str]) -> None:
+        """Start the work of each pod that has none running and whose annotation shows our last write.
+
+        ``pods``: the deployment's pods now (what is remembered of others is dropped).
+        """
+        written = self._written.get((namespace, name), {})
+        for gone in set(written) - set(pods):
+            del written[gone]
         for w in work:
             where = (namespace, w.pod)
             if where in self._tasks:
                 continue
-            written = self._written.get(where)
-            if written is not None and written.restarts == w.held.restarts and written != w.held:
+            last = written.get(w.pod)
+            if last is not None and last.restarts == w.held.restarts and last != w.held:
                 continue  # the watch has not shown our last record yet: the work is computed from an older one
+            written.pop(w.pod, None)
             task = asyncio.create_task(self._run(namespace, name, key_ref, w))
             self._tasks[where] = task
             task.add_done_callback(lambda _t, where=where: self._tasks.pop(where, None))
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The deployment is gone: drop what is remembered of its pods."""
+        self._written.pop((namespace, name), None)
 
     async def close(self) -> None:
         tasks = list(self._tasks.values())
@@ -79,7 +92,7 @@ class AdapterLoader:
             held = await self._change(w, headers)
             await self.client.merge_patch(api_path("v1", "pods", namespace, w.pod),
                                           {"metadata": {"annotations": {ADAPTERS_ANNOTATION: held.to_json()}}})
-            self._written[(namespace, w.pod)] = held
+            self._written.setdefault((namespace, name), {})[w.pod] = held
         except Unreachable as exc:
             logger.info("adapters of %s/%s: %s; trying again in %.0fs", namespace, name, exc, RETRY_AFTER)
             self.retry(namespace, name, RETRY_AFTER)

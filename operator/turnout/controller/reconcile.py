@@ -295,6 +295,7 @@ class Controller:
             self._written.pop(uid, None)
         for kind in IDX_CHILDREN:
             self._applied.pop((kind, namespace, name), None)
+        self.adapters.forget(namespace, name)
 
     async def _work(self, key: Hashable) -> None:
         namespace, name = key  # type: ignore[misc]
@@ -431,7 +432,8 @@ class Controller:
         pruned = [await self._prune(md, p) for p in decision.prune]
         if decision.adapters and decision.basis is not None and decision.basis.observed.spec is not None:
             spec = decision.basis.observed.spec
-            self.adapters.start(meta["namespace"], meta["name"], spec.api_key_secret_ref, decision.adapters)
+            self.adapters.start(meta["namespace"], meta["name"], spec.api_key_secret_ref, decision.adapters,
+                                [str(p.name) for p in decision.basis.observed.pods])
         for event in decision.before_status:
             await self.event(md, event.type, event.reason, event.message)
         written = await self._write_status(md, decision)
