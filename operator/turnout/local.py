@@ -32,7 +32,7 @@ from turnout.procgroup import terminate
 from turnout.progress import Step
 from turnout.render import shim_args
 from turnout.resolver import Plan, Rejection, explain_rejection, resolve
-from turnout.shimargs import ShimArgs
+from turnout.shimargs import LoraModule, ShimArgs
 
 #: engine -> (extra that installs it, modules it needs)
 ENGINE_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -87,9 +87,11 @@ def shim_command(plan: Plan, md: ModelDeployment, host: str, port: int, model_pa
     args = shim_args(plan, md.spec, md.served_name, OperatorConfig())
     if md.spec.api_key_secret_ref:
         raise LocalError("apiKeySecretRef names a Kubernetes Secret; locally, run the shim with --api-key-file")
-    # The adapters of the file are loaded at start (the shim fetches each URI as it fetches models).
-    lora = {a.name: a.uri for a in md.spec.adapters or []}
-    return replace(args, host=host, port=port, model=model_path or args.model, lora_modules=lora)
+    # The adapters of the file are loaded at start (the shim fetches each URI as it fetches models); one process
+    # serves them all, so it holds as many as there are.
+    lora = tuple(LoraModule(a.name, a.uri) for a in md.spec.adapters or [])
+    return replace(args, host=host, port=port, model=model_path or args.model, lora_modules=lora,
+                   max_loras=max(args.max_loras, len(lora)))
 
 
 def fetch(plan: Plan, out: TextIO) -> str:
@@ -153,7 +155,8 @@ def start_shim(args: ShimArgs, log_path: Path, env: dict[str, str] | None = None
             env={**os.environ, **(env or {})},
         )
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    return LocalServer(process, f"http://{host}:{args.port}", log_path, args.model_type, dict(args.lora_modules))
+    return LocalServer(process, f"http://{host}:{args.port}", log_path, args.model_type,
+                       {m.name: m.path for m in args.lora_modules})
 
 
 def wait_ready(server: LocalServer, timeout: float, tick: Callable[[str], None] = lambda _: None) -> None:
