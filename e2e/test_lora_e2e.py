@@ -11,8 +11,8 @@ suite's CRD) serves ``examples/tiny-chat.yaml`` on the transformers CPU image wi
    and again no pod restarted.
 
 The adapter's source is ``$TURNOUT_E2E_LORA_URI``, by default the project's built-in tiny LoRA of the tiny
-Llama (``builtin://tiny-llama-lora``, made by PEFT with random non-zero weights, baked into the image like the
-tiny model).
+Llama (``builtin://tiny-lora``, made by PEFT with random non-zero weights, built on first use like the tiny
+model).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from conftest import RUN
 
 RELEASE = "turnout-e2e-lora"
 ADAPTER = "tiny-sql"
-ADAPTER_URI = os.environ.get("TURNOUT_E2E_LORA_URI", "builtin://tiny-llama-lora")
+ADAPTER_URI = os.environ.get("TURNOUT_E2E_LORA_URI", "builtin://tiny-lora")
 #: seconds from the spec change to the gateway listing the adapter (the issue's "within seconds")
 LISTED_WITHIN = 60
 

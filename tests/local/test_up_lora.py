@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sys
+
+import pytest
+
 from turnout import local
-from turnout.api import ModelDeployment
+from turnout.api import AdapterSpec, ModelDeployment
 from turnout.gateway.source import StaticModel, StaticSource
 from turnout.localhw import Probes
 from turnout.shimargs import LoraModule, ShimArgs
@@ -23,6 +27,8 @@ def test_the_local_shim_starts_with_the_adapters_of_the_file() -> None:
     assert args.enable_lora and args.max_lora_rank == 16
     assert args.lora_modules == (LoraModule("sql", "file:///adapters/sql"), LoraModule("poems", "hf://o/p"))
     assert ShimArgs.parse(args.to_argv()[1:]) == args
+    fetched = local.shim_command(plan, md, "127.0.0.1", 8123, "/models/tiny", {"sql": "/cache/sql"})
+    assert fetched.lora_modules == (LoraModule("sql", "/cache/sql"), LoraModule("poems", "hf://o/p"))
     # One process serves every adapter of the file: it holds as many as there are, maxLoaded or not.
     md = _md(max_loaded=1)
     assert local.shim_command(plan, md, "127.0.0.1", 8123, "/models/tiny").max_loras == 2
@@ -41,3 +47,19 @@ async def test_the_local_gateway_lists_and_routes_the_adapters() -> None:
     finally:
         await source.close()
     assert source.registry.get("sql") is None
+
+
+def test_adapters_are_fetched_like_the_model(tmp_path, monkeypatch) -> None:
+    """file:// as the folder's path (the shim loads adapters from folders); a source that cannot be fetched
+    names the adapter and the fix."""
+    monkeypatch.setenv("TURNOUT_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    md = ModelDeployment.model_validate({
+        "apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "chat"},
+        "spec": {"model": {"uri": "builtin://tiny-llama"}, "lora": {},
+                 "adapters": [{"name": "sql", "uri": f"file://{tmp_path}"}]}})
+    assert local.fetch_adapters(md, sys.stderr) == {"sql": str(tmp_path)}
+    missing = md.model_copy(update={"spec": md.spec.model_copy(update={"adapters": [
+        AdapterSpec(name="gone", uri="hf://example/not-cached-lora")]})})
+    with pytest.raises(local.LocalError, match="fetching the adapter gone: hf://example/not-cached-lora"):
+        local.fetch_adapters(missing, sys.stderr)
