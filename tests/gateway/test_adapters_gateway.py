@@ -16,7 +16,7 @@ from turnout.gateway.kubesource import model_from, slice_pods
 from turnout.gateway.registry import Model, Registry
 
 
-def test_adapters_are_models_on_the_pods_that_hold_them() -> None:
+async def test_adapters_are_models_on_the_pods_that_hold_them() -> None:
     reg = Registry()
     base = reg.put_model(Model(NS, "chat", "chat", service="chat", adapters={
         "sql": ("hf://o/sql", ("chat-b",)), "poems": ("hf://o/poems", ()), "chat2": ("hf://o/x", ("chat-a",))}))
