@@ -46,6 +46,20 @@ def test_adapters_change_no_rendered_byte(model: dict[str, Any], nodes: str) -> 
     assert _rendered({**base, "adapters": []}, nodes) == without
 
 
+def test_an_engine_that_loads_adapters_only_at_start_gets_them_on_its_command_line() -> None:
+    """llama.cpp: the adapters are --lora-modules (the shim converts them when it starts), so changing them rolls
+    the pods; max-loras is at least their number."""
+    base = {"model": {"uri": "builtin://tiny-llama.gguf", "size": 0.001}, "lora": {"maxLoaded": 1}}
+    md = _md({**base, "adapters": ADAPTERS})
+    plan = resolve(md.spec, load_hardware(str(NODES / "cpu-only.yaml"), ClusterFeatures()))
+    assert isinstance(plan, Plan) and plan.engine == "llama.cpp"
+    dep = next(o for o in render(plan, md) if o["kind"] == "Deployment")
+    parsed = ShimArgs.parse(dep["spec"]["template"]["spec"]["containers"][0]["command"][1:])
+    assert parsed.lora_modules == (LoraModule("sql", "hf://acme/sql-lora"), LoraModule("poems", "s3://bucket/poems"))
+    assert parsed.max_loras == 2
+    assert _rendered({**base, "adapters": ADAPTERS}, "cpu-only.yaml") != _rendered(base, "cpu-only.yaml")
+
+
 def test_lora_renders_the_engine_flags() -> None:
     md = _md({"model": {"name": "qwen2.5-instruct", "size": 7}, "engine": "vllm",
               "lora": {"maxLoaded": 3, "maxRank": 64}})
