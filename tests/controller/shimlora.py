@@ -26,6 +26,7 @@ class LoraShim:
         self.bad = bad
         self.key = key
         self.loaded: dict[str, str] = dict(loaded or {})  # e.g. from --lora-modules
+        self.busy = 0  # answer this many loads with 503 (a shim not ready to load yet)
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.app = web.Application()
         self.app.router.add_post("/v1/load_lora_adapter", self._load)
@@ -43,6 +44,11 @@ class LoraShim:
         denied = self._denied(request)
         if denied is not None:
             return denied
+        if self.busy:
+            self.busy -= 1
+            return web.json_response({"error": {"message": "not ready to load adapters; retry shortly",
+                                                "type": "service_unavailable", "param": None,
+                                                "code": "model_loading"}}, status=503)
         if body["lora_path"] in self.bad:
             return _error(400, f"cannot fetch {body['lora_path']}: no such repository", "invalid_value")
         if body["lora_name"] in self.loaded:

@@ -167,9 +167,10 @@ async def test_adapters_load_into_running_pods_without_touching_the_deployment(f
             await run.stop()
 
 
-async def test_keyed_deployments_send_their_key_and_an_unreachable_shim_is_retried(fake) -> None:
+async def test_keyed_deployments_send_their_key_and_an_unreachable_or_busy_shim_is_retried(fake) -> None:
     port = free_port()
     shim = LoraShim(key="s3cret")
+    shim.busy = 1  # once reachable, its first answer is 503: tried again, never recorded as failed
     run = OperatorRun(fake, OperatorConfig(port=port))
     await fake.put_object(NODES, cpu_node())
     await fake.put_object(("", "v1", "secrets"), {"metadata": {"name": "keys", "namespace": NS},
@@ -187,5 +188,7 @@ async def test_keyed_deployments_send_their_key_and_an_unreachable_shim_is_retri
             await fake.wait_for(lambda: [a["ready"] for a in _adapters_status(fake)] == ["1/1"], timeout=30,
                                 what="the retry")
         assert shim.loaded == {"sql": "hf://acme/sql-lora"}
+        assert [c[0] for c in shim.calls if c[0] == "load"] == ["load", "load"]
+        assert "failed" not in json.loads(fake.get(PODS, NS, "chat-a")["metadata"]["annotations"][ADAPTERS_ANNOTATION])
     finally:
         await run.stop()

@@ -31,6 +31,8 @@ logger = logging.getLogger("turnout.controller.adapters")
 RETRY_AFTER = 5.0
 #: seconds one load may take (the shim downloads the adapter first)
 LOAD_TIMEOUT = 600.0
+#: answers to a load that say "not now" (busy, not ready, a proxy's hiccup): tried again, never recorded as failed
+PASSING = (429, 502, 503, 504)
 
 
 class Unreachable(Exception):
@@ -89,10 +91,12 @@ class AdapterLoader:
     async def _run(self, namespace: str, name: str, key_ref: SecretKeyRef | None, w: PodWork) -> None:
         try:
             headers = await self._headers(namespace, key_ref)
-            held = await self._change(w, headers)
+            held, again = await self._change(w, headers)
             await self.client.merge_patch(api_path("v1", "pods", namespace, w.pod),
                                           {"metadata": {"annotations": {ADAPTERS_ANNOTATION: held.to_json()}}})
             self._written.setdefault((namespace, name), {})[w.pod] = held
+            if again:
+                self.retry(namespace, name, RETRY_AFTER)
         except Unreachable as exc:
             logger.info("adapters of %s/%s: %s; trying again in %.0fs", namespace, name, exc, RETRY_AFTER)
             self.retry(namespace, name, RETRY_AFTER)
@@ -115,12 +119,14 @@ class AdapterLoader:
             raise Unreachable(f"cannot authenticate to the shims: {exc}") from None
         return {"Authorization": f"Bearer {key.decode()}"}
 
-    async def _change(self, w: PodWork, headers: dict[str, str]) -> Held:
-        """Unload, then load, on one pod; what its engine holds afterwards.
+    async def _change(self, w: PodWork, headers: dict[str, str]) -> tuple[Held, bool]:
+        """Unload, then load, on one pod; what its engine holds afterwards, and whether to try again later.
 
         The shim's ``/v1/models`` is asked first: an adapter it lists already (loaded before our record was
-        written, or by ``--lora-modules``) is not loaded again.
+        written, or by ``--lora-modules``) is not loaded again. A load answered with a passing refusal (429,
+        502, 503, 504: busy, not ready) is neither recorded as failed nor counted as loaded: it is tried again.
         """
+        again = False
         loaded, failed = dict(w.held.loaded), dict(w.held.failed)
         present = await self._present(w, headers)
         for adapter in w.unload:
@@ -141,9 +147,13 @@ class AdapterLoader:
             if status < 300:
                 loaded[adapter] = uri
                 failed.pop(adapter, None)
+            elif status in PASSING:
+                logger.info("pod %s cannot load adapter %s now (%d: %s); trying again", w.pod, adapter, status,
+                            message)
+                again = True
             else:
                 failed[adapter] = (uri, f"{status}: {message}")
-        return Held(w.held.restarts, loaded, failed)
+        return Held(w.held.restarts, loaded, failed), again
 
     async def _present(self, w: PodWork, headers: dict[str, str]) -> set[str]:
         """The adapters the shim lists (entries of ``/v1/models`` with a ``parent``); empty when it says none."""
