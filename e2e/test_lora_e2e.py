@@ -7,6 +7,7 @@ suite's CRD) serves ``examples/tiny-chat.yaml`` on the transformers CPU image wi
 1. an adapter is added to the spec: within seconds the gateway's ``/v1/models`` lists it with ``parent`` the
    base, ``status.adapters`` says ``1/1``, a request naming it is answered — and the model pod is the same
    (UID), never restarted, and the Deployment's generation is unchanged;
+   (the seconds from the spec change to listed, loaded and answered go to ``$TURNOUT_E2E_RESULTS`` when set);
 2. the adapter is removed: it leaves ``/v1/models``, a request naming it gets a 404 naming the models served,
    and again no pod restarted.
 
@@ -21,6 +22,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,6 +39,7 @@ from test_realnode_e2e import (
     _helm,
     _model_pods,
     _ready,
+    _record,
     _restarts,
     _values,
 )
@@ -126,8 +129,11 @@ def test_an_adapter_added_and_removed_restarts_no_pod(
         base = client.chat.completions.create(model=served, messages=messages, max_tokens=8)
         assert base.choices[0].message.content is not None
         assert _snapshot(models) == before, "adding an adapter restarted or replaced a pod"
-        print(f"\n{ADAPTER} listed {listed_after:.1f}s, loaded (status 1/1) {loaded_after:.1f}s and answered "
-              f"{answered_after:.1f}s after the spec change")
+        figures = {"listed_s": round(listed_after, 2), "loaded_s": round(loaded_after, 2),
+                   "answered_s": round(answered_after, 2)}
+        print(f"\n{ADAPTER}, seconds after the spec change: {figures}")
+        if out := os.environ.get("TURNOUT_E2E_RESULTS"):
+            _record(Path(out), {"lora_add_adapter": figures})
 
         # Remove: unloaded, gone from the list, a 404 that names what is served.
         _set_adapters(models, name, [])
