@@ -19,8 +19,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -32,7 +32,7 @@ from turnout.procgroup import terminate
 from turnout.progress import Step
 from turnout.render import shim_args
 from turnout.resolver import Plan, Rejection, explain_rejection, resolve
-from turnout.shimargs import ShimArgs
+from turnout.shimargs import LoraModule, ShimArgs
 
 #: engine -> (extra that installs it, modules it needs)
 ENGINE_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -82,36 +82,51 @@ def check_engine_installed(engine: str, model_type: str) -> None:
         )
 
 
-def shim_command(plan: Plan, md: ModelDeployment, host: str, port: int, model_path: str | None = None) -> ShimArgs:
-    """The shim's arguments for a local run (same contract as in a pod, with local host/port)."""
+def shim_command(plan: Plan, md: ModelDeployment, host: str, port: int, model_path: str | None = None,
+                 adapter_paths: Mapping[str, str] | None = None) -> ShimArgs:
+    """The shim's arguments for a local run (same contract as in a pod, with local host/port); the adapters of
+    ``md`` are loaded at start, from ``adapter_paths`` (:func:`fetch_adapters`) where given."""
     args = shim_args(plan, md.spec, md.served_name, OperatorConfig())
     if md.spec.api_key_secret_ref:
         raise LocalError("apiKeySecretRef names a Kubernetes Secret; locally, run the shim with --api-key-file")
-    return replace(args, host=host, port=port, model=model_path or args.model)
+    # One process serves every adapter of the file, so it holds as many as there are.
+    paths = adapter_paths or {}
+    lora = tuple(LoraModule(a.name, paths.get(a.name, a.uri)) for a in md.spec.adapters or [])
+    return replace(args, host=host, port=port, model=model_path or args.model, lora_modules=lora,
+                   max_loras=max(args.max_loras, len(lora)))
 
 
 def fetch(plan: Plan, out: TextIO) -> str:
     """Locate, build or download the model, showing progress; returns a local path."""
+    return _fetch(plan.model.uri, "model", out, plan.model.quantization)
+
+
+def fetch_adapters(md: ModelDeployment, out: TextIO) -> dict[str, str]:
+    """Each LoRA adapter of ``md`` located, built or downloaded like the model: name -> local path."""
+    return {a.name: _fetch(a.uri, f"adapter {a.name}", out, folder=True) for a in md.spec.adapters or []}
+
+
+def _fetch(uri: str, what: str, out: TextIO, quantization: str | None = None, *, folder: bool = False) -> str:
+    """``uri`` as a local path (``folder``: a ``file://`` one too, else as it is: the shim reads it)."""
     from turnout.sources import SourceError, builtin_is_built, locate, parse
 
-    uri = plan.model.uri
     source = parse(uri)
-    if source.scheme == "file":
+    if source.scheme == "file" and not folder:
         return uri
     try:
-        if source.scheme == "pvc" or (source.scheme == "builtin" and builtin_is_built(source.location)):
+        if source.scheme in ("pvc", "file") or (source.scheme == "builtin" and builtin_is_built(source.location)):
             path = str(locate(uri))
-            print(f"• model {uri}: {path}", file=out, flush=True)
+            print(f"• {what} {uri}: {path}", file=out, flush=True)
             return path
         building = source.scheme == "builtin"
-        with Step(out, f"{'building' if building else 'downloading'} model {uri}",
+        with Step(out, f"{'building' if building else 'downloading'} {what} {uri}",
                   unit="" if building else "B") as step:
-            path = str(locate(uri, quantization=plan.model.quantization, progress=step))
+            path = str(locate(uri, quantization=quantization, progress=step))
             if not building and step.total is None:
                 step.note = "already in the cache"
             return path
     except SourceError as exc:
-        raise LocalError(f"{'building' if source.scheme == 'builtin' else 'fetching'} the model: {exc}") from None
+        raise LocalError(f"{'building' if source.scheme == 'builtin' else 'fetching'} the {what}: {exc}") from None
 
 
 @dataclass
@@ -122,6 +137,7 @@ class LocalServer:
     url: str
     log_path: Path
     model_type: str = "llm"
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA adapters it serves: name -> source URI
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -150,7 +166,8 @@ def start_shim(args: ShimArgs, log_path: Path, env: dict[str, str] | None = None
             env={**os.environ, **(env or {})},
         )
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    return LocalServer(process, f"http://{host}:{args.port}", log_path, args.model_type)
+    return LocalServer(process, f"http://{host}:{args.port}", log_path, args.model_type,
+                       {m.name: m.path for m in args.lora_modules})
 
 
 def wait_ready(server: LocalServer, timeout: float, tick: Callable[[str], None] = lambda _: None) -> None:
@@ -291,7 +308,7 @@ def serve_behind_gateway(
     for served, server in servers.items():
         address = server.url.removeprefix("http://")
         shim_host, _, shim_port = address.rpartition(":")
-        models.append(StaticModel(served, shim_host, int(shim_port)))
+        models.append(StaticModel(served, shim_host, int(shim_port), adapters=dict(server.adapters)))
     died: list[str] = []
 
     async def main() -> int:

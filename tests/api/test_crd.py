@@ -133,6 +133,15 @@ CEL_CASES = [
     {"model": {"name": "x"}, "autoscaling": {"minReplicas": 0, "maxReplicas": 1}},
     {"model": {"name": "x"}, "autoscaling": {"minReplicas": 3, "maxReplicas": 3}},
     {"model": {"name": "x"}, "autoscaling": {"minReplicas": 4, "maxReplicas": 3}},
+    {"model": {"name": "x"}, "lora": {}, "adapters": [{"name": "sql", "uri": "hf://o/sql-lora"}]},
+    {"model": {"name": "x"}, "adapters": [{"name": "sql", "uri": "hf://o/sql-lora"}]},
+    {"model": {"name": "x"}, "adapters": []},
+    {"model": {"name": "x"}, "servedModelName": "sql", "lora": {},
+     "adapters": [{"name": "sql", "uri": "hf://o/sql-lora"}]},
+    {"model": {"name": "x"}, "servedModelName": "base", "lora": {"maxLoaded": 2},
+     "adapters": [{"name": "sql", "uri": "hf://o/sql-lora"}]},
+    {"model": {"name": "x"}, "lora": {}, "adapters": [{"name": "sql", "uri": "pvc://claim/../etc"}]},
+    {"model": {"name": "x"}, "lora": {}, "adapters": [{"name": "sql", "uri": "file:///a/../b"}]},
 ]
 
 
@@ -179,3 +188,21 @@ def test_replicas_is_defaulted_by_the_api_server_for_the_scale_subresource() -> 
     """GET .../scale fails while .spec.replicas holds nothing: the CRD defaults it, as the models do."""
     replicas = _schema()["properties"]["spec"]["properties"]["replicas"]
     assert replicas["default"] == ModelDeploymentSpec.model_fields["replicas"].default == 1
+
+
+def test_adapters_in_the_schema() -> None:
+    """Names are the list's map key (unique at admission), bounded in count and shape; status lists them by name."""
+    schema = _schema()
+    adapters = schema["properties"]["spec"]["properties"]["adapters"]
+    assert adapters["x-kubernetes-list-type"] == "map"
+    assert adapters["x-kubernetes-list-map-keys"] == ["name"]
+    assert adapters["maxItems"] == 32
+    assert adapters["items"]["required"] == ["name", "uri"]
+    assert adapters["items"]["properties"]["name"]["pattern"].startswith("^[a-z0-9]")
+    assert schema["properties"]["status"]["properties"]["adapters"]["x-kubernetes-list-map-keys"] == ["name"]
+    with pytest.raises(ValueError, match="duplicate names"):
+        ModelDeploymentSpec.model_validate({"model": {"name": "x"}, "lora": {}, "adapters": [
+            {"name": "a", "uri": "hf://o/a"}, {"name": "a", "uri": "hf://o/b"}]})
+    with pytest.raises(ValueError, match="pattern"):
+        ModelDeploymentSpec.model_validate({"model": {"name": "x"}, "lora": {}, "adapters": [
+            {"name": "Not A Name", "uri": "hf://o/a"}]})

@@ -64,7 +64,15 @@ def _statuses() -> dict[str, ModelDeploymentStatus]:
                             children=_rolled_out(first, replicas=0, readyReplicas=0, updatedReplicas=0)))
     serving = decide(_observed(AWQ, previous=ready.status, generation=2, trigger="spec",
                                children=_rolled_out(first, replicas=1, readyReplicas=1, updatedReplicas=1)))
+    lora = {**GGUF, "lora": {}, "adapters": [{"name": "sql", "uri": "hf://o/sql"}, {"name": "bad", "uri": "hf://o/x"}]}
+    holding = compact_pod({"metadata": {"name": "m-2", "annotations": {"turnout.dev/adapters": (
+        '{"restarts":0,"loaded":{"sql":"hf://o/sql"},"failed":{"bad":{"uri":"hf://o/x","error":"400: no"}}}')}},
+        "status": {"podIP": "10.0.0.2", "conditions": [{"type": "Ready", "status": "True"}],
+                   "containerStatuses": [{"name": "model-server", "ready": True, "restartCount": 0,
+                                          "state": {"running": {}}}]}})
     out = {
+        "adapters": decide(_observed(lora, previous=ready.status, pods=(holding,), trigger="world",
+                                     children=_rolled_out(first, replicas=1, readyReplicas=1, updatedReplicas=1))),
         "invalid": decide(_observed(None, spec_error="spec.model: Field required")),
         "waiting": decide(_observed(hardware=parse_nodes([]))),
         "rejected": decide(_observed(AWQ)),
@@ -102,6 +110,8 @@ def test_the_statuses_cover_every_phase() -> None:
     phases = {s.phase for s in STATUSES.values()}
     assert phases == {"Resolving", "Deploying", "Ready", "ScaledToZero", "Degraded", "Failed"}
     assert STATUSES["serving-previous"].phase == "Degraded" and STATUSES["serving-previous"].engine == "llama.cpp"
+    sql, bad = STATUSES["adapters"].adapters or []
+    assert (sql.ready, sql.pods, bad.ready, bad.message) == ("1/1", ["m-2"], "0/1", "pod m-2: 400: no")
 
 
 def test_the_patch_names_only_the_status_fields_of_the_crd(status_schema: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ import asyncio
 
 import aiohttp
 import yaml
+from aiohttp import web
 from ctlharness import (
     CLAIMS,
     DEPLOYMENTS,
@@ -17,6 +18,7 @@ from ctlharness import (
     SERVICES,
     MetricsServer,
     OperatorRun,
+    add_pod,
     awq_md,
     cpu_node,
     gguf_md,
@@ -25,9 +27,12 @@ from ctlharness import (
     llama405_md,
     mark_rollout,
 )
+from shimlora import LoraShim
 
+from turnout.config import OperatorConfig
 from turnout.controller import Options
 from turnout.controller.rbac import RULES, cluster_role, main
+from turnout.freeport import free_port
 from turnout.kube.rbac import covers
 
 
@@ -59,6 +64,12 @@ async def test_recorded_api_use_equals_the_declared_rbac(fake, operator_run):
     gateway.gateway(NS, "auto", in_flight=8)
     operator_run.options = Options(all_namespaces=True, metrics_port=0, health_port=0, inference_pool=True,
                                    gateway_metrics_urls=[gateway.url], autoscale_interval=0.2)
+    port = free_port()
+    operator_run.config = OperatorConfig(port=port)
+    shim = LoraShim()  # LoRA adapters: loaded through a pod's shim, recorded on the pod (patch)
+    runner = web.AppRunner(shim.app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     await operator_run.start()
     # An API key: the Secret it names read, its digest applied for the gateway.
     await fake.put_object(("", "v1", "secrets"), {"metadata": {"name": "user-key", "namespace": NS},
@@ -108,7 +119,16 @@ async def test_recorded_api_use_equals_the_declared_rbac(fake, operator_run):
     small = {"name": "qwen2.5-instruct", "size": 7, "format": "awq", "quantization": "Int4"}
     await fake.modify(MDS, (NS, "llama-405b"), lambda o: {**o, "spec": {**o["spec"], "model": small}})
     await fake.wait_for(lambda: fake.get(LWS, NS, "llama-405b") is None)
+    lora = gguf_md("lora")
+    lora["spec"].update(lora={}, adapters=[{"name": "sql", "uri": "hf://acme/sql-lora"}])
+    await fake.put_object(MDS, lora)
+    dep = await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "lora"))
+    await add_pod(fake, dep, "lora-a", {"phase": "Running", "podIP": "127.0.0.1",
+                                        "conditions": [{"type": "Ready", "status": "True"}]})
+    await fake.wait_for(lambda: ((fake.get(MDS, NS, "lora").get("status") or {}).get("adapters") or [{}])[0]
+                        .get("ready") == "1/1", what="the adapter loaded")
     await operator_run.stop()
+    await runner.cleanup()
 
     used = _api_use(fake.requests)
     # A server-side apply that creates its object is authorized as create too (the API server refuses it

@@ -184,6 +184,9 @@ def _every_plan() -> list[tuple[Plan, dict[str, Any]]]:
                     specs.append(spec)
     specs += [{"model": {"name": "bge-large-en"}, "accelerator": {"type": a}} for a in ("nvidia", "cpu", "ascend")]
     specs += [{"model": {"name": "bge-reranker-large"}, "apiKeySecretRef": {"name": "k"}, "engineArgs": {"x": [1]}}]
+    specs += [{"model": {"name": "qwen2.5-instruct", "size": 7}, "engine": engine,
+               "lora": {"maxLoaded": 3, "maxRank": 64}, "adapters": [{"name": "sql", "uri": "hf://o/sql-lora"}]}
+              for engine in ("vllm", "transformers")]
     out = []
     for spec in specs:
         try:

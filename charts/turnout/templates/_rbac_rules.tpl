@@ -22,9 +22,10 @@
   resources: ["persistentvolumeclaims"]
   verbs: ["create", "delete", "list", "patch", "watch"]
 # detect CrashLoopBackOff, ImagePullBackOff, OOMKilled, Unschedulable
+# record in a model pod's turnout.dev/adapters annotation the LoRA adapters its engine holds
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "patch", "watch"]
 # read the key a ModelDeployment's apiKeySecretRef names, to publish its SHA-256
 # server-side apply of turnout-gateway-keys not there yet (authorized as create, which RBAC cannot restrict by name)
 - apiGroups: [""]

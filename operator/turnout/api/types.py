@@ -99,6 +99,20 @@ MIN_NOT_ABOVE_MAX = (
     "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",
     "autoscaling: minReplicas must not be greater than maxReplicas",
 )
+ADAPTER_URI_STAYS_INSIDE = (
+    "!has(self.adapters) || self.adapters.all(a, !a.uri.matches('^(pvc|hf|s3)://(.*/)?[.][.](/.*)?$'))",
+    "adapters[].uri: '..' is not allowed in a pvc://, hf:// or s3:// path (it would leave the volume or repository)",
+)
+ADAPTERS_NEED_LORA = (
+    "!has(self.adapters) || size(self.adapters) == 0 || has(self.lora)",
+    "adapters need spec.lora (the engine starts with LoRA support only then; set lora: {} when the deployment is "
+    "created, and adding or removing adapters later never restarts a pod)",
+)
+ADAPTER_NOT_SERVED_NAME = (
+    "!has(self.adapters) || !has(self.servedModelName) || self.adapters.all(a, a.name != self.servedModelName)",
+    "an adapter's name must differ from servedModelName (clients choose between them by name)",
+)
+MAX_ADAPTERS = 32
 CACHE_ONE_SOURCE = (
     "!(has(self.size) && has(self.existingClaim))",
     "cache: set size (create a claim) or existingClaim (use one), not both",
@@ -370,10 +384,59 @@ class AutoscalingSpec(_Model):
         return self
 
 
+class AdapterSpec(_Model):
+    """A LoRA adapter of the base model, loaded into the running engines and served under its own name."""
+
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$",
+        description="The name clients pass as `model` to get the adapter applied: lower-case letters, digits, "
+        "'-', '.' and '_', starting and ending with a letter or digit. Unique in the deployment.",
+    )
+    uri: str = Field(
+        ...,
+        min_length=1,
+        max_length=2048,
+        pattern=r"^(hf|s3|pvc|file|builtin)://.+",
+        description="Where the adapter's files are (a PEFT folder: adapter_config.json and the weights; a GGUF "
+        "LoRA file for llama.cpp): hf://ORG/REPO, s3://BUCKET/PATH, pvc://CLAIM/PATH (a claim the pods mount "
+        "already), file:///PATH or builtin://NAME. Each pod's shim fetches it when the operator loads it.",
+    )
+
+    @model_validator(mode="after")
+    def _stays_inside(self) -> AdapterSpec:
+        scheme, rest = self.uri.split("://", 1)
+        if scheme in ("pvc", "hf", "s3") and ".." in rest.split("/"):
+            raise ValueError(ADAPTER_URI_STAYS_INSIDE[1])
+        return self
+
+
+class LoraSpec(_Model):
+    """LoRA support of the engine: fixed when the pods start, so set it before adding adapters."""
+
+    max_loaded: int = Field(
+        4,
+        ge=1,
+        le=MAX_ADAPTERS,
+        description="Adapters one replica holds at once (vLLM --max-loras). With more adapters than this, the "
+        "operator spreads them over the replicas and the gateway routes each to a replica that holds it.",
+    )
+    max_rank: int = Field(
+        16,
+        ge=1,
+        le=512,
+        description="Largest LoRA rank an adapter may have (vLLM --max-lora-rank: 8, 16, 32, 64, 128, 256, 320 or "
+        "512). A larger one fails to load, and status.adapters says so.",
+    )
+
+
 class ModelDeploymentSpec(_Model):
     """Desired state: one model, served by one engine, on the hardware that suits it."""
 
-    model_config = _cel(GGUF_ENGINES, MLX_ENGINES, MLX_ON_METAL, GPU_ENGINES_NOT_ON_CPU)
+    model_config = _cel(GGUF_ENGINES, MLX_ENGINES, MLX_ON_METAL, GPU_ENGINES_NOT_ON_CPU, ADAPTERS_NEED_LORA,
+                        ADAPTER_NOT_SERVED_NAME, ADAPTER_URI_STAYS_INSIDE)
 
     model: ModelSource = Field(..., description="The model to serve.")
     engine: EngineChoice = Field(
@@ -431,6 +494,18 @@ class ModelDeploymentSpec(_Model):
         description="Let the operator set replicas from the load (requests in flight and queued); replicas "
         "stays as written when omitted.",
     )
+    lora: LoraSpec | None = Field(
+        None,
+        description="Start the engine with LoRA support (required by adapters). Changing it restarts the pods; "
+        "adding or removing adapters does not.",
+    )
+    adapters: list[AdapterSpec] | None = Field(
+        None,
+        max_length=MAX_ADAPTERS,
+        description="LoRA adapters of the model, each served under its own name; loaded into the running pods "
+        "without restarting them (needs lora). status.adapters says where each is loaded.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
 
     @model_validator(mode="after")
     def _engine_fits_format(self) -> ModelDeploymentSpec:
@@ -443,6 +518,14 @@ class ModelDeploymentSpec(_Model):
             raise ValueError(MLX_ON_METAL[1])
         if engine in ("vllm", "sglang") and accel in ("cpu", "metal"):
             raise ValueError(GPU_ENGINES_NOT_ON_CPU[1])
+        adapters = self.adapters or []
+        if adapters and self.lora is None:
+            raise ValueError(ADAPTERS_NEED_LORA[1])
+        names = [a.name for a in adapters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"adapters: duplicate names {sorted({n for n in names if names.count(n) > 1})}")
+        if self.served_model_name is not None and self.served_model_name in names:
+            raise ValueError(ADAPTER_NOT_SERVED_NAME[1])
         return self
 
 
@@ -462,6 +545,18 @@ class EngineReason(_Model):
 
     engine: str = Field(..., description="The engine.")
     reason: str = Field(..., description="Why it cannot serve this model here.")
+
+
+class AdapterStatus(_Model):
+    """Where one adapter is loaded."""
+
+    name: str = Field(..., description="The adapter's name.")
+    ready: str = Field(..., description="Ready replicas holding it, of the ready replicas: '2/3'.")
+    loaded: int = Field(0, description="Ready replicas holding it.")
+    pods: list[str] | None = Field(None, description="The pods holding it (the gateway routes its requests there).")
+    message: str | None = Field(
+        None, description="Why it is not loaded where it should be: the pod and its shim's error."
+    )
 
 
 class ModelDeploymentStatus(_Model):
@@ -500,6 +595,11 @@ class ModelDeploymentStatus(_Model):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     rejected: list[EngineReason] | None = Field(None, description="Why each other engine was not chosen.")
+    adapters: list[AdapterStatus] | None = Field(
+        None,
+        description="Per adapter of spec.adapters: how many ready replicas hold it, and why not where it failed.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     observed_generation: int | None = Field(None, description="The generation last reconciled.")
 
 

@@ -87,7 +87,7 @@ def start(md: ModelDeployment, host: str, port: int, timeout: float, out=sys.std
         print(f"  note: {note}", file=out)
     local.check_engine_installed(plan.engine, plan.model.model_type)
     path = local.fetch(plan, out)
-    args = local.shim_command(plan, md, host, port, path)
+    args = local.shim_command(plan, md, host, port, path, local.fetch_adapters(md, out))
     server = local.start_shim(args, log_path(md))
     try:
         with Step(out, f"starting {plan.engine} (log: {server.log_path})") as step:

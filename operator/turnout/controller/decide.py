@@ -23,6 +23,7 @@ from typing import Any
 from turnout.api import GROUP, KIND, VERSION, ModelDeployment, ModelDeploymentSpec
 from turnout.api.types import EngineReason, ModelDeploymentStatus, ObjectMeta
 from turnout.config import OperatorConfig
+from turnout.controller import adapters as ad
 from turnout.controller import status as st
 from turnout.controller.world import SPEC_HASH_LABEL, Child, Pod, Problem, _plain, compact_child
 from turnout.hardware import Hardware
@@ -184,6 +185,8 @@ class Decision:
     unwritten: tuple[Event, ...] = ()
     #: Internal errors caught on the way (what was being done, the exception), for the log.
     errors: tuple[tuple[str, BaseException], ...] = ()
+    #: LoRA adapters to unload and load in the ready pods' engines (after the applies), per pod.
+    adapters: tuple[ad.PodWork, ...] = ()
     basis: _Basis | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -309,7 +312,7 @@ def _planned(o: Observed, plan: Plan, kept: bool, config: OperatorConfig,
         else:
             before = (rollout_event,)
     decision = Decision("planned", apply=tuple(apply), prune=prune, before_status=before, errors=errors,
-                        basis=basis)
+                        basis=basis, adapters=ad.work(o.spec, o.pods))
     decision = _with_status(decision, o, desired, rollout=fold)
     if fold is not None:  # no status write, so no EngineSelected: the rollout is said alone
         decision = replace(decision, unwritten=(rollout_event,))  # type: ignore[arg-type]
@@ -349,9 +352,10 @@ def _with_status(decision: Decision, o: Observed, desired: ModelDeploymentStatus
 def _plan_status(basis: _Basis, rollout: st.Rollout) -> ModelDeploymentStatus:
     o = basis.observed
     assert o.spec is not None
-    return st.planned_status(generation=o.generation, plan_fields=basis.plan_fields, reason=basis.reason,
-                             rejected=basis.rejected, desired_replicas=o.spec.replicas, rollout=rollout,
-                             previous=o.previous, now=o.now)
+    desired = st.planned_status(generation=o.generation, plan_fields=basis.plan_fields, reason=basis.reason,
+                                rejected=basis.rejected, desired_replicas=o.spec.replicas, rollout=rollout,
+                                previous=o.previous, now=o.now)
+    return desired.model_copy(update={"adapters": ad.status(o.spec, o.pods)})
 
 
 def _serving_previous(o: Observed, resolved: st.Cond, rejected: list[EngineReason] | None

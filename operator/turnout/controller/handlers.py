@@ -164,6 +164,7 @@ def build_registry(
         await controller.queue.stop()
         if scaler is not None:
             await scaler.close()
+        await controller.adapters.close()
         await controller.client.close()
 
     # ----- indexes (kopf fills them before any other handler runs) -----

@@ -63,6 +63,8 @@ RULES: tuple[Rule, ...] = (
     Rule("discovery.k8s.io", "endpointslices", ("list",),
          "the autoscaler scrapes the ready model pods and gateway endpoints (EndpointSlices of their Services)"),
     Rule("", "pods", ("list", "watch"), "detect CrashLoopBackOff, ImagePullBackOff, OOMKilled, Unschedulable"),
+    Rule("", "pods", ("patch",), "record in a model pod's turnout.dev/adapters annotation the LoRA adapters its "
+         "engine holds"),
     Rule("", "secrets", ("get",), "read the key a ModelDeployment's apiKeySecretRef names, to publish its SHA-256"),
     Rule("", "secrets", ("patch",), "server-side apply of the key digests the gateway reads (only that Secret)",
          resource_names=(GATEWAY_KEYS_SECRET,)),

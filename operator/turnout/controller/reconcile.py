@@ -38,6 +38,7 @@ from pydantic import ValidationError
 from turnout.api import GROUP, KIND, PLURAL, VERSION, ModelDeploymentSpec, ModelDeploymentStatus
 from turnout.config import OperatorConfig
 from turnout.controller import status as st
+from turnout.controller.adapterload import AdapterLoader
 from turnout.controller.decide import Decision, Observed, Owned, Prune, decide, decide_after_apply_failure
 from turnout.controller.metrics import Metrics, Replicas
 from turnout.controller.workqueue import RetryLater, WorkQueue
@@ -135,6 +136,9 @@ class Controller:
         # uids of children deleted by pruning whose DELETED event has not arrived yet (not deleted twice).
         self._pruning: set[str] = set()
         self._prune_refused: set[str] = set()  # uids whose delete was refused and said so in an Event
+        #: loads and unloads LoRA adapters in the pods' engines, outside the reconcile
+        self.adapters = AdapterLoader(self.client, config.port,
+                                      lambda ns, name, delay: self.queue.add_after((ns, name), delay))
 
     # ----- wiring -------------------------------------------------------------------------------
 
@@ -291,6 +295,7 @@ class Controller:
             self._written.pop(uid, None)
         for kind in IDX_CHILDREN:
             self._applied.pop((kind, namespace, name), None)
+        self.adapters.forget(namespace, name)
 
     async def _work(self, key: Hashable) -> None:
         namespace, name = key  # type: ignore[misc]
@@ -425,6 +430,10 @@ class Controller:
             self._applied.setdefault((kind, meta["namespace"], meta["name"]), {})[name] = compact_child(response)
             applied.append(f"{kind}/{name}")
         pruned = [await self._prune(md, p) for p in decision.prune]
+        if decision.adapters and decision.basis is not None and decision.basis.observed.spec is not None:
+            spec = decision.basis.observed.spec
+            self.adapters.start(meta["namespace"], meta["name"], spec.api_key_secret_ref, decision.adapters,
+                                [str(p.name) for p in decision.basis.observed.pods])
         for event in decision.before_status:
             await self.event(md, event.type, event.reason, event.message)
         written = await self._write_status(md, decision)

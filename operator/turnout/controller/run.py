@@ -122,6 +122,7 @@ async def operate(
             if not restart.is_set() or (stop_flag is not None and stop_flag.is_set()):
                 break
     finally:
+        await controller.adapters.close()
         await controller.client.close()
         if runner is not None:
             await runner.cleanup()

@@ -16,7 +16,13 @@ from typing import Any
 
 from turnout.render.manifests import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_LABEL
 
-__all__ = ["INSTANCE_LABEL", "MANAGED_BY", "MANAGED_BY_LABEL", "SPEC_HASH_LABEL"]
+#: On a model server pod: the LoRA adapters its engine holds, as the operator loaded them (JSON, see
+#: :mod:`turnout.controller.adapters`); the gateway routes an adapter's requests to the pods that hold it.
+ADAPTERS_ANNOTATION = "turnout.dev/adapters"
+#: LeaderWorkerSet's label of a group's pod index: 0 is the leader (it serves the API), others run the engine only
+LWS_WORKER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+
+__all__ = ["ADAPTERS_ANNOTATION", "INSTANCE_LABEL", "MANAGED_BY", "MANAGED_BY_LABEL", "SPEC_HASH_LABEL"]
 
 
 def _plain(value: Any) -> Any:
@@ -211,6 +217,17 @@ class Pod:
     phase: str | None = None
     conditions: tuple[ObjectCondition, ...] = ()
     containers: tuple[Container, ...] = ()
+    ip: str | None = None  # status.podIP: where its shim answers
+    adapters: str | None = None  # its turnout.dev/adapters annotation: the LoRA adapters its engine holds
+    worker: bool = False  # a LeaderWorkerSet group's pod other than its leader: its shim serves no API
+
+    @property
+    def ready(self) -> bool:
+        return not self.deleting and any(c.type == "Ready" and c.status == "True" for c in self.conditions)
+
+    @property
+    def restarts(self) -> int:
+        return sum(c.restart_count for c in self.containers)
 
 
 def compact_pod(body: Mapping[str, Any]) -> Pod:
@@ -228,6 +245,9 @@ def compact_pod(body: Mapping[str, Any]) -> Pod:
                       ContainerState.of(cs.get("state") or {}), ContainerState.of(cs.get("lastState") or {}))
             for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
         ),
+        ip=_opt_str(status.get("podIP")),
+        adapters=_opt_str((meta.get("annotations") or {}).get(ADAPTERS_ANNOTATION)),
+        worker=(meta.get("labels") or {}).get(LWS_WORKER_INDEX_LABEL, "0") != "0",
     )
 
 

@@ -265,6 +265,11 @@ class GatewayApp:
                 else:
                     self._woken.pop(id(model), None)
                 left = deadline - time.monotonic()
+                if left <= 0 and model.parent is not None and not model.asleep:
+                    raise OpenAIError(f"no ready replica of {model.parent!r} holds the adapter {model.served!r} "
+                                      f"after {self.hold_timeout:g} s (status.adapters of ModelDeployment "
+                                      f"{model.namespace}/{model.name} says why); retry later", status=503,
+                                      code="model_not_ready", retry_after=RETRY_AFTER)
                 if left <= 0:
                     raise OpenAIError(f"{model.served!r} has no ready replica after {self.hold_timeout:g} s"
                                       f"{' (it is starting from zero)' if model.replicas == 0 or tried else ''}; "
@@ -345,5 +350,8 @@ def _authorization(scope: Scope) -> bytes:
 
 
 def _card(model: Model) -> dict[str, Any]:
-    return {"id": model.served, "object": "model", "created": model.created, "owned_by": "turnout",
+    card = {"id": model.served, "object": "model", "created": model.created, "owned_by": "turnout",
             "ready_replicas": len(model.endpoints)}
+    if model.parent is not None:  # a LoRA adapter of the base model ``parent``, as vLLM lists it
+        card.update(parent=model.parent, root=model.root)
+    return card

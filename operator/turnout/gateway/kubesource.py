@@ -6,7 +6,9 @@ Gone``), one for ``modeldeployments`` and one for ``discovery.k8s.io``
 EndpointSlices. An EndpointSlice belongs to the Service named in its
 ``kubernetes.io/service-name`` label, which the operator names like the
 ModelDeployment (``turnout.render.manifests.child_name``); its ready
-endpoints' addresses with the slice's ``http`` port are where requests go.
+endpoints' addresses with the slice's ``http`` port are where requests go, and
+their ``targetRef`` pod names say which endpoints hold a LoRA adapter (the
+ModelDeployment's ``status.adapters[].pods``, written by the operator).
 
 A model scaled to zero is woken through its ``scale`` subresource, from 0 to 1
 only: the Scale is read and, at 0, merge-patched to ``{"spec": {"replicas": 1}}``
@@ -55,6 +57,10 @@ def model_from(md: Mapping[str, Any]) -> Model:
     """A :class:`Model` from a ModelDeployment object (raw dict, the CRD's JSON names)."""
     meta, spec = md.get("metadata") or {}, md.get("spec") or {}
     name = str(meta.get("name"))
+    held = {str(a.get("name")): tuple(str(p) for p in a.get("pods") or [])
+            for a in (md.get("status") or {}).get("adapters") or [] if isinstance(a, dict)}
+    adapters = {str(a["name"]): (str(a.get("uri")), held.get(str(a["name"]), ()))
+                for a in spec.get("adapters") or [] if isinstance(a, dict) and a.get("name")}
     ref = spec.get("apiKeySecretRef")
     replicas = spec.get("replicas")
     return Model(
@@ -67,7 +73,18 @@ def model_from(md: Mapping[str, Any]) -> Model:
         replicas=replicas if isinstance(replicas, int) else None,
         service=child_name(name),
         created=_epoch(meta.get("creationTimestamp")),
+        adapters=adapters,
     )
+
+
+def slice_pods(es: Mapping[str, Any]) -> dict[str, str]:
+    """The ready endpoints of an EndpointSlice as pod name -> address (from their ``targetRef``)."""
+    out = {}
+    for ep in es.get("endpoints") or []:
+        ref, addresses = ep.get("targetRef") or {}, ep.get("addresses") or []
+        if ref.get("kind") == "Pod" and ref.get("name") and addresses:
+            out[str(ref["name"])] = str(addresses[0])
+    return out
 
 
 def slice_addresses(es: Mapping[str, Any]) -> list[tuple[str, int]]:
@@ -158,12 +175,14 @@ class KubeSource:
 
     def _lister_slices(self, ns: str | None) -> Callable[[list[dict[str, Any]]], None]:
         def on_list(items: list[dict[str, Any]]) -> None:
-            slices = {}
+            slices, pods = {}, {}
             for es in items:
                 meta = es.get("metadata") or {}
                 service = (meta.get("labels") or {}).get(SERVICE_LABEL)
                 if service:
                     slices[(str(meta.get("namespace")), service, str(meta.get("name")))] = slice_addresses(es)
+                    pods[(str(meta.get("namespace")), str(meta.get("name")))] = slice_pods(es)
+            self.registry.reset_pods(None if ns is None else [ns], pods)
             self.registry.reset_endpoints(None if ns is None else [ns], slices)
         return on_list
 
@@ -171,8 +190,9 @@ class KubeSource:
         meta = es.get("metadata") or {}
         service = (meta.get("labels") or {}).get(SERVICE_LABEL)
         if service:
-            self.registry.set_endpoints(str(meta.get("namespace")), service, str(meta.get("name")),
-                                        None if kind == "DELETED" else slice_addresses(es))
+            namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+            self.registry.set_pods(namespace, name, None if kind == "DELETED" else slice_pods(es))
+            self.registry.set_endpoints(namespace, service, name, None if kind == "DELETED" else slice_addresses(es))
 
     # ----- wake and keys ------------------------------------------------------------------------
 

@@ -6,6 +6,12 @@ current: :meth:`Registry.put_model`, :meth:`Registry.drop_model` and
 :meth:`Registry.set_endpoints`. The request path reads it: :meth:`Registry.get`
 by served name, :meth:`Model.pick` for an endpoint, :meth:`Model.changed` to wait
 for a new one.
+
+A deployment's LoRA adapters (``spec.adapters``) are models of their own here, served under the adapter's
+name with ``parent`` the base's served name: their endpoints are those of the deployment's pods that hold
+the adapter (``status.adapters[].pods``, matched to endpoints through the EndpointSlices' ``targetRef``), the
+same :class:`Endpoint` objects as the base's, so in-flight counts are shared. An adapter no ready pod holds
+yet has no endpoint: its requests are held like those of a model without a ready replica.
 """
 
 from __future__ import annotations
@@ -56,6 +62,11 @@ class Model:
     replicas: int | None = None
     service: str = ""
     created: int = 0
+    #: a base model: its adapters, name -> (source URI, the pods that hold it)
+    adapters: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    #: an adapter: the served name of its base model, and its source URI
+    parent: str | None = None
+    root: str | None = None
     endpoints: list[Endpoint] = field(default_factory=list)
     queued: int = 0
     _ring: HashRing[Endpoint] | None = None
@@ -97,6 +108,20 @@ class Model:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
 
+    def _share_endpoints(self, endpoints: list[Endpoint]) -> None:
+        """An adapter's endpoints: a subset of its base's, the same objects."""
+        if endpoints == self.endpoints:
+            return
+        self.endpoints, self._ring = endpoints, None
+        if endpoints:
+            self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     def _replace_endpoints(self, addrs: Iterable[tuple[str, int]]) -> None:
         wanted = sorted(set(addrs))
         current = {(ep.host, ep.port): ep for ep in self.endpoints}
@@ -109,10 +134,7 @@ class Model:
             _closing.add(task)
             task.add_done_callback(_closing.discard)
         if self.endpoints:
-            waiters, self._waiters = self._waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._wake_waiters()
 
 
 _closing: set[asyncio.Future[None]] = set()
@@ -130,6 +152,10 @@ class Registry:
         self._by_served: dict[str, Model] = {}
         #: (namespace, service) -> slice name -> ready addresses
         self._slices: dict[tuple[str, str], dict[str, list[tuple[str, int]]]] = {}
+        #: (namespace, slice name) -> pod name -> its address (the slices' targetRefs)
+        self._pods: dict[tuple[str, str], dict[str, str]] = {}
+        #: (namespace, deployment) -> adapter name -> its model
+        self._adapters: dict[tuple[str, str], dict[str, Model]] = {}
 
     def get(self, served: str) -> Model | None:
         return self._by_served.get(served)
@@ -151,10 +177,12 @@ class Registry:
         if old is not None:
             old.served, old.routing, old.api_key = model.served, model.routing, model.api_key
             old.replicas, old.service, old._ring = model.replicas, model.service, None
+            old.adapters = model.adapters
             model = old
         else:
             self._by_key[key] = model
         model._replace_endpoints(self._addresses(model.namespace, model.service))
+        self._put_adapters(model)
         self._index()
         return model
 
@@ -162,7 +190,56 @@ class Registry:
         model = self._by_key.pop((namespace, name), None)
         if model is not None:
             model._replace_endpoints(())
+            for adapter in self._adapters.pop((namespace, name), {}).values():
+                adapter._share_endpoints([])
             self._index()
+
+    def set_pods(self, namespace: str, slice_name: str, pods: dict[str, str] | None) -> None:
+        """One EndpointSlice's pods (name -> address; None: the slice is gone): where each adapter is held."""
+        if pods is None:
+            self._pods.pop((namespace, slice_name), None)
+        else:
+            self._pods[(namespace, slice_name)] = pods
+        for model in self._by_key.values():
+            if model.namespace == namespace:
+                self._refresh_adapters(model)
+
+    def reset_pods(self, namespaces: Iterable[str] | None, pods: dict[tuple[str, str], dict[str, str]]) -> None:
+        """Replace the pods of every slice (of ``namespaces``, or all) after a re-list."""
+        for key in list(self._pods):
+            if namespaces is None or key[0] in namespaces:
+                del self._pods[key]
+        self._pods.update(pods)
+        for model in self._by_key.values():
+            self._refresh_adapters(model)
+
+    def _put_adapters(self, base: Model) -> None:
+        """The adapter models of ``base``: kept (with their waiters) across updates, their endpoints refreshed."""
+        key = (base.namespace, base.name)
+        old = self._adapters.get(key, {})
+        new: dict[str, Model] = {}
+        for name, (uri, _) in base.adapters.items():
+            model = old.pop(name, None) or Model(base.namespace, base.name, name)
+            model.routing, model.api_key, model.replicas = base.routing, base.api_key, base.replicas
+            model.service, model.created, model.parent, model.root = base.service, base.created, base.served, uri
+            new[name] = model
+        for gone in old.values():
+            gone._share_endpoints([])
+        if new:
+            self._adapters[key] = new
+        else:
+            self._adapters.pop(key, None)
+        self._refresh_adapters(base)
+
+    def _refresh_adapters(self, base: Model) -> None:
+        adapters = self._adapters.get((base.namespace, base.name))
+        if not adapters:
+            return
+        hosts = {pod: host for (ns, _), pods in self._pods.items() if ns == base.namespace
+                 for pod, host in pods.items()}
+        for name, model in adapters.items():
+            holders = {hosts[p] for p in base.adapters[name][1] if p in hosts}
+            model._share_endpoints([ep for ep in base.endpoints if ep.host in holders])
 
     def set_endpoints(self, namespace: str, service: str, slice_name: str, addrs: list[tuple[str, int]] | None
                       ) -> None:
@@ -196,6 +273,7 @@ class Registry:
         for model in self._by_key.values():
             if model.namespace == namespace and model.service == service:
                 model._replace_endpoints(self._addresses(namespace, service))
+                self._refresh_adapters(model)
 
     def _index(self) -> None:
         served: dict[str, Model] = {}
@@ -207,4 +285,10 @@ class Registry:
             else:
                 log.warning("%s/%s serves %r, as %s/%s does already: requests go to the latter", key[0], key[1],
                             model.served, other.namespace, other.name)
+        for key in sorted(self._adapters):  # a base model's name wins over an adapter's
+            for name, adapter in sorted(self._adapters[key].items()):
+                other = served.setdefault(name, adapter)
+                if other is not adapter:
+                    log.warning("adapter %r of %s/%s is not served: %s/%s serves that name already", name,
+                                key[0], key[1], other.namespace, other.name)
         self._by_served = served

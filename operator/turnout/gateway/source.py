@@ -46,6 +46,7 @@ class StaticModel:
     host: str
     port: int
     routing: RoutingSpec = field(default_factory=RoutingSpec)
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA adapters the process serves: name -> URI
 
 
 class StaticSource:
@@ -59,8 +60,10 @@ class StaticSource:
 
     async def start(self) -> None:
         for m in self._models:
+            adapters = {name: (uri, (m.served,)) for name, uri in m.adapters.items()}  # held by its one process
             self.registry.put_model(Model(namespace=self.NAMESPACE, name=m.served, served=m.served,
-                                          routing=m.routing, service=m.served))
+                                          routing=m.routing, service=m.served, adapters=adapters))
+            self.registry.set_pods(self.NAMESPACE, m.served, {m.served: m.host})
             self.registry.set_endpoints(self.NAMESPACE, m.served, "static", [(m.host, m.port)])
 
     async def close(self) -> None:

@@ -23,7 +23,7 @@ from turnout.config import OperatorConfig
 from turnout.hardware import parse_quantity
 from turnout.resolver.memory import bytes_per_param
 from turnout.resolver.plan import Plan
-from turnout.shimargs import EnvRef, ShimArgs
+from turnout.shimargs import EnvRef, LoraModule, ShimArgs
 from turnout.sources import PVC_ROOT, pvc_mount
 from turnout.toolparsers import tool_parser
 
@@ -55,6 +55,10 @@ INFERENCE_POOL_API_VERSION = "inference.networking.k8s.io/v1"
 # Set by LeaderWorkerSet in every container of a group (its pod webhook); the kubelet expands $(…) from them.
 LWS_LEADER_ADDRESS = "LWS_LEADER_ADDRESS"
 LWS_WORKER_INDEX = "LWS_WORKER_INDEX"
+#: Engines that take LoRA adapters only when they start (llama.cpp): their pods get ``spec.adapters`` as
+#: ``--lora-modules``, so a change of the adapters rolls them. The others load adapters at run time and never see
+#: ``spec.adapters`` in their pod template (docs/lora.md).
+LORA_AT_START_ONLY = ("llama.cpp",)
 
 
 def child_name(name: str, suffix: str = "") -> str:
@@ -142,8 +146,21 @@ def shim_args(
         pipeline_parallel_size=plan.pipeline_parallel_size,
         tool_call_parser=tool_parser(plan.model.family, plan.model.abilities) if plan.engine in TOOL_PARSER_ENGINES
         else None,
+        **_lora(plan, spec),
         **group,
     )
+
+
+def _lora(plan: Plan, spec: ModelDeploymentSpec) -> dict[str, Any]:
+    """The shim's LoRA flags: from ``spec.lora``; ``spec.adapters`` only for an engine that cannot load them at
+    run time (the others get them from the operator through the shim's API: adding one changes no pod)."""
+    if spec.lora is None:
+        return {}
+    out: dict[str, Any] = {"enable_lora": True, "max_loras": spec.lora.max_loaded, "max_lora_rank": spec.lora.max_rank}
+    if plan.engine in LORA_AT_START_ONLY and spec.adapters:
+        modules = tuple(LoraModule(a.name, a.uri) for a in spec.adapters)
+        out.update(lora_modules=modules, max_loras=max(spec.lora.max_loaded, len(modules)))
+    return out
 
 
 def _mib(mib: int) -> str:
