@@ -65,6 +65,8 @@ PASSED_HEADERS = ("retry-after", "www-authenticate")
 DEFAULT_HOLD_TIMEOUT = 300.0
 DEFAULT_QUEUE_SIZE = 100
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+#: seconds a request body may take to arrive whole (then 408): a trickling body holds no connection for long
+DEFAULT_BODY_TIMEOUT = 60.0
 #: seconds between two wake patches of one model that is still asleep (a patch lost, or undone)
 WAKE_DEBOUNCE = 30.0
 #: the Retry-After of a 503 for a request held past the timeout, and of a 429 for a full queue
@@ -77,7 +79,8 @@ class GatewayApp:
     def __init__(self, source: Source, *, metrics: GatewayMetrics | None = None,
                  api_key: Callable[[], bytes] | None = None, hold_timeout: float = DEFAULT_HOLD_TIMEOUT,
                  queue_size: int = DEFAULT_QUEUE_SIZE, max_body_bytes: int = DEFAULT_MAX_BODY,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, drain: Drain | None = None) -> None:
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, drain: Drain | None = None,
+                 body_timeout: float = DEFAULT_BODY_TIMEOUT) -> None:
         self.source = source
         #: The open streams, ended with an error event at the shutdown deadline (turnout.gateway.drain).
         self.drain = drain or Drain()
@@ -88,6 +91,7 @@ class GatewayApp:
         self.queue_size = queue_size
         self.max_body_bytes = max_body_bytes
         self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
         self._woken: dict[int, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -161,7 +165,7 @@ class GatewayApp:
         model: Model | None = None
         try:
             check_length(scope["headers"], self.max_body_bytes)
-            raw = await read_body(receive, self.max_body_bytes)
+            raw = await read_body(receive, self.max_body_bytes, self.body_timeout)
             if raw is None:
                 return  # the client left while sending
             body = _parse(raw)
