@@ -105,6 +105,11 @@ ROWS: tuple[Row, ...] = (
         "the_gateway", "figures", "slowloris_gateway",
         lambda v: f"{v['connections']} connections, all 408 within {v['answered_408_within_s']} s "
                   f"(timeout {v['body_timeout_s']} s)"),
+    Row("Shim: bodies that trickle (slowloris)", "408 `request_timeout` after `TURNOUT_BODY_TIMEOUT_SECONDS` "
+        "(default 60); the shim serves others meanwhile",
+        "tests/shim/test_schemathesis_fuzz.py::test_a_body_that_trickles_is_answered_408", "figures", "slowloris_shim",
+        lambda v: f"{v['connections']} connections, all 408 within {v['answered_408_within_s']} s "
+                  f"(timeout {v['body_timeout_s']} s)"),
     Row("Gateway: 1,000 concurrent streams, twice", "All whole; memory flat from one wave to the next",
         T_FUZZ + "test_a_thousand_concurrent_streams_twice_no_error_and_no_growth", "figures",
         "thousand_streams_gateway", lambda v: f"{v['errors']} errors, RSS +{v['rss_growth_wave2_kib']} KiB in "

@@ -108,3 +108,53 @@ def test_the_gateway_answers_every_generated_request_below_500_in_the_envelope(c
 
 def _coin(case: Any) -> bool:
     return hash(repr(case.body)) % 2 == 0
+
+
+def test_a_body_that_trickles_is_answered_408(free_port_factory, monkeypatch) -> None:
+    """Slowloris against the shim: a body sent a byte at a time gets 408 in the envelope once
+    ``TURNOUT_BODY_TIMEOUT_SECONDS`` passes, and the shim serves others meanwhile."""
+    import socket
+    import threading
+    import time
+
+    monkeypatch.setenv("TURNOUT_BODY_TIMEOUT_SECONDS", "1")
+    port = free_port_factory()
+    answers: list[tuple[bytes, float]] = []
+
+    def slow() -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            start = time.monotonic()
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                         b"content-length: 5000\r\n\r\n{")
+            sock.settimeout(0.2)
+            data = b""
+            for _ in range(60):
+                try:
+                    sock.sendall(b" ")
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                    if b"\r\n\r\n" in data and data.rstrip().endswith(b"}"):
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+            answers.append((data, time.monotonic() - start))
+
+    with ServerThread(create_app(ScriptedBackend(scripted_args(port)), scripted_args(port)), port) as shim:
+        wait_until(lambda: httpx.get(shim.base_url + "/health").status_code == 200, "the shim ready")
+        threads = [threading.Thread(target=slow) for _ in range(20)]
+        for t in threads:
+            t.start()
+        assert httpx.get(shim.base_url + "/health", timeout=5).status_code == 200
+        for t in threads:
+            t.join(20)
+    assert len(answers) == 20
+    for data, seconds in answers:
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), data[:200]
+        assert b'"request_timeout"' in body and seconds < 5
+    record("slowloris_shim", {"connections": 20, "body_timeout_s": 1.0,
+                              "answered_408_within_s": round(max(s for _, s in answers), 2)})

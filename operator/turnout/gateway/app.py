@@ -37,6 +37,7 @@ from turnout.gateway.registry import Endpoint, Model
 from turnout.gateway.routing import PREFIX_HASH, prompt_prefix
 from turnout.gateway.source import KeyUnavailable, Source
 from turnout.wire.asgi import (
+    DEFAULT_BODY_TIMEOUT,
     DONE,
     SSE_HEADERS,
     Receive,
@@ -65,8 +66,6 @@ PASSED_HEADERS = ("retry-after", "www-authenticate")
 DEFAULT_HOLD_TIMEOUT = 300.0
 DEFAULT_QUEUE_SIZE = 100
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
-#: seconds a request body may take to arrive whole (then 408): a trickling body holds no connection for long
-DEFAULT_BODY_TIMEOUT = 60.0
 #: seconds between two wake patches of one model that is still asleep (a patch lost, or undone)
 WAKE_DEBOUNCE = 30.0
 #: the Retry-After of a 503 for a request held past the timeout, and of a 429 for a full queue

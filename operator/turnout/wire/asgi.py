@@ -109,6 +109,10 @@ def check_length(headers: Headers, limit: int) -> None:
         raise too_large(limit, int(value))
 
 
+#: Seconds a request body may take to arrive whole (then 408): a body that trickles holds no connection long.
+DEFAULT_BODY_TIMEOUT = 60.0
+
+
 async def read_body(receive: Receive, limit: int | None = None, timeout: float | None = None) -> bytes | None:
     """The whole request body, or None when the client disconnected first; 413 past ``limit`` bytes; 408 when
     it has not all arrived within ``timeout`` seconds (a body that trickles in, slowloris, holds nothing long)."""
