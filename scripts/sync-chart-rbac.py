@@ -17,6 +17,8 @@ rule commented with what it serves:
   own calls are the Node authorizer's to grant).
 - ``turnout.rbac.gatewayRules``: the gateway's rules (``turnout.gateway.rbac``),
   granted to its ServiceAccount by a ClusterRole or a Role per watched namespace.
+- ``turnout.rbac.leaseRules``: leader election's Lease (``LEASE_RULES``), granted by a Role in the
+  release's namespace only.
 
 ``--check`` exits 1 when the committed template drifts.
 """
@@ -29,7 +31,7 @@ import sys
 from pathlib import Path
 
 from turnout.agent.rbac import BOOTSTRAP_BINDINGS, BOOTSTRAP_GROUP, bootstrap_binding_name
-from turnout.controller.rbac import RULES
+from turnout.controller.rbac import LEASE_RULES, RULES
 from turnout.gateway.rbac import RULES as GATEWAY_RULES
 from turnout.kube.rbac import Rule, merged
 
@@ -107,6 +109,10 @@ def render(rules: tuple[Rule, ...] = RULES, gateway_rules: tuple[Rule, ...] = GA
         "{{/* The gateway's rules (turnout.gateway.rbac): a ClusterRole, or a Role per watched namespace. */}}\n"
         '{{- define "turnout.rbac.gatewayRules" }}\n'
         f"{_block(merged(gateway_rules))}\n"
+        "{{- end }}\n\n"
+        "{{/* Leader election (turnout.controller.rbac.LEASE_RULES): a Role in the release's namespace. */}}\n"
+        '{{- define "turnout.rbac.leaseRules" }}\n'
+        f"{_block(merged(LEASE_RULES))}\n"
         "{{- end }}\n"
     )
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script():
+def _script() -> ModuleType:
     spec = importlib.util.spec_from_file_location("render_reliability", ROOT / "scripts" / "render-reliability.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -28,8 +31,9 @@ def test_every_named_test_exists() -> None:
     for row in _script().ROWS:
         if not row.test.startswith(("tests/", "e2e/", "benchmarks/")):
             continue
-        path, *names = (row.test.split(", ")[0]).split("::")
-        names += [t.strip().lstrip(":") for t in row.test.split(", ")[1:]]
+        first, *more = row.test.split(", ")
+        path, *names = first.split("::")
+        names += [t.strip().lstrip(":") for t in more]
         source = ROOT / path
         assert source.exists(), path
         defined = {n.name for n in ast.walk(ast.parse(source.read_text()))

@@ -233,11 +233,16 @@ def test_probes_use_the_operators_health_endpoint() -> None:
 # ----- RBAC -----
 
 
+def _watch_rbac(objs: list[dict], kind: str) -> list[dict]:
+    """Roles or RoleBindings of the watched namespaces (not leader election's, tests/chart/test_chart_ha.py)."""
+    return [o for o in by_kind(objs, kind) if not o["metadata"]["name"].endswith("-leader-election")]
+
+
 def test_cluster_wide_rbac_is_exactly_the_operators_declared_needs() -> None:
     objs = render()
     role = one(objs, "ClusterRole")
     assert _triples(role["rules"]) == DECLARED
-    assert by_kind(objs, "Role") == [] and by_kind(objs, "RoleBinding") == []
+    assert _watch_rbac(objs, "Role") == [] and _watch_rbac(objs, "RoleBinding") == []
     binding = one(objs, "ClusterRoleBinding")
     sa = one(objs, "ServiceAccount")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
@@ -252,8 +257,8 @@ def test_namespaced_rbac_uses_roles_and_a_cluster_role_only_for_nodes() -> None:
     (cluster_role,) = [r for r in by_kind(objs, "ClusterRole") if r["metadata"]["name"] == "turnout"]
     assert cluster_role["rules"], "Nodes are cluster-scoped: a ClusterRole must still grant them"
     assert all(sync.cluster_scoped(g, r) for g, r, _ in _triples(cluster_role["rules"]))
-    roles = {r["metadata"]["namespace"]: r for r in by_kind(objs, "Role")}
-    bindings = {b["metadata"]["namespace"]: b for b in by_kind(objs, "RoleBinding")}
+    roles = {r["metadata"]["namespace"]: r for r in _watch_rbac(objs, "Role")}
+    bindings = {b["metadata"]["namespace"]: b for b in _watch_rbac(objs, "RoleBinding")}
     assert set(roles) == set(bindings) == {"team-a", "team-b"}
     for ns, role in roles.items():
         assert all(not sync.cluster_scoped(g, r) for g, r, _ in _triples(role["rules"]))
@@ -284,7 +289,8 @@ def test_rbac_follows_a_changed_declaration(tmp_path: Path) -> None:
     with helm.Chart.load(copied) as changed:
         for values in ({}, {"watchNamespaces": ["team-a"]}):
             text = changed.render(values, name="turnout", namespace=NAMESPACE)["turnout/templates/rbac.yaml"]
-            roles = [d for d in yaml.safe_load_all(text) if d and d["kind"] in ("ClusterRole", "Role")]
+            roles = [d for d in yaml.safe_load_all(text) if d and d["kind"] in ("ClusterRole", "Role")
+                     and not d["metadata"]["name"].endswith("-leader-election")]
             granted = set().union(*(_triples(r["rules"]) for r in roles))
             assert granted == DECLARED | {("", "configmaps", "get")}
             assert "# read a hypothetical model catalog" in text
@@ -446,7 +452,7 @@ def test_set_expressions_from_the_docs_work() -> None:
     assert config.image("llama.cpp", "cpu") == "registry.example.com/turnout/llamacpp-cpu:0.1.0"
     assert config.image("llama.cpp", "nvidia") == OperatorConfig().image("llama.cpp", "nvidia")
     assert "sglang" in config.auto_engines
-    assert {r["metadata"]["namespace"] for r in by_kind(objs, "Role")} == {"team-a", "team-b"}
+    assert {r["metadata"]["namespace"] for r in _watch_rbac(objs, "Role")} == {"team-a", "team-b"}
 
 
 def test_peering_is_refused_because_the_chart_grants_no_peering_rbac() -> None:

@@ -79,6 +79,7 @@ RESOURCES: dict[ResKey, tuple[str, bool, bool]] = {
     ("", "v1", "secrets"): ("Secret", True, False),
     ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): ("CustomResourceDefinition", False, True),
     ("inference.networking.k8s.io", "v1", "inferencepools"): ("InferencePool", True, True),
+    ("coordination.k8s.io", "v1", "leases"): ("Lease", True, False),
 }
 #: Resources with a scale subresource (autoscaling/v1 Scale), as their CRD declares it: the paths of
 #: spec.replicas, status.replicas and status.selector.
@@ -242,6 +243,9 @@ class FakeKube(kmock.KubernetesEmulator):
                         and fault.plural == request.resource.plural and fault.subresource == request.subresource:
                     fault.times -= 1
                     raise KubeApiError(status=fault.status, reason="Injected", message=f"injected {fault.status}")
+            if str(request.method.value).upper() == "PUT" and request.name and request.resource.plural \
+                    and len(self._payloads) == self._own_reactions:
+                return await rendering.Response(payload=lambda: self._serve_replace(request))(request)
             server = _SERVERS.get(request.action) if request.action is not None else None
             if server is not None and request.resource.plural and len(self._payloads) == self._own_reactions:
                 serve = getattr(self, server)
@@ -561,6 +565,21 @@ class FakeKube(kmock.KubernetesEmulator):
         if request.subresource == "scale":
             return await self._update_scale(res, key, patch)
         return await self.modify(res, key, lambda cur: merge_patch(cur, patch), status_only=status_only, pure=True)
+
+    async def _serve_replace(self, request: rendering.Request) -> rendering.Payload:
+        """PUT (update): the whole object, with its ``metadata.resourceVersion`` as a precondition (409 when the
+        object changed since; optimistic concurrency, what leader election relies on)."""
+        res = self._res(request)
+        key = (request.namespace, request.name)
+        body = _json_body(request)
+        current = self.store.get(res, {}).get(key)
+        if current is None:
+            raise kmock.KubernetesObjectNotFoundError()
+        given = (body.get("metadata") or {}).get("resourceVersion")
+        if given and given != current["metadata"]["resourceVersion"]:
+            raise KubeApiError(status=409, reason="Conflict",
+                               message=f"the object has been modified; resourceVersion {given} is not the latest")
+        return await self.modify(res, key, lambda _: copy.deepcopy(body), pure=True)
 
     async def _serve_delete(self, request: rendering.Request) -> rendering.Payload:
         """DELETE with DeleteOptions: ``preconditions`` (uid, resourceVersion: 409 Conflict on a mismatch)

@@ -17,6 +17,8 @@ if str(TESTS / "controller") not in sys.path:
     sys.path.insert(0, str(TESTS / "controller"))  # fakekube, the API emulator
 if str(ROOT / "benchmarks") not in sys.path:
     sys.path.append(str(ROOT / "benchmarks"))  # standin_engine, the stand-in OpenAI engine
+if str(TESTS / "shim") not in sys.path:
+    sys.path.append(str(TESTS / "shim"))  # scripted: a shim with a scripted backend, behind the fuzzed gateway
 
 from fakekube import FakeKube  # noqa: E402
 from gwkit import MDS, NS, serve  # noqa: E402

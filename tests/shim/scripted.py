@@ -53,7 +53,10 @@ class ScriptedBackend(Backend):
         return self.death or Health(self.state)
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
-        script = body["messages"][0]["content"]
+        # The first message's content picks the script; a message without one (valid: an assistant turn with
+        # tool calls) or with content parts runs the plain answer.
+        first = (body.get("messages") or [{}])[0]
+        script = first.get("content") if isinstance(first, dict) else None
         if not body.get("stream"):
             if script == "slow":
                 try:

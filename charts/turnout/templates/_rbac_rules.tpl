@@ -164,3 +164,11 @@ subjects:
   resources: ["modeldeployments/scale"]
   verbs: ["get", "patch"]
 {{- end }}
+
+{{/* Leader election (turnout.controller.rbac.LEASE_RULES): a Role in the release's namespace. */}}
+{{- define "turnout.rbac.leaseRules" }}
+# leader election: read, create and renew the operator's Lease (its own namespace only)
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["create", "get", "update"]
+{{- end }}

@@ -30,12 +30,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY, metavar="N",
                    help=f"largest request body accepted (default {DEFAULT_MAX_BODY})")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM, seconds the open requests get to finish; streams still open 1 s before the "
+                        "end close with an SSE error event (default 30; keep it below the pod's "
+                        "terminationGracePeriodSeconds)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
 def run(args: argparse.Namespace) -> int:
     from turnout.cli import CLIError
     from turnout.gateway.app import GatewayApp
+    from turnout.gateway.drain import GracefulServer
     from turnout.gateway.kubesource import KubeSource
     from turnout.gateway.server import config, run_async
     from turnout.kube import CredentialsError, KubeClient, load_credentials
@@ -45,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.hold_timeout <= 0 or args.queue_size < 1:
         raise CLIError("--hold-timeout must be > 0 and --queue-size >= 1")
+    if args.shutdown_grace <= 0:
+        raise CLIError("--shutdown-grace must be > 0")
     try:
         key = ApiKeyFile(args.api_key_file) if args.api_key_file else None
     except ValueError as exc:
@@ -52,8 +59,6 @@ def run(args: argparse.Namespace) -> int:
     namespaces = None if args.all_namespaces or not args.namespaces else list(args.namespaces)
 
     async def main() -> int:
-        import uvicorn
-
         try:
             credentials = await load_credentials(args.kubeconfig, context=args.context)
         except CredentialsError as exc:
@@ -62,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
             app = GatewayApp(KubeSource(client, namespaces), api_key=key.current if key else None,
                              hold_timeout=args.hold_timeout, queue_size=args.queue_size,
                              max_body_bytes=args.max_body_bytes)
-            server = uvicorn.Server(config(app, args.host, args.port, log_level=level, access_log=args.access_log))
+            server = GracefulServer(config(app, args.host, args.port, log_level=level, access_log=args.access_log,
+                                           grace=args.shutdown_grace), app.drain)
             await server.serve()
             return 0 if server.started else 1
 

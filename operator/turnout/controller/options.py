@@ -15,6 +15,7 @@ from typing import Any
 #: The mutually exclusive scope flags and the autoscaling options (argparse groups).
 SCOPE = "scope"
 AUTOSCALING = "autoscaling (ModelDeployments with spec.autoscaling)"
+LEADER = "leader election (several replicas)"
 
 
 def _flag(*flags: str, help: str, metavar: str | None = None, group: str | None = None) -> dict[str, Any]:
@@ -46,6 +47,25 @@ class Options:
     #: A KopfPeering name for several replicas; standalone when None.
     peering: str | None = _option(None, "--peering", metavar="NAME",
                                   help="KopfPeering object name for active/standby replicas (default: standalone)")
+    leader_elect: bool = _option(False, "--leader-elect", group=LEADER,
+                                 help="run several replicas: only the holder of a coordination.k8s.io Lease "
+                                      "reconciles (client-go timings: 15 s lease, 10 s renew deadline, 2 s retry); "
+                                      "a leader that loses the Lease exits 1")
+    lease_name: str = _option("turnout-operator", "--leader-election-id", metavar="NAME", group=LEADER,
+                              help="name of the Lease (default: %(default)s)")
+    lease_namespace: str | None = _option(None, "--leader-election-namespace", metavar="NS", group=LEADER,
+                                          help="namespace of the Lease (default: the pod's own)")
+    lease_identity: str | None = _option(None, "--leader-election-identity", metavar="ID", group=LEADER,
+                                         help="this replica's holderIdentity (default: the host name, which is "
+                                              "the pod's name)")
+    lease_duration: float = _option(15.0, "--leader-elect-lease-duration", metavar="SECONDS", group=LEADER,
+                                    help="how long a standby waits after the last renewal seen before it takes the "
+                                         "Lease (default: %(default)g)")
+    renew_deadline: float = _option(10.0, "--leader-elect-renew-deadline", metavar="SECONDS", group=LEADER,
+                                    help="how long the leader keeps trying to renew before it gives up leading "
+                                         "(default: %(default)g)")
+    retry_period: float = _option(2.0, "--leader-elect-retry-period", metavar="SECONDS", group=LEADER,
+                                  help="seconds between renewals and between a standby's tries (default: %(default)g)")
     kubeconfig: str | None = _option(None, "--kubeconfig", metavar="FILE",
                                      help="kubeconfig to use (default: $KUBECONFIG, else the pod's service account, "
                                           "else ~/.kube/config)")
@@ -80,6 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         None: parser,
         SCOPE: parser.add_mutually_exclusive_group(),
         AUTOSCALING: parser.add_argument_group(AUTOSCALING),
+        LEADER: parser.add_argument_group(LEADER),
     }
     for f in fields(Options):
         meta = f.metadata

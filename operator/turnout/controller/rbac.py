@@ -75,6 +75,13 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+#: Leader election (``--leader-elect``): the Lease in the operator's own namespace, granted by a Role there.
+LEASE_RULES: tuple[Rule, ...] = (
+    Rule("coordination.k8s.io", "leases", ("get", "create", "update"),
+         "leader election: read, create and renew the operator's Lease (its own namespace only)"),
+)
+
+
 def cluster_role(name: str = "turnout-operator", rules: tuple[Rule, ...] = RULES) -> dict[str, object]:
     """A ClusterRole granting exactly ``rules`` (the ``why`` is dropped: not a PolicyRule field)."""
     return rbac.cluster_role(name, rules)

@@ -17,6 +17,7 @@ from typing import Any
 import kopf
 
 from turnout.config import ConfigError, OperatorConfig, load_config
+from turnout.controller import leader
 from turnout.controller import metrics as metrics_mod
 from turnout.controller.handlers import build_registry
 from turnout.controller.keypublish import KeyPublisher
@@ -24,6 +25,7 @@ from turnout.controller.options import Options, add_arguments, options_from
 from turnout.controller.reconcile import Controller
 from turnout.controller.scaleloop import ScaleLoop, Settings, parse_service
 from turnout.kube import Credentials, CredentialsError, load_credentials
+from turnout.kube.lease import LeadershipLost, LeaseSettings
 from turnout.render import INFERENCE_POOL_API_VERSION
 
 logger = logging.getLogger("turnout.controller")
@@ -40,6 +42,16 @@ def autoscaler_settings(options: Options) -> Settings:
         window=options.autoscale_window,
         timeout=options.scrape_timeout,
     )
+
+
+def lease_settings(options: Options) -> LeaseSettings:
+    """The Lease of ``--leader-elect``; ValueError when its namespace is unknown (outside a pod, none given)."""
+    namespace = leader.own_namespace(options.lease_namespace)
+    if namespace is None:
+        raise ValueError("--leader-elect outside a pod needs --leader-election-namespace")
+    return leader.settings(options.lease_name, namespace, options.lease_identity,
+                           lease_duration=options.lease_duration, renew_deadline=options.renew_deadline,
+                           retry_period=options.retry_period)
 
 
 def new_controller(options: Options, config: OperatorConfig, credentials: Credentials, **tuning: Any) -> Controller:
@@ -62,7 +74,8 @@ async def operate(
     settings after :func:`~turnout.controller.handlers.configure` (tests shorten timeouts).
     """
     # One loop per operator, in the kopf task set: a standby of --peering would scale too (kopf pauses only its
-    # handlers), so the built-in autoscaler runs in a standalone operator only.
+    # handlers), so the built-in autoscaler runs in a standalone operator only. With --leader-elect kopf (and the
+    # loop in its task set) runs only on the leader.
     scaler = None
     if options.peering is None:
         scaler = ScaleLoop(autoscaler_settings(options), client=controller.client, metrics=controller.metrics,
@@ -76,14 +89,24 @@ async def operate(
         runner = await metrics_mod.serve(controller.metrics, options.bind_address, options.metrics_port)
     liveness = f"http://{options.bind_address}:{options.health_port}/healthz" if options.health_port else None
     restart = asyncio.Event()
+    holding: asyncio.Task[None] | None = None
+    elector = None
     try:
+        if options.leader_elect:
+            elector = await leader.wait_to_lead(controller.client, lease_settings(options), host=options.bind_address,
+                                                health_port=options.health_port, stop_flag=stop_flag)
+            if elector is None:
+                return
+            holding = asyncio.create_task(elector.hold())
         while True:
             restart.clear()
             watching = await _discover(controller, options)
             inner_stop = asyncio.Event()
 
             async def _relay(flag: asyncio.Event = inner_stop) -> None:
-                waits = [asyncio.create_task(restart.wait())]
+                waits: list[asyncio.Future[Any]] = [asyncio.create_task(restart.wait())]
+                if holding is not None:
+                    waits.append(asyncio.ensure_future(asyncio.shield(holding)))
                 if stop_flag is not None:
                     waits.append(asyncio.create_task(stop_flag.wait()))
                 try:
@@ -119,9 +142,18 @@ async def operate(
                 restart.set()
             finally:
                 relay.cancel()
+            if holding is not None and holding.done():
+                holding.result()  # LeadershipLost: the caller exits non-zero and the pod restarts as a standby
             if not restart.is_set() or (stop_flag is not None and stop_flag.is_set()):
                 break
     finally:
+        if holding is not None:
+            lost = holding.done() and not holding.cancelled() and holding.exception() is not None
+            holding.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LeadershipLost):
+                await holding
+            if elector is not None and not lost:
+                await elector.release()
         await controller.adapters.close()
         await controller.client.close()
         if runner is not None:
@@ -164,6 +196,10 @@ def run_operator(options: Options) -> int:
         autoscaler_settings(options)
         if options.key_interval <= 0:
             raise ValueError("--key-refresh-interval must be positive")
+        if options.leader_elect:
+            if options.peering is not None:
+                raise ValueError("--leader-elect and --peering exclude each other")
+            lease_settings(options)
     except ValueError as exc:
         print(f"turnout operator: {exc}", file=sys.stderr)
         return 2

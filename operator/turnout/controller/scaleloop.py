@@ -1,7 +1,8 @@
 """The built-in autoscaler's loop: scrape the load, ask :mod:`~turnout.controller.scalepolicy`, scale.
 
 Every ``interval`` seconds, for each ModelDeployment with ``spec.autoscaling`` (one loop, started with the
-operator; off with ``--peering``, where a standby would scale too):
+operator; with ``--leader-elect`` only on the leader, which alone runs kopf; off with ``--peering``, where a
+standby would scale too):
 
 - **observe**: the gateways' ``/metrics`` (``--gateway-metrics-url``, and every ready endpoint of the
   ``--gateway-service`` Service's EndpointSlices; scraped once per tick for all deployments):

@@ -31,11 +31,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from turnout.aio import wait_for
 from turnout.api import key_digest
+from turnout.gateway.drain import Drain
 from turnout.gateway.metrics import GatewayMetrics, ModelMetrics
 from turnout.gateway.registry import Endpoint, Model
 from turnout.gateway.routing import PREFIX_HASH, prompt_prefix
 from turnout.gateway.source import KeyUnavailable, Source
 from turnout.wire.asgi import (
+    DEFAULT_BODY_TIMEOUT,
     DONE,
     SSE_HEADERS,
     Receive,
@@ -76,8 +78,11 @@ class GatewayApp:
     def __init__(self, source: Source, *, metrics: GatewayMetrics | None = None,
                  api_key: Callable[[], bytes] | None = None, hold_timeout: float = DEFAULT_HOLD_TIMEOUT,
                  queue_size: int = DEFAULT_QUEUE_SIZE, max_body_bytes: int = DEFAULT_MAX_BODY,
-                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, drain: Drain | None = None,
+                 body_timeout: float = DEFAULT_BODY_TIMEOUT) -> None:
         self.source = source
+        #: The open streams, ended with an error event at the shutdown deadline (turnout.gateway.drain).
+        self.drain = drain or Drain()
         self.registry = source.registry
         self.metrics = metrics or GatewayMetrics()
         self.api_key = api_key
@@ -85,6 +90,7 @@ class GatewayApp:
         self.queue_size = queue_size
         self.max_body_bytes = max_body_bytes
         self.idle_timeout = idle_timeout
+        self.body_timeout = body_timeout
         self._woken: dict[int, float] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -158,7 +164,7 @@ class GatewayApp:
         model: Model | None = None
         try:
             check_length(scope["headers"], self.max_body_bytes)
-            raw = await read_body(receive, self.max_body_bytes)
+            raw = await read_body(receive, self.max_body_bytes, self.body_timeout)
             if raw is None:
                 return  # the client left while sending
             body = _parse(raw)
@@ -301,7 +307,8 @@ class GatewayApp:
             self._woken.pop(id(model), None)
 
     async def _relay(self, send: Send, resp: Any, m: ModelMetrics, t0: float, watch: Disconnect) -> None:
-        relay = relay_response(resp, Usage(), keep_usage=True, idle_timeout=self.idle_timeout)
+        relay = relay_response(resp, Usage(), keep_usage=True, idle_timeout=self.idle_timeout,
+                               active=self.drain.streams)
         first = True
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
@@ -313,8 +320,11 @@ class GatewayApp:
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
                 tail = DONE
             except EngineConnectionError as exc:
-                m.upstream_errors.inc()
-                tail = sse_error_event(stream_error("upstream", exc)) + DONE
+                if self.drain.ending:
+                    tail = sse_error_event(self.drain.error()) + DONE
+                else:
+                    m.upstream_errors.inc()
+                    tail = sse_error_event(stream_error("upstream", exc)) + DONE
             watch.finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:

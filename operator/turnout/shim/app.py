@@ -42,7 +42,7 @@ from turnout.shim.middleware import ShimMiddleware
 from turnout.shim.protocol import ChatCompletionRequest
 from turnout.shim.routes import ENDPOINTS, Endpoint, Handler, Serving, describe_validation
 from turnout.shimargs import ShimArgs
-from turnout.wire.asgi import dumps
+from turnout.wire.asgi import DEFAULT_BODY_TIMEOUT, dumps
 from turnout.wire.errors import OpenAIError, envelope, retry_after_header
 
 log = logging.getLogger("turnout.shim")
@@ -51,6 +51,19 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 #: How often a running engine is checked for a death it cannot recover from (one function call).
 ENGINE_WATCH_SECONDS = 1.0
 MAX_BODY_ENV = "TURNOUT_MAX_BODY_BYTES"
+BODY_TIMEOUT_ENV = "TURNOUT_BODY_TIMEOUT_SECONDS"
+
+
+def body_timeout_from_env() -> float:
+    """Seconds a request body may take to arrive (``$TURNOUT_BODY_TIMEOUT_SECONDS``, default 60)."""
+    raw = os.environ.get(BODY_TIMEOUT_ENV)
+    try:
+        value = float(raw) if raw else DEFAULT_BODY_TIMEOUT
+    except ValueError:
+        raise ValueError(f"{BODY_TIMEOUT_ENV} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{BODY_TIMEOUT_ENV} must be > 0, got {value:g}")
+    return value
 
 
 def max_body_bytes_from_env() -> int:
@@ -230,7 +243,8 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
                 **backend.model_card()}
         return Response(dumps(card), media_type="application/json")
 
-    serving = Serving(backend, served, args.engine, args.model_type, metrics, health, max_body_bytes)
+    serving = Serving(backend, served, args.engine, args.model_type, metrics, health, max_body_bytes,
+                      body_timeout_from_env())
     for ep in ENDPOINTS:
         app.router.routes.append(Route(ep.path, Handler(ep, serving), methods=["POST"]))
     _document(app, ENDPOINTS)

@@ -33,7 +33,7 @@ from turnout.shim.metrics import ShimMetrics
 from turnout.shim.middleware import T0_KEY
 from turnout.shim.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RerankRequest
 from turnout.shim.rerank import rerank_response
-from turnout.wire.asgi import DONE, SSE_HEADERS, dumps, read_body, send_error, send_json
+from turnout.wire.asgi import DEFAULT_BODY_TIMEOUT, DONE, SSE_HEADERS, dumps, read_body, send_error, send_json
 from turnout.wire.disconnect import Disconnect
 from turnout.wire.errors import OpenAIError, envelope, sse_error_event
 
@@ -70,6 +70,8 @@ class Serving:
     health: Callable[[], Health]
     #: the largest request body (a larger ``Content-Length`` is refused by the middleware already)
     max_body_bytes: int
+    #: seconds the body may take to arrive whole (then 408: slowloris)
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
     def admit(self, req: Any, capability: str) -> dict[str, Any]:
         """The request body for the backend, or an OpenAIError saying why it cannot be served."""
@@ -123,9 +125,9 @@ class Handler:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ep, sv = self.endpoint, self.serving
         try:
-            raw = await read_body(receive, sv.max_body_bytes)
-        except OpenAIError as exc:  # a chunked body past the limit
-            sv.metrics.rejected.labels("too_large").inc()
+            raw = await read_body(receive, sv.max_body_bytes, sv.body_timeout)
+        except OpenAIError as exc:  # a chunked body past the limit, or one that trickles
+            sv.metrics.rejected.labels("too_large" if exc.status == 413 else "body_timeout").inc()
             await send_error(send, exc)
             return
         if raw is None:

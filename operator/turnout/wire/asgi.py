@@ -6,6 +6,7 @@ importing Starlette (the gateway does not depend on it).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
@@ -108,8 +109,24 @@ def check_length(headers: Headers, limit: int) -> None:
         raise too_large(limit, int(value))
 
 
-async def read_body(receive: Receive, limit: int | None = None) -> bytes | None:
-    """The whole request body, or None when the client disconnected first; 413 past ``limit`` bytes."""
+#: Seconds a request body may take to arrive whole (then 408): a body that trickles holds no connection long.
+DEFAULT_BODY_TIMEOUT = 60.0
+
+
+async def read_body(receive: Receive, limit: int | None = None, timeout: float | None = None) -> bytes | None:
+    """The whole request body, or None when the client disconnected first; 413 past ``limit`` bytes; 408 when
+    it has not all arrived within ``timeout`` seconds (a body that trickles in, slowloris, holds nothing long)."""
+    if timeout is None:
+        return await _read_body(receive, limit)
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_body(receive, limit)
+    except TimeoutError:
+        raise OpenAIError(f"the request body did not arrive within {timeout:g} s", status=408,
+                          code="request_timeout") from None
+
+
+async def _read_body(receive: Receive, limit: int | None) -> bytes | None:
     parts: list[bytes] = []
     size = 0
     while True:

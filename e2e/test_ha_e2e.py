@@ -1,0 +1,123 @@
+"""Operator failover on the real cluster: the chart's two operator replicas, the leader pod deleted, the
+standby reconciles a new ModelDeployment — measured from the delete to the new deployment's first child.
+
+Runs in the real-node tier (the chart's operator image must run as a pod: ``test_realnode_e2e``'s fixtures
+build and load it); skipped with the reason elsewhere. Two deletes: a forced one (``--grace-period=0``, a
+crash: the Lease is not released, the standby waits out the lease duration) and a graceful one (SIGTERM:
+the leader releases, the standby leads at its next try). The bound for the forced case is client-go's:
+lease duration + 2 retry periods (19 s with the chart's 15 s / 2 s), plus the standby's start of kopf and
+one reconcile. ``TURNOUT_E2E_RESULTS=<file>`` records ``operator_failover`` for docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nodeimages
+import pytest
+import test_realnode_e2e as realnode
+from kubectl import get_json, kubectl, poll
+from test_realnode_e2e import RELEASE, _adopt_crd, _delete_leftover_release, _example, _helm, _record, _values
+
+from conftest import RUN
+from turnout.render.manifests import child_name
+
+ROOT = Path(__file__).resolve().parent.parent
+# The real-node tier's fixtures: the node, its taints, the images built and loaded, the other nodes cordoned.
+real_node = realnode.real_node
+tolerations = realnode.tolerations
+images = realnode.images
+only_the_real_node = realnode.only_the_real_node
+LEASE_DURATION, RETRY = 15, 2
+#: Lease expiry (as the standby sees it) + kopf's start + one reconcile.
+BOUND = LEASE_DURATION + 2 * RETRY + 15
+
+
+@pytest.fixture(scope="module")
+def ha_release(crds: None, real_node: dict[str, Any], images: nodeimages.Images,
+               tolerations: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
+    system, models = f"turnout-ha-{RUN}-sys", f"turnout-ha-{RUN}-models"
+    for ns in (system, models):
+        kubectl("create", "namespace", ns)
+    helm = _helm(system)
+    _delete_leftover_release()
+    _adopt_crd(system)
+    values = _values(images, tolerations, models)
+    assert "replicas" not in values, "the chart's defaults (2 replicas, leader election) are what is tested"
+    helm.install(ROOT / "charts/turnout", RELEASE, values, namespace=system, wait="watcher", timeout=300)
+    try:
+        yield system, models
+    finally:
+        kubectl("delete", "modeldeployments", "--all", "-n", models, "--wait=true", timeout=180, check=False)
+        helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
+        if not os.environ.get("TURNOUT_E2E_KEEP"):
+            for ns in (models, system):
+                kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def _operator_pods(system: str) -> list[str]:
+    pods = json.loads(kubectl("get", "pods", "-n", system, "-l", "app.kubernetes.io/component=operator",
+                              "-o", "json"))["items"]
+    return [p["metadata"]["name"] for p in pods if p["status"].get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")]
+
+
+def _holder(system: str) -> str | None:
+    lease = get_json("lease", RELEASE, "-n", system)
+    return (lease or {}).get("spec", {}).get("holderIdentity") or None
+
+
+def _reconciled(models: str, name: str) -> bool:
+    return bool(get_json("deployment", child_name(name), "-n", models))
+
+
+def _apply(models: str, doc: dict[str, Any], name: str) -> None:
+    doc = json.loads(json.dumps(doc))
+    doc["metadata"]["name"] = name
+    doc["spec"]["servedModelName"] = name
+    kubectl("apply", "-n", models, "-f", "-", stdin=json.dumps(doc))
+
+
+def _failover(system: str, models: str, doc: dict[str, Any], name: str, *, force: bool) -> dict[str, Any]:
+    leader = poll(lambda: (h := _holder(system)) in _operator_pods(system) and h, timeout=120,
+                  what="a leader among the operator pods")
+    standby = poll(lambda: [p for p in _operator_pods(system) if p != leader] or None, timeout=180,
+                   what="a standby operator pod")
+    start = time.monotonic()
+    kubectl("delete", "pod", leader, "-n", system, "--wait=false",
+            *(["--grace-period=0", "--force"] if force else []))
+    _apply(models, doc, name)
+    poll(lambda: _reconciled(models, name), timeout=BOUND + 60, interval=0.2, what=f"{name} reconciled")
+    seconds = time.monotonic() - start
+    new_leader = _holder(system)
+    assert new_leader in standby, (new_leader, standby)
+    return {"seconds": round(seconds, 1), "old_leader": leader, "new_leader": new_leader}
+
+
+def test_the_standby_reconciles_a_new_deployment_after_the_leader_pod_is_deleted(
+        ha_release: tuple[str, str], tolerations: list[dict[str, Any]]) -> None:
+    system, models = ha_release
+    assert len(poll(lambda: len(_operator_pods(system)) == 2 and _operator_pods(system), timeout=180,
+                    what="two operator pods")) == 2
+    doc = _example("tiny-chat-gguf.yaml", tolerations)
+    _apply(models, doc, "ha-before")
+    poll(lambda: _reconciled(models, "ha-before"), timeout=120, what="the leader's reconcile")
+    forced = _failover(system, models, doc, "ha-after-kill", force=True)
+    # The deleted pod's Deployment makes a new standby; wait for it, then a graceful handover.
+    graceful = _failover(system, models, doc, "ha-after-term", force=False)
+    figures = {"forced_s": forced["seconds"], "graceful_s": graceful["seconds"], "bound_s": BOUND,
+               "lease_duration_s": LEASE_DURATION}
+    print(f"\noperator failover: {figures}")
+    if out := os.environ.get("TURNOUT_E2E_RESULTS"):
+        _record(Path(out), {"operator_failover": figures})
+    assert forced["seconds"] <= BOUND and graceful["seconds"] <= BOUND, figures
+    # Nothing reconciled twice: one Deployment per ModelDeployment.
+    for name in ("ha-before", "ha-after-kill", "ha-after-term"):
+        owned = [d for d in json.loads(kubectl("get", "deployments", "-n", models, "-o", "json"))["items"]
+                 if any(r.get("name") == name for r in d["metadata"].get("ownerReferences") or [])]
+        assert len(owned) == 1, (name, [d["metadata"]["name"] for d in owned])
