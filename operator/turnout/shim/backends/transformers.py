@@ -42,6 +42,7 @@ from typing import Any
 
 from turnout.shim.backends import _openai as oai
 from turnout.shim.backends._batching import GenerationRequest, Scheduler, Sequence
+from turnout.shim.backends._peft import PeftAdapters
 from turnout.shim.backends.base import Backend, Health, State, Stream
 from turnout.shimargs import ShimArgs
 from turnout.wire.errors import OpenAIError
@@ -255,6 +256,7 @@ class TransformersBackend(Backend):
         self.tokenizer: Any = None
         self.model: Any = None
         self.max_model_len = 0
+        self.adapters: PeftAdapters | None = None
 
     # ---- life cycle --------------------------------------------------------
 
@@ -318,6 +320,9 @@ class TransformersBackend(Backend):
         except Exception:
             scheduler.stop()
             raise
+        if args.enable_lora:
+            self.adapters = PeftAdapters(self.model)
+            scheduler.before_forward = lambda seqs: self.adapters.set_rows([s.adapter for s in seqs])  # type: ignore[union-attr]
         self.scheduler = scheduler
         log.info("loaded %s on %s (context %d tokens, %d torch threads)", path, device, self.max_model_len,
                  self.threads)
@@ -343,6 +348,23 @@ class TransformersBackend(Backend):
 
     def model_card(self) -> dict[str, Any]:
         return {"max_model_len": self.max_model_len} if self.max_model_len else {}
+
+    # ---- LoRA adapters -----------------------------------------------------
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load a PEFT adapter into the running model between two decode steps."""
+        scheduler, adapters = self._ready(), self.adapters
+        if adapters is None:
+            raise OpenAIError("LoRA adapters are not enabled (--enable-lora)", code="lora_not_enabled")
+        try:
+            await asyncio.wrap_future(scheduler.call(lambda: adapters.load(name, path)))
+        except ValueError as exc:
+            raise OpenAIError(str(exc), param="lora_path", code="invalid_adapter") from None
+
+    async def unload_adapter(self, name: str) -> None:
+        scheduler, adapters = self._ready(), self.adapters
+        if adapters is not None:
+            await asyncio.wrap_future(scheduler.call(lambda: adapters.unload(name)))
 
     # ---- requests ----------------------------------------------------------
 
@@ -386,9 +408,11 @@ class TransformersBackend(Backend):
             raise OpenAIError(f"'min_tokens' must be an integer between 0 and max_tokens ({params.max_tokens}), "
                               f"got {min_tokens!r}", param="min_tokens")
         request = GenerationRequest(rid, sum(len(p) for p in prompts))
+        model = body.get("model")
+        adapter = model if model != self.args.served_model_name else None
         request.sequences = [
             Sequence(request, i * n + j, prompt, params, self.tokenizer, scheduler.device,
-                     min_tokens=min_tokens or 0)
+                     min_tokens=min_tokens or 0, adapter=adapter)
             for i, prompt in enumerate(prompts) for j in range(n)
         ]
         scheduler.submit(request)
