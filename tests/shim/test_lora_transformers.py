@@ -8,6 +8,8 @@ mixed with the base model and another adapter. Adapters are loaded and unloaded 
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -142,6 +144,13 @@ def test_bad_adapters_are_refused_with_the_reason(lora_shim: str, tiny_model: An
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "lora_path"
     same_name = _load(lora_shim, "tiny", build_tiny_lora(1))
     assert same_name.status_code == 400 and same_name.json()["error"]["param"] == "lora_name"
+    dora = tmp_path / "dora"
+    shutil.copytree(build_tiny_lora(1), dora)
+    config = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    refused = _load(lora_shim, "x", dora)
+    assert refused.status_code == 400 and "DoRA" in refused.json()["error"]["message"]
+    assert [m.id for m in openai.OpenAI(base_url=lora_shim + "/v1", api_key="none").models.list().data] == ["tiny"]
     bad_body = httpx.post(lora_shim + "/v1/load_lora_adapter", json={"lora_name": "x"})
     assert bad_body.status_code == 400 and "lora_path" in bad_body.json()["error"]["message"]
 

@@ -10,8 +10,10 @@ adapter's low-rank update on its own rows). Everything here runs on the schedule
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,10 @@ class PeftAdapters:
 
     def load(self, name: str, path: str) -> None:
         """Load the PEFT folder ``path`` as ``name``; ValueError when it does not fit this model."""
+        config = json.loads((Path(path) / "adapter_config.json").read_text())
+        if config.get("use_dora"):
+            raise ValueError("DoRA adapters cannot share a batch with other rows (PEFT's mixed-batch forward "
+                             "refuses them); merge it into a model of its own")
         try:
             with warnings.catch_warnings():  # "multiple adapters in the model": that is the point
                 warnings.simplefilter("ignore", UserWarning)

@@ -24,6 +24,10 @@ Engine args (``--engine-args`` JSON), all optional:
 Requests may carry vLLM's ``min_tokens``: EOS cannot end a choice before that many tokens
 (``generate``'s ``min_new_tokens``).
 
+With ``--enable-lora``, PEFT LoRA adapters are loaded into the running model between decode steps
+(:mod:`._peft`) and a request names one as its ``model``; rows of different adapters and of the base
+model share each batch (docs/lora.md).
+
 With ``--tensor-parallel-size`` above 1 on an accelerator, the layers are
 spread over the visible devices (``device_map="auto"``): this fits a model
 that one device cannot hold, it does not speed decoding up.
