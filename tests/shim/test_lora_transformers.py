@@ -178,3 +178,40 @@ def test_lora_modules_are_loaded_at_start(tiny_model: Any, adapters: list[Path],
         client = openai.OpenAI(base_url=base + "/v1", api_key="none")
         assert [m.id for m in client.models.list().data] == ["tiny", "first"]
         assert _ask(client, "first", PROMPTS[0]) == merged_answers["tiny"][0]
+
+
+def test_unload_waits_for_the_requests_using_the_adapter_and_busy_slots_are_not_taken(
+        lora_shim: str, adapters: list[Path]) -> None:
+    import threading
+
+    client = openai.OpenAI(base_url=lora_shim + "/v1", api_key="none")
+    for i in range(2):
+        assert _load(lora_shim, f"busy{i}", adapters[i]).status_code == 200
+    ask = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 300, "temperature": 0,
+           "extra_body": {"ignore_eos": True}}
+    expected = client.chat.completions.create(model="busy0", **ask).choices[0].message.content
+    started = [threading.Event(), threading.Event()]
+    texts = ["", ""]
+
+    def stream(i: int) -> None:
+        for chunk in client.chat.completions.create(model=f"busy{i}", stream=True, **ask):
+            started[i].set()
+            if chunk.choices and chunk.choices[0].delta.content:
+                texts[i] += chunk.choices[0].delta.content
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        assert all(e.wait(60) for e in started)
+        # both slots (--max-loras 2) serve a request: a third adapter must not unload either
+        full = _load(lora_shim, "third", adapters[2])
+        assert full.status_code == 429 and full.json()["error"]["code"] == "adapter_slots_busy"
+        # an unload waits until the stream using the adapter has ended: the adapter applied to its last token
+        assert _unload(lora_shim, "busy0").status_code == 200
+    finally:
+        for t in threads:
+            t.join(120)
+        _unload(lora_shim, "busy0")
+        _unload(lora_shim, "busy1")
+    assert texts[0] == expected
