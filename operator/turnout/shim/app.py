@@ -125,7 +125,7 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
         max_body_bytes = max_body_bytes_from_env()
     served = args.served_model_name
     metrics = ShimMetrics(args.engine, served, args.model_type)
-    rt = _Runtime(created=int(time.time()), loading_adapters=bool(args.lora_modules))
+    rt = _Runtime(created=int(time.time()), loading_adapters=bool(args.lora_modules) and not args.is_worker)
     adapters = Adapters(backend, served, enabled=args.enable_lora, max_loras=args.max_loras,
                         max_rank=args.max_lora_rank)
 
@@ -143,7 +143,7 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
         try:
             await fetch_model(backend)
             await backend.start()
-            for module in args.lora_modules:
+            for module in () if args.is_worker else args.lora_modules:  # a worker rank serves no API
                 await adapters.load(module.name, module.path)
             rt.loading_adapters = False
         except asyncio.CancelledError:
