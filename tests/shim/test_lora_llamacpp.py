@@ -45,8 +45,9 @@ def adapters() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def lora_shim(tiny_model: Any, adapters: list[Path], free_port_factory: Any) -> Iterator[str]:
-    modules = (LoraModule("a0", str(adapters[0])), LoraModule("a1", str(adapters[1])))
-    args = _args(tiny_model.gguf_path, enable_lora=True, max_loras=2, lora_modules=modules)
+    modules = (LoraModule("a0", str(adapters[0])), LoraModule("a1", f"file://{adapters[1]}"),
+               LoraModule("builtin", "builtin://tiny-lora"))
+    args = _args(tiny_model.gguf_path, enable_lora=True, max_loras=3, lora_modules=modules)
     with serve(LlamaCppBackend(args), args, free_port_factory()) as base:
         yield base
 
@@ -63,7 +64,7 @@ def merged_answers(tiny_model: Any, adapters: list[Path], free_port_factory: Any
 
 def test_converted_adapter_answers_as_the_merged_model(lora_shim: str, merged_answers: list[str]) -> None:
     client = openai.OpenAI(base_url=lora_shim + "/v1", api_key="none")
-    assert [m.id for m in client.models.list().data] == ["tiny", "a0", "a1"]
+    assert [m.id for m in client.models.list().data] == ["tiny", "a0", "a1", "builtin"]
     base_answers = [_ask(client, "tiny", p) for p in PROMPTS]
     lora_answers = [_ask(client, "a0", p) for p in PROMPTS]
     assert lora_answers == merged_answers
@@ -88,7 +89,7 @@ def test_start_adapters_unload_and_load_again(lora_shim: str, adapters: list[Pat
     with pytest.raises(openai.NotFoundError):
         _ask(client, "a1", PROMPTS[0])
     r = httpx.post(lora_shim + "/v1/load_lora_adapter", json={"lora_name": "a1", "lora_path": str(adapters[1])})
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     assert _ask(client, "a1", PROMPTS[0]) == before
 
 

@@ -215,3 +215,16 @@ def test_unload_waits_for_the_requests_using_the_adapter_and_busy_slots_are_not_
         _unload(lora_shim, "busy0")
         _unload(lora_shim, "busy1")
     assert texts[0] == expected
+
+
+def test_lora_path_may_be_a_source_uri_the_shim_fetches(lora_shim: str) -> None:
+    client = openai.OpenAI(base_url=lora_shim + "/v1", api_key="none")
+    try:
+        assert _load(lora_shim, "builtin", "builtin://tiny-lora").status_code == 200
+        card = {m.id: m for m in client.models.list().data}["builtin"]
+        assert card.model_extra["root"] == "builtin://tiny-lora"
+        assert _ask(client, "builtin", "Hello")
+        unknown = _load(lora_shim, "x", "builtin://tiny-lor")
+        assert unknown.status_code == 400 and "did you mean builtin://tiny-lora" in unknown.json()["error"]["message"]
+    finally:
+        _unload(lora_shim, "builtin")

@@ -3,8 +3,10 @@
 ``POST /v1/load_lora_adapter`` and ``/v1/unload_lora_adapter`` (vLLM's runtime API) go through
 :class:`Adapters`: it checks the folder is a PEFT adapter no larger than ``--max-lora-rank``, unloads the
 least recently used adapter that no request is using when ``--max-loras`` are loaded, and only then asks the
-backend to load it. A request names an adapter as its ``model``; it holds the adapter (``acquire`` /
-``release``) until its answer ends, so an unload waits for the requests using it.
+backend to load it. ``lora_path`` is a local folder, or a source URI the shim fetches first as it fetches
+``--model`` (``builtin://``, ``hf://``, ``s3://``, ``pvc://``: :mod:`turnout.sources`). A request names an
+adapter as its ``model``; it holds the adapter (``acquire`` / ``release``) until its answer ends, so an
+unload waits for the requests using it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from turnout import sources
 from turnout.shim.backends.base import Backend
 from turnout.wire.errors import OpenAIError
 
@@ -37,9 +40,21 @@ class AdapterInfo:
     config: dict[str, Any]
 
 
+async def fetch_adapter(path: str) -> str:
+    """``path`` as a local folder: a source URI other than ``file://`` is fetched (or built) first; a 400
+    saying why when it cannot be."""
+    if "://" not in path or path.startswith("file://"):
+        return path[len("file://"):] if path.startswith("file://") else path
+    try:
+        sources.check_builtin(path, adapter=True)
+        return str(await asyncio.to_thread(sources.locate, path))
+    except sources.SourceError as exc:
+        raise OpenAIError(f"lora_path: {exc}", param="lora_path", code="invalid_adapter") from None
+
+
 def read_adapter(path: str) -> AdapterInfo:
-    """The adapter at ``path``, or a 400 saying why it is not one."""
-    folder = Path(path[len("file://"):] if path.startswith("file://") else path)
+    """The adapter in the local folder ``path``, or a 400 saying why it is not one."""
+    folder = Path(path)
     if not folder.is_dir():
         raise OpenAIError(f"lora_path {path!r} is not a folder on this server", param="lora_path",
                           code="invalid_adapter")
@@ -110,7 +125,7 @@ class Adapters:
         if not name or name == self.served:
             raise OpenAIError(f"lora_name must be non-empty and differ from the base model's name {self.served!r}",
                               param="lora_name", code="invalid_adapter")
-        info = read_adapter(path)
+        info = read_adapter(await fetch_adapter(path))
         if info.rank > self.max_rank:
             raise OpenAIError(f"adapter {name!r} has rank {info.rank}, above this server's --max-lora-rank "
                               f"{self.max_rank}", param="lora_path", code="adapter_rank_too_large")

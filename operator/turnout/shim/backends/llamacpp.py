@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from turnout import sources
 from turnout.shim.backends import _vectors as vec
 from turnout.shim.backends._assemble import Assembler
 from turnout.shim.backends._openai import reject_non_text
@@ -259,21 +260,21 @@ class LlamaCppBackend(Backend):
         self._lora_dir = tempfile.mkdtemp(prefix="turnout-lora-")
         infos = []
         for i, module in enumerate(self.args.lora_modules):
-            folder = Path(module.path[len("file://"):] if module.path.startswith("file://") else module.path)
             try:
+                folder = sources.locate(module.path)  # a builtin://, hf://... adapter is fetched first
                 out = convert(folder, self.gguf, Path(self._lora_dir) / f"{i}.gguf")
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, ValueError, KeyError, sources.SourceError) as exc:
                 raise ValueError(f"LoRA adapter {module.name} ({module.path}) cannot be converted for llama.cpp: "
                                  f"{exc}") from exc
             infos.append(xllamacpp.CommonAdapterLoraInfo(str(out), 0.0))
-            self.lora_ids[module.name] = (i, module.path)
+            self.lora_ids[module.name] = (i, str(folder))
         p.lora_adapters = infos
         p.lora_init_without_apply = True
 
     async def load_adapter(self, name: str, path: str) -> None:
         """Only an adapter given in ``--lora-modules`` (llama.cpp loads adapters when it starts)."""
         known = self.lora_ids.get(name)
-        if known is None or known[1] != path:
+        if known is None or Path(known[1]) != Path(path):
             raise OpenAIError(f"llama.cpp loads LoRA adapters only when it starts: restart the server with "
                               f"--lora-modules {name}={path} to serve this adapter", status=501,
                               code="lora_needs_restart")
