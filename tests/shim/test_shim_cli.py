@@ -153,3 +153,69 @@ def test_local_model_ref() -> None:
     assert local_model_ref("file:///data/m") == "/data/m"
     assert local_model_ref("hf://org/name") == "org/name"
     assert local_model_ref("/abs/path") == "/abs/path"
+
+
+# -- LoRA adapters (docs/lora.md) ------------------------------------------------------------------
+
+
+def test_lora_flags_round_trip_for_every_engine() -> None:
+    from turnout.shimargs import LoraModule
+
+    for engine in ENGINES:
+        args = _args(engine=engine, enable_lora=True, max_loras=4, max_lora_rank=32,
+                     lora_modules=(LoraModule("sql", "/adapters/sql"), LoraModule("chat", "/adapters/c=1")))
+        argv = args.to_argv()
+        assert argv[argv.index("--lora-modules") + 1:argv.index("--lora-modules") + 3] == [
+            "sql=/adapters/sql", "chat=/adapters/c=1"]
+        assert ShimArgs.parse(argv[1:]) == args
+    assert "--enable-lora" not in _args().to_argv()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lora-modules", "a=/x"], "needs --enable-lora"),
+    (["--enable-lora", "--max-loras", "2", "--lora-modules", "a=/x", "a=/y"], "must be unique"),
+    (["--enable-lora", "--lora-modules", "a=/x", "b=/y"], "--max-loras 1"),
+    (["--enable-lora", "--lora-modules", "just-a-path"], "expected name=path"),
+    (["--enable-lora", "--max-lora-rank", "0"], "must be >= 1"),
+])
+def test_lora_flags_refuse_bad_input(extra: list[str], message: str,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        ShimArgs.parse(["--engine", "vllm", "--model", "/m", *extra])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_vllm_lora_command_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", raising=False)
+    b = VllmBackend(_args(enable_lora=True, max_loras=3, max_lora_rank=64))
+    cmd = b.command(1)
+    i = cmd.index("--enable-lora")
+    assert cmd[i:i + 5] == ["--enable-lora", "--max-loras", "3", "--max-lora-rank", "64"]
+    assert "--lora-modules" not in cmd  # loaded through the runtime API like any later adapter
+    assert b.child_env()["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in VllmBackend(_args()).child_env()
+    assert "--enable-lora" not in VllmBackend(_args()).command(1)
+    with pytest.raises(ValueError, match=r"'max_loras'.*the shim sets it"):
+        VllmBackend(_args(enable_lora=True, engine_args={"max_loras": 9})).command(1)
+
+
+def test_sglang_lora_command_and_request() -> None:
+    b = SglangBackend(_args(engine="sglang", served_model_name="base", enable_lora=True, max_loras=2,
+                            max_lora_rank=16))
+    cmd = b.command(1)
+    i = cmd.index("--enable-lora")
+    assert cmd[i:] == ["--enable-lora", "--max-loras-per-batch", "2", "--max-lora-rank", "16",
+                       "--lora-target-modules", "all"]
+    assert b.lora_endpoints == ("/load_lora_adapter", "/unload_lora_adapter")
+    assert b.to_engine({"model": "sql", "messages": []}) == {"model": "base", "lora_path": "sql", "messages": []}
+    assert b.to_engine({"model": "base", "messages": []}) == {"model": "base", "messages": []}
+
+
+async def test_mlx_cannot_load_adapters_at_run_time() -> None:
+    from turnout.wire.errors import OpenAIError
+
+    b = MlxBackend(_args(engine="mlx", enable_lora=True))
+    with pytest.raises(OpenAIError) as exc:
+        await b.load_adapter("a", "/adapters/a")
+    assert exc.value.status == 501 and exc.value.code == "lora_unsupported"

@@ -30,13 +30,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from turnout import sources
 from turnout.shim.apikey import ApiKeyFile
 from turnout.shim.backends.base import Backend, Health, State
+from turnout.shim.lora import Adapters
 from turnout.shim.metrics import ShimMetrics
 from turnout.shim.middleware import ShimMiddleware
 from turnout.shim.protocol import ChatCompletionRequest
@@ -83,6 +84,8 @@ def max_body_bytes_from_env() -> int:
 class _Runtime:
     start_error: str | None = None
     created: int = 0
+    #: the --lora-modules are still loading (the engine is up): not ready yet
+    loading_adapters: bool = False
 
 
 async def fetch_model(backend: Backend) -> None:
@@ -99,6 +102,22 @@ async def fetch_model(backend: Backend) -> None:
     path = await asyncio.to_thread(sources.locate, args.model, quantization=args.quantization)
     log.info("model %s is at %s", args.model, path)
     backend.args = dataclasses.replace(args, model=str(path))
+
+
+class LoadLoraAdapter(BaseModel):
+    """Load a LoRA adapter (vLLM's runtime API): a local PEFT folder, served as ``lora_name``."""
+
+    model_config = ConfigDict(extra="forbid")
+    lora_name: str
+    lora_path: str
+
+
+class UnloadLoraAdapter(BaseModel):
+    """Unload a LoRA adapter once the requests using it are answered."""
+
+    model_config = ConfigDict(extra="forbid")
+    lora_name: str
+    lora_int_id: int | None = None  # vLLM's clients may send it; unused
 
 
 def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
@@ -119,12 +138,17 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
         max_body_bytes = max_body_bytes_from_env()
     served = args.served_model_name
     metrics = ShimMetrics(args.engine, served, args.model_type)
-    rt = _Runtime(created=int(time.time()))
+    rt = _Runtime(created=int(time.time()), loading_adapters=bool(args.lora_modules) and not args.is_worker)
+    adapters = Adapters(backend, served, enabled=args.enable_lora, max_loras=args.max_loras,
+                        max_rank=args.max_lora_rank)
 
     def health() -> Health:
         if rt.start_error is not None:
             return Health(State.DEAD, f"engine failed to start: {rt.start_error}")
-        return backend.health()
+        state = backend.health()
+        if rt.loading_adapters and state.state is State.READY:
+            return Health(State.LOADING, "loading LoRA adapters")
+        return state
 
     metrics.ready.set_function(lambda: 1.0 if health().state is State.READY else 0.0)
 
@@ -132,6 +156,9 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
         try:
             await fetch_model(backend)
             await backend.start()
+            for module in () if args.is_worker else args.lora_modules:  # a worker rank serves no API
+                await adapters.load(module.name, module.path)
+            rt.loading_adapters = False
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -170,6 +197,7 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
     app.state.backend = backend
     app.state.metrics = metrics
     app.state.health = health
+    app.state.adapters = adapters
 
     # -- errors: one handler per error class, all in the OpenAI envelope --------------
 
@@ -232,18 +260,38 @@ def create_app(backend: Backend, args: ShimArgs, *, api_key: str | None = None,
     async def list_models() -> Response:
         card = {"id": served, "object": "model", "created": rt.created, "owned_by": "turnout",
                 **backend.model_card()}
-        return Response(dumps({"object": "list", "data": [card]}), media_type="application/json")
+        return Response(dumps({"object": "list", "data": [card, *adapters.cards(rt.created)]}),
+                        media_type="application/json")
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> Response:
+        for card in adapters.cards(rt.created):
+            if card["id"] == model_id:
+                return Response(dumps(card), media_type="application/json")
         if model_id != served:
-            raise OpenAIError(f"model '{model_id}' does not exist; this server serves '{served}'",
+            raise OpenAIError(f"model '{model_id}' does not exist; this server serves {adapters.known()}",
                               status=404, param="model", code="model_not_found")
         card = {"id": served, "object": "model", "created": rt.created, "owned_by": "turnout",
                 **backend.model_card()}
         return Response(dumps(card), media_type="application/json")
 
-    serving = Serving(backend, served, args.engine, args.model_type, metrics, health, max_body_bytes,
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(req: LoadLoraAdapter) -> Response:
+        """Load a LoRA adapter; at ``--max-loras`` the least recently used idle one is unloaded first."""
+        if health().state is not State.READY:
+            raise OpenAIError(f"'{served}' is not ready to load adapters; retry shortly", status=503,
+                              type="service_unavailable", code="model_loading", retry_after=5)
+        new = await adapters.load(req.lora_name, req.lora_path)
+        message = f"adapter {req.lora_name} {'loaded' if new else 'was already loaded'} from {req.lora_path}"
+        return JSONResponse({"status": "ok", "message": message})
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(req: UnloadLoraAdapter) -> Response:
+        """Unload a LoRA adapter; 404 when it is not loaded."""
+        await adapters.unload(req.lora_name)
+        return JSONResponse({"status": "ok", "message": f"adapter {req.lora_name} unloaded"})
+
+    serving = Serving(backend, served, args.engine, args.model_type, metrics, health, max_body_bytes, adapters,
                       body_timeout_from_env())
     for ep in ENDPOINTS:
         app.router.routes.append(Route(ep.path, Handler(ep, serving), methods=["POST"]))

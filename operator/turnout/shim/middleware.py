@@ -21,6 +21,9 @@ from turnout.wire.errors import OpenAIError
 #: scope key holding the request's start time (``time.perf_counter()``)
 T0_KEY = "turnout.t0"
 
+#: scope key holding the LoRA adapter a request named as its model ("" for the base model), set by the endpoint
+ADAPTER_KEY = "turnout.adapter"
+
 #: paths answered without a key and outside the admission queue
 OPEN_PATHS = frozenset({"/health", "/live", "/metrics"})
 
@@ -35,7 +38,7 @@ class ShimMiddleware:
       (a chunked body is held to it as the endpoint reads it: :mod:`~turnout.shim.routes`);
     * 429 with ``Retry-After`` once ``max_queue`` requests are admitted and
       not finished (a streamed request counts until its stream ends);
-    * counts requests by endpoint and status, latency, and in-flight requests.
+    * counts requests by endpoint, status and LoRA adapter, latency, and in-flight requests.
     """
 
     def __init__(self, app: ASGIApp, *, metrics: ShimMetrics, api_key: str | ApiKeyFile | None,
@@ -78,8 +81,9 @@ class ShimMiddleware:
             if admitted:
                 self.admitted -= 1
                 self.metrics.in_flight.dec()
-            self.metrics.requests.labels(endpoint, str(answer.status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+            adapter = scope.get(ADAPTER_KEY, "")
+            self.metrics.requests.labels(endpoint, str(answer.status), adapter).inc()
+            self.metrics.latency.labels(endpoint, adapter).observe(time.perf_counter() - t0)
 
     def _refuse(self, scope: Scope) -> OpenAIError | None:
         headers = scope["headers"]

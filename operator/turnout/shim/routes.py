@@ -29,8 +29,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import Receive, Scope, Send
 
 from turnout.shim.backends.base import Backend, Health, State, Stream
+from turnout.shim.lora import Adapters
 from turnout.shim.metrics import ShimMetrics
-from turnout.shim.middleware import T0_KEY
+from turnout.shim.middleware import ADAPTER_KEY, T0_KEY
 from turnout.shim.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RerankRequest
 from turnout.shim.rerank import rerank_response
 from turnout.wire.asgi import DEFAULT_BODY_TIMEOUT, DONE, SSE_HEADERS, dumps, read_body, send_error, send_json
@@ -70,14 +71,16 @@ class Serving:
     health: Callable[[], Health]
     #: the largest request body (a larger ``Content-Length`` is refused by the middleware already)
     max_body_bytes: int
+    #: the LoRA adapters a request may name as its ``model``
+    adapters: Adapters
     #: seconds the body may take to arrive whole (then 408: slowloris)
     body_timeout: float = DEFAULT_BODY_TIMEOUT
 
     def admit(self, req: Any, capability: str) -> dict[str, Any]:
         """The request body for the backend, or an OpenAIError saying why it cannot be served."""
         served = self.served
-        if req.model is not None and req.model != served:
-            raise OpenAIError(f"model '{req.model}' does not exist; this server serves '{served}'",
+        if req.model is not None and req.model != served and req.model not in self.adapters.names():
+            raise OpenAIError(f"model '{req.model}' does not exist; this server serves {self.adapters.known()}",
                               status=404, param="model", code="model_not_found")
         caps = self.backend.capabilities
         if caps and capability not in caps:
@@ -92,17 +95,17 @@ class Serving:
             raise OpenAIError(f"the {self.engine} engine is not running: {state.message}", status=503,
                               type="service_unavailable", code="engine_dead", retry_after=10)
         body = req.body()
-        body["model"] = served
+        body["model"] = self.adapters.acquire(req.model) or served  # held until the answer ends
         return body
 
-    def count_usage(self, endpoint: str, usage: Any) -> None:
+    def count_usage(self, endpoint: str, usage: Any, adapter: str = "") -> None:
         if not isinstance(usage, dict):
             return
         p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if isinstance(p, int) and p > 0:
-            self.metrics.prompt_tokens.labels(endpoint).inc(p)
+            self.metrics.prompt_tokens.labels(endpoint, adapter).inc(p)
         if isinstance(c, int) and c > 0:
-            self.metrics.completion_tokens.labels(endpoint).inc(c)
+            self.metrics.completion_tokens.labels(endpoint, adapter).inc(c)
 
 
 class _Request(Disconnect):
@@ -137,8 +140,14 @@ class Handler:
         except OpenAIError as exc:
             await send_error(send, exc)
             return
-        async with _Request(receive) as state:
-            await self._answer(scope, send, body, state)
+        model = body["model"]
+        adapter = "" if model == sv.served else model
+        scope[ADAPTER_KEY] = adapter
+        try:
+            async with _Request(receive) as state:
+                await self._answer(scope, send, body, state)
+        finally:
+            sv.adapters.release(adapter or None)
         if state.cancelled and not state.streaming:  # a stream counts its own
             sv.metrics.cancelled.labels(ep.path).inc()
             with suppress(Exception):
@@ -161,18 +170,21 @@ class Handler:
             state.streaming = True
             opts = body.get("stream_options") or {}
             await self._stream(send, result, scope.get(T0_KEY, time.perf_counter()),
-                               bool(opts.get("include_usage")), state)
+                               bool(opts.get("include_usage")), state, body["model"])
             return
-        out = rerank_response(result, body, sv.served) if ep.capability == "rerank" else result
-        out["model"] = sv.served
-        sv.count_usage(ep.path, out.get("usage"))
+        model = body["model"]
+        out = rerank_response(result, body, model) if ep.capability == "rerank" else result
+        out["model"] = model
+        sv.count_usage(ep.path, out.get("usage"), "" if model == sv.served else model)
         state.finished = True
         await send_json(send, 200, out)
 
-    async def _stream(self, send: Send, stream: Stream, t0: float, include_usage: bool, state: _Request) -> None:
+    async def _stream(self, send: Send, stream: Stream, t0: float, include_usage: bool, state: _Request,
+                      model: str) -> None:
         """The backend's stream as SSE: bytes as they are, dict chunks serialised, then ``[DONE]``."""
         ep, sv = self.endpoint, self.serving
-        served, endpoint = sv.served, ep.path
+        served, endpoint = model, ep.path
+        adapter = "" if served == sv.served else served
         chunks = stream.chunks
         timed = False
         first_dict = True
@@ -184,7 +196,7 @@ class Handler:
                 async for item in chunks:
                     if not timed:
                         timed = True
-                        sv.metrics.ttft.labels(endpoint).observe(time.perf_counter() - t0)
+                        sv.metrics.ttft.labels(endpoint, adapter).observe(time.perf_counter() - t0)
                     if isinstance(item, bytes):
                         await send({"type": "http.response.body", "body": item, "more_body": True})
                         continue
@@ -218,7 +230,7 @@ class Handler:
                 with anyio.CancelScope(shield=True), suppress(Exception):
                     await aclose()
             sv.count_usage(endpoint, {"prompt_tokens": stream.usage.prompt_tokens,
-                                      "completion_tokens": stream.usage.completion_tokens})
+                                      "completion_tokens": stream.usage.completion_tokens}, adapter)
 
 
 def parse(raw: bytes, model: type[BaseModel]) -> Any:

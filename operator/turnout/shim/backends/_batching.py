@@ -36,11 +36,13 @@ scheduler thread: prompt and generated token counts, and whether it is done.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import logging
 import threading
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,8 +78,11 @@ class Sequence:
     """One choice of one request: a row of the batch while it runs."""
 
     def __init__(self, request: GenerationRequest, index: int, prompt_ids: list[int],
-                 params: SamplingParams, tokenizer: Any, device: torch.device, *, min_tokens: int = 0) -> None:
+                 params: SamplingParams, tokenizer: Any, device: torch.device, *, min_tokens: int = 0,
+                 adapter: str | None = None) -> None:
         self.request = request
+        #: the LoRA adapter this row is generated with (None: the base model)
+        self.adapter = adapter
         self.index = index
         self.prompt_ids = prompt_ids
         self.params = params
@@ -153,6 +158,10 @@ class Scheduler:
         self.error: str | None = None
         self._cv = threading.Condition()
         self._pending: deque[GenerationRequest] = deque()
+        #: work to run on the scheduler thread between steps (loading an adapter changes the model)
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
+        #: called with each forward pass's rows before it runs (LoRA: which adapter each row uses)
+        self.before_forward: Callable[[list[Sequence]], None] | None = None
         self._stopping = False
         self._idle = threading.Event()
         self._idle.set()
@@ -195,6 +204,17 @@ class Scheduler:
             self._pending.append(request)
             self._idle.clear()
             self._cv.notify()
+
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        """Run ``fn`` on the scheduler thread between two steps; its result or exception in the future."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._cv:
+            if self._stopping:
+                raise OpenAIError("the model is shutting down", status=503, type="server_error",
+                                  code="shutting_down")
+            self._calls.append((fn, future))
+            self._cv.notify()
+        return future
 
     def pending_count(self) -> int:
         with self._cv:
@@ -307,12 +327,22 @@ class Scheduler:
         with torch.inference_mode():
             while True:
                 with self._cv:
-                    while not self._stopping and not self._rows and not self._pending:
+                    while not self._stopping and not self._rows and not self._pending and not self._calls:
                         self._idle.set()
                         self._cv.wait()
                     if self._stopping:
+                        for _, future in self._calls:
+                            future.cancel()
                         return
+                    calls = list(self._calls)
+                    self._calls.clear()
                     newcomers = self._admit()
+                for fn, future in calls:
+                    if future.set_running_or_notify_cancel():
+                        try:
+                            future.set_result(fn())
+                        except Exception as exc:
+                            future.set_exception(exc)
                 try:
                     self._drop_done()
                     if newcomers:
@@ -363,6 +393,8 @@ class Scheduler:
 
         cache = DynamicCache(config=self.model.config)
         padded = any(len(s.prompt_ids) != longest for s in seqs)
+        if self.before_forward is not None:
+            self.before_forward(seqs)
         logits, cache = self._forward(ids, mask if padded or not self._positions else None, positions, cache,
                                       last_only=True)
         if self._can_join is None:
@@ -405,6 +437,8 @@ class Scheduler:
         assert self._mask is not None and self._pos is not None and self._next is not None
         rows = self._rows
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(rows), 1))], dim=1)
+        if self.before_forward is not None:
+            self.before_forward(rows)
         # without padding the mask is all ones: leaving it out spares the model building a 4D mask
         logits, _ = self._forward(self._next[:, None], self._decode_mask(self._mask, self._padded),
                                   self._pos[:, None], self._cache, last_only=False)

@@ -12,7 +12,8 @@ OpenAI-shaped request body into an OpenAI-shaped response body:
   SSE bytes, as the proxy backends do.
 
 Bodies are plain dicts already validated by the app; ``model`` has been
-checked against the served name and replaced by it. Unknown fields the client
+checked against the served name and replaced by it, or is the name of a loaded
+LoRA adapter (:mod:`turnout.shim.lora`) whose answer the backend must give. Unknown fields the client
 sent are kept (engines have their own extensions, e.g. ``top_k``).
 
 What the app does for every backend, so backends need not:
@@ -110,6 +111,20 @@ class Backend(ABC):
     def model_card(self) -> dict[str, Any]:
         """Extra fields for this model's ``/v1/models`` entry (e.g. ``max_model_len``)."""
         return {}
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load the PEFT LoRA adapter in folder ``path`` as ``name`` (requests then name it as ``model``).
+
+        Called by :class:`turnout.shim.lora.Adapters`, which has checked the folder, the rank and the
+        number loaded. An engine that cannot add an adapter while it runs keeps this 501.
+        """
+        raise OpenAIError(f"the {self.args.engine} engine cannot load LoRA adapters while it runs",
+                          status=501, code="lora_unsupported")
+
+    async def unload_adapter(self, name: str) -> None:
+        """Unload the adapter ``name``; no request is using it any more."""
+        raise OpenAIError(f"the {self.args.engine} engine cannot unload LoRA adapters while it runs",
+                          status=501, code="lora_unsupported")
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
         raise OpenAIError("this model does not serve chat completions", status=404, code="unsupported")

@@ -27,6 +27,14 @@ by name (``n_ctx``, ``n_parallel``, ``n_gpu_layers``, ``n_batch``,
 CLI spellings for the common ones (``ctx_size``, ``parallel``, ``ngl``,
 ``threads``). An unknown name fails at start with the list of known ones.
 
+LoRA adapters (``--enable-lora``): llama.cpp loads adapters only when it starts. The ``--lora-modules``
+(PEFT folders) are converted to GGUF LoRA files (:mod:`._gguf_lora`) and loaded at scale 0; a request that
+names one as its ``model`` is sent with llama-server's per-request ``lora`` field at scale 1, so requests
+for different adapters run side by side. llama-server reuses a slot's cached prompt without regard to the
+adapter that computed it, so with adapters every request is sent with ``cache_prompt: false`` (no prefix
+reuse). Loading any other adapter at run time answers 501 with the
+reason: the control side restarts the pod with the adapter in ``--lora-modules``.
+
 Chat content parts other than text (``image_url``, ``input_audio``) are a
 client mistake answered 400 here unless a multimodal projector is set
 (``"mmproj.path"``); llama-server itself answers them 500.
@@ -40,12 +48,15 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from turnout.shim import toolcalls
+from turnout import sources
 from turnout.shim.backends import _vectors as vec
 from turnout.shim.backends._assemble import Assembler
 from turnout.shim.backends._openai import reject_non_text
@@ -202,6 +213,9 @@ class LlamaCppBackend(Backend):
         self._health = Health(State.LOADING, "loading the model")
         #: a multimodal projector is set (engine arg ``mmproj.path``): content parts other than text go to llama.cpp
         self.reads_media = False
+        #: the --lora-modules loaded at start: name -> (llama.cpp adapter id, PEFT folder)
+        self.lora_ids: dict[str, tuple[int, str]] = {}
+        self._lora_dir: str | None = None
         # fail on unknown engine args before anything loads
         self._check_args()
 
@@ -233,8 +247,42 @@ class LlamaCppBackend(Backend):
             p.embedding = True
             p.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_RANK
         apply_engine_args(p, args.engine_args)
+        if args.enable_lora and args.lora_modules:
+            self._convert_adapters(p)
         self.reads_media = bool(p.mmproj.path or p.mmproj.url or p.mmproj.hf_repo) and not p.no_mmproj
         return p
+
+    def _convert_adapters(self, p: Any) -> None:
+        """Each ``--lora-modules`` PEFT folder as a GGUF LoRA, loaded at scale 0 (applied per request)."""
+        import xllamacpp
+
+        from turnout.shim.backends._gguf_lora import convert
+
+        assert self.gguf is not None
+        self._lora_dir = tempfile.mkdtemp(prefix="turnout-lora-")
+        infos = []
+        for i, module in enumerate(self.args.lora_modules):
+            try:
+                folder = sources.locate(module.path)  # a builtin://, hf://... adapter is fetched first
+                out = convert(folder, self.gguf, Path(self._lora_dir) / f"{i}.gguf")
+            except (OSError, ValueError, KeyError, sources.SourceError) as exc:
+                raise ValueError(f"LoRA adapter {module.name} ({module.path}) cannot be converted for llama.cpp: "
+                                 f"{exc}") from exc
+            infos.append(xllamacpp.CommonAdapterLoraInfo(str(out), 0.0))
+            self.lora_ids[module.name] = (i, str(folder))
+        p.lora_adapters = infos
+        p.lora_init_without_apply = True
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Only an adapter given in ``--lora-modules`` (llama.cpp loads adapters when it starts)."""
+        known = self.lora_ids.get(name)
+        if known is None or Path(known[1]) != Path(path):
+            raise OpenAIError(f"llama.cpp loads LoRA adapters only when it starts: restart the server with "
+                              f"--lora-modules {name}={path} to serve this adapter", status=501,
+                              code="lora_needs_restart")
+
+    async def unload_adapter(self, name: str) -> None:
+        """Nothing to do in llama.cpp: the adapter stays loaded at scale 0, requests no longer name it."""
 
     async def start(self) -> None:
         self._health = Health(State.LOADING, "loading the model")
@@ -269,6 +317,9 @@ class LlamaCppBackend(Backend):
             await asyncio.to_thread(holder.clear)
         if self._health.state is State.READY:
             self._health = Health(State.LOADING, "stopped")
+        lora_dir, self._lora_dir = self._lora_dir, None
+        if lora_dir is not None:
+            shutil.rmtree(lora_dir, ignore_errors=True)
 
     def health(self) -> Health:
         return self._health
@@ -355,7 +406,15 @@ class LlamaCppBackend(Backend):
         opts = dict(body.get("stream_options") or {}) if streamed else {}
         keep_usage = bool(opts.get("include_usage")) or not streamed
         opts["include_usage"] = True  # always count tokens; the relay drops the usage event if not asked for
-        resp = await self._post(path, {**body, "stream": True, "stream_options": opts}, param)
+        body = {**body, "stream": True, "stream_options": opts}
+        if self.lora_ids:
+            adapter = self.lora_ids.get(body.get("model", ""))
+            if adapter is not None:
+                body["model"] = self.args.served_model_name
+                body["lora"] = [{"id": adapter[0], "scale": 1.0}]
+            # llama-server reuses a slot's cached prompt whatever adapter computed it: with adapters, no reuse
+            body["cache_prompt"] = False
+        resp = await self._post(path, body, param)
         usage = Usage()
         relay = relay_response(resp, usage, keep_usage=keep_usage, active=self._active,
                                on_error=_stream_lost, idle_timeout=self.idle_timeout)

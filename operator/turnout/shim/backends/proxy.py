@@ -156,6 +156,40 @@ class ProxyBackend(Backend):
                 "embedding": frozenset({"embeddings"}),
                 "rerank": frozenset({"rerank"})}[model_type]
 
+    #: the engine's runtime LoRA endpoints (load, unload), each taking ``{"lora_name", "lora_path"}``; None when
+    #: the engine cannot change its adapters while it runs
+    lora_endpoints: ClassVar[tuple[str, str] | None] = None
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        if self.lora_endpoints is None:
+            await super().load_adapter(name, path)
+            return
+        await self._engine_post(self.lora_endpoints[0], {"lora_name": name, "lora_path": path})
+
+    async def unload_adapter(self, name: str) -> None:
+        if self.lora_endpoints is None:
+            await super().unload_adapter(name)
+            return
+        await self._engine_post(self.lora_endpoints[1], {"lora_name": name})
+
+    async def _engine_post(self, path: str, body: dict[str, Any]) -> None:
+        """POST a control request to the engine; its error answer (a 4xx the engine explains) raised."""
+        pool = self.pool
+        if pool is None or self._state is not State.READY:
+            raise self._unavailable(self._message or "not started")
+        try:
+            resp = await pool.request("POST", path, json.dumps(body).encode())
+            try:
+                raw = await resp.read()
+            finally:
+                resp.close()
+        except EngineProtocolError as exc:
+            raise self._bad_answer(str(exc)) from exc
+        except EngineConnectionError as exc:
+            raise self._unavailable(str(exc)) from exc
+        if resp.status >= 400:
+            raise self.engine_error(path, resp.status, raw)
+
     def child_env(self) -> dict[str, str]:
         """Environment for the engine process."""
         return dict(os.environ)

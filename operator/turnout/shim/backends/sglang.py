@@ -24,7 +24,9 @@ class SglangBackend(ProxyBackend):
     health_path: ClassVar[str] = "/health"
     reserved_flags: ClassVar[tuple[str, ...]] = (
         "host", "port", "model-path", "served-model-name", "tp-size", "tp", "device", "is-embedding",
-        "nnodes", "node-rank", "dist-init-addr")
+        "nnodes", "node-rank", "dist-init-addr", "enable-lora", "max-loras-per-batch", "max-lora-rank",
+        "lora-target-modules", "lora-paths")
+    lora_endpoints: ClassVar[tuple[str, str] | None] = ("/load_lora_adapter", "/unload_lora_adapter")
 
     def command(self, port: int) -> list[str]:
         a = self.args
@@ -47,8 +49,19 @@ class SglangBackend(ProxyBackend):
         parser = SGLANG.get(a.tool_call_parser or "")
         if parser and a.model_type == "llm" and "tool-call-parser" not in {k.replace("_", "-") for k in a.engine_args}:
             cmd += ["--tool-call-parser", parser]
+        if a.enable_lora:
+            # adapters come later through /load_lora_adapter: SGLang must reserve room for any target module
+            cmd += ["--enable-lora", "--max-loras-per-batch", str(a.max_loras), "--max-lora-rank",
+                    str(a.max_lora_rank), "--lora-target-modules", "all"]
         # SGLang's boolean options are store_true flags: false means "leave it out".
         return cmd + engine_flags(a.engine_args, reserved=self.reserved_flags, negate_false=False)
+
+    def to_engine(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An adapter's request names it in SGLang's ``lora_path`` field, the base model as ``model``."""
+        model = body.get("model")
+        if model is not None and model != self.args.served_model_name:
+            body = {**body, "model": self.args.served_model_name, "lora_path": model}
+        return body
 
     def from_engine_json(self, path: str, data: Any) -> Any:
         """SGLang's ``/v1/rerank`` answers a list of ``{score, document, index}``: wrap it."""

@@ -24,6 +24,10 @@ Engine args (``--engine-args`` JSON), all optional:
 Requests may carry vLLM's ``min_tokens``: EOS cannot end a choice before that many tokens
 (``generate``'s ``min_new_tokens``).
 
+With ``--enable-lora``, PEFT LoRA adapters are loaded into the running model between decode steps
+(:mod:`._peft`) and a request names one as its ``model``; rows of different adapters and of the base
+model share each batch (docs/lora.md).
+
 With ``--tensor-parallel-size`` above 1 on an accelerator, the layers are
 spread over the visible devices (``device_map="auto"``): this fits a model
 that one device cannot hold, it does not speed decoding up.
@@ -44,6 +48,7 @@ from turnout.shim import structured
 from turnout.shim.backends import _features as feat
 from turnout.shim.backends import _openai as oai
 from turnout.shim.backends._batching import GenerationRequest, Scheduler, Sequence
+from turnout.shim.backends._peft import PeftAdapters
 from turnout.shim.backends.base import Backend, Health, State, Stream
 from turnout.shimargs import ShimArgs
 from turnout.wire.errors import OpenAIError
@@ -259,6 +264,7 @@ class TransformersBackend(Backend):
         self.max_model_len = 0
         self.grammars: structured.Grammars | None = None
         self.logprobs: feat.Logprobs | None = None
+        self.adapters: PeftAdapters | None = None
 
     # ---- life cycle --------------------------------------------------------
 
@@ -322,6 +328,9 @@ class TransformersBackend(Backend):
         except Exception:
             scheduler.stop()
             raise
+        if args.enable_lora:
+            self.adapters = PeftAdapters(self.model)
+            scheduler.before_forward = lambda seqs: self.adapters.set_rows([s.adapter for s in seqs])  # type: ignore[union-attr]
         self.scheduler = scheduler
         vocab = model.get_output_embeddings().weight.shape[0] if model.get_output_embeddings() is not None \
             else len(self.tokenizer)
@@ -351,6 +360,23 @@ class TransformersBackend(Backend):
 
     def model_card(self) -> dict[str, Any]:
         return {"max_model_len": self.max_model_len} if self.max_model_len else {}
+
+    # ---- LoRA adapters -----------------------------------------------------
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load a PEFT adapter into the running model between two decode steps."""
+        scheduler, adapters = self._ready(), self.adapters
+        if adapters is None:
+            raise OpenAIError("LoRA adapters are not enabled (--enable-lora)", code="lora_not_enabled")
+        try:
+            await asyncio.wrap_future(scheduler.call(lambda: adapters.load(name, path)))
+        except ValueError as exc:
+            raise OpenAIError(str(exc), param="lora_path", code="invalid_adapter") from None
+
+    async def unload_adapter(self, name: str) -> None:
+        scheduler, adapters = self._ready(), self.adapters
+        if adapters is not None:
+            await asyncio.wrap_future(scheduler.call(lambda: adapters.unload(name)))
 
     # ---- requests ----------------------------------------------------------
 
@@ -390,9 +416,11 @@ class TransformersBackend(Backend):
             raise OpenAIError(f"'min_tokens' must be an integer between 0 and max_tokens ({params.max_tokens}), "
                               f"got {min_tokens!r}", param="min_tokens")
         request = GenerationRequest(rid, sum(len(p) for p in prompts))
+        model = body.get("model")
+        adapter = model if model != self.args.served_model_name else None
         request.sequences = [
             Sequence(request, i * n + j, prompt, params, self.tokenizer, scheduler.device,
-                     min_tokens=min_tokens or 0)
+                     min_tokens=min_tokens or 0, adapter=adapter)
             for i, prompt in enumerate(prompts) for j in range(n)
         ]
         assert self.grammars is not None

@@ -23,6 +23,17 @@ def tool_flags(args: ShimArgs) -> list[str]:
     return ["--enable-auto-tool-choice", "--tool-call-parser", args.tool_call_parser]
 
 
+#: vLLM refuses /v1/load_lora_adapter unless its environment holds this
+RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+
+
+def lora_flags(args: ShimArgs) -> list[str]:
+    """vLLM's LoRA flags; the ``--lora-modules`` are loaded through the runtime API, as later ones are."""
+    if not args.enable_lora:
+        return []
+    return ["--enable-lora", "--max-loras", str(args.max_loras), "--max-lora-rank", str(args.max_lora_rank)]
+
+
 class VllmBackend(ProxyBackend):
     """vLLM on any accelerator it supports; it detects the platform itself."""
 
@@ -31,7 +42,16 @@ class VllmBackend(ProxyBackend):
     health_path: ClassVar[str] = "/health"
     reserved_flags: ClassVar[tuple[str, ...]] = (
         "host", "port", "model", "served-model-name", "tensor-parallel-size", "runner",
-        "pipeline-parallel-size", "nnodes", "node-rank", "master-addr", "master-port", "headless")
+        "pipeline-parallel-size", "nnodes", "node-rank", "master-addr", "master-port", "headless",
+        "enable-lora", "max-loras", "max-lora-rank", "lora-modules")
+    lora_endpoints: ClassVar[tuple[str, str] | None] = ("/v1/load_lora_adapter", "/v1/unload_lora_adapter")
+
+    def child_env(self) -> dict[str, str]:
+        """With LoRA, vLLM's runtime adapter API is switched on (it is off unless this variable is set)."""
+        env = super().child_env()
+        if self.args.enable_lora:
+            env[RUNTIME_LORA_ENV] = "True"
+        return env
 
     def command(self, port: int) -> list[str]:
         a = self.args
@@ -49,7 +69,7 @@ class VllmBackend(ProxyBackend):
             cmd += ["--pipeline-parallel-size", str(a.pipeline_parallel_size)]
         if a.model_type in ("embedding", "rerank"):
             cmd += ["--runner", "pooling"]
-        return cmd + tool_flags(a) + engine_flags(a.engine_args, reserved=self.reserved_flags, negate_false=True)
+        return cmd + tool_flags(a) + lora_flags(a) + engine_flags(a.engine_args, reserved=self.reserved_flags, negate_false=True)
 
     def _multi_node(self, port: int) -> list[str]:
         a = self.args
@@ -69,4 +89,4 @@ class VllmBackend(ProxyBackend):
             cmd += ["--host", "127.0.0.1", "--port", str(port), *tool_flags(a)]
         if a.model_type in ("embedding", "rerank"):
             cmd += ["--runner", "pooling"]
-        return cmd + engine_flags(a.engine_args, reserved=self.reserved_flags, negate_false=True)
+        return cmd + lora_flags(a) + engine_flags(a.engine_args, reserved=self.reserved_flags, negate_false=True)

@@ -80,6 +80,8 @@ class Engine:
         self.default_delay = float(os.environ.get("STANDIN_TOKEN_DELAY", "0"))
         self.stats: dict[str, Any] = {"pid": os.getpid(), "streams_started": 0, "streams_finished": 0,
                                       "disconnects": 0, "tokens": 0, "last_body": None, "requests": 0}
+        #: LoRA adapters loaded through /load_lora_adapter (SGLang's runtime API): name -> path
+        self.adapters: dict[str, str] = {}
 
     def ready(self) -> bool:
         return time.monotonic() >= self.ready_at
@@ -97,7 +99,7 @@ class Engine:
         return JSONResponse({**vars(self.ns), "unparsed": self.extra, "argv": sys.argv[1:]})
 
     async def stats_route(self, _: Request) -> Response:
-        return JSONResponse(self.stats)
+        return JSONResponse({**self.stats, "adapters": self.adapters})
 
     async def models(self, _: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
@@ -114,7 +116,24 @@ class Engine:
         self.stats["last_body"] = body
         if body.get("model") not in (None, self.name):
             return error(f"The model `{body.get('model')}` does not exist.", 404, "NotFoundError")
+        if body.get("lora_path") is not None and body["lora_path"] not in self.adapters:
+            return error(f"LoRA adapter {body['lora_path']} is not loaded", 400)
         return body
+
+    async def load_lora(self, request: Request) -> Response:
+        """SGLang's answer shape: 200 ``{"success": true, "loaded_adapters"}``, 400 with ``error_message``."""
+        body = json.loads(await request.body())
+        if "--enable-lora" not in self.extra:
+            return JSONResponse({"success": False, "error_message": "LoRA is not enabled"}, status_code=400)
+        self.adapters[body["lora_name"]] = body["lora_path"]
+        return JSONResponse({"success": True, "error_message": "", "loaded_adapters": self.adapters})
+
+    async def unload_lora(self, request: Request) -> Response:
+        body = json.loads(await request.body())
+        if self.adapters.pop(body["lora_name"], None) is None:
+            return JSONResponse({"success": False, "error_message": f"{body['lora_name']} is not loaded"},
+                                status_code=400)
+        return JSONResponse({"success": True, "error_message": "", "loaded_adapters": self.adapters})
 
     async def chat(self, request: Request) -> Response:
         return await self._generate(request, chat=True)
@@ -276,6 +295,8 @@ def main() -> None:
         Route("/v1/completions", engine.completions, methods=["POST"]),
         Route("/v1/embeddings", engine.embeddings, methods=["POST"]),
         Route("/v1/rerank", engine.rerank, methods=["POST"]),
+        Route("/load_lora_adapter", engine.load_lora, methods=["POST"]),
+        Route("/unload_lora_adapter", engine.unload_lora, methods=["POST"]),
     ])
     uvicorn.run(app, host=ns.host, port=ns.port, log_level="warning")
 
