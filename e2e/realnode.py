@@ -15,12 +15,14 @@ from typing import Any
 
 import nodeimages
 import pytest
+import yaml
 from kubectl import condition, get_json, kubectl, settled
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIMES = ("containerd://", "cri-o://", "docker://")
 RELEASE = "turnout-e2e"
 MODEL_LABELS = "app.kubernetes.io/managed-by=turnout"
+EXAMPLES = ROOT / "examples"
 
 
 def find_real_node() -> dict[str, Any] | None:
@@ -149,3 +151,11 @@ def record(path: Path, figures: dict[str, Any]) -> None:
     path.write_text(json.dumps({**known, **figures}, indent=2) + "\n")
 
 
+
+
+def example(name: str, tolerations: list[dict[str, Any]]) -> dict[str, Any]:
+    """A project example as a user applies it, with tolerations for the node's taints (none when untainted)."""
+    doc = yaml.safe_load((EXAMPLES / name).read_text())
+    if tolerations:
+        doc["spec"]["tolerations"] = tolerations
+    return doc

@@ -20,14 +20,13 @@ from typing import Any
 
 import nodeimages
 import pytest
-import test_realnode_e2e as realnode
+import realnode
 from kubectl import get_json, kubectl, poll
-from test_realnode_e2e import RELEASE, _adopt_crd, _delete_leftover_release, _example, _helm, _record, _values
+from realnode import RELEASE, ROOT, adopt_crd, chart_values, delete_leftover_release, example, helm_config, record
 
 from conftest import RUN
 from turnout.render.manifests import child_name
 
-ROOT = Path(__file__).resolve().parent.parent
 # The real-node tier's fixtures: the node, its taints, the images built and loaded, the other nodes cordoned.
 real_node = realnode.real_node
 tolerations = realnode.tolerations
@@ -44,10 +43,10 @@ def ha_release(crds: None, real_node: dict[str, Any], images: nodeimages.Images,
     system, models = f"turnout-ha-{RUN}-sys", f"turnout-ha-{RUN}-models"
     for ns in (system, models):
         kubectl("create", "namespace", ns)
-    helm = _helm(system)
-    _delete_leftover_release()
-    _adopt_crd(system)
-    values = _values(images, tolerations, models)
+    helm = helm_config(system)
+    delete_leftover_release()
+    adopt_crd(system)
+    values = chart_values(images, tolerations, models)
     assert "replicas" not in values, "the chart's defaults (2 replicas, leader election) are what is tested"
     helm.install(ROOT / "charts/turnout", RELEASE, values, namespace=system, wait="watcher", timeout=300)
     try:
@@ -104,7 +103,7 @@ def test_the_standby_reconciles_a_new_deployment_after_the_leader_pod_is_deleted
     system, models = ha_release
     assert len(poll(lambda: len(_operator_pods(system)) == 2 and _operator_pods(system), timeout=180,
                     what="two operator pods")) == 2
-    doc = _example("tiny-chat-gguf.yaml", tolerations)
+    doc = example("tiny-chat-gguf.yaml", tolerations)
     _apply(models, doc, "ha-before")
     poll(lambda: _reconciled(models, "ha-before"), timeout=120, what="the leader's reconcile")
     forced = _failover(system, models, doc, "ha-after-kill", force=True)
@@ -114,7 +113,7 @@ def test_the_standby_reconciles_a_new_deployment_after_the_leader_pod_is_deleted
                "lease_duration_s": LEASE_DURATION}
     print(f"\noperator failover: {figures}")
     if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-        _record(Path(out), {"operator_failover": figures})
+        record(Path(out), {"operator_failover": figures})
     assert forced["seconds"] <= BOUND and graceful["seconds"] <= BOUND, figures
     # Nothing reconciled twice: one Deployment per ModelDeployment.
     for name in ("ha-before", "ha-after-kill", "ha-after-term"):

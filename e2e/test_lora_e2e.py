@@ -28,20 +28,20 @@ from typing import Any
 import httpx
 import nodeimages
 import pytest
-import test_realnode_e2e as realnode
+import realnode
 from kubectl import get_json, kubectl, poll
-from test_realnode_e2e import (
+from realnode import (
     MODEL_LABELS,
     ROOT,
-    _dump,
-    _example,
-    _gateway_url,
-    _helm,
-    _model_pods,
-    _ready,
-    _record,
-    _restarts,
-    _values,
+    chart_values,
+    dump,
+    example,
+    gateway_url,
+    helm_config,
+    labelled_model_pods,
+    ready,
+    record,
+    restarts,
 )
 
 from conftest import RUN
@@ -80,9 +80,9 @@ def _listed(base_url: str) -> dict[str, dict[str, Any]]:
 
 
 def _snapshot(models: str) -> tuple[dict[str, str], dict[str, int], dict[str, int]]:
-    pods = _model_pods(models)
+    pods = labelled_model_pods(models)
     deployments = json.loads(kubectl("get", "deployments", "-n", models, "-l", MODEL_LABELS, "-o", "json"))["items"]
-    return ({n: p["metadata"]["uid"] for n, p in pods.items()}, {n: _restarts(p) for n, p in pods.items()},
+    return ({n: p["metadata"]["uid"] for n, p in pods.items()}, {n: restarts(p) for n, p in pods.items()},
             {d["metadata"]["name"]: d["metadata"]["generation"] for d in deployments})
 
 
@@ -92,18 +92,18 @@ def test_an_adapter_added_and_removed_restarts_no_pod(
     from openai import NotFoundError, OpenAI
 
     system, models = lora_namespaces
-    helm = _helm(system)
+    helm = helm_config(system)
     kubectl("delete", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}",
             "--ignore-not-found", check=False)
-    values = {**_values(images, tolerations, models), "crds": {"enabled": False}}  # the suite's CRD
+    values = {**chart_values(images, tolerations, models), "crds": {"enabled": False}}  # the suite's CRD
     helm.install(ROOT / "charts/turnout", RELEASE, values, namespace=system, wait="watcher", timeout=300)
     try:
-        doc = _example("tiny-chat.yaml", tolerations)
+        doc = example("tiny-chat.yaml", tolerations)
         doc["spec"]["lora"] = {"maxLoaded": 2}
         name, served = doc["metadata"]["name"], doc["spec"]["servedModelName"]
         kubectl("apply", "-n", models, "-f", "-", stdin=json.dumps(doc))
-        poll(lambda: _ready(models, name), timeout=300, interval=0.5, what=f"{name} Ready")
-        base_url = _gateway_url(system)
+        poll(lambda: ready(models, name), timeout=300, interval=0.5, what=f"{name} Ready")
+        base_url = gateway_url(system)
         client = OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
         poll(lambda: served in _listed(base_url), timeout=60, what=f"{served} listed by the gateway")
         before = _snapshot(models)
@@ -133,7 +133,7 @@ def test_an_adapter_added_and_removed_restarts_no_pod(
                    "answered_s": round(answered_after, 2)}
         print(f"\n{ADAPTER}, seconds after the spec change: {figures}")
         if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-            _record(Path(out), {"lora_add_adapter": figures})
+            record(Path(out), {"lora_add_adapter": figures})
 
         # Remove: unloaded, gone from the list, a 404 that names what is served.
         _set_adapters(models, name, [])
@@ -146,11 +146,11 @@ def test_an_adapter_added_and_removed_restarts_no_pod(
              .get("adapters"), timeout=60, what="status.adapters cleared")
         time.sleep(3)
         assert _snapshot(models) == before, "removing an adapter restarted or replaced a pod"
-        pod = next(iter(_model_pods(models).values()))
-        record = json.loads(pod["metadata"]["annotations"]["turnout.dev/adapters"])
-        assert record["loaded"] == {}
+        pod = next(iter(labelled_model_pods(models).values()))
+        held = json.loads(pod["metadata"]["annotations"]["turnout.dev/adapters"])
+        assert held["loaded"] == {}
     except BaseException:
-        _dump(models, system)
+        dump(models, system)
         raise
     finally:
         if not os.environ.get("TURNOUT_E2E_KEEP"):

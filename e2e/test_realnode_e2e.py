@@ -53,6 +53,7 @@ from realnode import (  # noqa: F401  (fixtures: pytest finds them by name in th
     chart_values,
     delete_leftover_release,
     dump,
+    example,
     gateway_url,
     helm_config,
     images,
@@ -68,16 +69,8 @@ from realnode import (  # noqa: F401  (fixtures: pytest finds them by name in th
 from conftest import RUN
 from turnout.render.manifests import child_name
 
-EXAMPLES = ROOT / "examples"
 #: Examples the journey serves, applied unchanged but for the node's tolerations.
 JOURNEY = ("tiny-chat-gguf.yaml", "tiny-chat.yaml", "embedding-minilm.yaml")
-
-
-def _example(name: str, tolerations: list[dict[str, Any]]) -> dict[str, Any]:
-    doc = yaml.safe_load((EXAMPLES / name).read_text())
-    if tolerations:
-        doc["spec"]["tolerations"] = tolerations
-    return doc
 
 
 def _cpu_and_memory(node: str, namespace: str) -> dict[str, tuple[int, float]]:
@@ -194,7 +187,7 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
                  wait="watcher", timeout=300)
     installed = time.monotonic() - start
     try:
-        docs = [_example(name, tolerations) for name in JOURNEY]
+        docs = [example(name, tolerations) for name in JOURNEY]
         names = [d["metadata"]["name"] for d in docs]
         applied = time.monotonic()
         for doc in docs:

@@ -30,7 +30,6 @@ import httpx
 import nodeimages
 import noderuntime
 import pytest
-import yaml
 from hostagents import model_pods
 from kubectl import kubectl, poll, settled
 from realnode import (  # noqa: F401
@@ -40,6 +39,7 @@ from realnode import (  # noqa: F401
     chart_values,
     delete_leftover_release,
     dump,
+    example,
     gateway_url,
     helm_config,
     images,
@@ -53,16 +53,8 @@ from realnode import (  # noqa: F401
 from conftest import RUN
 
 SECONDS = float(os.environ.get("TURNOUT_E2E_SOAK_SECONDS") or 0)
-EXAMPLES = ROOT / "examples"
 #: Growth allowed between the first sample after the warm-up and the last.
 RSS_SLACK = 0.10
-
-
-def _example(name: str, tolerations: list[dict[str, Any]]) -> dict[str, Any]:
-    doc = yaml.safe_load((EXAMPLES / name).read_text())
-    if tolerations:
-        doc["spec"]["tolerations"] = tolerations
-    return doc
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +72,7 @@ def soaked(crds: None, real_node: dict[str, Any], images: nodeimages.Images,
     adopt_crd(system)
     helm.install(ROOT / "charts/turnout", RELEASE, chart_values(images, tolerations, models), namespace=system,
                  wait="watcher", timeout=300)
-    docs = [_example(n, tolerations) for n in ("tiny-chat-gguf.yaml", "embedding-minilm.yaml")]
+    docs = [example(n, tolerations) for n in ("tiny-chat-gguf.yaml", "embedding-minilm.yaml")]
     try:
         for doc in docs:
             kubectl("apply", "-n", models, "-f", "-", stdin=json.dumps(doc))
