@@ -13,7 +13,7 @@ OTHER_ENDPOINT = "other"
 
 ENDPOINTS = frozenset({
     "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank",
-    "/health", "/live", "/metrics",
+    "/v1/responses", "/health", "/live", "/metrics",
 })
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)

@@ -19,6 +19,7 @@ class VllmBackend(ProxyBackend):
     engine: ClassVar[str] = "vllm"
     python_env: ClassVar[str] = "TURNOUT_VLLM_PYTHON"
     health_path: ClassVar[str] = "/health"
+    serves_responses: ClassVar[bool] = True
     reserved_flags: ClassVar[tuple[str, ...]] = (
         "host", "port", "model", "served-model-name", "tensor-parallel-size", "runner",
         "pipeline-parallel-size", "nnodes", "node-rank", "master-addr", "master-port", "headless")
