@@ -87,6 +87,8 @@ class ShimArgs:
     node_rank: int | EnvRef = 0
     leader_address: str | EnvRef | None = None  # host the other nodes reach rank 0 at
     dist_port: int = DEFAULT_DIST_PORT
+    #: fetch ``http(s)`` image URLs in chat requests (off: only ``data:`` URLs; see shim/backends/_images.py)
+    fetch_image_urls: bool = False
 
     @property
     def is_worker(self) -> bool:
@@ -140,6 +142,8 @@ class ShimArgs:
             if self.leader_address is not None:
                 argv += ["--leader-address", str(self.leader_address)]
             argv += ["--dist-port", str(self.dist_port)]
+        if self.fetch_image_urls:
+            argv.append("--fetch-image-urls")
         return argv
 
     @classmethod
@@ -170,6 +174,7 @@ class ShimArgs:
             node_rank=ns.node_rank,
             leader_address=ns.leader_address,
             dist_port=ns.dist_port,
+            fetch_image_urls=ns.fetch_image_urls,
         )
 
 
@@ -228,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantization", default=None, help="quantization of the weights, e.g. Int4 or Q4_K_M")
     p.add_argument("--api-key-file", default=None, help="file holding the Bearer key clients must send")
     p.add_argument("--max-queue", type=_positive_int, default=256, help="requests admitted before 429")
+    p.add_argument("--fetch-image-urls", action="store_true",
+                   help="fetch http(s) image URLs in chat requests (default: only data: URLs are read)")
     p.add_argument("--engine-args", type=_engine_args, default={}, help="JSON object passed to the engine")
     multi = p.add_argument_group("one replica over several nodes (a LeaderWorkerSet group)")
     multi.add_argument("--pipeline-parallel-size", type=_positive_int, default=1,
