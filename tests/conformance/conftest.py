@@ -23,7 +23,7 @@ def shims(tmp_path_factory: pytest.TempPathFactory, free_port_factory: Callable[
           tiny_model: Any) -> Iterator[Callable[..., RunningShim]]:
     started: dict[str, RunningShim] = {}
 
-    def get(engine: str, model: str | None = None, served: str = SERVED) -> RunningShim:
+    def get(engine: str, model: str | None = None, served: str = SERVED, **kw: Any) -> RunningShim:
         key = f"{engine}:{served}"
         if key not in started:
             if model is None:
@@ -33,7 +33,7 @@ def shims(tmp_path_factory: pytest.TempPathFactory, free_port_factory: Callable[
                                                   os.environ.get("PYTHONPATH", "")]),
                    "TURNOUT_VLLM_PYTHON": sys.executable}
             shim = start_shim_process(tmp_path_factory.mktemp("conformance"), free_port_factory(), engine=engine,
-                                      model=model, served=served, env=env)
+                                      model=model, served=served, env=env, **kw)
             started[key] = shim
             shim.wait_health(200)
         return started[key]
@@ -46,12 +46,13 @@ def shims(tmp_path_factory: pytest.TempPathFactory, free_port_factory: Callable[
 @pytest.fixture(scope="session")
 def target(shims: Callable[..., RunningShim]) -> Callable[[str], Target]:
     def make(engine: str) -> Target:
-        vision = None
-        if engine == "transformers":
-            from turnout.tinymodel import build_tiny_vision_model
+        from turnout.tinymodel import build_tiny_mmproj, build_tiny_model, build_tiny_vision_model
 
+        if engine == "transformers":
             shim = shims(engine, str(build_tiny_vision_model()), VISION)
-            vision = Target(shim.openai(), VISION)
-        return Target(shims(engine).openai(), SERVED, vision)
+        else:  # llama.cpp: the tiny Llama with a projector
+            shim = shims(engine, str(build_tiny_model().gguf_path), VISION,
+                         engine_args={"mmproj.path": str(build_tiny_mmproj())})
+        return Target(shims(engine).openai(), SERVED, Target(shim.openai(), VISION))
 
     return make

@@ -2,15 +2,16 @@
 
 ``results.json`` is committed and ``docs/shim.md``'s table is rendered from it
 (``scripts/render-conformance.py``). A cell that changes (a feature that starts or stops working on
-an engine) fails its test until the results are refreshed: run
-``TURNOUT_CONFORMANCE_UPDATE=1 pytest tests/conformance`` then ``scripts/render-conformance.py``, and
-commit both files.
+an engine) fails its test until the results are refreshed: ``TURNOUT_CONFORMANCE_UPDATE=1 pytest
+tests/conformance`` writes ``results.json`` and renders the table into ``docs/shim.md``; commit both.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from conformance_features import CONTRACT, FEATURES, LIVE, SERVED, USER, Feature, Target
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
+RENDER = Path(__file__).resolve().parents[2] / "scripts" / "render-conformance.py"
 UPDATE = os.environ.get("TURNOUT_CONFORMANCE_UPDATE") == "1"
 
 pytestmark = pytest.mark.slow
@@ -40,6 +42,7 @@ def found() -> Iterator[dict[str, dict[str, Any]]]:
         out = {"features": [[f.name, f.label] for f in FEATURES], "engines": [*LIVE, *CONTRACT],
                "contract": list(CONTRACT), "results": old}
         RESULTS.write_text(json.dumps(out, indent=2, sort_keys=False) + "\n")
+        subprocess.run([sys.executable, str(RENDER)], check=True)
 
 
 def _outcome(run: Callable[[], None]) -> dict[str, Any]:

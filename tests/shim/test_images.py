@@ -91,16 +91,21 @@ def test_fetch_image_urls_round_trips_the_command_line() -> None:
     assert "--fetch-image-urls" not in ShimArgs(engine="transformers", model="/m", served_model_name="m").to_argv()
 
 
-@pytest.fixture(scope="module")
-def vision(start_shim_factory: Callable[..., RunningShim]) -> RunningShim:
-    from turnout.tinymodel import build_tiny_vision_model
+@pytest.fixture(scope="module", params=["transformers", "llama.cpp"])
+def vision(request: pytest.FixtureRequest, start_shim_factory: Callable[..., RunningShim],
+           tiny_model: Any) -> RunningShim:
+    """The tiny LLaVA on transformers; the tiny Llama's GGUF with the tiny projector on llama.cpp."""
+    from turnout.tinymodel import build_tiny_mmproj, build_tiny_vision_model
 
-    return start_shim_factory(engine="transformers", model=str(build_tiny_vision_model()), served="tiny-vision")
+    if request.param == "transformers":
+        return start_shim_factory(engine="transformers", model=str(build_tiny_vision_model()), served="tiny-vision")
+    return start_shim_factory(engine="llama.cpp", model=str(tiny_model.gguf_path), served="tiny-vision",
+                              engine_args={"mmproj.path": str(build_tiny_mmproj())})
 
 
 @pytest.mark.slow
 def test_the_image_reaches_a_vision_model(vision: RunningShim) -> None:
-    """The tiny LLaVA turns a 32x32 image into 16 prompt tokens: two images, 32."""
+    """Both tiny vision models turn a 32x32 image into 16 prompt tokens: two images, 32."""
     client = vision.openai()
 
     def prompt_tokens(*urls: str, **kw: Any) -> int:

@@ -33,6 +33,24 @@ def has_images(body: dict[str, Any]) -> bool:
     return False
 
 
+def refuse_fetch(body: dict[str, Any], fetch: bool) -> None:
+    """400 for an ``http(s)`` image URL unless fetching is on (for engines that would fetch it themselves)."""
+    if fetch:
+        return
+    for i, message in enumerate(body.get("messages") or ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        for part in content if isinstance(content, list) else ():
+            ref = part.get("image_url") if isinstance(part, dict) and part.get("type") == "image_url" else None
+            url = ref.get("url") if isinstance(ref, dict) else ref
+            if isinstance(url, str) and url.startswith(("http://", "https://")):
+                raise _fetch_disabled(i)
+
+
+def _fetch_disabled(i: int) -> OpenAIError:
+    return OpenAIError(f"messages[{i}]: this server does not fetch image URLs (the shim's --fetch-image-urls is "
+                       "off); send the image as a data: URL", param="messages", code="image_url_fetch_disabled")
+
+
 async def read_images(body: dict[str, Any], *, fetch: bool) -> tuple[list[dict[str, Any]], list[Any]]:
     """The messages with each ``image_url`` part as ``{"type": "image"}`` (for chat templates), and the images.
 
@@ -80,9 +98,7 @@ async def _bytes(url: str, fetch: bool, i: int) -> bytes:
             raise OpenAIError(f"messages[{i}]: the data: URL is not valid base64", param="messages") from None
     if url.startswith(("http://", "https://")):
         if not fetch:
-            raise OpenAIError(f"messages[{i}]: this server does not fetch image URLs (the shim's "
-                              "--fetch-image-urls is off); send the image as a data: URL", param="messages",
-                              code="image_url_fetch_disabled")
+            raise _fetch_disabled(i)
         return await _fetch(url, i)
     raise OpenAIError(f"messages[{i}]: an image URL must be a data: or http(s) URL", param="messages")
 

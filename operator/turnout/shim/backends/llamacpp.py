@@ -29,7 +29,8 @@ CLI spellings for the common ones (``ctx_size``, ``parallel``, ``ngl``,
 
 Chat content parts other than text (``image_url``, ``input_audio``) are a
 client mistake answered 400 here unless a multimodal projector is set
-(``"mmproj.path"``); llama-server itself answers them 500.
+(``"mmproj.path"``); llama-server itself answers them 500. With a projector, ``http(s)`` image URLs
+(which llama-server would fetch itself) are refused unless the shim runs with ``--fetch-image-urls``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import numpy as np
 
 from turnout.shim.backends import _vectors as vec
 from turnout.shim.backends._assemble import Assembler
+from turnout.shim.backends._images import refuse_fetch
 from turnout.shim.backends._openai import reject_non_text
 from turnout.shim.backends.base import Backend, Health, State, Stream
 from turnout.shim.rerank import rerank_response
@@ -310,6 +312,8 @@ class LlamaCppBackend(Backend):
     async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
         if not self.reads_media:
             reject_non_text(body)
+        else:
+            refuse_fetch(body, self.args.fetch_image_urls)
         return await self._generate("/v1/chat/completions", body, "messages", chat=True)
 
     async def completions(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
