@@ -168,6 +168,18 @@ def responses_streamed(t: Target) -> None:
     assert final is not None and final.output_text == text and text, (kinds, text)
 
 
+RESPONSES_WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
+                     "parameters": WEATHER["function"]["parameters"]}
+
+
+def responses_tools(t: Target) -> None:
+    r = t.client.responses.create(model=t.served, input="What is the weather in Paris?", tools=[RESPONSES_WEATHER],
+                                  tool_choice="required", max_output_tokens=48, temperature=0)
+    calls = [item for item in r.output if item.type == "function_call"]
+    assert calls and calls[0].name == "get_weather", f"no function_call item: {r.output_text!r}"
+    json.loads(calls[0].arguments)
+
+
 def n_choices(t: Target) -> None:
     r = _chat(t, n=2, max_tokens=4, temperature=1.0)
     assert [c.index for c in r.choices] == [0, 1]
@@ -217,6 +229,8 @@ FEATURES = (
             path="responses"),
     Feature("responses_streamed", "`/v1/responses`, streamed events", responses_streamed,
             {"input": "Hello", "max_output_tokens": 4, "stream": True}, path="responses"),
+    Feature("responses_tools", "`/v1/responses`, function tools (`required`)", responses_tools,
+            {"input": "Hello", "tools": [RESPONSES_WEATHER], "tool_choice": "required"}, path="responses"),
     Feature("n", "`n=2`", n_choices, {"n": 2}),
     Feature("stop", "`stop`", stop, {"stop": ["w3"]}),
     Feature("seed", "`seed`", seed, {"seed": 7}),
