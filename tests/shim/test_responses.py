@@ -140,3 +140,14 @@ def test_responses_error_is_an_envelope(shims: dict[str, RunningShim]) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.responses.create(model="tiny-tf", input="x", previous_response_id="resp_x")
     assert err.value.body["param"] == "previous_response_id"  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_responses_tokens_are_counted(shims: dict[str, RunningShim]) -> None:
+    from shimproc import metric_value
+
+    shim = shims["transformers"]
+    before = metric_value(shim.metrics(), "turnout_prompt_tokens_total", endpoint="/v1/responses")
+    r = shim.openai().responses.create(model="tiny-tf", input="Hello", max_output_tokens=4)
+    after = metric_value(shim.metrics(), "turnout_prompt_tokens_total", endpoint="/v1/responses")
+    assert r.usage is not None and after - before == r.usage.input_tokens

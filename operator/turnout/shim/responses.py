@@ -326,17 +326,18 @@ def _events(body: dict[str, Any], stream: Stream) -> Stream:
 
     async def events() -> AsyncIterator[bytes]:
         chunks = stream.chunks
+        head = writer.start()  # sent with the first token, so time-to-first-token means that
         try:
-            yield writer.start()
             async for item in chunks:
                 for chunk in _chunks(item):
                     piece = writer.chunk(chunk)
                     if piece:
-                        yield piece
+                        yield head + piece
+                        head = b""
             if not writer.usage.prompt_tokens:
                 writer.usage.prompt_tokens = stream.usage.prompt_tokens
                 writer.usage.completion_tokens = stream.usage.completion_tokens
-            yield writer.end()
+            yield head + writer.end()
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:

@@ -101,7 +101,8 @@ class Serving:
     def count_usage(self, endpoint: str, usage: Any) -> None:
         if not isinstance(usage, dict):
             return
-        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        p = usage.get("prompt_tokens", usage.get("input_tokens"))  # chat and completions; Responses
+        c = usage.get("completion_tokens", usage.get("output_tokens"))
         if isinstance(p, int) and p > 0:
             self.metrics.prompt_tokens.labels(endpoint).inc(p)
         if isinstance(c, int) and c > 0:
