@@ -109,6 +109,8 @@ class ShimArgs:
     max_loras: int = DEFAULT_MAX_LORAS
     max_lora_rank: int = DEFAULT_MAX_LORA_RANK
     lora_modules: tuple[LoraModule, ...] = ()
+    #: fetch ``http(s)`` image URLs in chat requests (off: only ``data:`` URLs; see shim/backends/_images.py)
+    fetch_image_urls: bool = False
 
     @property
     def is_worker(self) -> bool:
@@ -168,6 +170,8 @@ class ShimArgs:
             argv += ["--enable-lora", "--max-loras", str(self.max_loras), "--max-lora-rank", str(self.max_lora_rank)]
             if self.lora_modules:
                 argv += ["--lora-modules", *map(str, self.lora_modules)]
+        if self.fetch_image_urls:
+            argv.append("--fetch-image-urls")
         return argv
 
     @classmethod
@@ -211,6 +215,7 @@ class ShimArgs:
             max_loras=ns.max_loras,
             max_lora_rank=ns.max_lora_rank,
             lora_modules=modules,
+            fetch_image_urls=ns.fetch_image_urls,
         )
 
 
@@ -276,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantization", default=None, help="quantization of the weights, e.g. Int4 or Q4_K_M")
     p.add_argument("--api-key-file", default=None, help="file holding the Bearer key clients must send")
     p.add_argument("--max-queue", type=_positive_int, default=256, help="requests admitted before 429")
+    p.add_argument("--fetch-image-urls", action="store_true",
+                   help="fetch http(s) image URLs in chat requests (default: only data: URLs are read)")
     p.add_argument("--engine-args", type=_engine_args, default={}, help="JSON object passed to the engine")
     p.add_argument("--tool-call-parser", default=None,
                    help="the model family's tool-call parser, in vLLM's names (hermes, llama3_json, mistral...)")

@@ -57,7 +57,7 @@ async def test_unknown_model_bad_json_and_missing_model(fake, gateway) -> None:
         err = r.json()["error"]
         assert err["code"] == "model_not_found" and "'chat'" in err["message"] and err["param"] == "model"
         assert err["type"] == "not_found_error"
-        for method, path in (("GET", "/v1/engines"), ("POST", "/v1/responses"), ("GET", "/nothing/here")):
+        for method, path in (("GET", "/v1/engines"), ("POST", "/v1/assistants"), ("GET", "/nothing/here")):
             r = await http.request(method, path)
             assert r.status_code == 404, (method, path)
             assert r.json()["error"] == {"message": f"no route {method} {path}", "type": "not_found_error",

@@ -132,6 +132,10 @@ def test_prompt_prefix_of_chat_completions_and_other_bodies() -> None:
     assert prompt_prefix({"prompt": "abcdef"}, 3) == "abc"
     assert prompt_prefix({"prompt": ["abc", "def"]}, 5) == "abcde"
     assert prompt_prefix({"input": "embed me"}, 100) == "embed me"
+    responses = {"instructions": "Be terse. ", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "Hi"}]}, {"type": "function_call_output"}]}
+    assert prompt_prefix(responses, 100) == "Be terse. Hi"
+    assert prompt_prefix({"instructions": "Be terse. ", "input": "Hi"}, 100) == "Be terse. Hi"
     assert prompt_prefix({"query": "q", "documents": ["d"]}, 100) == "q"
     assert prompt_prefix({"messages": "not a list"}, 10) == ""
 

@@ -74,3 +74,15 @@ def test_mlx_media_part_is_a_400_envelope(shim: RunningShim, stream: bool) -> No
         assert r.status_code == 400, r.text
         assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["message"]
         assert h.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 2}).status_code == 200
+
+
+def test_mlx_responses_are_translated_to_chat(shim: RunningShim) -> None:
+    """mlx_lm has no /v1/responses: the shim answers it through mlx_lm's chat, plain and streamed."""
+    client = shim.openai()
+    r = client.responses.create(model=SERVED, input="Tell me about the harbour.", max_output_tokens=8,
+                                temperature=0)
+    assert r.model == SERVED and r.output_text and r.usage is not None and r.usage.output_tokens > 0
+    events = list(client.responses.create(model=SERVED, input="Tell me about the harbour.", max_output_tokens=8,
+                                          temperature=0, stream=True))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == r.output_text and events[-1].type in ("response.completed", "response.incomplete")

@@ -158,6 +158,20 @@ def test_vllm_takes_tool_choice_auto_and_names_the_forced_call(shim: RunningShim
     assert call.function.name == "get_weather", call
 
 
+def test_vllm_responses_plain_and_streamed(shim: RunningShim) -> None:
+    """vLLM serves /v1/responses itself: the shim passes it through, its event stream has no [DONE]."""
+    client = shim.openai()
+    r = client.responses.create(model=SERVED, input="Tell me about the harbour.", max_output_tokens=8,
+                                temperature=0)
+    assert r.object == "response" and r.output_text and r.usage is not None and r.usage.output_tokens > 0
+    events = list(client.responses.create(model=SERVED, input="Tell me about the harbour.", max_output_tokens=8,
+                                          temperature=0, stream=True))
+    assert events[0].type == "response.created" and events[-1].type in ("response.completed",
+                                                                        "response.incomplete")
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == r.output_text
+
+
 def test_vllm_stop_leaves_no_process_behind(shim: RunningShim) -> None:
     # runs last in this module: the shim's SIGTERM must take vLLM's whole process group with it
     port = shim.engine_port()

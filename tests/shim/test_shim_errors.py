@@ -130,7 +130,7 @@ def test_404_unknown_route(http: httpx.Client) -> None:
     err = assert_envelope(http.get("/v1/engines"), 404, "not_found")
     assert "/v1/engines" in err["message"] and err["type"] == "not_found_error"
     assert assert_envelope(http.get("/nothing/here"), 404, "not_found")["type"] == "not_found_error"
-    assert assert_envelope(http.post("/v1/responses", json={}), 404, "not_found")["type"] == "not_found_error"
+    assert assert_envelope(http.post("/v1/assistants", json={}), 404, "not_found")["type"] == "not_found_error"
 
 
 def test_404_unknown_model(http: httpx.Client) -> None:

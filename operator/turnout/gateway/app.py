@@ -1,7 +1,7 @@
 """The gateway's ASGI app: one OpenAI endpoint in front of every model, raw ASGI on the hot path.
 
-``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and
-``/v1/rerank`` are routed by the body's ``model`` to an endpoint of that model
+``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
+``/v1/rerank`` and ``/v1/responses`` are routed by the body's ``model`` to an endpoint of that model
 (:mod:`turnout.gateway.routing`). The body is parsed once, to read ``model``
 and the prompt prefix, and the original bytes are forwarded with the
 client's ``Authorization`` header. Answers come back as bytes: plain ones
@@ -60,7 +60,7 @@ from turnout.wire.sse import Usage
 
 log = logging.getLogger("turnout.gateway")
 
-ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank"})
+ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/responses"})
 #: upstream answer headers passed on to the client (besides content-type and content-length)
 PASSED_HEADERS = ("retry-after", "www-authenticate")
 DEFAULT_HOLD_TIMEOUT = 300.0
@@ -231,7 +231,7 @@ class GatewayApp:
                                       code="upstream_failed") from None
                 ctype = resp.headers.get("content-type", "")
                 if resp.status == 200 and ctype.startswith("text/event-stream"):
-                    await self._relay(send, resp, m, t0, watch)
+                    await self._relay(send, resp, m, t0, watch, done=scope["path"] != "/v1/responses")
                     return
                 try:
                     data = await resp.read()
@@ -306,8 +306,11 @@ class GatewayApp:
             log.warning("waking %s/%s failed: %s", model.namespace, model.name, exc)
             self._woken.pop(id(model), None)
 
-    async def _relay(self, send: Send, resp: Any, m: ModelMetrics, t0: float, watch: Disconnect) -> None:
-        relay = relay_response(resp, Usage(), keep_usage=True, idle_timeout=self.idle_timeout,
+    async def _relay(self, send: Send, resp: Any, m: ModelMetrics, t0: float, watch: Disconnect, *,
+                     done: bool = True) -> None:
+        """The upstream stream; ``done``: it ends with ``[DONE]`` (not the Responses API's events)."""
+        end = DONE if done else b""
+        relay = relay_response(resp, Usage(), keep_usage=True, require_done=done, idle_timeout=self.idle_timeout,
                                active=self.drain.streams)
         first = True
         try:
@@ -318,13 +321,13 @@ class GatewayApp:
                         first = False
                         m.ttft.observe(time.perf_counter() - t0)
                     await send({"type": "http.response.body", "body": piece, "more_body": True})
-                tail = DONE
+                tail = end
             except EngineConnectionError as exc:
                 if self.drain.ending:
-                    tail = sse_error_event(self.drain.error()) + DONE
+                    tail = sse_error_event(self.drain.error()) + end
                 else:
                     m.upstream_errors.inc()
-                    tail = sse_error_event(stream_error("upstream", exc)) + DONE
+                    tail = sse_error_event(stream_error("upstream", exc)) + end
             watch.finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:

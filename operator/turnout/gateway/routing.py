@@ -125,7 +125,14 @@ def least_requests(endpoints: Sequence[E], load: Callable[[E], int], ties: Round
 
 
 def prompt_prefix(body: Mapping[str, Any], chars: int) -> str:
-    """The first ``chars`` characters of a request's prompt (chat: the messages' text; else the prompt)."""
+    """The first ``chars`` characters of a request's prompt (chat: the messages' text; Responses: the
+    instructions, then the input's text; else the prompt)."""
+    raw = body.get("input")
+    if "messages" not in body and (body.get("instructions") or (isinstance(raw, list) and raw and all(
+            isinstance(item, dict) for item in raw))):
+        items = [{"content": body.get("instructions")}]
+        items += [{"content": raw}] if isinstance(raw, str) else list(raw) if isinstance(raw, list) else []
+        body = {"messages": items}
     parts: list[str] = []
     size = 0
 

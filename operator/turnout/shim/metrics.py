@@ -13,7 +13,7 @@ OTHER_ENDPOINT = "other"
 
 ENDPOINTS = frozenset({
     "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank",
-    "/v1/load_lora_adapter", "/v1/unload_lora_adapter",
+    "/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/v1/responses",
     "/health", "/live", "/metrics",
 })
 

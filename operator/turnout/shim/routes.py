@@ -1,7 +1,7 @@
 """The OpenAI POST endpoints: one raw-ASGI handler per route, the only path for every request to it.
 
-``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings`` and
-``/v1/rerank`` are Starlette routes whose endpoint is a :class:`Handler`: it
+``POST /v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``,
+``/v1/rerank`` and ``/v1/responses`` (``responses.py``) are Starlette routes whose endpoint is a :class:`Handler`: it
 reads the body, validates it with the pydantic models of ``protocol.py``
 (a bad body is a 400 in the OpenAI envelope, naming the field), admits it,
 calls the backend under one disconnect watcher, and writes the answer
@@ -28,12 +28,14 @@ import anyio
 from pydantic import BaseModel, ValidationError
 from starlette.types import Receive, Scope, Send
 
+from turnout.shim import responses
 from turnout.shim.backends.base import Backend, Health, State, Stream
 from turnout.shim.lora import Adapters
 from turnout.shim.metrics import ShimMetrics
 from turnout.shim.middleware import ADAPTER_KEY, T0_KEY
 from turnout.shim.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, RerankRequest
 from turnout.shim.rerank import rerank_response
+from turnout.shim.responses import ResponsesRequest
 from turnout.wire.asgi import DEFAULT_BODY_TIMEOUT, DONE, SSE_HEADERS, dumps, read_body, send_error, send_json
 from turnout.wire.disconnect import Disconnect
 from turnout.wire.errors import OpenAIError, envelope, sse_error_event
@@ -49,6 +51,8 @@ class Endpoint:
     model: type[BaseModel]
     call: Callable[[Backend, dict[str, Any]], Awaitable[Any]]
     chat: bool = False
+    #: the stream ends with ``data: [DONE]`` (chat, completions; not the Responses API's event stream)
+    done: bool = True
 
 
 ENDPOINTS = (
@@ -56,6 +60,7 @@ ENDPOINTS = (
     Endpoint("/v1/completions", "completions", CompletionRequest, lambda b, body: b.completions(body)),
     Endpoint("/v1/embeddings", "embeddings", EmbeddingRequest, lambda b, body: b.embeddings(body)),
     Endpoint("/v1/rerank", "rerank", RerankRequest, lambda b, body: b.rerank(body)),
+    Endpoint("/v1/responses", "chat", ResponsesRequest, responses.create, done=False),
 )
 
 
@@ -101,7 +106,8 @@ class Serving:
     def count_usage(self, endpoint: str, usage: Any, adapter: str = "") -> None:
         if not isinstance(usage, dict):
             return
-        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        p = usage.get("prompt_tokens", usage.get("input_tokens"))  # chat and completions; Responses
+        c = usage.get("completion_tokens", usage.get("output_tokens"))
         if isinstance(p, int) and p > 0:
             self.metrics.prompt_tokens.labels(endpoint, adapter).inc(p)
         if isinstance(c, int) and c > 0:
@@ -213,13 +219,13 @@ class Handler:
                     last = item
                     await send({"type": "http.response.body", "body": b"data: " + dumps(item) + b"\n\n",
                                 "more_body": True})
-                tail = DONE
+                tail = DONE if ep.done else b""
                 if include_usage and not usage_seen and last is not None:
                     tail = b"data: " + dumps(_usage_chunk(last, stream, served)) + b"\n\n" + DONE
             except Exception as exc:
                 if not isinstance(exc, OpenAIError):
                     log.error("error while streaming", exc_info=exc)
-                tail = sse_error_event(exc) + DONE
+                tail = sse_error_event(exc) + (DONE if ep.done else b"")
             state.finished = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:

@@ -70,14 +70,15 @@ class SSERelay:
     ``usage`` gets the engine's usage (or the event count) when the stream
     ends, however it ends. A stream that breaks off or ends without
     ``[DONE]`` raises :class:`EngineConnectionError`, or what ``on_error``
-    makes of it. :meth:`aclose` before the end closes the connection, which is
+    makes of it, unless ``require_done`` is false (the Responses API's streams end
+    with ``response.completed`` and no ``[DONE]``). :meth:`aclose` before the end closes the connection, which is
     how the engine learns that the client went away. ``active`` (a set) holds
     ``resp`` while it streams, so that the caller can close every stream at
     once (engine death).
     """
 
     def __init__(self, resp: EngineResponse, usage: Usage, *, keep_usage: bool,
-                 rewrite: Callable[[bytes], bytes] | None = None,
+                 rewrite: Callable[[bytes], bytes] | None = None, require_done: bool = True,
                  active: set[EngineResponse] | None = None,
                  on_error: Callable[[EngineConnectionError], Awaitable[BaseException]] | None = None,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> None:
@@ -88,6 +89,7 @@ class SSERelay:
         self._usage = usage
         self._active = active
         self._on_error = on_error
+        self._require_done = require_done
         self._cutter = Cutter(self.stats, keep_usage, rewrite)
         self._out: deque[bytes] = deque()
         self._queued = 0
@@ -153,6 +155,9 @@ class SSERelay:
                 if conn.complete:
                     tail = self._cutter.tail()
                     if tail is None:
+                        if not self._require_done:
+                            self._finish()
+                            raise StopAsyncIteration
                         raise EngineConnectionError("the stream ended without [DONE]")
                     out.append(tail)
                     self._queued += len(tail)
@@ -200,10 +205,10 @@ class SSERelay:
 
 
 def relay_response(resp: EngineResponse, usage: Usage, *, keep_usage: bool,
-                   rewrite: Callable[[bytes], bytes] | None = None,
+                   rewrite: Callable[[bytes], bytes] | None = None, require_done: bool = True,
                    active: set[EngineResponse] | None = None,
                    on_error: Callable[[EngineConnectionError], Awaitable[BaseException]] | None = None,
                    idle_timeout: float = DEFAULT_IDLE_TIMEOUT) -> SSERelay:
     """The SSE body of ``resp`` relayed (see :class:`SSERelay`), then the connection back to the pool."""
-    return SSERelay(resp, usage, keep_usage=keep_usage, rewrite=rewrite, active=active, on_error=on_error,
-                    idle_timeout=idle_timeout)
+    return SSERelay(resp, usage, keep_usage=keep_usage, rewrite=rewrite, require_done=require_done,
+                    active=active, on_error=on_error, idle_timeout=idle_timeout)

@@ -79,12 +79,14 @@ class Sequence:
 
     def __init__(self, request: GenerationRequest, index: int, prompt_ids: list[int],
                  params: SamplingParams, tokenizer: Any, device: torch.device, *, min_tokens: int = 0,
-                 adapter: str | None = None) -> None:
+                 adapter: str | None = None, media: dict[str, torch.Tensor] | None = None) -> None:
         self.request = request
         #: the LoRA adapter this row is generated with (None: the base model)
         self.adapter = adapter
         self.index = index
         self.prompt_ids = prompt_ids
+        #: the prompt's images as the model's processor made them (``pixel_values``...), for the prefill
+        self.media = media
         self.params = params
         #: EOS is masked out until this many tokens are out (vLLM's ``min_tokens``)
         self.min_tokens = min_tokens
@@ -103,6 +105,14 @@ class Sequence:
         #: ``(token, logprob, [(token, logprob), ...])`` per generated token, appended before its event
         self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
         self.last_logprob: tuple[int, float, list[tuple[int, float]]] | None = None
+
+
+def _media(seqs: list[Sequence]) -> dict[str, torch.Tensor] | None:
+    """The rows' image inputs joined in row order (the model fills image tokens in that order), or None."""
+    rows = [s.media for s in seqs if s.media]
+    if not rows:
+        return None
+    return {key: torch.cat([r[key] for r in rows]) for key in rows[0]}
 
 
 class GenerationRequest:
@@ -396,7 +406,9 @@ class Scheduler:
         if self.before_forward is not None:
             self.before_forward(seqs)
         logits, cache = self._forward(ids, mask if padded or not self._positions else None, positions, cache,
-                                      last_only=True)
+                                      last_only=True, media=_media(seqs))
+        for s in seqs:
+            s.media = None  # the images are in the cache now
         if self._can_join is None:
             self._can_join = bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
             if not self._can_join:
@@ -450,9 +462,11 @@ class Scheduler:
         self._emit(rows, tokens.tolist())
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor, cache: Any,
-                 last_only: bool) -> tuple[torch.Tensor, Any]:
+                 last_only: bool, media: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, Any]:
         """Logits ``[B, q, V]`` (``q == 1`` with ``last_only``) and the cache, grown in place."""
         kwargs: dict[str, Any] = {"input_ids": ids, "use_cache": True}
+        if media:
+            kwargs.update({k: v.to(self.device) for k, v in media.items()})
         if mask is not None:
             kwargs["attention_mask"] = mask
         if self._positions:

@@ -37,7 +37,8 @@ reason: the control side restarts the pod with the adapter in ``--lora-modules``
 
 Chat content parts other than text (``image_url``, ``input_audio``) are a
 client mistake answered 400 here unless a multimodal projector is set
-(``"mmproj.path"``); llama-server itself answers them 500.
+(``"mmproj.path"``); llama-server itself answers them 500. With a projector, ``http(s)`` image URLs
+(which llama-server would fetch itself) are refused unless the shim runs with ``--fetch-image-urls``.
 """
 
 from __future__ import annotations
@@ -47,18 +48,19 @@ import enum
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
 import shutil
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from turnout.shim import toolcalls
 from turnout import sources
+from turnout.shim import toolcalls
 from turnout.shim.backends import _vectors as vec
 from turnout.shim.backends._assemble import Assembler
+from turnout.shim.backends._images import refuse_fetch
 from turnout.shim.backends._openai import reject_non_text
 from turnout.shim.backends.base import Backend, Health, State, Stream
 from turnout.shim.rerank import rerank_response
@@ -363,6 +365,8 @@ class LlamaCppBackend(Backend):
     async def chat(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
         if not self.reads_media:
             reject_non_text(body)
+        else:
+            refuse_fetch(body, self.args.fetch_image_urls)
         tools = toolcalls.tool_request(body)
         if tools.forced:
             return await self._forced_call(body, tools)

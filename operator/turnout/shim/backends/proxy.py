@@ -123,6 +123,8 @@ class ProxyBackend(Backend):
     python_env: ClassVar[str] = ""
     #: the engine's readiness endpoint (200 when it can serve)
     health_path: ClassVar[str] = "/health"
+    #: the engine serves ``/v1/responses`` itself (vLLM, SGLang); otherwise the shim translates to chat
+    serves_responses: ClassVar[bool] = False
     #: flags the shim sets itself; engine_args may not set them
     reserved_flags: ClassVar[tuple[str, ...]] = ("host", "port", "model", "served-model-name")
 
@@ -344,6 +346,10 @@ class ProxyBackend(Backend):
     async def completions(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
         return await self.forward("/v1/completions", body)
 
+    async def responses(self, body: dict[str, Any]) -> dict[str, Any] | Stream:
+        """``/v1/responses`` as the engine serves it (only where :attr:`serves_responses`)."""
+        return await self.forward("/v1/responses", body, responses=True)
+
     async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         result = await self.forward("/v1/embeddings", body)
         assert isinstance(result, dict)
@@ -360,8 +366,11 @@ class ProxyBackend(Backend):
         return OpenAIError(f"the {self.engine} engine is unavailable: {detail}", status=503,
                            type="service_unavailable", code="engine_unavailable", retry_after=10)
 
-    async def forward(self, path: str, body: dict[str, Any]) -> Any:
-        """POST ``body`` to the engine; a dict for plain answers, a :class:`Stream` for SSE."""
+    async def forward(self, path: str, body: dict[str, Any], *, responses: bool = False) -> Any:
+        """POST ``body`` to the engine; a dict for plain answers, a :class:`Stream` for SSE.
+
+        ``responses``: a Responses API stream, which has no ``stream_options`` and ends without ``[DONE]``.
+        """
         if self.args.is_worker:
             raise OpenAIError(
                 f"this pod is rank {self.args.node_rank} of a {self.args.nnodes}-node {self.engine} group and "
@@ -372,7 +381,7 @@ class ProxyBackend(Backend):
             raise self._unavailable(self._message or "not started")
         stream = bool(body.get("stream"))
         keep_usage = True
-        if stream:
+        if stream and not responses:
             opts = dict(body.get("stream_options") or {})
             keep_usage = bool(opts.get("include_usage"))
             opts["include_usage"] = True  # always count tokens; dropped below if not asked for
@@ -402,7 +411,7 @@ class ProxyBackend(Backend):
                 raise self._bad_answer("an unexpected shape")
             return data
         usage = Usage()
-        return Stream(self._relay(resp, keep_usage, usage), usage)
+        return Stream(self._relay(resp, keep_usage, usage, require_done=not responses), usage)
 
     def _bad_answer(self, detail: str) -> OpenAIError:
         return OpenAIError(f"the {self.engine} engine answered something unusable: {detail}", status=502,
@@ -416,10 +425,12 @@ class ProxyBackend(Backend):
         """Adapt a plain (non-streamed) answer from the engine to the OpenAI shape (default: unchanged)."""
         return data
 
-    def _relay(self, resp: EngineResponse, keep_usage: bool, usage: Usage) -> AsyncIterator[bytes]:
+    def _relay(self, resp: EngineResponse, keep_usage: bool, usage: Usage, *,
+               require_done: bool = True) -> AsyncIterator[bytes]:
         """Engine SSE bytes in buffers cut at event boundaries, without the engine's ``[DONE]``."""
         rewrite = None if type(self).rewrite_stream is ProxyBackend.rewrite_stream else self.rewrite_stream
-        return relay_response(resp, usage, keep_usage=keep_usage, rewrite=rewrite, active=self._active,
+        return relay_response(resp, usage, keep_usage=keep_usage, rewrite=rewrite, require_done=require_done,
+                              active=self._active,
                               on_error=self._lost, idle_timeout=self.idle_timeout)
 
     async def _lost(self, exc: EngineConnectionError) -> OpenAIError:

@@ -22,6 +22,7 @@ class SglangBackend(ProxyBackend):
     engine: ClassVar[str] = "sglang"
     python_env: ClassVar[str] = "TURNOUT_SGLANG_PYTHON"
     health_path: ClassVar[str] = "/health"
+    serves_responses: ClassVar[bool] = True
     reserved_flags: ClassVar[tuple[str, ...]] = (
         "host", "port", "model-path", "served-model-name", "tp-size", "tp", "device", "is-embedding",
         "nnodes", "node-rank", "dist-init-addr", "enable-lora", "max-loras-per-batch", "max-lora-rank",

@@ -21,6 +21,11 @@ Engine args (``--engine-args`` JSON), all optional:
                         CPU affinity capped by a cgroup CPU quota such as a pod's CPU limit, less
                         one left to the event loop when there are more than one)
 
+A model whose config has a ``vision_config`` (LLaVA, Qwen2-VL... image-text-to-text) loads with
+``AutoModelForImageTextToText`` and its ``AutoProcessor``: chat ``image_url`` parts (``data:`` URLs;
+``http(s)`` ones with ``--fetch-image-urls``, see :mod:`._images`) go through the processor and
+reach the model with the prompt's prefill. A text model answers them 400.
+
 Requests may carry vLLM's ``min_tokens``: EOS cannot end a choice before that many tokens
 (``generate``'s ``min_new_tokens``).
 
@@ -46,6 +51,7 @@ from typing import Any
 
 from turnout.shim import structured
 from turnout.shim.backends import _features as feat
+from turnout.shim.backends import _images
 from turnout.shim.backends import _openai as oai
 from turnout.shim.backends._batching import GenerationRequest, Scheduler, Sequence
 from turnout.shim.backends._peft import PeftAdapters
@@ -160,6 +166,14 @@ def resolve_device(device: str) -> Any:
     raise RuntimeError(f"unknown device {device!r}")
 
 
+def _is_vision(path: str, trust: bool) -> bool:
+    """Whether the model folder holds an image-text-to-text model (its config has a vision part)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust)
+    return getattr(config, "vision_config", None) is not None
+
+
 class _Chunks:
     """The streamed SSE bytes of one request; closing it (or dropping it) cancels generation.
 
@@ -260,6 +274,8 @@ class TransformersBackend(Backend):
         self._health = Health(State.LOADING, "loading the model")
         self.scheduler: Scheduler | None = None
         self.tokenizer: Any = None
+        #: the processor of an image-text-to-text model (None for a text model)
+        self.processor: Any = None
         self.model: Any = None
         self.max_model_len = 0
         self.grammars: structured.Grammars | None = None
@@ -294,13 +310,21 @@ class TransformersBackend(Backend):
         kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust}
         if extra.get("attn_implementation"):
             kwargs["attn_implementation"] = extra["attn_implementation"]
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+        auto: Any = AutoModelForCausalLM
+        if _is_vision(path, trust):
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            auto = AutoModelForImageTextToText
+            self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust)
+            self.tokenizer = self.processor.tokenizer
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
         if args.tensor_parallel_size > 1 and device.type != "cpu":
             # layers spread over the visible devices (pipeline style); inputs go to the first one
-            model = AutoModelForCausalLM.from_pretrained(path, device_map="auto", **kwargs)
+            model = auto.from_pretrained(path, device_map="auto", **kwargs)
             device = model.get_input_embeddings().weight.device
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device)
+            model = auto.from_pretrained(path, **kwargs).to(device)
         self.model = model.eval()
         config = model.config.get_text_config(decoder=True) if hasattr(model.config, "get_text_config") \
             else model.config
@@ -402,8 +426,21 @@ class TransformersBackend(Backend):
             raise OpenAIError(f"the chat template rejected these messages: {exc}", param="messages") from exc
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
+    async def _vision_prompt(self, body: dict[str, Any]) -> tuple[list[int], dict[str, Any]]:
+        """The prompt ids of a chat with images, and the processor's image inputs for the prefill."""
+        messages, images = await _images.read_images(body, fetch=self.args.fetch_image_urls)
+        processor = self.processor
+        try:
+            text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                                 **dict(body.get("chat_template_kwargs") or {}))
+            inputs = await asyncio.to_thread(processor, text=text, images=images, return_tensors="pt")
+        except Exception as exc:  # the template or processor refused: image count, roles...
+            raise OpenAIError(f"the model's processor rejected these messages: {exc}", param="messages") from exc
+        media = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        return inputs["input_ids"][0].tolist(), media
+
     def _submit(self, rid: str, prompts: list[list[int]], n: int, body: dict[str, Any],
-                prompt_param: str, features: feat.Features) -> GenerationRequest:
+                prompt_param: str, features: feat.Features, media: dict[str, Any] | None = None) -> GenerationRequest:
         scheduler = self._ready()
         longest = max(len(p) for p in prompts)
         if any(not p for p in prompts):
@@ -420,7 +457,7 @@ class TransformersBackend(Backend):
         adapter = model if model != self.args.served_model_name else None
         request.sequences = [
             Sequence(request, i * n + j, prompt, params, self.tokenizer, scheduler.device,
-                     min_tokens=min_tokens or 0, adapter=adapter)
+                     min_tokens=min_tokens or 0, adapter=adapter, media=media)
             for i, prompt in enumerate(prompts) for j in range(n)
         ]
         assert self.grammars is not None
@@ -434,9 +471,13 @@ class TransformersBackend(Backend):
         n = oai.choices_n(body)
         features = feat.chat_features(body, getattr(self.tokenizer, "chat_template", None),
                                       self.args.tool_call_parser)
-        prompt = self._chat_prompt(body, features)
+        media = None
+        if self.processor is not None and _images.has_images(body):
+            prompt, media = await self._vision_prompt(body)
+        else:
+            prompt = self._chat_prompt(body, features)
         rid, created = oai.new_id("chatcmpl"), oai.now()
-        request = self._submit(rid, [prompt], n, body, "messages", features)
+        request = self._submit(rid, [prompt], n, body, "messages", features, media)
         model = self.args.served_model_name
         assert self.logprobs is not None
         if not body.get("stream"):

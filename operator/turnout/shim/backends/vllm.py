@@ -40,6 +40,7 @@ class VllmBackend(ProxyBackend):
     engine: ClassVar[str] = "vllm"
     python_env: ClassVar[str] = "TURNOUT_VLLM_PYTHON"
     health_path: ClassVar[str] = "/health"
+    serves_responses: ClassVar[bool] = True
     reserved_flags: ClassVar[tuple[str, ...]] = (
         "host", "port", "model", "served-model-name", "tensor-parallel-size", "runner",
         "pipeline-parallel-size", "nnodes", "node-rank", "master-addr", "master-port", "headless",
@@ -69,7 +70,8 @@ class VllmBackend(ProxyBackend):
             cmd += ["--pipeline-parallel-size", str(a.pipeline_parallel_size)]
         if a.model_type in ("embedding", "rerank"):
             cmd += ["--runner", "pooling"]
-        return cmd + tool_flags(a) + lora_flags(a) + engine_flags(a.engine_args, reserved=self.reserved_flags, negate_false=True)
+        return cmd + tool_flags(a) + lora_flags(a) + engine_flags(a.engine_args, reserved=self.reserved_flags,
+                                                                  negate_false=True)
 
     def _multi_node(self, port: int) -> list[str]:
         a = self.args

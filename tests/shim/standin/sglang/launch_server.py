@@ -12,6 +12,8 @@ any other ``--flag [value]``) and serves what the shim relies on:
   (streamed and not; SSE chunks as SGLang writes them: compact JSON with
   ``"usage":null``, a first chunk carrying the role, a usage-only chunk
   when ``stream_options.include_usage``, then ``data: [DONE]``);
+* ``POST /v1/responses`` (SGLang serves the Responses API): a ``response`` object, or streamed its
+  events (``event: <type>`` lines, ``response.created`` ... ``response.completed``, no ``[DONE]``);
 * ``POST /v1/embeddings`` and ``POST /v1/rerank`` (SGLang's list answer)
   with ``--is-embedding``;
 * errors as SGLang writes them: ``{"object": "error", "message", "type",
@@ -197,6 +199,46 @@ class Engine:
             self._stream(cid, created, chat, tokens, finish, n, delay, include_usage, usage, midstream_error),
             media_type="text/event-stream")
 
+    async def responses(self, request: Request) -> Response:
+        body = await self._body(request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body.get("input"), (str, list)):
+            return error("input is required", 400)
+        words = [f"w{i} " for i in range(int(body.get("max_output_tokens") or 4))]
+        rid, mid = "resp_" + uuid.uuid4().hex, "msg_" + uuid.uuid4().hex
+        part = {"type": "output_text", "text": "".join(words), "annotations": [], "logprobs": None}
+        item = {"id": mid, "type": "message", "role": "assistant", "status": "completed", "content": [part]}
+        usage = {"input_tokens": 3, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": len(words),
+                 "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 3 + len(words)}
+        done = {"id": rid, "object": "response", "created_at": int(time.time()), "model": self.name,
+                "status": "completed", "output": [item], "parallel_tool_calls": True, "tool_choice": "auto",
+                "tools": [], "usage": usage}
+        if not body.get("stream"):
+            return JSONResponse(done)
+        start = {**done, "status": "in_progress", "output": [], "usage": None}
+        events: list[dict[str, Any]] = [
+            {"type": "response.created", "response": start},
+            {"type": "response.output_item.added", "output_index": 0,
+             "item": {**item, "status": "in_progress", "content": []}},
+            {"type": "response.content_part.added", "item_id": mid, "output_index": 0, "content_index": 0,
+             "part": {**part, "text": ""}},
+            *({"type": "response.output_text.delta", "item_id": mid, "output_index": 0, "content_index": 0,
+               "delta": w, "logprobs": []} for w in words),
+            {"type": "response.output_text.done", "item_id": mid, "output_index": 0, "content_index": 0,
+             "text": part["text"], "logprobs": []},
+            {"type": "response.content_part.done", "item_id": mid, "output_index": 0, "content_index": 0,
+             "part": part},
+            {"type": "response.output_item.done", "output_index": 0, "item": item},
+            {"type": "response.completed", "response": done},
+        ]
+
+        async def stream():
+            for seq, event in enumerate(events):
+                yield f"event: {event['type']}\ndata: " + dumps({**event, "sequence_number": seq}) + "\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
     async def _stream(self, cid: str, created: int, chat: bool, tokens: list[str], finish: str, n: int,
                       delay: float, include_usage: bool, usage: dict[str, int], midstream_error: bool):
         obj = "chat.completion.chunk" if chat else "text_completion"
@@ -293,6 +335,7 @@ def main() -> None:
         Route("/v1/models", engine.models),
         Route("/v1/chat/completions", engine.chat, methods=["POST"]),
         Route("/v1/completions", engine.completions, methods=["POST"]),
+        Route("/v1/responses", engine.responses, methods=["POST"]),
         Route("/v1/embeddings", engine.embeddings, methods=["POST"]),
         Route("/v1/rerank", engine.rerank, methods=["POST"]),
         Route("/load_lora_adapter", engine.load_lora, methods=["POST"]),
