@@ -25,6 +25,8 @@ def shims(tmp_path_factory: pytest.TempPathFactory, free_port_factory: Callable[
 
     def get(engine: str, model: str | None = None, served: str = SERVED, **kw: Any) -> RunningShim:
         key = f"{engine}:{served}"
+        if engine == "llama.cpp":  # room for a forced tool call (conformance_features.ROOM) after the prompt
+            kw["engine_args"] = {"n_ctx": 2048, **kw.get("engine_args", {})}
         if key not in started:
             if model is None:
                 model = {"transformers": str(tiny_model.hf_dir), "llama.cpp": str(tiny_model.gguf_path)}.get(
