@@ -271,9 +271,9 @@ def build_registry(
         controller.nodes_changed()
 
     @kopf.on.event(*md_resource, id="turnout_md_events", registry=registry)
-    async def _md_event(type: str, namespace: str, name: str, uid: str, **_: Any) -> None:
+    async def _md_event(type: str, body: kopf.Body, namespace: str, name: str, uid: str, **_: Any) -> None:
         if keys is not None:
-            keys.poke()
+            keys.poke(body)
         if type == "DELETED":
             diffbase.forget(uid)
             controller.forget(namespace, name, uid)
