@@ -13,8 +13,11 @@ POSTs N ModelDeployments (64 at a time) and the emulator stamps, on its own
 event loop, when each one is created, when its Deployment and Service appear
 and when its status first has a phase. Beside it, fresh emulators take N bare
 creates of the same objects with no operator (the fastest of 3; their CPU
-time too): the floor a controller's writes are compared with. Writes are counted from the emulator's
-request log.
+time too): the floor a controller's writes are compared with. The **fair baseline** beside it: the same N
+ModelDeployments plus the Deployment and Service the operator rendered for them (taken from the run, without
+owner references), written by a plain client on fresh emulators — a POST and two server-side applies per
+deployment, 64 deployments at a time, fastest of 3 — what a user who serves the models by hand writes.
+Writes are counted from the emulator's request log.
 
 **Real cluster** (``--kubeconfig``/``--real``): the same measurement against
 the cluster's API server. It installs the CRD from ``crds/`` if the cluster
@@ -26,7 +29,9 @@ be tainted unreachable by the node lifecycle controller and attract pods that
 never run. The ModelDeployments ask for ``replicas: 0``, so the Deployments it
 creates start no pods and pull no images (the operator's writes are the same).
 Bare creates of the same N objects go to the second namespace before the
-operator starts (it watches only the first, ``-n``). A canary
+operator starts (it watches only the first, ``-n``); the fair baseline (the
+same objects plus the rendered Deployment and Service, server-side applied)
+goes to a third after the run. A canary
 ModelDeployment proves the operator is watching before the clock starts. The
 stamps come from watches (list, then watch from its resourceVersion; on
 410 Gone, list again), taken when the events reach the driver. Writes are
@@ -190,6 +195,66 @@ async def bare_create(n: int) -> float:
         return await create_all(session, str(api.url), n)
 
 
+#: What a hand-written copy of a rendered child keeps: the API server and the operator fill in the rest.
+_KEPT_META = ("name", "namespace", "labels", "annotations")
+
+
+def child_templates(children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Deployment and Service the operator rendered for ``md-00000``, as a user would write them by hand:
+    no status, no server fields, no ownerReferences (a hand-written object has no owner)."""
+    out = []
+    for obj in children:
+        meta = {k: v for k, v in obj["metadata"].items() if k in _KEPT_META}
+        out.append({"apiVersion": obj.get("apiVersion") or ("apps/v1" if "template" in obj["spec"] else "v1"),
+                    "kind": obj.get("kind") or ("Deployment" if "template" in obj["spec"] else "Service"),
+                    "metadata": meta, "spec": obj["spec"]})
+    return out
+
+
+def child_for(template: dict[str, Any], i: int, namespace: str) -> dict[str, Any]:
+    """``template`` (rendered for md-00000) for ModelDeployment ``i`` in ``namespace``."""
+    obj: dict[str, Any] = json.loads(json.dumps(template).replace("md-00000", f"md-{i:05d}"))
+    obj["metadata"]["namespace"] = namespace
+    if obj["kind"] == "Service":
+        obj["spec"].pop("clusterIP", None)
+        obj["spec"].pop("clusterIPs", None)
+    return obj
+
+
+def child_path(obj: dict[str, Any]) -> str:
+    group = "/api/v1" if obj["apiVersion"] == "v1" else f"/apis/{obj['apiVersion']}"
+    plural = "services" if obj["kind"] == "Service" else "deployments"
+    return f"{group}/namespaces/{obj['metadata']['namespace']}/{plural}/{obj['metadata']['name']}"
+
+
+APPLY = {"Content-Type": "application/apply-patch+yaml"}
+APPLY_PARAMS = {"fieldManager": "bench-user", "force": "true"}
+
+
+async def fair_create(n: int, templates: list[dict[str, Any]]) -> float:
+    """The fair baseline on a fresh emulator: for each of n deployments what a user who serves a model without
+    the operator writes, with a plain client — the ModelDeployment (POST) and the Deployment and Service the
+    operator renders (server-side apply, as ``kubectl apply --server-side``): 3 writes each."""
+    async with TimedKube() as api, kmock.Server(api), aiohttp.ClientSession() as session:
+        await _prepare(api)
+        url = str(api.url).rstrip("/")
+        endpoint = f"{url}{MD_PATH}/namespaces/{NS}/modeldeployments"
+
+        async def post(i: int) -> tuple[int, float | None, str]:
+            async with session.post(endpoint, json=md(i)) as r:
+                if r.status not in (200, 201):
+                    return r.status, None, await r.text()
+            for template in templates:
+                child = child_for(template, i, NS)
+                async with session.patch(f"{url}{child_path(child)}", data=json.dumps(child), headers=APPLY,
+                                         params=APPLY_PARAMS) as r:
+                    if r.status not in (200, 201):
+                        return r.status, None, await r.text()
+            return 201, None, ""
+
+        return await create_each(n, post)
+
+
 def kubeconfig(url: str, tmp: Path) -> Path:
     path = tmp / "kubeconfig"
     path.write_text(yaml.safe_dump({
@@ -272,7 +337,9 @@ async def operator_run(n: int, timeout: float, logdir: Path) -> dict[str, Any]:
                     reads[key] = reads.get(key, 0) + 1
             writes["modeldeployments"] = writes.get("modeldeployments", 0) - n  # the driver's own creates
             operator_writes = sum(writes.values())
+            rendered = [api.get(DEPLOYMENTS, NS, "md-00000"), api.get(SERVICES, NS, "md-00000")]
             return {
+                "_templates": child_templates([c for c in rendered if c]),
                 "n": n, "api": "emulator", "operator_ready_s": rnd(ready_s, 2), "create_s": rnd(create_s, 3),
                 **figures,
                 "writes_per_deployment": rnd(operator_writes / n, 2), "writes_by_resource": writes,
@@ -322,6 +389,28 @@ class Cluster:
         async def post(i: int) -> tuple[int, float | None, str]:
             try:
                 await self.client.request("POST", path, body=md(i, namespace, replicas))
+            except TransientApiError as exc:
+                return exc.status, exc.retry_after, exc.message
+            except ApiError as exc:
+                return exc.status, None, exc.message
+            return 201, None, ""
+
+        return await create_each(n, post)
+
+    async def fair_create_all(self, n: int, *, namespace: str, templates: list[dict[str, Any]]) -> float:
+        """The fair baseline on the real API server: each ModelDeployment (POST) and its rendered Deployment
+        and Service (server-side apply), with the project's client (see :func:`fair_create`)."""
+        from turnout.kube import ApiError, TransientApiError
+
+        path = f"{MD_PATH}/namespaces/{namespace}/modeldeployments"
+
+        async def post(i: int) -> tuple[int, float | None, str]:
+            try:
+                await self.client.request("POST", path, body=md(i, namespace, 0))
+                for template in templates:
+                    child = child_for(template, i, namespace)
+                    await self.client.request("PATCH", child_path(child), body=child, params=APPLY_PARAMS,
+                                              content_type=APPLY["Content-Type"])
             except TransientApiError as exc:
                 return exc.status, exc.retry_after, exc.message
             except ApiError as exc:
@@ -433,7 +522,8 @@ async def _cleanup(cluster: Cluster, namespaces: list[str], crd_ours: bool) -> l
 async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -> dict[str, Any]:
     """The measurement against the cluster in ``kubeconfig_path`` (see the module docstring)."""
     run_id = uuid.uuid4().hex[:6]
-    ns, bare_ns = f"turnout-bench-{run_id}", f"turnout-bench-bare-{run_id}"
+    ns, bare_ns, fair_ns = (f"turnout-bench-{run_id}", f"turnout-bench-bare-{run_id}",
+                            f"turnout-bench-fair-{run_id}")
     async with Cluster(kubeconfig_path) as cluster:
         assert cluster.session is not None
         nodes = (await cluster.call("GET", "/api/v1/nodes")).get("items") or []
@@ -445,7 +535,7 @@ async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         try:
-            for name in (ns, bare_ns):
+            for name in (ns, bare_ns, fair_ns):
                 await cluster.call("POST", "/api/v1/namespaces", {"metadata": {"name": name, "labels": {
                     "app.kubernetes.io/created-by": "turnout-bench"}}})
                 created_ns.append(name)
@@ -492,6 +582,9 @@ async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -
             after = await _metrics(cluster.session, port)
             counted = {k: int(after.get(k, 0) - before.get(k, 0)) for k in sorted(set(after) | set(before))}
             kopf_patches = max(0, sum(stamps.md_modified.values()) - modified0 - counted.get("status", 0))
+            rendered = [await cluster.call("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/md-00000"),
+                        await cluster.call("GET", f"/api/v1/namespaces/{ns}/services/md-00000")]
+            fair_s = await cluster.fair_create_all(n, namespace=fair_ns, templates=child_templates(rendered))
             writes = {"deployments+services (apply)": counted.get("apply", 0),
                       "modeldeployments/status": counted.get("status", 0), "events": counted.get("event", 0),
                       "modeldeployments (kopf, from the watch)": kopf_patches}
@@ -500,6 +593,7 @@ async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -
                 "crd_preexisting": not crd_ours, "operator_ready_s": rnd(ready_s, 2), "create_s": rnd(create_s, 3),
                 **figures, "bare_create_s": rnd(bare_s, 3),
                 "ratio_to_bare": rnd((max(done) - t0) / bare_s, 2) if bare_s else None,
+                "fair_create_s": rnd(fair_s, 3), "ratio_to_fair": rnd((max(done) - t0) / fair_s, 2) if fair_s else None,
                 "writes_per_deployment": rnd(sum(writes.values()) / n, 2), "writes_by_resource": writes,
                 "operator_cpu_s": rnd(cpu_op, 2), "api_and_driver_cpu_s": None,
                 "operator_rss_idle_mib": rnd(idle_rss, 1), "operator_rss_peak_mib": rnd(peak, 1),
@@ -533,6 +627,16 @@ def _bare(n: int) -> tuple[float, float]:
     return min(walls), statistics.median(cpus)
 
 
+def _fair(n: int, templates: list[dict[str, Any]]) -> tuple[float, float]:
+    """The fair baseline (:func:`fair_create`) BARE_REPEATS times: the fastest wall time, the median CPU."""
+    walls, cpus = [], []
+    for _ in range(BARE_REPEATS):
+        cpu0 = cpu_seconds(os.getpid())
+        walls.append(asyncio.run(fair_create(n, templates)))
+        cpus.append(cpu_seconds(os.getpid()) - cpu0)
+    return min(walls), statistics.median(cpus)
+
+
 def run(quick: bool = False, *, sizes: list[int] | None = None, logdir: Path | None = None,
         kubeconfig: str | None = None) -> dict[str, Any]:
     """Rows for each N; against a real cluster when ``kubeconfig`` (or $TURNOUT_BENCH_KUBECONFIG) is given."""
@@ -555,6 +659,16 @@ def run(quick: bool = False, *, sizes: list[int] | None = None, logdir: Path | N
                     if bare_cpu else None
                 row["ratio_to_bare"] = rnd(row["all_done_s"] / row["bare_create_s"], 2) if row["bare_create_s"] \
                     else None
+                templates = row.pop("_templates")
+                if len(templates) != 2:
+                    raise RuntimeError("the operator rendered no Deployment and Service for md-00000")
+                fair_s, fair_cpu = _fair(n, templates)
+                # The fair baseline: the same N ModelDeployments plus the Deployment and Service the operator
+                # renders, written by a plain client (3 writes per deployment) on the same kind of API server.
+                row["fair_create_s"], row["fair_create_cpu_s"] = rnd(fair_s, 3), rnd(fair_cpu, 2)
+                row["ratio_to_fair"] = rnd(row["all_done_s"] / fair_s, 2) if fair_s else None
+                row["cpu_ratio_to_fair"] = rnd((row["operator_cpu_s"] + row["api_and_driver_cpu_s"]) / fair_cpu, 2) \
+                    if fair_cpu else None
         except Exception as exc:
             row = {"n": n, "error": f"{type(exc).__name__}: {exc}"[:2000]}
         rows.append(row)

@@ -55,7 +55,9 @@ async def test_real_cluster_mode_measures_and_cleans_up(tmp_path, monkeypatch):
     assert not api.store.get(MDS) and not api.store.get(("apps", "v1", "deployments"))
     creates = [r for r in api.requests if str(r.method.value).upper() == "POST" and r.resource is not None
                and r.resource.plural == "modeldeployments"]
-    assert len(creates) == 2 * 6 + 1 + 2  # bare, measured, the canary, and the two answered 429
+    assert row["fair_create_s"] > 0 and row["ratio_to_fair"] > 0
+    # bare, measured, the fair baseline's, the canary, and the two answered 429
+    assert len(creates) == 3 * 6 + 1 + 2
     assert {r.params.get("watch") for r in api.requests if r.resource is not None
             and r.resource.plural == "modeldeployments" and r.namespace and r.namespace.startswith("turnout-bench-")
             and str(r.method.value).upper() == "GET"} >= {"true"}  # measured with watches

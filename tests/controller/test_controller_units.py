@@ -378,3 +378,44 @@ def test_lean_diff_base_is_kopfs_essence_without_copying_managed_fields():
     assert ours == kopfs
     assert ours == {"spec": {"model": {"name": "qwen2.5-instruct"}, "replicas": 2},
                     "metadata": {"labels": {"team": "x"}, "annotations": {"note": "kept"}}}
+
+
+def test_memory_diff_base_writes_nothing_and_resumes_what_the_status_says_was_handled():
+    import kopf
+
+    from turnout.controller.handlers import DIFFBASE_ANNOTATION, MemoryDiffBaseStorage
+
+    def body(generation, observed=None, annotation=None):
+        meta = {"name": "a", "uid": "u", "generation": generation}
+        if annotation is not None:
+            meta["annotations"] = {DIFFBASE_ANNOTATION: annotation}
+        return kopf.Body({"metadata": meta, "spec": {"replicas": generation},
+                          **({"status": {"observedGeneration": observed}} if observed else {})})
+
+    storage = MemoryDiffBaseStorage(prefix="turnout.dev", key=DIFFBASE_ANNOTATION.split("/", 1)[1])
+    assert storage.fetch(body=body(1)) is None  # new: kopf creates
+    assert storage.fetch(body=body(2, observed=2)) == {"spec": {"replicas": 2}}  # handled before a restart
+    assert storage.fetch(body=body(2, observed=1, annotation='{"spec": {"replicas": 1}}')) == \
+        {"spec": {"replicas": 1}}  # an older operator's annotation: an update against it
+    patch = kopf.Patch()
+    storage.store(body=body(1), patch=patch, essence={"spec": {"replicas": 1}})
+    assert dict(patch) == {}
+    assert storage.fetch(body=body(2, observed=2)) == {"spec": {"replicas": 1}}  # memory first
+    storage.forget("u")
+    assert storage.fetch(body=body(1)) is None
+
+
+def test_progress_storage_sends_no_patch_for_a_handler_that_succeeded_at_once():
+    import kopf
+
+    from turnout.controller.handlers import LeanProgressStorage
+
+    storage = LeanProgressStorage(prefix="turnout.dev")
+    b, patch = kopf.Body({"metadata": {"name": "a", "uid": "u"}}), kopf.Patch()
+    storage.store(key="create", record={"started": "t", "success": True}, body=b, patch=patch)
+    assert patch["metadata"]["annotations"]
+    storage.purge(key="create", body=b, patch=patch)
+    assert dict(patch) == {}
+    retried = kopf.Patch()
+    storage.store(key="create", record={"started": "t", "retries": 1}, body=b, patch=retried)
+    assert "turnout.dev/kopf-managed" in retried["metadata"]["annotations"]

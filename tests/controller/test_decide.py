@@ -102,7 +102,7 @@ def test_a_placed_deployment_whose_new_spec_is_rejected_keeps_serving_its_previo
     assert reasons(d.after_status) == ["Rejected", "ServingPreviousPlan"]
 
 
-def test_a_first_placement_applies_every_child_and_says_the_rollout_inside_engine_selected():
+def test_a_first_placement_applies_every_child_and_posts_no_event():
     d = decide(observed())
     assert d.result == "planned"
     assert [(c.kind, c.name) for c in d.apply] == [
@@ -113,9 +113,10 @@ def test_a_first_placement_applies_every_child_and_says_the_rollout_inside_engin
         assert child.spec_hash and child.spec_hash == child.body["metadata"]["labels"][SPEC_HASH_LABEL]
     assert d.status.phase == "Deploying" and d.status.endpoint == "http://m.ns.svc:8000/v1"
     want = d.apply[-1].spec_hash
-    assert d.before_status == () and reasons(d.after_status) == ["EngineSelected"]
-    assert d.after_status[0].message.startswith("llama.cpp on cpu (")
-    assert d.after_status[0].message.endswith(f"; rolling out m (spec-hash {want})")
+    # The choice and the rollout are in the status: a new deployment's steady path writes no Event.
+    assert d.before_status == () and d.after_status == ()
+    assert cond(d.status, "Resolved").reason == "EngineSelected"
+    assert cond(d.status, "Resolved").message and want
     # When the status is not written after all (the object is gone), the rollout is said alone.
     assert reasons(d.unwritten) == ["RolloutStarted"]
 
@@ -173,10 +174,9 @@ def test_a_refused_child_fails_the_object_with_apply_failed_and_prunes_nothing()
     message = "the API server refused Service m: admission webhook denied the request"
     assert cond(failed.status, "Progressing").reason == cond(failed.status, "Degraded").reason == "ApplyFailed"
     assert cond(failed.status, "Degraded").message == message
+    # The first choice is in the status (no Event of its own); the failure is a warning.
     assert failed.before_status == () and failed.after_status == (
-        Event("Normal", "EngineSelected", failed.after_status[0].message), Event("Warning", "Degraded",
-                                                                                 f"ApplyFailed: {message}"))
-    assert "rolling out" not in failed.after_status[0].message  # the Deployment was never applied
+        Event("Warning", "Degraded", f"ApplyFailed: {message}"),)
 
 
 def test_a_world_change_before_the_update_handler_ran_is_skipped():

@@ -109,8 +109,7 @@ async def test_recorded_api_use_equals_the_declared_rbac(fake, operator_run):
                         and fake.get(DEPLOYMENTS, NS, "qwen-gguf-old") is None
                         and fake.get(INFERENCE_POOLS, NS, "qwen-gguf-old") is None)
     await fake.wait_for(lambda: (fake.get(MDS, NS, "qwen-gguf").get("status") or {}).get("phase") == "Ready")
-    await fake.wait_for(lambda: "turnout.dev/last-handled-configuration"
-                        in (fake.get(MDS, NS, "qwen-gguf")["metadata"].get("annotations") or {}))
+    await fake.wait_for(lambda: fake.get(MDS, NS, "qwen-gguf")["status"].get("observedGeneration") == 1)
     # A multi-node plan: a LeaderWorkerSet applied, then pruned when the model fits one node.
     for name in ("hgx-h100-1", "hgx-h100-2"):
         await fake.put_object(NODES, h100_node(name))

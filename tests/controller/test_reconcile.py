@@ -57,18 +57,18 @@ async def test_create_applies_children_with_owner_references_and_reports_status(
     ready = await fake.wait_for(lambda: (o := fake.get(MDS, NS, "qwen-gguf"))["status"]["phase"] == "Ready" and o)
     assert ready["status"]["readyReplicas"] == 1
     assert cond(ready, "Available")["status"] == "True"
-    selected = await fake.wait_for(
-        lambda: [e for e in events_of(fake, "qwen-gguf") if e["reason"] == "EngineSelected"],
-        what="an EngineSelected event",
-    )
-    # At creation the first rollout is said in EngineSelected, not in an Event of its own (5 writes, not 6).
-    assert len(selected) == 1
-    assert selected[0]["message"].startswith("llama.cpp on cpu (")
-    assert f"rolling out qwen-gguf (spec-hash {dep['metadata']['labels']['turnout.dev/spec-hash']})" \
-        in selected[0]["message"]
-    assert "RolloutStarted" not in {e["reason"] for e in events_of(fake, "qwen-gguf")}
-    # kopf's diff-base annotation (a copy of the spec) is on the object but not in the controller's index copy.
-    await fake.wait_for(lambda: DIFFBASE_ANNOTATION in (_md(fake, "qwen-gguf")["metadata"].get("annotations") or {}))
+    # A new deployment's steady path: two applies and one status write; no Event (the choice is in the status),
+    # and no kopf annotation (its diff-base is kept in memory).
+    await fake.wait_for(lambda: cond(_md(fake, "qwen-gguf"), "Available")["status"] == "True")
+    assert [e["reason"] for e in events_of(fake, "qwen-gguf")] == []
+    assert cond(ready, "Resolved")["reason"] == "EngineSelected"
+    assert cond(ready, "Resolved")["message"]
+    assert DIFFBASE_ANNOTATION not in (_md(fake, "qwen-gguf")["metadata"].get("annotations") or {})
+    # Every write the operator sent: the two applies, the status at Deploying and at Ready.
+    own = sorted((str(r.method.value).upper(), r.resource.plural, r.subresource or "") for r in writes(fake)
+                 if r.resource is not None)
+    assert own == [("PATCH", "deployments", ""), ("PATCH", "modeldeployments", "status"),
+                   ("PATCH", "modeldeployments", "status"), ("PATCH", "services", "")]
     await fake.wait_for(lambda: operator_run.controller._values(IDX_MDS, (NS, "qwen-gguf")))
     copy = operator_run.controller._values(IDX_MDS, (NS, "qwen-gguf"))[0]
     assert DIFFBASE_ANNOTATION not in (copy["metadata"].get("annotations") or {})
@@ -167,9 +167,9 @@ async def test_spec_update_rolls_out_a_new_template(fake, operator_run):
     deploying = await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Deploying" and _md(fake, "qwen-gguf"))
     assert cond(deploying, "Progressing")["status"] == "True"
     assert cond(deploying, "Available")["status"] == "True"  # the old pod still serves
-    # The first rollout was said in EngineSelected; a new template of the same engine is a RolloutStarted.
+    # The first rollout is in the status; a new template of the same engine is a RolloutStarted.
     reasons = [e["reason"] for e in events_of(fake, "qwen-gguf")]
-    assert reasons.count("RolloutStarted") == 1 and reasons.count("EngineSelected") == 1
+    assert reasons == ["RolloutStarted"]
     await mark_rollout(fake, "qwen-gguf", ready=1)
     await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Ready")
     await operator_run.stop()
@@ -248,9 +248,8 @@ async def test_restarted_operator_writes_nothing(fake, operator_run):
         await mark_rollout(fake, name, ready=1)
     await fake.wait_for(lambda: _phase(fake, "one") == "Ready" and _phase(fake, "two") == "Deploying"
                         and _phase(fake, "qwen-awq") == "Failed")
-    # kopf writes its last-handled-configuration annotation once per object after handling.
-    await fake.wait_for(lambda: all("turnout.dev/last-handled-configuration" in
-                                    (_md(fake, n)["metadata"].get("annotations") or {})
+    # Each object's status says which generation was handled (kopf writes no annotation).
+    await fake.wait_for(lambda: all((_md(fake, n).get("status") or {}).get("observedGeneration") == 1
                                     for n in ("one", "two", "qwen-awq")))
     await operator_run.stop()
 
@@ -391,8 +390,7 @@ async def test_a_spec_changed_while_the_operator_was_down_rolls_out_on_start(fak
     await operator_run.start()
     await fake.put_object(MDS, gguf_md())
     await fake.wait_for(lambda: _phase(fake, "qwen-gguf") == "Deploying")
-    await fake.wait_for(lambda: "turnout.dev/last-handled-configuration"
-                        in (_md(fake, "qwen-gguf")["metadata"].get("annotations") or {}))
+    await fake.wait_for(lambda: _md(fake, "qwen-gguf")["status"].get("observedGeneration") == 1)
     old = fake.get(DEPLOYMENTS, NS, "qwen-gguf")["metadata"]["labels"]["turnout.dev/spec-hash"]
     await operator_run.stop()
 

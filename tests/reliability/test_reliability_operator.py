@@ -90,6 +90,8 @@ async def test_no_secret_value_reaches_status_events_its_log_or_any_object_it_wr
     await fake.put_object(MDS, md)
     dep = await fake.wait_for(lambda: fake.get(DEPLOYMENTS, NS, "keyed"), what="the Deployment")
     await fake.wait_for(lambda: (fake.get(MDS, NS, "keyed").get("status") or {}).get("phase") == "Deploying")
+    # A new deployment posts no Event; a new template does (RolloutStarted), so Events are covered too.
+    await fake.modify(MDS, (NS, "keyed"), lambda o: {**o, "spec": {**o["spec"], "servedModelName": "keyed-2"}})
     await fake.wait_for(lambda: events_of(fake, "keyed"), what="an Event")
     keys = await fake.wait_for(lambda: fake.get(SECRETS, NS, GATEWAY_KEYS_SECRET), what="the published digests")
     await operator_run.stop()

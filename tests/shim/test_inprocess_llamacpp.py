@@ -494,6 +494,23 @@ def test_device_offloads_layers(tiny_model: Any) -> None:
     assert ngl.n_gpu_layers == 10
 
 
+def test_cpu_threads_leave_the_event_loop_a_core_unless_set(tiny_model: Any) -> None:
+    from turnout.shim.cpus import usable_cpus
+
+    p = LlamaCppBackend(_args(tiny_model.gguf_path)).params()
+    assert p.cpuparams.n_threads == p.cpuparams_batch.n_threads == max(1, usable_cpus() - 1)
+    p = LlamaCppBackend(_args(tiny_model.gguf_path, engine_args={"threads": 3})).params()
+    assert p.cpuparams.n_threads == 3
+    gpu = LlamaCppBackend(_args(tiny_model.gguf_path, device="cuda")).params()
+    assert gpu.cpuparams.n_threads == xllamacpp_default_threads()
+
+
+def xllamacpp_default_threads() -> int:
+    import xllamacpp
+
+    return xllamacpp.CommonParams().cpuparams.n_threads
+
+
 def test_find_gguf_picks_by_quantization(tmp_path: Path) -> None:
     for name in ("m-Q4_K_M.gguf", "m-Q8_0.gguf", "mmproj-m-f16.gguf"):
         (tmp_path / name).write_bytes(b"")

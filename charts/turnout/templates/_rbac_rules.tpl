@@ -73,7 +73,7 @@
   resources: ["leaderworkersets"]
   verbs: ["create", "delete", "list", "patch", "watch"]
 # watch ModelDeployments (kopf)
-# kopf's last-handled-configuration and progress annotations
+# kopf's progress annotations of a retried handler
 - apiGroups: ["turnout.dev"]
   resources: ["modeldeployments"]
   verbs: ["list", "patch", "watch"]

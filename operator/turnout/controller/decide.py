@@ -520,7 +520,11 @@ def transition_events(prev: ModelDeploymentStatus | None, new: ModelDeploymentSt
     events = []
     old_res, new_res = st.condition(prev, "Resolved"), st.condition(new, "Resolved")
     if new_res is not None and new_res.status == "True":
-        if selects_engine(prev, new):
+        # A new deployment's first choice is in its status (engine, accelerator, image, the Resolved message)
+        # and needs no Event: the steady path of a new deployment is its applies and one status write. A
+        # choice that changes the one in force, or ends a rejection, is said.
+        first = prev is None or (prev.engine is None and (old_res is None or old_res.status != "False"))
+        if selects_engine(prev, new) and not first:
             message = f"{new.engine} on {new.accelerator} ({new.image}): {new_res.message}"
             if rollout:
                 message += f"; {rollout}"

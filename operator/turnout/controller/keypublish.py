@@ -82,8 +82,14 @@ class KeyPublisher:
         self._problems: dict[tuple[str, str], str] = {}  # (namespace, name) -> the problem last posted
         self._poked = asyncio.Event()
 
-    def poke(self) -> None:
-        """A ModelDeployment changed: publish again now."""
+    def poke(self, md: Mapping[str, Any] | None = None) -> None:
+        """A ModelDeployment changed: publish again now, if it names a key or had a digest published (a
+        deployment that does neither changes nothing here: a burst of them costs no pass over all)."""
+        if md is not None:
+            meta = md.get("metadata") or {}
+            named = isinstance((md.get("spec") or {}).get("apiKeySecretRef"), dict)
+            if not named and meta.get("name") not in self._published.get(meta.get("namespace") or "", {}):
+                return
         self._poked.set()
 
     async def run(self) -> None:

@@ -32,7 +32,9 @@ def _applied(group: str, plural: str, one: str, *, follow: str, apply: str, prun
 
 RULES: tuple[Rule, ...] = (
     Rule(GROUP, PLURAL, ("list", "watch"), "watch ModelDeployments (kopf)"),
-    Rule(GROUP, PLURAL, ("patch",), "kopf's last-handled-configuration and progress annotations"),
+    # kopf keeps its diff-base in the operator's memory (no write per handled change); a handler that is
+    # retried (the API server unavailable) records its progress in annotations.
+    Rule(GROUP, PLURAL, ("patch",), "kopf's progress annotations of a retried handler", observed=False),
     Rule(GROUP, f"{PLURAL}/status", ("patch",), "write status (phase, conditions, engine, endpoint)"),
     Rule(
         GROUP,

@@ -43,10 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from turnout.shim import structured
@@ -56,6 +53,7 @@ from turnout.shim.backends import _openai as oai
 from turnout.shim.backends._batching import GenerationRequest, Scheduler, Sequence
 from turnout.shim.backends._peft import PeftAdapters
 from turnout.shim.backends.base import Backend, Health, State, Stream
+from turnout.shim.cpus import usable_cpus
 from turnout.shimargs import ShimArgs
 from turnout.wire.errors import OpenAIError
 from turnout.wire.sse import Usage
@@ -77,54 +75,6 @@ def check_engine_args(engine_args: dict[str, Any], allowed: frozenset[str], engi
     if unknown:
         raise ValueError(f"unknown engine args for {engine}: {', '.join(unknown)}; "
                          f"known: {', '.join(sorted(allowed))}")
-
-
-def _cgroup_cpus(root: Path, proc_cgroup: str) -> float | None:
-    """The CPU quota (in CPUs) of this process's cgroup, v2 or v1, or None when unlimited."""
-    paths: list[tuple[Path, Path | None]] = []
-    for line in proc_cgroup.splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        rel = path.lstrip("/")
-        if hierarchy == "0" and not controllers:  # v2: cpu.max holds "<quota|max> <period>"
-            for base in dict.fromkeys((root / rel, root)):
-                paths.append((base / "cpu.max", None))
-        elif "cpu" in controllers.split(","):
-            for base in dict.fromkeys((root / "cpu" / rel, root / "cpu", root / "cpu,cpuacct")):
-                paths.append((base / "cpu.cfs_quota_us", base / "cpu.cfs_period_us"))
-    for quota_file, period_file in paths:
-        try:
-            if period_file is None:
-                quota, _, period = quota_file.read_text().partition(" ")
-            else:
-                quota, period = quota_file.read_text(), period_file.read_text()
-        except OSError:
-            continue
-        quota, period = quota.strip(), period.strip()
-        if quota in ("max", "-1") or not period:
-            return None
-        with contextlib.suppress(ValueError):
-            if int(quota) > 0 and int(period) > 0:
-                return int(quota) / int(period)
-    return None
-
-
-def usable_cpus(root: Path = Path("/sys/fs/cgroup"), proc_cgroup: str | None = None) -> int:
-    """CPUs this process may actually use: its affinity mask, capped by its cgroup's CPU quota
-    (a pod's CPU limit), rounded up; at least 1. ``os.cpu_count()`` counts the host's CPUs."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cpus = os.cpu_count() or 1
-    if proc_cgroup is None:
-        try:
-            proc_cgroup = Path("/proc/self/cgroup").read_text()
-        except OSError:
-            proc_cgroup = ""
-    quota = _cgroup_cpus(root, proc_cgroup)
-    if quota is not None:
-        cpus = min(cpus, math.ceil(quota))
-    return max(1, cpus)
 
 
 def torch_threads(engine_args: dict[str, Any]) -> int:
