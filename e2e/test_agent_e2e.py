@@ -354,3 +354,43 @@ def test_two_replicas_on_two_agents_sharing_this_host(agent_pair: dict[str, Any]
     poll(lambda: get_json("deployment", name, "-n", namespace) is None and
          get_json("service", name, "-n", namespace) is None, timeout=120, what="the Deployment and Service removed")
     assert all(_pid_gone(pgid) for pgid in pgids), "a model server outlived its pod"
+
+
+def test_an_api_server_restart_makes_the_agent_list_again_and_miss_no_pod(agents: dict[str, dict],
+                                                                           namespace: str) -> None:
+    """The API server restarted: the agent's pod watch resumes from a version the new server no longer has
+    (410 Gone), so it lists again in-process; a pod deleted and one created right after are both handled."""
+    import subprocess
+    import time
+
+    restart = os.environ.get("TURNOUT_E2E_RESTART_APISERVER")
+    if not restart:
+        pytest.skip("TURNOUT_E2E_RESTART_APISERVER (a command that restarts the API server) is not set")
+    cpu = agents["cpu"]
+    _apply(_sleeper("e2e-before-restart", cpu["name"]), namespace)
+    poll(lambda: condition(get_json("pod", "e2e-before-restart", "-n", namespace), "Ready").get("status") == "True",
+         timeout=120, what="e2e-before-restart running on the CPU agent")
+    subprocess.run(restart, shell=True, check=True, timeout=60)
+    time.sleep(3)
+    poll(lambda: kubectl("get", "--raw", "/readyz", check=False, timeout=10).strip() == "ok", timeout=300,
+         what="the API server ready again")
+    back = time.monotonic()
+    kubectl("delete", "pod", "e2e-before-restart", "-n", namespace, "--wait=false")
+    _apply(_sleeper("e2e-after-restart", cpu["name"]), namespace)
+    try:
+        poll(lambda: condition(get_json("pod", "e2e-after-restart", "-n", namespace), "Ready").get("status")
+             == "True", timeout=180, what="e2e-after-restart running on the CPU agent")
+        poll(lambda: get_json("pod", "e2e-before-restart", "-n", namespace) is None, timeout=180,
+             what="e2e-before-restart stopped and gone")
+        seconds = time.monotonic() - back
+        assert cpu["process"].poll() is None, "the agent exited instead of listing again"
+        assert "watch expired (410)" in cpu["log"].read_text()
+    finally:
+        kubectl("delete", "pod", "e2e-before-restart", "e2e-after-restart", "-n", namespace, "--ignore-not-found",
+                "--wait=false", check=False)
+    if out := os.environ.get("TURNOUT_E2E_RESULTS"):
+        path = Path(out)
+        known = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}
+        known["watch_410"] = {**known.get("watch_410", {}), "agent_relisted_in_process": True,
+                              "agent_pods_handled_after_ready_s": round(seconds, 1)}
+        path.write_text(json.dumps(known, indent=2) + "\n")

@@ -91,9 +91,12 @@ def _listed(base_url: str) -> set[str] | None:
 
 
 def _record(figures: dict[str, Any]) -> None:
-    """Figures under the keys docs/reliability.md's table reads (scripts/render-reliability.py)."""
+    """Figures under the keys docs/reliability.md's table reads (scripts/render-reliability.py), merged into
+    what other tiers recorded under the same key (the agent tier's ``watch_410``)."""
     if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-        record(Path(out), figures)
+        path = Path(out)
+        known = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}
+        record(path, {k: {**known.get(k, {}), **v} if isinstance(v, dict) else v for k, v in figures.items()})
 
 
 def _run(command: str) -> None:

@@ -90,6 +90,8 @@ def _failover(system: str, models: str, doc: dict[str, Any], name: str, *, force
     start = time.monotonic()
     kubectl("delete", "pod", leader, "-n", system, "--wait=false",
             *(["--grace-period=0", "--force"] if force else []))
+    if not force:  # a stopping leader works until it releases the Lease: the new deployment comes after that
+        poll(lambda: _holder(system) != leader, timeout=BOUND + 60, interval=0.2, what="the Lease released")
     _apply(models, doc, name)
     poll(lambda: _reconciled(models, name), timeout=BOUND + 60, interval=0.2, what=f"{name} reconciled")
     seconds = time.monotonic() - start

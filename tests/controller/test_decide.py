@@ -184,3 +184,39 @@ def test_a_world_change_before_the_update_handler_ran_is_skipped():
     d = decide(replace(later, generation=2, trigger="world"))
     assert (d.result, d.apply, d.status) == ("skipped", (), None)
     assert decide(replace(later, deleting=True)).result == "skipped"
+
+
+def _lost_pod() -> Any:
+    """A pod as the node lifecycle controller leaves it when its kubelet stops reporting (Ready False,
+    ContainersReady still True)."""
+    from turnout.controller.world import compact_pod
+
+    return compact_pod({"metadata": {"name": "m-1", "labels": {INSTANCE_LABEL: "m"}}, "spec": {"nodeName": "cpu-1"},
+                        "status": {"phase": "Running",
+                                   "conditions": [{"type": "Ready", "status": "False"},
+                                                  {"type": "ContainersReady", "status": "True"}],
+                                   "containerStatuses": [{"name": "model-server", "ready": True, "restartCount": 0,
+                                                          "state": {"running": {}}}]}})
+
+
+def test_the_node_of_a_placed_deployment_stops_reporting_it_keeps_the_plan_and_says_node_not_ready():
+    first, later = placed()
+    # The node is not ready: it leaves the resolver's view (no node left), the pod is marked not ready, and the
+    # Deployment controller counts it out.
+    down = seen(first.apply, replicas=1, readyReplicas=0, updatedReplicas=1)
+    gone = decide(replace(later, hardware=parse_nodes([]), pods=(_lost_pod(),), children=down, trigger="world",
+                          now="T3"))
+    assert (gone.apply, gone.prune) == ((), ())  # the children stay
+    assert gone.status.phase == "Degraded" and gone.status.engine == first.status.engine
+    degraded = cond(gone.status, "Degraded")
+    assert degraded.reason == "NodeNotReady" and "cpu-1" in degraded.message and "m-1" in degraded.message
+    assert cond(gone.status, "Available").status == "False"
+    # Said once: the next reconcile with the same world writes nothing.
+    again = decide(replace(later, hardware=parse_nodes([]), pods=(_lost_pod(),), children=down,
+                           previous=gone.status, trigger="world", now="T4"))
+    assert again.patch is None
+    # The node is back and the pod ready: Ready again, nothing applied.
+    back = decide(replace(later, previous=gone.status, trigger="world", now="T5"))
+    assert back.status.phase == "Ready" and back.apply == ()
+    # Without the lost-node signature, no node left is the plain wait for nodes.
+    assert decide(replace(later, hardware=parse_nodes([]), trigger="world")).status.phase == "Resolving"

@@ -217,9 +217,9 @@ def decide(observed: Observed, config: OperatorConfig | None = None, cache: Reso
         return _with_status(Decision("invalid"), o, desired)
 
     if not o.hardware.nodes:
-        desired = st.unresolved_status(
-            phase="Resolving", generation=o.generation, selector=o.selector,
-            resolved=st.Cond("Resolved", "Unknown", "WaitingForNodes", "no schedulable node is known yet"),
+        resolved = st.Cond("Resolved", "Unknown", "WaitingForNodes", "no schedulable node is known yet")
+        desired = _node_lost(o, resolved, None) or st.unresolved_status(
+            phase="Resolving", generation=o.generation, selector=o.selector, resolved=resolved,
             rejected=None, rollout=None, previous=o.previous, now=o.now,
         )
         return _with_status(Decision("skipped"), o, desired)
@@ -235,7 +235,7 @@ def decide(observed: Observed, config: OperatorConfig | None = None, cache: Reso
     if isinstance(choice, Rejection):
         resolved = st.Cond("Resolved", "False", "Rejected", choice.message)
         reasons = _reasons(choice.rejected)
-        desired = _serving_previous(o, resolved, reasons)
+        desired = _node_lost(o, resolved, reasons) or _serving_previous(o, resolved, reasons)
         if desired is None:
             deployment = o.deployment
             rollout = st.observe_rollout(deployment, o.pods, desired_replicas=o.spec.replicas,
@@ -356,6 +356,26 @@ def _plan_status(basis: _Basis, rollout: st.Rollout) -> ModelDeploymentStatus:
                                 rejected=basis.rejected, desired_replicas=o.spec.replicas, rollout=rollout,
                                 previous=o.previous, now=o.now)
     return desired.model_copy(update={"adapters": ad.status(o.spec, o.pods)})
+
+
+def _node_lost(o: Observed, resolved: st.Cond, rejected: list[EngineReason] | None) -> ModelDeploymentStatus | None:
+    """The status of a placed deployment whose pods' node stopped reporting, or None when that is not the case.
+
+    A node that is not ready leaves the resolver's view, so the unchanged spec no longer resolves (or no node
+    is left at all); but the plan did not fail: its pods come back with the node, or are evicted and placed
+    again. The children stay, and status says NodeNotReady (with what the resolver says meanwhile).
+    """
+    prev = o.previous or ModelDeploymentStatus()
+    deployment = o.deployment
+    if not prev.engine or deployment is None or prev.observed_generation != o.generation:
+        return None
+    replicas = int(deployment.replicas or 0)
+    rollout = st.observe_rollout(deployment, o.pods, desired_replicas=replicas, desired_hash=None)
+    if rollout.problem is None or rollout.problem.reason != "NodeNotReady":
+        return None
+    return st.previous_plan_status(generation=o.generation, resolved=resolved, rejected=rejected,
+                                   plan_fields=st.plan_fields_of(prev), desired_replicas=replicas,
+                                   rollout=rollout, previous=o.previous, now=o.now, problem=rollout.problem)
 
 
 def _serving_previous(o: Observed, resolved: st.Cond, rejected: list[EngineReason] | None

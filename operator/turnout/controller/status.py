@@ -199,12 +199,14 @@ def previous_plan_status(
     rollout: Rollout,
     previous: ModelDeploymentStatus | None,
     now: str,
+    problem: Problem | None = None,
 ) -> ModelDeploymentStatus:
     """Status of a placed deployment whose new spec cannot be served: the previous plan keeps serving.
 
     Phase Degraded; Resolved is False with the rejection (``rejected`` names each engine's reason);
     Progressing and Degraded carry :data:`SERVING_PREVIOUS_PLAN`; engine, image and endpoint stay those
-    of the plan that serves.
+    of the plan that serves. With ``problem`` (the plan's pods lost their node), Progressing and Degraded
+    carry that problem instead: the world, not the spec, is what cannot be served.
     """
     what = f"{plan_fields.engine} on {plan_fields.accelerator} ({plan_fields.image})"
     if rollout.ready > 0:
@@ -215,15 +217,17 @@ def previous_plan_status(
     else:
         available = Cond("Available", "False", "NoReplicasReady",
                          f"0/{desired_replicas} replicas of the previous plan ready")
-    conds = [
-        resolved,
-        available,
-        Cond("Progressing", "False", SERVING_PREVIOUS_PLAN,
-             f"spec generation {generation} is not rolled out: {resolved.reason}"),
-        Cond("Degraded", "True", SERVING_PREVIOUS_PLAN,
-             f"spec generation {generation} cannot be served ({resolved.reason}: {resolved.message}); "
-             f"the previous plan keeps serving: {what}"),
-    ]
+    if problem is not None:
+        progressing = Cond("Progressing", "False", problem.reason, f"rollout stalled: {problem.message}")
+        degraded = Cond("Degraded", "True", problem.reason,
+                        f"{problem.message}; the plan is kept ({what}) while {resolved.reason}: {resolved.message}")
+    else:
+        progressing = Cond("Progressing", "False", SERVING_PREVIOUS_PLAN,
+                           f"spec generation {generation} is not rolled out: {resolved.reason}")
+        degraded = Cond("Degraded", "True", SERVING_PREVIOUS_PLAN,
+                        f"spec generation {generation} cannot be served ({resolved.reason}: {resolved.message}); "
+                        f"the previous plan keeps serving: {what}")
+    conds = [resolved, available, progressing, degraded]
     return _status("Degraded", conds, generation, previous, now, replicas=rollout.replicas, ready=rollout.ready,
                    rejected=rejected, plan=plan_fields)
 
