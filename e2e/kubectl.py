@@ -132,3 +132,24 @@ def awq(replicas: int = 1, **extra: Any) -> dict[str, Any]:
     """A 7B AWQ model spec: vLLM on an NVIDIA GPU, or nothing on CPU."""
     return {"model": {"name": "qwen2.5-instruct", "size": 7, "format": "awq", "quantization": "Int4"},
             "replicas": replicas, **extra}
+
+
+def cluster_settled() -> bool:
+    """The API server ready, every CRD's API discoverable, and every Node Ready without the node controller's
+    not-ready/unreachable taints: what a test that restarts the API server waits for before the next test
+    (while it was down no kubelet could renew its lease, so the node controller marks nodes it then sees stale)."""
+    if kubectl("get", "--raw", "/readyz", check=False, timeout=10).strip() != "ok":
+        return False
+    crds = json.loads(kubectl("get", "crds", "-o", "json", check=False) or '{"items": []}')["items"]
+    for crd in crds:
+        group = crd["spec"]["group"]
+        for version in crd["spec"]["versions"]:
+            if version.get("served") and not kubectl("get", "--raw", f"/apis/{group}/{version['name']}",
+                                                     check=False, timeout=10):
+                return False
+    for node in json.loads(kubectl("get", "nodes", "-o", "json"))["items"]:
+        taints = {t["key"] for t in node.get("spec", {}).get("taints") or []}
+        if condition(node, "Ready").get("status") != "True" or taints & {"node.kubernetes.io/not-ready",
+                                                                           "node.kubernetes.io/unreachable"}:
+            return False
+    return True

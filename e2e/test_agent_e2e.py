@@ -54,7 +54,7 @@ from hostagents import (
     stop_agents,
     wait_ready,
 )
-from kubectl import KubectlError, condition, get_json, kubectl, poll
+from kubectl import KubectlError, cluster_settled, condition, get_json, kubectl, poll
 
 from turnout.agent.node import AGENT_LABEL as NODE_AGENT_LABEL
 from turnout.hardware import ACCELERATOR_LABEL, AGENT_TAINT, METAL_RESOURCE
@@ -388,6 +388,7 @@ def test_an_api_server_restart_makes_the_agent_list_again_and_miss_no_pod(agents
     finally:
         kubectl("delete", "pod", "e2e-before-restart", "e2e-after-restart", "-n", namespace, "--ignore-not-found",
                 "--wait=false", check=False)
+        poll(cluster_settled, timeout=300, interval=2, what="every node Ready and every API served again")
     if out := os.environ.get("TURNOUT_E2E_RESULTS"):
         path = Path(out)
         known = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}

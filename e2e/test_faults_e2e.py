@@ -39,7 +39,7 @@ import httpx
 import nodeimages
 import noderuntime
 import pytest
-from kubectl import condition, get_json, kubectl, model_deployment, poll, settled
+from kubectl import cluster_settled, condition, get_json, kubectl, model_deployment, poll, settled
 from realnode import (  # noqa: F401
     MODEL_LABELS,
     RELEASE,
@@ -163,6 +163,7 @@ def test_api_server_restarted_mid_reconcile_every_watch_relists_and_nothing_is_m
     down = time.monotonic()
     poll(_api_ready, timeout=300, interval=1, what="the API server ready again")
     back = time.monotonic()
+    poll(cluster_settled, timeout=300, interval=2, what="every node Ready and every API served again")
 
     # A watch from before the restart is answered 410 Gone: every watcher that resumes lists again.
     expired = kubectl("get", "--raw", f"{GROUP_PATH}/namespaces/{models}/modeldeployments"
