@@ -121,20 +121,32 @@ ROWS: tuple[Row, ...] = (
     Row("Host agent: fuzzed `$(VAR)`, command lines, shim binding, mounts", "A value or a ConfigProblem (the "
         "pod's status says why), never another exception", "tests/agent/test_fuzz_inputs.py", "figures",
         "fuzz_agent_inputs", lambda v: f"{v['inputs']} inputs, {v['unexpected_exceptions']} unexpected exceptions"),
-    Row("API server restarted mid-reconcile", "Operator, gateway and agent reconnect and converge", "e2e (real "
-        "cluster)", "e2e", "api_server_restart", _plain),
-    Row("Watches expired (410 Gone, short etcd compaction)", "Re-list; no change missed", "e2e (real cluster)",
+    Row("API server restarted mid-reconcile", "Operator, gateway and agent reconnect and converge; a deployment "
+        "created, one deleted and one scaled around the restart are all reflected",
+        "e2e/test_faults_e2e.py::test_api_server_restarted_mid_reconcile_every_watch_relists_and_nothing_is_missed",
+        "e2e", "api_server_restart", _plain),
+    Row("Watches expired (410 Gone: a watch resumed from before an API server restart)", "Re-list in-process, no "
+        "restart; no change missed (the gateways' and the host agent's logs show the 410 re-list; the agent's in "
+        "`e2e/test_agent_e2e.py::test_an_api_server_restart_makes_the_agent_list_again_and_miss_no_pod`)",
+        "e2e/test_faults_e2e.py::test_api_server_restarted_mid_reconcile_every_watch_relists_and_nothing_is_missed",
         "e2e", "watch_410", _plain),
-    Row("Real node stopped and started with model pods", "Degraded with the reason, then Ready", "e2e (real node)",
-        "e2e", "node_stop_start", _plain),
+    Row("Real node stopped and started with model pods", "Degraded with NodeNotReady, then Ready with the same pods",
+        "e2e/test_faults_e2e.py::test_the_node_stopped_and_started_degrades_with_the_reason_and_recovers", "e2e",
+        "node_stop_start", _plain),
     Row("Model pod killed mid-stream on the real node", "Clean end of the in-flight stream; non-streamed requests "
-        "that never reached the engine retried", "e2e (real node)", "e2e", "pod_killed_mid_stream", _plain),
+        "that never reached the engine retried",
+        "e2e/test_faults_e2e.py::test_a_model_pod_killed_mid_stream_ends_its_streams_cleanly_and_the_other_replica_answers",
+        "e2e", "pod_killed_mid_stream", _plain),
     Row("Gateway pod killed under load", "Streams on it end with an error event; new requests go to the other",
-        "e2e (real node)", "e2e", "gateway_pod_killed", _plain),
+        "e2e/test_faults_e2e.py::test_a_gateway_pod_deleted_under_load_ends_its_streams_cleanly_and_the_other_serves",
+        "e2e", "gateway_pod_killed", _plain),
     Row("Operator SIGKILLed during a 100-deployment burst", "No duplicate or orphaned children after restart",
-        "e2e (real cluster)", "e2e", "operator_sigkill_burst", _plain),
+        "e2e/test_operator_e2e.py::test_killed_during_a_100_deployment_burst_leaves_no_duplicate_or_orphan", "e2e",
+        "operator_sigkill_burst", _plain),
     Row("Soak: 30 min of mixed traffic, scale to zero and back", "0 lost requests; RSS flat within 10 %; no fd "
-        "growth", "e2e (real node)", "e2e", "soak", _plain),
+        "growth",
+        "e2e/test_soak_e2e.py::test_soak_mixed_traffic_through_the_gateway_loses_nothing_and_memory_stays_flat",
+        "e2e", "soak", _plain),
 )
 
 
