@@ -215,9 +215,16 @@ def test_the_node_stopped_and_started_degrades_with_the_reason_and_recovers(
         poll(lambda: condition(get_json("node", node), "Ready").get("status") != "True", timeout=180, interval=1,
              what=f"node {node} not ready")
         not_ready_s = time.monotonic() - stopped
-        cond = poll(lambda: (md := settled(models, "steady")) and md["status"].get("phase") == "Degraded"
-                    and condition(md, "Degraded").get("reason") == "NodeNotReady" and condition(md, "Degraded"),
-                    timeout=120, interval=1, what="steady Degraded with NodeNotReady")
+        try:
+            cond = poll(lambda: (md := settled(models, "steady")) and md["status"].get("phase") == "Degraded"
+                        and condition(md, "Degraded").get("reason") == "NodeNotReady" and condition(md, "Degraded"),
+                        timeout=120, interval=1, what="steady Degraded with NodeNotReady")
+        except AssertionError:
+            md = get_json("modeldeployment", "steady", "-n", models) or {}
+            print(f"\nsteady as the operator left it: {json.dumps(md.get('status'), indent=1)}")
+            for pod in labelled_model_pods(models).values():
+                print(f"{pod['metadata']['name']}: {pod['status'].get('conditions')}")
+            raise
         degraded_s = time.monotonic() - stopped
         assert node in cond["message"], cond
     finally:

@@ -201,8 +201,14 @@ def _lost_pod() -> Any:
 
 def test_the_node_of_a_placed_deployment_stops_reporting_it_keeps_the_plan_and_says_node_not_ready():
     first, later = placed()
-    # The node is not ready: it leaves the resolver's view (no node left), the pod is marked not ready, and the
-    # Deployment controller counts it out.
+    # The node is not ready: it leaves the resolver's view (no node left) a moment before its pod is marked.
+    serving = _lost_pod().__class__(**{**_lost_pod().__dict__, "conditions": ()})
+    early = decide(replace(later, hardware=parse_nodes([]), pods=(serving,), trigger="world", now="T2"))
+    assert (early.apply, early.prune) == ((), ()) and early.status.engine == first.status.engine
+    assert cond(early.status, "Degraded").reason == "NodeUnavailable" and "cpu-1" in cond(early.status,
+                                                                                          "Degraded").message
+    later = replace(later, previous=early.status)
+    # Then the pod is marked not ready, and the Deployment controller counts it out.
     down = seen(first.apply, replicas=1, readyReplicas=0, updatedReplicas=1)
     gone = decide(replace(later, hardware=parse_nodes([]), pods=(_lost_pod(),), children=down, trigger="world",
                           now="T3"))

@@ -359,11 +359,13 @@ def _plan_status(basis: _Basis, rollout: st.Rollout) -> ModelDeploymentStatus:
 
 
 def _node_lost(o: Observed, resolved: st.Cond, rejected: list[EngineReason] | None) -> ModelDeploymentStatus | None:
-    """The status of a placed deployment whose pods' node stopped reporting, or None when that is not the case.
+    """The status of a placed deployment whose pods' nodes left the resolver's view, or None when that is not so.
 
-    A node that is not ready leaves the resolver's view, so the unchanged spec no longer resolves (or no node
-    is left at all); but the plan did not fail: its pods come back with the node, or are evicted and placed
-    again. The children stay, and status says NodeNotReady (with what the resolver says meanwhile).
+    A node that is not ready (or is cordoned, or tainted unreachable) leaves the resolver's view, so the
+    unchanged spec no longer resolves, or no node is left at all; but the plan did not fail: its pods come back
+    with the node, or are evicted and placed again. The children stay and status says why: NodeNotReady once
+    the node lifecycle controller has marked the pods, NodeUnavailable before that (the node first leaves the
+    view, its pods are marked a moment later).
     """
     prev = o.previous or ModelDeploymentStatus()
     deployment = o.deployment
@@ -371,11 +373,19 @@ def _node_lost(o: Observed, resolved: st.Cond, rejected: list[EngineReason] | No
         return None
     replicas = int(deployment.replicas or 0)
     rollout = st.observe_rollout(deployment, o.pods, desired_replicas=replicas, desired_hash=None)
-    if rollout.problem is None or rollout.problem.reason != "NodeNotReady":
-        return None
+    if rollout.problem is not None and rollout.problem.reason == "NodeNotReady":
+        problem = rollout.problem
+    else:
+        seen = {n.name for n in o.hardware.nodes}
+        away = sorted({p.node for p in o.pods if p.node and not p.deleting} - seen)
+        if not away:
+            return None
+        problem = Problem("NodeUnavailable", f"the node{'s' if len(away) > 1 else ''} running its pods "
+                                             f"({', '.join(away)}) {'are' if len(away) > 1 else 'is'} not ready or "
+                                             "not schedulable")
     return st.previous_plan_status(generation=o.generation, resolved=resolved, rejected=rejected,
                                    plan_fields=st.plan_fields_of(prev), desired_replicas=replicas,
-                                   rollout=rollout, previous=o.previous, now=o.now, problem=rollout.problem)
+                                   rollout=rollout, previous=o.previous, now=o.now, problem=problem)
 
 
 def _serving_previous(o: Observed, resolved: st.Cond, rejected: list[EngineReason] | None
