@@ -128,6 +128,13 @@ def _ask(client: Any, doc: dict[str, Any]) -> dict[str, Any]:
             "completion": completion.choices[0].text, "seconds": round(time.monotonic() - start, 2)}
 
 
+def _operator_pods_on(system: str, tag: str) -> list[dict[str, Any]] | None:
+    """The operator pods once every one of them runs the image tagged ``tag``, else None."""
+    pods = json.loads(kubectl("get", "pods", "-n", system, "-l", "app.kubernetes.io/component=operator",
+                              "-o", "json"))["items"]
+    return pods if pods and all(p["spec"]["containers"][0]["image"].endswith(f":{tag}") for p in pods) else None
+
+
 def _scale_from_zero(client: Any, doc: dict[str, Any], namespace: str) -> dict[str, Any]:
     """Give the model ``autoscaling: minReplicas 0``, wait for zero, then time the first streamed request."""
     name, served = doc["metadata"]["name"], doc["spec"]["servedModelName"]
@@ -220,8 +227,9 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
         images.ensure("operator", tag=rebuilt_tag, build_args=(f"REVISION={rebuilt_tag}",))
         helm.upgrade(ROOT / "charts/turnout", RELEASE, chart_values(images, tolerations, models, rebuilt_tag),
                      namespace=system, wait="watcher", timeout=300)
-        operator_pods = json.loads(kubectl("get", "pods", "-n", system, "-l", "app.kubernetes.io/component=operator",
-                                           "-o", "json"))["items"]
+        # The old replicas may still be stopping (two by default: a stopping leader hands its Lease over first).
+        operator_pods = poll(lambda: _operator_pods_on(system, rebuilt_tag), timeout=120,
+                             what="only operator pods of the rebuilt image left")
         assert {c["image"] for p in operator_pods for c in p["spec"]["containers"]} == \
             {f"{images.refs['operator'].rsplit(':', 1)[0]}:{rebuilt_tag}"}
         # The new operator has reconciled every deployment (status written by it: observedGeneration current).
