@@ -90,8 +90,9 @@ def _failover(system: str, models: str, doc: dict[str, Any], name: str, *, force
     start = time.monotonic()
     kubectl("delete", "pod", leader, "-n", system, "--wait=false",
             *(["--grace-period=0", "--force"] if force else []))
-    if not force:  # a stopping leader works until it releases the Lease: the new deployment comes after that
-        poll(lambda: _holder(system) != leader, timeout=BOUND + 60, interval=0.2, what="the Lease released")
+    # The old leader leads until its process is gone (a forced delete removes the object at once, the kubelet
+    # kills the container a moment later) or it releases the Lease: the new deployment comes after that.
+    poll(lambda: _holder(system) != leader, timeout=BOUND + 60, interval=0.2, what="the Lease taken over")
     _apply(models, doc, name)
     poll(lambda: _reconciled(models, name), timeout=BOUND + 60, interval=0.2, what=f"{name} reconciled")
     seconds = time.monotonic() - start
