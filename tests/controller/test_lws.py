@@ -73,3 +73,21 @@ async def test_switching_to_a_model_of_one_node_prunes_the_lws_and_applies_a_dep
     await fake.modify(MDS, (NS, "llama-405b"), lambda o: {**o, "spec": {**o["spec"], "model": big}})
     await fake.wait_for(lambda: fake.get(LWS, NS, "llama-405b") and fake.get(DEPLOYMENTS, NS, "llama-405b") is None)
     await fake.wait_for(lambda: _status(fake).get("nodesPerReplica") == 2)
+
+
+async def test_lws_removed_since_discovery_rejects_the_plan_instead_of_failing_on_the_404(fake, operator_run):
+    # Discovery runs once a minute: the LeaderWorkerSet CRD deleted after it is still believed served, and the
+    # apply answers 404. The operator asks discovery again and plans for the cluster as it is now.
+    for name in ("hgx-h100-1", "hgx-h100-2"):
+        await fake.put_object(NODES, h100_node(name))
+    await operator_run.start()
+    assert operator_run.controller.features.leader_worker_set
+    del fake.resources["leaderworkerset.x-k8s.io/v1/leaderworkersets"]  # gone from discovery
+    fake.fail("PATCH", "leaderworkersets", 404, times=1)  # and its apply answers 404
+    await fake.put_object(MDS, llama405_md())
+    await fake.wait_for(lambda: _status(fake).get("phase") == "Failed", what="rejected")
+    resolved = cond(fake.get(MDS, NS, "llama-405b"), "Resolved")
+    assert resolved["reason"] == "Rejected"
+    assert "install LeaderWorkerSet" in resolved["message"], resolved["message"]
+    assert not operator_run.controller.features.leader_worker_set
+    assert cond(fake.get(MDS, NS, "llama-405b"), "Degraded").get("reason") != "ApplyFailed"

@@ -79,7 +79,7 @@ EVENT_ACTIONS = {"EngineSelected": "Resolve", "Rejected": "Resolve", "InvalidSpe
 class Outcome:
     """What one reconcile did (for metrics and tests)."""
 
-    result: str  # applied | status | unchanged | rejected | invalid | failed | skipped
+    result: str  # applied | status | unchanged | rejected | invalid | failed | skipped | requeued
     applied: tuple[str, ...] = ()
     status_written: bool = False
     pruned: tuple[str, ...] = ()
@@ -336,7 +336,10 @@ class Controller:
             return outcome
 
     async def _reconcile(self, md: dict[str, Any], trigger: str) -> Outcome:
-        return await self._act(md, decide(self._observe(md, trigger), self.config, self.resolver_cache))
+        outcome = await self._act(md, decide(self._observe(md, trigger), self.config, self.resolver_cache))
+        if outcome.result == "requeued":  # an optional API went away since discovery: plan for what is served
+            outcome = await self._act(md, decide(self._observe(md, trigger), self.config, self.resolver_cache))
+        return outcome
 
     # ----- observe --------------------------------------------------------------------------------
 
@@ -424,6 +427,8 @@ class Controller:
             try:
                 response = await self.client.apply(child.body)
             except PermanentApiError as exc:
+                if exc.status == 404 and await self._optional_api_went_away(child.body.get("apiVersion")):
+                    return Outcome("requeued", tuple(applied))  # planned again by the caller
                 decision = decide_after_apply_failure(decision, child, exc.message)
                 break
             self.metrics.writes.labels(kind="apply").inc()
@@ -446,6 +451,19 @@ class Controller:
             result = "applied" if applied or done else ("status" if written else "unchanged")
             return Outcome(result, tuple(applied), written, done)
         return Outcome(decision.result, status_written=written)
+
+    async def _optional_api_went_away(self, api_version: object) -> bool:
+        """A 404 on applying a LeaderWorkerSet or InferencePool: was its API removed since discovery last ran?
+
+        Discovery runs every ``discovery_interval`` seconds, so a CRD deleted moments ago is still believed
+        served. Ask now: when what is served changed, this deployment is planned again at once and every other
+        one is queued (a multi-node model is then rejected with why, not failed with a 404).
+        """
+        if api_version not in (LWS_API_VERSION, INFERENCE_POOL_API_VERSION):
+            return False
+        features, pools = await self.discover()
+        changed = self.set_features(features)
+        return self.set_pools_served(pools) or changed
 
     async def _prune(self, md: Mapping[str, Any], prune: Prune) -> str | None:
         """Delete one owned child the plan no longer renders; ``Kind/name`` when deleted."""
