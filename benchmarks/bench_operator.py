@@ -56,7 +56,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,22 +177,26 @@ async def create_each(n: int, post: Post) -> float:
 
 
 async def create_all(session: aiohttp.ClientSession, url: str, n: int, *, namespace: str = NS,
-                     replicas: int = 1) -> float:
-    """POST n ModelDeployments to the emulator at ``url`` (see :func:`create_each`)."""
-    endpoint = f"{url.rstrip('/')}{MD_PATH}/namespaces/{namespace}/modeldeployments"
+                     replicas: int = 1, templates: Sequence[dict[str, Any]] = ()) -> float:
+    """POST n ModelDeployments to the emulator at ``url``, each followed by the server-side apply of
+    ``templates`` made for it (:func:`child_for`; as ``kubectl apply --server-side``); see :func:`create_each`."""
+    url = url.rstrip("/")
+    endpoint = f"{url}{MD_PATH}/namespaces/{namespace}/modeldeployments"
 
     async def post(i: int) -> tuple[int, float | None, str]:
         async with session.post(endpoint, json=md(i, namespace, replicas)) as r:
-            retry_after = r.headers.get("Retry-After", "")
-            return r.status, float(retry_after) if retry_after.isdigit() else None, await r.text()
+            if r.status not in (200, 201):
+                retry_after = r.headers.get("Retry-After", "")
+                return r.status, float(retry_after) if retry_after.isdigit() else None, await r.text()
+        for template in templates:
+            child = child_for(template, i, namespace)
+            async with session.patch(f"{url}{child_path(child)}", data=json.dumps(child), headers=APPLY,
+                                     params=APPLY_PARAMS) as r:
+                if r.status not in (200, 201):
+                    return r.status, None, await r.text()
+        return 201, None, ""
 
     return await create_each(n, post)
-
-
-async def bare_create(n: int) -> float:
-    async with TimedKube() as api, kmock.Server(api), aiohttp.ClientSession() as session:
-        await _prepare(api)
-        return await create_all(session, str(api.url), n)
 
 
 #: What a hand-written copy of a rendered child keeps: the API server and the operator fill in the rest.
@@ -231,28 +235,13 @@ APPLY = {"Content-Type": "application/apply-patch+yaml"}
 APPLY_PARAMS = {"fieldManager": "bench-user", "force": "true"}
 
 
-async def fair_create(n: int, templates: list[dict[str, Any]]) -> float:
-    """The fair baseline on a fresh emulator: for each of n deployments what a user who serves a model without
-    the operator writes, with a plain client — the ModelDeployment (POST) and the Deployment and Service the
-    operator renders (server-side apply, as ``kubectl apply --server-side``): 3 writes each."""
+async def baseline_create(n: int, templates: Sequence[dict[str, Any]] = ()) -> float:
+    """n creates with no operator on a fresh emulator, with a plain client. Without ``templates``, the bare
+    creates: the ModelDeployments alone. With the Deployment and Service the operator renders, the fair
+    baseline: what a user who serves a model without the operator writes, 3 writes each."""
     async with TimedKube() as api, kmock.Server(api), aiohttp.ClientSession() as session:
         await _prepare(api)
-        url = str(api.url).rstrip("/")
-        endpoint = f"{url}{MD_PATH}/namespaces/{NS}/modeldeployments"
-
-        async def post(i: int) -> tuple[int, float | None, str]:
-            async with session.post(endpoint, json=md(i)) as r:
-                if r.status not in (200, 201):
-                    return r.status, None, await r.text()
-            for template in templates:
-                child = child_for(template, i, NS)
-                async with session.patch(f"{url}{child_path(child)}", data=json.dumps(child), headers=APPLY,
-                                         params=APPLY_PARAMS) as r:
-                    if r.status not in (200, 201):
-                        return r.status, None, await r.text()
-            return 201, None, ""
-
-        return await create_each(n, post)
+        return await create_all(session, str(api.url), n, templates=templates)
 
 
 def kubeconfig(url: str, tmp: Path) -> Path:
@@ -380,8 +369,10 @@ class Cluster:
         if self.session is not None:
             await self.session.close()
 
-    async def create_all(self, n: int, *, namespace: str, replicas: int) -> float:
-        """POST n ModelDeployments through the project's client (see :func:`create_each`)."""
+    async def create_all(self, n: int, *, namespace: str, replicas: int,
+                         templates: Sequence[dict[str, Any]] = ()) -> float:
+        """POST n ModelDeployments through the project's client, each followed by the server-side apply of
+        ``templates`` made for it (the fair baseline: see :func:`baseline_create`; :func:`create_each`)."""
         from turnout.kube import ApiError, TransientApiError
 
         path = f"{MD_PATH}/namespaces/{namespace}/modeldeployments"
@@ -389,24 +380,6 @@ class Cluster:
         async def post(i: int) -> tuple[int, float | None, str]:
             try:
                 await self.client.request("POST", path, body=md(i, namespace, replicas))
-            except TransientApiError as exc:
-                return exc.status, exc.retry_after, exc.message
-            except ApiError as exc:
-                return exc.status, None, exc.message
-            return 201, None, ""
-
-        return await create_each(n, post)
-
-    async def fair_create_all(self, n: int, *, namespace: str, templates: list[dict[str, Any]]) -> float:
-        """The fair baseline on the real API server: each ModelDeployment (POST) and its rendered Deployment
-        and Service (server-side apply), with the project's client (see :func:`fair_create`)."""
-        from turnout.kube import ApiError, TransientApiError
-
-        path = f"{MD_PATH}/namespaces/{namespace}/modeldeployments"
-
-        async def post(i: int) -> tuple[int, float | None, str]:
-            try:
-                await self.client.request("POST", path, body=md(i, namespace, 0))
                 for template in templates:
                     child = child_for(template, i, namespace)
                     await self.client.request("PATCH", child_path(child), body=child, params=APPLY_PARAMS,
@@ -584,7 +557,7 @@ async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -
             kopf_patches = max(0, sum(stamps.md_modified.values()) - modified0 - counted.get("status", 0))
             rendered = [await cluster.call("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/md-00000"),
                         await cluster.call("GET", f"/api/v1/namespaces/{ns}/services/md-00000")]
-            fair_s = await cluster.fair_create_all(n, namespace=fair_ns, templates=child_templates(rendered))
+            fair_s = await cluster.create_all(n, namespace=fair_ns, replicas=0, templates=child_templates(rendered))
             writes = {"deployments+services (apply)": counted.get("apply", 0),
                       "modeldeployments/status": counted.get("status", 0), "events": counted.get("event", 0),
                       "modeldeployments (kopf, from the watch)": kopf_patches}
@@ -614,25 +587,16 @@ async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -
 # ----- entry points -----------------------------------------------------------------------------------
 
 
-def _bare(n: int) -> tuple[float, float]:
-    """Bare creates on fresh emulators, BARE_REPEATS runs: the fastest wall time (the floor; other processes'
-    load only adds to it: on a loaded machine one run in three took 6x the others) and the median CPU seconds
-    of this process (emulator and driver, like ``api_and_driver_cpu_s``), which the load does not move.
+def _baseline(n: int, templates: Sequence[dict[str, Any]] = ()) -> tuple[float, float]:
+    """:func:`baseline_create` (bare, or fair with ``templates``) on fresh emulators, BARE_REPEATS runs: the
+    fastest wall time (the floor; other processes' load only adds to it: on a loaded machine one run in three
+    took 6x the others) and the median CPU seconds of this process (emulator and driver, like
+    ``api_and_driver_cpu_s``), which the load does not move.
     """
     walls, cpus = [], []
     for _ in range(BARE_REPEATS):
         cpu0 = cpu_seconds(os.getpid())
-        walls.append(asyncio.run(bare_create(n)))
-        cpus.append(cpu_seconds(os.getpid()) - cpu0)
-    return min(walls), statistics.median(cpus)
-
-
-def _fair(n: int, templates: list[dict[str, Any]]) -> tuple[float, float]:
-    """The fair baseline (:func:`fair_create`) BARE_REPEATS times: the fastest wall time, the median CPU."""
-    walls, cpus = [], []
-    for _ in range(BARE_REPEATS):
-        cpu0 = cpu_seconds(os.getpid())
-        walls.append(asyncio.run(fair_create(n, templates)))
+        walls.append(asyncio.run(baseline_create(n, templates)))
         cpus.append(cpu_seconds(os.getpid()) - cpu0)
     return min(walls), statistics.median(cpus)
 
@@ -651,7 +615,7 @@ def run(quick: bool = False, *, sizes: list[int] | None = None, logdir: Path | N
                 row = asyncio.run(real_run(n, kubeconfig, timeout=300 + 0.5 * n, logdir=logdir))
             else:
                 row = asyncio.run(operator_run(n, timeout=120 + 0.3 * n, logdir=logdir))
-                bare_s, bare_cpu = _bare(n)
+                bare_s, bare_cpu = _baseline(n)
                 row["bare_create_s"], row["bare_create_cpu_s"] = rnd(bare_s, 3), rnd(bare_cpu, 2)
                 # All the CPU the operator's run cost (operator + emulator + driver) over the bare creates' CPU:
                 # the same question as ratio_to_bare, answered without the other processes' load.
@@ -662,7 +626,7 @@ def run(quick: bool = False, *, sizes: list[int] | None = None, logdir: Path | N
                 templates = row.pop("_templates")
                 if len(templates) != 2:
                     raise RuntimeError("the operator rendered no Deployment and Service for md-00000")
-                fair_s, fair_cpu = _fair(n, templates)
+                fair_s, fair_cpu = _baseline(n, templates)
                 # The fair baseline: the same N ModelDeployments plus the Deployment and Service the operator
                 # renders, written by a plain client (3 writes per deployment) on the same kind of API server.
                 row["fair_create_s"], row["fair_create_cpu_s"] = rnd(fair_s, 3), rnd(fair_cpu, 2)

@@ -7,9 +7,10 @@
 #   2. `turnout-shim --help` in both images, `turnout --help` and
 #      `turnout operator --help` in the operator image;
 #   3. the llama.cpp image serves builtin://tiny-llama.gguf, the tiny model baked
-#      into it at build time (nothing built on the host, nothing mounted), and
-#      answers one /v1/chat/completions request from the host; a built-in model
-#      it does not bake fails with an error that says which it holds.
+#      into it at build time (nothing built on the host, nothing mounted), with
+#      the LoRA adapter builtin://tiny-lora baked beside it (--lora-modules), and
+#      answers one /v1/chat/completions request for each from the host; a
+#      built-in model it does not bake fails with an error that says which it holds.
 #
 # Usage: scripts/images/smoke.sh [--no-build] [--keep-cache] [--transformers]
 #   --no-build     test the images already built (tag $TURNOUT_SMOKE_TAG)
@@ -147,19 +148,27 @@ echo "--help answers in both images" >&2
 timed "--help checks" $((SECONDS - t))
 
 # --- the images serve their baked tiny model ------------------------------------------------
-serve_and_chat() { # container image engine model-uri model-format: serve it, ask one chat question
-    local ctr="$1" image="$2" engine="$3" uri="$4" format="$5" port served=tiny-chat
-    "${BAH[@]}" run --isolation chroot "$ctr" -- sh -c "test -e \"\$TURNOUT_BUILTIN_DIR/${uri#builtin://}\"" \
-        || fail "$image has no baked ${uri#builtin://} under \$TURNOUT_BUILTIN_DIR"
+serve_and_chat() { # container image engine model-uri model-format [adapter]: serve it (and the baked LoRA
+    # adapter builtin://ADAPTER as the model ADAPTER), ask one chat question of each
+    local ctr="$1" image="$2" engine="$3" uri="$4" format="$5" adapter="${6:-}" port served=tiny-chat name
+    local asked="$served" lora=()
+    for name in "${uri#builtin://}" $adapter; do
+        "${BAH[@]}" run --isolation chroot "$ctr" -- sh -c "test -e \"\$TURNOUT_BUILTIN_DIR/$name\"" \
+            || fail "$image has no baked $name under \$TURNOUT_BUILTIN_DIR"
+    done
+    if [ -n "$adapter" ]; then
+        lora=(--enable-lora --lora-modules "$adapter=builtin://$adapter")
+        asked="$served,$adapter"
+    fi
     port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
     # chroot isolation shares the host's network: the server is reachable on 127.0.0.1.
     setsid "${BAH[@]}" run --isolation chroot "$ctr" -- \
         turnout-shim --engine "$engine" --model "$uri" --served-model-name "$served" \
-        --model-format "$format" --host 127.0.0.1 --port "$port" > "$WORK/server-$image.log" 2>&1 &
+        --model-format "$format" --host 127.0.0.1 --port "$port" "${lora[@]}" > "$WORK/server-$image.log" 2>&1 &
     SERVER_PID=$!
-    python3 - "$port" "$served" "$SERVER_PID" <<'PYEOF' || { tail -n 40 "$WORK/server-$image.log" >&2; fail "$image did not answer a chat request"; }
+    python3 - "$port" "$asked" "$SERVER_PID" <<'PYEOF' || { tail -n 40 "$WORK/server-$image.log" >&2; fail "$image did not answer a chat request"; }
 import json, os, sys, time, urllib.error, urllib.request
-port, served, pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
+port, asked, pid = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
 base = f"http://127.0.0.1:{port}"
 deadline = time.monotonic() + 300
 while True:
@@ -176,18 +185,20 @@ while True:
     if time.monotonic() > deadline:
         sys.exit("the server was not healthy within 300 s")
     time.sleep(1)
-body = {"model": served, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8, "temperature": 0}
-req = urllib.request.Request(f"{base}/v1/chat/completions", data=json.dumps(body).encode(),
-                             headers={"Content-Type": "application/json"})
-with urllib.request.urlopen(req, timeout=120) as r:
-    reply = json.load(r)
-choice = reply["choices"][0]
-content = choice["message"]["content"]
-assert choice["message"]["role"] == "assistant", reply
-assert isinstance(content, str) and content, reply
-assert reply["model"] == served, reply
-assert reply["usage"]["completion_tokens"] >= 1, reply
-print(f"chat answered by {reply['model']}: {content!r} (finish_reason {choice['finish_reason']})", file=sys.stderr)
+for served in asked:  # the model, then the LoRA adapter if one is served
+    body = {"model": served, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8,
+            "temperature": 0}
+    req = urllib.request.Request(f"{base}/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        reply = json.load(r)
+    choice = reply["choices"][0]
+    content = choice["message"]["content"]
+    assert choice["message"]["role"] == "assistant", reply
+    assert isinstance(content, str) and content, reply
+    assert reply["model"] == served, reply
+    assert reply["usage"]["completion_tokens"] >= 1, reply
+    print(f"chat answered by {reply['model']}: {content!r} (finish_reason {choice['finish_reason']})", file=sys.stderr)
 PYEOF
     kill -TERM -- "-$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
@@ -197,7 +208,7 @@ PYEOF
         || { tail -n 20 "$WORK/server-$image.log" >&2; fail "$image did not serve the model baked into it"; }
 }
 
-step "llamacpp-cpu serves builtin://tiny-llama.gguf, baked into the image"
+step "llamacpp-cpu serves builtin://tiny-llama.gguf and its LoRA adapter builtin://tiny-lora, baked into the image"
 t=$SECONDS
 # A built-in model the image does not bake: the error names what it has (no torch to build it).
 "${BAH[@]}" run --isolation chroot "$LLAMA_CTR" -- python3 -c \
@@ -205,7 +216,9 @@ t=$SECONDS
     && fail "builtin://tiny-llama (not baked into llamacpp-cpu) resolved"
 grep -q "holds tiny-llama.gguf" "$WORK/unbaked.txt" \
     || { cat "$WORK/unbaked.txt" >&2; fail "the error for a model the image does not bake does not say what it holds"; }
-serve_and_chat "$LLAMA_CTR" llamacpp-cpu llama.cpp builtin://tiny-llama.gguf gguf
+# The adapter is the baked PEFT folder, converted to a GGUF LoRA when the shim starts (the image has no
+# torch or peft to build one).
+serve_and_chat "$LLAMA_CTR" llamacpp-cpu llama.cpp builtin://tiny-llama.gguf gguf tiny-lora
 timed "chat smoke (llamacpp-cpu)" $((SECONDS - t))
 
 if [ "$TRANSFORMERS" = 1 ]; then

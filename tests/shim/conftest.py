@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from shimproc import RunningShim, start_shim_process
+
+from turnout.tinymodel.lora import build_tiny_lora
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +29,9 @@ def start_shim_factory(tmp_path_factory: pytest.TempPathFactory,
     yield start
     for shim in started:
         shim.stop()
+
+
+@pytest.fixture(scope="session")
+def adapters() -> list[Path]:
+    """Two LoRA adapters of the tiny model (seeds 1 and 2), for the LoRA tests of each engine."""
+    return [build_tiny_lora(seed) for seed in (1, 2)]

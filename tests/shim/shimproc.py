@@ -224,6 +224,14 @@ def engine_python_or_skip(env_var: str, venv: str) -> str:
     return str(path)
 
 
+def ask_greedy(client: openai.OpenAI, model: str, prompt: str, max_tokens: int) -> str:
+    """The greedy (temperature 0) chat answer of ``model`` to ``prompt``; asserts the reply names ``model``."""
+    out = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                         max_tokens=max_tokens, temperature=0)
+    assert out.model == model
+    return out.choices[0].message.content or ""
+
+
 @contextmanager
 def serve(backend: Any, args: ShimArgs, port: int) -> Iterator[str]:
     """Run ``create_app(backend, args)`` on uvicorn in a thread until the block exits."""

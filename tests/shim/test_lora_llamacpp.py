@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from shimproc import serve
+from shimproc import ask_greedy, serve
 
 from turnout.shim.backends._gguf_lora import ConversionError, convert
 from turnout.shim.backends.llamacpp import LlamaCppBackend
@@ -31,16 +32,7 @@ def _args(model: Path, **kw: Any) -> ShimArgs:
                     engine_args={"threads": 1, "n_ctx": 512}, **kw)
 
 
-def _ask(client: openai.OpenAI, model: str, prompt: str) -> str:
-    out = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
-                                         max_tokens=16, temperature=0)
-    assert out.model == model
-    return out.choices[0].message.content or ""
-
-
-@pytest.fixture(scope="module")
-def adapters() -> list[Path]:
-    return [build_tiny_lora(seed) for seed in (1, 2)]
+_ask = partial(ask_greedy, max_tokens=16)
 
 
 @pytest.fixture(scope="module")

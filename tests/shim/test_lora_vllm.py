@@ -7,34 +7,26 @@ through vLLM equals the merged model's (PEFT ``merge_and_unload``, served by the
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from shimproc import RunningShim, engine_python_or_skip, serve
+from shimproc import RunningShim, ask_greedy, engine_python_or_skip, serve
 
 from turnout.shim.backends.transformers import TransformersBackend
 from turnout.shimargs import LoraModule, ShimArgs
 from turnout.tinymodel import TinyModel
-from turnout.tinymodel.lora import build_tiny_lora, write_merged
+from turnout.tinymodel.lora import write_merged
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 PROMPTS = ["Hello", "Tell me about the sea"]
 
 
-def _ask(client: openai.OpenAI, model: str, prompt: str) -> str:
-    out = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
-                                         max_tokens=12, temperature=0)
-    assert out.model == model
-    return out.choices[0].message.content or ""
-
-
-@pytest.fixture(scope="module")
-def adapters() -> list[Path]:
-    return [build_tiny_lora(seed) for seed in (1, 2)]
+_ask = partial(ask_greedy, max_tokens=12)
 
 
 @pytest.fixture(scope="module")
