@@ -145,14 +145,6 @@ def dump(*namespaces: str) -> None:
             print(f"\n===== {ns}/{name} log =====\n{kubectl('logs', '-n', ns, name, '--tail=60', check=False)}")
 
 
-def record(path: Path, figures: dict[str, Any]) -> None:
-    """Merge ``figures`` into the results file (each measuring test adds its own keys)."""
-    known = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}
-    path.write_text(json.dumps({**known, **figures}, indent=2) + "\n")
-
-
-
-
 def example(name: str, tolerations: list[dict[str, Any]]) -> dict[str, Any]:
     """A project example as a user applies it, with tolerations for the node's taints (none when untainted)."""
     doc = yaml.safe_load((EXAMPLES / name).read_text())

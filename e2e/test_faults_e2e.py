@@ -32,7 +32,6 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -55,10 +54,10 @@ from realnode import (  # noqa: F401
     only_the_real_node,
     ready,
     real_node,
-    record,
     restarts,
     tolerations,
 )
+from results import record_results
 
 from conftest import RUN
 
@@ -88,15 +87,6 @@ def _listed(base_url: str) -> set[str] | None:
     except httpx.HTTPError:
         return None
     return {m["id"] for m in reply.json()["data"]} if reply.status_code == 200 else None
-
-
-def _record(figures: dict[str, Any]) -> None:
-    """Figures under the keys docs/reliability.md's table reads (scripts/render-reliability.py), merged into
-    what other tiers recorded under the same key (the agent tier's ``watch_410``)."""
-    if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-        path = Path(out)
-        known = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}
-        record(path, {k: {**known.get(k, {}), **v} if isinstance(v, dict) else v for k, v in figures.items()})
 
 
 def _run(command: str) -> None:
@@ -192,7 +182,7 @@ def test_api_server_restarted_mid_reconcile_every_watch_relists_and_nothing_is_m
                "gateway_listed_after_ready_s": round(gateway_s, 1), "gateway_models": sorted(listed),
                "operator_restarts": sum(restarts(p) for p in _pods(system, "operator"))}
     print(f"\nAPI server restart: {figures}")
-    _record({"api_server_restart": figures,
+    record_results({"api_server_restart": figures,
              "watch_410": {"watch_from_before_the_restart": "410 Expired",
                            "gateways_relisted_in_process": len(logs), "gateway_restarts": 0,
                            "missed_changes": 0}})
@@ -237,7 +227,7 @@ def test_the_node_stopped_and_started_degrades_with_the_reason_and_recovers(
     figures = {"node_not_ready_after_stop_s": round(not_ready_s, 1), "degraded_after_stop_s": round(degraded_s, 1),
                "ready_after_start_s": round(ready_s, 1), "message": cond["message"]}
     print(f"\nnode stopped and started: {figures}")
-    _record({"node_stop_start": figures})
+    record_results({"node_stop_start": figures})
 
 
 def _stream(url: str, stop: threading.Event) -> Counter[str]:
@@ -310,7 +300,7 @@ def test_a_model_pod_killed_mid_stream_ends_its_streams_cleanly_and_the_other_re
     assert answered["ok"] > 0
     poll(lambda: ready(models, "steady"), timeout=300, interval=1, what="steady Ready after the kill")
     recovered_s = time.monotonic() - killed
-    _record({"pod_killed_mid_stream": {"streams": dict(streamed), "non_streamed": dict(answered),
+    record_results({"pod_killed_mid_stream": {"streams": dict(streamed), "non_streamed": dict(answered),
                                        "ready_again_after_kill_s": round(recovered_s, 1)}})
 
 
@@ -339,7 +329,7 @@ def test_a_gateway_pod_deleted_under_load_ends_its_streams_cleanly_and_the_other
         v for k, v in streamed.items() if k not in ("whole",))
     poll(lambda: len([p for p in _pods(system, "gateway") if ready_pod(p)]) == 2, timeout=180, interval=1,
          what="two gateways ready again")
-    _record({"gateway_pod_killed": {"streams": dict(streamed), "non_streamed": dict(answered),
+    record_results({"gateway_pod_killed": {"streams": dict(streamed), "non_streamed": dict(answered),
                                     "client_errors": errors,
                                     "two_ready_again_after_s": round(time.monotonic() - deleted, 1)}})
     assert errors <= 4, (streamed, answered)

@@ -15,14 +15,14 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import nodeimages
 import pytest
 import realnode
 from kubectl import get_json, kubectl, poll
-from realnode import RELEASE, ROOT, adopt_crd, chart_values, delete_leftover_release, example, helm_config, record
+from realnode import RELEASE, ROOT, adopt_crd, chart_values, delete_leftover_release, example, helm_config
+from results import record_results
 
 from conftest import RUN
 from turnout.render.manifests import child_name
@@ -116,8 +116,7 @@ def test_the_standby_reconciles_a_new_deployment_after_the_leader_pod_is_deleted
     figures = {"forced_s": forced["seconds"], "graceful_s": graceful["seconds"], "bound_s": BOUND,
                "lease_duration_s": LEASE_DURATION}
     print(f"\noperator failover: {figures}")
-    if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-        record(Path(out), {"operator_failover": figures})
+    record_results({"operator_failover": figures})
     assert forced["seconds"] <= BOUND and graceful["seconds"] <= BOUND, figures
     # Nothing reconciled twice: one Deployment per ModelDeployment.
     for name in ("ha-before", "ha-after-kill", "ha-after-term"):

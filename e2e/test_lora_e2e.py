@@ -22,7 +22,6 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -40,9 +39,9 @@ from realnode import (
     helm_config,
     labelled_model_pods,
     ready,
-    record,
     restarts,
 )
+from results import record_results
 
 from conftest import RUN
 
@@ -132,8 +131,7 @@ def test_an_adapter_added_and_removed_restarts_no_pod(
         figures = {"listed_s": round(listed_after, 2), "loaded_s": round(loaded_after, 2),
                    "answered_s": round(answered_after, 2)}
         print(f"\n{ADAPTER}, seconds after the spec change: {figures}")
-        if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-            record(Path(out), {"lora_add_adapter": figures})
+        record_results({"lora_add_adapter": figures})
 
         # Remove: unloaded, gone from the list, a 404 that names what is served.
         _set_adapters(models, name, [])

@@ -34,7 +34,6 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -61,10 +60,10 @@ from realnode import (  # noqa: F401  (fixtures: pytest finds them by name in th
     only_the_real_node,
     ready,
     real_node,
-    record,
     restarts,
     tolerations,
 )
+from results import record_results
 
 from conftest import RUN
 from turnout.render.manifests import child_name
@@ -248,11 +247,10 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
         # Scale from zero through the gateway pod: the model idles to zero, the first request wakes it.
         figures = _scale_from_zero(client, docs[0], models)
         print(f"scale from zero through the gateway pod: {figures}")
-        if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-            record(Path(out), {"journey": {"helm_install_s": round(installed, 1), "ready_after_apply_s": ready_after,
-                                            "pods_at_rest": at_rest, "pods_under_load": under_load,
-                                            "load_answers_25s": load_answers},
-                                "scale_from_zero": figures})
+        record_results({"journey": {"helm_install_s": round(installed, 1), "ready_after_apply_s": ready_after,
+                                    "pods_at_rest": at_rest, "pods_under_load": under_load,
+                                    "load_answers_25s": load_answers},
+                        "scale_from_zero": figures})
 
         # Delete: owner references take every child away.
         for name in names:
@@ -409,5 +407,4 @@ def test_apply_to_first_token_of_the_tiny_gguf_with_the_image_on_the_node(
         "startup_probe_period_s": pods[0]["spec"]["containers"][0]["startupProbe"]["periodSeconds"],
     }
     print(f"\n{json.dumps(results)}")
-    if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-        record(Path(out), {"first_token": results})
+    record_results({"first_token": results})

@@ -46,9 +46,9 @@ from realnode import (  # noqa: F401
     only_the_real_node,
     ready,
     real_node,
-    record,
     tolerations,
 )
+from results import record_results
 
 from conftest import RUN
 
@@ -185,8 +185,7 @@ def test_soak_mixed_traffic_through_the_gateway_loses_nothing_and_memory_stays_f
                "rss_kib": {n: (warm[n][0], last[n][0]) for n in warm}, "fds": fds, "scale_to_zero": scaled,
                "samples": len(samples)}
     print(f"\nsoak: {json.dumps(figures)}")
-    if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-        record(Path(out), {"soak": figures})
+    record_results({"soak": figures})
     assert not lost, lost
     assert all(g <= RSS_SLACK for g in growth.values()), growth
     assert all(after <= before for before, after in fds.values()), fds
