@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +100,9 @@ def chart_values(images: nodeimages.Images, tolerations: list[dict[str, Any]], m
     }
 
 
-def delete_leftover_release() -> None:
-    """Cluster-scoped objects of an earlier run's release that never got uninstalled (its namespace is gone)."""
-    kubectl("delete", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}",
+def delete_leftover_release(release: str = RELEASE) -> None:
+    """Cluster-scoped objects of a release that never got uninstalled (an earlier run's, its namespace gone)."""
+    kubectl("delete", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={release}",
             "--ignore-not-found", check=False)
 
 
@@ -110,6 +113,66 @@ def adopt_crd(system: str) -> None:
         kubectl("annotate", "--overwrite", crd, f"meta.helm.sh/release-name={RELEASE}",
                 f"meta.helm.sh/release-namespace={system}")
         kubectl("label", "--overwrite", crd, "app.kubernetes.io/managed-by=Helm")
+
+
+def kept() -> bool:
+    """``TURNOUT_E2E_KEEP`` is set: what a tier made stays in the cluster for a look after the run."""
+    return bool(os.environ.get("TURNOUT_E2E_KEEP"))
+
+
+@contextmanager
+def chart_namespaces(system: str, models: str) -> Iterator[tuple[str, str]]:
+    """The chart's namespace and the models' namespace, created; deleted afterwards (not waited for) unless kept."""
+    made = []
+    try:
+        for ns in (system, models):
+            kubectl("create", "namespace", ns)
+            made.append(ns)
+        yield system, models
+    finally:
+        if not kept():
+            for ns in reversed(made):
+                kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+@dataclass(frozen=True)
+class Chart:
+    """The chart installed by :func:`installed_chart`: Helm's configuration for its release, the install's seconds."""
+
+    helm: Any
+    install_s: float
+
+
+@contextmanager
+def installed_chart(system: str, models: str, values: dict[str, Any], *, release: str = RELEASE,
+                    adopt: bool = True, clear_models: bool = False, always_uninstall: bool = False) -> Iterator[Chart]:
+    """``charts/turnout`` installed as ``release`` in ``system`` with ``values`` (Helm waits for its pods, 300 s).
+
+    When the block fails, both namespaces' objects, Events and logs are printed. Afterwards, also when the
+    install itself failed, the release is uninstalled and its cluster-scoped RBAC deleted, unless kept.
+    ``adopt``: the release takes over the suite's CRD (else ``values`` must leave the chart's CRDs off);
+    ``clear_models``: the ModelDeployments are deleted first, while the operator runs;
+    ``always_uninstall``: uninstalled even when kept.
+    """
+    helm = helm_config(system)
+    delete_leftover_release(release)
+    if adopt:
+        adopt_crd(system)
+    try:
+        start = time.monotonic()
+        helm.install(ROOT / "charts/turnout", release, values, namespace=system, wait="watcher", timeout=300)
+        yield Chart(helm, time.monotonic() - start)
+    except BaseException:
+        dump(models, system)
+        raise
+    finally:
+        if clear_models:
+            kubectl("delete", "modeldeployments", "--all", "-n", models, "--wait=true", timeout=180, check=False)
+        if always_uninstall or not kept():
+            try:
+                helm.uninstall(release, ignore_not_found=True, wait="watcher", timeout=120)
+            finally:
+                delete_leftover_release(release)
 
 
 def labelled_model_pods(namespace: str) -> dict[str, dict[str, Any]]:

@@ -40,16 +40,11 @@ import noderuntime
 import pytest
 from kubectl import cluster_settled, condition, get_json, kubectl, model_deployment, poll, settled
 from realnode import (  # noqa: F401
-    MODEL_LABELS,
-    RELEASE,
-    ROOT,
-    adopt_crd,
+    chart_namespaces,
     chart_values,
-    delete_leftover_release,
-    dump,
     gateway_url,
-    helm_config,
     images,
+    installed_chart,
     labelled_model_pods,
     only_the_real_node,
     ready,
@@ -97,28 +92,13 @@ def _run(command: str) -> None:
 def installed(crds: None, real_node: dict[str, Any], images: nodeimages.Images,
               tolerations: list[dict[str, Any]]) -> Iterator[tuple[str, str, str]]:
     """The chart with its defaults and the project's images, and ``steady``: the tiny GGUF, two replicas, Ready."""
-    system, models = f"turnout-faults-{RUN}-sys", f"turnout-faults-{RUN}-models"
-    for ns in (system, models):
-        kubectl("create", "namespace", ns)
-    helm = helm_config(system)
-    delete_leftover_release()
-    adopt_crd(system)
-    helm.install(ROOT / "charts/turnout", RELEASE, chart_values(images, tolerations, models), namespace=system,
-                 wait="watcher", timeout=300)
-    try:
+    with (chart_namespaces(f"turnout-faults-{RUN}-sys", f"turnout-faults-{RUN}-models") as (system, models),
+          installed_chart(system, models, chart_values(images, tolerations, models))):
         _apply(models, "steady", _spec(real_node, tolerations, "steady", replicas=2))
         poll(lambda: ready(models, "steady"), timeout=300, interval=1, what="steady Ready")
         url = gateway_url(system)
         poll(lambda: "steady" in (_listed(url) or ()), timeout=60, what="the gateway lists steady")
         yield system, models, url
-    except BaseException:
-        dump(models, system)
-        raise
-    finally:
-        if not os.environ.get("TURNOUT_E2E_KEEP"):
-            helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
-            for ns in (models, system):
-                kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def _children(namespace: str, name: str) -> tuple[int, int]:

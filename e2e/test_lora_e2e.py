@@ -31,12 +31,11 @@ import realnode
 from kubectl import get_json, kubectl, poll
 from realnode import (
     MODEL_LABELS,
-    ROOT,
+    chart_namespaces,
     chart_values,
-    dump,
     example,
     gateway_url,
-    helm_config,
+    installed_chart,
     labelled_model_pods,
     ready,
     restarts,
@@ -60,13 +59,8 @@ images = realnode.images
 
 @pytest.fixture(scope="module")
 def lora_namespaces() -> Iterator[tuple[str, str]]:
-    system, models = f"turnout-e2e-{RUN}-lora-sys", f"turnout-e2e-{RUN}-lora"
-    for ns in (system, models):
-        kubectl("create", "namespace", ns)
-    yield system, models
-    if not os.environ.get("TURNOUT_E2E_KEEP"):
-        for ns in (models, system):
-            kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    with chart_namespaces(f"turnout-e2e-{RUN}-lora-sys", f"turnout-e2e-{RUN}-lora") as made:
+        yield made
 
 
 def _set_adapters(models: str, name: str, adapters: list[dict[str, str]]) -> None:
@@ -91,12 +85,8 @@ def test_an_adapter_added_and_removed_restarts_no_pod(
     from openai import NotFoundError, OpenAI
 
     system, models = lora_namespaces
-    helm = helm_config(system)
-    kubectl("delete", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}",
-            "--ignore-not-found", check=False)
     values = {**chart_values(images, tolerations, models), "crds": {"enabled": False}}  # the suite's CRD
-    helm.install(ROOT / "charts/turnout", RELEASE, values, namespace=system, wait="watcher", timeout=300)
-    try:
+    with installed_chart(system, models, values, release=RELEASE, adopt=False):
         doc = example("tiny-chat.yaml", tolerations)
         doc["spec"]["lora"] = {"maxLoaded": 2}
         name, served = doc["metadata"]["name"], doc["spec"]["servedModelName"]
@@ -147,9 +137,3 @@ def test_an_adapter_added_and_removed_restarts_no_pod(
         pod = next(iter(labelled_model_pods(models).values()))
         held = json.loads(pod["metadata"]["annotations"]["turnout.dev/adapters"])
         assert held["loaded"] == {}
-    except BaseException:
-        dump(models, system)
-        raise
-    finally:
-        if not os.environ.get("TURNOUT_E2E_KEEP"):
-            helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)

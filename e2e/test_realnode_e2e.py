@@ -30,7 +30,6 @@ more replicas than the node holds (Unschedulable).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,14 +47,12 @@ from realnode import (  # noqa: F401  (fixtures: pytest finds them by name in th
     MODEL_LABELS,
     RELEASE,
     ROOT,
-    adopt_crd,
+    chart_namespaces,
     chart_values,
-    delete_leftover_release,
-    dump,
     example,
     gateway_url,
-    helm_config,
     images,
+    installed_chart,
     labelled_model_pods,
     only_the_real_node,
     ready,
@@ -170,13 +167,8 @@ def _scale_from_zero(client: Any, doc: dict[str, Any], namespace: str) -> dict[s
 
 @pytest.fixture(scope="module")
 def journey_namespaces() -> Iterator[tuple[str, str]]:
-    system, models = f"turnout-e2e-{RUN}-sys", f"turnout-e2e-{RUN}-models"
-    for ns in (system, models):
-        kubectl("create", "namespace", ns)
-    yield system, models
-    if not os.environ.get("TURNOUT_E2E_KEEP"):
-        for ns in (models, system):
-            kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    with chart_namespaces(f"turnout-e2e-{RUN}-sys", f"turnout-e2e-{RUN}-models") as made:
+        yield made
 
 
 def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
@@ -185,14 +177,8 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
     from openai import OpenAI
 
     system, models = journey_namespaces
-    helm = helm_config(system)
-    delete_leftover_release()
-    adopt_crd(system)
-    start = time.monotonic()
-    helm.install(ROOT / "charts/turnout", RELEASE, chart_values(images, tolerations, models), namespace=system,
-                 wait="watcher", timeout=300)
-    installed = time.monotonic() - start
-    try:
+    with installed_chart(system, models, chart_values(images, tolerations, models)) as chart:
+        installed = chart.install_s
         docs = [example(name, tolerations) for name in JOURNEY]
         names = [d["metadata"]["name"] for d in docs]
         applied = time.monotonic()
@@ -224,8 +210,9 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
                        json.loads(kubectl("get", "deployments", "-n", models, "-o", "json"))["items"]}
         rebuilt_tag = f"{images.tag}-rebuilt"
         images.ensure("operator", tag=rebuilt_tag, build_args=(f"REVISION={rebuilt_tag}",))
-        helm.upgrade(ROOT / "charts/turnout", RELEASE, chart_values(images, tolerations, models, rebuilt_tag),
-                     namespace=system, wait="watcher", timeout=300)
+        chart.helm.upgrade(ROOT / "charts/turnout", RELEASE,
+                           chart_values(images, tolerations, models, rebuilt_tag), namespace=system,
+                           wait="watcher", timeout=300)
         # The old replicas may still be stopping (two by default: a stopping leader hands its Lease over first).
         operator_pods = poll(lambda: _operator_pods_on(system, rebuilt_tag), timeout=120,
                              what="only operator pods of the rebuilt image left")
@@ -258,12 +245,6 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
         poll(lambda: not json.loads(kubectl("get", "deployments,services,pods,persistentvolumeclaims", "-n", models,
                                             "-l", MODEL_LABELS, "-o", "json"))["items"],
              timeout=120, what="garbage collection of the children")
-    except BaseException:
-        dump(models, system)
-        raise
-    finally:
-        if not os.environ.get("TURNOUT_E2E_KEEP"):
-            helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
     assert not json.loads(kubectl("get", "deployments,services", "-n", system, "-o", "json"))["items"]
 
 

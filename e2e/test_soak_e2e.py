@@ -33,16 +33,12 @@ import pytest
 from hostagents import model_pods
 from kubectl import kubectl, poll, settled
 from realnode import (  # noqa: F401
-    RELEASE,
-    ROOT,
-    adopt_crd,
+    chart_namespaces,
     chart_values,
-    delete_leftover_release,
-    dump,
     example,
     gateway_url,
-    helm_config,
     images,
+    installed_chart,
     only_the_real_node,
     ready,
     real_node,
@@ -64,30 +60,15 @@ def soaked(crds: None, real_node: dict[str, Any], images: nodeimages.Images,
         pytest.skip("TURNOUT_E2E_SOAK_SECONDS is not set (the soak runs only when asked for)")
     if why := noderuntime.problem():
         pytest.skip(why)
-    system, models = f"turnout-soak-{RUN}-sys", f"turnout-soak-{RUN}-models"
-    for ns in (system, models):
-        kubectl("create", "namespace", ns)
-    helm = helm_config(system)
-    delete_leftover_release()
-    adopt_crd(system)
-    helm.install(ROOT / "charts/turnout", RELEASE, chart_values(images, tolerations, models), namespace=system,
-                 wait="watcher", timeout=300)
-    docs = [example(n, tolerations) for n in ("tiny-chat-gguf.yaml", "embedding-minilm.yaml")]
-    try:
+    with (chart_namespaces(f"turnout-soak-{RUN}-sys", f"turnout-soak-{RUN}-models") as (system, models),
+          installed_chart(system, models, chart_values(images, tolerations, models))):
+        docs = [example(n, tolerations) for n in ("tiny-chat-gguf.yaml", "embedding-minilm.yaml")]
         for doc in docs:
             kubectl("apply", "-n", models, "-f", "-", stdin=json.dumps(doc))
         for doc in docs:
             poll(lambda d=doc: ready(models, d["metadata"]["name"]), timeout=300, interval=1,
                  what=f"{doc['metadata']['name']} Ready")
         yield system, models, docs
-    except BaseException:
-        dump(models, system)
-        raise
-    finally:
-        if not os.environ.get("TURNOUT_E2E_KEEP"):
-            helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
-            for ns in (models, system):
-                kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def _processes(system: str, models: str, embedding: str) -> dict[str, int]:
