@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nodeimages
 import pytest
 import yaml
@@ -206,6 +210,79 @@ def dump(*namespaces: str) -> None:
         for pod in json.loads(kubectl("get", "pods", "-n", ns, "-o", "json", check=False) or "{}").get("items", []):
             name = pod["metadata"]["name"]
             print(f"\n===== {ns}/{name} log =====\n{kubectl('logs', '-n', ns, name, '--tail=60', check=False)}")
+
+
+def stream_end(reply: httpx.Response, close_after: int = 0) -> str:
+    """How a streamed chat's reply ended: ``whole`` (``data: [DONE]`` last), ``error event`` (an SSE error),
+    ``cut without an error``, ``closed`` (the client went away after ``close_after`` data lines) or ``status N``."""
+    if reply.status_code != 200:
+        reply.read()
+        return f"status {reply.status_code}"
+    last, seen = "", 0
+    for line in reply.iter_lines():
+        if line.startswith("data: "):
+            last, seen = line, seen + 1
+            if '"error"' in line:
+                return "error event"
+            if seen == close_after:
+                return "closed"
+    return "whole" if last == "data: [DONE]" else "cut without an error"
+
+
+def _streamed(url: str, model: str, stop: threading.Event) -> Counter[str]:
+    """Streamed chats back to back until ``stop``; how each ended (:func:`stream_end`), hung or broke."""
+    seen: Counter[str] = Counter()
+    while not stop.is_set():
+        body = {"model": model, "messages": [{"role": "user", "content": "tell a long story"}],
+                "max_tokens": 200, "stream": True}
+        try:
+            with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=60, trust_env=False) as reply:
+                seen[stream_end(reply)] += 1
+        except httpx.TimeoutException:
+            seen["hung"] += 1
+        except httpx.HTTPError as exc:
+            seen[f"broken: {type(exc).__name__}"] += 1
+    return seen
+
+
+def _answered(url: str, model: str, stop: threading.Event) -> Counter[str]:
+    """Non-streamed chats back to back until ``stop``: ok, status N, hung or broken."""
+    seen: Counter[str] = Counter()
+    while not stop.is_set():
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
+        try:
+            reply = httpx.post(f"{url}/chat/completions", json=body, timeout=60, trust_env=False)
+            seen["ok" if reply.status_code == 200 else f"status {reply.status_code}"] += 1
+        except httpx.TimeoutException:
+            seen["hung"] += 1
+        except httpx.HTTPError as exc:
+            seen[f"broken: {type(exc).__name__}"] += 1
+    return seen
+
+
+@dataclass
+class GatewayLoad:
+    """How the requests of :func:`gateway_load` ended, counted once the load has stopped."""
+
+    streamed: Counter[str] = field(default_factory=Counter)
+    answered: Counter[str] = field(default_factory=Counter)
+
+
+@contextmanager
+def gateway_load(url: str, model: str, clients: int = 4) -> Iterator[GatewayLoad]:
+    """``clients`` streaming and ``clients`` non-streaming chat clients asking ``model`` through the gateway at
+    ``url`` back to back while the block runs (a new connection and a 60 s timeout per request); when it ends
+    they finish their requests and the counts are in ``streamed`` and ``answered``."""
+    load, stop = GatewayLoad(), threading.Event()
+    with ThreadPoolExecutor(2 * clients) as pool:
+        streams = [pool.submit(_streamed, url, model, stop) for _ in range(clients)]
+        plains = [pool.submit(_answered, url, model, stop) for _ in range(clients)]
+        try:
+            yield load
+        finally:
+            stop.set()
+        load.streamed = sum((f.result() for f in streams), Counter())
+        load.answered = sum((f.result() for f in plains), Counter())
 
 
 def example(name: str, tolerations: list[dict[str, Any]]) -> dict[str, Any]:

@@ -27,11 +27,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -42,6 +40,7 @@ from kubectl import cluster_settled, condition, get_json, kubectl, model_deploym
 from realnode import (  # noqa: F401
     chart_namespaces,
     chart_values,
+    gateway_load,
     gateway_url,
     images,
     installed_chart,
@@ -210,48 +209,6 @@ def test_the_node_stopped_and_started_degrades_with_the_reason_and_recovers(
     record_results({"node_stop_start": figures})
 
 
-def _stream(url: str, stop: threading.Event) -> Counter[str]:
-    """Streamed chats back to back until ``stop``; how each ended: whole, with an error event, or broken."""
-    seen: Counter[str] = Counter()
-    while not stop.is_set():
-        body = {"model": "steady", "messages": [{"role": "user", "content": "tell a long story"}],
-                "max_tokens": 200, "stream": True}
-        try:
-            with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=60, trust_env=False) as reply:
-                if reply.status_code != 200:
-                    reply.read()
-                    seen[f"status {reply.status_code}"] += 1
-                    continue
-                last = ""
-                for line in reply.iter_lines():
-                    if line.startswith("data: "):
-                        last = line
-                        if '"error"' in line:
-                            seen["error event"] += 1
-                            break
-                else:
-                    seen["whole" if last == "data: [DONE]" else "cut without an error"] += 1
-        except httpx.TimeoutException:
-            seen["hung"] += 1
-        except httpx.HTTPError as exc:
-            seen[f"broken: {type(exc).__name__}"] += 1
-    return seen
-
-
-def _plain(url: str, stop: threading.Event) -> Counter[str]:
-    seen: Counter[str] = Counter()
-    while not stop.is_set():
-        body = {"model": "steady", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
-        try:
-            reply = httpx.post(f"{url}/chat/completions", json=body, timeout=60, trust_env=False)
-            seen["ok" if reply.status_code == 200 else f"status {reply.status_code}"] += 1
-        except httpx.TimeoutException:
-            seen["hung"] += 1
-        except httpx.HTTPError as exc:
-            seen[f"broken: {type(exc).__name__}"] += 1
-    return seen
-
-
 def test_a_model_pod_killed_mid_stream_ends_its_streams_cleanly_and_the_other_replica_answers(
         installed: tuple[str, str, str]) -> None:
     if why := noderuntime.problem():
@@ -260,17 +217,12 @@ def test_a_model_pod_killed_mid_stream_ends_its_streams_cleanly_and_the_other_re
     poll(lambda: ready(models, "steady") and len(labelled_model_pods(models)) == 2, timeout=300,
          what="steady with two replicas")
     victim = sorted(labelled_model_pods(models).values(), key=lambda p: p["metadata"]["name"])[0]
-    stop = threading.Event()
-    with ThreadPoolExecutor(8) as pool:
-        streams = [pool.submit(_stream, url, stop) for _ in range(4)]
-        plains = [pool.submit(_plain, url, stop) for _ in range(4)]
+    with gateway_load(url, "steady") as load:
         time.sleep(5)
         noderuntime.kill(noderuntime.container_id(victim))
         killed = time.monotonic()
         time.sleep(15)
-        stop.set()
-        streamed = sum((f.result() for f in streams), Counter())
-        answered = sum((f.result() for f in plains), Counter())
+    streamed, answered = load.streamed, load.answered
     print(f"\nkilled {victim['metadata']['name']}: streams {dict(streamed)}; non-streamed {dict(answered)}")
     assert not {k for k in streamed if k not in ("whole", "error event")}, streamed
     assert streamed["whole"] > 0
@@ -291,17 +243,12 @@ def test_a_gateway_pod_deleted_under_load_ends_its_streams_cleanly_and_the_other
     system, _models, url = installed
     gateways = sorted(p["metadata"]["name"] for p in _pods(system, "gateway"))
     assert len(gateways) == 2, f"the chart's default is two gateway replicas: {gateways}"
-    stop = threading.Event()
-    with ThreadPoolExecutor(8) as pool:
-        streams = [pool.submit(_stream, url, stop) for _ in range(4)]
-        plains = [pool.submit(_plain, url, stop) for _ in range(4)]
+    with gateway_load(url, "steady") as load:
         time.sleep(5)
         deleted = time.monotonic()
         kubectl("delete", "pod", "-n", system, gateways[0], "--wait=false")
         time.sleep(30)
-        stop.set()
-        streamed = sum((f.result() for f in streams), Counter())
-        answered = sum((f.result() for f in plains), Counter())
+    streamed, answered = load.streamed, load.answered
     print(f"\ngateway {gateways[0]} deleted under load: streams {dict(streamed)}; non-streamed {dict(answered)}")
     assert not {k for k in streamed if k not in ("whole", "error event")}, streamed
     assert "hung" not in answered and answered["ok"] > 0, answered

@@ -42,6 +42,7 @@ from realnode import (  # noqa: F401
     only_the_real_node,
     ready,
     real_node,
+    stream_end,
     tolerations,
 )
 from results import record_results
@@ -111,18 +112,9 @@ def _client(url: str, chat: str, embed: str, kind: str, stop: threading.Event, q
                     body = {"model": chat, "max_tokens": 64, "stream": True,
                             "messages": [{"role": "user", "content": "soak stream"}]}
                     with http.stream("POST", "/chat/completions", json=body) as reply:
-                        lines = []
-                        ok = reply.status_code == 200
-                        for line in reply.iter_lines():
-                            if line.startswith("data: "):
-                                lines.append(line)
-                                if '"error"' in line:
-                                    ok = False
-                                    break
-                                if kind == "cancel" and len(lines) == 3:
-                                    break  # the client goes away mid-stream
-                        if ok and kind == "stream":
-                            ok = bool(lines) and lines[-1] == "data: [DONE]"
+                        # a cancel: the client goes away mid-stream, after the first chunks
+                        end = stream_end(reply, close_after=3 if kind == "cancel" else 0)
+                    ok = end == "whole" or (kind == "cancel" and end in ("closed", "cut without an error"))
                 outcome += " ok" if ok else f" failed ({reply.status_code})"
             except httpx.HTTPError as exc:
                 outcome += f" failed ({type(exc).__name__})"
