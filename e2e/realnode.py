@@ -145,6 +145,13 @@ class Chart:
 
     helm: Any
     install_s: float
+    release: str
+    system: str
+
+    def upgrade(self, values: dict[str, Any]) -> None:
+        """``helm upgrade`` the release to ``values`` (Helm waits for its pods, 300 s)."""
+        self.helm.upgrade(ROOT / "charts/turnout", self.release, values, namespace=self.system, wait="watcher",
+                          timeout=300)
 
 
 @contextmanager
@@ -165,7 +172,7 @@ def installed_chart(system: str, models: str, values: dict[str, Any], *, release
     try:
         start = time.monotonic()
         helm.install(ROOT / "charts/turnout", release, values, namespace=system, wait="watcher", timeout=300)
-        yield Chart(helm, time.monotonic() - start)
+        yield Chart(helm, time.monotonic() - start, release, system)
     except BaseException:
         dump(models, system)
         raise

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (the real-node fixtures are imported from realnode.py; pytest passes them by name)
 """What production clusters do to turnout, done to the real node: the chart installed, models serving, then faults.
 
 The chart (its defaults: two operator replicas, two gateway replicas) serves the tiny GGUF with two replicas
@@ -36,24 +35,18 @@ import httpx
 import nodeimages
 import noderuntime
 import pytest
+import realnode
 from kubectl import cluster_settled, condition, get_json, kubectl, model_deployment, poll, settled
-from realnode import (  # noqa: F401
-    chart_namespaces,
-    chart_values,
-    gateway_load,
-    gateway_url,
-    images,
-    installed_chart,
-    labelled_model_pods,
-    only_the_real_node,
-    ready,
-    real_node,
-    restarts,
-    tolerations,
-)
+from realnode import chart_values, gateway_load, gateway_url, labelled_model_pods, ready, restarts
 from results import record_results
 
 from conftest import RUN
+
+# The real-node tier's fixtures: the node, its taints, the images built and loaded, the other nodes cordoned.
+real_node = realnode.real_node
+tolerations = realnode.tolerations
+images = realnode.images
+only_the_real_node = realnode.only_the_real_node
 
 GROUP_PATH = "/apis/turnout.dev/v1alpha1"
 TINY_GGUF = {"uri": "builtin://tiny-llama.gguf", "type": "llm", "size": 0.01}
@@ -91,8 +84,8 @@ def _run(command: str) -> None:
 def installed(crds: None, real_node: dict[str, Any], images: nodeimages.Images,
               tolerations: list[dict[str, Any]]) -> Iterator[tuple[str, str, str]]:
     """The chart with its defaults and the project's images, and ``steady``: the tiny GGUF, two replicas, Ready."""
-    with (chart_namespaces(f"turnout-faults-{RUN}-sys", f"turnout-faults-{RUN}-models") as (system, models),
-          installed_chart(system, models, chart_values(images, tolerations, models))):
+    with (realnode.chart_namespaces(f"turnout-faults-{RUN}-sys", f"turnout-faults-{RUN}-models") as (system, models),
+          realnode.installed_chart(system, models, chart_values(images, tolerations, models))):
         _apply(models, "steady", _spec(real_node, tolerations, "steady", replicas=2))
         poll(lambda: ready(models, "steady"), timeout=300, interval=1, what="steady Ready")
         url = gateway_url(system)

@@ -20,7 +20,7 @@ import nodeimages
 import pytest
 import realnode
 from kubectl import get_json, kubectl, poll
-from realnode import RELEASE, chart_namespaces, chart_values, example, installed_chart
+from realnode import RELEASE, chart_values, example
 from results import record_results
 
 from conftest import RUN
@@ -39,10 +39,10 @@ BOUND = LEASE_DURATION + 2 * RETRY + 15
 @pytest.fixture(scope="module")
 def ha_release(crds: None, real_node: dict[str, Any], images: nodeimages.Images,
                tolerations: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
-    with chart_namespaces(f"turnout-ha-{RUN}-sys", f"turnout-ha-{RUN}-models") as (system, models):
+    with realnode.chart_namespaces(f"turnout-ha-{RUN}-sys", f"turnout-ha-{RUN}-models") as (system, models):
         values = chart_values(images, tolerations, models)
         assert "replicas" not in values, "the chart's defaults (2 replicas, leader election) are what is tested"
-        with installed_chart(system, models, values, clear_models=True, always_uninstall=True):
+        with realnode.installed_chart(system, models, values, clear_models=True, always_uninstall=True):
             yield system, models
 
 

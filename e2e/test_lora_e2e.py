@@ -29,17 +29,7 @@ import nodeimages
 import pytest
 import realnode
 from kubectl import get_json, kubectl, poll
-from realnode import (
-    MODEL_LABELS,
-    chart_namespaces,
-    chart_values,
-    example,
-    gateway_url,
-    installed_chart,
-    labelled_model_pods,
-    ready,
-    restarts,
-)
+from realnode import MODEL_LABELS, chart_values, example, gateway_url, labelled_model_pods, ready, restarts
 from results import record_results
 
 from conftest import RUN
@@ -59,7 +49,7 @@ images = realnode.images
 
 @pytest.fixture(scope="module")
 def lora_namespaces() -> Iterator[tuple[str, str]]:
-    with chart_namespaces(f"turnout-e2e-{RUN}-lora-sys", f"turnout-e2e-{RUN}-lora") as made:
+    with realnode.chart_namespaces(f"turnout-e2e-{RUN}-lora-sys", f"turnout-e2e-{RUN}-lora") as made:
         yield made
 
 
@@ -86,7 +76,7 @@ def test_an_adapter_added_and_removed_restarts_no_pod(
 
     system, models = lora_namespaces
     values = {**chart_values(images, tolerations, models), "crds": {"enabled": False}}  # the suite's CRD
-    with installed_chart(system, models, values, release=RELEASE, adopt=False):
+    with realnode.installed_chart(system, models, values, release=RELEASE, adopt=False):
         doc = example("tiny-chat.yaml", tolerations)
         doc["spec"]["lora"] = {"maxLoaded": 2}
         name, served = doc["metadata"]["name"], doc["spec"]["servedModelName"]

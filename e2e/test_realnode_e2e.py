@@ -26,7 +26,6 @@ the shim exit (CrashLoopBackOff), an engine that cannot load its model (the engi
 more replicas than the node holds (Unschedulable).
 """
 
-# ruff: noqa: F811  (the real-node fixtures are imported from realnode.py; pytest passes them by name)
 from __future__ import annotations
 
 import json
@@ -38,32 +37,23 @@ from typing import Any
 import httpx
 import nodeimages
 import pytest
+import realnode
 import yaml
 from hostagents import model_pods
 from kubectl import apply, condition, get_json, kubectl, model_deployment, poll, settled
 from podtimes import FirstHealthy, epoch, pod_times
 from procs import OperatorProcess
-from realnode import (  # noqa: F401  (fixtures: pytest finds them by name in this module)
-    MODEL_LABELS,
-    RELEASE,
-    ROOT,
-    chart_namespaces,
-    chart_values,
-    example,
-    gateway_url,
-    images,
-    installed_chart,
-    labelled_model_pods,
-    only_the_real_node,
-    ready,
-    real_node,
-    restarts,
-    tolerations,
-)
+from realnode import MODEL_LABELS, chart_values, example, gateway_url, labelled_model_pods, ready, restarts
 from results import record_results
 
 from conftest import RUN
 from turnout.render.manifests import child_name
+
+# The real-node tier's fixtures: the node, its taints, the images built and loaded, the other nodes cordoned.
+real_node = realnode.real_node
+tolerations = realnode.tolerations
+images = realnode.images
+only_the_real_node = realnode.only_the_real_node
 
 #: Examples the journey serves, applied unchanged but for the node's tolerations.
 JOURNEY = ("tiny-chat-gguf.yaml", "tiny-chat.yaml", "embedding-minilm.yaml")
@@ -167,7 +157,7 @@ def _scale_from_zero(client: Any, doc: dict[str, Any], namespace: str) -> dict[s
 
 @pytest.fixture(scope="module")
 def journey_namespaces() -> Iterator[tuple[str, str]]:
-    with chart_namespaces(f"turnout-e2e-{RUN}-sys", f"turnout-e2e-{RUN}-models") as made:
+    with realnode.chart_namespaces(f"turnout-e2e-{RUN}-sys", f"turnout-e2e-{RUN}-models") as made:
         yield made
 
 
@@ -177,7 +167,7 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
     from openai import OpenAI
 
     system, models = journey_namespaces
-    with installed_chart(system, models, chart_values(images, tolerations, models)) as chart:
+    with realnode.installed_chart(system, models, chart_values(images, tolerations, models)) as chart:
         installed = chart.install_s
         docs = [example(name, tolerations) for name in JOURNEY]
         names = [d["metadata"]["name"] for d in docs]
@@ -210,9 +200,7 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
                        json.loads(kubectl("get", "deployments", "-n", models, "-o", "json"))["items"]}
         rebuilt_tag = f"{images.tag}-rebuilt"
         images.ensure("operator", tag=rebuilt_tag, build_args=(f"REVISION={rebuilt_tag}",))
-        chart.helm.upgrade(ROOT / "charts/turnout", RELEASE,
-                           chart_values(images, tolerations, models, rebuilt_tag), namespace=system,
-                           wait="watcher", timeout=300)
+        chart.upgrade(chart_values(images, tolerations, models, rebuilt_tag))
         # The old replicas may still be stopping (two by default: a stopping leader hands its Lease over first).
         operator_pods = poll(lambda: _operator_pods_on(system, rebuilt_tag), timeout=120,
                              what="only operator pods of the rebuilt image left")

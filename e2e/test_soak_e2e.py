@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (the real-node fixtures are imported from realnode.py; pytest passes them by name)
 """A soak on the real node: mixed traffic through the in-cluster gateway for ``TURNOUT_E2E_SOAK_SECONDS``.
 
 The chart (its defaults) serves the tiny GGUF chat model and the MiniLM embedding example. Eight clients send,
@@ -30,24 +29,19 @@ import httpx
 import nodeimages
 import noderuntime
 import pytest
+import realnode
 from hostagents import model_pods
 from kubectl import kubectl, poll, settled
-from realnode import (  # noqa: F401
-    chart_namespaces,
-    chart_values,
-    example,
-    gateway_url,
-    images,
-    installed_chart,
-    only_the_real_node,
-    ready,
-    real_node,
-    stream_end,
-    tolerations,
-)
+from realnode import chart_values, example, gateway_url, ready, stream_end
 from results import record_results
 
 from conftest import RUN
+
+# The real-node tier's fixtures: the node, its taints, the images built and loaded, the other nodes cordoned.
+real_node = realnode.real_node
+tolerations = realnode.tolerations
+images = realnode.images
+only_the_real_node = realnode.only_the_real_node
 
 SECONDS = float(os.environ.get("TURNOUT_E2E_SOAK_SECONDS") or 0)
 #: Growth allowed between the first sample after the warm-up and the last.
@@ -61,8 +55,8 @@ def soaked(crds: None, real_node: dict[str, Any], images: nodeimages.Images,
         pytest.skip("TURNOUT_E2E_SOAK_SECONDS is not set (the soak runs only when asked for)")
     if why := noderuntime.problem():
         pytest.skip(why)
-    with (chart_namespaces(f"turnout-soak-{RUN}-sys", f"turnout-soak-{RUN}-models") as (system, models),
-          installed_chart(system, models, chart_values(images, tolerations, models))):
+    with (realnode.chart_namespaces(f"turnout-soak-{RUN}-sys", f"turnout-soak-{RUN}-models") as (system, models),
+          realnode.installed_chart(system, models, chart_values(images, tolerations, models))):
         docs = [example(n, tolerations) for n in ("tiny-chat-gguf.yaml", "embedding-minilm.yaml")]
         for doc in docs:
             kubectl("apply", "-n", models, "-f", "-", stdin=json.dumps(doc))
