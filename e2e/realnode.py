@@ -1,8 +1,10 @@
 """What the real-node tiers share: the node, the project's images on it, the chart installed with them.
 
-A module that imports the fixtures (``real_node``, ``only_the_real_node``, ``tolerations``, ``images``) runs
-only where the cluster has a Ready node with a real container runtime this machine can load images into, and
-cordons every other node while it runs.
+A module that binds the fixtures (``real_node = realnode.real_node``; likewise ``only_the_real_node``,
+``tolerations``, ``images``) runs only where the cluster has a Ready node with a real container runtime this
+machine can load images into, and cordons every other node while it runs. :func:`installed_chart` (in the
+namespaces of :func:`chart_namespaces`) installs the chart and always cleans up after it; :func:`gateway_load`
+puts streaming and non-streaming chat clients on the gateway while a fault is injected.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ Faults that need a hand on the control plane are commands of the cluster's owner
 * ``TURNOUT_E2E_RESTART_APISERVER``: restarts the API server (e.g. kill it under its supervisor);
 * ``TURNOUT_E2E_STOP_NODE`` / ``TURNOUT_E2E_START_NODE``: stop and start the real node's kubelet.
 
-``TURNOUT_E2E_RESULTS=<file>`` records each test's figures under ``faults``.
+``TURNOUT_E2E_RESULTS=<file>`` records each test's figures (``api_server_restart`` and ``watch_410``,
+``node_stop_start``, ``pod_killed_mid_stream``, ``gateway_pod_killed``).
 """
 
 from __future__ import annotations
