@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (the real-node fixtures are imported from realnode.py; pytest passes them by name)
 """What production clusters do to turnout, done to the real node: the chart installed, models serving, then faults.
 
 The chart (its defaults: two operator replicas, two gateway replicas) serves the tiny GGUF with two replicas
@@ -19,7 +18,8 @@ Faults that need a hand on the control plane are commands of the cluster's owner
 * ``TURNOUT_E2E_RESTART_APISERVER``: restarts the API server (e.g. kill it under its supervisor);
 * ``TURNOUT_E2E_STOP_NODE`` / ``TURNOUT_E2E_START_NODE``: stop and start the real node's kubelet.
 
-``TURNOUT_E2E_RESULTS=<file>`` records each test's figures under ``faults``.
+``TURNOUT_E2E_RESULTS=<file>`` records each test's figures (``api_server_restart`` and ``watch_410``,
+``node_stop_start``, ``pod_killed_mid_stream``, ``gateway_pod_killed``).
 """
 
 from __future__ import annotations
@@ -27,40 +27,27 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import nodeimages
 import noderuntime
 import pytest
+import realnode
 from kubectl import cluster_settled, condition, get_json, kubectl, model_deployment, poll, settled
-from realnode import (  # noqa: F401
-    MODEL_LABELS,
-    RELEASE,
-    ROOT,
-    adopt_crd,
-    chart_values,
-    delete_leftover_release,
-    dump,
-    gateway_url,
-    helm_config,
-    images,
-    labelled_model_pods,
-    only_the_real_node,
-    ready,
-    real_node,
-    record,
-    restarts,
-    tolerations,
-)
+from realnode import chart_values, gateway_load, gateway_url, labelled_model_pods, ready, restarts
+from results import record_results
 
 from conftest import RUN
+
+# The real-node tier's fixtures: the node, its taints, the images built and loaded, the other nodes cordoned.
+real_node = realnode.real_node
+tolerations = realnode.tolerations
+images = realnode.images
+only_the_real_node = realnode.only_the_real_node
 
 GROUP_PATH = "/apis/turnout.dev/v1alpha1"
 TINY_GGUF = {"uri": "builtin://tiny-llama.gguf", "type": "llm", "size": 0.01}
@@ -90,15 +77,6 @@ def _listed(base_url: str) -> set[str] | None:
     return {m["id"] for m in reply.json()["data"]} if reply.status_code == 200 else None
 
 
-def _record(figures: dict[str, Any]) -> None:
-    """Figures under the keys docs/reliability.md's table reads (scripts/render-reliability.py), merged into
-    what other tiers recorded under the same key (the agent tier's ``watch_410``)."""
-    if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-        path = Path(out)
-        known = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}
-        record(path, {k: {**known.get(k, {}), **v} if isinstance(v, dict) else v for k, v in figures.items()})
-
-
 def _run(command: str) -> None:
     subprocess.run(command, shell=True, check=True, timeout=60)
 
@@ -107,28 +85,13 @@ def _run(command: str) -> None:
 def installed(crds: None, real_node: dict[str, Any], images: nodeimages.Images,
               tolerations: list[dict[str, Any]]) -> Iterator[tuple[str, str, str]]:
     """The chart with its defaults and the project's images, and ``steady``: the tiny GGUF, two replicas, Ready."""
-    system, models = f"turnout-faults-{RUN}-sys", f"turnout-faults-{RUN}-models"
-    for ns in (system, models):
-        kubectl("create", "namespace", ns)
-    helm = helm_config(system)
-    delete_leftover_release()
-    adopt_crd(system)
-    helm.install(ROOT / "charts/turnout", RELEASE, chart_values(images, tolerations, models), namespace=system,
-                 wait="watcher", timeout=300)
-    try:
+    with (realnode.chart_namespaces(f"turnout-faults-{RUN}-sys", f"turnout-faults-{RUN}-models") as (system, models),
+          realnode.installed_chart(system, models, chart_values(images, tolerations, models))):
         _apply(models, "steady", _spec(real_node, tolerations, "steady", replicas=2))
         poll(lambda: ready(models, "steady"), timeout=300, interval=1, what="steady Ready")
         url = gateway_url(system)
         poll(lambda: "steady" in (_listed(url) or ()), timeout=60, what="the gateway lists steady")
         yield system, models, url
-    except BaseException:
-        dump(models, system)
-        raise
-    finally:
-        if not os.environ.get("TURNOUT_E2E_KEEP"):
-            helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
-            for ns in (models, system):
-                kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def _children(namespace: str, name: str) -> tuple[int, int]:
@@ -192,7 +155,7 @@ def test_api_server_restarted_mid_reconcile_every_watch_relists_and_nothing_is_m
                "gateway_listed_after_ready_s": round(gateway_s, 1), "gateway_models": sorted(listed),
                "operator_restarts": sum(restarts(p) for p in _pods(system, "operator"))}
     print(f"\nAPI server restart: {figures}")
-    _record({"api_server_restart": figures,
+    record_results({"api_server_restart": figures,
              "watch_410": {"watch_from_before_the_restart": "410 Expired",
                            "gateways_relisted_in_process": len(logs), "gateway_restarts": 0,
                            "missed_changes": 0}})
@@ -237,49 +200,7 @@ def test_the_node_stopped_and_started_degrades_with_the_reason_and_recovers(
     figures = {"node_not_ready_after_stop_s": round(not_ready_s, 1), "degraded_after_stop_s": round(degraded_s, 1),
                "ready_after_start_s": round(ready_s, 1), "message": cond["message"]}
     print(f"\nnode stopped and started: {figures}")
-    _record({"node_stop_start": figures})
-
-
-def _stream(url: str, stop: threading.Event) -> Counter[str]:
-    """Streamed chats back to back until ``stop``; how each ended: whole, with an error event, or broken."""
-    seen: Counter[str] = Counter()
-    while not stop.is_set():
-        body = {"model": "steady", "messages": [{"role": "user", "content": "tell a long story"}],
-                "max_tokens": 200, "stream": True}
-        try:
-            with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=60, trust_env=False) as reply:
-                if reply.status_code != 200:
-                    reply.read()
-                    seen[f"status {reply.status_code}"] += 1
-                    continue
-                last = ""
-                for line in reply.iter_lines():
-                    if line.startswith("data: "):
-                        last = line
-                        if '"error"' in line:
-                            seen["error event"] += 1
-                            break
-                else:
-                    seen["whole" if last == "data: [DONE]" else "cut without an error"] += 1
-        except httpx.TimeoutException:
-            seen["hung"] += 1
-        except httpx.HTTPError as exc:
-            seen[f"broken: {type(exc).__name__}"] += 1
-    return seen
-
-
-def _plain(url: str, stop: threading.Event) -> Counter[str]:
-    seen: Counter[str] = Counter()
-    while not stop.is_set():
-        body = {"model": "steady", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
-        try:
-            reply = httpx.post(f"{url}/chat/completions", json=body, timeout=60, trust_env=False)
-            seen["ok" if reply.status_code == 200 else f"status {reply.status_code}"] += 1
-        except httpx.TimeoutException:
-            seen["hung"] += 1
-        except httpx.HTTPError as exc:
-            seen[f"broken: {type(exc).__name__}"] += 1
-    return seen
+    record_results({"node_stop_start": figures})
 
 
 def test_a_model_pod_killed_mid_stream_ends_its_streams_cleanly_and_the_other_replica_answers(
@@ -290,17 +211,12 @@ def test_a_model_pod_killed_mid_stream_ends_its_streams_cleanly_and_the_other_re
     poll(lambda: ready(models, "steady") and len(labelled_model_pods(models)) == 2, timeout=300,
          what="steady with two replicas")
     victim = sorted(labelled_model_pods(models).values(), key=lambda p: p["metadata"]["name"])[0]
-    stop = threading.Event()
-    with ThreadPoolExecutor(8) as pool:
-        streams = [pool.submit(_stream, url, stop) for _ in range(4)]
-        plains = [pool.submit(_plain, url, stop) for _ in range(4)]
+    with gateway_load(url, "steady") as load:
         time.sleep(5)
         noderuntime.kill(noderuntime.container_id(victim))
         killed = time.monotonic()
         time.sleep(15)
-        stop.set()
-        streamed = sum((f.result() for f in streams), Counter())
-        answered = sum((f.result() for f in plains), Counter())
+    streamed, answered = load.streamed, load.answered
     print(f"\nkilled {victim['metadata']['name']}: streams {dict(streamed)}; non-streamed {dict(answered)}")
     assert not {k for k in streamed if k not in ("whole", "error event")}, streamed
     assert streamed["whole"] > 0
@@ -310,7 +226,7 @@ def test_a_model_pod_killed_mid_stream_ends_its_streams_cleanly_and_the_other_re
     assert answered["ok"] > 0
     poll(lambda: ready(models, "steady"), timeout=300, interval=1, what="steady Ready after the kill")
     recovered_s = time.monotonic() - killed
-    _record({"pod_killed_mid_stream": {"streams": dict(streamed), "non_streamed": dict(answered),
+    record_results({"pod_killed_mid_stream": {"streams": dict(streamed), "non_streamed": dict(answered),
                                        "ready_again_after_kill_s": round(recovered_s, 1)}})
 
 
@@ -321,17 +237,12 @@ def test_a_gateway_pod_deleted_under_load_ends_its_streams_cleanly_and_the_other
     system, _models, url = installed
     gateways = sorted(p["metadata"]["name"] for p in _pods(system, "gateway"))
     assert len(gateways) == 2, f"the chart's default is two gateway replicas: {gateways}"
-    stop = threading.Event()
-    with ThreadPoolExecutor(8) as pool:
-        streams = [pool.submit(_stream, url, stop) for _ in range(4)]
-        plains = [pool.submit(_plain, url, stop) for _ in range(4)]
+    with gateway_load(url, "steady") as load:
         time.sleep(5)
         deleted = time.monotonic()
         kubectl("delete", "pod", "-n", system, gateways[0], "--wait=false")
         time.sleep(30)
-        stop.set()
-        streamed = sum((f.result() for f in streams), Counter())
-        answered = sum((f.result() for f in plains), Counter())
+    streamed, answered = load.streamed, load.answered
     print(f"\ngateway {gateways[0]} deleted under load: streams {dict(streamed)}; non-streamed {dict(answered)}")
     assert not {k for k in streamed if k not in ("whole", "error event")}, streamed
     assert "hung" not in answered and answered["ok"] > 0, answered
@@ -339,7 +250,7 @@ def test_a_gateway_pod_deleted_under_load_ends_its_streams_cleanly_and_the_other
         v for k, v in streamed.items() if k not in ("whole",))
     poll(lambda: len([p for p in _pods(system, "gateway") if ready_pod(p)]) == 2, timeout=180, interval=1,
          what="two gateways ready again")
-    _record({"gateway_pod_killed": {"streams": dict(streamed), "non_streamed": dict(answered),
+    record_results({"gateway_pod_killed": {"streams": dict(streamed), "non_streamed": dict(answered),
                                     "client_errors": errors,
                                     "two_ready_again_after_s": round(time.monotonic() - deleted, 1)}})
     assert errors <= 4, (streamed, answered)

@@ -26,7 +26,6 @@ benchmarks/bench_scale_from_zero.py runs it that way. No timing is asserted.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from hostagents import (
 from kubectl import apply, events, get_json, kubectl, model_deployment, poll
 from podtimes import FirstHealthy, pod_times
 from procs import PACKAGE_ROOT, GatewayProcess, OperatorProcess, parse_metrics
+from results import record_results
 
 PAIR_LABEL = "turnout.dev/e2e-gateway"
 #: Autoscaler settings of the operator here: a sample every 2 s, averaged over 6 s (defaults 15 s, 60 s).
@@ -387,8 +387,6 @@ def test_scale_from_zero_through_the_gateway_up_to_two_and_back(operator: Operat
         results["gateway_upstream_errors"] = gateway.total("turnout_gateway_upstream_errors_total",
                                                             deployment=name)
     finally:
-        if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-            with contextlib.suppress(OSError):  # merged: other tiers record their figures in the same file
-                known = json.loads(Path(out).read_text()) if Path(out).exists() and Path(out).stat().st_size else {}
-                Path(out).write_text(json.dumps({**known, **results}, indent=2) + "\n")
+        with contextlib.suppress(OSError):  # merged: other tiers record their figures in the same file
+            record_results(results)
         delete_and_wait(namespace, name)

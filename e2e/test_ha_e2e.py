@@ -12,17 +12,16 @@ one reconcile. ``TURNOUT_E2E_RESULTS=<file>`` records ``operator_failover`` for 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import nodeimages
 import pytest
 import realnode
 from kubectl import get_json, kubectl, poll
-from realnode import RELEASE, ROOT, adopt_crd, chart_values, delete_leftover_release, example, helm_config, record
+from realnode import RELEASE, chart_values, example
+from results import record_results
 
 from conftest import RUN
 from turnout.render.manifests import child_name
@@ -40,23 +39,11 @@ BOUND = LEASE_DURATION + 2 * RETRY + 15
 @pytest.fixture(scope="module")
 def ha_release(crds: None, real_node: dict[str, Any], images: nodeimages.Images,
                tolerations: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
-    system, models = f"turnout-ha-{RUN}-sys", f"turnout-ha-{RUN}-models"
-    for ns in (system, models):
-        kubectl("create", "namespace", ns)
-    helm = helm_config(system)
-    delete_leftover_release()
-    adopt_crd(system)
-    values = chart_values(images, tolerations, models)
-    assert "replicas" not in values, "the chart's defaults (2 replicas, leader election) are what is tested"
-    helm.install(ROOT / "charts/turnout", RELEASE, values, namespace=system, wait="watcher", timeout=300)
-    try:
-        yield system, models
-    finally:
-        kubectl("delete", "modeldeployments", "--all", "-n", models, "--wait=true", timeout=180, check=False)
-        helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
-        if not os.environ.get("TURNOUT_E2E_KEEP"):
-            for ns in (models, system):
-                kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    with realnode.chart_namespaces(f"turnout-ha-{RUN}-sys", f"turnout-ha-{RUN}-models") as (system, models):
+        values = chart_values(images, tolerations, models)
+        assert "replicas" not in values, "the chart's defaults (2 replicas, leader election) are what is tested"
+        with realnode.installed_chart(system, models, values, clear_models=True, always_uninstall=True):
+            yield system, models
 
 
 def _operator_pods(system: str) -> list[str]:
@@ -116,8 +103,7 @@ def test_the_standby_reconciles_a_new_deployment_after_the_leader_pod_is_deleted
     figures = {"forced_s": forced["seconds"], "graceful_s": graceful["seconds"], "bound_s": BOUND,
                "lease_duration_s": LEASE_DURATION}
     print(f"\noperator failover: {figures}")
-    if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-        record(Path(out), {"operator_failover": figures})
+    record_results({"operator_failover": figures})
     assert forced["seconds"] <= BOUND and graceful["seconds"] <= BOUND, figures
     # Nothing reconciled twice: one Deployment per ModelDeployment.
     for name in ("ha-before", "ha-after-kill", "ha-after-term"):

@@ -22,7 +22,6 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,19 +29,8 @@ import nodeimages
 import pytest
 import realnode
 from kubectl import get_json, kubectl, poll
-from realnode import (
-    MODEL_LABELS,
-    ROOT,
-    chart_values,
-    dump,
-    example,
-    gateway_url,
-    helm_config,
-    labelled_model_pods,
-    ready,
-    record,
-    restarts,
-)
+from realnode import MODEL_LABELS, chart_values, example, gateway_url, labelled_model_pods, ready, restarts
+from results import record_results
 
 from conftest import RUN
 
@@ -61,13 +49,8 @@ images = realnode.images
 
 @pytest.fixture(scope="module")
 def lora_namespaces() -> Iterator[tuple[str, str]]:
-    system, models = f"turnout-e2e-{RUN}-lora-sys", f"turnout-e2e-{RUN}-lora"
-    for ns in (system, models):
-        kubectl("create", "namespace", ns)
-    yield system, models
-    if not os.environ.get("TURNOUT_E2E_KEEP"):
-        for ns in (models, system):
-            kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    with realnode.chart_namespaces(f"turnout-e2e-{RUN}-lora-sys", f"turnout-e2e-{RUN}-lora") as made:
+        yield made
 
 
 def _set_adapters(models: str, name: str, adapters: list[dict[str, str]]) -> None:
@@ -92,12 +75,8 @@ def test_an_adapter_added_and_removed_restarts_no_pod(
     from openai import NotFoundError, OpenAI
 
     system, models = lora_namespaces
-    helm = helm_config(system)
-    kubectl("delete", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}",
-            "--ignore-not-found", check=False)
     values = {**chart_values(images, tolerations, models), "crds": {"enabled": False}}  # the suite's CRD
-    helm.install(ROOT / "charts/turnout", RELEASE, values, namespace=system, wait="watcher", timeout=300)
-    try:
+    with realnode.installed_chart(system, models, values, release=RELEASE, adopt=False):
         doc = example("tiny-chat.yaml", tolerations)
         doc["spec"]["lora"] = {"maxLoaded": 2}
         name, served = doc["metadata"]["name"], doc["spec"]["servedModelName"]
@@ -132,8 +111,7 @@ def test_an_adapter_added_and_removed_restarts_no_pod(
         figures = {"listed_s": round(listed_after, 2), "loaded_s": round(loaded_after, 2),
                    "answered_s": round(answered_after, 2)}
         print(f"\n{ADAPTER}, seconds after the spec change: {figures}")
-        if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-            record(Path(out), {"lora_add_adapter": figures})
+        record_results({"lora_add_adapter": figures})
 
         # Remove: unloaded, gone from the list, a 404 that names what is served.
         _set_adapters(models, name, [])
@@ -149,9 +127,3 @@ def test_an_adapter_added_and_removed_restarts_no_pod(
         pod = next(iter(labelled_model_pods(models).values()))
         held = json.loads(pod["metadata"]["annotations"]["turnout.dev/adapters"])
         assert held["loaded"] == {}
-    except BaseException:
-        dump(models, system)
-        raise
-    finally:
-        if not os.environ.get("TURNOUT_E2E_KEEP"):
-            helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)

@@ -11,7 +11,6 @@ with the same resolver from the cluster's own nodes, so that test holds on any c
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +32,7 @@ from kubectl import (
     poll,
     settled,
 )
+from results import record_results
 
 from turnout.api import ModelDeploymentSpec
 from turnout.config import OperatorConfig
@@ -533,10 +533,7 @@ def test_killed_during_a_100_deployment_burst_leaves_no_duplicate_or_orphan(name
     figures = {"deployments": 100, "children_made_when_killed": at_kill, "all_reconciled_after_apply_s":
                round(seconds, 1), "deployments_made": 100, "services_made": 100, "duplicates": 0, "orphans": 0}
     print(f"\n100-deployment burst, operator SIGKILLed: {figures}")
-    if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-        path = Path(out)
-        known = json.loads(path.read_text()) if path.exists() and path.stat().st_size else {}
-        path.write_text(json.dumps({**known, "operator_sigkill_burst": figures}, indent=2) + "\n")
+    record_results({"operator_sigkill_burst": figures})
 
 
 def test_a_namespaced_operator_leaves_other_namespaces_alone(namespace, operator, fake_nodes, cleanup):

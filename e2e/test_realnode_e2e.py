@@ -26,48 +26,34 @@ the shim exit (CrashLoopBackOff), an engine that cannot load its model (the engi
 more replicas than the node holds (Unschedulable).
 """
 
-# ruff: noqa: F811  (the real-node fixtures are imported from realnode.py; pytest passes them by name)
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
 import nodeimages
 import pytest
+import realnode
 import yaml
 from hostagents import model_pods
 from kubectl import apply, condition, get_json, kubectl, model_deployment, poll, settled
 from podtimes import FirstHealthy, epoch, pod_times
 from procs import OperatorProcess
-from realnode import (  # noqa: F401  (fixtures: pytest finds them by name in this module)
-    MODEL_LABELS,
-    RELEASE,
-    ROOT,
-    adopt_crd,
-    chart_values,
-    delete_leftover_release,
-    dump,
-    example,
-    gateway_url,
-    helm_config,
-    images,
-    labelled_model_pods,
-    only_the_real_node,
-    ready,
-    real_node,
-    record,
-    restarts,
-    tolerations,
-)
+from realnode import MODEL_LABELS, chart_values, example, gateway_url, labelled_model_pods, ready, restarts
+from results import record_results
 
 from conftest import RUN
 from turnout.render.manifests import child_name
+
+# The real-node tier's fixtures: the node, its taints, the images built and loaded, the other nodes cordoned.
+real_node = realnode.real_node
+tolerations = realnode.tolerations
+images = realnode.images
+only_the_real_node = realnode.only_the_real_node
 
 #: Examples the journey serves, applied unchanged but for the node's tolerations.
 JOURNEY = ("tiny-chat-gguf.yaml", "tiny-chat.yaml", "embedding-minilm.yaml")
@@ -171,13 +157,8 @@ def _scale_from_zero(client: Any, doc: dict[str, Any], namespace: str) -> dict[s
 
 @pytest.fixture(scope="module")
 def journey_namespaces() -> Iterator[tuple[str, str]]:
-    system, models = f"turnout-e2e-{RUN}-sys", f"turnout-e2e-{RUN}-models"
-    for ns in (system, models):
-        kubectl("create", "namespace", ns)
-    yield system, models
-    if not os.environ.get("TURNOUT_E2E_KEEP"):
-        for ns in (models, system):
-            kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    with realnode.chart_namespaces(f"turnout-e2e-{RUN}-sys", f"turnout-e2e-{RUN}-models") as made:
+        yield made
 
 
 def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
@@ -186,14 +167,8 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
     from openai import OpenAI
 
     system, models = journey_namespaces
-    helm = helm_config(system)
-    delete_leftover_release()
-    adopt_crd(system)
-    start = time.monotonic()
-    helm.install(ROOT / "charts/turnout", RELEASE, chart_values(images, tolerations, models), namespace=system,
-                 wait="watcher", timeout=300)
-    installed = time.monotonic() - start
-    try:
+    with realnode.installed_chart(system, models, chart_values(images, tolerations, models)) as chart:
+        installed = chart.install_s
         docs = [example(name, tolerations) for name in JOURNEY]
         names = [d["metadata"]["name"] for d in docs]
         applied = time.monotonic()
@@ -225,8 +200,7 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
                        json.loads(kubectl("get", "deployments", "-n", models, "-o", "json"))["items"]}
         rebuilt_tag = f"{images.tag}-rebuilt"
         images.ensure("operator", tag=rebuilt_tag, build_args=(f"REVISION={rebuilt_tag}",))
-        helm.upgrade(ROOT / "charts/turnout", RELEASE, chart_values(images, tolerations, models, rebuilt_tag),
-                     namespace=system, wait="watcher", timeout=300)
+        chart.upgrade(chart_values(images, tolerations, models, rebuilt_tag))
         # The old replicas may still be stopping (two by default: a stopping leader hands its Lease over first).
         operator_pods = poll(lambda: _operator_pods_on(system, rebuilt_tag), timeout=120,
                              what="only operator pods of the rebuilt image left")
@@ -248,11 +222,10 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
         # Scale from zero through the gateway pod: the model idles to zero, the first request wakes it.
         figures = _scale_from_zero(client, docs[0], models)
         print(f"scale from zero through the gateway pod: {figures}")
-        if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-            record(Path(out), {"journey": {"helm_install_s": round(installed, 1), "ready_after_apply_s": ready_after,
-                                            "pods_at_rest": at_rest, "pods_under_load": under_load,
-                                            "load_answers_25s": load_answers},
-                                "scale_from_zero": figures})
+        record_results({"journey": {"helm_install_s": round(installed, 1), "ready_after_apply_s": ready_after,
+                                    "pods_at_rest": at_rest, "pods_under_load": under_load,
+                                    "load_answers_25s": load_answers},
+                        "scale_from_zero": figures})
 
         # Delete: owner references take every child away.
         for name in names:
@@ -260,12 +233,6 @@ def test_the_user_journey_with_the_chart_and_the_examples_on_a_real_node(
         poll(lambda: not json.loads(kubectl("get", "deployments,services,pods,persistentvolumeclaims", "-n", models,
                                             "-l", MODEL_LABELS, "-o", "json"))["items"],
              timeout=120, what="garbage collection of the children")
-    except BaseException:
-        dump(models, system)
-        raise
-    finally:
-        if not os.environ.get("TURNOUT_E2E_KEEP"):
-            helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
     assert not json.loads(kubectl("get", "deployments,services", "-n", system, "-o", "json"))["items"]
 
 
@@ -409,5 +376,4 @@ def test_apply_to_first_token_of_the_tiny_gguf_with_the_image_on_the_node(
         "startup_probe_period_s": pods[0]["spec"]["containers"][0]["startupProbe"]["periodSeconds"],
     }
     print(f"\n{json.dumps(results)}")
-    if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-        record(Path(out), {"first_token": results})
+    record_results({"first_token": results})

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (the real-node fixtures are imported from realnode.py; pytest passes them by name)
 """A soak on the real node: mixed traffic through the in-cluster gateway for ``TURNOUT_E2E_SOAK_SECONDS``.
 
 The chart (its defaults) serves the tiny GGUF chat model and the MiniLM embedding example. Eight clients send,
@@ -30,27 +29,19 @@ import httpx
 import nodeimages
 import noderuntime
 import pytest
+import realnode
 from hostagents import model_pods
 from kubectl import kubectl, poll, settled
-from realnode import (  # noqa: F401
-    RELEASE,
-    ROOT,
-    adopt_crd,
-    chart_values,
-    delete_leftover_release,
-    dump,
-    example,
-    gateway_url,
-    helm_config,
-    images,
-    only_the_real_node,
-    ready,
-    real_node,
-    record,
-    tolerations,
-)
+from realnode import chart_values, example, gateway_url, ready, stream_end
+from results import record_results
 
 from conftest import RUN
+
+# The real-node tier's fixtures: the node, its taints, the images built and loaded, the other nodes cordoned.
+real_node = realnode.real_node
+tolerations = realnode.tolerations
+images = realnode.images
+only_the_real_node = realnode.only_the_real_node
 
 SECONDS = float(os.environ.get("TURNOUT_E2E_SOAK_SECONDS") or 0)
 #: Growth allowed between the first sample after the warm-up and the last.
@@ -64,30 +55,15 @@ def soaked(crds: None, real_node: dict[str, Any], images: nodeimages.Images,
         pytest.skip("TURNOUT_E2E_SOAK_SECONDS is not set (the soak runs only when asked for)")
     if why := noderuntime.problem():
         pytest.skip(why)
-    system, models = f"turnout-soak-{RUN}-sys", f"turnout-soak-{RUN}-models"
-    for ns in (system, models):
-        kubectl("create", "namespace", ns)
-    helm = helm_config(system)
-    delete_leftover_release()
-    adopt_crd(system)
-    helm.install(ROOT / "charts/turnout", RELEASE, chart_values(images, tolerations, models), namespace=system,
-                 wait="watcher", timeout=300)
-    docs = [example(n, tolerations) for n in ("tiny-chat-gguf.yaml", "embedding-minilm.yaml")]
-    try:
+    with (realnode.chart_namespaces(f"turnout-soak-{RUN}-sys", f"turnout-soak-{RUN}-models") as (system, models),
+          realnode.installed_chart(system, models, chart_values(images, tolerations, models))):
+        docs = [example(n, tolerations) for n in ("tiny-chat-gguf.yaml", "embedding-minilm.yaml")]
         for doc in docs:
             kubectl("apply", "-n", models, "-f", "-", stdin=json.dumps(doc))
         for doc in docs:
             poll(lambda d=doc: ready(models, d["metadata"]["name"]), timeout=300, interval=1,
                  what=f"{doc['metadata']['name']} Ready")
         yield system, models, docs
-    except BaseException:
-        dump(models, system)
-        raise
-    finally:
-        if not os.environ.get("TURNOUT_E2E_KEEP"):
-            helm.uninstall(RELEASE, ignore_not_found=True, wait="watcher", timeout=120)
-            for ns in (models, system):
-                kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def _processes(system: str, models: str, embedding: str) -> dict[str, int]:
@@ -130,18 +106,9 @@ def _client(url: str, chat: str, embed: str, kind: str, stop: threading.Event, q
                     body = {"model": chat, "max_tokens": 64, "stream": True,
                             "messages": [{"role": "user", "content": "soak stream"}]}
                     with http.stream("POST", "/chat/completions", json=body) as reply:
-                        lines = []
-                        ok = reply.status_code == 200
-                        for line in reply.iter_lines():
-                            if line.startswith("data: "):
-                                lines.append(line)
-                                if '"error"' in line:
-                                    ok = False
-                                    break
-                                if kind == "cancel" and len(lines) == 3:
-                                    break  # the client goes away mid-stream
-                        if ok and kind == "stream":
-                            ok = bool(lines) and lines[-1] == "data: [DONE]"
+                        # a cancel: the client goes away mid-stream, after the first chunks
+                        end = stream_end(reply, close_after=3 if kind == "cancel" else 0)
+                    ok = end == "whole" or (kind == "cancel" and end in ("closed", "cut without an error"))
                 outcome += " ok" if ok else f" failed ({reply.status_code})"
             except httpx.HTTPError as exc:
                 outcome += f" failed ({type(exc).__name__})"
@@ -185,8 +152,7 @@ def test_soak_mixed_traffic_through_the_gateway_loses_nothing_and_memory_stays_f
                "rss_kib": {n: (warm[n][0], last[n][0]) for n in warm}, "fds": fds, "scale_to_zero": scaled,
                "samples": len(samples)}
     print(f"\nsoak: {json.dumps(figures)}")
-    if out := os.environ.get("TURNOUT_E2E_RESULTS"):
-        record(Path(out), {"soak": figures})
+    record_results({"soak": figures})
     assert not lost, lost
     assert all(g <= RSS_SLACK for g in growth.values()), growth
     assert all(after <= before for before, after in fds.values()), fds
