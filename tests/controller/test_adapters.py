@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +17,7 @@ from turnout.api import ModelDeploymentSpec
 from turnout.config import OperatorConfig
 from turnout.controller import Options
 from turnout.controller import adapters as ad
+from turnout.controller.adapterdemand import DemandBook, DemandLoop
 from turnout.controller.world import ADAPTERS_ANNOTATION, Container, ObjectCondition, Pod
 from turnout.freeport import free_port
 
@@ -179,6 +181,43 @@ def test_the_used_times_round_trip_through_the_record() -> None:
     held = ad.Held(0, {"a": "hf://o/a"}, used={"a": 1765.25})
     assert ad.Held.of(_pod("p1", held)) == held
     assert '"used":{"a":1765.25}' in held.to_json()
+
+
+def test_the_demand_book_keeps_last_used_and_drops_a_missing_or_stale_sample() -> None:
+    book = DemandBook()
+    key = (NS, "chat")
+    far = time.monotonic() + 60
+    demand = book.record(key, {"a": ad.Load(in_flight=1), "b": ad.Load()}, now=100.0, until=far)
+    assert demand == ad.Demand({"a": ad.Load(in_flight=1), "b": ad.Load()}, {"a": 100.0})
+    assert book.record(key, {}, now=200.0, until=far) == ad.Demand({}, {"a": 100.0})  # idle: a stays used at 100
+    assert book.record(key, None, now=300.0, until=far) is None  # no gateway answered: static placement
+    book.record(key, {"b": ad.Load(waiting=1)}, now=400.0, until=time.monotonic() - 1)
+    assert book.of(key) is None  # stale
+    book.forget(key)
+    assert book.record(key, {}, now=500.0, until=far) == ad.Demand({}, {})
+
+
+async def test_the_demand_loop_asks_for_a_reconcile_only_when_the_load_moves_an_adapter() -> None:
+    body = {"metadata": {"namespace": NS, "name": "chat"},
+            "spec": {"model": {"uri": "builtin://tiny-llama"}, "lora": {"maxLoaded": 1},
+                     "adapters": [{"name": n, "uri": f"hf://o/{n}"} for n in "abc"]}}
+    plain = {"metadata": {"namespace": NS, "name": "plain"}, "spec": {"model": {"uri": "builtin://tiny-llama"}}}
+    pods = [_pod("p1", _held("a")), _pod("p2", _held("b"))]
+    models: dict[tuple[str, str, str], tuple[float, float]] | None = {(NS, "chat", "chat"): (3.0, 0.0)}
+    queued: list[tuple[str, str]] = []
+
+    async def scrape() -> dict[tuple[str, str, str], tuple[float, float]] | None:
+        return models
+
+    loop = DemandLoop(scrape, DemandBook(), interval=1.0, deployments=lambda: [body, plain],
+                      pods=lambda ns, name: pods if name == "chat" else [], reconcile=queued.append)
+    assert await loop.tick() == []  # only the base model has requests
+    models = {(NS, "chat", "c"): (0.0, 2.0), (NS, "plain", "plain"): (5.0, 0.0)}
+    assert await loop.tick() == [(NS, "chat")] == queued
+    demand = loop.book.of((NS, "chat"))
+    assert demand is not None and demand.of("c") == ad.Load(0.0, 2.0) and "c" in demand.last_used
+    models = None  # no gateway answered
+    assert await loop.tick() == [] and loop.book.of((NS, "chat")) is None
 
 
 # ----- the operator against the fake API, with shims on 127.0.0.1 and 127.0.0.2 -------------------------------
