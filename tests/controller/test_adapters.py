@@ -181,6 +181,9 @@ def test_the_used_times_round_trip_through_the_record() -> None:
     held = ad.Held(0, {"a": "hf://o/a"}, used={"a": 1765.25})
     assert ad.Held.of(_pod("p1", held)) == held
     assert '"used":{"a":1765.25}' in held.to_json()
+    # exactly, as time.time() gives it: the loader tells its own record from an older one by equality
+    now = ad.Held(0, {"a": "hf://o/a"}, used={"a": time.time() + 1e-7})
+    assert ad.Held.of(_pod("p1", now)) == now
 
 
 def test_the_demand_book_keeps_last_used_and_drops_a_missing_or_stale_sample() -> None:
@@ -387,6 +390,13 @@ async def test_requests_waiting_for_an_unheld_adapter_make_the_operator_unload_t
             await asyncio.sleep(1.5)
             assert [c for c in one.calls[calls[0]:] + two.calls[calls[1]:] if c[0] != "models"] == []
             assert gateway.scrapes > 5
+
+            # Now b is asked for and c went idle: c (used more recently than b, but idle) makes room on chat-b.
+            gateway.text = _gateway_text(NS, "chat", {"a": (1, 0), "b": (0, 1)})
+            await fake.wait_for(lambda: [(a["name"], a.get("pods")) for a in _adapters_status(fake)]
+                                == [("a", ["chat-a"]), ("b", ["chat-b"]), ("c", None)], timeout=30,
+                                what="b back in c's place")
+            assert controller.metrics.adapter_loads.labels(reason="demand")._value.get() == 2
         finally:
             await run.stop()
             await gateway.stop()
