@@ -24,7 +24,7 @@ from ctlharness import (
 
 from turnout.controller import Options
 from turnout.controller.run import autoscaler_settings
-from turnout.controller.scaleloop import gateway_load, ready_endpoints, shim_in_flight
+from turnout.controller.scaleloop import gateway_load, gateway_models, ready_endpoints, shim_in_flight
 from turnout.kube import TransientApiError
 
 NAME = "qwen-gguf"
@@ -210,6 +210,8 @@ def test_gateway_and_shim_metrics_are_read_with_the_prometheus_parser() -> None:
     other = MetricsServer()
     other.gateway(NS, NAME, in_flight=1)
     assert gateway_load([server.text, other.text]) == {(NS, NAME): (6.0, 2.0)}
+    # Per model too (an adapter is a model of the gateway): what the adapters' placement reads.
+    assert gateway_models([server.text, other.text]) == {(NS, NAME, NAME): (4.0, 2.0)}
     server.shim(5)
     assert shim_in_flight(server.text) == 5.0
     with pytest.raises(ValueError):

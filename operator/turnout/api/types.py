@@ -430,6 +430,14 @@ class LoraSpec(_Model):
         description="Largest LoRA rank an adapter may have (vLLM --max-lora-rank: 8, 16, 32, 64, 128, 256, 320 or "
         "512). A larger one fails to load, and status.adapters says so.",
     )
+    spread_in_flight_per_replica: float = Field(
+        8,
+        gt=0,
+        le=100000,
+        description="Requests for one adapter in flight (or held) at the gateways, per replica that holds it, at "
+        "which the operator loads it on one more replica (one per pass, unloading that replica's least recently "
+        "used idle adapter when it is full). Needs a gateway the operator scrapes (docs/lora.md).",
+    )
 
 
 class ModelDeploymentSpec(_Model):

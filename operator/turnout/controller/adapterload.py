@@ -22,6 +22,7 @@ import aiohttp
 from turnout.api import SecretKeyRef
 from turnout.controller.adapters import Held, PodWork
 from turnout.controller.keypublish import KeyProblem, read_key
+from turnout.controller.metrics import Metrics
 from turnout.controller.world import ADAPTERS_ANNOTATION
 from turnout.kube import ApiError, KubeClient, api_path
 
@@ -43,8 +44,9 @@ class AdapterLoader:
     """Runs each pod's adapter work in its own task; ``retry(namespace, name)`` asks for another reconcile."""
 
     def __init__(self, client: KubeClient, port: int, retry: Callable[[str, str, float], None], *,
-                 timeout: float = LOAD_TIMEOUT) -> None:
+                 timeout: float = LOAD_TIMEOUT, metrics: Metrics | None = None) -> None:
         self.client = client
+        self.metrics = metrics  # counts the loads and unloads done, by reason
         self.port = port
         self.retry = retry
         self.timeout = timeout
@@ -134,6 +136,8 @@ class AdapterLoader:
             if status < 300 or status == 404:  # 404: the engine did not hold it (any more)
                 loaded.pop(adapter, None)
                 present.discard(adapter)
+                if status < 300 and self.metrics is not None:
+                    self.metrics.adapter_unloads.labels(reason=_reason(adapter, w.evicted)).inc()
             else:
                 logger.warning("pod %s could not unload adapter %s: %s", w.pod, adapter, message)
             failed.pop(adapter, None)
@@ -147,13 +151,16 @@ class AdapterLoader:
             if status < 300:
                 loaded[adapter] = uri
                 failed.pop(adapter, None)
+                if self.metrics is not None:
+                    self.metrics.adapter_loads.labels(reason=_reason(adapter, w.demanded)).inc()
             elif status in PASSING:
                 logger.info("pod %s cannot load adapter %s now (%d: %s); trying again", w.pod, adapter, status,
                             message)
                 again = True
             else:
                 failed[adapter] = (uri, f"{status}: {message}")
-        return Held(w.held.restarts, loaded, failed), again
+        used = {n: t for n, t in w.used.items() if n in loaded}
+        return Held(w.held.restarts, loaded, failed, used), again
 
     async def _present(self, w: PodWork, headers: dict[str, str]) -> set[str]:
         """The adapters the shim lists (entries of ``/v1/models`` with a ``parent``); empty when it says none."""
@@ -179,6 +186,10 @@ class AdapterLoader:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise Unreachable(f"the shim of pod {w.pod} at {url} did not answer: {exc or type(exc).__name__}"
                               ) from None
+
+
+def _reason(adapter: str, by_demand: tuple[str, ...]) -> str:
+    return "demand" if adapter in by_demand else "spec"
 
 
 def _message(text: str) -> str:

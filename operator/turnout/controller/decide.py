@@ -75,6 +75,7 @@ class Observed:
     trigger: str = "create"  # create | spec | scale | resume | meta | world
     now: str = ""  # RFC 3339
     inference_pool: bool = False  # render an InferencePool (--inference-pool, and the cluster serves it)
+    demand: ad.Demand | None = None  # the LoRA adapters' requests at the gateways (None: no fresh sample)
 
     @property
     def instance(self) -> str:
@@ -312,7 +313,7 @@ def _planned(o: Observed, plan: Plan, kept: bool, config: OperatorConfig,
         else:
             before = (rollout_event,)
     decision = Decision("planned", apply=tuple(apply), prune=prune, before_status=before, errors=errors,
-                        basis=basis, adapters=ad.work(o.spec, o.pods))
+                        basis=basis, adapters=ad.work(o.spec, o.pods, o.demand))
     decision = _with_status(decision, o, desired, rollout=fold)
     if fold is not None:  # no status write, so no EngineSelected: the rollout is said alone
         decision = replace(decision, unwritten=(rollout_event,))  # type: ignore[arg-type]

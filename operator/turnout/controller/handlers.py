@@ -15,6 +15,7 @@ from typing import Any
 import kopf
 
 from turnout.api import GROUP, KIND, PLURAL, VERSION
+from turnout.controller.adapterdemand import DemandLoop
 from turnout.controller.keypublish import KeyPublisher
 from turnout.controller.reconcile import IDX_CHILDREN, IDX_MDS, IDX_NODES, IDX_PODS, INDEX_IDS, Controller
 from turnout.controller.scaleloop import ScaleLoop
@@ -166,6 +167,7 @@ def build_registry(
     watching: tuple[bool, bool],
     discovery_interval: float,
     scaler: ScaleLoop | None = None,
+    demand: DemandLoop | None = None,
     keys: KeyPublisher | None = None,
     tune: Callable[[kopf.OperatorSettings], None] | None = None,
     restart: asyncio.Event | None = None,
@@ -176,8 +178,9 @@ def build_registry(
     starts, :meth:`Controller.watched_apis`). Every ``discovery_interval`` seconds discovery is asked again;
     when what is served differs, ``restart`` is set: kopf's watches are fixed at its start, so
     :func:`~turnout.controller.run.operate` starts it again. ``scaler``: the built-in autoscaler's loop, run
-    beside the handlers; ``keys``: the API key digests' publisher, run beside them too and poked by every
-    ModelDeployment event. ``tune`` may adjust kopf's settings after :func:`configure` (tests shorten timeouts).
+    beside the handlers, and ``demand`` the LoRA adapters' demand sampling (it shares the scaler's scrape);
+    ``keys``: the API key digests' publisher, run beside them too and poked by every ModelDeployment event.
+    ``tune`` may adjust kopf's settings after :func:`configure` (tests shorten timeouts).
     """
     registry = kopf.OperatorRegistry()
     md_resource = (GROUP, VERSION, PLURAL)
@@ -213,6 +216,8 @@ def build_registry(
         discovery.append(asyncio.create_task(_rediscover(), name="turnout-discovery"))
         if scaler is not None:
             discovery.append(asyncio.create_task(scaler.run(controller.autoscaled), name="turnout-autoscaler"))
+        if demand is not None:
+            discovery.append(asyncio.create_task(demand.run(), name="turnout-adapter-demand"))
         if keys is not None:
             discovery.append(asyncio.create_task(keys.run(), name="turnout-key-publisher"))
         controller.queue.start()

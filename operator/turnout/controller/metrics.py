@@ -90,6 +90,16 @@ class Metrics:
             "(gateway, pod): no answer within the timeout, an HTTP error, or no Prometheus text.",
             ["source"], registry=self.registry,
         )
+        self.adapter_loads = Counter(
+            "turnout_operator_adapter_loads", "LoRA adapters loaded into pods' engines, by reason (spec: placing "
+            "spec.adapters; demand: requests at the gateways, docs/lora.md \"Placement under load\").",
+            ["reason"], registry=self.registry,
+        )
+        self.adapter_unloads = Counter(
+            "turnout_operator_adapter_unloads", "LoRA adapters unloaded from pods' engines, by reason (spec: gone "
+            "from spec.adapters or its uri changed; demand: least recently used, unloaded for another).",
+            ["reason"], registry=self.registry,
+        )
         self.registry.register(_DeploymentsCollector(statuses))  # type: ignore[arg-type]
         self.registry.register(_ReplicasCollector(replicas))  # type: ignore[arg-type]
 

@@ -83,7 +83,8 @@ class Options:
                                           help="scrape /metrics of every ready endpoint of this gateway Service "
                                                "(its EndpointSlices)")
     autoscale_interval: float = _option(15.0, "--autoscale-interval", metavar="SECONDS", group=AUTOSCALING,
-                                        help="seconds between load samples (default: %(default)g)")
+                                        help="seconds between load samples, the autoscaler's and the LoRA adapters' "
+                                             "(default: %(default)g)")
     autoscale_window: float = _option(60.0, "--autoscale-window", metavar="SECONDS", group=AUTOSCALING,
                                       help="seconds of samples the load is averaged over (default: %(default)g)")
     scrape_timeout: float = _option(2.0, "--scrape-timeout", metavar="SECONDS", group=AUTOSCALING,

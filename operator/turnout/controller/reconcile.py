@@ -38,11 +38,12 @@ from pydantic import ValidationError
 from turnout.api import GROUP, KIND, PLURAL, VERSION, ModelDeploymentSpec, ModelDeploymentStatus
 from turnout.config import OperatorConfig
 from turnout.controller import status as st
+from turnout.controller.adapterdemand import DemandBook
 from turnout.controller.adapterload import AdapterLoader
 from turnout.controller.decide import Decision, Observed, Owned, Prune, decide, decide_after_apply_failure
 from turnout.controller.metrics import Metrics, Replicas
 from turnout.controller.workqueue import RetryLater, WorkQueue
-from turnout.controller.world import INSTANCE_LABEL, Child, compact_child, lean_copy
+from turnout.controller.world import INSTANCE_LABEL, Child, Pod, compact_child, lean_copy
 from turnout.hardware import LWS_API_VERSION, ClusterFeatures, Hardware, parse_nodes
 from turnout.kube import Credentials, KubeClient, PermanentApiError, TransientApiError
 from turnout.render import INFERENCE_POOL_API_VERSION, child_name
@@ -138,7 +139,10 @@ class Controller:
         self._prune_refused: set[str] = set()  # uids whose delete was refused and said so in an Event
         #: loads and unloads LoRA adapters in the pods' engines, outside the reconcile
         self.adapters = AdapterLoader(self.client, config.port,
-                                      lambda ns, name, delay: self.queue.add_after((ns, name), delay))
+                                      lambda ns, name, delay: self.queue.add_after((ns, name), delay),
+                                      metrics=self.metrics)
+        #: the adapters' requests at the gateways, sampled by the leader's demand loop (adapterdemand)
+        self.demand = DemandBook()
 
     # ----- wiring -------------------------------------------------------------------------------
 
@@ -236,6 +240,10 @@ class Controller:
         """Every ModelDeployment, as the watch last showed it."""
         return [body for store in self._index(IDX_MDS).values() for body in store]
 
+    def pods_of(self, namespace: str, name: str) -> list[Pod]:
+        """The model server pods of a ModelDeployment, as the watch last showed them."""
+        return self._values(IDX_PODS, (namespace, child_name(name)))
+
     def md_keys(self) -> list[Key]:
         return sorted(self._index(IDX_MDS).keys())
 
@@ -296,6 +304,7 @@ class Controller:
         for kind in IDX_CHILDREN:
             self._applied.pop((kind, namespace, name), None)
         self.adapters.forget(namespace, name)
+        self.demand.forget((namespace, name))
 
     async def _work(self, key: Hashable) -> None:
         namespace, name = key  # type: ignore[misc]
@@ -362,6 +371,7 @@ class Controller:
             deleting=deleting, previous=self._previous_status(md), hardware=self.hardware(), children=children,
             owned=self._owned_children(ns, name, uid), pods=tuple(self._values(IDX_PODS, (ns, instance))),
             trigger=trigger, now=st.now_rfc3339(), inference_pool=self.inference_pool and self.pools_served,
+            demand=self.demand.of((ns, name)),
         )
 
     def _seen_children(self, ns: str, owner: str) -> dict[tuple[str, str], Child]:

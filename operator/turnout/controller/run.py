@@ -19,6 +19,7 @@ import kopf
 from turnout.config import ConfigError, OperatorConfig, load_config
 from turnout.controller import leader
 from turnout.controller import metrics as metrics_mod
+from turnout.controller.adapterdemand import DemandLoop
 from turnout.controller.handlers import build_registry
 from turnout.controller.keypublish import KeyPublisher
 from turnout.controller.options import Options, add_arguments, options_from
@@ -76,10 +77,14 @@ async def operate(
     # One loop per operator, in the kopf task set: a standby of --peering would scale too (kopf pauses only its
     # handlers), so the built-in autoscaler runs in a standalone operator only. With --leader-elect kopf (and the
     # loop in its task set) runs only on the leader.
-    scaler = None
+    scaler = demand = None
     if options.peering is None:
         scaler = ScaleLoop(autoscaler_settings(options), client=controller.client, metrics=controller.metrics,
                            post_event=controller.event)
+        if scaler.settings.has_gateway:  # LoRA adapters placed by their requests at the gateways (docs/lora.md)
+            demand = DemandLoop(scaler.gateway_models, controller.demand, interval=scaler.settings.interval,
+                                deployments=controller.deployments, pods=controller.pods_of,
+                                reconcile=controller.queue.add)
     else:
         logger.warning("--peering: the built-in autoscaler (spec.autoscaling) is off; use an HPA or KEDA")
     # Idempotent applies of the same digests: every replica may publish, the leader or not.
@@ -119,8 +124,9 @@ async def operate(
             relay = asyncio.create_task(_relay())
             try:
                 await kopf.operator(
-                    registry=build_registry(controller, watching=watching, scaler=scaler, keys=keys, tune=tune,
-                                            restart=restart, discovery_interval=options.discovery_interval),
+                    registry=build_registry(controller, watching=watching, scaler=scaler, demand=demand, keys=keys,
+                                            tune=tune, restart=restart,
+                                            discovery_interval=options.discovery_interval),
                     clusterwide=options.all_namespaces,
                     namespaces=[] if options.all_namespaces else options.namespaces,
                     standalone=options.peering is None,

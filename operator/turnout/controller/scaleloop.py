@@ -95,19 +95,42 @@ def ready_endpoints(slices: Iterable[Mapping[str, Any]], port_name: str | None =
     return sorted(set(out))
 
 
-def gateway_load(texts: Iterable[str]) -> dict[tuple[str, str], tuple[float, float]]:
-    """(namespace, deployment) -> (in flight + queued, queued), summed over the gateways' metrics texts."""
-    load: dict[tuple[str, str], tuple[float, float]] = {}
+#: (namespace, deployment, model) -> (in flight, queued): the gateways' gauges, ``model`` being the served name
+#: (the base model's, or an adapter's: docs/lora.md)
+ModelLoad = dict[tuple[str, str, str], tuple[float, float]]
+
+
+def gateway_models(texts: Iterable[str]) -> ModelLoad:
+    """(namespace, deployment, model) -> (in flight, queued), summed over the gateways' metrics texts."""
+    load: ModelLoad = {}
     for text in texts:
         for family in text_string_to_metric_families(text):
             if family.name not in (GATEWAY_IN_FLIGHT, GATEWAY_QUEUE):
                 continue
             for sample in family.samples:
-                key = (sample.labels.get("namespace", ""), sample.labels.get("deployment", ""))
-                total, queued = load.get(key, (0.0, 0.0))
-                queued += sample.value if family.name == GATEWAY_QUEUE else 0.0
-                load[key] = (total + sample.value, queued)
+                labels = sample.labels
+                key = (labels.get("namespace", ""), labels.get("deployment", ""), labels.get("model", ""))
+                in_flight, queued = load.get(key, (0.0, 0.0))
+                if family.name == GATEWAY_QUEUE:
+                    queued += sample.value
+                else:
+                    in_flight += sample.value
+                load[key] = (in_flight, queued)
     return load
+
+
+def per_deployment(models: ModelLoad) -> dict[tuple[str, str], tuple[float, float]]:
+    """(namespace, deployment) -> (in flight + queued, queued): every model of a deployment together."""
+    load: dict[tuple[str, str], tuple[float, float]] = {}
+    for (namespace, deployment, _), (in_flight, queued) in models.items():
+        total, waiting = load.get((namespace, deployment), (0.0, 0.0))
+        load[(namespace, deployment)] = (total + in_flight + queued, waiting + queued)
+    return load
+
+
+def gateway_load(texts: Iterable[str]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(namespace, deployment) -> (in flight + queued, queued), summed over the gateways' metrics texts."""
+    return per_deployment(gateway_models(texts))
 
 
 def shim_in_flight(text: str) -> float:
@@ -140,7 +163,7 @@ class ScaleLoop:
         # newer version, the replicas written are the current ones (no second write, no second Event).
         self._written: dict[str, tuple[str, int]] = {}
         self._session: aiohttp.ClientSession | None = None
-        self._gateway: tuple[float, dict[tuple[str, str], tuple[float, float]] | None] | None = None
+        self._gateway: tuple[float, ModelLoad | None] | None = None
         self._gateway_lock = asyncio.Lock()
         self._forbidden: set[tuple[str, str]] = set()  # Services whose EndpointSlices RBAC does not let us list
 
@@ -191,8 +214,14 @@ class ScaleLoop:
         return ready_endpoints(found.get("items") or [], port_name)
 
     async def _gateway_load(self) -> dict[tuple[str, str], tuple[float, float]] | None:
-        """The gateways' load per deployment, scraped at most once per half interval for all deployments;
-        None when no gateway is configured or none answered."""
+        """The gateways' load per deployment; None when no gateway is configured or none answered."""
+        models = await self.gateway_models()
+        return per_deployment(models) if models is not None else None
+
+    async def gateway_models(self) -> ModelLoad | None:
+        """The gateways' load per deployment and model (an adapter is a model), scraped at most once per half
+        interval for every deployment and every user (the autoscaler, the adapters' placement); None when no
+        gateway is configured or none answered."""
         if not self.settings.has_gateway:
             return None
         async with self._gateway_lock:
@@ -203,15 +232,15 @@ class ScaleLoop:
             if self.settings.gateway_service is not None:
                 ns, name = self.settings.gateway_service
                 urls += [f"http://{e}/metrics" for e in await self._endpoints(ns, name, "http") or []]
-            load: dict[tuple[str, str], tuple[float, float]] | None = None
+            load: ModelLoad | None = None
             for url, text in zip(urls, await self._scrape_all(urls, "gateway"), strict=True):
-                parsed = self._parse(gateway_load, [text], url, "gateway") if text is not None else None
+                parsed = self._parse(gateway_models, [text], url, "gateway") if text is not None else None
                 if parsed is None:
                     continue
                 load = load or {}
-                for key, (total, queued) in parsed.items():
+                for key, (in_flight, queued) in parsed.items():
                     before = load.get(key, (0.0, 0.0))
-                    load[key] = (before[0] + total, before[1] + queued)
+                    load[key] = (before[0] + in_flight, before[1] + queued)
             self._gateway = (now, load)
             return load
 
