@@ -9,7 +9,10 @@ suite's CRD) serves ``examples/tiny-chat.yaml`` on the transformers CPU image wi
    (UID), never restarted, and the Deployment's generation is unchanged;
    (the seconds from the spec change to listed, loaded and answered go to ``$TURNOUT_E2E_RESULTS`` when set);
 2. the adapter is removed: it leaves ``/v1/models``, a request naming it gets a 404 naming the models served,
-   and again no pod restarted.
+   and again no pod restarted;
+3. three adapters for two places (``maxLoaded: 2``): a request for the one no pod holds is held by the gateway
+   until the operator's next load sample unloads the least recently used idle adapter and loads it — answered,
+   two still loaded, no pod restarted.
 
 The adapter's source is ``$TURNOUT_E2E_LORA_URI``, by default the project's built-in tiny LoRA of the tiny
 Llama (``builtin://tiny-lora``, made by PEFT with random non-zero weights, built on first use like the tiny
@@ -127,3 +130,25 @@ def test_an_adapter_added_and_removed_restarts_no_pod(
         pod = next(iter(labelled_model_pods(models).values()))
         held = json.loads(pod["metadata"]["annotations"]["turnout.dev/adapters"])
         assert held["loaded"] == {}
+
+        # Demand: three adapters, two places. A request for the one no pod holds is held by the gateway while
+        # the operator (its next load sample) unloads the least recently used idle adapter and loads it.
+        three = [{"name": f"{ADAPTER}-{i}", "uri": ADAPTER_URI} for i in range(3)]
+        _set_adapters(models, name, three)
+        def two_loaded() -> set[str] | None:
+            md = get_json("modeldeployment", name, "-n", models) or {}
+            held = {a["name"] for a in (md.get("status") or {}).get("adapters") or [] if a["loaded"]}
+            return held if len(held) == 2 else None
+
+        placed = poll(two_loaded, timeout=LISTED_WITHIN, interval=0.5, what="two of three adapters loaded")
+        cold = next(a["name"] for a in three if a["name"] not in placed)
+        start = time.monotonic()
+        answered = client.chat.completions.create(model=cold, messages=messages, max_tokens=8)
+        assert answered.choices[0].message.content is not None and answered.usage.completion_tokens > 0
+        demand_after = time.monotonic() - start
+        status = {a["name"]: a for a in (get_json("modeldeployment", name, "-n", models) or {})["status"]["adapters"]}
+        assert status[cold]["ready"] == "1/1", status
+        assert sum(1 for a in status.values() if a["loaded"]) == 2, status  # maxLoaded holds: one was unloaded
+        assert _snapshot(models) == before, "loading an adapter on demand restarted or replaced a pod"
+        print(f"\n{cold} (held by no pod) answered {demand_after:.2f} s after its request")
+        record_results({"lora_add_adapter": {"demand_answered_s": round(demand_after, 2)}})
