@@ -19,6 +19,8 @@ rule commented with what it serves:
   granted to its ServiceAccount by a ClusterRole or a Role per watched namespace.
 - ``turnout.rbac.leaseRules``: leader election's Lease (``LEASE_RULES``), granted by a Role in the
   release's namespace only.
+- ``turnout.rbac.gatewayScrapeRules``: the gateway Service's EndpointSlices (``GATEWAY_SCRAPE_RULES``), granted
+  by a Role in the release's namespace when the install is namespaced and the gateway on.
 
 ``--check`` exits 1 when the committed template drifts.
 """
@@ -31,7 +33,7 @@ import sys
 from pathlib import Path
 
 from turnout.agent.rbac import BOOTSTRAP_BINDINGS, BOOTSTRAP_GROUP, bootstrap_binding_name
-from turnout.controller.rbac import LEASE_RULES, RULES
+from turnout.controller.rbac import GATEWAY_SCRAPE_RULES, LEASE_RULES, RULES
 from turnout.gateway.rbac import RULES as GATEWAY_RULES
 from turnout.kube.rbac import Rule, merged
 
@@ -113,6 +115,11 @@ def render(rules: tuple[Rule, ...] = RULES, gateway_rules: tuple[Rule, ...] = GA
         "{{/* Leader election (turnout.controller.rbac.LEASE_RULES): a Role in the release's namespace. */}}\n"
         '{{- define "turnout.rbac.leaseRules" }}\n'
         f"{_block(merged(LEASE_RULES))}\n"
+        "{{- end }}\n\n"
+        "{{/* The gateway replicas the operator scrapes (turnout.controller.rbac.GATEWAY_SCRAPE_RULES): a Role in\n"
+        "the release's namespace for a namespaced install. */}}\n"
+        '{{- define "turnout.rbac.gatewayScrapeRules" }}\n'
+        f"{_block(merged(GATEWAY_SCRAPE_RULES))}\n"
         "{{- end }}\n"
     )
 

@@ -234,8 +234,10 @@ def test_probes_use_the_operators_health_endpoint() -> None:
 
 
 def _watch_rbac(objs: list[dict], kind: str) -> list[dict]:
-    """Roles or RoleBindings of the watched namespaces (not leader election's, tests/chart/test_chart_ha.py)."""
-    return [o for o in by_kind(objs, kind) if not o["metadata"]["name"].endswith("-leader-election")]
+    """Roles or RoleBindings of the watched namespaces (not leader election's, tests/chart/test_chart_ha.py, nor
+    the gateway scrape's, tests/chart/test_chart_gateway_scrape.py: both in the release's namespace)."""
+    return [o for o in by_kind(objs, kind)
+            if not o["metadata"]["name"].endswith(("-leader-election", "-gateway-scrape"))]
 
 
 def test_cluster_wide_rbac_is_exactly_the_operators_declared_needs() -> None:

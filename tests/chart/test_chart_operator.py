@@ -94,7 +94,9 @@ async def test_operator_as_the_chart_runs_it_needs_only_what_the_chart_grants(
 
     assert fake.get(DEPLOYMENTS, UNWATCHED, "lost") is None
     cluster_rules = one(objs, "ClusterRole")["rules"]
-    role_rules = {r["metadata"]["namespace"]: r["rules"] for r in by_kind(objs, "Role")}
+    role_rules: dict[str, list[dict[str, Any]]] = {}  # a namespace may have several (leader election, scrape)
+    for role in by_kind(objs, "Role"):
+        role_rules.setdefault(role["metadata"]["namespace"], []).extend(role["rules"])
     denied = []
     for request in fake.requests:
         if request.resource is None or not request.resource.plural:

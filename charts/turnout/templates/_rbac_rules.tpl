@@ -172,3 +172,12 @@ subjects:
   resources: ["leases"]
   verbs: ["create", "get", "update"]
 {{- end }}
+
+{{/* The gateway replicas the operator scrapes (turnout.controller.rbac.GATEWAY_SCRAPE_RULES): a Role in
+the release's namespace for a namespaced install. */}}
+{{- define "turnout.rbac.gatewayScrapeRules" }}
+# find the gateway replicas to scrape (the gateway Service's EndpointSlices, the operator's own namespace)
+- apiGroups: ["discovery.k8s.io"]
+  resources: ["endpointslices"]
+  verbs: ["list"]
+{{- end }}

@@ -84,6 +84,15 @@ LEASE_RULES: tuple[Rule, ...] = (
 )
 
 
+#: The gateway Service's EndpointSlices (``--gateway-service``), in the operator's own namespace: the
+#: autoscaler and the LoRA adapters' placement scrape every gateway replica. Cluster-wide the ClusterRole's
+#: ``endpointslices`` rule covers it; a namespaced install grants it by a Role in the release's namespace.
+GATEWAY_SCRAPE_RULES: tuple[Rule, ...] = (
+    Rule("discovery.k8s.io", "endpointslices", ("list",),
+         "find the gateway replicas to scrape (the gateway Service's EndpointSlices, the operator's own namespace)"),
+)
+
+
 def cluster_role(name: str = "turnout-operator", rules: tuple[Rule, ...] = RULES) -> dict[str, object]:
     """A ClusterRole granting exactly ``rules`` (the ``why`` is dropped: not a PolicyRule field)."""
     return rbac.cluster_role(name, rules)
