@@ -8,7 +8,10 @@ resident memory and open file descriptors of the gateway, operator and embedding
 read from ``/proc`` (their host pids from the node's containerd).
 
 Passes when no request was lost (every one answered 200, streams whole or closed by the client), the resident
-memory of each process ends within 10 % of its level after the warm-up, and no process's descriptors grew.
+memory of each process ends within 10 % of its level after the warm-up, and no process's descriptors grew: the
+median count of the samples' second half at most ``FD_SLACK`` above the first half's (after the warm-up). Open
+connections come and go with the eight clients, so two single readings differ by one or two either way; a leak
+of one descriptor per request, per watch restart or per scale-up climbs past that over the run.
 Skipped unless ``TURNOUT_E2E_SOAK_SECONDS`` is set (the issue's soak is 1800); ``TURNOUT_E2E_RESULTS=<file>``
 records the figures under ``soak``.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import threading
 import time
 from collections import Counter
@@ -46,6 +50,8 @@ only_the_real_node = realnode.only_the_real_node
 SECONDS = float(os.environ.get("TURNOUT_E2E_SOAK_SECONDS") or 0)
 #: Growth allowed between the first sample after the warm-up and the last.
 RSS_SLACK = 0.10
+#: Descriptors allowed between the medians of the first and the second half of the samples after the warm-up.
+FD_SLACK = 2
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +149,14 @@ def test_soak_mixed_traffic_through_the_gateway_loses_nothing_and_memory_stays_f
         for future in clients:
             future.result()
     samples.append((time.monotonic() - start, _sample(pids)))
-    warm = next(s for t, s in samples if t >= min(120.0, SECONDS / 5))
+    settled_at = min(120.0, SECONDS / 5)
+    warm = next(s for t, s in samples if t >= settled_at)
     last = samples[-1][1]
     growth = {n: round(last[n][0] / warm[n][0] - 1, 3) for n in warm}
-    fds = {n: (warm[n][1], last[n][1]) for n in warm}
+    after = [s for t, s in samples if t >= settled_at]
+    early, late = after[:max(1, len(after) // 2)], after[len(after) // 2:]
+    fds = {n: (statistics.median(s[n][1] for s in early), statistics.median(s[n][1] for s in late),
+               max(s[n][1] for s in after)) for n in warm}
     lost = {k: v for k, v in seen.items() if not k.endswith(" ok")}
     figures = {"seconds": round(SECONDS), "requests": dict(seen), "lost": lost, "rss_growth": growth,
                "rss_kib": {n: (warm[n][0], last[n][0]) for n in warm}, "fds": fds, "scale_to_zero": scaled,
@@ -155,7 +165,7 @@ def test_soak_mixed_traffic_through_the_gateway_loses_nothing_and_memory_stays_f
     record_results({"soak": figures})
     assert not lost, lost
     assert all(g <= RSS_SLACK for g in growth.values()), growth
-    assert all(after <= before for before, after in fds.values()), fds
+    assert all(second <= first + FD_SLACK for first, second, _ in fds.values()), fds
 
 
 def _scale_to_zero_and_back(models: str, doc: dict[str, Any], quiet: threading.Event,
