@@ -88,7 +88,11 @@ def test_gateway_part(tmp_path: Path) -> None:
     assert [r["strategy"] for r in rows] == ["PrefixHash", "LeastRequests", "Random"]
     for row in rows:
         assert row["errors"] == 0, row["first_error"]
-        assert row["tokens_per_s"] > 0 and row["prompt_tokens"] > 0  # usage chunks were read
+        assert row["tokens_per_s"] > 0
+        # A request is counted once its stream ended inside the window, after its usage chunk: its prompt tokens
+        # were read. Under load the smoke's short window may end before any request sent in it finishes (tokens
+        # counted, no request, no usage read): what holds whatever the load is this implication, not a count.
+        assert row["requests"] == 0 or row["prompt_tokens"] > 0, row
     assert "skipped" in gw["scale_from_zero"]
     assert "| gateway, full speed, 4 streams" in results["table"]
     assert "| prefix routing (RAM prompt cache), PrefixHash: TTFT p50" in results["table"]
