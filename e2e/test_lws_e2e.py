@@ -50,9 +50,8 @@ def lws_namespace() -> Iterator[str]:
 def lws_operator(crds: None, lws_namespace: str, tmp_path: Path,
                  operator_paused: OperatorProcess) -> Iterator[OperatorProcess]:
     """An operator of its own for this namespace, asking API discovery every 2 s (not 60). The session operator
-    waits meanwhile: an operator that starts while the LeaderWorkerSet CRD is served and sees it deleted seconds
-    later stops (kopf ends on its watch's 404; in a cluster the Deployment restarts it) — not what the tests
-    after this one are about."""
+    waits meanwhile: it would restart its watches as this one does (kopf stops on the deleted CRD's watch 404), which
+    is not what the tests after this one are about."""
     proc = OperatorProcess(["--namespace", lws_namespace, "--discovery-interval", "2"], tmp_path / "operator.log")
     proc.start()
     yield proc

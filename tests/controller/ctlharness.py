@@ -188,6 +188,11 @@ class OperatorRun:
         )
         return self.controller
 
+    @property
+    def running(self) -> bool:
+        """Started and not ended (kopf's run, restarted in-process, is still going)."""
+        return self._task is not None and not self._task.done()
+
     async def kill(self) -> None:
         """Stop abruptly, as SIGKILL would: cancel everything mid-flight."""
         if self._task is not None:

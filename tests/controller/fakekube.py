@@ -604,6 +604,11 @@ class FakeKube(kmock.KubernetesEmulator):
         for queue in self.watchers.get(res, []):
             queue.put_nowait(event)  # type: ignore[arg-type]
 
+    def end_watches(self, res: ResKey) -> None:
+        """End the open watch streams of ``res`` (the server's timeout, a restart): clients watch again."""
+        for queue in self.watchers.get(res, []):
+            queue.put_nowait(None)  # type: ignore[arg-type]
+
     def close_watches(self) -> None:
         """End every open watch stream (aiohttp does not cancel handlers when clients go away)."""
         self.closing = True

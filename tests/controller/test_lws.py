@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from ctlharness import (
     DEPLOYMENTS,
     LWS,
@@ -91,3 +93,32 @@ async def test_lws_removed_since_discovery_rejects_the_plan_instead_of_failing_o
     assert "install LeaderWorkerSet" in resolved["message"], resolved["message"]
     assert not operator_run.controller.features.leader_worker_set
     assert cond(fake.get(MDS, NS, "llama-405b"), "Degraded").get("reason") != "ApplyFailed"
+
+
+async def _until(predicate, timeout: float, what: str) -> None:
+    """Poll in this task: a task made while kopf runs is one of kopf's, cancelled when kopf stops."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def test_lws_watch_answering_404_restarts_the_watches_instead_of_ending_the_operator(fake, operator_run):
+    # The LeaderWorkerSet CRD deleted while kopf watches it: its next watch request answers 404 and kopf stops on
+    # it (and its teardown may wait on a stream that no cancellation reaches), while discovery may list the API a
+    # moment longer. The operator starts kopf again without that watch instead of ending or hanging, and a
+    # multi-node model is then rejected with why.
+    for name in ("hgx-h100-1", "hgx-h100-2"):
+        await fake.put_object(NODES, h100_node(name))
+    await operator_run.start()
+    assert operator_run.controller.features.leader_worker_set
+    fake.fail("GET", "leaderworkersets", 404, times=1000)  # the list and watch of a deleted CRD
+    fake.end_watches(LWS)
+    await asyncio.sleep(1.0)
+    del fake.resources["leaderworkerset.x-k8s.io/v1/leaderworkersets"]  # discovery follows a moment later
+    await _until(lambda: not operator_run.controller.features.leader_worker_set, 60, "LWS no longer served")
+    await fake.put_object(MDS, llama405_md())
+    await _until(lambda: _status(fake).get("phase") == "Failed", 60, "rejected")
+    assert "install LeaderWorkerSet" in cond(fake.get(MDS, NS, "llama-405b"), "Resolved")["message"]
+    assert operator_run.running, "the operator ended on its LeaderWorkerSet watch's 404"

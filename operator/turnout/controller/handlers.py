@@ -171,6 +171,7 @@ def build_registry(
     keys: KeyPublisher | None = None,
     tune: Callable[[kopf.OperatorSettings], None] | None = None,
     restart: asyncio.Event | None = None,
+    stopping: asyncio.Event | None = None,
 ) -> kopf.OperatorRegistry:
     """All handlers of one kopf run.
 
@@ -180,7 +181,8 @@ def build_registry(
     :func:`~turnout.controller.run.operate` starts it again. ``scaler``: the built-in autoscaler's loop, run
     beside the handlers, and ``demand`` the LoRA adapters' demand sampling (it shares the scaler's scrape);
     ``keys``: the API key digests' publisher, run beside them too and poked by every ModelDeployment event.
-    ``tune`` may adjust kopf's settings after :func:`configure` (tests shorten timeouts).
+    ``tune`` may adjust kopf's settings after :func:`configure` (tests shorten timeouts). ``stopping`` is set
+    when kopf runs its cleanup, for whatever reason it stops (asked to, or a watch failed).
     """
     registry = kopf.OperatorRegistry()
     md_resource = (GROUP, VERSION, PLURAL)
@@ -224,6 +226,8 @@ def build_registry(
 
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(**_: Any) -> None:
+        if stopping is not None:
+            stopping.set()
         for task in discovery:
             task.cancel()
         await asyncio.gather(*discovery, return_exceptions=True)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import kopf
@@ -122,10 +122,11 @@ async def operate(
                 flag.set()
 
             relay = asyncio.create_task(_relay())
+            stopping = asyncio.Event()
             try:
-                await kopf.operator(
+                error = await _run_kopf(kopf.operator(
                     registry=build_registry(controller, watching=watching, scaler=scaler, demand=demand, keys=keys,
-                                            tune=tune, restart=restart,
+                                            tune=tune, restart=restart, stopping=stopping,
                                             discovery_interval=options.discovery_interval),
                     clusterwide=options.all_namespaces,
                     namespaces=[] if options.all_namespaces else options.namespaces,
@@ -134,20 +135,19 @@ async def operate(
                     liveness_endpoint=liveness,
                     stop_flag=inner_stop,
                     ready_flag=ready_flag,
-                )
-            except Exception:
-                # kopf stops on a watch that answers 404: the LeaderWorkerSet CRD was deleted before our next
-                # discovery noticed. Start again without that watch; any other failure is the operator's.
-                if (stop_flag is not None and stop_flag.is_set()) or not any(watching):
-                    raise
-                features, pools = await controller.discover()
-                served = (features.leader_worker_set, pools)
-                if all(s for s, w in zip(served, watching, strict=True) if w):
-                    raise
-                logger.info("LeaderWorkerSet or InferencePool is no longer served: restarting the watches")
-                restart.set()
+                ), stopping)
             finally:
                 relay.cancel()
+            if isinstance(error, KopfStuck) and inner_stop.is_set():
+                error = None  # we asked it to stop: what it left ends with its streams
+            if error is not None:
+                # kopf stops on a watch that answers 404: the LeaderWorkerSet (or InferencePool) CRD was deleted
+                # before our discovery noticed. Start again without that watch; any other failure is the operator's.
+                if (stop_flag is not None and stop_flag.is_set()) or not any(watching) \
+                        or not await _watched_api_went_away(controller, watching):
+                    raise error
+                logger.info("LeaderWorkerSet or InferencePool is no longer served: restarting the watches")
+                restart.set()
             if holding is not None and holding.done():
                 holding.result()  # LeadershipLost: the caller exits non-zero and the pod restarts as a standby
             if not restart.is_set() or (stop_flag is not None and stop_flag.is_set()):
@@ -164,6 +164,57 @@ async def operate(
         await controller.client.close()
         if runner is not None:
             await runner.cleanup()
+
+
+class KopfStuck(RuntimeError):
+    """kopf began to stop (it ran its cleanup) and did not end within :data:`KOPF_STOP_GRACE` seconds."""
+
+
+#: Seconds kopf may take to end once it ran its cleanup. Its teardown can wait on a watch stream that no
+#: cancellation reaches (kopf 1.45's request-cancel callback fails outside a task) until the API server ends it,
+#: up to the watch's timeout (300 s): an operator that waited would neither restart its watches nor exit.
+KOPF_STOP_GRACE = 10.0
+
+
+async def _run_kopf(run: Coroutine[Any, Any, None], stopping: asyncio.Event) -> BaseException | None:
+    """Run kopf until it ends; its error, or None after a clean stop. Once ``stopping`` is set (kopf's cleanup
+    ran), kopf gets :data:`KOPF_STOP_GRACE` seconds to end, then it is cancelled and :class:`KopfStuck` returned
+    (the tasks it left end with their streams)."""
+    task = asyncio.create_task(run, name="turnout-kopf")
+    ending = asyncio.create_task(stopping.wait())
+    try:
+        await asyncio.wait({task, ending}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await asyncio.wait({task}, timeout=KOPF_STOP_GRACE)
+        if not task.done():
+            logger.warning("kopf did not end %.0f s after its cleanup: cancelling it", KOPF_STOP_GRACE)
+            task.cancel()
+            await asyncio.wait({task}, timeout=KOPF_STOP_GRACE)
+            return KopfStuck(f"kopf did not end {KOPF_STOP_GRACE:.0f} s after its cleanup")
+    finally:
+        ending.cancel()
+        if not task.done():  # we are cancelled ourselves: so is kopf
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return None if task.cancelled() else task.exception()
+
+
+async def _watched_api_went_away(controller: Controller, watching: tuple[bool, bool], *,
+                                 settle: float = 10.0, step: float = 0.5) -> bool:
+    """kopf stopped on an error: is an optional API it watched (LeaderWorkerSet, InferencePool) gone? A watch
+    answers 404 as soon as the CRD's storage goes, while discovery may list the API a moment longer: ask for up
+    to ``settle`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settle
+    while True:
+        features, pools = await controller.discover()
+        served = (features.leader_worker_set, pools)
+        if not all(s for s, w in zip(served, watching, strict=True) if w):
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(step)
 
 
 async def _discover(controller: Controller, options: Options) -> tuple[bool, bool]:
