@@ -46,3 +46,14 @@ def test_a_missing_figure_reads_not_run() -> None:
     script = _script()
     rendered = script.table({"figures": {}, "e2e": {}, "bench": []})
     assert rendered.count(script.NOT_RUN) == sum(1 for r in script.ROWS if r.key or r.source == "bench")
+
+
+def test_the_soak_row_sums_the_figures_the_soak_records() -> None:
+    # The shape test_soak_e2e.py records: descriptors as (first half's median, second half's, max) per group.
+    soak = {"seconds": 1800, "requests": {"chat ok": 1000, "embed ok": 500, "stream failed (502)": 1},
+            "lost": {"stream failed (502)": 1}, "rss_growth": {"gw-a": 0.006, "op": -0.014},
+            "fds": {"gateways": [48, 49, 51], "op": [16, 16, 17]}, "scale_to_zero": {"asked": 900.0}}
+    row = next(r for r in _script().ROWS if r.key == "soak")
+    assert row.figure(soak) == ("1800 s, 1,501 requests, 1 lost; RSS growth at most +0.6%; descriptors (median of "
+                                "the second half − the first's, gateway replicas together) at most +1; scaled to "
+                                "zero and back")
