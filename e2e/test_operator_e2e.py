@@ -446,7 +446,7 @@ def test_restarted_operator_writes_nothing(namespace, operator, own_nodes, clean
     apply(model_deployment("e2e-gpu-less", awq(nodeSelector=own_nodes.selector)), namespace)  # rejected: no GPU
     poll(lambda: phase(namespace, "e2e-one", "Ready") and phase(namespace, "e2e-two", "Ready", readyReplicas=2)
          and phase(namespace, "e2e-gpu-less", "Failed"), timeout=120, what="Ready, Ready and Failed")
-    # Each status says its generation was handled (kopf keeps its diff-base in memory: no annotation).
+    # Each status says its generation was handled (what was reconciled is kept in memory: no annotation).
     poll(lambda: _handled(namespace, *names), what="observedGeneration 1 on each")
     assert not any(ANNOTATION in (get_json("modeldeployment", n, "-n", namespace)["metadata"].get("annotations") or {})
                    for n in names)

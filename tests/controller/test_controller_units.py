@@ -8,7 +8,7 @@ import pytest
 
 from turnout.api import ModelDeploymentStatus
 from turnout.controller import main as operator_main
-from turnout.controller.handlers import _trigger
+from turnout.controller.handled import LEGACY_DIFFBASE, classify, essence
 from turnout.controller.status import Cond, Rollout, merge_conditions, observe_rollout, read_status, status_patch
 from turnout.controller.workqueue import RetryLater, WorkQueue
 from turnout.controller.world import Child, compact_child, compact_node, compact_pod, diagnose
@@ -146,14 +146,32 @@ def test_node_compaction_ignores_heartbeats():
     assert compact_node(node) == compact_node(later)
 
 
-@pytest.mark.parametrize(("fields", "trigger"), [
-    ([("spec", "replicas")], "scale"),
-    ([("spec", "replicas"), ("spec", "engine")], "spec"),
-    ([("spec", "model", "size")], "spec"),
-    ([("metadata", "labels", "team")], "meta"),
+def _md(generation=1, observed=None, replicas=1, engine="auto", labels=None, annotations=None):
+    meta = {"name": "a", "uid": "u", "generation": generation, "labels": labels or {},
+            "annotations": annotations or {}}
+    return {"metadata": meta, "spec": {"model": {"name": "m"}, "engine": engine, "replicas": replicas},
+            **({"status": {"observedGeneration": observed}} if observed is not None else {})}
+
+
+@pytest.mark.parametrize(("last", "now", "trigger"), [
+    (None, _md(), "create"),                                          # new: resolve afresh
+    (None, _md(generation=2, observed=1), "create"),                  # changed while no operator ran
+    (None, _md(generation=2, observed=2), "resume"),                  # handled before a restart
+    (_md(), _md(generation=2, replicas=3), "scale"),
+    (_md(), _md(generation=2, replicas=3, engine="vllm"), "spec"),
+    (_md(), _md(generation=2, engine="vllm"), "spec"),
+    (_md(), _md(labels={"team": "x"}), "meta"),
+    (_md(), _md(observed=1), "world"),                                # a child, a pod or a node changed
+    (_md(), _md(generation=2, observed=1), "meta"),                   # never skipped
 ])
-def test_update_classification(fields, trigger):
-    assert _trigger([("change", f, 1, 2) for f in fields]) == trigger
+def test_the_kind_of_change_comes_from_the_essence_last_reconciled(last, now, trigger):
+    assert classify(now, essence(now), essence(last) if last else None) == trigger
+
+
+def test_the_essence_leaves_out_status_and_an_older_operators_diff_base():
+    base = _md(observed=1)
+    assert essence(base) == essence({**_md(annotations={LEGACY_DIFFBASE: "{}"}), "status": {"phase": "Ready"}})
+    assert essence(base) != essence(_md(annotations={"note": "x"}))
 
 
 async def test_work_queue_deduplicates_and_retries_with_backoff():
@@ -345,77 +363,19 @@ async def test_reconciles_in_flight_are_bounded():
     assert most == 3 and all(r.result == "unchanged" for r in results)
 
 
-def test_kopf_settings_keep_state_in_turnout_annotations_and_let_idle_workers_go():
+def test_kopf_settings_let_idle_workers_go_and_keep_nothing_on_the_objects():
     import kopf
 
     from turnout.controller.handlers import configure
 
     settings = kopf.OperatorSettings()
     configure(settings)
-    storage = settings.persistence.diffbase_storage
-    assert f"{storage.prefix}/{storage.key}" == "turnout.dev/last-handled-configuration"
-    # Per-object workers go soon after a burst (memory), but never before the echo of their own patch.
+    # Per-object workers go soon after a burst (memory).
     assert settings.queueing.idle_timeout < kopf.OperatorSettings().queueing.idle_timeout
-    assert settings.persistence.consistency_timeout > settings.queueing.idle_timeout
+    assert settings.scanning.disabled
+    # No diff-base (kopf would deep-copy every object of every watched kind for it): no handler reads one.
+    body = kopf.Body({"metadata": {"name": "a", "managedFields": [{}]}, "spec": {"x": 1}})
+    assert settings.persistence.diffbase_storage.build(body=body) is None
+    assert settings.persistence.diffbase_storage.fetch(body=body) is None
 
 
-def test_lean_diff_base_is_kopfs_essence_without_copying_managed_fields():
-    import kopf
-
-    from turnout.controller.handlers import DIFFBASE_ANNOTATION, LeanDiffBaseStorage
-
-    body = kopf.Body({
-        "apiVersion": "turnout.dev/v1alpha1", "kind": "ModelDeployment",
-        "metadata": {"name": "a", "uid": "u", "resourceVersion": "7", "labels": {"team": "x"},
-                     "annotations": {DIFFBASE_ANNOTATION: '{"spec": {}}', "note": "kept"},
-                     "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
-        "spec": {"model": {"name": "qwen2.5-instruct"}, "replicas": 2},
-        "status": {"phase": "Ready"},
-    })
-    key = DIFFBASE_ANNOTATION.split("/", 1)[1]
-    kopfs = kopf.AnnotationsDiffBaseStorage(prefix="turnout.dev", key=key).build(body=body)
-    ours = LeanDiffBaseStorage(prefix="turnout.dev", key=key).build(body=body)
-    assert ours == kopfs
-    assert ours == {"spec": {"model": {"name": "qwen2.5-instruct"}, "replicas": 2},
-                    "metadata": {"labels": {"team": "x"}, "annotations": {"note": "kept"}}}
-
-
-def test_memory_diff_base_writes_nothing_and_resumes_what_the_status_says_was_handled():
-    import kopf
-
-    from turnout.controller.handlers import DIFFBASE_ANNOTATION, MemoryDiffBaseStorage
-
-    def body(generation, observed=None, annotation=None):
-        meta = {"name": "a", "uid": "u", "generation": generation}
-        if annotation is not None:
-            meta["annotations"] = {DIFFBASE_ANNOTATION: annotation}
-        return kopf.Body({"metadata": meta, "spec": {"replicas": generation},
-                          **({"status": {"observedGeneration": observed}} if observed else {})})
-
-    storage = MemoryDiffBaseStorage(prefix="turnout.dev", key=DIFFBASE_ANNOTATION.split("/", 1)[1])
-    assert storage.fetch(body=body(1)) is None  # new: kopf creates
-    assert storage.fetch(body=body(2, observed=2)) == {"spec": {"replicas": 2}}  # handled before a restart
-    assert storage.fetch(body=body(2, observed=1, annotation='{"spec": {"replicas": 1}}')) == \
-        {"spec": {"replicas": 1}}  # an older operator's annotation: an update against it
-    patch = kopf.Patch()
-    storage.store(body=body(1), patch=patch, essence={"spec": {"replicas": 1}})
-    assert dict(patch) == {}
-    assert storage.fetch(body=body(2, observed=2)) == {"spec": {"replicas": 1}}  # memory first
-    storage.forget("u")
-    assert storage.fetch(body=body(1)) is None
-
-
-def test_progress_storage_sends_no_patch_for_a_handler_that_succeeded_at_once():
-    import kopf
-
-    from turnout.controller.handlers import LeanProgressStorage
-
-    storage = LeanProgressStorage(prefix="turnout.dev")
-    b, patch = kopf.Body({"metadata": {"name": "a", "uid": "u"}}), kopf.Patch()
-    storage.store(key="create", record={"started": "t", "success": True}, body=b, patch=patch)
-    assert patch["metadata"]["annotations"]
-    storage.purge(key="create", body=b, patch=patch)
-    assert dict(patch) == {}
-    retried = kopf.Patch()
-    storage.store(key="create", record={"started": "t", "retries": 1}, body=b, patch=retried)
-    assert "turnout.dev/kopf-managed" in retried["metadata"]["annotations"]

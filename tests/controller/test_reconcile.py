@@ -23,7 +23,7 @@ from ctlharness import (
 )
 from fakekube import KubeApiError
 
-from turnout.controller.handlers import DIFFBASE_ANNOTATION
+from turnout.controller.handled import LEGACY_DIFFBASE
 from turnout.controller.reconcile import IDX_MDS
 
 
@@ -58,12 +58,12 @@ async def test_create_applies_children_with_owner_references_and_reports_status(
     assert ready["status"]["readyReplicas"] == 1
     assert cond(ready, "Available")["status"] == "True"
     # A new deployment's steady path: two applies and one status write; no Event (the choice is in the status),
-    # and no kopf annotation (its diff-base is kept in memory).
+    # and no annotation of kopf's (kopf only watches; what was reconciled is kept in memory).
     await fake.wait_for(lambda: cond(_md(fake, "qwen-gguf"), "Available")["status"] == "True")
     assert [e["reason"] for e in events_of(fake, "qwen-gguf")] == []
     assert cond(ready, "Resolved")["reason"] == "EngineSelected"
     assert cond(ready, "Resolved")["message"]
-    assert DIFFBASE_ANNOTATION not in (_md(fake, "qwen-gguf")["metadata"].get("annotations") or {})
+    assert LEGACY_DIFFBASE not in (_md(fake, "qwen-gguf")["metadata"].get("annotations") or {})
     # Every write the operator sent: the two applies, the status at Deploying and at Ready.
     own = sorted((str(r.method.value).upper(), r.resource.plural, r.subresource or "") for r in writes(fake)
                  if r.resource is not None)
@@ -71,7 +71,7 @@ async def test_create_applies_children_with_owner_references_and_reports_status(
                    ("PATCH", "modeldeployments", "status"), ("PATCH", "services", "")]
     await fake.wait_for(lambda: operator_run.controller._values(IDX_MDS, (NS, "qwen-gguf")))
     copy = operator_run.controller._values(IDX_MDS, (NS, "qwen-gguf"))[0]
-    assert DIFFBASE_ANNOTATION not in (copy["metadata"].get("annotations") or {})
+    assert LEGACY_DIFFBASE not in (copy["metadata"].get("annotations") or {})
     assert copy["spec"] == fake.get(MDS, NS, "qwen-gguf")["spec"]
     await operator_run.stop()
 

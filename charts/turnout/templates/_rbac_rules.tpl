@@ -73,10 +73,9 @@
   resources: ["leaderworkersets"]
   verbs: ["create", "delete", "list", "patch", "watch"]
 # watch ModelDeployments (kopf)
-# kopf's progress annotations of a retried handler
 - apiGroups: ["turnout.dev"]
   resources: ["modeldeployments"]
-  verbs: ["list", "patch", "watch"]
+  verbs: ["list", "watch"]
 # set blockOwnerDeletion on the children's ownerReferences (OwnerReferencesPermissionEnforcement)
 - apiGroups: ["turnout.dev"]
   resources: ["modeldeployments/finalizers"]

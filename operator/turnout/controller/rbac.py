@@ -31,10 +31,8 @@ def _applied(group: str, plural: str, one: str, *, follow: str, apply: str, prun
 
 
 RULES: tuple[Rule, ...] = (
+    # kopf only watches them (no write of its own: the reconciles run on the operator's work queue).
     Rule(GROUP, PLURAL, ("list", "watch"), "watch ModelDeployments (kopf)"),
-    # kopf keeps its diff-base in the operator's memory (no write per handled change); a handler that is
-    # retried (the API server unavailable) records its progress in annotations.
-    Rule(GROUP, PLURAL, ("patch",), "kopf's progress annotations of a retried handler", observed=False),
     Rule(GROUP, f"{PLURAL}/status", ("patch",), "write status (phase, conditions, engine, endpoint)"),
     Rule(
         GROUP,

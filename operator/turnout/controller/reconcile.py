@@ -41,6 +41,7 @@ from turnout.controller import status as st
 from turnout.controller.adapterdemand import DemandBook
 from turnout.controller.adapterload import AdapterLoader
 from turnout.controller.decide import Decision, Observed, Owned, Prune, decide, decide_after_apply_failure
+from turnout.controller.handled import Essence, classify, essence
 from turnout.controller.metrics import Metrics, Replicas
 from turnout.controller.workqueue import RetryLater, WorkQueue
 from turnout.controller.world import INSTANCE_LABEL, Child, Pod, compact_child, lean_copy
@@ -107,14 +108,17 @@ class Controller:
     """State shared by all handlers of one operator instance."""
 
     def __init__(self, config: OperatorConfig, credentials: Credentials, *, inference_pool: bool = False,
-                 workers: int = 4, retry_base: float = 1.0, concurrency: int = 32) -> None:
+                 workers: int | None = None, retry_base: float = 1.0, concurrency: int = 32) -> None:
         self.config = config
         self.retry_base = retry_base  # first back-off delay after a transient API error (seconds)
         self.metrics = Metrics(self._statuses, self._replicas)
         # One identity for our requests and kopf's session (its credentials log kopf in).
         self.client = KubeClient(credentials, on_error=self.metrics.api_error, user_agent="turnout-operator")
         self.indices: Mapping[str, Any] = {}
-        self.queue = WorkQueue(self._work, workers=workers, base_delay=retry_base / 2)
+        # Every reconcile goes through this queue (ModelDeployment events and the world's): as many workers as
+        # reconciles may run at once, unless told otherwise.
+        self.queue = WorkQueue(self._work, workers=workers or concurrency, base_delay=retry_base)
+        self._handled: dict[str, Essence] = {}  # uid -> the essence last reconciled (see handled.py)
         self.instance = os.environ.get("POD_NAME") or socket.gethostname()
         self._locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Children as our applies returned them, until the watch shows them: (kind, namespace, owner) -> name -> copy.
@@ -294,6 +298,17 @@ class Controller:
         if namespace and instance:
             self.child_changed(namespace, self._instances.get((namespace, instance), instance))
 
+    def md_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A ModelDeployment's watch event: queue it unless nothing a reconcile reads changed (our status's echo)."""
+        meta = body.get("metadata") or {}
+        namespace, name, uid = meta.get("namespace") or "", meta.get("name") or "", meta.get("uid")
+        if event_type == "DELETED":
+            self.forget(namespace, name, uid)
+            return
+        if uid and self._handled.get(uid) == essence(body):
+            return
+        self.queue.add((namespace, name))
+
     def forget(self, namespace: str, name: str, uid: str | None) -> None:
         """The ModelDeployment is gone: drop what is remembered about it."""
         self._locks.pop((namespace, name), None)
@@ -301,6 +316,7 @@ class Controller:
         self.queue.forget((namespace, name))
         if uid:
             self._written.pop(uid, None)
+            self._handled.pop(uid, None)
         for kind in IDX_CHILDREN:
             self._applied.pop((kind, namespace, name), None)
         self.adapters.forget(namespace, name)
@@ -311,10 +327,24 @@ class Controller:
         bodies = self._values(IDX_MDS, (namespace, name))
         if not bodies:
             return
+        body = bodies[0]
+        uid = (body.get("metadata") or {}).get("uid")
+        now = essence(body)
+        last = self._handled.get(uid) if uid else None
+        trigger = classify(body, now, last)
+        if uid:  # before the status write, so that its echo queues nothing; undone when the reconcile fails
+            self._handled[uid] = now
         try:
-            await self.reconcile(bodies[0], trigger="world")
-        except TransientApiError as exc:
-            raise RetryLater(str(exc), exc.retry_after) from exc
+            await self.reconcile(body, trigger=trigger)
+        except BaseException as exc:
+            if uid and self._handled.get(uid) is now:
+                if last is None:
+                    self._handled.pop(uid, None)
+                else:
+                    self._handled[uid] = last
+            if isinstance(exc, TransientApiError):
+                raise RetryLater(str(exc), exc.retry_after) from exc
+            raise
 
     # ----- the reconcile --------------------------------------------------------------------------
 
