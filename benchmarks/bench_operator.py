@@ -31,7 +31,14 @@ creates start no pods and pull no images (the operator's writes are the same).
 Bare creates of the same N objects go to the second namespace before the
 operator starts (it watches only the first, ``-n``); the fair baseline (the
 same objects plus the rendered Deployment and Service, server-side applied)
-goes to a third after the run. A canary
+goes to a third after the run, with the same three watches of the driver on it as on the operator's
+namespace (the API server streams both to this process). Before each of the two it waits for the local
+control plane to be at rest (under a quarter of a core for 3 s: the controller manager works off a burst
+for minutes under its client-side rate limit), and it records the control plane's own CPU (API server,
+etcd, controller manager, scheduler, read from ``/proc`` when they run on this machine) and the driver's
+during each: ``cpu_ratio_to_fair`` is all the CPU of the operator's run (operator, control plane, driver)
+over the fair baseline's, which on a machine whose cores are all busy is what the wall-time ratio
+follows. A canary
 ModelDeployment proves the operator is watching before the clock starts. The
 stamps come from watches (list, then watch from its resourceVersion; on
 410 Gone, list again), taken when the events reach the driver. Writes are
@@ -59,6 +66,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import yaml
@@ -515,17 +523,7 @@ async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -
             bare_s = await cluster.create_all(n, namespace=bare_ns, replicas=0)
 
             stamps = Stamps()
-            listed = [asyncio.Event() for _ in range(3)]
-
-            def on(plural: str) -> Callable[[str, dict[str, Any]], None]:
-                return lambda type_, obj: stamps.observe(plural, type_, obj, time.monotonic())
-
-            for (group_path, plural), ready in zip(
-                    [(MD_PATH, "modeldeployments"), ("/apis/apps/v1", "deployments"), ("/api/v1", "services")],
-                    listed, strict=True):
-                tasks.append(asyncio.create_task(cluster.watch(f"{group_path}/namespaces/{ns}/{plural}",
-                                                               on(plural), stop, ready)))
-            await asyncio.gather(*(e.wait() for e in listed))
+            tasks += await _watch_all(cluster, ns, stamps, stop)
 
             port = free_port()
             op = start_proc(f"operator-real-{n}", [PYTHON, "-m", "turnout.controller", "-n", ns,
@@ -545,11 +543,15 @@ async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -
             def cpu() -> str:
                 return f"operator CPU {cpu_seconds(op.pid) - cpu_op0:.1f} s"  # type: ignore[union-attr]
 
+            meter = PlaneMeter(serves_locally(cluster.server))
+            rest_s = await control_plane_at_rest() if meter.local else 0.0
             t0 = time.monotonic()
+            meter.start()
             create_s = await cluster.create_all(n, namespace=ns, replicas=0)
             names = [f"md-{i:05d}" for i in range(n)]
             done, peak = await _wait_done(names, stamps, op, timeout, t0, cpu)
             cpu_op = cpu_seconds(op.pid) - cpu_op0
+            plane_op, each_op, driver_op = meter.stop()
             figures = _figures(n, names, stamps, done, t0)
             await asyncio.sleep(2.0)  # let trailing writes (Events, kopf's patches) land before counting
             after = await _metrics(cluster.session, port)
@@ -557,7 +559,16 @@ async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -
             kopf_patches = max(0, sum(stamps.md_modified.values()) - modified0 - counted.get("status", 0))
             rendered = [await cluster.call("GET", f"/apis/apps/v1/namespaces/{ns}/deployments/md-00000"),
                         await cluster.call("GET", f"/api/v1/namespaces/{ns}/services/md-00000")]
+            # The same three watches on the fair baseline's namespace while it writes: the API server streams
+            # its changes to this process as it does the operator's (what the stamps cost is on both sides).
+            fair_stop = asyncio.Event()
+            fair_watches = await _watch_all(cluster, fair_ns, Stamps(), fair_stop)
+            tasks += fair_watches
+            rest_s += await control_plane_at_rest() if meter.local else 0.0
+            meter.start()
             fair_s = await cluster.create_all(n, namespace=fair_ns, replicas=0, templates=child_templates(rendered))
+            plane_fair, each_fair, driver_fair = meter.stop()
+            fair_stop.set()
             writes = {"deployments+services (apply)": counted.get("apply", 0),
                       "modeldeployments/status": counted.get("status", 0), "events": counted.get("event", 0),
                       "modeldeployments (kopf, from the watch)": kopf_patches}
@@ -569,6 +580,15 @@ async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -
                 "fair_create_s": rnd(fair_s, 3), "ratio_to_fair": rnd((max(done) - t0) / fair_s, 2) if fair_s else None,
                 "writes_per_deployment": rnd(sum(writes.values()) / n, 2), "writes_by_resource": writes,
                 "operator_cpu_s": rnd(cpu_op, 2), "api_and_driver_cpu_s": None,
+                # the control plane's own CPU (API server, etcd, controller manager, scheduler) from the creates
+                # to the last status, and during the fair baseline's writes (None: it runs elsewhere)
+                "control_plane_cpu_s": plane_op, "fair_control_plane_cpu_s": plane_fair,
+                "control_plane_cpu_each_s": each_op, "fair_control_plane_cpu_each_s": each_fair,
+                "driver_cpu_s": driver_op, "fair_driver_cpu_s": driver_fair,
+                # all the CPU of the run (operator, control plane, driver) over the fair baseline's
+                "cpu_ratio_to_fair": rnd((cpu_op + plane_op + driver_op) / (plane_fair + driver_fair), 2)
+                if plane_op is not None and plane_fair else None,
+                "waited_for_rest_s": rnd(rest_s, 1),
                 "operator_rss_idle_mib": rnd(idle_rss, 1), "operator_rss_peak_mib": rnd(peak, 1),
                 "load_average": load_average(),
             }
@@ -582,6 +602,102 @@ async def real_run(n: int, kubeconfig_path: str, timeout: float, logdir: Path) -
             problems = await _cleanup(cluster, created_ns, crd_ours)
             for problem in problems:
                 log.warning("cleanup: %s", problem)
+
+
+async def _watch_all(cluster: Cluster, namespace: str, stamps: Stamps,
+                     stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """Watches of ``namespace``'s ModelDeployments, Deployments and Services feeding ``stamps``, once listed."""
+    listed = [asyncio.Event() for _ in range(3)]
+
+    def on(plural: str) -> Callable[[str, dict[str, Any]], None]:
+        return lambda type_, obj: stamps.observe(plural, type_, obj, time.monotonic())
+
+    tasks = [asyncio.create_task(cluster.watch(f"{group_path}/namespaces/{namespace}/{plural}", on(plural), stop,
+                                               ready))
+             for (group_path, plural), ready in zip(
+                 [(MD_PATH, "modeldeployments"), ("/apis/apps/v1", "deployments"), ("/api/v1", "services")],
+                 listed, strict=True)]
+    await asyncio.gather(*(e.wait() for e in listed))
+    return tasks
+
+
+#: The control plane's processes (``/proc/<pid>/comm``, cut at 15 characters), when it runs on this machine.
+CONTROL_PLANE = ("kube-apiserver", "etcd", "kube-controller", "kube-scheduler")
+
+
+def serves_locally(server: str) -> bool:
+    """Whether a kube-apiserver on this machine listens on ``server``'s port (its ``--secure-port``, 6443 by
+    default): only then is the local control plane's CPU the one the measured API server spends."""
+    port = str(urlsplit(server).port or 443)
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and (proc / "comm").read_text().strip() == "kube-apiserver":
+                args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                ports = [a.split("=", 1)[1] for a in args if a.startswith("--secure-port=")] or ["6443"]
+                if port in ports:
+                    return True
+    return False
+
+
+def control_plane_cpu() -> float | None:
+    """CPU seconds the local control plane's processes used so far (None: none runs on this machine)."""
+    each = control_plane_cpu_each()
+    return sum(each.values()) if each else None
+
+
+def control_plane_cpu_each() -> dict[str, float]:
+    """CPU seconds so far of each local control-plane process, by name (empty: none runs here)."""
+    out: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            name = (proc / "comm").read_text().strip()
+            if name in CONTROL_PLANE:
+                out[name] = out.get(name, 0.0) + cpu_seconds(int(proc.name))
+    return out
+
+
+class PlaneMeter:
+    """The local control plane's CPU over a window, total and per process (all None when the API server
+    measured is not the local one, see :func:`serves_locally`), with the driver's own CPU."""
+
+    def __init__(self, local: bool) -> None:
+        self.local = local
+        self._each: dict[str, float] = {}
+        self._driver = 0.0
+
+    def start(self) -> None:
+        self._each = control_plane_cpu_each() if self.local else {}
+        self._driver = cpu_seconds(os.getpid())
+
+    def stop(self) -> tuple[float | None, dict[str, float] | None, float]:
+        """(control plane CPU s, per process, driver CPU s) since :meth:`start`."""
+        driver = rnd(cpu_seconds(os.getpid()) - self._driver, 2)
+        if not self.local:
+            return None, None, driver
+        after = control_plane_cpu_each()
+        each = {k: rnd(after[k] - self._each.get(k, 0.0), 2) for k in sorted(after)}
+        return rnd(sum(each.values()), 2), each, driver
+
+
+async def control_plane_at_rest(limit: float = 0.25, quiet_s: float = 3.0, timeout: float = 180.0) -> float:
+    """Wait until the local control plane used less than ``limit`` of a core for ``quiet_s`` seconds (the
+    controller manager works off its client-side rate limit for minutes after a burst: deleting the last run's
+    namespaces, ReplicaSets of the last Deployments); the seconds waited. At most ``timeout``."""
+    started = time.monotonic()
+    last, quiet_since = control_plane_cpu(), time.monotonic()
+    if last is None:
+        return 0.0
+    while time.monotonic() - started < timeout:
+        await asyncio.sleep(1.0)
+        now = control_plane_cpu() or 0.0
+        if now - last > limit:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            break
+        last = now
+    return time.monotonic() - started
 
 
 # ----- entry points -----------------------------------------------------------------------------------

@@ -49,6 +49,9 @@ async def test_real_cluster_mode_measures_and_cleans_up(tmp_path, monkeypatch):
     assert writes["modeldeployments (kopf, from the watch)"] >= 0
     assert row["writes_per_deployment"] >= 3
     assert row["operator_rss_peak_mib"] > 0
+    # The emulator is no local kube-apiserver: no control-plane CPU is read (nor waited for), the driver's is.
+    assert row["control_plane_cpu_s"] is None and row["cpu_ratio_to_fair"] is None and row["waited_for_rest_s"] == 0
+    assert row["driver_cpu_s"] > 0 and row["fair_driver_cpu_s"] > 0
     # Everything it made is gone: both namespaces with their contents, and the CRD it installed.
     assert not api.store.get(CRDS)
     assert not [k for k in api.store.get(NAMESPACES, {}) if k[1].startswith("turnout-bench-")]
@@ -61,3 +64,7 @@ async def test_real_cluster_mode_measures_and_cleans_up(tmp_path, monkeypatch):
     assert {r.params.get("watch") for r in api.requests if r.resource is not None
             and r.resource.plural == "modeldeployments" and r.namespace and r.namespace.startswith("turnout-bench-")
             and str(r.method.value).upper() == "GET"} >= {"true"}  # measured with watches
+
+
+def test_only_a_local_kube_apiserver_on_the_servers_port_is_metered():
+    assert not bench_operator.serves_locally("https://127.0.0.1:1")  # nothing of the kind listens there
