@@ -543,3 +543,15 @@ async def test_the_client_gets_each_event_as_the_engine_sends_it(eol: bytes) -> 
             got.append(piece)
             received.set()
         assert got == [_form_event(i, eol) for i in range(4)]
+
+
+async def test_a_read_holding_a_whole_answer_keeps_every_event_before_usage_and_done() -> None:
+    tokens = b"".join(token(i) for i in range(300))
+    for keep_usage in (False, True):
+        out, stats = await collect([tokens + USAGE + DONE + token(999)], keep_usage=keep_usage)
+        assert b"".join(out) == tokens + (USAGE if keep_usage else b"")
+        assert (stats.events, stats.completion_tokens, stats.done) == (300 + keep_usage, 3, True)
+    # the same with CRLF line ends: cut event by event
+    crlf = tokens.replace(b"\n", b"\r\n")
+    out, stats = await collect([crlf + USAGE.replace(b"\n", b"\r\n") + DONE], keep_usage=False)
+    assert b"".join(out) == crlf and stats.done and stats.completion_tokens == 3

@@ -25,10 +25,11 @@ def _fast(module: str) -> bool:
 def config(app: Any, host: str, port: int, *, log_level: str = "info", access_log: bool = False,
            grace: float = 30.0) -> uvicorn.Config:
     """uvicorn's settings for the gateway: httptools, lifespan on (the source starts there), ``grace`` seconds
-    for the answers in flight on SIGTERM (turnout.gateway.drain ends the streams left just before)."""
+    for the answers in flight on SIGTERM (turnout.gateway.drain ends the streams left just before); no
+    X-Forwarded-* handling (nothing reads the client's address: one middleware call less per request)."""
     return uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), lifespan="on",
                           http="httptools" if _fast("httptools") else "auto", access_log=access_log,
-                          timeout_graceful_shutdown=grace, backlog=4096)
+                          timeout_graceful_shutdown=grace, backlog=4096, proxy_headers=False)
 
 
 def run_async(main: Callable[[], Awaitable[int]]) -> int:

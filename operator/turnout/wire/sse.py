@@ -136,6 +136,14 @@ class Cutter:
         """Drop ``[DONE]`` (and what follows it) and, unless asked for, usage-only events; record usage."""
         stats = self.stats
         kept: list[bytes] = []
+        if b"\r" not in data:
+            # the events before the first one that may be [DONE] or usage go on whole, unsplit: a read that
+            # holds a whole fast answer (hundreds of events) costs two searches, not a list of its events
+            found = [i for i in (data.find(_DONE), data.find(_USAGE)) if i >= 0]
+            start = data.rfind(b"\n\n", 0, min(found)) + 2 if found else len(data)
+            if start > 1:
+                kept.append(data[:start])
+                data = data[start:]
         for event in split_events(data):
             if _DONE in event or _USAGE in event:
                 payload = event_data(event)
