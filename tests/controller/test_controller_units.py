@@ -174,6 +174,44 @@ def test_the_essence_leaves_out_status_and_an_older_operators_diff_base():
     assert essence(base) != essence(_md(annotations={"note": "x"}))
 
 
+async def test_a_key_whose_work_was_cancelled_by_a_stop_runs_when_the_queue_starts_again():
+    started, calls = asyncio.Event(), []
+
+    async def work(key):
+        calls.append(key)
+        if len(calls) == 1:
+            started.set()
+            await asyncio.sleep(3600)  # cut short by stop()
+
+    queue = WorkQueue(work, workers=1)
+    queue.add("md")
+    queue.start()
+    await asyncio.wait_for(started.wait(), 10)
+    await queue.stop()
+    assert len(queue) == 1  # waiting, not lost
+    queue.start()
+    for _ in range(100):
+        if len(calls) == 2:
+            break
+        await asyncio.sleep(0.01)
+    await queue.stop()
+    assert calls == ["md", "md"]
+
+
+def test_what_was_reconciled_is_forgotten_when_the_watches_start_again():
+    from turnout.config import OperatorConfig
+    from turnout.controller.reconcile import Controller
+
+    controller = Controller(OperatorConfig(), _credentials())
+    body = _md()
+    controller._handled["u"] = essence(body)
+    controller.md_event("MODIFIED", body)  # the echo of our own status write: nothing to do
+    assert len(controller.queue) == 0
+    controller.watches_started()
+    controller.md_event(None, body)  # the new watch's listing: reconciled once more
+    assert len(controller.queue) == 1
+
+
 async def test_work_queue_deduplicates_and_retries_with_backoff():
     calls: list[str] = []
     done = asyncio.Event()

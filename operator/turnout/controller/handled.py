@@ -12,6 +12,8 @@ cost per event). The worker tells the kind of change itself, from the :class:`Es
 * ``world`` when nothing of the object changed (a child, a pod or a node did).
 
 An event whose essence is the one last reconciled (the echo of our own status write) queues nothing.
+When kopf starts its watches (at start-up, or again when an optional API comes or goes) what was
+reconciled is forgotten, so its listing reconciles every object once more, as kopf's resume did.
 """
 
 from __future__ import annotations

@@ -137,6 +137,7 @@ def build_registry(
         if tune is not None:
             tune(settings)
         controller.bind({k: kwargs[k] for k in INDEX_IDS if k in kwargs})
+        controller.watches_started()
         # operate() asked API discovery just before this start and registered the watches to match.
         discovery.append(asyncio.create_task(_rediscover(), name="turnout-discovery"))
         if scaler is not None:

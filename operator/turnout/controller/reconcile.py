@@ -298,6 +298,11 @@ class Controller:
         if namespace and instance:
             self.child_changed(namespace, self._instances.get((namespace, instance), instance))
 
+    def watches_started(self) -> None:
+        """kopf (re)started its watches: what was reconciled is forgotten, so that every ModelDeployment its
+        listing shows is reconciled once more (``resume``), with what the operator serves and sees now."""
+        self._handled.clear()
+
     def md_event(self, event_type: str | None, body: Mapping[str, Any]) -> None:
         """A ModelDeployment's watch event: queue it unless nothing a reconcile reads changed (our status's echo)."""
         meta = body.get("metadata") or {}

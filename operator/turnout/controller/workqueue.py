@@ -87,8 +87,12 @@ class WorkQueue:
             key = await self._queue.get()
             self._queued.discard(key)
             self._processing.add(key)
+            cancelled = False
             try:
                 await self._work(key)
+            except asyncio.CancelledError:
+                cancelled = True  # the queue is stopping: the key waits for its next start
+                raise
             except RetryLater as exc:
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
@@ -104,6 +108,6 @@ class WorkQueue:
                 self._failures.pop(key, None)
             finally:
                 self._processing.discard(key)
-                if key in self._dirty:
+                if key in self._dirty or cancelled:
                     self._dirty.discard(key)
                     self.add(key)
