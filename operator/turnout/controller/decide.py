@@ -207,7 +207,7 @@ def decide(observed: Observed, config: OperatorConfig | None = None, cache: Reso
     if o.deleting:
         return Decision("skipped")
     if o.trigger == "world" and previous.observed_generation != o.generation:
-        return Decision("skipped")  # the spec changed and kopf's update handler has not run yet: it resolves afresh
+        return Decision("skipped")  # the spec changed and was not reconciled yet: that reconcile resolves afresh
 
     if o.spec is None:
         resolved = st.Cond("Resolved", "False", "InvalidSpec", o.spec_error or "invalid spec")

@@ -1,8 +1,10 @@
 """The reconcile loop of one ModelDeployment: observe → decide → act.
 
-Handlers stay thin: kopf's create/update/resume handlers and the world work
-queue (nodes, Deployments, Pods) all call :meth:`Controller.reconcile`, which
-is serialized per object and runs three steps:
+Handlers stay thin: kopf only watches, and every event (a ModelDeployment, a
+node, a child, a pod) puts a key on the controller's work queue, whose workers
+call :meth:`Controller.reconcile` with the kind of change
+(:mod:`turnout.controller.handled`); it is serialized per object and runs three
+steps:
 
 - **observe** (:meth:`Controller._observe`): parse the ModelDeployment once and
   take what the controller knows of its world — hardware from the node index,
